@@ -1,0 +1,1 @@
+"""The component actors of a runtime: manager, compiler, versions, watcher, monitor, security."""

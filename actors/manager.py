@@ -1,0 +1,378 @@
+"""The manager actor: the registry of sandboxes and their lifecycle.
+
+Each sandbox runs as a small supervisor of its own (``sandbox:<id>``, one_for_one,
+with the sandbox's restart type and intensity) holding the sandbox's child process.
+Those supervisors live under the runtime's ``sandboxes`` supervisor, not under the
+manager: the manager only keeps the books. When the manager crashes and is
+restarted, it rebuilds its registry from the ``sandboxes`` supervisor's children,
+whose specs carry each sandbox's configuration and process slot, so no sandbox is
+lost.
+
+Status moves initializing -> compiling -> starting -> running, then reloading,
+stopping -> stopped, or error; every change is timestamped and emitted as the
+``sandbox.status`` telemetry event.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime import telemetry
+from runtime.actor import Down, ExitReason, monitor
+from runtime.component import Component
+from runtime.childspec import ChildSpec
+from runtime.config import SandboxConfig
+from runtime.errors import (
+    SandboxError,
+    SandboxExists,
+    SandboxNotFound,
+    SupervisorError,
+)
+from runtime.process import start_process
+from runtime.supervisor import Supervisor, SupervisorRef
+
+from .slot import ProcessSlot
+
+__all__ = ["ManagerActor", "SandboxRecord", "STATUSES"]
+
+log = logging.getLogger("runtime.manager")
+
+STATUSES = (
+    "initializing",
+    "compiling",
+    "starting",
+    "running",
+    "reloading",
+    "stopping",
+    "stopped",
+    "error",
+)
+
+
+@dataclass
+class SandboxRecord:
+    """What the manager knows about one sandbox."""
+
+    config: SandboxConfig
+    slot: ProcessSlot
+    workdir: str
+    created_at: float
+    status: str = "initializing"
+    updated_at: float = 0.0
+    history: list[tuple[str, float]] = field(default_factory=list)
+    last_error: dict[str, Any] | None = None
+    supervisor: SupervisorRef | None = None
+
+    def info(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        now = time.time()
+        proc = self.slot.info()
+        started = proc["started_at"] if self.status == "running" else None
+        return {
+            "id": self.config.id,
+            "status": self.status,
+            "pid": proc["pid"],
+            "path": self.config.path,
+            "entry": self.config.entry,
+            "profile": self.config.profile,
+            "limits": self.config.limits.as_dict(),
+            "restart": self.config.restart,
+            "restart_count": proc["restarts"],
+            "uptime": (now - started) if started else 0.0,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "status_history": list(self.history),
+            "last_error": self.last_error,
+            "workdir": self.workdir,
+            "auto_reload": self.config.auto_reload,
+            **(extra or {}),
+        }
+
+
+@dataclass(frozen=True)
+class _ProcessEvent:
+    event: str
+    sandbox: str
+    metadata: dict[str, Any]
+
+
+class ManagerActor(Component):
+    """Creates, destroys and restarts sandboxes; answers questions about them.
+
+    ``sandboxes`` returns the runtime's ``sandboxes`` supervisor (looked up each
+    time: the manager may outlive a restart of it, and the other way round).
+    """
+
+    def __init__(
+        self,
+        *,
+        runtime_id: str,
+        base_dir: str,
+        sandboxes: Callable[[], SupervisorRef],
+        name: str = "manager",
+    ) -> None:
+        super().__init__(name=name)
+        self.runtime_id = runtime_id
+        self.base_dir = base_dir
+        self._sandboxes = sandboxes
+        self.records: dict[str, SandboxRecord] = {}
+        self._handler_id = f"{runtime_id}:manager"
+
+    # -- lifecycle -------------------------------------------------------------------
+    def on_init(self) -> None:
+        self._rebuild()
+        me = self.ref
+
+        def forward(event: str, _m: Any, md: Any) -> None:
+            if md.get("runtime") == self.runtime_id:
+                try:
+                    me.tell(_ProcessEvent(event, md["sandbox"], dict(md)))
+                except SandboxError:
+                    pass
+
+        telemetry.detach(self._handler_id)  # a crashed predecessor may have left it
+        telemetry.attach(self._handler_id, "sandbox.process", forward)
+
+    def on_exit(self, reason: ExitReason) -> None:
+        telemetry.detach(self._handler_id)
+
+    def _rebuild(self) -> None:
+        """Recover the registry from the sandboxes supervisor (after a manager crash)."""
+        for child in self._sandboxes().which_children():
+            spec = child.spec if hasattr(child, "spec") else None
+            meta = spec.meta if spec is not None else {}
+            if "config" not in meta:
+                continue
+            record = SandboxRecord(
+                config=meta["config"],
+                slot=meta["slot"],
+                workdir=meta["workdir"],
+                created_at=meta["created_at"],
+                supervisor=child.ref,
+            )
+            self.records[record.config.id] = record
+            if child.ref is not None and child.ref.is_alive():
+                monitor(child.ref, self.ref)
+                self._set_status(record, "running" if record.slot.current() else "starting")
+            else:
+                self._set_status(record, "error")
+        if self.records:
+            log.info("manager rebuilt its registry: %s", ", ".join(sorted(self.records)))
+
+    # -- messages --------------------------------------------------------------------
+    def on_info(self, message: Any) -> None:
+        if isinstance(message, _ProcessEvent):
+            record = self.records.get(message.sandbox)
+            if record is None or record.status in ("stopping", "stopped", "error"):
+                return
+            if message.event == "sandbox.process.up":
+                self._set_status(record, "running")
+            elif message.event == "sandbox.process.down":
+                kind = message.metadata.get("kind")
+                if kind in ("normal", "shutdown"):
+                    comes_back = record.config.restart == "permanent"
+                else:
+                    record.last_error = {
+                        "kind": kind,
+                        "message": message.metadata.get("reason"),
+                        "at": time.time(),
+                    }
+                    comes_back = record.config.restart != "temporary"
+                if comes_back:
+                    self._set_status(record, "starting")
+                else:
+                    record.slot.close(ExitReason(kind or "exit", "not restarted (restart type)"))
+                    self._set_status(record, "stopped" if kind in ("normal", "shutdown") else "error")
+        elif isinstance(message, Down):
+            for record in self.records.values():
+                if record.supervisor is not None and record.supervisor.id == message.actor_id:
+                    if record.status not in ("stopping", "stopped") and message.reason.abnormal:
+                        record.last_error = {
+                            "kind": message.reason.kind,
+                            "message": f"restart intensity reached: {message.reason.message}",
+                            "at": time.time(),
+                        }
+                        record.slot.close(message.reason)
+                        self._set_status(record, "error")
+                    record.supervisor = None
+
+    # -- operations ------------------------------------------------------------------
+    def op_create(self, config: SandboxConfig) -> dict[str, Any]:
+        if config.id in self.records:
+            raise SandboxExists(config.id)
+        workdir = tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir)
+        record = SandboxRecord(
+            config=config,
+            slot=ProcessSlot(config.id, runtime_id=self.runtime_id),
+            workdir=workdir,
+            created_at=time.time(),
+        )
+        self.records[config.id] = record
+        self._set_status(record, "initializing")
+        try:
+            with telemetry.span("sandbox.create", {"sandbox": config.id, "runtime": self.runtime_id}):
+                self._set_status(record, "compiling")
+                self._set_status(record, "starting")
+                self._start(record)
+        except BaseException:
+            # Leave nothing half-created behind: no process, no entry, no directory.
+            self._stop_supervisor(record)
+            del self.records[config.id]
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        return record.info()
+
+    def op_destroy(self, sandbox_id: str) -> None:
+        record = self._get(sandbox_id)
+        with telemetry.span("sandbox.destroy", {"sandbox": sandbox_id, "runtime": self.runtime_id}):
+            self._set_status(record, "stopping")
+            record.slot.close(ExitReason.shutdown("sandbox destroyed"))
+            self._stop_supervisor(record)
+            self._set_status(record, "stopped")
+            del self.records[sandbox_id]
+            shutil.rmtree(record.workdir, ignore_errors=True)
+
+    def op_restart(self, sandbox_id: str, preserve_state: bool) -> dict[str, Any]:
+        record = self._get(sandbox_id)
+        with telemetry.span(
+            "sandbox.restart",
+            {"sandbox": sandbox_id, "runtime": self.runtime_id, "preserve_state": preserve_state},
+        ):
+            states = None
+            if preserve_state:
+                proc = record.slot.current()
+                if proc is None:
+                    raise SandboxError(
+                        f"sandbox {sandbox_id!r} has no running process to take state from; "
+                        "restart it without preserve_state"
+                    )
+                states = proc.system("get_states", timeout=record.config.shutdown)
+            self._set_status(record, "stopping")
+            self._stop_supervisor(record)
+            self._set_status(record, "starting")
+            self._start(record, states=states)
+        return record.info()
+
+    def op_info(self, sandbox_id: str) -> dict[str, Any]:
+        return self._get(sandbox_id).info()
+
+    def op_list(self) -> list[dict[str, Any]]:
+        return [r.info() for r in self.records.values()]
+
+    def op_set_status(self, sandbox_id: str, status: str) -> None:
+        self._set_status(self._get(sandbox_id), status)
+
+    def op_record_error(self, sandbox_id: str, error: dict[str, Any]) -> None:
+        self._get(sandbox_id).last_error = error
+
+    def op_slot(self, sandbox_id: str) -> ProcessSlot:
+        return self._get(sandbox_id).slot
+
+    # -- helpers ---------------------------------------------------------------------
+    def _get(self, sandbox_id: str) -> SandboxRecord:
+        record = self.records.get(sandbox_id)
+        if record is None:
+            raise SandboxNotFound(sandbox_id, list(self.records))
+        return record
+
+    def _set_status(self, record: SandboxRecord, status: str) -> None:
+        old, now = record.status, time.time()
+        record.status, record.updated_at = status, now
+        record.history.append((status, now))
+        del record.history[:-50]
+        telemetry.execute(
+            "sandbox.status",
+            {"system_time": now},
+            {"sandbox": record.config.id, "from": old, "to": status, "runtime": self.runtime_id},
+        )
+
+    def _start(self, record: SandboxRecord, states: Any = None) -> None:
+        """Start the sandbox's own supervisor under ``sandboxes``; waits for the app."""
+        spec = sandbox_spec(record, runtime_id=self.runtime_id, states=states)
+        sandboxes = self._sandboxes()
+        try:
+            sandboxes.delete_child(spec.id)  # a previous run of this sandbox that gave up
+        except SupervisorError:
+            pass
+        try:
+            record.supervisor = sandboxes.start_child(spec)
+        except SupervisorError as exc:
+            cause = exc.__cause__ or exc
+            record.last_error = {"kind": type(cause).__name__, "message": str(cause), "at": time.time()}
+            self._set_status(record, "error")
+            raise cause from None
+        monitor(record.supervisor, self.ref)
+        self._set_status(record, "running")
+
+    def _stop_supervisor(self, record: SandboxRecord) -> None:
+        sandboxes = self._sandboxes()
+        sup_id = f"sandbox:{record.config.id}"
+        record.supervisor = None
+        for op in (sandboxes.terminate_child, sandboxes.delete_child):
+            try:
+                op(sup_id)
+            except SupervisorError:
+                pass
+
+
+def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) -> ChildSpec:
+    """The child spec of one sandbox: its own supervisor over its process.
+
+    The spec carries the configuration and the slot, so whoever holds the
+    ``sandboxes`` supervisor can rebuild the manager's registry.
+    """
+    config = record.config
+    slot = record.slot
+    first_states = [states]  # handed to the first start only; a crash restart starts fresh
+
+    def start_process_into_slot() -> Any:
+        initial, first_states[0] = first_states[0], None
+        ref = start_process(
+            config.entry,
+            app_path=config.path,
+            name=f"{runtime_id}/{config.id}",
+            allow_pickle=config.profile != "high",
+            shutdown=config.shutdown,
+            env=dict(config.env),
+            cwd=record.workdir,
+            states=initial,
+        )
+        return slot.put(ref)
+
+    process = ChildSpec(
+        "process", start=start_process_into_slot, restart=config.restart, shutdown=config.shutdown
+    )
+
+    def start_sandbox_supervisor() -> SupervisorRef:
+        return Supervisor.start(
+            [process],
+            strategy="one_for_one",
+            max_restarts=config.max_restarts,
+            max_seconds=config.max_seconds,
+            name=f"{runtime_id}/sandbox:{config.id}",
+        )
+
+    return ChildSpec(
+        f"sandbox:{config.id}",
+        start=start_sandbox_supervisor,
+        restart="temporary",
+        shutdown=config.shutdown + 5.0,
+        type="supervisor",
+        meta={
+            "config": config,
+            "slot": slot,
+            "workdir": record.workdir,
+            "created_at": record.created_at,
+        },
+    )
+
+
+def remove_workdirs(base_dir: str) -> None:
+    """Remove the runtime's work directories (after every sandbox has stopped)."""
+    shutil.rmtree(Path(base_dir), ignore_errors=True)

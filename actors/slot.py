@@ -1,0 +1,115 @@
+"""The live process behind one sandbox, across its restarts.
+
+A sandbox's process is restarted by its supervisor with a new reference each time.
+Callers hold the slot instead: :meth:`ProcessSlot.get` hands out the current live
+process, waiting (up to a deadline) while a restart is under way, so a call made
+during a restart waits for the new process instead of failing.
+
+The slot is owned by the sandbox's child spec, below the root supervisor, not by
+the manager: a restarted manager finds every slot where it was.
+
+>>> slot = ProcessSlot("demo", runtime_id="rt1")
+>>> slot.get(timeout=0.01)
+Traceback (most recent call last):
+...
+runtime.errors.CallTimeout: call to 'sandbox demo' got no reply within 0.01s; the actor may be busy or stuck: raise the timeout or check what it is doing
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from runtime import telemetry
+from runtime.actor import Down, ExitReason, monitor
+from runtime.errors import ActorDead, CallTimeout
+
+if TYPE_CHECKING:
+    from runtime.process import ProcessRef
+
+__all__ = ["ProcessSlot"]
+
+
+class ProcessSlot:
+    """Holds the sandbox's current process reference; thread-safe."""
+
+    def __init__(self, sandbox_id: str, *, runtime_id: str) -> None:
+        self.sandbox_id = sandbox_id
+        self.runtime_id = runtime_id
+        self._cond = threading.Condition()
+        self._ref: ProcessRef | None = None
+        self._closed: ExitReason | None = None
+        self.starts = 0
+        self.last_exit: ExitReason | None = None
+        self.started_at: float | None = None
+
+    @property
+    def restarts(self) -> int:
+        return max(self.starts - 1, 0)
+
+    def current(self) -> ProcessRef | None:
+        ref = self._ref
+        return ref if ref is not None and ref.is_alive() else None
+
+    def put(self, ref: ProcessRef) -> ProcessRef:
+        """Record a newly started process (called by its child spec's start function)."""
+        with self._cond:
+            self._ref = ref
+            self._closed = None
+            self.starts += 1
+            self.started_at = time.time()
+            self._cond.notify_all()
+        monitor(ref, self._on_down)
+        telemetry.execute(
+            "sandbox.process.up",
+            {"pid": ref.pid, "starts": self.starts},
+            {"sandbox": self.sandbox_id, "runtime": self.runtime_id},
+        )
+        return ref
+
+    def _on_down(self, down: Down) -> None:
+        with self._cond:
+            if self._ref is not None and self._ref.id == down.actor_id:
+                self._ref = None
+            self.last_exit = down.reason
+        telemetry.execute(
+            "sandbox.process.down",
+            {"count": 1},
+            {
+                "sandbox": self.sandbox_id,
+                "runtime": self.runtime_id,
+                "reason": str(down.reason),
+                "kind": down.reason.kind,
+            },
+        )
+
+    def close(self, reason: ExitReason) -> None:
+        """No process will come back (destroyed, or restarts gave up): wake every waiter."""
+        with self._cond:
+            self._closed = reason
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None) -> ProcessRef:
+        """The live process, waiting up to ``timeout`` for one during a restart."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                ref = self._ref
+                if ref is not None and ref.is_alive():
+                    return ref
+                if self._closed is not None:
+                    raise ActorDead(f"sandbox {self.sandbox_id}", self._closed)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise CallTimeout(f"sandbox {self.sandbox_id}", timeout)
+                self._cond.wait(remaining)
+
+    def info(self) -> dict[str, Any]:
+        ref = self.current()
+        return {
+            "pid": ref.pid if ref is not None else None,
+            "restarts": self.restarts,
+            "started_at": self.started_at,
+            "last_exit": str(self.last_exit) if self.last_exit else None,
+        }

@@ -1,0 +1,1 @@
+"""Sandbox apps the benchmarks run (each module is an app entry: ``module:children``)."""

@@ -1,0 +1,659 @@
+"""Actors with links and monitors, on top of pykka's ``ThreadingActor``.
+
+pykka gives each actor a thread and a mailbox; it has no links, monitors or exit
+reasons, which OTP-style supervision needs. This module adds them:
+
+- every actor ends with an :class:`ExitReason` (normal, shutdown, exception with the
+  traceback text, killed, ...);
+- :func:`monitor` delivers a :class:`Down` notice to a watcher when the actor ends;
+- :func:`link` ties two actors: when one ends abnormally the other is stopped with
+  the same reason, unless it traps exits, in which case it gets an :class:`Exit`
+  message instead.
+
+Calls, casts and plain messages all travel through the pykka mailbox; a call
+carries a reply object, so the same actor code answers a caller in this process or
+one on the other end of a socket.
+
+>>> class Echo(Actor):
+...     def on_call(self, request):
+...         return request
+>>> ref = Echo.start()
+>>> ref.call("hi")
+'hi'
+>>> ref.stop().kind
+'shutdown'
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import pykka
+from pykka._envelope import Envelope
+
+from . import telemetry
+from .barrier import BARRIER
+from .errors import ActorDead, ActorFailed, CallTimeout, SandboxError
+
+__all__ = [
+    "Actor",
+    "ActorRef",
+    "Down",
+    "Exit",
+    "ExitReason",
+    "Reply",
+    "ReplySink",
+    "demonitor",
+    "link",
+    "monitor",
+    "unlink",
+]
+
+log = logging.getLogger("runtime.actor")
+
+DEFAULT_CALL_TIMEOUT = 5.0
+DEFAULT_SHUTDOWN = 5.0
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class ExitReason:
+    """Why an actor ended.
+
+    ``kind`` is ``normal`` (finished its work), ``shutdown`` (asked to stop),
+    ``exception`` (a handler raised; ``traceback`` has the text), ``killed`` (did
+    not stop in time and was abandoned), ``exit`` (a child process exited; the
+    message has the code or signal), or ``protocol`` (a peer broke the mailbox
+    protocol).
+
+    >>> ExitReason.shutdown().abnormal
+    False
+    >>> ExitReason.from_exception(ValueError("bad")).message
+    'ValueError: bad'
+    """
+
+    kind: str
+    message: str = ""
+    traceback: str = ""
+
+    @property
+    def abnormal(self) -> bool:
+        """True unless the actor stopped normally or was shut down (OTP's rule for transient)."""
+        return self.kind not in ("normal", "shutdown")
+
+    @classmethod
+    def normal(cls) -> ExitReason:
+        return cls("normal")
+
+    @classmethod
+    def shutdown(cls, message: str = "") -> ExitReason:
+        return cls("shutdown", message)
+
+    @classmethod
+    def killed(cls, message: str = "") -> ExitReason:
+        return cls("killed", message)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ExitReason:
+        return cls(
+            "exception",
+            f"{type(exc).__name__}: {exc}",
+            "".join(traceback.format_exception(exc)),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}" if self.message else self.kind
+
+
+@dataclass(frozen=True)
+class Down:
+    """Delivered to a monitor's watcher when the watched actor ends."""
+
+    actor_id: str
+    monitor_ref: str
+    reason: ExitReason
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Delivered to a linked actor that traps exits when its peer ends."""
+
+    actor_id: str
+    reason: ExitReason
+
+
+class ReplySink(Protocol):
+    """Where a call's answer goes: a waiting thread here, or a socket to another process."""
+
+    def set_result(self, value: Any) -> None: ...
+
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
+class Reply:
+    """A one-shot reply slot a calling thread waits on.
+
+    A lock acquired at creation and released on completion is the cheapest
+    one-shot wake-up CPython has; calls are the hot path.
+
+    >>> r = Reply(); r.set_result(3); r.wait(0.1) and r.result()
+    3
+    """
+
+    __slots__ = ("_done", "_value", "_exc")
+
+    def __init__(self) -> None:
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._value: Any = None
+        self._exc: BaseException | None = None
+
+    def set_result(self, value: Any) -> None:
+        self._value = value
+        self._release()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._exc = exc
+        self._release()
+
+    def _release(self) -> None:
+        try:
+            self._done.release()
+        except RuntimeError:  # completed twice: the first answer stands
+            pass
+
+    def wait(self, timeout: float | None) -> bool:
+        if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
+            self._done.release()
+            return True
+        return False
+
+    def result(self) -> Any:
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+
+# Mailbox messages. Plain data; the actor thread interprets them.
+@dataclass(frozen=True)
+class _Call:
+    request: Any
+    reply: ReplySink
+    #: Sent by a handler holding the code barrier (an actor calling another actor
+    #: of this process): the callee passes the barrier ahead of a waiting reload.
+    nested: bool = False
+
+
+@dataclass(frozen=True)
+class _Cast:
+    request: Any
+
+
+@dataclass(frozen=True)
+class _Info:
+    message: Any
+
+
+@dataclass(frozen=True)
+class _Wake:
+    """Wakes an idle actor so it notices a stop request."""
+
+
+Watcher = Callable[[Down], None]
+
+
+class Actor(pykka.ThreadingActor):
+    """Base class of every actor: a thread with a mailbox, links, monitors and exit reasons.
+
+    Override the hooks; each runs in the actor's own thread, one message at a time:
+
+    - ``on_init()``: set up; raising here makes :meth:`start` raise.
+    - ``on_call(request) -> reply``, ``on_cast(request)``, ``on_info(message)``
+      (plain messages, :class:`Down` and :class:`Exit` notices).
+    - ``on_exit(reason)``: clean up; runs once however the actor ends (unless it is
+      killed while stuck).
+
+    An exception escaping a hook fails the actor: the caller of a call gets
+    :class:`~runtime.errors.ActorFailed` with the traceback text, monitors get
+    ``Down`` with an ``exception`` reason, and links propagate it.
+
+    >>> class Adder(Actor):
+    ...     def on_init(self): self.total = 0
+    ...     def on_call(self, n): self.total += n; return self.total
+    >>> ref = Adder.start(); ref.call(2); ref.call(3)
+    2
+    5
+    >>> _ = ref.stop()
+    """
+
+    #: True: a linked peer's abnormal exit arrives as an :class:`Exit` message
+    #: instead of stopping this actor.
+    trap_exit: ClassVar[bool] = False
+    use_daemon_thread = True  # a killed (abandoned) actor must not hold up interpreter exit
+
+    @staticmethod
+    def _create_actor_inbox() -> Any:  # pykka hook
+        # SimpleQueue is C code with no Condition: a put from a sender and a get from
+        # the actor do not fight over a Python-level lock (pykka's Queue spends most
+        # of a cast there).
+        return queue.SimpleQueue()
+
+    def __init__(self, *, name: str | None = None) -> None:
+        super().__init__()
+        self.actor_id = f"{name or type(self).__name__}#{next(_ids)}"
+        self.name = name
+        self._life = threading.Lock()
+        self._exiting = False
+        self._exit_reason: ExitReason | None = None
+        self._exited = threading.Event()
+        self._started = threading.Event()
+        self._stop_request: ExitReason | None = None
+        self._pending: set[ReplySink] = set()
+        self._watchers: dict[str, Watcher] = {}
+        self._links: dict[str, Actor] = {}
+        self._thread: threading.Thread | None = None
+
+    # -- hooks -----------------------------------------------------------------------
+    def on_init(self) -> None:
+        """Set up the actor (runs in its thread before any message)."""
+
+    def on_call(self, request: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not handle calls (got {request!r})")
+
+    def on_cast(self, request: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not handle casts (got {request!r})")
+
+    def on_info(self, message: Any) -> None:
+        log.debug("%s ignored message %r", self.actor_id, message)
+
+    def on_exit(self, reason: ExitReason) -> None:
+        """Clean up; ``reason`` says why the actor is ending."""
+
+    # -- start -----------------------------------------------------------------------
+    @classmethod
+    def start(cls, *args: Any, **kwargs: Any) -> ActorRef:  # type: ignore[override]
+        """Start the actor in its own thread and wait for ``on_init`` to finish.
+
+        Raises :class:`~runtime.errors.ActorFailed` if ``on_init`` raised.
+        """
+        obj = cls(*args, **kwargs)
+        pykka.ActorRegistry.register(obj.actor_ref)
+        obj._start_actor_loop()
+        obj._started.wait()
+        ref = obj.ref
+        if obj._exit_reason is not None and obj._exit_reason.abnormal:
+            r = obj._exit_reason
+            raise ActorFailed(obj.actor_id, f"init failed: {r.message}", r.traceback)
+        return ref
+
+    ref_class: ClassVar[type[ActorRef]]  # set below, after ActorRef exists
+
+    @property
+    def ref(self) -> ActorRef:
+        return self.ref_class(self)
+
+    def on_start(self) -> None:  # pykka hook; runs in the actor thread
+        self._thread = threading.current_thread()
+        try:
+            self.on_init()
+        except BaseException as exc:
+            self._terminate(ExitReason.from_exception(exc), run_on_exit=False)
+        finally:
+            self._started.set()
+
+    # -- the message loop ------------------------------------------------------------
+    def on_receive(self, message: Any) -> Any:
+        if self._stop_request is not None:
+            self._terminate(self._stop_request)
+            return None
+        try:
+            if isinstance(message, _Call):
+                self._handle_call(message)
+            elif isinstance(message, _Cast):
+                self._dispatch(self.on_cast, message.request)
+            elif isinstance(message, _Info):
+                self._dispatch(self.on_info, message.message)
+            elif isinstance(message, _Wake):
+                pass
+            else:
+                self._dispatch(self.on_info, message)
+        except _Failed as failed:
+            self._terminate(failed.reason)
+        except BaseException as exc:
+            # Not a hook failure but the machinery around it (e.g. a reply sink whose
+            # socket broke). Left to pykka, the thread would stop without _finish, so
+            # monitors would never get Down and stop() would wait its full timeout.
+            log.error("actor %s: internal error: %s", self.actor_id, exc, exc_info=exc)
+            self._terminate(ExitReason.from_exception(exc))
+        return None
+
+    def _dispatch(self, fn: Callable[[Any], Any], arg: Any) -> Any:
+        """Run a hook; any exception becomes this actor's failure."""
+        try:
+            return fn(arg)
+        except BaseException as exc:
+            reason = ExitReason.from_exception(exc)
+            log.error("actor %s failed: %s\n%s", self.actor_id, reason.message, reason.traceback)
+            telemetry.execute(
+                "actor.failure",
+                {"count": 1},
+                {"actor": self.actor_id, "reason": reason.message, "traceback": reason.traceback},
+            )
+            raise _Failed(reason) from exc
+
+    def _handle_call(self, msg: _Call) -> None:
+        try:
+            value = self._dispatch(self.on_call, msg.request)
+        except _Failed as failed:
+            self._discard(msg.reply)
+            msg.reply.set_exception(
+                ActorFailed(self.actor_id, failed.reason.message, failed.reason.traceback)
+            )
+            raise
+        self._discard(msg.reply)
+        msg.reply.set_result(value)
+
+    def _discard(self, reply: ReplySink) -> None:
+        with self._life:
+            self._pending.discard(reply)
+
+    # -- ending ----------------------------------------------------------------------
+    def _terminate(self, reason: ExitReason, *, run_on_exit: bool = True) -> None:
+        """End the actor from its own thread: on_exit, then notify everyone."""
+        with self._life:
+            if self._exiting:
+                return
+            self._exiting = True
+        if run_on_exit:
+            try:
+                self.on_exit(reason)
+            except BaseException as exc:
+                log.error("on_exit of %s raised: %s", self.actor_id, exc, exc_info=exc)
+                if not reason.abnormal:
+                    reason = ExitReason.from_exception(exc)
+        self._finish(reason)
+        self._stop()  # pykka: unregister, stop the loop, skip the rest of the mailbox
+
+    def _finish(self, reason: ExitReason) -> None:
+        """Record the reason, fail waiting callers, tell monitors and links. Exactly once."""
+        with self._life:
+            if self._exit_reason is not None:
+                return
+            self._exit_reason = reason
+            pending, self._pending = self._pending, set()
+            watchers, self._watchers = self._watchers, {}
+            links, self._links = self._links, {}
+        self.actor_stopped.set()
+        for reply in pending:
+            reply.set_exception(ActorDead(self.actor_id, reason))
+        for mref, watcher in watchers.items():
+            _deliver_down(watcher, Down(self.actor_id, mref, reason))
+        for peer in links.values():
+            peer._exit_signal(self, reason)
+        self._exited.set()
+
+    def _exit_signal(self, sender: Actor, reason: ExitReason, *, linked: bool = True) -> None:
+        """A linked peer ended (OTP exit signal semantics).
+
+        ``linked=False`` is for :func:`link` to an actor that had already ended,
+        where no link was ever recorded.
+        """
+        with self._life:
+            was_linked = self._links.pop(sender.actor_id, None) is not None
+        if linked and not was_linked:
+            # unlink() ran after the peer started ending: as in OTP, no exit signal
+            # may arrive once unlink has returned.
+            return
+        if self.trap_exit:
+            self._post(_Info(Exit(sender.actor_id, reason)))
+        elif reason.kind != "normal":
+            self._request_stop(reason)
+
+    def _request_stop(self, reason: ExitReason) -> None:
+        """Ask the actor to end before its next message (out of band, like an exit signal)."""
+        with self._life:
+            if self._exiting or self._stop_request is not None:
+                return
+            self._stop_request = reason
+        self._post(_Wake())
+
+    def _kill(self, reason: ExitReason) -> None:
+        """Abandon an actor that did not stop in time; its thread is left to die alone."""
+        with self._life:
+            self._exiting = True
+        self._finish(reason)
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        # An idle actor's thread is blocked on its inbox and _post() refuses messages
+        # now: put a wake-up in directly so the loop sees actor_stopped and the thread
+        # ends instead of lingering forever.
+        self.actor_inbox.put(Envelope(_Wake()))
+
+    def _post(self, message: Any) -> bool:
+        if self.actor_stopped.is_set():
+            return False
+        self.actor_inbox.put(Envelope(message))
+        return True
+
+    def on_stop(self) -> None:  # pykka hook
+        pass
+
+    def on_failure(self, *exc_info: Any) -> None:  # pykka hook; our loop never raises
+        pass
+
+
+class _Failed(Exception):
+    def __init__(self, reason: ExitReason) -> None:
+        self.reason = reason
+
+
+def _deliver_down(watcher: Watcher, down: Down) -> None:
+    try:
+        watcher(down)
+    except Exception:
+        log.exception("monitor callback for %s raised", down.actor_id)
+
+
+class ActorRef:
+    """A handle on a running (or ended) actor; cheap to create and to pass around.
+
+    >>> class Shout(Actor):
+    ...     def on_call(self, s): return s.upper()
+    >>> ref = Shout.start(name="shout")
+    >>> ref.call("hey"), ref.is_alive()
+    ('HEY', True)
+    >>> ref.stop().kind, ref.is_alive()
+    ('shutdown', False)
+    """
+
+    __slots__ = ("_actor",)
+
+    def __init__(self, actor: Actor) -> None:
+        self._actor = actor
+
+    @property
+    def id(self) -> str:
+        return self._actor.actor_id
+
+    @property
+    def name(self) -> str | None:
+        return self._actor.name
+
+    @property
+    def exit_reason(self) -> ExitReason | None:
+        """The reason the actor ended, or None while it runs."""
+        return self._actor._exit_reason
+
+    def is_alive(self) -> bool:
+        return self._actor._exit_reason is None and not self._actor.actor_stopped.is_set()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other._actor is self._actor
+
+    def __hash__(self) -> int:
+        return id(self._actor)
+
+    def __repr__(self) -> str:
+        state = "alive" if self.is_alive() else f"ended: {self.exit_reason}"
+        return f"<{type(self).__name__} {self.id} {state}>"
+
+    # -- messages --------------------------------------------------------------------
+    def call(self, request: Any, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Any:
+        """Send ``request`` and wait for the reply.
+
+        Raises :class:`~runtime.errors.CallTimeout` after ``timeout`` seconds,
+        :class:`~runtime.errors.ActorFailed` if the handler raised (the actor has
+        then failed), :class:`~runtime.errors.ActorDead` if the actor is not running.
+        """
+        reply = Reply()
+        self.call_into(request, reply)
+        if not reply.wait(timeout):
+            self._actor._discard(reply)
+            raise CallTimeout(self.id, timeout)
+        return reply.result()
+
+    def call_into(self, request: Any, reply: ReplySink) -> None:
+        """Send a call whose answer goes to ``reply`` (for callers that do not block)."""
+        actor = self._actor
+        with actor._life:
+            if actor._exiting or actor._exit_reason is not None:
+                raise ActorDead(self.id, actor._exit_reason)
+            actor._pending.add(reply)
+        actor.actor_inbox.put(Envelope(_Call(request, reply, BARRIER.held())))
+
+    def cast(self, request: Any) -> None:
+        """Send ``request`` without waiting. A failure in its handler fails the actor.
+
+        Raises :class:`~runtime.errors.ActorDead` if the actor is not running.
+        """
+        if not self._actor._post(_Cast(request)):
+            raise ActorDead(self.id, self.exit_reason)
+
+    def tell(self, message: Any) -> None:
+        """Deliver a plain message to ``on_info`` (or ``handle_info``)."""
+        if not self._actor._post(_Info(message)):
+            raise ActorDead(self.id, self.exit_reason)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def stop(
+        self,
+        reason: ExitReason | None = None,
+        *,
+        timeout: float | None = DEFAULT_SHUTDOWN,
+    ) -> ExitReason:
+        """Stop the actor before its next message, wait up to ``timeout``, then kill it.
+
+        Returns the exit reason (``shutdown`` unless it had already ended otherwise).
+        From inside the actor itself, only asks; the stop happens after the current
+        message.
+        """
+        actor = self._actor
+        actor._request_stop(reason or ExitReason.shutdown())
+        if threading.current_thread() is actor._thread:
+            return reason or ExitReason.shutdown()
+        if not actor._exited.wait(timeout):
+            log.warning("%s did not stop within %ss; abandoning its thread", self.id, timeout)
+            actor._kill(ExitReason.killed(f"did not stop within {timeout}s"))
+        return actor._exit_reason or ExitReason.shutdown()
+
+    def kill(self, reason: ExitReason | None = None) -> None:
+        """End the actor at once without running its cleanup (OTP's ``exit(Pid, kill)``)."""
+        self._actor._kill(reason or ExitReason.killed())
+
+    def join(self, timeout: float | None = None) -> ExitReason | None:
+        """Wait until the actor has ended; returns its exit reason (None on timeout)."""
+        self._actor._exited.wait(timeout)
+        return self._actor._exit_reason
+
+
+Actor.ref_class = ActorRef
+
+_mrefs = itertools.count(1)
+
+
+def monitor(watched: ActorRef, watcher: ActorRef | Watcher) -> str:
+    """Watch ``watched``: when it ends, ``watcher`` gets a :class:`Down` notice.
+
+    ``watcher`` is an actor (the notice arrives as a message to its ``on_info``) or
+    a callable (called with the notice from the ending actor's thread; keep it
+    short). Monitoring an actor that has already ended delivers the notice at once.
+    Returns the monitor reference for :func:`demonitor`.
+
+    >>> class Idle(Actor): pass
+    >>> downs = []
+    >>> ref = Idle.start()
+    >>> _ = monitor(ref, downs.append)
+    >>> _ = ref.stop(); downs[0].reason.kind
+    'shutdown'
+    """
+    deliver: Watcher
+    if isinstance(watcher, ActorRef):
+        target = watcher._actor
+        deliver = lambda down: target._post(_Info(down))  # noqa: E731
+    else:
+        deliver = watcher
+    mref = f"#mon{next(_mrefs)}"
+    actor = watched._actor
+    with actor._life:
+        reason = actor._exit_reason
+        if reason is None:
+            actor._watchers[mref] = deliver
+            return mref
+    _deliver_down(deliver, Down(actor.actor_id, mref, reason))
+    return mref
+
+
+def demonitor(watched: ActorRef, monitor_ref: str) -> None:
+    """Stop watching; no Down notice will be delivered for ``monitor_ref``."""
+    with watched._actor._life:
+        watched._actor._watchers.pop(monitor_ref, None)
+
+
+def link(a: ActorRef, b: ActorRef) -> None:
+    """Link two actors both ways: an abnormal end of one stops the other.
+
+    An actor whose class sets ``trap_exit = True`` gets an :class:`Exit` message
+    instead. Linking to an actor that has already ended delivers its exit at once.
+    """
+    x, y = a._actor, b._actor
+    if x is y:
+        raise SandboxError("an actor cannot link to itself")
+    # Lock in a fixed order so two threads linking the same pair cannot deadlock.
+    first, second = sorted((x, y), key=id)
+    with first._life, second._life:
+        x_reason, y_reason = x._exit_reason, y._exit_reason
+        if x_reason is None and y_reason is None:
+            x._links[y.actor_id] = y
+            y._links[x.actor_id] = x
+            return
+    if x_reason is not None and y_reason is None:
+        y._exit_signal(
+            x, ExitReason("noproc", f"{x.actor_id} had already ended ({x_reason})"), linked=False
+        )
+    elif y_reason is not None and x_reason is None:
+        x._exit_signal(
+            y, ExitReason("noproc", f"{y.actor_id} had already ended ({y_reason})"), linked=False
+        )
+
+
+def unlink(a: ActorRef, b: ActorRef) -> bool:
+    """Remove a link between two actors (no-op if there is none).
+
+    Once this returns, no exit signal from ``b`` reaches ``a`` (nor the reverse).
+    Returns whether ``a`` was still linked to ``b``: False means ``b`` had already
+    ended and its :class:`Exit` may already be in ``a``'s mailbox (if ``a`` traps
+    exits), which a supervisor needs to know to recognise that message.
+    """
+    x, y = a._actor, b._actor
+    first, second = sorted((x, y), key=id)
+    with first._life, second._life:
+        was_linked = x._links.pop(y.actor_id, None) is not None
+        y._links.pop(x.actor_id, None)
+    return was_linked

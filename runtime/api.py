@@ -1,0 +1,328 @@
+"""The public face: a :class:`Runtime` wiring the component actors under one supervisor.
+
+>>> import runtime
+>>> with runtime.start() as rt:
+...     sb = rt.create_sandbox("doc-counter", "examples/counter")
+...     sb.call("counter", "incr")
+...     sb.call("counter", ("add", 41))
+1
+42
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from . import telemetry
+from .actor import ActorRef
+from .childspec import ChildSpec
+from .config import SandboxConfig
+from .errors import ConfigError, SandboxError, SecurityViolation
+from .supervisor import Supervisor, SupervisorRef
+
+__all__ = ["Runtime", "Sandbox", "BatchResult", "start"]
+
+log = logging.getLogger("runtime")
+
+DEFAULT_TIMEOUT = 5.0
+_runtime_ids = itertools.count(1)
+
+_RUNTIME_OPTIONS = {
+    "name": "a string naming this runtime in logs and telemetry",
+    "base_dir": "a directory under which sandboxes get their work directories",
+    "max_restarts": "an integer >= 0 (root supervisor intensity)",
+    "max_seconds": "a number of seconds > 0 (root supervisor intensity window)",
+}
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The outcome of one item of a batch operation: a value or an error, never both."""
+
+    id: str
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+
+
+class Sandbox:
+    """A handle on one sandbox of a runtime. Cheap; survives restarts of its process.
+
+    Calls made while the sandbox's process restarts wait for the new process, up
+    to their timeout.
+    """
+
+    def __init__(self, runtime: Runtime, sandbox_id: str) -> None:
+        self.runtime = runtime
+        self.id = sandbox_id
+        self._slot: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Sandbox {self.id!r}>"
+
+    def _process(self, timeout: float | None) -> Any:
+        # The slot outlives process restarts, so it is fetched from the manager once:
+        # calls to a healthy sandbox never queue behind the manager's other work.
+        if self._slot is None:
+            self._slot = self.runtime._slot(self.id)
+        return self._slot.get(timeout)
+
+    def call(self, actor: str, request: Any, *, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+        """Call the actor registered as ``actor`` inside the sandbox and return its reply.
+
+        >>> import runtime
+        >>> with runtime.start() as rt:
+        ...     rt.create_sandbox("doc-call", "examples/counter").call("counter", "get")
+        0
+        """
+        proc = self._process(timeout)
+        return proc.call(actor, request, timeout=timeout)
+
+    def cast(self, actor: str, request: Any) -> None:
+        """Send ``request`` to ``actor`` without waiting for it to be handled."""
+        self._process(DEFAULT_TIMEOUT).cast(actor, request)
+
+    def run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+        """Run ``fn(*args)`` inside the sandbox and return its (msgpack-native) result.
+
+        The function travels by cloudpickle; the ``high`` profile refuses it.
+
+        >>> import runtime
+        >>> with runtime.start() as rt:
+        ...     rt.create_sandbox("doc-run", "examples/counter").run(pow, 2, 10)
+        1024
+        """
+        info = self.runtime.get_sandbox_info(self.id)
+        if info["profile"] == "high":
+            raise SecurityViolation(
+                f"sandbox {self.id!r} runs under the 'high' profile, which forbids run(); "
+                "use profile='medium' or 'low', or send a call to one of its actors"
+            )
+        proc = self._process(timeout)
+        return proc.system("run", (fn, tuple(args)), timeout=timeout)
+
+    def info(self) -> dict[str, Any]:
+        """The sandbox's status, pid, configuration, restart count, uptime, last error."""
+        return self.runtime.get_sandbox_info(self.id)
+
+    def restart(self, *, preserve_state: bool = False) -> dict[str, Any]:
+        """Restart the sandbox with the same configuration (optionally keeping actor state)."""
+        return self.runtime.restart_sandbox(self.id, preserve_state=preserve_state)
+
+    def destroy(self) -> None:
+        """Stop the sandbox's processes and remove its work directory and registry entry."""
+        self.runtime.destroy_sandbox(self.id)
+
+    @property
+    def pid(self) -> int | None:
+        return self.info()["pid"]
+
+
+class Runtime:
+    """A running actor system: the root supervisor and its component actors.
+
+    Several runtimes may run in one process; they share nothing but the forkserver.
+    Use :func:`start` to make one.
+    """
+
+    def __init__(self, **config: Any) -> None:
+        for key, value in config.items():
+            if key not in _RUNTIME_OPTIONS:
+                raise ConfigError(key, value, f"one of the runtime options {', '.join(_RUNTIME_OPTIONS)}")
+        self.name = config.get("name") or f"rt{os.getpid()}-{next(_runtime_ids)}"
+        base = config.get("base_dir")
+        if base is not None and not os.path.isdir(base):
+            raise ConfigError("base_dir", base, _RUNTIME_OPTIONS["base_dir"])
+        self.base_dir = tempfile.mkdtemp(prefix=f"sandbox-{self.name}-", dir=base)
+        self._lock = threading.Lock()
+        self._root: SupervisorRef | None = None
+        self._max_restarts = config.get("max_restarts", 10)
+        self._max_seconds = config.get("max_seconds", 10.0)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> Runtime:
+        """Start the root supervisor and the component actors (done by :func:`start`)."""
+        from actors.manager import ManagerActor
+
+        # The manager finds the sandboxes supervisor through this holder, which its
+        # start function refreshes: asking the root supervisor instead would deadlock
+        # while the root is busy starting the manager.
+        holder: list[SupervisorRef] = []
+
+        def start_sandboxes() -> SupervisorRef:
+            ref = Supervisor.start(
+                [], strategy="one_for_one", max_restarts=1000, max_seconds=1.0,
+                name=f"{self.name}/sandboxes",
+            )
+            holder[:] = [ref]
+            return ref
+
+        def sandboxes() -> SupervisorRef:
+            if not holder or not holder[0].is_alive():
+                raise SandboxError(f"the sandboxes supervisor of runtime {self.name!r} is not running")
+            return holder[0]
+
+        children = [
+            ChildSpec("sandboxes", start=start_sandboxes, shutdown=120.0, type="supervisor"),
+            ChildSpec(
+                "manager",
+                start=lambda: ManagerActor.start(
+                    runtime_id=self.name, base_dir=self.base_dir, sandboxes=sandboxes,
+                    name=f"{self.name}/manager",
+                ),
+                shutdown=5.0,
+            ),
+        ]
+        self._root = Supervisor.start(
+            children,
+            strategy="one_for_one",
+            max_restarts=self._max_restarts,
+            max_seconds=self._max_seconds,
+            name=f"{self.name}/root",
+        )
+        telemetry.execute("runtime.start", {"count": 1}, {"runtime": self.name})
+        return self
+
+    def stop(self) -> None:
+        """Destroy every sandbox and stop the component actors. Idempotent."""
+        with self._lock:
+            root, self._root = self._root, None
+        if root is None:
+            return
+        root.stop(timeout=60.0)
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+        telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _root_ref(self) -> SupervisorRef:
+        root = self._root
+        if root is None:
+            raise SandboxError(f"runtime {self.name!r} is not running; start it with runtime.start()")
+        return root
+
+    def component(self, name: str) -> ActorRef:
+        """The current reference of a component actor (``manager``, ``sandboxes``, ...)."""
+        ref = self._root_ref().child_ref(name)
+        if ref is None:
+            raise SandboxError(f"component {name!r} of runtime {self.name!r} is not running")
+        return ref
+
+    def _manager(self, op: str, *args: Any, timeout: float | None = 60.0) -> Any:
+        return self.component("manager").invoke(op, *args, timeout=timeout)
+
+    def _slot(self, sandbox_id: str) -> Any:
+        return self._manager("slot", sandbox_id)
+
+    # -- sandboxes -------------------------------------------------------------------
+    def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str], **options: Any) -> Sandbox:
+        """Create and start a sandbox running the app at ``path``; returns its handle.
+
+        Options: ``entry`` ('app:children'), ``profile`` ('high' | 'medium' | 'low'),
+        ``limits`` (dict), ``restart`` ('permanent' | 'transient' | 'temporary'),
+        ``max_restarts``, ``max_seconds``, ``env`` (dict), ``auto_reload``, ``shutdown``.
+        Raises :class:`~runtime.errors.ConfigError` naming any bad option, and leaves
+        nothing behind when creation fails.
+        """
+        config = SandboxConfig.build(sandbox_id, os.fspath(path) if isinstance(path, os.PathLike) else path, **options)
+        self._manager("create", config)
+        return Sandbox(self, sandbox_id)
+
+    def sandbox(self, sandbox_id: str) -> Sandbox:
+        """A handle on an existing sandbox (raises SandboxNotFound if there is none)."""
+        self.get_sandbox_info(sandbox_id)
+        return Sandbox(self, sandbox_id)
+
+    def destroy_sandbox(self, sandbox_id: str) -> None:
+        """Stop a sandbox (gracefully, then SIGKILL) and remove all trace of it."""
+        self._manager("destroy", sandbox_id)
+
+    def restart_sandbox(self, sandbox_id: str, *, preserve_state: bool = False) -> dict[str, Any]:
+        """Restart a sandbox with the same configuration; ``preserve_state`` carries actor state."""
+        return self._manager("restart", sandbox_id, preserve_state)
+
+    def get_sandbox_info(self, sandbox_id: str) -> dict[str, Any]:
+        """Status, pid, configuration, restart count, uptime, timestamps, last error."""
+        return self._manager("info", sandbox_id)
+
+    def list_sandboxes(self) -> list[dict[str, Any]]:
+        """Info of every sandbox of this runtime."""
+        return self._manager("list")
+
+    # -- batches ---------------------------------------------------------------------
+    def _batch(self, items: Iterable[tuple[str, Callable[[], Any]]], workers: int) -> list[BatchResult]:
+        items = list(items)
+
+        def one(item: tuple[str, Callable[[], Any]]) -> BatchResult:
+            key, fn = item
+            try:
+                return BatchResult(key, True, fn())
+            except Exception as exc:  # reported per item; one failure never stops the rest
+                return BatchResult(key, False, error=exc)
+
+        if not items:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items)))) as pool:
+            return list(pool.map(one, items))
+
+    def batch_create(
+        self, specs: Iterable[Mapping[str, Any]], *, workers: int = 8
+    ) -> list[BatchResult]:
+        """Create many sandboxes in parallel; each spec is a dict of ``id``, ``path`` and options.
+
+        Returns one :class:`BatchResult` per spec (value: the :class:`Sandbox`).
+        """
+
+        def creator(spec: Mapping[str, Any]) -> Callable[[], Sandbox]:
+            opts = dict(spec)
+            return lambda: self.create_sandbox(opts.pop("id"), opts.pop("path"), **opts)
+
+        return self._batch(((str(s.get("id")), creator(s)) for s in specs), workers)
+
+    def batch_destroy(self, sandbox_ids: Iterable[str], *, workers: int = 8) -> list[BatchResult]:
+        """Destroy many sandboxes in parallel, one result each."""
+        return self._batch(
+            ((sid, (lambda s=sid: self.destroy_sandbox(s))) for sid in sandbox_ids), workers
+        )
+
+    def batch_run(
+        self,
+        sandbox_ids: Iterable[str],
+        fn: Callable[..., Any],
+        *args: Any,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        workers: int = 8,
+    ) -> list[BatchResult]:
+        """Run ``fn(*args)`` in each sandbox in parallel, one result each."""
+        return self._batch(
+            (
+                (sid, (lambda s=sid: Sandbox(self, s).run(fn, *args, timeout=timeout)))
+                for sid in sandbox_ids
+            ),
+            workers,
+        )
+
+
+def start(**config: Any) -> Runtime:
+    """Start a runtime. Also a context manager: ``with runtime.start() as rt: ...``.
+
+    >>> import runtime
+    >>> rt = runtime.start(name="doc-rt")
+    >>> rt.list_sandboxes()
+    []
+    >>> rt.stop()
+    """
+    return Runtime(**config).start()

@@ -1,0 +1,107 @@
+"""The code barrier: a readers-writer lock every actor's message handling passes.
+
+Each GenServer holds the read side while it handles one message; a hot reload
+takes the write side. Taking it waits for the handlers in flight to finish and
+holds every new message at the door (mailboxes keep filling, nothing is dropped),
+so suspending 1,000 actors costs one lock acquisition, not 1,000 round trips.
+Writers have priority: a steady stream of messages cannot starve a reload. A
+handler that calls another actor of the same process while holding the read side
+passes its right of way on (``nested=True``): otherwise the callee would wait for
+the writer, the writer for the caller, and the caller for the callee.
+
+>>> b = CodeBarrier()
+>>> with b.reading():
+...     b.readers
+1
+>>> with b.writing():
+...     b.writer
+True
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["CodeBarrier", "BARRIER"]
+
+
+class CodeBarrier:
+    """Readers-writer lock with writer priority; re-entrant for readers of one thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self.readers = 0
+        self.writer = False
+        self._writers_waiting = 0
+        self._local = threading.local()
+
+    def held(self) -> bool:
+        """Whether the current thread holds the read side."""
+        return getattr(self._local, "depth", 0) > 0
+
+    def acquire_read(self, *, nested: bool = False) -> None:
+        depth = getattr(self._local, "depth", 0)
+        if depth:
+            self._local.depth = depth + 1
+            return
+        with self._cond:
+            if nested:  # the caller holds a read: no writer can be active, only waiting
+                while self.writer:
+                    self._cond.wait()
+            else:
+                while self.writer or self._writers_waiting:
+                    self._cond.wait()
+            self.readers += 1
+        self._local.depth = 1
+
+    def release_read(self) -> None:
+        depth = self._local.depth - 1
+        self._local.depth = depth
+        if depth:
+            return
+        with self._cond:
+            self.readers -= 1
+            if not self.readers:
+                self._cond.notify_all()
+
+    def acquire_write(self, timeout: float | None = None) -> bool:
+        """Suspend every actor; False if handlers in flight did not finish in time."""
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                ok = self._cond.wait_for(lambda: not self.writer and not self.readers, timeout)
+                if ok:
+                    self.writer = True
+                return ok
+            finally:
+                self._writers_waiting -= 1
+                if not ok:
+                    self._cond.notify_all()
+
+    def release_write(self) -> None:
+        with self._cond:
+            self.writer = False
+            self._cond.notify_all()
+
+    @contextmanager
+    def reading(self, *, nested: bool = False) -> Iterator[None]:
+        self.acquire_read(nested=nested)
+        try:
+            yield
+        finally:
+            self.release_read()
+
+    @contextmanager
+    def writing(self, timeout: float | None = None) -> Iterator[None]:
+        if not self.acquire_write(timeout):
+            raise TimeoutError(f"actors still busy after {timeout}s; cannot suspend them for the swap")
+        try:
+            yield
+        finally:
+            self.release_write()
+
+
+#: The process-wide barrier (one per sandbox process).
+BARRIER = CodeBarrier()

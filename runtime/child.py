@@ -1,0 +1,546 @@
+"""The loop that runs inside a sandbox process.
+
+The host (:mod:`runtime.process`) starts a child process from the forkserver with
+``child_main(sock, boot)``: ``sock`` is the child's end of a socketpair, ``boot`` a
+:class:`BootConfig`. The child then:
+
+1. becomes the leader of its own process group (``os.setsid()``), so the host can
+   kill it and everything it started with one ``killpg``, and a terminal's Ctrl-C
+   does not reach it; and pins itself to ``boot.cpu_affinity`` if given;
+2. applies the working directory, environment overrides and ``sys.path``;
+3. imports the entry ``"module:function"`` and calls it with ``boot.args``; the
+   entry returns a list of :class:`~runtime.childspec.ChildSpec` (run under a
+   one_for_one root supervisor), a :class:`~runtime.supervisor.SupervisorSpec`, or
+   an already started supervisor's ref;
+4. sends a SYSTEM ``ready`` frame (``{"pid", "names"}``), or, if any of this
+   failed, a SYSTEM ``boot_failed`` frame (``{"type", "message", "traceback"}``) and
+   exits with :data:`EXIT_BOOT_FAILED`;
+5. serves frames until the host says stop or goes away:
+
+   - CALL ``target``: the actor registered under ``target`` gets the call with a
+     :class:`SocketReply`, so its answer goes straight back to the socket from the
+     actor's own thread; the reader never waits for a handler. An unknown target
+     gets an ERROR ``NoSuchActor`` listing the registered names.
+   - CAST ``target``: delivered to the actor's ``handle_cast``.
+   - SYSTEM ``op``: run from a dispatch table (:func:`register_system_op`);
+     built in: ``ping``, ``names``, ``stop``, ``run`` (``(fn, args)``, for hosts
+     allowed to pickle). The answer is a REPLY (or ERROR)
+     with the same ref.
+
+How it ends, and the exit code the host sees:
+
+- SYSTEM ``stop`` or EOF on the socket (the host is gone): the root supervisor is
+  stopped (children in reverse order, ``terminate`` callbacks run), exit
+  :data:`EXIT_OK`.
+- The root supervisor fails (restart intensity exceeded: escalation): a SYSTEM
+  ``exiting`` frame with the reason, exit :data:`EXIT_ESCALATED`.
+- The host breaks the protocol: exit :data:`EXIT_PROTOCOL`.
+
+The process always ends with ``os._exit``: multiprocessing's atexit machinery has
+nothing to do here and must not be able to hang the exit.
+
+This module is preloaded into the forkserver, so everything it imports at module
+level is shared by all children; keep that list short.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .actor import ActorRef, Down, monitor
+from .channel import Channel, ChannelClosed
+from .childspec import ChildSpec
+from .errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
+from .mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
+from .registry import registered, whereis
+from .supervisor import Supervisor, SupervisorSpec
+
+__all__ = [
+    "BootConfig",
+    "ChildServer",
+    "EXIT_BOOT_FAILED",
+    "EXIT_ESCALATED",
+    "EXIT_INTERNAL",
+    "EXIT_OK",
+    "EXIT_PROTOCOL",
+    "EXIT_CODES",
+    "SocketReply",
+    "child_main",
+    "current_channel",
+    "error_payload",
+    "register_boot_hook",
+    "register_system_op",
+    "system_ops",
+]
+
+EXIT_OK = 0
+#: The entry could not be imported, raised, or its supervisor did not start.
+EXIT_BOOT_FAILED = 70
+#: The app's root supervisor gave up (more restarts than its intensity allows).
+EXIT_ESCALATED = 71
+#: The host sent a frame that broke the protocol.
+EXIT_PROTOCOL = 72
+#: The child loop itself crashed (a bug in the runtime).
+EXIT_INTERNAL = 73
+
+#: What each distinctive exit code means (for the host's exit reasons).
+EXIT_CODES: dict[int, str] = {
+    EXIT_BOOT_FAILED: "boot failed",
+    EXIT_ESCALATED: "the app's root supervisor gave up (escalation)",
+    EXIT_PROTOCOL: "the host broke the mailbox protocol",
+    EXIT_INTERNAL: "internal error in the sandbox loop",
+}
+
+
+@dataclass
+class BootConfig:
+    """Everything a child needs to start; plain data, pickled once to the child.
+
+    - ``entry``: ``"module:function"`` returning the app's child specs.
+    - ``args``: positional arguments for the entry function.
+    - ``sys_path``: directories put in front of ``sys.path`` (the app's directory).
+    - ``name``: the sandbox's name (logs, the root supervisor's name).
+    - ``max_frame``: largest frame body in bytes, both ways.
+    - ``allow_pickle``: the child may unpickle values the host sends (the host
+      pickles what msgpack cannot carry). Only for children that trust the host,
+      which they always do; off by default to keep the wire plain data.
+    - ``send_pickle``: the child may pickle values it sends; only useful when the
+      host reads with ``trusted=True``, otherwise the host refuses such frames.
+    - ``cwd``: working directory of the child.
+    - ``env``: environment overrides (a ``None`` value removes the variable).
+    - ``shutdown``: seconds the root supervisor gets to stop on a graceful stop.
+    - ``cpu_affinity``: CPUs the child (all its threads) may run on; ``None``
+      leaves scheduling to the kernel.
+    - ``states``: opaque data for boot hooks (:func:`register_boot_hook`), e.g.
+      actor states to restore; ignored when no hook is registered.
+    """
+
+    entry: str
+    args: tuple = ()
+    sys_path: list[str] = field(default_factory=list)
+    name: str = "sandbox"
+    max_frame: int = DEFAULT_MAX_FRAME
+    allow_pickle: bool = False
+    send_pickle: bool = False
+    cwd: str | None = None
+    env: dict[str, str | None] = field(default_factory=dict)
+    shutdown: float = 5.0
+    states: Any = None
+    cpu_affinity: list[int] | None = None
+
+
+# -- system ops ------------------------------------------------------------------------
+
+SystemOp = Callable[["ChildServer", Any], Any]
+_system_ops: dict[str, tuple[SystemOp, bool]] = {}
+
+
+def register_system_op(name: str, *, threaded: bool = False) -> Callable[[SystemOp], SystemOp]:
+    """Register ``fn(server, payload) -> result`` as the handler of SYSTEM op ``name``.
+
+    The result goes back to the host as a REPLY (an exception as an ERROR).
+    Handlers run in the reader thread, so no frame is read while one runs: keep
+    them short, or pass ``threaded=True`` to run each request in its own thread
+    (calls keep flowing meanwhile). Registering a name again replaces the handler.
+
+    >>> @register_system_op("doc-echo")
+    ... def _echo(server, payload):
+    ...     return payload
+    >>> "doc-echo" in system_ops()
+    True
+    """
+
+    def deco(fn: SystemOp) -> SystemOp:
+        _system_ops[name] = (fn, threaded)
+        return fn
+
+    return deco
+
+
+def system_ops() -> list[str]:
+    """Names of the registered SYSTEM ops."""
+    return sorted(_system_ops)
+
+
+BootHook = Callable[["ChildServer"], None]
+_boot_hooks: list[BootHook] = []
+
+
+def register_boot_hook(fn: BootHook) -> BootHook:
+    """Run ``fn(server)`` in every child after its root supervisor started, before
+    ``ready`` is sent (``server.boot`` is the :class:`BootConfig`, ``server.root``
+    the root supervisor). An exception fails the boot. Register at import time of
+    a module the forkserver preloads (or the app imports).
+    """
+    if fn not in _boot_hooks:
+        _boot_hooks.append(fn)
+    return fn
+
+
+@register_system_op("ping")
+def _op_ping(server: ChildServer, payload: Any) -> Any:
+    return "pong" if payload is None else payload
+
+
+@register_system_op("names")
+def _op_names(server: ChildServer, payload: Any) -> list[str]:
+    return registered()
+
+
+@register_system_op("run", threaded=True)
+def _op_run(server: ChildServer, payload: Any) -> Any:
+    """``(fn, args)``: call ``fn(*args)`` in the child; the function only arrives
+    when the host was allowed to pickle (``allow_pickle``)."""
+    fn, args = payload
+    if not callable(fn):
+        raise TypeError(f"run needs (function, args), got a {type(fn).__name__} to call")
+    return fn(*args)
+
+
+@register_system_op("stop")
+def _op_stop(server: ChildServer, payload: Any) -> str:
+    server.shutdown("stop requested by the host")
+    server.request_exit(EXIT_OK)
+    return "stopped"
+
+
+# -- replies ---------------------------------------------------------------------------
+
+
+def error_payload(exc: BaseException, actor: str | None = None) -> dict[str, Any]:
+    """The ERROR frame payload for ``exc``: ``{"type", "message", "traceback", "actor"}``.
+
+    >>> error_payload(ValueError("bad"), "a")["type"]
+    'ValueError'
+    """
+    if isinstance(exc, ActorFailed):
+        return {
+            "type": "ActorFailed",
+            "message": exc.error,
+            "traceback": exc.remote_traceback,
+            "actor": exc.actor,
+        }
+    if isinstance(exc, ActorDead):
+        return {
+            "type": "ActorDead",
+            "message": str(exc.reason) if exc.reason is not None else "",
+            "traceback": "",
+            "actor": exc.actor,
+        }
+    if isinstance(exc, NoSuchActor):
+        return {
+            "type": "NoSuchActor",
+            "message": str(exc),
+            "traceback": "",
+            "actor": exc.name,
+            "names": registered(),
+        }
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+        "actor": actor,
+    }
+
+
+class SocketReply:
+    """A :class:`~runtime.actor.ReplySink` that answers the host over the socket.
+
+    ``set_result`` sends a REPLY frame with the call's ref, ``set_exception`` an
+    ERROR frame. A reply value that cannot be encoded (or is over ``max_frame``)
+    becomes an ERROR frame saying so, never a broken stream.
+    """
+
+    __slots__ = ("_server", "_ref", "_actor")
+
+    def __init__(self, server: ChildServer, ref: int | None, actor: str | None) -> None:
+        self._server = server
+        self._ref = ref
+        self._actor = actor
+
+    def set_result(self, value: Any) -> None:
+        self._server.reply(self._ref, value, self._actor)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._server.reply_error(self._ref, exc, self._actor)
+
+
+# -- the server ------------------------------------------------------------------------
+
+_current: ChildServer | None = None
+
+#: Bytes one recv may read in the child (frames larger than this just take more reads).
+_READ_SIZE = 64 * 1024
+
+
+def current_channel() -> Channel | None:
+    """The channel to the host, in a sandbox process (None elsewhere).
+
+    For tests that must break the protocol on purpose; apps have no business here.
+    """
+    return _current.channel if _current is not None else None
+
+
+def current_server() -> ChildServer | None:
+    """The running :class:`ChildServer`, in a sandbox process (None elsewhere)."""
+    return _current
+
+
+class ChildServer:
+    """The sandbox side of one host connection: boots the app and serves frames."""
+
+    def __init__(self, sock: Any, boot: BootConfig) -> None:
+        self.boot = boot
+        self.read_codec = Codec(allow_pickle=boot.allow_pickle, max_frame=boot.max_frame)
+        if boot.send_pickle == boot.allow_pickle:
+            self.write_codec = self.read_codec
+        else:
+            self.write_codec = Codec(allow_pickle=boot.send_pickle, max_frame=boot.max_frame)
+        # A modest read buffer: every page of it is private memory of this child.
+        self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE)
+        self.root: ActorRef | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._exit_code: int | None = None
+
+    # -- sending ---------------------------------------------------------------------
+    def send(self, kind: str, ref: int | None, target: str | None, payload: Any) -> None:
+        """Send one frame to the host; a gone host is not an error here (EOF tells)."""
+        self.send_raw(self.write_codec.frame(kind, ref, target, payload))
+
+    def send_raw(self, data: bytes) -> None:
+        try:
+            self.channel.send_raw(data)
+        except (ChannelClosed, OSError):
+            pass
+
+    def reply(self, ref: int | None, value: Any, actor: str | None = None) -> None:
+        try:
+            data = self.write_codec.frame(REPLY, ref, None, value)
+        except Exception as exc:  # unencodable or oversized: tell the caller why
+            data = self.write_codec.frame(
+                ERROR,
+                ref,
+                None,
+                {
+                    "type": "EncodeError",
+                    "message": f"the reply of {actor or 'the sandbox'} cannot be sent: {exc}",
+                    "traceback": "",
+                    "actor": actor,
+                },
+            )
+        self.send_raw(data)
+
+    def reply_error(self, ref: int | None, exc: BaseException, actor: str | None = None) -> None:
+        payload = error_payload(exc, actor)
+        try:
+            data = self.write_codec.frame(ERROR, ref, None, payload)
+        except Exception:  # e.g. an oversized traceback: keep what surely fits
+            payload["traceback"] = payload.get("traceback", "")[-4096:]
+            payload.pop("names", None)
+            data = self.write_codec.frame(ERROR, ref, None, payload)
+        self.send_raw(data)
+
+    # -- lifecycle -------------------------------------------------------------------
+    def boot_app(self) -> None:
+        """Apply the boot config, call the entry and start the root supervisor."""
+        boot = self.boot
+        if boot.cwd:
+            os.chdir(boot.cwd)
+        for key, value in boot.env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for path in reversed(boot.sys_path):
+            if path in sys.path:
+                sys.path.remove(path)
+            sys.path.insert(0, path)
+        module_name, sep, fn_name = boot.entry.partition(":")
+        if not sep or not module_name or not fn_name:
+            raise ValueError(f"invalid entry {boot.entry!r}: expected 'module:function'")
+        module = importlib.import_module(module_name)
+        try:
+            fn = getattr(module, fn_name)
+        except AttributeError:
+            raise AttributeError(
+                f"entry {boot.entry!r}: module {module_name!r} ({getattr(module, '__file__', '?')}) "
+                f"has no attribute {fn_name!r}"
+            ) from None
+        result = fn(*boot.args)
+        self.root = self._start_root(result)
+        monitor(self.root, self._root_down)
+        for hook in list(_boot_hooks):
+            hook(self)
+
+    def _start_root(self, result: Any) -> ActorRef:
+        if isinstance(result, SupervisorSpec):
+            return result.start()
+        if isinstance(result, ActorRef):
+            return result
+        if isinstance(result, (list, tuple)) and all(isinstance(c, ChildSpec) for c in result):
+            return Supervisor.start(list(result), strategy="one_for_one")
+        raise TypeError(
+            f"entry {self.boot.entry!r} returned {type(result).__name__}; expected a list of "
+            "ChildSpec, a SupervisorSpec or a started supervisor"
+        )
+
+    def _root_down(self, down: Down) -> None:
+        """The root supervisor ended without being asked: the app is gone."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        code = EXIT_ESCALATED if down.reason.abnormal else EXIT_OK
+        self.send(SYSTEM, None, "exiting", {"code": code, "reason": str(down.reason)})
+        _exit(code)
+
+    def shutdown(self, why: str = "") -> None:
+        """Stop the app gracefully (children in reverse order, terminate callbacks run)."""
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True
+        root = self.root
+        if root is not None and root.is_alive():
+            root.stop(timeout=self.boot.shutdown)
+
+    def request_exit(self, code: int) -> None:
+        """Leave the serve loop (after the current frame's reply) with ``code``."""
+        self._exit_code = code
+
+    def run(self) -> int:
+        """Boot, say ready, serve; returns the exit code."""
+        try:
+            self.boot_app()
+        except BaseException as exc:
+            self.send(
+                SYSTEM,
+                None,
+                "boot_failed",
+                {
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "traceback": "".join(traceback.format_exception(exc)),
+                },
+            )
+            self.shutdown("boot failed")
+            return EXIT_BOOT_FAILED
+        self.send(SYSTEM, None, "ready", {"pid": os.getpid(), "names": registered()})
+        return self.serve()
+
+    def serve(self) -> int:
+        recv = self.channel.recv
+        while True:
+            try:
+                envelopes = recv()
+            except ProtocolError as exc:
+                print(f"sandbox {self.boot.name}: host broke the protocol: {exc}", file=sys.stderr)
+                self.shutdown("protocol error")
+                return EXIT_PROTOCOL
+            except (ChannelClosed, OSError):
+                self.shutdown("the host closed the channel")
+                return EXIT_OK
+            for env in envelopes:
+                kind = env.kind
+                if kind == CALL:
+                    self._call(env.ref, env.target, env.payload)
+                elif kind == CAST:
+                    self._cast(env.target, env.payload)
+                elif kind == SYSTEM:
+                    self._system(env.ref, env.target, env.payload)
+                # REPLY / ERROR from the host: nothing asked for them; ignore.
+            if self._exit_code is not None:
+                return self._exit_code
+
+    def _call(self, ref: int | None, target: str | None, request: Any) -> None:
+        actor = whereis(target) if target is not None else None
+        if actor is None:
+            self.reply_error(ref, NoSuchActor(str(target), registered()), target)
+            return
+        try:
+            actor.call_into(request, SocketReply(self, ref, actor.id))
+        except ActorDead as exc:
+            self.reply_error(ref, exc, actor.id)
+
+    def _cast(self, target: str | None, request: Any) -> None:
+        actor = whereis(target) if target is not None else None
+        try:
+            if actor is None:
+                raise NoSuchActor(str(target), registered())
+            actor.cast(request)
+        except (ActorDead, NoSuchActor) as exc:  # casts are fire and forget; tell the host
+            self.send(SYSTEM, None, "cast_dropped", {"target": target, "reason": str(exc)})
+
+    def _system(self, ref: int | None, op: str | None, payload: Any) -> None:
+        entry = _system_ops.get(op or "")
+        if entry is None:
+            self.reply_error(
+                ref,
+                LookupError(f"unknown system op {op!r}; known: {', '.join(system_ops())}"),
+                None,
+            )
+            return
+        fn, threaded = entry
+        if threaded:
+            threading.Thread(
+                target=self._run_op, args=(fn, ref, payload), name=f"sysop-{op}", daemon=True
+            ).start()
+        else:
+            self._run_op(fn, ref, payload)
+
+    def _run_op(self, fn: SystemOp, ref: int | None, payload: Any) -> None:
+        try:
+            result = fn(self, payload)
+        except BaseException as exc:
+            if ref is not None:
+                self.reply_error(ref, exc, None)
+            return
+        if ref is not None:
+            self.reply(ref, result, None)
+
+
+def _exit(code: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+def child_main(sock: Any, boot: BootConfig) -> None:
+    """Entry point of a sandbox process (the target of the forkserver Process)."""
+    global _current
+    code = EXIT_INTERNAL
+    try:
+        try:
+            os.setsid()  # own process group: the host kills the whole tree with killpg
+        except OSError:
+            pass  # already a group leader
+        if boot.cpu_affinity:
+            try:
+                os.sched_setaffinity(0, boot.cpu_affinity)
+            except (OSError, ValueError):
+                pass  # not allowed here (or a CPU went away): run unpinned
+        # Everything inherited from the forkserver is long-lived: keep the collector
+        # off those objects, so it never writes to (and un-shares) their pages.
+        gc.freeze()
+        server = ChildServer(sock, boot)
+        _current = server
+        code = server.run()
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except Exception:
+            pass
+    finally:
+        _exit(code)

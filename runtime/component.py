@@ -1,0 +1,73 @@
+"""Component actors: actors whose calls are named operations, like a GenServer API module.
+
+The runtime's components (manager, compiler, versions, ...) talk to each other only
+through references; a call names an operation and carries its arguments, and runs
+in the component's own thread, one at a time.
+
+>>> class Greeter(Component):
+...     def op_greet(self, who, *, punct="!"):
+...         return f"hello {who}{punct}"
+>>> ref = Greeter.start()
+>>> ref.invoke("greet", "you", punct=".")
+'hello you.'
+>>> _ = ref.stop()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef
+from .errors import SandboxError
+
+__all__ = ["Component", "ComponentRef"]
+
+
+class ComponentRef(ActorRef):
+    """Reference to a :class:`Component`: ``invoke(op, *args, **kwargs)``."""
+
+    __slots__ = ()
+
+    def invoke(self, op: str, *args: Any, timeout: float | None = DEFAULT_CALL_TIMEOUT, **kwargs: Any) -> Any:
+        """Run operation ``op`` in the component's thread and return its result.
+
+        A :class:`~runtime.errors.SandboxError` raised by the operation is re-raised
+        here and the component keeps running; any other exception fails the component
+        (its supervisor restarts it) and reaches the caller as ``ActorFailed``.
+        """
+        value = self.call((op, args, kwargs), timeout=timeout)
+        if isinstance(value, _Refusal):
+            raise value.error
+        return value
+
+
+class _Refusal:
+    """An expected error: re-raised in the caller, does not fail the component."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class Component(Actor):
+    """An actor whose calls dispatch to ``op_<name>`` methods.
+
+    A :class:`~runtime.errors.SandboxError` raised by an operation (bad input, unknown
+    sandbox, compile error, ...) is the caller's problem: it is re-raised in the
+    caller and the component keeps running. Any other exception is a bug in the
+    component: it fails, and its supervisor restarts it.
+    """
+
+    ref_class = ComponentRef
+
+    def on_call(self, request: Any) -> Any:
+        op, args, kwargs = request
+        fn = getattr(self, f"op_{op}", None)
+        if fn is None:
+            known = sorted(n[3:] for n in dir(self) if n.startswith("op_"))
+            return _Refusal(SandboxError(f"{type(self).__name__} has no operation {op!r}; known: {', '.join(known)}"))
+        try:
+            return fn(*args, **kwargs)
+        except SandboxError as exc:
+            return _Refusal(exc)

@@ -1,0 +1,929 @@
+"""The runtime guard: a PEP 578 audit hook that refuses what a sandbox's profile forbids.
+
+It runs inside the sandbox process. :func:`install_guard` is called once, after
+the process has become its own process group leader and set up its working
+directory, and before any user code is imported::
+
+    from runtime.guard import install_guard
+    handle = install_guard(policy, on_violation=send_audit_event_to_host)
+
+``policy`` is plain data (built on the host by
+:meth:`actors.profiles.Profile.guard_policy`, carried over msgpack);
+``on_violation(event)`` is called with a plain dict for every refusal
+(``{"event", "detail", "action": "refused", "group", "profile", "pid", "ts"}``) and,
+under audit level ``full``, for notable events the profile allows
+(``"action": "allowed"``). A refused operation raises :class:`PermissionError` in
+the code that attempted it, with a message naming the operation and the profile.
+
+What it refuses (unless the profile's groups allow it):
+
+- processes: ``subprocess.Popen``, ``os.system``, ``os.exec*``, ``os.posix_spawn*``,
+  ``os.fork``/``os.forkpty`` (and ``_posixsubprocess.fork_exec``, which raises no
+  audit event, by replacing it);
+- network: ``socket.connect``/``sendto``/``sendmsg`` (client), ``socket.bind``
+  (server), name resolution, raw and packet sockets, except the policy's
+  ``net_allow`` addresses and Unix sockets inside the workdir;
+- files: ``open`` (and ``os.open``, ``sqlite3.connect``) for writing outside the
+  workdir and for reading outside the read roots (symlinks and ``..`` resolved
+  first), directory listing, and ``os.remove/rename/link/symlink/mkdir/rmdir/
+  chmod/chown/utime/truncate/*xattr`` outside the workdir; device files other
+  than /dev/null, /dev/zero, /dev/urandom, ... are never opened;
+- native code: every ``ctypes.*`` event, extension modules outside the Python
+  installation, sub-interpreters;
+- imports of blocked modules (by ``import`` statement, ``__import__`` or
+  ``importlib.import_module``) unless the import comes from the stdlib or the
+  runtime itself;
+- introspection from user code: ``sys._getframe``, ``sys._current_frames``,
+  ``sys.settrace``/``setprofile``, ``gc.get_objects``/``get_referrers``/
+  ``get_referents``, reading ``tb_frame``/``gi_frame``/``cr_frame``/``ag_frame``;
+  rebinding ``__class__``/``__code__``/``__defaults__`` of the runtime's objects;
+  code objects forged with a stdlib file name; unpickling and unmarshalling in
+  user code;
+- always, whatever the profile: ``sys.addaudithook`` (after installation), signals
+  to processes outside the sandbox's own process group (unless ``signal_any``),
+  raising a resource limit's hard value, ``TIOCSTI`` terminal injection.
+
+Not a proof. An audit hook runs in the same process as the code it watches: it
+sees only operations that raise audit events, it can be raced by threads
+(a path checked, then swapped for a symlink before the open), and code that gets
+hold of the hook's own frame can tamper with it. Known gaps: modules imported
+before installation cannot be import-blocked (their operations still are);
+``signal.pidfd_send_signal`` and ``os.setsid`` raise no events; a host name in
+``connect`` is resolved before the hook sees the call; a signal handler receives
+the current frame. The boundary that holds is the process (rlimits, separate
+UID, network namespace, no_new_privs); this guard is one layer in front of it.
+
+Overhead: events are dispatched by one dict lookup; an event the policy does not
+care about costs a Python call and returns. Directory resolutions are cached and
+the cache is dropped whenever the sandbox renames, links, removes or creates a
+symlink, so opening files in the workdir costs one ``lstat`` more.
+
+This module imports only the standard library: it is loaded in every sandbox.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["GuardHandle", "install_guard", "policy_errors"]
+
+_installed = False
+
+
+class GuardHandle:
+    """What :func:`install_guard` returns: read-only facts about the installed guard.
+
+    - ``profile``: the profile's name.
+    - ``preloaded_blocked``: blocked modules that were already imported when the
+      guard was installed: the guard cannot refuse importing them (their
+      operations are still refused).
+    - ``refusals()``: how many operations the guard has refused so far.
+    """
+
+    __slots__ = ("profile", "preloaded_blocked", "_count")
+
+    def __init__(self, profile: str, preloaded_blocked: tuple[str, ...], count: Callable[[], int]) -> None:
+        self.profile = profile
+        self.preloaded_blocked = preloaded_blocked
+        self._count = count
+
+    def refusals(self) -> int:
+        return self._count()
+
+    def __repr__(self) -> str:
+        return f"<GuardHandle profile={self.profile!r} refusals={self.refusals()}>"
+
+
+_REQUIRED = ("profile", "workdir", "allow", "write_roots", "read_roots")
+
+
+def policy_errors(policy: Any) -> list[str]:
+    """What is wrong with ``policy`` (empty when it can be installed).
+
+    >>> policy_errors({"profile": "x"})
+    ['policy has no workdir', 'policy has no allow', 'policy has no write_roots', 'policy has no read_roots']
+    """
+    if not isinstance(policy, Mapping):
+        return [f"policy must be a dict, not {type(policy).__name__}"]
+    problems = [f"policy has no {k}" for k in _REQUIRED if k not in policy]
+    for key in ("write_roots", "read_roots", "code_roots", "trusted_code_roots", "untrusted_roots",
+                "dev_files", "blocked_modules", "allow", "protected_modules", "code_suffixes"):
+        value = policy.get(key, [])
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            problems.append(f"policy {key} must be a list of strings")
+    for key in ("write_roots", "read_roots", "code_roots", "trusted_code_roots", "untrusted_roots"):
+        for root in policy.get(key, []) or []:
+            if isinstance(root, str) and not root.startswith("/"):
+                problems.append(f"policy {key} entry {root!r} is not an absolute path")
+    return problems
+
+
+def install_guard(
+    policy: Mapping[str, Any],
+    on_violation: Callable[[dict[str, Any]], None] | None = None,
+) -> GuardHandle:
+    """Install the audit hook for ``policy``; refusals are reported to ``on_violation``.
+
+    Call it once per process, before user code runs. Raises ``ValueError`` for a
+    malformed policy and ``RuntimeError`` if a guard is already installed (a
+    second hook could only be added by the code the first one guards).
+
+    ``on_violation`` runs in the thread that attempted the operation, inside the
+    audit hook: keep it short and do not raise (exceptions are swallowed). It is
+    not called again for events its own work raises.
+
+    Example, in a fresh process (the hook cannot be removed)::
+
+        handle = install_guard(Profile.guard_policy(...), on_violation=print)
+        os.system("true")   # PermissionError: os.system refused by security profile 'high' ...
+    """
+    global _installed
+    if _installed:
+        raise RuntimeError("a runtime guard is already installed in this process")
+    problems = policy_errors(policy)
+    if problems:
+        raise ValueError("invalid guard policy: " + "; ".join(problems))
+    hook, handle = _build(dict(policy), on_violation)
+    sys.addaudithook(hook)
+    _installed = True
+    return handle
+
+
+class _Refused:
+    """Stands in for a function that starts processes without an audit event.
+
+    It raises an audit event of its own (so the guard refuses and reports it),
+    and refuses anyway if that event was let through. It holds no reference to
+    the guard's state.
+    """
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        sys.audit(self._what, "")
+        raise PermissionError(f"{self._what} refused by the sandbox guard")
+
+
+# ------------------------------------------------------------------------------------
+# Everything below is built once, in _build(). The hook and its helpers are closures
+# over values captured at installation: user code that later monkeypatches os,
+# posixpath, builtins or this module does not change what the hook calls.
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
+_FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
+_PROTECTED_ATTRS = frozenset({"__class__", "__code__", "__defaults__", "__kwdefaults__",
+                              "__bases__", "__dict__", "__globals__"})
+# Functions in the stdlib that hand a frame to *their* caller: when one of them
+# triggers a frame event, the verdict depends on who called it.
+_HANDOUT = frozenset({
+    "currentframe", "stack", "trace", "getouterframes", "getinnerframes", "walk_tb",
+    "walk_stack", "<lambda>", "_call_with_frames_removed", "get_stack", "_task_get_stack",
+    "print_stack", "format_stack", "extract_stack", "getframeinfo",
+})
+# The import machinery: skipped when looking for the code that asked for an import.
+_MACHINERY_NAMES = ("importlib", "imp.py", "pkgutil.py", "runpy.py", "zipimport")
+_PROC_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.fork",
+                "os.forkpty", "os.spawn")
+_CTYPES_EVENTS = (
+    "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.addressof",
+    "ctypes.call_function", "ctypes.cdata", "ctypes.cdata/buffer", "ctypes.create_string_buffer",
+    "ctypes.create_unicode_buffer", "ctypes.get_errno", "ctypes.set_errno", "ctypes.string_at",
+    "ctypes.wstring_at", "ctypes.PyObj_FromPtr", "ctypes.get_last_error",
+    "ctypes.set_last_error", "ctypes.seh_exception", "ctypes.set_exception",
+)
+_INTROSPECTION_EVENTS = ("sys._getframe", "sys._current_frames", "sys._current_exceptions",
+                         "gc.get_objects", "gc.get_referrers", "gc.get_referents")
+
+
+def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None] | None) -> tuple[Any, GuardHandle]:
+    import _thread
+    import stat as _statmod
+    import time as _timemod
+
+    # -- captured primitives ---------------------------------------------------------
+    _type, _int, _str, _bytes, _len = type, int, str, bytes, len
+    _tuple, _list, _float, _bool, _NoneType = tuple, list, float, bool, type(None)
+    _issubclass, _repr, _obj_repr = issubclass, repr, object.__repr__
+    _PermissionError, _OSError, _ValueError = PermissionError, OSError, ValueError
+    _str_getitem, _bytes_getitem, _full = str.__getitem__, bytes.__getitem__, slice(None)
+    _lstat, _stat, _readlink, _getcwd = os.lstat, os.stat, os.readlink, os.getcwd
+    _getpid, _getpgid, _getframe = os.getpid, os.getpgid, sys._getframe
+    _get_ident, _now = _thread.get_ident, _timemod.time
+    S_ISLNK, S_ISDIR, S_ISCHR, S_ISBLK = (_statmod.S_ISLNK, _statmod.S_ISDIR,
+                                          _statmod.S_ISCHR, _statmod.S_ISBLK)
+    fsenc = sys.getfilesystemencoding()
+    type_getattribute = type.__getattribute__
+    FunctionType = _type(_build)
+    try:
+        import pathlib
+
+        safe_pathlike = (pathlib.PosixPath, pathlib.PurePosixPath)
+    except Exception:  # pragma: no cover - pathlib is always there
+        safe_pathlike = ()
+    DirEntry = os.DirEntry
+    CodeType = _type(_build.__code__)
+    import io
+
+    _open = io.open
+
+    # -- the policy, frozen ----------------------------------------------------------
+    profile = _str(policy["profile"])
+    allow = frozenset(policy.get("allow", ()))
+    real = os.path.realpath
+
+    def roots(key: str) -> tuple[str, ...]:
+        return _tuple(dict.fromkeys(real(r) for r in policy.get(key, ()) or ()))
+
+    write_roots, read_roots, code_roots = roots("write_roots"), roots("read_roots"), roots("code_roots")
+    trusted_roots, untrusted_roots = roots("trusted_code_roots"), roots("untrusted_roots")
+    write_any = "/" in write_roots
+    read_any = _bool(policy.get("read_any")) or write_any or "/" in read_roots
+
+    def prefixes(rs: tuple[str, ...]) -> tuple[str, ...]:
+        return _tuple(r.rstrip("/") + "/" for r in rs) or ("\0",)
+
+    write_exact, write_pfx = frozenset(write_roots), prefixes(write_roots)
+    read_exact, read_pfx = frozenset(read_roots), prefixes(read_roots)
+    code_exact, code_pfx = frozenset(code_roots), prefixes(code_roots)
+    trusted_pfx, untrusted_pfx = prefixes(trusted_roots), prefixes(untrusted_roots)
+    code_suffixes = _tuple(policy.get("code_suffixes") or (".py", ".pyc", ".so"))
+    # sys.path entries may be listed by the import system even when they are not
+    # readable roots (it treats a refused listing as empty, but we would log it).
+    list_dirs = frozenset(real(p) for p in sys.path if p and p.startswith("/"))
+    dev_files = frozenset(policy.get("dev_files") or ())
+    dev_ok: set[int] = set()
+    for dev in dev_files:
+        try:
+            st = os.stat(dev)
+            if S_ISCHR(st.st_mode):
+                dev_ok.add(st.st_rdev)
+        except OSError:
+            pass
+    dev_ok_f = frozenset(dev_ok)
+    blocked = frozenset(policy.get("blocked_modules") or ())
+    protected = _tuple(m + "." for m in policy.get("protected_modules") or ()) or ("\0",)
+    protected_exact = frozenset(policy.get("protected_modules") or ())
+    net_allow = frozenset((_str(h), _int(p)) for h, p in (policy.get("net_allow") or ()))
+    net_hosts = frozenset(h for h, _p in net_allow)
+    report_allowed = _bool(policy.get("report_allowed"))
+    own_pid = _getpid()
+
+    # Files whose execution means a blocked module is being imported (catches
+    # importlib.import_module, which raises no "import" event for source modules).
+    blocked_files: set[str] = set()
+    entries = [p for p in sys.path if p]
+    for entry in dict.fromkeys(entries + [real(p) for p in entries] + list(code_roots)):
+        for mod in blocked:
+            rel = mod.replace(".", "/")
+            blocked_files.add(f"{entry}/{rel}.py")
+            blocked_files.add(f"{entry}/{rel}/__init__.py")
+    blocked_files_f = frozenset(blocked_files)
+    preloaded = _tuple(sorted(m for m in blocked if m in sys.modules))
+
+    try:
+        import resource
+
+        getrlimit, RLIM_INF = resource.getrlimit, resource.RLIM_INFINITY
+    except ImportError:  # pragma: no cover - not on Linux
+        getrlimit, RLIM_INF = None, -1
+    try:
+        import _socket
+
+        sock_family = _socket.socket.family.__get__
+        AF_UNIX, AF_INET, AF_INET6 = _socket.AF_UNIX, _socket.AF_INET, _socket.AF_INET6
+        SOCK_RAW = _socket.SOCK_RAW
+    except Exception:  # pragma: no cover
+        sock_family, AF_UNIX, AF_INET, AF_INET6, SOCK_RAW = None, 1, 2, 10, 3
+
+    # -- mutable state (only the hook touches it) ------------------------------------
+    dcache: dict[str, str] = {}
+    cwd_box: list[str | None] = [None]
+    trusted_cache: dict[str, bool] = {}
+    checking: set[int] = set()   # threads inside a caller check (our own frame reads)
+    reporting: set[int] = set()  # threads inside on_violation
+    count = [0]
+
+    # -- reporting -------------------------------------------------------------------
+    def srepr(x: Any, depth: int = 0) -> str:
+        """repr() that never runs user code: only exact builtin types are shown."""
+        t = _type(x)
+        if t is _str or t is _bytes or t is _int or t is _float or t is _bool or t is _NoneType:
+            r = _repr(x)
+        elif (t is _tuple or t is _list) and depth < 2:
+            inner = ", ".join(srepr(i, depth + 1) for i in x[:8])
+            r = ("(%s)" if t is _tuple else "[%s]") % (inner + (", ..." if _len(x) > 8 else ""))
+        else:
+            r = _obj_repr(x)
+        return r if _len(r) <= 300 else r[:297] + "..."
+
+    def report(event: str, detail: str, action: str, group: str) -> None:
+        if on_violation is None:
+            return
+        tid = _get_ident()
+        if tid in reporting:
+            return
+        reporting.add(tid)
+        try:
+            on_violation({"event": event, "detail": detail, "action": action, "group": group,
+                          "profile": profile, "pid": own_pid, "ts": _now()})
+        except Exception:
+            pass
+        finally:
+            reporting.discard(tid)
+
+    def refuse(event: str, group: str, detail: str) -> None:
+        count[0] += 1
+        report(event, detail, "refused", group)
+        raise _PermissionError(
+            f"{event} refused by security profile {profile!r}: {detail} "
+            f"(the profile does not allow {group})"
+        )
+
+    def allowed(event: str, group: str, detail: str) -> None:
+        if report_allowed:
+            report(event, detail, "allowed", group)
+
+    # -- paths -----------------------------------------------------------------------
+    def as_path(p: Any) -> str | None:
+        t = _type(p)
+        if t is _str:
+            return p
+        if t is _bytes:
+            return p.decode(fsenc, "surrogateescape")
+        if t in safe_pathlike:
+            return _str(p)
+        if t is DirEntry:
+            return as_path(p.path)
+        # Subclasses: copy the underlying data without calling any of their methods.
+        if _issubclass(t, _str):
+            return _str_getitem(p, _full)
+        if _issubclass(t, _bytes):
+            return _bytes_getitem(p, _full).decode(fsenc, "surrogateescape")
+        return None
+
+    def cwd() -> str:
+        c = cwd_box[0]
+        if c is None:
+            c = cwd_box[0] = _getcwd()
+        return c
+
+    def realpath(path: str) -> str:
+        """Resolve symlinks and '..' the way the kernel will (components left to right)."""
+        resolved = ""
+        pending = path.split("/")
+        pending.reverse()
+        links = 0
+        while pending:
+            name = pending.pop()
+            if not name or name == ".":
+                continue
+            if name == "..":
+                resolved = resolved[: resolved.rfind("/")] if resolved else ""
+                continue
+            candidate = resolved + "/" + name
+            try:
+                st = _lstat(candidate)
+            except (_OSError, _ValueError):
+                resolved = candidate  # does not exist (yet): kept literally
+                continue
+            if not S_ISLNK(st.st_mode):
+                resolved = candidate
+                continue
+            links += 1
+            if links > 40:
+                raise _OSError(40, "too many levels of symbolic links", path)
+            target = _readlink(candidate)
+            if target.startswith("/"):
+                resolved = ""
+            parts = target.split("/")
+            parts.reverse()
+            pending.extend(parts)
+        return resolved or "/"
+
+    def resolve(p: str, dir_fd: Any = None, follow: bool = True) -> tuple[str, Any]:
+        """(real path, stat of the final target or None if it does not exist).
+
+        ``follow=False`` is for calls that act on a symlink itself (unlink,
+        rename, symlink, rmdir): the final component is then not followed.
+        """
+        if p[:1] != "/":
+            if _type(dir_fd) is _int and dir_fd >= 0:
+                base = _readlink(f"/proc/self/fd/{dir_fd}")
+            else:
+                base = cwd()
+            p = base + "/" + p
+        i = p.rfind("/")
+        head, tail = p[:i] or "/", p[i + 1:]
+        if not tail or tail == "." or tail == "..":
+            full = realpath(p)
+            follow = True
+        else:
+            rd = dcache.get(head)
+            if rd is None:
+                rd = realpath(head)
+                if _len(dcache) >= 2048:
+                    dcache.clear()
+                dcache[head] = rd
+            full = rd + "/" + tail if rd != "/" else "/" + tail
+        try:
+            st = _lstat(full)
+        except (_OSError, _ValueError):
+            return full, None
+        if S_ISLNK(st.st_mode):
+            if not follow:
+                return full, None
+            full = realpath(full)
+            try:
+                st = _stat(full)
+            except (_OSError, _ValueError):
+                st = None
+        return full, st
+
+    def inside(path: str, exact: frozenset[str], pfx: tuple[str, ...]) -> bool:
+        return path in exact or path.startswith(pfx)
+
+    def device_ok(st: Any) -> bool:
+        if st is None:
+            return True
+        mode = st.st_mode
+        if S_ISBLK(mode):
+            return False
+        return not S_ISCHR(mode) or st.st_rdev in dev_ok_f
+
+    def check_write(event: str, raw: Any, dir_fd: Any = None, follow: bool = True) -> None:
+        if _type(raw) is _int:
+            return  # an open descriptor: it was checked when it was opened
+        p = as_path(raw)
+        if p is None:
+            refuse(event, "file_write_workdir", f"a path of type {_type(raw).__name__} cannot be checked")
+        try:
+            full, st = resolve(p, dir_fd, follow)
+        except (_OSError, _ValueError) as exc:
+            refuse(event, "file_write_workdir", f"cannot resolve {srepr(p)}: {exc.strerror or exc}")
+        if not device_ok(st) and not (write_any and read_any):
+            refuse(event, "file_write_any", f"{srepr(full)} is a device")
+        if write_any or inside(full, write_exact, write_pfx) or full == "/dev/null":
+            return
+        refuse(event, "file_write_any", f"writing {srepr(full)} (outside the workdir)")
+
+    def check_read(event: str, raw: Any, dir_fd: Any = None, listing: bool = False, os_open: bool = False) -> None:
+        if raw is None or _type(raw) is _int:
+            return  # None: the working directory; int: an open descriptor
+        p = as_path(raw)
+        if p is None:
+            refuse(event, "file_read", f"a path of type {_type(raw).__name__} cannot be checked")
+        try:
+            full, st = resolve(p, dir_fd)
+        except (_OSError, _ValueError) as exc:
+            refuse(event, "file_read", f"cannot resolve {srepr(p)}: {exc.strerror or exc}")
+        if read_any:
+            return
+        if not device_ok(st):
+            refuse(event, "file_read_any", f"{srepr(full)} is a device")
+        if inside(full, write_exact, write_pfx):
+            return
+        is_dir = st is not None and S_ISDIR(st.st_mode)
+        if os_open and is_dir:
+            # A directory descriptor outside the workdir would let dir_fd= calls
+            # (which the audit events describe only by a relative name) escape.
+            refuse(event, "file_read_any", f"opening directory {srepr(full)} outside the workdir")
+        if inside(full, read_exact, read_pfx) or full in dev_files:
+            return
+        if inside(full, code_exact, code_pfx) and (is_dir or listing or full.endswith(code_suffixes)):
+            return  # the import system reading code
+        if listing and full in list_dirs:
+            return
+        refuse(event, "file_read", f"reading {srepr(full)} (outside the allowed roots)")
+
+    # -- callers ---------------------------------------------------------------------
+    def trusted_file(fn: Any) -> bool:
+        if _type(fn) is not _str:
+            return False
+        r = trusted_cache.get(fn)
+        if r is None:
+            r = (fn.startswith("<frozen ") or fn.startswith(trusted_pfx)) and not fn.startswith(untrusted_pfx)
+            if _len(trusted_cache) > 4096:
+                trusted_cache.clear()
+            trusted_cache[fn] = r
+        return r
+
+    def is_machinery(fn: str) -> bool:
+        if fn.startswith("<frozen importlib") or fn.startswith("<frozen zipimport"):
+            return True
+        if not trusted_file(fn):
+            return False
+        for name in _MACHINERY_NAMES:
+            if name in fn:
+                return True
+        return False
+
+    def untrusted_caller(depth: int, skip_machinery: bool = False) -> bool:
+        """Whether the code that triggered the event is user code.
+
+        Walks out from the frame ``depth`` levels up; frames of stdlib helpers
+        that hand frames to their caller, and (for imports) of the import
+        machinery, are looked through. Our own frame reads raise events too:
+        those are recognised by the thread being inside a check, and allowed.
+        """
+        tid = _get_ident()
+        if tid in checking:
+            return False
+        checking.add(tid)
+        try:
+            f = _getframe(depth + 1)
+            while f is not None:
+                code = f.f_code
+                fn = code.co_filename
+                if skip_machinery and is_machinery(fn):
+                    f = f.f_back
+                    continue
+                if not trusted_file(fn):
+                    return True
+                if code.co_name in _HANDOUT:
+                    f = f.f_back
+                    continue
+                return False
+            return False
+        finally:
+            checking.discard(tid)
+
+    # -- handlers: fn(event, args); return to allow, raise to refuse ----------------
+    handlers: dict[str, Callable[[str, tuple], None]] = {}
+
+    def on_open(event: str, args: tuple) -> None:
+        path, mode, flags = args[0], args[1], args[2]
+        if _type(path) is _int:
+            return
+        if _type(flags) is _int and flags & _WRITE_FLAGS:
+            check_write(event, path)
+        else:
+            check_read(event, path, os_open=mode is None)
+
+    def on_listing(event: str, args: tuple) -> None:
+        check_read(event, args[0] if args else None, listing=True)
+
+    def on_write1(event: str, args: tuple) -> None:
+        # os.mkdir(path, mode, dir_fd), os.rmdir(path, dir_fd), os.remove(path, dir_fd),
+        # os.chmod(path, mode, dir_fd), os.chown(path, uid, gid, dir_fd), ...
+        dir_fd = args[-1] if event in ("os.mkdir", "os.rmdir", "os.remove", "os.chmod",
+                                       "os.chown", "os.utime") else None
+        if event in ("os.remove", "os.rmdir"):
+            check_write(event, args[0], dir_fd, follow=False)
+            dcache.clear()
+        else:
+            check_write(event, args[0], dir_fd)
+
+    def on_write2(event: str, args: tuple) -> None:
+        # os.rename(src, dst, src_dir_fd, dst_dir_fd), os.link(...): both ends write.
+        # rename acts on the names themselves; link follows its source by default.
+        check_write(event, args[0], args[2] if _len(args) > 2 else None, follow=event == "os.link")
+        check_write(event, args[1], args[3] if _len(args) > 3 else None, follow=False)
+        dcache.clear()
+
+    def on_symlink(event: str, args: tuple) -> None:
+        # The target is only a string; opening through the link resolves it later.
+        check_write(event, args[1], args[2] if _len(args) > 2 else None, follow=False)
+        dcache.clear()
+
+    def on_chdir(event: str, args: tuple) -> None:
+        cwd_box[0] = None
+
+    def on_sqlite(event: str, args: tuple) -> None:
+        db = args[0]
+        p = as_path(db) if _type(db) is not _int else None
+        if p is None:
+            refuse(event, "file_write_workdir", f"a database of type {_type(db).__name__} cannot be checked")
+        if p in ("", ":memory:"):
+            return
+        if p.startswith("file:"):
+            p = p[5:].split("?", 1)[0]
+            if p in ("", ":memory:"):
+                return
+        check_write(event, p)
+
+    def on_process(event: str, args: tuple) -> None:
+        detail = srepr(args[0]) if args else ""
+        if event == "subprocess.Popen" and _len(args) > 1:
+            detail = srepr(args[1])
+        if "subprocess" in allow:
+            allowed(event, "subprocess", detail)
+            return
+        refuse(event, "subprocess", f"starting processes: {detail}")
+
+    def own_group(pid: int) -> bool:
+        try:
+            return pid == own_pid or _getpgid(pid) == _getpgid(0)
+        except _OSError:
+            return False
+
+    def on_kill(event: str, args: tuple) -> None:
+        pid, sig = args[0], args[1]
+        if "signal_any" in allow or _type(pid) is not _int:
+            return
+        if event == "os.killpg":
+            ok = pid == 0 or pid == _getpgid(0)
+        elif pid == 0:
+            ok = True
+        elif pid == -1:
+            ok = False
+        elif pid < 0:
+            ok = -pid == _getpgid(0)
+        else:
+            ok = own_group(pid)
+        if not ok:
+            refuse(event, "signal_any", f"signal {srepr(sig)} to pid {pid} (outside the sandbox's process group)")
+
+    def on_rlimit(event: str, args: tuple) -> None:
+        if event == "resource.prlimit":
+            pid, res, limits = args[0], args[1], args[2] if _len(args) > 2 else None
+            if pid not in (0, own_pid):
+                refuse(event, "signal_any", f"changing the limits of pid {srepr(pid)}")
+        else:
+            res, limits = args[0], args[1]
+        if limits is None or getrlimit is None:
+            return
+        if _type(limits) not in (_tuple, _list) or _len(limits) != 2 or _type(limits[1]) is not _int:
+            refuse(event, "native", f"limits {srepr(limits)} cannot be checked")
+        cur_hard = getrlimit(res)[1]
+        new_hard = limits[1]
+        raising = cur_hard != RLIM_INF and (new_hard == RLIM_INF or new_hard > cur_hard)
+        if raising:
+            refuse(event, "limits", f"raising the hard limit of resource {res} from {cur_hard} to {new_hard}")
+
+    def on_ioctl(event: str, args: tuple) -> None:
+        if _len(args) > 1 and args[1] in (_TIOCSTI, _TIOCLINUX):
+            refuse(event, "terminal", f"ioctl {srepr(args[1])} (terminal input injection)")
+
+    def net_ok(sock: Any, addr: Any, server: bool) -> tuple[bool, str, str]:
+        group = "network_server" if server else "network_client"
+        if group in allow:
+            return True, group, srepr(addr)
+        try:
+            fam = sock_family(sock) if sock_family is not None else AF_INET
+        except Exception:
+            fam = -1
+        if fam == AF_UNIX:
+            p = as_path(addr)
+            if p is None or p[:1] == "\0" or not p:
+                return False, group, f"unix socket {srepr(addr)}"
+            try:
+                full, _st = resolve(p)
+            except (_OSError, _ValueError):
+                return False, group, f"unix socket {srepr(addr)}"
+            return write_any or inside(full, write_exact, write_pfx), group, f"unix socket {srepr(full)}"
+        if fam in (AF_INET, AF_INET6) and _type(addr) is _tuple and _len(addr) >= 2:
+            host, port = addr[0], addr[1]
+            if _type(host) is _str and _type(port) is _int:
+                return (host, port) in net_allow or (host, 0) in net_allow, group, f"{host}:{port}"
+        return False, group, srepr(addr)
+
+    def on_connect(event: str, args: tuple) -> None:
+        sock, addr = args[0], args[1] if _len(args) > 1 else None
+        if addr is None:  # sendmsg on a connected socket
+            return
+        ok, group, detail = net_ok(sock, addr, server=event == "socket.bind")
+        if ok:
+            allowed(event, group, detail)
+            return
+        refuse(event, group, f"address {detail}")
+
+    def on_socket_new(event: str, args: tuple) -> None:
+        if "network_client" in allow or "network_server" in allow:
+            return
+        family = args[1] if _len(args) > 1 else None
+        stype = args[2] if _len(args) > 2 else None
+        if family in (-1, AF_UNIX, AF_INET, AF_INET6) and stype != SOCK_RAW:
+            return
+        refuse(event, "network_client", f"socket family {srepr(family)} type {srepr(stype)}")
+
+    def on_resolve(event: str, args: tuple) -> None:
+        if "network_client" in allow:
+            return
+        host = args[0] if args else None
+        if _type(host) is _str and host in net_hosts:
+            return
+        refuse(event, "network_client", f"name resolution of {srepr(host)}")
+
+    def on_always(event: str, args: tuple) -> None:
+        refuse(event, "guard", "the guard's own hooks cannot be extended or removed")
+
+    def on_native(event: str, args: tuple) -> None:
+        if "native" in allow:
+            return
+        refuse(event, "native", srepr(args[0]) if args else "native code")
+
+    def on_subinterp(event: str, args: tuple) -> None:
+        if "native" not in allow:
+            refuse(event, "native", "a sub-interpreter would run without this guard")
+
+    def on_introspect(event: str, args: tuple) -> None:
+        if "introspection" in allow or not untrusted_caller(2):
+            return
+        refuse(event, "introspection", "frame and object-graph access from sandbox code")
+
+    def on_trace(event: str, args: tuple) -> None:
+        if "introspection" in allow:
+            return
+        refuse(event, "introspection", "trace and profile functions receive frames")
+
+    def on_getattr(event: str, args: tuple) -> None:
+        if _len(args) > 1 and args[1] in _FRAME_ATTRS and "introspection" not in allow:
+            if untrusted_caller(2):
+                refuse(event, "introspection", f"reading {args[1]} of {_type(args[0]).__name__}")
+
+    def owner_module(obj: Any) -> str | None:
+        t = _type(obj)
+        if t is FunctionType:
+            m = obj.__module__
+        elif _issubclass(t, type):
+            try:
+                m = type_getattribute(obj, "__module__")
+            except Exception:
+                return None
+        else:
+            try:
+                m = type_getattribute(t, "__module__")
+            except Exception:
+                return None
+        return m if _type(m) is _str else None
+
+    def on_setattr(event: str, args: tuple) -> None:
+        if "introspection" in allow or _len(args) < 2 or args[1] not in _PROTECTED_ATTRS:
+            return
+        m = owner_module(args[0])
+        if m is not None and (m in protected_exact or m.startswith(protected)) and untrusted_caller(2):
+            refuse(event, "introspection", f"rebinding {args[1]} of the runtime's {m} objects")
+
+    def forged_name(fn: Any) -> bool:
+        return _type(fn) is _str and (fn.startswith("<frozen") or (fn.startswith(trusted_pfx)
+                                                                   and not fn.startswith(untrusted_pfx)))
+
+    def on_compile(event: str, args: tuple) -> None:
+        if "introspection" in allow or _len(args) < 2 or not forged_name(args[1]):
+            return
+        # A real stdlib source compiled by the import system (no .pyc) is fine; any
+        # other source under a stdlib name would be trusted by the frame checks.
+        src, fn = args[0], args[1]
+        if fn.startswith("<frozen"):
+            refuse(event, "dynamic_code", f"compiling code named {srepr(fn)}")
+        try:
+            with _open(fn, "rb") as fh:
+                data = fh.read()
+        except _OSError:
+            data = None
+        if _type(src) is _str:
+            src = src.encode("utf-8", "surrogatepass")
+        if data is None or _type(src) is not _bytes or src != data:
+            refuse(event, "dynamic_code", f"compiling code named {srepr(fn)} that is not that file")
+
+    def on_code_new(event: str, args: tuple) -> None:
+        if "introspection" in allow or _len(args) < 2 or not forged_name(args[1]):
+            return
+        if untrusted_caller(2):
+            refuse(event, "dynamic_code", f"building a code object named {srepr(args[1])}")
+
+    def on_unpickle(event: str, args: tuple) -> None:
+        if "pickle" in allow or not untrusted_caller(2):
+            return
+        what = srepr(args[0]) + "." + srepr(args[1]) if event == "pickle.find_class" and _len(args) > 1 else ""
+        refuse(event, "pickle", f"deserialising in sandbox code {what}".rstrip())
+
+    def module_blocked(name: Any) -> bool:
+        if _type(name) is not _str:
+            return False
+        if name in blocked:
+            return True
+        i = name.find(".")
+        while i != -1:
+            if name[:i] in blocked:
+                return True
+            i = name.find(".", i + 1)
+        return False
+
+    def on_import(event: str, args: tuple) -> None:
+        name = args[0] if args else None
+        filename = args[1] if _len(args) > 1 else None
+        if _type(filename) is _str and "native" not in allow and filename.endswith(".so"):
+            try:
+                fn = realpath(filename) if filename.startswith("/") else filename
+            except (_OSError, _ValueError):
+                fn = filename
+            if not fn.startswith(trusted_pfx) or fn.startswith(untrusted_pfx):
+                refuse(event, "native", f"loading the extension module {srepr(filename)}")
+        if module_blocked(name) and untrusted_caller(2, skip_machinery=True):
+            refuse(event, "import", f"importing {name}")
+
+    def on_exec(event: str, args: tuple) -> None:
+        code = args[0] if args else None
+        fn = code.co_filename if _type(code) is CodeType else None
+        if fn in blocked_files_f and untrusted_caller(2, skip_machinery=True):
+            refuse(event, "import", f"importing the blocked module in {srepr(fn)}")
+
+    def on_breakpoint(event: str, args: tuple) -> None:
+        if "introspection" not in allow:
+            refuse(event, "introspection", "debuggers")
+
+    for ev in _PROC_EVENTS:
+        handlers[ev] = on_process
+    for ev in _CTYPES_EVENTS:
+        handlers[ev] = on_native
+    for ev in _INTROSPECTION_EVENTS:
+        handlers[ev] = on_introspect
+    handlers.update({
+        "sys.settrace": on_trace,
+        "sys.setprofile": on_trace,
+        "object.__getattr__": on_getattr,
+        "object.__setattr__": on_setattr,
+        "object.__delattr__": on_setattr,
+        "compile": on_compile,
+        "code.__new__": on_code_new,
+        "marshal.loads": on_unpickle,
+        "marshal.load": on_unpickle,
+        "pickle.find_class": on_unpickle,
+        "import": on_import,
+        "sys.addaudithook": on_always,
+        "cpython.PyInterpreterState_New": on_subinterp,
+        "builtins.breakpoint": on_breakpoint,
+        "pdb.Pdb": on_breakpoint,
+        "os.kill": on_kill,
+        "os.killpg": on_kill,
+        "resource.setrlimit": on_rlimit,
+        "resource.prlimit": on_rlimit,
+        "fcntl.ioctl": on_ioctl,
+        "socket.connect": on_connect,
+        "socket.sendto": on_connect,
+        "socket.sendmsg": on_connect,
+        "socket.bind": on_connect,
+        "socket.__new__": on_socket_new,
+        "socket.getaddrinfo": on_resolve,
+        "socket.gethostbyname": on_resolve,
+        "socket.gethostbyaddr": on_resolve,
+        "socket.getnameinfo": on_resolve,
+        "socket.sethostname": on_always,
+        "os.chdir": on_chdir,
+    })
+    if blocked_files_f:
+        handlers["exec"] = on_exec
+    if not (read_any and write_any):
+        handlers.update({
+            "open": on_open,
+            "os.listdir": on_listing,
+            "os.scandir": on_listing,
+            "os.listxattr": on_listing,
+            "os.getxattr": on_listing,
+            "os.mkdir": on_write1,
+            "os.rmdir": on_write1,
+            "os.remove": on_write1,
+            "os.chmod": on_write1,
+            "os.chown": on_write1,
+            "os.utime": on_write1,
+            "os.truncate": on_write1,
+            "os.setxattr": on_write1,
+            "os.removexattr": on_write1,
+            "os.rename": on_write2,
+            "os.link": on_write2,
+            "os.symlink": on_symlink,
+            "sqlite3.connect": on_sqlite,
+        })
+    else:
+        handlers["os.symlink"] = handlers["os.rename"] = on_chdir  # nothing cached to drop
+    if "introspection" in allow:
+        for ev in (*_INTROSPECTION_EVENTS, "sys.settrace", "sys.setprofile", "object.__getattr__",
+                   "object.__setattr__", "object.__delattr__", "compile", "code.__new__",
+                   "builtins.breakpoint", "pdb.Pdb"):
+            handlers.pop(ev, None)
+    if "pickle" in allow:
+        for ev in ("marshal.loads", "marshal.load", "pickle.find_class"):
+            handlers.pop(ev, None)
+
+    get = handlers.get
+
+    def hook(event: str, args: tuple) -> None:
+        # The hot path: most events are not in the table.
+        h = get(event)
+        if h is not None:
+            h(event, args)
+
+    # _posixsubprocess.fork_exec starts processes without raising an audit event:
+    # replace it (a fresh import of the extension is refused as a blocked import).
+    if "subprocess" not in allow:
+        try:
+            import _posixsubprocess
+
+            _posixsubprocess.fork_exec = _Refused("_posixsubprocess.fork_exec")  # type: ignore[attr-defined]
+            handlers["_posixsubprocess.fork_exec"] = on_process
+        except ImportError:  # pragma: no cover
+            pass
+    # Bytecode caches would be written next to the app's modules, outside the
+    # workdir: refused, and reported as violations the app did not commit.
+    if not write_any:
+        sys.dont_write_bytecode = True
+
+    return hook, GuardHandle(profile, preloaded, lambda: count[0])

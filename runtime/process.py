@@ -1,0 +1,905 @@
+"""Child-process actors: the host side of a sandbox.
+
+:func:`start_process` starts one child process from the runtime's forkserver
+(:mod:`runtime.forkserver`) running :func:`runtime.child.child_main`, connected to
+the host by a socketpair that carries mailbox frames (:mod:`runtime.mailbox`,
+:mod:`runtime.channel`). It waits for the child's ``ready`` and returns a
+:class:`ProcessRef`, the handle of a :class:`ProcessActor`:
+
+- ``ref.call("counter", "get")`` sends a CALL to the actor registered as
+  ``counter`` inside the child and waits for its REPLY. Calls go straight to the
+  socket from the calling thread (encode and write under the channel's lock) and
+  a reader thread hands each reply to its caller by ref: no hop through the
+  actor's mailbox, so any number of threads may call at once.
+- ``cast``, ``cast_many`` (one batched write), ``system(op, payload)`` (the
+  child's SYSTEM ops: ``ping``, ``names``, ``stop``, ``run`` and whatever other
+  modules registered), ``pid``, ``names``.
+
+Errors, all :class:`~runtime.errors.SandboxError`: the remote actor raised ->
+:class:`~runtime.errors.ActorFailed` (with the remote traceback); no such name ->
+:class:`~runtime.errors.NoSuchActor` (listing the names); the actor or the whole
+process is gone -> :class:`~runtime.errors.ActorDead`; no reply in time ->
+:class:`~runtime.errors.CallTimeout`; a reply that could not be encoded ->
+:class:`~runtime.errors.ActorError`.
+
+When the child exits (crash, signal, ``os._exit``) or breaks the protocol
+(garbage, a truncated or oversized frame, a pickled value the host does not
+accept), the host kills its process group, emits ``process.exit`` (and
+``process.protocol_error``) telemetry and the :class:`ProcessActor` fails with an
+abnormal :class:`~runtime.actor.ExitReason` of kind ``exit`` (``"exited with code
+3"``, ``"killed by SIGSEGV"``) or ``protocol``; its supervisor restarts it
+(:func:`process_spec`); pending calls fail with ``ActorDead``. The host itself
+never goes down with a child.
+
+Stopping (``ref.stop()``, a supervisor shutting down) is graceful: SYSTEM
+``stop`` (the child's supervisors stop, ``terminate`` callbacks run), up to
+``shutdown`` seconds for the process to exit, then SIGKILL to its whole process
+group; then the reader thread is joined and the socket closed.
+
+The host never unpickles what a child sends unless it was started with
+``trusted=True``.
+
+Telemetry: ``process.start`` (``duration`` of the boot), ``process.boot_failed``,
+``process.exit`` (``exitcode``; metadata ``reason``, ``kind``, ``expected``),
+``process.protocol_error``, ``process.cast_dropped`` (a cast to a name that is not
+registered), ``process.system`` (any other SYSTEM notice from a child). Metadata
+always has ``actor``, ``name`` and ``pid``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import multiprocessing.process as _mp_process
+import os
+import select
+import signal
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from multiprocessing.connection import wait as _wait_fds
+from typing import Any
+
+from . import forkserver, telemetry
+from .actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink
+from .channel import Channel, ChannelClosed
+from .child import EXIT_CODES, BootConfig, child_main
+from .childspec import ChildSpec, Restart
+from .errors import (
+    ActorDead,
+    ActorError,
+    ActorFailed,
+    CallTimeout,
+    NoSuchActor,
+    ProtocolError,
+    SandboxError,
+)
+from .mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
+
+__all__ = [
+    "ProcessActor",
+    "ProcessRef",
+    "SandboxBootError",
+    "process_spec",
+    "start_process",
+]
+
+log = logging.getLogger("runtime.process")
+
+#: Extra seconds a supervisor gives a process child beyond its graceful ``shutdown``
+#: (the SIGKILL, reaping it, joining the reader).
+KILL_MARGIN = 3.0
+#: How long to wait for a killed (or EOF'd) child to be reaped.
+_REAP_TIMEOUT = 5.0
+#: While callers read their own replies, how often the parked reader thread looks
+#: whether they went quiet (so it takes over reading).
+_PARK = 0.05
+#: After EOF, how long a child may take to exit on its own before it is killed.
+_EXIT_GRACE = 2.0
+
+
+class SandboxBootError(SandboxError):
+    """A child process failed to start its app (or never said it was ready).
+
+    ``remote_traceback`` is the child's traceback text when it sent one;
+    ``exitcode`` the child's exit code when it is known.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        error: str,
+        remote_traceback: str = "",
+        exitcode: int | None = None,
+    ) -> None:
+        self.name = name
+        self.error = error
+        self.remote_traceback = remote_traceback
+        self.exitcode = exitcode
+        text = f"sandbox process {name!r} failed to start: {error}"
+        if remote_traceback:
+            text += f"\n--- remote traceback ---\n{remote_traceback.rstrip()}"
+        super().__init__(text)
+
+
+def describe_exit(exitcode: int | None, note: str | None = None) -> ExitReason:
+    """The exit reason of a child that ended on its own with ``exitcode``.
+
+    >>> describe_exit(-11).message
+    'killed by SIGSEGV'
+    >>> describe_exit(3)
+    ExitReason(kind='exit', message='exited with code 3', traceback='')
+    >>> describe_exit(0).kind
+    'normal'
+    """
+    if exitcode is None:
+        message = "exited (exit status unknown)"
+    elif exitcode < 0:
+        try:
+            message = f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            message = f"killed by signal {-exitcode}"
+    else:
+        message = f"exited with code {exitcode}"
+        if exitcode in EXIT_CODES:
+            message += f" ({EXIT_CODES[exitcode]})"
+    if note:
+        message += f": {note}"
+    return ExitReason("normal" if exitcode == 0 else "exit", message)
+
+
+_live: weakref.WeakSet[_Connection] = weakref.WeakSet()
+
+
+class _Connection:
+    """Host end of one child: the process, its channel, pending replies, the reader."""
+
+    def __init__(self, boot: BootConfig, *, trusted: bool, allow_pickle: bool) -> None:
+        self.boot = boot
+        self.name = boot.name
+        self.actor_id = f"process:{boot.name}"
+        self.read_codec = Codec(allow_pickle=trusted, max_frame=boot.max_frame)
+        if allow_pickle == trusted:
+            self.write_codec = self.read_codec
+        else:
+            self.write_codec = Codec(allow_pickle=allow_pickle, max_frame=boot.max_frame)
+        self.frame = self.write_codec.frame
+        self.refs = itertools.count(1)
+        self.pending: dict[int, ReplySink] = {}
+        self.pid: int | None = None
+        self.names: list[str] = []
+        self.exitcode: int | None = None
+        self.down: ExitReason | None = None  # set once: no more calls can succeed
+        self.process: Any = None
+        self.channel: Channel | None = None
+        self.send_raw: Callable[[bytes], None] = self._not_started
+        self._reader: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._proc_lock = threading.Lock()  # only one thread reads the exit status
+        self._ready = threading.Event()
+        self._boot_error: dict[str, Any] | None = None
+        self._exit_note: str | None = None
+        self._closing = False  # the host is stopping the child: its exit is expected
+        self._closed = False
+        self._released = False  # process.close() done: its sentinel fd is gone
+        self._on_down: Callable[[ExitReason], None] | None = None
+        self._token = threading.Lock()  # held by the one thread reading the socket
+        self._poll_fd = -1
+        self._lead_poll = select.poll()
+        self._problem: ProtocolError | None = None  # seen by a leading caller
+        self._activity = 0  # bumped by every leading caller
+        self._cv = threading.Condition()
+        self._kicked = False
+
+    def _not_started(self, data: bytes) -> None:
+        raise ActorDead(self.actor_id, self.down)
+
+    # -- start -------------------------------------------------------------------------
+    def start(self) -> None:
+        host_sock, child_sock = socket.socketpair()
+        try:
+            proc = forkserver.start(child_main, (child_sock, self.boot), name=f"sandbox:{self.name}")
+        except BaseException:
+            host_sock.close()
+            child_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        # multiprocessing polls the exit status of every Process in its _children set
+        # (on each Process.start, active_children() and at exit); two threads reading
+        # one status pipe race for its bytes. This connection alone reads it, under
+        # _proc_lock, and stops the process at host exit (see _close_all_at_exit).
+        _mp_process._children.discard(proc)  # type: ignore[attr-defined]
+        self.process = proc
+        self.pid = proc.pid
+        self.channel = Channel(host_sock, self.read_codec)
+        self.send_raw = self.channel.send_raw
+        self._poll_fd = os.dup(host_sock.fileno())
+        self._lead_poll.register(self._poll_fd, select.POLLIN)
+        _live.add(self)
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"sandbox-reader:{self.name}", daemon=True
+        )
+        self._reader.start()
+
+    def wait_ready(self, timeout: float | None) -> None:
+        """Wait for the child's ``ready``; on failure close it and raise SandboxBootError."""
+        if not self._ready.wait(timeout):
+            self.close(graceful=False)
+            raise SandboxBootError(
+                self.name,
+                f"no 'ready' from the child (pid {self.pid}) within {timeout}s; "
+                "is the entry function or an actor's init blocking?",
+            )
+        if self._boot_error is not None:
+            err = self._boot_error
+            self.close(graceful=True, timeout=_EXIT_GRACE)
+            raise SandboxBootError(
+                self.name,
+                f"{err.get('type')}: {err.get('message')}",
+                str(err.get("traceback") or ""),
+                self.exitcode,
+            )
+        if self.down is not None:
+            reason = self.down
+            self.close(graceful=False)
+            raise SandboxBootError(self.name, f"the child died while booting: {reason.message}",
+                                   exitcode=self.exitcode)
+
+    def attach(self, actor_id: str, on_down: Callable[[ExitReason], None]) -> None:
+        """Hand the connection to its actor; ``on_down`` runs if the child goes away."""
+        with self._lock:
+            self.actor_id = actor_id
+            if self.down is None or self._closing:
+                self._on_down = on_down
+                return
+            reason = self.down
+        on_down(reason)  # died between ready and now
+
+    # -- sending -----------------------------------------------------------------------
+    def submit(self, kind: str, target: str | None, payload: Any, sink: ReplySink) -> int:
+        """Register ``sink`` for a new ref and send the frame; returns the ref."""
+        ref = next(self.refs)
+        data = self.frame(kind, ref, target, payload)  # TypeError/ProtocolError: nothing sent
+        pending = self.pending
+        pending[ref] = sink
+        # down is set before pending is swapped out, so a sink registered in the old
+        # dict after it was emptied is caught here.
+        if self.down is not None:
+            pending.pop(ref, None)
+            raise ActorDead(self.actor_id, self.down)
+        try:
+            self.send_raw(data)
+        except ChannelClosed:
+            self.pending.pop(ref, None)
+            pending.pop(ref, None)
+            raise ActorDead(self.actor_id, self.down or ExitReason("exit", "channel closed")) from None
+        return ref
+
+    def forget(self, ref: int) -> None:
+        self.pending.pop(ref, None)
+
+    def cast(self, target: str, payload: Any) -> None:
+        data = self.frame(CAST, None, target, payload)
+        self._send_checked(data)
+
+    def cast_many(self, target: str, payloads: Iterable[Any]) -> None:
+        data = self.write_codec.frames((CAST, None, target, p) for p in payloads)
+        if data:
+            self._send_checked(data)
+
+    def _send_checked(self, data: bytes) -> None:
+        if self.down is not None:
+            raise ActorDead(self.actor_id, self.down)
+        try:
+            self.send_raw(data)
+        except ChannelClosed:
+            raise ActorDead(self.actor_id, self.down or ExitReason("exit", "channel closed")) from None
+
+    # -- reading -----------------------------------------------------------------------
+    # Replies are read by whoever holds the read token: a caller waiting for its own
+    # reply reads the socket itself (the "leader"), so a call costs no thread hop;
+    # a caller that finds the token taken just waits, and the leader routes its
+    # reply. The reader thread reads whenever no caller leads: it notices EOF,
+    # protocol errors and system notices while no call is in flight, and serves
+    # call_into sinks. While callers are leading it parks (it would only wake on
+    # their replies and fight them for the GIL), checking every _PARK seconds
+    # whether they went quiet; a leader that leaves work behind (other callers'
+    # replies, an EOF, a protocol error) kicks it awake.
+    # Both poll a private dup of the socket's fd, which stays valid (and reports the
+    # hang-up) even after the channel closed its own fd.
+
+    def lead(self, waiter: Reply, timeout: float | None) -> float | None:
+        """Read frames in the calling thread until ``waiter`` is done or ``timeout``
+        passes, if no other thread is reading (else return at once).
+
+        Returns the time left of ``timeout`` (None for no timeout).
+        """
+        token = self._token
+        if not token.acquire(blocking=False):
+            return timeout
+        self._activity += 1
+        deadline = None if timeout is None else time.monotonic() + timeout
+        kick = False
+        try:
+            if self._poll_fd < 0 or self._problem is not None:
+                return timeout
+            poll = self._lead_poll.poll
+            recv = self.channel.recv  # type: ignore[union-attr]
+            route = self._route
+            while not waiter.wait(0):
+                if deadline is None:
+                    ready = poll()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return 0.0
+                    ready = poll(remaining * 1000.0)
+                if not ready:
+                    continue  # timed out: the loop's deadline check returns
+                try:
+                    route(recv())
+                except ChannelClosed:
+                    kick = True  # EOF: the reader thread sees it too and handles it
+                    break
+                except ProtocolError as exc:
+                    self._problem = exc  # the reader thread reports it
+                    self.channel.close()  # type: ignore[union-attr]
+                    kick = True
+                    break
+        finally:
+            token.release()
+            if kick or self.pending:
+                self.kick()
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+    def kick(self) -> None:
+        """Make the reader thread read now (it may be parked)."""
+        with self._cv:
+            self._kicked = True
+            self._cv.notify()
+
+    def _park(self) -> None:
+        """Wait while callers lead; return once they are quiet or someone kicks."""
+        with self._cv:
+            while not self._kicked:
+                seen = self._activity
+                self._cv.wait(_PARK)
+                if self._activity == seen and not self._token.locked():
+                    break
+            self._kicked = False
+
+    def _route(self, envelopes: list[Any]) -> None:
+        for env in envelopes:
+            kind = env.kind
+            if kind == REPLY:
+                sink = self.pending.pop(env.ref, None)
+                if sink is not None:
+                    sink.set_result(env.payload)
+            elif kind == ERROR:
+                sink = self.pending.pop(env.ref, None)
+                if sink is not None:
+                    sink.set_exception(self._remote_error(env.payload))
+            elif kind == SYSTEM:
+                self._on_system(env.target, env.payload)
+            else:
+                raise ProtocolError(
+                    f"the child sent a {kind!r} frame; a sandbox only sends "
+                    "reply, error and system frames"
+                )
+
+    def _read_loop(self) -> None:
+        channel = self.channel
+        assert channel is not None
+        recv = channel.recv
+        poller = select.poll()
+        poller.register(self._poll_fd, select.POLLIN)
+        poll = poller.poll
+        token = self._token
+        problem: ProtocolError | None = None
+        try:
+            while True:
+                if self._problem is not None:
+                    raise self._problem
+                seen = self._activity
+                poll()  # without the token: a leading caller may read this data
+                if self._problem is not None:
+                    raise self._problem
+                if self._activity != seen or token.locked():
+                    self._park()  # callers are leading: leave the reading to them
+                    continue
+                with token:
+                    if self._problem is not None:
+                        raise self._problem
+                    if poll(0):
+                        self._route(recv())
+        except ProtocolError as exc:
+            problem = exc
+        except ChannelClosed:
+            problem = self._problem
+        except BaseException as exc:  # a bug here must not leave callers hanging
+            log.exception("reader of sandbox %s crashed", self.name)
+            problem = ProtocolError(f"host reader failed: {type(exc).__name__}: {exc}")
+        finally:
+            channel.close()  # wakes a leading caller, which then gives the token back
+            with token:
+                fd, self._poll_fd = self._poll_fd, -1
+                os.close(fd)
+        self._child_gone(problem)
+
+    def _on_system(self, op: str | None, payload: Any) -> None:
+        if op == "ready":
+            if isinstance(payload, dict):
+                names = payload.get("names")
+                if isinstance(names, list):
+                    self.names = [str(n) for n in names]
+            self._ready.set()
+        elif op == "boot_failed":
+            self._boot_error = payload if isinstance(payload, dict) else {"message": repr(payload)}
+            self._ready.set()
+        elif op == "exiting":
+            if isinstance(payload, dict):
+                self._exit_note = str(payload.get("reason", ""))[:2000]
+        elif op == "cast_dropped":
+            md = payload if isinstance(payload, dict) else {}
+            telemetry.execute(
+                "process.cast_dropped",
+                {"count": 1},
+                {**self._md(), "target": md.get("target"), "reason": md.get("reason")},
+            )
+        else:
+            telemetry.execute("process.system", {"count": 1}, {**self._md(), "op": op, "payload": payload})
+
+    def _remote_error(self, payload: Any) -> BaseException:
+        if not isinstance(payload, dict):
+            return ActorError(f"sandbox {self.name!r} sent a malformed error: {payload!r:.300}")
+        kind = str(payload.get("type") or "Error")
+        message = str(payload.get("message") or "")
+        tb = str(payload.get("traceback") or "")
+        actor = payload.get("actor")
+        where = f"{self.name}/{actor}" if actor else self.name
+        exc: BaseException
+        if kind == "ActorFailed":
+            exc = ActorFailed(where, message, tb)
+        elif kind == "ActorDead":
+            exc = ActorDead(where, message or None)
+        elif kind == "NoSuchActor":
+            names = payload.get("names")
+            exc = NoSuchActor(str(actor), [str(n) for n in names] if isinstance(names, list) else None)
+            exc.add_note(f"(in sandbox {self.name!r})")
+        elif kind == "EncodeError":
+            exc = ActorError(message)
+        else:
+            exc = ActorFailed(where, f"{kind}: {message}", tb)
+        return exc
+
+    # -- the end -----------------------------------------------------------------------
+    def _md(self) -> dict[str, Any]:
+        return {"actor": self.actor_id, "name": self.name, "pid": self.pid}
+
+    def _child_gone(self, problem: ProtocolError | None) -> None:
+        """The reader stopped: the child exited, broke the protocol, or we closed it."""
+        with self._lock:
+            expected = self._closing
+        if expected:
+            self._mark_down(ExitReason.shutdown())
+            return  # close() waits for the exit and reports it
+        if problem is not None:
+            log.error("sandbox %s (pid %s) broke the protocol: %s; killing it",
+                      self.name, self.pid, problem)
+            telemetry.execute(
+                "process.protocol_error", {"count": 1}, {**self._md(), "error": str(problem)}
+            )
+            self._kill()
+        code = self._wait_exit(_EXIT_GRACE)
+        if code is None:
+            # It closed its end of the socket but lives on: no use to anyone.
+            self._kill()
+            code = self._wait_exit(_REAP_TIMEOUT)
+        if problem is not None:
+            reason = ExitReason(
+                "protocol", f"sandbox {self.name!r} (pid {self.pid}) broke the mailbox protocol: {problem}"
+            )
+        else:
+            reason = describe_exit(code, self._exit_note)
+        self._mark_down(reason)
+        self._ready.set()  # a child that died while booting
+        telemetry.execute(
+            "process.exit",
+            {"exitcode": code},
+            {**self._md(), "reason": reason.message, "kind": reason.kind, "expected": False},
+        )
+        with self._lock:
+            on_down = None if self._closing else self._on_down
+        if on_down is not None:
+            on_down(reason)
+
+    def _mark_down(self, reason: ExitReason) -> None:
+        with self._lock:
+            if self.down is None:
+                self.down = reason
+            reason = self.down
+            pending, self.pending = self.pending, {}
+        for sink in pending.values():
+            sink.set_exception(ActorDead(self.actor_id, reason))
+
+    def _wait_exit(self, timeout: float | None) -> int | None:
+        """The child's exit code once it has exited (within ``timeout``), else None."""
+        if self.exitcode is not None or self._released:
+            return self.exitcode
+        proc = self.process
+        if proc is None:
+            return None
+        # The sentinel becomes readable once the forkserver has reaped the child and
+        # written its status; reading the status then does not block. Waiting needs
+        # no lock; reading does (two readers would split the status bytes).
+        try:
+            if not _wait_fds([proc.sentinel], timeout):
+                return None
+        except (OSError, ValueError):  # released concurrently by close()
+            return self.exitcode
+        with self._proc_lock:
+            if self._released:
+                return self.exitcode
+            if self.exitcode is None:
+                self.exitcode = proc.exitcode
+            return self.exitcode
+
+    def _kill(self) -> None:
+        """SIGKILL the child's whole process group (and the child, if it has none yet)."""
+        pid = self.pid
+        if pid is None or self._wait_exit(0) is not None:
+            return
+        for kill in (os.killpg, os.kill):  # killpg: it and whatever it started
+            try:
+                kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close(self, *, graceful: bool = True, timeout: float | None = None) -> ExitReason:
+        """Stop the child (gracefully if asked and alive), then release everything.
+
+        Idempotent. Returns how the child ended.
+        """
+        with self._lock:
+            if self._closed:
+                return self.down or ExitReason.shutdown()
+            self._closed = True
+            self._closing = True
+        timeout = self.boot.shutdown if timeout is None else timeout
+        _live.discard(self)
+        was_down = self.down
+        code = self._wait_exit(0)
+        if code is None and self.process is not None:
+            if graceful and self.channel is not None:
+                try:
+                    self.channel.send(SYSTEM, None, "stop", None)
+                except (ChannelClosed, ValueError, TypeError):
+                    pass
+                code = self._wait_exit(timeout)
+            if code is None:
+                if graceful:
+                    log.warning("sandbox %s (pid %s) did not stop within %ss; killing it",
+                                self.name, self.pid, timeout)
+                self._kill()
+                code = self._wait_exit(_REAP_TIMEOUT)
+        if self.channel is not None:
+            self.channel.close()
+        self.kick()
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(_REAP_TIMEOUT)
+            if reader.is_alive():
+                log.error("reader thread of sandbox %s did not end", self.name)
+        self._mark_down(ExitReason.shutdown())
+        if self.process is not None:
+            if code is not None:
+                with self._proc_lock:
+                    self._released = True
+                    try:
+                        self.process.close()  # the status pipe's fds
+                    except ValueError:
+                        pass
+            else:
+                log.error("sandbox %s (pid %s) could not be reaped", self.name, self.pid)
+        if was_down is None and self.pid is not None:
+            reason = describe_exit(code) if code not in (0, None) else ExitReason.shutdown()
+            telemetry.execute(
+                "process.exit",
+                {"exitcode": code},
+                {**self._md(), "reason": reason.message, "kind": reason.kind, "expected": True},
+            )
+        return was_down or ExitReason.shutdown()
+
+
+def _close_all_at_exit() -> None:
+    """At host exit: stop every child still running (EOF makes each stop gracefully)."""
+    conns = list(_live)
+    for conn in conns:
+        try:
+            conn.close(graceful=True, timeout=min(conn.boot.shutdown, 2.0))
+        except Exception:  # exiting anyway
+            pass
+
+
+# Registered after multiprocessing's own exit handler, so it runs before it.
+atexit.register(_close_all_at_exit)
+
+
+class ProcessActor(Actor):
+    """The host-side actor of one child process (see the module docstring).
+
+    Its mailbox carries only lifecycle traffic; calls and casts go straight to the
+    socket. The actor fails (abnormal exit reason ``exit`` or ``protocol``) when the
+    child goes away without being asked, so supervisors and monitors see it.
+    """
+
+    def __init__(self, conn: _Connection, *, name: str | None = None, shutdown: float = 5.0) -> None:
+        super().__init__(name=name)
+        self.conn = conn
+        self.shutdown = shutdown
+
+    def on_init(self) -> None:
+        self.conn.attach(self.actor_id, self._child_down)
+
+    def _child_down(self, reason: ExitReason) -> None:  # from the reader thread
+        self._request_stop(reason)
+
+    def on_call(self, request: Any) -> Any:
+        raise TypeError("call a sandbox with ProcessRef.call(target, request)")
+
+    def on_cast(self, request: Any) -> None:
+        raise TypeError("cast to a sandbox with ProcessRef.cast(target, request)")
+
+    def on_exit(self, reason: ExitReason) -> None:
+        self.conn.close(graceful=True, timeout=self.shutdown)
+
+
+class ProcessRef(ActorRef):
+    """Handle on a :class:`ProcessActor`: talk to the actors inside its child process.
+
+    Everything here is safe from any number of threads.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, actor: Actor) -> None:
+        super().__init__(actor)
+        self._conn: _Connection = actor.conn  # type: ignore[attr-defined]
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id."""
+        return self._conn.pid
+
+    @property
+    def names(self) -> list[str]:
+        """Names registered in the child when it became ready (``system("names")`` is live)."""
+        return list(self._conn.names)
+
+    @property
+    def exitcode(self) -> int | None:
+        """The child's exit code once it has exited (negative: killed by that signal)."""
+        return self._conn.exitcode
+
+    def call(  # type: ignore[override]
+        self, target: str, request: Any, *, timeout: float | None = DEFAULT_CALL_TIMEOUT
+    ) -> Any:
+        """Call the actor registered as ``target`` in the child; return its reply.
+
+        Raises ``ActorFailed`` (the remote handler raised; remote traceback
+        included), ``NoSuchActor``, ``ActorDead`` (the actor or the process is gone),
+        ``CallTimeout``, ``ActorError`` (the reply could not be encoded), and
+        ``TypeError`` if ``request`` cannot be encoded (nothing is sent then).
+        """
+        conn = self._conn
+        reply = Reply()
+        ref = conn.submit(CALL, target, request, reply)
+        if not reply.wait(conn.lead(reply, timeout)):
+            conn.forget(ref)
+            if not reply.wait(0):  # the reply may have raced the timeout
+                raise CallTimeout(f"{self.id}/{target}", timeout)
+        return reply.result()
+
+    def call_into(self, request: Any, reply: ReplySink) -> None:
+        """Send a call whose answer goes to ``reply``; ``request`` is ``(target, request)``."""
+        target, payload = request
+        self._conn.submit(CALL, target, payload, reply)
+        self._conn.kick()  # nobody waits in a call to read the answer: the reader does
+
+    def cast(self, target: str, request: Any) -> None:  # type: ignore[override]
+        """Send ``request`` to ``target`` without waiting (a missing target is reported
+        by ``process.cast_dropped`` telemetry)."""
+        self._conn.cast(target, request)
+
+    def cast_many(self, target: str, requests: Iterable[Any]) -> None:
+        """Send many casts to ``target`` in one write."""
+        self._conn.cast_many(target, requests)
+
+    def system(self, op: str, payload: Any = None, *, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Any:
+        """Run the child's SYSTEM op ``op`` with ``payload``; return its result."""
+        conn = self._conn
+        reply = Reply()
+        ref = conn.submit(SYSTEM, op, payload, reply)
+        if not reply.wait(conn.lead(reply, timeout)):
+            conn.forget(ref)
+            if not reply.wait(0):
+                raise CallTimeout(f"{self.id} (system {op!r})", timeout)
+        return reply.result()
+
+    def stop(
+        self, reason: ExitReason | None = None, *, timeout: float | None = None
+    ) -> ExitReason:
+        """Stop the child gracefully (see the module docstring); returns the exit reason.
+
+        ``timeout`` defaults to the process's ``shutdown`` plus a margin for the kill.
+        """
+        if timeout is None:
+            timeout = self._actor.shutdown + KILL_MARGIN  # type: ignore[attr-defined]
+        return super().stop(reason, timeout=timeout)
+
+    def kill(self, reason: ExitReason | None = None) -> None:
+        """SIGKILL the child's process group now; the actor ends with ``reason`` (killed)."""
+        conn = self._conn
+        with conn._lock:
+            conn._closing = True
+        conn._kill()
+        self._actor._request_stop(reason or ExitReason.killed("killed by the host"))
+
+
+ProcessActor.ref_class = ProcessRef
+
+
+_cpu_turn = itertools.count()
+
+
+def _next_cpu() -> list[int] | None:
+    """One CPU of the host's, round-robin; None if there is only one."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if len(cpus) < 2:
+        return None
+    return [cpus[next(_cpu_turn) % len(cpus)]]
+
+
+def start_process(
+    entry: str,
+    *,
+    args: Sequence[Any] = (),
+    app_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    name: str | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    allow_pickle: bool = False,
+    trusted: bool = False,
+    shutdown: float = 5.0,
+    env: dict[str, str | None] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    ready_timeout: float | None = 10.0,
+    states: Any = None,
+    cpu_affinity: str | Iterable[int] | None = "auto",
+) -> ProcessRef:
+    """Start a child process running the app ``entry`` and return its :class:`ProcessRef`.
+
+    - ``entry``: ``"module:function"``; the function gets ``*args`` and returns a
+      list of child specs or a ``SupervisorSpec`` (see :mod:`runtime.child`).
+    - ``app_path``: directory (or directories) put in front of the child's
+      ``sys.path``.
+    - ``name``: the process actor's name (defaults to ``entry``).
+    - ``max_frame``: largest frame body, both ways; a child sending more is closed.
+    - ``allow_pickle``: values msgpack cannot carry are pickled to the child (which
+      then unpickles them), e.g. functions for ``system("run", (fn, args))``.
+    - ``trusted``: the host unpickles what the child sends (and the child may
+      pickle its replies). Only for code you trust as much as the host.
+    - ``shutdown``: seconds a graceful stop may take before the process group is
+      killed.
+    - ``env``: environment overrides in the child (``None`` removes a variable);
+      ``cwd``: its working directory.
+    - ``ready_timeout``: how long the app may take to start.
+    - ``states``: opaque data handed to the child in ``BootConfig.states`` for
+      boot hooks (``runtime.child.register_boot_hook``), e.g. to restore state.
+    - ``cpu_affinity``: ``"auto"`` (default) pins the child, all its threads, to
+      one CPU, chosen round-robin among the host's; a sandbox runs Python on one
+      core at a time anyway (the GIL), and on one CPU the hand-off from its
+      socket reader to an actor thread is a local context switch instead of a
+      cross-CPU wake-up (about 1.5x faster calls). ``None``: no pinning (for
+      sandboxes running multi-threaded native code); or the CPUs to allow.
+
+    Raises :class:`SandboxBootError` (with the child's traceback) if the app fails
+    to start, and ``ValueError`` for a bad ``entry``.
+    """
+    module, sep, fn = entry.partition(":")
+    if not (module and sep and fn):
+        raise ValueError(f"invalid entry {entry!r}: expected 'module:function'")
+    if app_path is None:
+        paths: list[str] = []
+    elif isinstance(app_path, (str, os.PathLike)):
+        paths = [os.fspath(app_path)]
+    else:
+        paths = [os.fspath(p) for p in app_path]
+    name = name or entry
+    if cpu_affinity == "auto":
+        cpus: list[int] | None = _next_cpu()
+    elif cpu_affinity is None:
+        cpus = None
+    elif isinstance(cpu_affinity, str):
+        raise ValueError(f"invalid cpu_affinity={cpu_affinity!r}: expected 'auto', None or CPU numbers")
+    else:
+        cpus = sorted({int(c) for c in cpu_affinity})
+    boot = BootConfig(
+        entry=entry,
+        args=tuple(args),
+        sys_path=[os.path.abspath(p) for p in paths],
+        name=name,
+        max_frame=max_frame,
+        allow_pickle=allow_pickle,
+        send_pickle=trusted,
+        cwd=os.fspath(cwd) if cwd is not None else None,
+        env=dict(env or {}),
+        shutdown=shutdown,
+        states=states,
+        cpu_affinity=cpus,
+    )
+    conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle)
+    t0 = time.perf_counter()
+    conn.start()
+    try:
+        conn.wait_ready(ready_timeout)
+    except SandboxBootError as exc:
+        telemetry.execute(
+            "process.boot_failed", {"count": 1}, {**conn._md(), "error": exc.error}
+        )
+        raise
+    except BaseException:
+        conn.close(graceful=False)
+        raise
+    try:
+        ref = ProcessActor.start(conn, name=name, shutdown=shutdown)
+    except BaseException:
+        conn.close(graceful=True)
+        raise
+    telemetry.execute(
+        "process.start",
+        {"duration": time.perf_counter() - t0},
+        {**conn._md(), "entry": entry},
+    )
+    assert isinstance(ref, ProcessRef)
+    return ref
+
+
+def process_spec(
+    id: str,
+    entry: str,
+    *,
+    restart: Restart = "permanent",
+    shutdown: float = 5.0,
+    **start_opts: Any,
+) -> ChildSpec:
+    """A :class:`~runtime.childspec.ChildSpec` that runs ``entry`` in a child process.
+
+    ``start_opts`` are :func:`start_process` options (``name`` defaults to ``id``).
+    The spec's ``shutdown`` is the process's graceful ``shutdown`` plus
+    :data:`KILL_MARGIN`, so the supervisor waits for the kill too.
+
+    >>> spec = process_spec("echo", "app:children", app_path="/tmp/app")
+    >>> spec.id, spec.shutdown, spec.meta["entry"]
+    ('echo', 8.0, 'app:children')
+    """
+    opts = dict(start_opts)
+    opts.setdefault("name", id)
+
+    def start() -> ProcessRef:
+        return start_process(entry, shutdown=shutdown, **opts)
+
+    return ChildSpec(
+        id,
+        start=start,
+        restart=restart,
+        shutdown=shutdown + KILL_MARGIN,
+        meta={"entry": entry, "kind": "process", **{k: v for k, v in opts.items() if k != "states"}},
+    )
+

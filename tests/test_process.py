@@ -1,0 +1,392 @@
+"""Child-process actors: runtime.process (host side), runtime.child (inside), runtime.forkserver.
+
+The apps the children run are in ``tests/apps``. Every test checks, on the way out,
+that it left no sandbox process, thread, socket or pipe behind.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import psutil
+import pytest
+
+from runtime import forkserver
+from runtime.actor import ExitReason, Reply, monitor
+from runtime.errors import (
+    ActorDead,
+    ActorError,
+    ActorFailed,
+    CallTimeout,
+    NoSuchActor,
+)
+from runtime.process import (
+    KILL_MARGIN,
+    ProcessRef,
+    SandboxBootError,
+    describe_exit,
+    process_spec,
+    start_process,
+)
+from runtime.supervisor import Supervisor
+
+from helpers import Recorder, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+TESTS = Path(__file__).resolve().parent
+ECHO = "apps.echo:children"
+CRASHER = "apps.crasher:children"
+
+
+def start(entry: str = ECHO, **opts) -> ProcessRef:
+    opts.setdefault("app_path", str(TESTS))
+    return start_process(entry, **opts)
+
+
+# -- leak checks -----------------------------------------------------------------------
+
+
+def _sandbox_pids() -> set[int]:
+    """Processes below the host that are not multiprocessing's helpers."""
+    helpers = forkserver.helper_pids()
+    pids = {p.pid for p in psutil.Process().children(recursive=True) if p.pid not in helpers}
+    server = forkserver.server_pid()
+    if server is not None:
+        try:
+            pids |= {p.pid for p in psutil.Process(server).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+def _io_fds() -> set[tuple[int, str]]:
+    """This process's sockets and pipes."""
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(("socket:", "pipe:")):
+            out.add((int(fd), target))
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def warm_forkserver():
+    """Start the process-global forkserver (and its fds) before the first leak snapshot."""
+    ref = start()
+    ref.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(warm_forkserver):
+    procs, threads, fds = _sandbox_pids(), set(threading.enumerate()), _io_fds()
+    yield
+
+    def clean() -> bool:
+        return (
+            not (_sandbox_pids() - procs)
+            and not (set(threading.enumerate()) - threads)
+            and not (_io_fds() - fds)
+        )
+
+    try:
+        wait_for(clean, timeout=10)
+    except AssertionError:
+        pass
+    assert _sandbox_pids() - procs == set(), "sandbox processes left running"
+    assert {t.name for t in set(threading.enumerate()) - threads} == set(), "threads left running"
+    assert _io_fds() - fds == set(), "sockets or pipes left open"
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# -- basics ----------------------------------------------------------------------------
+
+
+def test_call_cast_and_system_round_trip():
+    ref = start(name="basic")
+    try:
+        assert sorted(ref.names) == ["counter", "echo"]
+        assert ref.call("echo", {"a": (1, 2), "b": {3}}) == {"a": (1, 2), "b": {3}}
+        assert ref.call("counter", "pid") == ref.pid != os.getpid()
+        ref.cast("counter", 5)
+        ref.cast_many("counter", [1, 2, 3])
+        assert ref.call("counter", "get") == 11
+        assert ref.system("ping") == "pong"
+        assert ref.system("names") == ["counter", "echo"]
+        reply = Reply()
+        ref.call_into(("echo", "into"), reply)
+        assert reply.wait(5) and reply.result() == "into"
+    finally:
+        assert ref.stop().kind == "shutdown"
+    assert not ref.is_alive()
+    with pytest.raises(ActorDead):
+        ref.call("echo", 1)
+
+
+def test_errors_map_to_runtime_errors():
+    ref = start(name="errors")
+    try:
+        with pytest.raises(ActorFailed) as failed:
+            ref.call("counter", "fail")
+        assert "ValueError: asked to fail" in str(failed.value)
+        assert 'apps/echo.py", line' in failed.value.remote_traceback
+
+        with pytest.raises(NoSuchActor) as missing:
+            ref.call("nobody", 1)
+        assert "nobody" in str(missing.value) and "echo" in str(missing.value)
+
+        wait_for(lambda: "counter" in ref.system("names"), message="counter restarted")
+        with pytest.raises(ActorError, match="cannot send a _thread.lock"):
+            ref.call("counter", "unencodable")
+        with pytest.raises(TypeError, match="cannot send"):
+            ref.call("echo", threading.Lock())  # refused before anything is sent
+
+        with pytest.raises(CallTimeout):
+            ref.call("counter", "slow", timeout=0.05)
+        assert ref.call("echo", "after the timeout") == "after the timeout"
+        assert ref.call("counter", "get") == 0  # the slow call finished, its reply dropped
+        assert ref.is_alive()
+    finally:
+        ref.stop()
+
+
+def test_thousand_concurrent_calls_from_eight_threads():
+    ref = start(name="concurrent")
+    errors: list[BaseException] = []
+    gate = threading.Barrier(8)
+
+    def worker(tid: int) -> None:
+        try:
+            gate.wait(5)
+            for i in range(125):
+                request = ("t", tid, i)
+                target = "echo" if i % 2 else "counter"
+                if target == "echo":
+                    assert ref.call("echo", request) == request
+                else:
+                    ref.cast("counter", 1)
+                    assert ref.call("echo", [tid, i]) == [tid, i]
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors[:3]
+        assert ref.call("counter", "get") == 8 * 63
+    finally:
+        ref.stop()
+
+
+def test_env_cwd_and_boot_args(tmp_path):
+    ref = start("apps.echo:env_and_cwd", env={"SANDBOX_TEST_VAR": "42"}, cwd=str(tmp_path))
+    try:
+        assert ref.call("where", None) == {"cwd": str(tmp_path), "var": "42"}
+    finally:
+        ref.stop()
+
+
+def test_pickle_only_where_allowed():
+    plain = start(name="plain")
+    trusting = start(name="pickling", allow_pickle=True)
+    trusted = start(name="trusted", allow_pickle=True, trusted=True)
+    try:
+        with pytest.raises(TypeError):
+            plain.system("run", (pow, (2, 10)))
+        assert trusting.system("run", (lambda a, b: a * b, (6, 7))) == 42
+        # The child may not pickle its answer to a host that does not trust it ...
+        with pytest.raises(ActorError, match="cannot send"):
+            trusting.system("run", (Fraction, (1, 3)))
+        # ... and may to one that does.
+        assert trusted.system("run", (Fraction, (1, 3))) == Fraction(1, 3)
+    finally:
+        for ref in (plain, trusting, trusted):
+            ref.stop()
+
+
+# -- boot ------------------------------------------------------------------------------
+
+
+def test_boot_failure_raises_with_the_child_traceback():
+    with Recorder("process") as rec:
+        with pytest.raises(SandboxBootError) as err:
+            start("apps.echo:broken", name="broken")
+    text = str(err.value)
+    assert "RuntimeError: this app cannot start" in text
+    assert "remote traceback" in text and "apps/echo.py" in err.value.remote_traceback
+    assert err.value.exitcode == 70
+    assert [e for e in rec.named("process.boot_failed") if e.metadata["name"] == "broken"]
+
+
+def test_boot_failure_on_a_missing_module():
+    with pytest.raises(SandboxBootError, match="ModuleNotFoundError"):
+        start("apps.no_such_module:children")
+
+
+# -- ending ----------------------------------------------------------------------------
+
+
+def test_graceful_stop_runs_terminate_callbacks(tmp_path):
+    marker = tmp_path / "terminated"
+    ref = start(args=(str(marker),), name="graceful")
+    pid = ref.pid
+    assert ref.call("marker", "hi") == "ok"
+    with Recorder("process.exit") as rec:
+        assert ref.stop().kind == "shutdown"
+    assert marker.read_text() == "terminated: shutdown"
+    assert ref.exitcode == 0 and _gone(pid)
+    (event,) = rec.events
+    assert event.metadata["expected"] is True and event.measurements["exitcode"] == 0
+
+
+def test_host_eof_makes_the_child_stop_and_exit(tmp_path):
+    marker = tmp_path / "terminated"
+    ref = start(args=(str(marker),), name="eof")
+    pid = ref.pid
+    ref._conn.channel.close()  # the host end of the socket goes away
+    wait_for(lambda: _gone(pid), timeout=10, message="child exits on EOF")
+    assert marker.read_text() == "terminated: shutdown"  # it stopped gracefully
+    reason = ref.join(5)
+    assert reason is not None and reason.kind == "normal" and "code 0" in reason.message
+
+
+def test_kill_ends_the_whole_process_group_at_once(tmp_path):
+    marker = tmp_path / "terminated"
+    ref = start(args=(str(marker),), name="killed")
+    pid = ref.pid
+    ref.kill()
+    reason = ref.join(10)
+    assert reason is not None and reason.kind == "killed"
+    assert _gone(pid) and not marker.exists()
+    assert ref.exitcode == -9
+
+
+def test_escalation_in_the_child_exits_with_a_distinctive_code():
+    ref = start("apps.echo:fragile", name="fragile")
+    with pytest.raises(ActorFailed):
+        ref.call("counter", "fail")
+    reason = ref.join(10)
+    assert reason is not None and reason.kind == "exit"
+    assert "exited with code 71" in reason.message and "escalation" in reason.message
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [("sigkill", "killed by SIGKILL"), ("exit3", "exited with code 3"), ("segfault", "killed by SIGSEGV")],
+)
+def test_crashed_children_are_restarted_while_siblings_serve(action, message):
+    sup = Supervisor.start(
+        [
+            process_spec("a", CRASHER, app_path=str(TESTS)),
+            process_spec("b", ECHO, app_path=str(TESTS)),
+            process_spec("c", CRASHER, app_path=str(TESTS)),
+        ],
+        strategy="one_for_one",
+        max_restarts=10,
+        max_seconds=5,
+    )
+    stop = threading.Event()
+    served = {"b": 0, "c": 0}
+    errors: list[BaseException] = []
+
+    def siblings() -> None:
+        b, c = sup.child_ref("b"), sup.child_ref("c")
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                assert b.call("echo", i) == i
+                served["b"] += 1
+                assert c.call("echo", -i) == -i
+                served["c"] += 1
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    try:
+        old = sup.child_ref("a")
+        sibling_pids = (sup.child_ref("b").pid, sup.child_ref("c").pid)
+        downs = []
+        monitor(old, downs.append)
+        caller = threading.Thread(target=siblings)
+        caller.start()
+        wait_for(lambda: served["c"] > 10 or errors, message="siblings serving")
+        with pytest.raises(ActorDead):
+            old.call("crasher", action)
+        wait_for(lambda: downs, message="the crashed process actor is down")
+        assert downs[0].reason.kind == "exit" and downs[0].reason.message.startswith(message)
+        new = wait_for(
+            lambda: (r := sup.child_ref("a")) is not None and r != old and r.is_alive() and r,
+            message="restarted",
+        )
+        assert new.call("echo", "back") == "back" and new.pid != old.pid
+        before = dict(served)
+        wait_for(lambda: served["c"] > before["c"] + 10 or errors, message="siblings still serving")
+        stop.set()
+        caller.join(10)
+        assert not errors, errors
+        assert (sup.child_ref("b").pid, sup.child_ref("c").pid) == sibling_pids
+    finally:
+        stop.set()
+        sup.stop()
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        ("garbage", "undecodable"),
+        ("truncated", "mid-frame"),
+        ("oversized", "over max_frame"),
+        ("pickle", "does not allow pickling"),
+    ],
+)
+def test_protocol_violations_close_that_child_only(action, message):
+    sibling = start(name="sibling")
+    bad = start(CRASHER, name=f"bad-{action}")
+    pid = bad.pid
+    try:
+        with Recorder("process") as rec:
+            with pytest.raises(ActorDead):
+                bad.call("crasher", action)
+            reason = bad.join(10)
+        assert reason is not None and reason.kind == "protocol", reason
+        assert message in reason.message
+        (event,) = rec.named("process.protocol_error", pid=pid)
+        assert message in event.metadata["error"]
+        assert rec.named("process.exit", pid=pid)
+        assert _gone(pid)
+        assert sibling.call("echo", action) == action  # the host carries on
+        with pytest.raises(ActorDead):
+            bad.call("echo", 1)
+    finally:
+        sibling.stop()
+        bad.stop()
+
+
+# -- pieces ----------------------------------------------------------------------------
+
+
+def test_process_spec_and_exit_descriptions():
+    spec = process_spec("worker", ECHO, restart="transient", shutdown=2.0, app_path="/x")
+    assert (spec.id, spec.restart, spec.shutdown) == ("worker", "transient", 2.0 + KILL_MARGIN)
+    assert spec.meta["entry"] == ECHO and spec.meta["name"] == "worker"
+    assert describe_exit(-9) == ExitReason("exit", "killed by SIGKILL")
+    assert describe_exit(71).message.startswith("exited with code 71 (the app's root supervisor")
+    assert describe_exit(0).kind == "normal"
+    with pytest.raises(ValueError, match="module:function"):
+        start_process("no-colon")
