@@ -16,6 +16,7 @@ stopping -> stopped, or error; every change is timestamped and emitted as the
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -35,14 +36,18 @@ from runtime.errors import (
     SandboxNotFound,
     SupervisorError,
 )
-from runtime.process import start_process
-from runtime.supervisor import Supervisor, SupervisorRef
+from runtime.process import KILL_MARGIN, start_process
+from runtime.swap import ModuleCode
+from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef
 
 from .slot import ProcessSlot
 
 __all__ = ["ManagerActor", "SandboxRecord", "STATUSES"]
 
 log = logging.getLogger("runtime.manager")
+
+#: A cold compile of a large app (worker start, scan, 100s of modules) fits in this.
+COMPILE_TIMEOUT = 120.0
 
 STATUSES = (
     "initializing",
@@ -105,8 +110,9 @@ class _ProcessEvent:
 class ManagerActor(Component):
     """Creates, destroys and restarts sandboxes; answers questions about them.
 
-    ``sandboxes`` returns the runtime's ``sandboxes`` supervisor (looked up each
-    time: the manager may outlive a restart of it, and the other way round).
+    ``component(name)`` returns the current reference of another component
+    (``sandboxes``, ``compiler``, ``versions``), looked up each time: the manager
+    may outlive a restart of one, and the other way round.
     """
 
     def __init__(
@@ -114,13 +120,14 @@ class ManagerActor(Component):
         *,
         runtime_id: str,
         base_dir: str,
-        sandboxes: Callable[[], SupervisorRef],
+        component: Callable[[str], Any],
         name: str = "manager",
     ) -> None:
         super().__init__(name=name)
         self.runtime_id = runtime_id
         self.base_dir = base_dir
-        self._sandboxes = sandboxes
+        self._component = component
+        self._sandboxes = lambda: component("sandboxes")
         self.records: dict[str, SandboxRecord] = {}
         self._handler_id = f"{runtime_id}:manager"
 
@@ -218,6 +225,7 @@ class ManagerActor(Component):
         try:
             with telemetry.span("sandbox.create", {"sandbox": config.id, "runtime": self.runtime_id}):
                 self._set_status(record, "compiling")
+                self._compile(record)
                 self._set_status(record, "starting")
                 self._start(record)
         except BaseException:
@@ -225,6 +233,8 @@ class ManagerActor(Component):
             self._stop_supervisor(record)
             del self.records[config.id]
             shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(self.cache_dir(config.id), ignore_errors=True)
+            self._forget_versions(config.id)
             raise
         return record.info()
 
@@ -237,6 +247,8 @@ class ManagerActor(Component):
             self._set_status(record, "stopped")
             del self.records[sandbox_id]
             shutil.rmtree(record.workdir, ignore_errors=True)
+            shutil.rmtree(self.cache_dir(sandbox_id), ignore_errors=True)
+            self._forget_versions(sandbox_id)
 
     def op_restart(self, sandbox_id: str, preserve_state: bool) -> dict[str, Any]:
         record = self._get(sandbox_id)
@@ -275,6 +287,34 @@ class ManagerActor(Component):
         return self._get(sandbox_id).slot
 
     # -- helpers ---------------------------------------------------------------------
+    def cache_dir(self, sandbox_id: str) -> str:
+        """Compile cache of a sandbox: beside, not inside, its work directory, which
+        the sandbox itself can write."""
+        return os.path.join(self.base_dir, f"{sandbox_id}.cache")
+
+    def _compile(self, record: SandboxRecord) -> None:
+        """Compile (and scan) every module; record them as the first versions."""
+        config = record.config
+        result = self._component("compiler").invoke(
+            "compile_sandbox",
+            config.path,
+            profile=config.profile,
+            cache_dir=self.cache_dir(config.id),
+            timeout=COMPILE_TIMEOUT,
+        )
+        result.raise_for_errors()
+        versions = self._component("versions").invoke("record", config.id, result)
+        record.slot.modules = {
+            name: ModuleCode.from_compiled(m, versions.get(name, 0))
+            for name, m in result.modules.items()
+        }
+
+    def _forget_versions(self, sandbox_id: str) -> None:
+        try:
+            self._component("versions").invoke("forget", sandbox_id)
+        except SandboxError:
+            pass
+
     def _get(self, sandbox_id: str) -> SandboxRecord:
         record = self.records.get(sandbox_id)
         if record is None:
@@ -303,7 +343,11 @@ class ManagerActor(Component):
         try:
             record.supervisor = sandboxes.start_child(spec)
         except SupervisorError as exc:
-            cause = exc.__cause__ or exc
+            cause: BaseException = exc
+            while isinstance(cause, ChildStartFailed) and cause.__cause__ is not None:
+                cause = cause.__cause__  # the sandbox's own supervisor, then the process
+            if not isinstance(cause, SandboxError):
+                cause = SandboxError(f"sandbox {record.config.id!r} failed to start: {cause}")
             record.last_error = {"kind": type(cause).__name__, "message": str(cause), "at": time.time()}
             self._set_status(record, "error")
             raise cause from None
@@ -335,7 +379,7 @@ def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
         initial, first_states[0] = first_states[0], None
         ref = start_process(
             config.entry,
-            app_path=config.path,
+            modules=list(slot.modules.values()),
             name=f"{runtime_id}/{config.id}",
             allow_pickle=config.profile != "high",
             shutdown=config.shutdown,
@@ -346,7 +390,10 @@ def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
         return slot.put(ref)
 
     process = ChildSpec(
-        "process", start=start_process_into_slot, restart=config.restart, shutdown=config.shutdown
+        "process",
+        start=start_process_into_slot,
+        restart=config.restart,
+        shutdown=config.shutdown + KILL_MARGIN,  # the supervisor waits for the kill too
     )
 
     def start_sandbox_supervisor() -> SupervisorRef:

@@ -34,7 +34,7 @@ import json
 import os
 import re
 import tokenize
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,33 +74,113 @@ RULES: dict[str, str] = {
 #: Changes whenever a rule changes (part of the compiler's cache key).
 RULES_VERSION = "2"
 
-ESCAPE_DUNDERS = frozenset({
-    "__subclasses__", "__globals__", "__builtins__", "__code__", "__closure__", "__mro__",
-    "__bases__", "__base__", "__reduce__", "__reduce_ex__", "__loader__", "__spec__",
-    "__import__", "__self__", "__traceback__", "__defaults__", "__kwdefaults__", "__objclass__",
-})
-FRAME_ATTRS = frozenset({
-    "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame",
-    "ag_code", "ag_await", "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace",
-    "tb_frame", "cell_contents",
-})
+ESCAPE_DUNDERS = frozenset(
+    {
+        "__subclasses__",
+        "__globals__",
+        "__builtins__",
+        "__code__",
+        "__closure__",
+        "__mro__",
+        "__bases__",
+        "__base__",
+        "__reduce__",
+        "__reduce_ex__",
+        "__loader__",
+        "__spec__",
+        "__import__",
+        "__self__",
+        "__traceback__",
+        "__defaults__",
+        "__kwdefaults__",
+        "__objclass__",
+    }
+)
+FRAME_ATTRS = frozenset(
+    {
+        "gi_frame",
+        "gi_code",
+        "gi_yieldfrom",
+        "cr_frame",
+        "cr_code",
+        "cr_await",
+        "ag_frame",
+        "ag_code",
+        "ag_await",
+        "f_back",
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "f_code",
+        "f_trace",
+        "tb_frame",
+        "cell_contents",
+    }
+)
 #: Dunder names that carry no escape by themselves: allowed in strings under high.
-HARMLESS_DUNDERS = frozenset({
-    "__main__", "__name__", "__qualname__", "__doc__", "__module__", "__init__", "__all__",
-    "__version__", "__author__", "__slots__", "__file__", "__package__", "__annotations__",
-    "__future__", "__new__", "__repr__", "__str__", "__eq__", "__ne__", "__lt__", "__le__",
-    "__gt__", "__ge__", "__hash__", "__len__", "__iter__", "__next__", "__contains__",
-    "__getitem__", "__setitem__", "__delitem__", "__call__", "__enter__", "__exit__",
-    "__aenter__", "__aexit__", "__add__", "__sub__", "__mul__", "__truediv__", "__bool__",
-    "__int__", "__float__", "__format__", "__post_init__", "__weakref__", "__match_args__",
-    "__dataclass_fields__", "__slotnames__", "__wrapped__", "__orig_bases__", "__path__",
-})
+HARMLESS_DUNDERS = frozenset(
+    {
+        "__main__",
+        "__name__",
+        "__qualname__",
+        "__doc__",
+        "__module__",
+        "__init__",
+        "__all__",
+        "__version__",
+        "__author__",
+        "__slots__",
+        "__file__",
+        "__package__",
+        "__annotations__",
+        "__future__",
+        "__new__",
+        "__repr__",
+        "__str__",
+        "__eq__",
+        "__ne__",
+        "__lt__",
+        "__le__",
+        "__gt__",
+        "__ge__",
+        "__hash__",
+        "__len__",
+        "__iter__",
+        "__next__",
+        "__contains__",
+        "__getitem__",
+        "__setitem__",
+        "__delitem__",
+        "__call__",
+        "__enter__",
+        "__exit__",
+        "__aenter__",
+        "__aexit__",
+        "__add__",
+        "__sub__",
+        "__mul__",
+        "__truediv__",
+        "__bool__",
+        "__int__",
+        "__float__",
+        "__format__",
+        "__post_init__",
+        "__weakref__",
+        "__match_args__",
+        "__dataclass_fields__",
+        "__slotnames__",
+        "__wrapped__",
+        "__orig_bases__",
+        "__path__",
+    }
+)
 _DUNDER_RE = re.compile(r"__[A-Za-z0-9_]+?__")
 _FRAME_RE = re.compile(r"\b(" + "|".join(sorted(FRAME_ATTRS)) + r")\b")
 _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 
-_DYNAMIC_IMPORT = frozenset({"__import__", "importlib.import_module", "importlib.__import__",
-                             "builtins.__import__"})
+_DYNAMIC_IMPORT = frozenset(
+    {"__import__", "importlib.import_module", "importlib.__import__", "builtins.__import__"}
+)
 _CODE_LOADERS = {
     "importlib.util.spec_from_file_location": "loads a module from a file",
     "importlib.util.spec_from_loader": "loads a module from a loader",
@@ -118,20 +198,49 @@ _CODE_LOADERS = {
     "types.FunctionType": "builds a function from a code object",
     "marshal.loads": "turns bytes into code",
 }
-_DYNAMIC_CODE = frozenset({"eval", "exec", "compile", "builtins.eval", "builtins.exec",
-                           "builtins.compile"})
+_DYNAMIC_CODE = frozenset(
+    {"eval", "exec", "compile", "builtins.eval", "builtins.exec", "builtins.compile"}
+)
 #: Dotted names and the group that must be allowed to use them (None: never).
 _FORBIDDEN: dict[str, tuple[str | None, str]] = {}
-for _n in ("system", "popen", "execv", "execve", "execl", "execle", "execlp", "execlpe", "execvp",
-           "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp",
-           "spawnvpe", "fork", "forkpty", "posix_spawn", "posix_spawnp", "startfile"):
+for _n in (
+    "system",
+    "popen",
+    "execv",
+    "execve",
+    "execl",
+    "execle",
+    "execlp",
+    "execlpe",
+    "execvp",
+    "execvpe",
+    "spawnl",
+    "spawnle",
+    "spawnlp",
+    "spawnlpe",
+    "spawnv",
+    "spawnve",
+    "spawnvp",
+    "spawnvpe",
+    "fork",
+    "forkpty",
+    "posix_spawn",
+    "posix_spawnp",
+    "startfile",
+):
     _FORBIDDEN[f"os.{_n}"] = ("subprocess", "starting processes")
 for _n in ("setsid", "setpgid", "setpgrp"):
     _FORBIDDEN[f"os.{_n}"] = ("subprocess", "leaving the sandbox's process group")
 for _n in ("create_subprocess_exec", "create_subprocess_shell"):
     _FORBIDDEN[f"asyncio.{_n}"] = ("subprocess", "starting processes")
-for _n in ("_getframe", "_current_frames", "_current_exceptions", "settrace", "setprofile",
-           "call_tracing"):
+for _n in (
+    "_getframe",
+    "_current_frames",
+    "_current_exceptions",
+    "settrace",
+    "setprofile",
+    "call_tracing",
+):
     _FORBIDDEN[f"sys.{_n}"] = ("introspection", "frame access and tracing")
 for _n in ("settrace", "setprofile"):
     _FORBIDDEN[f"threading.{_n}"] = ("introspection", "tracing")
@@ -139,17 +248,19 @@ for _n in ("get_objects", "get_referrers", "get_referents"):
     _FORBIDDEN[f"gc.{_n}"] = ("introspection", "walking the object graph")
 for _n in ("walk_stack", "walk_tb"):
     _FORBIDDEN[f"traceback.{_n}"] = ("introspection", "frame access")
-_FORBIDDEN.update({
-    "breakpoint": ("introspection", "debuggers"),
-    "sys.addaudithook": (None, "adding audit hooks"),
-    "signal.pidfd_send_signal": ("signal_any", "signals the runtime guard cannot see"),
-    "os.pidfd_open": ("signal_any", "signals the runtime guard cannot see"),
-    "os.mknod": ("file_write_any", "creating device files"),
-    "asyncio.open_connection": ("network_client", "network connections"),
-    "asyncio.open_unix_connection": ("network_client", "network connections"),
-    "asyncio.start_server": ("network_server", "listening sockets"),
-    "asyncio.start_unix_server": ("network_server", "listening sockets"),
-})
+_FORBIDDEN.update(
+    {
+        "breakpoint": ("introspection", "debuggers"),
+        "sys.addaudithook": (None, "adding audit hooks"),
+        "signal.pidfd_send_signal": ("signal_any", "signals the runtime guard cannot see"),
+        "os.pidfd_open": ("signal_any", "signals the runtime guard cannot see"),
+        "os.mknod": ("file_write_any", "creating device files"),
+        "asyncio.open_connection": ("network_client", "network connections"),
+        "asyncio.open_unix_connection": ("network_client", "network connections"),
+        "asyncio.start_server": ("network_server", "listening sockets"),
+        "asyncio.start_unix_server": ("network_server", "listening sockets"),
+    }
+)
 #: Method names that mean the same on any receiver (event loops).
 _FORBIDDEN_METHODS: dict[str, tuple[str, str]] = {
     "subprocess_exec": ("subprocess", "starting processes"),
@@ -161,23 +272,64 @@ _FORBIDDEN_METHODS: dict[str, tuple[str, str]] = {
     "create_unix_server": ("network_server", "listening sockets"),
 }
 _KILL = frozenset({"os.kill", "os.killpg"})
-_ATTR_FUNCS = frozenset({"getattr", "setattr", "delattr", "hasattr", "builtins.getattr",
-                         "builtins.setattr", "builtins.delattr", "operator.attrgetter"})
+_ATTR_FUNCS = frozenset(
+    {
+        "getattr",
+        "setattr",
+        "delattr",
+        "hasattr",
+        "builtins.getattr",
+        "builtins.setattr",
+        "builtins.delattr",
+        "operator.attrgetter",
+    }
+)
 _OPENERS = frozenset({"open", "io.open", "builtins.open", "codecs.open", "os.open", "os.fdopen"})
-_PATH_WRITERS = frozenset({"write_text", "write_bytes", "touch", "mkdir", "unlink", "rmdir",
-                           "rename", "replace", "symlink_to", "hardlink_to", "chmod",
-                           "link_to"})
+_PATH_WRITERS = frozenset(
+    {
+        "write_text",
+        "write_bytes",
+        "touch",
+        "mkdir",
+        "unlink",
+        "rmdir",
+        "rename",
+        "replace",
+        "symlink_to",
+        "hardlink_to",
+        "chmod",
+        "link_to",
+    }
+)
 _FS_WRITERS = {  # dotted name -> indexes of the path arguments written
-    "os.remove": (0,), "os.unlink": (0,), "os.rmdir": (0,), "os.mkdir": (0,),
-    "os.makedirs": (0,), "os.rename": (0, 1), "os.replace": (0, 1), "os.renames": (0, 1),
-    "os.symlink": (1,), "os.link": (1,), "os.chmod": (0,), "os.chown": (0,),
-    "os.truncate": (0,), "os.utime": (0,), "os.mkfifo": (0,), "os.removedirs": (0,),
-    "shutil.rmtree": (0,), "shutil.copy": (1,), "shutil.copy2": (1,), "shutil.copyfile": (1,),
-    "shutil.copytree": (1,), "shutil.move": (0, 1), "shutil.chown": (0,),
+    "os.remove": (0,),
+    "os.unlink": (0,),
+    "os.rmdir": (0,),
+    "os.mkdir": (0,),
+    "os.makedirs": (0,),
+    "os.rename": (0, 1),
+    "os.replace": (0, 1),
+    "os.renames": (0, 1),
+    "os.symlink": (1,),
+    "os.link": (1,),
+    "os.chmod": (0,),
+    "os.chown": (0,),
+    "os.truncate": (0,),
+    "os.utime": (0,),
+    "os.mkfifo": (0,),
+    "os.removedirs": (0,),
+    "shutil.rmtree": (0,),
+    "shutil.copy": (1,),
+    "shutil.copy2": (1,),
+    "shutil.copyfile": (1,),
+    "shutil.copytree": (1,),
+    "shutil.move": (0, 1),
+    "shutil.chown": (0,),
 }
 _WRITE_FLAGS = frozenset({"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND"})
-_STR_METHODS = frozenset({"lower", "upper", "strip", "lstrip", "rstrip", "title", "capitalize",
-                          "casefold", "swapcase"})
+_STR_METHODS = frozenset(
+    {"lower", "upper", "strip", "lstrip", "rstrip", "title", "capitalize", "casefold", "swapcase"}
+)
 
 
 @dataclass(frozen=True)
@@ -206,25 +358,47 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data; ``rule`` doubles as the compiler's diagnostic ``code``."""
-        return {"rule": self.rule, "code": self.rule, "severity": self.severity,
-                "file": self.file, "line": self.line, "col": self.col,
-                "message": self.message, "hint": self.hint}
+        return {
+            "rule": self.rule,
+            "code": self.rule,
+            "severity": self.severity,
+            "file": self.file,
+            "line": self.line,
+            "col": self.col,
+            "message": self.message,
+            "hint": self.hint,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Finding:
-        return cls(str(d.get("rule") or d.get("code")), str(d["severity"]), str(d["file"]),
-                   int(d["line"]), int(d["col"]), str(d["message"]), d.get("hint"))
+        return cls(
+            str(d.get("rule") or d.get("code")),
+            str(d["severity"]),
+            str(d["file"]),
+            int(d["line"]),
+            int(d["col"]),
+            str(d["message"]),
+            d.get("hint"),
+        )
 
 
 def _profile(profile: Profile | str) -> Profile:
     return profile if isinstance(profile, Profile) else get_builtin(profile)
 
 
-def scan_source(source: bytes, filename: str, profile: Profile | str) -> list[Finding]:
+def scan_source(
+    source: bytes,
+    filename: str,
+    profile: Profile | str,
+    *,
+    local_modules: Collection[str] = (),
+) -> list[Finding]:
     """Scan one module's raw bytes under ``profile``; returns findings sorted by position.
 
     ``profile`` is a :class:`~actors.profiles.Profile` or a built-in's name. A
-    ``str`` source is taken as UTF-8 bytes.
+    ``str`` source is taken as UTF-8 bytes. ``local_modules`` names the app's own
+    top-level modules: they shadow stdlib names (an app's ``code.py``), so
+    importing them is never a blocked import.
 
     >>> [f.rule for f in scan_source(b"x = eval('1')", "m.py", "high")]
     ['SBX201']
@@ -242,8 +416,14 @@ def scan_source(source: bytes, filename: str, profile: Profile | str) -> list[Fi
     findings: list[Finding] = []
     hardened = not p.allows("dynamic_code")
 
-    def add(rule: str, line: int, col: int, message: str, severity: str = "error",
-            hint: str | None = None) -> None:
+    def add(
+        rule: str,
+        line: int,
+        col: int,
+        message: str,
+        severity: str = "error",
+        hint: str | None = None,
+    ) -> None:
         findings.append(Finding(rule, severity, filename, line, col, message, hint))
 
     # -- encoding: never decoded around ---------------------------------------------
@@ -254,9 +434,14 @@ def scan_source(source: bytes, filename: str, profile: Profile | str) -> list[Fi
         return findings
     if encoding not in ("utf-8", "utf-8-sig"):
         line = _cookie_line(source)
-        add("SBX002", line, 1, f"the module declares the {encoding} encoding; sandbox code must be UTF-8",
+        add(
+            "SBX002",
+            line,
+            1,
+            f"the module declares the {encoding} encoding; sandbox code must be UTF-8",
             "error" if hardened else "warning",
-            "save the file as UTF-8 and remove the coding declaration")
+            "save the file as UTF-8 and remove the coding declaration",
+        )
     try:
         text = source.decode(encoding)
     except (UnicodeDecodeError, LookupError) as exc:
@@ -278,17 +463,27 @@ def scan_source(source: bytes, filename: str, profile: Profile | str) -> list[Fi
     try:
         for tok in tokenize.tokenize(io.BytesIO(source).readline):
             if tok.type == tokenize.NAME and not tok.string.isascii():
-                add("SBX003", tok.start[0], tok.start[1] + 1,
+                add(
+                    "SBX003",
+                    tok.start[0],
+                    tok.start[1] + 1,
                     f"non-ASCII identifier {tok.string!r} (Python reads it as "
-                    f"{_nfkc(tok.string)!r})", "error" if hardened else "warning",
-                    "use ASCII names")
+                    f"{_nfkc(tok.string)!r})",
+                    "error" if hardened else "warning",
+                    "use ASCII names",
+                )
             elif tok.type in (tokenize.STRING, tokenize.COMMENT) and _BIDI.search(tok.string):
-                add("SBX004", tok.start[0], tok.start[1] + 1,
+                add(
+                    "SBX004",
+                    tok.start[0],
+                    tok.start[1] + 1,
                     "bidirectional control character: the code may not read the way it runs",
-                    "error" if hardened else "warning", "remove the control character")
+                    "error" if hardened else "warning",
+                    "remove the control character",
+                )
     except (tokenize.TokenError, SyntaxError, IndentationError):
         pass  # ast.parse accepted it; the token checks are best effort
-    _Visitor(p, filename, lines, add).run(tree)
+    _Visitor(p, filename, lines, add, frozenset(local_modules)).run(tree)
     unique = {(f.rule, f.line, f.col, f.message): f for f in findings}
     return sorted(unique.values(), key=lambda f: (f.line, f.col, f.rule))
 
@@ -312,8 +507,16 @@ def _outside(path: str) -> bool:
 
 
 class _Visitor(ast.NodeVisitor):
-    def __init__(self, profile: Profile, filename: str, lines: list[str], add: Any) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        filename: str,
+        lines: list[str],
+        add: Any,
+        local_modules: frozenset[str] = frozenset(),
+    ) -> None:
         self.p = profile
+        self.local_modules = local_modules
         self.filename = filename
         self.lines = lines
         self._add = add
@@ -345,8 +548,14 @@ class _Visitor(ast.NodeVisitor):
         except IndexError:
             return off + 1
 
-    def add(self, rule: str, node: ast.AST, message: str, severity: str = "error",
-            hint: str | None = None) -> None:
+    def add(
+        self,
+        rule: str,
+        node: ast.AST,
+        message: str,
+        severity: str = "error",
+        hint: str | None = None,
+    ) -> None:
         self._add(rule, getattr(node, "lineno", 1), self.col(node), message, severity, hint)
 
     def severity(self, group: str | None, allowed: str | None = "warning") -> str | None:
@@ -387,9 +596,15 @@ class _Visitor(ast.NodeVisitor):
                 self.bound.add(node.id)
             elif isinstance(node, ast.arg):
                 self.bound.add(node.arg)
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+            ):
                 assigned.setdefault(node.targets[0].id, []).append(node.value)
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value:
+            elif (
+                isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value
+            ):
                 assigned.setdefault(node.target.id, []).append(node.value)
             elif isinstance(node, (ast.AugAssign, ast.For, ast.With, ast.NamedExpr)):
                 for t in ast.walk(node.target if not isinstance(node, ast.With) else node):
@@ -411,8 +626,16 @@ class _Visitor(ast.NodeVisitor):
             return None
         try:
             return self._const_str(node, depth)
-        except (TypeError, ValueError, IndexError, KeyError, OverflowError, RecursionError,
-                UnicodeError, AttributeError):
+        except (
+            TypeError,
+            ValueError,
+            IndexError,
+            KeyError,
+            OverflowError,
+            RecursionError,
+            UnicodeError,
+            AttributeError,
+        ):
             return None
 
     def _const_str(self, node: ast.AST, depth: int) -> str | None:
@@ -432,8 +655,13 @@ class _Visitor(ast.NodeVisitor):
                     return left % tuple(vals) if None not in vals else None
                 v = self._literal(node.right, depth)
                 return left % v if v is not None else None
-            if isinstance(node.op, ast.Mult) and left is not None and isinstance(node.right, ast.Constant) \
-                    and isinstance(node.right.value, int) and node.right.value < 64:
+            if (
+                isinstance(node.op, ast.Mult)
+                and left is not None
+                and isinstance(node.right, ast.Constant)
+                and isinstance(node.right.value, int)
+                and node.right.value < 64
+            ):
                 return left * node.right.value
             return None
         if isinstance(node, ast.JoinedStr):
@@ -455,7 +683,10 @@ class _Visitor(ast.NodeVisitor):
                 return None
             sl = node.slice
             if isinstance(sl, ast.Slice):
-                parts = [None if x is None else self._literal(x, depth) for x in (sl.lower, sl.upper, sl.step)]
+                parts = [
+                    None if x is None else self._literal(x, depth)
+                    for x in (sl.lower, sl.upper, sl.step)
+                ]
                 return base[slice(*parts)]
             idx = self._literal(sl, depth)
             return base[idx] if isinstance(idx, int) else None
@@ -469,7 +700,11 @@ class _Visitor(ast.NodeVisitor):
                     return cs(node.args[0])
                 if func.id in ("reversed", "list", "tuple", "sorted") and len(node.args) == 1:
                     return None  # only meaningful inside join, handled there
-                if func.id == "bytes" and len(node.args) == 1 and isinstance(node.args[0], (ast.List, ast.Tuple)):
+                if (
+                    func.id == "bytes"
+                    and len(node.args) == 1
+                    and isinstance(node.args[0], (ast.List, ast.Tuple))
+                ):
                     return None
             if isinstance(func, ast.Attribute):
                 recv = func.value
@@ -499,7 +734,11 @@ class _Visitor(ast.NodeVisitor):
     def _literal(self, node: ast.AST, depth: int) -> Any:
         if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float)):
             return node.value
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
+        if (
+            isinstance(node, ast.UnaryOp)
+            and isinstance(node.op, ast.USub)
+            and isinstance(node.operand, ast.Constant)
+        ):
             return -node.operand.value
         return self.const_str(node, depth + 1)
 
@@ -507,17 +746,28 @@ class _Visitor(ast.NodeVisitor):
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             items = [self.const_str(e, depth + 1) for e in node.elts]
             return None if None in items else items  # type: ignore[return-value]
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) == 1 \
-                and node.func.id in ("reversed", "list", "tuple", "sorted"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and len(node.args) == 1
+            and node.func.id in ("reversed", "list", "tuple", "sorted")
+        ):
             inner = self._str_items(node.args[0], depth + 1)
             if inner is None:
                 return None
-            return list(reversed(inner)) if node.func.id == "reversed" else (
-                sorted(inner) if node.func.id == "sorted" else inner)
+            return (
+                list(reversed(inner))
+                if node.func.id == "reversed"
+                else (sorted(inner) if node.func.id == "sorted" else inner)
+            )
         if isinstance(node, ast.GeneratorExp | ast.ListComp) and len(node.generators) == 1:
             gen = node.generators[0]
-            if isinstance(gen.target, ast.Name) and isinstance(node.elt, ast.Name) \
-                    and node.elt.id == gen.target.id and not gen.ifs:
+            if (
+                isinstance(gen.target, ast.Name)
+                and isinstance(node.elt, ast.Name)
+                and node.elt.id == gen.target.id
+                and not gen.ifs
+            ):
                 return self._str_items(gen.iter, depth + 1)
             return None
         s = self.const_str(node, depth + 1)
@@ -526,8 +776,13 @@ class _Visitor(ast.NodeVisitor):
     def _bytes(self, node: ast.AST, depth: int) -> bytes | None:
         if isinstance(node, ast.Constant) and isinstance(node.value, bytes):
             return node.value
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("bytes", "bytearray") \
-                and len(node.args) == 1 and isinstance(node.args[0], (ast.List, ast.Tuple)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("bytes", "bytearray")
+            and len(node.args) == 1
+            and isinstance(node.args[0], (ast.List, ast.Tuple))
+        ):
             vals = [self._literal(e, depth) for e in node.args[0].elts]
             return bytes(vals) if all(isinstance(v, int) for v in vals) else None
         return None
@@ -559,9 +814,14 @@ class _Visitor(ast.NodeVisitor):
 
     # -- imports -----------------------------------------------------------------------
     def check_module(self, name: str, node: ast.AST, rule: str, how: str) -> bool:
+        if name.split(".")[0] in self.local_modules:
+            return False
         if self.p.is_blocked(name):
-            self.add(rule, node, f"{how} {name!r} is not allowed under profile {self.p.name!r} "
-                                 f"({self.why(name)})")
+            self.add(
+                rule,
+                node,
+                f"{how} {name!r} is not allowed under profile {self.p.name!r} ({self.why(name)})",
+            )
             return True
         return False
 
@@ -586,25 +846,44 @@ class _Visitor(ast.NodeVisitor):
             group, what = entry
             sev = self.severity(group, None)
             if sev:
-                self.add("SBX205", node, f"{dotted} is not allowed under profile {self.p.name!r} ({what})", sev)
+                self.add(
+                    "SBX205",
+                    node,
+                    f"{dotted} is not allowed under profile {self.p.name!r} ({what})",
+                    sev,
+                )
         elif dotted in _KILL and not self.p.allows("signal_any"):
-            self.add("SBX205", node, f"{dotted}: signals outside the sandbox's process group are refused "
-                                     "at run time", "warning")
+            self.add(
+                "SBX205",
+                node,
+                f"{dotted}: signals outside the sandbox's process group are refused at run time",
+                "warning",
+            )
         elif dotted in _CODE_LOADERS:
             sev = self.severity("dynamic_code")
             if sev:
-                self.add("SBX104", node, f"{dotted} {_CODE_LOADERS[dotted]}, which the scan cannot see", sev)
+                self.add(
+                    "SBX104",
+                    node,
+                    f"{dotted} {_CODE_LOADERS[dotted]}, which the scan cannot see",
+                    sev,
+                )
 
     def visit_Name(self, node: ast.Name) -> None:
         if id(node) in self.skip:
             return
         name = node.id
-        if name in ("__builtins__", "__import__", "__loader__", "__spec__") and name not in self.bound:
+        if (
+            name in ("__builtins__", "__import__", "__loader__", "__spec__")
+            and name not in self.bound
+        ):
             sev = self.severity("dynamic_code", "warning" if name == "__builtins__" else None)
             if name in ("__loader__", "__spec__") and sev == "error" and not self.strict:
                 sev = "warning"
             if sev:
-                self.add("SBX305", node, f"{name} gives access to the import system and builtins", sev)
+                self.add(
+                    "SBX305", node, f"{name} gives access to the import system and builtins", sev
+                )
         elif name in ("eval", "exec", "compile") and name not in self.bound:
             sev = self.severity("dynamic_code")
             if sev:
@@ -618,27 +897,45 @@ class _Visitor(ast.NodeVisitor):
         attr = node.attr
         if attr in ESCAPE_DUNDERS:
             sev = "error" if self.hardened else "warning"
-            self.add("SBX301", node, f"attribute {attr} is a classic sandbox escape step", sev,
-                     "sandbox code has no need for interpreter internals")
+            self.add(
+                "SBX301",
+                node,
+                f"attribute {attr} is a classic sandbox escape step",
+                sev,
+                "sandbox code has no need for interpreter internals",
+            )
         elif attr == "__dict__":
             self.check_dict(node)
         elif attr in ("__getattribute__", "__setattr__", "__delattr__"):
             recv = node.value
             if isinstance(recv, ast.Name) and recv.id in ("object", "type"):
-                self.add("SBX301", node, f"{recv.id}.{attr} bypasses attribute checks",
-                         "error" if self.hardened else "warning")
+                self.add(
+                    "SBX301",
+                    node,
+                    f"{recv.id}.{attr} bypasses attribute checks",
+                    "error" if self.hardened else "warning",
+                )
             elif self.strict:
                 self.add("SBX301", node, f"{attr} bypasses attribute checks", "warning")
         elif attr == "__class__" and self.strict:
             self.add("SBX301", node, "__class__ is the first step of most escapes", "warning")
         elif attr in FRAME_ATTRS:
-            self.add("SBX302", node, f"attribute {attr} reaches frames, globals or cells",
-                     "error" if self.hardened else "warning")
+            self.add(
+                "SBX302",
+                node,
+                f"attribute {attr} reaches frames, globals or cells",
+                "error" if self.hardened else "warning",
+            )
         elif attr in _FORBIDDEN_METHODS:
             group, what = _FORBIDDEN_METHODS[attr]
             sev = self.severity(group, None)
             if sev:
-                self.add("SBX205", node, f".{attr}() is not allowed under profile {self.p.name!r} ({what})", sev)
+                self.add(
+                    "SBX205",
+                    node,
+                    f".{attr}() is not allowed under profile {self.p.name!r} ({what})",
+                    sev,
+                )
         d = self.dotted(node)
         if d is not None:
             self.check_name(d, node)
@@ -646,8 +943,12 @@ class _Visitor(ast.NodeVisitor):
             # (``import urllib; urllib.request``).
             if "." in d and isinstance(node.ctx, ast.Load) and d.split(".")[0] in self.aliases:
                 if self.p.is_blocked(d) and not self.p.is_blocked(d.rsplit(".", 1)[0]):
-                    self.add("SBX101", node, f"use of {d!r} is not allowed under profile "
-                                             f"{self.p.name!r} ({self.why(d)})")
+                    self.add(
+                        "SBX101",
+                        node,
+                        f"use of {d!r} is not allowed under profile "
+                        f"{self.p.name!r} ({self.why(d)})",
+                    )
         self.generic_visit(node)
 
     def check_dict(self, node: ast.Attribute) -> None:
@@ -655,15 +956,23 @@ class _Visitor(ast.NodeVisitor):
         target = None
         if isinstance(recv, ast.Name) and (recv.id in self.aliases or recv.id in self.classes):
             target = "module" if recv.id in self.aliases else "class"
-        elif isinstance(recv, ast.Call) and isinstance(recv.func, ast.Name) and recv.func.id == "type":
+        elif (
+            isinstance(recv, ast.Call)
+            and isinstance(recv.func, ast.Name)
+            and recv.func.id == "type"
+        ):
             target = "class"
         elif isinstance(recv, ast.Attribute) and recv.attr == "__class__":
             target = "class"
         elif isinstance(recv, ast.Name) and recv.id[:1].isupper():
             target = "class"
         if target:
-            self.add("SBX303", node, f"__dict__ of a {target} exposes its globals or methods unchecked",
-                     "error" if self.hardened else "warning")
+            self.add(
+                "SBX303",
+                node,
+                f"__dict__ of a {target} exposes its globals or methods unchecked",
+                "error" if self.hardened else "warning",
+            )
         elif self.strict:
             self.add("SBX303", node, "__dict__ access", "warning")
 
@@ -702,9 +1011,13 @@ class _Visitor(ast.NodeVisitor):
         bad = self.bad_dunders(value)
         if bad:
             sev = "error" if self.strict else "warning"
-            self.add("SBX304", node, f"string names {', '.join(bad[:3])}"
-                                     f"{' ...' if len(bad) > 3 else ''}", sev,
-                     "dunder and frame names in strings are how getattr-based escapes are spelled")
+            self.add(
+                "SBX304",
+                node,
+                f"string names {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}",
+                sev,
+                "dunder and frame names in strings are how getattr-based escapes are spelled",
+            )
 
     def check_built(self, node: ast.AST) -> None:
         """A string built from pieces (``'__glo' + 'bals__'``) that names a dunder."""
@@ -716,11 +1029,17 @@ class _Visitor(ast.NodeVisitor):
         bad = self.bad_dunders(s)
         if not bad:
             return
-        pieces = [n for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        pieces = [
+            n for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+        ]
         if any(set(self.bad_dunders(n.value)) >= set(bad) for n in pieces):
             return  # a literal piece already says it
-        self.add("SBX304", node, f"built string names {', '.join(bad[:3])}",
-                 "error" if (self.strict or self.hardened) else "warning")
+        self.add(
+            "SBX304",
+            node,
+            f"built string names {', '.join(bad[:3])}",
+            "error" if (self.strict or self.hardened) else "warning",
+        )
 
     def visit_BinOp(self, node: ast.BinOp) -> None:
         self.check_built(node)
@@ -743,7 +1062,9 @@ class _Visitor(ast.NodeVisitor):
         self.generic_visit(node)
 
     def arg(self, node: ast.Call, index: int, *keywords: str) -> ast.AST | None:
-        if len(node.args) > index and not any(isinstance(a, ast.Starred) for a in node.args[:index + 1]):
+        if len(node.args) > index and not any(
+            isinstance(a, ast.Starred) for a in node.args[: index + 1]
+        ):
             return node.args[index]
         for kw in node.keywords:
             if kw.arg in keywords:
@@ -759,8 +1080,13 @@ class _Visitor(ast.NodeVisitor):
             if mod is None:
                 sev = "error" if self.strict else ("warning" if self.hardened else None)
                 if sev:
-                    self.add("SBX103", node, f"{name}() of a name the scan cannot work out", sev,
-                             "import modules with import statements")
+                    self.add(
+                        "SBX103",
+                        node,
+                        f"{name}() of a name the scan cannot work out",
+                        sev,
+                        "import modules with import statements",
+                    )
             elif not mod.startswith("."):
                 self.check_module(mod, node, "SBX102", f"{name}() of")
             return
@@ -769,7 +1095,9 @@ class _Visitor(ast.NodeVisitor):
             if isinstance(node.func, ast.Name):
                 self.skip.add(id(node.func))
             if sev:
-                self.add("SBX201", node, f"{name.split('.')[-1]}() runs code the scan cannot see", sev)
+                self.add(
+                    "SBX201", node, f"{name.split('.')[-1]}() runs code the scan cannot see", sev
+                )
             return
         if self.builtin(node.func, _ATTR_FUNCS):
             self.check_attr_call(node, name)
@@ -787,8 +1115,9 @@ class _Visitor(ast.NodeVisitor):
         ctor = self.dotted(func.value.func)  # type: ignore[attr-defined]
         args = func.value.args  # type: ignore[attr-defined]
         if ctor in ("Path", "pathlib.Path", "pathlib.PosixPath", "PosixPath") and args:
-            if func.attr in _PATH_WRITERS or (func.attr == "open" and self._write_mode(
-                    self.arg(node, 0, "mode"))):
+            if func.attr in _PATH_WRITERS or (
+                func.attr == "open" and self._write_mode(self.arg(node, 0, "mode"))
+            ):
                 self.check_path_write(node, args[0], f"Path.{func.attr}")
 
     def check_attr_call(self, node: ast.Call, name: str) -> None:
@@ -803,13 +1132,23 @@ class _Visitor(ast.NodeVisitor):
         if attr is None:
             sev = "error" if self.strict else ("warning" if self.hardened else None)
             if sev:
-                self.add("SBX204", node, f"{short}() with a computed attribute name", sev,
-                         "name the attribute directly")
+                self.add(
+                    "SBX204",
+                    node,
+                    f"{short}() with a computed attribute name",
+                    sev,
+                    "name the attribute directly",
+                )
             return
         last = attr.split(".")[-1]
-        if (attr.startswith("__") and attr.endswith("__") and attr not in HARMLESS_DUNDERS) \
-                or last in FRAME_ATTRS or last in ESCAPE_DUNDERS:
-            self.add("SBX203", node, f"{short}() of {attr!r}", "error" if self.hardened else "warning")
+        if (
+            (attr.startswith("__") and attr.endswith("__") and attr not in HARMLESS_DUNDERS)
+            or last in FRAME_ATTRS
+            or last in ESCAPE_DUNDERS
+        ):
+            self.add(
+                "SBX203", node, f"{short}() of {attr!r}", "error" if self.hardened else "warning"
+            )
             for c in ast.walk(target):
                 self.skip.add(id(c))
             return
@@ -832,10 +1171,15 @@ class _Visitor(ast.NodeVisitor):
         path_node = self.arg(node, 0, "file", "path")
         if name == "os.open":
             flags = self.arg(node, 1, "flags")
-            write: bool | None = any(
-                (isinstance(n, ast.Attribute) and n.attr in _WRITE_FLAGS)
-                or (isinstance(n, ast.Name) and n.id in _WRITE_FLAGS)
-                for n in ast.walk(flags)) if flags is not None else False
+            write: bool | None = (
+                any(
+                    (isinstance(n, ast.Attribute) and n.attr in _WRITE_FLAGS)
+                    or (isinstance(n, ast.Name) and n.id in _WRITE_FLAGS)
+                    for n in ast.walk(flags)
+                )
+                if flags is not None
+                else False
+            )
         elif name == "os.fdopen":
             return
         else:
@@ -844,24 +1188,43 @@ class _Visitor(ast.NodeVisitor):
         if path is None:
             return
         if write or write is None:
-            if _outside(path) and path not in ("/dev/null",) and not self.p.allows("file_write_any"):
+            if (
+                _outside(path)
+                and path not in ("/dev/null",)
+                and not self.p.allows("file_write_any")
+            ):
                 sev = "error" if write else "warning"
-                self.add("SBX202", node, f"{name}({path!r}) writes outside the workdir", sev,
-                         "write to a relative path inside the sandbox's workdir")
+                self.add(
+                    "SBX202",
+                    node,
+                    f"{name}({path!r}) writes outside the workdir",
+                    sev,
+                    "write to a relative path inside the sandbox's workdir",
+                )
             return
         if _outside(path) and not self.p.allows("file_read_any") and "*" not in self.p.read_roots:
             real = os.path.normpath(path)
             if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in self.read_roots):
-                self.add("SBX206", node, f"{name}({path!r}) reads outside the profile's read roots; "
-                                         "the runtime guard will refuse it", "warning")
+                self.add(
+                    "SBX206",
+                    node,
+                    f"{name}({path!r}) reads outside the profile's read roots; "
+                    "the runtime guard will refuse it",
+                    "warning",
+                )
 
     def check_path_write(self, node: ast.Call, path_node: ast.AST | None, name: str) -> None:
         if path_node is None or self.p.allows("file_write_any"):
             return
         path = self.const_str(path_node)
         if path is not None and _outside(path):
-            self.add("SBX202", node, f"{name}({path!r}) writes outside the workdir", "error",
-                     "write to a relative path inside the sandbox's workdir")
+            self.add(
+                "SBX202",
+                node,
+                f"{name}({path!r}) writes outside the workdir",
+                "error",
+                "write to a relative path inside the sandbox's workdir",
+            )
 
 
 # -- the compiler's hook ------------------------------------------------------------------
@@ -882,8 +1245,12 @@ class ProfileScanner:
 
     def __init__(self, profiles: Mapping[str, Profile] | None = None) -> None:
         self.profiles = dict(profiles or {})
-        blob = json.dumps({n: p.to_dict() for n, p in sorted(self.profiles.items())}, sort_keys=True)
-        self.cache_token = f"sbx-scan-{RULES_VERSION}-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+        blob = json.dumps(
+            {n: p.to_dict() for n, p in sorted(self.profiles.items())}, sort_keys=True
+        )
+        self.cache_token = (
+            f"sbx-scan-{RULES_VERSION}-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+        )
 
     def profile(self, name: str | Profile) -> Profile:
         if isinstance(name, Profile):
@@ -894,7 +1261,9 @@ class ProfileScanner:
         return scan_to_diagnostics(source, filename, self.profile(profile))
 
 
-def scan_to_diagnostics(source_bytes: bytes, filename: str, profile_name: str | Profile) -> list[Any]:
+def scan_to_diagnostics(
+    source_bytes: bytes, filename: str, profile_name: str | Profile
+) -> list[Any]:
     """:func:`scan_source` adapted to the compiler's hook signature.
 
     Returns :class:`actors.compilation.Diagnostic` objects (``code`` = rule id,
@@ -906,5 +1275,7 @@ def scan_to_diagnostics(source_bytes: bytes, filename: str, profile_name: str | 
     """
     from .compilation import Diagnostic
 
-    return [Diagnostic(f.file, f.line, f.col, f.severity, f.rule, f.message, f.hint)
-            for f in scan_source(source_bytes, filename, profile_name)]
+    return [
+        Diagnostic(f.file, f.line, f.col, f.severity, f.rule, f.message, f.hint)
+        for f in scan_source(source_bytes, filename, profile_name)
+    ]

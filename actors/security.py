@@ -116,8 +116,11 @@ class SecurityControllerActor(Component):
         for p in self._initial:
             self.op_register_profile(p)
         if self.default_profile not in self.profiles:
-            raise ConfigError("default_profile", self.default_profile,
-                              f"one of {', '.join(sorted(self.profiles))}")
+            raise ConfigError(
+                "default_profile",
+                self.default_profile,
+                f"one of {', '.join(sorted(self.profiles))}",
+            )
         if self.audit_path is not None:
             self.audit_path.parent.mkdir(parents=True, exist_ok=True)
             self._rebuild()
@@ -154,7 +157,9 @@ class SecurityControllerActor(Component):
         try:
             return self.profiles[profile]
         except (KeyError, TypeError):
-            raise ConfigError("profile", profile, f"one of {', '.join(sorted(self.profiles))}") from None
+            raise ConfigError(
+                "profile", profile, f"one of {', '.join(sorted(self.profiles))}"
+            ) from None
 
     def op_get_profile(self, name: str) -> Profile:
         return self._profile(name)
@@ -168,8 +173,11 @@ class SecurityControllerActor(Component):
         if not isinstance(p, Profile):
             raise ConfigError("profile", profile, "a Profile or a dict of profile fields")
         if p.name in BUILTIN_PROFILES and BUILTIN_PROFILES[p.name] != p:
-            raise ConfigError("profile.name", p.name,
-                              f"a name that is not a built-in profile ({', '.join(BUILTIN_PROFILES)})")
+            raise ConfigError(
+                "profile.name",
+                p.name,
+                f"a name that is not a built-in profile ({', '.join(BUILTIN_PROFILES)})",
+            )
         self.profiles[p.name] = p
         return p
 
@@ -201,18 +209,39 @@ class SecurityControllerActor(Component):
         if errors:
             shown = "\n  ".join(str(f) for f in errors[:10])
             more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-            self._record(p, sandbox_id, correlation_id, "scan.blocked",
-                         f"{filename}: " + "; ".join(str(f) for f in errors[:5]), "blocked", "logged")
-            telemetry.execute("security.scan.blocked", {"errors": len(errors)},
-                              {"sandbox": sandbox_id, "file": filename, "profile": p.name,
-                               "runtime": self.runtime_id})
+            self._record(
+                p,
+                sandbox_id,
+                correlation_id,
+                "scan.blocked",
+                f"{filename}: " + "; ".join(str(f) for f in errors[:5]),
+                "blocked",
+                "logged",
+            )
+            telemetry.execute(
+                "security.scan.blocked",
+                {"errors": len(errors)},
+                {
+                    "sandbox": sandbox_id,
+                    "file": filename,
+                    "profile": p.name,
+                    "runtime": self.runtime_id,
+                },
+            )
             raise SecurityViolation(
                 f"{filename} is refused under security profile {p.name!r}:\n  {shown}{more}",
                 findings,
             )
         if findings:
-            self._record(p, sandbox_id, correlation_id, "scan.warning",
-                         f"{filename}: " + "; ".join(str(f) for f in findings[:5]), "warned", "logged")
+            self._record(
+                p,
+                sandbox_id,
+                correlation_id,
+                "scan.warning",
+                f"{filename}: " + "; ".join(str(f) for f in findings[:5]),
+                "warned",
+                "logged",
+            )
         return findings
 
     # -- sandboxes and violations --------------------------------------------------------
@@ -229,7 +258,9 @@ class SecurityControllerActor(Component):
     def _sandbox_profile(self, sandbox_id: str, profile: str | Profile | None) -> Profile:
         if profile is not None:
             return self._profile(profile)
-        return self.profiles.get(self.sandboxes.get(sandbox_id, ""), self.profiles[self.default_profile])
+        return self.profiles.get(
+            self.sandboxes.get(sandbox_id, ""), self.profiles[self.default_profile]
+        )
 
     def op_record_violation(
         self,
@@ -249,29 +280,72 @@ class SecurityControllerActor(Component):
         p = self._sandbox_profile(sid, profile)
         ev = _sanitise(event)
         if ev["action"] != "refused":
-            self._record(p, sid, correlation_id, ev["event"], ev["detail"], ev["action"], "logged",
-                         group=ev["group"])
+            self._record(
+                p,
+                sid,
+                correlation_id,
+                ev["event"],
+                ev["detail"],
+                ev["action"],
+                "logged",
+                group=ev["group"],
+            )
             return "logged"
         n = self.counts.get(sid, 0) + 1
         self.counts[sid] = n
         threshold = p.violation_threshold
-        response = "terminate" if (threshold is not None and n >= threshold) or sid in self.quarantine else "logged"
-        self._record(p, sid, correlation_id, ev["event"], ev["detail"], "refused", response,
-                     group=ev["group"], count=n)
+        response = (
+            "terminate"
+            if (threshold is not None and n >= threshold) or sid in self.quarantine
+            else "logged"
+        )
+        self._record(
+            p,
+            sid,
+            correlation_id,
+            ev["event"],
+            ev["detail"],
+            "refused",
+            response,
+            group=ev["group"],
+            count=n,
+        )
         telemetry.execute(
             "security.violation",
             {"count": n},
-            {"sandbox": sid, "event": ev["event"], "detail": ev["detail"], "group": ev["group"],
-             "action": "refused", "response": response, "profile": p.name,
-             "correlation_id": correlation_id, "runtime": self.runtime_id},
+            {
+                "sandbox": sid,
+                "event": ev["event"],
+                "detail": ev["detail"],
+                "group": ev["group"],
+                "action": "refused",
+                "response": response,
+                "profile": p.name,
+                "correlation_id": correlation_id,
+                "runtime": self.runtime_id,
+            },
         )
         if response == "terminate" and sid not in self.quarantine:
             self.quarantine[sid] = time.time()
-            self._record(p, sid, correlation_id, "security.quarantine",
-                         f"{n} refused operations (threshold {threshold})", "quarantined", "terminate")
-            telemetry.execute("security.quarantine", {"violations": n},
-                              {"sandbox": sid, "profile": p.name, "runtime": self.runtime_id,
-                               "correlation_id": correlation_id})
+            self._record(
+                p,
+                sid,
+                correlation_id,
+                "security.quarantine",
+                f"{n} refused operations (threshold {threshold})",
+                "quarantined",
+                "terminate",
+            )
+            telemetry.execute(
+                "security.quarantine",
+                {"violations": n},
+                {
+                    "sandbox": sid,
+                    "profile": p.name,
+                    "runtime": self.runtime_id,
+                    "correlation_id": correlation_id,
+                },
+            )
         return response
 
     def op_log_event(
@@ -287,8 +361,15 @@ class SecurityControllerActor(Component):
     ) -> None:
         """Write a record for another component (limit reached, sandbox terminated, ...)."""
         p = self._sandbox_profile(sandbox_id or "", profile)
-        self._record(p, sandbox_id, correlation_id, _text(event, _MAX_FIELD), _text(detail, MAX_DETAIL),
-                     _text(action, _MAX_FIELD), _text(response, _MAX_FIELD))
+        self._record(
+            p,
+            sandbox_id,
+            correlation_id,
+            _text(event, _MAX_FIELD),
+            _text(detail, MAX_DETAIL),
+            _text(action, _MAX_FIELD),
+            _text(response, _MAX_FIELD),
+        )
 
     def op_is_quarantined(self, sandbox_id: str) -> bool:
         return sandbox_id in self.quarantine
@@ -303,9 +384,16 @@ class SecurityControllerActor(Component):
         """Lift a quarantine and reset the count (an operator's decision); logged."""
         was = self.quarantine.pop(sandbox_id, None) is not None
         self.counts.pop(sandbox_id, None)
-        self._record(self._sandbox_profile(sandbox_id, None), sandbox_id, correlation_id,
-                     "security.release", "quarantine lifted" if was else "count reset",
-                     "released", "logged", force=True)
+        self._record(
+            self._sandbox_profile(sandbox_id, None),
+            sandbox_id,
+            correlation_id,
+            "security.release",
+            "quarantine lifted" if was else "count reset",
+            "released",
+            "logged",
+            force=True,
+        )
         return was
 
     # -- the log -------------------------------------------------------------------------
@@ -330,7 +418,7 @@ class SecurityControllerActor(Component):
         now = time.time()
         rec = {
             "ts": now,
-            "time": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "time": dt.datetime.fromtimestamp(now, dt.UTC).isoformat(timespec="milliseconds"),
             "runtime": self.runtime_id,
             "sandbox": sandbox_id,
             "correlation_id": correlation_id,
@@ -376,13 +464,16 @@ class SecurityControllerActor(Component):
         """Records, oldest first, filtered by sandbox, time (epoch seconds or a
         datetime), event name prefix; ``limit`` keeps the newest ones."""
         if isinstance(since, dt.datetime):
-            since = since.timestamp() if since.tzinfo else since.replace(tzinfo=dt.timezone.utc).timestamp()
+            since = since.timestamp() if since.tzinfo else since.replace(tzinfo=dt.UTC).timestamp()
         if since is not None and (isinstance(since, bool) or not isinstance(since, (int, float))):
             raise ConfigError("since", since, "epoch seconds or a datetime")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 0
+        ):
             raise ConfigError("limit", limit, "an integer >= 0 or None")
         recs = [
-            r for r in self._read()
+            r
+            for r in self._read()
             if (sandbox_id is None or r.get("sandbox") == sandbox_id)
             and (since is None or float(r.get("ts") or 0) >= since)
             and (event is None or str(r.get("event", "")).startswith(event))
@@ -398,17 +489,26 @@ def _check_id(sandbox_id: Any) -> str:
 
 def _text(value: Any, limit: int) -> str:
     if not isinstance(value, str):
-        value = repr(value) if isinstance(value, (int, float, bool, bytes, type(None))) else \
-            f"<{type(value).__name__}>"
-    value = "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in value[: limit * 2])
+        value = (
+            repr(value)
+            if isinstance(value, (int, float, bool, bytes, type(None)))
+            else f"<{type(value).__name__}>"
+        )
+    value = "".join(
+        c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in value[: limit * 2]
+    )
     return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
 def _sanitise(event: Any) -> dict[str, str]:
     """The parts of a sandbox's report we keep: short printable strings, known keys."""
     if not isinstance(event, Mapping):
-        return {"event": "guard.report", "detail": _text(event, MAX_DETAIL), "action": "refused",
-                "group": ""}
+        return {
+            "event": "guard.report",
+            "detail": _text(event, MAX_DETAIL),
+            "action": "refused",
+            "group": "",
+        }
     action = event.get("action")
     return {
         "event": _text(event.get("event", "unknown"), _MAX_FIELD),

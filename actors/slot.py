@@ -1,4 +1,4 @@
-"""The live process behind one sandbox, across its restarts.
+"""The live process behind one sandbox, and the code it runs, across its restarts.
 
 A sandbox's process is restarted by its supervisor with a new reference each time.
 Callers hold the slot instead: :meth:`ProcessSlot.get` hands out the current live
@@ -43,6 +43,12 @@ class ProcessSlot:
         self.starts = 0
         self.last_exit: ExitReason | None = None
         self.started_at: float | None = None
+        #: The code the sandbox runs now, by module name (ModuleCode); a restarted
+        #: process boots from it, so a crash after a hot reload keeps the new code.
+        self.modules: dict[str, Any] = {}
+        #: Held for the whole of a reload or rollback: swaps of one sandbox never overlap.
+        self.reload_lock = threading.Lock()
+        self.last_reload: dict[str, Any] | None = None
 
     @property
     def restarts(self) -> int:

@@ -41,6 +41,7 @@ _RUNTIME_OPTIONS = {
     "base_dir": "a directory under which sandboxes get their work directories",
     "max_restarts": "an integer >= 0 (root supervisor intensity)",
     "max_seconds": "a number of seconds > 0 (root supervisor intensity window)",
+    "history": "an integer >= 1: module versions kept per module for rollback",
 }
 
 
@@ -147,39 +148,64 @@ class Runtime:
         self._root: SupervisorRef | None = None
         self._max_restarts = config.get("max_restarts", 10)
         self._max_seconds = config.get("max_seconds", 10.0)
+        self._history = config.get("history", 10)
+        self._components: dict[str, ActorRef] = {}
+        self._components_changed = threading.Condition()
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Runtime:
         """Start the root supervisor and the component actors (done by :func:`start`)."""
         from actors.manager import ManagerActor
 
-        # The manager finds the sandboxes supervisor through this holder, which its
-        # start function refreshes: asking the root supervisor instead would deadlock
-        # while the root is busy starting the manager.
-        holder: list[SupervisorRef] = []
+        from actors.compiler import CompilerActor
+        from actors.versions import VersionManagerActor
 
-        def start_sandboxes() -> SupervisorRef:
-            ref = Supervisor.start(
-                [], strategy="one_for_one", max_restarts=1000, max_seconds=1.0,
-                name=f"{self.name}/sandboxes",
-            )
-            holder[:] = [ref]
+        def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
+            # Components find each other through this table, refreshed by each start:
+            # asking the root supervisor instead would deadlock while the root is busy
+            # starting the one asking.
+            def start_and_record() -> ActorRef:
+                ref = start()
+                with self._components_changed:
+                    self._components[name] = ref
+                    self._components_changed.notify_all()
+                return ref
+
+            return start_and_record
+
+        def component(name: str) -> Any:
+            ref = self._components.get(name)
+            if ref is None or not ref.is_alive():
+                raise SandboxError(f"component {name!r} of runtime {self.name!r} is not running")
             return ref
 
-        def sandboxes() -> SupervisorRef:
-            if not holder or not holder[0].is_alive():
-                raise SandboxError(f"the sandboxes supervisor of runtime {self.name!r} is not running")
-            return holder[0]
-
+        n = self.name
         children = [
-            ChildSpec("sandboxes", start=start_sandboxes, shutdown=120.0, type="supervisor"),
+            ChildSpec(
+                "sandboxes",
+                start=started("sandboxes", lambda: Supervisor.start(
+                    [], strategy="one_for_one", max_restarts=1000, max_seconds=1.0,
+                    name=f"{n}/sandboxes",
+                )),
+                shutdown=120.0,
+                type="supervisor",
+            ),
+            ChildSpec(
+                "compiler",
+                start=started("compiler", lambda: CompilerActor.start(name=f"{n}/compiler")),
+            ),
+            ChildSpec(
+                "versions",
+                start=started("versions", lambda: VersionManagerActor.start(
+                    history=self._history, name=f"{n}/versions",
+                )),
+            ),
             ChildSpec(
                 "manager",
-                start=lambda: ManagerActor.start(
-                    runtime_id=self.name, base_dir=self.base_dir, sandboxes=sandboxes,
-                    name=f"{self.name}/manager",
-                ),
-                shutdown=5.0,
+                start=started("manager", lambda: ManagerActor.start(
+                    runtime_id=n, base_dir=self.base_dir, component=component,
+                    name=f"{n}/manager",
+                )),
             ),
         ]
         self._root = Supervisor.start(
@@ -214,12 +240,23 @@ class Runtime:
             raise SandboxError(f"runtime {self.name!r} is not running; start it with runtime.start()")
         return root
 
-    def component(self, name: str) -> ActorRef:
-        """The current reference of a component actor (``manager``, ``sandboxes``, ...)."""
-        ref = self._root_ref().child_ref(name)
-        if ref is None:
-            raise SandboxError(f"component {name!r} of runtime {self.name!r} is not running")
-        return ref
+    def component(self, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """The current reference of a component actor (``manager``, ``compiler``,
+        ``versions``, ``sandboxes``); while its supervisor restarts it, waits up to
+        ``timeout`` for the new one."""
+        with self._components_changed:
+            ok = self._components_changed.wait_for(
+                lambda: self._root is None
+                or (name in self._components and self._components[name].is_alive()),
+                timeout,
+            )
+        self._root_ref()
+        if not ok:
+            raise SandboxError(
+                f"component {name!r} of runtime {self.name!r} is not running "
+                f"(waited {timeout}s for its supervisor to restart it)"
+            )
+        return self._components[name]
 
     def _manager(self, op: str, *args: Any, timeout: float | None = 60.0) -> Any:
         return self.component("manager").invoke(op, *args, timeout=timeout)

@@ -8,8 +8,8 @@ The host (:mod:`runtime.process`) starts a child process from the forkserver wit
    kill it and everything it started with one ``killpg``, and a terminal's Ctrl-C
    does not reach it; and pins itself to ``boot.cpu_affinity`` if given;
 2. applies the working directory, environment overrides and ``sys.path``;
-3. imports the entry ``"module:function"`` and calls it with ``boot.args``; the
-   entry returns a list of :class:`~runtime.childspec.ChildSpec` (run under a
+3. imports the entry ``"module:function"`` and calls it with ``boot.args``, then
+   runs the boot hooks (:func:`register_boot_hook`); the entry returns a list of :class:`~runtime.childspec.ChildSpec` (run under a
    one_for_one root supervisor), a :class:`~runtime.supervisor.SupervisorSpec`, or
    an already started supervisor's ref;
 4. sends a SYSTEM ``ready`` frame (``{"pid", "names"}``), or, if any of this
@@ -24,8 +24,9 @@ The host (:mod:`runtime.process`) starts a child process from the forkserver wit
    - CAST ``target``: delivered to the actor's ``handle_cast``.
    - SYSTEM ``op``: run from a dispatch table (:func:`register_system_op`);
      built in: ``ping``, ``names``, ``stop``, ``run`` (``(fn, args)``, for hosts
-     allowed to pickle). The answer is a REPLY (or ERROR)
-     with the same ref.
+     allowed to pickle). The answer is a REPLY (or ERROR) with the same ref.
+   - A cast to a name nobody holds is answered by a SYSTEM ``cast_dropped``
+     notice (the host reports it as telemetry).
 
 How it ends, and the exit code the host sees:
 
@@ -62,6 +63,7 @@ from .errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
 from .mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
 from .registry import registered, whereis
 from .supervisor import Supervisor, SupervisorSpec
+from . import swap
 
 __all__ = [
     "BootConfig",
@@ -75,6 +77,7 @@ __all__ = [
     "SocketReply",
     "child_main",
     "current_channel",
+    "current_server",
     "error_payload",
     "register_boot_hook",
     "register_system_op",
@@ -119,8 +122,10 @@ class BootConfig:
     - ``shutdown``: seconds the root supervisor gets to stop on a graceful stop.
     - ``cpu_affinity``: CPUs the child (all its threads) may run on; ``None``
       leaves scheduling to the kernel.
-    - ``states``: opaque data for boot hooks (:func:`register_boot_hook`), e.g.
-      actor states to restore; ignored when no hook is registered.
+    - ``states``: ``{registered name: pickled state}`` taken from the previous
+      process by the ``get_states`` op; restored into those actors after boot.
+    - ``modules``: the app's compiled modules (:class:`~runtime.swap.ModuleCode`),
+      served by the app finder: the child never imports app code from disk.
     """
 
     entry: str
@@ -135,6 +140,7 @@ class BootConfig:
     shutdown: float = 5.0
     states: Any = None
     cpu_affinity: list[int] | None = None
+    modules: list[Any] = field(default_factory=list)
 
 
 # -- system ops ------------------------------------------------------------------------
@@ -183,6 +189,30 @@ def register_boot_hook(fn: BootHook) -> BootHook:
     if fn not in _boot_hooks:
         _boot_hooks.append(fn)
     return fn
+
+
+@register_system_op("get_states")
+def _op_get_states(server: ChildServer, payload: Any) -> dict[str, bytes]:
+    """Each named GenServer's state, pickled: opaque bytes the host hands back at boot
+    (``BootConfig.states``) and never unpickles itself."""
+    return swap.snapshot_states()
+
+
+@register_system_op("reload", threaded=True)
+def _op_reload(server: ChildServer, payload: Any) -> dict[str, Any]:
+    """Swap code in place (see :mod:`runtime.swap`); then apply child spec changes."""
+    report = swap.reload_from_wire(payload)
+    if report.get("ok") and server.root is not None:
+        report["children"] = swap.upgrade_children(server.root, server.boot.entry, server.boot.args)
+    return report
+
+
+def _restore_states(server: ChildServer) -> None:
+    if server.boot.states:
+        swap.restore_states(server.boot.states)
+
+
+register_boot_hook(_restore_states)
 
 
 @register_system_op("ping")
@@ -364,6 +394,8 @@ class ChildServer:
             if path in sys.path:
                 sys.path.remove(path)
             sys.path.insert(0, path)
+        if boot.modules:
+            swap.install_finder(boot.modules)
         module_name, sep, fn_name = boot.entry.partition(":")
         if not sep or not module_name or not fn_name:
             raise ValueError(f"invalid entry {boot.entry!r}: expected 'module:function'")

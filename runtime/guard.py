@@ -54,9 +54,13 @@ the current frame. The boundary that holds is the process (rlimits, separate
 UID, network namespace, no_new_privs); this guard is one layer in front of it.
 
 Overhead: events are dispatched by one dict lookup; an event the policy does not
-care about costs a Python call and returns. Directory resolutions are cached and
-the cache is dropped whenever the sandbox renames, links, removes or creates a
-symlink, so opening files in the workdir costs one ``lstat`` more.
+care about costs a Python call and returns (dict operations, calls and the like
+raise no events at all). Resolved directories, and the verdicts for existing
+regular files, are cached; the caches are dropped whenever the sandbox renames,
+links, removes or creates a symlink, which are the only ways (without processes
+or native code, which disable the caches) a checked path can start pointing
+elsewhere. A repeated ``open`` of a workdir file then costs a dict lookup; a
+first one an ``lstat`` more.
 
 This module imports only the standard library: it is loaded in every sandbox.
 """
@@ -85,7 +89,9 @@ class GuardHandle:
 
     __slots__ = ("profile", "preloaded_blocked", "_count")
 
-    def __init__(self, profile: str, preloaded_blocked: tuple[str, ...], count: Callable[[], int]) -> None:
+    def __init__(
+        self, profile: str, preloaded_blocked: tuple[str, ...], count: Callable[[], int]
+    ) -> None:
         self.profile = profile
         self.preloaded_blocked = preloaded_blocked
         self._count = count
@@ -103,14 +109,24 @@ _REQUIRED = ("profile", "workdir", "allow", "write_roots", "read_roots")
 def policy_errors(policy: Any) -> list[str]:
     """What is wrong with ``policy`` (empty when it can be installed).
 
-    >>> policy_errors({"profile": "x"})
-    ['policy has no workdir', 'policy has no allow', 'policy has no write_roots', 'policy has no read_roots']
+    >>> policy_errors({"profile": "x", "allow": [], "read_roots": []})
+    ['policy has no workdir', 'policy has no write_roots']
     """
     if not isinstance(policy, Mapping):
         return [f"policy must be a dict, not {type(policy).__name__}"]
     problems = [f"policy has no {k}" for k in _REQUIRED if k not in policy]
-    for key in ("write_roots", "read_roots", "code_roots", "trusted_code_roots", "untrusted_roots",
-                "dev_files", "blocked_modules", "allow", "protected_modules", "code_suffixes"):
+    for key in (
+        "write_roots",
+        "read_roots",
+        "code_roots",
+        "trusted_code_roots",
+        "untrusted_roots",
+        "dev_files",
+        "blocked_modules",
+        "allow",
+        "protected_modules",
+        "code_suffixes",
+    ):
         value = policy.get(key, [])
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             problems.append(f"policy {key} must be a list of strings")
@@ -178,31 +194,88 @@ class _Refused:
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
 _FRAME_ATTRS = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
-_PROTECTED_ATTRS = frozenset({"__class__", "__code__", "__defaults__", "__kwdefaults__",
-                              "__bases__", "__dict__", "__globals__"})
+_PROTECTED_ATTRS = frozenset(
+    {
+        "__class__",
+        "__code__",
+        "__defaults__",
+        "__kwdefaults__",
+        "__bases__",
+        "__dict__",
+        "__globals__",
+    }
+)
 # Functions in the stdlib that hand a frame to *their* caller: when one of them
 # triggers a frame event, the verdict depends on who called it.
-_HANDOUT = frozenset({
-    "currentframe", "stack", "trace", "getouterframes", "getinnerframes", "walk_tb",
-    "walk_stack", "<lambda>", "_call_with_frames_removed", "get_stack", "_task_get_stack",
-    "print_stack", "format_stack", "extract_stack", "getframeinfo",
-})
+_HANDOUT = frozenset(
+    {
+        "currentframe",
+        "stack",
+        "trace",
+        "getouterframes",
+        "getinnerframes",
+        "walk_tb",
+        "walk_stack",
+        "<lambda>",
+        "_call_with_frames_removed",
+        "get_stack",
+        "_task_get_stack",
+        "print_stack",
+        "format_stack",
+        "extract_stack",
+        "getframeinfo",
+    }
+)
 # The import machinery: skipped when looking for the code that asked for an import.
 _MACHINERY_NAMES = ("importlib", "imp.py", "pkgutil.py", "runpy.py", "zipimport")
-_PROC_EVENTS = ("subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.fork",
-                "os.forkpty", "os.spawn")
-_CTYPES_EVENTS = (
-    "ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.addressof",
-    "ctypes.call_function", "ctypes.cdata", "ctypes.cdata/buffer", "ctypes.create_string_buffer",
-    "ctypes.create_unicode_buffer", "ctypes.get_errno", "ctypes.set_errno", "ctypes.string_at",
-    "ctypes.wstring_at", "ctypes.PyObj_FromPtr", "ctypes.get_last_error",
-    "ctypes.set_last_error", "ctypes.seh_exception", "ctypes.set_exception",
+_WHY = {
+    "import": "the profile blocks this module",
+    "guard": "no profile allows it",
+    "limits": "no profile allows it",
+    "terminal": "no profile allows it",
+}
+_PROC_EVENTS = (
+    "subprocess.Popen",
+    "os.system",
+    "os.exec",
+    "os.posix_spawn",
+    "os.fork",
+    "os.forkpty",
+    "os.spawn",
 )
-_INTROSPECTION_EVENTS = ("sys._getframe", "sys._current_frames", "sys._current_exceptions",
-                         "gc.get_objects", "gc.get_referrers", "gc.get_referents")
+_CTYPES_EVENTS = (
+    "ctypes.dlopen",
+    "ctypes.dlsym",
+    "ctypes.dlsym/handle",
+    "ctypes.addressof",
+    "ctypes.call_function",
+    "ctypes.cdata",
+    "ctypes.cdata/buffer",
+    "ctypes.create_string_buffer",
+    "ctypes.create_unicode_buffer",
+    "ctypes.get_errno",
+    "ctypes.set_errno",
+    "ctypes.string_at",
+    "ctypes.wstring_at",
+    "ctypes.PyObj_FromPtr",
+    "ctypes.get_last_error",
+    "ctypes.set_last_error",
+    "ctypes.seh_exception",
+    "ctypes.set_exception",
+)
+_INTROSPECTION_EVENTS = (
+    "sys._getframe",
+    "sys._current_frames",
+    "sys._current_exceptions",
+    "gc.get_objects",
+    "gc.get_referrers",
+    "gc.get_referents",
+)
 
 
-def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None] | None) -> tuple[Any, GuardHandle]:
+def _build(
+    policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None] | None
+) -> tuple[Any, GuardHandle]:
     import _thread
     import stat as _statmod
     import time as _timemod
@@ -216,8 +289,13 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
     _lstat, _stat, _readlink, _getcwd = os.lstat, os.stat, os.readlink, os.getcwd
     _getpid, _getpgid, _getframe = os.getpid, os.getpgid, sys._getframe
     _get_ident, _now = _thread.get_ident, _timemod.time
-    S_ISLNK, S_ISDIR, S_ISCHR, S_ISBLK = (_statmod.S_ISLNK, _statmod.S_ISDIR,
-                                          _statmod.S_ISCHR, _statmod.S_ISBLK)
+    S_ISLNK, S_ISDIR, S_ISCHR, S_ISBLK, S_ISREG = (
+        _statmod.S_ISLNK,
+        _statmod.S_ISDIR,
+        _statmod.S_ISCHR,
+        _statmod.S_ISBLK,
+        _statmod.S_ISREG,
+    )
     fsenc = sys.getfilesystemencoding()
     type_getattribute = type.__getattribute__
     FunctionType = _type(_build)
@@ -241,7 +319,11 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
     def roots(key: str) -> tuple[str, ...]:
         return _tuple(dict.fromkeys(real(r) for r in policy.get(key, ()) or ()))
 
-    write_roots, read_roots, code_roots = roots("write_roots"), roots("read_roots"), roots("code_roots")
+    write_roots, read_roots, code_roots = (
+        roots("write_roots"),
+        roots("read_roots"),
+        roots("code_roots"),
+    )
     trusted_roots, untrusted_roots = roots("trusted_code_roots"), roots("untrusted_roots")
     write_any = "/" in write_roots
     read_any = _bool(policy.get("read_any")) or write_any or "/" in read_roots
@@ -267,7 +349,19 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         except OSError:
             pass
     dev_ok_f = frozenset(dev_ok)
-    blocked = frozenset(policy.get("blocked_modules") or ())
+    # The app's own top-level modules shadow stdlib names (an app may have its own
+    # "code.py"): importing those by name is not importing the blocked module.
+    app_modules: set[str] = set()
+    app_dir = policy.get("app_dir")
+    if isinstance(app_dir, str) and os.path.isdir(app_dir):
+        for entry in os.listdir(app_dir):
+            if entry.endswith(".py"):
+                app_modules.add(entry[:-3])
+            elif os.path.isfile(os.path.join(app_dir, entry, "__init__.py")):
+                app_modules.add(entry)
+    blocked = frozenset(
+        m for m in policy.get("blocked_modules") or () if m.split(".")[0] not in app_modules
+    )
     protected = _tuple(m + "." for m in policy.get("protected_modules") or ()) or ("\0",)
     protected_exact = frozenset(policy.get("protected_modules") or ())
     net_allow = frozenset((_str(h), _int(p)) for h, p in (policy.get("net_allow") or ()))
@@ -303,10 +397,16 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         sock_family, AF_UNIX, AF_INET, AF_INET6, SOCK_RAW = None, 1, 2, 10, 3
 
     # -- mutable state (only the hook touches it) ------------------------------------
-    dcache: dict[str, str] = {}
+    # Path caches are sound only while every change to the file system that could
+    # turn a checked path into a symlink raises an audit event that drops them;
+    # child processes and native code would not, so they disable caching.
+    cache_ok = "subprocess" not in allow and "native" not in allow
+    dcache: dict[str, str] = {}  # directory as given -> resolved directory
+    ok_write: dict[str, bool] = {}  # absolute path -> allowed (existing regular files)
+    ok_read: dict[str, bool] = {}
     cwd_box: list[str | None] = [None]
     trusted_cache: dict[str, bool] = {}
-    checking: set[int] = set()   # threads inside a caller check (our own frame reads)
+    checking: set[int] = set()  # threads inside a caller check (our own frame reads)
     reporting: set[int] = set()  # threads inside on_violation
     count = [0]
 
@@ -331,8 +431,17 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
             return
         reporting.add(tid)
         try:
-            on_violation({"event": event, "detail": detail, "action": action, "group": group,
-                          "profile": profile, "pid": own_pid, "ts": _now()})
+            on_violation(
+                {
+                    "event": event,
+                    "detail": detail,
+                    "action": action,
+                    "group": group,
+                    "profile": profile,
+                    "pid": own_pid,
+                    "ts": _now(),
+                }
+            )
         except Exception:
             pass
         finally:
@@ -341,10 +450,8 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
     def refuse(event: str, group: str, detail: str) -> None:
         count[0] += 1
         report(event, detail, "refused", group)
-        raise _PermissionError(
-            f"{event} refused by security profile {profile!r}: {detail} "
-            f"(the profile does not allow {group})"
-        )
+        why = _WHY.get(group) or f"the profile does not allow {group}"
+        raise _PermissionError(f"{event} refused by security profile {profile!r}: {detail} ({why})")
 
     def allowed(event: str, group: str, detail: str) -> None:
         if report_allowed:
@@ -420,7 +527,7 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
                 base = cwd()
             p = base + "/" + p
         i = p.rfind("/")
-        head, tail = p[:i] or "/", p[i + 1:]
+        head, tail = p[:i] or "/", p[i + 1 :]
         if not tail or tail == "." or tail == "..":
             full = realpath(p)
             follow = True
@@ -428,9 +535,10 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
             rd = dcache.get(head)
             if rd is None:
                 rd = realpath(head)
-                if _len(dcache) >= 2048:
-                    dcache.clear()
-                dcache[head] = rd
+                if cache_ok:
+                    if _len(dcache) >= 2048:
+                        dcache.clear()
+                    dcache[head] = rd
             full = rd + "/" + tail if rd != "/" else "/" + tail
         try:
             st = _lstat(full)
@@ -457,25 +565,38 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
             return False
         return not S_ISCHR(mode) or st.st_rdev in dev_ok_f
 
-    def check_write(event: str, raw: Any, dir_fd: Any = None, follow: bool = True) -> None:
+    def drop_caches() -> None:
+        dcache.clear()
+        ok_write.clear()
+        ok_read.clear()
+
+    def check_write(event: str, raw: Any, dir_fd: Any = None, follow: bool = True) -> Any:
+        """Refuse unless writing ``raw`` is allowed; returns the target's stat (or None)."""
         if _type(raw) is _int:
             return  # an open descriptor: it was checked when it was opened
         p = as_path(raw)
         if p is None:
-            refuse(event, "file_write_workdir", f"a path of type {_type(raw).__name__} cannot be checked")
+            refuse(
+                event,
+                "file_write_workdir",
+                f"a path of type {_type(raw).__name__} cannot be checked",
+            )
         try:
             full, st = resolve(p, dir_fd, follow)
         except (_OSError, _ValueError) as exc:
             refuse(event, "file_write_workdir", f"cannot resolve {srepr(p)}: {exc.strerror or exc}")
-        if not device_ok(st) and not (write_any and read_any):
+        if not device_ok(st):
             refuse(event, "file_write_any", f"{srepr(full)} is a device")
         if write_any or inside(full, write_exact, write_pfx) or full == "/dev/null":
-            return
+            return st
         refuse(event, "file_write_any", f"writing {srepr(full)} (outside the workdir)")
 
-    def check_read(event: str, raw: Any, dir_fd: Any = None, listing: bool = False, os_open: bool = False) -> None:
+    def check_read(
+        event: str, raw: Any, dir_fd: Any = None, listing: bool = False, os_open: bool = False
+    ) -> Any:
+        """Refuse unless reading ``raw`` is allowed; returns the target's stat (or None)."""
         if raw is None or _type(raw) is _int:
-            return  # None: the working directory; int: an open descriptor
+            return None  # None: the working directory; int: an open descriptor
         p = as_path(raw)
         if p is None:
             refuse(event, "file_read", f"a path of type {_type(raw).__name__} cannot be checked")
@@ -484,22 +605,24 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         except (_OSError, _ValueError) as exc:
             refuse(event, "file_read", f"cannot resolve {srepr(p)}: {exc.strerror or exc}")
         if read_any:
-            return
+            return st
         if not device_ok(st):
             refuse(event, "file_read_any", f"{srepr(full)} is a device")
         if inside(full, write_exact, write_pfx):
-            return
+            return st
         is_dir = st is not None and S_ISDIR(st.st_mode)
         if os_open and is_dir:
             # A directory descriptor outside the workdir would let dir_fd= calls
             # (which the audit events describe only by a relative name) escape.
             refuse(event, "file_read_any", f"opening directory {srepr(full)} outside the workdir")
         if inside(full, read_exact, read_pfx) or full in dev_files:
-            return
-        if inside(full, code_exact, code_pfx) and (is_dir or listing or full.endswith(code_suffixes)):
-            return  # the import system reading code
+            return st
+        if inside(full, code_exact, code_pfx) and (
+            is_dir or listing or full.endswith(code_suffixes)
+        ):
+            return st  # the import system reading code
         if listing and full in list_dirs:
-            return
+            return st
         refuse(event, "file_read", f"reading {srepr(full)} (outside the allowed roots)")
 
     # -- callers ---------------------------------------------------------------------
@@ -508,7 +631,9 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
             return False
         r = trusted_cache.get(fn)
         if r is None:
-            r = (fn.startswith("<frozen ") or fn.startswith(trusted_pfx)) and not fn.startswith(untrusted_pfx)
+            r = (fn.startswith("<frozen ") or fn.startswith(trusted_pfx)) and not fn.startswith(
+                untrusted_pfx
+            )
             if _len(trusted_cache) > 4096:
                 trusted_cache.clear()
             trusted_cache[fn] = r
@@ -558,13 +683,27 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
     handlers: dict[str, Callable[[str, tuple], None]] = {}
 
     def on_open(event: str, args: tuple) -> None:
-        path, mode, flags = args[0], args[1], args[2]
-        if _type(path) is _int:
+        # The one hot handler: every open() of the sandbox comes here. A path
+        # already checked (an existing regular file) is a dict lookup.
+        path, flags = args[0], args[2]
+        t = _type(path)
+        if t is _int:
             return
-        if _type(flags) is _int and flags & _WRITE_FLAGS:
-            check_write(event, path)
+        write = _type(flags) is _int and flags & _WRITE_FLAGS
+        cache = ok_write if write else ok_read
+        key = None
+        if t is _str and cache_ok:
+            key = path if path[:1] == "/" else (cwd_box[0] or cwd()) + "/" + path
+            if key in cache:
+                return
+        if write:
+            st = check_write(event, path)
         else:
-            check_read(event, path, os_open=mode is None)
+            st = check_read(event, path, os_open=args[1] is None)
+        if key is not None and st is not None and S_ISREG(st.st_mode):
+            if _len(cache) >= 4096:
+                cache.clear()
+            cache[key] = True
 
     def on_listing(event: str, args: tuple) -> None:
         check_read(event, args[0] if args else None, listing=True)
@@ -572,11 +711,14 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
     def on_write1(event: str, args: tuple) -> None:
         # os.mkdir(path, mode, dir_fd), os.rmdir(path, dir_fd), os.remove(path, dir_fd),
         # os.chmod(path, mode, dir_fd), os.chown(path, uid, gid, dir_fd), ...
-        dir_fd = args[-1] if event in ("os.mkdir", "os.rmdir", "os.remove", "os.chmod",
-                                       "os.chown", "os.utime") else None
+        dir_fd = (
+            args[-1]
+            if event in ("os.mkdir", "os.rmdir", "os.remove", "os.chmod", "os.chown", "os.utime")
+            else None
+        )
         if event in ("os.remove", "os.rmdir"):
             check_write(event, args[0], dir_fd, follow=False)
-            dcache.clear()
+            drop_caches()
         else:
             check_write(event, args[0], dir_fd)
 
@@ -585,12 +727,12 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         # rename acts on the names themselves; link follows its source by default.
         check_write(event, args[0], args[2] if _len(args) > 2 else None, follow=event == "os.link")
         check_write(event, args[1], args[3] if _len(args) > 3 else None, follow=False)
-        dcache.clear()
+        drop_caches()
 
     def on_symlink(event: str, args: tuple) -> None:
         # The target is only a string; opening through the link resolves it later.
         check_write(event, args[1], args[2] if _len(args) > 2 else None, follow=False)
-        dcache.clear()
+        drop_caches()
 
     def on_chdir(event: str, args: tuple) -> None:
         cwd_box[0] = None
@@ -599,7 +741,11 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         db = args[0]
         p = as_path(db) if _type(db) is not _int else None
         if p is None:
-            refuse(event, "file_write_workdir", f"a database of type {_type(db).__name__} cannot be checked")
+            refuse(
+                event,
+                "file_write_workdir",
+                f"a database of type {_type(db).__name__} cannot be checked",
+            )
         if p in ("", ":memory:"):
             return
         if p.startswith("file:"):
@@ -609,7 +755,7 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         check_write(event, p)
 
     def on_process(event: str, args: tuple) -> None:
-        detail = srepr(args[0]) if args else ""
+        detail = srepr(args[0]) if args and args[0] != "" else event
         if event == "subprocess.Popen" and _len(args) > 1:
             detail = srepr(args[1])
         if "subprocess" in allow:
@@ -638,7 +784,11 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         else:
             ok = own_group(pid)
         if not ok:
-            refuse(event, "signal_any", f"signal {srepr(sig)} to pid {pid} (outside the sandbox's process group)")
+            refuse(
+                event,
+                "signal_any",
+                f"signal {srepr(sig)} to pid {pid} (outside the sandbox's process group)",
+            )
 
     def on_rlimit(event: str, args: tuple) -> None:
         if event == "resource.prlimit":
@@ -649,16 +799,24 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
             res, limits = args[0], args[1]
         if limits is None or getrlimit is None:
             return
-        if _type(limits) not in (_tuple, _list) or _len(limits) != 2 or _type(limits[1]) is not _int:
-            refuse(event, "native", f"limits {srepr(limits)} cannot be checked")
+        if (
+            _type(limits) not in (_tuple, _list)
+            or _len(limits) != 2
+            or _type(limits[1]) is not _int
+        ):
+            refuse(event, "limits", f"limits {srepr(limits)} cannot be checked")
         cur_hard = getrlimit(res)[1]
         new_hard = limits[1]
         raising = cur_hard != RLIM_INF and (new_hard == RLIM_INF or new_hard > cur_hard)
         if raising:
-            refuse(event, "limits", f"raising the hard limit of resource {res} from {cur_hard} to {new_hard}")
+            refuse(
+                event,
+                "limits",
+                f"raising the hard limit of resource {res} from {cur_hard} to {new_hard}",
+            )
 
     def on_ioctl(event: str, args: tuple) -> None:
-        if _len(args) > 1 and args[1] in (_TIOCSTI, _TIOCLINUX):
+        if _len(args) > 1 and _type(args[1]) is _int and args[1] in (_TIOCSTI, _TIOCLINUX):
             refuse(event, "terminal", f"ioctl {srepr(args[1])} (terminal input injection)")
 
     def net_ok(sock: Any, addr: Any, server: bool) -> tuple[bool, str, str]:
@@ -677,7 +835,11 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
                 full, _st = resolve(p)
             except (_OSError, _ValueError):
                 return False, group, f"unix socket {srepr(addr)}"
-            return write_any or inside(full, write_exact, write_pfx), group, f"unix socket {srepr(full)}"
+            return (
+                write_any or inside(full, write_exact, write_pfx),
+                group,
+                f"unix socket {srepr(full)}",
+            )
         if fam in (AF_INET, AF_INET6) and _type(addr) is _tuple and _len(addr) >= 2:
             host, port = addr[0], addr[1]
             if _type(host) is _str and _type(port) is _int:
@@ -734,7 +896,13 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         refuse(event, "introspection", "trace and profile functions receive frames")
 
     def on_getattr(event: str, args: tuple) -> None:
-        if _len(args) > 1 and args[1] in _FRAME_ATTRS and "introspection" not in allow:
+        # Exact str first: membership tests must not run a str subclass's __hash__.
+        if (
+            _len(args) > 1
+            and _type(args[1]) is _str
+            and args[1] in _FRAME_ATTRS
+            and "introspection" not in allow
+        ):
             if untrusted_caller(2):
                 refuse(event, "introspection", f"reading {args[1]} of {_type(args[0]).__name__}")
 
@@ -755,15 +923,28 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         return m if _type(m) is _str else None
 
     def on_setattr(event: str, args: tuple) -> None:
-        if "introspection" in allow or _len(args) < 2 or args[1] not in _PROTECTED_ATTRS:
+        if "introspection" in allow or _len(args) < 2:
+            return
+        name = args[1]
+        if _type(name) is not _str:
+            if not _issubclass(_type(name), _str):
+                return
+            name = _str_getitem(name, _full)  # an exact copy: no __hash__ of theirs runs
+        if name not in _PROTECTED_ATTRS:
             return
         m = owner_module(args[0])
-        if m is not None and (m in protected_exact or m.startswith(protected)) and untrusted_caller(2):
-            refuse(event, "introspection", f"rebinding {args[1]} of the runtime's {m} objects")
+        if (
+            m is not None
+            and (m in protected_exact or m.startswith(protected))
+            and untrusted_caller(2)
+        ):
+            refuse(event, "introspection", f"rebinding {name} of the runtime's {m} objects")
 
     def forged_name(fn: Any) -> bool:
-        return _type(fn) is _str and (fn.startswith("<frozen") or (fn.startswith(trusted_pfx)
-                                                                   and not fn.startswith(untrusted_pfx)))
+        return _type(fn) is _str and (
+            fn.startswith("<frozen")
+            or (fn.startswith(trusted_pfx) and not fn.startswith(untrusted_pfx))
+        )
 
     def on_compile(event: str, args: tuple) -> None:
         if "introspection" in allow or _len(args) < 2 or not forged_name(args[1]):
@@ -772,7 +953,7 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         # other source under a stdlib name would be trusted by the frame checks.
         src, fn = args[0], args[1]
         if fn.startswith("<frozen"):
-            refuse(event, "dynamic_code", f"compiling code named {srepr(fn)}")
+            refuse(event, "introspection", f"compiling code named {srepr(fn)}")
         try:
             with _open(fn, "rb") as fh:
                 data = fh.read()
@@ -781,18 +962,24 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         if _type(src) is _str:
             src = src.encode("utf-8", "surrogatepass")
         if data is None or _type(src) is not _bytes or src != data:
-            refuse(event, "dynamic_code", f"compiling code named {srepr(fn)} that is not that file")
+            refuse(
+                event, "introspection", f"compiling code named {srepr(fn)} that is not that file"
+            )
 
     def on_code_new(event: str, args: tuple) -> None:
         if "introspection" in allow or _len(args) < 2 or not forged_name(args[1]):
             return
         if untrusted_caller(2):
-            refuse(event, "dynamic_code", f"building a code object named {srepr(args[1])}")
+            refuse(event, "introspection", f"building a code object named {srepr(args[1])}")
 
     def on_unpickle(event: str, args: tuple) -> None:
         if "pickle" in allow or not untrusted_caller(2):
             return
-        what = srepr(args[0]) + "." + srepr(args[1]) if event == "pickle.find_class" and _len(args) > 1 else ""
+        what = (
+            srepr(args[0]) + "." + srepr(args[1])
+            if event == "pickle.find_class" and _len(args) > 1
+            else ""
+        )
         refuse(event, "pickle", f"deserialising in sandbox code {what}".rstrip())
 
     def module_blocked(name: Any) -> bool:
@@ -836,68 +1023,81 @@ def _build(policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None
         handlers[ev] = on_native
     for ev in _INTROSPECTION_EVENTS:
         handlers[ev] = on_introspect
-    handlers.update({
-        "sys.settrace": on_trace,
-        "sys.setprofile": on_trace,
-        "object.__getattr__": on_getattr,
-        "object.__setattr__": on_setattr,
-        "object.__delattr__": on_setattr,
-        "compile": on_compile,
-        "code.__new__": on_code_new,
-        "marshal.loads": on_unpickle,
-        "marshal.load": on_unpickle,
-        "pickle.find_class": on_unpickle,
-        "import": on_import,
-        "sys.addaudithook": on_always,
-        "cpython.PyInterpreterState_New": on_subinterp,
-        "builtins.breakpoint": on_breakpoint,
-        "pdb.Pdb": on_breakpoint,
-        "os.kill": on_kill,
-        "os.killpg": on_kill,
-        "resource.setrlimit": on_rlimit,
-        "resource.prlimit": on_rlimit,
-        "fcntl.ioctl": on_ioctl,
-        "socket.connect": on_connect,
-        "socket.sendto": on_connect,
-        "socket.sendmsg": on_connect,
-        "socket.bind": on_connect,
-        "socket.__new__": on_socket_new,
-        "socket.getaddrinfo": on_resolve,
-        "socket.gethostbyname": on_resolve,
-        "socket.gethostbyaddr": on_resolve,
-        "socket.getnameinfo": on_resolve,
-        "socket.sethostname": on_always,
-        "os.chdir": on_chdir,
-    })
+    handlers.update(
+        {
+            "sys.settrace": on_trace,
+            "sys.setprofile": on_trace,
+            "object.__getattr__": on_getattr,
+            "object.__setattr__": on_setattr,
+            "object.__delattr__": on_setattr,
+            "compile": on_compile,
+            "code.__new__": on_code_new,
+            "marshal.loads": on_unpickle,
+            "marshal.load": on_unpickle,
+            "pickle.find_class": on_unpickle,
+            "import": on_import,
+            "sys.addaudithook": on_always,
+            "cpython.PyInterpreterState_New": on_subinterp,
+            "builtins.breakpoint": on_breakpoint,
+            "pdb.Pdb": on_breakpoint,
+            "os.kill": on_kill,
+            "os.killpg": on_kill,
+            "resource.setrlimit": on_rlimit,
+            "resource.prlimit": on_rlimit,
+            "fcntl.ioctl": on_ioctl,
+            "socket.connect": on_connect,
+            "socket.sendto": on_connect,
+            "socket.sendmsg": on_connect,
+            "socket.bind": on_connect,
+            "socket.__new__": on_socket_new,
+            "socket.getaddrinfo": on_resolve,
+            "socket.gethostbyname": on_resolve,
+            "socket.gethostbyaddr": on_resolve,
+            "socket.getnameinfo": on_resolve,
+            "socket.sethostname": on_always,
+            "os.chdir": on_chdir,
+        }
+    )
     if blocked_files_f:
         handlers["exec"] = on_exec
     if not (read_any and write_any):
-        handlers.update({
-            "open": on_open,
-            "os.listdir": on_listing,
-            "os.scandir": on_listing,
-            "os.listxattr": on_listing,
-            "os.getxattr": on_listing,
-            "os.mkdir": on_write1,
-            "os.rmdir": on_write1,
-            "os.remove": on_write1,
-            "os.chmod": on_write1,
-            "os.chown": on_write1,
-            "os.utime": on_write1,
-            "os.truncate": on_write1,
-            "os.setxattr": on_write1,
-            "os.removexattr": on_write1,
-            "os.rename": on_write2,
-            "os.link": on_write2,
-            "os.symlink": on_symlink,
-            "sqlite3.connect": on_sqlite,
-        })
+        handlers.update(
+            {
+                "open": on_open,
+                "os.listdir": on_listing,
+                "os.scandir": on_listing,
+                "os.listxattr": on_listing,
+                "os.getxattr": on_listing,
+                "os.mkdir": on_write1,
+                "os.rmdir": on_write1,
+                "os.remove": on_write1,
+                "os.chmod": on_write1,
+                "os.chown": on_write1,
+                "os.utime": on_write1,
+                "os.truncate": on_write1,
+                "os.setxattr": on_write1,
+                "os.removexattr": on_write1,
+                "os.rename": on_write2,
+                "os.link": on_write2,
+                "os.symlink": on_symlink,
+                "sqlite3.connect": on_sqlite,
+            }
+        )
     else:
         handlers["os.symlink"] = handlers["os.rename"] = on_chdir  # nothing cached to drop
     if "introspection" in allow:
-        for ev in (*_INTROSPECTION_EVENTS, "sys.settrace", "sys.setprofile", "object.__getattr__",
-                   "object.__setattr__", "object.__delattr__", "compile", "code.__new__",
-                   "builtins.breakpoint", "pdb.Pdb"):
+        for ev in (
+            *_INTROSPECTION_EVENTS,
+            "sys.settrace",
+            "sys.setprofile",
+            "object.__getattr__",
+            "object.__setattr__",
+            "object.__delattr__",
+            "compile",
+            "code.__new__",
+            "builtins.breakpoint",
+            "pdb.Pdb",
+        ):
             handlers.pop(ev, None)
     if "pickle" in allow:
         for ev in ("marshal.loads", "marshal.load", "pickle.find_class"):

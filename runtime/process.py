@@ -8,9 +8,11 @@ the host by a socketpair that carries mailbox frames (:mod:`runtime.mailbox`,
 
 - ``ref.call("counter", "get")`` sends a CALL to the actor registered as
   ``counter`` inside the child and waits for its REPLY. Calls go straight to the
-  socket from the calling thread (encode and write under the channel's lock) and
-  a reader thread hands each reply to its caller by ref: no hop through the
-  actor's mailbox, so any number of threads may call at once.
+  socket from the calling thread (encode and write under the channel's lock), not
+  through the actor's mailbox; replies are matched to callers by ref, and the
+  caller usually reads its own reply from the socket (see ``_Connection.lead``),
+  so any number of threads may call at once and a lone caller pays no thread
+  hop.
 - ``cast``, ``cast_many`` (one batched write), ``system(op, payload)`` (the
   child's SYSTEM ops: ``ping``, ``names``, ``stop``, ``run`` and whatever other
   modules registered), ``pid``, ``names``.
@@ -34,7 +36,11 @@ never goes down with a child.
 Stopping (``ref.stop()``, a supervisor shutting down) is graceful: SYSTEM
 ``stop`` (the child's supervisors stop, ``terminate`` callbacks run), up to
 ``shutdown`` seconds for the process to exit, then SIGKILL to its whole process
-group; then the reader thread is joined and the socket closed.
+group (which also takes along anything it started and left behind); then the
+reader thread is joined and the socket closed.
+
+A child runs pinned to one CPU by default (``cpu_affinity="auto"``, see
+:func:`start_process`).
 
 The host never unpickles what a child sends unless it was started with
 ``trusted=True``.
@@ -495,9 +501,8 @@ class _Connection:
             )
             self._kill()
         code = self._wait_exit(_EXIT_GRACE)
-        if code is None:
-            # It closed its end of the socket but lives on: no use to anyone.
-            self._kill()
+        self._kill()  # what it left running in its group; or itself, if it lingers
+        if code is None:  # it closed its end of the socket but lived on
             code = self._wait_exit(_REAP_TIMEOUT)
         if problem is not None:
             reason = ExitReason(
@@ -549,11 +554,18 @@ class _Connection:
             return self.exitcode
 
     def _kill(self) -> None:
-        """SIGKILL the child's whole process group (and the child, if it has none yet)."""
+        """SIGKILL the child's whole process group (and the child, if it has none yet).
+
+        Also after the child has exited: whatever it started in its group (its
+        pgid is its pid, which cannot be handed out again while the group lives)
+        goes with it.
+        """
         pid = self.pid
-        if pid is None or self._wait_exit(0) is not None:
+        if pid is None:
             return
-        for kill in (os.killpg, os.kill):  # killpg: it and whatever it started
+        exited = self._wait_exit(0) is not None
+        kills = (os.killpg,) if exited else (os.killpg, os.kill)  # a reaped pid may be reused
+        for kill in kills:
             try:
                 kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -580,11 +592,12 @@ class _Connection:
                 except (ChannelClosed, ValueError, TypeError):
                     pass
                 code = self._wait_exit(timeout)
+            if code is None and graceful:
+                log.warning("sandbox %s (pid %s) did not stop within %ss; killing it",
+                            self.name, self.pid, timeout)
+        if self.process is not None:
+            self._kill()  # the child if it is still there, and its process group
             if code is None:
-                if graceful:
-                    log.warning("sandbox %s (pid %s) did not stop within %ss; killing it",
-                                self.name, self.pid, timeout)
-                self._kill()
                 code = self._wait_exit(_REAP_TIMEOUT)
         if self.channel is not None:
             self.channel.close()
@@ -781,6 +794,7 @@ def start_process(
     cwd: str | os.PathLike[str] | None = None,
     ready_timeout: float | None = 10.0,
     states: Any = None,
+    modules: Sequence[Any] = (),
     cpu_affinity: str | Iterable[int] | None = "auto",
 ) -> ProcessRef:
     """Start a child process running the app ``entry`` and return its :class:`ProcessRef`.
@@ -800,8 +814,10 @@ def start_process(
     - ``env``: environment overrides in the child (``None`` removes a variable);
       ``cwd``: its working directory.
     - ``ready_timeout``: how long the app may take to start.
-    - ``states``: opaque data handed to the child in ``BootConfig.states`` for
-      boot hooks (``runtime.child.register_boot_hook``), e.g. to restore state.
+    - ``states``: ``{name: pickled state}`` from a previous process's
+      ``get_states`` op, restored into those actors after boot (opaque here).
+    - ``modules``: the app's compiled modules (:class:`runtime.swap.ModuleCode`);
+      the child imports the app from these, never from disk.
     - ``cpu_affinity``: ``"auto"`` (default) pins the child, all its threads, to
       one CPU, chosen round-robin among the host's; a sandbox runs Python on one
       core at a time anyway (the GIL), and on one CPU the hand-off from its
@@ -843,6 +859,7 @@ def start_process(
         shutdown=shutdown,
         states=states,
         cpu_affinity=cpus,
+        modules=list(modules),
     )
     conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle)
     t0 = time.perf_counter()

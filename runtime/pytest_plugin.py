@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .testing import leaks, snapshot, wait_for
+from .testing import leaks, snapshot, wait_for, warm_up
 
 __all__ = ["sandbox_runtime", "sandbox_factory", "app_dir", "wait_for"]
 
@@ -50,6 +50,7 @@ def sandbox_runtime(request: pytest.FixtureRequest) -> Iterator[Any]:
     """A started runtime for this test; fails the test if it leaked anything."""
     import runtime
 
+    warm_up()
     before = snapshot()
     rt = runtime.start(name=f"test{next(_ids)}")
     try:

@@ -26,6 +26,7 @@ every actor's code and state untouched, then raises
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.abc
 import importlib.util
@@ -36,6 +37,7 @@ import os
 import pickle
 import sys
 import time
+import traceback
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -44,7 +46,18 @@ from typing import Any
 from .barrier import BARRIER
 from .errors import ReloadFailed
 
-__all__ = ["AppFinder", "ModuleCode", "FINDER", "install_finder", "apply_reload", "live_servers"]
+__all__ = [
+    "AppFinder",
+    "ModuleCode",
+    "FINDER",
+    "install_finder",
+    "apply_reload",
+    "live_servers",
+    "reload_from_wire",
+    "restore_states",
+    "snapshot_states",
+    "upgrade_children",
+]
 
 log = logging.getLogger("runtime.swap")
 
@@ -59,6 +72,7 @@ class ModuleCode:
     source: str = ""
     is_package: bool = False
     version: int = 0
+    code_sha256: str = ""
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> ModuleCode:
@@ -69,7 +83,48 @@ class ModuleCode:
             source=d.get("source", ""),
             is_package=bool(d.get("is_package", False)),
             version=int(d.get("version", 0)),
+            code_sha256=d.get("code_sha256", ""),
         )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "file": self.file,
+            "code": self.code,
+            "source": self.source,
+            "is_package": self.is_package,
+            "version": self.version,
+            "code_sha256": self.code_sha256,
+        }
+
+    @classmethod
+    def from_compiled(cls, m: Any, version: int = 0) -> ModuleCode:
+        """From a host-side ``CompiledModule`` or ``ModuleVersion`` (duck-typed)."""
+        source = m.source.decode("utf-8", "replace") if isinstance(m.source, bytes) else m.source
+        return cls(
+            name=m.name if hasattr(m, "name") else m.module,
+            file=m.file,
+            code=m.code,
+            source=source or "",
+            is_package=bool(m.is_package),
+            version=version or getattr(m, "version", 0),
+            code_sha256=m.code_sha256,
+        )
+
+    def code_object(self) -> types.CodeType:
+        """Validate (checksum, type) and unmarshal: damaged code is refused, never run."""
+        if self.code_sha256 and hashlib.sha256(self.code).hexdigest() != self.code_sha256:
+            raise ImportError(f"compiled code of {self.name} ({self.file}) fails its checksum")
+        try:
+            code = marshal.loads(self.code)
+        except (EOFError, ValueError, TypeError) as exc:
+            raise ImportError(
+                f"compiled code of {self.name} does not unmarshal ({exc}); it was compiled "
+                "for another Python or damaged"
+            ) from None
+        if not isinstance(code, types.CodeType):
+            raise ImportError(f"compiled artifact of {self.name} is not a code object")
+        return code
 
 
 class AppFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -97,9 +152,7 @@ class AppFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         mc = self.modules[module.__name__]
-        code = marshal.loads(mc.code)
-        if not isinstance(code, types.CodeType):
-            raise ImportError(f"compiled artifact of {mc.name} is not a code object")
+        code = mc.code_object()
         module.__file__ = mc.file
         _remember_source(mc)
         exec(code, module.__dict__)
@@ -281,3 +334,99 @@ def _rebind_parent(name: str, module: types.ModuleType) -> None:
     parent, _, child = name.rpartition(".")
     if parent and parent in sys.modules:
         setattr(sys.modules[parent], child, module)
+
+
+def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``reload`` system op: a report dict, ``ok`` False with step/module on failure."""
+    units = [[ModuleCode.from_wire(d) for d in unit] for unit in payload["units"]]
+    try:
+        report = apply_reload(
+            units,
+            changed=payload.get("changed"),
+            migrate=payload.get("migrate"),
+            extra=payload.get("extra"),
+            suspend_timeout=float(payload.get("suspend_timeout", 5.0)),
+        )
+    except ReloadFailed as exc:
+        cause = exc.__cause__
+        return {
+            "ok": False,
+            "step": exc.step,
+            "module": exc.module,
+            "error": str(exc),
+            "traceback": "".join(traceback.format_exception(cause)) if cause else "",
+        }
+    except TimeoutError as exc:
+        return {"ok": False, "step": "suspend", "module": None, "error": str(exc), "traceback": ""}
+    report["ok"] = True
+    return report
+
+
+def snapshot_states() -> dict[str, bytes]:
+    """``{registered name: pickled state}`` of the named GenServers (unpicklable skipped)."""
+    from .registry import registered, whereis
+
+    out: dict[str, bytes] = {}
+    with BARRIER.writing(5.0):
+        for name in registered():
+            ref = whereis(name)
+            server = getattr(ref, "_actor", None) if ref is not None else None
+            if server is None or not hasattr(server, "impl_cls") or server.impl is None:
+                continue
+            pickled, value = _snapshot(server.state)
+            if pickled:
+                out[name] = value
+            else:
+                log.warning("state of %s cannot be pickled; it restarts fresh", name)
+    return out
+
+
+def restore_states(states: Mapping[str, bytes]) -> None:
+    """Put states taken by :func:`snapshot_states` back into the actors of those names."""
+    from .registry import whereis
+
+    with BARRIER.writing(5.0):
+        for name, blob in states.items():
+            ref = whereis(name)
+            server = getattr(ref, "_actor", None) if ref is not None else None
+            if server is not None and hasattr(server, "impl_cls"):
+                server.state = pickle.loads(blob)
+
+
+def _spec_key(spec: Any) -> Any:
+    meta = spec.meta or {}
+    return (meta.get("module"), meta.get("qualname"), meta.get("name"), meta.get("args"),
+            spec.restart, spec.shutdown, spec.type)
+
+
+def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[str]]:
+    """Apply a changed child list like an OTP release upgrade.
+
+    The entry is called again; children it no longer returns are stopped, new ones
+    started, and ones whose spec changed (class, arguments, restart, ...) restarted.
+    Untouched children keep running with their state.
+    """
+    from .supervisor import SupervisorSpec
+
+    module_name, _, fn_name = entry.partition(":")
+    result = getattr(sys.modules[module_name], fn_name)(*args)
+    new_specs = SupervisorSpec.coerce(result).children
+    current = {c.id: c for c in root.which_children()}
+    wanted = {s.id: s for s in new_specs}
+    report: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
+    for child_id, child in current.items():
+        if child_id not in wanted:
+            root.terminate_child(child_id)
+            root.delete_child(child_id)
+            report["removed"].append(child_id)
+    for spec in new_specs:
+        child = current.get(spec.id)
+        if child is None:
+            root.start_child(spec)
+            report["added"].append(spec.id)
+        elif _spec_key(child.spec) != _spec_key(spec):
+            root.terminate_child(spec.id)
+            root.delete_child(spec.id)
+            root.start_child(spec)
+            report["changed"].append(spec.id)
+    return report

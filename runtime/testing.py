@@ -22,25 +22,31 @@ from typing import Any
 
 from . import telemetry
 
-__all__ = ["wait_for", "Snapshot", "snapshot", "leaks"]
+__all__ = ["wait_for", "Snapshot", "snapshot", "leaks", "warm_up"]
 
 _cond = threading.Condition()
-_attached = False
-_attach_lock = threading.Lock()
+_generation = 0  # bumped by every event, so a wake-up between two checks is not lost
+_HANDLER_ID = "runtime.testing.wake"
 
 
-def _notify(_event: str, _m: Any, _md: Any) -> None:
+def notify() -> None:
+    """Wake every :func:`wait_for` (for changes that emit no telemetry)."""
+    global _generation
     with _cond:
+        _generation += 1
         _cond.notify_all()
 
 
+def _on_event(_event: str, _m: Any, _md: Any) -> None:
+    notify()
+
+
 def _ensure_attached() -> None:
-    global _attached
-    with _attach_lock:
-        if not _attached or "runtime.testing" not in telemetry.handlers():
-            telemetry.detach("runtime.testing")
-            telemetry.attach("runtime.testing", "", _notify)
-            _attached = True
+    if _HANDLER_ID not in telemetry.handlers():
+        try:
+            telemetry.attach(_HANDLER_ID, "", _on_event)
+        except ValueError:  # attached concurrently
+            pass
 
 
 def wait_for(
@@ -63,15 +69,18 @@ def wait_for(
     _ensure_attached()
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        with _cond:
+            seen = _generation
+        value = condition()  # outside the lock: it may call actors that emit events
         if value:
             return value
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(message or f"condition {getattr(condition, '__name__', condition)!r} "
-                               f"not met within {timeout}s")
+            name = getattr(condition, "__name__", repr(condition))
+            raise TimeoutError(message or f"condition {name} not met within {timeout}s")
         with _cond:
-            _cond.wait(min(remaining, interval))
+            if _generation == seen:
+                _cond.wait(min(remaining, interval))
 
 
 @dataclass(frozen=True)
@@ -83,33 +92,43 @@ class Snapshot:
     fds: frozenset[int]
 
 
-def _forkserver_pid() -> int | None:
-    try:
-        from multiprocessing import forkserver
+def warm_up() -> None:
+    """Start the process-global helpers (forkserver, resource tracker) now.
 
-        return forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
-    except Exception:
-        return None
+    They live as long as the host; started inside a test they would look like a leak.
+    """
+    from multiprocessing import forkserver as mp_forkserver
+    from multiprocessing import resource_tracker
+
+    from .forkserver import context
+
+    context()
+    mp_forkserver.ensure_running()
+    resource_tracker.ensure_running()
 
 
 def snapshot() -> Snapshot:
-    """What this process owns now (the forkserver, shared by every runtime, excluded)."""
+    """What this process owns now (multiprocessing's long-lived helpers excluded)."""
     import psutil
 
+    from .forkserver import helper_pids, server_pid
+
+    helpers = helper_pids()
     me = psutil.Process()
-    fs = _forkserver_pid()
+    kids: set[int] = set()
     try:
-        kids = {p.pid for p in me.children(recursive=True) if p.pid != fs}
-        if fs is not None:  # the forkserver's own children are the sandboxes
+        kids = {p.pid for p in me.children(recursive=True)}
+        fs = server_pid()
+        if fs is not None:  # sandboxes are the forkserver's children
             try:
                 kids |= {p.pid for p in psutil.Process(fs).children(recursive=True)}
             except psutil.NoSuchProcess:
                 pass
     except psutil.NoSuchProcess:
-        kids = set()
+        pass
     threads = {t.ident for t in threading.enumerate() if t.ident is not None}
-    fds = set(int(fd) for fd in os.listdir("/proc/self/fd"))
-    return Snapshot(frozenset(kids), frozenset(threads), frozenset(fds))
+    fds = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    return Snapshot(frozenset(kids - helpers), frozenset(threads), frozenset(fds))
 
 
 def leaks(before: Snapshot, timeout: float = 5.0) -> list[str]:
@@ -144,8 +163,6 @@ def leaks(before: Snapshot, timeout: float = 5.0) -> list[str]:
         try:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            continue
-        if "forkserver" in target:
             continue
         problems.append(f"fd {fd} still open: {target}")
     return problems

@@ -15,54 +15,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime import telemetry
+from runtime.testing import _ensure_attached, notify
+from runtime.testing import wait_for as _wait_for
 
 __all__ = ["Event", "Recorder", "ensure_attached", "notify", "wait_for"]
 
-_HANDLER_ID = "tests.helpers.wake"
-_cond = threading.Condition()
-_generation = 0  # bumped by every notify, so a wake-up between checks is not lost
-
-
-def notify() -> None:
-    """Wake every ``wait_for`` (for tests that change state without telemetry)."""
-    global _generation
-    with _cond:
-        _generation += 1
-        _cond.notify_all()
-
-
-def _on_event(_event: str, _m: Mapping[str, Any], _md: Mapping[str, Any]) -> None:
-    notify()
 
 
 def ensure_attached() -> None:
     """Attach the wake-up handler (again, if a test detached every handler)."""
-    if _HANDLER_ID not in telemetry.handlers():
-        try:
-            telemetry.attach(_HANDLER_ID, "", _on_event)
-        except ValueError:  # attached concurrently
-            pass
+    _ensure_attached()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, *, message: str = "") -> Any:
     """Return ``predicate()``'s value once truthy; fail the test after ``timeout`` seconds."""
-    ensure_attached()
-    deadline = time.monotonic() + timeout
-    while True:
-        with _cond:
-            seen = _generation
-        # Outside the lock: the predicate may call actors whose telemetry notifies.
-        value = predicate()
-        if value:
-            return value
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(
-                f"condition not met within {timeout}s" + (f": {message}" if message else "")
-            )
-        with _cond:
-            if _generation == seen:
-                _cond.wait(min(remaining, 0.02))
+    try:
+        return _wait_for(predicate, timeout, message=message or None)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 @dataclass(frozen=True)

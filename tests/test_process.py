@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -193,6 +194,19 @@ def test_thousand_concurrent_calls_from_eight_threads():
         ref.stop()
 
 
+def test_cast_to_a_missing_name_is_reported():
+    ref = start(name="casts")
+    try:
+        with Recorder("process.cast_dropped") as rec:
+            ref.cast("nobody", 1)
+            ref.call("echo", "flush")  # the notice was sent before this reply
+            wait_for(lambda: rec.events, message="cast_dropped reported")
+        assert rec.events[0].metadata["target"] == "nobody"
+        assert "no actor named 'nobody'" in rec.events[0].metadata["reason"]
+    finally:
+        ref.stop()
+
+
 def test_env_cwd_and_boot_args(tmp_path):
     ref = start("apps.echo:env_and_cwd", env={"SANDBOX_TEST_VAR": "42"}, cwd=str(tmp_path))
     try:
@@ -263,6 +277,20 @@ def test_host_eof_makes_the_child_stop_and_exit(tmp_path):
     assert marker.read_text() == "terminated: shutdown"  # it stopped gracefully
     reason = ref.join(5)
     assert reason is not None and reason.kind == "normal" and "code 0" in reason.message
+
+
+def test_stop_kills_the_process_group_of_a_child_that_does_not_stop(tmp_path):
+    ref = start("apps.stubborn:children", name="stubborn", shutdown=0.5)
+    pid, grandchild = ref.pid, ref.call("spawner", "pid")
+    assert psutil.Process(grandchild).ppid() == pid
+    with pytest.raises(CallTimeout):
+        ref.system("hang", timeout=0.05)  # its reader is stuck from now on
+    t0 = time.monotonic()
+    assert ref.stop().kind == "shutdown"
+    assert 0.4 < time.monotonic() - t0 < 3.0
+    assert ref.exitcode == -9
+    assert _gone(pid)
+    wait_for(lambda: _gone(grandchild), message="the grandchild died with the group")
 
 
 def test_kill_ends_the_whole_process_group_at_once(tmp_path):

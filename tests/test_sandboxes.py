@@ -140,27 +140,38 @@ def test_duplicate_id_is_refused(sandbox_runtime):
 )
 def test_failed_creation_leaves_nothing_behind(sandbox_runtime, app_dir, files, error, message):
     path = app_dir(files)
-    before = psutil.Process().children(recursive=True)
+    before = _sandbox_pids()
     with pytest.raises(error, match=message):
         sandbox_runtime.create_sandbox("broken", path)
     assert sandbox_runtime.list_sandboxes() == []
     assert os.listdir(sandbox_runtime.base_dir) == []
-    # the app's process is gone: whatever runs now ran before
-    wait_for(lambda: {p.pid for p in psutil.Process().children(recursive=True)}
-             <= {p.pid for p in before} | _forkserver_pids(), 5)
+    wait_for(lambda: _sandbox_pids() <= before, 5, message="the app's process outlived the failure")
 
 
-def _forkserver_pids() -> set[int]:
-    from multiprocessing import forkserver
+def _sandbox_pids() -> set[int]:
+    """Live sandbox processes: the forkserver's children."""
+    from runtime.forkserver import server_pid
 
-    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
-    return {pid} if pid else set()
+    return {p.pid for p in psutil.Process(server_pid()).children() if p.status() != "zombie"}
+
+
+def _killed(sb, pid):
+    """SIGKILL the sandbox's process and wait until the host has noticed."""
+    downs = []
+    handler = f"test-down-{sb.id}-{pid}"
+    runtime.telemetry.attach(handler, "sandbox.process.down",
+                             lambda e, m, md: md["sandbox"] == sb.id and downs.append(md))
+    try:
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: downs, 5)
+    finally:
+        runtime.telemetry.detach(handler)
 
 
 def test_crashed_sandbox_is_restarted_and_calls_wait_for_it(sandbox_runtime):
     sb = sandbox_runtime.create_sandbox("crashy", COUNTER)
     pid = sb.info()["pid"]
-    os.kill(pid, signal.SIGKILL)
+    _killed(sb, pid)
     # made while the process restarts: waits for the new one instead of failing
     assert sb.call("counter", "get", timeout=10) == 0
     wait_for(lambda: sb.info()["restart_count"] == 1 and sb.info()["status"] == "running", 5)
@@ -173,9 +184,8 @@ def test_past_the_intensity_the_sandbox_stays_in_error(sandbox_runtime):
     other = rt.create_sandbox("steady", COUNTER)
     other.call("counter", ("add", 5))
     for _ in range(2):
-        pid = sb.info()["pid"]
-        os.kill(pid, signal.SIGKILL)
-        wait_for(lambda p=pid: sb.info()["pid"] not in (p,), 10)
+        pid = wait_for(lambda: sb.info()["pid"], 10)
+        _killed(sb, pid)
     wait_for(lambda: sb.info()["status"] == "error", 10)
     info = sb.info()
     assert "restart intensity" in info["last_error"]["message"]
@@ -246,9 +256,8 @@ def test_random_kills_never_disturb_healthy_sandboxes(sandbox_runtime):
     rng = random.Random(7)
     for _ in range(12):
         victim = rng.choice(victims)
-        pid = victim.info()["pid"]
-        if pid:
-            os.kill(pid, signal.SIGKILL)
+        pid = wait_for(lambda v=victim: v.info()["pid"], 10)
+        _killed(victim, pid)
         victim.call("counter", "get", timeout=10)  # wait until it is back
     stop.set()
     for t in threads:
@@ -265,7 +274,7 @@ def test_manager_crash_loses_no_sandbox(sandbox_runtime):
     pids = {sb.id: sb.info()["pid"] for sb in sbs}
     manager = rt.component("manager")
     manager.kill(runtime.ExitReason("exception", "killed by the test"))
-    wait_for(lambda: rt.component("manager") != manager and rt.component("manager").is_alive(), 5)
+    wait_for(lambda: rt.component("manager") != manager, 5)
     listed = {s["id"]: s for s in rt.list_sandboxes()}
     assert set(listed) == {"m0", "m1", "m2"}
     for i, sb in enumerate(sbs):
