@@ -277,8 +277,14 @@ class ManagerActor(Component):
     def op_list(self) -> list[dict[str, Any]]:
         return [r.info() for r in self.records.values()]
 
-    def op_set_status(self, sandbox_id: str, status: str) -> None:
-        self._set_status(self._get(sandbox_id), status)
+    def op_set_status(self, sandbox_id: str, status: str, only_from: str | None = None) -> None:
+        record = self._get(sandbox_id)
+        if only_from is None or record.status == only_from:
+            self._set_status(record, status)
+
+    def op_cache_dir(self, sandbox_id: str) -> str:
+        self._get(sandbox_id)
+        return self.cache_dir(sandbox_id)
 
     def op_record_error(self, sandbox_id: str, error: dict[str, Any]) -> None:
         self._get(sandbox_id).last_error = error

@@ -127,6 +127,18 @@ class Sandbox:
     def pid(self) -> int | None:
         return self.info()["pid"]
 
+    def hot_reload(self, **options: Any) -> Any:
+        """Swap changed code in, keeping state; see :meth:`Runtime.hot_reload`."""
+        return self.runtime.hot_reload(self.id, **options)
+
+    def rollback_module(self, module: str, version: int, **options: Any) -> Any:
+        """Swap a kept version of ``module`` back in; see :meth:`Runtime.rollback_module`."""
+        return self.runtime.rollback_module(self.id, module, version, **options)
+
+    def module_versions(self, module: str | None = None) -> Any:
+        """Kept versions; see :meth:`Runtime.module_versions`."""
+        return self.runtime.module_versions(self.id, module)
+
 
 class Runtime:
     """A running actor system: the root supervisor and its component actors.
@@ -298,6 +310,58 @@ class Runtime:
     def list_sandboxes(self) -> list[dict[str, Any]]:
         """Info of every sandbox of this runtime."""
         return self._manager("list")
+
+    # -- hot reload ------------------------------------------------------------------
+    def hot_reload(
+        self,
+        sandbox_id: str,
+        *,
+        modules: Iterable[str] | None = None,
+        source: Mapping[str, str] | None = None,
+        migrate: Callable[[Any, Any, Any], Any] | None = None,
+        extra: Any = None,
+        changed_files: Iterable[str] | None = None,
+        timeout: float = 30.0,
+    ) -> Any:
+        """Swap the changed modules of a running sandbox, migrating every actor's state.
+
+        Each changed class's ``code_change(old_vsn, state, extra)`` (or ``migrate``)
+        carries the state over; actors never stop and no message is lost. Returns a
+        :class:`~runtime.hotreload.ReloadReport`; raises CompileError or
+        ReloadFailed, in which case the old code and state keep serving.
+
+        >>> import runtime
+        >>> with runtime.start() as rt:
+        ...     rt.create_sandbox("doc-reload", "examples/counter").hot_reload().modules
+        []
+        """
+        from .hotreload import hot_reload
+
+        return hot_reload(self, sandbox_id, modules=modules, source=source, migrate=migrate,
+                          extra=extra, changed_files=changed_files, timeout=timeout)
+
+    def rollback_module(
+        self, sandbox_id: str, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
+    ) -> Any:
+        """Swap kept version ``version`` of ``module`` back in (state migrated by the
+        target class's ``code_change``, which sees the downgrade as ``old_vsn > vsn``)."""
+        from .hotreload import rollback_module
+
+        return rollback_module(self, sandbox_id, module, version, extra=extra, timeout=timeout)
+
+    def module_versions(self, sandbox_id: str, module: str | None = None) -> Any:
+        """Kept versions of ``module`` (oldest first), or ``{module: current version}``."""
+        versions = self.component("versions")
+        self.get_sandbox_info(sandbox_id)
+        if module is not None:
+            return versions.invoke("list_module_versions", sandbox_id, module)
+        graph = versions.invoke("get_dependency_graph", sandbox_id)
+        return {m: versions.invoke("get_current_version", sandbox_id, m).version for m in graph}
+
+    def reload_status(self, sandbox_id: str) -> dict[str, Any] | None:
+        """The last reload or rollback of a sandbox: when, modules, versions, duration,
+        outcome and diagnostics (None before the first)."""
+        return self._slot(sandbox_id).last_reload
 
     # -- batches ---------------------------------------------------------------------
     def _batch(self, items: Iterable[tuple[str, Callable[[], Any]]], workers: int) -> list[BatchResult]:
