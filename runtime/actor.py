@@ -31,7 +31,7 @@ import queue
 import logging
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -198,6 +198,13 @@ class _Cast:
 
 
 @dataclass(frozen=True)
+class _CastBatch:
+    """Consecutive casts delivered as one mailbox item: one wake-up, one barrier pass."""
+
+    requests: tuple
+
+
+@dataclass(frozen=True)
 class _Info:
     message: Any
 
@@ -319,6 +326,12 @@ class Actor(pykka.ThreadingActor):
                 self._handle_call(message)
             elif isinstance(message, _Cast):
                 self._dispatch(self.on_cast, message.request)
+            elif isinstance(message, _CastBatch):
+                on_cast = self.on_cast
+                for request in message.requests:
+                    self._dispatch(on_cast, request)
+                    if self._stop_request is not None:
+                        break  # the rest is dropped, as the rest of a stopping mailbox is
             elif isinstance(message, _Info):
                 self._dispatch(self.on_info, message.message)
             elif isinstance(message, _Wake):
@@ -534,6 +547,15 @@ class ActorRef:
         Raises :class:`~runtime.errors.ActorDead` if the actor is not running.
         """
         if not self._actor._post(_Cast(request)):
+            raise ActorDead(self.id, self.exit_reason)
+
+    def cast_many(self, requests: Iterable[Any]) -> None:
+        """Send several casts as one mailbox item; handled in order, like single casts.
+
+        Raises :class:`~runtime.errors.ActorDead` if the actor is not running.
+        """
+        batch = tuple(requests)
+        if batch and not self._actor._post(_CastBatch(batch)):
             raise ActorDead(self.id, self.exit_reason)
 
     def tell(self, message: Any) -> None:

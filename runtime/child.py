@@ -481,15 +481,29 @@ class ChildServer:
             except (ChannelClosed, OSError):
                 self.shutdown("the host closed the channel")
                 return EXIT_OK
+            # Consecutive casts to one actor go as one batch: one wake-up of its thread
+            # instead of one per cast (the host often writes them back to back).
+            batch: list[Any] = []
+            batch_target: str | None = None
             for env in envelopes:
                 kind = env.kind
+                if kind == CAST:
+                    if batch and env.target != batch_target:
+                        self._cast(batch_target, batch)
+                        batch = []
+                    batch_target = env.target
+                    batch.append(env.payload)
+                    continue
+                if batch:
+                    self._cast(batch_target, batch)
+                    batch = []
                 if kind == CALL:
                     self._call(env.ref, env.target, env.payload)
-                elif kind == CAST:
-                    self._cast(env.target, env.payload)
                 elif kind == SYSTEM:
                     self._system(env.ref, env.target, env.payload)
                 # REPLY / ERROR from the host: nothing asked for them; ignore.
+            if batch:
+                self._cast(batch_target, batch)
             if self._exit_code is not None:
                 return self._exit_code
 
@@ -503,14 +517,18 @@ class ChildServer:
         except ActorDead as exc:
             self.reply_error(ref, exc, actor.id)
 
-    def _cast(self, target: str | None, request: Any) -> None:
+    def _cast(self, target: str | None, requests: list[Any]) -> None:
         actor = whereis(target) if target is not None else None
         try:
             if actor is None:
                 raise NoSuchActor(str(target), registered())
-            actor.cast(request)
+            if len(requests) == 1:
+                actor.cast(requests[0])
+            else:
+                actor.cast_many(requests)
         except (ActorDead, NoSuchActor) as exc:  # casts are fire and forget; tell the host
-            self.send(SYSTEM, None, "cast_dropped", {"target": target, "reason": str(exc)})
+            self.send(SYSTEM, None, "cast_dropped",
+                      {"target": target, "reason": str(exc), "count": len(requests)})
 
     def _system(self, ref: int | None, op: str | None, payload: Any) -> None:
         entry = _system_ops.get(op or "")
