@@ -1,0 +1,170 @@
+"""Sandboxes at scale: batch create/destroy, memory per sandbox, call throughput.
+
+Run alone: ``python benchmarks/bench_sandboxes.py [--quick] [--json PATH]``.
+
+- Time to create N = 1, 10, 100 counter sandboxes with ``batch_create`` (compile,
+  version, start, first reply) and to destroy them, against N bare children from
+  the same forkserver answering their first call, then closed. Target: ratio <= 2.
+- Memory of N idle counter sandboxes (USS/PSS per sandbox, psutil), N = 100 and,
+  in a full run, 1,000; against a bare child. Target: <= 5 MiB USS per sandbox.
+- Call throughput with 100 sandboxes called from 4 host threads, against one
+  sandbox called from one thread.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._harness import Record
+
+MIB = 1024 * 1024
+COUNTER = Path(__file__).resolve().parent.parent / "examples" / "counter"
+
+
+def _create(rt: Any, n: int, tag: str) -> float:
+    t0 = time.perf_counter()
+    results = rt.batch_create([{"id": f"{tag}-{i}", "path": COUNTER} for i in range(n)])
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise RuntimeError(f"{len(failed)} sandboxes failed to start: {failed[0].error}")
+    for r in results:
+        r.value.call("counter", "get")
+    return time.perf_counter() - t0
+
+
+def _destroy(rt: Any, n: int, tag: str) -> float:
+    t0 = time.perf_counter()
+    results = rt.batch_destroy([f"{tag}-{i}" for i in range(n)])
+    if not all(r.ok for r in results):
+        raise RuntimeError("destroy failed")
+    return time.perf_counter() - t0
+
+
+def _bare(n: int) -> tuple[float, float]:
+    from benchmarks._floor import MpBareChild
+
+    t0 = time.perf_counter()
+    children = [MpBareChild() for _ in range(n)]
+    for c in children:
+        c.call("echo", "first")
+    created = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for c in children:
+        c.close()
+    return created, time.perf_counter() - t0
+
+
+def _memory(pids: list[int]) -> tuple[float, float]:
+    import psutil
+
+    uss, pss = [], []
+    for pid in pids:
+        m = psutil.Process(pid).memory_full_info()
+        uss.append(m.uss / MIB)
+        pss.append(m.pss / MIB)
+    return statistics.median(uss), statistics.median(pss)
+
+
+def _throughput(sandboxes: list[Any], threads: int, seconds: float) -> float:
+    stop = threading.Event()
+    counts = [0] * threads
+
+    def worker(k: int) -> None:
+        mine = sandboxes[k::threads] or sandboxes
+        i = 0
+        while not stop.is_set():
+            mine[i % len(mine)].call("counter", "incr")
+            i += 1
+        counts[k] = i
+
+    ts = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    stop.wait(seconds)
+    stop.set()
+    for t in ts:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def main(quick: bool = False) -> list[Record]:
+    import runtime
+    from benchmarks._harness import make_record, progress
+
+    runs = 3 if quick else 5
+    sizes = [1, 10] if quick else [1, 10, 100]
+    mem_sizes = [20] if quick else [100, 1000]
+    records: list[Record] = []
+    with runtime.start(name=f"bench-sb-{os.getpid()}") as rt:
+        _create(rt, 1, "warm")
+        _destroy(rt, 1, "warm")
+        _bare(1)
+        for n in sizes:
+            progress(f"bench_sandboxes: create/destroy {n} sandboxes x {runs} runs")
+            c, d, bc, bd = [], [], [], []
+            for r in range(runs):
+                gc.collect()
+                c.append(_create(rt, n, f"s{n}-{r}") * 1000)
+                d.append(_destroy(rt, n, f"s{n}-{r}") * 1000)
+                x, y = _bare(n)
+                bc.append(x * 1000)
+                bd.append(y * 1000)
+            note = "batch_create (8 workers): compile+version+start+first call; baseline sequential"
+            records.append(make_record("sandbox_create", f"create {n}", c, "ms",
+                                       f"{n} bare forkserver children", bc,
+                                       target="ratio <= 2.0", notes=note))
+            records.append(make_record("sandbox_create", f"destroy {n}", d, "ms",
+                                       f"{n} bare forkserver children", bd,
+                                       target="ratio <= 2.0",
+                                       notes="batch_destroy: graceful stop, workdir removed"))
+        from benchmarks._floor import MpBareChild
+
+        bare = MpBareChild()
+        bare.call("echo", "first")
+        bare_uss, bare_pss = _memory([bare.pid])
+        bare.close()
+        for n in mem_sizes:
+            progress(f"bench_sandboxes: memory of {n} idle sandboxes")
+            _create(rt, n, f"m{n}")
+            pids = [rt.get_sandbox_info(f"m{n}-{i}")["pid"] for i in range(n)]
+            uss, pss = _memory(pids)
+            records.append(make_record("sandbox_memory", f"USS per sandbox at N={n}", [uss], "MiB",
+                                       "bare forkserver child", [bare_uss], target="value <= 5.0",
+                                       notes=f"median over {n} idle counter sandboxes; "
+                                             f"total USS ~{uss * n:.0f} MiB"))
+            records.append(make_record("sandbox_memory", f"PSS per sandbox at N={n}", [pss], "MiB",
+                                       "bare forkserver child", [bare_pss],
+                                       notes=f"total PSS ~{pss * n:.0f} MiB"))
+            _destroy(rt, n, f"m{n}")
+        progress("bench_sandboxes: call throughput")
+        n = 20 if quick else 100
+        _create(rt, n, "t")
+        sbs = [rt.sandbox(f"t-{i}") for i in range(n)]
+        secs = 1.0 if quick else 3.0
+        many, one = [], []
+        for _ in range(runs):
+            many.append(_throughput(sbs, 4, secs))
+            one.append(_throughput(sbs[:1], 1, secs))
+        records.append(make_record("sandbox_throughput", f"calls/s, {n} sandboxes x 4 threads",
+                                   many, "calls/s", "1 sandbox x 1 thread", one,
+                                   higher_is_better=True,
+                                   notes="2 cores: the host's 4 threads and the children share them"))
+        _destroy(rt, n, "t")
+    return records
+
+
+if __name__ == "__main__":
+    from benchmarks._harness import run_script
+
+    sys.exit(run_script(main, description="Sandboxes at scale, against bare forkserver children."))
