@@ -15,14 +15,17 @@ True
 from __future__ import annotations
 
 import threading
+import time
 
 from .actor import ActorRef, monitor
 from .errors import SandboxError
 
-__all__ = ["register", "unregister", "whereis", "registered"]
+__all__ = ["register", "unregister", "whereis", "registered", "await_name"]
 
-_lock = threading.Lock()
+_lock = threading.Condition()
 _names: dict[str, ActorRef] = {}
+#: Names that were registered once: one missing now is probably being restarted.
+_known: set[str] = set()
 
 
 def register(name: str, ref: ActorRef) -> None:
@@ -35,6 +38,8 @@ def register(name: str, ref: ActorRef) -> None:
         if current is not None and current.is_alive() and current != ref:
             raise SandboxError(f"name {name!r} is already registered to {current.id}")
         _names[name] = ref
+        _known.add(name)
+        _lock.notify_all()
 
     def _drop(_down: object) -> None:
         with _lock:
@@ -60,3 +65,22 @@ def registered() -> list[str]:
     """Names of the live registered actors."""
     with _lock:
         return sorted(n for n, r in _names.items() if r.is_alive())
+
+
+def await_name(name: str, timeout: float) -> ActorRef | None:
+    """The actor registered as ``name``, waiting up to ``timeout`` while a supervisor
+    restarts it; None at once for a name that was never registered.
+
+    >>> await_name("never-registered-doc", 1.0) is None
+    True
+    """
+    deadline = time.monotonic() + timeout
+    with _lock:
+        while True:
+            ref = _names.get(name)
+            if ref is not None and ref.is_alive():
+                return ref
+            remaining = deadline - time.monotonic()
+            if name not in _known or remaining <= 0:
+                return None
+            _lock.wait(remaining)
