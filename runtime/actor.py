@@ -259,6 +259,7 @@ class Actor(pykka.ThreadingActor):
         self.name = name
         self._life = threading.Lock()
         self._exiting = False
+        self._failing = False
         self._exit_reason: ExitReason | None = None
         self._exited = threading.Event()
         self._started = threading.Event()
@@ -354,6 +355,11 @@ class Actor(pykka.ThreadingActor):
             return fn(arg)
         except BaseException as exc:
             reason = ExitReason.from_exception(exc)
+            # Refuse new calls from now on: a caller told of this failure may call
+            # again before the actor has finished ending, and must hear "dead" at
+            # once, not have its call accepted and then dropped.
+            with self._life:
+                self._failing = True
             log.error("actor %s failed: %s\n%s", self.actor_id, reason.message, reason.traceback)
             telemetry.execute(
                 "actor.failure",
@@ -536,7 +542,7 @@ class ActorRef:
         """Send a call whose answer goes to ``reply`` (for callers that do not block)."""
         actor = self._actor
         with actor._life:
-            if actor._exiting or actor._exit_reason is not None:
+            if actor._exiting or actor._failing or actor._exit_reason is not None:
                 raise ActorDead(self.id, actor._exit_reason)
             actor._pending.add(reply)
         actor.actor_inbox.put(Envelope(_Call(request, reply, BARRIER.held())))

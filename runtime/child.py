@@ -61,9 +61,13 @@ from .channel import Channel, ChannelClosed
 from .childspec import ChildSpec
 from .errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
 from .mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
+from . import registry
 from .registry import registered, whereis
 from .supervisor import Supervisor, SupervisorSpec
+from . import guard as _guard
+from . import isolation as _isolation
 from . import swap
+from . import logs as _logs
 
 __all__ = [
     "BootConfig",
@@ -85,6 +89,8 @@ __all__ = [
 ]
 
 EXIT_OK = 0
+#: How long a call to a named actor that is being restarted waits for it (seconds).
+RESTART_WAIT = 2.0
 #: The entry could not be imported, raised, or its supervisor did not start.
 EXIT_BOOT_FAILED = 70
 #: The app's root supervisor gave up (more restarts than its intensity allows).
@@ -141,6 +147,11 @@ class BootConfig:
     states: Any = None
     cpu_affinity: list[int] | None = None
     modules: list[Any] = field(default_factory=list)
+    #: OS-level isolation plan (:func:`runtime.isolation.plan`), applied first thing.
+    isolation: dict[str, Any] | None = None
+    #: Runtime guard policy (:meth:`actors.profiles.Profile.guard_policy`), installed
+    #: after the environment is set up and before the entry is imported.
+    guard: dict[str, Any] | None = None
 
 
 # -- system ops ------------------------------------------------------------------------
@@ -199,6 +210,7 @@ def _op_get_states(server: ChildServer, payload: Any) -> dict[str, bytes]:
 
 
 @register_system_op("reload", threaded=True)
+@_logs.sandbox_op  # the host operation's correlation id, and log lines (runtime/logs.py)
 def _op_reload(server: ChildServer, payload: Any) -> dict[str, Any]:
     """Swap code in place (see :mod:`runtime.swap`); then apply child spec changes."""
     report = swap.reload_from_wire(payload)
@@ -306,6 +318,9 @@ class SocketReply:
 # -- the server ------------------------------------------------------------------------
 
 _current: ChildServer | None = None
+#: Isolation layers applied in this process, and those skipped (with the reason).
+_layers: list[str] = []
+_skipped: dict[str, str] = {}
 
 #: Bytes one recv may read in the child (frames larger than this just take more reads).
 _READ_SIZE = 64 * 1024
@@ -396,6 +411,9 @@ class ChildServer:
             sys.path.insert(0, path)
         if boot.modules:
             swap.install_finder(boot.modules)
+        if boot.guard is not None:
+            _guard.install_guard(boot.guard, on_violation=self._report_violation)
+            _layers.append("audit-hook")
         module_name, sep, fn_name = boot.entry.partition(":")
         if not sep or not module_name or not fn_name:
             raise ValueError(f"invalid entry {boot.entry!r}: expected 'module:function'")
@@ -412,6 +430,10 @@ class ChildServer:
         monitor(self.root, self._root_down)
         for hook in list(_boot_hooks):
             hook(self)
+
+    def _report_violation(self, event: dict[str, Any]) -> None:
+        """The guard refused (or, under audit level full, noted) an operation: tell the host."""
+        self.send(SYSTEM, None, "security_violation", event)
 
     def _start_root(self, result: Any) -> ActorRef:
         if isinstance(result, SupervisorSpec):
@@ -466,7 +488,17 @@ class ChildServer:
             )
             self.shutdown("boot failed")
             return EXIT_BOOT_FAILED
-        self.send(SYSTEM, None, "ready", {"pid": os.getpid(), "names": registered()})
+        self.send(
+            SYSTEM,
+            None,
+            "ready",
+            {
+                "pid": os.getpid(),
+                "names": registered(),
+                "isolation": list(_layers),
+                "isolation_skipped": dict(_skipped),
+            },
+        )
         return self.serve()
 
     def serve(self) -> int:
@@ -509,8 +541,35 @@ class ChildServer:
 
     def _call(self, ref: int | None, target: str | None, request: Any) -> None:
         actor = whereis(target) if target is not None else None
+        if actor is None and target is not None and target in registry._known:
+            # Its supervisor is restarting it: wait for it off the reader thread, so
+            # the call is served by the new actor instead of failing at once.
+            threading.Thread(
+                target=self._call_when_back, args=(ref, target, request), daemon=True,
+                name=f"await-{target}",
+            ).start()
+            return
         if actor is None:
             self.reply_error(ref, NoSuchActor(str(target), registered()), target)
+            return
+        try:
+            actor.call_into(request, SocketReply(self, ref, actor.id))
+        except ActorDead as exc:
+            if target is not None and target in registry._known:  # ending right now
+                threading.Thread(
+                    target=self._call_when_back, args=(ref, target, request), daemon=True,
+                    name=f"await-{target}",
+                ).start()
+            else:
+                self.reply_error(ref, exc, actor.id)
+
+    def _call_when_back(self, ref: int | None, target: str, request: Any) -> None:
+        stale = whereis(target)
+        if stale is not None:  # still registered while it ends: wait for its successor
+            stale.join(RESTART_WAIT)
+        actor = registry.await_name(target, RESTART_WAIT)
+        if actor is None:
+            self.reply_error(ref, NoSuchActor(target, registered()), target)
             return
         try:
             actor.call_into(request, SocketReply(self, ref, actor.id))
@@ -581,6 +640,10 @@ def child_main(sock: Any, boot: BootConfig) -> None:
                 os.sched_setaffinity(0, boot.cpu_affinity)
             except (OSError, ValueError):
                 pass  # not allowed here (or a CPU went away): run unpinned
+        if boot.isolation is not None:
+            applied, skipped = _isolation.apply(boot.isolation)
+            _layers.extend(applied)
+            _skipped.update(skipped)
         # Everything inherited from the forkserver is long-lived: keep the collector
         # off those objects, so it never writes to (and un-shares) their pages.
         gc.freeze()
