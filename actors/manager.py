@@ -37,9 +37,11 @@ from runtime.errors import (
     SupervisorError,
 )
 from runtime.process import KILL_MARGIN, start_process
+from runtime.recovery import annotate as annotate_error
 from runtime.swap import ModuleCode
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef
 
+from . import containment
 from .slot import ProcessSlot
 
 __all__ = ["ManagerActor", "SandboxRecord", "STATUSES"]
@@ -93,9 +95,10 @@ class SandboxRecord:
             "created_at": self.created_at,
             "updated_at": self.updated_at,
             "status_history": list(self.history),
-            "last_error": self.last_error,
+            "last_error": annotate_error(self.last_error),  # + category, recovery, remedy
             "workdir": self.workdir,
-            "auto_reload": self.config.auto_reload,
+            "auto_reload": self.slot.watch is not None,
+            "watch": (self.slot.watch or self.config.watch).as_dict(),
             **(extra or {}),
         }
 
@@ -174,6 +177,8 @@ class ManagerActor(Component):
 
     # -- messages --------------------------------------------------------------------
     def on_info(self, message: Any) -> None:
+        if containment.handle_info(self, message):  # security/limit terminations
+            return
         if isinstance(message, _ProcessEvent):
             record = self.records.get(message.sandbox)
             if record is None or record.status in ("stopping", "stopped", "error"):
@@ -221,16 +226,23 @@ class ManagerActor(Component):
             created_at=time.time(),
         )
         self.records[config.id] = record
+        # Set before the start, so a watcher restarting meanwhile finds it (watcher.py).
+        record.slot.watch = config.watch if config.auto_reload else None
         self._set_status(record, "initializing")
         try:
             with telemetry.span("sandbox.create", {"sandbox": config.id, "runtime": self.runtime_id}):
                 self._set_status(record, "compiling")
+                containment.prepare(self, record)  # profile, limits, uid, cgroups
                 self._compile(record)
                 self._set_status(record, "starting")
                 self._start(record)
+                if record.slot.watch is not None:
+                    self._watch(record)
         except BaseException:
             # Leave nothing half-created behind: no process, no entry, no directory.
+            self._unwatch(config.id)
             self._stop_supervisor(record)
+            containment.forget(self, record)
             del self.records[config.id]
             shutil.rmtree(workdir, ignore_errors=True)
             shutil.rmtree(self.cache_dir(config.id), ignore_errors=True)
@@ -241,9 +253,12 @@ class ManagerActor(Component):
     def op_destroy(self, sandbox_id: str) -> None:
         record = self._get(sandbox_id)
         with telemetry.span("sandbox.destroy", {"sandbox": sandbox_id, "runtime": self.runtime_id}):
+            record.slot.watch = None
+            self._unwatch(sandbox_id)
             self._set_status(record, "stopping")
             record.slot.close(ExitReason.shutdown("sandbox destroyed"))
             self._stop_supervisor(record)
+            containment.forget(self, record)  # whatever escaped its process group
             self._set_status(record, "stopped")
             del self.records[sandbox_id]
             shutil.rmtree(record.workdir, ignore_errors=True)
@@ -272,10 +287,11 @@ class ManagerActor(Component):
         return record.info()
 
     def op_info(self, sandbox_id: str) -> dict[str, Any]:
-        return self._get(sandbox_id).info()
+        record = self._get(sandbox_id)
+        return record.info(containment.info_extra(self, record))
 
     def op_list(self) -> list[dict[str, Any]]:
-        return [r.info() for r in self.records.values()]
+        return [r.info(containment.info_extra(self, r)) for r in self.records.values()]
 
     def op_set_status(self, sandbox_id: str, status: str, only_from: str | None = None) -> None:
         record = self._get(sandbox_id)
@@ -304,16 +320,37 @@ class ManagerActor(Component):
         result = self._component("compiler").invoke(
             "compile_sandbox",
             config.path,
-            profile=config.profile,
+            profile=containment.compile_profile(record),
             cache_dir=self.cache_dir(config.id),
             timeout=COMPILE_TIMEOUT,
         )
+        containment.check_compiled(self, record, result)  # SecurityViolation
         result.raise_for_errors()
         versions = self._component("versions").invoke("record", config.id, result)
         record.slot.modules = {
             name: ModuleCode.from_compiled(m, versions.get(name, 0))
             for name, m in result.modules.items()
         }
+
+    def _watch(self, record: SandboxRecord) -> None:
+        """Have the watcher watch the sandbox's directory (auto-reload); raises WatchError."""
+        try:
+            watcher = self._component("watcher")
+        except SandboxError:
+            # Restarting: the new watcher reads slot.watch of every sandbox at start.
+            log.warning("watcher not running; sandbox %r will be watched when it is back",
+                        record.config.id)
+            return
+        watcher.invoke(
+            "watch", record.config.id, record.config.path, options=record.slot.watch,
+            exclude=(record.workdir, self.cache_dir(record.config.id)), timeout=60.0,
+        )
+
+    def _unwatch(self, sandbox_id: str) -> None:
+        try:
+            self._component("watcher").invoke("unwatch", sandbox_id, timeout=60.0)
+        except SandboxError:
+            pass  # not running: a restarted watcher only watches what slot.watch says
 
     def _forget_versions(self, sandbox_id: str) -> None:
         try:
@@ -387,9 +424,8 @@ def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
             config.entry,
             modules=list(slot.modules.values()),
             name=f"{runtime_id}/{config.id}",
-            allow_pickle=config.profile != "high",
             shutdown=config.shutdown,
-            env=dict(config.env),
+            **containment.process_options(record, runtime_id),  # isolation, guard, env
             cwd=record.workdir,
             states=initial,
         )

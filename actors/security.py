@@ -52,18 +52,20 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime import telemetry
 from runtime.component import Component
+from runtime.config import register_profile_name
 from runtime.errors import ConfigError, SandboxError, SecurityViolation
 
 from .profiles import BUILTIN_PROFILES, Profile
 from .scan import Finding, ProfileScanner, scan_source
 
-__all__ = ["SecurityControllerActor", "MAX_DETAIL"]
+__all__ = ["SecurityControllerActor", "MAX_DETAIL", "ViolationReport", "LogEvent"]
 
 log = logging.getLogger("actors.security")
 
@@ -78,6 +80,28 @@ _LEVEL_ACTIONS = {
     "basic": frozenset({"refused", "blocked", "terminate", "quarantined", "restart", "limit"}),
     "none": frozenset(),
 }
+
+
+@dataclass(frozen=True)
+class ViolationReport:
+    """Told (not called) by the host side of a sandbox's channel, from its reader
+    thread: ``sandbox_id`` is the channel's, ``event`` the sandbox's (hostile).
+    ``then(response)`` runs in the controller's thread with the decision."""
+
+    sandbox_id: str
+    event: Any
+    then: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """Told by another component: write one audit record (see ``op_log_event``)."""
+
+    sandbox_id: str | None
+    event: str
+    detail: str = ""
+    action: str = "logged"
+    response: str = "logged"
 
 
 class SecurityControllerActor(Component):
@@ -124,7 +148,32 @@ class SecurityControllerActor(Component):
         if self.audit_path is not None:
             self.audit_path.parent.mkdir(parents=True, exist_ok=True)
             self._rebuild()
-            self._file = open(self.audit_path, "a", encoding="utf-8")  # noqa: SIM115
+            # Private to the host: a sandbox with its own UID must not read it.
+            fd = os.open(self.audit_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._file = os.fdopen(fd, "a", encoding="utf-8")
+
+    def on_info(self, message: Any) -> None:
+        if isinstance(message, ViolationReport):
+            try:
+                response = self.op_record_violation(message.sandbox_id, message.event)
+            except SandboxError:
+                return
+            if message.then is not None:
+                try:
+                    message.then(response)
+                except Exception:
+                    log.exception("violation response for %s failed", message.sandbox_id)
+        elif isinstance(message, LogEvent):
+            try:
+                self.op_log_event(
+                    message.sandbox_id,
+                    message.event,
+                    message.detail,
+                    message.action,
+                    response=message.response,
+                )
+            except SandboxError:
+                pass
 
     def on_exit(self, reason: Any) -> None:
         if self._file is not None:
@@ -179,6 +228,7 @@ class SecurityControllerActor(Component):
                 f"a name that is not a built-in profile ({', '.join(BUILTIN_PROFILES)})",
             )
         self.profiles[p.name] = p
+        register_profile_name(p.name)
         return p
 
     def op_guard_policy(self, profile: str | Profile, workdir: str, app_dir: str) -> dict[str, Any]:

@@ -49,6 +49,16 @@ class ProcessSlot:
         #: Held for the whole of a reload or rollback: swaps of one sandbox never overlap.
         self.reload_lock = threading.Lock()
         self.last_reload: dict[str, Any] | None = None
+        #: Auto-reload: the watch options (runtime.config.WatchOptions) while it is on,
+        #: None while off. Kept here, not in the watcher, so a restarted watcher
+        #: re-establishes every watch (actors/watcher.py).
+        self.watch: Any = None
+        #: The sandbox's protection (profile, limits, isolation state, guard policy:
+        #: see :mod:`actors.containment`), kept here so it outlives a manager restart.
+        self.security: Any = None
+        #: Why this sandbox may not start again (quarantined, or terminated for a
+        #: limit); None while it may.
+        self.blocked: str | None = None
 
     @property
     def restarts(self) -> int:

@@ -58,6 +58,8 @@ __all__ = [
     "progress",
     "run_all",
     "run_script",
+    "select_modules",
+    "RunResults",
     "summarize",
     "write_json",
 ]
@@ -416,15 +418,50 @@ def bench_modules() -> list[str]:
     return sorted(f"benchmarks.{p.stem}" for p in BENCH_DIR.glob("bench_*.py"))
 
 
-def run_all(quick: bool = False, json_path: str | os.PathLike[str] | None = None) -> list[Record]:
-    """Run every ``benchmarks/bench_*.py`` and print one combined table.
+def select_modules(only: Iterable[str] | None = None) -> list[str]:
+    """The ``bench_*`` modules to run: all, or those named in ``only``.
 
-    A benchmark that fails is reported and skipped; the others still run.
+    A name may be given as ``core``, ``bench_core`` or ``benchmarks.bench_core``;
+    an unknown name raises ValueError listing the known ones.
+
+    >>> select_modules(["core"])
+    ['benchmarks.bench_core']
+    """
+    names = bench_modules()
+    if only is None:
+        return names
+    short = {n.rsplit(".", 1)[-1].removeprefix("bench_"): n for n in names}
+    chosen = []
+    for item in only:
+        key = item.rsplit(".", 1)[-1].removeprefix("bench_")
+        if key not in short:
+            raise ValueError(f"no benchmark {item!r}; known: {', '.join(sorted(short))}")
+        if short[key] not in chosen:
+            chosen.append(short[key])
+    return chosen
+
+
+class RunResults(list):
+    """The records of :func:`run_all` (a list), plus ``failed``: benchmarks that raised."""
+
+    failed: list[str]
+
+
+def run_all(
+    quick: bool = False,
+    json_path: str | os.PathLike[str] | None = None,
+    *,
+    only: Iterable[str] | None = None,
+) -> list[Record]:
+    """Run every ``benchmarks/bench_*.py`` (or those in ``only``) and print one combined table.
+
+    A benchmark that fails is reported and skipped; the others still run. Returns the
+    records as a :class:`RunResults` list whose ``failed`` names the failed ones.
     """
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    names = bench_modules()
-    records: list[Record] = []
+    names = select_modules(only)
+    records: list[Record] = RunResults()
     failed: list[str] = []
     for i, name in enumerate(names, 1):
         short = name.rsplit(".", 1)[-1]
@@ -447,6 +484,7 @@ def run_all(quick: bool = False, json_path: str | os.PathLike[str] | None = None
         print(f"failed benchmarks: {', '.join(failed)}", flush=True)
     if json_path:
         write_json(records, json_path)
+    records.failed = failed
     return records
 
 

@@ -20,13 +20,15 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
-from . import telemetry
+from . import logs, telemetry
 from .actor import ActorRef
 from .childspec import ChildSpec
 from .config import SandboxConfig
 from .errors import ConfigError, SandboxError, SecurityViolation
+from .health import Observability
 from .supervisor import Supervisor, SupervisorRef
 
 __all__ = ["Runtime", "Sandbox", "BatchResult", "start"]
@@ -42,6 +44,11 @@ _RUNTIME_OPTIONS = {
     "max_restarts": "an integer >= 0 (root supervisor intensity)",
     "max_seconds": "a number of seconds > 0 (root supervisor intensity window)",
     "history": "an integer >= 1: module versions kept per module for rollback",
+    "monitor_interval": "seconds between two samples of the resource monitor (default 1.0)",
+    "audit_path": "a file for the audit log (JSON lines), kept after stop; default: a "
+    "temporary file removed at stop",
+    "watch_backend": "'auto' (inotify, polling where unavailable), 'inotify' or 'polling'",
+    "http": "None, or a (host, port) pair to serve /health and /metrics on (port 0: any free port)",
 }
 
 
@@ -85,8 +92,13 @@ class Sandbox:
         ...     rt.create_sandbox("doc-call", "examples/counter").call("counter", "get")
         0
         """
-        proc = self._process(timeout)
-        return proc.call(actor, request, timeout=timeout)
+        t0, ok = perf_counter(), False  # call count and latency: rt.metrics_text()
+        try:
+            value = self._process(timeout).call(actor, request, timeout=timeout)
+            ok = True
+            return value
+        finally:
+            self.runtime._obs.calls.observe_call(self.id, perf_counter() - t0, ok)
 
     def cast(self, actor: str, request: Any) -> None:
         """Send ``request`` to ``actor`` without waiting for it to be handled."""
@@ -103,13 +115,17 @@ class Sandbox:
         1024
         """
         info = self.runtime.get_sandbox_info(self.id)
-        if info["profile"] == "high":
+        if not info.get("allow_run", info["profile"] != "high"):
             raise SecurityViolation(
                 f"sandbox {self.id!r} runs under the 'high' profile, which forbids run(); "
                 "use profile='medium' or 'low', or send a call to one of its actors"
             )
         proc = self._process(timeout)
-        return proc.system("run", (fn, tuple(args)), timeout=timeout)
+        from actors.monitor import run_with_limit  # the sandbox's run_seconds limit
+
+        return run_with_limit(
+            self, lambda t: proc.system("run", (fn, tuple(args)), timeout=t), timeout
+        )
 
     def info(self) -> dict[str, Any]:
         """The sandbox's status, pid, configuration, restart count, uptime, last error."""
@@ -139,6 +155,22 @@ class Sandbox:
         """Kept versions; see :meth:`Runtime.module_versions`."""
         return self.runtime.module_versions(self.id, module)
 
+    def enable_auto_reload(self, **watch: Any) -> dict[str, Any]:
+        """Hot-reload on every save; see :meth:`Runtime.enable_auto_reload`."""
+        return self.runtime.enable_auto_reload(self.id, **watch)
+
+    def disable_auto_reload(self) -> bool:
+        """Stop watching; see :meth:`Runtime.disable_auto_reload`."""
+        return self.runtime.disable_auto_reload(self.id)
+
+    def reload_status(self) -> dict[str, Any] | None:
+        """The last reload or rollback; see :meth:`Runtime.reload_status`."""
+        return self.runtime.reload_status(self.id)
+
+    def watch_status(self) -> dict[str, Any]:
+        """Auto-reload state; see :meth:`Runtime.watch_status`."""
+        return self.runtime.watch_status(self.id)
+
 
 class Runtime:
     """A running actor system: the root supervisor and its component actors.
@@ -152,6 +184,7 @@ class Runtime:
             if key not in _RUNTIME_OPTIONS:
                 raise ConfigError(key, value, f"one of the runtime options {', '.join(_RUNTIME_OPTIONS)}")
         self.name = config.get("name") or f"rt{os.getpid()}-{next(_runtime_ids)}"
+        self._obs = Observability(self, http=config.get("http"))  # metrics, health, HTTP
         base = config.get("base_dir")
         if base is not None and not os.path.isdir(base):
             raise ConfigError("base_dir", base, _RUNTIME_OPTIONS["base_dir"])
@@ -161,6 +194,13 @@ class Runtime:
         self._max_restarts = config.get("max_restarts", 10)
         self._max_seconds = config.get("max_seconds", 10.0)
         self._history = config.get("history", 10)
+        self._monitor_interval = config.get("monitor_interval", 1.0)
+        # The audit log sits beside base_dir (not in it: that holds only workdirs).
+        self._own_audit = not config.get("audit_path")
+        self._audit_path = config.get("audit_path") or self.base_dir + ".audit.jsonl"
+        self._watch_backend = config.get("watch_backend", "auto")
+        if self._watch_backend not in ("auto", "inotify", "polling"):
+            raise ConfigError("watch_backend", self._watch_backend, _RUNTIME_OPTIONS["watch_backend"])
         self._components: dict[str, ActorRef] = {}
         self._components_changed = threading.Condition()
 
@@ -170,6 +210,9 @@ class Runtime:
         from actors.manager import ManagerActor
 
         from actors.compiler import CompilerActor
+        from actors.monitor import ResourceMonitorActor
+        from actors.scan import ProfileScanner
+        from actors.security import SecurityControllerActor
         from actors.versions import VersionManagerActor
 
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
@@ -204,12 +247,27 @@ class Runtime:
             ),
             ChildSpec(
                 "compiler",
-                start=started("compiler", lambda: CompilerActor.start(name=f"{n}/compiler")),
+                start=started("compiler", lambda: CompilerActor.start(
+                    name=f"{n}/compiler", scanner=ProfileScanner(),  # scans every module
+                )),
             ),
             ChildSpec(
                 "versions",
                 start=started("versions", lambda: VersionManagerActor.start(
                     history=self._history, name=f"{n}/versions",
+                )),
+            ),
+            ChildSpec(
+                "security",
+                start=started("security", lambda: SecurityControllerActor.start(
+                    name=f"{n}/security", runtime_id=n, audit_path=self._audit_path,
+                )),
+            ),
+            ChildSpec(
+                "monitor",
+                start=started("monitor", lambda: ResourceMonitorActor.start(
+                    name=f"{n}/monitor", runtime_id=n, component=component,
+                    interval=self._monitor_interval,
                 )),
             ),
             ChildSpec(
@@ -220,6 +278,9 @@ class Runtime:
                 )),
             ),
         ]
+        from .autoreload import watcher_child
+
+        children.append(watcher_child(self, component, started, self._watch_backend))
         self._root = Supervisor.start(
             children,
             strategy="one_for_one",
@@ -227,6 +288,7 @@ class Runtime:
             max_seconds=self._max_seconds,
             name=f"{self.name}/root",
         )
+        self._obs.start()
         telemetry.execute("runtime.start", {"count": 1}, {"runtime": self.name})
         return self
 
@@ -237,6 +299,15 @@ class Runtime:
         if root is None:
             return
         root.stop(timeout=60.0)
+        self._obs.stop()
+        from .isolation import release_group
+
+        release_group(os.path.basename(self.base_dir))  # the sandboxes' cgroups, now empty
+        if self._own_audit:
+            try:
+                os.unlink(self._audit_path)
+            except OSError:
+                pass
         shutil.rmtree(self.base_dir, ignore_errors=True)
         telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
 
@@ -246,6 +317,23 @@ class Runtime:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    # -- observability (runtime/health.py, runtime/metrics.py, runtime/http.py) --------
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok" | "degraded" | "down", "components": {name: {"alive",
+        "restarts"}}, "sandboxes": {id: {"status", "ok", "pid", "restarts",
+        "last_error"}}, ...}``; answers without asking any actor."""
+        return self._obs.health()
+
+    def metrics_text(self) -> str:
+        """Counters and histograms (reloads, restarts, calls, latencies, violations, ...)
+        in the Prometheus text format 0.0.4."""
+        return self._obs.metrics_text()
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` the ``http`` endpoint listens on (None without one)."""
+        return self._obs.address
+
     def _root_ref(self) -> SupervisorRef:
         root = self._root
         if root is None:
@@ -254,8 +342,8 @@ class Runtime:
 
     def component(self, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
         """The current reference of a component actor (``manager``, ``compiler``,
-        ``versions``, ``sandboxes``); while its supervisor restarts it, waits up to
-        ``timeout`` for the new one."""
+        ``versions``, ``sandboxes``, ``watcher``, ...); while its supervisor restarts
+        it, waits up to ``timeout`` for the new one."""
         with self._components_changed:
             ok = self._components_changed.wait_for(
                 lambda: self._root is None
@@ -277,6 +365,7 @@ class Runtime:
         return self._manager("slot", sandbox_id)
 
     # -- sandboxes -------------------------------------------------------------------
+    @logs.operation("create")
     def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str], **options: Any) -> Sandbox:
         """Create and start a sandbox running the app at ``path``; returns its handle.
 
@@ -295,10 +384,12 @@ class Runtime:
         self.get_sandbox_info(sandbox_id)
         return Sandbox(self, sandbox_id)
 
+    @logs.operation("destroy")
     def destroy_sandbox(self, sandbox_id: str) -> None:
         """Stop a sandbox (gracefully, then SIGKILL) and remove all trace of it."""
         self._manager("destroy", sandbox_id)
 
+    @logs.operation("restart")
     def restart_sandbox(self, sandbox_id: str, *, preserve_state: bool = False) -> dict[str, Any]:
         """Restart a sandbox with the same configuration; ``preserve_state`` carries actor state."""
         return self._manager("restart", sandbox_id, preserve_state)
@@ -307,11 +398,39 @@ class Runtime:
         """Status, pid, configuration, restart count, uptime, timestamps, last error."""
         return self._manager("info", sandbox_id)
 
+    # -- security and resources --------------------------------------------------------
+    def audit_events(
+        self,
+        sandbox_id: str | None = None,
+        since: Any = None,
+        *,
+        limit: int | None = None,
+        event: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Audit log records (oldest first): guard refusals, scan blocks, limits
+        reached, quarantines; filtered by sandbox, time (epoch seconds or a
+        datetime) and event name prefix."""
+        return self.component("security").invoke(
+            "audit_events", sandbox_id, since, limit, event, timeout=30.0
+        )
+
+    def resource_usage(self, sandbox_id: str) -> dict[str, Any] | None:
+        """The resource monitor's latest figures for a sandbox (RSS/USS, CPU %,
+        threads, processes, fds, uptime), trends and limit events."""
+        self.get_sandbox_info(sandbox_id)  # SandboxNotFound for a bad id
+        return self.component("monitor").invoke("usage", sandbox_id)
+
+    def register_profile(self, profile: Any) -> Any:
+        """Register a custom security profile (``actors.profiles.custom_profile(...)``)
+        so sandboxes can be created with ``profile=<its name>``."""
+        return self.component("security").invoke("register_profile", profile)
+
     def list_sandboxes(self) -> list[dict[str, Any]]:
         """Info of every sandbox of this runtime."""
         return self._manager("list")
 
     # -- hot reload ------------------------------------------------------------------
+    @logs.operation("hot_reload")
     def hot_reload(
         self,
         sandbox_id: str,
@@ -322,6 +441,7 @@ class Runtime:
         extra: Any = None,
         changed_files: Iterable[str] | None = None,
         timeout: float = 30.0,
+        compile_timeout: float | None = None,
     ) -> Any:
         """Swap the changed modules of a running sandbox, migrating every actor's state.
 
@@ -338,8 +458,10 @@ class Runtime:
         from .hotreload import hot_reload
 
         return hot_reload(self, sandbox_id, modules=modules, source=source, migrate=migrate,
-                          extra=extra, changed_files=changed_files, timeout=timeout)
+                          extra=extra, changed_files=changed_files, timeout=timeout,
+                          compile_timeout=compile_timeout)
 
+    @logs.operation("rollback")
     def rollback_module(
         self, sandbox_id: str, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
     ) -> Any:
@@ -348,6 +470,33 @@ class Runtime:
         from .hotreload import rollback_module
 
         return rollback_module(self, sandbox_id, module, version, extra=extra, timeout=timeout)
+
+    # -- auto-reload (runtime/autoreload.py, actors/watcher.py) ----------------------
+    def enable_auto_reload(self, sandbox_id: str, **watch: Any) -> dict[str, Any]:
+        """Watch the sandbox's directory; each batch of saves becomes one hot reload.
+
+        ``watch`` overrides the sandbox's watch options: ``patterns`` (``['*.py']``),
+        ``ignore`` (more globs), ``debounce`` (seconds, 0.02), ``max_files``
+        (10,000). Same as ``auto_reload=True`` at creation. Raises ``WatchError``
+        if the directory cannot be watched (e.g. more files than ``max_files``).
+        """
+        from .autoreload import enable_auto_reload
+
+        return enable_auto_reload(self, sandbox_id, **watch)
+
+    def disable_auto_reload(self, sandbox_id: str) -> bool:
+        """Stop watching the sandbox's directory; returns whether it was watched."""
+        from .autoreload import disable_auto_reload
+
+        return disable_auto_reload(self, sandbox_id)
+
+    def watch_status(self, sandbox_id: str) -> dict[str, Any]:
+        """Auto-reload of a sandbox: ``auto_reload``, ``watching``, ``watch`` (files
+        watched, backend, reloads and failures, a reload running or queued now) and
+        ``last_reload`` (as :meth:`reload_status`)."""
+        from .autoreload import watch_status
+
+        return watch_status(self, sandbox_id)
 
     def module_versions(self, sandbox_id: str, module: str | None = None) -> Any:
         """Kept versions of ``module`` (oldest first), or ``{module: current version}``."""

@@ -36,10 +36,22 @@ class CodeBarrier:
         self.writer = False
         self._writers_waiting = 0
         self._local = threading.local()
+        #: How many times the write side was taken (one per reload, whatever the
+        #: number of actors suspended).
+        self.writes = 0
+        self._writer_thread: int | None = None
 
     def held(self) -> bool:
         """Whether the current thread holds the read side."""
         return getattr(self._local, "depth", 0) > 0
+
+    def owned(self) -> bool:
+        """Whether the current thread holds the write side (it is running a swap).
+
+        An actor this thread starts meanwhile must not wait for the barrier in its
+        ``init``: the swap is waiting for that ``init`` (see ``ServerActor``).
+        """
+        return self.writer and self._writer_thread == threading.get_ident()
 
     def acquire_read(self, *, nested: bool = False) -> None:
         depth = getattr(self._local, "depth", 0)
@@ -74,6 +86,8 @@ class CodeBarrier:
                 ok = self._cond.wait_for(lambda: not self.writer and not self.readers, timeout)
                 if ok:
                     self.writer = True
+                    self._writer_thread = threading.get_ident()
+                    self.writes += 1
                 return ok
             finally:
                 self._writers_waiting -= 1
@@ -83,6 +97,7 @@ class CodeBarrier:
     def release_write(self) -> None:
         with self._cond:
             self.writer = False
+            self._writer_thread = None
             self._cond.notify_all()
 
     @contextmanager
@@ -96,7 +111,9 @@ class CodeBarrier:
     @contextmanager
     def writing(self, timeout: float | None = None) -> Iterator[None]:
         if not self.acquire_write(timeout):
-            raise TimeoutError(f"actors still busy after {timeout}s; cannot suspend them for the swap")
+            raise TimeoutError(
+                f"actors still busy after {timeout}s; cannot suspend them for the swap"
+            )
         try:
             yield
         finally:

@@ -1,4 +1,4 @@
-"""The ``sandbox`` command: ``demo``, ``run``, ``new``.
+"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``.
 
 Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line without a
 traceback unless ``--debug`` is given.
@@ -7,6 +7,7 @@ traceback unless ``--debug`` is given.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -22,6 +23,8 @@ from .errors import SandboxError
 __all__ = ["main", "scaffold"]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: The side-by-side benchmarks (a source checkout only: not an installed package).
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 _APP_TEMPLATE = '''"""{name}: a sandbox app. Start it with `sandbox run {name}`."""
 
@@ -72,14 +75,18 @@ class _Printer:
         self.out = out
         self.runtime_name = runtime_name
         self.t0 = time.monotonic()
+        self._lock = threading.Lock()  # events arrive from several threads
 
     def line(self, text: str) -> None:
-        self.out(f"[{time.monotonic() - self.t0:7.3f}s] {text}")
+        with self._lock:
+            self.out(f"[{time.monotonic() - self.t0:7.3f}s] {text}")
 
     def __call__(self, event: str, m: Any, md: Any) -> None:
         if md.get("runtime") not in (None, self.runtime_name):
             return
         if event == "sandbox.status":
+            if md["from"] == md["to"]:
+                return  # a refresh, not a change
             self.line(f"sandbox {md['sandbox']}: {md['from']} -> {md['to']}")
         elif event == "sandbox.process.up":
             self.line(f"sandbox {md['sandbox']}: process {m.get('pid')} up (start #{m.get('starts')})")
@@ -99,6 +106,9 @@ def _demo(args: argparse.Namespace) -> int:
         tmp = tempfile.mkdtemp(prefix="sandbox-demo-")
         app = scaffold("counter", tmp)
     out(f"Sandbox demo: the counter app from {app}")
+    # The demo prints its own account of every event; the runtime's error log lines
+    # (with tracebacks, on stderr) would tell the same story twice.
+    logging.getLogger("runtime").setLevel(logging.CRITICAL)
     with runtime.start(name="demo") as rt:
         printer = _Printer(out, rt.name)
         telemetry.attach("cli-demo", "sandbox", printer)
@@ -111,6 +121,11 @@ def _demo(args: argparse.Namespace) -> int:
             pid = info["pid"]
             printer.line(f"killing the sandbox process {pid} with SIGKILL to show the supervisor at work")
             os.kill(pid, signal.SIGKILL)
+            # A call sent before the host sees the process die fails with ActorDead
+            # (it may have run): wait for the supervisor's restart, then call.
+            from .testing import wait_for
+
+            wait_for(lambda: sb.info()["restart_count"] >= 1, timeout=10)
             value = sb.call("counter", "get", timeout=10)
             info = sb.info()
             printer.line(
@@ -122,7 +137,17 @@ def _demo(args: argparse.Namespace) -> int:
                 sb.call("counter", "crash")
             except runtime.ActorFailed as exc:
                 printer.line(f"call counter 'crash' -> ActorFailed: {exc.error}")
-            printer.line(f"the app's supervisor restarted the actor: 'get' -> {sb.call('counter', 'get', timeout=10)}")
+            got: list[Any] = []
+
+            def get_once_back() -> bool:  # the name is re-registered once the actor restarted
+                try:
+                    got.append(sb.call("counter", "get", timeout=10))
+                    return True
+                except (runtime.NoSuchActor, runtime.ActorDead):
+                    return False
+
+            wait_for(get_once_back, timeout=10)
+            printer.line(f"the app's supervisor restarted the actor: 'get' -> {got[0]}")
             sb.destroy()
             printer.line("destroyed sandbox 'counter'")
         finally:
@@ -135,6 +160,48 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_reloads(printer: _Printer) -> Callable[[str, Any, Any], None]:
+    """The printer without the status changes of each reload (its own line says it)."""
+
+    def handle(event: str, m: Any, md: Any) -> None:
+        if event == "sandbox.status" and "reloading" in (md.get("from"), md.get("to")):
+            return
+        printer(event, m, md)
+
+    return handle
+
+
+class _ReloadPrinter:
+    """``sandbox run --watch``: one line per reload; the diagnostics of a failed one."""
+
+    def __init__(self, printer: _Printer) -> None:
+        self.printer = printer
+
+    def __call__(self, event: str, m: Any, md: Any) -> None:
+        if md.get("runtime") not in (None, self.printer.runtime_name):
+            return
+        files = ", ".join(md.get("files") or [])
+        if event == "watcher.reload.stop":
+            ms = (m.get("duration") or 0.0) * 1000
+            modules = md.get("modules") or []
+            if not modules:
+                self.printer.line(f"saved {files}: no module changed ({ms:.1f} ms)")
+                return
+            versions = md.get("versions") or {}
+            shown = ", ".join(
+                f"{mod} v{versions[mod]}" if mod in versions else mod for mod in modules
+            )
+            self.printer.line(f"reloaded {shown} in {ms:.1f} ms ({files})")
+        elif event == "watcher.reload.failed":
+            lines = md.get("diagnostics") or [md.get("error") or "unknown error"]
+            self.printer.line(
+                f"reload of {files} failed ({md.get('kind')}); still running the previous code:"
+                + "".join(f"\n    {line}" for line in lines)
+            )
+        elif event == "watcher.fallback":
+            self.printer.line(f"watching by polling: {md.get('reason')}")
+
+
 def _run(args: argparse.Namespace) -> int:
     import runtime
 
@@ -144,16 +211,26 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with runtime.start(name="run") as rt:
         printer = _Printer(lambda s: print(s, flush=True), rt.name)
-        telemetry.attach("cli-run", "sandbox", printer)
+        watch = getattr(args, "watch", False)
+        telemetry.attach("cli-run", "sandbox", _quiet_reloads(printer) if watch else printer)
+        if watch:
+            telemetry.attach("cli-run-watch", "watcher", _ReloadPrinter(printer))
+            # Its lines say what the watcher's log warnings would say a second time.
+            import logging
+
+            logging.getLogger("runtime.watcher").addHandler(logging.NullHandler())
         try:
             sandbox_id = args.id or path.resolve().name
-            sb = rt.create_sandbox(sandbox_id, path, entry=args.entry, profile=args.profile)
+            sb = rt.create_sandbox(sandbox_id, path, entry=args.entry, profile=args.profile,
+                                   auto_reload=watch)
             info = sb.info()
-            printer.line(f"running {sandbox_id} (pid {info['pid']}); press Ctrl-C to stop")
+            watching = f"; watching {info['path']} for changes" if watch else ""
+            printer.line(f"running {sandbox_id} (pid {info['pid']}){watching}; press Ctrl-C to stop")
             stop.wait()
             printer.line("stopping")
         finally:
             telemetry.detach("cli-run")
+            telemetry.detach("cli-run-watch")
     print("stopped", flush=True)
     return 0
 
@@ -162,6 +239,78 @@ def _new(args: argparse.Namespace) -> int:
     target = scaffold(args.name, args.parent)
     print(f"created {target}; start it with: sandbox run {target}")
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Compile and scan every module of an app once; print diagnostics like a linter.
+
+    One ``file:line:col: code message`` line per finding (a hint, when there is
+    one, on the next line), then a summary. Exit 1 if any error, else 0.
+    """
+    from actors.compiler import CompilerActor
+    from actors.scan import ProfileScanner
+
+    if not Path(args.path).is_dir():
+        raise SandboxError(f"{args.path} is not a directory: give the app's directory")
+    ref = CompilerActor.start(scanner=ProfileScanner(), timeout=args.timeout)
+    try:
+        result = ref.invoke("compile_sandbox", args.path, profile=args.profile, timeout=None)
+    finally:
+        ref.stop()
+    for d in result.diagnostics:
+        print(d.format())
+    n_err, n_warn = len(result.errors), len(result.warnings)
+    print(
+        f"{args.path}: {len(result.modules) + len(result.failed)} modules checked "
+        f"(profile {args.profile}): {n_err} error{'s' if n_err != 1 else ''}, "
+        f"{n_warn} warning{'s' if n_warn != 1 else ''}",
+        flush=True,
+    )
+    return 1 if result.errors else 0
+
+
+def _load_harness() -> Any:
+    """``benchmarks._harness`` from the source tree next to this package."""
+    if not (BENCHMARKS / "_harness.py").is_file():
+        raise SandboxError(
+            f"sandbox bench needs the benchmarks/ directory of a source checkout, and there "
+            f"is none at {BENCHMARKS} (benchmarks are not part of the installed package); "
+            "run it from a clone installed with `pip install -e .`"
+        )
+    import importlib
+
+    root = str(BENCHMARKS.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    harness = importlib.import_module("benchmarks._harness")
+    found = Path(harness.__file__).resolve().parent
+    if found != BENCHMARKS:
+        raise SandboxError(
+            f"the module 'benchmarks' comes from {found}, not {BENCHMARKS}: "
+            "another package named 'benchmarks' shadows the project's"
+        )
+    return harness
+
+
+def _bench(args: argparse.Namespace) -> int:
+    harness = _load_harness()
+    only = [n.strip() for item in args.only for n in item.split(",") if n.strip()] or None
+    try:
+        names = harness.select_modules(only)
+    except ValueError as exc:
+        raise SandboxError(str(exc)) from None
+    if args.list:
+        for name in names:
+            print(name.rsplit(".", 1)[-1])
+        return 0
+    try:
+        records = harness.run_all(quick=args.quick, json_path=args.json, only=only)
+    except KeyboardInterrupt:
+        print("sandbox bench: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(f"wrote {len(records)} figures to {args.json}")
+    return 1 if getattr(records, "failed", None) else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -175,11 +324,33 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--entry", default="app:children", help="module:function returning child specs")
     run.add_argument("--profile", default="medium", choices=["high", "medium", "low"])
     run.add_argument("--id", default=None, help="sandbox id (default: the directory name)")
+    run.add_argument("--watch", action="store_true",
+                     help="hot-reload the app on every save, printing one line per reload")
     run.set_defaults(fn=_run)
     new = sub.add_parser("new", help="scaffold a new app directory")
     new.add_argument("name")
     new.add_argument("--parent", default=".", help="where to create it")
     new.set_defaults(fn=_new)
+    bench = sub.add_parser(
+        "bench", help="run the benchmarks (benchmarks/bench_*.py): one table, optional JSON"
+    )
+    bench.add_argument("--quick", action="store_true", help="fewer runs (a smoke run)")
+    bench.add_argument("--json", metavar="PATH", help="also write every figure as a JSON list")
+    bench.add_argument(
+        "--only", action="append", default=[], metavar="NAME",
+        help="run only these benchmarks (core, sandboxes, ...; repeat or comma-separate)",
+    )
+    bench.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    bench.set_defaults(fn=_bench)
+    check = sub.add_parser(
+        "check", help="compile and security-scan an app; print diagnostics (exit 1 on errors)"
+    )
+    check.add_argument("path", help="the app's directory")
+    check.add_argument("--profile", default="medium", choices=["high", "medium", "low"],
+                       help="security profile the scan applies (default: medium)")
+    check.add_argument("--timeout", type=float, default=10.0,
+                       help="seconds each module's compile may take (default: 10)")
+    check.set_defaults(fn=_check)
     return p
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from .actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef
 from .errors import SandboxError
+from .logs import _context as _log_context
 
 __all__ = ["Component", "ComponentRef"]
 
@@ -35,7 +36,8 @@ class ComponentRef(ActorRef):
         here and the component keeps running; any other exception fails the component
         (its supervisor restarts it) and reaches the caller as ``ActorFailed``.
         """
-        value = self.call((op, args, kwargs), timeout=timeout)
+        ctx = _log_context.get()  # the caller's correlation id follows the operation
+        value = self.call((op, args, kwargs) if ctx is None else (op, args, kwargs, ctx), timeout=timeout)
         if isinstance(value, _Refusal):
             raise value.error
         return value
@@ -62,6 +64,12 @@ class Component(Actor):
     ref_class = ComponentRef
 
     def on_call(self, request: Any) -> Any:
+        if len(request) == 4:  # carries the caller's log context (runtime.logs)
+            token = _log_context.set(request[3])
+            try:
+                return self.on_call(request[:3])
+            finally:
+                _log_context.reset(token)
         op, args, kwargs = request
         fn = getattr(self, f"op_{op}", None)
         if fn is None:

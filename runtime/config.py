@@ -20,9 +20,28 @@ from typing import Any
 from .childspec import RESTART_TYPES
 from .errors import ConfigError
 
-__all__ = ["Limits", "SandboxConfig", "PROFILES", "validate_id"]
+__all__ = ["Limits", "SandboxConfig", "WatchOptions", "PROFILES", "validate_id"]
 
 PROFILES: tuple[str, ...] = ("high", "medium", "low")
+#: What the resource monitor may do when a sandbox reaches a limit.
+LIMIT_ACTIONS: tuple[str, ...] = ("restart", "terminate")
+#: Custom profile names registered with a security controller (any runtime of
+#: this process); the controller of the sandbox's own runtime has the last word.
+_custom_profiles: set[str] = set()
+
+
+def register_profile_name(name: str) -> None:
+    """Let :class:`SandboxConfig` accept ``name`` (called by the security controller)."""
+    _custom_profiles.add(name)
+
+
+def profile_names() -> tuple[str, ...]:
+    """The built-in profiles, then the registered custom ones.
+
+    >>> profile_names()[:3]
+    ('high', 'medium', 'low')
+    """
+    return PROFILES + tuple(sorted(_custom_profiles - set(PROFILES)))
 _ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
 _ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -51,6 +70,11 @@ class Limits:
     - ``open_files``: file descriptors (RLIMIT_NOFILE).
     - ``file_size_mb``: largest file it may write (RLIMIT_FSIZE).
     - ``processes``: processes in its tree (enforced by the resource monitor).
+    - ``cpu_percent``: CPU share of its tree (100 = one core), sustained over
+      ``cpu_window`` seconds (default 5) (resource monitor).
+    - ``run_seconds``: wall time of one ``Sandbox.run`` call.
+    - ``action``: what the resource monitor does when a limit is reached:
+      ``"restart"`` (default) or ``"terminate"``.
 
     >>> Limits.build({"memory_mb": 256}).memory_mb
     256
@@ -61,6 +85,10 @@ class Limits:
     open_files: int | None = None
     file_size_mb: int | None = None
     processes: int | None = None
+    cpu_percent: int | None = None
+    cpu_window: int | None = None
+    run_seconds: int | None = None
+    action: str = "restart"
 
     @classmethod
     def build(cls, value: Limits | dict[str, Any] | None) -> Limits:
@@ -74,11 +102,85 @@ class Limits:
         for key, v in value.items():
             if key not in known:
                 raise ConfigError(f"limits.{key}", v, f"one of the limits {', '.join(sorted(known))}")
+            if key == "action":
+                if v not in LIMIT_ACTIONS:
+                    raise ConfigError("limits.action", v, f"one of {', '.join(LIMIT_ACTIONS)}")
+                continue
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
                 raise ConfigError(f"limits.{key}", v, "a positive integer or None")
         return cls(**value)
 
     def as_dict(self) -> dict[str, int | None]:
+        return asdict(self)
+
+
+def _globs(option: str, value: Any, *, allow_empty: bool) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(option, value, "a list of glob patterns such as ['*.py']")
+    if not value and not allow_empty:
+        raise ConfigError(option, value, "at least one glob pattern such as '*.py'")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    """How the watcher follows a sandbox's directory when auto-reload is on.
+
+    - ``patterns``: file-name globs of the sources to watch (default ``*.py``).
+    - ``ignore``: more globs to ignore, matched against file and directory names,
+      on top of the built-in ones (``__pycache__``, ``.git``, editor swap and
+      backup files; see ``actors/watchfilter.py``).
+    - ``debounce``: seconds of quiet after the last event before the changed files
+      are reloaded as one batch (default 0.02).
+    - ``max_files``: the most source files one sandbox may have watched.
+
+    >>> WatchOptions.build({"debounce": 0.05}).debounce
+    0.05
+    >>> try:
+    ...     WatchOptions.build({"debounce": -1})
+    ... except ConfigError as exc:
+    ...     print(exc)
+    invalid watch.debounce=-1: expected a number of seconds between 0 and 10
+    """
+
+    patterns: tuple[str, ...] = ("*.py",)
+    ignore: tuple[str, ...] = ()
+    debounce: float = 0.02
+    max_files: int = 10_000
+
+    @classmethod
+    def build(cls, value: WatchOptions | dict[str, Any] | None) -> WatchOptions:
+        if value is None:
+            return cls()
+        if isinstance(value, WatchOptions):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError("watch", value, "a dict of watch options or a WatchOptions instance")
+        known = {f.name for f in fields(cls)}
+        for key, v in value.items():
+            if key not in known:
+                raise ConfigError(f"watch.{key}", v, f"one of the watch options {', '.join(sorted(known))}")
+        patterns = _globs("watch.patterns", value.get("patterns", cls.patterns), allow_empty=False)
+        ignore = _globs("watch.ignore", value.get("ignore", cls.ignore), allow_empty=True)
+        debounce = value.get("debounce", cls.debounce)
+        if isinstance(debounce, bool) or not isinstance(debounce, (int, float)) or not 0 <= debounce <= 10:
+            raise ConfigError("watch.debounce", debounce, "a number of seconds between 0 and 10")
+        max_files = value.get("max_files", cls.max_files)
+        if isinstance(max_files, bool) or not isinstance(max_files, int) or max_files < 1:
+            raise ConfigError("watch.max_files", max_files, "an integer >= 1")
+        return cls(patterns, ignore, float(debounce), max_files)
+
+    def replace(self, **changes: Any) -> WatchOptions:
+        """A validated copy with some options changed.
+
+        >>> WatchOptions().replace(max_files=5).max_files
+        5
+        """
+        return WatchOptions.build({**asdict(self), **changes})
+
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -97,6 +199,8 @@ class SandboxConfig:
     env: dict[str, str] = field(default_factory=dict)
     auto_reload: bool = False
     shutdown: float = 5.0
+    #: How auto-reload watches the app (used when ``auto_reload`` is on).
+    watch: WatchOptions = field(default_factory=WatchOptions)
 
     @classmethod
     def build(cls, sandbox_id: Any, path: Any, **options: Any) -> SandboxConfig:
@@ -112,8 +216,13 @@ class SandboxConfig:
             raise ConfigError("entry", entry, "'module:function', e.g. 'app:children'")
         _check_entry(app_dir, entry)
         profile = options.get("profile", cls.profile)
-        if profile not in PROFILES:
-            raise ConfigError("profile", profile, f"one of {', '.join(PROFILES)}")
+        if not isinstance(profile, str) or profile not in profile_names():
+            raise ConfigError(
+                "profile",
+                profile,
+                f"one of {', '.join(profile_names())} (a custom profile must be registered "
+                "first: rt.register_profile(custom_profile(...)))",
+            )
         restart = options.get("restart", cls.restart)
         if restart not in RESTART_TYPES:
             raise ConfigError("restart", restart, f"one of {', '.join(RESTART_TYPES)}")
@@ -144,11 +253,13 @@ class SandboxConfig:
             env=dict(env),
             auto_reload=auto_reload,
             shutdown=float(options.get("shutdown", cls.shutdown)),
+            watch=WatchOptions.build(options.get("watch")),
         )
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["limits"] = self.limits.as_dict()
+        d["watch"] = self.watch.as_dict()
         return d
 
 

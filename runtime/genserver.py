@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import sys
 import weakref
+from contextlib import nullcontext
 from typing import Any, ClassVar
 
 from .actor import Actor, ActorRef, ExitReason, _Call
@@ -143,6 +144,16 @@ def current_class(cls: type[GenServer]) -> type[GenServer]:
     return obj if isinstance(obj, type) and issubclass(obj, GenServer) else cls
 
 
+def _rebound(cls: type[GenServer]) -> type[GenServer]:
+    """``current_class(cls)`` for classes of hot-reloadable app modules (served by the
+    sandbox's app finder); any other class is used as given."""
+    module = sys.modules.get(cls.__module__)
+    spec = getattr(module, "__spec__", None)
+    if type(getattr(spec, "loader", None)).__name__ != "AppFinder":
+        return cls
+    return current_class(cls)
+
+
 #: Every live GenServer host in this process (the hot-reload swap walks them).
 SERVERS: weakref.WeakSet[ServerActor] = weakref.WeakSet()
 
@@ -158,14 +169,23 @@ class ServerActor(Actor):
         self.impl: GenServer | None = None
         self.state: Any = None
         self.trap_exit = impl_cls.trap_exit  # type: ignore[misc]
+        # Started by a hot reload's own thread (a module body or code_change starting
+        # a server): the swap waits for this init, so init must not wait for the swap.
+        self._started_by_swap = BARRIER.owned()
 
     def on_init(self) -> None:
-        impl = self.impl_cls()
-        impl.ref = self.ref
-        with BARRIER.reading():
+        with nullcontext() if self._started_by_swap else BARRIER.reading():
+            # Inside the barrier: a reload that committed after this server's class
+            # was looked up is seen here (the newest class is used), and one that
+            # starts later finds the server in SERVERS. Either way it never keeps
+            # running code that was swapped out.
+            if not self._started_by_swap:
+                self.impl_cls = _rebound(self.impl_cls)
+            impl = self.impl_cls()
+            impl.ref = self.ref
             self.state = impl.init(*self._args, **self._kwargs)
-        self.impl = impl
-        SERVERS.add(self)
+            self.impl = impl
+            SERVERS.add(self)
 
     def on_receive(self, message: Any) -> Any:
         # Every message passes the code barrier, so a reload suspends all servers at

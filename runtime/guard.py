@@ -353,8 +353,17 @@ def _build(
     # "code.py"): importing those by name is not importing the blocked module.
     app_modules: set[str] = set()
     app_dir = policy.get("app_dir")
-    if isinstance(app_dir, str) and os.path.isdir(app_dir):
-        for entry in os.listdir(app_dir):
+    given = policy.get("app_modules")
+    if isinstance(given, (list, tuple)):
+        # Named by the host (the sandbox may not be able to list its app directory:
+        # its code is served from memory, and it may run under its own UID).
+        app_modules.update(m.split(".")[0] for m in given if isinstance(m, str))
+    elif isinstance(app_dir, str) and os.path.isdir(app_dir):
+        try:
+            entries = os.listdir(app_dir)
+        except OSError:
+            entries = []
+        for entry in entries:
             if entry.endswith(".py"):
                 app_modules.add(entry[:-3])
             elif os.path.isfile(os.path.join(app_dir, entry, "__init__.py")):

@@ -1,7 +1,10 @@
 """Hot reload and rollback, host side: compile, plan, swap inside the sandbox, record.
 
-1. The compiler actor compiles (and scans) what changed; errors stop here with
-   :class:`~runtime.errors.CompileError` and nothing else happens.
+1. The compiler actor compiles (and scans) what changed: the files whose bytes
+   differ from the source the sandbox runs (or the ``changed_files`` given, or the
+   ``source`` given, compiled in a copy of the app and made to name the app's
+   files). Errors stop here with :class:`~runtime.errors.CompileError` and
+   nothing else happens.
 2. The version manager says which modules really changed (same source, no new
    version) and the reload order: dependencies first, dependents re-staged so a
    ``from m import f`` binds the new ``f``, import cycles as one unit.
@@ -11,21 +14,29 @@
 4. Only after the swap committed are the new versions recorded, and the sandbox's
    slot updated so a crash restart boots the new code.
 
+A ``migrate`` function crosses to the sandbox as cloudpickle bytes, by value
+unless it belongs to the app, and is loaded inside the swap: one the sandbox
+cannot load fails that step cleanly.
+
 Reloads of one sandbox never overlap: each holds the sandbox's reload lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import marshal
 import os
 import shutil
+import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import telemetry
+from . import logs, telemetry
 from .errors import ReloadFailed, SandboxError, SecurityViolation
 from .swap import ModuleCode
 
@@ -44,8 +55,12 @@ class ReloadReport:
     ``modules``: every module swapped, in reload order (changed ones and their
     dependents); ``changed``: those whose source changed; ``versions``: the version
     now current for each changed module; ``cycles``: import cycles reloaded as one
-    unit; ``actors``: actors migrated; ``children``: child specs added, removed or
-    changed by the app's new entry.
+    unit; ``actors``: actors migrated; ``children``: child specs added, removed,
+    changed or failed (``"id: error"``) by the app's new entry; ``warnings``: what
+    the swap carried over but could not update (old functions or generators kept
+    in an actor's state, child specs that could not be applied); ``duration``: API
+    call to commit; ``suspend_seconds``: waiting for the actors to pause;
+    ``swap_seconds``: actors held (staging, migration, commit).
     """
 
     sandbox: str
@@ -60,6 +75,7 @@ class ReloadReport:
     diagnostics: list[str] = field(default_factory=list)
     children: dict[str, list[str]] = field(default_factory=dict)
     duration: float = 0.0
+    suspend_seconds: float = 0.0
     swap_seconds: float = 0.0
     at: float = 0.0
     error: str | None = None
@@ -68,18 +84,86 @@ class ReloadReport:
         return dict(self.__dict__)
 
 
-def _overlay(app: str, workdir: str, source: Mapping[str, str]) -> str:
-    """A copy of the app with some modules' source replaced (``hot_reload(source=...)``)."""
+def _overlay(app: str, workdir: str, source: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """A copy of the app with some modules' source replaced (``hot_reload(source=...)``).
+
+    Returns the copy's directory and ``{file in the copy: file in the app}`` for the
+    modules replaced.
+    """
     target = tempfile.mkdtemp(prefix="overlay-", dir=workdir)
     shutil.copytree(app, target, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__", ".git"))
+    written: dict[str, str] = {}
     for module, text in source.items():
         rel = Path(*module.split("."))
         path = Path(target) / rel / "__init__.py" if (Path(target) / rel).is_dir() else \
             Path(target) / rel.with_suffix(".py")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    return target
+        written[str(path)] = os.path.join(os.path.abspath(app), str(path.relative_to(target)))
+    return target, written
+
+
+def _relocate_code(code: types.CodeType, file: str) -> types.CodeType:
+    consts = tuple(_relocate_code(c, file) if isinstance(c, types.CodeType) else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=file, co_consts=consts)
+
+
+def _relocate(result: Any, overlay: str, app: str, files: Mapping[str, str]) -> None:
+    """Make modules compiled in an overlay look compiled at their place in the app:
+    ``__file__``, tracebacks and diagnostics name the app's files, not the overlay
+    (which is removed once the reload is done)."""
+    app = os.path.abspath(app)
+
+    def real(path: str) -> str:
+        if path in files:
+            return files[path]
+        return app + path[len(overlay):] if path.startswith(overlay) else path
+
+    for name, m in list(result.modules.items()):
+        file = real(m.file)
+        if file == m.file:
+            continue
+        code = marshal.dumps(_relocate_code(marshal.loads(m.code), file))
+        result.modules[name] = type(m).build(
+            name, file, m.source, code, dependencies=m.dependencies,
+            from_cache=m.from_cache, is_package=m.is_package,
+        )
+    for diags in (result.errors, result.warnings):
+        diags[:] = [dataclasses.replace(d, file=real(d.file)) for d in diags]
+    result.root = app
+
+
+def _pickle_migrate(fn: Callable[..., Any], app_modules: Iterable[str]) -> bytes:
+    """The migration function as cloudpickle bytes the sandbox can always load.
+
+    A function of a module the sandbox does not have (a test module, the host
+    application) is pickled by value; one of an app module, by reference (it then
+    runs from the newly staged module). The sandbox unpickles it inside the swap,
+    so a function that cannot be loaded there fails the reload cleanly instead of
+    breaking the mailbox protocol.
+    """
+    import cloudpickle
+
+    name = getattr(fn, "__module__", None)
+    module = sys.modules.get(name) if name else None
+    by_value = (
+        isinstance(fn, types.FunctionType)
+        and module is not None
+        and name not in ("__main__", "builtins")
+        and name not in set(app_modules)
+    )
+    if not by_value:
+        return cloudpickle.dumps(fn)
+    try:
+        cloudpickle.register_pickle_by_value(module)
+    except ValueError:  # a module cloudpickle refuses to pickle by value: try as is
+        return cloudpickle.dumps(fn)
+    try:
+        return cloudpickle.dumps(fn)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
 
 
 def hot_reload(
@@ -92,6 +176,7 @@ def hot_reload(
     extra: Any = None,
     changed_files: Iterable[str | os.PathLike[str]] | None = None,
     timeout: float = 30.0,
+    compile_timeout: float | None = None,
 ) -> ReloadReport:
     """Swap changed code into a running sandbox, keeping every actor's state.
 
@@ -103,6 +188,10 @@ def hot_reload(
       cloudpickle, so not under the ``high`` profile).
     - ``extra``: passed to ``code_change(old_vsn, state, extra)``.
     - ``changed_files``: compile only these files (the watcher's incremental path).
+    - ``timeout``: seconds for the swap inside the sandbox (suspending the actors
+      waits at most 10 of them).
+    - ``compile_timeout``: seconds each module's compile may take before the
+      compile worker is killed (default: the compiler's, 10 s).
 
     Raises CompileError (nothing was swapped) or ReloadFailed (the sandbox still
     runs its previous code and state).
@@ -123,14 +212,27 @@ def hot_reload(
         overlay = None
         try:
             cache = rt._manager("cache_dir", sandbox_id)
-            opts = {"profile": info["profile"], "cache_dir": cache, "timeout": COMPILE_TIMEOUT}
+            opts: dict[str, Any] = {"profile": info["profile"], "cache_dir": cache,
+                                    "timeout": COMPILE_TIMEOUT}
+            if compile_timeout is not None:
+                opts["compile_timeout"] = compile_timeout
             if source:
-                overlay = _overlay(info["path"], info["workdir"], source)
-                result = compiler.invoke("compile_sandbox", overlay, **opts)
+                # Only the modules given are compiled (the rest of the copy is there
+                # so their imports resolve), then made to look compiled in the app.
+                overlay, written = _overlay(info["path"], info["workdir"], source)
+                result = compiler.invoke("incremental_compile", overlay, list(written), **opts)
+                _relocate(result, overlay, info["path"], written)
             elif changed_files is not None:
-                result = compiler.invoke("incremental_compile", info["path"], list(changed_files), **opts)
-            else:
+                result = compiler.invoke(
+                    "incremental_compile", info["path"], list(changed_files), **opts
+                )
+            elif modules is not None:
                 result = compiler.invoke("compile_sandbox", info["path"], **opts)
+            else:
+                # Compile only the files whose bytes differ from the code the sandbox
+                # runs (hashed, never judged by mtime): no cache lookups for the rest.
+                todo = _changed_on_disk(info["path"], cache, slot.modules)
+                result = compiler.invoke("incremental_compile", info["path"], todo, **opts)
             report.diagnostics = [str(d) for d in result.diagnostics]
             result.raise_for_errors()
             if modules is not None:
@@ -157,6 +259,8 @@ def hot_reload(
                 [_code_for(m, result.modules, slot.modules, new_versions).to_wire() for m in unit]
                 for unit in plan.units
             ]
+            if migrate is not None:
+                migrate = _pickle_migrate(migrate, set(slot.modules) | set(result.modules))
             swap = _swap(rt, slot, sandbox_id, units, wanted, migrate, extra, timeout)
             report.versions = versions.invoke(
                 "record", sandbox_id, [result.modules[m] for m in wanted]
@@ -165,9 +269,7 @@ def hot_reload(
                 for m in unit:
                     slot.modules[m] = _code_for(m, result.modules, slot.modules, report.versions)
             report.modules, report.changed, report.cycles = plan.modules, list(wanted), plan.cycles
-            report.actors, report.warnings = swap["actors"], swap["warnings"]
-            report.children = swap.get("children", {})
-            report.swap_seconds = swap.get("swap_seconds", 0.0)
+            _fill(report, swap)
             span_md.update(modules=report.modules, changed=report.changed, versions=report.versions)
         except BaseException as exc:
             report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
@@ -208,15 +310,14 @@ def rollback_module(
             target = versions.invoke("get_version", sandbox_id, module, version)
             plan = versions.invoke("calculate_reload_order", sandbox_id, [module])
             chosen = {module: ModuleCode.from_compiled(target, version)}
-            units = [[(chosen.get(m) or slot.modules[m]).to_wire() for m in unit] for unit in plan.units]
+            units = [[(chosen.get(m) or slot.modules[m]).to_wire() for m in unit]
+                     for unit in plan.units]
             swap = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout)
             versions.invoke("set_current", sandbox_id, module, version)
             slot.modules[module] = chosen[module]
             report.modules, report.changed, report.cycles = plan.modules, [module], plan.cycles
             report.versions = {module: version}
-            report.actors, report.warnings = swap["actors"], swap["warnings"]
-            report.children = swap.get("children", {})
-            report.swap_seconds = swap.get("swap_seconds", 0.0)
+            _fill(report, swap)
         except BaseException as exc:
             report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
             report.duration = time.perf_counter() - t0
@@ -229,8 +330,42 @@ def rollback_module(
     return report
 
 
+def _changed_on_disk(path: str, cache_dir: str, current: Mapping[str, ModuleCode]) -> list[str]:
+    """The module files of the app whose bytes are not the source the sandbox runs
+    (new files included), as absolute paths."""
+    from actors.appfiles import discover_modules
+
+    root = Path(os.path.abspath(path))
+    out = []
+    for name, f in discover_modules(root, exclude=[Path(cache_dir)]).items():
+        mc = current.get(name)
+        if mc is None or mc.file != str(f.path):
+            out.append(str(f.path))
+            continue
+        try:
+            data = f.path.read_bytes()
+        except OSError:
+            out.append(str(f.path))  # let the compiler report it
+            continue
+        if data != mc.source.encode("utf-8"):
+            out.append(str(f.path))
+    return out
+
+
+def _fill(report: ReloadReport, swap: Mapping[str, Any]) -> None:
+    report.actors = swap["actors"]
+    report.warnings = list(swap["warnings"])
+    report.children = dict(swap.get("children") or {})
+    report.warnings += [f"child spec not applied: {f}" for f in report.children.get("failed", [])]
+    report.suspend_seconds = swap.get("suspend_seconds", 0.0)
+    report.swap_seconds = swap.get("swap_seconds", 0.0)
+
+
 def _code_for(
-    name: str, compiled: Mapping[str, Any], current: Mapping[str, ModuleCode], versions: Mapping[str, int]
+    name: str,
+    compiled: Mapping[str, Any],
+    current: Mapping[str, ModuleCode],
+    versions: Mapping[str, int],
 ) -> ModuleCode:
     if name in compiled:
         return ModuleCode.from_compiled(compiled[name], versions.get(name, 0))
@@ -249,6 +384,7 @@ def _swap(
 ) -> dict[str, Any]:
     payload = {"units": units, "changed": changed, "migrate": migrate, "extra": extra,
                "suspend_timeout": min(timeout, 10.0)}
+    payload.update(correlation_id=logs.current_id(), log=logs.settings())  # runtime/logs.py
     proc = slot.get(timeout)
     result = proc.system("reload", payload, timeout=timeout)
     if not result.get("ok"):

@@ -105,6 +105,12 @@ _REAP_TIMEOUT = 5.0
 _PARK = 0.05
 #: After EOF, how long a child may take to exit on its own before it is killed.
 _EXIT_GRACE = 2.0
+#: Guard reports handled per child process; the rest are dropped (the security
+#: controller has long since terminated a sandbox that sends this many).
+MAX_VIOLATION_REPORTS = 10_000
+#: Error types in a child's replies that mean it ran into a resource limit
+#: (reported as ``process.resource_error`` telemetry: the child's claim).
+_RESOURCE_ERRORS = ("MemoryError", "RecursionError", "Too many open files", "File too large")
 
 
 class SandboxBootError(SandboxError):
@@ -199,6 +205,15 @@ class _Connection:
         self._activity = 0  # bumped by every leading caller
         self._cv = threading.Condition()
         self._kicked = False
+        #: Layers of OS isolation the child applied (from its ``ready``), and why
+        #: others were skipped; what the child says, shown to operators.
+        self.isolation: list[str] = []
+        self.isolation_skipped: dict[str, str] = {}
+        #: ``on_violation(event)``: the child's guard refused something. Runs in the
+        #: thread reading the socket: must not block. The sandbox's identity is the
+        #: callback's (bound by whoever started this child), never the event's.
+        self.on_violation: Callable[[Any], None] | None = None
+        self.violations = 0
 
     def _not_started(self, data: bytes) -> None:
         raise ActorDead(self.actor_id, self.down)
@@ -442,6 +457,14 @@ class _Connection:
                 names = payload.get("names")
                 if isinstance(names, list):
                     self.names = [str(n) for n in names]
+                layers = payload.get("isolation")
+                if isinstance(layers, list):
+                    self.isolation = [str(x)[:40] for x in layers[:20]]
+                skipped = payload.get("isolation_skipped")
+                if isinstance(skipped, dict):
+                    self.isolation_skipped = {
+                        str(k)[:40]: str(v)[:300] for k, v in list(skipped.items())[:20]
+                    }
             self._ready.set()
         elif op == "boot_failed":
             self._boot_error = payload if isinstance(payload, dict) else {"message": repr(payload)}
@@ -449,6 +472,21 @@ class _Connection:
         elif op == "exiting":
             if isinstance(payload, dict):
                 self._exit_note = str(payload.get("reason", ""))[:2000]
+        elif op == "security_violation":
+            self.violations += 1
+            if self.violations > MAX_VIOLATION_REPORTS:
+                if self.violations == MAX_VIOLATION_REPORTS + 1:
+                    telemetry.execute("process.violations_dropped", {"count": 1}, self._md())
+                return
+            telemetry.execute(
+                "process.security_violation", {"count": self.violations}, self._md()
+            )
+            callback = self.on_violation
+            if callback is not None:
+                try:
+                    callback(payload)
+                except Exception:
+                    log.exception("violation handler of sandbox %s failed", self.name)
         elif op == "cast_dropped":
             md = payload if isinstance(payload, dict) else {}
             telemetry.execute(
@@ -480,6 +518,12 @@ class _Connection:
             exc = ActorError(message)
         else:
             exc = ActorFailed(where, f"{kind}: {message}", tb)
+        text = f"{kind}: {message}"
+        hit = next((r for r in _RESOURCE_ERRORS if r in text[:2000]), None)
+        if hit is not None:
+            telemetry.execute(
+                "process.resource_error", {"count": 1}, {**self._md(), "error": hit}
+            )
         return exc
 
     # -- the end -----------------------------------------------------------------------
@@ -694,6 +738,16 @@ class ProcessRef(ActorRef):
         return list(self._conn.names)
 
     @property
+    def isolation(self) -> list[str]:
+        """The isolation layers the child says it applied (see :mod:`runtime.isolation`)."""
+        return list(self._conn.isolation)
+
+    @property
+    def isolation_skipped(self) -> dict[str, str]:
+        """Layers not applied, with the reason."""
+        return dict(self._conn.isolation_skipped)
+
+    @property
     def exitcode(self) -> int | None:
         """The child's exit code once it has exited (negative: killed by that signal)."""
         return self._conn.exitcode
@@ -796,6 +850,9 @@ def start_process(
     states: Any = None,
     modules: Sequence[Any] = (),
     cpu_affinity: str | Iterable[int] | None = "auto",
+    isolation: dict[str, Any] | None = None,
+    guard: dict[str, Any] | None = None,
+    on_violation: Callable[[Any], None] | None = None,
 ) -> ProcessRef:
     """Start a child process running the app ``entry`` and return its :class:`ProcessRef`.
 
@@ -824,6 +881,11 @@ def start_process(
       socket reader to an actor thread is a local context switch instead of a
       cross-CPU wake-up (about 1.5x faster calls). ``None``: no pinning (for
       sandboxes running multi-threaded native code); or the CPUs to allow.
+    - ``isolation``: the OS isolation plan (:func:`runtime.isolation.plan`)
+      applied in the child before anything else; ``guard``: the runtime guard's
+      policy, installed before the entry is imported; ``on_violation(event)``:
+      called (in the reading thread, keep it short) for each refusal the guard
+      reports. The event is the child's word, plain data, to be treated as hostile.
 
     Raises :class:`SandboxBootError` (with the child's traceback) if the app fails
     to start, and ``ValueError`` for a bad ``entry``.
@@ -860,8 +922,11 @@ def start_process(
         states=states,
         cpu_affinity=cpus,
         modules=list(modules),
+        isolation=isolation,
+        guard=guard,
     )
     conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle)
+    conn.on_violation = on_violation
     t0 = time.perf_counter()
     conn.start()
     try:

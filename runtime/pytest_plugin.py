@@ -1,10 +1,17 @@
 """pytest plugin (registered through the ``pytest11`` entry point): fixtures for sandboxes.
 
+Installing the package is enough; every test suite gets:
+
 - ``sandbox_runtime``: a started runtime per test, stopped afterwards; the test
-  fails if it leaked processes, threads or file descriptors.
-- ``sandbox_factory``: creates sandboxes with unique ids from a path or a dict of
-  ``{filename: source}``; destroys them afterwards.
-- ``app_dir``: writes a dict of ``{filename: source}`` into a fresh directory.
+  errors at teardown, listing them, if it leaked processes, threads or file
+  descriptors. Runtime options come from ``@pytest.mark.sandbox_runtime(**options)``.
+- ``sandbox_factory``: ``sandbox_factory(app, **options)`` creates a sandbox with a
+  unique id from a path or a dict of ``{filename: source}``; every sandbox it made
+  is destroyed afterwards.
+- ``app_dir``: ``app_dir({filename: source})`` writes an app into a fresh directory.
+- the helpers of :mod:`runtime.testing`, importable from here and also as fixtures
+  of the same name: ``wait_for``, ``wait_for_reload``, ``assert_sandbox_running``,
+  ``assert_hot_reload_successful``, ``stress``.
 """
 
 from __future__ import annotations
@@ -17,11 +24,48 @@ from typing import Any
 
 import pytest
 
-from .testing import leaks, snapshot, wait_for, warm_up
+from .testing import (
+    StressReport,
+    assert_hot_reload_successful,
+    assert_sandbox_running,
+    leaks,
+    snapshot,
+    stress,
+    wait_for,
+    wait_for_reload,
+    warm_up,
+)
 
-__all__ = ["sandbox_runtime", "sandbox_factory", "app_dir", "wait_for"]
+__all__ = [
+    "sandbox_runtime",
+    "sandbox_factory",
+    "app_dir",
+    "write_app",
+    "wait_for",
+    "wait_for_reload",
+    "assert_sandbox_running",
+    "assert_hot_reload_successful",
+    "stress",
+    "StressReport",
+]
 
 _ids = itertools.count(1)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "sandbox_leak_timeout",
+        "seconds the sandbox_runtime fixture gives a test's processes and threads to "
+        "end before it reports them as leaked (default 5)",
+        default="5.0",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sandbox_runtime(**options): options for runtime.start() in the sandbox_runtime fixture",
+    )
 
 
 def write_app(directory: Path, files: Mapping[str, str]) -> Path:
@@ -35,36 +79,48 @@ def write_app(directory: Path, files: Mapping[str, str]) -> Path:
 
 
 @pytest.fixture
-def app_dir(tmp_path: Path) -> Callable[[Mapping[str, str]], Path]:
+def app_dir(tmp_path: Path) -> Callable[..., Path]:
     """``app_dir({"app.py": "..."})`` writes an app into a fresh directory and returns it."""
     counter = itertools.count(1)
 
-    def make(files: Mapping[str, str]) -> Path:
-        return write_app(tmp_path / f"app{next(counter)}", files)
+    def make(files: Mapping[str, str] | None = None) -> Path:
+        return write_app(tmp_path / f"app{next(counter)}", files or {})
 
     return make
 
 
 @pytest.fixture
 def sandbox_runtime(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A started runtime for this test; fails the test if it leaked anything."""
+    """A started runtime for this test, stopped after it.
+
+    The test errors at teardown, naming each leak, if processes, threads or file
+    descriptors it started are still there (after the ini option
+    ``sandbox_leak_timeout`` seconds, default 5). Options for ``runtime.start()``
+    come from ``@pytest.mark.sandbox_runtime(**options)``.
+    """
     import runtime
 
+    marker = request.node.get_closest_marker("sandbox_runtime")
+    options = dict(marker.kwargs) if marker else {}
+    options.setdefault("name", f"test{next(_ids)}")
     warm_up()
     before = snapshot()
-    rt = runtime.start(name=f"test{next(_ids)}")
+    rt = runtime.start(**options)
     try:
         yield rt
     finally:
         rt.stop()
-    problems = leaks(before)
+    problems = leaks(before, float(request.config.getini("sandbox_leak_timeout")))
     if problems:
         pytest.fail("the test leaked:\n  " + "\n  ".join(problems), pytrace=False)
 
 
 @pytest.fixture
-def sandbox_factory(sandbox_runtime: Any, tmp_path: Path) -> Callable[..., Any]:
-    """``sandbox_factory(path_or_files, **options)`` -> a started Sandbox with a unique id."""
+def sandbox_factory(sandbox_runtime: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``sandbox_factory(path_or_files, **options)`` -> a started Sandbox with a unique id.
+
+    ``id=`` picks the id yourself; other options go to ``Runtime.create_sandbox``.
+    """
     created: list[str] = []
 
     def make(app: str | Path | Mapping[str, str], **options: Any) -> Any:
@@ -80,5 +136,38 @@ def sandbox_factory(sandbox_runtime: Any, tmp_path: Path) -> Callable[..., Any]:
     for sandbox_id in created:
         try:
             sandbox_runtime.destroy_sandbox(sandbox_id)
-        except Exception:
+        except Exception:  # already destroyed by the test
             pass
+
+
+# The helpers as fixtures too (module-level names stay the plain functions).
+
+
+@pytest.fixture(name="wait_for")
+def _wait_for_fixture() -> Callable[..., Any]:
+    """:func:`runtime.testing.wait_for`."""
+    return wait_for
+
+
+@pytest.fixture(name="wait_for_reload")
+def _wait_for_reload_fixture() -> Callable[..., Any]:
+    """:func:`runtime.testing.wait_for_reload`."""
+    return wait_for_reload
+
+
+@pytest.fixture(name="assert_sandbox_running")
+def _assert_sandbox_running_fixture() -> Callable[..., Any]:
+    """:func:`runtime.testing.assert_sandbox_running`."""
+    return assert_sandbox_running
+
+
+@pytest.fixture(name="assert_hot_reload_successful")
+def _assert_hot_reload_successful_fixture() -> Callable[..., Any]:
+    """:func:`runtime.testing.assert_hot_reload_successful`."""
+    return assert_hot_reload_successful
+
+
+@pytest.fixture(name="stress")
+def _stress_fixture() -> Callable[..., StressReport]:
+    """:func:`runtime.testing.stress`."""
+    return stress

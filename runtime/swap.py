@@ -10,26 +10,32 @@ A hot reload (:func:`apply_reload`) is one transaction:
 1. suspend: take the write side of the code barrier; every actor finishes the
    message it is handling and the next ones wait in their mailboxes;
 2. snapshot each affected actor's state (pickled, so instances of reloaded
-   classes re-bind by qualified name to the new classes on restore);
+   classes re-bind by qualified name to the new classes on restore; what cannot
+   be pickled, such as generators, locks or lambdas, is carried by reference);
 3. stage: drop the reloaded modules from ``sys.modules`` and import them afresh, in
    reload order (a cycle is one unit), into new module objects: names deleted from
    the source do not linger, ``from m import f`` in a dependent sees the new ``f``,
    ``lru_cache`` and decorator wrappers are new;
-4. migrate: each affected actor's state goes through the new class's
+4. migrate: each affected actor's state copy goes through the new class's
    ``code_change(old_vsn, state, extra)`` (or the ``migrate`` function given);
-5. commit: each actor gets its new code object and state; release the barrier.
+5. commit: each actor gets its new class, instance and state; release the barrier.
 
 Any failure in 3 or 4 puts the previous modules back in ``sys.modules`` and leaves
 every actor's code and state untouched, then raises
-:class:`~runtime.errors.ReloadFailed` naming the step and the module.
+:class:`~runtime.errors.ReloadFailed` naming the step (``suspend``, ``stage``,
+``resolve``, ``restore``, ``code_change``, ``migrate``), the module and the actor.
+After the commit, :func:`upgrade_children` applies a changed child list.
 """
 
 from __future__ import annotations
 
+import collections
+import gc
 import hashlib
 import importlib
 import importlib.abc
 import importlib.util
+import io
 import linecache
 import logging
 import marshal
@@ -185,37 +191,224 @@ def live_servers() -> list[Any]:
     """The GenServer actors alive in this process."""
     from .genserver import SERVERS
 
-    return [s for s in list(SERVERS) if s.impl is not None and s.ref.is_alive()]
+    return [s for s in list(SERVERS) if s.impl is not None and _alive(s)]
 
 
-def _snapshot(state: Any) -> tuple[bool, Any]:
+def _alive(server: Any) -> bool:
+    # ActorRef.is_alive without making a ref (this runs for every server of a reload)
+    return server._exit_reason is None and not server.actor_stopped.is_set()
+
+
+# -- carrying state over -----------------------------------------------------------------
+#
+# A state is copied by pickling it before the swap and unpickling it after the new
+# modules are staged: instances of reloaded classes re-bind to the new classes by
+# qualified name, and the copy code_change works on is not the object the old code
+# still serves with, so a failed reload leaves every state exactly as it was.
+# Objects that cannot or must not be copied (generators, lambdas, actor refs,
+# threads, locks, events, queues, files, sockets, instances of classes that are no
+# longer importable under their name) are carried over by reference, inside an
+# otherwise copied state.
+
+_KEEP_BY_REFERENCE: tuple[type, ...] = (
+    types.GeneratorType,
+    types.CoroutineType,
+    types.AsyncGeneratorType,
+    types.FrameType,
+    types.TracebackType,
+    types.CodeType,
+)
+
+#: Objects of classes from these modules stand for something live (an actor, a
+#: thread, a queue, an event, a connection): copying one would make a second,
+#: unconnected one, so they are carried by reference.
+_LIVE_MODULES = frozenset({
+    "runtime", "pykka", "threading", "_thread", "queue", "_queue", "asyncio",
+    "concurrent", "multiprocessing", "_multiprocessing", "socket", "_socket", "ssl",
+    "selectors", "select", "subprocess", "io", "_io", "weakref", "_weakref",
+    "logging", "sqlite3", "_sqlite3",
+})
+
+
+def _is_live(cls: type) -> bool:
+    return (cls.__module__ or "").partition(".")[0] in _LIVE_MODULES
+
+
+def _importable(obj: Any) -> bool:
+    """Whether ``obj`` (a function or class) is what its module and qualname name now."""
+    module = sys.modules.get(getattr(obj, "__module__", None) or "")
+    if module is None:
+        return False
     try:
-        return True, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # locks, sockets, open files...: the object itself is carried over
-        return False, state
+        return _resolve(module, obj.__qualname__) is obj
+    except AttributeError:
+        return False
 
 
-def _restore(snap: tuple[bool, Any]) -> Any:
-    pickled, value = snap
-    return pickle.loads(value) if pickled else value
+class _StatePickler(pickle.Pickler):
+    """Pickles what it can; the rest is kept by reference (``persistent_id``)."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.kept: list[Any] = []
+        self._decided: dict[type, bool] = {}  # class -> keep its instances by reference
+
+    def persistent_id(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls in _ATOMIC or cls in _CONTAINERS:
+            return None
+        if cls is types.FunctionType:
+            keep = not _importable(obj)  # lambdas, closures, local functions
+        elif cls is types.ModuleType:
+            return ("module", obj.__name__)  # re-bound to the module staged under that name
+        else:
+            keep = self._decided.get(cls)
+            if keep is None:
+                keep = issubclass(cls, _KEEP_BY_REFERENCE) or (
+                    cls.__module__ != "builtins" and (_is_live(cls) or not _importable(cls))
+                )
+                self._decided[cls] = keep
+        if keep:
+            self.kept.append(obj)
+            return ("kept", len(self.kept) - 1)
+        return None
 
 
-def _stale_code_in(state: Any, files: set[str], depth: int = 0) -> list[str]:
-    """Functions or generators from reloaded files kept in state (they keep old code)."""
+_CONTAINERS: frozenset[type] = frozenset({list, dict, tuple, set, frozenset})
+
+
+class _StateUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, kept: list[Any]) -> None:
+        super().__init__(file)
+        self.kept = kept
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind, key = pid
+        if kind == "module":
+            return sys.modules[key]
+        return self.kept[key]
+
+
+@dataclass
+class _Snapshot:
+    """A state copied for the swap: ``data`` pickled, or ``value`` itself if it cannot be."""
+
+    data: bytes | None = None
+    kept: list[Any] | None = None
+    value: Any = None
+    problem: str | None = None
+
+
+#: States of these types are immutable and hold no objects: nothing to copy or re-bind.
+_ATOMIC: frozenset[type] = frozenset(
+    {int, float, complex, bool, str, bytes, type(None), range, type(Ellipsis)}
+)
+
+
+class _Flat:
+    """A shallow copy of a small dict or list of scalars: all the copy it needs."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _flat_copy(state: Any) -> Any:
+    """A copy of a small dict/list/tuple holding only scalars, or None if it is not one
+    (much cheaper than a pickle round trip, and there is no object to re-bind)."""
+    kind = type(state)
+    if kind is dict:
+        if len(state) <= 32 and all(type(k) in _ATOMIC and type(v) in _ATOMIC
+                                    for k, v in state.items()):
+            return _Flat(dict(state))
+    elif kind is list or kind is tuple:
+        if len(state) <= 32 and all(type(v) in _ATOMIC for v in state):
+            return _Flat(list(state)) if kind is list else state
+    return None
+
+
+def _snapshot(state: Any) -> Any:
+    """A copy of ``state`` to restore from: an immutable scalar is its own copy."""
+    if type(state) in _ATOMIC:
+        return state
+    flat = _flat_copy(state)
+    if flat is not None:
+        return flat
+    try:
+        return _Snapshot(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:
+        pass
+    buf = io.BytesIO()
+    pickler = _StatePickler(buf)
+    try:
+        pickler.dump(state)
+    except Exception as exc:  # an object of a kind nobody foresaw: carry the state as is
+        return _Snapshot(value=state, problem=f"{type(exc).__name__}: {exc}")
+    return _Snapshot(buf.getvalue(), pickler.kept)
+
+
+def _restore(snap: Any) -> Any:
+    if type(snap) is not _Snapshot:
+        return snap.value if type(snap) is _Flat else snap
+    if snap.data is None:
+        return snap.value
+    if snap.kept is None:
+        return pickle.loads(snap.data)
+    return _StateUnpickler(io.BytesIO(snap.data), snap.kept).load()
+
+
+def _stale_code_in(state: Any, modules: Mapping[str, dict[str, Any]]) -> list[str]:
+    """Functions and live generators of the old code that a state still holds.
+
+    ``modules``: the globals of each module just staged, by name. A function (or a
+    generator's frame) whose code comes from one of those modules but whose globals
+    are not the staged module's runs the old code. Looks 4 levels deep, at most 100
+    items per container: cheap, not exhaustive.
+    """
+    if type(state) in _ATOMIC:
+        return []
     found: list[str] = []
-    if depth > 3:
-        return found
-    if isinstance(state, types.FunctionType) and state.__code__.co_filename in files:
-        found.append(f"function {state.__qualname__}")
-    elif isinstance(state, types.GeneratorType) and state.gi_code.co_filename in files:
-        found.append(f"generator {state.__qualname__}")
-    elif isinstance(state, dict):
-        for v in list(state.values())[:100]:
-            found += _stale_code_in(v, files, depth + 1)
-    elif isinstance(state, (list, tuple, set, frozenset)):
-        for v in list(state)[:100]:
-            found += _stale_code_in(v, files, depth + 1)
+    _walk_stale(state, modules, 0, set(), found)
     return found
+
+
+_NO_ATTRS = (type, types.ModuleType, str, bytes, int, float)
+_RUNNING = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
+
+
+def _is_stale(globs: Any, modules: Mapping[str, dict[str, Any]]) -> bool:
+    name = globs.get("__name__") if isinstance(globs, dict) else None
+    return name in modules and globs is not modules[name]
+
+
+def _walk_stale(
+    obj: Any, modules: Mapping[str, dict[str, Any]], depth: int, seen: set[int], found: list[str]
+) -> None:
+    if depth > 4 or len(found) >= 10 or type(obj) in _ATOMIC or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, types.FunctionType):
+        if _is_stale(obj.__globals__, modules):
+            found.append(f"function {obj.__qualname__}")
+    elif isinstance(obj, types.MethodType):
+        _walk_stale(obj.__func__, modules, depth, seen, found)
+    elif isinstance(obj, _RUNNING):
+        frame = getattr(obj, "gi_frame", None) or getattr(obj, "cr_frame", None) or \
+            getattr(obj, "ag_frame", None)
+        if frame is not None and _is_stale(frame.f_globals, modules):
+            found.append(f"{type(obj).__name__.replace('_', ' ')} {obj.__qualname__}")
+    elif isinstance(obj, dict):
+        for v in list(obj.values())[:100]:
+            _walk_stale(v, modules, depth + 1, seen, found)
+    elif isinstance(obj, (list, tuple, set, frozenset, collections.deque)):
+        for v in list(obj)[:100]:
+            _walk_stale(v, modules, depth + 1, seen, found)
+    elif not isinstance(obj, _NO_ATTRS) and not _is_live(type(obj)):
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict):
+            for v in list(attrs.values())[:100]:
+                _walk_stale(v, modules, depth + 1, seen, found)
 
 
 def _resolve(module: types.ModuleType, qualname: str) -> Any:
@@ -225,11 +418,51 @@ def _resolve(module: types.ModuleType, qualname: str) -> Any:
     return obj
 
 
+def _load_migrate(migrate: Any) -> Callable[[Any, Any, Any], Any] | None:
+    """The migration function, unpickled here if it came as bytes (see hotreload)."""
+    if migrate is None or callable(migrate):
+        return migrate
+    import cloudpickle
+
+    fn = cloudpickle.loads(migrate)
+    if not callable(fn):
+        raise TypeError(f"migrate must be a function (old_state, old_vsn, new_vsn), got {fn!r}")
+    return fn
+
+
+def _attach(name: str, module: types.ModuleType | None) -> None:
+    """Bind ``pkg.mod`` as attribute ``mod`` of ``pkg`` (or unbind it, for None)."""
+    parent, _, child = name.rpartition(".")
+    if not parent or parent not in sys.modules:
+        return
+    pkg = sys.modules[parent]
+    if module is not None:
+        setattr(pkg, child, module)
+    elif isinstance(getattr(pkg, child, None), types.ModuleType):
+        delattr(pkg, child)
+
+
+def _attach_submodules(names: Iterable[str]) -> None:
+    """After staging: every staged module is bound in its parent, and every staged
+    package has its (still imported) submodules bound, as an import would leave them."""
+    names = list(names)
+    for name in names:
+        if name in sys.modules:
+            _attach(name, sys.modules[name])
+    packages = {n for n in names if hasattr(sys.modules.get(n), "__path__")}
+    if not packages:
+        return
+    for sub, module in list(sys.modules.items()):
+        parent, _, child = sub.rpartition(".")
+        if parent in packages and module is not None and not hasattr(sys.modules[parent], child):
+            setattr(sys.modules[parent], child, module)
+
+
 def apply_reload(
     units: list[list[ModuleCode]],
     *,
     changed: Iterable[str] | None = None,
-    migrate: Callable[[Any, Any, Any], Any] | None = None,
+    migrate: Any = None,
     extra: Any = None,
     suspend_timeout: float = 5.0,
 ) -> dict[str, Any]:
@@ -237,20 +470,41 @@ def apply_reload(
 
     ``changed`` names the modules whose source changed (their actors get
     ``code_change``); the others in ``units`` are dependents re-staged so they bind
-    the new names. Returns a report; raises ReloadFailed and changes nothing on failure.
+    the new names. ``migrate`` is a function ``(old_state, old_vsn, new_vsn)`` or its
+    cloudpickle bytes. Returns a report; raises ReloadFailed (naming the step, the
+    module and, for per-actor steps, the actor) and changes nothing on failure.
+
+    Steps: ``suspend`` (the barrier), ``stage`` (importing a new module), ``resolve``
+    (an actor's class is gone from its new module), ``restore`` (a state does not
+    unpickle against the new classes), ``code_change``, ``migrate``.
     """
     names = [mc.name for unit in units for mc in unit]
     changed_set = set(names if changed is None else changed)
     new_code = {mc.name: mc for unit in units for mc in unit}
     t0 = time.perf_counter()
-    with BARRIER.writing(suspend_timeout):
+    if not BARRIER.acquire_write(suspend_timeout):
+        raise ReloadFailed(
+            f"reload failed at step 'suspend': actors still busy after {suspend_timeout}s "
+            "(a handler that does not return, or actors calling each other in a loop); "
+            "nothing was changed",
+            module=names[0] if names else None,
+            step="suspend",
+        )
+    # No collection while the actors are held: a full one over a big heap (1,000
+    # actors) would be paid by every suspended actor. It runs after the release.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
         t_suspended = time.perf_counter()
-        servers = [s for s in live_servers() if s.impl_cls.__module__ in new_code]
+        from .genserver import SERVERS
+
+        servers = [s for s in list(SERVERS)
+                   if s.impl is not None and s.impl_cls.__module__ in new_code and _alive(s)]
         snaps = {id(s): _snapshot(s.state) for s in servers}
         old_modules = {n: sys.modules.get(n) for n in names}
         old_finder = {n: FINDER.modules.get(n) for n in names}
         old_lines = {mc.file: linecache.cache.get(mc.file) for mc in new_code.values()}
-        step, module = "stage", names[0] if names else None
+        step, module, actor = "stage", names[0] if names else None, None
         staged: list[tuple[Any, type, Any, Any]] = []
         try:
             importlib.invalidate_caches()  # new files added to the app become importable
@@ -262,25 +516,40 @@ def apply_reload(
                     module = mc.name
                     if mc.name not in sys.modules:
                         importlib.import_module(mc.name)
-            step = "migrate"
+            _attach_submodules(names)
+            migrate_fn = None
+            if migrate is not None:
+                step, module = "migrate", None
+                migrate_fn = _load_migrate(migrate)
+            resolved: dict[type, type] = {}
             for server in servers:
-                module = server.impl_cls.__module__
-                qualname = server.impl_cls.__qualname__
-                try:
-                    new_cls = _resolve(sys.modules[module], qualname)
-                except AttributeError:
-                    raise LookupError(
-                        f"class {qualname} no longer exists in {module}, but actor "
-                        f"{server.actor_id} runs it; keep the class or stop the actor first"
-                    ) from None
+                actor = server.actor_id
+                old_cls = server.impl_cls
+                module = old_cls.__module__
+                new_cls = resolved.get(old_cls)
+                if new_cls is None:
+                    step = "resolve"
+                    qualname = old_cls.__qualname__
+                    try:
+                        new_cls = _resolve(sys.modules[module], qualname)
+                    except AttributeError:
+                        raise LookupError(
+                            f"class {qualname} no longer exists in {module}, but actor "
+                            f"{server.actor_id} runs it; keep the class or stop the actor "
+                            "first"
+                        ) from None
+                    if not isinstance(new_cls, type):
+                        raise TypeError(f"{module}.{qualname} is no longer a class")
+                    resolved[old_cls] = new_cls
+                step = "restore"
                 state = _restore(snaps[id(server)])
-                old_vsn, new_vsn = server.impl_cls.vsn, new_cls.vsn
+                old_vsn, new_vsn = old_cls.vsn, new_cls.vsn
                 impl = new_cls()
-                impl.ref = server.ref
+                impl.ref = server.impl.ref
                 if module in changed_set:
-                    if migrate is not None:
-                        step = "migrate function"
-                        state = migrate(state, old_vsn, new_vsn)
+                    if migrate_fn is not None:
+                        step = "migrate"
+                        state = migrate_fn(state, old_vsn, new_vsn)
                     else:
                         step = "code_change"
                         state = impl.code_change(old_vsn, state, extra)
@@ -291,7 +560,7 @@ def apply_reload(
                     sys.modules.pop(n, None)
                 else:
                     sys.modules[n] = old
-                    _rebind_parent(n, old)
+                _attach(n, old)
             for n, old_mc in old_finder.items():
                 if old_mc is None:
                     FINDER.modules.pop(n, None)
@@ -302,21 +571,45 @@ def apply_reload(
                     linecache.cache.pop(file, None)
                 else:
                     linecache.cache[file] = entry
+            where = f" in module {module!r}" if module else ""
+            if actor is not None and step in ("resolve", "restore", "code_change", "migrate"):
+                where += f" for actor {actor}"
             raise ReloadFailed(
-                f"reload failed at step {step!r} in module {module!r}: {type(exc).__name__}: {exc}; "
+                f"reload failed at step {step!r}{where}: {type(exc).__name__}: {exc}; "
                 "the previous code and state are still serving",
                 module=module,
                 step=step,
             ) from exc
-        files = {mc.file for mc in new_code.values()}
+        staged_globals = {n: vars(sys.modules[n]) for n in names if n in sys.modules}
         warnings: list[str] = []
         for server, new_cls, impl, state in staged:
             server.impl_cls = new_cls
             server.impl = impl
             server.state = state
-            for what in _stale_code_in(state, files):
-                warnings.append(f"actor {server.actor_id} keeps {what} from the old code in its state")
+            server.trap_exit = new_cls.trap_exit
+            snap = snaps[id(server)]
+            if type(snap) is _Snapshot and snap.problem:
+                warnings.append(
+                    f"actor {server.actor_id}: its state could not be copied ({snap.problem}); "
+                    "it was carried over as is, so objects of reloaded classes in it keep "
+                    "their old class"
+                )
+            # Old code can only survive in what was not copied: a state copied whole
+            # re-bound every function by name (and held no generator: they do not
+            # pickle), so only the objects kept by reference need a look.
+            if type(snap) is not _Snapshot:
+                continue
+            suspects = state if snap.data is None else snap.kept
+            for what in _stale_code_in(suspects, staged_globals) if suspects else ():
+                warnings.append(
+                    f"actor {server.actor_id} keeps {what} from the old code in its state "
+                    "(it runs the old code until replaced)"
+                )
         t_done = time.perf_counter()
+    finally:
+        BARRIER.release_write()
+        if gc_was_enabled:
+            gc.enable()
     for w in warnings:
         log.warning(w)
     return {
@@ -327,13 +620,6 @@ def apply_reload(
         "suspend_seconds": t_suspended - t0,
         "swap_seconds": t_done - t_suspended,
     }
-
-
-def _rebind_parent(name: str, module: types.ModuleType) -> None:
-    """Importing ``pkg.mod`` sets attribute ``mod`` on ``pkg``: put the old one back too."""
-    parent, _, child = name.rpartition(".")
-    if parent and parent in sys.modules:
-        setattr(sys.modules[parent], child, module)
 
 
 def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,10 +642,14 @@ def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
             "error": str(exc),
             "traceback": "".join(traceback.format_exception(cause)) if cause else "",
         }
-    except TimeoutError as exc:
-        return {"ok": False, "step": "suspend", "module": None, "error": str(exc), "traceback": ""}
     report["ok"] = True
+    _LAST_SWAP["modules"] = frozenset(report["modules"])
     return report
+
+
+#: The modules the last ``reload`` op swapped; :func:`upgrade_children` (called by
+#: that op right after) skips the entry when its module was not among them.
+_LAST_SWAP: dict[str, frozenset[str]] = {}
 
 
 def snapshot_states() -> dict[str, bytes]:
@@ -373,11 +663,10 @@ def snapshot_states() -> dict[str, bytes]:
             server = getattr(ref, "_actor", None) if ref is not None else None
             if server is None or not hasattr(server, "impl_cls") or server.impl is None:
                 continue
-            pickled, value = _snapshot(server.state)
-            if pickled:
-                out[name] = value
-            else:
-                log.warning("state of %s cannot be pickled; it restarts fresh", name)
+            try:  # crosses to another process: everything must pickle
+                out[name] = pickle.dumps(server.state, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                log.warning("state of %s cannot be pickled (%s); it restarts fresh", name, exc)
     return out
 
 
@@ -394,39 +683,74 @@ def restore_states(states: Mapping[str, bytes]) -> None:
 
 
 def _spec_key(spec: Any) -> Any:
+    if spec is None:
+        return None
     meta = spec.meta or {}
     return (meta.get("module"), meta.get("qualname"), meta.get("name"), meta.get("args"),
             spec.restart, spec.shutdown, spec.type)
 
 
 def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[str]]:
-    """Apply a changed child list like an OTP release upgrade.
+    """Apply a changed child list like an OTP release upgrade (after a committed swap).
 
-    The entry is called again; children it no longer returns are stopped, new ones
-    started, and ones whose spec changed (class, arguments, restart, ...) restarted.
-    Untouched children keep running with their state.
+    The entry is called again (when the reload re-staged its module, that is when it
+    or a module it imports changed); children it no longer returns are stopped, new
+    ones started, and ones whose spec changed (class, arguments, name, restart,
+    shutdown) restarted. Untouched children keep running with their state. The root
+    supervisor's own flags (strategy, intensity) are not changed.
+
+    Never raises: the code swap has already committed, so what cannot be applied
+    (the entry raises, a new child fails to start) is listed under ``failed`` as
+    ``"id: error"`` and the rest goes on.
     """
+    from .actor import ActorRef
     from .supervisor import SupervisorSpec
 
+    report: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "failed": []}
     module_name, _, fn_name = entry.partition(":")
-    result = getattr(sys.modules[module_name], fn_name)(*args)
-    new_specs = SupervisorSpec.coerce(result).children
-    current = {c.id: c for c in root.which_children()}
+    swapped = _LAST_SWAP.pop("modules", None)
+    if swapped is not None and module_name not in swapped:
+        # Neither the entry's module nor anything it imports changed: its child list
+        # is what it was (as in OTP, where a supervisor's children are only re-read
+        # when its own module is part of the upgrade).
+        return report
+    try:
+        result = getattr(sys.modules[module_name], fn_name)(*args)
+        if isinstance(result, ActorRef):
+            if result != root:
+                result.stop()
+            raise TypeError(
+                "the entry starts its supervisor itself (returns an ActorRef): child specs "
+                "cannot be compared; return a list of ChildSpec or a SupervisorSpec instead"
+            )
+        new_specs = SupervisorSpec.coerce(result).children
+        current = {c.id: c for c in root.which_children()}
+    except Exception as exc:
+        report["failed"].append(f"{entry}: {type(exc).__name__}: {exc}")
+        log.warning("child specs not upgraded: %s", report["failed"][-1])
+        return report
     wanted = {s.id: s for s in new_specs}
-    report: dict[str, list[str]] = {"added": [], "removed": [], "changed": []}
-    for child_id, child in current.items():
+
+    def attempt(child_id: str, bucket: str, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            report["failed"].append(f"{child_id}: {type(exc).__name__}: {exc}")
+            log.warning("child spec upgrade: %s", report["failed"][-1])
+        else:
+            report[bucket].append(child_id)
+
+    def stop(child_id: str) -> None:
+        root.terminate_child(child_id)
+        root.delete_child(child_id)
+
+    for child_id in current:
         if child_id not in wanted:
-            root.terminate_child(child_id)
-            root.delete_child(child_id)
-            report["removed"].append(child_id)
+            attempt(child_id, "removed", lambda c=child_id: stop(c))
     for spec in new_specs:
         child = current.get(spec.id)
         if child is None:
-            root.start_child(spec)
-            report["added"].append(spec.id)
+            attempt(spec.id, "added", lambda s=spec: root.start_child(s))
         elif _spec_key(child.spec) != _spec_key(spec):
-            root.terminate_child(spec.id)
-            root.delete_child(spec.id)
-            root.start_child(spec)
-            report["changed"].append(spec.id)
+            attempt(spec.id, "changed", lambda s=spec: (stop(s.id), root.start_child(s)))
     return report

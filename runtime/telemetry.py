@@ -5,6 +5,12 @@ prefix gets every event whose name starts with that prefix at a segment boundary
 A handler that raises is detached and logged; it never breaks the code that
 emitted the event.
 
+Events emitted while an operation runs under a correlation id
+(:func:`runtime.logs.correlation`) carry it as metadata ``correlation_id``.
+``*.exception`` events of :func:`span` carry the error's ``category`` (see
+:mod:`runtime.recovery`). Every event the runtime emits is listed in
+``docs/telemetry.md``.
+
 >>> from runtime import telemetry
 >>> seen = []
 >>> telemetry.attach("doc", "demo", lambda e, m, md: seen.append((e, m["n"])))
@@ -22,6 +28,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
+
+from .logs import _context, correlation
 
 __all__ = ["Handler", "attach", "detach", "execute", "span", "handlers"]
 
@@ -94,6 +102,9 @@ def execute(
         return
     m = measurements or {}
     md = metadata or {}
+    ctx = _context.get()
+    if ctx is not None and md.get("correlation_id") is None:
+        md = {**md, "correlation_id": ctx["correlation_id"]}
     for handler_id, (prefix, fn) in current.items():
         if not _matches(prefix, event):
             continue
@@ -108,6 +119,10 @@ def execute(
 def span(event: str, metadata: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Emit ``event.start``, then ``event.stop`` (or ``event.exception``) with a duration.
 
+    The body runs under a correlation id (the running operation's, or a new one),
+    which every event of the span, and everything the body emits or logs, carries.
+    ``event.exception`` adds ``kind``, ``reason`` and the error's ``category``.
+
     The yielded dict is merged into the stop event's metadata, so the body can add
     what it learned.
 
@@ -115,16 +130,28 @@ def span(event: str, metadata: Mapping[str, Any] | None = None) -> Iterator[dict
     ...     extra["result"] = "ok"
     """
     md = dict(metadata or {})
-    start = time.monotonic()
-    execute(f"{event}.start", {"system_time": time.time()}, md)
-    extra: dict[str, Any] = {}
+    with correlation(md.get("correlation_id")):  # a span is an operation: join or start one
+        start = time.monotonic()
+        execute(f"{event}.start", {"system_time": time.time()}, md)
+        extra: dict[str, Any] = {}
+        try:
+            yield extra
+        except BaseException as exc:
+            execute(
+                f"{event}.exception",
+                {"duration": time.monotonic() - start},
+                {**md, **extra, "kind": type(exc).__name__, "reason": str(exc),
+                 "category": _category(exc)},
+            )
+            raise
+        execute(f"{event}.stop", {"duration": time.monotonic() - start}, {**md, **extra})
+
+
+def _category(exc: BaseException) -> str:
+    from .recovery import classify
+
     try:
-        yield extra
-    except BaseException as exc:
-        execute(
-            f"{event}.exception",
-            {"duration": time.monotonic() - start},
-            {**md, **extra, "kind": type(exc).__name__, "reason": str(exc)},
-        )
-        raise
-    execute(f"{event}.stop", {"duration": time.monotonic() - start}, {**md, **extra})
+        return classify(exc)
+    except Exception:  # classifying must never hide the error itself
+        log.exception("classifying %r failed", exc)
+        return "runtime"

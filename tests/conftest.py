@@ -16,6 +16,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import ensure_attached  # noqa: E402
 
+# pytester runs the plugin's own tests (tests/test_plugin.py) in inner pytest sessions.
+pytest_plugins = ["pytester"]
+
 #: how long a test's actors get to finish their threads after the test returns
 THREAD_GRACE = 5.0
 

@@ -1,0 +1,315 @@
+"""What the manager does for security and resources, kept out of the manager itself.
+
+The manager calls these at a few points of a sandbox's life; each is a function of
+the manager (its records and its ``component`` lookup) and one sandbox record:
+
+- :func:`prepare` (create, before compiling): resolves the sandbox's profile
+  with the security controller (custom profiles included), works out its
+  effective limits (the profile's, overridden by the sandbox's own), gives it
+  its UID and cgroups (:func:`runtime.isolation.prepare`), registers it with
+  the security controller and the resource monitor. Everything is kept on the
+  sandbox's :class:`~actors.slot.ProcessSlot` (``slot.security``), which
+  outlives a restart of the manager.
+- :func:`compile_profile` / :func:`check_compiled`: the profile handed to the
+  compiler (a custom profile travels as the object), and
+  :class:`~runtime.errors.SecurityViolation` when the scan found errors.
+- :func:`process_options`: what ``start_process`` gets for each start of the
+  sandbox's process: the isolation plan, the guard policy, the environment
+  (HOME and TMPDIR in the workdir), whether pickling is allowed, and the
+  violation callback bound to this sandbox's id (the channel's identity, never
+  the message's). Refuses to start a sandbox that was quarantined or terminated.
+- :func:`terminate`: kill the sandbox's process now and tell the manager to
+  stop it for good (:class:`Terminate`, handled by :func:`handle_info`).
+- :func:`forget` (destroy, or a failed create): kill whatever is left in the
+  sandbox's cgroups or runs under its UID, remove the cgroups, unregister.
+- :func:`info_extra`: ``isolation``, ``quarantined``, ``usage`` and the
+  effective limits, for ``get_sandbox_info``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from runtime import isolation, telemetry
+from runtime.actor import ExitReason
+from runtime.config import Limits
+from runtime.errors import SandboxError, SecurityViolation
+
+from .profiles import BUILTIN_PROFILES, Profile
+from .security import LogEvent, ViolationReport
+
+__all__ = [
+    "Protection",
+    "Terminate",
+    "check_compiled",
+    "compile_profile",
+    "effective_limits",
+    "forget",
+    "handle_info",
+    "info_extra",
+    "prepare",
+    "process_options",
+    "terminate",
+]
+
+log = logging.getLogger("runtime.containment")
+_MIB = 1 << 20
+_logged_reasons: set[tuple[str, str]] = set()
+#: How long get_sandbox_info waits for the monitor's figures.
+USAGE_TIMEOUT = 1.0
+
+
+@dataclass
+class Protection:
+    """A sandbox's security and resource settings (kept on its slot)."""
+
+    profile: Profile
+    limits: Limits
+    state: dict[str, Any] = field(default_factory=dict)
+    report: Callable[[Any], None] | None = None
+
+
+@dataclass(frozen=True)
+class Terminate:
+    """Told to the manager: stop the sandbox for good (no restart) and say why."""
+
+    sandbox_id: str
+    reason: str
+    kind: str = "terminated"  # or "quarantined", "limit"
+
+
+def effective_limits(profile_limits: Limits, own: Limits) -> Limits:
+    """The profile's limits, each replaced by the sandbox's own where it set one.
+
+    >>> effective_limits(Limits(memory_mb=512, open_files=64), Limits(memory_mb=128)).as_dict()["memory_mb"]
+    128
+    """
+    changes = {k: v for k, v in own.as_dict().items() if v is not None and k != "action"}
+    if own.action != Limits().action:
+        changes["action"] = own.action
+    return replace(profile_limits, **changes)
+
+
+def _log_skips(skipped: dict[str, str]) -> None:
+    for layer, why in skipped.items():
+        if (layer, why) not in _logged_reasons:
+            _logged_reasons.add((layer, why))
+            log.info("isolation layer %s skipped: %s", layer, why)
+
+
+def prepare(manager: Any, record: Any) -> Protection:
+    """Resolve the profile and limits, set up UID and cgroups, register the sandbox."""
+    component = manager._component
+    config = record.config
+    sid = config.id
+    profile = component("security").invoke("get_profile", config.profile)
+    limits = effective_limits(profile.limits, config.limits)
+    # cgroups are grouped per runtime instance: the base dir is unique, the name is not
+    state = isolation.prepare(record.workdir, sid, group=os.path.basename(manager.base_dir))
+    isolation.set_cgroup_limits(
+        state,
+        tasks=isolation.DEFAULT_TASKS,
+        memory=None if limits.memory_mb is None else limits.memory_mb * _MIB,
+    )
+    _log_skips(state.get("skipped") or {})
+    slot = record.slot
+    prot = Protection(profile=profile, limits=limits, state=state)
+    prot.report = _reporter(component, sid, slot)
+    slot.security = prot
+    component("security").invoke("register_sandbox", sid, profile)
+    try:
+        component("monitor").invoke("register", sid, slot)
+    except SandboxError:
+        log.warning("resource monitor not running: sandbox %s is not sampled", sid)
+    return prot
+
+
+def _reporter(component: Callable[[str], Any], sid: str, slot: Any) -> Callable[[Any], None]:
+    def then(response: str) -> None:
+        if response == "terminate":
+            terminate(
+                component,
+                slot,
+                "quarantined after repeated security violations",
+                kind="quarantined",
+            )
+
+    def report(event: Any) -> None:  # the channel's reader thread: never block
+        try:
+            component("security").tell(ViolationReport(sid, event, then))
+        except SandboxError:
+            pass
+
+    return report
+
+
+def compile_profile(record: Any) -> Any:
+    """What the compiler scans with: a built-in's name, or the custom profile itself."""
+    prot = getattr(record.slot, "security", None)
+    if prot is None or prot.profile.name in BUILTIN_PROFILES:
+        return record.config.profile
+    return prot.profile
+
+
+def check_compiled(manager: Any, record: Any, result: Any) -> None:
+    """Raise SecurityViolation (and write the audit log) if the scan refused a module."""
+    findings = [d for d in result.errors if str(getattr(d, "code", "")).startswith("SBX")]
+    if not findings:
+        return
+    shown = "\n  ".join(d.format() if hasattr(d, "format") else str(d) for d in findings[:10])
+    more = f"\n  ... and {len(findings) - 10} more" if len(findings) > 10 else ""
+    try:
+        manager._component("security").tell(
+            LogEvent(
+                record.config.id,
+                "scan.blocked",
+                "; ".join(str(d) for d in findings[:5]),
+                "blocked",
+            )
+        )
+    except SandboxError:
+        pass
+    telemetry.execute(
+        "security.scan.blocked",
+        {"errors": len(findings)},
+        {"sandbox": record.config.id, "runtime": manager.runtime_id, "profile": record.config.profile},
+    )
+    raise SecurityViolation(
+        f"sandbox {record.config.id!r}: the security scan refused its code under profile "
+        f"{record.config.profile!r}:\n  {shown}{more}",
+        findings,
+    )
+
+
+def process_options(record: Any, runtime_id: str) -> dict[str, Any]:
+    """``start_process`` options for one start of the sandbox's process."""
+    config = record.config
+    slot = record.slot
+    if slot.blocked:
+        raise SandboxError(f"sandbox {config.id!r} may not start again: {slot.blocked}")
+    prot: Protection | None = slot.security
+    workdir = record.workdir
+    env = {**config.env, "HOME": workdir, "TMPDIR": os.path.join(workdir, "tmp")}
+    if prot is None:  # a sandbox made before protection existed (manager rebuild)
+        return {"allow_pickle": config.profile != "high", "env": env}
+    # A restart starts clean: nothing its previous process left may live on.
+    isolation.kill_leftovers(prot.state)
+    profile = prot.profile
+    policy = profile.guard_policy(workdir, config.path)
+    policy["app_modules"] = sorted(slot.modules)
+    plan = isolation.plan(
+        allow=profile.allow,
+        limits=prot.limits.as_dict(),
+        state=prot.state,
+        net_allow=profile.net_allow,
+        env_allow=profile.env_allow,
+    )
+    _log_skips(plan.get("skipped") or {})
+    return {
+        "allow_pickle": profile.allow_run,
+        "env": env,
+        "isolation": plan,
+        "guard": policy,
+        "on_violation": prot.report,
+    }
+
+
+def terminate(
+    component: Callable[[str], Any], slot: Any, reason: str, *, kind: str = "terminated"
+) -> None:
+    """Stop a sandbox for good: no restart, its process killed now, the manager told."""
+    slot.blocked = f"{kind}: {reason}"
+    proc = slot.current()
+    if proc is not None:
+        try:
+            proc.kill(ExitReason.killed(reason))
+        except SandboxError:
+            pass
+    try:
+        component("manager").tell(Terminate(slot.sandbox_id, reason, kind))
+    except SandboxError:
+        pass
+
+
+def handle_info(manager: Any, message: Any) -> bool:
+    """The manager's share of :class:`Terminate`; False for messages not ours."""
+    if not isinstance(message, Terminate):
+        return False
+    record = manager.records.get(message.sandbox_id)
+    if record is None:
+        return True
+    record.slot.blocked = record.slot.blocked or f"{message.kind}: {message.reason}"
+    record.last_error = {"kind": message.kind, "message": message.reason, "at": time.time()}
+    record.slot.close(ExitReason("killed", message.reason))
+    manager._stop_supervisor(record)
+    manager._set_status(record, "error")
+    record.last_error = {"kind": message.kind, "message": message.reason, "at": time.time()}
+    try:
+        manager._component("security").tell(
+            LogEvent(message.sandbox_id, f"sandbox.{message.kind}", message.reason, "terminate",
+                     "terminate")
+        )
+    except SandboxError:
+        pass
+    telemetry.execute(
+        "sandbox.terminated",
+        {"count": 1},
+        {"sandbox": message.sandbox_id, "runtime": manager.runtime_id, "kind": message.kind,
+         "reason": message.reason},
+    )
+    return True
+
+
+def forget(manager: Any, record: Any) -> None:
+    """After destroy (or a failed create): nothing of the sandbox may be left running."""
+    sid = record.config.id
+    prot: Protection | None = getattr(record.slot, "security", None)
+    if prot is not None:
+        left = isolation.release(prot.state)
+        if left:
+            log.warning("sandbox %s left processes behind; killed: %s", sid, left)
+            try:
+                manager._component("security").tell(
+                    LogEvent(sid, "sandbox.leftovers", f"killed pids {left}", "terminate",
+                             "terminate")
+                )
+            except SandboxError:
+                pass
+    for name, op in (("monitor", "unregister"), ("security", "forget_sandbox")):
+        try:
+            manager._component(name).invoke(op, sid)
+        except SandboxError:
+            pass
+
+
+def info_extra(manager: Any, record: Any) -> dict[str, Any]:
+    """Isolation layers, quarantine, usage and effective limits for get_sandbox_info."""
+    slot = record.slot
+    prot: Protection | None = getattr(slot, "security", None)
+    proc = slot.current()
+    usage = None
+    try:
+        usage = manager._component("monitor").invoke(
+            "usage", record.config.id, timeout=USAGE_TIMEOUT
+        )
+    except SandboxError:
+        pass  # restarting, or gone: the figures come back with it
+    blocked = getattr(slot, "blocked", None)
+    extra: dict[str, Any] = {
+        "isolation": proc.isolation if proc is not None else [],
+        "isolation_skipped": proc.isolation_skipped if proc is not None else {},
+        "quarantined": bool(blocked and blocked.startswith("quarantined")),
+        "blocked": blocked,
+        "usage": usage,
+    }
+    if prot is not None:
+        extra["allow_run"] = prot.profile.allow_run
+        extra["effective_limits"] = prot.limits.as_dict()
+        extra["uid"] = prot.state.get("uid")
+        extra["cgroups"] = dict(prot.state.get("cgroups") or {})
+    return extra

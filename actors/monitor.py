@@ -1,0 +1,594 @@
+"""The resource monitor: samples every sandbox's process tree and enforces its limits.
+
+One per runtime, under the root supervisor. One sampler thread (not one per
+sandbox) wakes every ``interval`` seconds (default 1 s) and, for each registered
+sandbox, finds its process tree (the members of its cgroup when it has one, so
+processes that left its process group are counted too; otherwise the process and
+its descendants from ``/proc/<pid>/task/<pid>/children``) and reads each process
+with psutil under ``oneshot()``: CPU times, RSS, threads, open fds (on Linux the
+same figures come from one read of ``/proc/<pid>/stat``, the file ``oneshot()``
+reads, plus a listing of ``fd/``). USS (psutil's ``memory_full_info``, which reads
+every mapping) is read once every ``uss_every`` ticks (default 30) per sandbox,
+the sandboxes' turns spread over the ticks.
+
+Per sandbox it keeps a bounded history (``history`` samples) with min/mean/max
+trends over 10 s, 1 min and 5 min windows, and checks the limits of
+:class:`runtime.config.Limits`: ``memory_mb`` (RSS of the tree), ``cpu_percent``
+(mean over ``cpu_window`` seconds), ``processes``, ``open_files`` (per process).
+Crossing ``warn_at`` (80 %) of a limit emits ``limit.warning`` telemetry once;
+reaching the limit emits ``limit.exceeded``, writes the audit log, records the
+event in the sandbox's info and takes the sandbox's ``action``: ``restart``
+(its process is killed; its supervisor starts a fresh one) or ``terminate``.
+Limits the kernel enforces (RLIMIT_CPU, RLIMIT_FSIZE) end the process with
+SIGXCPU / SIGXFSZ; the monitor records those exits as limits reached too, and
+resource errors a sandbox reports in its replies (MemoryError, EMFILE, ...) as
+``limit.reported`` (the sandbox's word).
+
+Operations: ``register(sandbox_id, slot)``, ``unregister(sandbox_id)``,
+``usage(sandbox_id)`` (latest figures, trends, limit events), ``usage_all()``,
+``sample_now()`` (one tick, synchronously), ``stats()`` (the sampler's own cost),
+``run_overrun(sandbox_id, seconds)`` (a ``run`` went past ``run_seconds``).
+After a restart of the monitor, it finds the sandboxes again from the
+``sandboxes`` supervisor's child specs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from runtime import isolation, telemetry
+from runtime.actor import ExitReason
+from runtime.component import Component
+from runtime.config import Limits
+from runtime.errors import ResourceLimitExceeded, SandboxError
+
+__all__ = ["ResourceMonitorActor", "run_with_limit", "TREND_WINDOWS"]
+
+log = logging.getLogger("runtime.monitor")
+_MIB = 1 << 20
+#: Trend windows, in seconds.
+TREND_WINDOWS = (10, 60, 300)
+_EVENTS_KEPT = 20
+_SIGNAL_LIMITS = {"SIGXCPU": "cpu_seconds", "SIGXFSZ": "file_size_mb"}
+
+
+@dataclass
+class _Watch:
+    sandbox_id: str
+    slot: Any
+    pid: int | None = None
+    procs: dict[int, psutil.Process] = field(default_factory=dict)
+    cpu_prev: dict[int, float] = field(default_factory=dict)
+    last_t: float = 0.0
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=300))
+    latest: dict[str, Any] | None = None
+    warned: set[str] = field(default_factory=set)
+    acted: bool = False
+    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_EVENTS_KEPT))
+    uss: int | None = None
+    phase: int = 0  # which tick of every uss_every reads this sandbox's USS
+    fds: dict[int, int] = field(default_factory=dict)  # last fd count per process
+
+    @property
+    def limits(self) -> Limits:
+        prot = getattr(self.slot, "security", None)
+        return prot.limits if prot is not None else Limits()
+
+    @property
+    def state(self) -> dict[str, Any]:
+        prot = getattr(self.slot, "security", None)
+        return prot.state if prot is not None else {}
+
+
+@dataclass(frozen=True)
+class _Exit:
+    sandbox_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class _Reported:
+    sandbox_id: str
+    error: str
+
+
+class ResourceMonitorActor(Component):
+    """Samples sandboxes' process trees and acts on their limits (see the module doc).
+
+    Options: ``runtime_id``, ``component`` (the runtime's component lookup, to
+    find the sandboxes after a restart and to tell the manager and the security
+    controller), ``interval`` (seconds between samples), ``uss_every`` (USS every
+    n-th sample), ``history`` (samples kept per sandbox), ``warn_at`` (fraction
+    of a limit that warns), ``autostart`` (start the sampler thread; off for
+    tests that tick by hand with ``sample_now``).
+    """
+
+    def __init__(
+        self,
+        *,
+        runtime_id: str = "runtime",
+        component: Callable[[str], Any] | None = None,
+        interval: float = 1.0,
+        uss_every: int = 30,
+        history: int = 300,
+        warn_at: float = 0.8,
+        autostart: bool = True,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name=name or "monitor")
+        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
+            from runtime.errors import ConfigError
+
+            raise ConfigError("monitor_interval", interval, "a number of seconds > 0")
+        self.runtime_id = runtime_id
+        self._component = component
+        self.interval = float(interval)
+        self.uss_every = max(1, int(uss_every))
+        self.history_len = max(10, int(history))
+        self.warn_at = float(warn_at)
+        self.autostart = autostart
+        self.watches: dict[str, _Watch] = {}
+        self._lock = threading.Lock()
+        self._halt = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._ticks = 0
+        self._registered = 0
+        self._tick_cpu = deque(maxlen=120)
+        self._tick_wall = deque(maxlen=120)
+        self._handlers = [f"{runtime_id}:monitor:down", f"{runtime_id}:monitor:reported"]
+
+    # -- lifecycle -------------------------------------------------------------------
+    def on_init(self) -> None:
+        self._rebuild()
+        me = self.ref
+        rid = self.runtime_id
+
+        def on_down(_e: str, _m: Any, md: Any) -> None:
+            if md.get("runtime") == rid and md.get("kind") not in ("normal", "shutdown"):
+                try:
+                    me.tell(_Exit(str(md.get("sandbox")), str(md.get("reason") or "")))
+                except SandboxError:
+                    pass
+
+        def on_reported(_e: str, _m: Any, md: Any) -> None:
+            name = str(md.get("name") or "")
+            runtime, sep, sid = name.partition("/")
+            if sep and runtime == rid:
+                try:
+                    me.tell(_Reported(sid, str(md.get("error") or "")))
+                except SandboxError:
+                    pass
+
+        for hid in self._handlers:
+            telemetry.detach(hid)
+        telemetry.attach(self._handlers[0], "sandbox.process.down", on_down)
+        telemetry.attach(self._handlers[1], "process.resource_error", on_reported)
+        if self.autostart:
+            self._thread = threading.Thread(
+                target=self._loop, name=f"{self.runtime_id}:monitor-sampler", daemon=True
+            )
+            self._thread.start()
+
+    def on_exit(self, reason: Any) -> None:
+        for hid in self._handlers:
+            telemetry.detach(hid)
+        self._halt.set()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(5.0)
+
+    def _rebuild(self) -> None:
+        if self._component is None:
+            return
+        try:
+            children = self._component("sandboxes").which_children()
+        except SandboxError:
+            return
+        for child in children:
+            meta = getattr(getattr(child, "spec", None), "meta", None) or {}
+            slot, config = meta.get("slot"), meta.get("config")
+            if slot is not None and config is not None:
+                self.op_register(config.id, slot)
+
+    # -- operations ------------------------------------------------------------------
+    def op_register(self, sandbox_id: str, slot: Any) -> None:
+        with self._lock:
+            w = _Watch(sandbox_id, slot)
+            w.history = deque(maxlen=self.history_len)
+            self._registered += 1
+            w.phase = self._registered % self.uss_every
+            self.watches[sandbox_id] = w
+
+    def op_unregister(self, sandbox_id: str) -> None:
+        with self._lock:
+            self.watches.pop(sandbox_id, None)
+
+    def op_usage(self, sandbox_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            w = self.watches.get(sandbox_id)
+            if w is None:
+                return None
+            latest = dict(w.latest) if w.latest else None
+            hist = list(w.history)
+            events = list(w.events)
+        out: dict[str, Any] = dict(latest or {})
+        out["sampled"] = latest is not None
+        out["trends"] = _trends(hist)
+        out["limit_events"] = events
+        out["limits"] = w.limits.as_dict()
+        out["interval"] = self.interval
+        return out
+
+    def op_usage_all(self) -> dict[str, Any]:
+        return {sid: self.op_usage(sid) for sid in list(self.watches)}
+
+    def op_sample_now(self) -> int:
+        """Take one sample of every sandbox now (in the monitor's thread)."""
+        return self._tick()
+
+    def op_stats(self) -> dict[str, Any]:
+        cpu, wall = list(self._tick_cpu), list(self._tick_wall)
+        return {
+            "ticks": self._ticks,
+            "sandboxes": len(self.watches),
+            "interval": self.interval,
+            "tick_cpu_mean": sum(cpu) / len(cpu) if cpu else 0.0,
+            "tick_wall_mean": sum(wall) / len(wall) if wall else 0.0,
+            "tick_cpu": cpu,
+        }
+
+    def op_set_interval(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            from runtime.errors import ConfigError
+
+            raise ConfigError("interval", seconds, "a number of seconds > 0")
+        self.interval = float(seconds)
+
+    def op_run_overrun(self, sandbox_id: str, seconds: float) -> str:
+        w = self.watches.get(sandbox_id)
+        if w is None:
+            return "none"
+        limit = w.limits.run_seconds
+        return self._exceeded(w, "run_seconds", seconds, limit, force=True)
+
+    # -- messages --------------------------------------------------------------------
+    def on_info(self, message: Any) -> None:
+        if isinstance(message, _Exit):
+            w = self.watches.get(message.sandbox_id)
+            if w is None:
+                return
+            sig = next((s for s in _SIGNAL_LIMITS if s in message.reason), None)
+            if sig is not None:
+                key = _SIGNAL_LIMITS[sig]
+                value = getattr(w.limits, key, None)
+                self._event(w, key, value, value, "killed", f"the kernel sent {sig}")
+                self._audit(w, "limit.exceeded", f"{key}: process {message.reason}", "limit",
+                            "killed")
+                telemetry.execute(
+                    "limit.exceeded",
+                    {"value": value or 0, "limit": value or 0},
+                    self._md(w, key, "killed"),
+                )
+            else:
+                self._audit(w, "sandbox.crash", message.reason[:500], "exit", "logged")
+        elif isinstance(message, _Reported):
+            w = self.watches.get(message.sandbox_id)
+            if w is not None:
+                self._audit(w, "limit.reported", f"the sandbox reported {message.error}",
+                            "limit", "logged")
+
+    # -- sampling ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._halt.wait(self.interval):
+            try:
+                self._tick()
+            except Exception:  # the sampler must outlive any one bad read
+                log.exception("resource sampling failed")
+
+    def _tick(self) -> int:
+        t_cpu, t_wall = time.thread_time(), time.perf_counter()
+        with self._lock:
+            watches = list(self.watches.values())
+        self._ticks += 1
+        n = 0
+        for w in watches:
+            # USS reads every mapping: each sandbox's turn comes every uss_every
+            # ticks, the turns spread so every tick costs about the same.
+            with_uss = w.uss is None or (self._ticks + w.phase) % self.uss_every == 0
+            try:
+                sample = self._sample(w, with_uss)
+            except Exception:
+                log.exception("sampling sandbox %s failed", w.sandbox_id)
+                continue
+            if sample is None:
+                continue
+            n += 1
+            with self._lock:
+                w.latest = sample
+                w.history.append(sample)
+            self._check(w, sample)
+        self._tick_cpu.append(time.thread_time() - t_cpu)
+        self._tick_wall.append(time.perf_counter() - t_wall)
+        return n
+
+    def _tree(self, w: _Watch, root: int) -> list[int]:
+        pids = isolation.sandbox_pids(w.state)
+        if pids is not None:
+            return pids
+        out, todo = [], [root]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children", "rb") as fh:
+                    todo.extend(int(x) for x in fh.read().split())
+            except (OSError, ValueError):
+                pass
+            if len(out) > 100_000:
+                break
+        return out
+
+    def _sample(self, w: _Watch, with_uss: bool) -> dict[str, Any] | None:
+        proc = w.slot.current()
+        pid = proc.pid if proc is not None else None
+        now = time.time()
+        if pid is None:
+            w.latest = None
+            return None
+        if pid != w.pid:  # a new process: start afresh
+            w.pid, w.procs, w.cpu_prev, w.last_t, w.fds = pid, {}, {}, 0.0, {}
+            w.warned.clear()
+            w.acted = False
+            w.uss = None
+            with self._lock:
+                w.history.clear()
+        pids = self._tree(w, pid)
+        rss = threads = fds = 0
+        fds_max = 0
+        cpu_delta = 0.0
+        uss_total = 0
+        seen: dict[int, psutil.Process] = {}
+        cpu_now: dict[int, float] = {}
+        for p_id in pids:
+            p = w.procs.get(p_id)
+            if p is None:
+                try:
+                    p = psutil.Process(p_id)
+                except psutil.Error:
+                    continue
+            fast = _proc_stat(p_id) if _FAST else None
+            try:
+                if fast is not None:  # one read of /proc/<pid>/stat, one listing of fd/
+                    total, rss_b, nth = fast
+                    # Listing fd/ costs as much as the rest: every 5th tick, or every
+                    # tick once a process holds half its limit or more.
+                    last = w.fds.get(p_id)
+                    lim = w.limits.open_files
+                    if last is None or (self._ticks + w.phase) % 5 == 0 or (
+                        lim is not None and last * 2 >= lim
+                    ):
+                        last = w.fds[p_id] = len(os.listdir(f"/proc/{p_id}/fd"))
+                    nfd = last
+                    if with_uss:
+                        uss_total += p.memory_full_info().uss
+                else:
+                    with p.oneshot():
+                        ct = p.cpu_times()
+                        rss_b = p.memory_info().rss
+                        nth = p.num_threads()
+                        nfd = p.num_fds()
+                        if with_uss:
+                            uss_total += p.memory_full_info().uss
+                    total = ct.user + ct.system
+            except (psutil.Error, OSError):
+                continue
+            seen[p_id] = p
+            cpu_now[p_id] = total
+            prev = w.cpu_prev.get(p_id)
+            if prev is not None:
+                cpu_delta += max(0.0, total - prev)
+            elif w.last_t:
+                cpu_delta += total if p_id != pid else 0.0
+            rss += rss_b
+            threads += nth
+            fds += nfd
+            fds_max = max(fds_max, nfd)
+        if with_uss and seen:
+            w.uss = uss_total
+        elapsed = now - w.last_t if w.last_t else 0.0
+        cpu_percent = (cpu_delta / elapsed * 100.0) if elapsed > 0 else 0.0
+        w.procs, w.cpu_prev, w.last_t = seen, cpu_now, now
+        if len(w.fds) > len(seen):
+            w.fds = {k: v for k, v in w.fds.items() if k in seen}
+        started = getattr(w.slot, "started_at", None)
+        return {
+            "ts": now,
+            "pid": pid,
+            "rss": rss,
+            "rss_mb": rss / _MIB,
+            "uss": w.uss,
+            "cpu_percent": round(cpu_percent, 2),
+            "threads": threads,
+            "processes": len(seen),
+            "fds": fds,
+            "fds_max": fds_max,
+            "uptime": now - started if started else 0.0,
+        }
+
+    # -- limits ------------------------------------------------------------------------
+    def _check(self, w: _Watch, s: dict[str, Any]) -> None:
+        if w.acted:
+            return
+        lim = w.limits
+        checks: list[tuple[str, float, float | None, bool]] = [
+            ("memory_mb", s["rss"] / _MIB, lim.memory_mb, False),
+            ("processes", s["processes"], lim.processes, False),
+            ("open_files", s["fds_max"], lim.open_files, True),
+        ]
+        if lim.cpu_percent is not None:
+            window = lim.cpu_window or 5
+            with self._lock:
+                recent = [h for h in w.history if h["ts"] >= s["ts"] - window]
+            span = recent[-1]["ts"] - recent[0]["ts"] if len(recent) > 1 else 0.0
+            if span >= window * 0.8 - self.interval:
+                mean = sum(h["cpu_percent"] for h in recent[1:]) / max(1, len(recent) - 1)
+                checks.append(("cpu_percent", mean, lim.cpu_percent, False))
+        for key, value, limit, inclusive in checks:
+            if limit is None:
+                continue
+            over = value >= limit if inclusive else value > limit
+            if over:
+                self._exceeded(w, key, value, limit)
+                return
+            floor = 1 if key == "processes" else 0
+            if value > max(limit * self.warn_at, floor):
+                if key not in w.warned:
+                    w.warned.add(key)
+                    self._event(w, key, value, limit, "warning", "")
+                    telemetry.execute(
+                        "limit.warning",
+                        {"value": value, "limit": limit},
+                        self._md(w, key, "warning"),
+                    )
+            else:
+                w.warned.discard(key)
+
+    def _exceeded(
+        self, w: _Watch, key: str, value: float, limit: float | None, force: bool = False
+    ) -> str:
+        if w.acted and not force:
+            return "none"
+        w.acted = True
+        action = w.limits.action
+        self._event(w, key, value, limit, action, "")
+        telemetry.execute(
+            "limit.exceeded", {"value": value, "limit": limit or 0}, self._md(w, key, action)
+        )
+        self._audit(
+            w,
+            "limit.exceeded",
+            f"{key}: {_fmt(value)} over the limit {_fmt(limit)}",
+            "limit",
+            action,
+        )
+        if action == "terminate":
+            from .containment import terminate
+
+            if self._component is not None:
+                terminate(self._component, w.slot, f"{key} limit reached ({_fmt(value)} > "
+                          f"{_fmt(limit)})", kind="limit")
+        else:
+            proc = w.slot.current()
+            if proc is not None:
+                try:
+                    proc.kill(ExitReason.killed(f"{key} limit reached; restarting"))
+                except SandboxError:
+                    pass
+        return action
+
+    def _event(
+        self, w: _Watch, key: str, value: Any, limit: Any, action: str, note: str
+    ) -> None:
+        with self._lock:
+            w.events.append(
+                {"at": time.time(), "limit": key, "value": value, "max": limit,
+                 "action": action, "note": note}
+            )
+
+    def _md(self, w: _Watch, key: str, action: str) -> dict[str, Any]:
+        return {"sandbox": w.sandbox_id, "runtime": self.runtime_id, "limit": key,
+                "action": action}
+
+    def _audit(self, w: _Watch, event: str, detail: str, action: str, response: str) -> None:
+        if self._component is None:
+            return
+        from .security import LogEvent
+
+        try:
+            self._component("security").tell(
+                LogEvent(w.sandbox_id, event, detail, action, response)
+            )
+        except SandboxError:
+            pass
+
+
+_FAST = sys.platform.startswith("linux") and os.path.exists("/proc/self/stat")
+_TICKS = os.sysconf("SC_CLK_TCK") if _FAST else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if _FAST else 4096
+
+
+def _proc_stat(pid: int) -> tuple[float, int, int] | None:
+    """(CPU seconds, RSS bytes, threads) from one read of /proc/<pid>/stat, the file
+    psutil's ``oneshot()`` reads for the same figures; None if it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        # fields[0] is field 3 (state): utime 14, stime 15, num_threads 20, rss 24
+        cpu = (int(fields[11]) + int(fields[12])) / _TICKS
+        return cpu, int(fields[21]) * _PAGE, int(fields[17])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def _trends(hist: list[dict[str, Any]]) -> dict[str, Any]:
+    if not hist:
+        return {}
+    now = hist[-1]["ts"]
+    out: dict[str, Any] = {}
+    for win in TREND_WINDOWS:
+        sel = [h for h in hist if h["ts"] >= now - win]
+        if not sel:
+            continue
+        t: dict[str, Any] = {"samples": len(sel)}
+        for key in ("rss_mb", "cpu_percent", "threads", "processes", "fds"):
+            vals = [h[key] for h in sel]
+            t[key] = {"min": min(vals), "mean": sum(vals) / len(vals), "max": max(vals)}
+        out[f"{win}s"] = t
+    return out
+
+
+def run_with_limit(sandbox: Any, do: Callable[[float | None], Any], timeout: float | None) -> Any:
+    """Run ``do(timeout)`` (a ``run`` call) under the sandbox's ``run_seconds`` limit.
+
+    Past the limit the monitor takes the sandbox's action (restart or terminate:
+    the run stops with the process) and :class:`ResourceLimitExceeded` is raised.
+    """
+    from runtime.errors import CallTimeout
+
+    try:
+        slot = sandbox._slot or sandbox.runtime._slot(sandbox.id)
+    except SandboxError:
+        slot = None
+    prot = getattr(slot, "security", None)
+    limit = prot.limits.run_seconds if prot is not None else None
+    if limit is None or (timeout is not None and timeout <= limit):
+        return do(timeout)
+    try:
+        return do(float(limit))
+    except CallTimeout:
+        try:
+            action = sandbox.runtime.component("monitor").invoke(
+                "run_overrun", sandbox.id, float(limit)
+            )
+        except SandboxError:
+            action = "unknown"
+        raise ResourceLimitExceeded(
+            f"sandbox {sandbox.id!r}: run() took longer than its limit of {limit}s "
+            f"(run_seconds); action taken: {action}"
+        ) from None
+

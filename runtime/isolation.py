@@ -1,0 +1,757 @@
+"""OS-level isolation of a sandbox process: the layers that make the guarantees real.
+
+Two halves, both standard library only:
+
+- **Host side** (the manager, through :mod:`actors.containment`):
+  :func:`detect` finds once per host process which layers this machine offers
+  (root? network namespaces? a writable cgroup hierarchy?), :func:`prepare`
+  gives a new sandbox its own UID (the workdir is chowned to it) and cgroups,
+  :func:`plan` turns a profile's groups and limits into the plain-data plan a
+  child applies, and :func:`release` kills whatever is left in the sandbox's
+  cgroups or runs under its UID, then removes the cgroups.
+- **Child side**: :func:`apply` runs first thing in the sandbox process (after
+  ``setsid()``, before the guard and any user code) and returns the layers it
+  applied and, for each one it could not, the reason.
+
+Layers (names as listed in a sandbox's info under ``isolation``):
+
+- ``rlimits``: RLIMIT_AS (the profile's memory on top of what the process had
+  mapped at boot), RLIMIT_CPU (SIGXCPU at the soft limit, SIGKILL 2 s later),
+  RLIMIT_NOFILE, RLIMIT_FSIZE (SIGXFSZ set back to its default: a file-size bomb
+  ends the process, which the host sees), RLIMIT_CORE 0, and RLIMIT_NPROC when
+  the sandbox has its own UID (it does not bind root);
+- ``cgroup-pids`` / ``cgroup-memory``: the sandbox's own cgroup (v2, or v1 where
+  that is what the host has) with ``pids.max`` and a memory ceiling; the host
+  reads its member list to find everything the sandbox started, even processes
+  that left its process group, and kills them all on destroy;
+- ``netns``: a network namespace with only a loopback interface, for profiles
+  without network groups (needs root);
+- ``uid``: a separate unprivileged UID/GID per sandbox (``UID_BASE`` + the
+  workdir's inode number, so it is stable across restarts and unique while the
+  sandbox exists), when the host runs as root;
+- ``mountns``: with ``uid``, when the Python installation (or the runtime) sits
+  under a directory other users cannot search (``/root/.pyenv``, say), a private
+  mount namespace in which that directory is an empty read-only tmpfs with only
+  those trees bound back in: the sandbox's UID can import the standard library
+  and sees nothing else of that directory;
+- ``no_new_privs``, ``no_dumpable`` (no ptrace, no core, /proc files root-owned),
+  ``pdeathsig`` (SIGKILL when the forkserver, the sandbox's parent, dies).
+
+The guard (``audit-hook``, :mod:`runtime.guard`) is installed after these, by
+:mod:`runtime.child`. Each thread of the sandbox gets a small stack
+(:data:`THREAD_STACK`), so 1,000 actors fit under an address-space limit.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+__all__ = [
+    "CGROUP_PARENT",
+    "LAYERS",
+    "THREAD_STACK",
+    "UID_BASE",
+    "apply",
+    "detect",
+    "plan",
+    "prepare",
+    "release",
+    "sandbox_pids",
+]
+
+#: Every layer name that can appear in a sandbox's ``isolation`` list, in order.
+LAYERS = (
+    "rlimits",
+    "audit-hook",
+    "netns",
+    "uid",
+    "mountns",
+    "no_new_privs",
+    "no_dumpable",
+    "pdeathsig",
+    "cgroup-pids",
+    "cgroup-memory",
+)
+#: First UID handed to sandboxes (well above any account a distribution creates).
+UID_BASE = 200_000
+_UID_MAX = 2**31 - 2
+#: Stack reserved per thread in a sandbox (the default, 8 MiB, would make 1,000
+#: actors reserve 8 GiB of address space).
+THREAD_STACK = 256 * 1024
+#: Tasks (threads count: the kernel's pids and NPROC counters count threads) a
+#: sandbox may have at once; process counts are the resource monitor's business.
+DEFAULT_TASKS = 4096
+#: Directory (under the host's own cgroup) holding the sandboxes' cgroups.
+CGROUP_PARENT = "sandbox-runtime"
+#: Room above the memory limit for the cgroup's ceiling: the resource monitor acts
+#: at the limit; the kernel only steps in when that was not enough.
+CGROUP_MEMORY_SLACK = 64 << 20
+
+_CLONE_NEWNET = 0x40000000
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
+_M_ARENA_MAX = -8
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+_CLONE_NEWNS = 0x00020000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 0x1, 0x2, 0x4, 0x20
+_MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
+
+
+# ------------------------------------------------------------------------------------
+# Host side
+
+
+_detected: dict[str, str | None] | None = None
+
+
+def detect(*, refresh: bool = False) -> dict[str, str | None]:
+    """Which optional layers this host offers: ``{layer: None}`` when available,
+    ``{layer: "reason"}`` when not. Computed once per process.
+
+    >>> sorted(detect())[:3]
+    ['cgroup-memory', 'cgroup-pids', 'netns']
+    """
+    global _detected
+    if _detected is not None and not refresh:
+        return dict(_detected)
+    out: dict[str, str | None] = {}
+    linux = sys.platform.startswith("linux")
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    libc = _libc_reason()
+    out["no_new_privs"] = out["no_dumpable"] = out["pdeathsig"] = (
+        None if linux and libc is None else (libc or "not Linux")
+    )
+    if not linux:
+        out["netns"] = out["uid"] = "not Linux"
+    else:
+        out["uid"] = None if root else "the host does not run as root (setuid needs it)"
+        if not root:
+            out["netns"] = "unshare(CLONE_NEWNET) needs root"
+        elif libc is not None:
+            out["netns"] = libc
+        elif not os.path.exists("/proc/self/ns/net"):
+            out["netns"] = "the kernel has no network namespaces"
+        else:
+            out["netns"] = None
+    for ctl in ("pids", "memory"):
+        where, why = _cgroup_base(ctl)
+        out[f"cgroup-{ctl}"] = None if where is not None else why
+    _detected = out
+    return dict(out)
+
+
+def _libc_reason() -> str | None:
+    try:
+        import ctypes.util  # noqa: F401  (only checks that ctypes exists)
+    except ImportError:
+        return "ctypes is not available"
+    return None
+
+
+def _own_cgroups() -> dict[str, str]:
+    """{controller or "" for v2: path of this process's cgroup}."""
+    out: dict[str, str] = {}
+    try:
+        with open("/proc/self/cgroup", encoding="ascii") as fh:
+            for line in fh:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) != 3:
+                    continue
+                _hid, ctls, path = parts
+                if ctls == "":
+                    out[""] = path
+                for c in ctls.split(","):
+                    if c:
+                        out[c] = path
+    except OSError:
+        pass
+    return out
+
+
+def _v2_mount() -> str | None:
+    for cand in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+        if os.path.exists(os.path.join(cand, "cgroup.controllers")):
+            return cand
+    return None
+
+
+_bases: dict[str, tuple[str | None, str]] = {}
+
+
+def _cgroup_base(ctl: str) -> tuple[str | None, str]:
+    """(directory under which sandbox cgroups for ``ctl`` go, or None; reason)."""
+    if ctl in _bases:
+        return _bases[ctl]
+    result: tuple[str | None, str] = (None, "no cgroup hierarchy")
+    own = _own_cgroups()
+    v2 = _v2_mount()
+    try:
+        if v2 is not None and "" in own:
+            with open(os.path.join(v2, "cgroup.controllers")) as fh:
+                available = fh.read().split()
+            if ctl in available:
+                mine = os.path.join(v2, own[""].lstrip("/"))
+                base = os.path.join(mine, CGROUP_PARENT)
+                os.makedirs(base, exist_ok=True)
+                with open(os.path.join(base, "cgroup.controllers")) as fh:
+                    have = fh.read().split()
+                if ctl not in have:
+                    with open(os.path.join(mine, "cgroup.subtree_control"), "w") as fh:
+                        fh.write(f"+{ctl}")
+                with open(os.path.join(base, "cgroup.subtree_control"), "w") as fh:
+                    fh.write(f"+{ctl}")
+                result = (base, "")
+            else:
+                result = (None, f"cgroup v2 has no {ctl} controller here")
+        if result[0] is None and ctl in own:
+            mount = f"/sys/fs/cgroup/{ctl}"
+            if os.path.isdir(mount):
+                base = os.path.join(mount, own[ctl].lstrip("/"), CGROUP_PARENT)
+                os.makedirs(base, exist_ok=True)
+                if not os.access(base, os.W_OK):
+                    result = (None, f"cgroup {base} is not writable")
+                else:
+                    result = (base, "")
+    except OSError as exc:
+        result = (None, f"no writable {ctl} cgroup: {exc.strerror or exc}")
+    _bases[ctl] = result
+    return result
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)[:120]
+
+
+def _traversable(path: str) -> str | None:
+    """None if every ancestor of ``path`` can be searched by other users, else why not."""
+    p = os.path.dirname(os.path.realpath(path))
+    while True:
+        try:
+            mode = os.stat(p).st_mode
+        except OSError as exc:
+            return f"cannot stat {p}: {exc.strerror}"
+        if not mode & 0o001:
+            return f"{p} is not searchable by other users (mode {oct(mode & 0o777)})"
+        if p == "/":
+            return None
+        p = os.path.dirname(p)
+
+
+def code_roots() -> list[str]:
+    """Directories a sandbox must be able to read code from: the Python
+    installation, site-packages and the runtime itself (resolved)."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    roots = [paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    roots += [p for p in sys.path if p and os.path.isabs(p)]
+    roots.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out: list[str] = []
+    for r in roots:
+        if r and os.path.isdir(r):
+            rp = os.path.realpath(r)
+            if rp not in out:
+                out.append(rp)
+    return out
+
+
+def _blocked_ancestor(path: str) -> str | None:
+    """The topmost ancestor of ``path`` (or itself) others cannot search, if any."""
+    parts = path.strip("/").split("/")
+    cur = ""
+    for part in parts:
+        cur = cur + "/" + part
+        try:
+            if not os.stat(cur).st_mode & 0o001:
+                return cur
+        except OSError:
+            return None
+    return None
+
+
+def exposures(paths: list[str]) -> list[tuple[str, list[str]]]:
+    """[(directory others cannot search, [paths under it to bind back])].
+
+    >>> exposures(["/definitely/not/there"])
+    []
+    """
+    groups: dict[str, list[str]] = {}
+    for p in sorted(set(paths)):
+        blocked = _blocked_ancestor(p)
+        if blocked is None or blocked == p:
+            continue
+        lst = groups.setdefault(blocked, [])
+        if not any(p == q or p.startswith(q.rstrip("/") + "/") for q in lst):
+            lst.append(p)
+    return sorted(groups.items())
+
+
+def prepare(
+    workdir: str,
+    key: str,
+    *,
+    tmpdir: bool = True,
+    group: str = "",
+) -> dict[str, Any]:
+    """Give a new sandbox its UID and cgroups (host side, as root); returns its state.
+
+    ``key`` names the sandbox's cgroups (``group``/``key`` under
+    :data:`CGROUP_PARENT`). The state is plain data: ``uid``/``gid`` (or None),
+    ``cgroups`` ({controller: directory}), ``skipped`` ({layer: reason}).
+    The workdir (and its ``tmp``) is chowned to the UID and made private; its
+    parent made searchable (not listable) by others so the UID can reach it.
+    """
+    avail = detect()
+    state: dict[str, Any] = {"uid": None, "gid": None, "cgroups": {}, "skipped": {}}
+    wd = os.path.realpath(workdir)
+    if tmpdir:
+        os.makedirs(os.path.join(wd, "tmp"), mode=0o700, exist_ok=True)
+    if avail.get("uid") is None:
+        parent = os.path.dirname(wd)
+        try:
+            mode = os.stat(parent).st_mode
+            if not mode & 0o001:
+                os.chmod(parent, (mode & 0o7777) | 0o011)  # searchable, not listable
+        except OSError:
+            pass
+        why = _traversable(wd)
+        if why is None:
+            uid = UID_BASE + os.stat(wd).st_ino
+            if uid > _UID_MAX:
+                uid = UID_BASE + os.stat(wd).st_ino % (_UID_MAX - UID_BASE)
+            for root, dirs, files in os.walk(wd):  # new: only our own files are here
+                for name in dirs + files:
+                    os.lchown(os.path.join(root, name), uid, uid)
+            os.lchown(wd, uid, uid)
+            os.chmod(wd, 0o700)
+            state["uid"] = state["gid"] = uid
+        else:
+            state["skipped"]["uid"] = why
+    else:
+        state["skipped"]["uid"] = avail["uid"]
+    for ctl in ("pids", "memory"):
+        layer = f"cgroup-{ctl}"
+        if avail.get(layer) is not None:
+            state["skipped"][layer] = avail[layer]
+            continue
+        base, why = _cgroup_base(ctl)
+        if base is None:
+            state["skipped"][layer] = why
+            continue
+        d = os.path.join(base, _safe(group), _safe(key)) if group else os.path.join(base, _safe(key))
+        try:
+            os.makedirs(d, exist_ok=True)
+            state["cgroups"][ctl] = d
+        except OSError as exc:
+            state["skipped"][layer] = f"cannot create {d}: {exc.strerror or exc}"
+    return state
+
+
+def set_cgroup_limits(state: dict[str, Any], *, tasks: int | None, memory: int | None) -> None:
+    """Write the ceilings into the sandbox's cgroups (host side)."""
+    for ctl, d in (state.get("cgroups") or {}).items():
+        v2 = os.path.exists(os.path.join(d, "cgroup.controllers"))
+        if ctl == "pids":
+            files = [("pids.max", "max" if tasks is None else str(tasks))]
+        else:
+            value = None if memory is None else memory + CGROUP_MEMORY_SLACK
+            if v2:
+                files = [("memory.max", "max" if value is None else str(value))]
+            else:
+                files = [("memory.limit_in_bytes", "-1" if value is None else str(value))]
+        for name, value in files:
+            try:
+                with open(os.path.join(d, name), "w") as fh:
+                    fh.write(value)
+            except OSError:
+                pass
+
+
+def plan(
+    *,
+    allow: set[str] | frozenset[str] | list[str],
+    limits: dict[str, Any],
+    state: dict[str, Any] | None = None,
+    net_allow: list[Any] | tuple[Any, ...] = (),
+    env_allow: list[str] | tuple[str, ...] = (),
+    tasks: int = DEFAULT_TASKS,
+) -> dict[str, Any]:
+    """The plain-data plan :func:`apply` carries out in the child.
+
+    ``allow``: the profile's operation groups; ``limits``: ``memory_mb``,
+    ``cpu_seconds``, ``open_files``, ``file_size_mb`` (None: no limit);
+    ``state``: from :func:`prepare`; ``net_allow``: addresses the profile lets
+    through (they live in the host's namespace, so no netns then).
+
+    >>> p = plan(allow={"math"}, limits={"memory_mb": 64}, state=None)
+    >>> p["rlimits"]["as_extra"], p["rlimits"]["core"]
+    (67108864, 0)
+    """
+    state = state or {"uid": None, "gid": None, "cgroups": {}, "skipped": {}}
+    avail = detect()
+    skipped = dict(state.get("skipped") or {})
+    mb = 1 << 20
+
+    def lim(key: str, scale: int = 1) -> int | None:
+        v = limits.get(key)
+        return None if v is None else int(v) * scale
+
+    networked = bool({"network_client", "network_server"} & set(allow))
+    netns = False
+    if networked:
+        skipped["netns"] = "the profile allows the network"
+    elif net_allow:
+        skipped["netns"] = "the profile lets addresses of the host's network through"
+    elif avail.get("netns") is not None:
+        skipped["netns"] = avail["netns"]  # type: ignore[assignment]
+    else:
+        netns = True
+    uid = state.get("uid")
+    expose: list[tuple[str, list[str]]] = []
+    if uid is not None:
+        expose = exposures(code_roots())
+        if expose and avail.get("netns") is not None:  # the same privilege: root + unshare
+            skipped["uid"] = (
+                f"{expose[0][0]} hides the Python installation from other users and "
+                "no mount namespace can be made to expose it"
+            )
+            uid = None
+    return {
+        "rlimits": {
+            "as_extra": lim("memory_mb", mb),
+            "cpu": lim("cpu_seconds"),
+            "nofile": lim("open_files"),
+            "fsize": lim("file_size_mb", mb),
+            "core": 0,
+            "nproc": tasks if uid is not None else None,
+        },
+        "netns": netns,
+        "uid": uid,
+        "gid": state.get("gid") if uid is not None else None,
+        "expose": [[d, list(ps)] for d, ps in expose],
+        "cgroups": sorted((state.get("cgroups") or {}).items()),
+        "no_new_privs": avail.get("no_new_privs") is None,
+        "no_dumpable": avail.get("no_dumpable") is None,
+        "pdeathsig": 9 if avail.get("pdeathsig") is None else None,
+        "thread_stack": THREAD_STACK,
+        "arena_max": 2,
+        "env_allow": list(env_allow),
+        "skipped": skipped,
+    }
+
+
+def sandbox_pids(state: dict[str, Any] | None) -> list[int] | None:
+    """Pids in the sandbox's cgroup (None if it has none)."""
+    cg = (state or {}).get("cgroups") or {}
+    d = cg.get("pids") or cg.get("memory")
+    if not d:
+        return None
+    try:
+        with open(os.path.join(d, "cgroup.procs"), encoding="ascii") as fh:
+            return [int(x) for x in fh.read().split()]
+    except (OSError, ValueError):
+        return None
+
+
+def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> list[int]:
+    """SIGKILL every process in the sandbox's cgroups (and, with ``by_uid``, every
+    process running under its UID); returns the pids signalled."""
+    import signal
+
+    state = state or {}
+    pids: set[int] = set()
+    for d in (state.get("cgroups") or {}).values():
+        try:
+            with open(os.path.join(d, "cgroup.procs"), encoding="ascii") as fh:
+                pids.update(int(x) for x in fh.read().split())
+        except (OSError, ValueError):
+            pass
+    uid = state.get("uid")
+    if by_uid and uid is not None:
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    pids.add(int(name))
+            except OSError:
+                pass
+    pids.discard(os.getpid())
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return sorted(pids)
+
+
+def release(state: dict[str, Any] | None, *, timeout: float = 5.0) -> list[int]:
+    """At destroy (host side): kill what is left of the sandbox, remove its cgroups.
+
+    Returns the pids that were still there.
+    """
+    import time
+
+    state = state or {}
+    killed = kill_leftovers(state, by_uid=True)
+    deadline = time.monotonic() + timeout
+    for d in (state.get("cgroups") or {}).values():
+        while True:
+            try:
+                os.rmdir(d)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                # Members are still exiting: kill again (a fork may have raced us).
+                if time.monotonic() > deadline:
+                    break
+                kill_leftovers({"cgroups": {"x": d}})
+                _pause(0.01)
+    return killed
+
+
+def release_group(group: str) -> None:
+    """Remove a runtime's cgroup directories (after all its sandboxes are gone)."""
+    for ctl in ("pids", "memory"):
+        base, _why = _bases.get(ctl, (None, ""))
+        if base is None:
+            continue
+        d = os.path.join(base, _safe(group))
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            sub = os.path.join(d, name)
+            if os.path.isdir(sub):
+                release({"cgroups": {ctl: sub}}, timeout=2.0)
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
+def _pause(seconds: float) -> None:
+    import select
+
+    select.select([], [], [], seconds)
+
+
+# ------------------------------------------------------------------------------------
+# Child side
+
+
+def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
+    """Apply plan ``p`` to this (fresh, single-threaded) sandbox process.
+
+    Returns (layers applied, {layer: reason} for those skipped or failed). Never
+    raises for a layer that cannot be applied; ctypes is unloaded again afterwards
+    so the sandbox's own ``import ctypes`` is an import like any other.
+    """
+    if not p:
+        return [], {}
+    applied: list[str] = []
+    skipped: dict[str, str] = dict(p.get("skipped") or {})
+    had_ctypes = "ctypes" in sys.modules
+    libc = None
+
+    def need_libc() -> Any:
+        nonlocal libc
+        if libc is None:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+        return libc
+
+    def prctl(option: int, arg: int) -> None:
+        import ctypes
+
+        lc = need_libc()
+        if lc.prctl(option, ctypes.c_ulong(arg), 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    # cgroups first: joined as root, before anything else runs.
+    for ctl, d in p.get("cgroups") or ():
+        try:
+            with open(os.path.join(d, "cgroup.procs"), "w") as fh:
+                fh.write(str(os.getpid()))
+            applied.append(f"cgroup-{ctl}")
+        except OSError as exc:
+            skipped[f"cgroup-{ctl}"] = f"joining {d}: {exc.strerror or exc}"
+    if p.get("netns"):
+        try:
+            import ctypes
+
+            lc = need_libc()
+            if lc.unshare(_CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            _loopback_up()
+            applied.append("netns")
+        except Exception as exc:
+            skipped["netns"] = f"unshare(CLONE_NEWNET) failed: {exc}"
+    if p.get("arena_max"):
+        try:
+            need_libc().mallopt(_M_ARENA_MAX, int(p["arena_max"]))
+        except Exception:
+            pass
+    if p.get("no_new_privs"):
+        try:
+            prctl(_PR_SET_NO_NEW_PRIVS, 1)
+            applied.append("no_new_privs")
+        except Exception as exc:
+            skipped["no_new_privs"] = str(exc)
+    uid, gid = p.get("uid"), p.get("gid")
+    if uid is not None and p.get("expose"):
+        try:
+            _expose(need_libc(), p["expose"])
+            applied.append("mountns")
+        except Exception as exc:
+            skipped["uid"] = f"the Python installation cannot be exposed to it: {exc}"
+            skipped["mountns"] = str(exc)
+            uid = None
+    if uid is not None:
+        try:
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            applied.append("uid")
+        except OSError as exc:
+            skipped["uid"] = f"setuid({uid}) failed: {exc.strerror or exc}"
+    if p.get("no_dumpable"):
+        try:
+            prctl(_PR_SET_DUMPABLE, 0)
+            applied.append("no_dumpable")
+        except Exception as exc:
+            skipped["no_dumpable"] = str(exc)
+    sig = p.get("pdeathsig")
+    if sig:
+        try:
+            parent = os.getppid()
+            prctl(_PR_SET_PDEATHSIG, int(sig))
+            if parent == 1 or os.getppid() != parent:  # the parent died meanwhile
+                os.kill(os.getpid(), int(sig))
+            applied.append("pdeathsig")
+        except Exception as exc:
+            skipped["pdeathsig"] = str(exc)
+    if libc is not None and not had_ctypes:
+        libc = None
+        for name in [m for m in sys.modules if m == "ctypes" or m.startswith("ctypes.")]:
+            del sys.modules[name]
+        sys.modules.pop("_ctypes", None)
+    try:
+        _rlimits(p.get("rlimits") or {})
+        applied.append("rlimits")
+    except (OSError, ValueError) as exc:
+        skipped["rlimits"] = f"setrlimit failed: {exc}"
+    try:
+        import threading
+
+        threading.stack_size(int(p.get("thread_stack") or THREAD_STACK))
+    except (ValueError, RuntimeError):
+        pass
+    _scrub_env(p.get("env_allow"))
+    return applied, skipped
+
+
+def _expose(libc: Any, expose: list[Any]) -> None:
+    """A private mount namespace where each hidden directory is an empty read-only
+    tmpfs with only the given trees bound back in (read-only)."""
+    import ctypes
+
+    def check(rc: int, what: str) -> None:
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    # Nothing done here may propagate back to the host's mounts.
+    check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
+    for hidden, paths in expose:
+        fds = [os.open(q, os.O_PATH | os.O_DIRECTORY) for q in paths]
+        try:
+            flags = _MS_NOSUID | _MS_NODEV
+            check(
+                libc.mount(b"tmpfs", hidden.encode(), b"tmpfs", flags, b"mode=0755,size=64k"),
+                f"tmpfs on {hidden}",
+            )
+            for q, fd in zip(paths, fds):
+                os.makedirs(q, mode=0o755, exist_ok=True)
+                src = f"/proc/self/fd/{fd}".encode()
+                check(libc.mount(src, q.encode(), None, _MS_BIND | _MS_REC, None), f"bind {q}")
+                check(
+                    libc.mount(
+                        None, q.encode(), None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | flags, None
+                    ),
+                    f"read-only {q}",
+                )
+            check(
+                libc.mount(
+                    None, hidden.encode(), None, _MS_REMOUNT | _MS_RDONLY | flags, None
+                ),
+                f"read-only {hidden}",
+            )
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _loopback_up() -> None:
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def _rlimits(r: dict[str, Any]) -> None:
+    import resource
+    import signal
+
+    def lower(res: int, soft: int, hard: int | None = None) -> None:
+        hard = soft if hard is None else hard
+        cur_soft, cur_hard = resource.getrlimit(res)
+        if cur_hard != resource.RLIM_INFINITY:
+            hard = min(hard, cur_hard)
+            soft = min(soft, hard)
+        resource.setrlimit(res, (soft, hard))
+
+    if r.get("as_extra"):
+        mapped = _mapped_bytes()
+        lower(resource.RLIMIT_AS, mapped + int(r["as_extra"]))
+    if r.get("cpu"):
+        lower(resource.RLIMIT_CPU, int(r["cpu"]), int(r["cpu"]) + 2)
+    if r.get("nofile"):
+        lower(resource.RLIMIT_NOFILE, int(r["nofile"]))
+    if r.get("fsize"):
+        lower(resource.RLIMIT_FSIZE, int(r["fsize"]))
+        # Python ignores SIGXFSZ (writes then fail with EFBIG); the default action
+        # ends the process, which the host sees and records as a limit reached.
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    if r.get("core") is not None:
+        lower(resource.RLIMIT_CORE, int(r["core"]))
+    if r.get("nproc"):
+        lower(resource.RLIMIT_NPROC, int(r["nproc"]))
+
+
+def _mapped_bytes() -> int:
+    """The process's virtual size now (what it had mapped before user code)."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            pages = int(fh.read().split()[0])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _scrub_env(allow: Any) -> None:
+    if allow is None:
+        return
+    keep = set(allow)
+    for key in list(os.environ):
+        if key not in keep:
+            del os.environ[key]

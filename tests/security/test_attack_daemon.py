@@ -1,0 +1,79 @@
+"""A double-forked daemon must not outlive destroy."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from conftest import attempt, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _daemonize(marker: str) -> int:
+    import os
+
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        if os.fork() == 0:
+            import threading
+
+            while True:
+                with open(marker, "a") as fh:
+                    fh.write("alive\n")
+                threading.Event().wait(0.05)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def _sandbox_processes(uid: int | None, pgid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["uids", "pid"]):
+        try:
+            if (uid is not None and p.info["uids"].real == uid) or os_getpgid(p.pid) == pgid:
+                out.append(p)
+        except (psutil.Error, OSError):
+            pass
+    return out
+
+
+def os_getpgid(pid: int) -> int:
+    import os
+
+    return os.getpgid(pid)
+
+
+def test_high_refuses_the_fork(world):
+    sb = world.sandbox()
+    marker = world.marker()
+    got = attempt(sb, _daemonize, str(marker))
+    assert isinstance(got, Exception) and "os.fork refused" in str(got), got
+    info = sb.info()
+    sb.destroy()
+    assert not marker.exists()
+    assert not _sandbox_processes(info.get("uid"), info["pid"])
+    assert world.events(sb.id, "os.fork"), world.events(sb.id)
+
+
+def test_low_daemon_that_left_the_process_group_dies_with_the_sandbox(world):
+    """Under ``low`` forking works; the daemon escapes the process group (setsid),
+    so killpg cannot reach it: destroy finds it in the sandbox's cgroup / by UID."""
+    info0 = world.sandbox(profile="low", id="lowd").info()
+    if not info0.get("cgroups") and info0.get("uid") is None:
+        pytest.skip("neither a cgroup nor a sandbox UID is available to find escaped processes")
+    sb = world.rt.sandbox("lowd")
+    marker = world.workdir(sb) / "daemon.log"
+    assert isinstance(attempt(sb, _daemonize, str(marker)), int)
+    wait_for(marker.exists, 10)
+    uid = info0.get("uid")
+    escaped = [
+        p for p in psutil.process_iter(["uids"])
+        if uid is not None and p.info["uids"] and p.info["uids"].real == uid and p.pid != info0["pid"]
+    ]
+    assert escaped or info0.get("cgroups"), "the daemon should be running before destroy"
+    sb.destroy()
+    gone, alive = psutil.wait_procs(escaped, timeout=5)
+    assert not alive, f"daemon outlived destroy: {alive}"
+    assert world.events("lowd", "sandbox.leftovers"), world.events("lowd")

@@ -1,0 +1,62 @@
+"""The OS layers this host offers are applied, and show in the sandbox's info."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+import pytest
+
+from conftest import attempt, layer_missing
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _env() -> dict:
+    import os
+
+    return {"HOME": os.environ.get("HOME"), "TMPDIR": os.environ.get("TMPDIR"),
+            "secret": os.environ.get("SANDBOX_TEST_SECRET"), "uid": os.getuid()}
+
+
+def _interfaces() -> list[str]:
+    import socket
+
+    return [name for _i, name in socket.if_nameindex()]
+
+
+@pytest.mark.parametrize(
+    "layer", ["rlimits", "audit-hook", "netns", "uid", "no_new_privs", "cgroup-pids"]
+)
+def test_layer_is_applied(world, layer):
+    if layer not in ("rlimits", "audit-hook") and layer_missing(layer):
+        pytest.skip(f"{layer} is not available on this host: {layer_missing(layer)}")
+    info = world.sandbox(profile="high").info()
+    assert layer in info["isolation"], info["isolation_skipped"]
+
+
+def test_environment_is_scrubbed_and_home_is_the_workdir(world, monkeypatch):
+    monkeypatch.setenv("SANDBOX_TEST_SECRET", "s3cret")
+    import multiprocessing.forkserver as fs
+
+    sb = world.sandbox()
+    wd = str(world.workdir(sb))
+    got = attempt(sb, _env)
+    assert got["HOME"] == wd and got["TMPDIR"].startswith(wd), got
+    assert got["secret"] is None, "the host's environment leaked into the sandbox"
+    assert fs  # (the forkserver's environment predates the variable anyway)
+    if not layer_missing("uid"):
+        assert got["uid"] != 0 and psutil.Process(sb.pid).uids().real == got["uid"]
+        assert os.stat(wd).st_uid == got["uid"]
+
+
+def test_network_namespace_has_only_loopback(world):
+    if layer_missing("netns"):
+        pytest.skip(f"netns is not available on this host: {layer_missing('netns')}")
+    sb = world.sandbox(profile="low", id="netcheck")  # low may list interfaces
+    assert "netns" not in sb.info()["isolation"], "low allows the network"
+    high = world.sandbox()
+    assert "netns" in high.info()["isolation"]
+    with open(f"/proc/{high.pid}/net/dev") as fh:
+        names = {line.split(":")[0].strip() for line in fh.readlines()[2:]}
+    assert names == {"lo"}, names
