@@ -133,6 +133,8 @@ class CompileCache:
         payload = _HLEN.pack(len(h)) + h + entry.code
         data = FORMAT + self._digest(payload) + payload
         try:
+            # The directory may have gone since (a destroyed sandbox's cache): recreate it.
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".sbxc")
             try:
                 with os.fdopen(fd, "wb") as f:

@@ -323,3 +323,11 @@ def test_sandboxes_die_with_a_sigkilled_host(tmp_path):
         proc.wait(10)
         proc.stdin.close()
         proc.stdout.close()
+
+
+def test_recreating_a_destroyed_id_compiles_into_a_fresh_cache(sandbox_runtime, caplog):
+    for _ in range(2):
+        sb = sandbox_runtime.create_sandbox("again", COUNTER)
+        assert sb.call("counter", "incr") == 1
+        sb.destroy()
+    assert "could not write compile cache" not in caplog.text
