@@ -66,7 +66,9 @@ class Sandbox:
     """A handle on one sandbox of a runtime. Cheap; survives restarts of its process.
 
     Calls made while the sandbox's process restarts wait for the new process, up
-    to their timeout.
+    to their timeout. A call already in flight when the process dies fails with
+    :class:`~runtime.errors.ActorDead` instead: it may or may not have been handled,
+    so it is never sent again behind the caller's back (at most once, as in OTP).
     """
 
     def __init__(self, runtime: Runtime, sandbox_id: str) -> None:
@@ -123,9 +125,10 @@ class Sandbox:
         proc = self._process(timeout)
         from actors.monitor import run_with_limit  # the sandbox's run_seconds limit
 
-        return run_with_limit(
-            self, lambda t: proc.system("run", (fn, tuple(args)), timeout=t), timeout
-        )
+        from .shipping import ship
+
+        blob = ship((fn, tuple(args)))
+        return run_with_limit(self, lambda t: proc.system("run", blob, timeout=t), timeout)
 
     def info(self) -> dict[str, Any]:
         """The sandbox's status, pid, configuration, restart count, uptime, last error."""

@@ -239,9 +239,12 @@ def _op_names(server: ChildServer, payload: Any) -> list[str]:
 
 @register_system_op("run", threaded=True)
 def _op_run(server: ChildServer, payload: Any) -> Any:
-    """``(fn, args)``: call ``fn(*args)`` in the child; the function only arrives
-    when the host was allowed to pickle (``allow_pickle``)."""
-    fn, args = payload
+    """``(fn, args)`` as :func:`runtime.shipping.ship` bytes: call ``fn(*args)`` here."""
+    if not server.boot.allow_pickle:  # the host checks too; this side does not trust it to
+        raise PermissionError("this sandbox's profile does not allow run()")
+    from .shipping import land
+
+    fn, args = land(payload) if isinstance(payload, bytes) else payload
     if not callable(fn):
         raise TypeError(f"run needs (function, args), got a {type(fn).__name__} to call")
     return fn(*args)

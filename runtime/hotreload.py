@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import logs, telemetry
 from .errors import ReloadFailed, SandboxError, SecurityViolation
+from .shipping import ship
 from .swap import ModuleCode
 
 if TYPE_CHECKING:
@@ -135,37 +136,6 @@ def _relocate(result: Any, overlay: str, app: str, files: Mapping[str, str]) -> 
     result.root = app
 
 
-def _pickle_migrate(fn: Callable[..., Any], app_modules: Iterable[str]) -> bytes:
-    """The migration function as cloudpickle bytes the sandbox can always load.
-
-    A function of a module the sandbox does not have (a test module, the host
-    application) is pickled by value; one of an app module, by reference (it then
-    runs from the newly staged module). The sandbox unpickles it inside the swap,
-    so a function that cannot be loaded there fails the reload cleanly instead of
-    breaking the mailbox protocol.
-    """
-    import cloudpickle
-
-    name = getattr(fn, "__module__", None)
-    module = sys.modules.get(name) if name else None
-    by_value = (
-        isinstance(fn, types.FunctionType)
-        and module is not None
-        and name not in ("__main__", "builtins")
-        and name not in set(app_modules)
-    )
-    if not by_value:
-        return cloudpickle.dumps(fn)
-    try:
-        cloudpickle.register_pickle_by_value(module)
-    except ValueError:  # a module cloudpickle refuses to pickle by value: try as is
-        return cloudpickle.dumps(fn)
-    try:
-        return cloudpickle.dumps(fn)
-    finally:
-        cloudpickle.unregister_pickle_by_value(module)
-
-
 def hot_reload(
     rt: Runtime,
     sandbox_id: str,
@@ -260,7 +230,7 @@ def hot_reload(
                 for unit in plan.units
             ]
             if migrate is not None:
-                migrate = _pickle_migrate(migrate, set(slot.modules) | set(result.modules))
+                migrate = ship(migrate, set(slot.modules) | set(result.modules))
             swap = _swap(rt, slot, sandbox_id, units, wanted, migrate, extra, timeout)
             report.versions = versions.invoke(
                 "record", sandbox_id, [result.modules[m] for m in wanted]

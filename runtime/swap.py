@@ -422,9 +422,9 @@ def _load_migrate(migrate: Any) -> Callable[[Any, Any, Any], Any] | None:
     """The migration function, unpickled here if it came as bytes (see hotreload)."""
     if migrate is None or callable(migrate):
         return migrate
-    import cloudpickle
+    from .shipping import land
 
-    fn = cloudpickle.loads(migrate)
+    fn = land(migrate, "migrate function")
     if not callable(fn):
         raise TypeError(f"migrate must be a function (old_state, old_vsn, new_vsn), got {fn!r}")
     return fn

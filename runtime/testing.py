@@ -316,9 +316,10 @@ def wait_for_reload(sandbox: Any, timeout: float = 10.0, *, since: float | None 
     (a ``time.time()`` taken before triggering it) is given: then a reload that
     started at or after ``since`` and has already finished counts too.
 
-    Returns a dict with ``sandbox``, ``ok``, ``error`` (``"Kind: reason"`` or None),
-    ``modules``, ``changed``, ``versions`` and ``duration``; a failed reload is
-    returned, not raised (check it with :func:`assert_hot_reload_successful`).
+    Returns the reload's report as ``Runtime.reload_status`` gives it (``sandbox``,
+    ``ok``, ``error``, ``modules``, ``changed``, ``versions``, ``duration``,
+    ``diagnostics``, ...); a failed reload is returned, not raised (check it with
+    :func:`assert_hot_reload_successful`).
     Raises ``TimeoutError`` if no reload finishes within ``timeout`` seconds.
     """
     sandbox_id = sandbox.id
@@ -343,23 +344,40 @@ def wait_for_reload(sandbox: Any, timeout: float = 10.0, *, since: float | None 
         })
         notify()
 
+    def status() -> dict[str, Any] | None:
+        got = sandbox.runtime.reload_status(sandbox_id)
+        return dict(got) if got and got.get("kind", "reload") == "reload" else None
+
     def finished() -> dict[str, Any] | None:
         if seen:
             return seen[0]
         if since is not None:
-            status = sandbox.runtime.reload_status(sandbox_id)
-            if status and status.get("kind", "reload") == "reload" and status.get("at", 0) >= since:
-                return dict(status)
+            got = status()
+            if got and got.get("at", 0) >= since:
+                return got
         return None
 
+    deadline = time.monotonic() + timeout
     telemetry.attach(handler_id, "sandbox.reload", on_event)
     try:
-        return wait_for(
+        before = status()
+        outcome = wait_for(
             finished, timeout,
             message=f"no hot reload of sandbox {sandbox_id!r} finished within {timeout}s",
         )
     finally:
         telemetry.detach(handler_id)
+    if "at" in outcome:
+        return outcome
+    # The event fires as the reload ends, a moment before its report is stored:
+    # wait (briefly) for the full report, so reload_status() agrees with the result.
+    try:
+        return wait_for(
+            lambda: (got := status()) and got != before and got.get("ok") == outcome["ok"] and got,
+            max(0.5, deadline - time.monotonic()),
+        )
+    except TimeoutError:
+        return outcome
 
 
 # -- stress ------------------------------------------------------------------------------
