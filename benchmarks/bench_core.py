@@ -191,7 +191,8 @@ def main(quick: bool = False) -> list[Record]:
         return ProjectChild(f"bench-core-{os.getpid()}-{next(seq)}")
 
     s = _Series.new(
-        *(f"{k}_{p}" for k in ("proj", "floor", "pipe", "pykka") for p in ("p50", "p99")),
+        *(f"{k}_{p}" for k in ("proj", "floor", "pipe", "pykka", "thespian")
+          for p in ("p50", "p99")),
         *(f"{k}_{f}" for k in ("proj", "floor") for f in ("cast", "batch")),
         *(f"{k}_{f}" for k in ("proj", "floor", "min") for f in ("start", "uss", "pss")),
     )
@@ -222,6 +223,14 @@ def main(quick: bool = False) -> list[Record]:
         stack.callback(_close_pipe)
         pykka_ref = PykkaEcho.start()
         stack.callback(pykka_ref.stop)
+        from benchmarks import _thespian
+
+        thespian = None
+        if _thespian.available():
+            thespian = _thespian.ThespianEcho()
+            stack.callback(thespian.close)
+        else:
+            notes.append("thespian not installed (bench extra): its baseline is left out")
 
         def pipe_call(payload: Any) -> Any:
             pipe_conn.send(payload)
@@ -233,6 +242,8 @@ def main(quick: bool = False) -> list[Record]:
             ("pipe", pipe_call),
             ("pykka", lambda p: pykka_ref.ask(p)),
         ]
+        if thespian is not None:
+            systems.append(("thespian", thespian.call))
         for _, call in systems:  # warm every path up, untimed
             for i in range(sizes.warmup):
                 call(["ping", i])
@@ -338,6 +349,17 @@ def main(quick: bool = False) -> list[Record]:
             f"pykka_{pct}",
             note="context: no process boundary",
         )
+    if s.values["thespian_p50"]:
+        for pct in ("p50", "p99"):
+            add(
+                "call_roundtrip",
+                f"{pct} round trip",
+                f"proj_{pct}",
+                "us",
+                "thespian multiprocQueueBase ask",
+                f"thespian_{pct}",
+                note="context: a peer actor library, actor in its own process",
+            )
     cast_note = f"{sizes.casts} casts per run, clock stops when a call returns the child's count"
     add(
         "cast_throughput",
