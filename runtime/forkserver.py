@@ -44,7 +44,12 @@ from typing import Any
 __all__ = ["PRELOAD", "context", "helper_pids", "server_pid", "start"]
 
 #: Modules imported once by the forkserver, shared (copy-on-write) by every child.
-PRELOAD: list[str] = ["runtime.child"]
+#: What every sandbox needs is imported once, here, so its pages are shared
+#: copy-on-write instead of costing each sandbox its own copy (measured: 6.4 MiB
+#: USS per isolated sandbox without the last three, 5.1 MiB with them): the
+#: GenServer every app imports, ``ctypes`` for the isolation layers (prctl and
+#: unshare; Python 3.11's ``os`` has neither) and ``resource`` for the rlimits.
+PRELOAD: list[str] = ["runtime.child", "runtime.genserver", "ctypes", "resource"]
 
 _lock = threading.Lock()
 _context: BaseContext | None = None

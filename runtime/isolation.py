@@ -635,7 +635,9 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
             applied.append("pdeathsig")
         except Exception as exc:
             skipped["pdeathsig"] = str(exc)
-    if libc is not None and not had_ctypes:
+    if libc is not None:
+        # Unloaded even when the forkserver preloaded it: the sandbox's own
+        # ``import ctypes`` must be an import its guard sees, not a dict lookup.
         libc = None
         for name in [m for m in sys.modules if m == "ctypes" or m.startswith("ctypes.")]:
             del sys.modules[name]
