@@ -31,7 +31,8 @@ import sys
 import tempfile
 import time
 import types
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -177,8 +178,8 @@ def hot_reload(
     compiler, versions = rt.component("compiler"), rt.component("versions")
     report = ReloadReport(sandbox=sandbox_id, at=time.time())
     meta = {"sandbox": sandbox_id, "runtime": rt.name}
-    with slot.reload_lock, telemetry.span("sandbox.reload", meta) as span_md:
-        rt._manager("set_status", sandbox_id, "reloading")
+    with slot.reload_lock, telemetry.span("sandbox.reload", meta) as span_md, \
+            _recorded(rt, slot, report, t0):
         overlay = None
         try:
             cache = rt._manager("cache_dir", sandbox_id)
@@ -217,9 +218,7 @@ def hot_reload(
             else:
                 wanted = versions.invoke("changed_modules", sandbox_id, result)
             if not wanted:
-                report.duration = time.perf_counter() - t0
                 span_md.update(modules=[], changed=[])
-                slot.last_reload = report.as_dict()
                 return report
             plan = versions.invoke("calculate_reload_order", sandbox_id, wanted, pending=result)
             new_versions = versions.invoke(
@@ -241,17 +240,9 @@ def hot_reload(
             report.modules, report.changed, report.cycles = plan.modules, list(wanted), plan.cycles
             _fill(report, swap)
             span_md.update(modules=report.modules, changed=report.changed, versions=report.versions)
-        except BaseException as exc:
-            report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
-            report.duration = time.perf_counter() - t0
-            slot.last_reload = report.as_dict()
-            raise
         finally:
             if overlay:
                 shutil.rmtree(overlay, ignore_errors=True)
-            _set_status_back(rt, sandbox_id)
-    report.duration = time.perf_counter() - t0
-    slot.last_reload = report.as_dict()
     return report
 
 
@@ -274,30 +265,36 @@ def rollback_module(
     versions = rt.component("versions")
     report = ReloadReport(sandbox=sandbox_id, kind="rollback", at=time.time())
     meta = {"sandbox": sandbox_id, "runtime": rt.name, "module": module, "version": version}
-    with slot.reload_lock, telemetry.span("sandbox.rollback", meta):
-        rt._manager("set_status", sandbox_id, "reloading")
-        try:
-            target = versions.invoke("get_version", sandbox_id, module, version)
-            plan = versions.invoke("calculate_reload_order", sandbox_id, [module])
-            chosen = {module: ModuleCode.from_compiled(target, version)}
-            units = [[(chosen.get(m) or slot.modules[m]).to_wire() for m in unit]
-                     for unit in plan.units]
-            swap = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout)
-            versions.invoke("set_current", sandbox_id, module, version)
-            slot.modules[module] = chosen[module]
-            report.modules, report.changed, report.cycles = plan.modules, [module], plan.cycles
-            report.versions = {module: version}
-            _fill(report, swap)
-        except BaseException as exc:
-            report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
-            report.duration = time.perf_counter() - t0
-            slot.last_reload = report.as_dict()
-            raise
-        finally:
-            _set_status_back(rt, sandbox_id)
-    report.duration = time.perf_counter() - t0
-    slot.last_reload = report.as_dict()
+    with slot.reload_lock, telemetry.span("sandbox.rollback", meta), \
+            _recorded(rt, slot, report, t0):
+        target = versions.invoke("get_version", sandbox_id, module, version)
+        plan = versions.invoke("calculate_reload_order", sandbox_id, [module])
+        chosen = {module: ModuleCode.from_compiled(target, version)}
+        units = [[(chosen.get(m) or slot.modules[m]).to_wire() for m in unit]
+                 for unit in plan.units]
+        swap = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout)
+        versions.invoke("set_current", sandbox_id, module, version)
+        slot.modules[module] = chosen[module]
+        report.modules, report.changed, report.cycles = plan.modules, [module], plan.cycles
+        report.versions = {module: version}
+        _fill(report, swap)
     return report
+
+
+@contextmanager
+def _recorded(rt: Runtime, slot: Any, report: ReloadReport, t0: float) -> Iterator[None]:
+    """Status ``reloading`` for the duration; the outcome kept as the slot's last reload."""
+    sandbox_id = report.sandbox
+    rt._manager("set_status", sandbox_id, "reloading")
+    try:
+        yield
+    except BaseException as exc:
+        report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        report.duration = time.perf_counter() - t0
+        slot.last_reload = report.as_dict()
+        _set_status_back(rt, sandbox_id)
 
 
 def _changed_on_disk(path: str, cache_dir: str, current: Mapping[str, ModuleCode]) -> list[str]:
