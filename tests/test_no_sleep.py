@@ -1,6 +1,6 @@
 """No test sleeps: waits are event-driven (runtime.testing.wait_for, Events, joins).
 
-Greps every Python file under tests/ (this one excepted) for calls to ``sleep(``
+Greps every Python file under tests/ (this one excepted) for sleep calls
 (``time.sleep``, ``asyncio.sleep``, a bare imported ``sleep``) and for importing
 ``sleep`` from ``time``, and fails listing each one with its file and line.
 """
