@@ -394,7 +394,13 @@ class Runtime:
 
     @logs.operation("restart")
     def restart_sandbox(self, sandbox_id: str, *, preserve_state: bool = False) -> dict[str, Any]:
-        """Restart a sandbox with the same configuration; ``preserve_state`` carries actor state."""
+        """Restart a sandbox with the same configuration; ``preserve_state`` carries actor state.
+
+        The new process runs the code the sandbox runs now (its last reload or
+        rollback), not whatever is on disk: as in OTP, a restart does not upgrade.
+        Call :meth:`hot_reload` to pick up edited files. A sandbox in status
+        ``error`` (restart intensity reached) starts again from here.
+        """
         return self._manager("restart", sandbox_id, preserve_state)
 
     def get_sandbox_info(self, sandbox_id: str) -> dict[str, Any]:
