@@ -27,8 +27,8 @@ from typing import Any
 
 from runtime import telemetry
 from runtime.actor import Down, ExitReason, monitor
-from runtime.component import Component
 from runtime.childspec import ChildSpec
+from runtime.component import Component
 from runtime.config import SandboxConfig
 from runtime.errors import (
     SandboxError,
@@ -38,8 +38,8 @@ from runtime.errors import (
 )
 from runtime.process import KILL_MARGIN, start_process
 from runtime.recovery import annotate as annotate_error
-from runtime.swap import ModuleCode
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef
+from runtime.swap import ModuleCode
 
 from . import containment
 from .slot import ProcessSlot

@@ -217,7 +217,7 @@ def memory_bomb(runs: int) -> tuple[list[float], list[float]]:
             gone = threading.Event()
             from runtime.actor import monitor as watch
 
-            watch(proc, lambda _down: gone.set())
+            watch(proc, lambda _down, g=gone: g.set())
             t0 = time.perf_counter()
             threading.Thread(target=lambda s=sb: _quiet(s.run, _holder, timeout=60),
                              daemon=True).start()

@@ -75,7 +75,23 @@ if TYPE_CHECKING:
     from .api import BatchResult, Runtime, Sandbox, start
     from .childspec import ChildSpec
     from .config import Limits, SandboxConfig
-    from .errors import *  # noqa: F403
+    from .errors import (
+        ActorDead,
+        ActorFailed,
+        CallTimeout,
+        ChildSpecError,
+        CompileError,
+        ConfigError,
+        NoSuchActor,
+        ProtocolError,
+        ReloadFailed,
+        ResourceLimitExceeded,
+        SandboxError,
+        SandboxExists,
+        SandboxNotFound,
+        SecurityViolation,
+        SupervisorError,
+    )
     from .genserver import GenServer
     from .registry import register, whereis
     from .supervisor import Supervisor, SupervisorSpec

@@ -27,12 +27,12 @@ one on the other end of a socket.
 from __future__ import annotations
 
 import itertools
-import queue
 import logging
+import queue
 import threading
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import pykka

@@ -210,9 +210,8 @@ class Runtime:
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Runtime:
         """Start the root supervisor and the component actors (done by :func:`start`)."""
-        from actors.manager import ManagerActor
-
         from actors.compiler import CompilerActor
+        from actors.manager import ManagerActor
         from actors.monitor import ResourceMonitorActor
         from actors.scan import ProfileScanner
         from actors.security import SecurityControllerActor

@@ -56,18 +56,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import guard as _guard
+from . import isolation as _isolation
+from . import logs as _logs
+from . import registry, swap
 from .actor import ActorRef, Down, monitor
 from .channel import Channel, ChannelClosed
 from .childspec import ChildSpec
 from .errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
 from .mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
-from . import registry
 from .registry import registered, whereis
 from .supervisor import Supervisor, SupervisorSpec
-from . import guard as _guard
-from . import isolation as _isolation
-from . import swap
-from . import logs as _logs
 
 __all__ = [
     "BootConfig",

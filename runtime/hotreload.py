@@ -27,7 +27,6 @@ import dataclasses
 import marshal
 import os
 import shutil
-import sys
 import tempfile
 import time
 import types

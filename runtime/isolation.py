@@ -552,7 +552,6 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
         return [], {}
     applied: list[str] = []
     skipped: dict[str, str] = dict(p.get("skipped") or {})
-    had_ctypes = "ctypes" in sys.modules
     libc = None
 
     def need_libc() -> Any:

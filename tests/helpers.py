@@ -8,17 +8,18 @@ event, so a test wakes as soon as the runtime reports progress; a short bounded
 from __future__ import annotations
 
 import itertools
+import textwrap
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runtime import telemetry
 from runtime.testing import _ensure_attached, notify
 from runtime.testing import wait_for as _wait_for
 
-__all__ = ["Event", "Recorder", "ensure_attached", "notify", "wait_for"]
+__all__ = ["Event", "Recorder", "ensure_attached", "notify", "path_of", "wait_for", "write"]
 
 
 
@@ -33,6 +34,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, *, message: str
         return _wait_for(predicate, timeout, message=message or None)
     except TimeoutError as exc:
         raise AssertionError(str(exc)) from None
+
+
+def path_of(sb: Any) -> Path:
+    """The app directory of a sandbox (its files are what a reload compiles)."""
+    return Path(sb.info()["path"])
+
+
+def write(sb: Any, name: str, source: str) -> Path:
+    """Write (dedented) ``source`` to ``name`` in the sandbox's app directory."""
+    p = path_of(sb) / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(textwrap.dedent(source))
+    return p
 
 
 @dataclass(frozen=True)

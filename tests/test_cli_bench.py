@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks import _harness  # noqa: E402
 from test_benchmarks import assert_no_leftover_processes, check_record  # noqa: E402
+
+from benchmarks import _harness  # noqa: E402
 
 #: The figures of bench_core: (benchmark, figure, baseline).
 CORE_FIGURES = {

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Recorder, wait_for
+from test_metrics import parse, parse_with_prometheus_client, value
 
 import runtime
-from helpers import Recorder, wait_for
 from runtime.errors import ConfigError, SandboxError
-from test_metrics import parse, parse_with_prometheus_client, value
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTER = ROOT / "examples" / "counter"

@@ -11,10 +11,10 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import cloudpickle
 import pytest
+from helpers import path_of, write
 
 from runtime import telemetry
 from runtime.errors import CompileError, ReloadFailed
@@ -24,17 +24,6 @@ pytestmark = pytest.mark.timeout(90)
 
 # Probes sent with Sandbox.run are pickled by value: the sandbox cannot import tests.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def path_of(sb) -> Path:
-    return Path(sb.info()["path"])
-
-
-def write(sb, name: str, source: str) -> Path:
-    p = path_of(sb) / name
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(textwrap.dedent(source))
-    return p
 
 
 def barrier():

@@ -15,23 +15,13 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+from helpers import path_of, write
 
 from runtime.errors import ActorFailed, ReloadFailed
 
 pytestmark = pytest.mark.timeout(90)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def path_of(sb) -> Path:
-    return Path(sb.info()["path"])
-
-
-def write(sb, name: str, source: str) -> Path:
-    p = path_of(sb) / name
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(textwrap.dedent(source))
-    return p
 
 
 def module_attr(name: str, attr: str, default=None):

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import Recorder
+
 from runtime import logs, telemetry
 from runtime.errors import CompileError
 

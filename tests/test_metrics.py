@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import Recorder, wait_for
+
 from runtime.errors import ActorFailed, CompileError, SandboxError
 from runtime.metrics import CALL_BUCKETS, Registry, RuntimeMetrics
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import Recorder, wait_for
 
 from runtime import forkserver
 from runtime.actor import ExitReason, Reply, monitor
@@ -33,8 +34,6 @@ from runtime.process import (
     start_process,
 )
 from runtime.supervisor import Supervisor
-
-from helpers import Recorder, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import Recorder, wait_for
+
 from runtime import recovery
 from runtime.actor import ExitReason
 from runtime.errors import (

@@ -8,9 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from helpers import Recorder
 
 import runtime
-from helpers import Recorder
 from runtime import logs, telemetry
 from runtime.errors import CompileError
 

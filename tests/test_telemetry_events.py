@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Event, Recorder, wait_for
 
 import runtime
-from helpers import Event, Recorder, wait_for
 from runtime.actor import Actor
 from runtime.errors import ActorFailed, CompileError, SandboxError, SecurityViolation
 

@@ -9,7 +9,6 @@ would be used for is refused. A module nobody loaded yet is refused at import.
 from __future__ import annotations
 
 import pytest
-
 from conftest import attempt
 
 pytestmark = pytest.mark.timeout(60)

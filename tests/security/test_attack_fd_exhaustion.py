@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import attempt, wait_for
 
 pytestmark = pytest.mark.timeout(60)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import psutil
 import pytest
-
 from conftest import attempt, wait_for
 
 pytestmark = pytest.mark.timeout(60)

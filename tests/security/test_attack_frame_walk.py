@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import attempt
 
 #: Lives in the host process only; the sandbox must never see it.

@@ -6,7 +6,6 @@ import os
 
 import psutil
 import pytest
-
 from conftest import attempt
 
 pytestmark = pytest.mark.timeout(60)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import pytest
-
 from conftest import attempt, wait_for
 
 pytestmark = pytest.mark.timeout(60)

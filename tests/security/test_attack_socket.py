@@ -6,7 +6,6 @@ import select
 import socket
 
 import pytest
-
 from conftest import attempt
 
 pytestmark = pytest.mark.timeout(60)

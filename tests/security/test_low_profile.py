@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-
 from conftest import attempt
 
 pytestmark = pytest.mark.timeout(60)
