@@ -40,9 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors.compilation import MAGIC
 from runtime import telemetry
-
-from .compilation import MAGIC
 
 __all__ = ["CompileCache", "CacheEntry", "FORMAT"]
 

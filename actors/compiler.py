@@ -46,21 +46,20 @@ from typing import Any
 
 import cloudpickle
 
-from runtime import telemetry
-from runtime.component import Component
-from runtime.errors import CompileError, ConfigError
-
-from .appfiles import AppFile, discover_modules, is_ignored, module_name
-from .compilation import CompilationResult, CompiledModule, Diagnostic, syntax_hint
-from .compile_cache import CacheEntry, CompileCache
-from .compile_worker import (
+from actors.appfiles import AppFile, discover_modules, is_ignored, module_name
+from actors.compilation import CompilationResult, CompiledModule, Diagnostic, syntax_hint
+from actors.compile_cache import CacheEntry, CompileCache
+from actors.compile_worker import (
     DEFAULT_MEMORY_LIMIT,
     Cancelled,
     CompileWorker,
     WorkerError,
     WorkerReply,
 )
-from .importscan import Resolution, is_installed_factory, resolve
+from actors.importscan import Resolution, is_installed_factory, resolve
+from runtime import telemetry
+from runtime.component import Component
+from runtime.errors import CompileError, ConfigError
 
 __all__ = ["CompilerActor", "Scanner", "DEFAULT_TIMEOUT"]
 

@@ -6,7 +6,7 @@ the manager (its records and its ``component`` lookup) and one sandbox record:
 - :func:`prepare` (create, before compiling): resolves the sandbox's profile
   with the security controller (custom profiles included), works out its
   effective limits (the profile's, overridden by the sandbox's own), gives it
-  its UID and cgroups (:func:`runtime.isolation.prepare`), registers it with
+  its UID and cgroups (:func:`runtime.child.isolation.prepare`), registers it with
   the security controller and the resource monitor. Everything is kept on the
   sandbox's :class:`~actors.slot.ProcessSlot` (``slot.security``), which
   outlives a restart of the manager.
@@ -35,13 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from runtime import isolation, telemetry
+from actors.config import Limits
+from actors.profiles import BUILTIN_PROFILES, Profile
+from actors.security import LogEvent, ViolationReport
+from runtime import telemetry
 from runtime.actor import ExitReason
-from runtime.config import Limits
+from runtime.child import isolation
 from runtime.errors import SandboxError, SecurityViolation
-
-from .profiles import BUILTIN_PROFILES, Profile
-from .security import LogEvent, ViolationReport
 
 __all__ = [
     "Protection",

@@ -25,24 +25,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from actors import containment
+from actors.config import SandboxConfig
+from actors.slot import ProcessSlot
 from runtime import telemetry
 from runtime.actor import Down, ExitReason, monitor
+from runtime.child.swap import ModuleCode
 from runtime.childspec import ChildSpec
 from runtime.component import Component
-from runtime.config import SandboxConfig
 from runtime.errors import (
     SandboxError,
     SandboxExists,
     SandboxNotFound,
     SupervisorError,
 )
-from runtime.process import KILL_MARGIN, start_process
+from runtime.host.process import KILL_MARGIN, start_process
 from runtime.recovery import annotate as annotate_error
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef
-from runtime.swap import ModuleCode
-
-from . import containment
-from .slot import ProcessSlot
 
 __all__ = ["ManagerActor", "SandboxRecord", "STATUSES"]
 

@@ -13,7 +13,7 @@ the sandboxes' turns spread over the ticks.
 
 Per sandbox it keeps a bounded history (``history`` samples) with min/mean/max
 trends over 10 s, 1 min and 5 min windows, and checks the limits of
-:class:`runtime.config.Limits`: ``memory_mb`` (RSS of the tree), ``cpu_percent``
+:class:`actors.config.Limits`: ``memory_mb`` (RSS of the tree), ``cpu_percent``
 (mean over ``cpu_window`` seconds), ``processes``, ``open_files`` (per process).
 Crossing ``warn_at`` (80 %) of a limit emits ``limit.warning`` telemetry once;
 reaching the limit emits ``limit.exceeded``, writes the audit log, records the
@@ -46,10 +46,11 @@ from typing import Any
 
 import psutil
 
-from runtime import isolation, telemetry
+from actors.config import Limits
+from runtime import telemetry
 from runtime.actor import ExitReason
+from runtime.child import isolation
 from runtime.component import Component
-from runtime.config import Limits
 from runtime.errors import ResourceLimitExceeded, SandboxError
 
 __all__ = ["ResourceMonitorActor", "run_with_limit", "TREND_WINDOWS"]
@@ -482,7 +483,7 @@ class ResourceMonitorActor(Component):
             action,
         )
         if action == "terminate":
-            from .containment import terminate
+            from actors.containment import terminate
 
             if self._component is not None:
                 terminate(self._component, w.slot, f"{key} limit reached ({_fmt(value)} > "
@@ -512,7 +513,7 @@ class ResourceMonitorActor(Component):
     def _audit(self, w: _Watch, event: str, detail: str, action: str, response: str) -> None:
         if self._component is None:
             return
-        from .security import LogEvent
+        from actors.security import LogEvent
 
         try:
             self._component("security").tell(

@@ -28,7 +28,7 @@ Custom profiles derive from one of them::
 
 The same profile drives both layers: :func:`actors.scan.scan_source` (the static
 scan before a module loads) and :meth:`Profile.guard_policy`, the plain-data policy
-handed to :func:`runtime.guard.install_guard` in the sandbox process. Neither layer
+handed to :func:`runtime.child.guard.install_guard` in the sandbox process. Neither layer
 is a proof of containment; see ``docs/security.md``.
 """
 
@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from runtime.config import Limits
+from actors.config import Limits
 from runtime.errors import ConfigError
 
 __all__ = [
@@ -185,7 +185,7 @@ class Profile:
     - ``allow``: the operation groups it may use (see :data:`GROUPS`).
     - ``blocked_modules``: modules blocked beyond those of the denied groups.
     - ``unblocked_modules``: modules allowed although a denied group lists them.
-    - ``limits``: default resource limits (:class:`runtime.config.Limits`).
+    - ``limits``: default resource limits (:class:`actors.config.Limits`).
     - ``audit``: ``full`` (refusals, scan findings and notable allowed events),
       ``basic`` (refusals, blocked modules, containment), ``none`` (nothing is
       written; refusals still count towards the threshold).
@@ -336,7 +336,7 @@ class Profile:
 
         ``workdir`` is the sandbox's private directory, ``app_dir`` its code. The
         result crosses the process boundary (msgpack) and is what
-        :func:`runtime.guard.install_guard` takes.
+        :func:`runtime.child.guard.install_guard` takes.
 
         >>> pol = get_builtin("high").guard_policy("/tmp/wd", "/tmp/app")
         >>> pol["profile"], pol["write_roots"], "subprocess" in pol["allow"]

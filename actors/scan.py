@@ -20,7 +20,7 @@ SBX3xx dunder and frame attributes and names.
 A static scan is not a proof: Python is dynamic enough that code the scan cannot
 follow (names built at run time, data decoded into code, objects reached through
 other objects) can still do what a rule is about. That is what the runtime
-guard (:mod:`runtime.guard`) and, below it, the process isolation are for. Under
+guard (:mod:`runtime.child.guard`) and, below it, the process isolation are for. Under
 ``high`` the scan is deliberately strict (computed ``getattr`` names, dunder
 names in strings) to leave such code little room.
 """
@@ -38,7 +38,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .profiles import DEV_FILES, GROUP_MODULES, Profile, get_builtin, python_roots
+from actors.profiles import DEV_FILES, GROUP_MODULES, Profile, get_builtin, python_roots
 
 __all__ = [
     "Finding",
@@ -1273,7 +1273,7 @@ def scan_to_diagnostics(
     >>> [str(d) for d in scan_to_diagnostics(b"eval('1')\\n", "m.py", "high")]
     ['m.py:1:1: SBX201 eval() runs code the scan cannot see']
     """
-    from .compilation import Diagnostic
+    from actors.compilation import Diagnostic
 
     return [
         Diagnostic(f.file, f.line, f.col, f.severity, f.rule, f.message, f.hint)

@@ -4,7 +4,7 @@ One per runtime, under the root supervisor. Its operations (``ref.invoke(op, ...
 
 - ``get_profile(name)``, ``list_profiles()``, ``register_profile(profile)``
   (a :class:`~actors.profiles.Profile` or its dict), ``guard_policy(profile,
-  workdir, app_dir)`` (the plain-data policy for :func:`runtime.guard.install_guard`);
+  workdir, app_dir)`` (the plain-data policy for :func:`runtime.child.guard.install_guard`);
 - ``scan(source, filename, profile)`` -> findings; ``check_module(source,
   filename, profile, sandbox_id=None, correlation_id=None)`` -> warnings, or
   :class:`~runtime.errors.SecurityViolation` (with ``findings``) when there is an
@@ -57,13 +57,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actors.config import register_profile_name
+from actors.profiles import BUILTIN_PROFILES, Profile
+from actors.scan import Finding, ProfileScanner, scan_source
 from runtime import telemetry
 from runtime.component import Component
-from runtime.config import register_profile_name
 from runtime.errors import ConfigError, SandboxError, SecurityViolation
-
-from .profiles import BUILTIN_PROFILES, Profile
-from .scan import Finding, ProfileScanner, scan_source
 
 __all__ = ["SecurityControllerActor", "MAX_DETAIL", "ViolationReport", "LogEvent"]
 

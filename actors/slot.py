@@ -26,7 +26,7 @@ from runtime.actor import Down, ExitReason, monitor
 from runtime.errors import ActorDead, CallTimeout
 
 if TYPE_CHECKING:
-    from runtime.process import ProcessRef
+    from runtime.host.process import ProcessRef
 
 __all__ = ["ProcessSlot"]
 
@@ -49,7 +49,7 @@ class ProcessSlot:
         #: Held for the whole of a reload or rollback: swaps of one sandbox never overlap.
         self.reload_lock = threading.Lock()
         self.last_reload: dict[str, Any] | None = None
-        #: Auto-reload: the watch options (runtime.config.WatchOptions) while it is on,
+        #: Auto-reload: the watch options (actors.config.WatchOptions) while it is on,
         #: None while off. Kept here, not in the watcher, so a restarted watcher
         #: re-establishes every watch (actors/watcher.py).
         self.watch: Any = None

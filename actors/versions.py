@@ -35,12 +35,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.compilation import CompilationResult, CompiledModule
+from actors.depgraph import ReloadPlan, reload_order
 from runtime import telemetry
 from runtime.component import Component
 from runtime.errors import ConfigError, SandboxError, SandboxNotFound
-
-from .compilation import CompilationResult, CompiledModule
-from .depgraph import ReloadPlan, reload_order
 
 __all__ = [
     "VersionManagerActor",

@@ -57,15 +57,14 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.config import WatchOptions
+from actors.debounce import CHANGED, CREATED, DELETED, Debouncer, DebounceTimer
+from actors.reloadqueue import SerialRunner, is_transient, retry
+from actors.watchfilter import FileHashes, TooManyFiles, WatchFilter, relative
 from runtime import telemetry
 from runtime.actor import Down, ExitReason, monitor
 from runtime.component import Component
-from runtime.config import WatchOptions
 from runtime.errors import ActorDead, SandboxError, SandboxNotFound
-
-from .debounce import CHANGED, CREATED, DELETED, Debouncer, DebounceTimer
-from .reloadqueue import SerialRunner, is_transient, retry
-from .watchfilter import FileHashes, TooManyFiles, WatchFilter, relative
 
 __all__ = ["WatcherActor", "WatchError", "WatchSpec", "watch_specs"]
 

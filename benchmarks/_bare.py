@@ -2,7 +2,7 @@
 
 The bare child (:func:`serve_frames`) speaks the project's wire format, length-prefixed
 msgpack frames carrying ``[kind, ref, target, payload]`` envelopes (as in
-``runtime.mailbox``), with nothing else: no actors, no threads. It echoes a call's
+``runtime.wire.mailbox``), with nothing else: no actors, no threads. It echoes a call's
 payload, counts casts, answers a call to ``counter`` with the count, and returns
 at EOF.
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-CALL, CAST, REPLY = "call", "cast", "reply"  # as in runtime.mailbox
+CALL, CAST, REPLY = "call", "cast", "reply"  # as in runtime.wire.mailbox
 LEN = struct.Struct(">I")
 PID = struct.Struct(">i")
 _RECV = 256 * 1024

@@ -2,8 +2,8 @@
 
 - :class:`MpBareChild`: a bare child (:func:`benchmarks._bare.serve_frames`: the
   project's framing and envelope, no runtime) started exactly like a sandbox, by
-  ``runtime.forkserver.start`` — the project's forkserver, with its preload
-  (``runtime.child``). This is the floor of every target.
+  ``runtime.host.forkserver.start`` — the project's forkserver, with its preload
+  (``runtime.child.boot``). This is the floor of every target.
 - :class:`FloorForkServer`: a minimal fork server without ``multiprocessing`` (fork +
   an fd over SCM_RIGHTS), same preload: what starting a child costs at the least.
   Context only.
@@ -42,7 +42,7 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: What the minimal fork server imports before forking, like the project's forkserver.
-PRELOAD = ("runtime.child",)
+PRELOAD = ("runtime.child.boot",)
 
 
 def _kill(pid: int) -> None:
@@ -93,10 +93,10 @@ class FloorClient:
 
 
 def start_like_a_sandbox(target: Any, args: tuple, name: str) -> Any:
-    """Start ``target(*args)`` the way ``runtime.process`` starts a sandbox: from the
-    project's forkserver (``runtime.forkserver.start``: same preload, the host's
+    """Start ``target(*args)`` the way ``runtime.host.process`` starts a sandbox: from the
+    project's forkserver (``runtime.host.forkserver.start``: same preload, the host's
     ``__main__`` left out); returns the started ``multiprocessing`` Process."""
-    from runtime import forkserver
+    from runtime.host import forkserver
 
     start = getattr(forkserver, "start", None)
     if start is not None:
@@ -207,7 +207,7 @@ def start_pipe_echo() -> tuple[Any, Any]:
 
     Started like a sandbox too; the start method does not enter its round trip.
     """
-    from runtime.forkserver import context
+    from runtime.host.forkserver import context
 
     host, child = context().Pipe(duplex=True)
     try:

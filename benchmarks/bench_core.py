@@ -14,8 +14,8 @@ In one run, interleaving project and baselines run by run, it measures:
   ratio >= 0.5, higher is better). A final call returns the child's count, which
   must have grown by exactly the number sent, and the clock stops on it;
 - **child start until its first reply**, against a bare child started the same way
-  (``runtime.forkserver.start``: the project's warm forkserver, same preload
-  ``runtime.child``) answering its first message (target: ratio <= 2.0); and, as context, against a
+  (``runtime.host.forkserver.start``: the project's warm forkserver, same preload
+  ``runtime.child.boot``) answering its first message (target: ratio <= 2.0); and, as context, against a
   minimal fork server without multiprocessing (fork + an fd over SCM_RIGHTS);
 - **USS and PSS of an idle child** (psutil ``memory_full_info``) against those bare
   children (target: USS value <= 5 MiB; the rest is context).
@@ -74,10 +74,10 @@ class Sizes:
 
 
 class ProjectChild:
-    """A sandbox child running ``benchmarks/apps/echo.py`` through ``runtime.process``."""
+    """A sandbox child running ``benchmarks/apps/echo.py`` through ``runtime.host.process``."""
 
     def __init__(self, name: str) -> None:
-        from runtime.process import start_process
+        from runtime.host.process import start_process
 
         self.ref = start_process(APP_ENTRY, app_path=str(APP_PATH), name=name)
         self.has_cast_many = hasattr(self.ref, "cast_many")
@@ -100,7 +100,7 @@ class ProjectChild:
                 self.ref.cast(target, p)
 
     def close(self) -> None:
-        """Stop the child (graceful, then its process group is killed: see runtime.process)."""
+        """Stop the child (graceful, then its process group is killed: see runtime.host.process)."""
         try:
             self.ref.stop()
         except BaseException:
@@ -209,8 +209,8 @@ def main(quick: bool = False) -> list[Record]:
         stack.callback(fchild.close)
         minimal = stack.enter_context(FloorForkServer())
         minimal.spawn().close()  # warm
-        if "runtime.child" not in minimal.preloaded:
-            notes.append("runtime.child could not be preloaded")
+        if "runtime.child.boot" not in minimal.preloaded:
+            notes.append("runtime.child.boot could not be preloaded")
         pipe_proc, pipe_conn = start_pipe_echo()
 
         def _close_pipe() -> None:
@@ -272,7 +272,7 @@ def main(quick: bool = False) -> list[Record]:
         per_block = max(1, sizes.casts // CAST_BLOCKS)
         progress(f"bench_core: casts ({per_block * CAST_BLOCKS} per run, batches of {sizes.batch})")
         if not proj.has_cast_many:
-            notes.append("runtime.process has no cast_many: batched casts were cast one by one")
+            notes.append("runtime.host.process has no cast_many: batched casts were cast one by one")
         pairs = [("proj", proj), ("floor", fchild)]
         for _ in range(runs):
             spent = {f"{key}_{mode}": 0.0 for key, _ in pairs for mode in ("cast", "batch")}

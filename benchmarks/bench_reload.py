@@ -284,7 +284,7 @@ def measure_compile(tmp: Path, runs: int) -> dict[str, list[float]]:
 
 
 def main(quick: bool = False) -> list[Record]:
-    import runtime
+    import sandbox
     from benchmarks._harness import make_record, progress
 
     sizes = Sizes.for_mode(quick)
@@ -293,7 +293,7 @@ def main(quick: bool = False) -> list[Record]:
     try:
         progress(f"bench_reload: {'quick' if quick else 'full'}: {sizes.runs} runs of "
                  f"{sizes.reloads} reloads, apps of {', '.join(map(str, SIZES))} modules")
-        with runtime.start(name=f"bench-reload-{os.getpid()}") as rt:
+        with sandbox.start(name=f"bench-reload-{os.getpid()}") as rt:
             v = measure_reloads(rt, tmp, sizes)
         v.update(measure_compile(tmp, sizes.runs))
     finally:

@@ -99,14 +99,14 @@ def _throughput(sandboxes: list[Any], threads: int, seconds: float) -> float:
 
 
 def main(quick: bool = False) -> list[Record]:
-    import runtime
+    import sandbox
     from benchmarks._harness import make_record, progress
 
     runs = 3 if quick else 5
     sizes = [1, 10] if quick else [1, 10, 100]
     mem_sizes = [20] if quick else [100, 1000]
     records: list[Record] = []
-    with runtime.start(name=f"bench-sb-{os.getpid()}") as rt:
+    with sandbox.start(name=f"bench-sb-{os.getpid()}") as rt:
         _create(rt, 1, "warm")
         _destroy(rt, 1, "warm")
         _bare(1)

@@ -78,7 +78,7 @@ def measure(runs):
     return out
 
 bare = measure(cfg["runs"])
-from runtime.guard import install_guard
+from runtime.child.guard import install_guard
 install_guard(cfg["policy"])
 guarded = measure(cfg["runs"])
 print(json.dumps({"bare": bare, "guarded": guarded}))
@@ -194,12 +194,12 @@ def memory_bomb(runs: int) -> tuple[list[float], list[float]]:
     """(seconds until a holding bomb's process is gone, seconds until RLIMIT_AS refuses)."""
     import cloudpickle
 
-    import runtime
+    import sandbox
     from actors.profiles import Profile
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     stopped, refused = [], []
-    rt = runtime.start(name=f"bench-sec-{os.getpid()}", monitor_interval=1.0)
+    rt = sandbox.start(name=f"bench-sec-{os.getpid()}", monitor_interval=1.0)
     try:
         rt.register_profile(Profile.derive("high", name="high-run", allow_run=True,
                                            violation_threshold=None))

@@ -226,7 +226,7 @@ def measure_idle_cpu(
 
 
 def main(quick: bool = False) -> list[Record]:
-    import runtime
+    import sandbox
     from benchmarks._harness import make_record, percentile, progress
 
     edits = 20 if quick else 50
@@ -238,7 +238,7 @@ def main(quick: bool = False) -> list[Record]:
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
         stack.callback(shutil.rmtree, work, True)
-        rt = runtime.start(name=f"bench-watch-{os.getpid()}")
+        rt = sandbox.start(name=f"bench-watch-{os.getpid()}")
         stack.callback(rt.stop)
         lat = measure_latency(rt, work, edits)
         watching, base, setup = measure_idle_cpu(rt, work, window, n_sandboxes, n_files)

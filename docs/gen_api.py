@@ -4,10 +4,11 @@ Run from anywhere: ``python docs/gen_api.py`` rewrites ``docs/api.md``;
 ``python docs/gen_api.py --check`` exits 1 if it is out of date (a test does the
 same). What it renders:
 
-- every name of ``runtime.__all__``, grouped as the comments in
-  ``runtime/__init__.py`` group them, plus the classes the API hands back
-  (``SupervisorRef``, ``ReloadReport``, ...);
-- the testing helpers (``runtime.testing``) and the pytest plugin's fixtures;
+- every name of ``sandbox.__all__`` defined by the product (re-exports of
+  :mod:`runtime` are rendered once, under ``runtime``), then every name of
+  ``runtime.__all__``, grouped as the comments in each ``__init__.py`` group them,
+  plus the classes the API hands back (``SupervisorRef``, ``ReloadReport``, ...);
+- the testing helpers (``sandbox.testing``) and the pytest plugin's fixtures;
 - the operations of every component actor (``actors/*``: each ``op_<name>``
   method, called as ``ref.invoke("<name>", ...)``).
 
@@ -36,7 +37,7 @@ EXTRA = [
         "runtime.supervisor.SupervisorRef",
         "runtime.supervisor.ChildInfo",
         "runtime.supervisor.ChildStartFailed",
-        "runtime.hotreload.ReloadReport",
+        "sandbox.hotreload.ReloadReport",
         "runtime.component.ComponentRef",
         "runtime.component.Component",
     ]),
@@ -217,9 +218,9 @@ def render(obj: Any, qualname: str, level: int = 3) -> list[str]:
     return [f"{'#' * level} `{qualname}`", "", f"`{obj!r}`", ""]
 
 
-def groups_of_all() -> list[tuple[str, list[str]]]:
-    """``runtime.__all__`` split at the ``# comment`` lines of runtime/__init__.py."""
-    source = (REPO / "runtime" / "__init__.py").read_text()
+def groups_of_all(package: str) -> list[tuple[str, list[str]]]:
+    """``package.__all__`` split at the ``# comment`` lines of its ``__init__.py``."""
+    source = (REPO / package / "__init__.py").read_text()
     tree = ast.parse(source)
     node = next(
         n for n in tree.body
@@ -275,8 +276,9 @@ def generate() -> str:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     import runtime
-    import runtime.pytest_plugin as plugin
-    import runtime.testing as testing
+    import sandbox
+    import sandbox.pytest_plugin as plugin
+    import sandbox.testing as testing
 
     lines = [
         "# API reference",
@@ -285,18 +287,26 @@ def generate() -> str:
         "Run `python docs/gen_api.py` after changing a docstring; "
         "tests/test_docs.py fails while this file is out of date. -->",
         "",
-        "Everything below is importable from `runtime` (`import runtime; runtime.start()`)"
-        " unless its heading names another module. Component operations are what the"
+        "The product is `sandbox` (`import sandbox; sandbox.start()`); the actor system"
+        " underneath, embeddable alone, is `runtime`. Each section names the package its"
+        " names are imported from. Component operations are what the"
         " component actors answer to `ref.invoke(op, ...)`; the public API calls them"
         " for you.",
         "",
     ]
     sections: list[tuple[str, list[tuple[str, Any]]]] = []
     modules: list[tuple[str, Any]] = []
-    for title, names in groups_of_all():
-        objs = [(n, getattr(runtime, n)) for n in names]
-        modules += [(n, o) for n, o in objs if inspect.ismodule(o)]
-        sections.append((title, [(n, o) for n, o in objs if not inspect.ismodule(o)]))
+    for package in (sandbox, runtime):
+        for title, names in groups_of_all(package.__name__):
+            objs = [(n, getattr(package, n)) for n in names]
+            if package is sandbox:
+                objs = [(n, o) for n, o in objs
+                        if not getattr(o, "__module__", "runtime").startswith("runtime")
+                        and not inspect.ismodule(o)]
+            modules += [(n, o) for n, o in objs if inspect.ismodule(o)]
+            items = [(n, o) for n, o in objs if not inspect.ismodule(o)]
+            if items:
+                sections.append((f"{title} ({package.__name__})", items))
     for name, mod in modules:
         sections.append((f"Module runtime.{name}", [(name, mod)]))
     for title, paths in EXTRA:
@@ -305,7 +315,7 @@ def generate() -> str:
             mod, _, name = path.rpartition(".")
             items.append((name, getattr(importlib.import_module(mod), name)))
         sections.append((title, items))
-    sections.append(("Testing helpers (runtime.testing)",
+    sections.append(("Testing helpers (sandbox.testing)",
                      [(f"testing.{n}", getattr(testing, n)) for n in testing.__all__]))
     components = component_classes()
 

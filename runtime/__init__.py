@@ -1,25 +1,51 @@
-"""Sandbox: OTP-style supervised actors in child processes, with hot code reload.
+"""The actor system: OTP-style actors, supervisors and telemetry, embeddable alone.
+
+This package has no notion of sandboxes; the product built on it lives in
+:mod:`sandbox`. Subpackages hold the machinery of child-process actors:
+:mod:`runtime.wire` (the msgpack mailbox and channel), :mod:`runtime.host` (the
+host side of a child process: proxy actor and fork server) and
+:mod:`runtime.child` (everything that runs inside a sandbox process).
 
 >>> import runtime
->>> with runtime.start() as rt:
-...     rt.create_sandbox("hello", "examples/counter").call("counter", "incr")
-1
-
-The names below are loaded on first use, so a sandbox process that imports only
-``runtime.child`` does not pay for the host-side components.
+>>> class Greeter(runtime.GenServer):
+...     def init(self, args):
+...         return args
+...     def handle_call(self, request, state):
+...         return f"{state}, {request}", state
+>>> ref = Greeter.start("hello")
+>>> ref.call("world")
+'hello, world'
+>>> ref.stop()
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from runtime import telemetry
+from runtime.actor import Actor, ActorRef, Down, Exit, ExitReason, demonitor, link, monitor, unlink
+from runtime.childspec import ChildSpec
+from runtime.errors import (
+    ActorDead,
+    ActorError,
+    ActorFailed,
+    CallTimeout,
+    ChildSpecError,
+    CompileError,
+    ConfigError,
+    NoSuchActor,
+    ProtocolError,
+    ReloadFailed,
+    ResourceLimitExceeded,
+    SandboxError,
+    SandboxExists,
+    SandboxNotFound,
+    SecurityViolation,
+    SupervisorError,
+)
+from runtime.genserver import GenServer
+from runtime.registry import await_name, register, registered, unregister, whereis
+from runtime.supervisor import Supervisor, SupervisorSpec
 
 __all__ = [
-    # host API
-    "Runtime",
-    "Sandbox",
-    "BatchResult",
-    "start",
     # actors and supervision
     "Actor",
     "ActorRef",
@@ -34,13 +60,16 @@ __all__ = [
     "demonitor",
     "link",
     "unlink",
+    # registry
     "whereis",
     "register",
-    # configuration
-    "Limits",
-    "SandboxConfig",
+    "unregister",
+    "registered",
+    "await_name",
+    "telemetry",
     # errors
     "SandboxError",
+    "ActorError",
     "ActorDead",
     "ActorFailed",
     "CallTimeout",
@@ -55,59 +84,4 @@ __all__ = [
     "ReloadFailed",
     "SecurityViolation",
     "ResourceLimitExceeded",
-    "telemetry",
 ]
-
-_WHERE = {
-    "Runtime": "api", "Sandbox": "api", "BatchResult": "api", "start": "api",
-    "Actor": "actor", "ActorRef": "actor", "ExitReason": "actor", "Down": "actor",
-    "Exit": "actor", "monitor": "actor", "demonitor": "actor", "link": "actor", "unlink": "actor",
-    "GenServer": "genserver", "ChildSpec": "childspec",
-    "Supervisor": "supervisor", "SupervisorSpec": "supervisor",
-    "whereis": "registry", "register": "registry",
-    "Limits": "config", "SandboxConfig": "config",
-    "telemetry": None,
-}
-
-if TYPE_CHECKING:
-    from . import telemetry
-    from .actor import Actor, ActorRef, Down, Exit, ExitReason, demonitor, link, monitor, unlink
-    from .api import BatchResult, Runtime, Sandbox, start
-    from .childspec import ChildSpec
-    from .config import Limits, SandboxConfig
-    from .errors import (
-        ActorDead,
-        ActorFailed,
-        CallTimeout,
-        ChildSpecError,
-        CompileError,
-        ConfigError,
-        NoSuchActor,
-        ProtocolError,
-        ReloadFailed,
-        ResourceLimitExceeded,
-        SandboxError,
-        SandboxExists,
-        SandboxNotFound,
-        SecurityViolation,
-        SupervisorError,
-    )
-    from .genserver import GenServer
-    from .registry import register, whereis
-    from .supervisor import Supervisor, SupervisorSpec
-
-
-def __getattr__(name: str) -> Any:
-    if name not in __all__:
-        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
-    where = _WHERE.get(name, "errors")
-    if where is None:
-        value: Any = importlib.import_module(f"{__name__}.{name}")
-    else:
-        value = getattr(importlib.import_module(f"{__name__}.{where}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

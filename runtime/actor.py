@@ -38,9 +38,9 @@ from typing import Any, ClassVar, Protocol
 import pykka
 from pykka._envelope import Envelope
 
-from . import telemetry
-from .barrier import BARRIER
-from .errors import ActorDead, ActorFailed, CallTimeout, SandboxError
+from runtime import telemetry
+from runtime.barrier import BARRIER
+from runtime.errors import ActorDead, ActorFailed, CallTimeout, SandboxError
 
 __all__ = [
     "Actor",

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import ChildSpecError
+from runtime.errors import ChildSpecError
 
 if TYPE_CHECKING:
-    from .actor import ActorRef
+    from runtime.actor import ActorRef
 
 __all__ = ["ChildSpec", "RESTART_TYPES", "Restart"]
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef
-from .errors import SandboxError
-from .logs import _context as _log_context
+from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef
+from runtime.errors import SandboxError
+from runtime.logs import _context as _log_context
 
 __all__ = ["Component", "ComponentRef"]
 

@@ -28,10 +28,10 @@ import weakref
 from contextlib import nullcontext
 from typing import Any, ClassVar
 
-from .actor import Actor, ActorRef, ExitReason, _Call
-from .barrier import BARRIER
-from .childspec import ChildSpec, Restart
-from .registry import register
+from runtime.actor import Actor, ActorRef, ExitReason, _Call
+from runtime.barrier import BARRIER
+from runtime.childspec import ChildSpec, Restart
+from runtime.registry import register
 
 __all__ = ["GenServer"]
 

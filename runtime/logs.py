@@ -39,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
 __all__ = [
@@ -131,7 +131,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def operation(name: str) -> Callable[[F], F]:
-    """Decorate a :class:`~runtime.api.Runtime` method taking the sandbox id first:
+    """Decorate a :class:`~sandbox.api.Runtime` method taking the sandbox id first:
     it runs under a correlation id (joined if one is running) with ``sandbox`` and
     ``runtime`` set, and logs its start, end and failure (logger ``runtime.ops``;
     a failure says its error category and remedy, see :mod:`runtime.recovery`)."""
@@ -145,7 +145,7 @@ def operation(name: str) -> Callable[[F], F]:
                 try:
                     result = fn(self, sandbox_id, *args, **kwargs)
                 except BaseException as exc:
-                    from .recovery import classify, remedy
+                    from runtime.recovery import classify, remedy
 
                     log.warning(
                         "%s %s: failed after %.3fs: %s: %s [category %s; %s]",

@@ -17,8 +17,8 @@ from __future__ import annotations
 import threading
 import time
 
-from .actor import ActorRef, monitor
-from .errors import SandboxError
+from runtime.actor import ActorRef, monitor
+from runtime.errors import SandboxError
 
 __all__ = ["register", "unregister", "whereis", "registered", "await_name"]
 

@@ -38,11 +38,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from . import telemetry
-from .actor import Actor, ActorRef, Down, Exit, ExitReason, demonitor, link, monitor, unlink
-from .childspec import ChildSpec, Restart
-from .errors import ActorFailed, ChildSpecError, ConfigError, SupervisorError
-from .registry import register
+from runtime import telemetry
+from runtime.actor import Actor, ActorRef, Down, Exit, ExitReason, demonitor, link, monitor, unlink
+from runtime.childspec import ChildSpec, Restart
+from runtime.errors import ActorFailed, ChildSpecError, ConfigError, SupervisorError
+from runtime.registry import register
 
 __all__ = [
     "ChildInfo",

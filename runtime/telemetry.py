@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from .logs import _context, correlation
+from runtime.logs import _context, correlation
 
 __all__ = ["Handler", "attach", "detach", "execute", "span", "handlers"]
 
@@ -148,7 +148,7 @@ def span(event: str, metadata: Mapping[str, Any] | None = None) -> Iterator[dict
 
 
 def _category(exc: BaseException) -> str:
-    from .recovery import classify
+    from runtime.recovery import classify
 
     try:
         return classify(exc)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime import telemetry
-from runtime.testing import _ensure_attached, notify
-from runtime.testing import wait_for as _wait_for
+from sandbox.testing import _ensure_attached, notify
+from sandbox.testing import wait_for as _wait_for
 
 __all__ = ["Event", "Recorder", "ensure_attached", "notify", "path_of", "wait_for", "write"]
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime.channel import Channel, ChannelClosed
 from runtime.errors import ProtocolError, SandboxError
-from runtime.mailbox import CALL, CAST, REPLY, Codec, Envelope
+from runtime.wire.channel import Channel, ChannelClosed
+from runtime.wire.mailbox import CALL, CAST, REPLY, Codec, Envelope
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import cli
+from sandbox import cli
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # benchmarks/ is not an installed package
@@ -59,7 +59,7 @@ def sandbox_command() -> list[str]:
     if script.is_file():
         return [str(script)]
     found = shutil.which("sandbox")
-    return [found] if found else [sys.executable, "-m", "runtime.cli"]
+    return [found] if found else [sys.executable, "-m", "sandbox.cli"]
 
 
 def check_any_record(d: dict) -> None:

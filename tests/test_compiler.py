@@ -24,7 +24,7 @@ from actors.compiler import CompilerActor
 from runtime import telemetry
 from runtime.component import Component, ComponentRef
 from runtime.errors import CompileError, ConfigError
-from runtime.testing import leaks, snapshot, wait_for
+from sandbox.testing import leaks, snapshot, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -129,6 +129,8 @@ def run_doc(path: Path) -> int:
             groups.setdefault(key, []).append(b)
     for (module, key), group in groups.items():
         globs = dict(vars(importlib.import_module(module))) if module else {"__name__": "__main__"}
+        # a docstring example uses the public names as a user types them
+        globs.setdefault("sandbox", importlib.import_module("sandbox"))
         name = f"{rel}:{group[0].line}" + (f" ({key})" if key else "")
         text = "\n".join(b.source for b in group)
         test = doctest.DocTestParser().get_doctest(text, globs, name, rel, group[0].line - 1)
@@ -165,7 +167,7 @@ def test_extract_reads_info_strings_and_skips_no_run():
     text = "\n".join([
         "# t", "```python", "x = 1", "```", "text", "```python no-run", "nope(", "```",
         "  ```python file=app/a.py", "  y = 2", "  ```", "```bash", "ls", "```",
-        "````pycon module=runtime.testing doc=k", ">>> 1", "1", "````",
+        "````pycon module=sandbox.testing doc=k", ">>> 1", "1", "````",
     ])
     blocks = extract(text)
     assert [(b.lang, b.line, b.runs) for b in blocks] == [
@@ -174,7 +176,7 @@ def test_extract_reads_info_strings_and_skips_no_run():
     ]
     assert blocks[0].source == "x = 1\n" and blocks[2].source == "y = 2\n"
     assert blocks[2].options == {"file": "app/a.py"}
-    assert blocks[4].options == {"module": "runtime.testing", "doc": "k"}
+    assert blocks[4].options == {"module": "sandbox.testing", "doc": "k"}
 
 
 def _gen_api():
@@ -241,7 +243,7 @@ def test_readme_shows_what_sandbox_demo_prints(tmp_path):
                       readme, re.S)
     assert shown, "README.md lost its demo-output block"
     script = Path(sys.executable).parent / "sandbox"
-    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "runtime.cli"]
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "sandbox.cli"]
     proc = subprocess.run([*cmd, "demo"], cwd=tmp_path, capture_output=True, text=True,
                           timeout=100, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stdout + proc.stderr

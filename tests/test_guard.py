@@ -20,7 +20,7 @@ import msgpack
 import pytest
 
 from actors.profiles import custom_profile, get_builtin
-from runtime.testing import leaks, snapshot
+from sandbox.testing import leaks, snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,7 +35,7 @@ cfg = json.loads(open(sys.argv[1]).read())
 os.setsid()
 for name in ["socket", "gc", "inspect", "traceback", "pickle", "threading"] + cfg["preload"]:
     __import__(name)
-from runtime.guard import install_guard
+from runtime.child.guard import install_guard
 
 events = []
 handle = install_guard(cfg["policy"], events.append)
@@ -206,7 +206,7 @@ def a_walk_tb():
         return [f.f_globals is None for f, _ in traceback.walk_tb(exc.__traceback__)]
 
 def a_patch_runtime():
-    import runtime.guard as g
+    import runtime.child.guard as g
     g.policy_errors.__code__ = (lambda policy: []).__code__
 
 def a_traceback_format():
@@ -566,7 +566,7 @@ def test_full_audit_reports_allowed_sensitive_operations(world: World) -> None:
 def test_install_twice_and_bad_policies_are_refused(tmp_path: Path) -> None:
     script = textwrap.dedent("""
         import sys
-        from runtime.guard import install_guard, policy_errors
+        from runtime.child.guard import install_guard, policy_errors
         try:
             install_guard({"profile": "x"})
         except ValueError as exc:
@@ -590,7 +590,7 @@ def test_install_twice_and_bad_policies_are_refused(tmp_path: Path) -> None:
 
 
 def test_guard_module_imports_only_the_standard_library() -> None:
-    source = (ROOT / "runtime" / "guard.py").read_text()
+    source = (ROOT / "runtime" / "child" / "guard.py").read_text()
     import ast
 
     mods = set()

@@ -16,6 +16,7 @@ from helpers import Recorder, wait_for
 from test_metrics import parse, parse_with_prometheus_client, value
 
 import runtime
+import sandbox
 from runtime.errors import ConfigError, SandboxError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +108,7 @@ def test_component_restarts_are_counted(sandbox_runtime):
 
 
 def test_a_stopped_runtime_is_down():
-    rt = runtime.start(name=f"h-down{os.getpid()}")
+    rt = sandbox.start(name=f"h-down{os.getpid()}")
     assert rt.health()["status"] == "ok"
     rt.stop()
     h = rt.health()
@@ -157,7 +158,7 @@ def test_health_and_metrics_over_http(sandbox_runtime, tmp_path):
 
 
 def test_the_endpoint_stops_with_the_runtime():
-    rt = runtime.start(name=f"h-stop{os.getpid()}", http=("127.0.0.1", 0))
+    rt = sandbox.start(name=f"h-stop{os.getpid()}", http=("127.0.0.1", 0))
     host, port = rt.http_address
     assert get(rt, "/health")[0] == 200
     rt.stop()
@@ -170,7 +171,7 @@ def test_the_endpoint_stops_with_the_runtime():
                                  (None, 80), ("127.0.0.1", True)])
 def test_bad_http_option_is_refused(bad):
     with pytest.raises(ConfigError, match="http"):
-        runtime.start(http=bad)
+        sandbox.start(http=bad)
 
 
 def test_a_busy_port_is_refused_and_nothing_is_left_running():
@@ -179,4 +180,4 @@ def test_a_busy_port_is_refused_and_nothing_is_left_running():
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(ConfigError, match="listen"):
-            runtime.start(name=f"h-busy{os.getpid()}", http=("127.0.0.1", port))
+            sandbox.start(name=f"h-busy{os.getpid()}", http=("127.0.0.1", port))

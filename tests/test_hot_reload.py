@@ -18,7 +18,7 @@ from helpers import path_of, write
 
 from runtime import telemetry
 from runtime.errors import CompileError, ReloadFailed
-from runtime.testing import wait_for
+from sandbox.testing import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

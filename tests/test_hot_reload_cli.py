@@ -20,7 +20,7 @@ def sandbox(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args], cwd=cwd, env=env,
+        [sys.executable, "-m", "sandbox.cli", *args], cwd=cwd, env=env,
         capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL,
     )
 

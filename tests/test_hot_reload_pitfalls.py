@@ -451,7 +451,7 @@ def test_tracebacks_after_a_reload_show_the_new_source_lines(sandbox_factory, ho
     else:
         sb.hot_reload(source={"boom": textwrap.dedent(BOOM_V2)})
     # the supervisor restarted the crashed actor (with the new code)
-    from runtime.testing import wait_for
+    from sandbox.testing import wait_for
 
     def crash() -> str:
         try:

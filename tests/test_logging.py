@@ -145,13 +145,14 @@ def test_the_watchers_reload_runs_under_one_id(sandbox_runtime, tmp_path):
 HOST = textwrap.dedent(
     """
     import json, os, sys
-    import runtime
-    from runtime import logs, telemetry
+    import sandbox
+    from runtime import logs
+    from runtime import telemetry
 
     logs.configure(json=True, level="INFO")  # JSON lines on stderr, host and sandboxes
     seen = []
     telemetry.attach("cid", "sandbox.reload.stop", lambda e, m, md: seen.append(md))
-    with runtime.start(name=f"logdemo{os.getpid()}") as rt:
+    with sandbox.start(name=f"logdemo{os.getpid()}") as rt:
         sb = rt.create_sandbox("logged", sys.argv[1])
         source = open(sys.argv[1] + "/counter.py").read().replace("vsn = 1", "vsn = 2")
         sb.hot_reload(source={"counter": source})
@@ -190,7 +191,7 @@ def test_a_reloads_id_is_in_the_host_and_the_sandbox_log_lines(tmp_path):
 
 
 def test_sandbox_op_applies_settings_and_the_id(capsys: Any):
-    # The child side, in-process: what runtime.child's reload op runs.
+    # The child side, in-process: what runtime.child.boot's reload op runs.
     calls = []
 
     @logs.sandbox_op

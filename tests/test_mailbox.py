@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from runtime.errors import ProtocolError
-from runtime.mailbox import (
+from runtime.wire.mailbox import (
     CALL,
     CAST,
     DEFAULT_MAX_FRAME,

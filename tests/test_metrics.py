@@ -16,7 +16,7 @@ import pytest
 from helpers import Recorder, wait_for
 
 from runtime.errors import ActorFailed, CompileError, SandboxError
-from runtime.metrics import CALL_BUCKETS, Registry, RuntimeMetrics
+from sandbox.metrics import CALL_BUCKETS, Registry, RuntimeMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTER = ROOT / "examples" / "counter"
@@ -291,7 +291,7 @@ def test_recording_a_call_is_cheap():
     # takes tens of microseconds, so this must stay far below that.
     from time import perf_counter
 
-    from runtime.metrics import CallMetrics
+    from sandbox.metrics import CallMetrics
 
     calls = CallMetrics()
     best = float("inf")

@@ -1,4 +1,4 @@
-"""No test sleeps: waits are event-driven (runtime.testing.wait_for, Events, joins).
+"""No test sleeps: waits are event-driven (sandbox.testing.wait_for, Events, joins).
 
 Greps every Python file under tests/ (this one excepted) for sleep calls
 (``time.sleep``, ``asyncio.sleep``, a bare imported ``sleep``) and for importing
@@ -30,7 +30,7 @@ def sleeps_in(root: Path, exclude: Path | None = None) -> list[str]:
 def test_no_sleep_under_tests():
     found = sleeps_in(TESTS, exclude=Path(__file__))
     assert not found, (
-        "tests must not sleep; wait for what you mean (runtime.testing.wait_for, "
+        "tests must not sleep; wait for what you mean (sandbox.testing.wait_for, "
         "threading.Event.wait, Thread.join, psutil.wait_procs):\n  " + "\n  ".join(found)
     )
 

@@ -1,4 +1,4 @@
-"""The pytest plugin (runtime.pytest_plugin) and the helpers of runtime.testing.
+"""The pytest plugin (sandbox.pytest_plugin) and the helpers of sandbox.testing.
 
 What is about the plugin itself (entry point, leak check, cleanup between tests) runs
 in inner pytest sessions with ``pytester``; the helpers are used directly, as the
@@ -18,7 +18,7 @@ import pytest
 
 from runtime import telemetry
 from runtime.errors import CompileError
-from runtime.testing import (
+from sandbox.testing import (
     StressReport,
     assert_hot_reload_successful,
     assert_sandbox_running,
@@ -57,7 +57,7 @@ ECHO_APP = {
 
 def test_plugin_is_registered_through_the_pytest11_entry_point():
     eps = metadata.entry_points(group="pytest11")
-    assert any(ep.name == "sandbox" and ep.value == "runtime.pytest_plugin" for ep in eps)
+    assert any(ep.name == "sandbox" and ep.value == "sandbox.pytest_plugin" for ep in eps)
 
 
 def test_fixtures_are_available_without_any_conftest(pytester):
@@ -178,7 +178,7 @@ def test_factory_cleans_up_and_runtime_stops_after_each_test(pytester):
 
 def test_helpers_are_fixtures_too(wait_for, wait_for_reload, stress,
                                   assert_sandbox_running, assert_hot_reload_successful):
-    import runtime.testing as t
+    import sandbox.testing as t
 
     assert (wait_for, wait_for_reload, stress) == (t.wait_for, t.wait_for_reload, t.stress)
     assert assert_sandbox_running is t.assert_sandbox_running
@@ -186,7 +186,7 @@ def test_helpers_are_fixtures_too(wait_for, wait_for_reload, stress,
 
 
 def test_plugin_module_exports_the_helpers():
-    import runtime.pytest_plugin as plugin
+    import sandbox.pytest_plugin as plugin
 
     for name in ("wait_for", "wait_for_reload", "assert_sandbox_running",
                  "assert_hot_reload_successful", "stress", "StressReport"):
@@ -283,7 +283,7 @@ def _reload_when_waited_on(fn):
     """Run ``fn`` in a thread once a wait_for_reload handler is attached."""
 
     def waiting() -> bool:
-        return any(h.startswith("runtime.testing.reload.") for h in telemetry.handlers())
+        return any(h.startswith("sandbox.testing.reload.") for h in telemetry.handlers())
 
     def run() -> None:
         wait_for(waiting, timeout=10)

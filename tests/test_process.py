@@ -1,4 +1,4 @@
-"""Child-process actors: runtime.process (host side), runtime.child (inside), runtime.forkserver.
+"""Child-process actors: runtime.host.process (host side), runtime.child.boot (inside), runtime.host.forkserver.
 
 The apps the children run are in ``tests/apps``. Every test checks, on the way out,
 that it left no sandbox process, thread, socket or pipe behind.
@@ -16,7 +16,6 @@ import psutil
 import pytest
 from helpers import Recorder, wait_for
 
-from runtime import forkserver
 from runtime.actor import ExitReason, Reply, monitor
 from runtime.errors import (
     ActorDead,
@@ -25,7 +24,8 @@ from runtime.errors import (
     CallTimeout,
     NoSuchActor,
 )
-from runtime.process import (
+from runtime.host import forkserver
+from runtime.host.process import (
     KILL_MARGIN,
     ProcessRef,
     SandboxBootError,

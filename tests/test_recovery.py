@@ -62,7 +62,7 @@ WORKER = {
                 if op == "die":
                     os._exit(3)
                 if op == "garbage":
-                    from runtime.child import current_channel
+                    from runtime.child.boot import current_channel
                     current_channel().send_raw(b"\\x00\\x00\\x00\\x04\\xc1\\xc1\\xc1\\xc1")
                     return "sent", state
                 raise ValueError(f"unknown request {request!r}")

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 import runtime
+import sandbox
 from runtime.errors import (
     ActorFailed,
     CompileError,
@@ -24,7 +25,7 @@ from runtime.errors import (
     SandboxNotFound,
     SecurityViolation,
 )
-from runtime.testing import wait_for
+from sandbox.testing import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -94,7 +95,7 @@ def test_run_is_refused_under_high_profile(sandbox_runtime):
 @pytest.mark.parametrize(
     "args, options, error, message",
     [
-        (("ok", COUNTER), {"colour": "red"}, ConfigError, "colour"),
+        (("ok", COUNTER), {"colour": "red"}, TypeError, "colour"),
         (("ok", COUNTER), {"restart": "sometimes"}, ConfigError, "permanent, transient, temporary"),
         (("ok", COUNTER), {"max_restarts": -1}, ConfigError, "max_restarts=-1"),
         (("ok", COUNTER), {"max_seconds": "5"}, ConfigError, "max_seconds"),
@@ -150,7 +151,7 @@ def test_failed_creation_leaves_nothing_behind(sandbox_runtime, app_dir, files, 
 
 def _sandbox_pids() -> set[int]:
     """Live sandbox processes: the forkserver's children."""
-    from runtime.forkserver import server_pid
+    from runtime.host.forkserver import server_pid
 
     return {p.pid for p in psutil.Process(server_pid()).children() if p.status() != "zombie"}
 
@@ -283,7 +284,7 @@ def test_manager_crash_loses_no_sandbox(sandbox_runtime):
 
 
 def test_two_runtimes_in_one_process_do_not_clash(sandbox_runtime):
-    with runtime.start(name="second") as rt2:
+    with sandbox.start(name="second") as rt2:
         a = sandbox_runtime.create_sandbox("same", COUNTER)
         b = rt2.create_sandbox("same", COUNTER)
         a.call("counter", ("add", 3))
@@ -293,8 +294,8 @@ def test_two_runtimes_in_one_process_do_not_clash(sandbox_runtime):
 
 HOST_SCRIPT = textwrap.dedent(
     """
-    import sys, runtime
-    rt = runtime.start(name="victim")
+    import sys, sandbox
+    rt = sandbox.start(name="victim")
     pids = [rt.create_sandbox(f"s{i}", sys.argv[1]).info()["pid"] for i in range(3)]
     print(" ".join(map(str, pids)), flush=True)
     sys.stdin.read()  # until killed

@@ -1,6 +1,6 @@
 """The swap transaction in this process (no sandbox): state copies, staging, rollback.
 
-The sandbox runs :func:`runtime.swap.apply_reload` on the code the host sends;
+The sandbox runs :func:`runtime.child.swap.apply_reload` on the code the host sends;
 here it runs on modules compiled in the test, served by the same app finder, so
 each step's guarantees can be checked directly (``sys.modules``, the actors'
 classes and states, the barrier).
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime import swap
 from runtime.barrier import BARRIER, CodeBarrier
+from runtime.child import swap
 from runtime.errors import ReloadFailed
 from runtime.supervisor import Supervisor
-from runtime.testing import wait_for
+from sandbox.testing import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import Recorder
 
-import runtime
+import sandbox
 from runtime import logs, telemetry
 from runtime.errors import CompileError
 
@@ -88,7 +88,7 @@ def test_a_raising_handler_never_breaks_a_runtime_operation():
 
     telemetry.attach("t-bad-rt", "sandbox", bad)
     try:
-        with runtime.start(name=f"t-tel-bad{os.getpid()}") as rt:
+        with sandbox.start(name=f"t-tel-bad{os.getpid()}") as rt:
             sb = rt.create_sandbox("t-bad", COUNTER)
             assert sb.call("counter", "incr") == 1
     finally:
@@ -145,12 +145,14 @@ def test_one_reload_shares_one_correlation_id_across_components(sandbox_runtime,
     assert rec2.events[0].metadata["correlation_id"] != cid
 
 
-@pytest.mark.parametrize("module", ["telemetry", "logs", "metrics", "health", "recovery", "http"])
+@pytest.mark.parametrize("module", ["runtime.telemetry", "runtime.logs", "sandbox.metrics",
+                                    "sandbox.health", "runtime.recovery", "sandbox.http"])
 def test_docstring_examples_of_the_observability_modules(module, monkeypatch):
     import doctest
     import importlib
 
     monkeypatch.chdir(ROOT)  # examples name apps by their path from the repo root
-    mod = importlib.import_module(f"runtime.{module}")
-    failed, _attempted = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    mod = importlib.import_module(module)
+    globs = {**vars(mod), "sandbox": importlib.import_module("sandbox")}
+    failed, _attempted = doctest.testmod(mod, globs=globs, optionflags=doctest.ELLIPSIS)
     assert failed == 0

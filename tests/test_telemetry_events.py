@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from helpers import Event, Recorder, wait_for
 
-import runtime
+import sandbox
 from runtime.actor import Actor
 from runtime.errors import ActorFailed, CompileError, SandboxError, SecurityViolation
 
@@ -76,12 +76,12 @@ WORKER_V1 = '''
             if op == "die":
                 os._exit(3)
             if op == "garbage":
-                from runtime.child import current_channel
+                from runtime.child.boot import current_channel
                 current_channel().send_raw(b"\\x00\\x00\\x00\\x04\\xc1\\xc1\\xc1\\xc1")
                 return "sent", state
             if op == "notice":
-                from runtime.child import current_channel
-                from runtime.mailbox import SYSTEM, Codec
+                from runtime.child.boot import current_channel
+                from runtime.wire.mailbox import SYSTEM, Codec
                 current_channel().send_raw(Codec().frame(SYSTEM, None, "custom", {"x": 1}))
                 return "sent", state
             raise ValueError(f"unknown request {request!r}")
@@ -142,7 +142,7 @@ class Scenario:
 
     def run(self) -> None:
         # Runtime names are cgroup names too: unique, so parallel sessions never share one.
-        with runtime.start(name=f"tel{os.getpid()}", monitor_interval=0.05) as self.rt:
+        with sandbox.start(name=f"tel{os.getpid()}", monitor_interval=0.05) as self.rt:
             for phase in (self.lifecycle, self.compiles, self.process_events, self.protocol,
                           self.escalation, self.failed_creates, self.security, self.flood,
                           self.limits, self.auto_reload, self.host_actor):
@@ -227,7 +227,7 @@ class Scenario:
 
     def flood(self) -> None:  # reports past MAX_VIOLATION_REPORTS are dropped
         from actors.profiles import custom_profile
-        from runtime import process
+        from runtime.host import process
 
         self.rt.register_profile(
             custom_profile("tel-flood", base="medium", violation_threshold=None))
@@ -427,11 +427,12 @@ _SPAN = re.compile(r"telemetry\.span\(\s*\"([a-z_]+(?:\.[a-z_]+)*)\"")
 
 
 def events_in_source() -> dict[str, str]:
-    """Event names emitted with a literal name under runtime/ and actors/ -> file
+    """Event names emitted with a literal name under runtime/, actors/ and sandbox/ -> file
     (docstring examples left out); a span counts as its ``.start`` and ``.stop``
     (its ``.exception`` is the table's ``*.exception`` row)."""
     found: dict[str, str] = {}
-    for path in sorted([*ROOT.glob("runtime/*.py"), *ROOT.glob("actors/*.py")]):
+    for path in sorted([*ROOT.glob("runtime/**/*.py"), *ROOT.glob("actors/*.py"),
+                        *ROOT.glob("sandbox/*.py")]):
         rel = str(path.relative_to(ROOT))
         text = "\n".join(line for line in path.read_text().splitlines()
                          if not line.lstrip().startswith((">>>", "...")))
@@ -457,8 +458,8 @@ def test_parse_table_reads_rows_and_optional_keys():
     rows = parse_table(
         "| Event | Measurements | Metadata | When | Emitted by |\n"
         "|---|---|---|---|---|\n"
-        "| `a.b` | `count` | `sandbox`, `extra?` | it happens | `runtime/api.py` |\n"
+        "| `a.b` | `count` | `sandbox`, `extra?` | it happens | `sandbox/api.py` |\n"
         "| not a row | | | | |\n"
     )
-    assert rows == [Row("a.b", ("count",), ("sandbox", "extra?"), "runtime/api.py", 3)]
+    assert rows == [Row("a.b", ("count",), ("sandbox", "extra?"), "sandbox/api.py", 3)]
     assert rows[0].required(rows[0].metadata) == {"sandbox"}

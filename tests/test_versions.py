@@ -15,7 +15,7 @@ from actors.versions import ModuleVersion, VersionManagerActor, VersionNotFound
 from runtime import telemetry
 from runtime.component import ComponentRef
 from runtime.errors import ConfigError, SandboxError, SandboxNotFound
-from runtime.testing import leaks, snapshot
+from sandbox.testing import leaks, snapshot
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -2,7 +2,7 @@
 
 Real inotify, real files, real sandboxes (``examples/counter`` copied to a temporary
 directory). Nothing sleeps: every wait is on telemetry (``helpers.Recorder.wait``,
-``runtime.testing.wait_for``), a queue or an event.
+``sandbox.testing.wait_for``), a queue or an event.
 
 A few tests drive the watcher actor alone with an injected reload callback, for
 what a real sandbox cannot show on demand (a transient failure, no inotify, the
@@ -576,7 +576,7 @@ def test_cli_run_watch_prints_one_line_per_reload(counter_app):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime.cli", "run", str(counter_app), "--watch", "--id", "cli"],
+        [sys.executable, "-m", "sandbox.cli", "run", str(counter_app), "--watch", "--id", "cli"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env,
         stdin=subprocess.DEVNULL,
     )

@@ -5,9 +5,10 @@
 ``stats.py`` must reach the store's code on reload.
 """
 
-from runtime.supervisor import SupervisorSpec
 from store import Store
 from worker import Worker
+
+from runtime.supervisor import SupervisorSpec
 
 POOL_SIZE = 3
 

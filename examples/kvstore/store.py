@@ -1,7 +1,8 @@
 """The store: a dict as state, plus a summary computed by the ``stats`` module."""
 
-from runtime.genserver import GenServer
 from stats import summarize
+
+from runtime.genserver import GenServer
 
 
 class Store(GenServer):

@@ -11,9 +11,9 @@ import os
 import signal
 from typing import Any
 
-from runtime.child import current_channel
+from runtime.child.boot import current_channel
 from runtime.genserver import GenServer
-from runtime.mailbox import REPLY, Codec
+from runtime.wire.mailbox import REPLY, Codec
 
 from .echo import Echo
 

@@ -8,7 +8,7 @@ import subprocess
 import threading
 from typing import Any
 
-from runtime.child import register_system_op
+from runtime.child.boot import register_system_op
 from runtime.genserver import GenServer
 
 _never = threading.Event()

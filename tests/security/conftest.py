@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 
 from actors.profiles import Profile
-from runtime import isolation
-from runtime.testing import leaks, snapshot, wait_for, warm_up
+from runtime.child import isolation
+from sandbox.testing import leaks, snapshot, wait_for, warm_up
 
 _ids = itertools.count(1)
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,13 +114,13 @@ def attempt(sb: Any, fn: Callable[..., Any], *args: Any, timeout: float = 10.0) 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    import runtime
+    import sandbox
 
     warm_up()
     before = snapshot()
     # tmp_path is private to root (0700): the sandboxes' UIDs may not even look in.
     w: World | None = None
-    rt = runtime.start(name=f"sec{os.getpid()}x{next(_ids)}", monitor_interval=0.2)
+    rt = sandbox.start(name=f"sec{os.getpid()}x{next(_ids)}", monitor_interval=0.2)
     try:
         rt.register_profile(HIGH_RUN)
         w = World(rt, tmp_path)

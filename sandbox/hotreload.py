@@ -8,7 +8,7 @@
 2. The version manager says which modules really changed (same source, no new
    version) and the reload order: dependencies first, dependents re-staged so a
    ``from m import f`` binds the new ``f``, import cycles as one unit.
-3. The sandbox swaps atomically (:mod:`runtime.swap`): on failure it keeps its old
+3. The sandbox swaps atomically (:mod:`runtime.child.swap`): on failure it keeps its old
    code and state and this raises :class:`~runtime.errors.ReloadFailed` naming the
    step and the module; the version history is left unchanged.
 4. Only after the swap committed are the new versions recorded, and the sandbox's
@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import logs, telemetry
-from .errors import ReloadFailed, SandboxError, SecurityViolation
-from .shipping import ship
-from .swap import ModuleCode
+from runtime import logs, telemetry
+from runtime.child.swap import ModuleCode
+from runtime.errors import ReloadFailed, SandboxError, SecurityViolation
+from runtime.wire.shipping import ship
 
 if TYPE_CHECKING:
-    from .api import Runtime
+    from sandbox.api import Runtime
 
 __all__ = ["ReloadReport", "hot_reload", "rollback_module"]
 

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import telemetry
+from runtime import telemetry
 
 __all__ = [
     "wait_for",
@@ -52,7 +52,7 @@ __all__ = [
 
 _cond = threading.Condition()
 _generation = 0  # bumped by every event, so a wake-up between two checks is not lost
-_HANDLER_ID = "runtime.testing.wake"
+_HANDLER_ID = "sandbox.testing.wake"
 
 
 def notify() -> None:
@@ -129,7 +129,7 @@ def warm_up() -> None:
     from multiprocessing import forkserver as mp_forkserver
     from multiprocessing import resource_tracker
 
-    from .forkserver import context
+    from runtime.host.forkserver import context
 
     context()
     mp_forkserver.ensure_running()
@@ -140,7 +140,7 @@ def snapshot() -> Snapshot:
     """What this process owns now (multiprocessing's long-lived helpers excluded)."""
     import psutil
 
-    from .forkserver import helper_pids, server_pid
+    from runtime.host.forkserver import helper_pids, server_pid
 
     helpers = helper_pids()
     me = psutil.Process()
@@ -267,7 +267,7 @@ def assert_hot_reload_successful(
 ) -> Any:
     """Assert that a hot reload worked; return its report.
 
-    Accepts a :class:`~runtime.hotreload.ReloadReport`, the dict of
+    Accepts a :class:`~sandbox.hotreload.ReloadReport`, the dict of
     ``Runtime.reload_status`` or :func:`wait_for_reload`, a callable doing the reload
     (``lambda: sb.hot_reload()``: an exception it raises becomes the assertion
     message, with the compiler's diagnostics), or a Sandbox handle (its last
@@ -325,7 +325,7 @@ def wait_for_reload(sandbox: Any, timeout: float = 10.0, *, since: float | None 
     sandbox_id = sandbox.id
     runtime_name = sandbox.runtime.name
     seen: list[dict[str, Any]] = []
-    handler_id = f"runtime.testing.reload.{next(_reload_waiters)}"
+    handler_id = f"sandbox.testing.reload.{next(_reload_waiters)}"
 
     def on_event(event: str, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
         if event not in RELOAD_EVENTS or md.get("sandbox") != sandbox_id:

@@ -1,9 +1,9 @@
 """Child-process actors: the host side of a sandbox.
 
 :func:`start_process` starts one child process from the runtime's forkserver
-(:mod:`runtime.forkserver`) running :func:`runtime.child.child_main`, connected to
-the host by a socketpair that carries mailbox frames (:mod:`runtime.mailbox`,
-:mod:`runtime.channel`). It waits for the child's ``ready`` and returns a
+(:mod:`runtime.host.forkserver`) running :func:`runtime.child.boot.child_main`, connected to
+the host by a socketpair that carries mailbox frames (:mod:`runtime.wire.mailbox`,
+:mod:`runtime.wire.channel`). It waits for the child's ``ready`` and returns a
 :class:`ProcessRef`, the handle of a :class:`ProcessActor`:
 
 - ``ref.call("counter", "get")`` sends a CALL to the actor registered as
@@ -69,12 +69,11 @@ from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait as _wait_fds
 from typing import Any
 
-from . import forkserver, telemetry
-from .actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink
-from .channel import Channel, ChannelClosed
-from .child import EXIT_CODES, BootConfig, child_main
-from .childspec import ChildSpec, Restart
-from .errors import (
+from runtime import telemetry
+from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink
+from runtime.child.boot import EXIT_CODES, BootConfig, child_main
+from runtime.childspec import ChildSpec, Restart
+from runtime.errors import (
     ActorDead,
     ActorError,
     ActorFailed,
@@ -83,7 +82,9 @@ from .errors import (
     ProtocolError,
     SandboxError,
 )
-from .mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
+from runtime.host import forkserver
+from runtime.wire.channel import Channel, ChannelClosed
+from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
 
 __all__ = [
     "ProcessActor",
@@ -93,7 +94,7 @@ __all__ = [
     "start_process",
 ]
 
-log = logging.getLogger("runtime.process")
+log = logging.getLogger("runtime.host.process")
 
 #: Extra seconds a supervisor gives a process child beyond its graceful ``shutdown``
 #: (the SIGKILL, reaping it, joining the reader).
@@ -739,7 +740,7 @@ class ProcessRef(ActorRef):
 
     @property
     def isolation(self) -> list[str]:
-        """The isolation layers the child says it applied (see :mod:`runtime.isolation`)."""
+        """The isolation layers the child says it applied (see :mod:`runtime.child.isolation`)."""
         return list(self._conn.isolation)
 
     @property
@@ -857,7 +858,7 @@ def start_process(
     """Start a child process running the app ``entry`` and return its :class:`ProcessRef`.
 
     - ``entry``: ``"module:function"``; the function gets ``*args`` and returns a
-      list of child specs or a ``SupervisorSpec`` (see :mod:`runtime.child`).
+      list of child specs or a ``SupervisorSpec`` (see :mod:`runtime.child.boot`).
     - ``app_path``: directory (or directories) put in front of the child's
       ``sys.path``.
     - ``name``: the process actor's name (defaults to ``entry``).
@@ -873,7 +874,7 @@ def start_process(
     - ``ready_timeout``: how long the app may take to start.
     - ``states``: ``{name: pickled state}`` from a previous process's
       ``get_states`` op, restored into those actors after boot (opaque here).
-    - ``modules``: the app's compiled modules (:class:`runtime.swap.ModuleCode`);
+    - ``modules``: the app's compiled modules (:class:`runtime.child.swap.ModuleCode`);
       the child imports the app from these, never from disk.
     - ``cpu_affinity``: ``"auto"`` (default) pins the child, all its threads, to
       one CPU, chosen round-robin among the host's; a sandbox runs Python on one
@@ -881,7 +882,7 @@ def start_process(
       socket reader to an actor thread is a local context switch instead of a
       cross-CPU wake-up (about 1.5x faster calls). ``None``: no pinning (for
       sandboxes running multi-threaded native code); or the CPUs to allow.
-    - ``isolation``: the OS isolation plan (:func:`runtime.isolation.plan`)
+    - ``isolation``: the OS isolation plan (:func:`runtime.child.isolation.plan`)
       applied in the child before anything else; ``guard``: the runtime guard's
       policy, installed before the entry is imported; ``on_violation(event)``:
       called (in the reading thread, keep it short) for each refusal the guard

@@ -1,10 +1,10 @@
 """The optional HTTP endpoint of a runtime: ``/health`` and ``/metrics``.
 
-``runtime.start(http=("127.0.0.1", 9100))`` serves, from a stdlib
+``sandbox.start(http=("127.0.0.1", 9100))`` serves, from a stdlib
 :class:`~http.server.ThreadingHTTPServer` in a daemon thread that stops with the
 runtime:
 
-- ``GET /health``: :meth:`Runtime.health() <runtime.api.Runtime.health>` as JSON;
+- ``GET /health``: :meth:`Runtime.health() <sandbox.api.Runtime.health>` as JSON;
   status 200 when ``"ok"``, 503 when ``"degraded"`` or ``"down"``;
 - ``GET /metrics``: the Prometheus text exposition
   (``text/plain; version=0.0.4``).
@@ -21,14 +21,14 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
-from .metrics import CONTENT_TYPE
+from sandbox.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from .health import Observability
+    from sandbox.health import Observability
 
 __all__ = ["MetricsServer"]
 
-log = logging.getLogger("runtime.http")
+log = logging.getLogger("sandbox.http")
 
 
 class _Handler(BaseHTTPRequestHandler):

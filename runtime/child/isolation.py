@@ -37,8 +37,8 @@ Layers (names as listed in a sandbox's info under ``isolation``):
 - ``no_new_privs``, ``no_dumpable`` (no ptrace, no core, /proc files root-owned),
   ``pdeathsig`` (SIGKILL when the forkserver, the sandbox's parent, dies).
 
-The guard (``audit-hook``, :mod:`runtime.guard`) is installed after these, by
-:mod:`runtime.child`. Each thread of the sandbox gets a small stack
+The guard (``audit-hook``, :mod:`runtime.child.guard`) is installed after these, by
+:mod:`runtime.child.boot`. Each thread of the sandbox gets a small stack
 (:data:`THREAD_STACK`), so 1,000 actors fit under an address-space limit.
 """
 

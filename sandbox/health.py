@@ -1,10 +1,10 @@
 """Health and metrics of one runtime, and the optional HTTP endpoint serving them.
 
-:meth:`Runtime.health() <runtime.api.Runtime.health>` answers without asking any
+:meth:`Runtime.health() <sandbox.api.Runtime.health>` answers without asking any
 actor (so it answers while the manager is busy compiling, or being restarted):
 component liveness comes from their references, sandbox status from the
 ``sandbox.status`` telemetry the manager emits, restarts and failures from the
-process and supervisor events (:class:`runtime.metrics.RuntimeMetrics`).
+process and supervisor events (:class:`sandbox.metrics.RuntimeMetrics`).
 
 The overall ``status``:
 
@@ -17,7 +17,7 @@ The overall ``status``:
   supervisor gave up).
 
 >>> import runtime
->>> with runtime.start() as rt:
+>>> with sandbox.start() as rt:
 ...     _ = rt.create_sandbox("doc-health", "examples/counter")
 ...     h = rt.health()
 >>> h["status"], h["sandboxes"]["doc-health"]["status"], h["components"]["manager"]["alive"]
@@ -30,16 +30,16 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
-from .metrics import Gauge, RuntimeMetrics
+from runtime.errors import ConfigError
+from sandbox.metrics import Gauge, RuntimeMetrics
 
 if TYPE_CHECKING:
-    from .api import Runtime
-    from .http import MetricsServer
+    from sandbox.api import Runtime
+    from sandbox.http import MetricsServer
 
 __all__ = ["Observability", "HEALTHY_STATUSES", "check_http"]
 
-log = logging.getLogger("runtime.health")
+log = logging.getLogger("sandbox.health")
 
 #: Sandbox statuses that do not make the runtime degraded.
 HEALTHY_STATUSES = frozenset(
@@ -92,7 +92,7 @@ class Observability:
         self.metrics.attach()
         self.started_at = time.time()
         if self.http is not None:
-            from .http import MetricsServer
+            from sandbox.http import MetricsServer
 
             try:
                 self.server = MetricsServer(self, self.http)
@@ -129,7 +129,7 @@ class Observability:
                 "alive": bool(running and ref is not None and ref.is_alive()),
                 "restarts": restarts.get(name, 0),
             }
-        from .recovery import annotate
+        from runtime.recovery import annotate
 
         sandboxes: dict[str, dict[str, Any]] = {}
         for sid, entry in sorted(snap["sandboxes"].items()):

@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import telemetry
-from .errors import SandboxError
+from runtime import telemetry
+from runtime.errors import SandboxError
 
 __all__ = ["main", "scaffold"]
 
@@ -97,7 +97,7 @@ class _Printer:
 def _demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    import runtime
+    import sandbox
 
     out = print
     app = EXAMPLES / "counter"
@@ -109,7 +109,7 @@ def _demo(args: argparse.Namespace) -> int:
     # The demo prints its own account of every event; the runtime's error log lines
     # (with tracebacks, on stderr) would tell the same story twice.
     logging.getLogger("runtime").setLevel(logging.CRITICAL)
-    with runtime.start(name="demo") as rt:
+    with sandbox.start(name="demo") as rt:
         printer = _Printer(out, rt.name)
         telemetry.attach("cli-demo", "sandbox", printer)
         try:
@@ -123,7 +123,7 @@ def _demo(args: argparse.Namespace) -> int:
             os.kill(pid, signal.SIGKILL)
             # A call sent before the host sees the process die fails with ActorDead
             # (it may have run): wait for the supervisor's restart, then call.
-            from .testing import wait_for
+            from sandbox.testing import wait_for
 
             wait_for(lambda: sb.info()["restart_count"] >= 1, timeout=10)
             value = sb.call("counter", "get", timeout=10)
@@ -135,7 +135,7 @@ def _demo(args: argparse.Namespace) -> int:
             printer.line(f"call counter 'incr' -> {sb.call('counter', 'incr')}")
             try:
                 sb.call("counter", "crash")
-            except runtime.ActorFailed as exc:
+            except sandbox.ActorFailed as exc:
                 printer.line(f"call counter 'crash' -> ActorFailed: {exc.error}")
             got: list[Any] = []
 
@@ -143,7 +143,7 @@ def _demo(args: argparse.Namespace) -> int:
                 try:
                     got.append(sb.call("counter", "get", timeout=10))
                     return True
-                except (runtime.NoSuchActor, runtime.ActorDead):
+                except (sandbox.NoSuchActor, sandbox.ActorDead):
                     return False
 
             wait_for(get_once_back, timeout=10)
@@ -203,13 +203,13 @@ class _ReloadPrinter:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import runtime
+    import sandbox
 
     path = Path(args.path)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with runtime.start(name="run") as rt:
+    with sandbox.start(name="run") as rt:
         printer = _Printer(lambda s: print(s, flush=True), rt.name)
         watch = getattr(args, "watch", False)
         telemetry.attach("cli-run", "sandbox", _quiet_reloads(printer) if watch else printer)

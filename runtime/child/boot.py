@@ -1,6 +1,6 @@
 """The loop that runs inside a sandbox process.
 
-The host (:mod:`runtime.process`) starts a child process from the forkserver with
+The host (:mod:`runtime.host.process`) starts a child process from the forkserver with
 ``child_main(sock, boot)``: ``sock`` is the child's end of a socketpair, ``boot`` a
 :class:`BootConfig`. The child then:
 
@@ -56,17 +56,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import guard as _guard
-from . import isolation as _isolation
-from . import logs as _logs
-from . import registry, swap
-from .actor import ActorRef, Down, monitor
-from .channel import Channel, ChannelClosed
-from .childspec import ChildSpec
-from .errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
-from .mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
-from .registry import registered, whereis
-from .supervisor import Supervisor, SupervisorSpec
+from runtime import logs as _logs
+from runtime import registry
+from runtime.actor import ActorRef, Down, monitor
+from runtime.child import guard as _guard
+from runtime.child import isolation as _isolation
+from runtime.child import swap
+from runtime.childspec import ChildSpec
+from runtime.errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
+from runtime.registry import registered, whereis
+from runtime.supervisor import Supervisor, SupervisorSpec
+from runtime.wire.channel import Channel, ChannelClosed
+from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
 
 __all__ = [
     "BootConfig",
@@ -129,7 +130,7 @@ class BootConfig:
       leaves scheduling to the kernel.
     - ``states``: ``{registered name: pickled state}`` taken from the previous
       process by the ``get_states`` op; restored into those actors after boot.
-    - ``modules``: the app's compiled modules (:class:`~runtime.swap.ModuleCode`),
+    - ``modules``: the app's compiled modules (:class:`~runtime.child.swap.ModuleCode`),
       served by the app finder: the child never imports app code from disk.
     """
 
@@ -146,7 +147,7 @@ class BootConfig:
     states: Any = None
     cpu_affinity: list[int] | None = None
     modules: list[Any] = field(default_factory=list)
-    #: OS-level isolation plan (:func:`runtime.isolation.plan`), applied first thing.
+    #: OS-level isolation plan (:func:`runtime.child.isolation.plan`), applied first thing.
     isolation: dict[str, Any] | None = None
     #: Runtime guard policy (:meth:`actors.profiles.Profile.guard_policy`), installed
     #: after the environment is set up and before the entry is imported.
@@ -211,7 +212,7 @@ def _op_get_states(server: ChildServer, payload: Any) -> dict[str, bytes]:
 @register_system_op("reload", threaded=True)
 @_logs.sandbox_op  # the host operation's correlation id, and log lines (runtime/logs.py)
 def _op_reload(server: ChildServer, payload: Any) -> dict[str, Any]:
-    """Swap code in place (see :mod:`runtime.swap`); then apply child spec changes."""
+    """Swap code in place (see :mod:`runtime.child.swap`); then apply child spec changes."""
     report = swap.reload_from_wire(payload)
     if report.get("ok") and server.root is not None:
         report["children"] = swap.upgrade_children(server.root, server.boot.entry, server.boot.args)
@@ -238,10 +239,10 @@ def _op_names(server: ChildServer, payload: Any) -> list[str]:
 
 @register_system_op("run", threaded=True)
 def _op_run(server: ChildServer, payload: Any) -> Any:
-    """``(fn, args)`` as :func:`runtime.shipping.ship` bytes: call ``fn(*args)`` here."""
+    """``(fn, args)`` as :func:`runtime.wire.shipping.ship` bytes: call ``fn(*args)`` here."""
     if not server.boot.allow_pickle:  # the host checks too; this side does not trust it to
         raise PermissionError("this sandbox's profile does not allow run()")
-    from .shipping import land
+    from runtime.wire.shipping import land
 
     fn, args = land(payload) if isinstance(payload, bytes) else payload
     if not callable(fn):

@@ -15,7 +15,7 @@ How a channel ends, as seen by ``recv``:
 - this side called ``close()``: :class:`ChannelClosed` (``local=True``).
 
 >>> import socket
->>> from runtime.mailbox import Codec, CAST
+>>> from runtime.wire.mailbox import Codec, CAST
 >>> a, b = socket.socketpair()
 >>> with Channel(a, Codec()) as left, Channel(b, Codec()) as right:
 ...     left.send(CAST, None, "log", ("hello", 1))
@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from runtime.errors import ProtocolError, SandboxError
-from runtime.mailbox import Codec, Envelope, FrameDecoder
+from runtime.wire.mailbox import Codec, Envelope, FrameDecoder
 
 __all__ = ["Channel", "ChannelClosed"]
 
@@ -59,7 +59,7 @@ class Channel:
     :meth:`close`. ``read_size`` is how much one ``recv`` syscall may read.
 
     >>> import socket
-    >>> from runtime.mailbox import Codec, CALL
+    >>> from runtime.wire.mailbox import Codec, CALL
     >>> a, b = socket.socketpair()
     >>> left, right = Channel(a, Codec()), Channel(b, Codec())
     >>> left.send(CALL, 1, "counter", ["incr", 2])
@@ -125,7 +125,7 @@ class Channel:
         Raises what :meth:`Codec.frame` raises (nothing is written then) and
         :class:`ChannelClosed` if the channel or the peer is gone.
 
-        >>> import socket; from runtime.mailbox import REPLY
+        >>> import socket; from runtime.wire.mailbox import REPLY
         >>> a, b = socket.socketpair(); left, right = Channel(a, Codec()), Channel(b, Codec())
         >>> left.send(REPLY, 7, None, {"ok": True}); right.recv()[0].ref
         7
@@ -141,7 +141,7 @@ class Channel:
         ``ProtocolError``. A write that fails half-way leaves the stream
         unusable, so the channel closes itself and raises :class:`ChannelClosed`.
 
-        >>> import socket; from runtime.mailbox import CAST
+        >>> import socket; from runtime.wire.mailbox import CAST
         >>> a, b = socket.socketpair(); left, right = Channel(a, Codec()), Channel(b, Codec())
         >>> left.send_raw(left.codec.frames([(CAST, None, "a", 1), (CAST, None, "b", 2)]))
         >>> [e.target for e in right.recv()]
@@ -165,7 +165,7 @@ class Channel:
         Raises :class:`ChannelClosed` on a clean end and ``ProtocolError`` on a
         bad or truncated frame (after which the channel is closed).
 
-        >>> import socket; from runtime.mailbox import CAST
+        >>> import socket; from runtime.wire.mailbox import CAST
         >>> a, b = socket.socketpair(); left, right = Channel(a, Codec()), Channel(b, Codec())
         >>> left.send(CAST, None, "x", b"\\x00"); right.recv()[0].payload
         b'\\x00'

@@ -49,8 +49,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .barrier import BARRIER
-from .errors import ReloadFailed
+from runtime.barrier import BARRIER
+from runtime.errors import ReloadFailed
 
 __all__ = [
     "AppFinder",
@@ -65,7 +65,7 @@ __all__ = [
     "upgrade_children",
 ]
 
-log = logging.getLogger("runtime.swap")
+log = logging.getLogger("runtime.child.swap")
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def install_finder(modules: Iterable[ModuleCode]) -> None:
 
 def live_servers() -> list[Any]:
     """The GenServer actors alive in this process."""
-    from .genserver import SERVERS
+    from runtime.genserver import SERVERS
 
     return [s for s in list(SERVERS) if s.impl is not None and _alive(s)]
 
@@ -422,7 +422,7 @@ def _load_migrate(migrate: Any) -> Callable[[Any, Any, Any], Any] | None:
     """The migration function, unpickled here if it came as bytes (see hotreload)."""
     if migrate is None or callable(migrate):
         return migrate
-    from .shipping import land
+    from runtime.wire.shipping import land
 
     fn = land(migrate, "migrate function")
     if not callable(fn):
@@ -496,7 +496,7 @@ def apply_reload(
     gc.disable()
     try:
         t_suspended = time.perf_counter()
-        from .genserver import SERVERS
+        from runtime.genserver import SERVERS
 
         servers = [s for s in list(SERVERS)
                    if s.impl is not None and s.impl_cls.__module__ in new_code and _alive(s)]
@@ -654,7 +654,7 @@ _LAST_SWAP: dict[str, frozenset[str]] = {}
 
 def snapshot_states() -> dict[str, bytes]:
     """``{registered name: pickled state}`` of the named GenServers (unpicklable skipped)."""
-    from .registry import registered, whereis
+    from runtime.registry import registered, whereis
 
     out: dict[str, bytes] = {}
     with BARRIER.writing(5.0):
@@ -672,7 +672,7 @@ def snapshot_states() -> dict[str, bytes]:
 
 def restore_states(states: Mapping[str, bytes]) -> None:
     """Put states taken by :func:`snapshot_states` back into the actors of those names."""
-    from .registry import whereis
+    from runtime.registry import whereis
 
     with BARRIER.writing(5.0):
         for name, blob in states.items():
@@ -703,8 +703,8 @@ def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[
     (the entry raises, a new child fails to start) is listed under ``failed`` as
     ``"id: error"`` and the rest goes on.
     """
-    from .actor import ActorRef
-    from .supervisor import SupervisorSpec
+    from runtime.actor import ActorRef
+    from runtime.supervisor import SupervisorSpec
 
     report: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "failed": []}
     module_name, _, fn_name = entry.partition(":")

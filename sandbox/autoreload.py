@@ -15,13 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .childspec import ChildSpec
-from .config import WatchOptions
-from .errors import SandboxError
+from actors.config import WatchOptions
+from runtime.childspec import ChildSpec
+from runtime.errors import SandboxError
 
 if TYPE_CHECKING:
-    from .actor import ActorRef
-    from .api import Runtime
+    from runtime.actor import ActorRef
+    from sandbox.api import Runtime
 
 __all__ = ["disable_auto_reload", "enable_auto_reload", "watch_status", "watcher_child"]
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .childspec import RESTART_TYPES
-from .errors import ConfigError
+from runtime.childspec import RESTART_TYPES
+from runtime.errors import ConfigError
 
 __all__ = ["Limits", "SandboxConfig", "WatchOptions", "PROFILES", "validate_id"]
 
@@ -285,7 +285,7 @@ def _check_entry(app_dir: Path, entry: str) -> None:
     try:
         tree = ast.parse(source_file.read_bytes(), filename=str(source_file))
     except SyntaxError as exc:
-        from .errors import CompileError
+        from runtime.errors import CompileError
 
         raise CompileError(
             f"{exc.filename}:{exc.lineno}:{exc.offset}: {exc.msg}",

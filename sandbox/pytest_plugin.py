@@ -9,7 +9,7 @@ Installing the package is enough; every test suite gets:
   unique id from a path or a dict of ``{filename: source}``; every sandbox it made
   is destroyed afterwards.
 - ``app_dir``: ``app_dir({filename: source})`` writes an app into a fresh directory.
-- the helpers of :mod:`runtime.testing`, importable from here and also as fixtures
+- the helpers of :mod:`sandbox.testing`, importable from here and also as fixtures
   of the same name: ``wait_for``, ``wait_for_reload``, ``assert_sandbox_running``,
   ``assert_hot_reload_successful``, ``stress``.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from .testing import (
+from sandbox.testing import (
     StressReport,
     assert_hot_reload_successful,
     assert_sandbox_running,
@@ -64,7 +64,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "sandbox_runtime(**options): options for runtime.start() in the sandbox_runtime fixture",
+        "sandbox_runtime(**options): options for sandbox.start() in the sandbox_runtime fixture",
     )
 
 
@@ -95,17 +95,17 @@ def sandbox_runtime(request: pytest.FixtureRequest) -> Iterator[Any]:
 
     The test errors at teardown, naming each leak, if processes, threads or file
     descriptors it started are still there (after the ini option
-    ``sandbox_leak_timeout`` seconds, default 5). Options for ``runtime.start()``
+    ``sandbox_leak_timeout`` seconds, default 5). Options for ``sandbox.start()``
     come from ``@pytest.mark.sandbox_runtime(**options)``.
     """
-    import runtime
+    import sandbox
 
     marker = request.node.get_closest_marker("sandbox_runtime")
     options = dict(marker.kwargs) if marker else {}
     options.setdefault("name", f"test{next(_ids)}")
     warm_up()
     before = snapshot()
-    rt = runtime.start(**options)
+    rt = sandbox.start(**options)
     try:
         yield rt
     finally:
@@ -145,29 +145,29 @@ def sandbox_factory(sandbox_runtime: Any, tmp_path: Path) -> Iterator[Callable[.
 
 @pytest.fixture(name="wait_for")
 def _wait_for_fixture() -> Callable[..., Any]:
-    """:func:`runtime.testing.wait_for`."""
+    """:func:`sandbox.testing.wait_for`."""
     return wait_for
 
 
 @pytest.fixture(name="wait_for_reload")
 def _wait_for_reload_fixture() -> Callable[..., Any]:
-    """:func:`runtime.testing.wait_for_reload`."""
+    """:func:`sandbox.testing.wait_for_reload`."""
     return wait_for_reload
 
 
 @pytest.fixture(name="assert_sandbox_running")
 def _assert_sandbox_running_fixture() -> Callable[..., Any]:
-    """:func:`runtime.testing.assert_sandbox_running`."""
+    """:func:`sandbox.testing.assert_sandbox_running`."""
     return assert_sandbox_running
 
 
 @pytest.fixture(name="assert_hot_reload_successful")
 def _assert_hot_reload_successful_fixture() -> Callable[..., Any]:
-    """:func:`runtime.testing.assert_hot_reload_successful`."""
+    """:func:`sandbox.testing.assert_hot_reload_successful`."""
     return assert_hot_reload_successful
 
 
 @pytest.fixture(name="stress")
 def _stress_fixture() -> Callable[..., StressReport]:
-    """:func:`runtime.testing.stress`."""
+    """:func:`sandbox.testing.stress`."""
     return stress

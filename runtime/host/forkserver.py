@@ -1,7 +1,7 @@
 """The multiprocessing context every sandbox process is started from.
 
 Sandboxes are started by a *forkserver*: a small, single-threaded server process
-that imports the runtime once (``runtime.child`` and what it needs are preloaded)
+that imports the runtime once (``runtime.child.boot`` and what it needs are preloaded)
 and forks a fresh child for every request. The host itself never calls plain
 ``fork()``: the host has threads (actors, readers), and forking a threaded process
 copies locks in whatever state other threads left them.
@@ -49,7 +49,7 @@ __all__ = ["PRELOAD", "context", "helper_pids", "server_pid", "start"]
 #: USS per isolated sandbox without the last three, 5.1 MiB with them): the
 #: GenServer every app imports, ``ctypes`` for the isolation layers (prctl and
 #: unshare; Python 3.11's ``os`` has neither) and ``resource`` for the rlimits.
-PRELOAD: list[str] = ["runtime.child", "runtime.genserver", "ctypes", "resource"]
+PRELOAD: list[str] = ["runtime.child.boot", "runtime.genserver", "ctypes", "resource"]
 
 _lock = threading.Lock()
 _context: BaseContext | None = None

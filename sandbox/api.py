@@ -1,7 +1,7 @@
 """The public face: a :class:`Runtime` wiring the component actors under one supervisor.
 
 >>> import runtime
->>> with runtime.start() as rt:
+>>> with sandbox.start() as rt:
 ...     sb = rt.create_sandbox("doc-counter", "examples/counter")
 ...     sb.call("counter", "incr")
 ...     sb.call("counter", ("add", 41))
@@ -21,15 +21,18 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import logs, telemetry
-from .actor import ActorRef
-from .childspec import ChildSpec
-from .config import SandboxConfig
-from .errors import ConfigError, SandboxError, SecurityViolation
-from .health import Observability
-from .supervisor import Supervisor, SupervisorRef
+from actors.config import Limits, SandboxConfig, WatchOptions
+from runtime import logs, telemetry
+from runtime.actor import ActorRef
+from runtime.childspec import ChildSpec
+from runtime.errors import ConfigError, SandboxError, SecurityViolation
+from runtime.supervisor import Supervisor, SupervisorRef
+from sandbox.health import Observability
+
+if TYPE_CHECKING:
+    from sandbox.hotreload import ReloadReport
 
 __all__ = ["Runtime", "Sandbox", "BatchResult", "start"]
 
@@ -90,7 +93,7 @@ class Sandbox:
         """Call the actor registered as ``actor`` inside the sandbox and return its reply.
 
         >>> import runtime
-        >>> with runtime.start() as rt:
+        >>> with sandbox.start() as rt:
         ...     rt.create_sandbox("doc-call", "examples/counter").call("counter", "get")
         0
         """
@@ -112,7 +115,7 @@ class Sandbox:
         The function travels by cloudpickle; the ``high`` profile refuses it.
 
         >>> import runtime
-        >>> with runtime.start() as rt:
+        >>> with sandbox.start() as rt:
         ...     rt.create_sandbox("doc-run", "examples/counter").run(pow, 2, 10)
         1024
         """
@@ -124,8 +127,7 @@ class Sandbox:
             )
         proc = self._process(timeout)
         from actors.monitor import run_with_limit  # the sandbox's run_seconds limit
-
-        from .shipping import ship
+        from runtime.wire.shipping import ship
 
         blob = ship((fn, tuple(args)))
         return run_with_limit(self, lambda t: proc.system("run", blob, timeout=t), timeout)
@@ -146,21 +148,43 @@ class Sandbox:
     def pid(self) -> int | None:
         return self.info()["pid"]
 
-    def hot_reload(self, **options: Any) -> Any:
+    def hot_reload(
+        self,
+        *,
+        modules: Iterable[str] | None = None,
+        source: Mapping[str, str] | None = None,
+        migrate: Callable[[Any, Any, Any], Any] | None = None,
+        extra: Any = None,
+        changed_files: Iterable[str] | None = None,
+        timeout: float = 30.0,
+        compile_timeout: float | None = None,
+    ) -> ReloadReport:
         """Swap changed code in, keeping state; see :meth:`Runtime.hot_reload`."""
-        return self.runtime.hot_reload(self.id, **options)
+        return self.runtime.hot_reload(
+            self.id, modules=modules, source=source, migrate=migrate, extra=extra,
+            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout)
 
-    def rollback_module(self, module: str, version: int, **options: Any) -> Any:
+    def rollback_module(
+        self, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
+    ) -> ReloadReport:
         """Swap a kept version of ``module`` back in; see :meth:`Runtime.rollback_module`."""
-        return self.runtime.rollback_module(self.id, module, version, **options)
+        return self.runtime.rollback_module(self.id, module, version, extra=extra, timeout=timeout)
 
     def module_versions(self, module: str | None = None) -> Any:
         """Kept versions; see :meth:`Runtime.module_versions`."""
         return self.runtime.module_versions(self.id, module)
 
-    def enable_auto_reload(self, **watch: Any) -> dict[str, Any]:
+    def enable_auto_reload(
+        self,
+        *,
+        patterns: Iterable[str] | None = None,
+        ignore: Iterable[str] | None = None,
+        debounce: float | None = None,
+        max_files: int | None = None,
+    ) -> dict[str, Any]:
         """Hot-reload on every save; see :meth:`Runtime.enable_auto_reload`."""
-        return self.runtime.enable_auto_reload(self.id, **watch)
+        return self.runtime.enable_auto_reload(
+            self.id, patterns=patterns, ignore=ignore, debounce=debounce, max_files=max_files)
 
     def disable_auto_reload(self) -> bool:
         """Stop watching; see :meth:`Runtime.disable_auto_reload`."""
@@ -182,26 +206,34 @@ class Runtime:
     Use :func:`start` to make one.
     """
 
-    def __init__(self, **config: Any) -> None:
-        for key, value in config.items():
-            if key not in _RUNTIME_OPTIONS:
-                raise ConfigError(key, value, f"one of the runtime options {', '.join(_RUNTIME_OPTIONS)}")
-        self.name = config.get("name") or f"rt{os.getpid()}-{next(_runtime_ids)}"
-        self._obs = Observability(self, http=config.get("http"))  # metrics, health, HTTP
-        base = config.get("base_dir")
-        if base is not None and not os.path.isdir(base):
-            raise ConfigError("base_dir", base, _RUNTIME_OPTIONS["base_dir"])
-        self.base_dir = tempfile.mkdtemp(prefix=f"sandbox-{self.name}-", dir=base)
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
+        max_restarts: int = 10,
+        max_seconds: float = 10.0,
+        history: int = 10,
+        monitor_interval: float = 1.0,
+        audit_path: str | os.PathLike[str] | None = None,
+        watch_backend: str = "auto",
+        http: tuple[str, int] | None = None,
+    ) -> None:
+        self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
+        self._obs = Observability(self, http=http)  # metrics, health, HTTP
+        if base_dir is not None and not os.path.isdir(base_dir):
+            raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
+        self.base_dir = tempfile.mkdtemp(prefix=f"sandbox-{self.name}-", dir=base_dir)
         self._lock = threading.Lock()
         self._root: SupervisorRef | None = None
-        self._max_restarts = config.get("max_restarts", 10)
-        self._max_seconds = config.get("max_seconds", 10.0)
-        self._history = config.get("history", 10)
-        self._monitor_interval = config.get("monitor_interval", 1.0)
+        self._max_restarts = max_restarts
+        self._max_seconds = max_seconds
+        self._history = history
+        self._monitor_interval = monitor_interval
         # The audit log sits beside base_dir (not in it: that holds only workdirs).
-        self._own_audit = not config.get("audit_path")
-        self._audit_path = config.get("audit_path") or self.base_dir + ".audit.jsonl"
-        self._watch_backend = config.get("watch_backend", "auto")
+        self._own_audit = not audit_path
+        self._audit_path = os.fspath(audit_path) if audit_path else self.base_dir + ".audit.jsonl"
+        self._watch_backend = watch_backend
         if self._watch_backend not in ("auto", "inotify", "polling"):
             raise ConfigError("watch_backend", self._watch_backend, _RUNTIME_OPTIONS["watch_backend"])
         self._components: dict[str, ActorRef] = {}
@@ -280,7 +312,7 @@ class Runtime:
                 )),
             ),
         ]
-        from .autoreload import watcher_child
+        from sandbox.autoreload import watcher_child
 
         children.append(watcher_child(self, component, started, self._watch_backend))
         self._root = Supervisor.start(
@@ -302,7 +334,7 @@ class Runtime:
             return
         root.stop(timeout=60.0)
         self._obs.stop()
-        from .isolation import release_group
+        from runtime.child.isolation import release_group
 
         release_group(os.path.basename(self.base_dir))  # the sandboxes' cgroups, now empty
         if self._own_audit:
@@ -319,7 +351,7 @@ class Runtime:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- observability (runtime/health.py, runtime/metrics.py, runtime/http.py) --------
+    # -- observability (sandbox/health.py, sandbox/metrics.py, sandbox/http.py) --------
     def health(self) -> dict[str, Any]:
         """``{"status": "ok" | "degraded" | "down", "components": {name: {"alive",
         "restarts"}}, "sandboxes": {id: {"status", "ok", "pid", "restarts",
@@ -339,7 +371,7 @@ class Runtime:
     def _root_ref(self) -> SupervisorRef:
         root = self._root
         if root is None:
-            raise SandboxError(f"runtime {self.name!r} is not running; start it with runtime.start()")
+            raise SandboxError(f"runtime {self.name!r} is not running; start it with sandbox.start()")
         return root
 
     def component(self, name: str, *, timeout: float = DEFAULT_TIMEOUT) -> Any:
@@ -368,7 +400,22 @@ class Runtime:
 
     # -- sandboxes -------------------------------------------------------------------
     @logs.operation("create")
-    def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str], **options: Any) -> Sandbox:
+    def create_sandbox(
+        self,
+        sandbox_id: str,
+        path: str | os.PathLike[str],
+        *,
+        entry: str = SandboxConfig.entry,
+        profile: str = SandboxConfig.profile,
+        limits: Limits | Mapping[str, Any] | None = None,
+        restart: str = SandboxConfig.restart,
+        max_restarts: int = SandboxConfig.max_restarts,
+        max_seconds: float = SandboxConfig.max_seconds,
+        env: Mapping[str, str] | None = None,
+        auto_reload: bool = SandboxConfig.auto_reload,
+        shutdown: float = SandboxConfig.shutdown,
+        watch: WatchOptions | Mapping[str, Any] | None = None,
+    ) -> Sandbox:
         """Create and start a sandbox running the app at ``path``; returns its handle.
 
         Options: ``entry`` ('app:children'), ``profile`` ('high' | 'medium' | 'low'),
@@ -377,7 +424,11 @@ class Runtime:
         Raises :class:`~runtime.errors.ConfigError` naming any bad option, and leaves
         nothing behind when creation fails.
         """
-        config = SandboxConfig.build(sandbox_id, os.fspath(path) if isinstance(path, os.PathLike) else path, **options)
+        config = SandboxConfig.build(
+            sandbox_id, os.fspath(path) if isinstance(path, os.PathLike) else path,
+            entry=entry, profile=profile, limits=limits, restart=restart,
+            max_restarts=max_restarts, max_seconds=max_seconds, env=env,
+            auto_reload=auto_reload, shutdown=shutdown, watch=watch)
         self._manager("create", config)
         return Sandbox(self, sandbox_id)
 
@@ -450,20 +501,20 @@ class Runtime:
         changed_files: Iterable[str] | None = None,
         timeout: float = 30.0,
         compile_timeout: float | None = None,
-    ) -> Any:
+    ) -> ReloadReport:
         """Swap the changed modules of a running sandbox, migrating every actor's state.
 
         Each changed class's ``code_change(old_vsn, state, extra)`` (or ``migrate``)
         carries the state over; actors never stop and no message is lost. Returns a
-        :class:`~runtime.hotreload.ReloadReport`; raises CompileError or
+        :class:`~sandbox.hotreload.ReloadReport`; raises CompileError or
         ReloadFailed, in which case the old code and state keep serving.
 
         >>> import runtime
-        >>> with runtime.start() as rt:
+        >>> with sandbox.start() as rt:
         ...     rt.create_sandbox("doc-reload", "examples/counter").hot_reload().modules
         []
         """
-        from .hotreload import hot_reload
+        from sandbox.hotreload import hot_reload
 
         return hot_reload(self, sandbox_id, modules=modules, source=source, migrate=migrate,
                           extra=extra, changed_files=changed_files, timeout=timeout,
@@ -472,29 +523,40 @@ class Runtime:
     @logs.operation("rollback")
     def rollback_module(
         self, sandbox_id: str, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
-    ) -> Any:
+    ) -> ReloadReport:
         """Swap kept version ``version`` of ``module`` back in (state migrated by the
         target class's ``code_change``, which sees the downgrade as ``old_vsn > vsn``)."""
-        from .hotreload import rollback_module
+        from sandbox.hotreload import rollback_module
 
         return rollback_module(self, sandbox_id, module, version, extra=extra, timeout=timeout)
 
-    # -- auto-reload (runtime/autoreload.py, actors/watcher.py) ----------------------
-    def enable_auto_reload(self, sandbox_id: str, **watch: Any) -> dict[str, Any]:
+    # -- auto-reload (sandbox/autoreload.py, actors/watcher.py) ----------------------
+    def enable_auto_reload(
+        self,
+        sandbox_id: str,
+        *,
+        patterns: Iterable[str] | None = None,
+        ignore: Iterable[str] | None = None,
+        debounce: float | None = None,
+        max_files: int | None = None,
+    ) -> dict[str, Any]:
         """Watch the sandbox's directory; each batch of saves becomes one hot reload.
 
-        ``watch`` overrides the sandbox's watch options: ``patterns`` (``['*.py']``),
+        Each option given overrides the sandbox's watch option: ``patterns`` (``['*.py']``),
         ``ignore`` (more globs), ``debounce`` (seconds, 0.02), ``max_files``
         (10,000). Same as ``auto_reload=True`` at creation. Raises ``WatchError``
         if the directory cannot be watched (e.g. more files than ``max_files``).
         """
-        from .autoreload import enable_auto_reload
+        from sandbox.autoreload import enable_auto_reload
 
-        return enable_auto_reload(self, sandbox_id, **watch)
+        given = {"patterns": patterns, "ignore": ignore, "debounce": debounce,
+                 "max_files": max_files}
+        return enable_auto_reload(self, sandbox_id, **{k: v for k, v in given.items()
+                                                         if v is not None})
 
     def disable_auto_reload(self, sandbox_id: str) -> bool:
         """Stop watching the sandbox's directory; returns whether it was watched."""
-        from .autoreload import disable_auto_reload
+        from sandbox.autoreload import disable_auto_reload
 
         return disable_auto_reload(self, sandbox_id)
 
@@ -502,7 +564,7 @@ class Runtime:
         """Auto-reload of a sandbox: ``auto_reload``, ``watching``, ``watch`` (files
         watched, backend, reloads and failures, a reload running or queued now) and
         ``last_reload`` (as :meth:`reload_status`)."""
-        from .autoreload import watch_status
+        from sandbox.autoreload import watch_status
 
         return watch_status(self, sandbox_id)
 
@@ -574,13 +636,36 @@ class Runtime:
         )
 
 
-def start(**config: Any) -> Runtime:
-    """Start a runtime. Also a context manager: ``with runtime.start() as rt: ...``.
+def start(
+    *,
+    name: str | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    max_restarts: int = 10,
+    max_seconds: float = 10.0,
+    history: int = 10,
+    monitor_interval: float = 1.0,
+    audit_path: str | os.PathLike[str] | None = None,
+    watch_backend: str = "auto",
+    http: tuple[str, int] | None = None,
+) -> Runtime:
+    """Start a runtime. Also a context manager: ``with sandbox.start() as rt: ...``.
+
+    Options (each checked, a bad one raises :class:`~runtime.errors.ConfigError`
+    naming it): ``name`` (logs and telemetry), ``base_dir`` (where work directories
+    go), ``max_restarts``/``max_seconds`` (the root supervisor's intensity),
+    ``history`` (versions kept per module), ``monitor_interval`` (seconds between
+    resource samples), ``audit_path`` (a JSON-lines audit file kept after stop),
+    ``watch_backend`` ('auto', 'inotify', 'polling'), ``http`` ((host, port) serving
+    /health and /metrics).
 
     >>> import runtime
-    >>> rt = runtime.start(name="doc-rt")
+    >>> rt = sandbox.start(name="doc-rt")
     >>> rt.list_sandboxes()
     []
     >>> rt.stop()
     """
-    return Runtime(**config).start()
+    return Runtime(
+        name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
+        history=history, monitor_interval=monitor_interval, audit_path=audit_path,
+        watch_backend=watch_backend, http=http,
+    ).start()

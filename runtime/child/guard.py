@@ -4,7 +4,7 @@ It runs inside the sandbox process. :func:`install_guard` is called once, after
 the process has become its own process group leader and set up its working
 directory, and before any user code is imported::
 
-    from runtime.guard import install_guard
+    from runtime.child.guard import install_guard
     handle = install_guard(policy, on_violation=send_audit_event_to_host)
 
 ``policy`` is plain data (built on the host by

@@ -3,7 +3,7 @@
 Each runtime keeps a :class:`RuntimeMetrics`: a telemetry handler that folds the
 runtime's events (those whose metadata names it, or that run under one of its
 operations) into counters and histograms, and the per-sandbox state
-:mod:`runtime.health` reports. Calls are not telemetry events (one per call
+:mod:`sandbox.health` reports. Calls are not telemetry events (one per call
 would cost more than the call's own bookkeeping): :class:`CallMetrics` counts
 them in place, under one uncontended lock.
 
@@ -38,8 +38,8 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from . import telemetry
-from .logs import _context as _log_context
+from runtime import telemetry
+from runtime.logs import _context as _log_context
 
 __all__ = [
     "CONTENT_TYPE",
@@ -311,14 +311,14 @@ _OPERATIONS = ("create", "destroy", "restart")
 class RuntimeMetrics:
     """The counters and histograms of one runtime, fed by telemetry.
 
-    Also tracks what :mod:`runtime.health` reports without asking any actor:
+    Also tracks what :mod:`sandbox.health` reports without asking any actor:
     each sandbox's status, pid, process restarts and last failure, and the
     restarts of the runtime's components.
     """
 
     def __init__(self, runtime_name: str) -> None:
         self.runtime = runtime_name
-        self.handler_id = f"runtime.metrics:{runtime_name}:{id(self)}"
+        self.handler_id = f"sandbox.metrics:{runtime_name}:{id(self)}"
         r = self.registry = Registry()
         self.operations = r.counter(
             "sandbox_operations_total",
@@ -483,7 +483,7 @@ class RuntimeMetrics:
             entry["pid"] = None
         if kind in ("normal", "shutdown"):
             return
-        from .recovery import annotate
+        from runtime.recovery import annotate
 
         error = annotate({"kind": kind, "message": md.get("reason"), "at": time.time()})
         assert error is not None
