@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import threading
 import traceback
@@ -171,6 +172,7 @@ class Reply:
             pass
 
     def wait(self, timeout: float | None) -> bool:
+        timeout = _wait_arg(timeout)
         if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
             self._done.release()
             return True
@@ -215,6 +217,11 @@ class _Wake:
 
 
 Watcher = Callable[[Down], None]
+
+
+def _wait_arg(timeout: float | None) -> float | None:
+    """``timeout`` for threading waits: ``math.inf`` means no limit (it would overflow)."""
+    return None if timeout is None or timeout == math.inf else timeout
 
 
 class Actor(pykka.ThreadingActor):
@@ -586,7 +593,7 @@ class ActorRef:
         actor._request_stop(reason or ExitReason.shutdown())
         if threading.current_thread() is actor._thread:
             return reason or ExitReason.shutdown()
-        if not actor._exited.wait(timeout):
+        if not actor._exited.wait(_wait_arg(timeout)):
             log.warning("%s did not stop within %ss; abandoning its thread", self.id, timeout)
             actor._kill(ExitReason.killed(f"did not stop within {timeout}s"))
         return actor._exit_reason or ExitReason.shutdown()
@@ -597,7 +604,7 @@ class ActorRef:
 
     def join(self, timeout: float | None = None) -> ExitReason | None:
         """Wait until the actor has ended; returns its exit reason (None on timeout)."""
-        self._actor._exited.wait(timeout)
+        self._actor._exited.wait(_wait_arg(timeout))
         return self._actor._exit_reason
 
 
