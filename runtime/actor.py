@@ -49,6 +49,7 @@ __all__ = [
     "Down",
     "Exit",
     "ExitReason",
+    "NOREPLY",
     "Reply",
     "ReplySink",
     "demonitor",
@@ -219,6 +220,20 @@ class _Wake:
 Watcher = Callable[[Down], None]
 
 
+class _NoReply:
+    def __repr__(self) -> str:
+        return "runtime.NOREPLY"
+
+    def __reduce__(self) -> str:
+        return "NOREPLY"
+
+
+#: Returned by a call handler that answers later (OTP's ``noreply``): the caller
+#: keeps waiting until the reply sink (``Actor._caller`` at the time) is answered,
+#: or gets :class:`~runtime.errors.ActorDead` if the actor ends first.
+NOREPLY: Any = _NoReply()
+
+
 def _wait_arg(timeout: float | None) -> float | None:
     """``timeout`` for threading waits: ``math.inf`` means no limit (it would overflow)."""
     return None if timeout is None or timeout == math.inf else timeout
@@ -272,6 +287,8 @@ class Actor(pykka.ThreadingActor):
         self._started = threading.Event()
         self._stop_request: ExitReason | None = None
         self._pending: set[ReplySink] = set()
+        #: The reply sink of the call being handled (None outside a call).
+        self._caller: ReplySink | None = None
         self._watchers: dict[str, Watcher] = {}
         self._links: dict[str, Actor] = {}
         self._thread: threading.Thread | None = None
@@ -376,6 +393,7 @@ class Actor(pykka.ThreadingActor):
             raise _Failed(reason) from exc
 
     def _handle_call(self, msg: _Call) -> None:
+        self._caller = msg.reply
         try:
             value = self._dispatch(self.on_call, msg.request)
         except _Failed as failed:
@@ -384,6 +402,10 @@ class Actor(pykka.ThreadingActor):
                 ActorFailed(self.actor_id, failed.reason.message, failed.reason.traceback)
             )
             raise
+        finally:
+            self._caller = None
+        if value is NOREPLY:
+            return  # answered later; stays pending, so the caller hears if the actor ends
         self._discard(msg.reply)
         msg.reply.set_result(value)
 
@@ -540,6 +562,10 @@ class ActorRef:
         """
         reply = Reply()
         self.call_into(request, reply)
+        return self.await_reply(reply, timeout)
+
+    def await_reply(self, reply: Reply, timeout: float | None) -> Any:
+        """Wait for the answer of a call sent with :meth:`call_into`; as :meth:`call`."""
         if not reply.wait(timeout):
             self._actor._discard(reply)
             raise CallTimeout(self.id, timeout)

@@ -566,6 +566,19 @@ class Supervisor(Actor):
         else:
             group = self._children[self._children.index(failed):]
         ids = [c.id for c in group]
+        self._announce_restart(failed, reason, ids)
+        for child in reversed(group):
+            if child is not failed and child.ref is not None:
+                self._stop_child(child)
+        for child in group:
+            if not self._holds(child):
+                continue  # a temporary sibling stopped above is not restarted
+            if child.ref is not None:
+                continue
+            if not self._start_or_retry(child):
+                return
+
+    def _announce_restart(self, failed: _Child, reason: ExitReason, ids: list[str]) -> None:
         log.error(
             "supervisor %s: child %r ended (%s); restarting %s (%s)\n%s",
             self.actor_id, failed.id, reason, ", ".join(map(repr, ids)), self.strategy,
@@ -584,16 +597,6 @@ class Supervisor(Actor):
                 "restarted": ids,
             },
         )
-        for child in reversed(group):
-            if child is not failed and child.ref is not None:
-                self._stop_child(child)
-        for child in group:
-            if child not in self._children:
-                continue  # a temporary sibling stopped above is not restarted
-            if child.ref is not None:
-                continue
-            if not self._start_or_retry(child):
-                return
 
     def _count_restart(self, failed: _Child, reason: ExitReason) -> bool:
         """Count one restart against the intensity; False (and escalate) if it is exceeded."""
@@ -820,18 +823,12 @@ class Supervisor(Actor):
         return self._find(child_id).spec
 
     def _api_which_children(self, _arg: Any) -> list[ChildInfo]:
-        return [
-            ChildInfo(
-                c.id,
-                c.ref,
-                c.spec.type,
-                c.spec.restart,
-                c.ref is not None and c.ref.is_alive(),
-                c.spec,
-                c.restarting,
-            )
-            for c in self._children
-        ]
+        return [self._info(c) for c in self._children]
+
+    @staticmethod
+    def _info(c: _Child) -> ChildInfo:
+        alive = c.ref is not None and c.ref.is_alive()
+        return ChildInfo(c.id, c.ref, c.spec.type, c.spec.restart, alive, c.spec, c.restarting)
 
     def _api_count_children(self, _arg: Any) -> dict[str, int]:
         sups = sum(1 for c in self._children if c.spec.type == "supervisor")
