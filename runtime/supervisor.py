@@ -759,7 +759,7 @@ class Supervisor(Actor):
             f"supervisor {self.actor_id} has no child {child_id!r}; its children: {ids}"
         )
 
-    def _api_start_child(self, spec: Any) -> ActorRef:
+    def _api_start_child(self, spec: Any) -> ActorRef | _Ignore:
         if not isinstance(spec, ChildSpec):
             raise ChildSpecError(f"start_child needs a ChildSpec, got {spec!r}")
         if any(c.id == spec.id for c in self._children):
@@ -788,7 +788,7 @@ class Supervisor(Actor):
         elif child.spec.restart == "temporary":
             self._children.remove(child)
 
-    def _api_restart_child(self, child_id: Any) -> ActorRef:
+    def _api_restart_child(self, child_id: Any) -> ActorRef | _Ignore:
         child = self._find(child_id)
         if child.ref is not None:
             raise SupervisorError(
