@@ -35,7 +35,7 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from runtime.actor import Actor, ActorRef, ExitReason
+from runtime.actor import Actor, ActorRef, Down, ExitReason
 from runtime.childspec import BRUTAL_KILL, IGNORE, ChildSpec, Restart, Shutdown, _Ignore
 from runtime.childspec import shutdown_timeout
 from runtime.errors import ActorFailed, ChildSpecError, ConfigError, SupervisorError
@@ -241,6 +241,12 @@ class DynamicSupervisor(Supervisor):
             self._by_ref.pop(child.ref, None)
 
     # -- restarts and stopping ------------------------------------------------------------
+    def _on_down(self, down: Down) -> None:
+        child = self._by_monitor(down.monitor_ref)
+        super()._on_down(down)
+        if child is not None and child.ref is None and not child.restarting:
+            self._forget(child)  # OTP keeps no slot for a dynamic child that stays down
+
     def _restart(self, failed: _Child, reason: ExitReason) -> None:
         if not self._count_restart(failed, reason):
             return
