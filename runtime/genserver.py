@@ -80,8 +80,13 @@ class From:
         self._sink = sink
 
     def reply(self, value: Any) -> None:
-        """Answer the caller (only the first answer counts)."""
-        self._actor._discard(self._sink)
+        """Answer the caller (only the first answer counts; none once the server ended)."""
+        actor = self._actor
+        with actor._life:
+            # Taking the sink out of the pending set is what makes an answer the first.
+            if self._sink not in actor._pending:
+                return
+            actor._pending.discard(self._sink)
         self._sink.set_result(value)
 
     def __repr__(self) -> str:
