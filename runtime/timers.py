@@ -49,7 +49,15 @@ from runtime.actor import ActorRef
 from runtime.errors import ActorDead, ConfigError
 from runtime.registry import whereis
 
-__all__ = ["ManualClock", "TimerRef", "cancel_timer", "read_timer", "send_after", "use_clock"]
+__all__ = [
+    "ManualClock",
+    "TimerRef",
+    "cancel_timer",
+    "read_timer",
+    "send_after",
+    "set_clock",
+    "use_clock",
+]
 
 
 @dataclass(frozen=True)
@@ -226,19 +234,28 @@ def read_timer(timer: TimerRef) -> float | None:
     return _scheduler.read(timer)
 
 
-@contextmanager
-def use_clock(clock: Callable[[], float]) -> Iterator[Callable[[], float]]:
-    """Run the process's timers on ``clock`` inside the block (a :class:`ManualClock`
-    in tests); the previous clock is back afterwards.
+def set_clock(clock: Callable[[], float]) -> Callable[[], float]:
+    """Run the process's timers on ``clock`` from now on; returns the previous one.
 
     Timers pending across a clock change keep their due time in the old clock's
-    numbers, so switch clocks when none are pending.
+    numbers, so switch clocks when none are pending (an app that wants a
+    :class:`ManualClock` sets it when its entry runs).
+
+    >>> previous = set_clock(ManualClock()); _ = set_clock(previous)
     """
     if not callable(clock):
         raise ConfigError("clock", clock, "a callable returning seconds (like time.monotonic)")
     previous = _scheduler.clock
     _scheduler.set_clock(clock)
+    return previous
+
+
+@contextmanager
+def use_clock(clock: Callable[[], float]) -> Iterator[Callable[[], float]]:
+    """Run the process's timers on ``clock`` inside the block (a :class:`ManualClock`
+    in tests); the previous clock is back afterwards."""
+    previous = set_clock(clock)
     try:
         yield clock
     finally:
-        _scheduler.set_clock(previous)
+        set_clock(previous)
