@@ -112,11 +112,13 @@ def reply(from_: From, value: Any) -> None:
     ...             return NOREPLY, self.caller       # keep the caller, answer later
     ...         reply(state, "done"); return "ok", None
     >>> ref = Later.start()
-    >>> import threading; t = threading.Thread(target=lambda: print(ref.call("wait"))); t.start()
+    >>> import threading; got = []
+    >>> t = threading.Thread(target=lambda: got.append(ref.call("wait"))); t.start()
     >>> call(ref, "release")
-    done
     'ok'
-    >>> t.join(); _ = ref.stop()
+    >>> t.join(); got
+    ['done']
+    >>> _ = ref.stop()
     """
     if not isinstance(from_, From):
         raise TypeError(f"reply() needs the From of a call (self.caller), got {from_!r}")
