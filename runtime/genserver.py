@@ -112,12 +112,11 @@ def reply(from_: From, value: Any) -> None:
     ...             return NOREPLY, self.caller       # keep the caller, answer later
     ...         reply(state, "done"); return "ok", None
     >>> ref = Later.start()
-    >>> import threading; got = []
-    >>> t = threading.Thread(target=lambda: got.append(ref.call("wait"))); t.start()
+    >>> pending = Reply(); ref.call_into("wait", pending)  # a caller that does not block
     >>> call(ref, "release")
     'ok'
-    >>> t.join(); got
-    ['done']
+    >>> pending.wait(5), pending.result()
+    (True, 'done')
     >>> _ = ref.stop()
     """
     if not isinstance(from_, From):

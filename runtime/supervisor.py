@@ -334,6 +334,7 @@ class Supervisor(Actor):
     - ``supervisor.restart``: ``{"count": 1}``, metadata ``child``, ``strategy``,
       ``reason_kind``, ``reason``, ``traceback``, ``restarted`` (ids restarted);
     - ``supervisor.child_start_failed`` when a start or restart raises;
+    - ``supervisor.child_ignored`` when a start function returns ``IGNORE``;
     - ``supervisor.escalation`` when the restart intensity is exceeded.
 
     >>> class Idle(Actor): pass
