@@ -73,7 +73,7 @@ class DynamicSupervisorRef(SupervisorRef):
 
     __slots__ = ()
 
-    def start_child(  # type: ignore[override]
+    def start_child(
         self, *extra_args: Any, timeout: float | None = API_TIMEOUT, **extra_kwargs: Any
     ) -> ActorRef | _Ignore:
         """Start one more child: the template's start with ``extra_args`` appended.
