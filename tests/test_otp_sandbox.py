@@ -33,11 +33,16 @@ class Clock(GenServer):
 
 
 class Conn(GenServer):
+    terminated = []
+
     def init(self, label):
         return label
 
     def handle_call(self, request, state):
         return state, state
+
+    def terminate(self, reason, state):
+        Conn.terminated.append(state)
 
 
 class Front(GenServer):
@@ -53,6 +58,15 @@ class Front(GenServer):
             return pool.count_children(), state
         if op == "ticker":
             return runtime.call("ticker", arg), state
+        inner = runtime.whereis("inner")
+        if op == "shutdowns":
+            return [inner.get_childspec(i).shutdown for i in ("tidy", "abrupt")], state
+        if op == "stop":  # terminate_child, then how the child ended
+            ref = inner.child_ref(arg)
+            inner.terminate_child(arg)
+            return [ref.exit_reason.kind, Conn.terminated], state
+        if op == "status":
+            return [(c.id, c.status) for c in inner.which_children()], state
         raise KeyError(op)
 
 
@@ -69,6 +83,15 @@ def children():
             ChildSpec("conn", start=conn_start, restart="temporary"), id="pool", name="pool"
         ),
         ChildSpec("nothing", start=lambda: IGNORE),
+        Supervisor.child_spec(
+            [
+                Conn.child_spec("tidy", id="tidy", shutdown="infinity"),
+                Conn.child_spec("abrupt", id="abrupt", shutdown="brutal_kill"),
+                ChildSpec("off", start=lambda: IGNORE),
+            ],
+            id="inner",
+            name="inner",
+        ),
         Front.child_spec(name="front"),
     ]
 '''
@@ -128,6 +151,13 @@ def test_otp_features_inside_a_sandbox_and_across_a_hot_reload(sandbox_factory: 
     assert sb.call("front", ("open", "a")) == "a"
     assert sb.call("front", ("open", "skip")) == "ignored"
     assert sb.call("front", ("count", None))["active"] == 1
+
+    # Shutdown values, get_childspec and child status in the app's own tree.
+    assert sb.call("front", ("shutdowns", None)) == ["infinity", "brutal_kill"]
+    assert sb.call("front", ("status", None)) == [
+        ("tidy", "running"), ("abrupt", "running"), ("off", "stopped")]
+    assert sb.call("front", ("stop", "abrupt")) == ["killed", []]  # no terminate
+    assert sb.call("front", ("stop", "tidy")) == ["shutdown", ["tidy"]]
 
     # A timer is pending and a caller is waiting for a deferred reply...
     assert sb.call("ticker", "arm") == "armed"
