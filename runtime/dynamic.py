@@ -149,6 +149,13 @@ class DynamicSupervisor(Supervisor):
             raise ChildSpecError(
                 f"DynamicSupervisor needs one ChildSpec as its template, got {template!r}"
             )
+        if template.meta.get("name"):
+            raise ChildSpecError(
+                f"DynamicSupervisor template {template.id!r} registers the name "
+                f"{template.meta['name']!r}: every child would take the same one; build the "
+                "template without name= (find children through which_children, or have each "
+                "register its own name in init)"
+            )
         if max_children is not None and (
             isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0
         ):

@@ -183,6 +183,8 @@ def test_intensity_and_escalation_under_a_permanent_parent() -> None:
 def test_bad_options() -> None:
     with pytest.raises(ChildSpecError, match="template"):
         DynamicSupervisor.start([Conn.child_spec("h")])  # type: ignore[arg-type]
+    with pytest.raises(ChildSpecError, match="every child would take the same one"):
+        DynamicSupervisor.start(Conn.child_spec("h", name="conn"))
     with pytest.raises(ConfigError, match="max_children"):
         DynamicSupervisor.start(Conn.child_spec("h"), max_children=-1)
     with pytest.raises(ConfigError, match="max_restarts"):
