@@ -63,6 +63,21 @@ class _StartArgs:
     kwargs: dict[str, Any]
 
 
+def _check_template(template: Any) -> None:
+    """A template must be one ChildSpec that registers no name."""
+    if not isinstance(template, ChildSpec):
+        raise ChildSpecError(
+            f"DynamicSupervisor needs one ChildSpec as its template, got {template!r}"
+        )
+    if template.meta.get("name"):
+        raise ChildSpecError(
+            f"DynamicSupervisor template {template.id!r} registers the name "
+            f"{template.meta['name']!r}: every child would take the same one; build the "
+            "template without name= (find children through which_children, or have each "
+            "register its own name in init)"
+        )
+
+
 class DynamicSupervisorRef(SupervisorRef):
     """Handle on a running :class:`DynamicSupervisor`.
 
@@ -145,17 +160,7 @@ class DynamicSupervisor(Supervisor):
         runtime.errors.ConfigError: invalid max_children=-1: expected None or an integer >= 0
         """
         _validate((), "one_for_one", max_restarts, max_seconds)
-        if not isinstance(template, ChildSpec):
-            raise ChildSpecError(
-                f"DynamicSupervisor needs one ChildSpec as its template, got {template!r}"
-            )
-        if template.meta.get("name"):
-            raise ChildSpecError(
-                f"DynamicSupervisor template {template.id!r} registers the name "
-                f"{template.meta['name']!r}: every child would take the same one; build the "
-                "template without name= (find children through which_children, or have each "
-                "register its own name in init)"
-            )
+        _check_template(template)
         if max_children is not None and (
             isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 0
         ):
@@ -206,6 +211,7 @@ class DynamicSupervisor(Supervisor):
         ('supervisor', 'infinity')
         """
         _validate((), "one_for_one", max_restarts, max_seconds)
+        _check_template(template)
 
         def start() -> DynamicSupervisorRef:
             return cls.start(
