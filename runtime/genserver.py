@@ -135,6 +135,12 @@ def _resolve(target: ActorRef | str, deadline: float) -> ActorRef:
     return ref
 
 
+def _outlive(ref: ActorRef, deadline: float) -> None:
+    """Wait (up to ``deadline``) until an ending actor has ended and left the registry,
+    so the next lookup finds its successor instead of spinning on it."""
+    ref.join(max(0.0, deadline - time.monotonic()))
+
+
 def call(
     target: ActorRef | str, request: Any, *, timeout: float | None = DEFAULT_CALL_TIMEOUT
 ) -> Any:
@@ -166,7 +172,8 @@ def call(
         except ActorDead:
             if isinstance(target, ActorRef) or time.monotonic() >= deadline:
                 raise
-            continue  # ended between lookup and send: wait for its successor
+            _outlive(ref, deadline)  # ending as we sent: wait for its successor
+            continue
         left = None if timeout is None else max(0.0, deadline - time.monotonic())
         return ref.await_reply(pending, left)
 
@@ -185,6 +192,7 @@ def cast(target: ActorRef | str, request: Any, *, timeout: float = DEFAULT_CALL_
         except ActorDead:
             if isinstance(target, ActorRef) or time.monotonic() >= deadline:
                 raise
+            _outlive(ref, deadline)  # ending as we sent: wait for its successor
 
 log = logging.getLogger("runtime.genserver")
 

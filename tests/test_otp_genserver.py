@@ -270,7 +270,7 @@ def test_deferred_caller_hears_when_the_server_ends() -> None:
     assert isinstance(out[0], ActorDead)
 
 
-def test_only_the_first_reply_counts_and_caller_outside_a_call_is_refused() -> None:
+def test_only_the_first_reply_counts() -> None:
     ref = Queue.start()
     try:
         t, out = _call_in_thread(lambda: ref.call("pop", timeout=10))
@@ -358,3 +358,49 @@ def test_call_by_ref_fails_fast_when_the_actor_failed() -> None:
         call(ref, "x")
     with pytest.raises(ActorDead):
         call(ref, "x")
+
+
+class Dying(GenServer):
+    """``crash`` fails it; its terminate waits on a gate, so it stays registered
+    (alive, but refusing calls) while the test sends."""
+
+    handled: list[str] = []
+
+    def init(self, entered: threading.Event, gate: threading.Event) -> int:
+        self.entered, self.gate = entered, gate
+        return 0
+
+    def handle_call(self, request: Any, state: Any) -> tuple[Any, Any]:
+        Dying.handled.append(request)
+        if request == "boom":
+            raise RuntimeError("boom")
+        return state, state
+
+    def handle_cast(self, request: Any, state: Any) -> Any:
+        raise RuntimeError("crash")
+
+    def terminate(self, reason: ExitReason, state: Any) -> None:
+        self.entered.set()
+        self.gate.wait(30)
+
+
+def test_call_refused_by_an_ending_server_goes_to_its_successor() -> None:
+    entered, gate = threading.Event(), threading.Event()
+    gate.set()
+    Dying.handled = []
+    sup = Supervisor.start([ChildSpec("d", start=lambda: Dying.start(entered, gate, name="dying-otp"))])
+    try:
+        gate.clear()
+        sup.child_ref("d").cast("crash")
+        assert entered.wait(10)  # ending, still registered: a call now is refused
+        t, out = _call_in_thread(lambda: call("dying-otp", "get", timeout=10))
+        gate.set()
+        t.join(10)
+        assert out == [0] and Dying.handled == ["get"]  # answered once, by the successor
+        # A call the server took and failed on is never sent again.
+        with pytest.raises(ActorFailed, match="boom"):
+            call("dying-otp", "boom", timeout=10)
+        assert Dying.handled == ["get", "boom"]
+    finally:
+        gate.set()
+        sup.stop()
