@@ -102,6 +102,19 @@ def test_timer_to_a_name_is_resolved_when_it_fires(clock: ManualClock) -> None:
         sup.stop()
 
 
+def test_a_restarted_server_does_not_inherit_timers(clock: ManualClock) -> None:
+    sup = Supervisor.start([ChildSpec("t", start=Ticker.start)])
+    try:
+        first = sup.child_ref("t")
+        first.call(("after", "for the first server", 1.0))
+        first.kill(ExitReason("exception", "crash"))
+        second = wait_for(lambda: sup.child_ref("t") not in (None, first) and sup.child_ref("t"))
+        clock.advance(1.0)
+        assert second.call(("got",)) == []
+    finally:
+        sup.stop()
+
+
 def test_timer_for_an_ended_actor_is_dropped(clock: ManualClock) -> None:
     ref = Ticker.start()
     send_after(ref, "late", 1.0)
