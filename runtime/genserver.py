@@ -23,6 +23,7 @@ separate objects, so a hot reload can put new code under the same state.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import weakref
@@ -163,7 +164,7 @@ def call(
     ...
     runtime.errors.NoSuchActor: no actor named 'no-such-doc'...
     """
-    deadline = time.monotonic() + (1e9 if timeout is None else timeout)
+    deadline = time.monotonic() + (math.inf if timeout is None else timeout)
     while True:
         ref = _resolve(target, deadline)
         pending = Reply()

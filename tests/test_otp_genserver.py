@@ -5,6 +5,7 @@ Timers run on a ManualClock (runtime.use_clock): time moves only when the test s
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -417,3 +418,18 @@ def test_call_refused_by_an_ending_server_goes_to_its_successor() -> None:
     finally:
         gate.set()
         sup.stop()
+
+
+@pytest.mark.parametrize("timeout", [math.inf, None, 5.0])
+def test_infinite_timeouts_never_overflow(timeout: Any) -> None:
+    ref = Named.start(name="inf-otp")
+    try:
+        assert call("inf-otp", "get", timeout=timeout) == 0
+        assert ref.call("get", timeout=timeout) == 0
+        cast("inf-otp", 1, timeout=math.inf if timeout is None else timeout)
+        sup = Supervisor.start([])
+        assert sup.which_children(timeout=timeout) == []
+        assert sup.stop(timeout=timeout).kind == "shutdown"
+    finally:
+        assert ref.stop(timeout=timeout).kind == "shutdown"
+        assert ref.join(timeout) is not None

@@ -1,7 +1,9 @@
-"""OTP's supervisor_SUITE scenarios that runtime.Supervisor used to miss, as one table.
+"""OTP's supervisor_SUITE scenarios that runtime.Supervisor used to miss.
 
-Each row names the OTP test case it ports; rows are parametrised over strategies
-and restart types where OTP's behaviour depends on them.
+Each group names the OTP test cases it ports; the cases are parametrised over
+strategies, restart types and shutdown values where OTP's behaviour depends on
+them. DynamicSupervisor's scenarios are in test_otp_dynamic.py, gen_server's in
+test_otp_genserver.py, the same features inside a sandbox in test_otp_sandbox.py.
 """
 
 from __future__ import annotations
