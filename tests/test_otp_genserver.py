@@ -433,3 +433,14 @@ def test_infinite_timeouts_never_overflow(timeout: Any) -> None:
     finally:
         assert ref.stop(timeout=timeout).kind == "shutdown"
         assert ref.join(timeout) is not None
+
+
+def test_call_waits_without_limit_for_a_name_to_come_back() -> None:
+    Named.start(name="back-otp").stop()  # known, now missing
+    t, out = _call_in_thread(lambda: call("back-otp", "get", timeout=math.inf))
+    ref = Named.start(name="back-otp")
+    try:
+        t.join(10)
+        assert out == [0]
+    finally:
+        ref.stop()
