@@ -343,6 +343,9 @@ class CompilerActor(Component):
             "workers_started": self._worker.started,
             "cache_dir": str(self._default_cache_dir),
             "timeout": self.timeout,
+            # the default worker first, then those of sandboxes with their own memory limit
+            "workers": [{"pid": w.pid, "memory_limit": w.memory_limit}
+                        for w in (self._worker, *self._extra_workers.values())],
             "corrupt_entries": sum(c.corrupt for c in self._caches.values()),
             **self.stats,
         }

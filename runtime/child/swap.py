@@ -144,10 +144,17 @@ class AppFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def __init__(self) -> None:
         self.modules: dict[str, ModuleCode] = {}
+        #: Modules unloaded (:func:`unload_module`): importing one fails, rather than
+        #: falling through to the unscanned file on disk.
+        self.unloaded: set[str] = set()
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         mc = self.modules.get(fullname)
         if mc is None:
+            if fullname in self.unloaded:
+                raise ModuleNotFoundError(
+                    f"module {fullname!r} was unloaded from this sandbox; a reload or a "
+                    "rollback loads it again", name=fullname)
             return None
         spec = importlib.util.spec_from_loader(
             fullname, self, origin=mc.file, is_package=mc.is_package
@@ -510,6 +517,7 @@ def apply_reload(
         snaps = {id(s): _snapshot(s.state) for s in servers}
         old_modules = {n: sys.modules.get(n) for n in names}
         old_finder = {n: FINDER.modules.get(n) for n in names}
+        old_unloaded = FINDER.unloaded & set(names)
         old_lines = {mc.file: linecache.cache.get(mc.file) for mc in new_code.values()}
         step, module, actor = "stage", names[0] if names else None, None
         staged: list[tuple[Any, type, Any, Any]] = []
@@ -517,6 +525,7 @@ def apply_reload(
         try:
             importlib.invalidate_caches()  # new files added to the app become importable
             FINDER.modules.update(new_code)
+            FINDER.unloaded -= new_code.keys()
             for unit in units:
                 for mc in unit:
                     sys.modules.pop(mc.name, None)
@@ -574,6 +583,7 @@ def apply_reload(
                 else:
                     sys.modules[n] = old
                 _attach(n, old)
+            FINDER.unloaded |= old_unloaded
             for n, old_mc in old_finder.items():
                 if old_mc is None:
                     FINDER.modules.pop(n, None)
@@ -699,6 +709,7 @@ def unload_module(name: str, entry_module: str, *, suspend_timeout: float = 5.0)
             raise refuse(f"actor {', '.join(users)} runs its code: stop the actor first "
                          "(drop it from the app's children and reload the entry)")
         FINDER.modules.pop(name, None)
+        FINDER.unloaded.add(name)
         old = sys.modules.pop(name, None)
         if old is not None:
             _attach(name, None)
