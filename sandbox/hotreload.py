@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from actors.config import compiler_options
+from actors.containment import audit_warned
 from runtime import logs, telemetry
 from runtime.child.swap import ModuleCode
 from runtime.errors import ReloadFailed, SandboxError, SecurityViolation
@@ -215,6 +216,7 @@ def hot_reload(
                 todo = _changed_on_disk(info["path"], cache, slot.modules)
                 result = compiler.invoke("incremental_compile", info["path"], todo, **opts)
             report.diagnostics = [str(d) for d in result.diagnostics]
+            audit_warned(rt.component("security"), sandbox_id, result)  # profile's warn groups
             result.raise_for_errors()
             report.removed = _deleted(result, slot.modules)
             report.warnings += [
