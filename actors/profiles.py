@@ -645,7 +645,7 @@ def custom_profile(
     if clash:
         raise ConfigError("profile.warn", sorted(clash)[0],
                           "groups not also listed in allow or deny")
-    groups = (set(base_profile.allow) | set(add)) - set(remove) - set(warned)
+    allowed = (set(base_profile.allow) | set(add)) - set(remove) - set(warned)
     warn_groups = (set(base_profile.warn) - set(add) - set(remove)) | set(warned)
     blocked = _dedup([*base_profile.blocked_modules, *_strings("block_modules", block_modules)])
     unblocked = _dedup(
@@ -655,7 +655,7 @@ def custom_profile(
     return Profile.derive(
         base_profile,
         name=name,
-        allow=frozenset(groups),
+        allow=frozenset(allowed),
         warn=frozenset(warn_groups),
         blocked_modules=tuple(m for m in blocked if m not in unblocked),
         unblocked_modules=tuple(unblocked),
