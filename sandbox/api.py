@@ -700,6 +700,12 @@ class Runtime:
 
         Each item is a sandbox id, or a dict of ``id`` and :meth:`hot_reload`'s
         keyword arguments (``{"id": "a", "modules": ["counter"], "extra": 2}``).
+
+        >>> import sandbox
+        >>> with sandbox.start() as rt:
+        ...     _ = rt.create_sandbox("doc-batch", "examples/counter")
+        ...     [(r.id, r.ok) for r in rt.batch_hot_reload(["doc-batch", "doc-none"])]
+        [('doc-batch', True), ('doc-none', False)]
         """
 
         def reloader(item: str | Mapping[str, Any]) -> tuple[str, Callable[[], Any]]:
