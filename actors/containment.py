@@ -37,8 +37,8 @@ from typing import Any
 
 from actors.config import Limits
 from actors.profiles import BUILTIN_PROFILES, Profile
-from actors.security import LogEvent, ViolationReport
 from actors.scan import WARN_HINT
+from actors.security import LogEvent, ViolationReport
 from runtime import telemetry
 from runtime.actor import ExitReason
 from runtime.child import isolation

@@ -299,7 +299,9 @@ def rollback_module(
     return report
 
 
-def unload_module(rt: Runtime, sandbox_id: str, module: str, *, timeout: float = 30.0) -> ReloadReport:
+def unload_module(
+    rt: Runtime, sandbox_id: str, module: str, *, timeout: float = 30.0
+) -> ReloadReport:
     """Remove ``module`` from a running sandbox and from its current versions.
 
     Refused (:class:`~runtime.errors.ReloadFailed`, step ``unload``, nothing
