@@ -218,7 +218,7 @@ def hot_reload(
             report.diagnostics = [str(d) for d in result.diagnostics]
             audit_warned(rt.component("security"), sandbox_id, result)  # profile's warn groups
             result.raise_for_errors()
-            report.removed = _deleted(result, slot.modules)
+            report.removed = _loaded_but_deleted(result, slot.modules)
             report.warnings += [
                 f"the file of module {m!r} was deleted; it stays loaded until "
                 f"sb.unload_module({m!r}) (or a restart)" for m in report.removed
@@ -379,7 +379,7 @@ def _changed_on_disk(path: str, cache_dir: str, current: Mapping[str, ModuleCode
     return out
 
 
-def _deleted(result: Any, current: Mapping[str, ModuleCode]) -> list[str]:
+def _loaded_but_deleted(result: Any, current: Mapping[str, ModuleCode]) -> list[str]:
     """Loaded modules whose file is gone (what a reload cannot swap, only unload)."""
     gone = set(getattr(result, "removed", None) or ())
     gone |= {name for name, mc in current.items() if mc.file and not os.path.exists(mc.file)}
