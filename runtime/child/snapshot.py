@@ -56,9 +56,13 @@ def _suspend(timeout: float, what: str) -> None:
 def take(*, allow_pickle: bool, suspend_timeout: float = 5.0) -> dict[str, Any]:
     """``{"ok": True, "taken_at", "actors": {name: {"module", "class", "vsn", "state" |
     "pickled"}}}``, or ``{"ok": False, "error"}`` naming the actors whose state is
-    neither plain data nor, when ``allow_pickle``, picklable (nothing is taken then).
+    neither plain data nor, when ``allow_pickle``, picklable, or the actors that
+    stayed busy past ``suspend_timeout`` (nothing is taken then).
     """
-    _suspend(suspend_timeout, "snapshot")
+    try:
+        _suspend(suspend_timeout, "snapshot")
+    except ReloadFailed as exc:
+        return {"ok": False, "error": str(exc).replace("; nothing was changed", "")}
     actors: dict[str, Any] = {}
     problems: list[str] = []
     try:
