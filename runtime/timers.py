@@ -3,13 +3,14 @@
 :func:`send_after` schedules ``message`` for ``target`` (an :class:`ActorRef` or a
 registered name, resolved when the timer fires); the message arrives as a plain
 message (a GenServer's ``handle_info``). :func:`cancel_timer` cancels it and says
-how much time was left. A message for an actor that has ended by then is dropped,
-as OTP drops a message to a dead process.
+how much time was left. A timer for an actor is cancelled when that actor ends (as
+OTP cancels a timer whose destination process is gone); one for a name nobody
+holds when it fires is dropped.
 
-One scheduler thread per process serves every timer. Its clock is injectable:
-:func:`use_clock` with a :class:`ManualClock` makes time move only when a test
-calls :meth:`ManualClock.advance`, which fires what fell due before it returns, so
-tests never sleep.
+One scheduler thread per process serves every timer, while any is pending. Its
+clock is injectable: :func:`use_clock` with a :class:`ManualClock` makes time move
+only when a test calls :meth:`ManualClock.advance`, which fires what fell due
+before it returns, so tests never sleep.
 
 >>> from runtime.actor import Actor
 >>> class Inbox(Actor):
@@ -45,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.actor import ActorRef
+from runtime.actor import ActorRef, monitor
 from runtime.errors import ActorDead, ConfigError
 from runtime.registry import whereis
 
@@ -100,7 +101,9 @@ class _Entry:
 
 
 class _Scheduler:
-    """The process's timers: a heap under a condition, one daemon thread for real time.
+    """The process's timers: a heap under a condition, one daemon thread for real time
+    that runs only while timers are pending (so a test that leaves none pending leaves
+    no thread behind).
 
     Written by hand (not ``threading.Timer``, which costs a thread per timer; not
     ``sched``, which cannot wait on a clock that tests move).
@@ -111,25 +114,64 @@ class _Scheduler:
         self._cond = threading.Condition()
         self._heap: list[_Entry] = []
         self._live: dict[int, _Entry] = {}
+        #: Pending timer ids per target actor: cancelled when that actor ends (as
+        #: OTP cancels a timer whose destination process is gone).
+        self._by_target: dict[ActorRef, set[int]] = {}
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
 
     def add(self, target: Any, message: Any, seconds: float) -> TimerRef:
+        watch = False
         with self._cond:
             entry = _Entry(self.clock() + seconds, next(self._ids), target, message)
             heapq.heappush(self._heap, entry)
             self._live[entry.id] = entry
-            if not isinstance(self.clock, ManualClock):
-                self._ensure_thread()
-            self._cond.notify()
+            if isinstance(target, ActorRef):
+                ids = self._by_target.get(target)
+                if ids is None:
+                    ids = self._by_target[target] = set()
+                    watch = True
+                ids.add(entry.id)
+            self._wake()
+        if watch:
+            # Outside the lock: an actor that has already ended calls back at once.
+            monitor(target, lambda _down: self._drop_target(target))
         return TimerRef(entry.id)
+
+    def _wake(self) -> None:
+        """(Under the lock) make the thread see a change; start it if timers are due on
+        the real clock and it is not running."""
+        if self._live and not isinstance(self.clock, ManualClock):
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="runtime-timers", daemon=True
+                )
+                self._thread.start()
+        self._cond.notify()
+
+    def _forget(self, entry: _Entry) -> None:
+        """(Under the lock) ``entry`` fired or was cancelled."""
+        self._live.pop(entry.id, None)
+        ids = self._by_target.get(entry.target) if isinstance(entry.target, ActorRef) else None
+        if ids is not None:
+            ids.discard(entry.id)
+
+    def _drop_target(self, target: ActorRef) -> None:
+        with self._cond:
+            for timer_id in self._by_target.pop(target, ()):
+                entry = self._live.pop(timer_id, None)
+                if entry is not None:
+                    entry.cancelled = True
+            self._cond.notify()
 
     def cancel(self, timer: TimerRef) -> float | None:
         with self._cond:
-            entry = self._live.pop(timer.id, None)
+            entry = self._live.get(timer.id)
             if entry is None:
                 return None
             entry.cancelled = True  # left in the heap; skipped when it surfaces
+            self._forget(entry)
+            self._cond.notify()
             return max(0.0, entry.due - self.clock())
 
     def read(self, timer: TimerRef) -> float | None:
@@ -149,7 +191,7 @@ class _Scheduler:
             while self._heap and (self._heap[0].cancelled or self._heap[0].due <= now):
                 entry = heapq.heappop(self._heap)
                 if not entry.cancelled:
-                    self._live.pop(entry.id, None)
+                    self._forget(entry)
                     due.append(entry)
         return due
 
@@ -158,14 +200,15 @@ class _Scheduler:
             return None  # a manual clock's advance() fires timers itself
         return max(0.0, self._heap[0].due - self.clock())
 
-    def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="runtime-timers", daemon=True)
-            self._thread.start()
-
     def _run(self) -> None:
         while True:
             with self._cond:
+                if not self._live or isinstance(self.clock, ManualClock):
+                    # Nothing pending (or advance() delivers): end; add() starts anew.
+                    self._heap = [e for e in self._heap if not e.cancelled]
+                    heapq.heapify(self._heap)
+                    self._thread = None
+                    return
                 wait = self._wait_time()
                 if wait is None or wait > 0:
                     self._cond.wait(wait)
@@ -174,13 +217,13 @@ class _Scheduler:
     def set_clock(self, clock: Callable[[], float]) -> None:
         with self._cond:
             self.clock = clock
-            self._cond.notify()
+            self._wake()
 
     def _after_fork(self) -> None:
         # A forked child has no scheduler thread (only the forking thread survives)
         # and the parent's timers are not its own.
         self._cond = threading.Condition()
-        self._heap, self._live, self._thread = [], {}, None
+        self._heap, self._live, self._by_target, self._thread = [], {}, {}, None
 
 
 _scheduler = _Scheduler()

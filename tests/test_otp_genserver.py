@@ -444,3 +444,26 @@ def test_call_waits_without_limit_for_a_name_to_come_back() -> None:
         assert out == [0]
     finally:
         ref.stop()
+
+
+def _timer_thread_running() -> bool:
+    return any(t.name == "runtime-timers" for t in threading.enumerate())
+
+
+def test_timers_of_an_ended_actor_are_cancelled_and_the_thread_ends() -> None:
+    """As OTP cancels a timer whose destination process is gone; with no timer
+    pending, the scheduler thread ends (nothing is left running after a test)."""
+    ref = Ticker.start()
+    timer = send_after(ref, "in an hour", 3600.0)
+    assert _timer_thread_running() and read_timer(timer) is not None
+    ref.stop()
+    assert read_timer(timer) is None and cancel_timer(timer) is None
+    wait_for(lambda: not _timer_thread_running(), timeout=10)
+
+    ref = Ticker.start()
+    try:
+        send_after(ref, "soon", 0.01)
+        wait_for(lambda: ref.call(("got",)) == ["soon"], timeout=10)
+        wait_for(lambda: not _timer_thread_running(), timeout=10)  # all fired
+    finally:
+        ref.stop()
