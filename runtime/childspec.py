@@ -24,6 +24,7 @@ __all__ = [
     "ChildSpec",
     "IGNORE",
     "INFINITY",
+    "IgnoreType",
     "RESTART_TYPES",
     "Restart",
     "Shutdown",
@@ -41,12 +42,13 @@ INFINITY: Final = "infinity"
 Shutdown = Union[float, Literal["infinity", "brutal_kill"]]
 
 
-class _Ignore:
-    """The type of :data:`IGNORE` (one instance, so ``is`` compares)."""
+class IgnoreType:
+    """The type of :data:`IGNORE` (one instance, so ``is`` compares); for annotations
+    such as ``ActorRef | IgnoreType``."""
 
-    _instance: _Ignore | None = None
+    _instance: IgnoreType | None = None
 
-    def __new__(cls) -> _Ignore:
+    def __new__(cls) -> IgnoreType:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -61,7 +63,7 @@ class _Ignore:
 #: A start function returns this to say "nothing to start" (OTP's ``ignore``): the
 #: supervisor keeps a permanent or transient child's spec with no actor, and drops a
 #: temporary one's.
-IGNORE: Final = _Ignore()
+IGNORE: Final = IgnoreType()
 
 
 def shutdown_timeout(shutdown: Shutdown) -> float | None:
@@ -96,7 +98,7 @@ class ChildSpec:
     """
 
     id: str
-    start: Callable[[], ActorRef | _Ignore]
+    start: Callable[[], ActorRef | IgnoreType]
     restart: Restart = "permanent"
     shutdown: Shutdown = 5.0
     type: Literal["worker", "supervisor"] = "worker"

@@ -36,8 +36,15 @@ import time
 from typing import Any, ClassVar
 
 from runtime.actor import Actor, ActorRef, Down, ExitReason
-from runtime.childspec import BRUTAL_KILL, IGNORE, ChildSpec, Restart, Shutdown, _Ignore
-from runtime.childspec import shutdown_timeout
+from runtime.childspec import (
+    BRUTAL_KILL,
+    IGNORE,
+    ChildSpec,
+    IgnoreType,
+    Restart,
+    Shutdown,
+    shutdown_timeout,
+)
 from runtime.errors import ActorFailed, ChildSpecError, ConfigError, SupervisorError
 from runtime.registry import register
 from runtime.supervisor import (
@@ -90,7 +97,7 @@ class DynamicSupervisorRef(SupervisorRef):
 
     def start_child(
         self, *extra_args: Any, timeout: float | None = API_TIMEOUT, **extra_kwargs: Any
-    ) -> ActorRef | _Ignore:
+    ) -> ActorRef | IgnoreType:
         """Start one more child: the template's start with ``extra_args`` appended.
 
         Returns its ref, or :data:`~runtime.childspec.IGNORE` if the start function
@@ -290,7 +297,7 @@ class DynamicSupervisor(Supervisor):
             self._stopped(child, ref.stop(timeout=left))
 
     # -- run-time API -------------------------------------------------------------------------
-    def _api_start_child(self, extra: Any) -> ActorRef | _Ignore:
+    def _api_start_child(self, extra: Any) -> ActorRef | IgnoreType:
         if self.max_children is not None and len(self._all) >= self.max_children:
             raise SupervisorError(
                 f"dynamic supervisor {self.actor_id} already runs max_children="

@@ -47,8 +47,16 @@ from typing import Any, ClassVar, Literal
 
 from runtime import telemetry
 from runtime.actor import Actor, ActorRef, Down, Exit, ExitReason, demonitor, link, monitor, unlink
-from runtime.childspec import BRUTAL_KILL, IGNORE, INFINITY, ChildSpec, Restart, Shutdown, _Ignore
-from runtime.childspec import shutdown_timeout
+from runtime.childspec import (
+    BRUTAL_KILL,
+    IGNORE,
+    INFINITY,
+    ChildSpec,
+    IgnoreType,
+    Restart,
+    Shutdown,
+    shutdown_timeout,
+)
 from runtime.errors import ActorFailed, ChildSpecError, ConfigError, SupervisorError
 from runtime.registry import register
 
@@ -254,7 +262,7 @@ class SupervisorRef(ActorRef):
 
     def start_child(
         self, spec: ChildSpec, *, timeout: float | None = API_TIMEOUT
-    ) -> ActorRef | _Ignore:
+    ) -> ActorRef | IgnoreType:
         """Add ``spec`` at the end of the children and start it; returns its ref.
 
         Raises :class:`~runtime.errors.ChildSpecError` if the id is taken and
@@ -273,7 +281,7 @@ class SupervisorRef(ActorRef):
 
     def restart_child(
         self, child_id: str, *, timeout: float | None = API_TIMEOUT
-    ) -> ActorRef | _Ignore:
+    ) -> ActorRef | IgnoreType:
         """Start a terminated child again from its spec; returns the new ref.
 
         Raises :class:`~runtime.errors.SupervisorError` if the child runs, or is
@@ -760,7 +768,7 @@ class Supervisor(Actor):
             f"supervisor {self.actor_id} has no child {child_id!r}; its children: {ids}"
         )
 
-    def _api_start_child(self, spec: Any) -> ActorRef | _Ignore:
+    def _api_start_child(self, spec: Any) -> ActorRef | IgnoreType:
         if not isinstance(spec, ChildSpec):
             raise ChildSpecError(f"start_child needs a ChildSpec, got {spec!r}")
         if any(c.id == spec.id for c in self._children):
@@ -789,7 +797,7 @@ class Supervisor(Actor):
         elif child.spec.restart == "temporary":
             self._children.remove(child)
 
-    def _api_restart_child(self, child_id: Any) -> ActorRef | _Ignore:
+    def _api_restart_child(self, child_id: Any) -> ActorRef | IgnoreType:
         child = self._find(child_id)
         if child.ref is not None:
             raise SupervisorError(
