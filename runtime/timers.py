@@ -43,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.actor import ActorRef, monitor
@@ -63,9 +63,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TimerRef:
-    """Names one pending timer (plain data: it survives a hot reload's state copy)."""
+    """Names one pending timer (plain data: it survives a hot reload's state copy).
+
+    ``pid`` is the process that owns it: a ref carried into another process (a
+    state restored after a restart) names no timer there.
+    """
 
     id: int
+    pid: int = field(default_factory=os.getpid)
 
 
 class ManualClock:
@@ -165,6 +170,8 @@ class _Scheduler:
             self._cond.notify()
 
     def cancel(self, timer: TimerRef) -> float | None:
+        if timer.pid != os.getpid():
+            return None
         with self._cond:
             entry = self._live.get(timer.id)
             if entry is None:
@@ -175,6 +182,8 @@ class _Scheduler:
             return max(0.0, entry.due - self.clock())
 
     def read(self, timer: TimerRef) -> float | None:
+        if timer.pid != os.getpid():
+            return None
         with self._cond:
             entry = self._live.get(timer.id)
             return None if entry is None else max(0.0, entry.due - self.clock())

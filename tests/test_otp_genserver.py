@@ -30,7 +30,7 @@ from runtime import (
     use_clock,
 )
 from runtime.errors import ActorDead, ActorFailed, ConfigError, NoSuchActor
-from runtime.timers import read_timer
+from runtime.timers import TimerRef, read_timer
 
 
 @pytest.fixture
@@ -465,5 +465,16 @@ def test_timers_of_an_ended_actor_are_cancelled_and_the_thread_ends() -> None:
         send_after(ref, "soon", 0.01)
         wait_for(lambda: ref.call(("got",)) == ["soon"], timeout=10)
         wait_for(lambda: not _timer_thread_running(), timeout=10)  # all fired
+    finally:
+        ref.stop()
+
+
+def test_a_timer_ref_from_another_process_names_no_timer(clock: ManualClock) -> None:
+    ref = Ticker.start()
+    try:
+        mine = ref.call(("after", "x", 5.0))
+        foreign = TimerRef(mine.id, pid=mine.pid + 1)  # as restored after a restart
+        assert cancel_timer(foreign) is None and read_timer(foreign) is None
+        assert read_timer(mine) == 5.0
     finally:
         ref.stop()

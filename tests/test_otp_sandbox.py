@@ -110,7 +110,7 @@ class Ticker(GenServer):
     vsn = VSN
 
     def init(self):
-        return Continue({"warm": False, "waiters": [], "timer": None}, "warm up")
+        return Continue({"warm": False, "waiters": [], "timer": None, "ticks": 0}, "warm up")
 
     def handle_continue(self, arg, state):
         state["warm"] = True
@@ -124,13 +124,15 @@ class Ticker(GenServer):
             state["waiters"].append(self.caller)
             return NOREPLY, state
         if request == "status":
-            return {"warm": state["warm"], "waiters": len(state["waiters"]), "vsn": self.vsn}, state
+            status = {"warm": state["warm"], "waiters": len(state["waiters"]), "vsn": self.vsn}
+            return {**status, "ticks": state["ticks"]}, state
         raise KeyError(request)
 
     def handle_info(self, message, state):
         for waiter in state["waiters"]:
             reply(waiter, f"{message} seen by v{self.vsn}")
         state["waiters"] = []
+        state["ticks"] += 1
         return state
 
     def code_change(self, old_vsn, state, extra):
@@ -145,7 +147,7 @@ def test_otp_features_inside_a_sandbox_and_across_a_hot_reload(sandbox_factory: 
         "ticker.py": textwrap.dedent(TICKER).replace("VSN", "1"),
     })
     # handle_continue from init ran before the first call; call() by name works inside.
-    assert sb.call("front", ("ticker", "status")) == {"warm": True, "waiters": 0, "vsn": 1}
+    assert sb.call("front", ("ticker", "status")) == {"warm": True, "waiters": 0, "vsn": 1, "ticks": 0}
 
     # DynamicSupervisor and IGNORE in the app's own tree.
     assert sb.call("front", ("open", "a")) == "a"
@@ -171,7 +173,7 @@ def test_otp_features_inside_a_sandbox_and_across_a_hot_reload(sandbox_factory: 
         write(sb, "ticker.py", TICKER.replace("VSN", "2"))
         report = sb.hot_reload()
         assert report.ok and report.versions == {"ticker": 2}
-        assert sb.call("ticker", "status") == {"warm": True, "waiters": 1, "vsn": 2}
+        assert sb.call("ticker", "status") == {"warm": True, "waiters": 1, "vsn": 2, "ticks": 0}
         assert answers == []
 
         # The timer fires on the app's clock; the new code answers the kept caller.
@@ -181,4 +183,36 @@ def test_otp_features_inside_a_sandbox_and_across_a_hot_reload(sandbox_factory: 
     finally:
         if waiter.is_alive():
             sb.call("clock", 10.0)
+        waiter.join(30)
+
+
+def test_a_restart_keeping_state_does_not_carry_callers_or_timers(sandbox_factory: Any) -> None:
+    """restart(preserve_state=True) carries states that pickle into a new process: a
+    kept caller cannot be (its process is gone), so that server starts fresh, and
+    timers belong to the old process."""
+    sb = sandbox_factory({
+        "app.py": textwrap.dedent(APP),
+        "clockmod.py": textwrap.dedent(CLOCK),
+        "ticker.py": textwrap.dedent(TICKER).replace("VSN", "1"),
+    })
+    assert sb.call("ticker", "arm") == "armed"
+    outcome: list[Any] = []
+
+    def wait_tick() -> None:
+        try:
+            outcome.append(sb.call("ticker", "wait_tick", timeout=60))
+        except Exception as exc:  # the process it waited on is replaced
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_tick)
+    waiter.start()
+    try:
+        wait_for(lambda: sb.call("ticker", "status")["waiters"] == 1, timeout=30)
+        sb.restart(preserve_state=True)
+        waiter.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], Exception)
+        assert sb.call("ticker", "status") == {"warm": True, "waiters": 0, "vsn": 1, "ticks": 0}
+        sb.call("clock", 10.0)  # no timer survived the old process
+        assert sb.call("ticker", "status")["ticks"] == 0
+    finally:
         waiter.join(30)
