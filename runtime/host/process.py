@@ -57,7 +57,6 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
-import multiprocessing.process as _mp_process
 import os
 import select
 import signal
@@ -83,6 +82,7 @@ from runtime.errors import (
     SandboxError,
 )
 from runtime.host import forkserver
+from runtime.host.output import OutputCapture, OutputLine, OutputLog
 from runtime.wire.channel import Channel, ChannelClosed
 from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
 
@@ -170,8 +170,12 @@ _live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 class _Connection:
     """Host end of one child: the process, its channel, pending replies, the reader."""
 
-    def __init__(self, boot: BootConfig, *, trusted: bool, allow_pickle: bool) -> None:
+    def __init__(
+        self, boot: BootConfig, *, trusted: bool, allow_pickle: bool, output: OutputLog | None = None
+    ) -> None:
         self.boot = boot
+        self.output = output if output is not None else OutputLog(boot.name)
+        self.capture: OutputCapture | None = None
         self.name = boot.name
         self.actor_id = f"process:{boot.name}"
         self.read_codec = Codec(allow_pickle=trusted, max_frame=boot.max_frame)
@@ -222,19 +226,19 @@ class _Connection:
     # -- start -------------------------------------------------------------------------
     def start(self) -> None:
         host_sock, child_sock = socket.socketpair()
+        capture = OutputCapture(self.output)
         try:
-            proc = forkserver.start(child_main, (child_sock, self.boot), name=f"sandbox:{self.name}")
+            proc = forkserver.spawn(
+                child_main, (self.boot,), fds=(child_sock.fileno(), *capture.child_fds())
+            )
         except BaseException:
             host_sock.close()
-            child_sock.close()
+            capture.close()
             raise
         finally:
             child_sock.close()
-        # multiprocessing polls the exit status of every Process in its _children set
-        # (on each Process.start, active_children() and at exit); two threads reading
-        # one status pipe race for its bytes. This connection alone reads it, under
-        # _proc_lock, and stops the process at host exit (see _close_all_at_exit).
-        _mp_process._children.discard(proc)  # type: ignore[attr-defined]
+        capture.started()
+        self.capture = capture
         self.process = proc
         self.pid = proc.pid
         self.channel = Channel(host_sock, self.read_codec)
@@ -663,6 +667,8 @@ class _Connection:
                         pass
             else:
                 log.error("sandbox %s (pid %s) could not be reaped", self.name, self.pid)
+        if self.capture is not None:
+            self.capture.close()  # after the exit: what it wrote last is read first
         if was_down is None and self.pid is not None:
             reason = describe_exit(code) if code not in (0, None) else ExitReason.shutdown()
             telemetry.execute(
@@ -753,6 +759,11 @@ class ProcessRef(ActorRef):
         """The child's exit code once it has exited (negative: killed by that signal)."""
         return self._conn.exitcode
 
+    def output(self, tail: int | None = None) -> list[OutputLine]:
+        """The last ``tail`` lines the child (and earlier processes sharing its
+        :class:`~runtime.host.output.OutputLog`) wrote to stdout/stderr, neutralised."""
+        return self._conn.output.tail(tail)
+
     def call(  # type: ignore[override]
         self, target: str, request: Any, *, timeout: float | None = DEFAULT_CALL_TIMEOUT
     ) -> Any:
@@ -835,6 +846,19 @@ def _next_cpu() -> list[int] | None:
     return [cpus[next(_cpu_turn) % len(cpus)]]
 
 
+def _child_env(env: dict[str, str | None] | None, isolation: dict[str, Any] | None) -> dict[str, str | None]:
+    """The environment overrides a child gets: its fork server's environment is
+    nearly empty (:data:`runtime.host.forkserver.SERVER_ENV`), so what the host
+    means to pass is passed here, explicitly."""
+    if isolation is None:
+        base: dict[str, str | None] = dict(os.environ)
+    else:
+        allow = isolation.get("env_allow") or ()
+        base = {k: os.environ[k] for k in allow if k in os.environ}
+    base.update(env or {})
+    return base
+
+
 def start_process(
     entry: str,
     *,
@@ -854,6 +878,7 @@ def start_process(
     isolation: dict[str, Any] | None = None,
     guard: dict[str, Any] | None = None,
     on_violation: Callable[[Any], None] | None = None,
+    output: OutputLog | None = None,
 ) -> ProcessRef:
     """Start a child process running the app ``entry`` and return its :class:`ProcessRef`.
 
@@ -887,6 +912,13 @@ def start_process(
       policy, installed before the entry is imported; ``on_violation(event)``:
       called (in the reading thread, keep it short) for each refusal the guard
       reports. The event is the child's word, plain data, to be treated as hostile.
+    - ``output``: where the child's stdout/stderr lines go (its rate and size caps,
+      its tail); one per sandbox, shared by its successive processes. Default: a
+      new one for this process. Nothing the child writes reaches the host's own
+      stdout or stderr (:mod:`runtime.host.output`).
+    - The child's environment: with an ``isolation`` plan, only ``env`` and the
+      plan's ``env_allow`` variables (from the host's environment); without one,
+      the host's environment plus ``env``.
 
     Raises :class:`SandboxBootError` (with the child's traceback) if the app fails
     to start, and ``ValueError`` for a bad ``entry``.
@@ -918,7 +950,7 @@ def start_process(
         allow_pickle=allow_pickle,
         send_pickle=trusted,
         cwd=os.fspath(cwd) if cwd is not None else None,
-        env=dict(env or {}),
+        env=_child_env(env, isolation),
         shutdown=shutdown,
         states=states,
         cpu_affinity=cpus,
@@ -926,7 +958,7 @@ def start_process(
         isolation=isolation,
         guard=guard,
     )
-    conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle)
+    conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle, output=output)
     conn.on_violation = on_violation
     t0 = time.perf_counter()
     conn.start()
