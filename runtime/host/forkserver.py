@@ -53,7 +53,10 @@ __all__ = [
     "SERVER_ENV",
     "Child",
     "ForkServerError",
+    "ensure_running",
+    "helper_fds",
     "helper_pids",
+    "helper_threads",
     "server_pid",
     "spawn",
     "stop_server",
@@ -342,6 +345,15 @@ def spawn(
     raise AssertionError("unreachable")
 
 
+def ensure_running() -> int:
+    """Start the fork server now if none runs; returns its pid.
+
+    >>> ensure_running() == server_pid()
+    True
+    """
+    return _current().pid
+
+
 def server_pid() -> int | None:
     """Pid of the running fork server, or None if none is running.
 
@@ -363,6 +375,31 @@ def helper_pids() -> set[int]:
     """
     pid = server_pid()
     return set() if pid is None else {pid}
+
+
+def helper_fds() -> set[int]:
+    """Descriptors the host holds for the running fork server (its control socket).
+
+    >>> isinstance(helper_fds(), set)
+    True
+    """
+    server = _server
+    if server is None or server.dead:
+        return set()
+    fd = server.sock.fileno()
+    return {fd} if fd >= 0 else set()
+
+
+def helper_threads() -> set[int]:
+    """Idents of the host threads serving the running fork server (its reader).
+
+    >>> isinstance(helper_threads(), set)
+    True
+    """
+    server = _server
+    if server is None or server.dead or server._reader.ident is None:
+        return set()
+    return {server._reader.ident}
 
 
 def stop_server() -> None:
@@ -508,6 +545,7 @@ def _child(fds: list[int], body: bytes) -> None:
                 pass
         target, args = pickle.loads(body)
         target(socket.socket(fileno=_CHANNEL_FD), *args)
+        code = 0
     except BaseException:
         try:
             import traceback
