@@ -81,10 +81,19 @@ from runtime.errors import (
     ProtocolError,
     SandboxError,
 )
-from runtime.host import forkserver
+from runtime.host import forkserver, untrusted
 from runtime.host.output import OutputCapture, OutputLine, OutputLog
 from runtime.wire.channel import Channel, ChannelClosed
-from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
+from runtime.wire.mailbox import (
+    CALL,
+    CAST,
+    DEFAULT_MAX_FRAME,
+    ERROR,
+    MAX_ITEMS,
+    REPLY,
+    SYSTEM,
+    Codec,
+)
 
 __all__ = [
     "ProcessActor",
@@ -178,7 +187,10 @@ class _Connection:
         self.capture: OutputCapture | None = None
         self.name = boot.name
         self.actor_id = f"process:{boot.name}"
-        self.read_codec = Codec(allow_pickle=trusted, max_frame=boot.max_frame)
+        # What a sandbox sends is hostile: its frames decode to a bounded number of
+        # objects (MAX_ITEMS), not only a bounded number of bytes.
+        self.read_codec = Codec(allow_pickle=trusted, max_frame=boot.max_frame,
+                                max_items=None if trusted else MAX_ITEMS)
         if allow_pickle == trusted:
             self.write_codec = self.read_codec
         else:
@@ -354,7 +366,7 @@ class _Connection:
             if self._poll_fd < 0 or self._problem is not None:
                 return timeout
             poll = self._lead_poll.poll
-            recv = self.channel.recv  # type: ignore[union-attr]
+            recv = self.channel.recv_some  # type: ignore[union-attr]
             route = self._route
             while not waiter.wait(0):
                 if deadline is None:
@@ -420,7 +432,7 @@ class _Connection:
     def _read_loop(self) -> None:
         channel = self.channel
         assert channel is not None
-        recv = channel.recv
+        recv = channel.recv_some
         poller = select.poll()
         poller.register(self._poll_fd, select.POLLIN)
         poll = poller.poll
@@ -461,22 +473,28 @@ class _Connection:
             if isinstance(payload, dict):
                 names = payload.get("names")
                 if isinstance(names, list):
-                    self.names = [str(n) for n in names]
+                    self.names = [untrusted.name(n) for n in names[:10_000]]
                 layers = payload.get("isolation")
                 if isinstance(layers, list):
-                    self.isolation = [str(x)[:40] for x in layers[:20]]
+                    self.isolation = [untrusted.text(x, 40) for x in layers[:20]]
                 skipped = payload.get("isolation_skipped")
                 if isinstance(skipped, dict):
                     self.isolation_skipped = {
-                        str(k)[:40]: str(v)[:300] for k, v in list(skipped.items())[:20]
+                        untrusted.text(k, 40): untrusted.text(v, 300)
+                        for k, v in list(skipped.items())[:20]
                     }
             self._ready.set()
         elif op == "boot_failed":
-            self._boot_error = payload if isinstance(payload, dict) else {"message": repr(payload)}
+            err = payload if isinstance(payload, dict) else {"message": payload}
+            self._boot_error = {
+                "type": untrusted.name(err.get("type") or "Error"),
+                "message": untrusted.text(err.get("message") or ""),
+                "traceback": untrusted.block(err.get("traceback") or ""),
+            }
             self._ready.set()
         elif op == "exiting":
             if isinstance(payload, dict):
-                self._exit_note = str(payload.get("reason", ""))[:2000]
+                self._exit_note = untrusted.text(payload.get("reason", ""))
         elif op == "security_violation":
             self.violations += 1
             if self.violations > MAX_VIOLATION_REPORTS:
@@ -497,18 +515,24 @@ class _Connection:
             telemetry.execute(
                 "process.cast_dropped",
                 {"count": 1},
-                {**self._md(), "target": md.get("target"), "reason": md.get("reason")},
+                {**self._md(), "target": untrusted.name(md.get("target")),
+                 "reason": untrusted.text(md.get("reason"))},
             )
         else:
-            telemetry.execute("process.system", {"count": 1}, {**self._md(), "op": op, "payload": payload})
+            telemetry.execute("process.system", {"count": 1},
+                              {**self._md(), "op": untrusted.name(op), "payload": payload})
 
     def _remote_error(self, payload: Any) -> BaseException:
         if not isinstance(payload, dict):
-            return ActorError(f"sandbox {self.name!r} sent a malformed error: {payload!r:.300}")
-        kind = str(payload.get("type") or "Error")
-        message = str(payload.get("message") or "")
-        tb = str(payload.get("traceback") or "")
+            return ActorError(
+                f"sandbox {self.name!r} sent a malformed error: {untrusted.text(repr(payload), 300)}")
+        # Everything here is the sandbox's word: neutralised and capped before it
+        # reaches an exception, a log, last_error or a terminal.
+        kind = untrusted.name(payload.get("type") or "Error")
+        message = untrusted.text(payload.get("message") or "")
+        tb = untrusted.block(payload.get("traceback") or "")
         actor = payload.get("actor")
+        actor = untrusted.name(actor) if actor is not None else None
         where = f"{self.name}/{actor}" if actor else self.name
         exc: BaseException
         if kind == "ActorFailed":
@@ -517,7 +541,8 @@ class _Connection:
             exc = ActorDead(where, message or None)
         elif kind == "NoSuchActor":
             names = payload.get("names")
-            exc = NoSuchActor(str(actor), [str(n) for n in names] if isinstance(names, list) else None)
+            exc = NoSuchActor(str(actor), [untrusted.name(n) for n in names[:1000]]
+                              if isinstance(names, list) else None)
             exc.add_note(f"(in sandbox {self.name!r})")
         elif kind == "EncodeError":
             exc = ActorError(message)
