@@ -81,7 +81,7 @@ from runtime.errors import (
     ProtocolError,
     SandboxError,
 )
-from runtime.host import forkserver, untrusted
+from runtime.host import forkserver, observed, untrusted
 from runtime.host.output import OutputCapture, OutputLine, OutputLog
 from runtime.wire.channel import Channel, ChannelClosed
 from runtime.wire.mailbox import (
@@ -771,7 +771,18 @@ class ProcessRef(ActorRef):
 
     @property
     def isolation(self) -> list[str]:
-        """The isolation layers the child says it applied (see :mod:`runtime.child.isolation`)."""
+        """The isolation layers the child has, as the host reads them from /proc
+        (:mod:`runtime.host.observed`); the audit hook, invisible from outside,
+        counts when the host installed a guard and the child confirmed it."""
+        conn = self._conn
+        if conn.pid is None:
+            return []
+        requested = ["audit-hook"] if conn.boot.guard is not None else []
+        return observed.layers(conn.pid, conn.isolation, requested)
+
+    @property
+    def isolation_claimed(self) -> list[str]:
+        """The layers the child says it applied (its word; see :attr:`isolation`)."""
         return list(self._conn.isolation)
 
     @property

@@ -110,3 +110,35 @@ def test_a_frame_of_a_million_empty_arrays_is_a_protocol_error_not_host_memory(w
         assert sibling.call("counter", "incr") == 1
     finally:
         telemetry.detach("test-bomb")
+
+
+LIAR = {
+    "app.py": """
+        import runtime.child.boot as boot
+        from runtime.genserver import GenServer
+
+
+        class Counter(GenServer):
+            def init(self, args=None):
+                return 0
+
+            def handle_call(self, request, state):
+                return state + 1, state + 1
+
+
+        def children():
+            # claim layers this process does not have, in its ready frame
+            boot._layers.extend(["netns", "seccomp", "ipcns"])
+            return [Counter.child_spec(name="counter")]
+    """,
+}
+
+
+def test_the_isolation_layers_shown_are_the_hosts_reading_not_the_sandboxs_claim(world):
+    sb = world.sandbox(profile="low", app=LIAR)
+    assert sb.call("counter", "incr") == 1
+    proc = world.rt._slot(sb.id).current()
+    assert {"netns", "seccomp", "ipcns"} <= set(proc.isolation_claimed), proc.isolation_claimed
+    shown = set(sb.info()["isolation"])
+    assert not {"netns", "seccomp", "ipcns"} & shown, shown
+    assert "audit-hook" in shown  # requested by the host, confirmed by the child
