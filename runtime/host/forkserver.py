@@ -448,7 +448,7 @@ def _serve(init: dict[str, Any]) -> None:
     children: set[int] = set()
     try:
         while True:
-            ready, _, _ = select.select([ctrl, sig_r], [], [])
+            ready, _, _ = select.select([ctrl.fileno(), sig_r], [], [])
             if sig_r in ready:
                 try:
                     while os.read(sig_r, 512):
@@ -456,7 +456,7 @@ def _serve(init: dict[str, Any]) -> None:
                 except BlockingIOError:
                     pass
                 _reap(ctrl, children)
-            if ctrl in ready:
+            if ctrl.fileno() in ready:
                 request = _read_request(ctrl)
                 if request is None:
                     break
