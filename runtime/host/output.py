@@ -217,32 +217,38 @@ class _Stream:
         if keep < len(data):
             data = data[:keep]
             self.skipping = True  # what follows is cut off: the line is incomplete
-        line_max = out.limits.line_max
         start = 0
         while True:
             nl = data.find(b"\n", start)
             if nl < 0:
                 break
             self.partial += data[start:nl]
-            self._flush(truncated=self.skipping)
+            self._emit(truncated=self.skipping)
             self.skipping = False
             start = nl + 1
         self.partial += data[start:]
-        while len(self.partial) > line_max:
+        line_max = out.limits.line_max
+        while len(self.partial) > line_max:  # a long line without its end yet
             piece = bytes(self.partial[:line_max])
             del self.partial[:line_max]
             out.add(self.name, piece, truncated=True)
 
-    def _flush(self, truncated: bool = False) -> None:
+    def _emit(self, truncated: bool = False) -> None:
+        """The partial line is complete: record it, in pieces of ``line_max``."""
         data = bytes(self.partial)
         self.partial.clear()
         if data.endswith(b"\r"):
             data = data[:-1]
-        self.capture.log.add(self.name, data, truncated)
+        out = self.capture.log
+        line_max = out.limits.line_max
+        while len(data) > line_max:
+            out.add(self.name, data[:line_max], truncated=True)
+            data = data[line_max:]
+        out.add(self.name, data, truncated)
 
     def finish(self) -> None:
         if self.partial:
-            self._flush(truncated=True)
+            self._emit(truncated=True)
 
 
 class OutputCapture:

@@ -7,7 +7,7 @@ an exception, ``last_error``, the CLI or a terminal, the host passes them throug
 :func:`text` (one line) or :func:`block` (a traceback: newlines kept, each line
 neutralised, the tail kept since the last frames matter most).
 
->>> text("boom\\x1b[2J" + "x" * 5000)[:12]
+>>> text("boom\\x1b[2J" + "x" * 5000)[:13]
 'boom\\\\x1b[2Jxx'
 >>> len(text("x" * 5000)) <= MESSAGE_MAX
 True
