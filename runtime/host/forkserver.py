@@ -159,7 +159,10 @@ class _Server:
             theirs_fd = theirs.fileno()
             theirs.close()
         assert self.proc.stdin is not None
-        init = {"path": [p for p in sys.path if p], "fd": theirs_fd, "preload": list(PRELOAD)}
+        # "" (the current directory) made absolute: the server must import the
+        # runtime from where the host did.
+        path = [p or os.getcwd() for p in sys.path]
+        init = {"path": path, "fd": theirs_fd, "preload": list(PRELOAD)}
         self.proc.stdin.write(pickle.dumps(init))
         self.proc.stdin.close()
         self.pid = self.proc.pid
