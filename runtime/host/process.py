@@ -231,6 +231,7 @@ class _Connection:
         #: callback's (bound by whoever started this child), never the event's.
         self.on_violation: Callable[[Any], None] | None = None
         self.violations = 0
+        self._unasked_budget = untrusted.Budget(untrusted.UNASKED_RATE, untrusted.UNASKED_BURST)
 
     def _not_started(self, data: bytes) -> None:
         raise ActorDead(self.actor_id, self.down)
@@ -417,17 +418,31 @@ class _Connection:
                 sink = self.pending.pop(env.ref, None)
                 if sink is not None:
                     sink.set_result(env.payload)
+                else:
+                    self._unasked()
             elif kind == ERROR:
                 sink = self.pending.pop(env.ref, None)
                 if sink is not None:
                     sink.set_exception(self._remote_error(env.payload))
+                else:
+                    self._unasked()
             elif kind == SYSTEM:
+                self._unasked()
                 self._on_system(env.target, env.payload)
             else:
                 raise ProtocolError(
                     f"the child sent a {kind!r} frame; a sandbox only sends "
                     "reply, error and system frames"
                 )
+
+    def _unasked(self) -> None:
+        """A frame no call asked for: within the sandbox's budget, or a flood."""
+        if not self._unasked_budget.take():
+            raise ProtocolError(
+                f"the sandbox sent frames nobody asked for (notices, unknown replies) faster "
+                f"than {untrusted.UNASKED_RATE}/s beyond a burst of {untrusted.UNASKED_BURST}: "
+                "it is flooding its host"
+            )
 
     def _read_loop(self) -> None:
         channel = self.channel

@@ -17,11 +17,22 @@ True
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from runtime.host.output import neutralise
 
-__all__ = ["MESSAGE_MAX", "NAME_MAX", "TRACEBACK_MAX", "block", "name", "text"]
+__all__ = [
+    "MESSAGE_MAX",
+    "NAME_MAX",
+    "TRACEBACK_MAX",
+    "UNASKED_BURST",
+    "UNASKED_RATE",
+    "Budget",
+    "block",
+    "name",
+    "text",
+]
 
 #: Characters kept of a sandbox's exception message or exit note.
 MESSAGE_MAX = 2000
@@ -29,6 +40,11 @@ MESSAGE_MAX = 2000
 TRACEBACK_MAX = 16_000
 #: Characters kept of a name a sandbox reports (actor, layer, error type).
 NAME_MAX = 200
+#: Frames a sandbox may send that no call asked for (notices, late or bogus
+#: replies): per second sustained, and at once. Past them it is flooding its host
+#: (each frame costs the host a decode and a dispatch) and is stopped.
+UNASKED_RATE = 10_000
+UNASKED_BURST = 100_000
 
 
 def _cut(value: str, limit: int) -> str:
@@ -71,3 +87,33 @@ def block(value: Any, limit: int = TRACEBACK_MAX) -> str:
     if len(out) > limit:
         out = "[cut] " + out[len(out) - limit + 6:]
     return out
+
+
+class Budget:
+    """A token bucket: :meth:`take` is False once ``burst`` is spent faster than
+    ``rate`` per second refills it. Not thread-safe (one reader at a time).
+
+    >>> b = Budget(rate=1, burst=2)
+    >>> b.take(), b.take(), b.take()
+    (True, True, False)
+    """
+
+    __slots__ = ("rate", "burst", "_tokens", "_stamp")
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+
+    def take(self, n: float = 1.0) -> bool:
+        tokens = self._tokens - n
+        if tokens < 0:
+            now = time.monotonic()
+            tokens = min(self.burst, tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if tokens < 0:
+                self._tokens = tokens + n  # refused: nothing taken
+                return False
+        self._tokens = tokens
+        return True

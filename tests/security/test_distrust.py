@@ -142,3 +142,31 @@ def test_the_isolation_layers_shown_are_the_hosts_reading_not_the_sandboxs_claim
     shown = set(sb.info()["isolation"])
     assert not {"netns", "seccomp", "ipcns"} & shown, shown
     assert "audit-hook" in shown  # requested by the host, confirmed by the child
+
+
+def _flood_frames(n: int) -> None:
+    import threading
+
+    from runtime.child.boot import REPLY, current_server
+
+    server = current_server()
+    frame = server.write_codec.frame(REPLY, 10**12, None, None)  # a ref nobody holds
+    batch = frame * 1000
+    for _ in range(n // 1000):
+        server.channel.send_raw(batch)
+    threading.Event().wait(30)
+
+
+def test_a_flood_of_frames_nobody_asked_for_ends_the_sandbox_not_the_host(world):
+    errors: list[dict] = []
+    telemetry.attach("test-flood", "process.protocol_error", lambda e, m, md: errors.append(md))
+    try:
+        sb = world.sandbox(profile="low")
+        sibling = world.sandbox(profile="low")
+        got = attempt(sb, _flood_frames, 300_000, timeout=30)
+        assert isinstance(got, ActorDead), got
+        wait_for(lambda: errors, 10)
+        assert "flooding its host" in errors[0]["error"], errors
+        assert sibling.call("counter", "incr") == 1
+    finally:
+        telemetry.detach("test-flood")
