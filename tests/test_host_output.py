@@ -31,6 +31,7 @@ def test_documented_defaults():
         64 * 1024, 256 * 1024, 16 * 1024 * 1024, 4096, 1000)
     assert (untrusted.MESSAGE_MAX, untrusted.TRACEBACK_MAX) == (2000, 16_000)
     assert MAX_ITEMS == 1_000_000
+    assert (untrusted.UNASKED_RATE, untrusted.UNASKED_BURST) == (10_000, 100_000)
 
 
 @pytest.mark.parametrize("field", ["rate", "burst", "max_bytes", "line_max", "tail"])

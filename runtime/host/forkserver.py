@@ -166,6 +166,7 @@ class _Server:
         self.proc.stdin.write(pickle.dumps(init))
         self.proc.stdin.close()
         self.pid = self.proc.pid
+        self.owner = os.getpid()  # a forked copy of the host must not share this socket
         self.sock = ours
         self.dead = False
         self._send_lock = threading.Lock()
@@ -305,7 +306,7 @@ _server: _Server | None = None
 def _current() -> _Server:
     global _server
     with _lock:
-        if _server is None or _server.dead:
+        if _server is None or _server.dead or _server.owner != os.getpid():
             _server = _Server()
         return _server
 
