@@ -500,7 +500,8 @@ class Runtime:
 
         Each :class:`~runtime.host.output.OutputLine` has ``stream`` ("stdout" or
         "stderr"), ``text`` (control characters and escapes shown escaped),
-        ``time`` and ``truncated``. The host keeps the last 1,000 lines, and at
+        ``time`` and ``truncated``. The host keeps the last 1,000 lines (256 Ki
+        characters at most), and at
         most 64 KiB/s (bursts of 256 KiB) and 16 MiB in all per sandbox; the
         rest is dropped and counted (metric ``sandbox_output_dropped_bytes_total``).
         Every line is also a log record of the logger ``runtime.output``

@@ -27,14 +27,14 @@ def test_docstring_examples(module):
 
 def test_documented_defaults():
     lim = OutputLimits()
-    assert (lim.rate, lim.burst, lim.max_bytes, lim.line_max, lim.tail) == (
-        64 * 1024, 256 * 1024, 16 * 1024 * 1024, 4096, 1000)
+    assert (lim.rate, lim.burst, lim.max_bytes, lim.line_max, lim.tail, lim.tail_chars) == (
+        64 * 1024, 256 * 1024, 16 * 1024 * 1024, 4096, 1000, 256 * 1024)
     assert (untrusted.MESSAGE_MAX, untrusted.TRACEBACK_MAX) == (2000, 16_000)
     assert MAX_ITEMS == 1_000_000
     assert (untrusted.UNASKED_RATE, untrusted.UNASKED_BURST) == (10_000, 100_000)
 
 
-@pytest.mark.parametrize("field", ["rate", "burst", "max_bytes", "line_max", "tail"])
+@pytest.mark.parametrize("field", ["rate", "burst", "max_bytes", "line_max", "tail", "tail_chars"])
 def test_bad_limits_name_the_field(field):
     with pytest.raises(ValueError, match=f"OutputLimits.{field}"):
         OutputLimits(**{field: 0})
@@ -105,6 +105,14 @@ def test_the_tail_keeps_the_last_lines():
     _write_and_close(cap, w_out, w_err)
     assert len(out.tail(None)) == 3 and len(out.tail(2)) == 2 and out.tail(0) == []
     assert out.tail(None)[-2:] == out.tail(2)
+
+
+def test_the_tail_is_bounded_in_characters_too():
+    out = OutputLog("rt/x", OutputLimits(tail=1000, tail_chars=100))
+    for i in range(50):
+        out.add("stdout", b"%02d" % i + b"x" * 18)  # 20 characters a line
+    kept = out.tail(None)
+    assert len(kept) == 5 and kept[-1].text.startswith("49")
 
 
 def test_untrusted_texts_are_one_line_and_capped():

@@ -69,7 +69,9 @@ class OutputLimits:
       dropped (and counted).
     - ``line_max``: characters per line; a longer line is cut into pieces marked
       ``truncated``.
-    - ``tail``: lines kept for :meth:`OutputLog.tail`.
+    - ``tail``: lines kept for :meth:`OutputLog.tail`, and ``tail_chars`` the
+      characters they may hold in all (the oldest lines go first), so a sandbox's
+      tail costs the host at most that much memory.
 
     >>> OutputLimits().rate, OutputLimits().max_bytes
     (65536, 16777216)
@@ -80,9 +82,10 @@ class OutputLimits:
     max_bytes: int = 16 * 1024 * 1024
     line_max: int = 4096
     tail: int = 1000
+    tail_chars: int = 256 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("rate", "burst", "max_bytes", "line_max", "tail"):
+        for name in ("rate", "burst", "max_bytes", "line_max", "tail", "tail_chars"):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ValueError(f"invalid OutputLimits.{name}={value!r}: expected a positive int")
@@ -135,7 +138,8 @@ class OutputLog:
         self.name = name
         self.limits = limits or OutputLimits()
         self.fields = sandbox_fields(name)
-        self._lines: collections.deque[OutputLine] = collections.deque(maxlen=self.limits.tail)
+        self._lines: collections.deque[OutputLine] = collections.deque()
+        self._chars = 0
         self._lock = threading.Lock()
         self._tokens = float(self.limits.burst)
         self._stamp = time.monotonic()
@@ -194,8 +198,13 @@ class OutputLog:
         """Record one line (raw bytes without the newline)."""
         text = neutralise(raw.decode("utf-8", "backslashreplace"))
         line = OutputLine(stream, text, time.time(), truncated)
+        lim = self.limits
         with self._lock:
-            self._lines.append(line)
+            lines = self._lines
+            lines.append(line)
+            self._chars += len(text)
+            while len(lines) > lim.tail or (self._chars > lim.tail_chars and len(lines) > 1):
+                self._chars -= len(lines.popleft().text)
         log.info("%s", text, extra={**self.fields, "stream": stream, "truncated": truncated})
 
 
