@@ -501,13 +501,18 @@ class Runtime:
         Each :class:`~runtime.host.output.OutputLine` has ``stream`` ("stdout" or
         "stderr"), ``text`` (control characters and escapes shown escaped),
         ``time`` and ``truncated``. The host keeps the last 1,000 lines (256 Ki
-        characters at most), and at
-        most 64 KiB/s (bursts of 256 KiB) and 16 MiB in all per sandbox; the
-        rest is dropped and counted (metric ``sandbox_output_dropped_bytes_total``).
+        characters at most), and at most 64 KiB/s (bursts of 256 KiB) and 16 MiB
+        in all per sandbox; the rest is dropped and counted (metric
+        ``sandbox_output_dropped_bytes_total``).
         Every line is also a log record of the logger ``runtime.output``
         (fields ``sandbox``, ``stream``); none reaches the host's stdout.
         Raises :class:`~runtime.errors.SandboxNotFound` for an unknown id and
         ``ValueError`` for a negative ``tail``.
+
+        >>> with sandbox.start() as rt:
+        ...     _ = rt.create_sandbox("doc-rt-output", "examples/counter")
+        ...     rt.output("doc-rt-output", tail=5)
+        []
         """
         return self._slot(sandbox_id).output.tail(tail)
 

@@ -7,6 +7,7 @@ import doctest
 import importlib
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from runtime.host.output import OutputCapture, OutputLimits, OutputLog, neutrali
 from runtime.wire.mailbox import MAX_ITEMS, Codec
 
 pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("module", ["runtime.host.output", "runtime.host.untrusted",
@@ -23,6 +25,21 @@ def test_docstring_examples(module):
     mod = importlib.import_module(module)
     failed, attempted = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert failed == 0 and attempted > 0
+
+
+@pytest.mark.parametrize("name", ["Sandbox.output", "Runtime.output"])
+def test_api_docstring_examples(name, monkeypatch):
+    import sandbox
+    from sandbox import api
+
+    monkeypatch.chdir(ROOT)  # the examples name apps by their path from the repo root
+    obj = api
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in doctest.DocTestFinder().find(obj, name, globs={"sandbox": sandbox}):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0
 
 
 def test_documented_defaults():
