@@ -203,6 +203,19 @@ class _ReloadPrinter:
             self.printer.line(f"watching by polling: {md.get('reason')}")
 
 
+class _OutputLines(logging.Handler):
+    """The sandbox's stdout/stderr lines (runtime.output records), already
+    neutralised by the host, as ``[id stream] text`` lines of the printer."""
+
+    def __init__(self, printer: _Printer) -> None:
+        super().__init__(logging.INFO)
+        self.printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sid, stream = getattr(record, "sandbox", "?"), getattr(record, "stream", "?")
+        self.printer.line(f"[{sid} {stream}] {record.getMessage()}")
+
+
 def _run(args: argparse.Namespace) -> int:
     import sandbox
 
@@ -212,13 +225,14 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with sandbox.start(name="run") as rt:
         printer = _Printer(lambda s: print(s, flush=True), rt.name)
+        output = logging.getLogger("runtime.output")
+        output.addHandler(_OutputLines(printer))
+        output.setLevel(logging.INFO)
         watch = getattr(args, "watch", False)
         telemetry.attach("cli-run", "sandbox", _quiet_reloads(printer) if watch else printer)
         if watch:
             telemetry.attach("cli-run-watch", "watcher", _ReloadPrinter(printer))
             # Its lines say what the watcher's log warnings would say a second time.
-            import logging
-
             logging.getLogger("runtime.watcher").addHandler(logging.NullHandler())
         try:
             sandbox_id = args.id or path.resolve().name
