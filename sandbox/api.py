@@ -356,6 +356,9 @@ class Runtime:
                 "compiler",
                 start=started("compiler", lambda: CompilerActor.start(
                     name=f"{n}/compiler", scanner=ProfileScanner(),  # scans every module
+                    # The runtime's, not the actor's: a killed compiler runs no
+                    # cleanup, and its restart reuses this one.
+                    cache_dir=self.base_dir + ".compile-cache",
                 )),
             ),
             ChildSpec(
@@ -415,6 +418,7 @@ class Runtime:
                 os.unlink(self._audit_path)
             except OSError:
                 pass
+        shutil.rmtree(self.base_dir + ".compile-cache", ignore_errors=True)
         shutil.rmtree(self.base_dir, ignore_errors=True)
         telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
 

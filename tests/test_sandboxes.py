@@ -7,6 +7,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from pathlib import Path
@@ -328,6 +329,19 @@ def test_sandboxes_die_with_a_sigkilled_host(tmp_path):
         proc.wait(10)
         proc.stdin.close()
         proc.stdout.close()
+
+
+def test_a_killed_compiler_leaves_no_temporary_files(tmp_path, monkeypatch):
+    # Every temporary file of the runtime lands in tmp_path; a kill runs no cleanup
+    # (on_exit), so what the compiler held must be the runtime's to remove.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with sandbox.start(name=f"killc{os.getpid()}") as rt:
+        compiler = rt.component("compiler")
+        compiler.kill(runtime.ExitReason("exception", "killed by the test"))
+        wait_for(lambda: rt.component("compiler") is not compiler, 30)
+        assert rt.create_sandbox("k", COUNTER).call("counter", "incr") == 1
+        assert list(tmp_path.iterdir()), "the runtime kept nothing in the temporary directory"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_recreating_a_destroyed_id_compiles_into_a_fresh_cache(sandbox_runtime, caplog):
