@@ -28,7 +28,12 @@ def ensure_attached() -> None:
     _ensure_attached()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, *, message: str = "") -> Any:
+#: How long a test waits for what must happen by default: generous, since CI and a
+#: shared machine can be loaded many times over; a passing wait returns at once.
+WAIT = 30.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, *, message: str = "") -> Any:
     """Return ``predicate()``'s value once truthy; fail the test after ``timeout`` seconds."""
     try:
         return _wait_for(predicate, timeout, message=message or None)
@@ -94,7 +99,7 @@ class Recorder:
             if e.name == name and all(e.metadata.get(k) == v for k, v in metadata.items())
         ]
 
-    def wait(self, name: str, count: int = 1, timeout: float = 5.0, **metadata: Any) -> list[Event]:
+    def wait(self, name: str, count: int = 1, timeout: float = WAIT, **metadata: Any) -> list[Event]:
         """Wait until at least ``count`` matching events arrived; return them."""
         wait_for(lambda: len(self.named(name, **metadata)) >= count, timeout,
                  message=f"{count} x {name} {metadata or ''}")
