@@ -186,6 +186,7 @@ class VersionManagerActor(Component):
     - ``record(sandbox_id, compiled_modules, *, dry_run=False) -> {module: version}``
     - ``changed_modules(sandbox_id, compiled_modules) -> [module]`` (source differs from current)
     - ``get_current_version(sandbox_id, module) -> ModuleVersion``
+    - ``current_code(sandbox_id) -> {module: ModuleVersion}`` (what a restart boots)
     - ``list_module_versions(sandbox_id, module) -> [ModuleVersion]`` (oldest first)
     - ``get_version(sandbox_id, module, version) -> ModuleVersion`` (with code and source)
     - ``set_current(sandbox_id, module, version) -> ModuleVersion``
@@ -343,6 +344,11 @@ class VersionManagerActor(Component):
                 f"module {module!r} of sandbox {sandbox_id!r} was removed from the app; "
                 f"kept versions: {h.kept()}")
         return cur
+
+    def op_current_code(self, sandbox_id: str) -> dict[str, ModuleVersion]:
+        """``{module: current version}`` with code: what a restart of the sandbox boots."""
+        sb = self._sandboxes.get(sandbox_id) or _Sandbox()
+        return {n: v for n, h in sb.modules.items() if (v := h.live()) is not None}
 
     def op_list_module_versions(self, sandbox_id: str, module: str) -> list[ModuleVersion]:
         """The kept versions of ``module``, oldest first."""

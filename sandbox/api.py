@@ -30,6 +30,7 @@ from runtime.childspec import ChildSpec
 from runtime.errors import ConfigError, SandboxError, SecurityViolation
 from runtime.supervisor import Supervisor, SupervisorRef
 from sandbox.health import Observability
+from sandbox.statedir import StateDir
 
 if TYPE_CHECKING:
     from sandbox.hotreload import ReloadReport
@@ -52,6 +53,9 @@ _RUNTIME_OPTIONS = {
     "temporary file removed at stop",
     "watch_backend": "'auto' (inotify, polling where unavailable), 'inotify' or 'polling'",
     "http": "None, or a (host, port) pair to serve /health and /metrics on (port 0: any free port)",
+    "state_dir": "a directory for the durable state (created if missing) that no other "
+    "running runtime uses; default: a per-user data directory for a named runtime, a "
+    "temporary one removed at stop otherwise",
 }
 
 
@@ -218,8 +222,12 @@ class Runtime:
         audit_path: str | os.PathLike[str] | None = None,
         watch_backend: str = "auto",
         http: tuple[str, int] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
+        # The durable store (sandbox/statedir.py): per-user for a named runtime,
+        # temporary (removed at stop) for a throwaway one.
+        self.state = StateDir.resolve(state_dir, name)
         self._obs = Observability(self, http=http)  # metrics, health, HTTP
         if base_dir is not None and not os.path.isdir(base_dir):
             raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
@@ -231,8 +239,7 @@ class Runtime:
         self._history = history
         self._monitor_interval = monitor_interval
         # The audit log sits beside base_dir (not in it: that holds only workdirs).
-        self._own_audit = not audit_path
-        self._audit_path = os.fspath(audit_path) if audit_path else self.base_dir + ".audit.jsonl"
+        self._audit_path = os.fspath(audit_path) if audit_path else self.state.audit_path
         self._watch_backend = watch_backend
         if self._watch_backend not in ("auto", "inotify", "polling"):
             raise ConfigError("watch_backend", self._watch_backend, _RUNTIME_OPTIONS["watch_backend"])
@@ -249,6 +256,7 @@ class Runtime:
         from actors.security import SecurityControllerActor
         from actors.versions import VersionManagerActor
 
+        store = self.state.open()
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
             # Components find each other through this table, refreshed by each start:
             # asking the root supervisor instead would deadlock while the root is busy
@@ -272,10 +280,10 @@ class Runtime:
         children = [
             ChildSpec(
                 "sandboxes",
-                start=started("sandboxes", lambda: Supervisor.start(
+                start=started("sandboxes", lambda: _readopted(self, Supervisor.start(
                     [], strategy="one_for_one", max_restarts=1000, max_seconds=1.0,
                     name=f"{n}/sandboxes",
-                )),
+                ))),
                 shutdown=120.0,
                 type="supervisor",
             ),
@@ -288,7 +296,7 @@ class Runtime:
             ChildSpec(
                 "versions",
                 start=started("versions", lambda: VersionManagerActor.start(
-                    history=self._history, name=f"{n}/versions",
+                    history=self._history, name=f"{n}/versions", store=store,
                 )),
             ),
             ChildSpec(
@@ -308,7 +316,7 @@ class Runtime:
                 "manager",
                 start=started("manager", lambda: ManagerActor.start(
                     runtime_id=n, base_dir=self.base_dir, component=component,
-                    name=f"{n}/manager",
+                    name=f"{n}/manager", store=store,
                 )),
             ),
         ]
@@ -337,11 +345,7 @@ class Runtime:
         from runtime.child.isolation import release_group
 
         release_group(os.path.basename(self.base_dir))  # the sandboxes' cgroups, now empty
-        if self._own_audit:
-            try:
-                os.unlink(self._audit_path)
-            except OSError:
-                pass
+        self.state.close()  # a temporary state directory goes, a named one stays
         shutil.rmtree(self.base_dir, ignore_errors=True)
         telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
 
@@ -636,6 +640,17 @@ class Runtime:
         )
 
 
+def _readopted(rt: Runtime, sandboxes: SupervisorRef) -> SupervisorRef:
+    """A restarted ``sandboxes`` supervisor starts empty: the manager, if running,
+    starts every sandbox again under it (actors/manager.py, ``Readopt``)."""
+    manager = rt._components.get("manager")
+    if manager is not None and manager.is_alive():
+        from actors.manager import Readopt
+
+        manager.tell(Readopt(sandboxes))
+    return sandboxes
+
+
 def start(
     *,
     name: str | None = None,
@@ -647,6 +662,7 @@ def start(
     audit_path: str | os.PathLike[str] | None = None,
     watch_backend: str = "auto",
     http: tuple[str, int] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> Runtime:
     """Start a runtime. Also a context manager: ``with sandbox.start() as rt: ...``.
 
@@ -656,7 +672,11 @@ def start(
     ``history`` (versions kept per module), ``monitor_interval`` (seconds between
     resource samples), ``audit_path`` (a JSON-lines audit file kept after stop),
     ``watch_backend`` ('auto', 'inotify', 'polling'), ``http`` ((host, port) serving
-    /health and /metrics).
+    /health and /metrics), ``state_dir`` (the durable state: sandboxes, versions,
+    reload journal, audit log; default: ``$XDG_DATA_HOME/sandbox/<name>`` for a named
+    runtime, kept across stops and host restarts, else a temporary directory
+    removed at stop). Starting again on the same ``state_dir`` brings every sandbox
+    back with its latest committed code and history (see docs/operations.md).
 
     >>> import runtime
     >>> rt = sandbox.start(name="doc-rt")
@@ -667,5 +687,5 @@ def start(
     return Runtime(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
-        watch_backend=watch_backend, http=http,
+        watch_backend=watch_backend, http=http, state_dir=state_dir,
     ).start()
