@@ -265,11 +265,14 @@ class Store:
         *,
         keep: int,
         journal: str | None = None,
+        removed: Iterable[str] = (),
     ) -> None:
         """Make ``versions`` current (each is a new number), evict beyond ``keep`` per
-        module, log them, and mark ``journal`` committed: one transaction."""
+        module, mark the ``removed`` modules no longer current, log it all, and mark
+        ``journal`` committed: one transaction."""
         now = time.time()
         with self.transaction() as db:
+            self._remove(db, sandbox_id, removed, now)
             for v in versions:
                 prev = db.execute("SELECT current FROM modules WHERE sandbox=? AND module=?",
                                   (sandbox_id, v.module)).fetchone()
@@ -308,20 +311,6 @@ class Store:
                 db.execute(
                     "INSERT INTO version_log (sandbox, at, module, action, version, previous) "
                     "VALUES (?,?,?,?,?,?)", (sandbox_id, now, module, "current", version, prev[0]))
-            if journal is not None:
-                self._finish(db, journal, "committed", None, now)
-
-    def remove_modules(self, sandbox_id: str, modules: Iterable[str], *,
-                       journal: str | None = None) -> None:
-        """Modules deleted from the app: no longer current (their numbering is kept)."""
-        now = time.time()
-        with self.transaction() as db:
-            for m in modules:
-                db.execute("UPDATE modules SET current=0 WHERE sandbox=? AND module=?",
-                           (sandbox_id, m))
-                db.execute(
-                    "INSERT INTO version_log (sandbox, at, module, action, version, previous) "
-                    "VALUES (?,?,?,?,0,NULL)", (sandbox_id, now, m, "removed"))
             if journal is not None:
                 self._finish(db, journal, "committed", None, now)
 
@@ -377,6 +366,15 @@ class Store:
                           [*args, limit])
         return [JournalEntry(i, s, k, st, json.loads(v), t0, t1, e)
                 for i, s, k, st, v, t0, t1, e in reversed(rows)]
+
+    @staticmethod
+    def _remove(db: sqlite3.Connection, sandbox_id: str, modules: Iterable[str], now: float) -> None:
+        for m in modules:
+            db.execute("INSERT INTO version_log (sandbox, at, module, action, version, previous) "
+                       "SELECT sandbox, ?, module, 'removed', 0, current FROM modules "
+                       "WHERE sandbox=? AND module=?", (now, sandbox_id, m))
+            db.execute("UPDATE modules SET current=0 WHERE sandbox=? AND module=?",
+                       (sandbox_id, m))
 
     @staticmethod
     def _finish(db: sqlite3.Connection, entry_id: str, state: str, error: str | None,

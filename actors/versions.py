@@ -183,7 +183,7 @@ class VersionManagerActor(Component):
 
     Operations (``ref.invoke(name, ...)``):
 
-    - ``record(sandbox_id, compiled_modules, *, dry_run=False) -> {module: version}``
+    - ``record(sandbox_id, compiled_modules, *, dry_run=False, journal=None, removed=()) -> {module: version}``
     - ``changed_modules(sandbox_id, compiled_modules) -> [module]`` (source differs from current)
     - ``get_current_version(sandbox_id, module) -> ModuleVersion``
     - ``current_code(sandbox_id) -> {module: ModuleVersion}`` (what a restart boots)
@@ -193,7 +193,6 @@ class VersionManagerActor(Component):
     - ``get_version_history(sandbox_id, module=None) -> [VersionEvent]``
     - ``get_dependency_graph(sandbox_id) -> {module: [dependency]}``
     - ``calculate_reload_order(sandbox_id, modules, *, pending=None) -> ReloadPlan``
-    - ``remove(sandbox_id, modules, *, journal=None) -> [module]`` (deleted from the app)
     - ``forget(sandbox_id) -> bool``
     - ``sandboxes() -> [sandbox_id]``
     """
@@ -269,6 +268,7 @@ class VersionManagerActor(Component):
         *,
         dry_run: bool = False,
         journal: str | None = None,
+        removed: Iterable[str] = (),
     ) -> dict[str, int]:
         """Record newly loaded modules; returns each module's version (new or existing).
 
@@ -276,7 +276,8 @@ class VersionManagerActor(Component):
         With ``dry_run=True`` nothing changes: the result says which numbers a
         record would give (for ``code_change(old_vsn, ...)`` before the swap).
         ``journal``: the reload's journal entry, marked committed in the same
-        store transaction.
+        store transaction; ``removed``: modules deleted from the app by the same
+        reload (no longer current, their numbers stay taken).
 
         >>> # versions = ref.invoke("record", "sb1", result)   # after the swap committed
         """
@@ -303,10 +304,14 @@ class VersionManagerActor(Component):
             ))
         if dry_run:
             return out
+        removed = [m for m in removed if m in sb.modules and sb.modules[m].current]
         if self.store is not None:  # durable first: memory follows a committed write
             self.store.record_versions(
                 sandbox_id, [_stored(sandbox_id, v) for v in fresh], keep=self.history,
-                journal=journal)
+                journal=journal, removed=removed)
+        for m in removed:
+            sb.log.append(VersionEvent(now, m, "removed", 0, sb.modules[m].current))
+            sb.modules[m].current = 0
         for v in fresh:
             h = sb.modules.setdefault(v.module, _History())
             h.versions[v.version] = v
@@ -395,21 +400,6 @@ class VersionManagerActor(Component):
         """``{module: [app modules it imports]}`` for the current versions."""
         sb = self._sandbox(sandbox_id)
         return self._graph(sb)
-
-    def op_remove(
-        self, sandbox_id: str, modules: Iterable[str], *, journal: str | None = None
-    ) -> list[str]:
-        """Modules deleted from the app (after the swap unloaded them): no longer
-        current; their numbers stay taken. Returns those that were current."""
-        sb = self._sandbox(sandbox_id)
-        gone = [m for m in modules if m in sb.modules and sb.modules[m].current]
-        if self.store is not None:
-            self.store.remove_modules(sandbox_id, gone, journal=journal)
-        now = time.time()
-        for m in gone:
-            sb.log.append(VersionEvent(now, m, "removed", 0, sb.modules[m].current))
-            sb.modules[m].current = 0
-        return gone
 
     @staticmethod
     def _graph(sb: _Sandbox) -> dict[str, list[str]]:

@@ -257,6 +257,7 @@ class Runtime:
         from actors.versions import VersionManagerActor
 
         store = self.state.open()
+        store.journal_abandon_pending()  # reloads a dead host left half-way: none committed
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
             # Components find each other through this table, refreshed by each start:
             # asking the root supervisor instead would deadlock while the root is busy

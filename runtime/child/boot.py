@@ -219,6 +219,12 @@ def _op_reload(server: ChildServer, payload: Any) -> dict[str, Any]:
     return report
 
 
+@register_system_op("reload_cancel")  # inline, never queued behind the reload itself
+def _op_reload_cancel(server: ChildServer, payload: Any) -> str:
+    """The host's wait ran out: the verdict of reload ``payload`` (see swap.cancel_reload)."""
+    return swap.cancel_reload(str(payload))
+
+
 def _restore_states(server: ChildServer) -> None:
     if server.boot.states:
         swap.restore_states(server.boot.states)

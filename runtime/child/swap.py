@@ -22,8 +22,17 @@ A hot reload (:func:`apply_reload`) is one transaction:
 
 Any failure in 3 or 4 puts the previous modules back in ``sys.modules`` and leaves
 every actor's code and state untouched, then raises
-:class:`~runtime.errors.ReloadFailed` naming the step (``suspend``, ``stage``,
-``resolve``, ``restore``, ``code_change``, ``migrate``), the module and the actor.
+:class:`~runtime.errors.ReloadFailed` naming the step (``suspend``, ``unload``,
+``stage``, ``resolve``, ``restore``, ``code_change``, ``migrate``, ``commit``), the
+module and the actor.
+
+One truth with the host: a reload carries an id and a deadline. Just before the
+commit, under one lock, the swap checks that the host has not cancelled it
+(:func:`cancel_reload`, sent when the host's wait runs out) and that the deadline
+has not passed, and records its verdict; past that point nothing can fail. So the
+host either gets the report, or cancels and learns the verdict: ``committed``
+(it records the new versions) or ``cancelled``/``failed`` (the old code and state
+keep serving, and the swap, if still running, will not commit).
 After the commit, :func:`upgrade_children` applies a changed child list.
 """
 
@@ -42,6 +51,7 @@ import marshal
 import os
 import pickle
 import sys
+import threading
 import time
 import traceback
 import types
@@ -58,6 +68,7 @@ __all__ = [
     "FINDER",
     "install_finder",
     "apply_reload",
+    "cancel_reload",
     "live_servers",
     "reload_from_wire",
     "restore_states",
@@ -458,6 +469,60 @@ def _attach_submodules(names: Iterable[str]) -> None:
             setattr(sys.modules[parent], child, module)
 
 
+_VERDICT_LOCK = threading.Lock()
+#: reload id -> "committed" | "failed" | "cancelled" (the last 256 reloads)
+_VERDICTS: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+
+def _set_verdict(reload_id: str, verdict: str) -> None:
+    _VERDICTS[reload_id] = verdict
+    while len(_VERDICTS) > 256:
+        _VERDICTS.popitem(last=False)
+
+
+def cancel_reload(reload_id: str) -> str:
+    """The host stopped waiting: cancel reload ``reload_id`` unless it committed.
+
+    Returns the verdict, final either way: ``committed`` (too late to cancel),
+    ``failed``, or ``cancelled`` (it will not commit, even if it is still running).
+
+    >>> cancel_reload("doc-r1")
+    'cancelled'
+    """
+    with _VERDICT_LOCK:
+        verdict = _VERDICTS.get(reload_id)
+        if verdict is None:
+            verdict = "cancelled"
+            _set_verdict(reload_id, verdict)
+        return verdict
+
+
+def _decide_commit(reload_id: str | None, deadline: float | None) -> None:
+    """The point of no return: commit unless cancelled or late (raises TimeoutError)."""
+    with _VERDICT_LOCK:
+        if reload_id is not None and _VERDICTS.get(reload_id) == "cancelled":
+            raise TimeoutError("the host cancelled the reload after its timeout")
+        if deadline is not None and time.monotonic() > deadline:
+            if reload_id is not None:
+                _set_verdict(reload_id, "cancelled")
+            raise TimeoutError("the swap did not reach its commit within the reload's timeout")
+        if reload_id is not None:
+            _set_verdict(reload_id, "committed")
+
+
+def _unload(removed: Iterable[str]) -> None:
+    """Drop modules deleted from the app; refused while an actor runs one of their classes."""
+    for name in removed:
+        holders = [s.actor_id for s in live_servers() if s.impl_cls.__module__ == name]
+        if holders:
+            raise LookupError(
+                f"module {name} was deleted, but actor(s) {', '.join(map(str, holders))} run "
+                "its classes; stop them first or restore the file")
+        sys.modules.pop(name, None)
+        FINDER.modules.pop(name, None)
+        _attach(name, None)
+
+
 def apply_reload(
     units: list[list[ModuleCode]],
     *,
@@ -465,24 +530,33 @@ def apply_reload(
     migrate: Any = None,
     extra: Any = None,
     suspend_timeout: float = 5.0,
+    removed: Iterable[str] = (),
+    reload_id: str | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Swap the modules of ``units`` (in order) and migrate the affected actors' state.
 
     ``changed`` names the modules whose source changed (their actors get
     ``code_change``); the others in ``units`` are dependents re-staged so they bind
     the new names. ``migrate`` is a function ``(old_state, old_vsn, new_vsn)`` or its
-    cloudpickle bytes. Returns a report; raises ReloadFailed (naming the step, the
-    module and, for per-actor steps, the actor) and changes nothing on failure.
+    cloudpickle bytes. ``removed``: modules deleted from the app, unloaded. ``reload_id``
+    and ``deadline`` (``time.monotonic()`` value): see :func:`cancel_reload`. Returns a
+    report; raises ReloadFailed (naming the step, the module and, for per-actor steps,
+    the actor) and changes nothing on failure.
 
     Steps: ``suspend`` (the barrier), ``stage`` (importing a new module), ``resolve``
     (an actor's class is gone from its new module), ``restore`` (a state does not
     unpickle against the new classes), ``code_change``, ``migrate``.
     """
     names = [mc.name for unit in units for mc in unit]
+    removed = [n for n in removed if n not in names]
     changed_set = set(names if changed is None else changed)
     new_code = {mc.name: mc for unit in units for mc in unit}
     t0 = time.perf_counter()
     if not BARRIER.acquire_write(suspend_timeout):
+        if reload_id is not None:
+            with _VERDICT_LOCK:
+                _set_verdict(reload_id, "failed")
         raise ReloadFailed(
             f"reload failed at step 'suspend': actors still busy after {suspend_timeout}s "
             "(a handler that does not return, or actors calling each other in a loop); "
@@ -501,12 +575,16 @@ def apply_reload(
         servers = [s for s in list(SERVERS)
                    if s.impl is not None and s.impl_cls.__module__ in new_code and _alive(s)]
         snaps = {id(s): _snapshot(s.state) for s in servers}
-        old_modules = {n: sys.modules.get(n) for n in names}
-        old_finder = {n: FINDER.modules.get(n) for n in names}
+        old_modules = {n: sys.modules.get(n) for n in [*names, *removed]}
+        old_finder = {n: FINDER.modules.get(n) for n in [*names, *removed]}
         old_lines = {mc.file: linecache.cache.get(mc.file) for mc in new_code.values()}
         step, module, actor = "stage", names[0] if names else None, None
         staged: list[tuple[Any, type, Any, Any]] = []
         try:
+            if removed:
+                step, module = "unload", removed[0]
+                _unload(removed)
+                step = "stage"
             importlib.invalidate_caches()  # new files added to the app become importable
             FINDER.modules.update(new_code)
             for unit in units:
@@ -554,7 +632,12 @@ def apply_reload(
                         step = "code_change"
                         state = impl.code_change(old_vsn, state, extra)
                 staged.append((server, new_cls, impl, state))
+            step, module, actor = "commit", None, None
+            _decide_commit(reload_id, deadline)
         except BaseException as exc:
+            if reload_id is not None:
+                with _VERDICT_LOCK:
+                    _VERDICTS.setdefault(reload_id, "failed")
             for n, old in old_modules.items():
                 if old is None:
                     sys.modules.pop(n, None)
@@ -614,6 +697,7 @@ def apply_reload(
         log.warning(w)
     return {
         "modules": names,
+        "removed": removed,
         "changed": sorted(changed_set & set(names)),
         "actors": len(staged),
         "warnings": warnings,
@@ -625,6 +709,8 @@ def apply_reload(
 def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The ``reload`` system op: a report dict, ``ok`` False with step/module on failure."""
     units = [[ModuleCode.from_wire(d) for d in unit] for unit in payload["units"]]
+    # The deadline counts from receipt: the host waits longer than this for the verdict.
+    timeout = payload.get("timeout")
     try:
         report = apply_reload(
             units,
@@ -632,6 +718,9 @@ def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
             migrate=payload.get("migrate"),
             extra=payload.get("extra"),
             suspend_timeout=float(payload.get("suspend_timeout", 5.0)),
+            removed=payload.get("removed") or (),
+            reload_id=payload.get("reload_id"),
+            deadline=None if timeout is None else time.monotonic() + float(timeout),
         )
     except ReloadFailed as exc:
         cause = exc.__cause__
