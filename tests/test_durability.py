@@ -1,0 +1,314 @@
+"""Nothing lost when the runtime's own parts fail (issue 12), in real sandboxes.
+
+Each failure measured in the issue has a test here: the version manager and the
+``sandboxes`` supervisor crashing, the host timing out on a slow ``code_change``
+or a stuck handler, deleted and re-created modules, and the host process killed
+with SIGKILL (in a subprocess) then started again on the same state directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import cloudpickle
+import psutil
+import pytest
+from helpers import Recorder, wait_for
+
+import runtime
+import sandbox
+from runtime.errors import ReloadFailed
+
+pytestmark = pytest.mark.timeout(120)
+
+# Probes sent with Sandbox.run are pickled by value: the sandbox cannot import tests.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+COUNTER = Path(__file__).resolve().parent.parent / "examples" / "counter"
+
+HELPER_V1 = "def bonus():\n    return 1\n"
+
+COUNTER_SRC = textwrap.dedent(
+    """
+    import threading
+
+    from runtime.genserver import GenServer
+
+    import helper
+
+    VERSION = {version}
+    GATE = threading.Event()
+    BLOCKING = threading.Event()
+
+
+    class Counter(GenServer):
+        vsn = {version}
+
+        def init(self, start=0):
+            return start
+
+        def handle_call(self, request, state):
+            if request == "version":
+                return VERSION, state
+            if request == "bonus":
+                return helper.bonus(), state
+            if request == "block":  # a stuck handler, until the process ends
+                BLOCKING.set()
+                GATE.wait(60)
+                return None, state
+            if request == "get":
+                return state, state
+            if request == "incr":
+                return state + 1, state + 1
+            raise ValueError(request)
+
+        def code_change(self, old_vsn, state, extra):
+            threading.Event().wait({migrate_seconds})  # a slow migration
+            return state
+    """
+)
+
+
+def counter_src(version: int, migrate_seconds: float = 0) -> str:
+    return COUNTER_SRC.format(version=version, migrate_seconds=migrate_seconds)
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    """An app whose counter imports a helper module and knows its own version."""
+    root = tmp_path / "app"
+    shutil.copytree(COUNTER, root, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "counter.py").write_text(counter_src(1))
+    (root / "helper.py").write_text(HELPER_V1)
+    return root
+
+
+@pytest.fixture
+def rt(tmp_path: Path):
+    with sandbox.start(state_dir=tmp_path / "state") as r:
+        yield r
+
+
+def kill(rt, name: str) -> None:
+    ref = rt.component(name)
+    ref.kill(runtime.ExitReason("exception", "killed by the test"))
+    wait_for(lambda: rt.component(name, timeout=10) != ref, 10)
+
+
+def call(sb, request, timeout: float = 20.0):
+    """A call that retries the documented retriable error (a restart under way)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return sb.call("counter", request, timeout=timeout)
+        except (runtime.ActorDead, runtime.CallTimeout):
+            if time.monotonic() > deadline:
+                raise
+
+
+# -- 1. versions restarts with everything it knew ------------------------------------------
+
+
+def test_versions_crash_keeps_history_numbering_and_rollback(rt, app):
+    sb = rt.create_sandbox("c1", app)
+    (app / "counter.py").write_text(counter_src(2))
+    assert sb.hot_reload().versions == {"counter": 2}
+    kill(rt, "versions")
+    assert rt.module_versions("c1") == {"app": 1, "counter": 2, "helper": 1}
+    assert [v.version for v in sb.module_versions("counter")] == [1, 2]
+    (app / "counter.py").write_text(counter_src(3))
+    assert sb.hot_reload().versions == {"counter": 3}  # not 1 again
+    assert sb.rollback_module("counter", 1).versions == {"counter": 1}
+    assert sb.call("counter", "version") == 1
+
+
+# -- 2. the sandboxes supervisor comes back with every sandbox ---------------------------
+
+
+def test_sandboxes_supervisor_crash_brings_every_sandbox_back_with_its_code(rt, app):
+    sbs = [rt.create_sandbox(f"s{i}", app) for i in range(3)]
+    (app / "counter.py").write_text(counter_src(2))
+    sbs[0].hot_reload()
+    with Recorder("sandbox.recovered") as rec:
+        kill(rt, "sandboxes")
+        for sb in sbs:
+            wait_for(lambda sb=sb: sb.info()["status"] == "running" and sb.info()["recovered"], 20)
+    assert sorted(e.metadata["sandbox"] for e in rec.events) == ["s0", "s1", "s2"]
+    assert {e.metadata["how"] for e in rec.events} == {"restarted"}
+    assert [call(sb, "version") for sb in sbs] == [2, 1, 1]  # each its current code
+    assert all(sb.info()["recovered"] == "restarted" for sb in sbs)
+
+
+def test_a_manager_crash_adopts_the_running_processes(rt, app):
+    sb = rt.create_sandbox("m1", app)
+    pid = sb.info()["pid"]
+    kill(rt, "manager")
+    info = sb.info()
+    assert (info["pid"], info["recovered"], info["status"]) == (pid, "adopted", "running")
+
+
+# -- 3. one truth about a reload -----------------------------------------------------------
+
+
+def agree(rt, sb, expected: int) -> None:
+    """module_versions, what the sandbox serves and what a restart boots say the same."""
+    assert rt.module_versions(sb.id)["counter"] == expected
+    assert sb.call("counter", "version") == expected
+    sb.restart()
+    assert sb.call("counter", "version") == expected
+
+
+@pytest.mark.parametrize("migrate_seconds, timeout, committed", [(4, 2, False), (0.5, 3, True)])
+def test_a_slow_code_change_is_either_committed_and_recorded_or_neither(
+    rt, app, migrate_seconds, timeout, committed
+):
+    sb = rt.create_sandbox("slow", app)
+    (app / "counter.py").write_text(counter_src(2, migrate_seconds))
+    if committed:
+        assert sb.hot_reload(timeout=timeout).versions == {"counter": 2}
+    else:
+        with pytest.raises(ReloadFailed) as info:
+            sb.hot_reload(timeout=timeout)
+        assert info.value.step == "commit"
+    [entry] = rt.state.store.journal("slow")
+    assert entry.state == ("committed" if committed else "failed")
+    agree(rt, sb, 2 if committed else 1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("timeout", [1.0, 3.0])
+def test_a_stuck_handler_fails_at_suspend_whatever_the_timeout(rt, app, timeout):
+    sb = rt.create_sandbox("stuck", app)
+    caller = threading.Thread(target=_ignore_errors, args=(sb.call, "counter", "block"))
+    caller.start()
+    try:
+        wait_for(lambda: sb.run(lambda: sys.modules["counter"].BLOCKING.is_set()), 10)
+        (app / "counter.py").write_text(counter_src(2))
+        with pytest.raises(ReloadFailed) as info:
+            sb.hot_reload(timeout=timeout)
+        assert info.value.step == "suspend"
+        assert rt.module_versions("stuck")["counter"] == 1
+        assert [e.state for e in rt.state.store.journal("stuck")] == ["failed"]
+    finally:
+        sb.destroy()  # ends the stuck call
+        caller.join(30)
+
+
+def _ignore_errors(fn, *args):
+    try:
+        fn(*args, timeout=None)
+    except runtime.SandboxError:
+        pass
+
+
+# -- 4. deleted and re-created modules -----------------------------------------------------
+
+
+def test_a_deleted_module_nobody_imports_is_unloaded_and_reported(rt, app):
+    (app / "extra.py").write_text("X = 1\n")
+    sb = rt.create_sandbox("del", app)
+    assert "extra" in rt.module_versions("del")
+    (app / "extra.py").unlink()
+    report = sb.hot_reload()
+    assert report.removed == ["extra"]
+    assert "extra" not in rt.module_versions("del")
+    assert sb.run(lambda: __import__("sys").modules.get("extra") is None)
+    sb.restart()  # a restart boots without it
+    assert sb.run(lambda: "extra" not in __import__("runtime.child.swap").child.swap.FINDER.modules)
+
+
+def test_deleting_an_imported_module_is_refused_naming_its_importers(rt, app):
+    sb = rt.create_sandbox("imp", app)
+    (app / "helper.py").unlink()
+    with pytest.raises(ReloadFailed, match="'helper' was deleted but 'counter' still imports it") as info:
+        sb.hot_reload()
+    assert info.value.step == "plan"
+    assert sb.call("counter", "bonus") == 1
+    # re-created with new code: its importer picks it up
+    (app / "helper.py").write_text("def bonus():\n    return 2\n")
+    report = sb.hot_reload()
+    assert report.changed == ["helper"] and "counter" in report.modules
+    assert sb.call("counter", "bonus") == 2
+
+
+# -- 7. host SIGKILL, then start again on the same state directory -----------------------
+
+HOST = textwrap.dedent(
+    """
+    import shutil, sys, pathlib, sandbox
+    state, app, phase, v2, v3 = sys.argv[1:]
+    rt = sandbox.start(state_dir=state)
+    a = rt.create_sandbox("a", app)
+    b = rt.create_sandbox("b", app)
+    shutil.copy(v2, pathlib.Path(app) / "counter.py")
+    a.hot_reload()
+    print(a.info()["pid"], b.info()["pid"], flush=True)
+    if phase == "mid-reload":
+        shutil.copy(v3, pathlib.Path(app) / "counter.py")
+        print("reloading", flush=True)
+        b.hot_reload(timeout=60)
+    sys.stdin.readline()  # until killed
+    """
+)
+
+
+@pytest.mark.parametrize("phase", ["idle", "mid-reload"])
+def test_host_sigkill_then_restart_brings_back_every_sandbox(tmp_path, app, phase):
+    state = tmp_path / "killed-state"
+    (tmp_path / "v2.py").write_text(counter_src(2))
+    (tmp_path / "v3.py").write_text(counter_src(3, migrate_seconds=30))
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST, str(state), str(app), phase, str(tmp_path / "v2.py"),
+         str(tmp_path / "v3.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert host.stdin is not None and host.stdout is not None
+    try:
+        pids = [int(p) for p in host.stdout.readline().split()]
+        if phase == "mid-reload":
+            assert host.stdout.readline().strip() == "reloading"
+            wait_for(lambda: [j.state for j in _journal(state, "b")] == ["pending"], 20)
+    finally:
+        os.kill(host.pid, signal.SIGKILL)
+        host.wait(30)
+        host.stdin.close()
+        host.stdout.close()
+    # the sandboxes die with their host (EOF on their socket)
+    psutil.wait_procs([p for p in map(_proc, pids) if p is not None], timeout=30)
+    (app / "counter.py").write_text(counter_src(4))  # on disk now: not what was committed
+    with sandbox.start(state_dir=state) as rt:
+        assert sorted(s["id"] for s in rt.list_sandboxes()) == ["a", "b"]
+        a, b = rt.sandbox("a"), rt.sandbox("b")
+        assert a.info()["recovered"] == b.info()["recovered"] == "restarted"
+        assert (a.call("counter", "version"), b.call("counter", "version")) == (2, 1)
+        assert rt.module_versions("a")["counter"] == 2
+        assert rt.module_versions("b")["counter"] == 1
+        if phase == "mid-reload":
+            assert [j.state for j in rt.state.store.journal("b")] == ["abandoned"]
+        assert a.rollback_module("counter", 1).versions == {"counter": 1}
+        assert a.call("counter", "version") == 1
+        assert b.hot_reload().versions == {"counter": 2 if phase == "idle" else 2}
+        assert b.call("counter", "version") == 4
+
+
+def _journal(state: Path, sandbox_id: str) -> list:
+    from actors.store import Store
+
+    st = Store.open(state / "state.db")
+    try:
+        return st.journal(sandbox_id)
+    finally:
+        st.close()
+
+
+def _proc(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
