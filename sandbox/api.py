@@ -27,7 +27,7 @@ from actors.config import Limits, SandboxConfig, WatchOptions
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
-from runtime.errors import ConfigError, SandboxError, SecurityViolation
+from runtime.errors import ActorDead, ConfigError, SandboxError, SecurityViolation
 from runtime.supervisor import Supervisor, SupervisorRef
 from sandbox.health import Observability
 from sandbox.statedir import StateDir
@@ -401,7 +401,14 @@ class Runtime:
         return self.component("manager").invoke(op, *args, timeout=timeout)
 
     def _slot(self, sandbox_id: str) -> Any:
-        return self._manager("slot", sandbox_id)
+        # A read: if the manager dies under it, ask its successor (within the timeout).
+        deadline = perf_counter() + DEFAULT_TIMEOUT
+        while True:
+            try:
+                return self._manager("slot", sandbox_id)
+            except ActorDead:
+                if perf_counter() > deadline:
+                    raise
 
     # -- sandboxes -------------------------------------------------------------------
     @logs.operation("create")
