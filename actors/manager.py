@@ -322,21 +322,21 @@ class ManagerActor(Component):
             for record in list(self.records.values()):
                 if record.supervisor is not None and record.supervisor.id == message.actor_id:
                     record.supervisor = None
-                    if record.status in ("stopping", "stopped") or not message.reason.abnormal:
+                    if record.status in ("stopping", "stopped"):
                         continue
-                    if message.reason.kind != "escalation":
-                        # Not its own restart intensity: its parent (``sandboxes``) went
-                        # down, or someone stopped it. Start it again under the current
-                        # ``sandboxes``; if that is the dying one, Readopt does it.
-                        self._restart_lost(record)
-                    else:
+                    if _gave_up(message.reason):
                         record.last_error = {
-                            "kind": message.reason.kind,
+                            "kind": "escalation",
                             "message": f"restart intensity reached: {message.reason.message}",
                             "at": time.time(),
                         }
                         record.slot.close(message.reason)
                         self._set_status(record, "error")
+                    elif message.reason.abnormal:
+                        # Not its own restart intensity: its parent (``sandboxes``) went
+                        # down, or someone killed it. Start it again under the current
+                        # ``sandboxes``; if that is the dying one, Readopt does it.
+                        self._restart_lost(record)
 
     # -- operations ------------------------------------------------------------------
     def op_create(self, config: SandboxConfig) -> dict[str, Any]:
@@ -551,6 +551,11 @@ class ManagerActor(Component):
                 op(sup_id)
             except SupervisorError:
                 pass
+
+
+def _gave_up(reason: ExitReason) -> bool:
+    """Whether a sandbox's own supervisor ended because it reached its restart intensity."""
+    return reason.kind == "escalation"
 
 
 def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) -> ChildSpec:

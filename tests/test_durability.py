@@ -312,3 +312,65 @@ def _proc(pid: int) -> psutil.Process | None:
         return psutil.Process(pid)
     except psutil.NoSuchProcess:
         return None
+
+
+# -- 5. objects of reloaded classes held by actors outside the reload -----------------------
+
+SHAPES = "class Point:\n    def __init__(self, x):\n        self.x = x\n    def label(self):\n        return 'v{n}'\n"
+MAKER = textwrap.dedent(
+    """
+    from runtime.genserver import GenServer
+    from runtime.registry import whereis
+
+    import shapes
+
+
+    class Maker(GenServer):
+        def handle_call(self, request, state):
+            whereis("holder").call(("keep", shapes.Point(7)))
+            return "given", state
+    """
+)
+HOLDER = textwrap.dedent(
+    """
+    import sys
+
+    from runtime.genserver import GenServer
+
+
+    class Holder(GenServer):  # never imports shapes: not part of a reload of it
+        def init(self):
+            return {"kept": []}
+
+        def handle_call(self, request, state):
+            if request[0] == "keep":
+                return None, {"kept": [request[1]]}
+            obj = state["kept"][0]
+            return (isinstance(obj, sys.modules["shapes"].Point), obj.label(), obj.x), state
+    """
+)
+APP_HELD = textwrap.dedent(
+    """
+    from holder import Holder
+    from maker import Maker
+
+
+    def children():
+        return [Holder.child_spec(name="holder"), Maker.child_spec(name="maker")]
+    """
+)
+
+
+def test_objects_of_a_reloaded_class_held_elsewhere_are_rebound(rt, tmp_path):
+    app = tmp_path / "held"
+    app.mkdir()
+    for name, src in [("app", APP_HELD), ("holder", HOLDER), ("maker", MAKER),
+                      ("shapes", SHAPES.format(n=1))]:
+        (app / f"{name}.py").write_text(src)
+    sb = rt.create_sandbox("held", app)
+    assert sb.call("maker", "give") == "given"
+    assert sb.call("holder", ("check",)) == (True, "v1", 7)
+    (app / "shapes.py").write_text(SHAPES.format(n=2))
+    report = sb.hot_reload()
+    assert "holder" not in report.modules and report.warnings == []
+    assert sb.call("holder", ("check",)) == (True, "v2", 7)

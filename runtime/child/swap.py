@@ -422,6 +422,42 @@ def _walk_stale(
                 _walk_stale(v, modules, depth + 1, seen, found)
 
 
+def _instances_in(state: Any, modules: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``(where, object)`` for objects of classes from ``modules`` found in ``state``
+    (4 levels deep, 100 items per container: cheap, not exhaustive)."""
+    if type(state) in _ATOMIC:
+        return []
+    found: list[tuple[str, Any]] = []
+    _walk_instances(state, modules, "state", 0, set(), found)
+    return found
+
+
+def _walk_instances(
+    obj: Any, modules: Mapping[str, Any], where: str, depth: int, seen: set[int],
+    found: list[tuple[str, Any]],
+) -> None:
+    if depth > 4 or len(found) >= 10 or type(obj) in _ATOMIC or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    cls = type(obj)
+    if cls.__module__ in modules and not isinstance(obj, type):
+        found.append((where, obj))
+    if isinstance(obj, dict):
+        for k, v in list(obj.items())[:100]:
+            _walk_instances(v, modules, f"{where}[{k!r}]", depth + 1, seen, found)
+    elif isinstance(obj, (list, tuple, collections.deque)):
+        for i, v in enumerate(list(obj)[:100]):
+            _walk_instances(v, modules, f"{where}[{i}]", depth + 1, seen, found)
+    elif isinstance(obj, (set, frozenset)):
+        for v in list(obj)[:100]:
+            _walk_instances(v, modules, f"{where}{{...}}", depth + 1, seen, found)
+    elif not isinstance(obj, _NO_ATTRS) and not _is_live(cls):
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict):
+            for k, v in list(attrs.items())[:100]:
+                _walk_instances(v, modules, f"{where}.{k}", depth + 1, seen, found)
+
+
 def _resolve(module: types.ModuleType, qualname: str) -> Any:
     obj: Any = module
     for part in qualname.split("."):
@@ -575,6 +611,12 @@ def apply_reload(
         servers = [s for s in list(SERVERS)
                    if s.impl is not None and s.impl_cls.__module__ in new_code and _alive(s)]
         snaps = {id(s): _snapshot(s.state) for s in servers}
+        # Actors of other modules holding objects of reloaded classes: their state is
+        # copied and restored too, which re-binds those objects to the new classes.
+        holders = [s for s in list(SERVERS) if s.impl is not None and _alive(s)
+                   and s.impl_cls.__module__ not in new_code and _instances_in(s.state, new_code)]
+        snaps.update((id(s), _snapshot(s.state)) for s in holders)
+        rebound: list[tuple[Any, Any]] = []
         old_modules = {n: sys.modules.get(n) for n in [*names, *removed]}
         old_finder = {n: FINDER.modules.get(n) for n in [*names, *removed]}
         old_lines = {mc.file: linecache.cache.get(mc.file) for mc in new_code.values()}
@@ -632,6 +674,9 @@ def apply_reload(
                         step = "code_change"
                         state = impl.code_change(old_vsn, state, extra)
                 staged.append((server, new_cls, impl, state))
+            for server in holders:
+                step, module, actor = "restore", server.impl_cls.__module__, server.actor_id
+                rebound.append((server, _restore(snaps[id(server)])))
             step, module, actor = "commit", None, None
             _decide_commit(reload_id, deadline)
         except BaseException as exc:
@@ -665,6 +710,15 @@ def apply_reload(
             ) from exc
         staged_globals = {n: vars(sys.modules[n]) for n in names if n in sys.modules}
         warnings: list[str] = []
+        for server, state in rebound:
+            server.state = state
+        for server in [*servers, *holders]:
+            for where, obj in _instances_in(server.state, new_code):
+                if not _importable(type(obj)):
+                    warnings.append(
+                        f"actor {server.actor_id} holds an object of the old "
+                        f"{type(obj).__module__}.{type(obj).__qualname__} at {where} (it could "
+                        "not be copied to re-bind it: it keeps the old class)")
         for server, new_cls, impl, state in staged:
             server.impl_cls = new_cls
             server.impl = impl
@@ -700,6 +754,7 @@ def apply_reload(
         "removed": removed,
         "changed": sorted(changed_set & set(names)),
         "actors": len(staged),
+        "rebound": [s.actor_id for s, _ in rebound],
         "warnings": warnings,
         "suspend_seconds": t_suspended - t0,
         "swap_seconds": t_done - t_suspended,
