@@ -316,7 +316,11 @@ def _proc(pid: int) -> psutil.Process | None:
 
 # -- 5. objects of reloaded classes held by actors outside the reload -----------------------
 
-SHAPES = "class Point:\n    def __init__(self, x):\n        self.x = x\n    def label(self):\n        return 'v{n}'\n"
+SHAPES = (
+    "class Point:\n    def __init__(self, x):\n        self.x = x\n    def label(self):\n"
+    "        return 'v{n}'\n\n\ndef local_point():\n    class Local(Point):\n"
+    "        pass\n    return Local(7)\n"
+)
 MAKER = textwrap.dedent(
     """
     from runtime.genserver import GenServer
@@ -327,7 +331,8 @@ MAKER = textwrap.dedent(
 
     class Maker(GenServer):
         def handle_call(self, request, state):
-            whereis("holder").call(("keep", shapes.Point(7)))
+            point = shapes.Point(7) if request == "give" else shapes.local_point()
+            whereis("holder").call(("keep", point))
             return "given", state
     """
 )
@@ -361,16 +366,23 @@ APP_HELD = textwrap.dedent(
 )
 
 
-def test_objects_of_a_reloaded_class_held_elsewhere_are_rebound(rt, tmp_path):
+@pytest.mark.parametrize("given", ["give", "give_local"])
+def test_objects_of_a_reloaded_class_held_elsewhere_are_rebound_or_reported(rt, tmp_path, given):
     app = tmp_path / "held"
     app.mkdir()
     for name, src in [("app", APP_HELD), ("holder", HOLDER), ("maker", MAKER),
                       ("shapes", SHAPES.format(n=1))]:
         (app / f"{name}.py").write_text(src)
     sb = rt.create_sandbox("held", app)
-    assert sb.call("maker", "give") == "given"
+    assert sb.call("maker", given) == "given"
     assert sb.call("holder", ("check",)) == (True, "v1", 7)
     (app / "shapes.py").write_text(SHAPES.format(n=2))
     report = sb.hot_reload()
-    assert "holder" not in report.modules and report.warnings == []
-    assert sb.call("holder", ("check",)) == (True, "v2", 7)
+    assert "holder" not in report.modules
+    if given == "give":  # copied with the holder's state: re-bound to the new class
+        assert report.warnings == []
+        assert sb.call("holder", ("check",)) == (True, "v2", 7)
+    else:  # a class made inside a function cannot be looked up again: reported
+        [warning] = report.warnings
+        assert "actor holder" in warning and "state['kept'][0]" in warning
+        assert sb.call("holder", ("check",)) == (False, "v1", 7)

@@ -712,13 +712,6 @@ def apply_reload(
         warnings: list[str] = []
         for server, state in rebound:
             server.state = state
-        for server in [*servers, *holders]:
-            for where, obj in _instances_in(server.state, new_code):
-                if not _importable(type(obj)):
-                    warnings.append(
-                        f"actor {server.actor_id} holds an object of the old "
-                        f"{type(obj).__module__}.{type(obj).__qualname__} at {where} (it could "
-                        "not be copied to re-bind it: it keeps the old class)")
         for server, new_cls, impl, state in staged:
             server.impl_cls = new_cls
             server.impl = impl
@@ -742,6 +735,16 @@ def apply_reload(
                     f"actor {server.actor_id} keeps {what} from the old code in its state "
                     "(it runs the old code until replaced)"
                 )
+        for server in [*servers, *holders]:
+            snap = snaps[id(server)]
+            if type(snap) is not _Snapshot or (snap.data is not None and not snap.kept):
+                continue  # copied whole: every object re-bound by its class's name
+            for where, obj in _instances_in(server.state, new_code):
+                if not _importable(type(obj)):
+                    warnings.append(
+                        f"actor {server.actor_id} holds an object of the old "
+                        f"{type(obj).__module__}.{type(obj).__qualname__} at {where} (it could "
+                        "not be copied to re-bind it: it keeps the old class)")
         t_done = time.perf_counter()
     finally:
         BARRIER.release_write()
