@@ -386,3 +386,43 @@ def test_objects_of_a_reloaded_class_held_elsewhere_are_rebound_or_reported(rt, 
         [warning] = report.warnings
         assert "actor holder" in warning and "state['kept'][0]" in warning
         assert sb.call("holder", ("check",)) == (False, "v1", 7)
+
+
+# -- 6. supervisor flags changed by a reload -------------------------------------------------
+
+APP_FLAGS = textwrap.dedent(
+    """
+    from runtime.supervisor import SupervisorSpec
+
+    from counter import Counter
+
+
+    def children():
+        return SupervisorSpec([Counter.child_spec(name="a"), Counter.child_spec(name="b")],
+                              strategy="{strategy}", max_restarts={max_restarts})
+    """
+)
+
+
+def test_a_reload_applies_changed_supervisor_flags_as_otp_code_change(rt, tmp_path):
+    app = tmp_path / "flags"
+    shutil.copytree(COUNTER, app, ignore=shutil.ignore_patterns("__pycache__"))
+    (app / "app.py").write_text(APP_FLAGS.format(strategy="one_for_one", max_restarts=3))
+    sb = rt.create_sandbox("flags", app)
+    sb.call("b", ("add", 5))
+    (app / "app.py").write_text(APP_FLAGS.format(strategy="one_for_all", max_restarts=10))
+    report = sb.hot_reload()
+    assert report.children["flags"] == ["strategy: one_for_one -> one_for_all",
+                                        "max_restarts: 3 -> 10"]
+    assert sb.call("b", "get") == 5  # applying flags restarts nobody
+    with pytest.raises(runtime.SandboxError):
+        sb.call("a", "crash")
+    # one_for_all now: b was restarted with a, so its count starts again
+    assert wait_for(lambda: _get(sb, "b") == 0, 20)
+
+
+def _get(sb, name):
+    try:
+        return sb.call(name, "get", timeout=5)
+    except runtime.SandboxError:
+        return None

@@ -837,14 +837,34 @@ def _spec_key(spec: Any) -> Any:
             spec.restart, spec.shutdown, spec.type)
 
 
+def _apply_flags(root: Any, spec: Any) -> list[str]:
+    """Give the running supervisor the spec's strategy and intensity (already validated
+    by SupervisorSpec). Each is one attribute the supervisor reads when it next decides
+    a restart, so setting it from here is atomic for that decision; the supervisor has
+    no API for it (yet)."""
+    sup = getattr(root, "_actor", None)
+    changed = []
+    for flag in ("strategy", "max_restarts", "max_seconds"):
+        old, new = getattr(sup, flag, None), getattr(spec, flag)
+        if sup is not None and old != new:
+            setattr(sup, flag, new)
+            changed.append(f"{flag}: {old} -> {new}")
+    if changed:
+        log.info("supervisor flags upgraded: %s", "; ".join(changed))
+    return changed
+
+
 def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[str]]:
     """Apply a changed child list like an OTP release upgrade (after a committed swap).
 
     The entry is called again (when the reload re-staged its module, that is when it
     or a module it imports changed); children it no longer returns are stopped, new
     ones started, and ones whose spec changed (class, arguments, name, restart,
-    shutdown) restarted. Untouched children keep running with their state. The root
-    supervisor's own flags (strategy, intensity) are not changed.
+    shutdown) restarted. Untouched children keep running with their state. Changed
+    supervisor flags (strategy, max_restarts, max_seconds of a returned
+    ``SupervisorSpec``) are applied to the running root supervisor, as OTP's
+    supervisor ``code_change`` does, and listed under ``flags``
+    (``"strategy: one_for_one -> one_for_all"``).
 
     Never raises: the code swap has already committed, so what cannot be applied
     (the entry raises, a new child fails to start) is listed under ``failed`` as
@@ -853,7 +873,8 @@ def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[
     from runtime.actor import ActorRef
     from runtime.supervisor import SupervisorSpec
 
-    report: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "failed": []}
+    report: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "failed": [],
+                                    "flags": []}
     module_name, _, fn_name = entry.partition(":")
     swapped = _LAST_SWAP.pop("modules", None)
     if swapped is not None and module_name not in swapped:
@@ -870,8 +891,10 @@ def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[
                 "the entry starts its supervisor itself (returns an ActorRef): child specs "
                 "cannot be compared; return a list of ChildSpec or a SupervisorSpec instead"
             )
-        new_specs = SupervisorSpec.coerce(result).children
+        new_spec = SupervisorSpec.coerce(result)
+        new_specs = new_spec.children
         current = {c.id: c for c in root.which_children()}
+        report["flags"] = _apply_flags(root, new_spec)
     except Exception as exc:
         report["failed"].append(f"{entry}: {type(exc).__name__}: {exc}")
         log.warning("child specs not upgraded: %s", report["failed"][-1])
