@@ -253,10 +253,9 @@ def hot_reload(
                 [_code_for(m, result.modules, slot.modules, new_versions).to_wire() for m in unit]
                 for unit in plan.units
             ]
-            if migrate is not None:
-                migrate = ship(migrate, set(slot.modules) | set(result.modules))
+            shipped = None if migrate is None else ship(migrate, set(slot.modules) | set(result.modules))
             with _journal(rt, report, new_versions) as rid:
-                swap = _swap(rt, slot, sandbox_id, units, wanted, migrate, extra, timeout,
+                swap = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra, timeout,
                              removed=removed, reload_id=rid)
                 report.versions = versions.invoke(
                     "record", sandbox_id, [result.modules[m] for m in wanted], journal=rid,
