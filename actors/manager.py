@@ -526,8 +526,8 @@ class ManagerActor(Component):
         except SupervisorError:
             pass
         try:
-            record.supervisor = sandboxes.start_child(spec)
-            record.parent = sandboxes
+            sup = cast(SupervisorRef, sandboxes.start_child(spec))  # start_sandbox_supervisor's
+            record.supervisor, record.parent = sup, sandboxes
         except ActorDead:
             raise SandboxError("the sandboxes supervisor is restarting") from None
         except SupervisorError as exc:
@@ -539,7 +539,7 @@ class ManagerActor(Component):
             record.last_error = {"kind": type(cause).__name__, "message": str(cause), "at": time.time()}
             self._set_status(record, "error")
             raise cause from None
-        monitor(record.supervisor, self.ref)
+        monitor(sup, self.ref)
         self._set_status(record, "running")
 
     def _stop_supervisor(self, record: SandboxRecord) -> None:

@@ -316,7 +316,7 @@ class Store:
 
     def modules(self) -> list[tuple[str, str, int, int]]:
         """``(sandbox, module, current, last)`` of every module ever recorded."""
-        return [tuple(r) for r in self._rows("SELECT * FROM modules")]  # type: ignore[misc]
+        return [(s, m, c, n) for s, m, c, n in self._rows("SELECT * FROM modules")]
 
     def versions(self) -> list[StoredVersion]:
         """Every kept version (all sandboxes), oldest first per module."""
@@ -331,7 +331,7 @@ class Store:
         rows = self._rows(
             "SELECT at, module, action, version, previous FROM version_log WHERE sandbox=? "
             "ORDER BY seq DESC LIMIT ?", (sandbox_id, limit))
-        return [tuple(r) for r in reversed(rows)]  # type: ignore[misc]
+        return [(t, m, a, v, p) for t, m, a, v, p in reversed(rows)]
 
     # -- reload journal --------------------------------------------------------------
     def next_journal_id(self, sandbox_id: str) -> str:

@@ -309,9 +309,9 @@ class VersionManagerActor(Component):
             self.store.record_versions(
                 sandbox_id, [_stored(sandbox_id, v) for v in fresh], keep=self.history,
                 journal=journal, removed=removed)
-        for m in removed:
-            sb.log.append(VersionEvent(now, m, "removed", 0, sb.modules[m].current))
-            sb.modules[m].current = 0
+        for gone in removed:
+            sb.log.append(VersionEvent(now, gone, "removed", 0, sb.modules[gone].current))
+            sb.modules[gone].current = 0
         for v in fresh:
             h = sb.modules.setdefault(v.module, _History())
             h.versions[v.version] = v
