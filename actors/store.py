@@ -257,6 +257,19 @@ class Store:
         return [StoredSandbox(i, json.loads(c), w, t) for i, c, w, t in
                 self._rows("SELECT * FROM sandboxes ORDER BY created_at, id")]
 
+    def prune(self) -> list[str]:
+        """Drop versions, log and journal of sandboxes with no desired state (a host
+        killed mid-create, before the sandbox was stored); returns their ids."""
+        with self.transaction() as db:
+            ghosts = [r[0] for r in db.execute(
+                "SELECT DISTINCT sandbox FROM modules WHERE sandbox NOT IN (SELECT id FROM sandboxes) "
+                "UNION SELECT DISTINCT sandbox FROM journal WHERE sandbox NOT IN "
+                "(SELECT id FROM sandboxes)")]
+            for ghost in ghosts:
+                for table in ("modules", "versions", "version_log", "journal"):
+                    db.execute(f"DELETE FROM {table} WHERE sandbox = ?", (ghost,))
+        return ghosts
+
     # -- versions ------------------------------------------------------------------
     def record_versions(
         self,

@@ -259,6 +259,7 @@ class Runtime:
 
         store = self.state.open()
         store.journal_abandon_pending()  # reloads a dead host left half-way: none committed
+        store.prune()  # what a create killed half-way left: that sandbox does not exist
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
             # Components find each other through this table, refreshed by each start:
             # asking the root supervisor instead would deadlock while the root is busy

@@ -426,3 +426,47 @@ def _get(sb, name):
         return sb.call(name, "get", timeout=5)
     except runtime.SandboxError:
         return None
+
+
+def test_a_sandbox_dying_mid_reload_restarts_with_the_recorded_code(rt, app):
+    sb = rt.create_sandbox("dies", app)
+    src = counter_src(2).replace("threading.Event().wait(0)  # a slow migration",
+                                 "import os; os._exit(3)  # the process dies mid-swap")
+    assert "os._exit" in src
+    (app / "counter.py").write_text(src)
+    with pytest.raises(runtime.SandboxError):
+        sb.hot_reload()
+    assert [e.state for e in rt.state.store.journal("dies")] == ["failed"]
+    assert rt.module_versions("dies")["counter"] == 1
+    assert call(sb, "version") == 1  # restarted by its supervisor, with the recorded code
+
+
+# -- the state directory ---------------------------------------------------------------------
+
+
+def test_a_named_runtime_keeps_its_state_in_the_user_data_dir_across_a_clean_stop(app):
+    with sandbox.start(name="durable-named") as rt:
+        expected = Path(os.environ["XDG_DATA_HOME"]) / "sandbox" / "durable-named"
+        assert Path(rt.state.path) == expected.resolve()
+        rt.create_sandbox("kept", app).call("counter", "incr")
+    assert (expected / "state.db").is_file()
+    with sandbox.start(name="durable-named") as rt:
+        assert [s["id"] for s in rt.list_sandboxes()] == ["kept"]
+        assert rt.sandbox("kept").call("counter", "get") == 0  # in-memory state is not kept
+        rt.destroy_sandbox("kept")
+    with sandbox.start(name="durable-named") as rt:
+        assert rt.list_sandboxes() == []
+
+
+def test_an_unnamed_runtime_state_is_temporary(app):
+    with sandbox.start() as rt:
+        path = Path(rt.state.path)
+        rt.create_sandbox("gone", app)
+        assert (path / "state.db").is_file()
+    assert not path.exists()
+
+
+def test_two_runtimes_cannot_share_a_state_dir(tmp_path):
+    with sandbox.start(state_dir=tmp_path / "shared"):
+        with pytest.raises(runtime.ConfigError, match="no other running runtime uses"):
+            sandbox.start(state_dir=tmp_path / "shared")

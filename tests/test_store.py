@@ -122,3 +122,17 @@ def test_sigkill_mid_write_leaves_a_store_the_next_open_reads(tmp_path, writes_b
             assert all(j.state != "pending" for j in st.journal("s", limit=10_000))
         finally:
             st.close()
+
+
+def test_prune_drops_what_a_create_killed_half_way_left(tmp_path):
+    st = Store.open(tmp_path / "state.db")
+    try:
+        st.put_sandbox(StoredSandbox("kept", {"id": "kept"}, "/w", 0.0))
+        for sid in ("kept", "ghost"):
+            st.record_versions(sid, [version(sid, "m", 1)], keep=10)
+        st.journal_begin("r", "ghost", "reload", {})
+        assert st.prune() == ["ghost"]
+        assert {s for s, *_ in st.modules()} == {"kept"}
+        assert st.journal("ghost") == [] and [v.sandbox for v in st.versions()] == ["kept"]
+    finally:
+        st.close()
