@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -55,27 +56,32 @@ def _detached(rt: Any) -> Iterator[None]:
         rt.state.store = store
 
 
-def _creates(rt: Any, n: int, tag: str) -> float:
-    """Seconds per create, averaged over ``n`` (destroyed after)."""
-    total = 0.0
-    for i in range(n):
-        gc.collect()
-        t0 = time.perf_counter()
-        rt.create_sandbox(f"{tag}-{i}", COUNTER).call("counter", "get")
-        total += time.perf_counter() - t0
-    for i in range(n):
-        rt.destroy_sandbox(f"{tag}-{i}")
-    return total / n
+def _create(rt: Any, sandbox_id: str) -> float:
+    gc.collect()
+    t0 = time.perf_counter()
+    rt.create_sandbox(sandbox_id, COUNTER).call("counter", "get")
+    return time.perf_counter() - t0
 
 
-def _reloads(sb: Any, n: int, start: int) -> float:
-    total = 0.0
+def _reload(sb: Any, edit: int) -> float:
+    source = SOURCE + f"\n# edit {edit}\n"  # a new version each time
+    t0 = time.perf_counter()
+    sb.hot_reload(source={"counter": source})
+    return time.perf_counter() - t0
+
+
+def _paired(rt: Any, n: int, op: Any) -> tuple[float, float]:
+    """Medians (seconds) of ``op(i)`` with the store and detached, interleaved one by
+    one (the order alternating) so the machine's load falls on both alike."""
+    on, off = [], []
     for i in range(n):
-        source = SOURCE + f"\n# edit {start + i}\n"  # a new version each time
-        t0 = time.perf_counter()
-        sb.hot_reload(source={"counter": source})
-        total += time.perf_counter() - t0
-    return total / n
+        for store in (True, False) if i % 2 == 0 else (False, True):
+            if store:
+                on.append(op(2 * i))
+            else:
+                with _detached(rt):
+                    off.append(op(2 * i + 1))
+    return statistics.median(on), statistics.median(off)
 
 
 def _store_writes(n: int) -> tuple[list[float], list[float]]:
@@ -109,29 +115,30 @@ def main(quick: bool = False) -> list[Record]:
     reloads = 5 if quick else 20
     records: list[Record] = []
     with tempfile.TemporaryDirectory() as state, sandbox.start(state_dir=state) as rt:
-        _creates(rt, 1, "warm")
+        _create(rt, "warm")
         sb = rt.create_sandbox("reloaded", COUNTER)
-        _reloads(sb, 2, 0)
+        _reload(sb, -1)
         c, bc, r, br = [], [], [], []
         for k in range(runs):
             progress(f"bench_durability: run {k + 1}/{runs}")
-            for on in (True, False) if k % 2 == 0 else (False, True):  # alternate who goes first
-                if on:
-                    c.append(_creates(rt, creates, f"c{k}") * 1000)
-                    r.append(_reloads(sb, reloads, 1000 * k) * 1000)
-                    continue
-                with _detached(rt):
-                    bc.append(_creates(rt, creates, f"b{k}") * 1000)
-                    br.append(_reloads(sb, reloads, 1000 * k + 500) * 1000)
+            ids = [f"r{k}-{i}" for i in range(2 * creates)]
+            x, y = _paired(rt, creates, lambda i: _create(rt, ids[i]))
+            c.append(x * 1000)
+            bc.append(y * 1000)
+            for sid in ids:
+                rt.destroy_sandbox(sid)
+            x, y = _paired(rt, reloads, lambda i: _reload(sb, 10_000 * k + i))
+            r.append(x * 1000)
+            br.append(y * 1000)
         records.append(make_record(
             "durability", "create (store on)", c, "ms", "same runtime, store detached", bc,
             target="ratio <= 1.1",
-            notes=f"create_sandbox + first call, mean of {creates} per run; store writes the "
+            notes=f"create_sandbox + first call, median of {creates} per run; store writes the "
                   "versions and the desired state"))
         records.append(make_record(
             "durability", "reload (store on)", r, "ms", "same runtime, store detached", br,
             target="ratio <= 1.2",
-            notes=f"hot_reload(source=) of one module, mean of {reloads} per run; store writes "
+            notes=f"hot_reload(source=) of one module, median of {reloads} per run; store writes "
                   "journal + versions in 2 transactions"))
     disk, mem = _store_writes(50 if quick else 200)
     records.append(make_record(
