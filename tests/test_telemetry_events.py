@@ -29,7 +29,7 @@ import pytest
 from helpers import Event, Recorder, wait_for
 
 import sandbox
-from runtime.actor import Actor
+from runtime.actor import Actor, ExitReason
 from runtime.errors import ActorFailed, CompileError, SandboxError, SecurityViolation
 
 pytestmark = pytest.mark.timeout(300)
@@ -145,7 +145,7 @@ class Scenario:
         with sandbox.start(name=f"tel{os.getpid()}", monitor_interval=0.05) as self.rt:
             for phase in (self.lifecycle, self.compiles, self.process_events, self.protocol,
                           self.escalation, self.failed_creates, self.security, self.flood,
-                          self.limits, self.auto_reload, self.host_actor):
+                          self.limits, self.auto_reload, self.recovery, self.host_actor):
                 self._run(phase)
         self._run(self.watcher_standalone)
 
@@ -259,6 +259,12 @@ class Scenario:
         (wdir / "worker.py").write_text("def broken(:\n")
         rec.wait("watcher.reload.failed", sandbox="tel-w", timeout=WAIT)
         w.destroy()
+
+    def recovery(self) -> None:  # a manager restart adopts the running sandboxes
+        manager = self.rt.component("manager")
+        manager.kill(ExitReason("exception", "killed by the test"))
+        wait_for(lambda: self.rt.component("manager", timeout=10) != manager, WAIT)
+        assert {s["recovered"] for s in self.rt.list_sandboxes()} == {"adopted"}
 
     def host_actor(self) -> None:  # a host actor that fails
         boom = _Boom.start(name="tel-boom")
