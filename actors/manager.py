@@ -156,9 +156,13 @@ class ManagerActor(Component):
         component: Callable[[str], Any],
         name: str = "manager",
         store: Store | None = None,
+        start_stored: bool = True,
     ) -> None:
         super().__init__(name=name)
         self.store = store
+        #: Start the stored sandboxes that are not running (a runtime starting); a
+        #: restarted manager only lists them, in status error (they had stopped).
+        self.start_stored = start_stored
         self.runtime_id = runtime_id
         self.base_dir = base_dir
         self._component = component
@@ -227,6 +231,8 @@ class ManagerActor(Component):
                 self._restore(stored)
 
     def _restore(self, stored: StoredSandbox) -> None:
+        """Bring back a stored sandbox: started with its current code, or (by a
+        restarted manager) listed in status error, since it was not running."""
         cfg = dict(stored.config)
         try:
             config = SandboxConfig.build(
@@ -249,21 +255,27 @@ class ManagerActor(Component):
         try:
             if problem is not None:
                 raise problem
-            self._set_status(record, "starting")
             containment.prepare(self, record)
             code = self._component("versions").invoke("current_code", config.id)
             if code:
                 record.slot.modules = {n: ModuleCode.from_compiled(v) for n, v in code.items()}
             else:
                 self._compile(record)  # killed mid-create, before its first versions
+            if not self.start_stored:
+                raise SandboxError(
+                    f"sandbox {config.id!r} was not running when the manager restarted "
+                    "(restart intensity reached, or terminated); restart_sandbox starts it")
+            self._set_status(record, "starting")
             self._start(record)
             if record.slot.watch is not None:
                 self._watch(record)
         except SandboxError as exc:
             record.last_error = {"kind": type(exc).__name__, "message": str(exc),
                                  "at": time.time()}
+            record.slot.close(ExitReason("error", str(exc)))
             self._set_status(record, "error")
-            log.error("sandbox %r could not be brought back: %s", config.id, exc)
+            log.log(logging.ERROR if self.start_stored else logging.INFO,
+                    "sandbox %r not brought back: %s", config.id, exc)
             return
         self._recovered(record, "restarted")
 

@@ -320,6 +320,7 @@ class Runtime:
                 start=started("manager", lambda: ManagerActor.start(
                     runtime_id=n, base_dir=self.base_dir, component=component,
                     name=f"{n}/manager", store=store,
+                    start_stored="manager" not in self._components,  # the runtime's start
                 )),
             ),
         ]

@@ -470,3 +470,14 @@ def test_two_runtimes_cannot_share_a_state_dir(tmp_path):
     with sandbox.start(state_dir=tmp_path / "shared"):
         with pytest.raises(runtime.ConfigError, match="no other running runtime uses"):
             sandbox.start(state_dir=tmp_path / "shared")
+
+
+def test_a_sandbox_that_gave_up_stays_stopped_across_a_manager_crash(rt, app):
+    sb = rt.create_sandbox("gaveup", app, max_restarts=0)
+    os.kill(sb.info()["pid"], signal.SIGKILL)
+    wait_for(lambda: sb.info()["status"] == "error", 20)
+    kill(rt, "manager")
+    info = sb.info()
+    assert (info["status"], info["recovered"], info["pid"]) == ("error", None, None)
+    sb.restart()
+    assert sb.call("counter", "version") == 1
