@@ -288,8 +288,8 @@ class ManagerActor(Component):
 
     def _restart_lost(self, record: SandboxRecord, sandboxes: SupervisorRef | None = None) -> None:
         """Start a sandbox whose supervisor went down with its parent, with its current code."""
-        if record.status in ("stopping", "stopped") or record.slot.blocked:
-            return
+        if record.status in ("stopping", "stopped", "error") or record.slot.blocked:
+            return  # destroyed, or it had given up: it stays as it was
         self._set_status(record, "starting")
         try:
             self._start(record, sandboxes=sandboxes, quiet=True)
