@@ -255,14 +255,19 @@ HOST = textwrap.dedent(
         shutil.copy(v3, pathlib.Path(app) / "counter.py")
         print("reloading", flush=True)
         b.hot_reload(timeout=60)
+    if phase == "mid-rollback":  # version 1's code_change is the slow one
+        print("reloading", flush=True)
+        a.rollback_module("counter", 1, timeout=60)
     sys.stdin.readline()  # until killed
     """
 )
 
 
-@pytest.mark.parametrize("phase", ["idle", "mid-reload"])
+@pytest.mark.parametrize("phase", ["idle", "mid-reload", "mid-rollback"])
 def test_host_sigkill_then_restart_brings_back_every_sandbox(tmp_path, app, phase):
     state = tmp_path / "killed-state"
+    if phase == "mid-rollback":
+        (app / "counter.py").write_text(counter_src(1, migrate_seconds=30))
     (tmp_path / "v2.py").write_text(counter_src(2))
     (tmp_path / "v3.py").write_text(counter_src(3, migrate_seconds=30))
     host = subprocess.Popen(
@@ -271,9 +276,10 @@ def test_host_sigkill_then_restart_brings_back_every_sandbox(tmp_path, app, phas
     assert host.stdin is not None and host.stdout is not None
     try:
         pids = [int(p) for p in host.stdout.readline().split()]
-        if phase == "mid-reload":
+        if phase != "idle":
             assert host.stdout.readline().strip() == "reloading"
-            wait_for(lambda: [j.state for j in _journal(state, "b")] == ["pending"], 20)
+            busy = "b" if phase == "mid-reload" else "a"
+            wait_for(lambda: [j.state for j in _journal(state, busy)][-1:] == ["pending"], 20)
     finally:
         os.kill(host.pid, signal.SIGKILL)
         host.wait(30)
@@ -291,9 +297,14 @@ def test_host_sigkill_then_restart_brings_back_every_sandbox(tmp_path, app, phas
         assert rt.module_versions("b")["counter"] == 1
         if phase == "mid-reload":
             assert [j.state for j in rt.state.store.journal("b")] == ["abandoned"]
-        assert a.rollback_module("counter", 1).versions == {"counter": 1}
-        assert a.call("counter", "version") == 1
-        assert b.hot_reload().versions == {"counter": 2 if phase == "idle" else 2}
+        if phase == "mid-rollback":
+            assert [(j.kind, j.state) for j in rt.state.store.journal("a")] == [
+                ("reload", "committed"), ("rollback", "abandoned")]
+        assert [v.version for v in a.module_versions("counter")] == [1, 2]
+        if phase != "mid-rollback":  # (there, version 1's code_change takes 30 s)
+            assert a.rollback_module("counter", 1).versions == {"counter": 1}
+            assert a.call("counter", "version") == 1
+        assert b.hot_reload().versions == {"counter": 2}  # the abandoned v3 took no number
         assert b.call("counter", "version") == 4
 
 
