@@ -159,8 +159,9 @@ class Store:
     Open it with :meth:`open`; every write method is one transaction.
 
     >>> st = Store.open(":memory:")
-    >>> st.next_journal_id("sb").startswith("sb-")
-    True
+    >>> st.journal_begin("r1", "sb", "reload", {"m": 2})
+    >>> [(e.id, e.state) for e in st.journal("sb")]
+    [('r1', 'pending')]
     >>> st.close()
     """
 
@@ -347,10 +348,6 @@ class Store:
         return [(t, m, a, v, p) for t, m, a, v, p in reversed(rows)]
 
     # -- reload journal --------------------------------------------------------------
-    def next_journal_id(self, sandbox_id: str) -> str:
-        """A reload id unique in this database."""
-        return f"{sandbox_id}-{time.time_ns():x}-{os.getpid():x}"
-
     def journal_begin(self, entry_id: str, sandbox_id: str, kind: str,
                       versions: dict[str, int]) -> None:
         """Record a reload as ``pending`` before the sandbox is asked to swap."""
