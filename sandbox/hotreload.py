@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 from runtime import logs, telemetry
 from runtime.actor import ExitReason
 from runtime.child.swap import ModuleCode
-from runtime.errors import CallTimeout, ReloadFailed, SandboxError, SecurityViolation
+from runtime.errors import ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
 from runtime.wire.shipping import ship
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ COMPILE_TIMEOUT = 120.0
 #: Seconds the host waits for the sandbox's verdict beyond the reload's timeout
 #: (the sandbox never commits after its deadline, so a late reply is a failure).
 VERDICT_GRACE = 5.0
+#: Seconds a committed swap waits for a restarting version manager to record it.
+RECORD_TIMEOUT = 30.0
 
 
 @dataclass
@@ -257,9 +259,9 @@ def hot_reload(
             with _journal(rt, report, new_versions) as rid:
                 swap = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra, timeout,
                              removed=removed, reload_id=rid)
-                report.versions = versions.invoke(
-                    "record", sandbox_id, [result.modules[m] for m in wanted], journal=rid,
-                    removed=removed,
+                report.versions = _record_committed(
+                    rt, slot, "record", sandbox_id, [result.modules[m] for m in wanted],
+                    journal=rid, removed=removed,
                 )
             for unit in plan.units:
                 for m in unit:
@@ -305,7 +307,7 @@ def rollback_module(
         with _journal(rt, report, {module: version}) as rid:
             swap = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout,
                          reload_id=rid)
-            versions.invoke("set_current", sandbox_id, module, version, journal=rid)
+            _record_committed(rt, slot, "set_current", sandbox_id, module, version, journal=rid)
         slot.modules[module] = chosen[module]
         report.modules, report.changed, report.cycles = plan.modules, [module], plan.cycles
         report.versions = {module: version}
@@ -327,6 +329,31 @@ def _recorded(rt: Runtime, slot: Any, report: ReloadReport, t0: float) -> Iterat
         report.duration = time.perf_counter() - t0
         slot.last_reload = report.as_dict()
         _set_status_back(rt, sandbox_id)
+
+
+def _record_committed(rt: Runtime, slot: Any, op: str, *args: Any, **kwargs: Any) -> Any:
+    """Record what the sandbox has committed. The version manager may be restarting:
+    retried (``record`` and ``set_current`` are idempotent) until it answers, up to
+    :data:`RECORD_TIMEOUT`; past that, the sandbox's process is restarted so that it
+    runs the recorded code, and ReloadFailed says so."""
+    deadline = time.monotonic() + RECORD_TIMEOUT
+    while True:
+        try:
+            versions = rt.component("versions", timeout=max(0.1, deadline - time.monotonic()))
+            return versions.invoke(op, *args, **kwargs)
+        except ActorError:
+            pass  # it died during the call: its successor has read the store
+        except SandboxError as exc:
+            if type(exc) is not SandboxError:  # not "component not running": a real refusal
+                raise
+        if time.monotonic() > deadline:
+            proc = slot.current()
+            if proc is not None:
+                proc.kill(ExitReason("exception", "reload committed but not recorded"))
+            raise ReloadFailed(
+                f"sandbox {args[0]!r}: the swap committed but the version manager did not "
+                f"come back within {RECORD_TIMEOUT}s to record it; the sandbox was restarted "
+                "with its previous code", step="record")
 
 
 @contextmanager
