@@ -208,7 +208,9 @@ class Runtime:
     """A running actor system: the root supervisor and its component actors.
 
     Several runtimes may run in one process; they share nothing but the forkserver.
-    Use :func:`start` to make one.
+    Use :func:`start` to make one. ``state`` is its state directory
+    (:class:`~sandbox.statedir.StateDir`: ``path``, and ``store`` while running, whose
+    ``journal(sandbox_id)`` lists the latest reloads and their outcome).
     """
 
     def __init__(
