@@ -166,10 +166,15 @@ def agree(rt, sb, expected: int) -> None:
     assert sb.call("counter", "version") == expected
 
 
-@pytest.mark.parametrize("migrate_seconds, timeout, committed", [(4, 2, False), (0.5, 3, True)])
+@pytest.mark.parametrize("migrate_seconds, timeout, failed_step", [
+    (4, 2, "commit"),    # the sandbox reaches its commit late: it rolls back, says so
+    (9, 1, "timeout"),   # no verdict in timeout + 5 s: the host cancels, the swap never commits
+    (0.5, 3, None),      # in time: committed and recorded
+])
 def test_a_slow_code_change_is_either_committed_and_recorded_or_neither(
-    rt, app, migrate_seconds, timeout, committed
+    rt, app, migrate_seconds, timeout, failed_step
 ):
+    committed = failed_step is None
     sb = rt.create_sandbox("slow", app)
     (app / "counter.py").write_text(counter_src(2, migrate_seconds))
     if committed:
@@ -177,7 +182,7 @@ def test_a_slow_code_change_is_either_committed_and_recorded_or_neither(
     else:
         with pytest.raises(ReloadFailed) as info:
             sb.hot_reload(timeout=timeout)
-        assert info.value.step == "commit"
+        assert info.value.step == failed_step
     [entry] = rt.state.store.journal("slow")
     assert entry.state == ("committed" if committed else "failed")
     agree(rt, sb, 2 if committed else 1)
