@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from actors import containment
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import Limits, SandboxConfig, WatchOptions, compiler_options
 from actors.slot import ProcessSlot
 from actors.store import Store, StoredSandbox
 from runtime import telemetry
@@ -115,6 +115,7 @@ class SandboxRecord:
             "workdir": self.workdir,
             "auto_reload": self.slot.watch is not None,
             "watch": (self.slot.watch or self.config.watch).as_dict(),
+            "compile": self.config.compile_settings(),
             "recovered": self.recovered,
             **(extra or {}),
         }
@@ -464,6 +465,7 @@ class ManagerActor(Component):
             profile=containment.compile_profile(record),
             cache_dir=self.cache_dir(config.id),
             timeout=COMPILE_TIMEOUT,
+            **compiler_options(config.compile_settings()),
         )
         containment.check_compiled(self, record, result)  # SecurityViolation
         result.raise_for_errors()
@@ -590,6 +592,7 @@ def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
             **containment.process_options(record, runtime_id),  # isolation, guard, env
             cwd=record.workdir,
             states=initial,
+            output=slot.output,
         )
         return slot.put(ref)
 

@@ -130,7 +130,8 @@ class ModuleVersion:
 
 @dataclass(frozen=True)
 class VersionEvent:
-    """One entry of a sandbox's version log: a version ``recorded`` or made ``current``."""
+    """One entry of a sandbox's version log: a version ``recorded``, made ``current``, or
+    ``unloaded`` (``version`` 0, ``previous`` the one that was current)."""
 
     at: float
     module: str
@@ -193,6 +194,7 @@ class VersionManagerActor(Component):
     - ``get_version_history(sandbox_id, module=None) -> [VersionEvent]``
     - ``get_dependency_graph(sandbox_id) -> {module: [dependency]}``
     - ``calculate_reload_order(sandbox_id, modules, *, pending=None) -> ReloadPlan``
+    - ``unload(sandbox_id, module) -> [kept version]`` (no current version; history kept)
     - ``forget(sandbox_id) -> bool``
     - ``sandboxes() -> [sandbox_id]``
     """
@@ -346,8 +348,8 @@ class VersionManagerActor(Component):
         if cur is None:
             raise VersionNotFound(
                 sandbox_id, module, None, h.kept(),
-                f"module {module!r} of sandbox {sandbox_id!r} was removed from the app; "
-                f"kept versions: {h.kept()}")
+                f"module {module!r} of sandbox {sandbox_id!r} is unloaded (or was removed from "
+                f"the app); kept versions {h.kept()} (rollback_module loads one again)")
         return cur
 
     def op_current_code(self, sandbox_id: str) -> dict[str, ModuleVersion]:
@@ -447,6 +449,22 @@ class VersionManagerActor(Component):
         # (file deleted) is not reloaded.
         graph = {n: [d for d in deps if d in graph] for n, deps in graph.items()}
         return reload_order(graph, wanted)
+
+    def op_unload(self, sandbox_id: str, module: str) -> list[int]:
+        """Mark ``module`` as no longer loaded (``Sandbox.unload_module``): it leaves the
+        current versions and the dependency graph; its kept versions stay, so a
+        rollback loads it again. Returns the kept version numbers."""
+        h = self._module(sandbox_id, module)
+        if h.current:
+            if self.store is not None:
+                self.store.record_versions(sandbox_id, [], keep=self.history, removed=[module])
+            previous, h.current = h.current, 0
+            self._sandboxes[sandbox_id].log.append(
+                VersionEvent(time.time(), module, "unloaded", 0, previous)
+            )
+            telemetry.execute("versions.unload", {"count": 1},
+                              {"sandbox": sandbox_id, "module": module, "previous": previous})
+        return h.kept()
 
     def op_forget(self, sandbox_id: str) -> bool:
         """Drop everything about a sandbox (destroyed); returns whether it was known."""
