@@ -52,7 +52,7 @@ from runtime.errors import (
 )
 from runtime.host.process import KILL_MARGIN, start_process
 from runtime.recovery import annotate as annotate_error
-from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef
+from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
 
 __all__ = ["ManagerActor", "SandboxRecord", "STATUSES", "Readopt"]
 
@@ -337,7 +337,7 @@ class ManagerActor(Component):
                     record.supervisor = None
                     if record.status in ("stopping", "stopped"):
                         continue
-                    if _gave_up(message.reason):
+                    if gave_up(message.reason):  # its own restart intensity, as in OTP
                         record.last_error = {
                             "kind": "escalation",
                             "message": f"restart intensity reached: {message.reason.message}",
@@ -565,11 +565,6 @@ class ManagerActor(Component):
                 op(sup_id)
             except SupervisorError:
                 pass
-
-
-def _gave_up(reason: ExitReason) -> bool:
-    """Whether a sandbox's own supervisor ended because it reached its restart intensity."""
-    return reason.kind == "escalation"
 
 
 def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) -> ChildSpec:

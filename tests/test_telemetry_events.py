@@ -29,6 +29,7 @@ import pytest
 from helpers import Event, Recorder, wait_for
 
 import sandbox
+from runtime import IGNORE, ChildSpec, Supervisor
 from runtime.actor import Actor, ExitReason
 from runtime.errors import ActorFailed, CompileError, SandboxError, SecurityViolation
 
@@ -284,6 +285,8 @@ class Scenario:
         with pytest.raises(ActorFailed):
             boom.call("anything")
         wait_for(lambda: not boom.is_alive(), WAIT)
+        # a start function with nothing to start (OTP's ignore)
+        Supervisor.start([ChildSpec("tel-off", start=lambda: IGNORE)]).stop()
 
     def watcher_standalone(self) -> None:
         _watcher_standalone(self.tmp, self.rec)

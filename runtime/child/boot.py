@@ -66,7 +66,7 @@ from runtime.child import swap
 from runtime.childspec import ChildSpec
 from runtime.errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
 from runtime.registry import registered, whereis
-from runtime.supervisor import Supervisor, SupervisorSpec
+from runtime.supervisor import Supervisor, SupervisorSpec, gave_up
 from runtime.wire.channel import Channel, ChannelClosed
 from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
 
@@ -485,7 +485,7 @@ class ChildServer:
             if self._stopping:
                 return
             self._stopping = True
-        code = EXIT_ESCALATED if down.reason.abnormal else EXIT_OK
+        code = EXIT_ESCALATED if down.reason.abnormal or gave_up(down.reason) else EXIT_OK
         self.send(SYSTEM, None, "exiting", {"code": code, "reason": str(down.reason)})
         _exit(code)
 
