@@ -291,6 +291,10 @@ class ManagerActor(Component):
         """Start a sandbox whose supervisor went down with its parent, with its current code."""
         if record.status in ("stopping", "stopped", "error") or record.slot.blocked:
             return  # destroyed, or it had given up: it stays as it was
+        old = record.supervisor
+        if old is not None and old.is_alive():
+            # Still shutting down after its parent's exit: it holds the sandbox's name.
+            old.join(record.config.shutdown + KILL_MARGIN + 5.0)
         self._set_status(record, "starting")
         try:
             self._start(record, sandboxes=sandboxes, quiet=True)
