@@ -28,9 +28,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+
 from runtime.errors import ConfigError
+from runtime.recovery import annotate
 from sandbox.metrics import Gauge, RuntimeMetrics
 
 if TYPE_CHECKING:
@@ -82,6 +87,11 @@ class Observability:
         self.http = check_http(http)
         self.metrics = RuntimeMetrics(rt.name)
         self.calls = self.metrics.calls  # Sandbox.call records into it
+        #: This runtime's own registry (never prometheus-client's global one): the
+        #: runtime's counters, and gauges of its health, collected at each scrape.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.metrics)  # type: ignore[arg-type]
+        self.registry.register(_HealthCollector(self))  # type: ignore[arg-type]
         self.server: MetricsServer | None = None
         self.started_at: float | None = None
 
@@ -129,8 +139,6 @@ class Observability:
                 "alive": bool(running and ref is not None and ref.is_alive()),
                 "restarts": restarts.get(name, 0),
             }
-        from runtime.recovery import annotate
-
         sandboxes: dict[str, dict[str, Any]] = {}
         for sid, entry in sorted(snap["sandboxes"].items()):
             status = entry["status"]
@@ -161,8 +169,11 @@ class Observability:
 
     # -- metrics -------------------------------------------------------------------------
     def metrics_text(self) -> str:
-        """Prometheus text: the runtime's counters and histograms, and gauges of its
-        health (``sandbox_up``, ``sandbox_component_up``, ``sandbox_runtime_up``)."""
+        """Prometheus text of :attr:`registry`: the runtime's counters and histograms, and
+        gauges of its health (``sandbox_up``, ``sandbox_component_up``, ``sandbox_runtime_up``)."""
+        return generate_latest(self.registry).decode()
+
+    def health_gauges(self) -> list[Gauge]:
         h = self.health()
         up = Gauge("sandbox_runtime_up",
                    "1 if the runtime is healthy, 0.5 if degraded, 0 if down.")
@@ -175,4 +186,15 @@ class Observability:
                    ("sandbox", "status"))
         for sid, s in h["sandboxes"].items():
             sb.set((sid, s["status"]), 1.0 if s["ok"] else 0.0)
-        return self.metrics.text([up, comp, sb])
+        return [up, comp, sb]
+
+
+class _HealthCollector:
+    """The health gauges, computed at each scrape."""
+
+    def __init__(self, obs: Observability) -> None:
+        self.obs = obs
+
+    def collect(self) -> Iterator[Metric]:
+        for gauge in self.obs.health_gauges():
+            yield gauge.family()

@@ -1,7 +1,7 @@
 """Metrics: counters and histograms from telemetry, the Prometheus text exposition.
 
-The text is parsed twice: by the small strict parser below (always), and by
-prometheus-client's parser when it is installed (the ``metrics`` extra).
+The text (written by prometheus-client) is parsed twice: by the small strict parser
+below, and by prometheus-client's own parser.
 """
 
 from __future__ import annotations
@@ -92,12 +92,9 @@ def value(families: dict[str, Any], family: str, sample: str | None = None, **la
 
 
 def parse_with_prometheus_client(text: str) -> dict[str, Any]:
-    parser = pytest.importorskip(
-        "prometheus_client.parser",
-        reason="prometheus-client is not installed (pip install -e .[metrics]); "
-               "the text was still checked by the test's own parser",
-    )
-    return {f.name: f for f in parser.text_string_to_metric_families(text)}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(text)}
 
 
 # -- unit ----------------------------------------------------------------------------------
