@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
@@ -52,6 +52,8 @@ _RUNTIME_OPTIONS = {
     "temporary file removed at stop",
     "watch_backend": "'auto' (inotify, polling where unavailable), 'inotify' or 'polling'",
     "http": "None, or a (host, port) pair to serve /health and /metrics on (port 0: any free port)",
+    "alerts": "a dict of alert thresholds (actors.config.AlertThresholds), e.g. {'warn_at': 0.9}",
+    "alert_webhook": "None, a URL, or a dict with 'url', 'timeout', 'retries', 'backoff', 'headers'",
 }
 
 
@@ -218,9 +220,13 @@ class Runtime:
         audit_path: str | os.PathLike[str] | None = None,
         watch_backend: str = "auto",
         http: tuple[str, int] | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
+        alert_webhook: str | Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
-        self._obs = Observability(self, http=http)  # metrics, health, HTTP
+        # metrics, health, alerts, HTTP (sandbox/health.py)
+        self._obs = Observability(self, http=http, alerts=_plain(alerts),
+                                  alert_webhook=alert_webhook)
         if base_dir is not None and not os.path.isdir(base_dir):
             raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
         self.base_dir = tempfile.mkdtemp(prefix=f"sandbox-{self.name}-", dir=base_dir)
@@ -301,7 +307,7 @@ class Runtime:
                 "monitor",
                 start=started("monitor", lambda: ResourceMonitorActor.start(
                     name=f"{n}/monitor", runtime_id=n, component=component,
-                    interval=self._monitor_interval,
+                    interval=self._monitor_interval, warn_at=self._obs.alerts.thresholds.warn_at,
                 )),
             ),
             ChildSpec(
@@ -364,6 +370,32 @@ class Runtime:
         return self._obs.metrics_text()
 
     @property
+    def metrics_registry(self) -> Any:
+        """This runtime's own ``prometheus_client.CollectorRegistry`` (for a push
+        gateway, or to serve it with prometheus-client's own server)."""
+        return self._obs.registry
+
+    def alerts(self, sandbox_id: str | None = None) -> list[dict[str, Any]]:
+        """Alerts raised so far, oldest first (see :mod:`sandbox.alerts`).
+
+        >>> with sandbox.start(alerts={"warn_at": 0.9}) as rt:
+        ...     rt.alerts()
+        []
+        """
+        return [a.as_dict() for a in self._obs.alerts.recent(sandbox_id)]
+
+    def error_patterns(self, sandbox_id: str | None = None) -> list[dict[str, Any]]:
+        """Recurring errors grouped by fingerprint, most frequent first: ``type``,
+        ``location``, normalised ``message``, ``count``, ``first_seen``, ``last_seen``,
+        ``sandboxes``, ``category`` and ``remedy`` (see :mod:`sandbox.patterns`).
+
+        >>> with sandbox.start() as rt:
+        ...     rt.error_patterns()
+        []
+        """
+        return [p.as_dict() for p in self._obs.metrics.patterns.patterns(sandbox_id)]
+
+    @property
     def http_address(self) -> tuple[str, int] | None:
         """``(host, port)`` the ``http`` endpoint listens on (None without one)."""
         return self._obs.address
@@ -415,12 +447,14 @@ class Runtime:
         auto_reload: bool = SandboxConfig.auto_reload,
         shutdown: float = SandboxConfig.shutdown,
         watch: WatchOptions | Mapping[str, Any] | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
     ) -> Sandbox:
         """Create and start a sandbox running the app at ``path``; returns its handle.
 
         Options: ``entry`` ('app:children'), ``profile`` ('high' | 'medium' | 'low'),
         ``limits`` (dict), ``restart`` ('permanent' | 'transient' | 'temporary'),
-        ``max_restarts``, ``max_seconds``, ``env`` (dict), ``auto_reload``, ``shutdown``.
+        ``max_restarts``, ``max_seconds``, ``env`` (dict), ``auto_reload``, ``shutdown``,
+        ``alerts`` (alert thresholds of this sandbox, over the runtime's: ``{"warn_at": 0.5}``).
         Raises :class:`~runtime.errors.ConfigError` naming any bad option, and leaves
         nothing behind when creation fails.
         """
@@ -428,7 +462,10 @@ class Runtime:
             sandbox_id, os.fspath(path) if isinstance(path, os.PathLike) else path,
             entry=entry, profile=profile, limits=limits, restart=restart,
             max_restarts=max_restarts, max_seconds=max_seconds, env=env,
-            auto_reload=auto_reload, shutdown=shutdown, watch=watch)
+            auto_reload=auto_reload, shutdown=shutdown, watch=watch,
+            alerts=None if alerts is None
+            else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds))
+        self._obs.alerts.configure(sandbox_id, config.alerts)
         self._manager("create", config)
         return Sandbox(self, sandbox_id)
 
@@ -647,6 +684,8 @@ def start(
     audit_path: str | os.PathLike[str] | None = None,
     watch_backend: str = "auto",
     http: tuple[str, int] | None = None,
+    alerts: AlertThresholds | Mapping[str, Any] | None = None,
+    alert_webhook: str | Mapping[str, Any] | None = None,
 ) -> Runtime:
     """Start a runtime. Also a context manager: ``with sandbox.start() as rt: ...``.
 
@@ -656,7 +695,9 @@ def start(
     ``history`` (versions kept per module), ``monitor_interval`` (seconds between
     resource samples), ``audit_path`` (a JSON-lines audit file kept after stop),
     ``watch_backend`` ('auto', 'inotify', 'polling'), ``http`` ((host, port) serving
-    /health and /metrics).
+    /health and /metrics), ``alerts`` (alert thresholds, the resource monitor's
+    ``warn_at`` included: :class:`~actors.config.AlertThresholds`), ``alert_webhook``
+    (a URL alerts are POSTed to as JSON; see :mod:`sandbox.alerts`).
 
     >>> import runtime
     >>> rt = sandbox.start(name="doc-rt")
@@ -667,5 +708,10 @@ def start(
     return Runtime(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
-        watch_backend=watch_backend, http=http,
+        watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
     ).start()
+
+
+def _plain(value: Any) -> Any:
+    """A mapping option as the dict the config builders take (other values unchanged)."""
+    return dict(value) if isinstance(value, Mapping) else value

@@ -34,8 +34,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 
+from actors.config import AlertThresholds
 from runtime.errors import ConfigError
 from runtime.recovery import annotate
+from sandbox.alerts import AlertManager, WebhookConfig
 from sandbox.metrics import Gauge, RuntimeMetrics
 
 if TYPE_CHECKING:
@@ -82,9 +84,12 @@ class Observability:
     """A runtime's metrics, health and HTTP endpoint; created with the runtime,
     started after its root supervisor, stopped with it."""
 
-    def __init__(self, rt: Runtime, *, http: Any = None) -> None:
+    def __init__(self, rt: Runtime, *, http: Any = None, alerts: Any = None,
+                 alert_webhook: Any = None) -> None:
         self.rt = rt
         self.http = check_http(http)
+        self.alerts = AlertManager(rt.name, AlertThresholds.build(alerts),
+                                   WebhookConfig.build(alert_webhook))
         self.metrics = RuntimeMetrics(rt.name)
         self.calls = self.metrics.calls  # Sandbox.call records into it
         #: This runtime's own registry (never prometheus-client's global one): the
@@ -100,6 +105,7 @@ class Observability:
         """Attach the metrics handler; start the HTTP endpoint if asked. If the
         endpoint cannot listen, the runtime is stopped and ConfigError raised."""
         self.metrics.attach()
+        self.alerts.start()
         self.started_at = time.time()
         if self.http is not None:
             from sandbox.http import MetricsServer
@@ -119,6 +125,7 @@ class Observability:
         if server is not None:
             server.stop()
         self.metrics.detach()
+        self.alerts.stop()
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -164,6 +171,8 @@ class Observability:
             "uptime": (time.time() - self.started_at) if running and self.started_at else 0.0,
             "components": components,
             "sandboxes": sandboxes,
+            # the most frequent recurring errors (all of them: rt.error_patterns())
+            "error_patterns": [p.as_dict() for p in self.metrics.patterns.patterns()[:10]],
             "checked_at": time.time(),
         }
 

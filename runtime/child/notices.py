@@ -48,4 +48,4 @@ def forward_supervisor_events(server: Any) -> None:
                         {"supervisor": str(md.get("supervisor") or "")})
 
     telemetry.detach("child:notices")
-    telemetry.attach("child:notices", "supervisor.", on_event)
+    telemetry.attach("child:notices", "supervisor", on_event)
