@@ -231,6 +231,7 @@ class ResourceMonitorActor(Component):
         out["trends"] = _trends(hist)
         out["limit_events"] = events
         out["limits"] = w.limits.as_dict()
+        out["warn_at"] = w.warn_at if w.warn_at is not None else self.warn_at
         out["interval"] = self.interval
         return out
 

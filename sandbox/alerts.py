@@ -49,6 +49,7 @@ from typing import Any
 from actors.config import AlertThresholds
 from runtime import telemetry
 from runtime.errors import ConfigError
+from sandbox.metrics import Counter
 
 __all__ = ["Alert", "AlertManager", "WebhookConfig", "WebhookSender", "ALERTS_KEPT"]
 
@@ -205,6 +206,9 @@ class AlertManager:
         self._last_fired: dict[tuple[str, str | None, str], float] = {}
         self._recent: deque[Alert] = deque(maxlen=ALERTS_KEPT)
         self._sender: WebhookSender | None = None
+        #: exported with the runtime's metrics (sandbox/health.py)
+        self.fired = Counter("sandbox_alerts_total", "Alerts raised by the runtime itself "
+                             "(sandbox/alerts.py), by alert and severity.", ("alert", "severity"))
         self._prefix = f"{runtime}/"
         self._dispatch: dict[str, Callable[[str, Mapping[str, Any], Mapping[str, Any]], None]] = {
             "sandbox.status": self._on_status,
@@ -272,6 +276,7 @@ class AlertManager:
             alert = Alert(name, severity, self.runtime, sandbox, summary, float(value),
                           float(threshold), now, dict(labels))
             self._recent.append(alert)
+        self.fired.inc((name, severity))
         log.warning("alert %s (%s)%s: %s", name, severity,
                     f" sandbox {sandbox}" if sandbox else "", summary)
         telemetry.execute("alert.fire", {"value": alert.value, "threshold": alert.threshold},

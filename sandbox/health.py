@@ -97,6 +97,7 @@ class Observability:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.metrics)  # type: ignore[arg-type]
         self.registry.register(_HealthCollector(self))  # type: ignore[arg-type]
+        self.registry.register(_ResourceCollector(self))  # type: ignore[arg-type]
         self.server: MetricsServer | None = None
         self.started_at: float | None = None
 
@@ -198,6 +199,49 @@ class Observability:
         return [up, comp, sb]
 
 
+#: The resources of actors.config.Limits the monitor samples, and the sample field
+#: holding each one's use, in the limit's own unit.
+_RESOURCES = {"memory_mb": "rss_mb", "cpu_percent": "cpu_percent", "processes": "processes",
+              "open_files": "fds_max"}
+
+
+class _ResourceCollector:
+    """Each sandbox's resource use and limits, from the resource monitor's latest
+    sample. A scrape asks the monitor (briefly): a monitor being restarted just
+    leaves these gauges empty for that scrape."""
+
+    def __init__(self, obs: Observability) -> None:
+        self.obs = obs
+
+    def gauges(self) -> list[Gauge]:
+        usage = Gauge("sandbox_resource_usage",
+                      "A sandbox's latest sampled use of a resource, in the unit of its limit "
+                      "(memory_mb: MiB RSS of its tree, cpu_percent, processes, open_files).",
+                      ("sandbox", "resource"))
+        limit = Gauge("sandbox_resource_limit", "A sandbox's limit of a resource (when it has one).",
+                      ("sandbox", "resource"))
+        warn = Gauge("sandbox_alert_warn_at",
+                     "Fraction of a limit at which a sandbox's resource warning fires.", ("sandbox",))
+        try:
+            every = self.obs.rt.component("monitor", timeout=1.0).invoke("usage_all", timeout=2.0)
+        except Exception:  # not running, restarting, busy: no figures this scrape
+            every = {}
+        for sid, u in sorted((every or {}).items()):
+            if not u:
+                continue
+            warn.set((sid,), float(u.get("warn_at", 0.8)))
+            for resource, key in _RESOURCES.items():
+                if u.get("sampled") and u.get(key) is not None:
+                    usage.set((sid, resource), float(u[key]))
+                if (u.get("limits") or {}).get(resource) is not None:
+                    limit.set((sid, resource), float(u["limits"][resource]))
+        return [usage, limit, warn]
+
+    def collect(self) -> Iterator[Metric]:
+        for gauge in self.gauges():
+            yield gauge.family()
+
+
 class _HealthCollector:
     """The health gauges, computed at each scrape."""
 
@@ -207,3 +251,4 @@ class _HealthCollector:
     def collect(self) -> Iterator[Metric]:
         for gauge in self.obs.health_gauges():
             yield gauge.family()
+        yield self.obs.alerts.fired.family()
