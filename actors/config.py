@@ -241,7 +241,9 @@ class AlertThresholds:
                     raise ConfigError(f"alerts.{key}", v, "an integer >= 1")
             elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
                 raise ConfigError(f"alerts.{key}", v, "a number of seconds > 0")
-        return replace(base, **{k: (v if known[k] == "int" else float(v)) for k, v in value.items()})
+        changes: dict[str, Any] = {k: (v if known[k] == "int" else float(v))
+                                   for k, v in value.items()}
+        return replace(base, **changes)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -330,7 +330,8 @@ class AlertManager:
         if not name.startswith(self._prefix):
             return
         sid = name[len(self._prefix):]
-        payload = md.get("payload") if isinstance(md.get("payload"), Mapping) else {}
+        raw = md.get("payload")
+        payload: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
         if md.get("op") == "actor_restart":
             self._restart(sid, process=False)
         elif md.get("op") == "actor_escalation":

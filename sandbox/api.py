@@ -29,6 +29,7 @@ from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
 from runtime.errors import ConfigError, SandboxError, SecurityViolation
 from runtime.supervisor import Supervisor, SupervisorRef
+from sandbox.capacity import CapacityReport, measure
 from sandbox.health import Observability
 
 if TYPE_CHECKING:
@@ -394,6 +395,20 @@ class Runtime:
         []
         """
         return [p.as_dict() for p in self._obs.metrics.patterns.patterns(sandbox_id)]
+
+    def capacity(
+        self, app: str | os.PathLike[str], *, profile: str = SandboxConfig.profile,
+        samples: int = 3, window: float = 1.0, entry: str = SandboxConfig.entry,
+    ) -> CapacityReport:
+        """How many more sandboxes of ``app`` under ``profile`` fit on this machine, and
+        which limit binds first, from ``samples`` probe sandboxes measured here (see
+        :mod:`sandbox.capacity`; the probes are destroyed before it returns).
+
+        >>> with sandbox.start() as rt:
+        ...     rt.capacity("examples/counter", samples=1, window=0.2).more > 0
+        True
+        """
+        return measure(self, app, profile=profile, samples=samples, window=window, entry=entry)
 
     @property
     def http_address(self) -> tuple[str, int] | None:

@@ -47,7 +47,8 @@ _VARIABLE = [
     (re.compile(r"0x[0-9a-fA-F]+"), "<addr>"),
     (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"), "<uuid>"),
     (re.compile(r"'[^'\n]*'|\"[^\"\n]*\""), "<str>"),
-    (re.compile(r"(?<![\w<])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w>])"), "<n>"),
+    # a number standing alone or with a unit ("2.5s"), not one inside a name ("E1Error")
+    (re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:e[-+]?\d+)?"), "<n>"),
 ]
 
 
@@ -147,12 +148,12 @@ class ErrorPatterns:
             p = self._patterns.get(fp)
             if p is None:
                 info = describe({"kind": type_, "message": message})
+                if len(self._patterns) >= self.max_patterns:
+                    oldest = min(self._patterns.values(), key=lambda q: q.last_seen)
+                    del self._patterns[oldest.fingerprint]
                 p = ErrorPattern(fp, type_, location, norm, info["category"], info["recovery"],
                                  info["remedy"], first_seen=now)
                 self._patterns[fp] = p
-                if len(self._patterns) > self.max_patterns:
-                    oldest = min(self._patterns.values(), key=lambda q: q.last_seen)
-                    del self._patterns[oldest.fingerprint]
             p.count += 1
             p.last_seen = now
             p.sandboxes[sandbox] = p.sandboxes.get(sandbox, 0) + 1
