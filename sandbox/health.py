@@ -95,9 +95,9 @@ class Observability:
         #: This runtime's own registry (never prometheus-client's global one): the
         #: runtime's counters, and gauges of its health, collected at each scrape.
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(self.metrics)  # type: ignore[arg-type]
-        self.registry.register(_HealthCollector(self))  # type: ignore[arg-type]
-        self.registry.register(_ResourceCollector(self))  # type: ignore[arg-type]
+        self.registry.register(self.metrics)
+        self.registry.register(_HealthCollector(self))
+        self.registry.register(_ResourceCollector(self))
         self.server: MetricsServer | None = None
         self.started_at: float | None = None
 

@@ -259,7 +259,7 @@ class Registry(_Families):
 
 def exposition(metrics: Iterable[_Metric]) -> str:
     """The Prometheus text format (0.0.4) of ``metrics``, written by prometheus-client."""
-    return generate_latest(_Families(metrics)).decode()  # type: ignore[arg-type]
+    return generate_latest(_Families(metrics)).decode()
 
 
 # -- calls ---------------------------------------------------------------------------------
