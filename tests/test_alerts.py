@@ -149,6 +149,7 @@ def test_crash_loop_is_one_pattern_with_a_rising_count_and_alerts_the_webhook(ap
         assert rt.health()["error_patterns"][0]["fingerprint"] == p["fingerprint"]
 
         recurring = hook.wait("RecurringError")
+        assert all(b["version"] == 1 and b["runtime"] == rt.name for b in hook.bodies)
         assert recurring["sandbox"] == "loop" and recurring["value"] == 3
         assert recurring["labels"]["fingerprint"] == p["fingerprint"]
         storm = hook.wait("RestartStorm")
@@ -242,6 +243,19 @@ def test_webhook_timeout_gives_up(hook):
     finally:
         manager.stop()
     assert "timed out" in ev.metadata["error"]
+
+
+def test_documented_defaults():
+    # docs/operations.md, "Alerts and the webhook" and "Error patterns"
+    from sandbox.alerts import ALERTS_KEPT
+    from sandbox.patterns import MAX_PATTERNS
+
+    assert AlertThresholds().as_dict() == {
+        "warn_at": 0.8, "restarts": 5, "window": 60.0, "flaps": 3, "flap_window": 300.0,
+        "error_repeats": 3, "reload_failures": 1, "repeat_after": 300.0}
+    hook = WebhookConfig.build("http://127.0.0.1:9/x")
+    assert (hook.timeout, hook.retries, hook.backoff) == (5.0, 3, 0.5)
+    assert ALERTS_KEPT == MAX_PATTERNS == 200
 
 
 def test_the_same_alert_is_not_repeated_within_repeat_after():
