@@ -223,7 +223,6 @@ class AlertManager:
             "sandbox.rollback.exception": self._on_reload,
             "error.pattern": self._on_pattern,
             "sandbox.destroy.stop": self._on_destroyed,
-            "sandbox.create.exception": self._on_destroyed,
         }
 
     # -- lifecycle -------------------------------------------------------------------------

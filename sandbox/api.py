@@ -481,8 +481,8 @@ class Runtime:
             auto_reload=auto_reload, shutdown=shutdown, watch=watch,
             alerts=None if alerts is None
             else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds))
-        self._obs.alerts.configure(sandbox_id, config.alerts)
         self._manager("create", config)
+        self._obs.alerts.configure(sandbox_id, config.alerts)  # once it exists: not on SandboxExists
         return Sandbox(self, sandbox_id)
 
     def sandbox(self, sandbox_id: str) -> Sandbox:
