@@ -32,7 +32,6 @@ import itertools
 import os
 import resource
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -168,7 +167,7 @@ def measure(
     me = psutil.Process()
     running = len(rt.list_sandboxes())
     before = machine_left()  # what is left, the probes not counted
-    threads0, fds0 = threading.active_count(), _fds_open()
+    threads0, fds0 = me.num_threads(), _fds_open()  # OS threads: those count as tasks
     made: list[str] = []
     starts: list[float] = []
     try:
@@ -178,7 +177,7 @@ def measure(
             rt.create_sandbox(sid, app, profile=profile, entry=entry)
             starts.append(time.perf_counter() - t0)
             made.append(sid)
-        host_threads = (me.num_threads() - max(threads0, 1)) / samples
+        host_threads = (me.num_threads() - threads0) / samples
         host_fds = (_fds_open() - fds0) / samples
         monitor = rt.component("monitor")
         monitor.invoke("sample_now")  # a new process: USS read, and the CPU baseline
