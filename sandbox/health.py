@@ -81,8 +81,9 @@ def check_http(value: Any) -> tuple[str, int] | None:
 
 
 class Observability:
-    """A runtime's metrics, health and HTTP endpoint; created with the runtime,
-    started after its root supervisor, stopped with it."""
+    """A runtime's metrics (its own prometheus-client registry), health, alerts
+    (:mod:`sandbox.alerts`) and HTTP endpoint; created with the runtime, started after
+    its root supervisor, stopped with it."""
 
     def __init__(self, rt: Runtime, *, http: Any = None, alerts: Any = None,
                  alert_webhook: Any = None) -> None:
