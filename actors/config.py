@@ -190,10 +190,10 @@ class AlertThresholds:
 
     - ``warn_at``: fraction of a resource limit at which the resource monitor warns
       (``limit.warning``) and a "near limit" alert fires (default 0.8).
-    - ``restarts`` within ``window`` seconds: restarts of a sandbox's process or of
-      its actors that make a restart storm (default 5 in 60 s).
-    - ``flaps`` within ``flap_window`` seconds: process restarts that make a
-      sandbox flapping (default 3 in 300 s).
+    - ``restarts`` within ``window`` seconds: restarts after crashes, of a sandbox's
+      process or of its actors, that make a restart storm (default 5 in 60 s).
+    - ``flaps`` within ``flap_window`` seconds: process restarts after crashes that
+      make a sandbox flapping (default 3 in 300 s). A requested restart is neither.
     - ``error_repeats``: occurrences of one error pattern that make it recurring (3).
     - ``reload_failures``: failed reloads or rollbacks within ``window`` (default 1).
     - ``repeat_after``: seconds before the same alert of the same sandbox is sent again.

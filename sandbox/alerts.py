@@ -9,8 +9,8 @@ and raises an :class:`Alert` when one is crossed:
 alert                  severity  when
 =====================  ========  ==========================================================
 SandboxDown            critical  a sandbox is in status ``error`` (its restarts gave up)
-SandboxFlapping        warning   ``flaps`` process restarts within ``flap_window``
-RestartStorm           critical  ``restarts`` restarts (process or actors) within ``window``
+SandboxFlapping        warning   ``flaps`` process restarts after crashes within ``flap_window``
+RestartStorm           critical  ``restarts`` crash restarts (process or actors) within ``window``
 IntensityEscalation    critical  a supervisor (the runtime's, or one inside a sandbox) gave up
 SandboxQuarantined     critical  the security controller quarantined a sandbox
 ResourceNearLimit      warning   the monitor's ``limit.warning`` (``warn_at`` of a limit)
@@ -204,6 +204,8 @@ class AlertManager:
         self._own: dict[str, AlertThresholds] = {}
         self._times: dict[tuple[str, str], deque[float]] = {}
         self._last_fired: dict[tuple[str, str | None, str], float] = {}
+        #: sandboxes restarted on request: their next process start is no crash
+        self._requested: set[str] = set()
         self._recent: deque[Alert] = deque(maxlen=ALERTS_KEPT)
         self._sender: WebhookSender | None = None
         #: exported with the runtime's metrics (sandbox/health.py)
@@ -223,6 +225,7 @@ class AlertManager:
             "sandbox.rollback.exception": self._on_reload,
             "error.pattern": self._on_pattern,
             "sandbox.destroy.stop": self._on_destroyed,
+            "sandbox.restart.start": self._on_requested,
         }
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -250,6 +253,7 @@ class AlertManager:
         """A destroyed sandbox: its thresholds and counts go."""
         with self._lock:
             self._own.pop(sandbox, None)
+            self._requested.discard(sandbox)
             for key in [k for k in self._times if k[0] == sandbox]:
                 del self._times[key]
 
@@ -320,9 +324,20 @@ class AlertManager:
             self.fire("SandboxDown", "critical", sid,
                       f"sandbox {sid!r} is down: its restarts gave up (status error)", 1, 1)
 
+    def _on_requested(self, event: str, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
+        if md.get("runtime") == self.runtime:
+            with self._lock:
+                self._requested.add(str(md.get("sandbox")))
+
     def _on_up(self, event: str, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
-        if md.get("runtime") == self.runtime and int(m.get("starts", 1)) > 1:
-            self._restart(str(md.get("sandbox")), process=True)
+        if md.get("runtime") != self.runtime or int(m.get("starts", 1)) <= 1:
+            return
+        sid = str(md.get("sandbox"))
+        with self._lock:
+            requested = sid in self._requested
+            self._requested.discard(sid)
+        if not requested:  # restart_sandbox() is no storm and no flap
+            self._restart(sid, process=True)
 
     def _on_notice(self, event: str, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
         name = str(md.get("name") or "")

@@ -173,6 +173,21 @@ def test_a_sandbox_past_its_intensity_is_down_and_escalated(sandbox_runtime, app
     assert pattern["type"] == "exit" and "<n>" in pattern["message"]
 
 
+@pytest.mark.sandbox_runtime(alerts={"flaps": 2, "restarts": 2})
+def test_crashes_flap_but_requested_restarts_do_not(sandbox_runtime, app_dir):
+    rt = sandbox_runtime
+    sb = rt.create_sandbox("flappy", app_dir(CRASHY))
+    for _ in range(2):
+        sb.restart()
+    assert [a["name"] for a in rt.alerts("flappy")] == []
+    for n in (1, 2):
+        pid = sb.info()["pid"]
+        with pytest.raises(SandboxError):
+            sb.call("worker", "die")
+        wait_for(lambda: sb.info()["pid"] not in (None, pid), 30)
+    assert fired(rt, "SandboxFlapping", "flappy")["value"] == 2
+
+
 def test_failed_reloads_and_component_restarts_alert(sandbox_runtime):
     rt = sandbox_runtime
     sb = rt.create_sandbox("reloads", "examples/counter")
