@@ -155,15 +155,19 @@ class WebhookSender:
                               {"runtime": self.runtime, "alert": alert.name, "error": "queue full"})
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self._halt.set()  # past the deadline: cut the retries short
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        self._halt.set()  # past the deadline: no more retries, and what is queued is dropped
         self._thread.join(self.config.timeout + 1.0)
 
     def _run(self) -> None:
         while True:
             alert = self._queue.get()
-            if alert is None:
+            if alert is None or self._halt.is_set():
                 return
             self._deliver(alert)
 
