@@ -321,7 +321,8 @@ class SandboxConfig:
             auto_reload=auto_reload,
             shutdown=float(options.get("shutdown", cls.shutdown)),
             watch=WatchOptions.build(options.get("watch")),
-            alerts=None if options.get("alerts") is None else AlertThresholds.build(options["alerts"]),
+            alerts=(None if options.get("alerts") is None
+                    else AlertThresholds.build(options["alerts"])),
         )
 
     def as_dict(self) -> dict[str, Any]:

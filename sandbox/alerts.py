@@ -87,7 +87,7 @@ class WebhookConfig:
     >>> WebhookConfig.build({"url": "ftp://x"})
     Traceback (most recent call last):
     ...
-    runtime.errors.ConfigError: invalid alert_webhook.url='ftp://x': expected an http:// or https:// URL
+    runtime.errors.ConfigError: invalid alert_webhook.url='ftp://x': expected an http:// ...
     """
 
     url: str

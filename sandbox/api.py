@@ -55,7 +55,8 @@ _RUNTIME_OPTIONS = {
     "watch_backend": "'auto' (inotify, polling where unavailable), 'inotify' or 'polling'",
     "http": "None, or a (host, port) pair to serve /health and /metrics on (port 0: any free port)",
     "alerts": "a dict of alert thresholds (actors.config.AlertThresholds), e.g. {'warn_at': 0.9}",
-    "alert_webhook": "None, a URL, or a dict with 'url', 'timeout', 'retries', 'backoff', 'headers'",
+    "alert_webhook": "None, a URL, or a dict with 'url', 'timeout', 'retries', 'backoff', "
+    "'headers'",
 }
 
 
@@ -482,7 +483,8 @@ class Runtime:
             alerts=None if alerts is None
             else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds))
         self._manager("create", config)
-        self._obs.alerts.configure(sandbox_id, config.alerts)  # once it exists: not on SandboxExists
+        # once it exists (not on SandboxExists, which must keep the existing one's)
+        self._obs.alerts.configure(sandbox_id, config.alerts)
         return Sandbox(self, sandbox_id)
 
     def sandbox(self, sandbox_id: str) -> Sandbox:

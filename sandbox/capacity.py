@@ -4,16 +4,19 @@
 a running runtime, measures what each costs, destroys them, and sets that against
 what the machine has left:
 
-=============  =====================================================  ======================================
-resource       cost of one sandbox (measured)                         what is left (this machine, now)
-=============  =====================================================  ======================================
-memory         USS of its process tree (pages it alone holds; the     available memory (``MemAvailable``)
-               forkserver's shared pages are not counted again)
-cpu            CPU % of its tree while idle, over ``window`` seconds  idle CPU of the CPUs this process may use
-tasks          its processes' threads + the host threads it adds      ``pid_max``/``threads-max`` (and the
-                                                                      cgroup's ``pids.max``) minus tasks now
-host_fds       file descriptors the host holds for it                 this process's RLIMIT_NOFILE minus open
-=============  =====================================================  ======================================
+========  ==========================================  ====================================
+resource  cost of one sandbox (measured)              what is left (this machine, now)
+========  ==========================================  ====================================
+memory    USS of its process tree (pages it alone     available memory (``MemAvailable``)
+          holds: the forkserver's shared pages are
+          not counted again)
+cpu       CPU % of its tree while idle, over          idle CPU of the CPUs this process
+          ``window`` seconds                          may use
+tasks     its processes' threads + the host threads   ``pid_max``/``threads-max`` (and the
+          it adds                                     cgroup's ``pids.max``) minus tasks
+host_fds  file descriptors the host holds for it      RLIMIT_NOFILE of this process minus
+                                                      those open
+========  ==========================================  ====================================
 
 ``fits[resource]`` is what is left divided by the cost; ``more`` is the smallest,
 ``binding`` the resource it comes from. ``start_seconds`` (median wall time of one

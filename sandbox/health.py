@@ -219,10 +219,11 @@ class _ResourceCollector:
                       "A sandbox's latest sampled use of a resource, in the unit of its limit "
                       "(memory_mb: MiB RSS of its tree, cpu_percent, processes, open_files).",
                       ("sandbox", "resource"))
-        limit = Gauge("sandbox_resource_limit", "A sandbox's limit of a resource (when it has one).",
-                      ("sandbox", "resource"))
+        limit = Gauge("sandbox_resource_limit",
+                      "A sandbox's limit of a resource (when it has one).", ("sandbox", "resource"))
         warn = Gauge("sandbox_alert_warn_at",
-                     "Fraction of a limit at which a sandbox's resource warning fires.", ("sandbox",))
+                     "Fraction of a limit at which a sandbox's resource warning fires.",
+                     ("sandbox",))
         try:
             every = self.obs.rt.component("monitor", timeout=1.0).invoke("usage_all", timeout=2.0)
         except Exception:  # not running, restarting, busy: no figures this scrape

@@ -180,11 +180,11 @@ def test_crashes_flap_but_requested_restarts_do_not(sandbox_runtime, app_dir):
     for _ in range(2):
         sb.restart()
     assert [a["name"] for a in rt.alerts("flappy")] == []
-    for n in (1, 2):
+    for _ in range(2):
         pid = sb.info()["pid"]
         with pytest.raises(SandboxError):
             sb.call("worker", "die")
-        wait_for(lambda: sb.info()["pid"] not in (None, pid), 30)
+        wait_for(lambda pid=pid: sb.info()["pid"] not in (None, pid), 30)
     assert fired(rt, "SandboxFlapping", "flappy")["value"] == 2
 
 

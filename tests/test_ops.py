@@ -82,8 +82,8 @@ def exported() -> Iterator[set[str]]:
 
 
 def test_the_name_extractor_finds_what_it_should_and_nothing_else():
-    assert metric_names("histogram_quantile(0.99, sum by (le, sandbox) "
-                        "(rate(a_bucket{sandbox=~\"$sandbox\"}[$__rate_interval])))") == {"a_bucket"}
+    assert metric_names("histogram_quantile(0.99, sum by (le, sandbox) (rate("
+                        "a_bucket{sandbox=~\"$sandbox\"}[$__rate_interval])))") == {"a_bucket"}
     assert metric_names("topk(10, b) > bool 3 unless c offset 5m") == {"b", "c"}
     assert metric_names('count by (status) (d{x="y"}) or vector(0)') == {"d"}
 
