@@ -203,6 +203,19 @@ class _ReloadPrinter:
             self.printer.line(f"watching by polling: {md.get('reason')}")
 
 
+class _OutputLines(logging.Handler):
+    """The sandbox's stdout/stderr lines (runtime.output records), already
+    neutralised by the host, as ``[id stream] text`` lines of the printer."""
+
+    def __init__(self, printer: _Printer) -> None:
+        super().__init__(logging.INFO)
+        self.printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sid, stream = getattr(record, "sandbox", "?"), getattr(record, "stream", "?")
+        self.printer.line(f"[{sid} {stream}] {record.getMessage()}")
+
+
 def _run(args: argparse.Namespace) -> int:
     import sandbox
 
@@ -212,13 +225,14 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with sandbox.start(name="run") as rt:
         printer = _Printer(lambda s: print(s, flush=True), rt.name)
+        output = logging.getLogger("runtime.output")
+        output.addHandler(_OutputLines(printer))
+        output.setLevel(logging.INFO)
         watch = getattr(args, "watch", False)
         telemetry.attach("cli-run", "sandbox", _quiet_reloads(printer) if watch else printer)
         if watch:
             telemetry.attach("cli-run-watch", "watcher", _ReloadPrinter(printer))
             # Its lines say what the watcher's log warnings would say a second time.
-            import logging
-
             logging.getLogger("runtime.watcher").addHandler(logging.NullHandler())
         try:
             sandbox_id = args.id or path.resolve().name
@@ -245,11 +259,15 @@ def _new(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     """Compile and scan every module of an app once; print diagnostics like a linter.
 
-    One ``file:line:col: code message`` line per finding (a hint, when there is
-    one, on the next line), then a summary. Exit 1 if any error, else 0.
+    One ``file:line:col: code [risk] message`` line per finding, the code around
+    it with the matched text underlined, a hint when there is one, then a summary;
+    ``--format json`` prints one JSON object instead (``findings``: every
+    diagnostic's fields). Exit 1 if any error, else 0.
     """
+    import json
+
     from actors.compiler import CompilerActor
-    from actors.scan import ProfileScanner
+    from actors.scan import ProfileScanner, render
 
     if not Path(args.path).is_dir():
         raise SandboxError(f"{args.path} is not a directory: give the app's directory")
@@ -258,9 +276,17 @@ def _check(args: argparse.Namespace) -> int:
         result = ref.invoke("compile_sandbox", args.path, profile=args.profile, timeout=None)
     finally:
         ref.stop()
-    for d in result.diagnostics:
-        print(d.format())
     n_err, n_warn = len(result.errors), len(result.warnings)
+    if args.format == "json":
+        print(json.dumps({
+            "path": args.path, "profile": args.profile,
+            "modules": len(result.modules) + len(result.failed),
+            "errors": n_err, "warnings": n_warn,
+            "findings": [d.to_dict() for d in result.diagnostics],
+        }, indent=2), flush=True)
+        return 1 if result.errors else 0
+    for d in result.diagnostics:
+        print(render(d))
     print(
         f"{args.path}: {len(result.modules) + len(result.failed)} modules checked "
         f"(profile {args.profile}): {n_err} error{'s' if n_err != 1 else ''}, "
@@ -396,6 +422,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="security profile the scan applies (default: medium)")
     check.add_argument("--timeout", type=float, default=10.0,
                        help="seconds each module's compile may take (default: 10)")
+    check.add_argument("--format", default="text", choices=["text", "json"],
+                       help="text: like a linter, with the code around each finding "
+                       "(default); json: one object with every finding's fields")
     check.set_defaults(fn=_check)
     capacity = sub.add_parser(
         "capacity", help="how many more sandboxes of an app fit on this machine, and what binds"

@@ -30,6 +30,7 @@ import pytest
 from helpers import Event, Recorder, wait_for
 
 import sandbox
+from runtime import IGNORE, ChildSpec, Supervisor
 from runtime.actor import Actor
 from runtime.errors import ActorFailed, CompileError, SandboxError, SecurityViolation
 
@@ -144,7 +145,8 @@ class Scenario:
     def run(self) -> None:
         # Runtime names are cgroup names too: unique, so parallel sessions never share one.
         with sandbox.start(name=f"tel{os.getpid()}", monitor_interval=0.05) as self.rt:
-            for phase in (self.lifecycle, self.compiles, self.process_events, self.protocol,
+            for phase in (self.lifecycle, self.compiles, self.process_events, self.output,
+                          self.protocol,
                           self.escalation, self.failed_creates, self.security, self.flood,
                           self.limits, self.auto_reload, self.host_actor, self.webhook):
                 self._run(phase)
@@ -156,7 +158,8 @@ class Scenario:
         except Exception as exc:  # reported by test_the_scenario_ran_cleanly
             self.failures.append(f"{phase.__name__}: {type(exc).__name__}: {exc}")
 
-    def lifecycle(self) -> None:  # create, call, reload, rollback, failed rollback
+    def lifecycle(self) -> None:  # create, call, reload, rollback, failed rollback,
+        # snapshot and restore, unload
         a = self.a = self.rt.create_sandbox("tel-a", worker_app(self.tmp / "a"), profile="low")
         assert a.call("worker", "incr") == 1
         a.hot_reload(source={"worker": self.v2})
@@ -165,6 +168,10 @@ class Scenario:
         assert a.call("worker", "version") == 1
         with pytest.raises(SandboxError):
             a.rollback_module("worker", 99)  # no such version
+        a.restore(a.snapshot())
+        (self.tmp / "a" / "extra.py").write_text("X = 1\n")
+        a.hot_reload()
+        a.unload_module("extra")
 
     def compiles(self) -> None:  # a failed reload, a damaged cache, a runaway compile
         a = self.a
@@ -230,6 +237,12 @@ class Scenario:
             server.shutdown()
             server.server_close()
             served.join(WAIT)
+
+    def output(self) -> None:  # 2 MiB at once: over the output burst
+        o = self.rt.create_sandbox("tel-o", worker_app(self.tmp / "o"), profile="low")
+        o.run(exec, "import os\nfor _ in range(32): os.write(1, b'x' * 65535 + b'\\n')")
+        self.rec.wait("process.output_dropped", timeout=WAIT)
+        o.destroy()
 
     def protocol(self) -> None:
         p = self.rt.create_sandbox("tel-p", worker_app(self.tmp / "p"), profile="low")
@@ -301,6 +314,8 @@ class Scenario:
         with pytest.raises(ActorFailed):
             boom.call("anything")
         wait_for(lambda: not boom.is_alive(), WAIT)
+        # a start function with nothing to start (OTP's ignore)
+        Supervisor.start([ChildSpec("tel-off", start=lambda: IGNORE)]).stop()
 
     def watcher_standalone(self) -> None:
         _watcher_standalone(self.tmp, self.rec)
