@@ -61,6 +61,7 @@ from runtime import registry
 from runtime.actor import ActorRef, Down, monitor
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
+from runtime.child import notices as _notices
 from runtime.child import snapshot as _snapshot
 from runtime.child import swap
 from runtime.childspec import ChildSpec
@@ -254,6 +255,7 @@ def _restore_states(server: ChildServer) -> None:
 
 
 register_boot_hook(_restore_states)
+register_boot_hook(_notices.forward_supervisor_events)  # actor restarts reach the host
 
 
 @register_system_op("ping")
