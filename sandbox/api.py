@@ -24,14 +24,16 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
-from runtime.errors import ConfigError, SandboxError, SecurityViolation
+from runtime.errors import ActorDead, ConfigError, SandboxError, SecurityViolation
 from runtime.host.output import OutputLine
 from runtime.supervisor import Supervisor, SupervisorRef
+from sandbox.capacity import CapacityReport, measure
 from sandbox.health import Observability
+from sandbox.statedir import StateDir
 
 if TYPE_CHECKING:
     from sandbox.hotreload import ReloadReport
@@ -55,6 +57,12 @@ _RUNTIME_OPTIONS = {
     "temporary file removed at stop",
     "watch_backend": "'auto' (inotify, polling where unavailable), 'inotify' or 'polling'",
     "http": "None, or a (host, port) pair to serve /health and /metrics on (port 0: any free port)",
+    "state_dir": "a directory for the durable state (created if missing) that no other "
+    "running runtime uses; default: a per-user data directory for a named runtime, a "
+    "temporary one removed at stop otherwise",
+    "alerts": "a dict of alert thresholds (actors.config.AlertThresholds), e.g. {'warn_at': 0.9}",
+    "alert_webhook": "None, a URL, or a dict with 'url', 'timeout', 'retries', 'backoff', "
+    "'headers'",
 }
 
 
@@ -276,7 +284,9 @@ class Runtime:
     """A running actor system: the root supervisor and its component actors.
 
     Several runtimes may run in one process; they share nothing but the forkserver.
-    Use :func:`start` to make one.
+    Use :func:`start` to make one. ``state`` is its state directory
+    (:class:`~sandbox.statedir.StateDir`: ``path``, and ``store`` while running, whose
+    ``journal(sandbox_id)`` lists the latest reloads and their outcome).
     """
 
     def __init__(
@@ -291,9 +301,17 @@ class Runtime:
         audit_path: str | os.PathLike[str] | None = None,
         watch_backend: str = "auto",
         http: tuple[str, int] | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
+        alert_webhook: str | Mapping[str, Any] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
-        self._obs = Observability(self, http=http)  # metrics, health, HTTP
+        # The durable store (sandbox/statedir.py): per-user for a named runtime,
+        # temporary (removed at stop) for a throwaway one.
+        self.state = StateDir.resolve(state_dir, name)
+        # metrics, health, alerts, HTTP (sandbox/health.py)
+        self._obs = Observability(self, http=http, alerts=_plain(alerts),
+                                  alert_webhook=alert_webhook)
         if base_dir is not None and not os.path.isdir(base_dir):
             raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
         self.base_dir = tempfile.mkdtemp(prefix=f"sandbox-{self.name}-", dir=base_dir)
@@ -304,8 +322,7 @@ class Runtime:
         self._history = history
         self._monitor_interval = monitor_interval
         # The audit log sits beside base_dir (not in it: that holds only workdirs).
-        self._own_audit = not audit_path
-        self._audit_path = os.fspath(audit_path) if audit_path else self.base_dir + ".audit.jsonl"
+        self._audit_path = os.fspath(audit_path) if audit_path else self.state.audit_path
         self._watch_backend = watch_backend
         if self._watch_backend not in ("auto", "inotify", "polling"):
             raise ConfigError("watch_backend", self._watch_backend, _RUNTIME_OPTIONS["watch_backend"])
@@ -322,6 +339,9 @@ class Runtime:
         from actors.security import SecurityControllerActor
         from actors.versions import VersionManagerActor
 
+        store = self.state.open()
+        store.journal_abandon_pending()  # reloads a dead host left half-way: none committed
+        store.prune()  # what a create killed half-way left: that sandbox does not exist
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
             # Components find each other through this table, refreshed by each start:
             # asking the root supervisor instead would deadlock while the root is busy
@@ -345,10 +365,10 @@ class Runtime:
         children = [
             ChildSpec(
                 "sandboxes",
-                start=started("sandboxes", lambda: Supervisor.start(
+                start=started("sandboxes", lambda: _readopted(self, Supervisor.start(
                     [], strategy="one_for_one", max_restarts=1000, max_seconds=1.0,
                     name=f"{n}/sandboxes",
-                )),
+                ))),
                 shutdown=120.0,
                 type="supervisor",
             ),
@@ -364,7 +384,7 @@ class Runtime:
             ChildSpec(
                 "versions",
                 start=started("versions", lambda: VersionManagerActor.start(
-                    history=self._history, name=f"{n}/versions",
+                    history=self._history, name=f"{n}/versions", store=store,
                 )),
             ),
             ChildSpec(
@@ -377,14 +397,15 @@ class Runtime:
                 "monitor",
                 start=started("monitor", lambda: ResourceMonitorActor.start(
                     name=f"{n}/monitor", runtime_id=n, component=component,
-                    interval=self._monitor_interval,
+                    interval=self._monitor_interval, warn_at=self._obs.alerts.thresholds.warn_at,
                 )),
             ),
             ChildSpec(
                 "manager",
                 start=started("manager", lambda: ManagerActor.start(
                     runtime_id=n, base_dir=self.base_dir, component=component,
-                    name=f"{n}/manager",
+                    name=f"{n}/manager", store=store,
+                    start_stored="manager" not in self._components,  # the runtime's start
                 )),
             ),
         ]
@@ -413,11 +434,7 @@ class Runtime:
         from runtime.child.isolation import release_group
 
         release_group(os.path.basename(self.base_dir))  # the sandboxes' cgroups, now empty
-        if self._own_audit:
-            try:
-                os.unlink(self._audit_path)
-            except OSError:
-                pass
+        self.state.close()  # a temporary state directory goes, a named one stays
         shutil.rmtree(self.base_dir + ".compile-cache", ignore_errors=True)
         shutil.rmtree(self.base_dir, ignore_errors=True)
         telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
@@ -439,6 +456,46 @@ class Runtime:
         """Counters and histograms (reloads, restarts, calls, latencies, violations, ...)
         in the Prometheus text format 0.0.4."""
         return self._obs.metrics_text()
+
+    @property
+    def metrics_registry(self) -> Any:
+        """This runtime's own ``prometheus_client.CollectorRegistry`` (for a push
+        gateway, or to serve it with prometheus-client's own server)."""
+        return self._obs.registry
+
+    def alerts(self, sandbox_id: str | None = None) -> list[dict[str, Any]]:
+        """Alerts raised so far, oldest first (see :mod:`sandbox.alerts`).
+
+        >>> with sandbox.start(alerts={"warn_at": 0.9}) as rt:
+        ...     rt.alerts()
+        []
+        """
+        return [a.as_dict() for a in self._obs.alerts.recent(sandbox_id)]
+
+    def error_patterns(self, sandbox_id: str | None = None) -> list[dict[str, Any]]:
+        """Recurring errors grouped by fingerprint, most frequent first: ``type``,
+        ``location``, normalised ``message``, ``count``, ``first_seen``, ``last_seen``,
+        ``sandboxes``, ``category`` and ``remedy`` (see :mod:`sandbox.patterns`).
+
+        >>> with sandbox.start() as rt:
+        ...     rt.error_patterns()
+        []
+        """
+        return [p.as_dict() for p in self._obs.metrics.patterns.patterns(sandbox_id)]
+
+    def capacity(
+        self, app: str | os.PathLike[str], *, profile: str = SandboxConfig.profile,
+        samples: int = 3, window: float = 1.0, entry: str = SandboxConfig.entry,
+    ) -> CapacityReport:
+        """How many more sandboxes of ``app`` under ``profile`` fit on this machine, and
+        which limit binds first, from ``samples`` probe sandboxes measured here (see
+        :mod:`sandbox.capacity`; the probes are destroyed before it returns).
+
+        >>> with sandbox.start() as rt:
+        ...     rt.capacity("examples/counter", samples=1, window=0.2).more > 0
+        True
+        """
+        return measure(self, app, profile=profile, samples=samples, window=window, entry=entry)
 
     @property
     def http_address(self) -> tuple[str, int] | None:
@@ -473,7 +530,14 @@ class Runtime:
         return self.component("manager").invoke(op, *args, timeout=timeout)
 
     def _slot(self, sandbox_id: str) -> Any:
-        return self._manager("slot", sandbox_id)
+        # A read: if the manager dies under it, ask its successor (within the timeout).
+        deadline = perf_counter() + DEFAULT_TIMEOUT
+        while True:
+            try:
+                return self._manager("slot", sandbox_id)
+            except ActorDead:
+                if perf_counter() > deadline:
+                    raise
 
     # -- sandboxes -------------------------------------------------------------------
     @logs.operation("create")
@@ -495,6 +559,7 @@ class Runtime:
         compile_timeout: float | None = None,
         compile_memory_mb: int | None = None,
         compile_cpu_seconds: int | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
     ) -> Sandbox:
         """Create and start a sandbox running the app at ``path``; returns its handle.
 
@@ -504,7 +569,8 @@ class Runtime:
         ``watch``, and the limits of every compile of this sandbox (unless a
         ``hot_reload`` call overrides them): ``compile_timeout`` (seconds per module,
         default 10), ``compile_memory_mb`` (the compile worker's memory, default
-        1024), ``compile_cpu_seconds`` (CPU seconds per module, default the timeout + 1).
+        1024), ``compile_cpu_seconds`` (CPU seconds per module, default the timeout + 1);
+        ``alerts`` (alert thresholds of this sandbox, over the runtime's: ``{"warn_at": 0.5}``).
         Raises :class:`~runtime.errors.ConfigError` naming any bad option, and leaves
         nothing behind when creation fails.
         """
@@ -514,8 +580,12 @@ class Runtime:
             max_restarts=max_restarts, max_seconds=max_seconds, env=env,
             auto_reload=auto_reload, shutdown=shutdown, watch=watch,
             compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
-            compile_cpu_seconds=compile_cpu_seconds)
+            compile_cpu_seconds=compile_cpu_seconds,
+            alerts=None if alerts is None
+            else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds))
         self._manager("create", config)
+        # once it exists (not on SandboxExists, which must keep the existing one's)
+        self._obs.alerts.configure(sandbox_id, config.alerts)
         return Sandbox(self, sandbox_id)
 
     def sandbox(self, sandbox_id: str) -> Sandbox:
@@ -778,6 +848,17 @@ class Runtime:
         )
 
 
+def _readopted(rt: Runtime, sandboxes: SupervisorRef) -> SupervisorRef:
+    """A restarted ``sandboxes`` supervisor starts empty: the manager, if running,
+    starts every sandbox again under it (actors/manager.py, ``Readopt``)."""
+    manager = rt._components.get("manager")
+    if manager is not None and manager.is_alive():
+        from actors.manager import Readopt
+
+        manager.tell(Readopt(sandboxes))
+    return sandboxes
+
+
 def start(
     *,
     name: str | None = None,
@@ -789,6 +870,9 @@ def start(
     audit_path: str | os.PathLike[str] | None = None,
     watch_backend: str = "auto",
     http: tuple[str, int] | None = None,
+    alerts: AlertThresholds | Mapping[str, Any] | None = None,
+    alert_webhook: str | Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> Runtime:
     """Start a runtime. Also a context manager: ``with sandbox.start() as rt: ...``.
 
@@ -798,7 +882,14 @@ def start(
     ``history`` (versions kept per module), ``monitor_interval`` (seconds between
     resource samples), ``audit_path`` (a JSON-lines audit file kept after stop),
     ``watch_backend`` ('auto', 'inotify', 'polling'), ``http`` ((host, port) serving
-    /health and /metrics).
+    /health and /metrics), ``alerts`` (alert thresholds, the resource monitor's
+    ``warn_at`` included: :class:`~actors.config.AlertThresholds`), ``alert_webhook``
+    (a URL alerts are POSTed to as JSON; see :mod:`sandbox.alerts`), ``state_dir`` (the
+    durable state: sandboxes, versions, reload journal, audit log; default:
+    ``$XDG_DATA_HOME/sandbox/<name>`` for a named runtime, kept across stops and host
+    restarts, else a temporary directory removed at stop). Starting again on the same
+    ``state_dir`` brings every sandbox back with its latest committed code and history
+    (see docs/operations.md).
 
     >>> import sandbox
     >>> rt = sandbox.start(name="doc-rt")
@@ -809,5 +900,11 @@ def start(
     return Runtime(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
-        watch_backend=watch_backend, http=http,
+        watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
+        state_dir=state_dir,
     ).start()
+
+
+def _plain(value: Any) -> Any:
+    """A mapping option as the dict the config builders take (other values unchanged)."""
+    return dict(value) if isinstance(value, Mapping) else value

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import textwrap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from helpers import Event, Recorder, wait_for
 
 import sandbox
 from runtime import IGNORE, ChildSpec, Supervisor
-from runtime.actor import Actor
+from runtime.actor import Actor, ExitReason
 from runtime.errors import ActorFailed, CompileError, SandboxError, SecurityViolation
 
 pytestmark = pytest.mark.timeout(300)
@@ -147,7 +148,8 @@ class Scenario:
             for phase in (self.lifecycle, self.compiles, self.process_events, self.output,
                           self.protocol,
                           self.escalation, self.failed_creates, self.security, self.flood,
-                          self.limits, self.auto_reload, self.host_actor):
+                          self.limits, self.auto_reload, self.recovery, self.host_actor,
+                          self.webhook):
                 self._run(phase)
         self._run(self.watcher_standalone)
 
@@ -201,6 +203,41 @@ class Scenario:
         wait_for(lambda: a.info()["status"] == "running" and a.info()["pid"] not in (None, pid),
                  WAIT)
         a.destroy()
+
+    def webhook(self) -> None:  # one alert delivered, one that cannot be
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from actors.config import AlertThresholds
+        from sandbox.alerts import AlertManager, WebhookConfig
+
+        class Ok(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+        served = threading.Thread(target=server.serve_forever, daemon=True)
+        served.start()
+        closed = ThreadingHTTPServer(("127.0.0.1", 0), Ok)  # bound, never served, then closed
+        nobody = f"http://127.0.0.1:{closed.server_address[1]}/"
+        closed.server_close()
+        try:
+            for url in (f"http://127.0.0.1:{server.server_address[1]}/", nobody):
+                manager = AlertManager(self.rt.name, AlertThresholds(),
+                                       WebhookConfig.build({"url": url, "retries": 0}))
+                manager.start()
+                try:
+                    manager.fire("SandboxDown", "critical", "tel-hook", "scenario", 1, 1)
+                finally:
+                    manager.stop()
+        finally:
+            server.shutdown()
+            server.server_close()
+            served.join(WAIT)
 
     def output(self) -> None:  # 2 MiB at once: over the output burst
         o = self.rt.create_sandbox("tel-o", worker_app(self.tmp / "o"), profile="low")
@@ -272,6 +309,13 @@ class Scenario:
         (wdir / "worker.py").write_text("def broken(:\n")
         rec.wait("watcher.reload.failed", sandbox="tel-w", timeout=WAIT)
         w.destroy()
+
+    def recovery(self) -> None:  # a manager restart adopts the running sandboxes
+        manager = self.rt.component("manager")
+        manager.kill(ExitReason("exception", "killed by the test"))
+        wait_for(lambda: self.rt.component("manager", timeout=10) != manager, WAIT)
+        listed = self.rt.list_sandboxes()
+        assert {s["recovered"] for s in listed if s["status"] == "running"} == {"adopted"}
 
     def host_actor(self) -> None:  # a host actor that fails
         boom = _Boom.start(name="tel-boom")

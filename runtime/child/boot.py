@@ -61,6 +61,7 @@ from runtime import registry
 from runtime.actor import ActorRef, Down, monitor
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
+from runtime.child import notices as _notices
 from runtime.child import snapshot as _snapshot
 from runtime.child import swap
 from runtime.childspec import ChildSpec
@@ -220,6 +221,12 @@ def _op_reload(server: ChildServer, payload: Any) -> dict[str, Any]:
     return report
 
 
+@register_system_op("reload_cancel")  # inline, never queued behind the reload itself
+def _op_reload_cancel(server: ChildServer, payload: Any) -> str:
+    """The host's wait ran out: the verdict of reload ``payload`` (see swap.cancel_reload)."""
+    return swap.cancel_reload(str(payload))
+
+
 @register_system_op("snapshot", threaded=True)
 def _op_snapshot(server: ChildServer, payload: Any) -> dict[str, Any]:
     """Every named actor's state as plain data (see :mod:`runtime.child.snapshot`)."""
@@ -248,6 +255,7 @@ def _restore_states(server: ChildServer) -> None:
 
 
 register_boot_hook(_restore_states)
+register_boot_hook(_notices.forward_supervisor_events)  # actor restarts reach the host
 
 
 @register_system_op("ping")
