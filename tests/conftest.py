@@ -37,6 +37,15 @@ def _actor_of(thread: threading.Thread) -> pykka.Actor | None:
     return owner if isinstance(owner, pykka.Actor) else None
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The same for module-scoped fixtures, which start before any test's own: without
+    it their named runtimes left directories in the user's ~/.local/share/sandbox."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("session-data-home")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def private_data_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Named runtimes keep their state under $XDG_DATA_HOME: each test gets its own
