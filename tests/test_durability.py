@@ -277,7 +277,8 @@ def test_host_sigkill_then_restart_brings_back_every_sandbox(tmp_path, app, phas
     (tmp_path / "v3.py").write_text(counter_src(3, migrate_seconds=30))
     host = subprocess.Popen(
         [sys.executable, "-c", HOST, str(state), str(app), phase, str(tmp_path / "v2.py"),
-         str(tmp_path / "v3.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+         str(tmp_path / "v3.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)})  # a killed host leaves its base_dir
     assert host.stdin is not None and host.stdout is not None
     try:
         pids = [int(p) for p in host.stdout.readline().split()]
