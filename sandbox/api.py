@@ -339,7 +339,13 @@ class Runtime:
         from actors.security import SecurityControllerActor
         from actors.versions import VersionManagerActor
 
-        store = self.state.open()
+        try:
+            store = self.state.open()
+        except BaseException:
+            # Refused before anything started: stop() will never run, so clean up here.
+            self.state.close()
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+            raise
         store.journal_abandon_pending()  # reloads a dead host left half-way: none committed
         store.prune()  # what a create killed half-way left: that sandbox does not exist
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:

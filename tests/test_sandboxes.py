@@ -344,6 +344,17 @@ def test_a_killed_compiler_leaves_no_temporary_files(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_runtime_refused_at_start_leaves_no_temporary_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with sandbox.start(state_dir=tmp_path / "shared"):
+        kept = sorted(os.listdir(tmp_path / "tmp"))
+        with pytest.raises(ConfigError, match="no other running runtime uses"):
+            sandbox.start(state_dir=tmp_path / "shared")
+        assert sorted(os.listdir(tmp_path / "tmp")) == kept
+    assert os.listdir(tmp_path / "tmp") == []
+
+
 def test_recreating_a_destroyed_id_compiles_into_a_fresh_cache(sandbox_runtime, caplog):
     for _ in range(2):
         sb = sandbox_runtime.create_sandbox("again", COUNTER)
