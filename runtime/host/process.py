@@ -772,8 +772,9 @@ class ProcessRef(ActorRef):
                 raise CallTimeout(f"{self.id}/{target}", timeout)
         return reply.result()
 
-    def call_into(self, request: Any, reply: ReplySink) -> None:
-        """Send a call whose answer goes to ``reply``; ``request`` is ``(target, request)``."""
+    def call_into(self, request: Any, reply: ReplySink, *, run_here: bool = False) -> None:
+        """Send a call whose answer goes to ``reply``; ``request`` is ``(target, request)``
+        (``run_here`` does not apply: the handler runs in the child)."""
         target, payload = request
         self._conn.submit(CALL, target, payload, reply)
         self._conn.kick()  # nobody waits in a call to read the answer: the reader does
