@@ -432,7 +432,8 @@ class Actor(pykka.ThreadingActor):
                 ActorFailed(self.actor_id, failed.reason.message, failed.reason.traceback)
             )
             raise
-        self._discard(msg.reply)
+        if self._inline_thread is None:  # a call run in place was never in _pending
+            self._discard(msg.reply)
         msg.reply.set_result(value)
 
     def _discard(self, reply: ReplySink) -> None:
@@ -612,13 +613,18 @@ class ActorRef:
         >>> _ = ref.stop()
         """
         actor = self._actor
+        msg = _Call(request, reply, BARRIER.held())
+        if run_here:
+            if actor._exiting or actor._failing or actor._exit_reason is not None:
+                raise ActorDead(self.id, actor._exit_reason)
+            # Answered before _run_here returns (or failed by _handle_call): no need
+            # to be in _pending, where an ending actor fails the calls it leaves.
+            if actor._run_here(msg):
+                return
         with actor._life:
             if actor._exiting or actor._failing or actor._exit_reason is not None:
                 raise ActorDead(self.id, actor._exit_reason)
             actor._pending.add(reply)
-        msg = _Call(request, reply, BARRIER.held())
-        if run_here and actor._run_here(msg):
-            return
         with actor._mb:
             actor._backlog += 1
         actor.actor_inbox.put(Envelope(msg))

@@ -509,7 +509,12 @@ class ChildServer:
         return self.serve()
 
     def serve(self) -> int:
-        relay = Relay(self.channel.recv, self._dispatch, done=lambda: self._exit_code is not None)
+        relay = Relay(
+            self.channel.recv,
+            self._dispatch,
+            done=lambda: self._exit_code is not None,
+            fileno=self.channel.fileno(),
+        )
         step = relay.step
         try:
             while self._exit_code is None:

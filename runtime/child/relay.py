@@ -16,11 +16,15 @@ interrupted sleep or wait). A tick that finds the same handler running as the ti
 before lets a helper thread take the reading over: the helper posts what it
 reads to mailboxes, never runs a handler itself, and gives the reading back as
 soon as the main thread is free. A long handler thus holds the others up for one
-to two slices plus one hand-off. The timer is armed once when calls start
-running in place and disarmed by the second tick that finds the main thread
-idle: a short call (the common case) costs no timer syscall and no hand-off, and
-an idle sandbox gets no ticks. (Arming and disarming cost about 10 us each on a
-virtual machine: too much to pay per call.)
+to two slices plus one hand-off (a handler spinning in Python holds them up for
+the GIL's switch interval anyway).
+
+The timer is armed when a call is about to run in place and disarmed when the
+main thread is about to block on an empty socket: an idle sandbox gets no ticks,
+back-to-back traffic keeps it armed (a tick per slice), and a lone call pays one
+arming on its path and one disarming after its reply (about 4 us each on a
+virtual machine, where arming a timer exits to the hypervisor; a thread hand-off
+costs ten times that).
 
 Frames already read but not dispatched wait in a queue the helper drains first, so
 the order of dispatch is the order of arrival whichever thread dispatches.
@@ -47,6 +51,7 @@ from __future__ import annotations
 
 import _signal
 import collections
+import select
 import signal
 import threading
 from collections.abc import Callable
@@ -59,8 +64,9 @@ __all__ = ["SLICE", "Relay"]
 #: Period of the tick while calls run in place: a handler running in the reading
 #: thread for one to two of these is handed off (another actor's message waits that
 #: long at most, plus the hand-off).
-SLICE = 0.001
-#: Ticks finding the main thread idle before the timer is disarmed.
+SLICE = 0.002
+#: Ticks finding the main thread between two calls before the timer is disarmed
+#: (a safety net: it is normally disarmed before the main thread blocks).
 _IDLE_TICKS = 2
 
 Unit = list[Any]  # one envelope, or consecutive casts to one target (one mailbox item)
@@ -72,6 +78,7 @@ class Relay:
     ``here`` says whether the dispatcher may run a call in the calling thread
     (main thread, with the time slice armed) or must post it (helper thread).
     ``done()`` true makes the helper give the reading back (the server is exiting).
+    ``fileno`` is the socket ``recv`` reads, polled before a read that may block.
     :meth:`step` is called in a loop by the main thread; it raises what ``recv``
     raised (``ChannelClosed``, ``ProtocolError``), also when the helper hit it.
     """
@@ -82,9 +89,17 @@ class Relay:
         dispatch: Callable[[Unit, bool], None],
         *,
         done: Callable[[], bool] = lambda: False,
+        fileno: int | None = None,
         slice_seconds: float = SLICE,
     ) -> None:
         self._recv = recv
+        # Whether a read would block (then the timer is disarmed first); without
+        # the socket's fd the timer stays armed until the idle ticks disarm it.
+        self._poll: Callable[[int], list[Any]] | None = None
+        if fileno is not None:
+            poller = select.poll()
+            poller.register(fileno, select.POLLIN)
+            self._poll = poller.poll
         self._done = done
         self._dispatch = dispatch
         self._slice = slice_seconds
@@ -122,6 +137,8 @@ class Relay:
             if self._error is not None:
                 raise self._error
             if not self._queue:
+                if self._armed and self._poll is not None and not self._poll(0):
+                    self._disarm()  # about to block: an idle sandbox gets no ticks
                 self._queue.extend(self._recv())
             unit = self._pop()
         here = self._timer and _signal.getsignal(signal.SIGALRM) is self._on_alarm
@@ -149,12 +166,16 @@ class Relay:
                 unit.append(queue.popleft())
         return unit
 
+    def _disarm(self) -> None:
+        self._armed = False
+        self._idle = 0
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
     def _alarm(self, signum: int, frame: Any) -> None:
         if not self._running:
             self._idle += 1
             if self._idle >= _IDLE_TICKS or self._closed:
-                self._armed = False
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                self._disarm()
             return
         self._idle = 0
         runs, self._seen = self._seen, self._runs
