@@ -8,7 +8,9 @@ In one run, interleaving project and baselines run by run, it measures:
   (a) the floor: a bare child (no runtime: ``benchmarks/_bare.py``) echoing over a
   socketpair with the project's 4-byte-length msgpack framing and envelope (target:
   ratio <= 2.0), (b) a ``multiprocessing.Pipe`` pickle echo in a child, (c) a pykka
-  ``ask`` between two threads of one process (b and c are context, no target);
+  ``ask`` between two threads of one process, and with the ``bench`` extra (d)
+  Thespian's ``ask`` and (e) a Ray actor method call (b to e are context, no
+  target);
 - **casts per second** into a child, unbatched (``cast``) and batched
   (``cast_many``), against a bare child decoding and counting the frames (target:
   ratio >= 0.5, higher is better). A final call returns the child's count, which
@@ -191,7 +193,7 @@ def main(quick: bool = False) -> list[Record]:
         return ProjectChild(f"bench-core-{os.getpid()}-{next(seq)}")
 
     s = _Series.new(
-        *(f"{k}_{p}" for k in ("proj", "floor", "pipe", "pykka", "thespian")
+        *(f"{k}_{p}" for k in ("proj", "floor", "pipe", "pykka", "thespian", "ray")
           for p in ("p50", "p99")),
         *(f"{k}_{f}" for k in ("proj", "floor") for f in ("cast", "batch")),
         *(f"{k}_{f}" for k in ("proj", "floor", "min") for f in ("start", "uss", "pss")),
@@ -232,6 +234,20 @@ def main(quick: bool = False) -> list[Record]:
         else:
             notes.append("thespian not installed (bench extra): its baseline is left out")
 
+        from benchmarks import _ray
+
+        ray_echo = None
+        if _ray.available():
+            progress("bench_core: starting ray (num_cpus=1, no dashboard)")
+            try:
+                ray_echo = _ray.RayEcho()
+            except Exception as exc:  # a broken ray install must not sink the benchmark
+                notes.append(f"ray failed to start ({type(exc).__name__}: {exc}); left out")
+            else:
+                stack.callback(ray_echo.close)
+        else:
+            notes.append("ray not installed (bench extra): its baseline is left out")
+
         def pipe_call(payload: Any) -> Any:
             pipe_conn.send(payload)
             return pipe_conn.recv()
@@ -244,6 +260,8 @@ def main(quick: bool = False) -> list[Record]:
         ]
         if thespian is not None:
             systems.append(("thespian", thespian.call))
+        if ray_echo is not None:
+            systems.append(("ray", ray_echo.call))
         for _, call in systems:  # warm every path up, untimed
             for i in range(sizes.warmup):
                 call(["ping", i])
@@ -359,6 +377,17 @@ def main(quick: bool = False) -> list[Record]:
                 "thespian multiprocQueueBase ask",
                 f"thespian_{pct}",
                 note="context: a peer actor library, actor in its own process",
+            )
+    if s.values["ray_p50"]:
+        for pct in ("p50", "p99"):
+            add(
+                "call_roundtrip",
+                f"{pct} round trip",
+                f"proj_{pct}",
+                "us",
+                "ray actor method call",
+                f"ray_{pct}",
+                note="context: ray.get(actor.echo.remote(x)), ray.init(num_cpus=1)",
             )
     cast_note = f"{sizes.casts} casts per run, clock stops when a call returns the child's count"
     add(
