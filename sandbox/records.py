@@ -32,7 +32,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 
 __all__ = [
     "REQUIRED_FIELDS",
@@ -179,6 +179,10 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+@overload
+def _round(x: float, digits: int = 3) -> float: ...
+@overload
+def _round(x: None, digits: int = 3) -> None: ...
 def _round(x: float | None, digits: int = 3) -> float | None:
     if x is None:
         return None
@@ -337,12 +341,12 @@ def format_table(records: Sequence[Record], *, spread: bool = True) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
     missed = [r for r in records if r.met is False]
-    met = [r for r in records if r.met is True]
+    reached = [r for r in records if r.met is True]
     lines.append("")
-    untargeted = len(records) - len(met) - len(missed)
+    untargeted = len(records) - len(reached) - len(missed)
     runs = records[0].runs if records else 0
     lines.append(
-        f"{len(met)} met, {len(missed)} missed, {untargeted} without target"
+        f"{len(reached)} met, {len(missed)} missed, {untargeted} without target"
         f" ({runs} runs, python {platform.python_version()}, {cpu_count()} cpus;"
         " [min..max] over runs; hib = higher is better)"
     )

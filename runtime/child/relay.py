@@ -49,7 +49,7 @@ the reading for good.
 
 from __future__ import annotations
 
-import _signal
+import _signal  # type: ignore[import-not-found]  # getsignal without signal's enum lookup
 import collections
 import select
 import signal
