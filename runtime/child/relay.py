@@ -57,7 +57,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from runtime.wire.mailbox import CAST
+from runtime.wire.mailbox import CALL, CAST
 
 __all__ = ["SLICE", "Relay"]
 
@@ -141,7 +141,9 @@ class Relay:
                     self._disarm()  # about to block: an idle sandbox gets no ticks
                 self._queue.extend(self._recv())
             unit = self._pop()
-        here = self._timer and _signal.getsignal(signal.SIGALRM) is self._on_alarm
+        # Only calls run in place: casts and system ops never do, so they need no tick.
+        here = (unit[0].kind == CALL and self._timer
+                and _signal.getsignal(signal.SIGALRM) is self._on_alarm)
         if not here:
             self._dispatch(unit, False)
             return
