@@ -126,3 +126,10 @@ def test_sandbox_bench_app_refuses_what_it_cannot_do(argv, message, capsys):
 def test_a_request_is_json_or_a_string():
     assert loadtest.parse_request('["add", 2]') == ["add", 2]
     assert loadtest.parse_request("incr") == "incr"
+
+
+@pytest.mark.timeout(180)
+def test_sandbox_bench_app_exits_1_when_calls_fail(capsys):
+    assert cli.main(["bench", "--app", str(COUNTER), "--call", "counter", "crash",
+                     "-n", "5", "--warmup", "0"]) == 1
+    assert "asked to crash" in capsys.readouterr().err
