@@ -39,8 +39,8 @@ Stopping (``ref.stop()``, a supervisor shutting down) is graceful: SYSTEM
 group (which also takes along anything it started and left behind); then the
 reader thread is joined and the socket closed.
 
-A child runs pinned to one CPU by default (``cpu_affinity="auto"``, see
-:func:`start_process`).
+A child runs on whichever CPU the kernel picks unless ``cpu_affinity`` says
+otherwise (see :func:`start_process`).
 
 The host never unpickles what a child sends unless it was started with
 ``trusted=True``.
@@ -851,7 +851,7 @@ def start_process(
     ready_timeout: float | None = 10.0,
     states: Any = None,
     modules: Sequence[Any] = (),
-    cpu_affinity: str | Iterable[int] | None = "auto",
+    cpu_affinity: str | Iterable[int] | None = None,
     isolation: dict[str, Any] | None = None,
     guard: dict[str, Any] | None = None,
     on_violation: Callable[[Any], None] | None = None,
@@ -877,12 +877,14 @@ def start_process(
       ``get_states`` op, restored into those actors after boot (opaque here).
     - ``modules``: the app's compiled modules (:class:`runtime.child.swap.ModuleCode`);
       the child imports the app from these, never from disk.
-    - ``cpu_affinity``: ``"auto"`` (default) pins the child, all its threads, to
-      one CPU, chosen round-robin among the host's; a sandbox runs Python on one
-      core at a time anyway (the GIL), and on one CPU the hand-off from its
-      socket reader to an actor thread is a local context switch instead of a
-      cross-CPU wake-up (about 1.5x faster calls). ``None``: no pinning (for
-      sandboxes running multi-threaded native code); or the CPUs to allow.
+    - ``cpu_affinity``: ``None`` (default) leaves scheduling to the kernel;
+      ``"auto"`` pins the child, all its threads, to one CPU chosen round-robin
+      among the host's; or the CPUs to allow. Pinning used to pay when every call
+      crossed from the child's reader thread to an actor thread (a local context
+      switch instead of a cross-CPU wake-up); calls to idle actors now run on the
+      reader itself (:mod:`runtime.child.relay`), and on a busy shared machine a
+      pinned child waits for its one CPU: p90 of a call 590-770 us pinned against
+      186-198 us unpinned, same run (docs/benchmarks.md).
     - ``isolation``: the OS isolation plan (:func:`runtime.child.isolation.plan`)
       applied in the child before anything else; ``guard``: the runtime guard's
       policy, installed before the entry is imported; ``on_violation(event)``:
