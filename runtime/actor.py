@@ -170,6 +170,14 @@ class Reply:
         except RuntimeError:  # completed twice: the first answer stands
             pass
 
+    def done(self) -> bool:
+        """Whether the reply has arrived (never blocks).
+
+        >>> r = Reply(); r.done(), r.set_result(1), r.done()
+        (False, None, True)
+        """
+        return not self._done.locked()
+
     def wait(self, timeout: float | None) -> bool:
         if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
             self._done.release()

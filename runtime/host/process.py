@@ -352,7 +352,8 @@ class _Connection:
             poll = self._lead_poll.poll
             recv = self.channel.recv  # type: ignore[union-attr]
             route = self._route
-            while not waiter.wait(0):
+            pending = waiter._done.locked  # true until the reply is in (Reply.done)
+            while pending():
                 if deadline is None:
                     ready = poll()
                 else:
@@ -376,7 +377,9 @@ class _Connection:
             token.release()
             if kick or self.pending:
                 self.kick()
-        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if deadline is None or not pending():
+            return timeout  # done (the caller's wait returns at once) or no deadline
+        return max(deadline - time.monotonic(), 0.0)
 
     def kick(self) -> None:
         """Make the reader thread read now (it may be parked)."""
@@ -766,7 +769,8 @@ class ProcessRef(ActorRef):
         conn = self._conn
         reply = Reply()
         ref = conn.submit(CALL, target, request, reply)
-        if not reply.wait(conn.lead(reply, timeout)):
+        left = conn.lead(reply, timeout)
+        if not reply.done() and not reply.wait(left):
             conn.forget(ref)
             if not reply.wait(0):  # the reply may have raced the timeout
                 raise CallTimeout(f"{self.id}/{target}", timeout)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import functools
 import struct
 import threading
 from collections.abc import Callable, Iterable
@@ -148,7 +149,7 @@ class Codec:
     b'\\x00\\x00\\x00\\x0e'
     """
 
-    __slots__ = ("allow_pickle", "max_frame", "_local", "_pack_kw", "_unpack_kws")
+    __slots__ = ("allow_pickle", "max_frame", "_local", "_pack_kw", "_unpack_kws", "_unpackb")
 
     def __init__(self, *, allow_pickle: bool = False, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if not isinstance(max_frame, int) or not 0 < max_frame <= _MAX_PREFIX:
@@ -177,6 +178,9 @@ class Codec:
             }
             for depth in range(MAX_NESTING + 1)
         ]
+        # Every frame decodes at depth 0: a partial saves building the keyword
+        # arguments on each of them.
+        self._unpackb = functools.partial(msgpack.unpackb, **self._unpack_kws[0])
 
     def __repr__(self) -> str:
         return f"Codec(allow_pickle={self.allow_pickle}, max_frame={self.max_frame})"
@@ -374,7 +378,7 @@ class Codec:
         (1, frozenset({2}))
         """
         try:
-            return msgpack.unpackb(data, **self._unpack_kws[0])
+            return self._unpackb(data)
         except ProtocolError:
             raise
         except Exception as exc:  # the peer's bytes can make msgpack raise anything
