@@ -51,6 +51,14 @@ def test_a_call_to_an_idle_actor_runs_on_the_reading_thread(ref: ProcessRef):
     assert ref.call("where", "x") == "MainThread"
 
 
+def test_run_in_place_off_sends_every_call_through_the_mailbox():
+    r = start_process(APP, app_path=str(TESTS), name="relay-off", run_in_place=False)
+    try:
+        assert r.call("where", "x").startswith("ServerActor")
+    finally:
+        r.stop()
+
+
 def test_a_long_handler_does_not_hold_up_other_actors(ref: ProcessRef):
     # gate blocks in place on the reading thread until opener is called: if
     # nobody took the reading over, the open call would never be read.

@@ -156,6 +156,9 @@ class BootConfig:
     #: Runtime guard policy (:meth:`actors.profiles.Profile.guard_policy`), installed
     #: after the environment is set up and before the entry is imported.
     guard: dict[str, Any] | None = None
+    #: Calls to idle actors run on the reading thread (:mod:`runtime.child.relay`);
+    #: False sends every call through the actor's mailbox (one thread hand-off).
+    run_in_place: bool = True
 
 
 # -- system ops ------------------------------------------------------------------------
@@ -514,6 +517,7 @@ class ChildServer:
             self._dispatch,
             done=lambda: self._exit_code is not None,
             fileno=self.channel.fileno(),
+            in_place=self.boot.run_in_place,
         )
         step = relay.step
         try:

@@ -79,6 +79,7 @@ class Relay:
     (main thread, with the time slice armed) or must post it (helper thread).
     ``done()`` true makes the helper give the reading back (the server is exiting).
     ``fileno`` is the socket ``recv`` reads, polled before a read that may block.
+    ``in_place=False``: nothing runs in place (every call goes to a mailbox).
     :meth:`step` is called in a loop by the main thread; it raises what ``recv``
     raised (``ChannelClosed``, ``ProtocolError``), also when the helper hit it.
     """
@@ -90,6 +91,7 @@ class Relay:
         *,
         done: Callable[[], bool] = lambda: False,
         fileno: int | None = None,
+        in_place: bool = True,
         slice_seconds: float = SLICE,
     ) -> None:
         self._recv = recv
@@ -120,7 +122,7 @@ class Relay:
         self._helper: threading.Thread | None = None
         self._on_alarm = self._alarm  # one object, so getsignal() can recognise it
         self._timer = False
-        if threading.current_thread() is threading.main_thread():
+        if in_place and threading.current_thread() is threading.main_thread():
             try:
                 signal.signal(signal.SIGALRM, self._on_alarm)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})

@@ -859,6 +859,7 @@ def start_process(
     isolation: dict[str, Any] | None = None,
     guard: dict[str, Any] | None = None,
     on_violation: Callable[[Any], None] | None = None,
+    run_in_place: bool = True,
 ) -> ProcessRef:
     """Start a child process running the app ``entry`` and return its :class:`ProcessRef`.
 
@@ -894,6 +895,9 @@ def start_process(
       policy, installed before the entry is imported; ``on_violation(event)``:
       called (in the reading thread, keep it short) for each refusal the guard
       reports. The event is the child's word, plain data, to be treated as hostile.
+    - ``run_in_place``: a call to an idle actor runs on the child's reading thread,
+      without a thread hand-off (:mod:`runtime.child.relay`); False sends every
+      call through the actor's mailbox (for comparison: ``benchmarks/bench_core.py``).
 
     Raises :class:`SandboxBootError` (with the child's traceback) if the app fails
     to start, and ``ValueError`` for a bad ``entry``.
@@ -932,6 +936,7 @@ def start_process(
         modules=list(modules),
         isolation=isolation,
         guard=guard,
+        run_in_place=run_in_place,
     )
     conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle)
     conn.on_violation = on_violation
