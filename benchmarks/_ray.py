@@ -2,8 +2,9 @@
 
 Installed with the ``bench`` extra (``pip install -e ".[bench]"``); when it is not
 installed the figures that use it are left out, with a note. Ray is started for the
-benchmark alone (``ray.init(num_cpus=1, include_dashboard=False)``, a local
-single-node cluster) and shut down after it.
+benchmark alone (``ray.init(address="local", num_cpus=1, include_dashboard=False)``:
+its own single-node cluster, even if another one runs on the machine) and shut
+down after it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ class RayEcho:
             raise RuntimeError("ray is not installed (pip install -e '.[bench]')")
         self._owns = not ray.is_initialized()
         if self._owns:
-            ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            # address="local": a cluster of its own, never one someone else runs here.
+            ray.init(address="local", num_cpus=1, include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
 
         @ray.remote(num_cpus=0)
         class Echo:
