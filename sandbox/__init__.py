@@ -34,6 +34,7 @@ from runtime.errors import (
 from runtime.genserver import GenServer
 from runtime.supervisor import Supervisor, SupervisorSpec
 from sandbox.api import BatchResult, Runtime, Sandbox, start
+from sandbox.statesnapshot import SnapshotError, StateSnapshot
 
 __all__ = [
     # host API
@@ -41,6 +42,8 @@ __all__ = [
     "Runtime",
     "Sandbox",
     "BatchResult",
+    "StateSnapshot",
+    "SnapshotError",
     # configuration
     "Limits",
     "SandboxConfig",
