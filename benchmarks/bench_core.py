@@ -8,7 +8,8 @@ In one run, interleaving project and baselines run by run, it measures:
   (a) the floor: a bare child (no runtime: ``benchmarks/_bare.py``) echoing over a
   socketpair with the project's 4-byte-length msgpack framing and envelope (target:
   ratio <= 2.0), (a') the same project child with every call through the actor's
-  mailbox (``run_in_place=False``: what running calls in place saves), (b) a ``multiprocessing.Pipe`` pickle echo in a child, (c) a pykka
+  mailbox (``run_in_place=False``: what running calls in place saves) and (a'')
+  pinned to one CPU (``cpu_affinity="auto"``), (b) a ``multiprocessing.Pipe`` pickle echo in a child, (c) a pykka
   ``ask`` between two threads of one process, and with the ``bench`` extra (d)
   Thespian's ``ask`` and (e) a Ray actor method call (b to e are context, no
   target);
@@ -79,11 +80,12 @@ class Sizes:
 class ProjectChild:
     """A sandbox child running ``benchmarks/apps/echo.py`` through ``runtime.host.process``."""
 
-    def __init__(self, name: str, *, run_in_place: bool = True) -> None:
+    def __init__(self, name: str, *, run_in_place: bool = True,
+                 cpu_affinity: str | None = None) -> None:
         from runtime.host.process import start_process
 
         self.ref = start_process(APP_ENTRY, app_path=str(APP_PATH), name=name,
-                                 run_in_place=run_in_place)
+                                 run_in_place=run_in_place, cpu_affinity=cpu_affinity)
         self.has_cast_many = hasattr(self.ref, "cast_many")
 
     @property
@@ -195,7 +197,7 @@ def main(quick: bool = False) -> list[Record]:
         return ProjectChild(f"bench-core-{os.getpid()}-{next(seq)}")
 
     s = _Series.new(
-        *(f"{k}_{p}" for k in ("proj", "mbox", "floor", "pipe", "pykka", "thespian", "ray")
+        *(f"{k}_{p}" for k in ("proj", "mbox", "pin", "floor", "pipe", "pykka", "thespian", "ray")
           for p in ("p50", "p99")),
         *(f"{k}_{f}" for k in ("proj", "floor") for f in ("cast", "batch")),
         *(f"{k}_{f}" for k in ("proj", "floor", "min") for f in ("start", "uss", "pss")),
@@ -213,6 +215,9 @@ def main(quick: bool = False) -> list[Record]:
         # before calls ran in place): what running them in place saves, same run.
         mbox = ProjectChild(f"bench-core-{os.getpid()}-mailbox", run_in_place=False)
         stack.callback(mbox.close)
+        # ... and pinned to one CPU (the default before calls ran in place).
+        pin = ProjectChild(f"bench-core-{os.getpid()}-pinned", cpu_affinity="auto")
+        stack.callback(pin.close)
         fchild = MpBareChild()
         stack.callback(fchild.close)
         minimal = stack.enter_context(FloorForkServer())
@@ -261,6 +266,7 @@ def main(quick: bool = False) -> list[Record]:
         systems: list[tuple[str, Callable[[Any], Any]]] = [
             ("proj", lambda p: proj.call("echo", p)),
             ("mbox", lambda p: mbox.call("echo", p)),
+            ("pin", lambda p: pin.call("echo", p)),
             ("floor", lambda p: fchild.call("echo", p)),
             ("pipe", pipe_call),
             ("pykka", lambda p: pykka_ref.ask(p)),
@@ -363,6 +369,16 @@ def main(quick: bool = False) -> list[Record]:
             "same child, calls via the actor's mailbox",
             f"mbox_{pct}",
             note="context: start_process(run_in_place=False), one thread hand-off per call",
+        )
+    for pct in ("p50", "p99"):
+        add(
+            "call_roundtrip",
+            f"{pct} round trip",
+            f"proj_{pct}",
+            "us",
+            "same child pinned to one CPU",
+            f"pin_{pct}",
+            note="context: start_process(cpu_affinity='auto'), the default before issue 15",
         )
     for pct in ("p50", "p99"):
         add(
