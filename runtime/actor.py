@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import threading
 import traceback
@@ -48,6 +49,7 @@ __all__ = [
     "Down",
     "Exit",
     "ExitReason",
+    "NOREPLY",
     "Reply",
     "ReplySink",
     "demonitor",
@@ -179,6 +181,7 @@ class Reply:
         return not self._done.locked()
 
     def wait(self, timeout: float | None) -> bool:
+        timeout = _wait_arg(timeout)
         if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
             self._done.release()
             return True
@@ -223,6 +226,25 @@ class _Wake:
 
 
 Watcher = Callable[[Down], None]
+
+
+class _NoReply:
+    def __repr__(self) -> str:
+        return "runtime.NOREPLY"
+
+    def __reduce__(self) -> str:
+        return "NOREPLY"
+
+
+#: Returned by a call handler that answers later (OTP's ``noreply``): the caller
+#: keeps waiting until the reply sink (``Actor._caller`` at the time) is answered,
+#: or gets :class:`~runtime.errors.ActorDead` if the actor ends first.
+NOREPLY: Any = _NoReply()
+
+
+def _wait_arg(timeout: float | None) -> float | None:
+    """``timeout`` for threading waits: ``math.inf`` means no limit (it would overflow)."""
+    return None if timeout is None or timeout == math.inf else timeout
 
 
 class Actor(pykka.ThreadingActor):
@@ -273,6 +295,8 @@ class Actor(pykka.ThreadingActor):
         self._started = threading.Event()
         self._stop_request: ExitReason | None = None
         self._pending: set[ReplySink] = set()
+        #: The reply sink of the call being handled (None outside a call).
+        self._caller: ReplySink | None = None
         self._watchers: dict[str, Watcher] = {}
         self._links: dict[str, Actor] = {}
         self._thread: threading.Thread | None = None
@@ -432,6 +456,7 @@ class Actor(pykka.ThreadingActor):
             raise _Failed(reason) from exc
 
     def _handle_call(self, msg: _Call) -> None:
+        self._caller = msg.reply
         try:
             value = self._dispatch(self.on_call, msg.request)
         except _Failed as failed:
@@ -440,8 +465,11 @@ class Actor(pykka.ThreadingActor):
                 ActorFailed(self.actor_id, failed.reason.message, failed.reason.traceback)
             )
             raise
-        if self._inline_thread is None:  # a call run in place was never in _pending
-            self._discard(msg.reply)
+        finally:
+            self._caller = None
+        if value is NOREPLY:
+            return  # answered later; stays pending, so the caller hears if the actor ends
+        self._discard(msg.reply)
         msg.reply.set_result(value)
 
     def _discard(self, reply: ReplySink) -> None:
@@ -599,6 +627,10 @@ class ActorRef:
         """
         reply = Reply()
         self.call_into(request, reply)
+        return self.await_reply(reply, timeout)
+
+    def await_reply(self, reply: Reply, timeout: float | None) -> Any:
+        """Wait for the answer of a call sent with :meth:`call_into`; as :meth:`call`."""
         if not reply.wait(timeout):
             self._actor._discard(reply)
             raise CallTimeout(self.id, timeout)
@@ -621,18 +653,15 @@ class ActorRef:
         >>> _ = ref.stop()
         """
         actor = self._actor
-        msg = _Call(request, reply, BARRIER.held())
-        if run_here:
-            if actor._exiting or actor._failing or actor._exit_reason is not None:
-                raise ActorDead(self.id, actor._exit_reason)
-            # Answered before _run_here returns (or failed by _handle_call): no need
-            # to be in _pending, where an ending actor fails the calls it leaves.
-            if actor._run_here(msg):
-                return
         with actor._life:
             if actor._exiting or actor._failing or actor._exit_reason is not None:
                 raise ActorDead(self.id, actor._exit_reason)
+            # Pending from here on, in place too: a handler may keep its caller
+            # (NOREPLY) and answer it later, or an ending actor fails it.
             actor._pending.add(reply)
+        msg = _Call(request, reply, BARRIER.held())
+        if run_here and actor._run_here(msg):
+            return
         with actor._mb:
             actor._backlog += 1
         actor.actor_inbox.put(Envelope(msg))
@@ -677,7 +706,7 @@ class ActorRef:
         me = threading.current_thread()
         if me is actor._thread or me is actor._inline_thread:
             return reason or ExitReason.shutdown()
-        if not actor._exited.wait(timeout):
+        if not actor._exited.wait(_wait_arg(timeout)):
             log.warning("%s did not stop within %ss; abandoning its thread", self.id, timeout)
             actor._kill(ExitReason.killed(f"did not stop within {timeout}s"))
         return actor._exit_reason or ExitReason.shutdown()
@@ -688,7 +717,7 @@ class ActorRef:
 
     def join(self, timeout: float | None = None) -> ExitReason | None:
         """Wait until the actor has ended; returns its exit reason (None on timeout)."""
-        self._actor._exited.wait(timeout)
+        self._actor._exited.wait(_wait_arg(timeout))
         return self._actor._exit_reason
 
 

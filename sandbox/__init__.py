@@ -11,7 +11,7 @@ The actor system underneath is :mod:`runtime`; its names most apps need
 
 from __future__ import annotations
 
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime import telemetry
 from runtime.childspec import ChildSpec
 from runtime.errors import (
@@ -48,6 +48,7 @@ __all__ = [
     "Limits",
     "SandboxConfig",
     "WatchOptions",
+    "AlertThresholds",
     # re-exported from runtime
     "GenServer",
     "ChildSpec",

@@ -128,3 +128,13 @@ def test_a_timed_out_call_leaves_the_sandbox_serving(ref: ProcessRef):
         ref.call("gate", "block", timeout=0.2)
     assert ref.call("opener", "open", timeout=10)  # ends the abandoned handler
     assert ref.call("gate", "next", timeout=10) == "next"
+
+
+def test_deferred_replies_work_in_place(ref: ProcessRef):
+    # Answered inside the handler, which then returns NOREPLY (run in place).
+    assert ref.call("gate", "answer-early") == ("early", "MainThread")
+    # Kept by one call (run in place), answered by the next.
+    t, deferred = _in_thread(lambda: ref.call("gate", "defer", timeout=30))
+    wait_for(lambda: ref.call("gate", "release") == "done", timeout=10)
+    assert deferred.wait(10) and deferred.result() == "released"
+    t.join()

@@ -3,7 +3,9 @@
 - ``where``: ``call("where", x)`` returns the name of the thread that ran it.
 - ``gate``: ``call("gate", "block")`` waits until ``opener`` is called with "open"
   (a long handler, ended by another actor's call); ``"fail"`` raises;
-  ``"stop"`` stops the actor from inside its handler.
+  ``"stop"`` stops the actor from inside its handler; ``"answer-early"`` answers
+  its caller inside the handler and returns NOREPLY; ``"defer"`` keeps its caller,
+  which ``"release"`` answers.
 - ``opener``: ``call("opener", "open")`` opens the gate.
 - ``log``: casts append, ``call("log", "get")`` returns the list (order per sender).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from runtime import NOREPLY, reply
 from runtime.genserver import GenServer
 
 GATE = threading.Event()
@@ -42,6 +45,16 @@ class Gate(GenServer):
         if request == "stop":
             self.ref.stop()
             return "stopping", state
+        if request == "answer-early":  # answer inside the handler, then NOREPLY
+            reply(self.caller, ("early", threading.current_thread().name))
+            return NOREPLY, state
+        if request == "defer":  # keep the caller; "release" answers it
+            return NOREPLY, self.caller
+        if request == "release":
+            if state is None:
+                return "nothing kept yet", state
+            reply(state, "released")
+            return "done", None
         return request, state
 
 
