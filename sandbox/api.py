@@ -306,14 +306,17 @@ class Runtime:
         state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
-        # The durable store (sandbox/statedir.py): per-user for a named runtime,
-        # temporary (removed at stop) for a throwaway one.
-        self.state = StateDir.resolve(state_dir, name)
         # metrics, health, alerts, HTTP (sandbox/health.py)
         self._obs = Observability(self, http=http, alerts=_plain(alerts),
                                   alert_webhook=alert_webhook)
         if base_dir is not None and not os.path.isdir(base_dir):
             raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
+        if watch_backend not in ("auto", "inotify", "polling"):
+            raise ConfigError("watch_backend", watch_backend, _RUNTIME_OPTIONS["watch_backend"])
+        # Directories only once every option is accepted: a refused runtime leaves none.
+        # The durable store (sandbox/statedir.py): per-user for a named runtime,
+        # temporary (removed at stop) for a throwaway one.
+        self.state = StateDir.resolve(state_dir, name)
         self.base_dir = tempfile.mkdtemp(prefix=f"sandbox-{self.name}-", dir=base_dir)
         self._lock = threading.Lock()
         self._root: SupervisorRef | None = None
@@ -324,8 +327,6 @@ class Runtime:
         # The audit log sits beside base_dir (not in it: that holds only workdirs).
         self._audit_path = os.fspath(audit_path) if audit_path else self.state.audit_path
         self._watch_backend = watch_backend
-        if self._watch_backend not in ("auto", "inotify", "polling"):
-            raise ConfigError("watch_backend", self._watch_backend, _RUNTIME_OPTIONS["watch_backend"])
         self._components: dict[str, ActorRef] = {}
         self._components_changed = threading.Condition()
 

@@ -344,6 +344,16 @@ def test_a_killed_compiler_leaves_no_temporary_files(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("option", [
+    {"watch_backend": "nope"}, {"alerts": {"no_such_threshold": 1}}, {"http": ("127.0.0.1",)},
+], ids=["watch_backend", "alerts", "http"])
+def test_options_refused_leave_no_temporary_files(tmp_path, monkeypatch, option):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(ConfigError, match=next(iter(option))):
+        sandbox.start(**option)
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_runtime_refused_at_start_leaves_no_temporary_files(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
