@@ -33,7 +33,9 @@ from runtime.errors import (
 )
 from runtime.genserver import GenServer
 from runtime.supervisor import Supervisor, SupervisorSpec
+from sandbox.aio import AsyncRuntime, AsyncSandbox, start_async
 from sandbox.api import BatchResult, Runtime, Sandbox, start
+from sandbox.control import AuthenticationError, ControlError, connect, connect_async
 
 __all__ = [
     # host API
@@ -41,6 +43,14 @@ __all__ = [
     "Runtime",
     "Sandbox",
     "BatchResult",
+    # asyncio, and a runtime behind a control endpoint
+    "start_async",
+    "AsyncRuntime",
+    "AsyncSandbox",
+    "connect",
+    "connect_async",
+    "ControlError",
+    "AuthenticationError",
     # configuration
     "Limits",
     "SandboxConfig",

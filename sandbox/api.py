@@ -27,7 +27,7 @@ from actors.config import Limits, SandboxConfig, WatchOptions
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
-from runtime.errors import ConfigError, SandboxError, SecurityViolation
+from runtime.errors import ActorDead, ConfigError, SandboxError, SandboxNotFound, SecurityViolation
 from runtime.supervisor import Supervisor, SupervisorRef
 from sandbox.health import Observability
 
@@ -52,7 +52,44 @@ _RUNTIME_OPTIONS = {
     "temporary file removed at stop",
     "watch_backend": "'auto' (inotify, polling where unavailable), 'inotify' or 'polling'",
     "http": "None, or a (host, port) pair to serve /health and /metrics on (port 0: any free port)",
+    "listen": "None, or a control endpoint address: 'unix:PATH' or 'tcp:HOST:PORT'",
+    "token_file": "None, or a file holding the control endpoint's token (made if absent)",
+    "tls": "None, or a (certificate, key) pair of PEM files for a tcp: endpoint",
 }
+
+
+def _check_options(name: Any, max_restarts: Any, max_seconds: Any, history: Any,
+                   monitor_interval: Any, listen: Any, tls: Any) -> None:
+    """Validate the options of :func:`start` before anything is created."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    checks = [
+        ("name", name, name is None or (isinstance(name, str) and bool(name)
+                                       and all(c.isalnum() or c in "-_." for c in name))),
+        ("max_restarts", max_restarts, integer(max_restarts) and max_restarts >= 0),
+        ("max_seconds", max_seconds, number(max_seconds) and max_seconds > 0),
+        ("history", history, integer(history) and history >= 1),
+        ("monitor_interval", monitor_interval, number(monitor_interval) and monitor_interval > 0),
+        ("tls", tls, tls is None or (isinstance(tls, (tuple, list)) and len(tls) == 2)),
+    ]
+    for option, value, ok in checks:
+        if not ok:
+            accepted = _RUNTIME_OPTIONS[option]
+            if option == "name":
+                accepted = "a non-empty string of letters, digits, '-', '_' and '.' (it names " \
+                           "files and log fields)"
+            raise ConfigError(option, value, accepted)
+    if listen is not None:
+        from sandbox.control.protocol import parse_address
+
+        parse_address(listen)
+    elif tls is not None:
+        raise ConfigError("tls", tls, "TLS together with listen='tcp:HOST:PORT'")
 
 
 @dataclass(frozen=True)
@@ -87,7 +124,22 @@ class Sandbox:
         # calls to a healthy sandbox never queue behind the manager's other work.
         if self._slot is None:
             self._slot = self.runtime._slot(self.id)
-        return self._slot.get(timeout)
+        try:
+            return self._slot.get(timeout)
+        except ActorDead:
+            self._check_owner()
+            raise
+
+    def _check_owner(self) -> None:
+        """Raise SandboxNotFound if this handle's sandbox was destroyed (its id may
+        name another sandbox now: a handle belongs to one sandbox, never to its id)."""
+        if self._slot is not None and self.runtime._slot(self.id) is not self._slot:
+            raise SandboxNotFound(self.id)
+
+    def _owned(self) -> str:
+        # Operations by id check first that the id still names this handle's sandbox.
+        self._check_owner()
+        return self.id
 
     def call(self, actor: str, request: Any, *, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """Call the actor registered as ``actor`` inside the sandbox and return its reply.
@@ -134,15 +186,15 @@ class Sandbox:
 
     def info(self) -> dict[str, Any]:
         """The sandbox's status, pid, configuration, restart count, uptime, last error."""
-        return self.runtime.get_sandbox_info(self.id)
+        return self.runtime.get_sandbox_info(self._owned())
 
     def restart(self, *, preserve_state: bool = False) -> dict[str, Any]:
         """Restart the sandbox with the same configuration (optionally keeping actor state)."""
-        return self.runtime.restart_sandbox(self.id, preserve_state=preserve_state)
+        return self.runtime.restart_sandbox(self._owned(), preserve_state=preserve_state)
 
     def destroy(self) -> None:
         """Stop the sandbox's processes and remove its work directory and registry entry."""
-        self.runtime.destroy_sandbox(self.id)
+        self.runtime.destroy_sandbox(self._owned())
 
     @property
     def pid(self) -> int | None:
@@ -161,18 +213,18 @@ class Sandbox:
     ) -> ReloadReport:
         """Swap changed code in, keeping state; see :meth:`Runtime.hot_reload`."""
         return self.runtime.hot_reload(
-            self.id, modules=modules, source=source, migrate=migrate, extra=extra,
+            self._owned(), modules=modules, source=source, migrate=migrate, extra=extra,
             changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout)
 
     def rollback_module(
         self, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
     ) -> ReloadReport:
         """Swap a kept version of ``module`` back in; see :meth:`Runtime.rollback_module`."""
-        return self.runtime.rollback_module(self.id, module, version, extra=extra, timeout=timeout)
+        return self.runtime.rollback_module(self._owned(), module, version, extra=extra, timeout=timeout)
 
     def module_versions(self, module: str | None = None) -> Any:
         """Kept versions; see :meth:`Runtime.module_versions`."""
-        return self.runtime.module_versions(self.id, module)
+        return self.runtime.module_versions(self._owned(), module)
 
     def enable_auto_reload(
         self,
@@ -218,7 +270,13 @@ class Runtime:
         audit_path: str | os.PathLike[str] | None = None,
         watch_backend: str = "auto",
         http: tuple[str, int] | None = None,
+        listen: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
     ) -> None:
+        _check_options(name, max_restarts, max_seconds, history, monitor_interval, listen, tls)
+        self._listen = (listen, token_file, tls)
+        self._control: Any = None  # sandbox.control.server.ControlServer, once started
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
         self._obs = Observability(self, http=http)  # metrics, health, HTTP
         if base_dir is not None and not os.path.isdir(base_dir):
@@ -323,8 +381,39 @@ class Runtime:
             name=f"{self.name}/root",
         )
         self._obs.start()
+        try:
+            self._start_control()
+        except BaseException:
+            self.stop()
+            raise
         telemetry.execute("runtime.start", {"count": 1}, {"runtime": self.name})
         return self
+
+    def _start_control(self) -> None:
+        listen, token_file, tls = self._listen
+        if listen is None:
+            return
+        from sandbox.control.server import ControlServer, load_token, tls_context
+
+        address = str(listen)
+        token = load_token(token_file) if token_file is not None else None
+        if token is None and address.startswith("tcp:"):
+            import secrets
+
+            token = secrets.token_urlsafe(32)  # rt.control_token tells it
+        context = tls_context(*tls) if tls is not None else None
+        self._control = ControlServer(self, address, token=token, tls=context).start()
+
+    @property
+    def control_address(self) -> Any:
+        """The control endpoint's address (``sandbox.control.protocol.Address``; a tcp
+        port 0 is resolved), or None without ``listen``."""
+        return self._control.address if self._control is not None else None
+
+    @property
+    def control_token(self) -> str | None:
+        """The token clients of the control endpoint must give (None: none needed)."""
+        return self._control.token if self._control is not None else None
 
     def stop(self) -> None:
         """Destroy every sandbox and stop the component actors. Idempotent."""
@@ -332,6 +421,9 @@ class Runtime:
             root, self._root = self._root, None
         if root is None:
             return
+        control, self._control = self._control, None
+        if control is not None:
+            control.stop()
         root.stop(timeout=60.0)
         self._obs.stop()
         from runtime.child.isolation import release_group
@@ -430,12 +522,15 @@ class Runtime:
             max_restarts=max_restarts, max_seconds=max_seconds, env=env,
             auto_reload=auto_reload, shutdown=shutdown, watch=watch)
         self._manager("create", config)
-        return Sandbox(self, sandbox_id)
+        handle = Sandbox(self, sandbox_id)
+        handle._slot = self._slot(sandbox_id)  # binds the handle to this sandbox
+        return handle
 
     def sandbox(self, sandbox_id: str) -> Sandbox:
         """A handle on an existing sandbox (raises SandboxNotFound if there is none)."""
-        self.get_sandbox_info(sandbox_id)
-        return Sandbox(self, sandbox_id)
+        handle = Sandbox(self, sandbox_id)
+        handle._slot = self._slot(sandbox_id)  # SandboxNotFound if there is none
+        return handle
 
     @logs.operation("destroy")
     def destroy_sandbox(self, sandbox_id: str) -> None:
@@ -647,6 +742,9 @@ def start(
     audit_path: str | os.PathLike[str] | None = None,
     watch_backend: str = "auto",
     http: tuple[str, int] | None = None,
+    listen: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
 ) -> Runtime:
     """Start a runtime. Also a context manager: ``with sandbox.start() as rt: ...``.
 
@@ -656,7 +754,10 @@ def start(
     ``history`` (versions kept per module), ``monitor_interval`` (seconds between
     resource samples), ``audit_path`` (a JSON-lines audit file kept after stop),
     ``watch_backend`` ('auto', 'inotify', 'polling'), ``http`` ((host, port) serving
-    /health and /metrics).
+    /health and /metrics), ``listen`` (a control endpoint, ``'unix:PATH'`` or
+    ``'tcp:HOST:PORT'``, for :func:`sandbox.connect` and the CLI), ``token_file``
+    (its token; made if absent; a tcp endpoint without one gets a random token,
+    ``rt.control_token``), ``tls`` ((certificate, key) PEM files for tcp).
 
     >>> import runtime
     >>> rt = sandbox.start(name="doc-rt")
@@ -667,5 +768,5 @@ def start(
     return Runtime(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
-        watch_backend=watch_backend, http=http,
+        watch_backend=watch_backend, http=http, listen=listen, token_file=token_file, tls=tls,
     ).start()

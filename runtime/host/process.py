@@ -772,11 +772,19 @@ class ProcessRef(ActorRef):
                 raise CallTimeout(f"{self.id}/{target}", timeout)
         return reply.result()
 
-    def call_into(self, request: Any, reply: ReplySink) -> None:
-        """Send a call whose answer goes to ``reply``; ``request`` is ``(target, request)``."""
+    def call_into(self, request: Any, reply: ReplySink) -> int:  # type: ignore[override]
+        """Send a call whose answer goes to ``reply``; ``request`` is ``(target, request)``.
+
+        Returns the call's ref, for :meth:`forget` when nobody wants the answer any more.
+        """
         target, payload = request
-        self._conn.submit(CALL, target, payload, reply)
+        ref = self._conn.submit(CALL, target, payload, reply)
         self._conn.kick()  # nobody waits in a call to read the answer: the reader does
+        return ref
+
+    def forget(self, ref: int) -> None:
+        """Drop the pending answer of a :meth:`call_into` (its caller gave up)."""
+        self._conn.forget(ref)
 
     def cast(self, target: str, request: Any) -> None:  # type: ignore[override]
         """Send ``request`` to ``target`` without waiting (a missing target is reported
