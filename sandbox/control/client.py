@@ -93,11 +93,14 @@ class _Connection:
         return self.codec.decode_envelope(await self.reader.readexactly(size))
 
     async def hello(self, token: str | None, timeout: float) -> None:
-        self.writer.write(self.codec.frame(SYSTEM, 0, "hello",
-                                           {"version": PROTOCOL_VERSION, "token": token}))
+        try:
+            self.writer.write(self.codec.frame(SYSTEM, 0, "hello",
+                                               {"version": PROTOCOL_VERSION, "token": token}))
+        except ConnectionError:
+            pass  # refused before it heard us (too many clients): its error frame says why
         try:
             env = await asyncio.wait_for(self._frame(), timeout)
-        except asyncio.IncompleteReadError:
+        except (asyncio.IncompleteReadError, ConnectionError):
             raise ControlError("the server closed the connection before answering the "
                                "hello (is this a sandbox control endpoint?)") from None
         if env.kind == ERROR:

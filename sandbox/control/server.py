@@ -230,6 +230,7 @@ class ControlServer:
         self._aio = AsyncRuntime(runtime)
         self._handles: dict[str, AsyncSandbox] = {}
         self._clients: set[_Client] = set()
+        self._serving: set[asyncio.Task[Any]] = set()
         self._backlog: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_BACKLOG)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -334,16 +335,24 @@ class ControlServer:
             self._server.close()
         for client in list(self._clients):
             client.close()
-            for task in client.tasks:
-                task.cancel()
-        tasks = [t for c in self._clients for t in c.tasks]
+        tasks = [t for t in self._serving if not t.done()]
+        for task in tasks:
+            task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- connections ----------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(self, reader, writer)
+        me = asyncio.current_task()
+        if me is not None:
+            self._serving.add(me)
+            me.add_done_callback(self._serving.discard)
         if len(self._clients) >= self.limits.max_clients:
+            try:  # read its hello first: closing on unread data would reset the connection
+                await client.read_frame(self.limits.auth_timeout)
+            except (ProtocolError, asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                pass
             client.send(ERROR, 0, None, error_to_wire(ControlError(
                 f"too many clients: this server takes max_clients={self.limits.max_clients} "
                 "at once; close another connection and retry")))
@@ -374,10 +383,11 @@ class ControlServer:
             self._clients.discard(client)
             for task in client.tasks:
                 task.cancel()
-            try:
-                await client.writer.drain()
-            except (ConnectionError, ssl.SSLError):
-                pass
+            if not client.closed:  # let its last error frame go out, briefly
+                try:
+                    await asyncio.wait_for(client.writer.drain(), 1.0)
+                except (ConnectionError, TimeoutError, ssl.SSLError):
+                    pass
             client.close()
 
     async def _authenticate(self, client: _Client) -> None:
