@@ -1,4 +1,6 @@
-"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``.
+"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``, ``bench``, and the
+commands of a running runtime (``ps``, ``call``, ``cast``, ``info``, ``reload``,
+``rollback``, ``logs``, ``top``, ``stop``: :mod:`sandbox.control.commands`).
 
 Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line without a
 traceback unless ``--debug`` is given.
@@ -19,6 +21,7 @@ from typing import Any
 
 from runtime import telemetry
 from runtime.errors import SandboxError
+from sandbox.control.commands import add_client_commands, add_client_options
 
 __all__ = ["main", "scaffold"]
 
@@ -209,7 +212,14 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with sandbox.start(name="run") as rt:
+    if args.listen and args.listen.startswith("tcp:") and not args.token_file:
+        raise SandboxError("--listen tcp:... needs --token-file PATH (the token clients must "
+                           "give; a new one is written there if the file does not exist)")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert or args.tls_key else None
+    with sandbox.start(name="run", listen=args.listen, token_file=args.token_file,
+                       tls=tls) as rt:
+        if args.listen:  # `sandbox stop` from another terminal ends this command too
+            rt._control.on_stop = stop.set
         printer = _Printer(lambda s: print(s, flush=True), rt.name)
         watch = getattr(args, "watch", False)
         telemetry.attach("cli-run", "sandbox", _quiet_reloads(printer) if watch else printer)
@@ -225,7 +235,9 @@ def _run(args: argparse.Namespace) -> int:
                                    auto_reload=watch)
             info = sb.info()
             watching = f"; watching {info['path']} for changes" if watch else ""
-            printer.line(f"running {sandbox_id} (pid {info['pid']}){watching}; press Ctrl-C to stop")
+            listening = f"; control endpoint {rt.control_address}" if args.listen else ""
+            printer.line(f"running {sandbox_id} (pid {info['pid']}){watching}{listening}; "
+                         "press Ctrl-C to stop")
             stop.wait()
             printer.line("stopping")
         finally:
@@ -315,8 +327,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sandbox", description="Supervised, hot-reloadable sandboxes.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--debug", action="store_true",
+                   help="show tracebacks on errors (accepted anywhere on the command line)")
+    add_client_options(p)
     sub = p.add_subparsers(dest="command", required=True)
+    add_client_commands(sub)
     demo = sub.add_parser("demo", help="a tour on the bundled counter app")
     demo.set_defaults(fn=_demo)
     run = sub.add_parser("run", help="run an app in the foreground until Ctrl-C")
@@ -326,6 +341,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--id", default=None, help="sandbox id (default: the directory name)")
     run.add_argument("--watch", action="store_true",
                      help="hot-reload the app on every save, printing one line per reload")
+    run.add_argument("--listen", metavar="ADDRESS", default=None,
+                     help="serve a control endpoint: unix:PATH or tcp:HOST:PORT")
+    run.add_argument("--token-file", metavar="PATH", default=None,
+                     help="the endpoint's token (required for tcp; made if absent)")
+    run.add_argument("--tls-cert", metavar="PEM", default=None, help="TLS certificate (tcp)")
+    run.add_argument("--tls-key", metavar="PEM", default=None, help="TLS private key (tcp)")
     run.set_defaults(fn=_run)
     new = sub.add_parser("new", help="scaffold a new app directory")
     new.add_argument("name")
@@ -357,17 +378,24 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sandbox`` console script; returns the exit code."""
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere: after the subcommand as well as before
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args([a for a in argv if a != "--debug"])
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     try:
         return args.fn(args)
-    except (SandboxError, OSError) as exc:
-        if args.debug:
+    except (SandboxError, OSError, TypeError, ValueError) as exc:
+        if debug:
             raise
-        print(f"sandbox: error: {exc}", file=sys.stderr)
+        # One line: the first of the message (an actor's failure carries its remote
+        # traceback after it; --debug shows everything).
+        first = str(exc).strip().split("\n", 1)[0]
+        print(f"sandbox: error: {first}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -455,7 +455,10 @@ class ControlServer:
             return await self._on_sandbox(a.get("id"), lambda h: h.cast(a.get("actor"),
                                                                         a.get("request")))
         if op == "logs":
-            recent = list(self._backlog)[-int(a.get("lines") or LOG_BACKLOG):]
+            lines = a.get("lines")
+            recent = list(self._backlog)
+            if lines is not None:
+                recent = recent[len(recent) - min(int(lines), len(recent)):]
             if a.get("follow"):
                 client.following.add(ref)
             return recent

@@ -1,0 +1,161 @@
+"""``sandbox run --listen`` in one process, the client commands from others (real
+subprocesses, as from a second terminal)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sandbox_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sandbox.cli", *args]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(sandbox_cmd(*args), cwd=ROOT, capture_output=True, text=True,
+                          timeout=90, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`sandbox run examples/counter --listen unix:S`; yields the address."""
+    address = f"unix:{tmp_path_factory.mktemp('cli') / 's.sock'}"
+    proc = subprocess.Popen(
+        sandbox_cmd("run", "examples/counter", "--listen", address), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        for line in proc.stdout:  # blocks on the server's output, no sleeping
+            if "press Ctrl-C to stop" in line:
+                assert f"control endpoint {address}" in line, line
+                break
+        else:
+            pytest.fail(f"sandbox run ended early: {proc.communicate()[1]}")
+        yield address
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+
+
+def test_call_prints_the_reply_as_json(server):
+    done = run("--connect", server, "call", "counter", "counter", '"incr"')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "1\n"
+    # a Python literal, the address from the environment
+    done = run("call", "counter", "counter", "('add', 10)", env={"SANDBOX_ADDRESS": server})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "11\n"
+
+
+def test_ps_info_cast_reload(server):
+    done = run("--connect", server, "ps")
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["ID", "STATUS", "PID"]
+    assert row.split()[:2] == ["counter", "running"]
+    info = json.loads(run("--connect", server, "info", "counter").stdout)
+    assert info["id"] == "counter" and info["status"] == "running"
+    before = int(run("--connect", server, "call", "counter", "counter", '"get"').stdout)
+    assert run("--connect", server, "cast", "counter", "counter", '"incr"').returncode == 0
+    after = run("--connect", server, "call", "counter", "counter", '"get"').stdout
+    assert int(after) in (before, before + 1)  # the cast may still be on its way
+    done = run("--connect", server, "reload", "counter")
+    assert done.returncode == 0 and done.stdout == "no module changed\n", done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("call", "nope", "counter", '"get"'), "sandbox: error: no sandbox with id 'nope'"),
+        (("call", "counter", "counter", '"crash"'), "sandbox: error: actor '"),
+        (("call", "counter", "counter", "not json ("), "sandbox: error: cannot read the request"),
+    ],
+    ids=["not-found", "actor-failed", "bad-request"],
+)
+def test_errors_are_one_line(server, args, message):
+    done = run("--connect", server, *args)
+    assert done.returncode == 1
+    assert done.stderr.startswith(message), done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+
+
+def test_debug_is_accepted_after_the_subcommand(server):
+    done = run("--connect", server, "call", "nope", "counter", '"get"', "--debug")
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "SandboxNotFound" in done.stderr
+
+
+def test_no_address_says_how_to_give_one():
+    env = {k: v for k, v in os.environ.items() if k != "SANDBOX_ADDRESS"}
+    done = subprocess.run(sandbox_cmd("ps"), cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1 and "--connect ADDRESS or set SANDBOX_ADDRESS" in done.stderr
+
+
+def test_top_piped_prints_plain_tables(server):
+    done = run("--connect", server, "top", "-n", "2", "--interval", "0.2")
+    assert done.returncode == 0, done.stderr
+    assert "\x1b[" not in done.stdout
+    lines = done.stdout.splitlines()
+    assert sum(line.startswith("--") for line in lines) == 2
+    assert sum(line.split()[:1] == ["ID"] for line in lines) == 2
+    assert any(line.startswith("counter") and "running" in line for line in lines)
+
+
+def test_logs_follow_prints_new_records(server):
+    # A failed operation is logged (runtime.ops, WARNING): the first one is in the
+    # backlog the follower starts with, the second one reaches it as it happens.
+    assert run("--connect", server, "reload", "ghost1").returncode == 1
+    proc = subprocess.Popen(sandbox_cmd("--connect", server, "logs", "-f"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        for wanted in ("hot_reload ghost1", "hot_reload ghost2"):
+            for line in iter(proc.stdout.readline, ""):
+                if wanted in line:
+                    assert " WARNING runtime.ops [" in line, line
+                    break
+            else:
+                pytest.fail(proc.stderr.read())
+            if wanted.endswith("1"):
+                assert run("--connect", server, "reload", "ghost2").returncode == 1
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_stop_ends_sandbox_run(tmp_path):
+    address = f"unix:{tmp_path / 'stop.sock'}"
+    proc = subprocess.Popen(
+        sandbox_cmd("run", "examples/counter", "--id", "c2", "--listen", address), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        for line in proc.stdout:
+            if "press Ctrl-C to stop" in line:
+                break
+        assert run("--connect", address, "call", "c2", "counter", '"incr"').stdout == "1\n"
+        done = run("--connect", address, "stop")
+        assert done.returncode == 0 and done.stdout.startswith("stopped runtime"), done.stderr
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "stopped" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
