@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -90,6 +91,31 @@ def _check_options(name: Any, max_restarts: Any, max_seconds: Any, history: Any,
         parse_address(listen)
     elif tls is not None:
         raise ConfigError("tls", tls, "TLS together with listen='tcp:HOST:PORT'")
+
+
+#: Runtimes started and not stopped yet: stopped at interpreter exit (see _at_exit).
+_running: set[Runtime] = set()
+_exit_hook = threading.Lock()
+
+
+def _at_exit(runtime: Runtime) -> None:
+    """Stop ``runtime`` at interpreter exit if nobody did: its processes, work
+    directories, audit file and compile cache are gone when the program is.
+
+    Registered at the first start, after the process module's own exit hook, so it
+    runs first (atexit runs hooks last-in first-out) and stops the sandboxes in order.
+    """
+    _running.add(runtime)
+    if _exit_hook.acquire(blocking=False):  # once per interpreter; never released
+        atexit.register(_stop_all)
+
+
+def _stop_all() -> None:
+    for runtime in list(_running):
+        try:
+            runtime.stop()
+        except Exception:  # exiting anyway; the next runtime still gets stopped
+            log.exception("runtime %s: stopping at exit failed", runtime.name)
 
 
 @dataclass(frozen=True)
@@ -278,6 +304,8 @@ class Runtime:
         self._listen = (listen, token_file, tls)
         self._control: Any = None  # sandbox.control.server.ControlServer, once started
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
+        if watch_backend not in ("auto", "inotify", "polling"):
+            raise ConfigError("watch_backend", watch_backend, _RUNTIME_OPTIONS["watch_backend"])
         self._obs = Observability(self, http=http)  # metrics, health, HTTP
         if base_dir is not None and not os.path.isdir(base_dir):
             raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
@@ -292,8 +320,6 @@ class Runtime:
         self._own_audit = not audit_path
         self._audit_path = os.fspath(audit_path) if audit_path else self.base_dir + ".audit.jsonl"
         self._watch_backend = watch_backend
-        if self._watch_backend not in ("auto", "inotify", "polling"):
-            raise ConfigError("watch_backend", self._watch_backend, _RUNTIME_OPTIONS["watch_backend"])
         self._components: dict[str, ActorRef] = {}
         self._components_changed = threading.Condition()
 
@@ -373,19 +399,24 @@ class Runtime:
         from sandbox.autoreload import watcher_child
 
         children.append(watcher_child(self, component, started, self._watch_backend))
-        self._root = Supervisor.start(
-            children,
-            strategy="one_for_one",
-            max_restarts=self._max_restarts,
-            max_seconds=self._max_seconds,
-            name=f"{self.name}/root",
-        )
-        self._obs.start()
         try:
+            self._root = Supervisor.start(
+                children,
+                strategy="one_for_one",
+                max_restarts=self._max_restarts,
+                max_seconds=self._max_seconds,
+                name=f"{self.name}/root",
+            )
+            self._obs.start()
             self._start_control()
         except BaseException:
-            self.stop()
+            # A failed start leaves nothing behind: no actor, no directory, no audit file.
+            if self._root is not None:
+                self.stop()
+            else:
+                self._remove_files()
             raise
+        _at_exit(self)
         telemetry.execute("runtime.start", {"count": 1}, {"runtime": self.name})
         return self
 
@@ -429,13 +460,17 @@ class Runtime:
         from runtime.child.isolation import release_group
 
         release_group(os.path.basename(self.base_dir))  # the sandboxes' cgroups, now empty
+        self._remove_files()
+        _running.discard(self)
+        telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
+
+    def _remove_files(self) -> None:
         if self._own_audit:
             try:
                 os.unlink(self._audit_path)
             except OSError:
                 pass
         shutil.rmtree(self.base_dir, ignore_errors=True)
-        telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
 
     def __enter__(self) -> Runtime:
         return self
