@@ -11,6 +11,13 @@ The actor system underneath is :mod:`runtime`; its names most apps need
 
 from __future__ import annotations
 
+import logging as _logging
+
+# A library prints nothing unless the application configures logging (then its
+# handlers get every record): without this, Python's last-resort handler would
+# print each warning and error of this package on stderr.
+_logging.getLogger("sandbox").addHandler(_logging.NullHandler())
+
 from actors.config import Limits, SandboxConfig, WatchOptions
 from runtime import telemetry
 from runtime.childspec import ChildSpec
