@@ -500,9 +500,9 @@ class Supervisor(Actor):
             group = self._children[self._children.index(failed):]
         ids = [c.id for c in group]
         log.error(
-            "supervisor %s: child %r ended (%s); restarting %s (%s)\n%s",
+            "supervisor %s: child %r ended (%s); restarting %s (%s)",
             self.actor_id, failed.id, reason, ", ".join(map(repr, ids)), self.strategy,
-            reason.traceback.rstrip() or "(no traceback)",
+            extra={"traceback": reason.traceback, "actor": failed.id},
         )
         telemetry.execute(
             "supervisor.restart",
@@ -527,6 +527,9 @@ class Supervisor(Actor):
                 continue
             failure = self._start(child)
             if failure is not None:
+                log.error("supervisor %s: child %r failed to restart: %s; retrying",
+                          self.actor_id, child.id, failure[1].message,
+                          extra={"traceback": failure[1].traceback, "actor": child.id})
                 # Counted as another restart when the retry runs, so a child that can
                 # never start ends in escalation rather than a busy loop.
                 child.restarting = True
@@ -539,8 +542,8 @@ class Supervisor(Actor):
             f"reached max restart intensity: {n} restarts in {_fmt_seconds(self.max_seconds)}; "
             f"last failure: child {failed.id!r}: {reason}"
         )
-        log.error("supervisor %s: %s; stopping all children\n%s", self.actor_id, message,
-                  reason.traceback.rstrip() or "(no traceback)")
+        log.error("supervisor %s: %s; stopping all children", self.actor_id, message,
+                  extra={"traceback": reason.traceback, "actor": failed.id})
         telemetry.execute(
             "supervisor.escalation",
             {"restarts": n},
@@ -571,8 +574,11 @@ class Supervisor(Actor):
                 )
         except Exception as exc:
             reason = ExitReason.from_exception(exc)
-            log.error("supervisor %s: child %r failed to start: %s\n%s",
-                      self.actor_id, child.id, reason.message, reason.traceback.rstrip())
+            # Raised to whoever asked for the start (logged there), or logged by the
+            # restart that tried it: here it is only a debug line.
+            log.debug("supervisor %s: child %r failed to start: %s",
+                      self.actor_id, child.id, reason.message,
+                      extra={"traceback": reason.traceback, "actor": child.id})
             telemetry.execute(
                 "supervisor.child_start_failed",
                 {"count": 1},

@@ -205,6 +205,25 @@ class _ReloadPrinter:
             self.printer.line(f"watching by polling: {md.get('reason')}")
 
 
+class _CrashPrinter(logging.Handler):
+    """``sandbox run``: each failure the runtime logs (once, where it is handled: a
+    supervisor restarting an actor, in the host or inside the sandbox) as one
+    readable block: what happened, then its traceback indented."""
+
+    def __init__(self, printer: _Printer) -> None:
+        super().__init__(logging.ERROR)
+        self.printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        where = f"sandbox {record.sandbox}: " if getattr(record, "sandbox", None) else ""
+        text = f"{where}{record.getMessage()}"
+        tb = getattr(record, "traceback", None) or (
+            logging.Formatter().formatException(record.exc_info) if record.exc_info else "")
+        if tb:
+            text += "".join(f"\n    {line}" for line in str(tb).rstrip().splitlines())
+        self.printer.line(text)
+
+
 def _run(args: argparse.Namespace) -> int:
     import sandbox
 
@@ -226,9 +245,9 @@ def _run(args: argparse.Namespace) -> int:
         if watch:
             telemetry.attach("cli-run-watch", "watcher", _ReloadPrinter(printer))
             # Its lines say what the watcher's log warnings would say a second time.
-            import logging
-
             logging.getLogger("runtime.watcher").addHandler(logging.NullHandler())
+        crashes = _CrashPrinter(printer)
+        logging.getLogger("runtime").addHandler(crashes)
         try:
             sandbox_id = args.id or path.resolve().name
             sb = rt.create_sandbox(sandbox_id, path, entry=args.entry, profile=args.profile,
@@ -243,6 +262,7 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             telemetry.detach("cli-run")
             telemetry.detach("cli-run-watch")
+            logging.getLogger("runtime").removeHandler(crashes)
     print("stopped", flush=True)
     return 0
 

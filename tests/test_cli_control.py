@@ -159,3 +159,28 @@ def test_stop_ends_sandbox_run(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+
+def test_sandbox_run_prints_each_crash_once(tmp_path):
+    address = f"unix:{tmp_path / 'crash.sock'}"
+    proc = subprocess.Popen(
+        sandbox_cmd("run", "examples/counter", "--id", "c3", "--listen", address), cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        for line in proc.stdout:
+            if "press Ctrl-C to stop" in line:
+                break
+        assert run("--connect", address, "call", "c3", "counter", '"crash"').returncode == 1
+        assert run("--connect", address, "call", "c3", "counter", '"get"').stdout == "0\n"
+        assert run("--connect", address, "stop").returncode == 0
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    crash = [line for line in out.splitlines() if "asked to crash" in line and line[:1] == "["]
+    assert len(crash) == 1, out
+    assert "sandbox c3: supervisor" in crash[0] and "restarting 'counter'" in crash[0]
+    assert "    Traceback (most recent call last)" in out
+    assert err == "", err

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import os
 import sys
 import threading
@@ -652,6 +653,10 @@ def child_main(sock: Any, boot: BootConfig) -> None:
         gc.freeze()
         server = ChildServer(sock, boot)
         _current = server
+        # The sandbox's logging (the app's and the runtime's) crosses the channel as
+        # records to the host's handlers (runtime/logs.py), never to this stderr.
+        logging.getLogger().addHandler(
+            _logs.ChannelHandler(lambda rec: server.send(SYSTEM, None, "log", rec)))
         code = server.run()
     except BaseException:
         try:

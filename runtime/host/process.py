@@ -69,7 +69,7 @@ from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait as _wait_fds
 from typing import Any
 
-from runtime import telemetry
+from runtime import logs, telemetry
 from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink
 from runtime.child.boot import EXIT_CODES, BootConfig, child_main
 from runtime.childspec import ChildSpec, Restart
@@ -488,6 +488,8 @@ class _Connection:
                     callback(payload)
                 except Exception:
                     log.exception("violation handler of sandbox %s failed", self.name)
+        elif op == "log":  # a record logged in the sandbox (runtime/logs.py)
+            logs.emit_from_sandbox(payload, **logs.sandbox_fields(self.name))
         elif op == "cast_dropped":
             md = payload if isinstance(payload, dict) else {}
             telemetry.execute(

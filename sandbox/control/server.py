@@ -379,6 +379,8 @@ class ControlServer:
             client.send(ERROR, 0, None, error_to_wire(exc))
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ssl.SSLError):
             pass  # gone, or too slow: nothing more to tell it
+        except asyncio.CancelledError:
+            pass  # the server is stopping; ending quietly spares asyncio's error report
         finally:
             self._clients.discard(client)
             for task in client.tasks:
