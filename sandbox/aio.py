@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from runtime.errors import ActorDead, CallTimeout
-from sandbox.api import DEFAULT_TIMEOUT, Runtime, Sandbox, start
+from runtime.errors import ActorDead, CallTimeout, ProtocolError
+from sandbox.api import DEFAULT_TIMEOUT, Runtime, Sandbox, start, unsendable
 
 if TYPE_CHECKING:
     from sandbox.hotreload import ReloadReport
@@ -100,7 +100,10 @@ class AsyncSandbox:
         try:
             proc = await self._process(timeout)
             future: asyncio.Future[Any] = loop.create_future()
-            ref = proc.call_into((actor, request), _FutureSink(loop, future))
+            try:
+                ref = proc.call_into((actor, request), _FutureSink(loop, future))
+            except (TypeError, ProtocolError) as exc:  # the request could not be encoded
+                raise unsendable(self.sync, "call", exc) from None
             try:
                 value = await asyncio.wait_for(future, timeout)
             except TimeoutError:

@@ -28,7 +28,15 @@ from actors.config import Limits, SandboxConfig, WatchOptions
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
-from runtime.errors import ActorDead, ConfigError, SandboxError, SandboxNotFound, SecurityViolation
+from runtime.errors import (
+    ActorDead,
+    ConfigError,
+    ProtocolError,
+    SandboxError,
+    SandboxNotFound,
+    SecurityViolation,
+)
+from runtime.wire.mailbox import DEFAULT_MAX_FRAME
 from runtime.supervisor import Supervisor, SupervisorRef
 from sandbox.health import Observability
 
@@ -177,7 +185,11 @@ class Sandbox:
         """
         t0, ok = perf_counter(), False  # call count and latency: rt.metrics_text()
         try:
-            value = self._process(timeout).call(actor, request, timeout=timeout)
+            proc = self._process(timeout)
+            try:
+                value = proc.call(actor, request, timeout=timeout)
+            except (TypeError, ProtocolError) as exc:  # the request could not be encoded
+                raise unsendable(self, "call", exc) from None
             ok = True
             return value
         finally:
@@ -185,7 +197,11 @@ class Sandbox:
 
     def cast(self, actor: str, request: Any) -> None:
         """Send ``request`` to ``actor`` without waiting for it to be handled."""
-        self._process(DEFAULT_TIMEOUT).cast(actor, request)
+        proc = self._process(DEFAULT_TIMEOUT)
+        try:
+            proc.cast(actor, request)
+        except (TypeError, ProtocolError) as exc:
+            raise unsendable(self, "cast", exc) from None
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """Run ``fn(*args)`` inside the sandbox and return its (msgpack-native) result.
@@ -275,6 +291,30 @@ class Sandbox:
     def watch_status(self) -> dict[str, Any]:
         """Auto-reload state; see :meth:`Runtime.watch_status`."""
         return self.runtime.watch_status(self.id)
+
+
+def unsendable(sandbox: Sandbox, method: str, exc: BaseException) -> BaseException:
+    """The error for a request that cannot reach a sandbox (nothing was sent): it names
+    the argument, and only settings a user of this API can change."""
+    text = str(exc)
+    if isinstance(exc, ProtocolError):  # over the frame limit
+        size = text.split(" is ", 1)[-1].split(" bytes", 1)[0]
+        return ProtocolError(
+            f"argument 'request' of {method}() to sandbox {sandbox.id!r} is {size} bytes "
+            f"encoded, over the {DEFAULT_MAX_FRAME // (1024 * 1024)} MiB a message may carry; "
+            "send less per message (for example in chunks, or a path to a file)")
+    kind = text.split("cannot send a ", 1)[-1].split(" value", 1)[0]
+    try:
+        profile = sandbox.runtime.get_sandbox_info(sandbox.id).get("profile")
+    except SandboxError:
+        profile = None
+    how = ("only msgpack-native values cross (None, bool, int, float, str, bytes, list, "
+           "dict, tuple, set, frozenset, datetime)")
+    if profile == "high":
+        how += "; under profile 'high' nothing else does (profiles 'medium' and 'low' " \
+               "carry other Python objects by pickling)"
+    return TypeError(f"argument 'request' of {method}() to sandbox {sandbox.id!r} cannot be "
+                     f"sent: a {kind} value; {how}")
 
 
 class Runtime:

@@ -78,3 +78,25 @@ def test_a_handle_belongs_to_one_sandbox():
             with pytest.raises(sandbox.SandboxNotFound):
                 use()
         assert new.call("counter", "get") == 0
+
+
+@pytest.mark.parametrize(
+    "profile, request_, error, wanted",
+    [
+        ("high", object(), TypeError, "argument 'request' of call() to sandbox 'msg' cannot "
+                                      "be sent: a object value"),
+        ("medium", "x" * (9 * 1024 * 1024), sandbox.ProtocolError,
+         "argument 'request' of call() to sandbox 'msg' is 9437"),
+    ],
+    ids=["unencodable", "oversized"],
+)
+def test_an_argument_that_cannot_be_sent_is_named(profile, request_, error, wanted):
+    with sandbox.start() as rt:
+        sb = rt.create_sandbox("msg", "examples/counter", profile=profile)
+        with pytest.raises(error) as info:
+            sb.call("counter", request_)
+        assert sb.call("counter", "incr") == 1  # nothing was sent; the sandbox is fine
+    text = str(info.value)
+    assert text.startswith(wanted), text
+    # only settings a user can change are named
+    assert "max_frame" not in text and "allow_pickle" not in text and "reply" not in text
