@@ -319,7 +319,8 @@ def apply_settings(wanted: Any) -> None:
     global _settings
     if not isinstance(wanted, dict):
         return
-    want = {"json": bool(wanted.get("json", True)), "level": str(wanted.get("level", "INFO"))}
+    want: dict[str, Any] = {"json": bool(wanted.get("json", True)),
+                            "level": str(wanted.get("level", "INFO"))}
     if want == _settings:
         return
     root = logging.getLogger()

@@ -215,7 +215,8 @@ class _CrashPrinter(logging.Handler):
         self.printer = printer
 
     def emit(self, record: logging.LogRecord) -> None:
-        where = f"sandbox {record.sandbox}: " if getattr(record, "sandbox", None) else ""
+        sandbox_id = getattr(record, "sandbox", None)
+        where = f"sandbox {sandbox_id}: " if sandbox_id else ""
         text = f"{where}{record.getMessage()}"
         tb = getattr(record, "traceback", None) or (
             logging.Formatter().formatException(record.exc_info) if record.exc_info else "")

@@ -181,11 +181,11 @@ class _LogTap(logging.Handler):
     def __init__(self, server: ControlServer) -> None:
         super().__init__()
         self.server = server
-        self.formatter = logs.JsonFormatter()
+        self.json = logs.JsonFormatter()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            data = json.loads(self.formatter.format(record))
+            data = json.loads(self.json.format(record))
         except Exception:  # a record that cannot be formatted is not worth a crash
             return
         loop = self.server._loop
@@ -452,9 +452,9 @@ class ControlServer:
         rt, a = self.runtime, args
         if op == "call":
             return await self._on_sandbox(a.get("id"), lambda h: h.call(
-                a.get("actor"), a.get("request"), timeout=a.get("timeout", 5.0)))
+                _text(a, "actor"), a.get("request"), timeout=a.get("timeout", 5.0)))
         if op == "cast":
-            return await self._on_sandbox(a.get("id"), lambda h: h.cast(a.get("actor"),
+            return await self._on_sandbox(a.get("id"), lambda h: h.cast(_text(a, "actor"),
                                                                         a.get("request")))
         if op == "logs":
             lines = a.get("lines")
@@ -499,6 +499,13 @@ class ControlServer:
         for client in list(self._clients):
             for ref in client.following:
                 client.send_record(ref, record)
+
+
+def _text(args: dict[str, Any], name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str):
+        raise TypeError(f"argument {name!r} must be a str, not {type(value).__name__}")
+    return value
 
 
 def _clear_stale_socket(path: str) -> None:
