@@ -242,12 +242,12 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         _stamp(record)
-        cid = record.correlation_id  # type: ignore[attr-defined]
-        record.correlation_id = cid or "-"  # type: ignore[attr-defined]
+        cid = getattr(record, "correlation_id", None)
+        record.correlation_id = cid or "-"
         try:
             text = super().format(record)
         finally:
-            record.correlation_id = cid  # type: ignore[attr-defined]
+            record.correlation_id = cid
         tb = getattr(record, "traceback", None)
         if tb and not record.exc_info and not record.exc_text:
             text += "\n" + str(tb).rstrip()

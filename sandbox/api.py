@@ -1,6 +1,6 @@
 """The public face: a :class:`Runtime` wiring the component actors under one supervisor.
 
->>> import runtime
+>>> import sandbox
 >>> with sandbox.start() as rt:
 ...     sb = rt.create_sandbox("doc-counter", "examples/counter")
 ...     sb.call("counter", "incr")
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import logging
 import os
@@ -178,7 +179,7 @@ class Sandbox:
     def call(self, actor: str, request: Any, *, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """Call the actor registered as ``actor`` inside the sandbox and return its reply.
 
-        >>> import runtime
+        >>> import sandbox
         >>> with sandbox.start() as rt:
         ...     rt.create_sandbox("doc-call", "examples/counter").call("counter", "get")
         0
@@ -208,7 +209,7 @@ class Sandbox:
 
         The function travels by cloudpickle; the ``high`` profile refuses it.
 
-        >>> import runtime
+        >>> import sandbox
         >>> with sandbox.start() as rt:
         ...     rt.create_sandbox("doc-run", "examples/counter").run(pow, 2, 10)
         1024
@@ -679,7 +680,7 @@ class Runtime:
         :class:`~sandbox.hotreload.ReloadReport`; raises CompileError or
         ReloadFailed, in which case the old code and state keep serving.
 
-        >>> import runtime
+        >>> import sandbox
         >>> with sandbox.start() as rt:
         ...     rt.create_sandbox("doc-reload", "examples/counter").hot_reload().modules
         []
@@ -785,7 +786,7 @@ class Runtime:
     def batch_destroy(self, sandbox_ids: Iterable[str], *, workers: int = 8) -> list[BatchResult]:
         """Destroy many sandboxes in parallel, one result each."""
         return self._batch(
-            ((sid, (lambda s=sid: self.destroy_sandbox(s))) for sid in sandbox_ids), workers
+            ((sid, functools.partial(self.destroy_sandbox, sid)) for sid in sandbox_ids), workers
         )
 
     def batch_run(
@@ -799,7 +800,7 @@ class Runtime:
         """Run ``fn(*args)`` in each sandbox in parallel, one result each."""
         return self._batch(
             (
-                (sid, (lambda s=sid: Sandbox(self, s).run(fn, *args, timeout=timeout)))
+                (sid, functools.partial(Sandbox(self, sid).run, fn, *args, timeout=timeout))
                 for sid in sandbox_ids
             ),
             workers,
@@ -834,7 +835,7 @@ def start(
     (its token; made if absent; a tcp endpoint without one gets a random token,
     ``rt.control_token``), ``tls`` ((certificate, key) PEM files for tcp).
 
-    >>> import runtime
+    >>> import sandbox
     >>> rt = sandbox.start(name="doc-rt")
     >>> rt.list_sandboxes()
     []

@@ -360,10 +360,10 @@ def set_cgroup_limits(state: dict[str, Any], *, tasks: int | None, memory: int |
                 files = [("memory.max", "max" if value is None else str(value))]
             else:
                 files = [("memory.limit_in_bytes", "-1" if value is None else str(value))]
-        for name, value in files:
+        for name, setting in files:
             try:
                 with open(os.path.join(d, name), "w") as fh:
-                    fh.write(value)
+                    fh.write(setting)
             except OSError:
                 pass
 
@@ -404,7 +404,7 @@ def plan(
     elif net_allow:
         skipped["netns"] = "the profile lets addresses of the host's network through"
     elif avail.get("netns") is not None:
-        skipped["netns"] = avail["netns"]  # type: ignore[assignment]
+        skipped["netns"] = avail["netns"]
     else:
         netns = True
     uid = state.get("uid")
@@ -610,7 +610,7 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
             skipped["uid"] = f"the Python installation cannot be exposed to it: {exc}"
             skipped["mountns"] = str(exc)
             uid = None
-    if uid is not None:
+    if uid is not None and gid is not None:
         try:
             os.setgroups([])
             os.setresgid(gid, gid, gid)

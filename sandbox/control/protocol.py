@@ -160,11 +160,11 @@ _BUILTIN_ERRORS = ("TypeError", "ValueError", "KeyError", "TimeoutError", "Permi
 
 def _error_class(name: str) -> type[BaseException] | None:
     if name in errors.__all__:
-        return getattr(errors, name)  # type: ignore[no-any-return]
+        return getattr(errors, name)
     if name in ("ControlError", "AuthenticationError"):
-        return globals()[name]  # type: ignore[no-any-return]
+        return globals()[name]
     if name in _BUILTIN_ERRORS:
-        return getattr(builtins, name)  # type: ignore[no-any-return]
+        return getattr(builtins, name)
     return None
 
 
