@@ -23,6 +23,7 @@ from runtime import telemetry
 from runtime.component import ComponentRef
 from runtime.errors import SandboxError
 from sandbox.control.commands import add_client_commands, add_client_options
+from sandbox.entrycheck import entry_diagnostics
 
 __all__ = ["main", "scaffold"]
 
@@ -291,16 +292,17 @@ def _check(args: argparse.Namespace) -> int:
         result = ref.invoke("compile_sandbox", args.path, profile=args.profile, timeout=None)
     finally:
         ref.stop()
-    for d in result.diagnostics:
+    entry = entry_diagnostics(args.path, args.entry)  # sandbox run would fail on these
+    for d in [*entry, *result.diagnostics]:
         print(d.format())
-    n_err, n_warn = len(result.errors), len(result.warnings)
+    n_err, n_warn = len(result.errors) + len(entry), len(result.warnings)
     print(
         f"{args.path}: {len(result.modules) + len(result.failed)} modules checked "
         f"(profile {args.profile}): {n_err} error{'s' if n_err != 1 else ''}, "
         f"{n_warn} warning{'s' if n_warn != 1 else ''}",
         flush=True,
     )
-    return 1 if result.errors else 0
+    return 1 if n_err else 0
 
 
 def _load_harness() -> Any:
@@ -391,6 +393,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path", help="the app's directory")
     check.add_argument("--profile", default="medium", choices=["high", "medium", "low"],
                        help="security profile the scan applies (default: medium)")
+    check.add_argument("--entry", default="app:children",
+                       help="module:function returning the child specs (checked to exist)")
     check.add_argument("--timeout", type=float, default=10.0,
                        help="seconds each module's compile may take (default: 10)")
     check.set_defaults(fn=_check)
