@@ -456,17 +456,49 @@ class ChannelHandler(logging.Handler):
     root logger, so the sandbox's own loggers cross too and nothing falls through to
     the last-resort handler on the process's stderr."""
 
+    #: Records per second a sandbox may send, and the burst allowed above it: a
+    #: sandbox logging in a loop must not flood the host. Past it records are
+    #: dropped, and the next one that passes is preceded by a count of them.
+    RATE = 500.0
+    BURST = 1000.0
+
     def __init__(self, send: Callable[[dict[str, Any]], None], level: int = logging.WARNING
                  ) -> None:
         super().__init__(level)
         self._send = send
         self._busy = threading.local()  # a record logged while sending one is dropped
+        self._tokens = self.BURST
+        self._last = time.monotonic()
+        self._dropped = 0
+
+    def _admit(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.BURST, self._tokens + (now - self._last) * self.RATE)
+        self._last = now
+        if self._tokens < 1.0:
+            self._dropped += 1
+            return False
+        self._tokens -= 1.0
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(self._busy, "on", False):
             return
         self._busy.on = True
         try:
+            with self.lock:  # type: ignore[union-attr]
+                admitted, dropped = self._admit(), self._dropped
+                if admitted:
+                    self._dropped = 0
+            if not admitted:
+                return
+            if dropped:
+                note = logging.makeLogRecord({
+                    "name": "runtime.child.logs", "levelno": logging.WARNING,
+                    "levelname": "WARNING",
+                    "msg": f"{dropped} log records dropped: this sandbox logged more than "
+                           f"{self.RATE:.0f} a second"})
+                self._send(record_to_wire(note))
             self._send(record_to_wire(record))
         except Exception:
             pass  # the host is gone or the record cannot cross: nothing to tell anyone

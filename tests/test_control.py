@@ -345,3 +345,28 @@ def test_stop_request_stops_the_runtime(sock_path):
                  timeout=60)
     finally:
         rt.stop()
+
+
+def test_past_max_pending_the_server_stops_reading(tmp_path):
+    from test_aio import GATE  # an actor whose "block" answers 2 s late
+
+    app = tmp_path / "gate"
+    app.mkdir()
+    (app / "app.py").write_text(GATE)
+    with sandbox.start() as rt:
+        rt.create_sandbox("ctl-gate", str(app), profile="low")
+        server = ControlServer(rt, f"unix:{tmp_path / 'p.sock'}", limits=Limits(max_pending=2))
+        server.start()
+        try:
+            raw = Raw(server.address.path)
+            assert raw.hello().kind == REPLY
+            for ref in (1, 2):
+                raw.send(CALL, ref, "call", {"id": "ctl-gate", "actor": "gate",
+                                             "request": "block", "timeout": 30})
+            raw.send(CALL, 3, "health", {})  # not read until a slot frees
+            first = raw.next()
+            assert first.kind == REPLY and first.ref in (1, 2), first
+            assert {raw.next().ref, raw.next().ref} == {1, 2, 3} - {first.ref}
+            raw.close()
+        finally:
+            server.stop()

@@ -142,3 +142,21 @@ def test_a_sandboxs_own_logging_reaches_the_hosts_handlers(json_lines, tmp_path)
     assert record["message"] == "hello from inside" and record["level"] == "WARNING"
     assert record["sandbox"] == "logs-chatty" and record["runtime"] == "logs-app"
     assert record["pid"] != __import__("os").getpid(), "the sandbox process's pid"
+
+
+FLOOD = CHATTY.replace('log.warning("hello from %s", request)',
+                       'for i in range(request):\n            log.warning("line %d", i)')
+
+
+def test_a_sandbox_logging_in_a_loop_does_not_flood_the_host(json_lines, tmp_path):
+    flood = app(tmp_path, "flood", FLOOD)
+    with sandbox.start() as rt:
+        sb = rt.create_sandbox("logs-flood", flood)
+        sb.call("chatty", 20_000, timeout=60)
+        # the next record that passes (once the bucket refills) brings the drop count
+        dropped = wait_for(lambda: sb.call("chatty", 1) and [
+            r for r in records(json_lines) if "log records dropped" in r["message"]],
+            timeout=30)
+    lines = [r for r in records(json_lines) if r["logger"] == "chatty"]
+    assert 1000 <= len(lines) < 20_000
+    assert dropped[0]["sandbox"] == "logs-flood"
