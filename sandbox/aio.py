@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from actors.config import Limits, SandboxConfig, WatchOptions
 from runtime.errors import ActorDead, CallTimeout, ProtocolError
 from sandbox.api import DEFAULT_TIMEOUT, Runtime, Sandbox, start, unsendable
 
@@ -136,9 +137,21 @@ class AsyncSandbox:
         """See :meth:`Sandbox.destroy`."""
         await self._thread(self.sync.destroy)
 
-    async def hot_reload(self, **options: Any) -> ReloadReport:
-        """See :meth:`Sandbox.hot_reload` (same keyword options)."""
-        return await self._thread(self.sync.hot_reload, **options)
+    async def hot_reload(
+        self,
+        *,
+        modules: Iterable[str] | None = None,
+        source: Mapping[str, str] | None = None,
+        migrate: Callable[[Any, Any, Any], Any] | None = None,
+        extra: Any = None,
+        changed_files: Iterable[str] | None = None,
+        timeout: float = 30.0,
+        compile_timeout: float | None = None,
+    ) -> ReloadReport:
+        """See :meth:`Sandbox.hot_reload`."""
+        return await self._thread(
+            self.sync.hot_reload, modules=modules, source=source, migrate=migrate, extra=extra,
+            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout)
 
     async def rollback_module(
         self, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
@@ -173,11 +186,28 @@ class AsyncRuntime:
         """Destroy every sandbox and stop the runtime."""
         await self._thread(self.sync.stop)
 
-    async def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str],
-                             **options: Any) -> AsyncSandbox:
+    async def create_sandbox(
+        self,
+        sandbox_id: str,
+        path: str | os.PathLike[str],
+        *,
+        entry: str = SandboxConfig.entry,
+        profile: str = SandboxConfig.profile,
+        limits: Limits | Mapping[str, Any] | None = None,
+        restart: str = SandboxConfig.restart,
+        max_restarts: int = SandboxConfig.max_restarts,
+        max_seconds: float = SandboxConfig.max_seconds,
+        env: Mapping[str, str] | None = None,
+        auto_reload: bool = SandboxConfig.auto_reload,
+        shutdown: float = SandboxConfig.shutdown,
+        watch: WatchOptions | Mapping[str, Any] | None = None,
+    ) -> AsyncSandbox:
         """See :meth:`Runtime.create_sandbox` (same keyword options)."""
-        return AsyncSandbox(await self._thread(self.sync.create_sandbox, sandbox_id, path,
-                                               **options))
+        return AsyncSandbox(await self._thread(
+            self.sync.create_sandbox, sandbox_id, path, entry=entry, profile=profile,
+            limits=limits, restart=restart, max_restarts=max_restarts,
+            max_seconds=max_seconds, env=env, auto_reload=auto_reload, shutdown=shutdown,
+            watch=watch))
 
     def sandbox(self, sandbox_id: str) -> AsyncSandbox:
         """A handle on an existing sandbox (checked on first use)."""
@@ -201,12 +231,23 @@ class AsyncRuntime:
         """See :meth:`Runtime.list_sandboxes`."""
         return await self._thread(self.sync.list_sandboxes)
 
-    async def hot_reload(self, sandbox_id: str, *, modules: Iterable[str] | None = None,
-                         source: Mapping[str, str] | None = None, **options: Any
-                         ) -> ReloadReport:
+    async def hot_reload(
+        self,
+        sandbox_id: str,
+        *,
+        modules: Iterable[str] | None = None,
+        source: Mapping[str, str] | None = None,
+        migrate: Callable[[Any, Any, Any], Any] | None = None,
+        extra: Any = None,
+        changed_files: Iterable[str] | None = None,
+        timeout: float = 30.0,
+        compile_timeout: float | None = None,
+    ) -> ReloadReport:
         """See :meth:`Runtime.hot_reload`."""
-        return await self._thread(self.sync.hot_reload, sandbox_id, modules=modules,
-                                  source=source, **options)
+        return await self._thread(
+            self.sync.hot_reload, sandbox_id, modules=modules, source=source, migrate=migrate,
+            extra=extra, changed_files=changed_files, timeout=timeout,
+            compile_timeout=compile_timeout)
 
     async def rollback_module(self, sandbox_id: str, module: str, version: int, *,
                               extra: Any = None, timeout: float = 30.0) -> ReloadReport:
@@ -231,7 +272,7 @@ class _Starting:
     """``start_async(...)``: awaitable, or an async context manager stopping at exit."""
 
     def __init__(self, options: dict[str, Any]) -> None:
-        self._options = options
+        self._options = options  # the keyword arguments of sandbox.start
         self._rt: AsyncRuntime | None = None
 
     def __await__(self) -> Any:
@@ -251,7 +292,21 @@ class _Starting:
             await self._rt.stop()
 
 
-def start_async(**options: Any) -> _Starting:
+def start_async(
+    *,
+    name: str | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    max_restarts: int = 10,
+    max_seconds: float = 10.0,
+    history: int = 10,
+    monitor_interval: float = 1.0,
+    audit_path: str | os.PathLike[str] | None = None,
+    watch_backend: str = "auto",
+    http: tuple[str, int] | None = None,
+    listen: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+) -> _Starting:
     """Start a runtime from asyncio: ``async with start_async(...) as rt`` (stops at
     exit) or ``rt = await start_async(...)``; options as :func:`sandbox.start`.
 
@@ -265,4 +320,7 @@ def start_async(**options: Any) -> _Starting:
     >>> asyncio.run(main())
     []
     """
-    return _Starting(options)
+    return _Starting(dict(
+        name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
+        history=history, monitor_interval=monitor_interval, audit_path=audit_path,
+        watch_backend=watch_backend, http=http, listen=listen, token_file=token_file, tls=tls))

@@ -184,3 +184,32 @@ def test_sandbox_run_prints_each_crash_once(tmp_path):
     assert "sandbox c3: supervisor" in crash[0] and "restarting 'counter'" in crash[0]
     assert "    Traceback (most recent call last)" in out
     assert err == "", err
+
+
+def test_top_on_a_terminal_redraws_in_place(server):
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(sandbox_cmd("--connect", server, "top", "-n", "2", "--interval",
+                                        "0.2"), cwd=ROOT, stdout=slave, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end closed (top exited)
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    text = out.decode()
+    assert text.count("\x1b[H\x1b[2J") == 2, text
+    assert "-- " not in text  # the piped form's separators
