@@ -578,6 +578,9 @@ def apply_reload(
             where = f" in module {module!r}" if module else ""
             if actor is not None and step in ("resolve", "restore", "code_change", "migrate"):
                 where += f" for actor {actor}"
+            frames = traceback.extract_tb(exc.__traceback__)
+            if frames:  # where the app's code raised (code_change, a module body, ...)
+                where += f" at {frames[-1].filename}:{frames[-1].lineno}"
             raise ReloadFailed(
                 f"reload failed at step {step!r}{where}: {type(exc).__name__}: {exc}; "
                 "the previous code and state are still serving",
