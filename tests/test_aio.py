@@ -99,7 +99,7 @@ def test_cancel_over_the_endpoint(gate_app, tmp_path):
 
     async def main() -> None:
         async with await sandbox.connect_async(path) as remote:
-            sb = await remote.create_sandbox("aio-rgate", gate_app, options={"profile": "low"})
+            sb = await remote.create_sandbox("aio-rgate", gate_app, profile="low")
             task = asyncio.ensure_future(sb.call("gate", "block", timeout=30))
             done, _ = await asyncio.wait([task], timeout=0.2)
             assert not done and len(remote._conn.pending) == 1

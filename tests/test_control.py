@@ -99,7 +99,7 @@ def test_unix_socket_is_private_and_serves_the_runtime(served, sock_path):
         (lambda r: r.get_sandbox_info("nope"), SandboxNotFound),
         (lambda r: r.sandbox("ctl-e").call("nobody", "get"), NoSuchActor),
         (lambda r: r.sandbox("ctl-e").call("counter", "crash"), ActorFailed),
-        (lambda r: r.create_sandbox("bad", COUNTER, options={"profile": "x"}), ConfigError),
+        (lambda r: r.create_sandbox("bad", COUNTER, profile="x"), ConfigError),
         (lambda r: r.create_sandbox("ctl-e", COUNTER), sandbox.SandboxExists),
     ],
     ids=["sandbox", "info", "no-such-actor", "actor-failed", "config", "exists"],
@@ -370,3 +370,18 @@ def test_past_max_pending_the_server_stops_reading(tmp_path):
             raw.close()
         finally:
             server.stop()
+
+
+def test_a_remote_handle_belongs_to_one_sandbox(served, sock_path):
+    with sandbox.connect(f"unix:{sock_path}") as remote:
+        old = remote.create_sandbox("ctl-same", COUNTER)
+        by_id = remote.sandbox("ctl-same")  # bound to the same sandbox
+        assert old.call("counter", "incr") == 1
+        old.destroy()
+        new = remote.create_sandbox("ctl-same", COUNTER)
+        for handle in (old, by_id):
+            for use in (lambda h: h.call("counter", "get"), lambda h: h.info(),
+                        lambda h: h.cast("counter", "incr"), lambda h: h.destroy()):
+                with pytest.raises(SandboxNotFound):
+                    use(handle)
+        assert new.call("counter", "get") == 0

@@ -29,7 +29,8 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from runtime.errors import CallTimeout, ProtocolError
+from actors.config import Limits, SandboxConfig, WatchOptions
+from runtime.errors import CallTimeout, ProtocolError, SandboxNotFound
 from runtime.wire.mailbox import CALL, ERROR, PREFIX_SIZE, REPLY, SYSTEM, Codec
 from sandbox.control.protocol import (
     DEFAULT_MAX_FRAME,
@@ -243,56 +244,91 @@ def _report(data: Any) -> ReloadReport:
     return ReloadReport(**data)
 
 
-class AsyncRemoteSandbox:
-    """A sandbox of a remote runtime; awaitable methods as :class:`~sandbox.aio.AsyncSandbox`."""
+def _options_map(value: Any) -> Any:
+    """A Limits or WatchOptions as the map the server rebuilds it from."""
+    return value.as_dict() if hasattr(value, "as_dict") else (
+        dict(value) if value is not None else None)
 
-    def __init__(self, runtime: AsyncRemoteRuntime, sandbox_id: str) -> None:
+
+class AsyncRemoteSandbox:
+    """A sandbox of a remote runtime; awaitable methods as :class:`~sandbox.aio.AsyncSandbox`.
+
+    Like a local handle it belongs to one sandbox: once that sandbox is destroyed
+    it raises SandboxNotFound, even if a new sandbox has the same id. It binds to
+    the sandbox at creation, or at its first use when made by ``sandbox(id)``.
+    """
+
+    def __init__(self, runtime: AsyncRemoteRuntime, sandbox_id: str,
+                 created: float | None = None) -> None:
         self.runtime = runtime
         self.id = sandbox_id
+        self.created = created  # the sandbox's created_at: its identity
 
     def __repr__(self) -> str:
         return f"<AsyncRemoteSandbox {self.id!r} at {self.runtime.address}>"
 
+    async def _bound(self) -> dict[str, Any]:
+        """The sandbox's info, checking it is still this handle's sandbox."""
+        info: dict[str, Any] = await self.runtime._request("info", {"id": self.id})
+        if self.created is None:
+            self.created = info.get("created_at")
+        elif info.get("created_at") != self.created:
+            raise SandboxNotFound(self.id)
+        return info
+
+    async def _identity(self) -> float:
+        if self.created is None:
+            await self._bound()
+        assert self.created is not None
+        return self.created
+
     async def call(self, actor: str, request: Any, *, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """Call ``actor`` and await its reply (errors as :meth:`Sandbox.call`)."""
+        args = {"id": self.id, "actor": actor, "request": request, "timeout": timeout,
+                "created": await self._identity()}
         try:
             return await self.runtime._request(
-                "call", {"id": self.id, "actor": actor, "request": request, "timeout": timeout},
-                None if timeout is None else timeout + _SLACK)
+                "call", args, None if timeout is None else timeout + _SLACK)
         except TimeoutError:
             raise CallTimeout(f"{self.id}/{actor}", timeout) from None
 
     async def cast(self, actor: str, request: Any) -> None:
         """Send ``request`` to ``actor`` without waiting for it to be handled."""
-        await self.runtime._request("cast", {"id": self.id, "actor": actor, "request": request})
+        await self.runtime._request("cast", {"id": self.id, "actor": actor, "request": request,
+                                             "created": await self._identity()})
 
     async def info(self) -> dict[str, Any]:
         """See :meth:`Sandbox.info`."""
-        return await self.runtime.get_sandbox_info(self.id)
+        return await self._bound()
 
     async def restart(self, *, preserve_state: bool = False) -> dict[str, Any]:
         """See :meth:`Sandbox.restart`."""
+        await self._bound()
         return await self.runtime.restart_sandbox(self.id, preserve_state=preserve_state)
 
     async def destroy(self) -> None:
         """See :meth:`Sandbox.destroy`."""
+        await self._bound()
         await self.runtime.destroy_sandbox(self.id)
 
     async def hot_reload(self, *, modules: Iterable[str] | None = None,
                          source: Mapping[str, str] | None = None, extra: Any = None,
                          timeout: float = 30.0) -> ReloadReport:
         """See :meth:`Sandbox.hot_reload` (a ``migrate`` function cannot cross)."""
+        await self._bound()
         return await self.runtime.hot_reload(self.id, modules=modules, source=source,
                                              extra=extra, timeout=timeout)
 
     async def rollback_module(self, module: str, version: int, *, extra: Any = None,
                               timeout: float = 30.0) -> ReloadReport:
         """See :meth:`Sandbox.rollback_module`."""
+        await self._bound()
         return await self.runtime.rollback_module(self.id, module, version, extra=extra,
                                                   timeout=timeout)
 
     async def module_versions(self, module: str | None = None) -> Any:
         """See :meth:`Sandbox.module_versions`."""
+        await self._bound()
         return await self.runtime.module_versions(self.id, module)
 
 
@@ -319,16 +355,35 @@ class AsyncRemoteRuntime:
         """Close the connection (the remote runtime keeps running)."""
         await self._conn.close()
 
-    async def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str], *,
-                             options: Mapping[str, Any] | None = None) -> AsyncRemoteSandbox:
-        """Create a sandbox from an app directory on the server's machine; ``options``
-        as the keyword options of :meth:`Runtime.create_sandbox`."""
-        await self._request("create", {"id": sandbox_id, "path": os.fspath(path),
-                                       "options": dict(options or {})})
-        return AsyncRemoteSandbox(self, sandbox_id)
+    async def create_sandbox(
+        self,
+        sandbox_id: str,
+        path: str | os.PathLike[str],
+        *,
+        entry: str = SandboxConfig.entry,
+        profile: str = SandboxConfig.profile,
+        limits: Limits | Mapping[str, Any] | None = None,
+        restart: str = SandboxConfig.restart,
+        max_restarts: int = SandboxConfig.max_restarts,
+        max_seconds: float = SandboxConfig.max_seconds,
+        env: Mapping[str, str] | None = None,
+        auto_reload: bool = SandboxConfig.auto_reload,
+        shutdown: float = SandboxConfig.shutdown,
+        watch: WatchOptions | Mapping[str, Any] | None = None,
+    ) -> AsyncRemoteSandbox:
+        """Create a sandbox from an app directory on the server's machine; the options
+        of :meth:`Runtime.create_sandbox`."""
+        options = {"entry": entry, "profile": profile, "limits": _options_map(limits),
+                   "restart": restart, "max_restarts": max_restarts,
+                   "max_seconds": max_seconds, "env": dict(env) if env else None,
+                   "auto_reload": auto_reload, "shutdown": shutdown,
+                   "watch": _options_map(watch)}
+        info = await self._request("create", {"id": sandbox_id, "path": os.fspath(path),
+                                              "options": options})
+        return AsyncRemoteSandbox(self, sandbox_id, info.get("created_at"))
 
     def sandbox(self, sandbox_id: str) -> AsyncRemoteSandbox:
-        """A handle on a sandbox of the remote runtime (checked on first use)."""
+        """A handle on a sandbox of the remote runtime (bound to it at first use)."""
         return AsyncRemoteSandbox(self, sandbox_id)
 
     async def destroy_sandbox(self, sandbox_id: str) -> None:
@@ -430,10 +485,10 @@ async def connect_async(
 class RemoteSandbox:
     """A sandbox of a remote runtime: the methods of :class:`~sandbox.api.Sandbox`."""
 
-    def __init__(self, runtime: RemoteRuntime, sandbox_id: str) -> None:
+    def __init__(self, runtime: RemoteRuntime, handle: AsyncRemoteSandbox) -> None:
         self.runtime = runtime
-        self.id = sandbox_id
-        self._async = runtime._async.sandbox(sandbox_id)
+        self.id = handle.id
+        self._async = handle
 
     def __repr__(self) -> str:
         return f"<RemoteSandbox {self.id!r} at {self.runtime.address}>"
@@ -448,32 +503,32 @@ class RemoteSandbox:
 
     def info(self) -> dict[str, Any]:
         """See :meth:`Sandbox.info`."""
-        return self.runtime.get_sandbox_info(self.id)
+        return self.runtime._run(self._async.info())
 
     def restart(self, *, preserve_state: bool = False) -> dict[str, Any]:
         """See :meth:`Sandbox.restart`."""
-        return self.runtime.restart_sandbox(self.id, preserve_state=preserve_state)
+        return self.runtime._run(self._async.restart(preserve_state=preserve_state))
 
     def destroy(self) -> None:
         """See :meth:`Sandbox.destroy`."""
-        self.runtime.destroy_sandbox(self.id)
+        self.runtime._run(self._async.destroy())
 
     def hot_reload(self, *, modules: Iterable[str] | None = None,
                    source: Mapping[str, str] | None = None, extra: Any = None,
                    timeout: float = 30.0) -> ReloadReport:
         """See :meth:`Sandbox.hot_reload` (a ``migrate`` function cannot cross)."""
-        return self.runtime.hot_reload(self.id, modules=modules, source=source, extra=extra,
-                                       timeout=timeout)
+        return self.runtime._run(self._async.hot_reload(modules=modules, source=source,
+                                                        extra=extra, timeout=timeout))
 
     def rollback_module(self, module: str, version: int, *, extra: Any = None,
                         timeout: float = 30.0) -> ReloadReport:
         """See :meth:`Sandbox.rollback_module`."""
-        return self.runtime.rollback_module(self.id, module, version, extra=extra,
-                                            timeout=timeout)
+        return self.runtime._run(self._async.rollback_module(module, version, extra=extra,
+                                                             timeout=timeout))
 
     def module_versions(self, module: str | None = None) -> Any:
         """See :meth:`Sandbox.module_versions`."""
-        return self.runtime.module_versions(self.id, module)
+        return self.runtime._run(self._async.module_versions(module))
 
 
 class RemoteRuntime:
@@ -522,16 +577,35 @@ class RemoteRuntime:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str], *,
-                       options: Mapping[str, Any] | None = None) -> RemoteSandbox:
-        """Create a sandbox from an app directory on the server's machine."""
-        self._run(self._async.create_sandbox(sandbox_id, path, options=options))
-        return RemoteSandbox(self, sandbox_id)
+    def create_sandbox(
+        self,
+        sandbox_id: str,
+        path: str | os.PathLike[str],
+        *,
+        entry: str = SandboxConfig.entry,
+        profile: str = SandboxConfig.profile,
+        limits: Limits | Mapping[str, Any] | None = None,
+        restart: str = SandboxConfig.restart,
+        max_restarts: int = SandboxConfig.max_restarts,
+        max_seconds: float = SandboxConfig.max_seconds,
+        env: Mapping[str, str] | None = None,
+        auto_reload: bool = SandboxConfig.auto_reload,
+        shutdown: float = SandboxConfig.shutdown,
+        watch: WatchOptions | Mapping[str, Any] | None = None,
+    ) -> RemoteSandbox:
+        """Create a sandbox from an app directory on the server's machine; the options
+        of :meth:`Runtime.create_sandbox`."""
+        handle = self._run(self._async.create_sandbox(
+            sandbox_id, path, entry=entry, profile=profile, limits=limits, restart=restart,
+            max_restarts=max_restarts, max_seconds=max_seconds, env=env,
+            auto_reload=auto_reload, shutdown=shutdown, watch=watch))
+        return RemoteSandbox(self, handle)
 
     def sandbox(self, sandbox_id: str) -> RemoteSandbox:
         """A handle on a sandbox of the remote runtime (SandboxNotFound if there is none)."""
-        self.get_sandbox_info(sandbox_id)
-        return RemoteSandbox(self, sandbox_id)
+        handle = self._async.sandbox(sandbox_id)
+        self._run(handle._bound())
+        return RemoteSandbox(self, handle)
 
     def destroy_sandbox(self, sandbox_id: str) -> None:
         """See :meth:`Runtime.destroy_sandbox`."""

@@ -228,7 +228,7 @@ class ControlServer:
         self.on_stop = on_stop or runtime.stop
         self.address: Address = self.requested
         self._aio = AsyncRuntime(runtime)
-        self._handles: dict[str, AsyncSandbox] = {}
+        self._handles: dict[tuple[Any, Any], AsyncSandbox] = {}
         self._clients: set[_Client] = set()
         self._serving: set[asyncio.Task[Any]] = set()
         self._backlog: collections.deque[dict[str, Any]] = collections.deque(maxlen=LOG_BACKLOG)
@@ -423,22 +423,34 @@ class ControlServer:
             client.slots.release()
 
     # -- requests -------------------------------------------------------------------
-    def _handle_of(self, sandbox_id: Any) -> AsyncSandbox:
+    async def _handle_of(self, sandbox_id: Any, created: Any) -> AsyncSandbox:
         if not isinstance(sandbox_id, str):
             raise TypeError(f"id must be a sandbox id (a str), not {type(sandbox_id).__name__}")
-        handle = self._handles.get(sandbox_id)
+        key = (sandbox_id, created)
+        handle = self._handles.get(key)
         if handle is None:
-            handle = self._handles[sandbox_id] = self._aio.sandbox(sandbox_id)
+            if created is None:  # follows the id: bound at its first call
+                handle = self._aio.sandbox(sandbox_id)
+            else:  # one sandbox: the one created at `created`, or SandboxNotFound
+                loop = asyncio.get_running_loop()
+                bound = await loop.run_in_executor(self._pool, self.runtime.sandbox, sandbox_id)
+                info = await loop.run_in_executor(self._pool, bound.info)
+                if info.get("created_at") != created:
+                    raise SandboxNotFound(sandbox_id)
+                handle = AsyncSandbox(bound)
+            self._handles[key] = handle
         return handle
 
-    async def _on_sandbox(self, sandbox_id: Any, op: Callable[[AsyncSandbox], Any]) -> Any:
+    async def _on_sandbox(self, args: dict[str, Any], op: Callable[[AsyncSandbox], Any]) -> Any:
+        key = (args.get("id"), args.get("created"))
         try:
-            return await op(self._handle_of(sandbox_id))
+            return await op(await self._handle_of(*key))
         except SandboxNotFound:
-            # The cached handle's sandbox is gone; the id may name a new one now.
-            if self._handles.pop(sandbox_id, None) is None:
+            # The cached handle's sandbox is gone; a handle following the id tries the
+            # sandbox that has the id now, if any.
+            if self._handles.pop(key, None) is None or key[1] is not None:
                 raise
-            return await op(self._handle_of(sandbox_id))
+            return await op(await self._handle_of(*key))
 
     async def _dispatch(self, client: _Client, ref: int, op: Any, args: Any) -> Any:
         if op not in OPS:
@@ -451,11 +463,11 @@ class ControlServer:
                             f"{', '.join(OPS[op]) or 'nothing'}")
         rt, a = self.runtime, args
         if op == "call":
-            return await self._on_sandbox(a.get("id"), lambda h: h.call(
+            return await self._on_sandbox(a, lambda h: h.call(
                 _text(a, "actor"), a.get("request"), timeout=a.get("timeout", 5.0)))
         if op == "cast":
-            return await self._on_sandbox(a.get("id"), lambda h: h.cast(_text(a, "actor"),
-                                                                        a.get("request")))
+            return await self._on_sandbox(a, lambda h: h.cast(_text(a, "actor"),
+                                                              a.get("request")))
         if op == "logs":
             lines = a.get("lines")
             recent = list(self._backlog)
@@ -486,6 +498,9 @@ class ControlServer:
             "health": lambda: rt.health(),
             "metrics": lambda: rt.metrics_text(),
         }[op]
+        if op == "destroy":  # its handles are of no use any more
+            for key in [k for k in self._handles if k[0] == a.get("id")]:
+                del self._handles[key]
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, call)
