@@ -213,3 +213,17 @@ def test_top_on_a_terminal_redraws_in_place(server):
     text = out.decode()
     assert text.count("\x1b[H\x1b[2J") == 2, text
     assert "-- " not in text  # the piped form's separators
+
+
+def test_sandbox_run_of_an_app_whose_init_raises_prints_one_error_line(tmp_path):
+    app = tmp_path / "broken"
+    app.mkdir()
+    (app / "app.py").write_text(
+        "from runtime.genserver import GenServer\n\n\n"
+        "class Bad(GenServer):\n    def init(self):\n        raise RuntimeError('init broke')\n\n\n"
+        "def children():\n    return [Bad.child_spec(name='bad')]\n")
+    done = run("run", str(app))
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("sandbox: error:"), \
+        done.stderr
+    assert "init broke" in done.stderr and "Traceback" not in done.stderr + done.stdout

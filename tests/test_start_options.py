@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import sandbox
-from runtime.errors import ConfigError
+from runtime.errors import ActorError, ConfigError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,3 +100,38 @@ def test_an_argument_that_cannot_be_sent_is_named(profile, request_, error, want
     assert text.startswith(wanted), text
     # only settings a user can change are named
     assert "max_frame" not in text and "allow_pickle" not in text and "reply" not in text
+
+
+BIG_OR_ODD = '''
+from runtime.genserver import GenServer
+
+
+class Odd(GenServer):
+    def init(self):
+        return 0
+
+    def handle_call(self, request, state):
+        if request == "object":
+            return object(), state
+        return "x" * (9 * 1024 * 1024), state
+
+
+def children():
+    return [Odd.child_spec(name="odd")]
+'''
+
+
+@pytest.mark.parametrize(
+    "request_, wanted",
+    [("object", "replies carry only msgpack-native values"),
+     ("big", "is over the 8 MiB a message may carry")],
+)
+def test_a_reply_that_cannot_be_sent_names_no_hidden_setting(tmp_path, request_, wanted):
+    (tmp_path / "app.py").write_text(BIG_OR_ODD)
+    with sandbox.start() as rt:
+        sb = rt.create_sandbox("odd", str(tmp_path))
+        with pytest.raises(ActorError) as info:
+            sb.call("odd", request_, timeout=30)
+    text = str(info.value)
+    assert text.startswith("the reply of ") and wanted in text, text
+    assert "max_frame" not in text and "allow_pickle" not in text

@@ -381,7 +381,7 @@ class ChildServer:
                 None,
                 {
                     "type": "EncodeError",
-                    "message": f"the reply of {actor or 'the sandbox'} cannot be sent: {exc}",
+                    "message": _unsendable_reply(actor, value, exc),
                     "traceback": "",
                     "actor": actor,
                 },
@@ -619,6 +619,21 @@ class ChildServer:
             return
         if ref is not None:
             self.reply(ref, result, None)
+
+
+def _unsendable_reply(actor: str | None, value: Any, exc: BaseException) -> str:
+    """Why a reply cannot cross to the host, naming only what the app can change."""
+    who = f"the reply of {actor}" if actor else "the sandbox's answer"
+    if isinstance(exc, TypeError):
+        return (f"{who} cannot be sent to the host: it is (or holds) a "
+                f"{type(value).__name__} value, and replies carry only msgpack-native "
+                "values (None, bool, int, float, str, bytes, list, dict, tuple, set, "
+                "frozenset, datetime): reply with plain data")
+    if isinstance(exc, ProtocolError):  # over the frame limit
+        return (f"{who} cannot be sent to the host: it is over the "
+                f"{DEFAULT_MAX_FRAME // (1024 * 1024)} MiB a message may carry; "
+                "reply with less (for example in parts, or a path to a file)")
+    return f"{who} cannot be sent to the host: {exc}"
 
 
 def _exit(code: int) -> None:
