@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,14 @@ from typing import Any
 from runtime.childspec import RESTART_TYPES
 from runtime.errors import ConfigError
 
-__all__ = ["Limits", "SandboxConfig", "WatchOptions", "PROFILES", "validate_id"]
+__all__ = [
+    "Limits",
+    "SandboxConfig",
+    "WatchOptions",
+    "PROFILES",
+    "compiler_options",
+    "validate_id",
+]
 
 PROFILES: tuple[str, ...] = ("high", "medium", "low")
 #: What the resource monitor may do when a sandbox reaches a limit.
@@ -201,6 +209,12 @@ class SandboxConfig:
     shutdown: float = 5.0
     #: How auto-reload watches the app (used when ``auto_reload`` is on).
     watch: WatchOptions = field(default_factory=WatchOptions)
+    #: Seconds one module's compile may take (None: the compiler's default, 10 s).
+    compile_timeout: float | None = None
+    #: Memory of the compile worker, MiB (None: the compiler's default, 1 GiB).
+    compile_memory_mb: int | None = None
+    #: CPU seconds one module's compile may use (None: the compile timeout + 1).
+    compile_cpu_seconds: int | None = None
 
     @classmethod
     def build(cls, sandbox_id: Any, path: Any, **options: Any) -> SandboxConfig:
@@ -241,6 +255,21 @@ class SandboxConfig:
         auto_reload = options.get("auto_reload", cls.auto_reload)
         if not isinstance(auto_reload, bool):
             raise ConfigError("auto_reload", auto_reload, "True or False")
+        compile_timeout = options.get("compile_timeout")
+        if compile_timeout is not None and (
+            isinstance(compile_timeout, bool) or not isinstance(compile_timeout, (int, float))
+            or not 0 < compile_timeout <= 3600
+        ):
+            raise ConfigError("compile_timeout", compile_timeout,
+                              "a number of seconds > 0 and <= 3600, or None")
+        for name in ("compile_memory_mb", "compile_cpu_seconds"):
+            value = options.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value <= 0):
+                raise ConfigError(name, value, "a positive integer or None")
+        if options.get("compile_memory_mb") is not None and options["compile_memory_mb"] < 64:
+            raise ConfigError("compile_memory_mb", options["compile_memory_mb"],
+                              "at least 64 (MiB): the compile worker itself needs about 40")
         return cls(
             id=sandbox_id,
             path=str(app_dir),
@@ -254,7 +283,20 @@ class SandboxConfig:
             auto_reload=auto_reload,
             shutdown=float(options.get("shutdown", cls.shutdown)),
             watch=WatchOptions.build(options.get("watch")),
+            compile_timeout=float(compile_timeout) if compile_timeout is not None else None,
+            compile_memory_mb=options.get("compile_memory_mb"),
+            compile_cpu_seconds=options.get("compile_cpu_seconds"),
         )
+
+    def compile_settings(self) -> dict[str, Any]:
+        """The sandbox's compile options, as given (None: the compiler's default).
+
+        >>> SandboxConfig.build("c", "examples/counter", compile_timeout=30).compile_settings()
+        {'compile_timeout': 30.0, 'compile_memory_mb': None, 'compile_cpu_seconds': None}
+        """
+        return {"compile_timeout": self.compile_timeout,
+                "compile_memory_mb": self.compile_memory_mb,
+                "compile_cpu_seconds": self.compile_cpu_seconds}
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -304,3 +346,23 @@ def _check_entry(app_dir: Path, entry: str) -> None:
     }
     if func not in defined:
         raise ConfigError("entry", entry, f"a function {func!r} defined in {source_file}")
+
+
+def compiler_options(settings: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The compiler's keyword arguments for a sandbox's compile options
+    (:meth:`SandboxConfig.compile_settings`), with a call's overrides (``None``
+    leaves the sandbox's value): only what is set is passed.
+
+    >>> compiler_options({"compile_timeout": 30.0, "compile_memory_mb": 256},
+    ...                  compile_timeout=5)
+    {'compile_timeout': 5, 'memory_limit': 268435456}
+    """
+    merged = {**settings, **{k: v for k, v in overrides.items() if v is not None}}
+    out: dict[str, Any] = {}
+    if merged.get("compile_timeout") is not None:
+        out["compile_timeout"] = merged["compile_timeout"]
+    if merged.get("compile_memory_mb") is not None:
+        out["memory_limit"] = int(merged["compile_memory_mb"]) << 20
+    if merged.get("compile_cpu_seconds") is not None:
+        out["cpu_limit"] = int(merged["compile_cpu_seconds"])
+    return out

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from actors import containment
-from actors.config import SandboxConfig
+from actors.config import SandboxConfig, compiler_options
 from actors.slot import ProcessSlot
 from runtime import telemetry
 from runtime.actor import Down, ExitReason, monitor
@@ -98,6 +98,7 @@ class SandboxRecord:
             "workdir": self.workdir,
             "auto_reload": self.slot.watch is not None,
             "watch": (self.slot.watch or self.config.watch).as_dict(),
+            "compile": self.config.compile_settings(),
             **(extra or {}),
         }
 
@@ -322,6 +323,7 @@ class ManagerActor(Component):
             profile=containment.compile_profile(record),
             cache_dir=self.cache_dir(config.id),
             timeout=COMPILE_TIMEOUT,
+            **compiler_options(config.compile_settings()),
         )
         containment.check_compiled(self, record, result)  # SecurityViolation
         result.raise_for_errors()

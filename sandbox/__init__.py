@@ -43,6 +43,7 @@ from runtime.supervisor import Supervisor, SupervisorSpec
 from sandbox.aio import AsyncRuntime, AsyncSandbox, start_async
 from sandbox.api import BatchResult, Runtime, Sandbox, start
 from sandbox.control import AuthenticationError, ControlError, connect, connect_async
+from sandbox.statesnapshot import SnapshotError, StateSnapshot
 
 __all__ = [
     # host API
@@ -50,6 +51,8 @@ __all__ = [
     "Runtime",
     "Sandbox",
     "BatchResult",
+    "StateSnapshot",
+    "SnapshotError",
     # asyncio, and a runtime behind a control endpoint
     "start_async",
     "AsyncRuntime",

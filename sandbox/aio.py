@@ -147,11 +147,14 @@ class AsyncSandbox:
         changed_files: Iterable[str] | None = None,
         timeout: float = 30.0,
         compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
     ) -> ReloadReport:
         """See :meth:`Sandbox.hot_reload`."""
         return await self._thread(
             self.sync.hot_reload, modules=modules, source=source, migrate=migrate, extra=extra,
-            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout)
+            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout,
+            compile_memory_mb=compile_memory_mb, compile_cpu_seconds=compile_cpu_seconds)
 
     async def rollback_module(
         self, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
@@ -242,12 +245,15 @@ class AsyncRuntime:
         changed_files: Iterable[str] | None = None,
         timeout: float = 30.0,
         compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
     ) -> ReloadReport:
         """See :meth:`Runtime.hot_reload`."""
         return await self._thread(
             self.sync.hot_reload, sandbox_id, modules=modules, source=source, migrate=migrate,
             extra=extra, changed_files=changed_files, timeout=timeout,
-            compile_timeout=compile_timeout)
+            compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
+            compile_cpu_seconds=compile_cpu_seconds)
 
     async def rollback_module(self, sandbox_id: str, module: str, version: int, *,
                               extra: Any = None, timeout: float = 30.0) -> ReloadReport:

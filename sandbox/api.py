@@ -43,6 +43,7 @@ from sandbox.health import Observability
 
 if TYPE_CHECKING:
     from sandbox.hotreload import ReloadReport
+    from sandbox.statesnapshot import RestoreReport, StateSnapshot
 
 __all__ = ["Runtime", "Sandbox", "BatchResult", "start"]
 
@@ -253,11 +254,14 @@ class Sandbox:
         changed_files: Iterable[str] | None = None,
         timeout: float = 30.0,
         compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
     ) -> ReloadReport:
         """Swap changed code in, keeping state; see :meth:`Runtime.hot_reload`."""
         return self.runtime.hot_reload(
             self._owned(), modules=modules, source=source, migrate=migrate, extra=extra,
-            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout)
+            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout,
+            compile_memory_mb=compile_memory_mb, compile_cpu_seconds=compile_cpu_seconds)
 
     def rollback_module(
         self, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
@@ -268,6 +272,59 @@ class Sandbox:
     def module_versions(self, module: str | None = None) -> Any:
         """Kept versions; see :meth:`Runtime.module_versions`."""
         return self.runtime.module_versions(self._owned(), module)
+
+    def unload_module(self, module: str, *, timeout: float = 30.0) -> ReloadReport:
+        """Remove ``module`` from the running sandbox and from its current versions
+        (its kept versions stay, for rollback); see :func:`sandbox.hotreload.unload_module`.
+
+        >>> import sandbox
+        >>> with sandbox.start() as rt:
+        ...     sb = rt.create_sandbox("doc-unload", "examples/counter")
+        ...     sb.unload_module("app")
+        Traceback (most recent call last):
+        ...
+        runtime.errors.ReloadFailed: sandbox 'doc-unload': cannot unload module 'app': it holds the app's entry; it is needed to restart the app; nothing was changed
+        """
+        from sandbox.hotreload import unload_module
+
+        return unload_module(self.runtime, self._owned(), module, timeout=timeout)
+
+    def snapshot(self, *, timeout: float = 30.0) -> StateSnapshot:
+        """The states of the sandbox's named actors now, as plain data to keep.
+
+        All actors are held between two messages while it is taken (the reload
+        barrier), so the states are of one instant. Raises
+        :class:`~sandbox.statesnapshot.SnapshotError` naming an actor whose state is
+        not plain data (msgpack) under a profile that forbids pickling.
+
+        >>> import sandbox
+        >>> with sandbox.start() as rt:
+        ...     sb = rt.create_sandbox("doc-snap", "examples/counter")
+        ...     sb.call("counter", ("add", 5))
+        ...     snap = sb.snapshot()
+        ...     sb.call("counter", ("add", 1))
+        ...     sb.restore(snap).actors
+        ...     sb.call("counter", "get")
+        5
+        6
+        1
+        5
+        """
+        from sandbox.statesnapshot import take
+
+        return take(self.runtime, self._owned(), timeout=timeout)
+
+    def restore(
+        self, snapshot: StateSnapshot | Mapping[str, Any], *, extra: Any = None,
+        timeout: float = 30.0,
+    ) -> RestoreReport:
+        """Put a :meth:`snapshot` (or its ``to_dict()``) back, through the reload
+        barrier: all actors or none, ``code_change(old_vsn, state, extra)`` for
+        actors whose ``vsn`` changed since, their declared state shape checked.
+        Raises :class:`~runtime.errors.ReloadFailed` naming the step and actor."""
+        from sandbox.statesnapshot import restore
+
+        return restore(self.runtime, self._owned(), snapshot, extra=extra, timeout=timeout)
 
     def enable_auto_reload(
         self,
@@ -583,12 +640,19 @@ class Runtime:
         auto_reload: bool = SandboxConfig.auto_reload,
         shutdown: float = SandboxConfig.shutdown,
         watch: WatchOptions | Mapping[str, Any] | None = None,
+        compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
     ) -> Sandbox:
         """Create and start a sandbox running the app at ``path``; returns its handle.
 
         Options: ``entry`` ('app:children'), ``profile`` ('high' | 'medium' | 'low'),
         ``limits`` (dict), ``restart`` ('permanent' | 'transient' | 'temporary'),
-        ``max_restarts``, ``max_seconds``, ``env`` (dict), ``auto_reload``, ``shutdown``.
+        ``max_restarts``, ``max_seconds``, ``env`` (dict), ``auto_reload``, ``shutdown``,
+        ``watch``, and the limits of every compile of this sandbox (unless a
+        ``hot_reload`` call overrides them): ``compile_timeout`` (seconds per module,
+        default 10), ``compile_memory_mb`` (the compile worker's memory, default
+        1024), ``compile_cpu_seconds`` (CPU seconds per module, default the timeout + 1).
         Raises :class:`~runtime.errors.ConfigError` naming any bad option, and leaves
         nothing behind when creation fails.
         """
@@ -596,7 +660,9 @@ class Runtime:
             sandbox_id, os.fspath(path) if isinstance(path, os.PathLike) else path,
             entry=entry, profile=profile, limits=limits, restart=restart,
             max_restarts=max_restarts, max_seconds=max_seconds, env=env,
-            auto_reload=auto_reload, shutdown=shutdown, watch=watch)
+            auto_reload=auto_reload, shutdown=shutdown, watch=watch,
+            compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
+            compile_cpu_seconds=compile_cpu_seconds)
         self._manager("create", config)
         handle = Sandbox(self, sandbox_id)
         handle._slot = self._slot(sandbox_id)  # binds the handle to this sandbox
@@ -672,6 +738,8 @@ class Runtime:
         changed_files: Iterable[str] | None = None,
         timeout: float = 30.0,
         compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
     ) -> ReloadReport:
         """Swap the changed modules of a running sandbox, migrating every actor's state.
 
@@ -689,7 +757,8 @@ class Runtime:
 
         return hot_reload(self, sandbox_id, modules=modules, source=source, migrate=migrate,
                           extra=extra, changed_files=changed_files, timeout=timeout,
-                          compile_timeout=compile_timeout)
+                          compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
+                          compile_cpu_seconds=compile_cpu_seconds)
 
     @logs.operation("rollback")
     def rollback_module(
@@ -788,6 +857,38 @@ class Runtime:
         return self._batch(
             ((sid, functools.partial(self.destroy_sandbox, sid)) for sid in sandbox_ids), workers
         )
+
+    def batch_hot_reload(
+        self,
+        ids_or_specs: Iterable[str | Mapping[str, Any]],
+        *,
+        workers: int = 8,
+    ) -> list[BatchResult]:
+        """Hot-reload many sandboxes in parallel, one result each (value: the
+        :class:`~sandbox.hotreload.ReloadReport`; error: the CompileError or
+        ReloadFailed of that sandbox alone).
+
+        Each item is a sandbox id, or a dict of ``id`` and :meth:`hot_reload`'s
+        keyword arguments (``{"id": "a", "modules": ["counter"], "extra": 2}``).
+
+        >>> import sandbox
+        >>> with sandbox.start() as rt:
+        ...     _ = rt.create_sandbox("doc-batch", "examples/counter")
+        ...     [(r.id, r.ok) for r in rt.batch_hot_reload(["doc-batch", "doc-none"])]
+        [('doc-batch', True), ('doc-none', False)]
+        """
+
+        def reloader(item: str | Mapping[str, Any]) -> tuple[str, Callable[[], Any]]:
+            if isinstance(item, str):
+                return item, lambda: self.hot_reload(item)
+            opts = dict(item)
+            sandbox_id = opts.pop("id", None)
+            if not isinstance(sandbox_id, str):
+                raise ConfigError("id", sandbox_id,
+                                  "a sandbox id, or a dict with 'id' and hot_reload options")
+            return sandbox_id, lambda: self.hot_reload(sandbox_id, **opts)
+
+        return self._batch([reloader(i) for i in ids_or_specs], workers)
 
     def batch_run(
         self,

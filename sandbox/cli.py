@@ -279,11 +279,15 @@ def _new(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     """Compile and scan every module of an app once; print diagnostics like a linter.
 
-    One ``file:line:col: code message`` line per finding (a hint, when there is
-    one, on the next line), then a summary. Exit 1 if any error, else 0.
+    One ``file:line:col: code [risk] message`` line per finding, the code around
+    it with the matched text underlined, a hint when there is one, then a summary;
+    ``--format json`` prints one JSON object instead (``findings``: every
+    diagnostic's fields). Exit 1 if any error, else 0.
     """
+    import json
+
     from actors.compiler import CompilerActor
-    from actors.scan import ProfileScanner
+    from actors.scan import ProfileScanner, render
 
     if not Path(args.path).is_dir():
         raise SandboxError(f"{args.path} is not a directory: give the app's directory")
@@ -293,9 +297,17 @@ def _check(args: argparse.Namespace) -> int:
     finally:
         ref.stop()
     entry = entry_diagnostics(args.path, args.entry)  # sandbox run would fail on these
-    for d in [*entry, *result.diagnostics]:
-        print(d.format())
     n_err, n_warn = len(result.errors) + len(entry), len(result.warnings)
+    if args.format == "json":
+        print(json.dumps({
+            "path": args.path, "profile": args.profile,
+            "modules": len(result.modules) + len(result.failed),
+            "errors": n_err, "warnings": n_warn,
+            "findings": [d.to_dict() for d in [*entry, *result.diagnostics]],
+        }, indent=2), flush=True)
+        return 1 if n_err else 0
+    for d in [*entry, *result.diagnostics]:
+        print(render(d))
     print(
         f"{args.path}: {len(result.modules) + len(result.failed)} modules checked "
         f"(profile {args.profile}): {n_err} error{'s' if n_err != 1 else ''}, "
@@ -397,6 +409,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="module:function returning the child specs (checked to exist)")
     check.add_argument("--timeout", type=float, default=10.0,
                        help="seconds each module's compile may take (default: 10)")
+    check.add_argument("--format", default="text", choices=["text", "json"],
+                       help="text: like a linter, with the code around each finding "
+                       "(default); json: one object with every finding's fields")
     check.set_defaults(fn=_check)
     return p
 

@@ -155,7 +155,8 @@ class Scenario:
         except Exception as exc:  # reported by test_the_scenario_ran_cleanly
             self.failures.append(f"{phase.__name__}: {type(exc).__name__}: {exc}")
 
-    def lifecycle(self) -> None:  # create, call, reload, rollback, failed rollback
+    def lifecycle(self) -> None:  # create, call, reload, rollback, failed rollback,
+        # snapshot and restore, unload
         a = self.a = self.rt.create_sandbox("tel-a", worker_app(self.tmp / "a"), profile="low")
         assert a.call("worker", "incr") == 1
         a.hot_reload(source={"worker": self.v2})
@@ -164,6 +165,10 @@ class Scenario:
         assert a.call("worker", "version") == 1
         with pytest.raises(SandboxError):
             a.rollback_module("worker", 99)  # no such version
+        a.restore(a.snapshot())
+        (self.tmp / "a" / "extra.py").write_text("X = 1\n")
+        a.hot_reload()
+        a.unload_module("extra")
 
     def compiles(self) -> None:  # a failed reload, a damaged cache, a runaway compile
         a = self.a
