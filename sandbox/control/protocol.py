@@ -137,17 +137,22 @@ def plain(value: Any) -> Any:
     >>> plain({"a": (1, {2})})
     {'a': (1, {2})}
     """
+    if isinstance(value, enum.Enum):
+        return plain(value.value)
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
-        return value.value if isinstance(value, enum.Enum) else value
+        return value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         return {plain(k): plain(v) for k, v in value.items()}
-    if isinstance(value, tuple):
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, tuple):  # a namedtuple too: it arrives as a tuple
         return tuple(plain(v) for v in value)
-    if isinstance(value, (list, set, frozenset)):
-        return type(value)(plain(v) for v in value) if not isinstance(value, list) else [
-            plain(v) for v in value]
+    if isinstance(value, frozenset):
+        return frozenset(plain(v) for v in value)
+    if isinstance(value, set):
+        return {plain(v) for v in value}
     if hasattr(value, "isoformat"):
         return value
     return str(value)
