@@ -242,6 +242,8 @@ def _run(args: argparse.Namespace) -> int:
                        tls=tls) as rt:
         if args.listen:  # `sandbox stop` from another terminal ends this command too
             rt._control.on_stop = stop.set
+            # `sandbox logs` shows the operations (create, reload, ...), not only failures.
+            logging.getLogger("runtime").setLevel(logging.INFO)
         printer = _Printer(lambda s: print(s, flush=True), rt.name)
         watch = getattr(args, "watch", False)
         telemetry.attach("cli-run", "sandbox", _quiet_reloads(printer) if watch else printer)

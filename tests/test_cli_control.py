@@ -227,3 +227,38 @@ def test_sandbox_run_of_an_app_whose_init_raises_prints_one_error_line(tmp_path)
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("sandbox: error:"), \
         done.stderr
     assert "init broke" in done.stderr and "Traceback" not in done.stderr + done.stdout
+
+
+def test_reload_rollback_and_logs_of_operations(tmp_path):
+    import shutil
+
+    app = tmp_path / "counter"
+    shutil.copytree(ROOT / "examples" / "counter", app)
+    address = f"unix:{tmp_path / 'rr.sock'}"
+    proc = subprocess.Popen(sandbox_cmd("run", str(app), "--listen", address), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    try:
+        for line in proc.stdout:
+            if "press Ctrl-C to stop" in line:
+                break
+        assert run("--connect", address, "call", "counter", "counter", '"incr"').stdout == "1\n"
+        source = (app / "counter.py").read_text()
+        (app / "counter.py").write_text(source.replace("vsn = 1", "vsn = 2"))
+        done = run("--connect", address, "reload", "counter")
+        assert done.returncode == 0 and done.stdout.startswith("reloaded counter v2"), \
+            done.stdout + done.stderr
+        done = run("--connect", address, "rollback", "counter", "counter", "1")
+        assert done.returncode == 0 and done.stdout.startswith("rolled counter back to v1"), \
+            done.stderr
+        assert run("--connect", address, "call", "counter", "counter", '"get"').stdout == "1\n"
+        logs = run("--connect", address, "logs").stdout
+        for wanted in ("create counter: done", "hot_reload counter: done",
+                       "rollback counter: done"):
+            assert wanted in logs, logs
+        assert run("--connect", address, "stop").returncode == 0
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
