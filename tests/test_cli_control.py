@@ -262,3 +262,46 @@ def test_reload_rollback_and_logs_of_operations(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def test_over_tcp_with_a_token_and_tls(tmp_path):
+    import re
+
+    key, crt, token = tmp_path / "key.pem", tmp_path / "cert.pem", tmp_path / "token"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(crt), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60)
+    proc = subprocess.Popen(
+        sandbox_cmd("run", "examples/counter", "--id", "tls", "--listen", "tcp:127.0.0.1:0",
+                    "--token-file", str(token), "--tls-cert", str(crt), "--tls-key", str(key)),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL)
+    try:
+        for line in proc.stdout:
+            if "press Ctrl-C to stop" in line:
+                address = re.search(r"control endpoint (tcp:\S+);", line)[1]
+                break
+        assert token.stat().st_mode & 0o777 == 0o600  # made by the server
+        client = ("--connect", address, "--tls-ca", str(crt))
+        done = run(*client, "--token-file", str(token), "call", "tls", "counter", '"incr"')
+        assert done.stdout == "1\n", done.stderr
+        done = run(*client, "call", "tls", "counter", '"incr"')  # no token
+        assert done.returncode == 1 and "wrong or missing token" in done.stderr
+        done = run(*client, "call", "tls", "counter", '"incr"',
+                   env={"SANDBOX_TOKEN_FILE": str(token)})
+        assert done.stdout == "2\n", done.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0
+
+
+def test_tcp_without_a_token_file_is_refused():
+    done = run("run", "examples/counter", "--listen", "tcp:127.0.0.1:0")
+    assert done.returncode == 1 and "needs --token-file PATH" in done.stderr
