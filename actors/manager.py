@@ -429,6 +429,7 @@ def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
             **containment.process_options(record, runtime_id),  # isolation, guard, env
             cwd=record.workdir,
             states=initial,
+            output=slot.output,
         )
         return slot.put(ref)
 

@@ -37,6 +37,7 @@ from runtime.errors import (
     SandboxNotFound,
     SecurityViolation,
 )
+from runtime.host.output import OutputLine
 from runtime.wire.mailbox import DEFAULT_MAX_FRAME
 from runtime.supervisor import Supervisor, SupervisorRef
 from sandbox.health import Observability
@@ -243,6 +244,20 @@ class Sandbox:
     @property
     def pid(self) -> int | None:
         return self.info()["pid"]
+
+    def output(self, tail: int | None = 100) -> list[OutputLine]:
+        """The last ``tail`` lines the sandbox wrote to stdout and stderr (all kept
+        lines if None), oldest first, across its restarts; see :meth:`Runtime.output`.
+
+        >>> from sandbox.testing import wait_for
+        >>> with sandbox.start() as rt:
+        ...     sb = rt.create_sandbox("doc-output", "examples/counter", profile="low")
+        ...     _ = sb.run(print, "hello")
+        ...     _ = wait_for(lambda: sb.output(tail=1), 10)
+        ...     [(line.stream, line.text) for line in sb.output(tail=1)]
+        [('stdout', 'hello')]
+        """
+        return self.runtime.output(self.id, tail=tail)
 
     def hot_reload(
         self,
@@ -715,6 +730,27 @@ class Runtime:
         threads, processes, fds, uptime), trends and limit events."""
         self.get_sandbox_info(sandbox_id)  # SandboxNotFound for a bad id
         return self.component("monitor").invoke("usage", sandbox_id)
+
+    def output(self, sandbox_id: str, *, tail: int | None = 100) -> list[OutputLine]:
+        """The last ``tail`` lines sandbox ``sandbox_id`` wrote to stdout and stderr.
+
+        Each :class:`~runtime.host.output.OutputLine` has ``stream`` ("stdout" or
+        "stderr"), ``text`` (control characters and escapes shown escaped),
+        ``time`` and ``truncated``. The host keeps the last 1,000 lines (256 Ki
+        characters at most), and at most 64 KiB/s (bursts of 256 KiB) and 16 MiB
+        in all per sandbox; the rest is dropped and counted (metric
+        ``sandbox_output_dropped_bytes_total``).
+        Every line is also a log record of the logger ``runtime.output``
+        (fields ``sandbox``, ``stream``); none reaches the host's stdout.
+        Raises :class:`~runtime.errors.SandboxNotFound` for an unknown id and
+        ``ValueError`` for a negative ``tail``.
+
+        >>> with sandbox.start() as rt:
+        ...     _ = rt.create_sandbox("doc-rt-output", "examples/counter")
+        ...     rt.output("doc-rt-output", tail=5)
+        []
+        """
+        return self._slot(sandbox_id).output.tail(tail)
 
     def register_profile(self, profile: Any) -> Any:
         """Register a custom security profile (``actors.profiles.custom_profile(...)``)

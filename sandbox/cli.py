@@ -227,6 +227,19 @@ class _CrashPrinter(logging.Handler):
         self.printer.line(text)
 
 
+class _OutputLines(logging.Handler):
+    """The sandbox's stdout/stderr lines (runtime.output records), already
+    neutralised by the host, as ``[id stream] text`` lines of the printer."""
+
+    def __init__(self, printer: _Printer) -> None:
+        super().__init__(logging.INFO)
+        self.printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sid, stream = getattr(record, "sandbox", "?"), getattr(record, "stream", "?")
+        self.printer.line(f"[{sid} {stream}] {record.getMessage()}")
+
+
 def _run(args: argparse.Namespace) -> int:
     import sandbox
 
@@ -245,6 +258,9 @@ def _run(args: argparse.Namespace) -> int:
             # `sandbox logs` shows the operations (create, reload, ...), not only failures.
             logging.getLogger("runtime").setLevel(logging.INFO)
         printer = _Printer(lambda s: print(s, flush=True), rt.name)
+        output = logging.getLogger("runtime.output")
+        output.addHandler(_OutputLines(printer))
+        output.setLevel(logging.INFO)
         watch = getattr(args, "watch", False)
         telemetry.attach("cli-run", "sandbox", _quiet_reloads(printer) if watch else printer)
         if watch:

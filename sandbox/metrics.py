@@ -365,6 +365,9 @@ class RuntimeMetrics:
         self.protocol_errors = r.counter(
             "sandbox_protocol_errors_total",
             "Sandbox processes killed for breaking the mailbox protocol.", ("sandbox",))
+        self.output_dropped = r.counter(
+            "sandbox_output_dropped_bytes_total",
+            "Bytes of a sandbox's stdout/stderr dropped by its rate or size cap.", ("sandbox",))
         self.supervisor_restarts = r.counter(
             "sandbox_supervisor_restarts_total",
             "Child restarts by the runtime's supervisors.", ("supervisor", "child"))
@@ -395,6 +398,7 @@ class RuntimeMetrics:
             "security.scan.blocked": self._on_security,
             "security.quarantine": self._on_security,
             "process.protocol_error": self._on_protocol,
+            "process.output_dropped": self._on_output_dropped,
             "supervisor.restart": self._on_supervisor,
             "supervisor.escalation": self._on_supervisor,
         }
@@ -521,6 +525,10 @@ class RuntimeMetrics:
         name = str(md.get("name") or "")
         if name.startswith(self._prefix):
             self.protocol_errors.inc((name[len(self._prefix):],))
+
+    def _on_output_dropped(self, event: str, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
+        if md.get("runtime") == self.runtime:
+            self.output_dropped.inc((str(md.get("sandbox")),), int(m.get("bytes", 0)))
 
     def _on_supervisor(self, event: str, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
         sup = str(md.get("supervisor") or "")

@@ -385,3 +385,14 @@ def test_a_remote_handle_belongs_to_one_sandbox(served, sock_path):
                 with pytest.raises(SandboxNotFound):
                     use(handle)
         assert new.call("counter", "get") == 0
+
+
+def test_output_tail_over_the_endpoint(served, sock_path):
+    from helpers import wait_for
+
+    served.create_sandbox("ctl-out", COUNTER, profile="low").run(print, "hello from inside")
+    with sandbox.connect(f"unix:{sock_path}") as remote:
+        sb = remote.sandbox("ctl-out")
+        lines = wait_for(lambda: sb.output(tail=5), timeout=30)
+        assert [(line.stream, line.text) for line in lines] == [("stdout", "hello from inside")]
+        assert remote.output("ctl-out", tail=1) == lines[-1:]

@@ -143,7 +143,8 @@ class Scenario:
     def run(self) -> None:
         # Runtime names are cgroup names too: unique, so parallel sessions never share one.
         with sandbox.start(name=f"tel{os.getpid()}", monitor_interval=0.05) as self.rt:
-            for phase in (self.lifecycle, self.compiles, self.process_events, self.protocol,
+            for phase in (self.lifecycle, self.compiles, self.process_events, self.output,
+                          self.protocol,
                           self.escalation, self.failed_creates, self.security, self.flood,
                           self.limits, self.auto_reload, self.host_actor):
                 self._run(phase)
@@ -199,6 +200,12 @@ class Scenario:
         wait_for(lambda: a.info()["status"] == "running" and a.info()["pid"] not in (None, pid),
                  WAIT)
         a.destroy()
+
+    def output(self) -> None:  # 2 MiB at once: over the output burst
+        o = self.rt.create_sandbox("tel-o", worker_app(self.tmp / "o"), profile="low")
+        o.run(exec, "import os\nfor _ in range(32): os.write(1, b'x' * 65535 + b'\\n')")
+        self.rec.wait("process.output_dropped", timeout=WAIT)
+        o.destroy()
 
     def protocol(self) -> None:
         p = self.rt.create_sandbox("tel-p", worker_app(self.tmp / "p"), profile="low")

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from actors.config import Limits, SandboxConfig, WatchOptions
 from runtime.errors import CallTimeout, ProtocolError, SandboxNotFound
+from runtime.host.output import OutputLine
 from runtime.wire.mailbox import CALL, ERROR, PREFIX_SIZE, REPLY, SYSTEM, Codec
 from sandbox.control.protocol import (
     DEFAULT_MAX_FRAME,
@@ -331,6 +332,11 @@ class AsyncRemoteSandbox:
         await self._bound()
         return await self.runtime.module_versions(self.id, module)
 
+    async def output(self, tail: int | None = 100) -> list[OutputLine]:
+        """See :meth:`Sandbox.output`."""
+        await self._bound()
+        return await self.runtime.output(self.id, tail=tail)
+
 
 class AsyncRemoteRuntime:
     """A runtime behind a control endpoint, from asyncio. Made by :func:`connect_async`."""
@@ -432,6 +438,11 @@ class AsyncRemoteRuntime:
         """See :meth:`Runtime.resource_usage`."""
         return await self._request("usage", {"id": sandbox_id})
 
+    async def output(self, sandbox_id: str, *, tail: int | None = 100) -> list[OutputLine]:
+        """See :meth:`Runtime.output`."""
+        lines = await self._request("output", {"id": sandbox_id, "tail": tail})
+        return [OutputLine(**line) for line in lines]
+
     async def health(self) -> dict[str, Any]:
         """See :meth:`Runtime.health`."""
         return await self._request("health")
@@ -529,6 +540,10 @@ class RemoteSandbox:
     def module_versions(self, module: str | None = None) -> Any:
         """See :meth:`Sandbox.module_versions`."""
         return self.runtime._run(self._async.module_versions(module))
+
+    def output(self, tail: int | None = 100) -> list[OutputLine]:
+        """See :meth:`Sandbox.output`."""
+        return self.runtime._run(self._async.output(tail))
 
 
 class RemoteRuntime:
@@ -647,6 +662,10 @@ class RemoteRuntime:
     def resource_usage(self, sandbox_id: str) -> dict[str, Any] | None:
         """See :meth:`Runtime.resource_usage`."""
         return self._run(self._async.resource_usage(sandbox_id))
+
+    def output(self, sandbox_id: str, *, tail: int | None = 100) -> list[OutputLine]:
+        """See :meth:`Runtime.output`."""
+        return self._run(self._async.output(sandbox_id, tail=tail))
 
     def health(self) -> dict[str, Any]:
         """See :meth:`Runtime.health`."""

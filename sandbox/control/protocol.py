@@ -70,6 +70,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "module_versions": ("id", "module"),
     "reload_status": ("id",),
     "usage": ("id",),
+    "output": ("id", "tail"),
     "health": (),
     "metrics": (),
     "logs": ("follow", "lines"),

@@ -495,6 +495,7 @@ class ControlServer:
             "module_versions": lambda: rt.module_versions(a["id"], a.get("module")),
             "reload_status": lambda: rt.reload_status(a["id"]),
             "usage": lambda: rt.resource_usage(a["id"]),
+            "output": lambda: rt.output(a["id"], tail=a.get("tail", 100)),
             "health": lambda: rt.health(),
             "metrics": lambda: rt.metrics_text(),
         }[op]
