@@ -648,10 +648,12 @@ def _unsendable_reply(actor: str | None, value: Any, exc: BaseException) -> str:
     """Why a reply cannot cross to the host, naming only what the app can change."""
     who = f"the reply of {actor}" if actor else "the sandbox's answer"
     if isinstance(exc, TypeError):
-        return (f"{who} cannot be sent to the host: it is (or holds) a "
-                f"{type(value).__name__} value, and replies carry only msgpack-native "
-                "values (None, bool, int, float, str, bytes, list, dict, tuple, set, "
-                "frozenset, datetime): reply with plain data")
+        text = str(exc)  # the codec names the offending type, however deep it is
+        kind = (text.split("cannot send a ", 1)[1].split(" value", 1)[0]
+                if "cannot send a " in text else type(value).__name__)
+        return (f"{who} cannot be sent to the host: cannot send a {kind} value; replies "
+                "carry only msgpack-native values (None, bool, int, float, str, bytes, "
+                "list, dict, tuple, set, frozenset, datetime): reply with plain data")
     if isinstance(exc, ProtocolError):  # over the frame limit
         return (f"{who} cannot be sent to the host: it is over the "
                 f"{DEFAULT_MAX_FRAME // (1024 * 1024)} MiB a message may carry; "
