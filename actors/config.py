@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from runtime.childspec import RESTART_TYPES
 from runtime.errors import ConfigError
 
 __all__ = [
+    "AlertThresholds",
     "Limits",
     "SandboxConfig",
     "WatchOptions",
@@ -193,6 +194,71 @@ class WatchOptions:
 
 
 @dataclass(frozen=True)
+class AlertThresholds:
+    """When the runtime raises an alert (``sandbox/alerts.py``), per runtime or per sandbox.
+
+    - ``warn_at``: fraction of a resource limit at which the resource monitor warns
+      (``limit.warning``) and a "near limit" alert fires (default 0.8).
+    - ``restarts`` within ``window`` seconds: restarts after crashes, of a sandbox's
+      process or of its actors, that make a restart storm (default 5 in 60 s).
+    - ``flaps`` within ``flap_window`` seconds: process restarts after crashes that
+      make a sandbox flapping (default 3 in 300 s). A requested restart is neither.
+    - ``error_repeats``: occurrences of one error pattern that make it recurring (3).
+    - ``reload_failures``: failed reloads or rollbacks within ``window`` (default 1).
+    - ``repeat_after``: seconds before the same alert of the same sandbox is sent again.
+
+    >>> AlertThresholds.build({"restarts": 10}, base=AlertThresholds(warn_at=0.9)).warn_at
+    0.9
+    >>> try:
+    ...     AlertThresholds.build({"warn_at": 2})
+    ... except ConfigError as exc:
+    ...     print(exc)
+    invalid alerts.warn_at=2: expected a fraction of the limit, > 0 and <= 1
+    """
+
+    warn_at: float = 0.8
+    restarts: int = 5
+    window: float = 60.0
+    flaps: int = 3
+    flap_window: float = 300.0
+    error_repeats: int = 3
+    reload_failures: int = 1
+    repeat_after: float = 300.0
+
+    @classmethod
+    def build(
+        cls, value: AlertThresholds | dict[str, Any] | None, base: AlertThresholds | None = None
+    ) -> AlertThresholds:
+        """Validate ``value`` (a dict of the thresholds to change, over ``base``)."""
+        base = base or cls()
+        if value is None:
+            return base
+        if isinstance(value, AlertThresholds):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError("alerts", value, "a dict of alert thresholds or an AlertThresholds")
+        known = {f.name: f.type for f in fields(cls)}
+        for key, v in value.items():
+            if key not in known:
+                raise ConfigError(f"alerts.{key}", v,
+                                  f"one of the alert thresholds {', '.join(sorted(known))}")
+            if key == "warn_at":
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                    raise ConfigError("alerts.warn_at", v, "a fraction of the limit, > 0 and <= 1")
+            elif known[key] == "int":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ConfigError(f"alerts.{key}", v, "an integer >= 1")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ConfigError(f"alerts.{key}", v, "a number of seconds > 0")
+        changes: dict[str, Any] = {k: (v if known[k] == "int" else float(v))
+                                   for k, v in value.items()}
+        return replace(base, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
     """Everything needed to (re)create one sandbox; plain data, kept across restarts."""
 
@@ -209,6 +275,8 @@ class SandboxConfig:
     shutdown: float = 5.0
     #: How auto-reload watches the app (used when ``auto_reload`` is on).
     watch: WatchOptions = field(default_factory=WatchOptions)
+    #: Alert thresholds of this sandbox (None: the runtime's).
+    alerts: AlertThresholds | None = None
     #: Seconds one module's compile may take (None: the compiler's default, 10 s).
     compile_timeout: float | None = None
     #: Memory of the compile worker, MiB (None: the compiler's default, 1 GiB).
@@ -283,6 +351,8 @@ class SandboxConfig:
             auto_reload=auto_reload,
             shutdown=float(options.get("shutdown", cls.shutdown)),
             watch=WatchOptions.build(options.get("watch")),
+            alerts=(None if options.get("alerts") is None
+                    else AlertThresholds.build(options["alerts"])),
             compile_timeout=float(compile_timeout) if compile_timeout is not None else None,
             compile_memory_mb=options.get("compile_memory_mb"),
             compile_cpu_seconds=options.get("compile_cpu_seconds"),
@@ -302,6 +372,7 @@ class SandboxConfig:
         d = asdict(self)
         d["limits"] = self.limits.as_dict()
         d["watch"] = self.watch.as_dict()
+        d["alerts"] = self.alerts.as_dict() if self.alerts is not None else None
         return d
 
 

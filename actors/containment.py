@@ -126,7 +126,8 @@ def prepare(manager: Any, record: Any) -> Protection:
     slot.security = prot
     component("security").invoke("register_sandbox", sid, profile)
     try:
-        component("monitor").invoke("register", sid, slot)
+        warn_at = config.alerts.warn_at if config.alerts is not None else None
+        component("monitor").invoke("register", sid, slot, warn_at)
     except SandboxError:
         log.warning("resource monitor not running: sandbox %s is not sampled", sid)
     return prot

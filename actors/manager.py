@@ -41,7 +41,7 @@ from runtime.errors import (
 )
 from runtime.host.process import KILL_MARGIN, start_process
 from runtime.recovery import annotate as annotate_error
-from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef
+from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
 
 __all__ = ["ManagerActor", "SandboxRecord", "STATUSES"]
 
@@ -204,9 +204,12 @@ class ManagerActor(Component):
         elif isinstance(message, Down):
             for record in self.records.values():
                 if record.supervisor is not None and record.supervisor.id == message.actor_id:
-                    if record.status not in ("stopping", "stopped") and message.reason.abnormal:
+                    escalated = gave_up(message.reason)  # a shutdown reason, as in OTP
+                    if record.status not in ("stopping", "stopped") and (
+                        escalated or message.reason.abnormal
+                    ):
                         record.last_error = {
-                            "kind": message.reason.kind,
+                            "kind": "escalation" if escalated else message.reason.kind,
                             "message": f"restart intensity reached: {message.reason.message}",
                             "at": time.time(),
                         }

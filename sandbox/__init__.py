@@ -18,7 +18,7 @@ import logging as _logging
 # print each warning and error of this package on stderr.
 _logging.getLogger("sandbox").addHandler(_logging.NullHandler())
 
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime import telemetry
 from runtime.childspec import ChildSpec
 from runtime.errors import (
@@ -65,6 +65,7 @@ __all__ = [
     "Limits",
     "SandboxConfig",
     "WatchOptions",
+    "AlertThresholds",
     # re-exported from runtime
     "GenServer",
     "ChildSpec",

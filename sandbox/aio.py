@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime.errors import ActorDead, CallTimeout, ProtocolError
 from sandbox.api import DEFAULT_TIMEOUT, Runtime, Sandbox, start, unsendable
 
@@ -204,13 +204,18 @@ class AsyncRuntime:
         auto_reload: bool = SandboxConfig.auto_reload,
         shutdown: float = SandboxConfig.shutdown,
         watch: WatchOptions | Mapping[str, Any] | None = None,
+        compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
     ) -> AsyncSandbox:
         """See :meth:`Runtime.create_sandbox` (same keyword options)."""
         return AsyncSandbox(await self._thread(
             self.sync.create_sandbox, sandbox_id, path, entry=entry, profile=profile,
             limits=limits, restart=restart, max_restarts=max_restarts,
             max_seconds=max_seconds, env=env, auto_reload=auto_reload, shutdown=shutdown,
-            watch=watch))
+            watch=watch, compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
+            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts))
 
     def sandbox(self, sandbox_id: str) -> AsyncSandbox:
         """A handle on an existing sandbox (checked on first use)."""
@@ -309,6 +314,8 @@ def start_async(
     audit_path: str | os.PathLike[str] | None = None,
     watch_backend: str = "auto",
     http: tuple[str, int] | None = None,
+    alerts: AlertThresholds | Mapping[str, Any] | None = None,
+    alert_webhook: str | Mapping[str, Any] | None = None,
     listen: str | None = None,
     token_file: str | os.PathLike[str] | None = None,
     tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
@@ -329,4 +336,5 @@ def start_async(
     return _Starting(dict(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
-        watch_backend=watch_backend, http=http, listen=listen, token_file=token_file, tls=tls))
+        watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
+        listen=listen, token_file=token_file, tls=tls))

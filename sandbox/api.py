@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
@@ -40,6 +40,7 @@ from runtime.errors import (
 from runtime.host.output import OutputLine
 from runtime.wire.mailbox import DEFAULT_MAX_FRAME
 from runtime.supervisor import Supervisor, SupervisorRef
+from sandbox.capacity import CapacityReport, measure
 from sandbox.health import Observability
 
 if TYPE_CHECKING:
@@ -64,6 +65,9 @@ _RUNTIME_OPTIONS = {
     "temporary file removed at stop",
     "watch_backend": "'auto' (inotify, polling where unavailable), 'inotify' or 'polling'",
     "http": "None, or a (host, port) pair to serve /health and /metrics on (port 0: any free port)",
+    "alerts": "a dict of alert thresholds (actors.config.AlertThresholds), e.g. {'warn_at': 0.9}",
+    "alert_webhook": "None, a URL, or a dict with 'url', 'timeout', 'retries', 'backoff', "
+    "'headers'",
     "listen": "None, or a control endpoint address: 'unix:PATH' or 'tcp:HOST:PORT'",
     "token_file": "None, or a file holding the control endpoint's token (made if absent)",
     "tls": "None, or a (certificate, key) pair of PEM files for a tcp: endpoint",
@@ -409,6 +413,8 @@ class Runtime:
         audit_path: str | os.PathLike[str] | None = None,
         watch_backend: str = "auto",
         http: tuple[str, int] | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
+        alert_webhook: str | Mapping[str, Any] | None = None,
         listen: str | None = None,
         token_file: str | os.PathLike[str] | None = None,
         tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
@@ -419,7 +425,9 @@ class Runtime:
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
         if watch_backend not in ("auto", "inotify", "polling"):
             raise ConfigError("watch_backend", watch_backend, _RUNTIME_OPTIONS["watch_backend"])
-        self._obs = Observability(self, http=http)  # metrics, health, HTTP
+        # metrics, health, alerts, HTTP (sandbox/health.py)
+        self._obs = Observability(self, http=http, alerts=_plain(alerts),
+                                  alert_webhook=alert_webhook)
         if base_dir is not None and not os.path.isdir(base_dir):
             raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
         self.base_dir = tempfile.mkdtemp(prefix=f"sandbox-{self.name}-", dir=base_dir)
@@ -498,7 +506,7 @@ class Runtime:
                 "monitor",
                 start=started("monitor", lambda: ResourceMonitorActor.start(
                     name=f"{n}/monitor", runtime_id=n, component=component,
-                    interval=self._monitor_interval,
+                    interval=self._monitor_interval, warn_at=self._obs.alerts.thresholds.warn_at,
                 )),
             ),
             ChildSpec(
@@ -604,6 +612,46 @@ class Runtime:
         return self._obs.metrics_text()
 
     @property
+    def metrics_registry(self) -> Any:
+        """This runtime's own ``prometheus_client.CollectorRegistry`` (for a push
+        gateway, or to serve it with prometheus-client's own server)."""
+        return self._obs.registry
+
+    def alerts(self, sandbox_id: str | None = None) -> list[dict[str, Any]]:
+        """Alerts raised so far, oldest first (see :mod:`sandbox.alerts`).
+
+        >>> with sandbox.start(alerts={"warn_at": 0.9}) as rt:
+        ...     rt.alerts()
+        []
+        """
+        return [a.as_dict() for a in self._obs.alerts.recent(sandbox_id)]
+
+    def error_patterns(self, sandbox_id: str | None = None) -> list[dict[str, Any]]:
+        """Recurring errors grouped by fingerprint, most frequent first: ``type``,
+        ``location``, normalised ``message``, ``count``, ``first_seen``, ``last_seen``,
+        ``sandboxes``, ``category`` and ``remedy`` (see :mod:`sandbox.patterns`).
+
+        >>> with sandbox.start() as rt:
+        ...     rt.error_patterns()
+        []
+        """
+        return [p.as_dict() for p in self._obs.metrics.patterns.patterns(sandbox_id)]
+
+    def capacity(
+        self, app: str | os.PathLike[str], *, profile: str = SandboxConfig.profile,
+        samples: int = 3, window: float = 1.0, entry: str = SandboxConfig.entry,
+    ) -> CapacityReport:
+        """How many more sandboxes of ``app`` under ``profile`` fit on this machine, and
+        which limit binds first, from ``samples`` probe sandboxes measured here (see
+        :mod:`sandbox.capacity`; the probes are destroyed before it returns).
+
+        >>> with sandbox.start() as rt:
+        ...     rt.capacity("examples/counter", samples=1, window=0.2).more > 0
+        True
+        """
+        return measure(self, app, profile=profile, samples=samples, window=window, entry=entry)
+
+    @property
     def http_address(self) -> tuple[str, int] | None:
         """``(host, port)`` the ``http`` endpoint listens on (None without one)."""
         return self._obs.address
@@ -658,6 +706,7 @@ class Runtime:
         compile_timeout: float | None = None,
         compile_memory_mb: int | None = None,
         compile_cpu_seconds: int | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
     ) -> Sandbox:
         """Create and start a sandbox running the app at ``path``; returns its handle.
 
@@ -667,7 +716,8 @@ class Runtime:
         ``watch``, and the limits of every compile of this sandbox (unless a
         ``hot_reload`` call overrides them): ``compile_timeout`` (seconds per module,
         default 10), ``compile_memory_mb`` (the compile worker's memory, default
-        1024), ``compile_cpu_seconds`` (CPU seconds per module, default the timeout + 1).
+        1024), ``compile_cpu_seconds`` (CPU seconds per module, default the timeout + 1);
+        ``alerts`` (alert thresholds of this sandbox, over the runtime's: ``{"warn_at": 0.5}``).
         Raises :class:`~runtime.errors.ConfigError` naming any bad option, and leaves
         nothing behind when creation fails.
         """
@@ -677,8 +727,12 @@ class Runtime:
             max_restarts=max_restarts, max_seconds=max_seconds, env=env,
             auto_reload=auto_reload, shutdown=shutdown, watch=watch,
             compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
-            compile_cpu_seconds=compile_cpu_seconds)
+            compile_cpu_seconds=compile_cpu_seconds,
+            alerts=None if alerts is None
+            else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds))
         self._manager("create", config)
+        # once it exists (not on SandboxExists, which must keep the existing one's)
+        self._obs.alerts.configure(sandbox_id, config.alerts)
         handle = Sandbox(self, sandbox_id)
         handle._slot = self._slot(sandbox_id)  # binds the handle to this sandbox
         return handle
@@ -955,6 +1009,8 @@ def start(
     audit_path: str | os.PathLike[str] | None = None,
     watch_backend: str = "auto",
     http: tuple[str, int] | None = None,
+    alerts: AlertThresholds | Mapping[str, Any] | None = None,
+    alert_webhook: str | Mapping[str, Any] | None = None,
     listen: str | None = None,
     token_file: str | os.PathLike[str] | None = None,
     tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
@@ -967,10 +1023,13 @@ def start(
     ``history`` (versions kept per module), ``monitor_interval`` (seconds between
     resource samples), ``audit_path`` (a JSON-lines audit file kept after stop),
     ``watch_backend`` ('auto', 'inotify', 'polling'), ``http`` ((host, port) serving
-    /health and /metrics), ``listen`` (a control endpoint, ``'unix:PATH'`` or
-    ``'tcp:HOST:PORT'``, for :func:`sandbox.connect` and the CLI), ``token_file``
-    (its token; made if absent; a tcp endpoint without one gets a random token,
-    ``rt.control_token``), ``tls`` ((certificate, key) PEM files for tcp).
+    /health and /metrics), ``alerts`` (alert thresholds, the resource monitor's
+    ``warn_at`` included: :class:`~actors.config.AlertThresholds`), ``alert_webhook``
+    (a URL alerts are POSTed to as JSON; see :mod:`sandbox.alerts`), ``listen`` (a
+    control endpoint, ``'unix:PATH'`` or ``'tcp:HOST:PORT'``, for
+    :func:`sandbox.connect` and the CLI), ``token_file`` (its token; made if absent;
+    a tcp endpoint without one gets a random token, ``rt.control_token``), ``tls``
+    ((certificate, key) PEM files for tcp).
 
     >>> import sandbox
     >>> rt = sandbox.start(name="doc-rt")
@@ -981,5 +1040,11 @@ def start(
     return Runtime(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
-        watch_backend=watch_backend, http=http, listen=listen, token_file=token_file, tls=tls,
+        watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
+        listen=listen, token_file=token_file, tls=tls,
     ).start()
+
+
+def _plain(value: Any) -> Any:
+    """A mapping option as the dict the config builders take (other values unchanged)."""
+    return dict(value) if isinstance(value, Mapping) else value

@@ -1,6 +1,7 @@
-"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``, ``bench``, and the
-commands of a running runtime (``ps``, ``call``, ``cast``, ``info``, ``reload``,
-``rollback``, ``logs``, ``top``, ``stop``: :mod:`sandbox.control.commands`).
+"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``, ``capacity``,
+``patterns``, ``bench``, and the commands of a running runtime (``ps``, ``call``,
+``cast``, ``info``, ``reload``, ``rollback``, ``logs``, ``top``, ``stop``:
+:mod:`sandbox.control.commands`).
 
 Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line without a
 traceback unless ``--debug`` is given.
@@ -335,6 +336,51 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if n_err else 0
 
 
+def _capacity(args: argparse.Namespace) -> int:
+    """Measure probe sandboxes of the app in a runtime of this process; print what fits."""
+    import json
+
+    import sandbox
+
+    with sandbox.start() as rt:
+        report = rt.capacity(args.path, profile=args.profile, samples=args.samples,
+                             window=args.window, entry=args.entry)
+    print(json.dumps(report.as_dict(), indent=1) if args.json else report.text(), flush=True)
+    return 0
+
+
+def _patterns(args: argparse.Namespace) -> int:
+    """Recurring errors of a running runtime, from its HTTP endpoint's /health."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = args.http if "://" in args.http else f"http://{args.http}"
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=args.timeout) as resp:
+            health = json.load(resp)
+    except urllib.error.HTTPError as err:  # 503 (degraded) still carries the document
+        health = json.load(err)
+    except urllib.error.URLError as err:
+        raise SandboxError(f"cannot reach {url}/health ({err.reason}): start the runtime with "
+                           "http=(host, port) and give that address") from None
+    found = health.get("error_patterns") or []
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return 0
+    if not found:
+        print(f"no recurring errors in runtime {health.get('runtime')}")
+    for p in found:
+        where = f" at {p['location']}" if p.get("location") else ""
+        sandboxes = ", ".join(f"{k} ({v})" for k, v in sorted(p["sandboxes"].items()))
+        print(f"{p['count']:>6}x {p['type']}{where}: {p['message']}\n"
+              f"        [{p['fingerprint']}] {p['category']}; sandboxes: {sandboxes}; "
+              f"first {time.strftime('%H:%M:%S', time.localtime(p['first_seen']))}, "
+              f"last {time.strftime('%H:%M:%S', time.localtime(p['last_seen']))}\n"
+              f"        remedy: {p['remedy']}")
+    return 0
+
+
 def _load_harness() -> Any:
     """``benchmarks._harness`` from the source tree next to this package."""
     if not (BENCHMARKS / "_harness.py").is_file():
@@ -431,6 +477,26 @@ def _parser() -> argparse.ArgumentParser:
                        help="text: like a linter, with the code around each finding "
                        "(default); json: one object with every finding's fields")
     check.set_defaults(fn=_check)
+    capacity = sub.add_parser(
+        "capacity", help="how many more sandboxes of an app fit on this machine, and what binds"
+    )
+    capacity.add_argument("path", help="the app's directory")
+    capacity.add_argument("--profile", default="medium", help="security profile (default: medium)")
+    capacity.add_argument("--entry", default="app:children", help="module:function of the app")
+    capacity.add_argument("--samples", type=int, default=3,
+                          help="probe sandboxes to measure (default: 3)")
+    capacity.add_argument("--window", type=float, default=1.0,
+                          help="seconds over which idle CPU is measured (default: 1)")
+    capacity.add_argument("--json", action="store_true", help="print the report as JSON")
+    capacity.set_defaults(fn=_capacity)
+    patterns = sub.add_parser(
+        "patterns", help="recurring errors of a running runtime (from its /health endpoint)"
+    )
+    patterns.add_argument("--http", required=True, metavar="HOST:PORT",
+                          help="the runtime's http address (sandbox.start(http=...))")
+    patterns.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
+    patterns.add_argument("--json", action="store_true", help="print the patterns as JSON")
+    patterns.set_defaults(fn=_patterns)
     return p
 
 

@@ -62,12 +62,13 @@ from runtime import registry
 from runtime.actor import ActorRef, Down, monitor
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
+from runtime.child import notices as _notices
 from runtime.child import snapshot as _snapshot
 from runtime.child import swap
 from runtime.childspec import ChildSpec
 from runtime.errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
 from runtime.registry import registered, whereis
-from runtime.supervisor import Supervisor, SupervisorSpec
+from runtime.supervisor import Supervisor, SupervisorSpec, gave_up
 from runtime.wire.channel import Channel, ChannelClosed
 from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
 
@@ -249,6 +250,7 @@ def _restore_states(server: ChildServer) -> None:
 
 
 register_boot_hook(_restore_states)
+register_boot_hook(_notices.forward_supervisor_events)  # actor restarts reach the host
 
 
 @register_system_op("ping")
@@ -480,7 +482,7 @@ class ChildServer:
             if self._stopping:
                 return
             self._stopping = True
-        code = EXIT_ESCALATED if down.reason.abnormal else EXIT_OK
+        code = EXIT_ESCALATED if down.reason.abnormal or gave_up(down.reason) else EXIT_OK
         self.send(SYSTEM, None, "exiting", {"code": code, "reason": str(down.reason)})
         _exit(code)
 

@@ -29,7 +29,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime.errors import CallTimeout, ProtocolError, SandboxNotFound
 from runtime.host.output import OutputLine
 from runtime.wire.mailbox import CALL, ERROR, PREFIX_SIZE, REPLY, SYSTEM, Codec
@@ -376,6 +376,10 @@ class AsyncRemoteRuntime:
         auto_reload: bool = SandboxConfig.auto_reload,
         shutdown: float = SandboxConfig.shutdown,
         watch: WatchOptions | Mapping[str, Any] | None = None,
+        compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
     ) -> AsyncRemoteSandbox:
         """Create a sandbox from an app directory on the server's machine; the options
         of :meth:`Runtime.create_sandbox`."""
@@ -383,7 +387,9 @@ class AsyncRemoteRuntime:
                    "restart": restart, "max_restarts": max_restarts,
                    "max_seconds": max_seconds, "env": dict(env) if env else None,
                    "auto_reload": auto_reload, "shutdown": shutdown,
-                   "watch": _options_map(watch)}
+                   "watch": _options_map(watch), "compile_timeout": compile_timeout,
+                   "compile_memory_mb": compile_memory_mb,
+                   "compile_cpu_seconds": compile_cpu_seconds, "alerts": _options_map(alerts)}
         info = await self._request("create", {"id": sandbox_id, "path": os.fspath(path),
                                               "options": options})
         return AsyncRemoteSandbox(self, sandbox_id, info.get("created_at"))
@@ -607,13 +613,19 @@ class RemoteRuntime:
         auto_reload: bool = SandboxConfig.auto_reload,
         shutdown: float = SandboxConfig.shutdown,
         watch: WatchOptions | Mapping[str, Any] | None = None,
+        compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
     ) -> RemoteSandbox:
         """Create a sandbox from an app directory on the server's machine; the options
         of :meth:`Runtime.create_sandbox`."""
         handle = self._run(self._async.create_sandbox(
             sandbox_id, path, entry=entry, profile=profile, limits=limits, restart=restart,
             max_restarts=max_restarts, max_seconds=max_seconds, env=env,
-            auto_reload=auto_reload, shutdown=shutdown, watch=watch))
+            auto_reload=auto_reload, shutdown=shutdown, watch=watch,
+            compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
+            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts))
         return RemoteSandbox(self, handle)
 
     def sandbox(self, sandbox_id: str) -> RemoteSandbox:
