@@ -316,6 +316,7 @@ def start_async(
     http: tuple[str, int] | None = None,
     alerts: AlertThresholds | Mapping[str, Any] | None = None,
     alert_webhook: str | Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
     listen: str | None = None,
     token_file: str | os.PathLike[str] | None = None,
     tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
@@ -325,7 +326,7 @@ def start_async(
 
     >>> import asyncio, sandbox
     >>> async def main():
-    ...     rt = await sandbox.start_async(name="doc-async")
+    ...     rt = await sandbox.start_async()
     ...     try:
     ...         return await rt.list_sandboxes()
     ...     finally:
@@ -337,4 +338,4 @@ def start_async(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
         watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
-        listen=listen, token_file=token_file, tls=tls))
+        state_dir=state_dir, listen=listen, token_file=token_file, tls=tls))

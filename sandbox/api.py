@@ -42,6 +42,7 @@ from runtime.wire.mailbox import DEFAULT_MAX_FRAME
 from runtime.supervisor import Supervisor, SupervisorRef
 from sandbox.capacity import CapacityReport, measure
 from sandbox.health import Observability
+from sandbox.statedir import StateDir
 
 if TYPE_CHECKING:
     from sandbox.hotreload import ReloadReport
@@ -65,6 +66,9 @@ _RUNTIME_OPTIONS = {
     "temporary file removed at stop",
     "watch_backend": "'auto' (inotify, polling where unavailable), 'inotify' or 'polling'",
     "http": "None, or a (host, port) pair to serve /health and /metrics on (port 0: any free port)",
+    "state_dir": "a directory for the durable state (created if missing) that no other "
+    "running runtime uses; default: a per-user data directory for a named runtime, a "
+    "temporary one removed at stop otherwise",
     "alerts": "a dict of alert thresholds (actors.config.AlertThresholds), e.g. {'warn_at': 0.9}",
     "alert_webhook": "None, a URL, or a dict with 'url', 'timeout', 'retries', 'backoff', "
     "'headers'",
@@ -398,7 +402,9 @@ class Runtime:
     """A running actor system: the root supervisor and its component actors.
 
     Several runtimes may run in one process; they share nothing but the forkserver.
-    Use :func:`start` to make one.
+    Use :func:`start` to make one. ``state`` is its state directory
+    (:class:`~sandbox.statedir.StateDir`: ``path``, and ``store`` while running, whose
+    ``journal(sandbox_id)`` lists the latest reloads and their outcome).
     """
 
     def __init__(
@@ -415,6 +421,7 @@ class Runtime:
         http: tuple[str, int] | None = None,
         alerts: AlertThresholds | Mapping[str, Any] | None = None,
         alert_webhook: str | Mapping[str, Any] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
         listen: str | None = None,
         token_file: str | os.PathLike[str] | None = None,
         tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
@@ -425,11 +432,18 @@ class Runtime:
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
         if watch_backend not in ("auto", "inotify", "polling"):
             raise ConfigError("watch_backend", watch_backend, _RUNTIME_OPTIONS["watch_backend"])
-        # metrics, health, alerts, HTTP (sandbox/health.py)
-        self._obs = Observability(self, http=http, alerts=_plain(alerts),
-                                  alert_webhook=alert_webhook)
         if base_dir is not None and not os.path.isdir(base_dir):
             raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
+        # The durable store (sandbox/statedir.py): per-user for a named runtime,
+        # temporary (removed at stop) for a throwaway one.
+        self.state = StateDir.resolve(state_dir, name)
+        try:
+            # metrics, health, alerts, HTTP (sandbox/health.py)
+            self._obs = Observability(self, http=http, alerts=_plain(alerts),
+                                      alert_webhook=alert_webhook)
+        except BaseException:
+            self.state.close()  # a bad option leaves no temporary state directory
+            raise
         self.base_dir = tempfile.mkdtemp(prefix=f"sandbox-{self.name}-", dir=base_dir)
         self._lock = threading.Lock()
         self._root: SupervisorRef | None = None
@@ -438,8 +452,7 @@ class Runtime:
         self._history = history
         self._monitor_interval = monitor_interval
         # The audit log sits beside base_dir (not in it: that holds only workdirs).
-        self._own_audit = not audit_path
-        self._audit_path = os.fspath(audit_path) if audit_path else self.base_dir + ".audit.jsonl"
+        self._audit_path = os.fspath(audit_path) if audit_path else self.state.audit_path
         self._watch_backend = watch_backend
         self._components: dict[str, ActorRef] = {}
         self._components_changed = threading.Condition()
@@ -454,6 +467,9 @@ class Runtime:
         from actors.security import SecurityControllerActor
         from actors.versions import VersionManagerActor
 
+        store = self.state.open()
+        store.journal_abandon_pending()  # reloads a dead host left half-way: none committed
+        store.prune()  # what a create killed half-way left: that sandbox does not exist
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
             # Components find each other through this table, refreshed by each start:
             # asking the root supervisor instead would deadlock while the root is busy
@@ -477,10 +493,10 @@ class Runtime:
         children = [
             ChildSpec(
                 "sandboxes",
-                start=started("sandboxes", lambda: Supervisor.start(
+                start=started("sandboxes", lambda: _readopted(self, Supervisor.start(
                     [], strategy="one_for_one", max_restarts=1000, max_seconds=1.0,
                     name=f"{n}/sandboxes",
-                )),
+                ))),
                 shutdown=120.0,
                 type="supervisor",
             ),
@@ -493,7 +509,7 @@ class Runtime:
             ChildSpec(
                 "versions",
                 start=started("versions", lambda: VersionManagerActor.start(
-                    history=self._history, name=f"{n}/versions",
+                    history=self._history, name=f"{n}/versions", store=store,
                 )),
             ),
             ChildSpec(
@@ -513,7 +529,8 @@ class Runtime:
                 "manager",
                 start=started("manager", lambda: ManagerActor.start(
                     runtime_id=n, base_dir=self.base_dir, component=component,
-                    name=f"{n}/manager",
+                    name=f"{n}/manager", store=store,
+                    start_stored="manager" not in self._components,  # the runtime's start
                 )),
             ),
         ]
@@ -586,11 +603,7 @@ class Runtime:
         telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
 
     def _remove_files(self) -> None:
-        if self._own_audit:
-            try:
-                os.unlink(self._audit_path)
-            except OSError:
-                pass
+        self.state.close()  # a temporary state directory goes, a named one stays
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def __enter__(self) -> Runtime:
@@ -684,7 +697,14 @@ class Runtime:
         return self.component("manager").invoke(op, *args, timeout=timeout)
 
     def _slot(self, sandbox_id: str) -> Any:
-        return self._manager("slot", sandbox_id)
+        # A read: if the manager dies under it, ask its successor (within the timeout).
+        deadline = perf_counter() + DEFAULT_TIMEOUT
+        while True:
+            try:
+                return self._manager("slot", sandbox_id)
+            except ActorDead:
+                if perf_counter() > deadline:
+                    raise
 
     # -- sandboxes -------------------------------------------------------------------
     @logs.operation("create")
@@ -998,6 +1018,17 @@ class Runtime:
         )
 
 
+def _readopted(rt: Runtime, sandboxes: SupervisorRef) -> SupervisorRef:
+    """A restarted ``sandboxes`` supervisor starts empty: the manager, if running,
+    starts every sandbox again under it (actors/manager.py, ``Readopt``)."""
+    manager = rt._components.get("manager")
+    if manager is not None and manager.is_alive():
+        from actors.manager import Readopt
+
+        manager.tell(Readopt(sandboxes))
+    return sandboxes
+
+
 def start(
     *,
     name: str | None = None,
@@ -1011,6 +1042,7 @@ def start(
     http: tuple[str, int] | None = None,
     alerts: AlertThresholds | Mapping[str, Any] | None = None,
     alert_webhook: str | Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
     listen: str | None = None,
     token_file: str | os.PathLike[str] | None = None,
     tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
@@ -1025,8 +1057,13 @@ def start(
     ``watch_backend`` ('auto', 'inotify', 'polling'), ``http`` ((host, port) serving
     /health and /metrics), ``alerts`` (alert thresholds, the resource monitor's
     ``warn_at`` included: :class:`~actors.config.AlertThresholds`), ``alert_webhook``
-    (a URL alerts are POSTed to as JSON; see :mod:`sandbox.alerts`), ``listen`` (a
-    control endpoint, ``'unix:PATH'`` or ``'tcp:HOST:PORT'``, for
+    (a URL alerts are POSTed to as JSON; see :mod:`sandbox.alerts`), ``state_dir`` (the
+    durable state: sandboxes, versions, reload journal, audit log; default:
+    ``$XDG_DATA_HOME/sandbox/<name>`` for a named runtime, kept across stops and host
+    restarts, else a temporary directory removed at stop). Starting again on the same
+    ``state_dir`` brings every sandbox back with its latest committed code and history
+    (see docs/operations.md).
+    ``listen`` (a control endpoint, ``'unix:PATH'`` or ``'tcp:HOST:PORT'``, for
     :func:`sandbox.connect` and the CLI), ``token_file`` (its token; made if absent;
     a tcp endpoint without one gets a random token, ``rt.control_token``), ``tls``
     ((certificate, key) PEM files for tcp).
@@ -1041,6 +1078,7 @@ def start(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
         watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
+        state_dir=state_dir,
         listen=listen, token_file=token_file, tls=tls,
     ).start()
 

@@ -115,7 +115,7 @@ def _demo(args: argparse.Namespace) -> int:
     # The demo prints its own account of every event; the runtime's error log lines
     # (with tracebacks, on stderr) would tell the same story twice.
     logging.getLogger("runtime").setLevel(logging.CRITICAL)
-    with sandbox.start(name="demo") as rt:
+    with sandbox.start() as rt:  # unnamed: a throwaway state directory
         printer = _Printer(out, rt.name)
         telemetry.attach("cli-demo", "sandbox", printer)
         try:
@@ -252,8 +252,8 @@ def _run(args: argparse.Namespace) -> int:
         raise SandboxError("--listen tcp:... needs --token-file PATH (the token clients must "
                            "give; a new one is written there if the file does not exist)")
     tls = (args.tls_cert, args.tls_key) if args.tls_cert or args.tls_key else None
-    with sandbox.start(name="run", listen=args.listen, token_file=args.token_file,
-                       tls=tls) as rt:
+    # Unnamed: its state directory goes at stop, so the next run starts only this app.
+    with sandbox.start(listen=args.listen, token_file=args.token_file, tls=tls) as rt:
         if args.listen:  # `sandbox stop` from another terminal ends this command too
             rt._control.on_stop = stop.set
             # `sandbox logs` shows the operations (create, reload, ...), not only failures.

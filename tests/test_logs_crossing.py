@@ -100,7 +100,7 @@ def test_nothing_is_printed_unless_logging_is_configured(tmp_path):
 
 
 def test_a_crash_is_logged_once_with_its_traceback_in_exc(json_lines):
-    with sandbox.start(name="logs-rt") as rt:
+    with sandbox.start() as rt:
         sb = rt.create_sandbox("logs-c", COUNTER)
         with pytest.raises(sandbox.ActorFailed):
             sb.call("counter", "crash")
@@ -111,7 +111,7 @@ def test_a_crash_is_logged_once_with_its_traceback_in_exc(json_lines):
     assert len(about) == 1, [r["message"] for r in about]
     (record,) = about
     assert record["logger"] == "runtime.supervisor" and record["level"] == "ERROR"
-    assert record["sandbox"] == "logs-c" and record["runtime"] == "logs-rt"
+    assert record["sandbox"] == "logs-c" and record["runtime"] == rt.name
     assert record["actor"] == "counter"
     assert "Traceback (most recent call last)" in record["exc"]
     assert "counter.py" in record["exc"], "the traceback from inside the sandbox"
@@ -120,27 +120,27 @@ def test_a_crash_is_logged_once_with_its_traceback_in_exc(json_lines):
 
 def test_a_failed_operation_is_logged_once_with_fields(json_lines, tmp_path):
     bad = app(tmp_path, "bad", BAD_INIT)
-    with sandbox.start(name="logs-op") as rt:
+    with sandbox.start() as rt:
         with pytest.raises(sandbox.SandboxError):
             rt.create_sandbox("logs-bad", bad)
     about = [r for r in records(json_lines) if "init broke" in r["message"] + (r["exc"] or "")]
     assert len(about) == 1, [r["message"] for r in about]
     (record,) = about
     assert record["logger"] == "runtime.ops" and record["operation"] == "create"
-    assert record["sandbox"] == "logs-bad" and record["runtime"] == "logs-op"
+    assert record["sandbox"] == "logs-bad" and record["runtime"] == rt.name
     assert record["correlation_id"] and "init broke" in record["exc"]
 
 
 def test_a_sandboxs_own_logging_reaches_the_hosts_handlers(json_lines, tmp_path):
     chatty = app(tmp_path, "chatty", CHATTY)
-    with sandbox.start(name="logs-app") as rt:
+    with sandbox.start() as rt:
         sb = rt.create_sandbox("logs-chatty", chatty)
         assert sb.call("chatty", "inside") == "inside"
         found = wait_for(lambda: [r for r in records(json_lines) if r["logger"] == "chatty"],
                          timeout=30)
     (record,) = found
     assert record["message"] == "hello from inside" and record["level"] == "WARNING"
-    assert record["sandbox"] == "logs-chatty" and record["runtime"] == "logs-app"
+    assert record["sandbox"] == "logs-chatty" and record["runtime"] == rt.name
     assert record["pid"] != __import__("os").getpid(), "the sandbox process's pid"
 
 
