@@ -110,7 +110,7 @@ class AsyncSandbox:
             except TimeoutError:
                 raise CallTimeout(f"{proc.id}/{actor}", timeout) from None
             except ActorDead:
-                self.sync._check_owner()
+                await self._thread(self.sync._check_owner)  # SandboxNotFound if destroyed
                 raise
             finally:
                 if not future.done() or future.cancelled():

@@ -160,6 +160,9 @@ class Sandbox:
         self.runtime = runtime
         self.id = sandbox_id
         self._slot: Any = None
+        #: The sandbox's ``created_at``: which sandbox this handle belongs to (kept in
+        #: the durable store, so it survives a manager restart; an id may be reused).
+        self._created: float | None = None
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.id!r}>"
@@ -168,6 +171,7 @@ class Sandbox:
         # The slot outlives process restarts, so it is fetched from the manager once:
         # calls to a healthy sandbox never queue behind the manager's other work.
         if self._slot is None:
+            self._check_owner()
             self._slot = self.runtime._slot(self.id)
         try:
             return self._slot.get(timeout)
@@ -175,11 +179,15 @@ class Sandbox:
             self._check_owner()
             raise
 
-    def _check_owner(self) -> None:
-        """Raise SandboxNotFound if this handle's sandbox was destroyed (its id may
-        name another sandbox now: a handle belongs to one sandbox, never to its id)."""
-        if self._slot is not None and self.runtime._slot(self.id) is not self._slot:
+    def _check_owner(self) -> dict[str, Any]:
+        """The sandbox's info; SandboxNotFound if this handle's sandbox was destroyed
+        (its id may name another sandbox now: a handle belongs to one sandbox)."""
+        info: dict[str, Any] = self.runtime.get_sandbox_info(self.id)
+        if self._created is None:
+            self._created = info.get("created_at")
+        elif info.get("created_at") != self._created:
             raise SandboxNotFound(self.id)
+        return info
 
     def _owned(self) -> str:
         # Operations by id check first that the id still names this handle's sandbox.
@@ -239,7 +247,7 @@ class Sandbox:
 
     def info(self) -> dict[str, Any]:
         """The sandbox's status, pid, configuration, restart count, uptime, last error."""
-        return self.runtime.get_sandbox_info(self._owned())
+        return self._check_owner()
 
     def restart(self, *, preserve_state: bool = False) -> dict[str, Any]:
         """Restart the sandbox with the same configuration (optionally keeping actor state)."""
@@ -750,17 +758,17 @@ class Runtime:
             compile_cpu_seconds=compile_cpu_seconds,
             alerts=None if alerts is None
             else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds))
-        self._manager("create", config)
+        info = self._manager("create", config)
         # once it exists (not on SandboxExists, which must keep the existing one's)
         self._obs.alerts.configure(sandbox_id, config.alerts)
         handle = Sandbox(self, sandbox_id)
-        handle._slot = self._slot(sandbox_id)  # binds the handle to this sandbox
+        handle._created = info.get("created_at")  # binds the handle to this sandbox
         return handle
 
     def sandbox(self, sandbox_id: str) -> Sandbox:
         """A handle on an existing sandbox (raises SandboxNotFound if there is none)."""
         handle = Sandbox(self, sandbox_id)
-        handle._slot = self._slot(sandbox_id)  # SandboxNotFound if there is none
+        handle._check_owner()  # SandboxNotFound if there is none; binds the handle
         return handle
 
     @logs.operation("destroy")

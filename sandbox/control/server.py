@@ -47,6 +47,7 @@ from runtime import logs
 from runtime.errors import ConfigError, ProtocolError, SandboxNotFound
 from runtime.wire.mailbox import CALL, ERROR, PREFIX_SIZE, REPLY, SYSTEM, Codec
 from sandbox.aio import AsyncRuntime, AsyncSandbox
+from sandbox.api import Sandbox
 from sandbox.control.protocol import (
     DEFAULT_MAX_FRAME,
     OPS,
@@ -431,12 +432,9 @@ class ControlServer:
         if handle is None:
             if created is None:  # follows the id: bound at its first call
                 handle = self._aio.sandbox(sandbox_id)
-            else:  # one sandbox: the one created at `created`, or SandboxNotFound
-                loop = asyncio.get_running_loop()
-                bound = await loop.run_in_executor(self._pool, self.runtime.sandbox, sandbox_id)
-                info = await loop.run_in_executor(self._pool, bound.info)
-                if info.get("created_at") != created:
-                    raise SandboxNotFound(sandbox_id)
+            else:  # one sandbox: the one created at `created` (checked at its first use)
+                bound = Sandbox(self.runtime, sandbox_id)
+                bound._created = created
                 handle = AsyncSandbox(bound)
             self._handles[key] = handle
         return handle
