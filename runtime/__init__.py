@@ -57,6 +57,7 @@ from runtime.errors import (
     SandboxError,
     SandboxExists,
     SandboxNotFound,
+    SandboxUnavailable,
     SecurityViolation,
     SupervisorError,
 )
@@ -124,4 +125,5 @@ __all__ = [
     "ReloadFailed",
     "SecurityViolation",
     "ResourceLimitExceeded",
+    "SandboxUnavailable",
 ]

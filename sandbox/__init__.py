@@ -35,6 +35,7 @@ from runtime.errors import (
     SandboxError,
     SandboxExists,
     SandboxNotFound,
+    SandboxUnavailable,
     SecurityViolation,
     SupervisorError,
 )
@@ -87,4 +88,5 @@ __all__ = [
     "ReloadFailed",
     "SecurityViolation",
     "ResourceLimitExceeded",
+    "SandboxUnavailable",
 ]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime import logs, telemetry
@@ -45,6 +45,7 @@ from sandbox.health import Observability
 from sandbox.statedir import StateDir
 
 if TYPE_CHECKING:
+    from sandbox.cluster.runtime import ClusterRuntime
     from sandbox.hotreload import ReloadReport
     from sandbox.statesnapshot import RestoreReport, StateSnapshot
 
@@ -1037,6 +1038,7 @@ def _readopted(rt: Runtime, sandboxes: SupervisorRef) -> SupervisorRef:
     return sandboxes
 
 
+@overload
 def start(
     *,
     name: str | None = None,
@@ -1054,7 +1056,54 @@ def start(
     listen: str | None = None,
     token_file: str | os.PathLike[str] | None = None,
     tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
-) -> Runtime:
+    cluster: None = None,
+    ray_address: str | None = None,
+) -> Runtime: ...
+
+
+@overload
+def start(
+    *,
+    name: str | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    max_restarts: int = 10,
+    max_seconds: float = 10.0,
+    history: int = 10,
+    monitor_interval: float = 1.0,
+    audit_path: str | os.PathLike[str] | None = None,
+    watch_backend: str = "auto",
+    http: tuple[str, int] | None = None,
+    alerts: AlertThresholds | Mapping[str, Any] | None = None,
+    alert_webhook: str | Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    listen: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+    cluster: Literal["ray"],
+    ray_address: str | None = None,
+) -> ClusterRuntime: ...
+
+
+def start(
+    *,
+    name: str | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    max_restarts: int = 10,
+    max_seconds: float = 10.0,
+    history: int = 10,
+    monitor_interval: float = 1.0,
+    audit_path: str | os.PathLike[str] | None = None,
+    watch_backend: str = "auto",
+    http: tuple[str, int] | None = None,
+    alerts: AlertThresholds | Mapping[str, Any] | None = None,
+    alert_webhook: str | Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    listen: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+    cluster: Literal["ray"] | None = None,
+    ray_address: str | None = None,
+) -> Runtime | ClusterRuntime:
     """Start a runtime. Also a context manager: ``with sandbox.start() as rt: ...``.
 
     Options (each checked, a bad one raises :class:`~runtime.errors.ConfigError`
@@ -1076,12 +1125,28 @@ def start(
     a tcp endpoint without one gets a random token, ``rt.control_token``), ``tls``
     ((certificate, key) PEM files for tcp).
 
+    ``cluster="ray"`` places the sandboxes on the nodes of a Ray cluster instead
+    (``ray_address``: ``"auto"``, an address, or None for a local Ray) and returns a
+    :class:`~sandbox.cluster.ClusterRuntime`; ``name`` names it and ``history``,
+    ``monitor_interval``, ``max_restarts``, ``max_seconds`` and ``watch_backend``
+    configure each node's runtime. See docs/cluster.md.
+
     >>> import sandbox
     >>> rt = sandbox.start(name="doc-rt")
     >>> rt.list_sandboxes()
     []
     >>> rt.stop()
     """
+    if cluster is not None:
+        if cluster != "ray":
+            raise ConfigError("cluster", cluster, "None (this host) or 'ray'")
+        # the cluster needs the optional Ray dependency: loaded only when asked for
+        from sandbox.cluster.runtime import ClusterRuntime
+
+        return ClusterRuntime(ray_address=ray_address, name=name, runtime_options={
+            "max_restarts": max_restarts, "max_seconds": max_seconds, "history": history,
+            "monitor_interval": monitor_interval, "watch_backend": watch_backend,
+        }).start()
     return Runtime(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
