@@ -41,6 +41,9 @@ class NodeAgent:
         host = ray.util.get_node_ip_address()
         self._rt: Runtime = start_runtime(
             listen=f"tcp:{host}:0", token_file=token_file,
+            # the node's store lives and dies with the agent: after a node loss the
+            # head's record, not the node's, says what to start again elsewhere
+            state_dir=self._home / "state",
             **runtime_options)
         bound = self._rt.control_address
         self.address = f"tcp:{bound.host}:{bound.port}"

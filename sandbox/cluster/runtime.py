@@ -93,9 +93,11 @@ class _Placed:
     options: dict[str, Any]
     artifact: AppArtifact
     node_id: str
-    status: str = "running"  # or "relocating", "error"
+    status: str = "running"  # or "creating", "relocating"
     relocations: int = 0
     last_error: str | None = None
+    #: the node runtime's handle (bound to this incarnation of the sandbox there)
+    handle: RemoteSandbox | None = None
 
 
 @dataclass
@@ -124,12 +126,11 @@ class ClusterSandbox:
         Raises :class:`~runtime.errors.SandboxUnavailable` (retriable) while the
         sandbox is being restarted after the loss of its node.
         """
-        return self.runtime._on_node(self.id, lambda c: RemoteSandbox(c, self.id).call(
-            actor, request, timeout=timeout))
+        return self.runtime._on_node(self.id, lambda h: h.call(actor, request, timeout=timeout))
 
     def cast(self, actor: str, request: Any) -> None:
         """Send without waiting."""
-        self.runtime._on_node(self.id, lambda c: RemoteSandbox(c, self.id).cast(actor, request))
+        self.runtime._on_node(self.id, lambda h: h.cast(actor, request))
 
     def info(self) -> dict[str, Any]:
         """The node runtime's info of the sandbox, with ``node`` and ``relocations``."""
@@ -392,15 +393,15 @@ class ClusterRuntime:
         return agent.client
 
     def _on_node(self, sandbox_id: str, op: Any) -> Any:
-        """Run ``op(client)`` against the node of ``sandbox_id``; a node that does not
-        answer (or a sandbox being moved) is :class:`SandboxUnavailable`."""
+        """Run ``op(handle)`` on the sandbox's handle in its node's runtime; a node that
+        does not answer (or a sandbox being moved) is :class:`SandboxUnavailable`."""
         p = self._record(sandbox_id)
-        if p.status != "running":
+        handle = p.handle
+        if p.status != "running" or handle is None:
             raise SandboxUnavailable(sandbox_id, p.last_error or p.status)
         node_id = p.node_id
         try:
-            client = self._client(node_id)
-            return op(client)
+            return op(handle)
         except _UNREACHABLE as exc:
             raise SandboxUnavailable(
                 sandbox_id, f"node {node_id[:12]} did not answer ({type(exc).__name__}: {exc})"
@@ -416,7 +417,7 @@ class ClusterRuntime:
         if agent is None:
             raise SandboxError(f"node {node_id[:12]} has no agent")
         path = ray.get(agent.handle.write_app.remote(p.sandbox_id, ray.put(p.artifact)), timeout=60)
-        self._client(node_id).create_sandbox(p.sandbox_id, path, options=p.options)
+        p.handle = self._client(node_id).create_sandbox(p.sandbox_id, path, **p.options)
 
     def _check_compile(self, sandbox_id: str, artifact: AppArtifact, profile: str) -> None:
         """Compile and scan the artifact once, on the head (CompileError stops here)."""
@@ -454,7 +455,8 @@ class ClusterRuntime:
                                      limits=limits, restart=restart, max_restarts=max_restarts,
                                      max_seconds=max_seconds, env=env, shutdown=shutdown,
                                      watch=watch)
-        options = {k: v for k, v in config.as_dict().items() if k not in ("id", "path")}
+        options = {k: v for k, v in config.as_dict().items()
+                   if k not in ("id", "path") and v is not None}
         artifact = pack_app(app)
         self._check_compile(sandbox_id, artifact, config.profile)
         with self._lock:
@@ -485,7 +487,7 @@ class ClusterRuntime:
         p = self._record(sandbox_id)
         try:
             if p.status == "running":
-                self._on_node(sandbox_id, lambda c: c.destroy_sandbox(sandbox_id))
+                self._on_node(sandbox_id, lambda h: h.destroy())
                 with self._lock:
                     agent = self._agents.get(p.node_id)
                 if agent is not None:
@@ -499,7 +501,7 @@ class ClusterRuntime:
 
     def restart_sandbox(self, sandbox_id: str, *, preserve_state: bool = False) -> dict[str, Any]:
         return cast(dict[str, Any], self._on_node(
-            sandbox_id, lambda c: c.restart_sandbox(sandbox_id, preserve_state=preserve_state)))
+            sandbox_id, lambda h: h.restart(preserve_state=preserve_state)))
 
     def get_sandbox_info(self, sandbox_id: str) -> dict[str, Any]:
         """The node runtime's info, plus ``node`` and ``relocations``; while the sandbox
@@ -508,8 +510,7 @@ class ClusterRuntime:
         head = {"node": p.node_id, "relocations": p.relocations}
         if p.status != "running":
             return {"id": sandbox_id, "status": p.status, "last_error": p.last_error, **head}
-        info = cast(dict[str, Any], self._on_node(
-            sandbox_id, lambda c: c.get_sandbox_info(sandbox_id)))
+        info = cast(dict[str, Any], self._on_node(sandbox_id, lambda h: h.info()))
         return {**info, **head}
 
     def list_sandboxes(self) -> list[dict[str, Any]]:
@@ -542,15 +543,14 @@ class ClusterRuntime:
             new = new.with_sources(source)
         self._check_compile(sandbox_id, new, str(p.options.get("profile", "medium")))
 
-        def swap(client: RemoteRuntime) -> ReloadReport:
+        def swap(handle: RemoteSandbox) -> ReloadReport:
             with self._lock:
                 agent = self._agents.get(p.node_id)
             if agent is None:
                 raise SandboxError(f"node {p.node_id[:12]} has no agent")
             ray.get(agent.handle.write_app.remote(sandbox_id, ray.put(new)), timeout=60)
             try:
-                report = client.hot_reload(sandbox_id, modules=modules, extra=extra,
-                                           timeout=timeout)
+                report = handle.hot_reload(modules=modules, extra=extra, timeout=timeout)
             except BaseException:
                 ray.get(agent.handle.write_app.remote(sandbox_id, ray.put(old)), timeout=60)
                 raise
@@ -577,15 +577,15 @@ class ClusterRuntime:
         The version history lives on the node: after the sandbox moves to another
         node, its history there starts from the code it was moved with.
         """
-        return cast(ReloadReport, self._on_node(sandbox_id, lambda c: c.rollback_module(
-            sandbox_id, module, version, extra=extra, timeout=timeout)))
+        return cast(ReloadReport, self._on_node(sandbox_id, lambda h: h.rollback_module(
+            module, version, extra=extra, timeout=timeout)))
 
     def module_versions(self, sandbox_id: str, module: str | None = None) -> Any:
-        return self._on_node(sandbox_id, lambda c: c.module_versions(sandbox_id, module))
+        return self._on_node(sandbox_id, lambda h: h.module_versions(module))
 
     def reload_status(self, sandbox_id: str) -> dict[str, Any] | None:
-        return cast(dict[str, Any] | None,
-                    self._on_node(sandbox_id, lambda c: c.reload_status(sandbox_id)))
+        return cast(dict[str, Any] | None, self._on_node(
+            sandbox_id, lambda h: h.runtime.reload_status(h.id)))
 
     def health(self) -> dict[str, Any]:
         """``ok`` when every known node is live and every sandbox runs, else ``degraded``."""
