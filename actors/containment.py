@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.config import Limits
-from actors.profiles import BUILTIN_PROFILES, Profile
+from actors.profiles import BUILTIN_PROFILES, Profile, split_addr as _split_addr
 from actors.security import LogEvent, ViolationReport
 from runtime import telemetry
 from runtime.actor import ExitReason
@@ -109,6 +109,11 @@ def prepare(manager: Any, record: Any) -> Protection:
     sid = config.id
     profile = component("security").invoke("get_profile", config.profile)
     limits = effective_limits(profile.limits, config.limits)
+    # Every profile needs the OS layers: no sandbox runs on the host's network or
+    # filesystem because a layer happens to be missing here.
+    missing = isolation.missing_required(egress=bool(profile.net_allow))
+    if missing:
+        raise isolation.IsolationUnavailable(missing)
     # cgroups are grouped per runtime instance: the base dir is unique, the name is not
     state = isolation.prepare(record.workdir, sid, group=os.path.basename(manager.base_dir))
     isolation.set_cgroup_limits(
@@ -206,8 +211,9 @@ def process_options(record: Any, runtime_id: str) -> dict[str, Any]:
         allow=profile.allow,
         limits=prot.limits.as_dict(),
         state=prot.state,
-        net_allow=profile.net_allow,
+        net_allow=[_split_addr(a) for a in profile.net_allow],
         env_allow=profile.env_allow,
+        read_only=[config.path],
     )
     _log_skips(plan.get("skipped") or {})
     return {

@@ -52,6 +52,7 @@ __all__ = [
     "custom_profile",
     "get_builtin",
     "python_roots",
+    "split_addr",
 ]
 
 #: Operation groups and what each one grants. A group missing from a profile's
@@ -385,7 +386,7 @@ class Profile:
             "untrusted_roots": _dedup([wd, app]),
             "dev_files": list(DEV_FILES),
             "blocked_modules": sorted(self.blocked()),
-            "net_allow": [list(_split_addr(a)) for a in self.net_allow],
+            "net_allow": [list(split_addr(a)) for a in self.net_allow],
             "protected_modules": ["runtime"],
             "audit": self.audit,
             "report_allowed": self.audit == "full",
@@ -410,7 +411,12 @@ def _limits(value: Any) -> Limits:
         raise ConfigError(f"profile.{exc.option}", exc.value, exc.accepted) from None
 
 
-def _split_addr(addr: str) -> tuple[str, int]:
+def split_addr(addr: str) -> tuple[str, int]:
+    """``"host:port"`` as ``(host, port)``; port ``*`` is 0 (any port).
+
+    >>> split_addr("api.example.com:443"), split_addr("[::1]:*")
+    (('api.example.com', 443), ('::1', 0))
+    """
     host, sep, port = addr.rpartition(":")
     if not sep or not host:
         raise ConfigError("profile.net_allow", addr, "'host:port' (port 0 or '*' for any port)")
@@ -460,7 +466,7 @@ def _validate(p: Profile) -> None:
                 f"one of {', '.join(READ_ROOT_TOKENS)} or an absolute path",
             )
     for addr in p.net_allow:
-        _split_addr(addr)
+        split_addr(addr)
     for var in p.env_allow:
         if "=" in var:
             raise ConfigError("profile.env_allow", var, "environment variable names")
