@@ -73,6 +73,9 @@ class Limits:
     - ``cpu_percent``: CPU share of its tree (100 = one core), sustained over
       ``cpu_window`` seconds (default 5) (resource monitor).
     - ``run_seconds``: wall time of one ``Sandbox.run`` call.
+    - ``call_seconds``: the handler deadline: wall time from sending a call to
+      its reply; past it the sandbox's process is killed and restarted (or, with
+      ``action="terminate"``, stopped), whether or not the caller still waits.
     - ``action``: what the resource monitor does when a limit is reached:
       ``"restart"`` (default) or ``"terminate"``.
 
@@ -88,6 +91,7 @@ class Limits:
     cpu_percent: int | None = None
     cpu_window: int | None = None
     run_seconds: int | None = None
+    call_seconds: int | None = None
     action: str = "restart"
 
     @classmethod

@@ -515,7 +515,10 @@ BUILTIN_PROFILES: dict[str, Profile] = {
     "high": Profile(
         name="high",
         allow=_SAFE,
-        limits=Limits(memory_mb=512, cpu_seconds=60, open_files=64, file_size_mb=16, processes=1),
+        limits=Limits(
+            memory_mb=512, cpu_seconds=10, open_files=64, file_size_mb=16, processes=1,
+            call_seconds=30,
+        ),
         audit="full",
         allow_run=False,
         read_roots=("workdir",),

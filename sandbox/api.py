@@ -24,6 +24,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.monitor import call_with_deadline
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
@@ -99,7 +100,12 @@ class Sandbox:
         """
         t0, ok = perf_counter(), False  # call count and latency: rt.metrics_text()
         try:
-            value = self._process(timeout).call(actor, request, timeout=timeout)
+            proc = self._process(timeout)
+            deadline = self._slot.deadline if self._slot is not None else None
+            if deadline is not None:  # the handler deadline (limits.call_seconds)
+                value = call_with_deadline(self, proc, deadline, actor, request, timeout)
+            else:
+                value = proc.call(actor, request, timeout=timeout)
             ok = True
             return value
         finally:
