@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -58,7 +58,7 @@ from actors.compile_worker import (
 )
 from actors.importscan import Resolution, is_installed_factory, resolve
 from runtime import telemetry
-from runtime.component import Component
+from runtime.component import Component, ComponentRef
 from runtime.errors import CompileError, ConfigError
 
 __all__ = ["CompilerActor", "Scanner", "DEFAULT_TIMEOUT"]
@@ -508,7 +508,7 @@ def check(path: str | os.PathLike[str], **options: Any) -> CompilationResult:
 
     >>> # for d in check("examples/counter").diagnostics: print(d)
     """
-    ref = CompilerActor.start(**options)
+    ref = cast(ComponentRef, CompilerActor.start(**options))
     try:
         return ref.invoke("compile_sandbox", path, timeout=None)
     finally:

@@ -89,7 +89,9 @@ def effective_limits(profile_limits: Limits, own: Limits) -> Limits:
     >>> effective_limits(Limits(memory_mb=512, open_files=64), Limits(memory_mb=128)).as_dict()["memory_mb"]
     128
     """
-    changes = {k: v for k, v in own.as_dict().items() if v is not None and k != "action"}
+    changes: dict[str, Any] = {
+        k: v for k, v in own.as_dict().items() if v is not None and k != "action"
+    }
     if own.action != Limits().action:
         changes["action"] = own.action
     return replace(profile_limits, **changes)

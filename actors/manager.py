@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from actors import containment
 from actors.config import SandboxConfig
@@ -31,7 +31,7 @@ from actors.slot import ProcessSlot
 from runtime import telemetry
 from runtime.actor import Down, ExitReason, monitor
 from runtime.child.swap import ModuleCode
-from runtime.childspec import ChildSpec
+from runtime.childspec import ChildSpec, Restart
 from runtime.component import Component
 from runtime.errors import (
     SandboxError,
@@ -433,7 +433,7 @@ def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
     process = ChildSpec(
         "process",
         start=start_process_into_slot,
-        restart=config.restart,
+        restart=cast(Restart, config.restart),  # validated by SandboxConfig.build
         shutdown=config.shutdown + KILL_MARGIN,  # the supervisor waits for the kill too
     )
 

@@ -154,8 +154,8 @@ class ResourceMonitorActor(Component):
         self._thread: threading.Thread | None = None
         self._ticks = 0
         self._registered = 0
-        self._tick_cpu = deque(maxlen=120)
-        self._tick_wall = deque(maxlen=120)
+        self._tick_cpu: deque[float] = deque(maxlen=120)
+        self._tick_wall: deque[float] = deque(maxlen=120)
         self._handlers = [f"{runtime_id}:monitor:down", f"{runtime_id}:monitor:reported"]
 
     # -- lifecycle -------------------------------------------------------------------

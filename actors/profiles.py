@@ -612,7 +612,7 @@ def custom_profile(
     both = set(add) & set(remove)
     if both:
         raise ConfigError("profile.deny", sorted(both)[0], "groups not also listed in allow")
-    groups = (set(base_profile.allow) | set(add)) - set(remove)
+    allowed = (set(base_profile.allow) | set(add)) - set(remove)
     blocked = _dedup([*base_profile.blocked_modules, *_strings("block_modules", block_modules)])
     unblocked = _dedup(
         [*base_profile.unblocked_modules, *_strings("unblock_modules", unblock_modules)]
@@ -621,7 +621,7 @@ def custom_profile(
     return Profile.derive(
         base_profile,
         name=name,
-        allow=frozenset(groups),
+        allow=frozenset(allowed),
         blocked_modules=tuple(m for m in blocked if m not in unblocked),
         unblocked_modules=tuple(unblocked),
         description=desc,

@@ -738,6 +738,7 @@ class _Visitor(ast.NodeVisitor):
             isinstance(node, ast.UnaryOp)
             and isinstance(node.op, ast.USub)
             and isinstance(node.operand, ast.Constant)
+            and isinstance(node.operand.value, (int, float))
         ):
             return -node.operand.value
         return self.const_str(node, depth + 1)
@@ -796,9 +797,10 @@ class _Visitor(ast.NodeVisitor):
         if isinstance(node, ast.Name):
             base = self.aliases.get(node.id, node.id)
         elif isinstance(node, ast.Call) and self.dotted(node.func) in _DYNAMIC_IMPORT and node.args:
-            base = self.const_str(node.args[0])
-            if base is None:
+            imported = self.const_str(node.args[0])
+            if imported is None:
                 return None
+            base = imported
         else:
             return None
         return ".".join([base, *reversed(parts)])
@@ -928,13 +930,13 @@ class _Visitor(ast.NodeVisitor):
             )
         elif attr in _FORBIDDEN_METHODS:
             group, what = _FORBIDDEN_METHODS[attr]
-            sev = self.severity(group, None)
-            if sev:
+            method_sev = self.severity(group, None)
+            if method_sev:
                 self.add(
                     "SBX205",
                     node,
                     f".{attr}() is not allowed under profile {self.p.name!r} ({what})",
-                    sev,
+                    method_sev,
                 )
         d = self.dotted(node)
         if d is not None:
@@ -1030,9 +1032,10 @@ class _Visitor(ast.NodeVisitor):
         if not bad:
             return
         pieces = [
-            n for n in ast.walk(node) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            n.value for n in ast.walk(node)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)
         ]
-        if any(set(self.bad_dunders(n.value)) >= set(bad) for n in pieces):
+        if any(set(self.bad_dunders(n)) >= set(bad) for n in pieces):
             return  # a literal piece already says it
         self.add(
             "SBX304",

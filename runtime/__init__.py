@@ -15,7 +15,7 @@ host side of a child process: proxy actor and fork server) and
 >>> ref = Greeter.start("hello")
 >>> ref.call("world")
 'hello, world'
->>> ref.stop()
+>>> _ = ref.stop()
 """
 
 from __future__ import annotations

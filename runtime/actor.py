@@ -624,7 +624,8 @@ def monitor(watched: ActorRef, watcher: ActorRef | Watcher) -> str:
     deliver: Watcher
     if isinstance(watcher, ActorRef):
         target = watcher._actor
-        deliver = lambda down: target._post(_Info(down))  # noqa: E731
+        def deliver(down: Down) -> None:
+            target._post(_Info(down))
     else:
         deliver = watcher
     mref = f"#mon{next(_mrefs)}"

@@ -229,12 +229,12 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         _stamp(record)
-        cid = record.correlation_id  # type: ignore[attr-defined]
-        record.correlation_id = cid or "-"  # type: ignore[attr-defined]
+        cid = getattr(record, "correlation_id", None)
+        record.correlation_id = cid or "-"
         try:
             return super().format(record)
         finally:
-            record.correlation_id = cid  # type: ignore[attr-defined]
+            record.correlation_id = cid
 
 
 _handler: logging.Handler | None = None
@@ -297,10 +297,10 @@ def apply_settings(wanted: Any) -> None:
     this process's stderr. Does nothing if ``wanted`` is None or already applied."""
     if not isinstance(wanted, dict):
         return
-    want = {"json": bool(wanted.get("json", True)), "level": str(wanted.get("level", "INFO"))}
-    if want == _settings:
+    json_lines, level = bool(wanted.get("json", True)), str(wanted.get("level", "INFO"))
+    if {"json": json_lines, "level": level} == _settings:
         return
-    configure(json=want["json"], level=want["level"])
+    configure(json=json_lines, level=level)
 
 
 def sandbox_fields(boot_name: str) -> dict[str, str]:

@@ -208,8 +208,8 @@ def _remote(text: str) -> str | None:
 
 def _classify_exception(exc: BaseException) -> str:
     explicit = getattr(exc, "category", None)
-    if explicit in CATEGORIES:
-        return explicit  # type: ignore[return-value]
+    if isinstance(explicit, str) and explicit in CATEGORIES:
+        return explicit
     names = _mro_names(exc)
     if "ReloadFailed" in names and getattr(exc, "step", None) == "suspend":
         return "system"  # the actors were too busy to suspend: nothing wrong with the code
@@ -275,9 +275,9 @@ def classify(error: Any) -> str:
         return _classify_record(kind, str(error.get("message") or error.get("reason") or ""))
     if isinstance(error, str):
         return _classify_record(error, "")
-    kind = getattr(error, "kind", None)
-    if isinstance(kind, str):
-        return _classify_record(kind, str(getattr(error, "message", "") or ""))
+    kind_attr = getattr(error, "kind", None)
+    if isinstance(kind_attr, str):
+        return _classify_record(kind_attr, str(getattr(error, "message", "") or ""))
     return "runtime"
 
 

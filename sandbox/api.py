@@ -1,6 +1,6 @@
 """The public face: a :class:`Runtime` wiring the component actors under one supervisor.
 
->>> import runtime
+>>> import sandbox
 >>> with sandbox.start() as rt:
 ...     sb = rt.create_sandbox("doc-counter", "examples/counter")
 ...     sb.call("counter", "incr")
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -93,7 +94,7 @@ class Sandbox:
     def call(self, actor: str, request: Any, *, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """Call the actor registered as ``actor`` inside the sandbox and return its reply.
 
-        >>> import runtime
+        >>> import sandbox
         >>> with sandbox.start() as rt:
         ...     rt.create_sandbox("doc-call", "examples/counter").call("counter", "get")
         0
@@ -120,7 +121,7 @@ class Sandbox:
 
         The function travels by cloudpickle; the ``high`` profile refuses it.
 
-        >>> import runtime
+        >>> import sandbox
         >>> with sandbox.start() as rt:
         ...     rt.create_sandbox("doc-run", "examples/counter").run(pow, 2, 10)
         1024
@@ -515,7 +516,7 @@ class Runtime:
         :class:`~sandbox.hotreload.ReloadReport`; raises CompileError or
         ReloadFailed, in which case the old code and state keep serving.
 
-        >>> import runtime
+        >>> import sandbox
         >>> with sandbox.start() as rt:
         ...     rt.create_sandbox("doc-reload", "examples/counter").hot_reload().modules
         []
@@ -621,7 +622,7 @@ class Runtime:
     def batch_destroy(self, sandbox_ids: Iterable[str], *, workers: int = 8) -> list[BatchResult]:
         """Destroy many sandboxes in parallel, one result each."""
         return self._batch(
-            ((sid, (lambda s=sid: self.destroy_sandbox(s))) for sid in sandbox_ids), workers
+            ((sid, functools.partial(self.destroy_sandbox, sid)) for sid in sandbox_ids), workers
         )
 
     def batch_run(
@@ -635,7 +636,7 @@ class Runtime:
         """Run ``fn(*args)`` in each sandbox in parallel, one result each."""
         return self._batch(
             (
-                (sid, (lambda s=sid: Sandbox(self, s).run(fn, *args, timeout=timeout)))
+                (sid, functools.partial(Sandbox(self, sid).run, fn, *args, timeout=timeout))
                 for sid in sandbox_ids
             ),
             workers,
@@ -664,7 +665,7 @@ def start(
     ``watch_backend`` ('auto', 'inotify', 'polling'), ``http`` ((host, port) serving
     /health and /metrics).
 
-    >>> import runtime
+    >>> import sandbox
     >>> rt = sandbox.start(name="doc-rt")
     >>> rt.list_sandboxes()
     []

@@ -15,9 +15,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from runtime import telemetry
+from runtime.component import ComponentRef
 from runtime.errors import SandboxError
 
 __all__ = ["main", "scaffold"]
@@ -252,7 +253,7 @@ def _check(args: argparse.Namespace) -> int:
 
     if not Path(args.path).is_dir():
         raise SandboxError(f"{args.path} is not a directory: give the app's directory")
-    ref = CompilerActor.start(scanner=ProfileScanner(), timeout=args.timeout)
+    ref = cast(ComponentRef, CompilerActor.start(scanner=ProfileScanner(), timeout=args.timeout))
     try:
         result = ref.invoke("compile_sandbox", args.path, profile=args.profile, timeout=None)
     finally:
@@ -283,7 +284,7 @@ def _load_harness() -> Any:
     if root not in sys.path:
         sys.path.insert(0, root)
     harness = importlib.import_module("benchmarks._harness")
-    found = Path(harness.__file__).resolve().parent
+    found = Path(harness.__file__ or BENCHMARKS).resolve().parent
     if found != BENCHMARKS:
         raise SandboxError(
             f"the module 'benchmarks' comes from {found}, not {BENCHMARKS}: "

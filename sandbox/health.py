@@ -16,7 +16,7 @@ The overall ``status``:
 - ``"down"``: the runtime is not running (not started, stopped, or its root
   supervisor gave up).
 
->>> import runtime
+>>> import sandbox
 >>> with sandbox.start() as rt:
 ...     _ = rt.create_sandbox("doc-health", "examples/counter")
 ...     h = rt.health()

@@ -227,9 +227,8 @@ def hot_reload(
                 [_code_for(m, result.modules, slot.modules, new_versions).to_wire() for m in unit]
                 for unit in plan.units
             ]
-            if migrate is not None:
-                migrate = ship(migrate, set(slot.modules) | set(result.modules))
-            swap = _swap(rt, slot, sandbox_id, units, wanted, migrate, extra, timeout)
+            shipped = None if migrate is None else ship(migrate, set(slot.modules) | set(result.modules))
+            swap = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra, timeout)
             report.versions = versions.invoke(
                 "record", sandbox_id, [result.modules[m] for m in wanted]
             )

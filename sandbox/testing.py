@@ -24,6 +24,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import math
@@ -438,6 +439,7 @@ def _operations(sandbox: Any, operations: Any) -> list[tuple[str, Callable[[], A
     def is_call(op: Any) -> bool:
         return isinstance(op, tuple) and len(op) == 2 and isinstance(op[0], str)
 
+    items: list[tuple[str | None, Any]]
     if isinstance(operations, Mapping):
         items = [(str(k), v) for k, v in operations.items()]
     elif callable(operations) or is_call(operations):
@@ -450,7 +452,7 @@ def _operations(sandbox: Any, operations: Any) -> list[tuple[str, Callable[[], A
     for i, (name, op) in enumerate(items):
         if is_call(op):
             actor, request = op
-            fn = (lambda a=actor, r=request: sandbox.call(a, r))
+            fn: Callable[[], Any] = functools.partial(sandbox.call, actor, request)
             name = name or f"{actor} {request!r}"
         elif callable(op):
             try:
@@ -460,7 +462,7 @@ def _operations(sandbox: Any, operations: Any) -> list[tuple[str, Callable[[], A
                 )
             except (TypeError, ValueError):
                 takes_arg = True
-            fn = (lambda o=op: o(sandbox)) if takes_arg else op
+            fn = functools.partial(op, sandbox) if takes_arg else op
             label = getattr(op, "__name__", "")
             name = name or (label if label and label != "<lambda>" else f"op{i}")
         else:

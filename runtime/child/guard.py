@@ -70,7 +70,8 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 __all__ = ["GuardHandle", "install_guard", "policy_errors", "seal_imports"]
 
@@ -352,7 +353,7 @@ def _build(
     try:
         import pathlib
 
-        safe_pathlike = (pathlib.PosixPath, pathlib.PurePosixPath)
+        safe_pathlike: tuple[type, ...] = (pathlib.PosixPath, pathlib.PurePosixPath)
     except Exception:  # pragma: no cover - pathlib is always there
         safe_pathlike = ()
     DirEntry = os.DirEntry
@@ -512,7 +513,7 @@ def _build(
         finally:
             reporting.discard(tid)
 
-    def refuse(event: str, group: str, detail: str) -> None:
+    def refuse(event: str, group: str, detail: str) -> NoReturn:
         count[0] += 1
         report(event, detail, "refused", group)
         why = _WHY.get(group) or f"the profile does not allow {group}"
@@ -614,9 +615,9 @@ def _build(
                 return full, None
             full = realpath(full)
             try:
-                st = _stat(full)
+                return full, _stat(full)
             except (_OSError, _ValueError):
-                st = None
+                return full, None
         return full, st
 
     def inside(path: str, exact: frozenset[str], pfx: tuple[str, ...]) -> bool:
@@ -649,7 +650,7 @@ def _build(
         try:
             full, st = resolve(p, dir_fd, follow)
         except (_OSError, _ValueError) as exc:
-            refuse(event, "file_write_workdir", f"cannot resolve {srepr(p)}: {exc.strerror or exc}")
+            refuse(event, "file_write_workdir", f"cannot resolve {srepr(p)}: {getattr(exc, 'strerror', None) or exc}")
         if not device_ok(st):
             refuse(event, "file_write_any", f"{srepr(full)} is a device")
         if write_any or inside(full, write_exact, write_pfx) or full == "/dev/null":
@@ -668,7 +669,7 @@ def _build(
         try:
             full, st = resolve(p, dir_fd)
         except (_OSError, _ValueError) as exc:
-            refuse(event, "file_read", f"cannot resolve {srepr(p)}: {exc.strerror or exc}")
+            refuse(event, "file_read", f"cannot resolve {srepr(p)}: {getattr(exc, 'strerror', None) or exc}")
         if read_any:
             return st
         if not device_ok(st):
@@ -727,7 +728,7 @@ def _build(
             return False
         checking.add(tid)
         try:
-            f = _getframe(depth + 1)
+            f: FrameType | None = _getframe(depth + 1)
             while f is not None:
                 code = f.f_code
                 fn = code.co_filename
@@ -1061,7 +1062,7 @@ def _build(
 
     def on_import(event: str, args: tuple) -> None:
         name = args[0] if args else None
-        filename = args[1] if _len(args) > 1 else None
+        filename: Any = args[1] if _len(args) > 1 else None  # narrowed by _type() below
         if _type(filename) is _str and "native" not in allow and filename.endswith(".so"):
             try:
                 fn = realpath(filename) if filename.startswith("/") else filename
@@ -1073,17 +1074,20 @@ def _build(
             refuse(event, "import", f"importing {name}")
 
     def on_exec(event: str, args: tuple) -> None:
-        code = args[0] if args else None
+        code: Any = args[0] if args else None  # narrowed by _type() below
         fn = code.co_filename if _type(code) is CodeType else None
         if fn in blocked_files_f and untrusted_caller(2, skip_machinery=True):
             refuse(event, "import", f"importing the blocked module in {srepr(fn)}")
-        if sealed_wd and _type(fn) is _str and fn.startswith("/") and not (
-            fn.startswith(trusted_pfx) and not fn.startswith(untrusted_pfx)
+        if not sealed_wd or _type(fn) is not _str:
+            return
+        name: str = fn  # type: ignore[assignment]  # a str: checked just above
+        if name.startswith("/") and not (
+            name.startswith(trusted_pfx) and not name.startswith(untrusted_pfx)
         ):
             try:
-                full = realpath(fn)
+                full = realpath(name)
             except (_OSError, _ValueError):
-                full = fn
+                full = name
             if full.startswith(sealed_wd):
                 refuse(event, "dynamic_code", f"running code from the workdir ({srepr(fn)})")
 
@@ -1191,7 +1195,7 @@ def _build(
         try:
             import _posixsubprocess
 
-            _posixsubprocess.fork_exec = _Refused("_posixsubprocess.fork_exec")  # type: ignore[attr-defined]
+            _posixsubprocess.fork_exec = _Refused("_posixsubprocess.fork_exec")
             handlers["_posixsubprocess.fork_exec"] = on_process
         except ImportError:  # pragma: no cover
             pass

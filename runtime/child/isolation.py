@@ -432,10 +432,10 @@ def set_cgroup_limits(state: dict[str, Any], *, tasks: int | None, memory: int |
                 files = [("memory.max", "max" if value is None else str(value))]
             else:
                 files = [("memory.limit_in_bytes", "-1" if value is None else str(value))]
-        for name, value in files:
+        for name, setting in files:
             try:
                 with open(os.path.join(d, name), "w") as fh:
-                    fh.write(value)
+                    fh.write(setting)
             except OSError:
                 pass
 
@@ -481,7 +481,7 @@ def plan(
         require.append("slirp4netns")
     for layer in require:
         if avail.get(layer) is not None:
-            skipped[layer] = avail[layer]  # type: ignore[assignment]
+            skipped[layer] = avail[layer]
     netns = avail.get("netns") is None
     wd = state.get("workdir")
     mounts = None
@@ -686,7 +686,7 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
     if uid is not None and p.get("expose") and "mountns" not in applied:
         skipped["uid"] = "the Python installation cannot be exposed to it without a mount namespace"
         uid = None
-    if uid is not None:
+    if uid is not None and gid is not None:
         try:
             os.setgroups([])
             os.setresgid(gid, gid, gid)

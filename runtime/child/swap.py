@@ -30,6 +30,7 @@ After the commit, :func:`upgrade_children` applies a changed child list.
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import hashlib
 import importlib
@@ -50,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.barrier import BARRIER
+from runtime.childspec import ChildSpec
 from runtime.errors import ReloadFailed
 
 __all__ = [
@@ -262,12 +264,14 @@ class _StatePickler(pickle.Pickler):
         elif cls is types.ModuleType:
             return ("module", obj.__name__)  # re-bound to the module staged under that name
         else:
-            keep = self._decided.get(cls)
-            if keep is None:
+            decided = self._decided.get(cls)
+            if decided is None:
                 keep = issubclass(cls, _KEEP_BY_REFERENCE) or (
                     cls.__module__ != "builtins" and (_is_live(cls) or not _importable(cls))
                 )
                 self._decided[cls] = keep
+            else:
+                keep = decided
         if keep:
             self.kept.append(obj)
             return ("kept", len(self.kept) - 1)
@@ -379,7 +383,7 @@ _RUNNING = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
 
 def _is_stale(globs: Any, modules: Mapping[str, dict[str, Any]]) -> bool:
     name = globs.get("__name__") if isinstance(globs, dict) else None
-    return name in modules and globs is not modules[name]
+    return isinstance(name, str) and name in modules and globs is not modules[name]
 
 
 def _walk_stale(
@@ -505,7 +509,7 @@ def apply_reload(
         old_finder = {n: FINDER.modules.get(n) for n in names}
         old_lines = {mc.file: linecache.cache.get(mc.file) for mc in new_code.values()}
         step, module, actor = "stage", names[0] if names else None, None
-        staged: list[tuple[Any, type, Any, Any]] = []
+        staged: list[tuple[Any, Any, Any, Any]] = []
         try:
             importlib.invalidate_caches()  # new files added to the app become importable
             FINDER.modules.update(new_code)
@@ -521,12 +525,12 @@ def apply_reload(
             if migrate is not None:
                 step, module = "migrate", None
                 migrate_fn = _load_migrate(migrate)
-            resolved: dict[type, type] = {}
+            resolved: dict[type, Any] = {}  # GenServer subclasses
             for server in servers:
                 actor = server.actor_id
-                old_cls = server.impl_cls
+                old_cls: Any = server.impl_cls  # a GenServer subclass
                 module = old_cls.__module__
-                new_cls = resolved.get(old_cls)
+                new_cls: Any = resolved.get(old_cls)
                 if new_cls is None:
                     step = "resolve"
                     qualname = old_cls.__qualname__
@@ -545,7 +549,7 @@ def apply_reload(
                 state = _restore(snaps[id(server)])
                 old_vsn, new_vsn = old_cls.vsn, new_cls.vsn
                 impl = new_cls()
-                impl.ref = server.impl.ref
+                impl.ref = server.ref
                 if module in changed_set:
                     if migrate_fn is not None:
                         step = "migrate"
@@ -744,13 +748,17 @@ def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[
         root.terminate_child(child_id)
         root.delete_child(child_id)
 
+    def replace(spec: ChildSpec) -> None:
+        stop(spec.id)
+        root.start_child(spec)
+
     for child_id in current:
         if child_id not in wanted:
-            attempt(child_id, "removed", lambda c=child_id: stop(c))
+            attempt(child_id, "removed", functools.partial(stop, child_id))
     for spec in new_specs:
         child = current.get(spec.id)
         if child is None:
-            attempt(spec.id, "added", lambda s=spec: root.start_child(s))
+            attempt(spec.id, "added", functools.partial(root.start_child, spec))
         elif _spec_key(child.spec) != _spec_key(spec):
-            attempt(spec.id, "changed", lambda s=spec: (stop(s.id), root.start_child(s)))
+            attempt(spec.id, "changed", functools.partial(replace, spec))
     return report

@@ -107,7 +107,7 @@ def start(target: Callable[..., Any], args: tuple = (), *, name: str | None = No
     Arguments are pickled to the child; sockets and other fds travel as fds
     (multiprocessing passes them to the forkserver over SCM_RIGHTS).
     """
-    proc = context().Process(target=target, args=args, name=name)
+    proc = context().Process(target=target, args=args, name=name)  # type: ignore[attr-defined]  # ForkServerContext has it; typeshed types context() as BaseContext
     _launching.active = True
     try:
         proc.start()

@@ -783,7 +783,7 @@ class ProcessRef(ActorRef):
         by ``process.cast_dropped`` telemetry)."""
         self._conn.cast(target, request)
 
-    def cast_many(self, target: str, requests: Iterable[Any]) -> None:
+    def cast_many(self, target: str, requests: Iterable[Any]) -> None:  # type: ignore[override]
         """Send many casts to ``target`` in one write."""
         self._conn.cast_many(target, requests)
 
