@@ -205,3 +205,12 @@ def install(*, deny_exec: bool) -> list[str]:
     finally:
         lib.seccomp_release(ctx)
     return sorted(set(denied))
+
+
+# Loaded when the module is imported: in the fork server (which preloads the boot
+# module and so this one) the library's pages are then shared by every sandbox
+# instead of being mapped again, privately, by each.
+try:
+    _libseccomp()
+except SeccompError:
+    pass
