@@ -205,6 +205,10 @@ class SandboxConfig:
     shutdown: float = 5.0
     #: How auto-reload watches the app (used when ``auto_reload`` is on).
     watch: WatchOptions = field(default_factory=WatchOptions)
+    #: ``"host:port"`` addresses the sandbox may reach outside (on top of its
+    #: profile's ``net_allow``; port ``0`` or ``*``: any port): egress through
+    #: slirp4netns, never to the host's loopback.
+    net_allow: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, sandbox_id: Any, path: Any, **options: Any) -> SandboxConfig:
@@ -242,6 +246,7 @@ class SandboxConfig:
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()
         ):
             raise ConfigError("env", env, "a dict of str to str")
+        net_allow = _net_allow(options.get("net_allow", ()))
         auto_reload = options.get("auto_reload", cls.auto_reload)
         if not isinstance(auto_reload, bool):
             raise ConfigError("auto_reload", auto_reload, "True or False")
@@ -258,6 +263,7 @@ class SandboxConfig:
             auto_reload=auto_reload,
             shutdown=float(options.get("shutdown", cls.shutdown)),
             watch=WatchOptions.build(options.get("watch")),
+            net_allow=net_allow,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -265,6 +271,26 @@ class SandboxConfig:
         d["limits"] = self.limits.as_dict()
         d["watch"] = self.watch.as_dict()
         return d
+
+
+def _net_allow(value: Any) -> tuple[str, ...]:
+    """``net_allow`` checked: ``"host:port"`` strings, port 0-65535 or ``*``.
+
+    >>> _net_allow(["api.example.com:443"])
+    ('api.example.com:443',)
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError("net_allow", value, "a list of 'host:port' strings")
+    for addr in value:
+        host, sep, port = addr.rpartition(":") if isinstance(addr, str) else ("", "", "")
+        ok_port = port == "*" or (port.isdigit() and 0 <= int(port) <= 65535)
+        if not sep or not host.strip("[]") or not ok_port:
+            raise ConfigError(
+                "net_allow", addr, "'host:port' with a port from 0 to 65535 or '*'"
+            )
+    return tuple(value)
 
 
 def _check_path(path: Any) -> Path:

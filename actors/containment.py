@@ -113,7 +113,7 @@ def prepare(manager: Any, record: Any) -> Protection:
     limits = effective_limits(profile.limits, config.limits)
     # Every profile needs the OS layers: no sandbox runs on the host's network or
     # filesystem because a layer happens to be missing here.
-    missing = isolation.missing_required(egress=bool(profile.net_allow))
+    missing = isolation.missing_required(egress=bool(profile.net_allow or config.net_allow))
     if missing:
         raise isolation.IsolationUnavailable(missing)
     # cgroups are grouped per runtime instance: the base dir is unique, the name is not
@@ -207,13 +207,15 @@ def process_options(record: Any, runtime_id: str) -> dict[str, Any]:
     # A restart starts clean: nothing its previous process left may live on.
     isolation.kill_leftovers(prot.state)
     profile = prot.profile
+    net_allow = list(dict.fromkeys([*profile.net_allow, *config.net_allow]))
     policy = profile.guard_policy(workdir, config.path)
+    policy["net_allow"] = [list(_split_addr(a)) for a in net_allow]
     policy["app_modules"] = sorted(slot.modules)
     plan = isolation.plan(
         allow=profile.allow,
         limits=prot.limits.as_dict(),
         state=prot.state,
-        net_allow=[_split_addr(a) for a in profile.net_allow],
+        net_allow=[_split_addr(a) for a in net_allow],
         env_allow=profile.env_allow,
         read_only=[config.path],
     )

@@ -422,12 +422,15 @@ class Runtime:
         auto_reload: bool = SandboxConfig.auto_reload,
         shutdown: float = SandboxConfig.shutdown,
         watch: WatchOptions | Mapping[str, Any] | None = None,
+        net_allow: Iterable[str] = (),
     ) -> Sandbox:
         """Create and start a sandbox running the app at ``path``; returns its handle.
 
         Options: ``entry`` ('app:children'), ``profile`` ('high' | 'medium' | 'low'),
         ``limits`` (dict), ``restart`` ('permanent' | 'transient' | 'temporary'),
-        ``max_restarts``, ``max_seconds``, ``env`` (dict), ``auto_reload``, ``shutdown``.
+        ``max_restarts``, ``max_seconds``, ``env`` (dict), ``auto_reload``, ``shutdown``,
+        ``net_allow`` (``["api.example.com:443"]``: the only addresses it may reach
+        outside, through slirp4netns; see docs/security.md).
         Raises :class:`~runtime.errors.ConfigError` naming any bad option, and leaves
         nothing behind when creation fails.
         """
@@ -435,7 +438,8 @@ class Runtime:
             sandbox_id, os.fspath(path) if isinstance(path, os.PathLike) else path,
             entry=entry, profile=profile, limits=limits, restart=restart,
             max_restarts=max_restarts, max_seconds=max_seconds, env=env,
-            auto_reload=auto_reload, shutdown=shutdown, watch=watch)
+            auto_reload=auto_reload, shutdown=shutdown, watch=watch,
+            net_allow=list(net_allow))
         self._manager("create", config)
         return Sandbox(self, sandbox_id)
 

@@ -57,6 +57,7 @@ __all__ = [
     "LAYERS",
     "REQUIRED_LAYERS",
     "IsolationUnavailable",
+    "check_required",
     "missing_required",
     "THREAD_STACK",
     "UID_BASE",
@@ -137,6 +138,7 @@ _HOW = {
     "netns": "run the host as root on Linux (network namespaces need CAP_SYS_ADMIN)",
     "seccomp": "install libseccomp (Debian/Ubuntu: apt-get install libseccomp2)",
     "slirp4netns": "install slirp4netns (Debian/Ubuntu: apt-get install slirp4netns)",
+    "nftables": "install libnftables (Debian/Ubuntu: apt-get install nftables)",
 }
 
 
@@ -148,7 +150,7 @@ def missing_required(*, egress: bool = False) -> dict[str, str]:
     True
     """
     avail = detect()
-    need = list(REQUIRED_LAYERS) + ["seccomp"] + (["slirp4netns"] if egress else [])
+    need = list(REQUIRED_LAYERS) + ["seccomp"] + (["slirp4netns", "nftables"] if egress else [])
     out: dict[str, str] = {}
     for layer in need:
         why = avail.get(layer)
@@ -170,7 +172,7 @@ def detect(*, refresh: bool = False) -> dict[str, str | None]:
     ``{layer: "reason"}`` when not. Computed once per process.
 
     >>> sorted(detect())[:3]
-    ['cgroup-memory', 'cgroup-pids', 'netns']
+    ['cgroup-memory', 'cgroup-pids', 'ipcns']
     """
     global _detected
     if _detected is not None and not refresh:
@@ -205,11 +207,22 @@ def detect(*, refresh: bool = False) -> dict[str, str | None]:
     out["slirp4netns"] = None if shutil.which("slirp4netns") else (
         "slirp4netns is not installed (Debian/Ubuntu: apt-get install slirp4netns)"
     )
+    out["nftables"] = None if _find_lib("nftables") else (
+        "libnftables is not installed (Debian/Ubuntu: apt-get install nftables)"
+    )
     for ctl in ("pids", "memory"):
         where, why = _cgroup_base(ctl)
         out[f"cgroup-{ctl}"] = None if where is not None else why
     _detected = out
     return dict(out)
+
+
+def _find_lib(name: str) -> str | None:
+    try:
+        import ctypes.util
+    except ImportError:
+        return None
+    return ctypes.util.find_library(name)
 
 
 def _libc_reason() -> str | None:
@@ -478,7 +491,7 @@ def plan(
 
     require = list(REQUIRED_LAYERS) + ["seccomp"]
     if net_allow:
-        require.append("slirp4netns")
+        require += ["slirp4netns", "nftables"]
     for layer in require:
         if avail.get(layer) is not None:
             skipped[layer] = avail[layer]
@@ -737,10 +750,25 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
     except (ValueError, RuntimeError):
         pass
     _scrub_env(p.get("env_allow"))
-    missing = {k: skipped.get(k, "not applied") for k in p.get("require") or () if k not in applied}
+    return applied, skipped
+
+
+def check_required(p: dict[str, Any] | None, applied: list[str], skipped: dict[str, str]) -> None:
+    """Raise :class:`IsolationUnavailable` unless every layer plan ``p`` requires was
+    applied (called by the boot before any user code, so the host gets the reason
+    in the boot failure).
+
+    >>> check_required({"require": ["netns"]}, ["netns"], {})
+    >>> try:
+    ...     check_required({"require": ["netns"]}, [], {"netns": "no root"})
+    ... except IsolationUnavailable as exc:
+    ...     print(exc)
+    the sandbox needs OS layers this host lacks: netns: no root
+    """
+    need = (p or {}).get("require") or ()
+    missing = {k: skipped.get(k, "not applied") for k in need if k not in applied}
     if missing:
         raise IsolationUnavailable(missing)
-    return applied, skipped
 
 
 def _namespaces(
@@ -760,7 +788,12 @@ def _namespaces(
     if not flags:
         return
     libc = need_libc()
-    egress = _egress_start(p["egress"]) if p.get("egress") and p.get("netns") else None
+    egress = None
+    if p.get("egress") and p.get("netns"):
+        try:
+            egress = _egress_start(p["egress"])
+        except Exception as exc:
+            skipped["slirp4netns"] = skipped["nftables"] = f"egress set-up failed: {exc}"
     if libc.unshare(flags) != 0:
         err = ctypes.get_errno()
         why = f"unshare failed: {os.strerror(err)}"
@@ -772,21 +805,27 @@ def _namespaces(
     if p.get("netns"):
         try:
             _loopback_up()
-            if egress is not None:
-                _egress_finish(egress, p["egress"])
-                applied.append("slirp4netns")
             applied.append("netns")
         except Exception as exc:
             skipped["netns"] = f"network namespace set-up failed: {exc}"
+        if egress is not None:
+            try:
+                _egress_finish(egress, p)
+                applied += ["slirp4netns", "nftables"]
+            except Exception as exc:
+                skipped["slirp4netns"] = skipped["nftables"] = f"egress set-up failed: {exc}"
+                _kill_helper(egress["pid"])
     if flags & _CLONE_NEWNS:
         try:
-            _private_view(libc, mounts or {}, p.get("expose") or [])
+            _private_view(libc, mounts or {}, p.get("expose") or [], p.get("hosts"))
             applied.append("mountns")
         except Exception as exc:
             skipped["mountns"] = f"private mount view failed: {exc}"
 
 
-def _private_view(libc: Any, mounts: dict[str, Any], expose: list[Any]) -> None:
+def _private_view(
+    libc: Any, mounts: dict[str, Any], expose: list[Any], hosts: str | None = None
+) -> None:
     """The sandbox's mount namespace: the host's tree read-only, private tmpfs on
     :data:`PRIVATE_TMP`, the workdir bound back read-write, ``read_only`` paths
     (and the hidden parts of the Python installation, ``expose``) bound back
@@ -819,6 +858,20 @@ def _private_view(libc: Any, mounts: dict[str, Any], expose: list[Any]) -> None:
                     )
             for q, fd, writable in keep:
                 _bind(libc, check, fd, q, writable)
+            if hosts is not None:  # the allowlist's names, resolved before unshare
+                # Kept in the private /tmp, in a directory of root's (the sandbox's
+                # UID can read the file, not change it).
+                d = os.path.join(PRIVATE_TMP[0], ".sandbox-etc")
+                os.makedirs(d, mode=0o755, exist_ok=True)
+                src = os.path.join(d, "hosts")
+                with open(src, "w", encoding="utf-8") as fh:
+                    fh.write(hosts)
+                os.chmod(src, 0o444)
+                check(libc.mount(src.encode(), b"/etc/hosts", None, _MS_BIND, None),
+                      "bind /etc/hosts")
+                check(libc.mount(None, b"/etc/hosts", None,
+                                 _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None),
+                      "read-only /etc/hosts")
         if expose:
             _expose(libc, check, expose)
     finally:
@@ -949,9 +1002,150 @@ def _scrub_env(allow: Any) -> None:
             del os.environ[key]
 
 
-def _egress_start(egress: list[Any]) -> Any:
-    raise OSError("egress is not implemented yet")
+
+# ------------------------------------------------------------------------------------
+# Egress: user-mode networking for a sandbox's network namespace
+#
+# slirp4netns (a Debian package; what rootless Podman uses) gives the namespace a
+# tap device whose traffic it relays through ordinary sockets of the host, with
+# the host's loopback switched off (--disable-host-loopback) and no DNS relay
+# (--disable-dns). It relays to anywhere, so the allowlist is enforced in the
+# namespace itself by an nftables ruleset (through libnftables, also from Debian),
+# loaded as root before the sandbox's UID changes: outgoing packets leave only to
+# the listed addresses and ports. Names are resolved once, by the sandbox process
+# before it leaves the host's namespace, into a private /etc/hosts.
+
+#: Address slirp4netns gives the sandbox's tap device (10.0.2.0/24, gateway .2).
+TAP = "tap0"
+EGRESS_READY_TIMEOUT = 10.0
 
 
-def _egress_finish(helper: Any, egress: list[Any]) -> None:
-    raise OSError("egress is not implemented yet")
+def _egress_start(egress: list[Any]) -> dict[str, Any]:
+    """Resolve the allowlist and fork the helper that becomes slirp4netns once this
+    process has its own network namespace (it must itself stay in the host's)."""
+    import socket
+
+    resolved: list[tuple[str, list[str], int]] = []
+    for host, port in egress:
+        try:
+            infos = socket.getaddrinfo(str(host), None, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise OSError(f"net_allow {host}:{port}: cannot resolve {host!r}: {exc}") from None
+        resolved.append((str(host), sorted({str(i[4][0]) for i in infos}), int(port)))
+    exe = shutil.which("slirp4netns")
+    if exe is None:
+        raise OSError(_HOW["slirp4netns"])
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    exit_r, exit_w = os.pipe()
+    me = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the helper: nothing of the sandbox's may reach slirp4netns
+        try:
+            os.read(go_r, 1)
+            keep = {ready_w, exit_r}
+            for name in os.listdir("/proc/self/fd"):
+                fd = int(name)
+                if fd > 2 and fd not in keep:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            for fd in keep:
+                os.set_inheritable(fd, True)
+            os.execv(exe, [
+                exe, "--configure", "--disable-host-loopback", "--disable-dns",
+                "--enable-sandbox", "--enable-seccomp",
+                f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", str(me), TAP,
+            ])
+        finally:
+            os._exit(127)
+    for fd in (go_r, ready_w, exit_r):
+        os.close(fd)
+    # exit_w stays open for the life of this process (non-inheritable, so its own
+    # children do not hold it): at its end slirp4netns sees EOF and exits.
+    return {"pid": pid, "go": go_w, "ready": ready_r, "exit": exit_w, "resolved": resolved}
+
+
+def _egress_finish(helper: dict[str, Any], p: dict[str, Any]) -> None:
+    """In the new namespace: start slirp4netns, wait for the tap device, load the
+    allowlist's firewall, and note the private /etc/hosts for the mount step."""
+    import select
+
+    os.write(helper["go"], b"1")
+    os.close(helper["go"])
+    try:
+        ready, _, _ = select.select([helper["ready"]], [], [], EGRESS_READY_TIMEOUT)
+        if not ready or os.read(helper["ready"], 1) != b"1":
+            raise OSError(f"slirp4netns did not come up within {EGRESS_READY_TIMEOUT:g}s")
+    finally:
+        os.close(helper["ready"])
+    _nft(_egress_ruleset(helper["resolved"]))
+    lines = ["127.0.0.1 localhost", "::1 localhost"]
+    lines += [f"{ip} {name}" for name, ips, _port in helper["resolved"] for ip in ips]
+    p["hosts"] = "\n".join(lines) + "\n"
+
+
+def _kill_helper(pid: int) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
+
+
+def _egress_ruleset(resolved: list[tuple[str, list[str], int]]) -> str:
+    """The nftables ruleset of an allowlist: output dropped except to the listed
+    addresses (and ports; 0 = any) and on the namespace's own loopback.
+
+    >>> print(_egress_ruleset([("api.example.com", ["192.0.2.7"], 443)]).splitlines()[4])
+          ip daddr 192.0.2.7 tcp dport 443 accept
+    """
+    rules = ['oifname "lo" accept']
+    for _name, ips, port in resolved:
+        for ip in ips:
+            if port:
+                rules.append(f"ip daddr {ip} tcp dport {port} accept")
+                rules.append(f"ip daddr {ip} udp dport {port} accept")
+            else:
+                rules.append(f"ip daddr {ip} accept")
+    body = "\n".join(f"      {r}" for r in rules)
+    return (
+        "table inet sandbox_egress {\n"
+        "  chain output {\n"
+        "    type filter hook output priority 0; policy drop;\n"
+        f"{body}\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def _nft(ruleset: str) -> None:
+    """Load ``ruleset`` through libnftables (the library behind the nft command)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("nftables") or "libnftables.so.1"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError:
+        raise OSError(_HOW["nftables"]) from None
+    lib.nft_ctx_new.restype = ctypes.c_void_p
+    lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+    lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
+    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    ctx = lib.nft_ctx_new(0)
+    try:
+        lib.nft_ctx_buffer_error(ctx)
+        if lib.nft_run_cmd_from_buffer(ctx, ruleset.encode()) != 0:
+            err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
+            raise OSError(f"loading the egress firewall failed: {err.strip()[:500]}")
+    finally:
+        lib.nft_ctx_free(ctx)
