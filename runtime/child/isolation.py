@@ -842,7 +842,11 @@ def _private_view(
     check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
     wd = mounts.get("workdir")
     keep: list[tuple[str, int, bool]] = []  # (path, O_PATH fd, writable)
+    exposed: dict[str, int] = {}
     try:
+        for _hidden, paths in expose:
+            for q in paths:
+                exposed[q] = os.open(q, os.O_PATH | os.O_DIRECTORY)
         if wd:
             keep.append((wd, os.open(wd, os.O_PATH | os.O_DIRECTORY), True))
         for q in mounts.get("read_only") or ():
@@ -856,6 +860,9 @@ def _private_view(
                         libc.mount(b"tmpfs", d.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts),
                         f"tmpfs on {d}",
                     )
+        if expose:  # before the workdir is bound: it may sit under a hidden directory
+            _expose(libc, check, expose, exposed)
+        if mounts:
             for q, fd, writable in keep:
                 _bind(libc, check, fd, q, writable)
             if hosts is not None:  # the allowlist's names, resolved before unshare
@@ -873,9 +880,9 @@ def _private_view(
                                  _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None),
                       "read-only /etc/hosts")
         if expose:
-            _expose(libc, check, expose)
+            _seal_exposed(libc, check, expose)
     finally:
-        for _q, fd, _w in keep:
+        for fd in [k[1] for k in keep] + list(exposed.values()):
             os.close(fd)
 
 
@@ -910,36 +917,29 @@ def _read_only_tree(libc: Any, check: Any) -> None:
                   f"read-only {mp}")
 
 
-def _expose(libc: Any, check: Any, expose: list[Any]) -> None:
+def _expose(libc: Any, check: Any, expose: list[Any], fds: dict[str, int]) -> None:
     """In the sandbox's mount namespace, each hidden directory becomes an empty
-    read-only tmpfs with only the given trees bound back in (read-only)."""
+    read-only tmpfs with only the given trees bound back in (read-only); ``fds``
+    holds an O_PATH descriptor of each tree, opened before anything was hidden."""
+    flags = _MS_NOSUID | _MS_NODEV
     for hidden, paths in expose:
-        fds = [os.open(q, os.O_PATH | os.O_DIRECTORY) for q in paths]
-        try:
-            flags = _MS_NOSUID | _MS_NODEV
-            check(
-                libc.mount(b"tmpfs", hidden.encode(), b"tmpfs", flags, b"mode=0755,size=64k"),
-                f"tmpfs on {hidden}",
-            )
-            for q, fd in zip(paths, fds):
-                os.makedirs(q, mode=0o755, exist_ok=True)
-                src = f"/proc/self/fd/{fd}".encode()
-                check(libc.mount(src, q.encode(), None, _MS_BIND | _MS_REC, None), f"bind {q}")
-                check(
-                    libc.mount(
-                        None, q.encode(), None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | flags, None
-                    ),
-                    f"read-only {q}",
-                )
-            check(
-                libc.mount(
-                    None, hidden.encode(), None, _MS_REMOUNT | _MS_RDONLY | flags, None
-                ),
-                f"read-only {hidden}",
-            )
-        finally:
-            for fd in fds:
-                os.close(fd)
+        os.makedirs(hidden, mode=0o755, exist_ok=True)  # under a private tmpfs, maybe
+        check(
+            libc.mount(b"tmpfs", hidden.encode(), b"tmpfs", flags, b"mode=0755,size=64k"),
+            f"tmpfs on {hidden}",
+        )
+        for q in paths:
+            _bind(libc, check, fds[q], q, writable=False)
+
+
+def _seal_exposed(libc: Any, check: Any, expose: list[Any]) -> None:
+    """The hidden directories' tmpfs read-only (after everything is bound into them)."""
+    flags = _MS_NOSUID | _MS_NODEV
+    for hidden, _paths in expose:
+        check(
+            libc.mount(None, hidden.encode(), None, _MS_REMOUNT | _MS_RDONLY | flags, None),
+            f"read-only {hidden}",
+        )
 
 
 def _loopback_up() -> None:

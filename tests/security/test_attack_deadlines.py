@@ -1,4 +1,4 @@
-"""Handlers that never end: the handler deadline (``call_seconds``) and, in ``high``,
+"""Handlers that never end (blocked, or spinning): the handler deadline (``call_seconds``) and, in ``high``,
 the CPU budget (``cpu_seconds``) stop them; both are reported as
 ResourceLimitExceeded naming the limit, and the sandbox's supervisor restarts it.
 
@@ -24,7 +24,7 @@ SLOW = {
             return [Slow.child_spec(name="slow")]
     """,
     "slow.py": """
-        import time
+        import threading
 
         from runtime.genserver import GenServer
 
@@ -34,8 +34,8 @@ SLOW = {
                 return 0
 
             def handle_call(self, request, state):
-                if request == "sleep":
-                    time.sleep(60)
+                if request == "block":
+                    threading.Event().wait(60)
                 elif request == "spin":
                     while True:
                         pass
@@ -54,7 +54,7 @@ def test_a_handler_past_its_deadline_is_killed_and_restarted(world, profile):
     sb = world.sandbox(profile=profile, app=SLOW, limits={"call_seconds": 2})
     pid = sb.pid
     with pytest.raises(ResourceLimitExceeded, match="call_seconds"):
-        sb.call("slow", "sleep", timeout=60)
+        sb.call("slow", "block", timeout=60)
     wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
     ev = world.wait_event(sb.id, "limit.exceeded")
     assert "call_seconds" in ev["detail"], ev
@@ -65,7 +65,7 @@ def test_a_caller_that_gives_up_early_does_not_leave_the_handler_running(world):
     sb = world.sandbox(profile="medium", app=SLOW, limits={"call_seconds": 2})
     pid = sb.pid
     with pytest.raises(CallTimeout):
-        sb.call("slow", "sleep", timeout=0.2)
+        sb.call("slow", "block", timeout=0.2)
     # Nobody waits any more; the monitor still enforces the deadline.
     wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
     assert "call_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
