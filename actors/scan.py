@@ -57,7 +57,7 @@ RULES: dict[str, str] = {
     "SBX101": "import of a blocked module",
     "SBX102": "dynamic import of a blocked module",
     "SBX103": "dynamic import of a computed name (high, medium) or one the scan cannot work out",
-    "SBX104": "loading code from a file or a spec (bypasses the scan)",
+    "SBX104": "loading code from a file or a spec, or changing the import system (bypasses the scan)",
     "SBX201": "eval, exec or compile",
     "SBX202": "write outside the workdir (absolute path or '..')",
     "SBX203": "getattr/setattr/delattr with a dunder or frame attribute name",
@@ -72,7 +72,7 @@ RULES: dict[str, str] = {
 }
 
 #: Changes whenever a rule changes (part of the compiler's cache key).
-RULES_VERSION = "3"
+RULES_VERSION = "4"
 
 ESCAPE_DUNDERS = frozenset(
     {
@@ -197,6 +197,9 @@ _CODE_LOADERS = {
     "types.CodeType": "builds a code object",
     "types.FunctionType": "builds a function from a code object",
     "marshal.loads": "turns bytes into code",
+    "sys.meta_path": "changes where modules are found",
+    "sys.path_hooks": "changes where modules are found",
+    "sys.path_importer_cache": "changes where modules are found",
 }
 _DYNAMIC_CODE = frozenset(
     {"eval", "exec", "compile", "builtins.eval", "builtins.exec", "builtins.compile"}

@@ -71,6 +71,11 @@ TABLE: list[tuple[str, str, dict[str, list[str]]]] = [
         "import importlib\nimportlib.import_module(input())\n",
         {"high": ["SBX103"], "medium": ["SBX103"], "low": []},
     ),
+    (
+        "import system hooks",
+        "import sys\nsys.path_hooks.pop(0)\nsys.meta_path.append(None)\n",
+        {"high": ["SBX104", "SBX104"], "medium": ["SBX104", "SBX104"], "low": []},
+    ),
     ("eval", "eval('1 + 1')\n", {"high": ["SBX201"], "medium": ["SBX201"], "low": []}),
     ("exec alias", "run = exec\n", {"high": ["SBX201"], "low": []}),
     ("compile shadowed", "def compile(x): return x\ncompile(1)\n", {"high": [], "low": []}),
