@@ -1195,7 +1195,12 @@ def _build(
         try:
             import _posixsubprocess
 
-            _posixsubprocess.fork_exec = _Refused("_posixsubprocess.fork_exec")
+            refused = _Refused("_posixsubprocess.fork_exec")
+            _posixsubprocess.fork_exec = refused
+            # subprocess keeps a reference of its own (``_fork_exec``) when loaded.
+            sp = sys.modules.get("subprocess")
+            if sp is not None and getattr(sp, "_fork_exec", None) is not None:
+                sp._fork_exec = refused  # type: ignore[attr-defined]
             handlers["_posixsubprocess.fork_exec"] = on_process
         except ImportError:  # pragma: no cover
             pass

@@ -1,14 +1,19 @@
 """Code that gets past the audit hook still cannot run a program (seccomp).
 
-``high-bypass`` is ``high-run`` with ``subprocess`` and ``_posixsubprocess``
-importable: the guard still refuses the ``subprocess.Popen`` event, so the attacks
-go around it, as the independent suite did: rebinding ``subprocess.sys`` (so no
-audit event fires) and calling ``_posixsubprocess.fork_exec`` directly (which
-raises none; ``subprocess`` keeps a reference of its own that the guard does not
-wrap). Only the kernel's filter is left to stop ``execve``. Judged from the
-host: the program would create a marker in the sandbox's own workdir (a place the
-sandbox may write), so its absence means the program never ran. The same code
-under ``low`` (which allows subprocess) does create it: the attack is real.
+The attacks the independent suite used against the hook: rebinding
+``subprocess.sys`` (so no audit event fires) and calling ``fork_exec`` directly
+(``subprocess._fork_exec``, a reference the guard used not to wrap), under
+``high-bypass`` / ``medium-bypass`` (their profile with ``subprocess`` and
+``_posixsubprocess`` importable, the groups still denied). The guard now catches
+both; the kernel is shown to stop what does get past it with
+``fork`` + ``execv`` called through ctypes, which raises no audit event at all,
+under ``high-native`` / ``medium-native`` (the profile with ctypes allowed,
+``subprocess`` still denied): only the seccomp filter is left in the way.
+
+Judged from the host: the program would create a marker in the sandbox's own
+workdir (a place the sandbox may write), so its absence means it never ran. The
+same code under ``low`` (which allows subprocess) does create it: the attacks are
+real.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ BYPASS = Profile.derive(
 MEDIUM_BYPASS = Profile.derive(
     "medium", name="medium-bypass", unblocked_modules=("subprocess", "_posixsubprocess"),
     violation_threshold=50,
+)
+HIGH_NATIVE = Profile.derive(HIGH_RUN, name="high-native", allow=HIGH_RUN.allow | {"native"})
+MEDIUM_NATIVE = Profile.derive(
+    "medium", name="medium-native", allow=HIGH_RUN.allow | {"native"}, violation_threshold=50
 )
 
 
@@ -78,29 +87,53 @@ def _fork_exec(marker: str) -> str:
         os.close(errpipe_read)
 
 
+def _ctypes_exec(marker: str) -> str:
+    import ctypes
+    import os
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pid = libc.fork()
+    if pid == 0:  # only async-signal-safe calls from here on
+        argv = (ctypes.c_char_p * 4)(b"/bin/sh", b"-c", f"echo ran > {marker}".encode(), None)
+        libc.execv(b"/bin/sh", argv)
+        libc._exit(ctypes.get_errno())
+    status = ctypes.c_int()
+    libc.waitpid(pid, ctypes.byref(status), 0)
+    code = (status.value >> 8) & 0xFF
+    return "started" if code == 0 else f"failed: [Errno {code}] {os.strerror(code)}"
+
+
 @pytest.fixture
 def bypass_world(world):
     if layer_missing("seccomp"):
         pytest.skip(f"seccomp is not available here: {layer_missing('seccomp')}")
-    world.rt.register_profile(BYPASS)
-    world.rt.register_profile(MEDIUM_BYPASS)
+    for profile in (BYPASS, MEDIUM_BYPASS, HIGH_NATIVE, MEDIUM_NATIVE):
+        world.rt.register_profile(profile)
     return world
 
 
 @pytest.mark.parametrize("attack", [_rebound_subprocess, _fork_exec])
 @pytest.mark.parametrize("profile", ["high-bypass", "medium-bypass"])
-def test_no_program_runs_past_the_hook(bypass_world, profile, attack):
+def test_hook_bypasses_run_no_program(bypass_world, profile, attack):
     sb = bypass_world.sandbox(profile=profile)
     marker = bypass_world.workdir(sb) / "ran.txt"
     got = attempt(sb, attack, str(marker))
     assert not marker.exists(), f"{profile}/{attack.__name__}: a program ran ({got})"
-    # Stopped by the kernel (EPERM from execve), not by the guard.
-    assert "refused by security profile" not in str(got), got
-    assert "[Errno 1] Operation not permitted" in str(got), got
+    assert str(got).startswith("failed"), got
     assert sb.call("counter", "incr") == 1  # the sandbox itself carries on
 
 
-@pytest.mark.parametrize("attack", [_rebound_subprocess, _fork_exec])
+@pytest.mark.parametrize("profile", ["high-native", "medium-native"])
+def test_the_kernel_stops_exec_that_no_hook_sees(bypass_world, profile):
+    sb = bypass_world.sandbox(profile=profile)
+    marker = bypass_world.workdir(sb) / "ran.txt"
+    got = attempt(sb, _ctypes_exec, str(marker))
+    assert not marker.exists(), f"{profile}: a program ran ({got})"
+    # Stopped by the kernel (EPERM from execve), not by the guard.
+    assert got == "failed: [Errno 1] Operation not permitted", got
+
+
+@pytest.mark.parametrize("attack", [_rebound_subprocess, _fork_exec, _ctypes_exec])
 def test_the_same_code_runs_a_program_where_exec_is_allowed(world, attack):
     sb = world.sandbox(profile="low")
     marker = world.workdir(sb) / "ran.txt"
