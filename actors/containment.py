@@ -4,7 +4,9 @@ The manager calls these at a few points of a sandbox's life; each is a function 
 the manager (its records and its ``component`` lookup) and one sandbox record:
 
 - :func:`prepare` (create, before compiling): resolves the sandbox's profile
-  with the security controller (custom profiles included), works out its
+  with the security controller (custom profiles included), refuses to go on
+  (:class:`~runtime.child.isolation.IsolationUnavailable`, naming what to
+  install) when this host lacks an OS layer every sandbox needs, works out its
   effective limits (the profile's, overridden by the sandbox's own), gives it
   its UID and cgroups (:func:`runtime.child.isolation.prepare`), registers it with
   the security controller and the resource monitor. Everything is kept on the

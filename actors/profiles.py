@@ -11,9 +11,12 @@ the thresholds of containment. Three are built in:
   ``gc``), and dunder names banned in string literals by the static scan.
 - ``medium``: like ``high``, but ``run()`` is allowed and the sandbox may read any
   file of the Python installation and of its own app directory.
-- ``low``: permissive: ordinary operations (processes, sockets, files anywhere,
-  pickle, ``eval``) work. Signalling processes outside the sandbox's own process
-  group and adding audit hooks stay refused.
+- ``low``: permissive inside the sandbox: ordinary operations (processes,
+  sockets, files, pickle, ``eval``) work, and their effects stay inside it (the
+  OS layers are the same in every profile: a read-only host tree but for the
+  workdir, private ``/tmp``, its own network and IPC namespaces, a seccomp
+  filter; see :mod:`runtime.child.isolation`). Signalling processes outside the
+  sandbox's own process group and adding audit hooks stay refused.
 
 Custom profiles derive from one of them::
 
@@ -195,8 +198,10 @@ class Profile:
       ``workdir``, ``app``, ``python``, ``zoneinfo``, ``*`` or absolute paths.
     - ``violation_threshold``: refusals after which the sandbox is terminated and
       quarantined (``None``: never).
-    - ``net_allow``: ``"host:port"`` addresses reachable even without the network
-      groups (``port`` ``0`` or ``*``: any port).
+    - ``net_allow``: ``"host:port"`` addresses outside the sandbox it may reach
+      (``port`` ``0`` or ``*``: any port), through slirp4netns and an nftables
+      allowlist in its network namespace, and let through by the guard even
+      without the network groups; nothing else outside is reachable.
     - ``ban_dunder_strings``: the scan treats dunder names in string literals, and
       computed ``getattr`` names, as errors.
     - ``env_allow``: environment variables the sandbox keeps.
@@ -550,8 +555,9 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         allow_run=True,
         read_roots=("*",),
         violation_threshold=10,
-        description="trusted code: ordinary operations work; the guard still refuses "
-        "signals outside the sandbox and new audit hooks",
+        description="trusted code: ordinary operations work inside the sandbox, whose OS "
+        "layers keep their effects there; the guard still refuses signals outside the "
+        "sandbox and new audit hooks",
     ),
 }
 

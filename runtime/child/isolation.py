@@ -1,19 +1,26 @@
 """OS-level isolation of a sandbox process: the layers that make the guarantees real.
 
-Two halves, both standard library only:
+Two halves:
 
 - **Host side** (the manager, through :mod:`actors.containment`):
   :func:`detect` finds once per host process which layers this machine offers
-  (root? network namespaces? a writable cgroup hierarchy?), :func:`prepare`
+  (root? namespaces? libseccomp? slirp4netns? a writable cgroup hierarchy?),
+  :func:`missing_required` says which layers every sandbox needs are missing
+  (creation then fails with :class:`IsolationUnavailable`), :func:`prepare`
   gives a new sandbox its own UID (the workdir is chowned to it) and cgroups,
   :func:`plan` turns a profile's groups and limits into the plain-data plan a
   child applies, and :func:`release` kills whatever is left in the sandbox's
   cgroups or runs under its UID, then removes the cgroups.
 - **Child side**: :func:`apply` runs first thing in the sandbox process (after
   ``setsid()``, before the guard and any user code) and returns the layers it
-  applied and, for each one it could not, the reason.
+  applied and, for each one it could not, the reason; :func:`check_required`
+  (called by the boot before any user code) fails the boot when a layer the plan
+  requires is not among them.
 
-Layers (names as listed in a sandbox's info under ``isolation``):
+The OS layers are the same in every profile (:data:`REQUIRED_LAYERS` and
+``seccomp``): a profile decides what code may do inside the sandbox, these keep
+whatever it does there. Layers (names as listed in a sandbox's info under
+``isolation``):
 
 - ``rlimits``: RLIMIT_AS (the profile's memory on top of what the process had
   mapped at boot), RLIMIT_CPU (SIGXCPU at the soft limit, SIGKILL 2 s later),
@@ -24,16 +31,22 @@ Layers (names as listed in a sandbox's info under ``isolation``):
   that is what the host has) with ``pids.max`` and a memory ceiling; the host
   reads its member list to find everything the sandbox started, even processes
   that left its process group, and kills them all on destroy;
-- ``netns``: a network namespace with only a loopback interface, for profiles
-  without network groups (needs root);
+- ``netns``: a network namespace with only a loopback interface, every profile;
+  with an allowlist (``net_allow``) also ``slirp4netns`` (a tap device relayed by
+  slirp4netns, the host's loopback and DNS relay off) and ``nftables`` (a
+  ruleset that lets out only the listed addresses and ports);
+- ``ipcns``: an IPC namespace of its own;
+- ``mountns``: a private mount namespace in which the host's tree is read-only,
+  :data:`PRIVATE_TMP` are empty tmpfs of its own, the workdir is bound back
+  read-write and the app directory read-only; and, when the Python installation
+  (or the runtime) sits under a directory other users cannot search
+  (``/root/.pyenv``, say), that directory is an empty read-only tmpfs with only
+  those trees bound back in;
 - ``uid``: a separate unprivileged UID/GID per sandbox (``UID_BASE`` + the
   workdir's inode number, so it is stable across restarts and unique while the
   sandbox exists), when the host runs as root;
-- ``mountns``: with ``uid``, when the Python installation (or the runtime) sits
-  under a directory other users cannot search (``/root/.pyenv``, say), a private
-  mount namespace in which that directory is an empty read-only tmpfs with only
-  those trees bound back in: the sandbox's UID can import the standard library
-  and sees nothing else of that directory;
+- ``seccomp``: the kernel filter of :mod:`runtime.child.seccomp`, loaded last
+  (it denies the ``mount`` and ``unshare`` the layers above use);
 - ``no_new_privs``, ``no_dumpable`` (no ptrace, no core, /proc files root-owned),
   ``pdeathsig`` (SIGKILL when the forkserver, the sandbox's parent, dies).
 
