@@ -812,6 +812,8 @@ def _namespaces(
         why = f"unshare failed: {os.strerror(err)}"
         for layer in ("netns", "ipcns", "mountns"):
             skipped[layer] = why
+        if egress is not None:
+            _kill_helper(egress["pid"])
         return
     if p.get("ipcns"):
         applied.append("ipcns")
