@@ -189,3 +189,56 @@ def test_sibling_workdir_is_out_of_reach(world, profile):
     got = attempt(sb, _write_sibling, str(target))
     assert got != "written" and not target.exists(), f"{profile}: {got}"
     assert victim.call("counter", "incr") == 1
+
+
+def _escape_by_path_symlink_and_dir_fd(target_dir: str) -> list[str]:
+    """Write into ``target_dir`` straight, through a symlink in the workdir, and with
+    ``dir_fd``; return the ways that worked."""
+    import os
+
+    worked = []
+    try:
+        with open(os.path.join(target_dir, "direct.txt"), "w") as fh:
+            fh.write("pwned")
+        worked.append("direct")
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        os.symlink(target_dir, "escape")
+        with open(os.path.join("escape", "via-symlink.txt"), "w") as fh:
+            fh.write("pwned")
+        worked.append("symlink")
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        d = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open("via-dir-fd.txt", os.O_WRONLY | os.O_CREAT, 0o666, dir_fd=d)
+            os.write(fd, b"pwned")
+            os.close(fd)
+            worked.append("dir_fd")
+        finally:
+            os.close(d)
+    except Exception:  # noqa: BLE001
+        pass
+    return worked
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_world_writable_host_dir_outside_tmp_stays_untouched(world, profile):
+    """A 0777 directory on the host's root file system (not under a private tmpfs):
+    only the read-only mount stands between it and a ``low`` sandbox."""
+    import shutil
+    import tempfile
+
+    base = "/srv" if os.path.isdir("/srv") else None
+    if base is None or not os.access(base, os.W_OK):
+        pytest.skip("no writable /srv to make a world-writable host directory in")
+    target = tempfile.mkdtemp(prefix="sandbox-test-", dir=base)
+    os.chmod(target, 0o777)
+    try:
+        sb = world.sandbox(profile=profile)
+        got = attempt(sb, _escape_by_path_symlink_and_dir_fd, target)
+        assert os.listdir(target) == [], f"{profile}: {got}"
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
