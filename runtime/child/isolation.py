@@ -62,6 +62,9 @@ import shutil
 import sys
 from typing import Any
 
+from runtime.child import egress as _egress
+from runtime.child import mounts as _mounts
+from runtime.child.mounts import PRIVATE_TMP, TMPFS_OPTIONS
 from runtime.child import seccomp as _seccomp
 from runtime.errors import SandboxError
 
@@ -108,12 +111,6 @@ THREAD_STACK = 256 * 1024
 DEFAULT_TASKS = 4096
 #: Directory (under the host's own cgroup) holding the sandboxes' cgroups.
 CGROUP_PARENT = "sandbox-runtime"
-#: Directories every sandbox gets as its own empty tmpfs (the host's stay unseen):
-#: what it leaves there ends with its mount namespace, so the next sandbox with the
-#: same UID never finds it.
-PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
-#: Size of each private tmpfs (its pages count against the sandbox's memory cgroup).
-TMPFS_OPTIONS = "mode=1777,size=64m,nr_inodes=16384"
 #: OS layers every profile needs: creating a sandbox fails when one is missing.
 REQUIRED_LAYERS = ("mountns", "ipcns", "netns")
 #: Room above the memory limit for the cgroup's ceiling: the resource monitor acts
@@ -125,9 +122,6 @@ _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _M_ARENA_MAX = -8
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _CLONE_NEWNS, _CLONE_NEWIPC = 0x00020000, 0x08000000
-_SYS_MOUNT_SETATTR, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 442, 0x8000, 0x1
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 0x1, 0x2, 0x4, 0x20
-_MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
 
 
 class IsolationUnavailable(SandboxError):
@@ -150,8 +144,8 @@ _HOW = {
     "ipcns": "run the host as root on Linux (IPC namespaces need CAP_SYS_ADMIN)",
     "netns": "run the host as root on Linux (network namespaces need CAP_SYS_ADMIN)",
     "seccomp": "install libseccomp (Debian/Ubuntu: apt-get install libseccomp2)",
-    "slirp4netns": "install slirp4netns (Debian/Ubuntu: apt-get install slirp4netns)",
-    "nftables": "install libnftables (Debian/Ubuntu: apt-get install nftables)",
+    "slirp4netns": _egress.INSTALL["slirp4netns"],
+    "nftables": _egress.INSTALL["nftables"],
 }
 
 
@@ -804,7 +798,7 @@ def _namespaces(
     egress = None
     if p.get("egress") and p.get("netns"):
         try:
-            egress = _egress_start(p["egress"])
+            egress = _egress.start(p["egress"])
         except Exception as exc:
             skipped["slirp4netns"] = skipped["nftables"] = f"egress set-up failed: {exc}"
     if libc.unshare(flags) != 0:
@@ -813,7 +807,7 @@ def _namespaces(
         for layer in ("netns", "ipcns", "mountns"):
             skipped[layer] = why
         if egress is not None:
-            _kill_helper(egress["pid"])
+            _egress.kill_helper(egress["pid"])
         return
     if p.get("ipcns"):
         applied.append("ipcns")
@@ -825,136 +819,17 @@ def _namespaces(
             skipped["netns"] = f"network namespace set-up failed: {exc}"
         if egress is not None:
             try:
-                _egress_finish(egress, p)
+                p["hosts"] = _egress.finish(egress)
                 applied += ["slirp4netns", "nftables"]
             except Exception as exc:
                 skipped["slirp4netns"] = skipped["nftables"] = f"egress set-up failed: {exc}"
-                _kill_helper(egress["pid"])
+                _egress.kill_helper(egress["pid"])
     if flags & _CLONE_NEWNS:
         try:
-            _private_view(libc, mounts or {}, p.get("expose") or [], p.get("hosts"))
+            _mounts.private_view(libc, mounts or {}, p.get("expose") or [], p.get("hosts"))
             applied.append("mountns")
         except Exception as exc:
             skipped["mountns"] = f"private mount view failed: {exc}"
-
-
-def _private_view(
-    libc: Any, mounts: dict[str, Any], expose: list[Any], hosts: str | None = None
-) -> None:
-    """The sandbox's mount namespace: the host's tree read-only, private tmpfs on
-    :data:`PRIVATE_TMP`, the workdir bound back read-write, ``read_only`` paths
-    (and the hidden parts of the Python installation, ``expose``) bound back
-    read-only. Paths are opened before anything is hidden, so a workdir that
-    lives under ``/tmp`` is found again under the private ``/tmp``."""
-    import ctypes
-
-    def check(rc: int, what: str) -> None:
-        if rc != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"{what}: {os.strerror(err)}")
-
-    # Nothing done here may propagate back to the host's mounts.
-    check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
-    wd = mounts.get("workdir")
-    keep: list[tuple[str, int, bool]] = []  # (path, O_PATH fd, writable)
-    exposed: dict[str, int] = {}
-    try:
-        for _hidden, paths in expose:
-            for q in paths:
-                exposed[q] = os.open(q, os.O_PATH | os.O_DIRECTORY)
-        if wd:
-            keep.append((wd, os.open(wd, os.O_PATH | os.O_DIRECTORY), True))
-        for q in mounts.get("read_only") or ():
-            keep.append((q, os.open(q, os.O_PATH | os.O_DIRECTORY), False))
-        if mounts:
-            _read_only_tree(libc, check)
-            for d in mounts.get("tmpfs") or ():
-                if os.path.isdir(d):
-                    opts = str(mounts.get("tmpfs_options") or TMPFS_OPTIONS).encode()
-                    check(
-                        libc.mount(b"tmpfs", d.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts),
-                        f"tmpfs on {d}",
-                    )
-        if expose:  # before the workdir is bound: it may sit under a hidden directory
-            _expose(libc, check, expose, exposed)
-        if mounts:
-            for q, fd, writable in keep:
-                _bind(libc, check, fd, q, writable)
-            if hosts is not None:  # the allowlist's names, resolved before unshare
-                # Kept in the private /tmp, in a directory of root's (the sandbox's
-                # UID can read the file, not change it).
-                d = os.path.join(PRIVATE_TMP[0], ".sandbox-etc")
-                os.makedirs(d, mode=0o755, exist_ok=True)
-                src = os.path.join(d, "hosts")
-                with open(src, "w", encoding="utf-8") as fh:
-                    fh.write(hosts)
-                os.chmod(src, 0o444)
-                check(libc.mount(src.encode(), b"/etc/hosts", None, _MS_BIND, None),
-                      "bind /etc/hosts")
-                check(libc.mount(None, b"/etc/hosts", None,
-                                 _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None),
-                      "read-only /etc/hosts")
-        if expose:
-            _seal_exposed(libc, check, expose)
-    finally:
-        for fd in [k[1] for k in keep] + list(exposed.values()):
-            os.close(fd)
-
-
-def _bind(libc: Any, check: Any, fd: int, target: str, writable: bool) -> None:
-    os.makedirs(target, mode=0o755, exist_ok=True)  # inside a fresh tmpfs, if hidden
-    src = f"/proc/self/fd/{fd}".encode()
-    check(libc.mount(src, target.encode(), None, _MS_BIND | _MS_REC, None), f"bind {target}")
-    flags = _MS_BIND | _MS_REMOUNT | _MS_NOSUID | _MS_NODEV | (0 if writable else _MS_RDONLY)
-    check(libc.mount(None, target.encode(), None, flags, None), f"remount {target}")
-
-
-def _read_only_tree(libc: Any, check: Any) -> None:
-    """Every mount of the (private) tree read-only, at once (mount_setattr, Linux
-    5.12+), else one mount point at a time from /proc/self/mountinfo."""
-    import ctypes
-
-    attr = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)
-    rc = libc.syscall(
-        _SYS_MOUNT_SETATTR, ctypes.c_int(-100), b"/", ctypes.c_uint(_AT_RECURSIVE),
-        ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
-    )
-    if rc == 0:
-        return
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        points = [line.split()[4] for line in fh]
-    for mp in points:
-        path = mp.encode().decode("unicode_escape").encode()  # \040 for spaces
-        flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY
-        if libc.mount(None, path, None, flags, None) != 0:
-            # Locked flags (nosuid, nodev) must be kept; retry with them.
-            check(libc.mount(None, path, None, flags | _MS_NOSUID | _MS_NODEV, None),
-                  f"read-only {mp}")
-
-
-def _expose(libc: Any, check: Any, expose: list[Any], fds: dict[str, int]) -> None:
-    """In the sandbox's mount namespace, each hidden directory becomes an empty
-    read-only tmpfs with only the given trees bound back in (read-only); ``fds``
-    holds an O_PATH descriptor of each tree, opened before anything was hidden."""
-    flags = _MS_NOSUID | _MS_NODEV
-    for hidden, paths in expose:
-        os.makedirs(hidden, mode=0o755, exist_ok=True)  # under a private tmpfs, maybe
-        check(
-            libc.mount(b"tmpfs", hidden.encode(), b"tmpfs", flags, b"mode=0755,size=64k"),
-            f"tmpfs on {hidden}",
-        )
-        for q in paths:
-            _bind(libc, check, fds[q], q, writable=False)
-
-
-def _seal_exposed(libc: Any, check: Any, expose: list[Any]) -> None:
-    """The hidden directories' tmpfs read-only (after everything is bound into them)."""
-    flags = _MS_NOSUID | _MS_NODEV
-    for hidden, _paths in expose:
-        check(
-            libc.mount(None, hidden.encode(), None, _MS_REMOUNT | _MS_RDONLY | flags, None),
-            f"read-only {hidden}",
-        )
 
 
 def _loopback_up() -> None:
@@ -1015,152 +890,3 @@ def _scrub_env(allow: Any) -> None:
     for key in list(os.environ):
         if key not in keep:
             del os.environ[key]
-
-
-
-# ------------------------------------------------------------------------------------
-# Egress: user-mode networking for a sandbox's network namespace
-#
-# slirp4netns (a Debian package; what rootless Podman uses) gives the namespace a
-# tap device whose traffic it relays through ordinary sockets of the host, with
-# the host's loopback switched off (--disable-host-loopback) and no DNS relay
-# (--disable-dns). It relays to anywhere, so the allowlist is enforced in the
-# namespace itself by an nftables ruleset (through libnftables, also from Debian),
-# loaded as root before the sandbox's UID changes: outgoing packets leave only to
-# the listed addresses and ports. Names are resolved once, by the sandbox process
-# before it leaves the host's namespace, into a private /etc/hosts.
-
-#: Address slirp4netns gives the sandbox's tap device (10.0.2.0/24, gateway .2).
-TAP = "tap0"
-EGRESS_READY_TIMEOUT = 10.0
-
-
-def _egress_start(egress: list[Any]) -> dict[str, Any]:
-    """Resolve the allowlist and fork the helper that becomes slirp4netns once this
-    process has its own network namespace (it must itself stay in the host's)."""
-    import socket
-
-    resolved: list[tuple[str, list[str], int]] = []
-    for host, port in egress:
-        try:
-            infos = socket.getaddrinfo(str(host), None, socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as exc:
-            raise OSError(f"net_allow {host}:{port}: cannot resolve {host!r}: {exc}") from None
-        resolved.append((str(host), sorted({str(i[4][0]) for i in infos}), int(port)))
-    exe = shutil.which("slirp4netns")
-    if exe is None:
-        raise OSError(_HOW["slirp4netns"])
-    go_r, go_w = os.pipe()
-    ready_r, ready_w = os.pipe()
-    exit_r, exit_w = os.pipe()
-    me = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the helper: nothing of the sandbox's may reach slirp4netns
-        try:
-            os.read(go_r, 1)
-            keep = {ready_w, exit_r}
-            for name in os.listdir("/proc/self/fd"):
-                fd = int(name)
-                if fd > 2 and fd not in keep:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            null = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            for fd in keep:
-                os.set_inheritable(fd, True)
-            os.execv(exe, [
-                exe, "--configure", "--disable-host-loopback", "--disable-dns",
-                "--enable-sandbox", "--enable-seccomp",
-                f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", str(me), TAP,
-            ])
-        finally:
-            os._exit(127)
-    for fd in (go_r, ready_w, exit_r):
-        os.close(fd)
-    # exit_w stays open for the life of this process (non-inheritable, so its own
-    # children do not hold it): at its end slirp4netns sees EOF and exits.
-    return {"pid": pid, "go": go_w, "ready": ready_r, "exit": exit_w, "resolved": resolved}
-
-
-def _egress_finish(helper: dict[str, Any], p: dict[str, Any]) -> None:
-    """In the new namespace: start slirp4netns, wait for the tap device, load the
-    allowlist's firewall, and note the private /etc/hosts for the mount step."""
-    import select
-
-    os.write(helper["go"], b"1")
-    os.close(helper["go"])
-    try:
-        ready, _, _ = select.select([helper["ready"]], [], [], EGRESS_READY_TIMEOUT)
-        if not ready or os.read(helper["ready"], 1) != b"1":
-            raise OSError(f"slirp4netns did not come up within {EGRESS_READY_TIMEOUT:g}s")
-    finally:
-        os.close(helper["ready"])
-    _nft(_egress_ruleset(helper["resolved"]))
-    lines = ["127.0.0.1 localhost", "::1 localhost"]
-    lines += [f"{ip} {name}" for name, ips, _port in helper["resolved"] for ip in ips]
-    p["hosts"] = "\n".join(lines) + "\n"
-
-
-def _kill_helper(pid: int) -> None:
-    import signal
-
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except OSError:
-        pass
-
-
-def _egress_ruleset(resolved: list[tuple[str, list[str], int]]) -> str:
-    """The nftables ruleset of an allowlist: output dropped except to the listed
-    addresses (and ports; 0 = any) and on the namespace's own loopback.
-
-    >>> print(_egress_ruleset([("api.example.com", ["192.0.2.7"], 443)]).splitlines()[4])
-          ip daddr 192.0.2.7 tcp dport 443 accept
-    """
-    rules = ['oifname "lo" accept']
-    for _name, ips, port in resolved:
-        for ip in ips:
-            if port:
-                rules.append(f"ip daddr {ip} tcp dport {port} accept")
-                rules.append(f"ip daddr {ip} udp dport {port} accept")
-            else:
-                rules.append(f"ip daddr {ip} accept")
-    body = "\n".join(f"      {r}" for r in rules)
-    return (
-        "table inet sandbox_egress {\n"
-        "  chain output {\n"
-        "    type filter hook output priority 0; policy drop;\n"
-        f"{body}\n"
-        "  }\n"
-        "}\n"
-    )
-
-
-def _nft(ruleset: str) -> None:
-    """Load ``ruleset`` through libnftables (the library behind the nft command)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("nftables") or "libnftables.so.1"
-    try:
-        lib = ctypes.CDLL(name)
-    except OSError:
-        raise OSError(_HOW["nftables"]) from None
-    lib.nft_ctx_new.restype = ctypes.c_void_p
-    lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-    lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    ctx = lib.nft_ctx_new(0)
-    try:
-        lib.nft_ctx_buffer_error(ctx)
-        if lib.nft_run_cmd_from_buffer(ctx, ruleset.encode()) != 0:
-            err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
-            raise OSError(f"loading the egress firewall failed: {err.strip()[:500]}")
-    finally:
-        lib.nft_ctx_free(ctx)
