@@ -39,6 +39,8 @@ __all__ = [
 MAGIC: bytes = importlib.util.MAGIC_NUMBER
 
 SEVERITIES = ("error", "warning", "info")
+#: A security finding's optional fields beyond the linter line (see :class:`Diagnostic`).
+_SOURCE_FIELDS = ("risk", "source_line", "context", "matched")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,9 @@ class Diagnostic:
 
     ``line`` and ``col`` are 1-based (0 when unknown). ``severity`` is ``error``
     (blocks the module), ``warning`` or ``info``. ``hint`` says what to do, when
-    there is something useful to say.
+    there is something useful to say. Security findings also carry ``risk``
+    (``critical`` ... ``info``, see ``actors/scan.py``), ``source_line``,
+    ``context`` (the lines around it) and ``matched`` (the text the rule matched).
 
     >>> d = Diagnostic("m.py", 1, 8, "warning", "unknown-import", "no module named 'jsn'",
     ...                hint="did you mean 'json'?")
@@ -62,6 +66,10 @@ class Diagnostic:
     code: str
     message: str
     hint: str | None = None
+    risk: str | None = None
+    source_line: str | None = None
+    context: str | None = None
+    matched: str | None = None
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}: {self.code} {self.message}"
@@ -89,6 +97,10 @@ class Diagnostic:
             "code": self.code,
             "message": self.message,
             "hint": self.hint,
+            "risk": self.risk,
+            "source_line": self.source_line,
+            "context": self.context,
+            "matched": self.matched,
         }
 
     @classmethod
@@ -101,6 +113,7 @@ class Diagnostic:
             str(d.get("code") or "unknown"),
             str(d.get("message") or ""),
             d.get("hint"),
+            *(d.get(k) for k in _SOURCE_FIELDS),
         )
 
     @classmethod
@@ -135,6 +148,7 @@ class Diagnostic:
             str(first("code", "rule_id", "rule", default="security")),
             str(first("message", "msg", default=str(obj))),
             first("hint"),
+            *(first(k) for k in _SOURCE_FIELDS),
         )
 
 

@@ -124,6 +124,35 @@ class _Profile:
         return cls(name, f"{name}:{hashlib.sha256(ident).hexdigest()}", blob)
 
 
+#: Workers with a sandbox's own memory limit kept besides the default one.
+_MAX_EXTRA_WORKERS = 2
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """What one compile may use: wall time, worker memory and CPU time per module."""
+
+    timeout: float
+    memory_limit: int
+    cpu_limit: int | None
+
+    @classmethod
+    def of(
+        cls, actor: CompilerActor, timeout: float | None, memory_limit: int | None,
+        cpu_limit: int | None,
+    ) -> _Budget:
+        """The call's values where given, else the compiler's own."""
+        for name, value in (("memory_limit", memory_limit), ("cpu_limit", cpu_limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value <= 0):
+                raise ConfigError(name, value, "a positive integer or None")
+        return cls(
+            float(timeout) if timeout is not None else actor.timeout,
+            memory_limit if memory_limit is not None else actor._worker.memory_limit,
+            cpu_limit if cpu_limit is not None else actor.cpu_limit,
+        )
+
+
 class CompilerActor(Component):
     """Compiles sandbox apps; one compile at a time, in its own thread.
 
@@ -137,10 +166,16 @@ class CompilerActor(Component):
     Operations (``ref.invoke(name, ...)``; pass ``timeout=`` to ``invoke`` for big
     apps, the default call timeout is 5 s):
 
-    - ``compile_sandbox(path, *, profile="medium", cache_dir=None, compile_timeout=None)``
-    - ``compile_file(path, *, app_root=None, profile=..., cache_dir=..., compile_timeout=...)``
+    - ``compile_sandbox(path, *, profile="medium", cache_dir=None, compile_timeout=None,
+      memory_limit=None, cpu_limit=None)``
+    - ``compile_file(path, *, app_root=None, profile=..., cache_dir=..., compile_timeout=...,
+      memory_limit=..., cpu_limit=...)``
     - ``incremental_compile(path, changed_files, *, profile=..., cache_dir=...,
-      compile_timeout=...)``
+      compile_timeout=..., memory_limit=..., cpu_limit=...)``
+
+    ``compile_timeout``, ``memory_limit`` (bytes) and ``cpu_limit`` (seconds) given
+    to an operation replace the actor's own for that compile (a sandbox's compile
+    options, see :func:`actors.config.compiler_options`).
     - ``status()``: worker pid, workers started, cache directory, counters.
     - ``clear_cache(cache_dir=None)``: remove every entry; returns how many.
 
@@ -186,6 +221,7 @@ class CompilerActor(Component):
             memory_limit=memory_limit,
             on_event=lambda event, md: telemetry.execute(event, {"count": 1}, md),
         )
+        self._extra_workers: dict[int, CompileWorker] = {}
         self.stats = {"compiled": 0, "cached": 0, "killed": 0}
 
     # -- lifecycle -------------------------------------------------------------------
@@ -196,6 +232,8 @@ class CompilerActor(Component):
 
     def on_exit(self, reason: Any) -> None:
         self._worker.close()
+        for worker in self._extra_workers.values():
+            worker.close()
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
 
@@ -213,6 +251,8 @@ class CompilerActor(Component):
         profile: Any = "medium",
         cache_dir: str | os.PathLike[str] | None = None,
         compile_timeout: float | None = None,
+        memory_limit: int | None = None,
+        cpu_limit: int | None = None,
     ) -> CompilationResult:
         """Compile every module of the app at ``path``.
 
@@ -222,7 +262,7 @@ class CompilerActor(Component):
         cache = self._cache(cache_dir, root)
         app = discover_modules(root, exclude=[cache.directory])
         return self._run("compile_sandbox", path, root, app, list(app.values()), profile,
-                         cache, compile_timeout)
+                         cache, _Budget.of(self, compile_timeout, memory_limit, cpu_limit))
 
     def op_compile_file(
         self,
@@ -232,6 +272,8 @@ class CompilerActor(Component):
         profile: Any = "medium",
         cache_dir: str | os.PathLike[str] | None = None,
         compile_timeout: float | None = None,
+        memory_limit: int | None = None,
+        cpu_limit: int | None = None,
     ) -> CompilationResult:
         """Compile one file, named relative to ``app_root`` (default: its directory).
 
@@ -252,7 +294,7 @@ class CompilerActor(Component):
         one = AppFile(named[0], target, named[1])
         app.setdefault(one.name, one)
         return self._run("compile_file", shown_root, root, app, [one], profile, cache,
-                         compile_timeout)
+                         _Budget.of(self, compile_timeout, memory_limit, cpu_limit))
 
     def op_incremental_compile(
         self,
@@ -262,6 +304,8 @@ class CompilerActor(Component):
         profile: Any = "medium",
         cache_dir: str | os.PathLike[str] | None = None,
         compile_timeout: float | None = None,
+        memory_limit: int | None = None,
+        cpu_limit: int | None = None,
     ) -> CompilationResult:
         """Compile only ``changed_files`` (absolute, or relative to ``path``).
 
@@ -288,7 +332,7 @@ class CompilerActor(Component):
             elif not p.exists() and name not in app:
                 removed.append(name)
         result = self._run("incremental_compile", path, root, app, list(todo.values()), profile,
-                           cache, compile_timeout)
+                           cache, _Budget.of(self, compile_timeout, memory_limit, cpu_limit))
         result.removed = sorted(set(removed))
         return result
 
@@ -299,6 +343,9 @@ class CompilerActor(Component):
             "workers_started": self._worker.started,
             "cache_dir": str(self._default_cache_dir),
             "timeout": self.timeout,
+            # the default worker first, then those of sandboxes with their own memory limit
+            "workers": [{"pid": w.pid, "memory_limit": w.memory_limit}
+                        for w in (self._worker, *self._extra_workers.values())],
             "corrupt_entries": sum(c.corrupt for c in self._caches.values()),
             **self.stats,
         }
@@ -338,10 +385,9 @@ class CompilerActor(Component):
         files: list[AppFile],
         profile: Any,
         cache: CompileCache,
-        compile_timeout: float | None,
+        budget: _Budget,
     ) -> CompilationResult:
         prof = _Profile.of(profile)
-        timeout = float(compile_timeout) if compile_timeout is not None else self.timeout
         start = time.monotonic()
         result = CompilationResult(root=str(shown), profile=prof.name)
         names = frozenset(app)
@@ -351,7 +397,7 @@ class CompilerActor(Component):
         ) as extra:
             for f in sorted(files, key=lambda f: f.name):
                 display = str(Path(shown) / f.path.relative_to(root))
-                self._one(f, display, names, prof, cache, timeout, installed, result)
+                self._one(f, display, names, prof, cache, budget, installed, result)
             result.duration = time.monotonic() - start
             extra.update(
                 modules=len(result.modules),
@@ -369,7 +415,7 @@ class CompilerActor(Component):
         app_names: frozenset[str],
         profile: _Profile,
         cache: CompileCache,
-        timeout: float,
+        budget: _Budget,
         installed: Callable[[str], bool],
         result: CompilationResult,
     ) -> None:
@@ -392,7 +438,7 @@ class CompilerActor(Component):
         entry = cache.load(key, source=source, filename=filename)
         from_cache = entry is not None
         if entry is None:
-            reply = self._compile_in_worker(source, filename, profile, timeout)
+            reply = self._compile_in_worker(source, filename, profile, budget)
             entry = CacheEntry(reply.status, reply.diagnostics, reply.imports, reply.code)
             if reply.status == "ok":
                 problem = self._validate(reply.code, filename)
@@ -425,13 +471,29 @@ class CompilerActor(Component):
             dependencies=res.dependencies, from_cache=from_cache, is_package=f.is_package,
         )
 
+    def _worker_for(self, memory_limit: int) -> CompileWorker:
+        """The worker with this memory limit (RLIMIT_AS is set once per worker process):
+        the default one, or one of a few more kept for sandboxes with their own limit."""
+        if memory_limit == self._worker.memory_limit:
+            return self._worker
+        worker = self._extra_workers.pop(memory_limit, None)
+        if worker is None:
+            worker = CompileWorker(scanner_blob=self._worker.scanner_blob,
+                                   memory_limit=memory_limit, on_event=self._worker._on_event)
+        self._extra_workers[memory_limit] = worker  # most recently used last
+        while len(self._extra_workers) > _MAX_EXTRA_WORKERS:
+            oldest = next(iter(self._extra_workers))
+            self._extra_workers.pop(oldest).close()
+        return worker
+
     def _compile_in_worker(
-        self, source: bytes, filename: str, profile: _Profile, timeout: float
+        self, source: bytes, filename: str, profile: _Profile, budget: _Budget
     ) -> WorkerReply:
         try:
-            reply = self._worker.compile(
-                source, filename=filename, profile=profile.name, timeout=timeout,
-                cpu_seconds=self.cpu_limit, cancelled=self._stopping, profile_blob=profile.blob,
+            reply = self._worker_for(budget.memory_limit).compile(
+                source, filename=filename, profile=profile.name, timeout=budget.timeout,
+                cpu_seconds=budget.cpu_limit, cancelled=self._stopping,
+                profile_blob=profile.blob,
             )
         except WorkerError as exc:
             # Cannot run untrusted compiles anywhere else: refuse the whole compile.

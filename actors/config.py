@@ -13,14 +13,23 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from runtime.childspec import RESTART_TYPES
 from runtime.errors import ConfigError
 
-__all__ = ["Limits", "SandboxConfig", "WatchOptions", "PROFILES", "validate_id"]
+__all__ = [
+    "AlertThresholds",
+    "Limits",
+    "SandboxConfig",
+    "WatchOptions",
+    "PROFILES",
+    "compiler_options",
+    "validate_id",
+]
 
 PROFILES: tuple[str, ...] = ("high", "medium", "low")
 #: What the resource monitor may do when a sandbox reaches a limit.
@@ -189,6 +198,71 @@ class WatchOptions:
 
 
 @dataclass(frozen=True)
+class AlertThresholds:
+    """When the runtime raises an alert (``sandbox/alerts.py``), per runtime or per sandbox.
+
+    - ``warn_at``: fraction of a resource limit at which the resource monitor warns
+      (``limit.warning``) and a "near limit" alert fires (default 0.8).
+    - ``restarts`` within ``window`` seconds: restarts after crashes, of a sandbox's
+      process or of its actors, that make a restart storm (default 5 in 60 s).
+    - ``flaps`` within ``flap_window`` seconds: process restarts after crashes that
+      make a sandbox flapping (default 3 in 300 s). A requested restart is neither.
+    - ``error_repeats``: occurrences of one error pattern that make it recurring (3).
+    - ``reload_failures``: failed reloads or rollbacks within ``window`` (default 1).
+    - ``repeat_after``: seconds before the same alert of the same sandbox is sent again.
+
+    >>> AlertThresholds.build({"restarts": 10}, base=AlertThresholds(warn_at=0.9)).warn_at
+    0.9
+    >>> try:
+    ...     AlertThresholds.build({"warn_at": 2})
+    ... except ConfigError as exc:
+    ...     print(exc)
+    invalid alerts.warn_at=2: expected a fraction of the limit, > 0 and <= 1
+    """
+
+    warn_at: float = 0.8
+    restarts: int = 5
+    window: float = 60.0
+    flaps: int = 3
+    flap_window: float = 300.0
+    error_repeats: int = 3
+    reload_failures: int = 1
+    repeat_after: float = 300.0
+
+    @classmethod
+    def build(
+        cls, value: AlertThresholds | dict[str, Any] | None, base: AlertThresholds | None = None
+    ) -> AlertThresholds:
+        """Validate ``value`` (a dict of the thresholds to change, over ``base``)."""
+        base = base or cls()
+        if value is None:
+            return base
+        if isinstance(value, AlertThresholds):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError("alerts", value, "a dict of alert thresholds or an AlertThresholds")
+        known = {f.name: f.type for f in fields(cls)}
+        for key, v in value.items():
+            if key not in known:
+                raise ConfigError(f"alerts.{key}", v,
+                                  f"one of the alert thresholds {', '.join(sorted(known))}")
+            if key == "warn_at":
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+                    raise ConfigError("alerts.warn_at", v, "a fraction of the limit, > 0 and <= 1")
+            elif known[key] == "int":
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ConfigError(f"alerts.{key}", v, "an integer >= 1")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ConfigError(f"alerts.{key}", v, "a number of seconds > 0")
+        changes: dict[str, Any] = {k: (v if known[k] == "int" else float(v))
+                                   for k, v in value.items()}
+        return replace(base, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class SandboxConfig:
     """Everything needed to (re)create one sandbox; plain data, kept across restarts."""
 
@@ -209,6 +283,14 @@ class SandboxConfig:
     #: profile's ``net_allow``; port ``0`` or ``*``: any port): egress through
     #: slirp4netns, never to the host's loopback.
     net_allow: tuple[str, ...] = ()
+    #: Alert thresholds of this sandbox (None: the runtime's).
+    alerts: AlertThresholds | None = None
+    #: Seconds one module's compile may take (None: the compiler's default, 10 s).
+    compile_timeout: float | None = None
+    #: Memory of the compile worker, MiB (None: the compiler's default, 1 GiB).
+    compile_memory_mb: int | None = None
+    #: CPU seconds one module's compile may use (None: the compile timeout + 1).
+    compile_cpu_seconds: int | None = None
 
     @classmethod
     def build(cls, sandbox_id: Any, path: Any, **options: Any) -> SandboxConfig:
@@ -250,6 +332,21 @@ class SandboxConfig:
         auto_reload = options.get("auto_reload", cls.auto_reload)
         if not isinstance(auto_reload, bool):
             raise ConfigError("auto_reload", auto_reload, "True or False")
+        compile_timeout = options.get("compile_timeout")
+        if compile_timeout is not None and (
+            isinstance(compile_timeout, bool) or not isinstance(compile_timeout, (int, float))
+            or not 0 < compile_timeout <= 3600
+        ):
+            raise ConfigError("compile_timeout", compile_timeout,
+                              "a number of seconds > 0 and <= 3600, or None")
+        for name in ("compile_memory_mb", "compile_cpu_seconds"):
+            value = options.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value <= 0):
+                raise ConfigError(name, value, "a positive integer or None")
+        if options.get("compile_memory_mb") is not None and options["compile_memory_mb"] < 64:
+            raise ConfigError("compile_memory_mb", options["compile_memory_mb"],
+                              "at least 64 (MiB): the compile worker itself needs about 40")
         return cls(
             id=sandbox_id,
             path=str(app_dir),
@@ -264,12 +361,28 @@ class SandboxConfig:
             shutdown=float(options.get("shutdown", cls.shutdown)),
             watch=WatchOptions.build(options.get("watch")),
             net_allow=net_allow,
+            alerts=(None if options.get("alerts") is None
+                    else AlertThresholds.build(options["alerts"])),
+            compile_timeout=float(compile_timeout) if compile_timeout is not None else None,
+            compile_memory_mb=options.get("compile_memory_mb"),
+            compile_cpu_seconds=options.get("compile_cpu_seconds"),
         )
+
+    def compile_settings(self) -> dict[str, Any]:
+        """The sandbox's compile options, as given (None: the compiler's default).
+
+        >>> SandboxConfig.build("c", "examples/counter", compile_timeout=30).compile_settings()
+        {'compile_timeout': 30.0, 'compile_memory_mb': None, 'compile_cpu_seconds': None}
+        """
+        return {"compile_timeout": self.compile_timeout,
+                "compile_memory_mb": self.compile_memory_mb,
+                "compile_cpu_seconds": self.compile_cpu_seconds}
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["limits"] = self.limits.as_dict()
         d["watch"] = self.watch.as_dict()
+        d["alerts"] = self.alerts.as_dict() if self.alerts is not None else None
         return d
 
 
@@ -334,3 +447,23 @@ def _check_entry(app_dir: Path, entry: str) -> None:
     }
     if func not in defined:
         raise ConfigError("entry", entry, f"a function {func!r} defined in {source_file}")
+
+
+def compiler_options(settings: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The compiler's keyword arguments for a sandbox's compile options
+    (:meth:`SandboxConfig.compile_settings`), with a call's overrides (``None``
+    leaves the sandbox's value): only what is set is passed.
+
+    >>> compiler_options({"compile_timeout": 30.0, "compile_memory_mb": 256},
+    ...                  compile_timeout=5)
+    {'compile_timeout': 5, 'memory_limit': 268435456}
+    """
+    merged = {**settings, **{k: v for k, v in overrides.items() if v is not None}}
+    out: dict[str, Any] = {}
+    if merged.get("compile_timeout") is not None:
+        out["compile_timeout"] = merged["compile_timeout"]
+    if merged.get("compile_memory_mb") is not None:
+        out["memory_limit"] = int(merged["compile_memory_mb"]) << 20
+    if merged.get("compile_cpu_seconds") is not None:
+        out["cpu_limit"] = int(merged["compile_cpu_seconds"])
+    return out

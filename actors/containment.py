@@ -39,6 +39,7 @@ from typing import Any
 
 from actors.config import Limits
 from actors.profiles import BUILTIN_PROFILES, Profile, split_addr as _split_addr
+from actors.scan import WARN_HINT
 from actors.security import LogEvent, ViolationReport
 from runtime import telemetry
 from runtime.actor import ExitReason
@@ -132,7 +133,8 @@ def prepare(manager: Any, record: Any) -> Protection:
     slot.security = prot
     component("security").invoke("register_sandbox", sid, profile)
     try:
-        component("monitor").invoke("register", sid, slot)
+        warn_at = config.alerts.warn_at if config.alerts is not None else None
+        component("monitor").invoke("register", sid, slot, warn_at)
     except SandboxError:
         log.warning("resource monitor not running: sandbox %s is not sampled", sid)
     return prot
@@ -165,8 +167,23 @@ def compile_profile(record: Any) -> Any:
     return prot.profile
 
 
+def audit_warned(security: Any, sandbox_id: str, result: Any) -> None:
+    """Write one ``scan.warned`` audit record for the scan findings a compile reported
+    only because the profile marks their group ``warn`` (they do not block)."""
+    prefix = WARN_HINT.split("{", 1)[0]
+    warned = [d for d in result.warnings if (getattr(d, "hint", None) or "").startswith(prefix)]
+    if warned:
+        security.tell(LogEvent(sandbox_id, "scan.warned",
+                               "; ".join(str(d) for d in warned[:5]), "warned"))
+
+
 def check_compiled(manager: Any, record: Any, result: Any) -> None:
-    """Raise SecurityViolation (and write the audit log) if the scan refused a module."""
+    """Raise SecurityViolation (and write the audit log) if the scan refused a module;
+    audit the findings of ``warn`` groups."""
+    try:
+        audit_warned(manager._component("security"), record.config.id, result)
+    except SandboxError:
+        pass
     findings = [d for d in result.errors if str(getattr(d, "code", "")).startswith("SBX")]
     if not findings:
         return

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from actors import containment
-from actors.config import SandboxConfig
+from actors.config import SandboxConfig, compiler_options
 from actors.slot import ProcessSlot
 from runtime import telemetry
 from runtime.actor import Down, ExitReason, monitor
@@ -41,7 +41,7 @@ from runtime.errors import (
 )
 from runtime.host.process import KILL_MARGIN, start_process
 from runtime.recovery import annotate as annotate_error
-from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef
+from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
 
 __all__ = ["ManagerActor", "SandboxRecord", "STATUSES"]
 
@@ -98,6 +98,7 @@ class SandboxRecord:
             "workdir": self.workdir,
             "auto_reload": self.slot.watch is not None,
             "watch": (self.slot.watch or self.config.watch).as_dict(),
+            "compile": self.config.compile_settings(),
             **(extra or {}),
         }
 
@@ -203,9 +204,12 @@ class ManagerActor(Component):
         elif isinstance(message, Down):
             for record in self.records.values():
                 if record.supervisor is not None and record.supervisor.id == message.actor_id:
-                    if record.status not in ("stopping", "stopped") and message.reason.abnormal:
+                    escalated = gave_up(message.reason)  # a shutdown reason, as in OTP
+                    if record.status not in ("stopping", "stopped") and (
+                        escalated or message.reason.abnormal
+                    ):
                         record.last_error = {
-                            "kind": message.reason.kind,
+                            "kind": "escalation" if escalated else message.reason.kind,
                             "message": f"restart intensity reached: {message.reason.message}",
                             "at": time.time(),
                         }
@@ -322,6 +326,7 @@ class ManagerActor(Component):
             profile=containment.compile_profile(record),
             cache_dir=self.cache_dir(config.id),
             timeout=COMPILE_TIMEOUT,
+            **compiler_options(config.compile_settings()),
         )
         containment.check_compiled(self, record, result)  # SecurityViolation
         result.raise_for_errors()
@@ -427,6 +432,7 @@ def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
             **containment.process_options(record, runtime_id),  # isolation, guard, env
             cwd=record.workdir,
             states=initial,
+            output=slot.output,
         )
         return slot.put(ref)
 

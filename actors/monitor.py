@@ -15,7 +15,8 @@ Per sandbox it keeps a bounded history (``history`` samples) with min/mean/max
 trends over 10 s, 1 min and 5 min windows, and checks the limits of
 :class:`actors.config.Limits`: ``memory_mb`` (RSS of the tree), ``cpu_percent``
 (mean over ``cpu_window`` seconds), ``processes``, ``open_files`` (per process).
-Crossing ``warn_at`` (80 %) of a limit emits ``limit.warning`` telemetry once;
+Crossing ``warn_at`` (80 %; per runtime ``start(alerts={"warn_at": ...})``, per
+sandbox ``create_sandbox(alerts=...)``) of a limit emits ``limit.warning`` telemetry once;
 reaching the limit emits ``limit.exceeded``, writes the audit log, records the
 event in the sandbox's info and takes the sandbox's ``action``: ``restart``
 (its process is killed; its supervisor starts a fresh one) or ``terminate``.
@@ -81,6 +82,7 @@ class _Watch:
     fds: dict[int, int] = field(default_factory=dict)  # last fd count per process
     #: Calls whose callers gave up before the handler deadline: (proc, reply, started).
     calls: list[tuple[Any, Any, float]] = field(default_factory=list)
+    warn_at: float | None = None  # the sandbox's own warning level (None: the monitor's)
 
     @property
     def limits(self) -> Limits:
@@ -209,12 +211,14 @@ class ResourceMonitorActor(Component):
             meta = getattr(getattr(child, "spec", None), "meta", None) or {}
             slot, config = meta.get("slot"), meta.get("config")
             if slot is not None and config is not None:
-                self.op_register(config.id, slot)
+                alerts = getattr(config, "alerts", None)
+                self.op_register(config.id, slot, alerts.warn_at if alerts is not None else None)
 
     # -- operations ------------------------------------------------------------------
-    def op_register(self, sandbox_id: str, slot: Any) -> None:
+    def op_register(self, sandbox_id: str, slot: Any, warn_at: float | None = None) -> None:
+        """Watch a sandbox; ``warn_at`` overrides the monitor's warning level for it."""
         with self._lock:
-            w = _Watch(sandbox_id, slot)
+            w = _Watch(sandbox_id, slot, warn_at=warn_at)
             w.history = deque(maxlen=self.history_len)
             self._registered += 1
             w.phase = self._registered % self.uss_every
@@ -237,6 +241,7 @@ class ResourceMonitorActor(Component):
         out["trends"] = _trends(hist)
         out["limit_events"] = events
         out["limits"] = w.limits.as_dict()
+        out["warn_at"] = w.warn_at if w.warn_at is not None else self.warn_at
         out["interval"] = self.interval
         return out
 
@@ -462,6 +467,7 @@ class ResourceMonitorActor(Component):
         if w.acted:
             return
         lim = w.limits
+        warn_at = w.warn_at if w.warn_at is not None else self.warn_at
         checks: list[tuple[str, float, float | None, bool]] = [
             ("memory_mb", s["rss"] / _MIB, lim.memory_mb, False),
             ("processes", s["processes"], lim.processes, False),
@@ -483,13 +489,13 @@ class ResourceMonitorActor(Component):
                 self._exceeded(w, key, value, limit)
                 return
             floor = 1 if key == "processes" else 0
-            if value > max(limit * self.warn_at, floor):
+            if value > max(limit * warn_at, floor):
                 if key not in w.warned:
                     w.warned.add(key)
                     self._event(w, key, value, limit, "warning", "")
                     telemetry.execute(
                         "limit.warning",
-                        {"value": value, "limit": limit},
+                        {"value": value, "limit": limit, "warn_at": warn_at},
                         self._md(w, key, "warning"),
                     )
             else:

@@ -187,6 +187,9 @@ class Profile:
 
     - ``name``: the profile's name.
     - ``allow``: the operation groups it may use (see :data:`GROUPS`).
+    - ``warn``: operation groups it may use but that are reported: the static scan
+      lists their use as warnings (the module still loads), the audit log records
+      them, and the guard lets them through and reports them.
     - ``blocked_modules``: modules blocked beyond those of the denied groups.
     - ``unblocked_modules``: modules allowed although a denied group lists them.
     - ``limits``: default resource limits (:class:`actors.config.Limits`).
@@ -226,10 +229,12 @@ class Profile:
     ban_dunder_strings: bool = False
     env_allow: tuple[str, ...] = DEFAULT_ENV_ALLOW
     description: str = ""
+    warn: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         # Normalise containers first (so lists and sets are accepted), then check.
         object.__setattr__(self, "allow", frozenset(_strings("allow", self.allow)))
+        object.__setattr__(self, "warn", frozenset(_strings("warn", self.warn)))
         for name in (
             "blocked_modules",
             "unblocked_modules",
@@ -250,13 +255,35 @@ class Profile:
         """
         return group in self.allow
 
+    def warns(self, group: str) -> bool:
+        """Whether operation group ``group`` is allowed but reported (``warn``).
+
+        >>> custom_profile("w", base="high", warn=["network_server"]).warns("network_server")
+        True
+        """
+        return group in self.warn
+
+    def warned_group(self, module: str) -> str | None:
+        """The ``warn`` group whose modules include ``module`` (dotted), if any.
+
+        >>> custom_profile("w", base="high", warn=["network_server"]).warned_group("http.server")
+        'network_server'
+        """
+        parts = module.split(".")
+        prefixes = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        for group in sorted(self.warn):
+            if prefixes & set(GROUP_MODULES.get(group, ())):
+                return group
+        return None
+
     def blocked(self) -> frozenset[str]:
         """Every module this profile blocks (a name also blocks its submodules).
 
         >>> sorted(get_builtin("high").blocked())[:3]
         ['_cffi_backend', '_ctypes', '_frozen_importlib']
         """
-        names = {m for g, mods in GROUP_MODULES.items() if g not in self.allow for m in mods}
+        names = {m for g, mods in GROUP_MODULES.items()
+                 if g not in self.allow and g not in self.warn for m in mods}
         names |= set(self.blocked_modules)
         return frozenset(names - set(self.unblocked_modules))
 
@@ -318,6 +345,7 @@ class Profile:
             "ban_dunder_strings": self.ban_dunder_strings,
             "env_allow": list(self.env_allow),
             "description": self.description,
+            "warn": sorted(self.warn),
         }
 
     @classmethod
@@ -379,7 +407,9 @@ class Profile:
         return {
             "version": 1,
             "profile": self.name,
-            "allow": sorted(self.allow),
+            # warned groups are let through at run time, and reported ("warned")
+            "allow": sorted(self.allow | self.warn),
+            "warn": sorted(self.warn),
             "workdir": wd,
             "app_dir": app,
             "read_any": read_any,
@@ -445,11 +475,16 @@ def _validate(p: Profile) -> None:
         raise ConfigError(
             "profile.name", p.name, "1-64 characters from letters, digits, '.', '_' and '-'"
         )
-    for group in sorted(p.allow):
-        if group not in GROUPS:
-            raise ConfigError(
-                "profile.allow", group, f"operation groups from {', '.join(sorted(GROUPS))}"
-            )
+    for what, groups in (("allow", p.allow), ("warn", p.warn)):
+        for group in sorted(groups):
+            if group not in GROUPS:
+                raise ConfigError(
+                    f"profile.{what}", group, f"operation groups from {', '.join(sorted(GROUPS))}"
+                )
+    both = p.allow & p.warn
+    if both:
+        raise ConfigError("profile.warn", sorted(both)[0],
+                          "groups not also in allow (a group is allowed, warned or denied)")
     for mod in p.blocked_modules + p.unblocked_modules:
         if not all(part.isidentifier() for part in mod.split(".")):
             raise ConfigError(
@@ -580,12 +615,15 @@ def custom_profile(
     *,
     allow: Iterable[str] = (),
     deny: Iterable[str] = (),
+    warn: Iterable[str] = (),
     block_modules: Iterable[str] = (),
     unblock_modules: Iterable[str] = (),
     **changes: Any,
 ) -> Profile:
-    """A new profile from ``base``: groups added (``allow``) or removed (``deny``),
-    modules blocked or unblocked, and any other field replaced (``changes``).
+    """A new profile from ``base``: groups added (``allow``), removed (``deny``) or
+    allowed but reported (``warn``: scan warnings that do not block, audit records,
+    guard reports), modules blocked or unblocked, and any other field replaced
+    (``changes``).
 
     Built-in names cannot be reused. Raises :class:`~runtime.errors.ConfigError`
     naming the bad field and value.
@@ -608,8 +646,8 @@ def custom_profile(
     base_profile = get_builtin(base) if isinstance(base, str) else base
     if not isinstance(base_profile, Profile):
         raise ConfigError("profile.base", base, "a Profile or a built-in profile name")
-    add, remove = _strings("allow", allow), _strings("deny", deny)
-    for what, groups in (("allow", add), ("deny", remove)):
+    add, remove, warned = _strings("allow", allow), _strings("deny", deny), _strings("warn", warn)
+    for what, groups in (("allow", add), ("deny", remove), ("warn", warned)):
         for g in groups:
             if g not in GROUPS:
                 raise ConfigError(
@@ -618,7 +656,12 @@ def custom_profile(
     both = set(add) & set(remove)
     if both:
         raise ConfigError("profile.deny", sorted(both)[0], "groups not also listed in allow")
-    allowed = (set(base_profile.allow) | set(add)) - set(remove)
+    clash = set(warned) & (set(add) | set(remove))
+    if clash:
+        raise ConfigError("profile.warn", sorted(clash)[0],
+                          "groups not also listed in allow or deny")
+    allowed = (set(base_profile.allow) | set(add)) - set(remove) - set(warned)
+    warn_groups = (set(base_profile.warn) - set(add) - set(remove)) | set(warned)
     blocked = _dedup([*base_profile.blocked_modules, *_strings("block_modules", block_modules)])
     unblocked = _dedup(
         [*base_profile.unblocked_modules, *_strings("unblock_modules", unblock_modules)]
@@ -628,6 +671,7 @@ def custom_profile(
         base_profile,
         name=name,
         allow=frozenset(allowed),
+        warn=frozenset(warn_groups),
         blocked_modules=tuple(m for m in blocked if m not in unblocked),
         unblocked_modules=tuple(unblocked),
         description=desc,

@@ -35,14 +35,20 @@ import os
 import re
 import tokenize
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from actors.profiles import DEV_FILES, GROUP_MODULES, Profile, get_builtin, python_roots
+from actors.profiles import DEV_FILES, GROUP_MODULES, GROUPS, Profile, get_builtin, python_roots
 
 __all__ = [
+    "CONTEXT_LINES",
     "Finding",
+    "RISKS",
     "RULES",
+    "RULE_RISKS",
+    "WARN_HINT",
+    "render",
+    "risk_of",
     "ProfileScanner",
     "scan_source",
     "scan_to_diagnostics",
@@ -71,8 +77,52 @@ RULES: dict[str, str] = {
     "SBX305": "__builtins__, __import__, __loader__ or __spec__ by name",
 }
 
+#: How much harm what each rule is about can do, from ``critical`` (escapes the
+#: sandbox's protections, runs arbitrary commands) down to ``info`` (the scan could
+#: not look at the module). It does not decide blocking: the profile does (a
+#: finding's ``severity`` is ``error`` when it blocks, ``warning`` when reported).
+#: A rule missing here is ``medium`` (see :func:`risk_of`).
+RISKS: tuple[str, ...] = ("critical", "high", "medium", "low", "info")
+RULE_RISKS: dict[str, str] = {
+    "SBX001": "info",
+    "SBX002": "low",
+    "SBX003": "high",
+    "SBX004": "high",
+    "SBX101": "high",
+    "SBX102": "high",
+    "SBX103": "medium",
+    "SBX104": "high",
+    "SBX201": "high",
+    "SBX202": "high",
+    "SBX203": "critical",
+    "SBX204": "medium",
+    "SBX205": "critical",
+    "SBX206": "medium",
+    "SBX301": "critical",
+    "SBX302": "critical",
+    "SBX303": "medium",
+    "SBX304": "low",
+    "SBX305": "high",
+}
+
+
+def risk_of(rule: str) -> str:
+    """The risk of a rule's findings (:data:`RULE_RISKS`; ``medium`` if unlisted).
+
+    >>> risk_of("SBX205"), risk_of("SBX001")
+    ('critical', 'info')
+    """
+    return RULE_RISKS.get(rule, "medium")
+
+
+#: Lines of source shown before and after a finding's line.
+CONTEXT_LINES = 2
+
+#: The hint of a finding reported only because the profile marks its group ``warn``.
+WARN_HINT = "reported, not blocked: profile {profile!r} marks {group} as warn"
+
 #: Changes whenever a rule changes (part of the compiler's cache key).
-RULES_VERSION = "4"
+RULES_VERSION = "5"
 
 ESCAPE_DUNDERS = frozenset(
     {
@@ -339,9 +389,14 @@ _STR_METHODS = frozenset(
 class Finding:
     """One finding of the scan.
 
+    ``severity``: ``error`` (blocks the module) or ``warning`` (reported);
+    ``risk``: the rule's risk (:data:`RULE_RISKS`); ``source_line``: the line
+    found; ``context``: it and up to :data:`CONTEXT_LINES` lines either side, each
+    ``"  12 | text"``; ``matched``: the text the rule matched.
+
     >>> f = Finding("SBX101", "error", "app.py", 1, 1, "import of 'socket' is not allowed")
-    >>> str(f), f.is_error
-    ("app.py:1:1: SBX101 import of 'socket' is not allowed", True)
+    >>> str(f), f.is_error, f.risk
+    ("app.py:1:1: SBX101 import of 'socket' is not allowed", True, 'high')
     """
 
     rule: str
@@ -351,9 +406,22 @@ class Finding:
     col: int
     message: str
     hint: str | None = None
+    risk: str = ""
+    source_line: str = ""
+    context: str = ""
+    matched: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.risk:
+            object.__setattr__(self, "risk", risk_of(self.rule))
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}: {self.rule} {self.message}"
+
+    def format(self) -> str:
+        """Like a linter: the finding with its risk, the code around it with the
+        matched text underlined, and the hint (see :func:`render`)."""
+        return render(self)
 
     @property
     def is_error(self) -> bool:
@@ -370,6 +438,10 @@ class Finding:
             "col": self.col,
             "message": self.message,
             "hint": self.hint,
+            "risk": self.risk,
+            "source_line": self.source_line,
+            "context": self.context,
+            "matched": self.matched,
         }
 
     @classmethod
@@ -382,7 +454,60 @@ class Finding:
             int(d["col"]),
             str(d["message"]),
             d.get("hint"),
+            str(d.get("risk") or ""),
+            str(d.get("source_line") or ""),
+            str(d.get("context") or ""),
+            str(d.get("matched") or ""),
         )
+
+
+def _with_source(f: Finding, lines: list[str]) -> Finding:
+    """``f`` with its source line, the lines around it, and (if the rule did not say)
+    the word at its column as the matched text."""
+    if not 1 <= f.line <= len(lines):
+        return f
+    source_line = lines[f.line - 1]
+    real = len(lines) - 1 if lines and lines[-1] == "" else len(lines)  # final newline
+    first = max(1, f.line - CONTEXT_LINES)
+    last = max(f.line, min(real, f.line + CONTEXT_LINES))
+    context = "\n".join(f"{n:>4} | {lines[n - 1]}" for n in range(first, last + 1))
+    matched = f.matched
+    if not matched:
+        word = re.match(r"\S+", source_line[max(f.col - 1, 0):])
+        matched = word.group(0) if word else ""
+    return replace(f, source_line=source_line, context=context, matched=matched[:120])
+
+
+def render(finding: Any) -> str:
+    """A finding (or a compiler Diagnostic) the way a linter prints it.
+
+    >>> [f] = scan_source(b"import os\\nos.system('ls')\\n", "app.py", "high")
+    >>> print(render(f))
+    app.py:2:1: SBX205 [critical] os.system is not allowed under profile 'high' (starting processes)
+        1 | import os
+    >   2 | os.system('ls')
+          | ^^^^^^^^^
+    """
+    code = getattr(finding, "rule", None) or getattr(finding, "code", "")
+    risk = getattr(finding, "risk", None)
+    tag = f" [{risk}]" if risk else ""
+    out = [f"{finding.file}:{finding.line}:{finding.col}: {code}{tag} {finding.message}"]
+    matched = getattr(finding, "matched", None) or ""
+    for row in (getattr(finding, "context", None) or "").split("\n"):
+        if not row:
+            continue
+        number, _, text = row.partition(" | ")
+        here = number.strip() == str(finding.line)
+        out.append(f"{'>' if here else ' '}{row}")
+        if here and matched:
+            start = text.find(matched, max(finding.col - 1, 0))
+            if start < 0:
+                start = text.find(matched)
+            if start >= 0:
+                out.append(" " * (len(number) + 1) + " | " + " " * start + "^" * len(matched))
+    if finding.hint:
+        out.append(f"    hint: {finding.hint}")
+    return "\n".join(out)
 
 
 def _profile(profile: Profile | str) -> Profile:
@@ -417,7 +542,7 @@ def scan_source(
         raise TypeError(f"scan_source needs the module's bytes, not {type(source).__name__}")
     source = bytes(source)
     findings: list[Finding] = []
-    hardened = not p.allows("dynamic_code")
+    hardened = not (p.allows("dynamic_code") or p.warns("dynamic_code"))
 
     def add(
         rule: str,
@@ -426,8 +551,10 @@ def scan_source(
         message: str,
         severity: str = "error",
         hint: str | None = None,
+        matched: str = "",
     ) -> None:
-        findings.append(Finding(rule, severity, filename, line, col, message, hint))
+        findings.append(Finding(rule, severity, filename, line, col, message, hint,
+                                matched=matched))
 
     # -- encoding: never decoded around ---------------------------------------------
     try:
@@ -474,6 +601,7 @@ def scan_source(
                     f"{_nfkc(tok.string)!r})",
                     "error" if hardened else "warning",
                     "use ASCII names",
+                    tok.string,
                 )
             elif tok.type in (tokenize.STRING, tokenize.COMMENT) and _BIDI.search(tok.string):
                 add(
@@ -486,9 +614,10 @@ def scan_source(
                 )
     except (tokenize.TokenError, SyntaxError, IndentationError):
         pass  # ast.parse accepted it; the token checks are best effort
-    _Visitor(p, filename, lines, add, frozenset(local_modules)).run(tree)
+    _Visitor(p, filename, lines, add, frozenset(local_modules), text).run(tree)
     unique = {(f.rule, f.line, f.col, f.message): f for f in findings}
-    return sorted(unique.values(), key=lambda f: (f.line, f.col, f.rule))
+    ordered = sorted(unique.values(), key=lambda f: (f.line, f.col, f.rule))
+    return [_with_source(f, lines) for f in ordered]
 
 
 def _cookie_line(source: bytes) -> int:
@@ -517,13 +646,18 @@ class _Visitor(ast.NodeVisitor):
         lines: list[str],
         add: Any,
         local_modules: frozenset[str] = frozenset(),
+        text: str = "",
     ) -> None:
         self.p = profile
+        self.text = text
+        #: The warned group the last :meth:`severity` answered "warning" for; the
+        #: :meth:`add` right after it (the same branch) says so in the hint.
+        self.warned: str | None = None
         self.local_modules = local_modules
         self.filename = filename
         self.lines = lines
         self._add = add
-        self.hardened = not profile.allows("dynamic_code")
+        self.hardened = not (profile.allows("dynamic_code") or profile.warns("dynamic_code"))
         self.strict = profile.ban_dunder_strings
         self.aliases: dict[str, str] = {}
         self.consts: dict[str, str | None] = {}
@@ -559,10 +693,22 @@ class _Visitor(ast.NodeVisitor):
         severity: str = "error",
         hint: str | None = None,
     ) -> None:
-        self._add(rule, getattr(node, "lineno", 1), self.col(node), message, severity, hint)
+        warned, self.warned = self.warned, None
+        if warned is not None and severity == "warning":
+            hint = WARN_HINT.format(profile=self.p.name, group=warned)
+        matched = ""
+        if self.text and hasattr(node, "end_col_offset"):
+            segment = ast.get_source_segment(self.text, node) or ""
+            matched = segment.split("\n", 1)[0]
+        self._add(rule, getattr(node, "lineno", 1), self.col(node), message, severity, hint,
+                  matched)
 
     def severity(self, group: str | None, allowed: str | None = "warning") -> str | None:
-        """Error when ``group`` is denied (or None: never allowed); else ``allowed``."""
+        """Error when ``group`` is denied (or None: never allowed); warning when the
+        profile marks it ``warn``; else ``allowed``."""
+        if group is not None and self.p.warns(group):
+            self.warned = group
+            return "warning"
         if group is None or not self.p.allows(group):
             return "error"
         return allowed
@@ -827,6 +973,11 @@ class _Visitor(ast.NodeVisitor):
                 node,
                 f"{how} {name!r} is not allowed under profile {self.p.name!r} ({self.why(name)})",
             )
+            return True
+        group = self.p.warned_group(name)
+        if group is not None:
+            self.warned = group
+            self.add(rule, node, f"{how} {name!r} ({GROUPS[group]})", "warning")
             return True
         return False
 
@@ -1288,6 +1439,7 @@ def scan_to_diagnostics(
     from actors.compilation import Diagnostic
 
     return [
-        Diagnostic(f.file, f.line, f.col, f.severity, f.rule, f.message, f.hint)
+        Diagnostic(f.file, f.line, f.col, f.severity, f.rule, f.message, f.hint,
+                   risk=f.risk, source_line=f.source_line, context=f.context, matched=f.matched)
         for f in scan_source(source_bytes, filename, profile_name)
     ]

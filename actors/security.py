@@ -76,7 +76,8 @@ _MEMORY_RECORDS = 10_000
 #: What each audit level writes (by the record's ``action``).
 _LEVEL_ACTIONS = {
     "full": None,  # everything
-    "basic": frozenset({"refused", "blocked", "terminate", "quarantined", "restart", "limit"}),
+    "basic": frozenset({"refused", "blocked", "warned", "terminate", "quarantined", "restart",
+                        "limit"}),
     "none": frozenset(),
 }
 
@@ -562,8 +563,9 @@ def _sanitise(event: Any) -> dict[str, str]:
     return {
         "event": _text(event.get("event", "unknown"), _MAX_FIELD),
         "detail": _text(event.get("detail", ""), MAX_DETAIL),
-        # Anything but an explicit "allowed" is a refusal: a sandbox cannot dodge
-        # the count by mislabelling its reports.
-        "action": "allowed" if action == "allowed" else "refused",
+        # Anything but an explicit "allowed" (or "warned": a group its profile marks
+        # warn) is a refusal: a sandbox cannot dodge the count by mislabelling its
+        # reports.
+        "action": action if action in ("allowed", "warned") else "refused",
         "group": _text(event.get("group", ""), _MAX_FIELD),
     }

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from runtime import telemetry
 from runtime.actor import Down, ExitReason, monitor
 from runtime.errors import ActorDead, CallTimeout
+from runtime.host.output import OutputLog
 
 if TYPE_CHECKING:
     from runtime.host.process import ProcessRef
@@ -59,6 +60,9 @@ class ProcessSlot:
         #: Why this sandbox may not start again (quarantined, or terminated for a
         #: limit); None while it may.
         self.blocked: str | None = None
+        #: What the sandbox's processes wrote to stdout/stderr (one log across restarts,
+        #: so the tail shows what a crashed process wrote last).
+        self.output = OutputLog(f"{runtime_id}/{sandbox_id}")
 
     @property
     def restarts(self) -> int:

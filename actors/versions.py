@@ -124,7 +124,8 @@ class ModuleVersion:
 
 @dataclass(frozen=True)
 class VersionEvent:
-    """One entry of a sandbox's version log: a version ``recorded`` or made ``current``."""
+    """One entry of a sandbox's version log: a version ``recorded``, made ``current``, or
+    ``unloaded`` (``version`` 0, ``previous`` the one that was current)."""
 
     at: float
     module: str
@@ -182,6 +183,7 @@ class VersionManagerActor(Component):
     - ``get_version_history(sandbox_id, module=None) -> [VersionEvent]``
     - ``get_dependency_graph(sandbox_id) -> {module: [dependency]}``
     - ``calculate_reload_order(sandbox_id, modules, *, pending=None) -> ReloadPlan``
+    - ``unload(sandbox_id, module) -> [kept version]`` (no current version; history kept)
     - ``forget(sandbox_id) -> bool``
     - ``sandboxes() -> [sandbox_id]``
     """
@@ -293,6 +295,12 @@ class VersionManagerActor(Component):
     def op_get_current_version(self, sandbox_id: str, module: str) -> ModuleVersion:
         """The version of ``module`` the sandbox runs now."""
         h = self._module(sandbox_id, module)
+        if not h.current:
+            raise VersionNotFound(
+                sandbox_id, module, None, h.kept(),
+                f"module {module!r} of sandbox {sandbox_id!r} is unloaded; kept versions "
+                f"{h.kept()} (rollback_module loads one again)",
+            )
         return h.versions[h.current]
 
     def op_list_module_versions(self, sandbox_id: str, module: str) -> list[ModuleVersion]:
@@ -341,7 +349,8 @@ class VersionManagerActor(Component):
     def _graph(sb: _Sandbox) -> dict[str, list[str]]:
         graph = {}
         for name, h in sb.modules.items():
-            graph[name] = list(h.versions[h.current].dependencies)
+            if h.current:  # unloaded modules (current 0) are not part of the app now
+                graph[name] = list(h.versions[h.current].dependencies)
         return graph
 
     def op_calculate_reload_order(
@@ -381,6 +390,20 @@ class VersionManagerActor(Component):
         # (file deleted) is not reloaded.
         graph = {n: [d for d in deps if d in graph] for n, deps in graph.items()}
         return reload_order(graph, wanted)
+
+    def op_unload(self, sandbox_id: str, module: str) -> list[int]:
+        """Mark ``module`` as no longer loaded (``Sandbox.unload_module``): it leaves the
+        current versions and the dependency graph; its kept versions stay, so a
+        rollback loads it again. Returns the kept version numbers."""
+        h = self._module(sandbox_id, module)
+        if h.current:
+            previous, h.current = h.current, 0
+            self._sandboxes[sandbox_id].log.append(
+                VersionEvent(time.time(), module, "unloaded", 0, previous)
+            )
+            telemetry.execute("versions.unload", {"count": 1},
+                              {"sandbox": sandbox_id, "module": module, "previous": previous})
+        return h.kept()
 
     def op_forget(self, sandbox_id: str) -> bool:
         """Drop everything about a sandbox (destroyed); returns whether it was known."""

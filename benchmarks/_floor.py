@@ -2,7 +2,7 @@
 
 - :class:`MpBareChild`: a bare child (:func:`benchmarks._bare.serve_frames`: the
   project's framing and envelope, no runtime) started exactly like a sandbox, by
-  ``runtime.host.forkserver.start`` — the project's forkserver, with its preload
+  ``runtime.host.forkserver.spawn`` — the project's fork server, with its preload
   (``runtime.child.boot``). This is the floor of every target.
 - :class:`FloorForkServer`: a minimal fork server without ``multiprocessing`` (fork +
   an fd over SCM_RIGHTS), same preload: what starting a child costs at the least.
@@ -92,18 +92,38 @@ class FloorClient:
         self.sock.close()
 
 
-def start_like_a_sandbox(target: Any, args: tuple, name: str) -> Any:
-    """Start ``target(*args)`` the way ``runtime.host.process`` starts a sandbox: from the
-    project's forkserver (``runtime.host.forkserver.start``: same preload, the host's
-    ``__main__`` left out); returns the started ``multiprocessing`` Process."""
+class _Spawned:
+    """A child of the project's fork server, with the bits of a Process the benchmarks use."""
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.pid = child.pid
+
+    def join(self, timeout: float | None = None) -> None:
+        from multiprocessing.connection import wait
+
+        if wait([self.child.sentinel], timeout):
+            self.child.close()
+
+    def is_alive(self) -> bool:
+        return self.child.exitcode is None
+
+    def kill(self) -> None:
+        _kill(self.pid)
+
+
+def start_like_a_sandbox(target: Any, sock: socket.socket, name: str) -> Any:
+    """Start ``target(sock)`` the way ``runtime.host.process`` starts a sandbox: from the
+    project's fork server (``runtime.host.forkserver.spawn``: same preload); its
+    output goes to ``/dev/null``. Returns a handle with ``pid``, ``join``,
+    ``is_alive`` and ``kill``."""
     from runtime.host import forkserver
 
-    start = getattr(forkserver, "start", None)
-    if start is not None:
-        return start(target, args, name=name)
-    proc = forkserver.context().Process(target=target, args=args, name=name)  # older API
-    proc.start()
-    return proc
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        return _Spawned(forkserver.spawn(target, (), fds=(sock.fileno(), null, null)))
+    finally:
+        os.close(null)
 
 
 class MpBareChild(FloorClient):
@@ -112,7 +132,7 @@ class MpBareChild(FloorClient):
     def __init__(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.proc = start_like_a_sandbox(bare_child, (theirs,), "bench-bare-child")
+            self.proc = start_like_a_sandbox(bare_child, theirs, "bench-bare-child")
         except BaseException:
             mine.close()
             raise
@@ -205,13 +225,16 @@ class FloorForkServer:
 def start_pipe_echo() -> tuple[Any, Any]:
     """Start a child echoing over a ``multiprocessing.Pipe`` (pickle); returns (process, conn).
 
-    Started like a sandbox too; the start method does not enter its round trip.
+    Started by multiprocessing's own forkserver; the start method does not enter
+    its round trip.
     """
-    from runtime.host.forkserver import context
+    import multiprocessing
 
-    host, child = context().Pipe(duplex=True)
+    ctx = multiprocessing.get_context("forkserver")
+    host, child = ctx.Pipe(duplex=True)
     try:
-        proc = start_like_a_sandbox(pipe_echo, (child,), "bench-pipe-echo")
+        proc = ctx.Process(target=pipe_echo, args=(child,), name="bench-pipe-echo")
+        proc.start()
     except BaseException:
         host.close()
         raise

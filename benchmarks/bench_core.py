@@ -18,7 +18,13 @@ In one run, interleaving project and baselines run by run, it measures:
   ``runtime.child.boot``) answering its first message (target: ratio <= 2.0); and, as context, against a
   minimal fork server without multiprocessing (fork + an fd over SCM_RIGHTS);
 - **USS and PSS of an idle child** (psutil ``memory_full_info``) against those bare
-  children (target: USS value <= 5 MiB; the rest is context).
+  children (target: USS value <= 5 MiB; the rest is context);
+- **DynamicSupervisor, start+stop of 10,000 temporary children** (in this process:
+  ``start_child`` each, then stop the supervisor) against starting the same GenServer
+  10,000 times without a supervisor and stopping each (context, no target); and its
+  linearity: how much the time per child grows from 1,000 to 10,000 children, against
+  the same growth without a supervisor (the threads alone make it grow; a ratio near
+  1 means the supervisor adds no growth of its own). ``--quick`` uses 1,000 and 100.
 
 The bare floor children come from the project's own forkserver, so the targets
 measure what the runtime adds, not the start method.
@@ -431,7 +437,71 @@ def main(quick: bool = False) -> list[Record]:
         "min_uss",
         note="context; " + mem_note,
     )
+    rec.extend(_dynamic_supervisor(quick))
     return rec
+
+
+def _dynamic_supervisor(quick: bool) -> list[Record]:
+    """Start+stop of many temporary children under a DynamicSupervisor, against the
+    same servers started without one (runs interleaved, medians over runs)."""
+    from benchmarks._harness import make_record, progress
+    from runtime import DynamicSupervisor, GenServer
+
+    class Idle(GenServer):
+        pass
+
+    def bare(n: int) -> float:
+        t0 = time.perf_counter()
+        refs = [Idle.start() for _ in range(n)]
+        for ref in refs:
+            ref.stop()
+        return time.perf_counter() - t0
+
+    def supervised(n: int) -> float:
+        t0 = time.perf_counter()
+        sup = DynamicSupervisor.start(Idle.child_spec(restart="temporary"))
+        for _ in range(n):
+            sup.start_child()
+        sup.stop(timeout=None)
+        return time.perf_counter() - t0
+
+    n, small = (1_000, 100) if quick else (10_000, 1_000)
+    runs = 3
+    progress(f"bench_core: DynamicSupervisor, {n} temporary children x {runs} runs")
+    times: dict[str, list[float]] = {"sup": [], "bare": [], "sup_small": [], "bare_small": []}
+    for r in range(runs):
+        gc.collect()
+        order = [("sup", supervised, n), ("bare", bare, n),
+                 ("sup_small", supervised, small), ("bare_small", bare, small)]
+        for key, fn, count in order[r % 4:] + order[:r % 4]:
+            times[key].append(fn(count) / count * 1e6)  # us per child
+    growth = {
+        key: [big / little for big, little in zip(times[key], times[f"{key}_small"])]
+        for key in ("sup", "bare")
+    }
+    note = (f"{n} GenServers started one by one and stopped; supervisor: start_child calls, "
+            "then one stop of the supervisor (children stopped concurrently)")
+    return [
+        make_record(
+            "dynamic_supervisor",
+            f"start+stop per temporary child ({n} children)",
+            times["sup"],
+            "us",
+            "same GenServers without a supervisor",
+            times["bare"],
+            notes=f"context; {note}",
+        ),
+        make_record(
+            "dynamic_supervisor",
+            f"growth of the cost per child, {small} -> {n} children",
+            growth["sup"],
+            "x",
+            "same growth without a supervisor",
+            growth["bare"],
+            notes="linearity: a ratio near 1 means the supervisor adds no growth of its own "
+                  "(more live threads slow every start a little, supervised or not)",
+        ),
+    ]
 
 
 if __name__ == "__main__":

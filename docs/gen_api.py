@@ -38,6 +38,7 @@ EXTRA = [
         "runtime.supervisor.ChildInfo",
         "runtime.supervisor.ChildStartFailed",
         "sandbox.hotreload.ReloadReport",
+        "sandbox.capacity.CapacityReport",
         "runtime.component.ComponentRef",
         "runtime.component.Component",
     ]),

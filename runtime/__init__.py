@@ -20,9 +20,21 @@ host side of a child process: proxy actor and fork server) and
 
 from __future__ import annotations
 
-from runtime import telemetry
-from runtime.actor import Actor, ActorRef, Down, Exit, ExitReason, demonitor, link, monitor, unlink
-from runtime.childspec import ChildSpec
+from runtime import telemetry, timers
+from runtime.actor import (
+    NOREPLY,
+    Actor,
+    ActorRef,
+    Down,
+    Exit,
+    ExitReason,
+    demonitor,
+    link,
+    monitor,
+    unlink,
+)
+from runtime.childspec import BRUTAL_KILL, IGNORE, INFINITY, ChildSpec
+from runtime.dynamic import DynamicSupervisor, DynamicSupervisorRef
 from runtime.errors import (
     ActorDead,
     ActorError,
@@ -41,9 +53,10 @@ from runtime.errors import (
     SecurityViolation,
     SupervisorError,
 )
-from runtime.genserver import GenServer
+from runtime.genserver import Continue, From, GenServer, call, cast, reply
 from runtime.registry import await_name, register, registered, unregister, whereis
-from runtime.supervisor import Supervisor, SupervisorSpec
+from runtime.supervisor import Supervisor, SupervisorRef, SupervisorSpec, gave_up
+from runtime.timers import ManualClock, TimerRef, cancel_timer, send_after, use_clock
 
 __all__ = [
     # actors and supervision
@@ -54,8 +67,28 @@ __all__ = [
     "Exit",
     "GenServer",
     "ChildSpec",
+    "IGNORE",
+    "BRUTAL_KILL",
+    "INFINITY",
     "Supervisor",
+    "SupervisorRef",
     "SupervisorSpec",
+    "DynamicSupervisor",
+    "DynamicSupervisorRef",
+    "gave_up",
+    # GenServer helpers: calls by name, deferred replies, continue, timers
+    "call",
+    "cast",
+    "reply",
+    "From",
+    "NOREPLY",
+    "Continue",
+    "send_after",
+    "cancel_timer",
+    "TimerRef",
+    "ManualClock",
+    "use_clock",
+    "timers",
     "monitor",
     "demonitor",
     "link",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import threading
 import traceback
@@ -48,6 +49,7 @@ __all__ = [
     "Down",
     "Exit",
     "ExitReason",
+    "NOREPLY",
     "Reply",
     "ReplySink",
     "demonitor",
@@ -171,6 +173,7 @@ class Reply:
             pass
 
     def wait(self, timeout: float | None) -> bool:
+        timeout = _wait_arg(timeout)
         if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
             self._done.release()
             return True
@@ -215,6 +218,25 @@ class _Wake:
 
 
 Watcher = Callable[[Down], None]
+
+
+class _NoReply:
+    def __repr__(self) -> str:
+        return "runtime.NOREPLY"
+
+    def __reduce__(self) -> str:
+        return "NOREPLY"
+
+
+#: Returned by a call handler that answers later (OTP's ``noreply``): the caller
+#: keeps waiting until the reply sink (``Actor._caller`` at the time) is answered,
+#: or gets :class:`~runtime.errors.ActorDead` if the actor ends first.
+NOREPLY: Any = _NoReply()
+
+
+def _wait_arg(timeout: float | None) -> float | None:
+    """``timeout`` for threading waits: ``math.inf`` means no limit (it would overflow)."""
+    return None if timeout is None or timeout == math.inf else timeout
 
 
 class Actor(pykka.ThreadingActor):
@@ -265,6 +287,8 @@ class Actor(pykka.ThreadingActor):
         self._started = threading.Event()
         self._stop_request: ExitReason | None = None
         self._pending: set[ReplySink] = set()
+        #: The reply sink of the call being handled (None outside a call).
+        self._caller: ReplySink | None = None
         self._watchers: dict[str, Watcher] = {}
         self._links: dict[str, Actor] = {}
         self._thread: threading.Thread | None = None
@@ -369,6 +393,7 @@ class Actor(pykka.ThreadingActor):
             raise _Failed(reason) from exc
 
     def _handle_call(self, msg: _Call) -> None:
+        self._caller = msg.reply
         try:
             value = self._dispatch(self.on_call, msg.request)
         except _Failed as failed:
@@ -377,6 +402,10 @@ class Actor(pykka.ThreadingActor):
                 ActorFailed(self.actor_id, failed.reason.message, failed.reason.traceback)
             )
             raise
+        finally:
+            self._caller = None
+        if value is NOREPLY:
+            return  # answered later; stays pending, so the caller hears if the actor ends
         self._discard(msg.reply)
         msg.reply.set_result(value)
 
@@ -533,6 +562,10 @@ class ActorRef:
         """
         reply = Reply()
         self.call_into(request, reply)
+        return self.await_reply(reply, timeout)
+
+    def await_reply(self, reply: Reply, timeout: float | None) -> Any:
+        """Wait for the answer of a call sent with :meth:`call_into`; as :meth:`call`."""
         if not reply.wait(timeout):
             self._actor._discard(reply)
             raise CallTimeout(self.id, timeout)
@@ -586,7 +619,7 @@ class ActorRef:
         actor._request_stop(reason or ExitReason.shutdown())
         if threading.current_thread() is actor._thread:
             return reason or ExitReason.shutdown()
-        if not actor._exited.wait(timeout):
+        if not actor._exited.wait(_wait_arg(timeout)):
             log.warning("%s did not stop within %ss; abandoning its thread", self.id, timeout)
             actor._kill(ExitReason.killed(f"did not stop within {timeout}s"))
         return actor._exit_reason or ExitReason.shutdown()
@@ -597,7 +630,7 @@ class ActorRef:
 
     def join(self, timeout: float | None = None) -> ExitReason | None:
         """Wait until the actor has ended; returns its exit reason (None on timeout)."""
-        self._actor._exited.wait(timeout)
+        self._actor._exited.wait(_wait_arg(timeout))
         return self._actor._exit_reason
 
 

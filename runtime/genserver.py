@@ -23,17 +23,177 @@ separate objects, so a hot reload can put new code under the same state.
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import time
 import weakref
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from runtime.actor import Actor, ActorRef, ExitReason, _Call
+from runtime import timers
+from runtime.actor import (
+    DEFAULT_CALL_TIMEOUT,
+    NOREPLY,
+    Actor,
+    ActorRef,
+    ExitReason,
+    Reply,
+    ReplySink,
+    _Call,
+    _Failed,
+    _Wake,
+)
 from runtime.barrier import BARRIER
-from runtime.childspec import ChildSpec, Restart
-from runtime.registry import register
+from runtime.childspec import ChildSpec, Restart, Shutdown
+from runtime.errors import ActorDead, NoSuchActor
+from runtime.registry import await_name, register, registered
 
-__all__ = ["GenServer"]
+__all__ = ["Continue", "From", "GenServer", "NOREPLY", "call", "cast", "reply"]
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Return this in place of the new state to run ``handle_continue(arg, state)``
+    before the next message (OTP's ``{continue, Arg}``), from ``init`` or any handler.
+
+    >>> Continue({"n": 1}, "load")
+    Continue(state={'n': 1}, arg='load')
+    """
+
+    state: Any
+    arg: Any
+
+
+class From:
+    """A caller waiting for its answer: ``self.caller`` inside ``handle_call``.
+
+    Keep it (in the state) and return ``NOREPLY`` to answer later with
+    :func:`reply`, from any handler or thread. If the server ends first the caller
+    gets :class:`~runtime.errors.ActorDead`. A hot reload keeps it as is (it is
+    never copied).
+    """
+
+    __slots__ = ("_actor", "_sink")
+
+    def __init__(self, actor: Actor, sink: ReplySink) -> None:
+        self._actor = actor
+        self._sink = sink
+
+    def reply(self, value: Any) -> None:
+        """Answer the caller (only the first answer counts; none once the server ended)."""
+        actor = self._actor
+        with actor._life:
+            # Taking the sink out of the pending set is what makes an answer the first.
+            if self._sink not in actor._pending:
+                return
+            actor._pending.discard(self._sink)
+        self._sink.set_result(value)
+
+    def __repr__(self) -> str:
+        return f"<From caller of {self._actor.actor_id}>"
+
+    # Never copied: a hot reload's state snapshot keeps it by reference.
+    def __copy__(self) -> From:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> From:
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a From is a live caller: it cannot be pickled")
+
+
+def reply(from_: From, value: Any) -> None:
+    """Answer a caller kept from ``handle_call`` (OTP's ``gen_server:reply``).
+
+    >>> class Later(GenServer):
+    ...     def handle_call(self, request, state):
+    ...         if request == "wait":
+    ...             return NOREPLY, self.caller       # keep the caller, answer later
+    ...         reply(state, "done"); return "ok", None
+    >>> ref = Later.start()
+    >>> pending = Reply(); ref.call_into("wait", pending)  # a caller that does not block
+    >>> call(ref, "release")
+    'ok'
+    >>> pending.wait(5), pending.result()
+    (True, 'done')
+    >>> _ = ref.stop()
+    """
+    if not isinstance(from_, From):
+        raise TypeError(f"reply() needs the From of a call (self.caller), got {from_!r}")
+    from_.reply(value)
+
+
+def _resolve(target: ActorRef | str, deadline: float) -> ActorRef:
+    if isinstance(target, ActorRef):
+        return target
+    if not isinstance(target, str):
+        raise TypeError(f"target must be an ActorRef or a registered name, got {target!r}")
+    ref = await_name(target, max(0.0, deadline - time.monotonic()))
+    if ref is None:
+        raise NoSuchActor(target, registered())
+    return ref
+
+
+def _outlive(ref: ActorRef, deadline: float) -> None:
+    """Wait (up to ``deadline``) until an ending actor has ended and left the registry,
+    so the next lookup finds its successor instead of spinning on it."""
+    ref.join(max(0.0, deadline - time.monotonic()))
+
+
+def call(
+    target: ActorRef | str, request: Any, *, timeout: float | None = DEFAULT_CALL_TIMEOUT
+) -> Any:
+    """Call a server by ref or registered name (OTP's ``gen_server:call``).
+
+    A name that is not registered right now (its server is being restarted) is
+    waited for, up to ``timeout`` in all; then :class:`~runtime.errors.NoSuchActor`.
+    A name never registered fails at once. A call refused because the server ended
+    before taking it is sent again to its successor; one it took is never resent.
+
+    >>> class Echo(GenServer):
+    ...     def handle_call(self, request, state):
+    ...         return request, state
+    >>> ref = Echo.start(name="call-doc")
+    >>> call("call-doc", "hi", timeout=2.0)
+    'hi'
+    >>> _ = ref.stop()
+    >>> call("no-such-doc", "x")
+    Traceback (most recent call last):
+    ...
+    runtime.errors.NoSuchActor: no actor named 'no-such-doc'...
+    """
+    deadline = time.monotonic() + (math.inf if timeout is None else timeout)
+    while True:
+        ref = _resolve(target, deadline)
+        pending = Reply()
+        try:
+            ref.call_into(request, pending)
+        except ActorDead:
+            if isinstance(target, ActorRef) or time.monotonic() >= deadline:
+                raise
+            _outlive(ref, deadline)  # ending as we sent: wait for its successor
+            continue
+        left = None if timeout is None else max(0.0, deadline - time.monotonic())
+        return ref.await_reply(pending, left)
+
+
+def cast(target: ActorRef | str, request: Any, *, timeout: float = DEFAULT_CALL_TIMEOUT) -> None:
+    """Cast to a server by ref or registered name (waiting up to ``timeout`` for a
+    name being restarted, as :func:`call`); raises :class:`~runtime.errors.NoSuchActor`
+    if there is none by then.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        ref = _resolve(target, deadline)
+        try:
+            ref.cast(request)
+            return
+        except ActorDead:
+            if isinstance(target, ActorRef) or time.monotonic() >= deadline:
+                raise
+            _outlive(ref, deadline)  # ending as we sent: wait for its successor
 
 log = logging.getLogger("runtime.genserver")
 
@@ -42,14 +202,19 @@ class GenServer:
     """Base class of user servers. Override what you need; each runs in the server's thread.
 
     - ``init(*args, **kwargs) -> state``
-    - ``handle_call(request, state) -> (reply, new_state)``
+    - ``handle_call(request, state) -> (reply, new_state)``; ``(NOREPLY, new_state)``
+      to answer later with :func:`reply` (``self.caller`` is who is waiting)
     - ``handle_cast(request, state) -> new_state``
-    - ``handle_info(message, state) -> new_state`` (plain messages, Down/Exit notices)
+    - ``handle_info(message, state) -> new_state`` (plain messages, timer messages,
+      Down/Exit notices)
+    - ``handle_continue(arg, state) -> new_state``: runs before the next message
+      when ``init`` or a handler returned :class:`Continue` in place of the state
     - ``terminate(reason, state)`` when it ends
     - ``code_change(old_vsn, state, extra) -> state`` when its code is swapped
     - ``vsn``: the code version, compared by ``code_change``
 
-    ``self.ref`` is the server's own :class:`~runtime.actor.ActorRef`.
+    ``self.ref`` is the server's own :class:`~runtime.actor.ActorRef`;
+    :meth:`send_after` / :meth:`cancel_timer` are its timers (see :mod:`runtime.timers`).
     """
 
     vsn: ClassVar[Any] = 1
@@ -73,8 +238,35 @@ class GenServer:
         log.info("%s ignored message %r", type(self).__qualname__, message)
         return state
 
+    def handle_continue(self, arg: Any, state: Any) -> Any:
+        raise NotImplementedError(
+            f"{type(self).__qualname__} returned Continue(..., {arg!r}) but has no handle_continue"
+        )
+
     def terminate(self, reason: ExitReason, state: Any) -> None:
         pass
+
+    # -- helpers for handlers ------------------------------------------------------------
+    @property
+    def caller(self) -> From:
+        """The caller of the ``handle_call`` running now (keep it to answer later)."""
+        server = self.ref._actor
+        sink = server._caller
+        if sink is None:
+            raise RuntimeError("self.caller is only set while handle_call runs")
+        return From(server, sink)
+
+    def send_after(self, message: Any, seconds: float) -> timers.TimerRef:
+        """Deliver ``message`` to this server's ``handle_info`` after ``seconds``.
+
+        Pending timers live outside the server: a hot reload keeps them; a restart
+        (a new server) does not get the old one's.
+        """
+        return timers.send_after(self.ref, message, seconds)
+
+    def cancel_timer(self, timer: timers.TimerRef) -> float | None:
+        """Cancel a timer; the seconds it had left, or None if it fired already."""
+        return timers.cancel_timer(timer)
 
     def code_change(self, old_vsn: Any, state: Any, extra: Any) -> Any:
         return state
@@ -103,7 +295,7 @@ class GenServer:
         id: str | None = None,
         name: str | None = None,
         restart: Restart = "permanent",
-        shutdown: float = 5.0,
+        shutdown: Shutdown = 5.0,
         **kwargs: Any,
     ) -> ChildSpec:
         """A :class:`~runtime.childspec.ChildSpec` that starts this server.
@@ -116,9 +308,14 @@ class GenServer:
         child_id = id or name or cls.__name__
         # The class is looked up when the child (re)starts, not captured: after a hot
         # reload a restarted child must run the new code.
+
+        def start(*extra: Any, **extra_kwargs: Any) -> ActorRef:
+            # ``extra``: what a DynamicSupervisor's start_child appends.
+            return current_class(cls).start(*args, *extra, name=name, **kwargs, **extra_kwargs)
+
         return ChildSpec(
             child_id,
-            start=lambda: current_class(cls).start(*args, name=name, **kwargs),
+            start=start,
             restart=restart,
             shutdown=shutdown,
             meta={
@@ -154,6 +351,8 @@ def _rebound(cls: type[GenServer]) -> type[GenServer]:
     return current_class(cls)
 
 
+_NONE: Any = object()  # no continue instruction pending
+
 #: Every live GenServer host in this process (the hot-reload swap walks them).
 SERVERS: weakref.WeakSet[ServerActor] = weakref.WeakSet()
 
@@ -172,6 +371,7 @@ class ServerActor(Actor):
         # Started by a hot reload's own thread (a module body or code_change starting
         # a server): the swap waits for this init, so init must not wait for the swap.
         self._started_by_swap = BARRIER.owned()
+        self._continue: Any = _NONE
 
     def on_init(self) -> None:
         with nullcontext() if self._started_by_swap else BARRIER.reading():
@@ -183,15 +383,41 @@ class ServerActor(Actor):
                 self.impl_cls = _rebound(self.impl_cls)
             impl = self.impl_cls()
             impl.ref = self.ref
-            self.state = impl.init(*self._args, **self._kwargs)
+            self.state = self._unwrap(impl.init(*self._args, **self._kwargs))
             self.impl = impl
             SERVERS.add(self)
+        if self._continue is not _NONE:
+            # Runs first in the loop, after start() returned (as OTP's init_ack comes
+            # before the continue): it fails the server, not the start.
+            self._post(_Wake())
+
+    def _unwrap(self, state: Any) -> Any:
+        """The state a handler returned, noting a :class:`Continue` instruction."""
+        if type(state) is Continue:
+            self._continue = state.arg
+            return state.state
+        return state
+
+    def _run_continues(self) -> None:
+        while self._continue is not _NONE and not self._exiting:
+            arg, self._continue = self._continue, _NONE
+            try:
+                self._dispatch(self._continue_once, arg)
+            except _Failed as failed:
+                self._terminate(failed.reason)
+                return
+
+    def _continue_once(self, arg: Any) -> None:
+        self.state = self._unwrap(self.impl.handle_continue(arg, self.state))  # type: ignore[union-attr]
 
     def on_receive(self, message: Any) -> Any:
         # Every message passes the code barrier, so a reload suspends all servers at
         # once and swaps code and state between two messages, never during one.
         with BARRIER.reading(nested=isinstance(message, _Call) and message.nested):
-            return super().on_receive(message)
+            super().on_receive(message)
+            # Before the next message (and after a call's reply went out, as in OTP).
+            self._run_continues()
+        return None
 
     def on_call(self, request: Any) -> Any:
         result = self.impl.handle_call(request, self.state)  # type: ignore[union-attr]
@@ -200,14 +426,15 @@ class ServerActor(Actor):
                 f"{self.impl_cls.__qualname__}.handle_call must return (reply, new_state), "
                 f"got {result!r}"
             )
-        reply, self.state = result
-        return reply
+        answer, state = result
+        self.state = self._unwrap(state)
+        return answer  # NOREPLY: the actor leaves the caller waiting
 
     def on_cast(self, request: Any) -> None:
-        self.state = self.impl.handle_cast(request, self.state)  # type: ignore[union-attr]
+        self.state = self._unwrap(self.impl.handle_cast(request, self.state))  # type: ignore[union-attr]
 
     def on_info(self, message: Any) -> None:
-        self.state = self.impl.handle_info(message, self.state)  # type: ignore[union-attr]
+        self.state = self._unwrap(self.impl.handle_info(message, self.state))  # type: ignore[union-attr]
 
     def on_exit(self, reason: ExitReason) -> None:
         SERVERS.discard(self)

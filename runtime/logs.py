@@ -8,8 +8,8 @@ operation:
   component's thread: the manager, the compiler, the version manager);
 - into every telemetry event emitted meanwhile (metadata ``correlation_id``);
 - into the sandbox process: the ``reload`` system op carries it, and the child
-  logs its side of the swap under the same id (to its stderr, which is the
-  host's), once the host has called :func:`configure`;
+  logs its side of the swap under the same id (to its stderr, a pipe the host
+  relays as ``runtime.output`` records), once the host has called :func:`configure`;
 - into every log record (``record.correlation_id``), so one reload's lines,
   host and sandbox, can be grepped together.
 
@@ -254,8 +254,8 @@ def configure(
 
     Calling it again replaces the handler it installed before. Sandbox processes
     follow these settings: the next reload tells each sandbox to log the same way
-    (to its stderr, which is the host's), so its lines carry the same correlation
-    ids. Returns the handler.
+    (to its stderr, which the host relays as ``runtime.output`` records), so its
+    lines carry the same correlation ids. Returns the handler.
     """
     global _handler, _handler_logger, _settings
     unconfigure()

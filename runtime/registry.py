@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -67,14 +68,15 @@ def registered() -> list[str]:
         return sorted(n for n, r in _names.items() if r.is_alive())
 
 
-def await_name(name: str, timeout: float) -> ActorRef | None:
-    """The actor registered as ``name``, waiting up to ``timeout`` while a supervisor
-    restarts it; None at once for a name that was never registered.
+def await_name(name: str, timeout: float | None) -> ActorRef | None:
+    """The actor registered as ``name``, waiting up to ``timeout`` seconds (None or
+    ``math.inf``: as long as it takes) while a supervisor restarts it; None at once
+    for a name that was never registered, or after the timeout.
 
     >>> await_name("never-registered-doc", 1.0) is None
     True
     """
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + (math.inf if timeout is None else timeout)
     with _lock:
         while True:
             ref = _names.get(name)
@@ -83,4 +85,4 @@ def await_name(name: str, timeout: float) -> ActorRef | None:
             remaining = deadline - time.monotonic()
             if name not in _known or remaining <= 0:
                 return None
-            _lock.wait(remaining)
+            _lock.wait(None if remaining == math.inf else remaining)

@@ -14,7 +14,14 @@ Restart types: ``permanent`` children are always restarted, ``transient`` only
 after an abnormal exit (:attr:`ExitReason.abnormal`), ``temporary`` never (and are
 forgotten once they end). More than ``max_restarts`` restarts within
 ``max_seconds`` and the supervisor gives up: it stops its children in reverse order
-and fails with an ``escalation`` exit reason, which its own supervisor sees.
+and ends with a ``shutdown`` exit reason whose message starts with
+``reached_max_restart_intensity`` (OTP's ``{shutdown, reached_max_restart_intensity}``):
+its own supervisor restarts it only if it is ``permanent`` (:func:`gave_up` tells
+this exit from an ordinary stop).
+
+A start function may return :data:`~runtime.childspec.IGNORE` (OTP's ``ignore``): a
+permanent or transient child's spec is kept with no actor (``which_children`` shows
+``ref=None``; ``restart_child`` tries again), a temporary child's spec is dropped.
 
 >>> from runtime.genserver import GenServer
 >>> class Box(GenServer):
@@ -40,7 +47,16 @@ from typing import Any, ClassVar, Literal
 
 from runtime import telemetry
 from runtime.actor import Actor, ActorRef, Down, Exit, ExitReason, demonitor, link, monitor, unlink
-from runtime.childspec import ChildSpec, Restart
+from runtime.childspec import (
+    BRUTAL_KILL,
+    IGNORE,
+    INFINITY,
+    ChildSpec,
+    IgnoreType,
+    Restart,
+    Shutdown,
+    shutdown_timeout,
+)
 from runtime.errors import ActorFailed, ChildSpecError, ConfigError, SupervisorError
 from runtime.registry import register
 
@@ -52,6 +68,7 @@ __all__ = [
     "Supervisor",
     "SupervisorRef",
     "SupervisorSpec",
+    "gave_up",
 ]
 
 log = logging.getLogger("runtime.supervisor")
@@ -59,13 +76,32 @@ log = logging.getLogger("runtime.supervisor")
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 STRATEGIES: tuple[str, ...] = ("one_for_one", "one_for_all", "rest_for_one")
 
-#: How long a child supervisor gets to stop its own children (OTP uses infinity).
-SUPERVISOR_SHUTDOWN = 30.0
+#: How long a child supervisor gets to stop its own children: as long as it takes (OTP).
+SUPERVISOR_SHUTDOWN: Shutdown = INFINITY
+#: Default timeout of :meth:`SupervisorRef.stop` called by a user (each child still
+#: gets its own ``shutdown`` time inside it).
+STOP_TIMEOUT = 30.0
+#: How an exit reason of a supervisor that gave up starts (see :func:`gave_up`).
+MAX_INTENSITY = "reached_max_restart_intensity"
 #: Default timeout of the run-time API calls; generous because terminate_child and
 #: restart_child wait for a child's shutdown or init.
 API_TIMEOUT = 30.0
 
 Clock = Callable[[], float]
+
+
+def gave_up(reason: ExitReason | None) -> bool:
+    """Whether ``reason`` is the exit of a supervisor that exceeded its restart intensity.
+
+    Such an exit is a ``shutdown`` (not abnormal, as in OTP), so this is how an owner
+    tells it from an ordinary stop.
+
+    >>> gave_up(ExitReason.shutdown()), gave_up(ExitReason("shutdown", MAX_INTENSITY + ": 4 restarts"))
+    (False, True)
+    """
+    return (
+        reason is not None and reason.kind == "shutdown" and reason.message.startswith(MAX_INTENSITY)
+    )
 
 
 class ChildStartFailed(SupervisorError):
@@ -92,9 +128,11 @@ class ChildStartFailed(SupervisorError):
 class ChildInfo:
     """One row of :meth:`SupervisorRef.which_children`.
 
-    ``ref`` is None while the child is not running (terminated, or between a crash
-    and its restart); ``alive`` says whether the actor behind ``ref`` runs. ``spec``
-    is the child's spec (its ``meta`` lets an owner rebuild what it knew).
+    ``ref`` is None while the child is not running (terminated, ignored, or between
+    a crash and its restart); ``alive`` says whether the actor behind ``ref`` runs;
+    ``restarting`` is True while a restart that failed is being retried (OTP shows
+    ``restarting`` instead of a pid). ``spec`` is the child's spec (its ``meta`` lets
+    an owner rebuild what it knew).
     """
 
     id: str
@@ -103,6 +141,14 @@ class ChildInfo:
     restart: Restart
     alive: bool
     spec: ChildSpec | None = field(default=None, compare=False, repr=False)
+    restarting: bool = False
+
+    @property
+    def status(self) -> Literal["running", "restarting", "stopped"]:
+        """``running``, ``restarting`` (a failed restart is being retried) or ``stopped``."""
+        if self.alive:
+            return "running"
+        return "restarting" if self.restarting else "stopped"
 
 
 # -- validation ------------------------------------------------------------------------
@@ -214,11 +260,15 @@ class SupervisorRef(ActorRef):
     def _api(self, op: str, arg: Any = None, timeout: float | None = API_TIMEOUT) -> Any:
         return self.call(_Api(op, arg), timeout=timeout)
 
-    def start_child(self, spec: ChildSpec, *, timeout: float | None = API_TIMEOUT) -> ActorRef:
+    def start_child(
+        self, spec: ChildSpec, *, timeout: float | None = API_TIMEOUT
+    ) -> ActorRef | IgnoreType:
         """Add ``spec`` at the end of the children and start it; returns its ref.
 
         Raises :class:`~runtime.errors.ChildSpecError` if the id is taken and
         :class:`ChildStartFailed` if the start raised (the spec is then not added).
+        Returns :data:`~runtime.childspec.IGNORE` if the start function did (the spec
+        is kept unless the child is temporary).
         """
         return self._api("start_child", spec, timeout)
 
@@ -229,13 +279,29 @@ class SupervisorRef(ActorRef):
         """
         self._api("terminate_child", child_id, timeout)
 
-    def restart_child(self, child_id: str, *, timeout: float | None = API_TIMEOUT) -> ActorRef:
-        """Start a terminated child again from its spec; returns the new ref."""
+    def restart_child(
+        self, child_id: str, *, timeout: float | None = API_TIMEOUT
+    ) -> ActorRef | IgnoreType:
+        """Start a terminated child again from its spec; returns the new ref.
+
+        Raises :class:`~runtime.errors.SupervisorError` if the child runs, or is
+        ``restarting`` (the supervisor's own retry loop keeps going).
+        """
         return self._api("restart_child", child_id, timeout)
 
     def delete_child(self, child_id: str, *, timeout: float | None = API_TIMEOUT) -> None:
-        """Forget a terminated child's spec (terminate it first)."""
+        """Forget a terminated child's spec (terminate it first; refused while ``restarting``)."""
         self._api("delete_child", child_id, timeout)
+
+    def get_childspec(self, child_id: str, *, timeout: float | None = API_TIMEOUT) -> ChildSpec:
+        """The spec of child ``child_id`` (OTP's ``get_childspec``).
+
+        >>> sup = Supervisor.start([ChildSpec("idle", start=lambda: IGNORE)])
+        >>> sup.get_childspec("idle").restart
+        'permanent'
+        >>> _ = sup.stop()
+        """
+        return self._api("get_childspec", child_id, timeout)
 
     def which_children(self, *, timeout: float | None = API_TIMEOUT) -> list[ChildInfo]:
         """The children, in start order."""
@@ -253,7 +319,7 @@ class SupervisorRef(ActorRef):
         self,
         reason: ExitReason | None = None,
         *,
-        timeout: float | None = SUPERVISOR_SHUTDOWN,
+        timeout: float | None = STOP_TIMEOUT,
     ) -> ExitReason:
         """Stop the supervisor; it first stops its children in reverse order.
 
@@ -276,6 +342,7 @@ class Supervisor(Actor):
     - ``supervisor.restart``: ``{"count": 1}``, metadata ``child``, ``strategy``,
       ``reason_kind``, ``reason``, ``traceback``, ``restarted`` (ids restarted);
     - ``supervisor.child_start_failed`` when a start or restart raises;
+    - ``supervisor.child_ignored`` when a start function returns ``IGNORE``;
     - ``supervisor.escalation`` when the restart intensity is exceeded.
 
     >>> class Idle(Actor): pass
@@ -376,7 +443,7 @@ class Supervisor(Actor):
         *,
         id: str,
         restart: Restart = "permanent",
-        shutdown: float = SUPERVISOR_SHUTDOWN,
+        shutdown: Shutdown = SUPERVISOR_SHUTDOWN,
         strategy: Strategy = "one_for_one",
         max_restarts: int = 3,
         max_seconds: float = 5.0,
@@ -389,7 +456,7 @@ class Supervisor(Actor):
 
         >>> spec = Supervisor.child_spec([], id="inner", strategy="rest_for_one")
         >>> spec.type, spec.shutdown
-        ('supervisor', 30.0)
+        ('supervisor', 'infinity')
         """
         specs = _validate(children, strategy, max_restarts, max_seconds)
 
@@ -424,6 +491,8 @@ class Supervisor(Actor):
                 err.__cause__ = failure[0]
                 self._start_failures.append(err)
                 raise err
+            if child.ref is None and spec.restart == "temporary":
+                continue  # ignored: OTP keeps no spec of a temporary child
             self._children.append(child)
 
     # -- messages --------------------------------------------------------------------------
@@ -434,7 +503,7 @@ class Supervisor(Actor):
             self._on_exit_signal(message)
         elif isinstance(message, _Retry):
             child = message.child
-            if child.restarting and child.ref is None and child in self._children:
+            if child.restarting and child.ref is None and self._holds(child):
                 child.restarting = False
                 self._restart(child, message.reason)
         else:
@@ -456,15 +525,27 @@ class Supervisor(Actor):
     def on_exit(self, reason: ExitReason) -> None:
         self._stop_all_children()
 
+    # Child bookkeeping; DynamicSupervisor keeps its children in dicts instead.
+    def _holds(self, child: _Child) -> bool:
+        return child in self._children
+
+    def _forget(self, child: _Child) -> None:
+        if child in self._children:
+            self._children.remove(child)
+
+    def _by_monitor(self, mref: str) -> _Child | None:
+        return next((c for c in self._children if c.mref == mref), None)
+
     def _on_down(self, down: Down) -> None:
-        child = next((c for c in self._children if c.mref == down.monitor_ref), None)
+        child = self._by_monitor(down.monitor_ref)
         if child is None:
             return  # a child we stopped on purpose or already replaced
+        self._unwatch(child)
         child.ref = child.mref = None
         self._emit("supervisor.child_terminated", child, down.reason)
         restart = child.spec.restart
         if restart == "temporary":
-            self._children.remove(child)
+            self._forget(child)
             return
         if restart == "transient" and not down.reason.abnormal:
             return
@@ -484,12 +565,7 @@ class Supervisor(Actor):
     # -- restarts --------------------------------------------------------------------------
     def _restart(self, failed: _Child, reason: ExitReason) -> None:
         """Apply the strategy after ``failed`` ended with ``reason`` (or failed to restart)."""
-        now = self.clock()
-        self._restarts.append(now)
-        while self._restarts and self._restarts[0] < now - self.max_seconds:
-            self._restarts.popleft()
-        if len(self._restarts) > self.max_restarts:
-            self._escalate(failed, reason)
+        if not self._count_restart(failed, reason):
             return
 
         if self.strategy == "one_for_one":
@@ -499,6 +575,19 @@ class Supervisor(Actor):
         else:
             group = self._children[self._children.index(failed):]
         ids = [c.id for c in group]
+        self._announce_restart(failed, reason, ids)
+        for child in reversed(group):
+            if child is not failed and child.ref is not None:
+                self._stop_child(child)
+        for child in group:
+            if not self._holds(child):
+                continue  # a temporary sibling stopped above is not restarted
+            if child.ref is not None:
+                continue
+            if not self._start_or_retry(child):
+                return
+
+    def _announce_restart(self, failed: _Child, reason: ExitReason, ids: list[str]) -> None:
         log.error(
             "supervisor %s: child %r ended (%s); restarting %s (%s)\n%s",
             self.actor_id, failed.id, reason, ", ".join(map(repr, ids)), self.strategy,
@@ -517,26 +606,34 @@ class Supervisor(Actor):
                 "restarted": ids,
             },
         )
-        for child in reversed(group):
-            if child is not failed and child.ref is not None:
-                self._stop_child(child)
-        for child in group:
-            if child not in self._children:
-                continue  # a temporary sibling stopped above is not restarted
-            if child.ref is not None:
-                continue
-            failure = self._start(child)
-            if failure is not None:
-                # Counted as another restart when the retry runs, so a child that can
-                # never start ends in escalation rather than a busy loop.
-                child.restarting = True
-                self.ref.tell(_Retry(child, failure[1]))
-                return
+
+    def _count_restart(self, failed: _Child, reason: ExitReason) -> bool:
+        """Count one restart against the intensity; False (and escalate) if it is exceeded."""
+        now = self.clock()
+        self._restarts.append(now)
+        while self._restarts and self._restarts[0] < now - self.max_seconds:
+            self._restarts.popleft()
+        if len(self._restarts) > self.max_restarts:
+            self._escalate(failed, reason)
+            return False
+        return True
+
+    def _start_or_retry(self, child: _Child) -> bool:
+        """Start a child being restarted; if that fails, queue a retry. False if it failed."""
+        failure = self._start(child)
+        if failure is None:
+            return True
+        # Counted as another restart when the retry runs, so a child that can never
+        # start ends in escalation rather than a busy loop; meanwhile it is
+        # ``restarting`` and restart_child/delete_child refuse it.
+        child.restarting = True
+        self.ref.tell(_Retry(child, failure[1]))
+        return False
 
     def _escalate(self, failed: _Child, reason: ExitReason) -> None:
         n = len(self._restarts)
         message = (
-            f"reached max restart intensity: {n} restarts in {_fmt_seconds(self.max_seconds)}; "
+            f"{MAX_INTENSITY}: {n} restarts in {_fmt_seconds(self.max_seconds)}; "
             f"last failure: child {failed.id!r}: {reason}"
         )
         log.error("supervisor %s: %s; stopping all children\n%s", self.actor_id, message,
@@ -556,18 +653,28 @@ class Supervisor(Actor):
             },
         )
         self._stop_all_children()
-        # Ends the supervisor before its next message, with an abnormal reason, so its
-        # own supervisor and monitors see the failure.
-        self._request_stop(ExitReason("escalation", message, reason.traceback))
+        # Ends the supervisor before its next message. As in OTP the reason is a
+        # shutdown: a transient parent does not restart a supervisor that gave up on
+        # its own children, a permanent one does.
+        self._request_stop(ExitReason("shutdown", message, reason.traceback))
 
     # -- starting and stopping one child ----------------------------------------------------
     def _start(self, child: _Child) -> tuple[BaseException, ExitReason] | None:
-        """Start ``child``; returns (exception, reason) if its start failed."""
+        """Start ``child``; returns (exception, reason) if its start failed.
+
+        A start returning IGNORE leaves ``child.ref`` None and is no failure.
+        """
         try:
             ref = child.spec.start()
+            if ref is IGNORE:
+                log.info("supervisor %s: child %r ignored (nothing to start)",
+                         self.actor_id, child.id)
+                self._emit("supervisor.child_ignored", child, None)
+                return None
             if not isinstance(ref, ActorRef):
                 raise ChildSpecError(
-                    f"start function of child {child.id!r} returned {ref!r}, not an ActorRef"
+                    f"start function of child {child.id!r} returned {ref!r}, not an ActorRef "
+                    "(return runtime.IGNORE when there is nothing to start)"
                 )
         except Exception as exc:
             reason = ExitReason.from_exception(exc)
@@ -587,6 +694,7 @@ class Supervisor(Actor):
         child.ref = ref
         # Down notices come to our mailbox (on_info), serialised with everything else.
         child.mref = monitor(ref, self.ref)
+        self._watch(child)
         # The link makes a killed supervisor take its children along (they get the
         # exit signal); the Exit it sends us when the child ends is swallowed.
         self._expect_exit.add(ref.id)
@@ -596,24 +704,45 @@ class Supervisor(Actor):
 
     def _stop_child(self, child: _Child) -> None:
         """Stop a running child on purpose; temporary children are then forgotten."""
-        ref, mref = child.ref, child.mref
-        child.ref = child.mref = None
+        ref = self._detach(child)
         if ref is None:
             return
+        try:
+            if child.spec.shutdown == BRUTAL_KILL:
+                ref.kill(ExitReason.killed(BRUTAL_KILL))
+                reason = ExitReason.killed(BRUTAL_KILL)
+            else:
+                reason = ref.stop(timeout=shutdown_timeout(child.spec.shutdown))
+        except Exception as exc:  # a stop must never leave the others running
+            log.error("supervisor %s: stopping child %r raised", self.actor_id, child.id,
+                      exc_info=exc)
+            reason = ExitReason.from_exception(exc)
+        self._stopped(child, reason)
+
+    def _detach(self, child: _Child) -> ActorRef | None:
+        """Stop watching a child about to be stopped on purpose; returns its ref."""
+        ref, mref = child.ref, child.mref
+        if ref is None:
+            return None
+        self._unwatch(child)
+        child.ref = child.mref = None
         # Demonitor first so the Down of this deliberate stop is not taken for a crash.
         if mref is not None:
             demonitor(ref, mref)
         if unlink(self.ref, ref):
             self._expect_exit.discard(ref.id)  # no Exit can come any more
-        try:
-            reason = ref.stop(timeout=child.spec.shutdown)
-        except Exception as exc:  # a stop must never leave the others running
-            log.error("supervisor %s: stopping child %r raised", self.actor_id, child.id,
-                      exc_info=exc)
-            reason = ExitReason.from_exception(exc)
+        return ref
+
+    def _stopped(self, child: _Child, reason: ExitReason) -> None:
         self._emit("supervisor.child_terminated", child, reason)
-        if child.spec.restart == "temporary" and child in self._children:
-            self._children.remove(child)
+        if child.spec.restart == "temporary":
+            self._forget(child)
+
+    def _watch(self, child: _Child) -> None:
+        """A child got a monitor (``child.mref``); DynamicSupervisor indexes it."""
+
+    def _unwatch(self, child: _Child) -> None:
+        """``child.mref`` is about to go."""
 
     def _stop_all_children(self) -> None:
         for child in reversed(list(self._children)):
@@ -639,7 +768,7 @@ class Supervisor(Actor):
             f"supervisor {self.actor_id} has no child {child_id!r}; its children: {ids}"
         )
 
-    def _api_start_child(self, spec: Any) -> ActorRef:
+    def _api_start_child(self, spec: Any) -> ActorRef | IgnoreType:
         if not isinstance(spec, ChildSpec):
             raise ChildSpecError(f"start_child needs a ChildSpec, got {spec!r}")
         if any(c.id == spec.id for c in self._children):
@@ -653,8 +782,11 @@ class Supervisor(Actor):
             err = ChildStartFailed(self.actor_id, spec.id, failure[1])
             err.__cause__ = failure[0]
             raise err
+        if child.ref is None:  # ignored
+            if spec.restart != "temporary":
+                self._children.append(child)
+            return IGNORE
         self._children.append(child)
-        assert child.ref is not None
         return child.ref
 
     def _api_terminate_child(self, child_id: Any) -> None:
@@ -665,20 +797,27 @@ class Supervisor(Actor):
         elif child.spec.restart == "temporary":
             self._children.remove(child)
 
-    def _api_restart_child(self, child_id: Any) -> ActorRef:
+    def _api_restart_child(self, child_id: Any) -> ActorRef | IgnoreType:
         child = self._find(child_id)
         if child.ref is not None:
             raise SupervisorError(
                 f"child {child_id!r} of {self.actor_id} is running; terminate_child it first"
             )
-        child.restarting = False
+        self._refuse_restarting(child, "restart_child")
         failure = self._start(child)
         if failure is not None:
             err = ChildStartFailed(self.actor_id, child.id, failure[1])
             err.__cause__ = failure[0]
             raise err
-        assert child.ref is not None
-        return child.ref
+        return IGNORE if child.ref is None else child.ref
+
+    def _refuse_restarting(self, child: _Child, op: str) -> None:
+        if child.restarting:
+            # OTP answers {error, restarting} and its retry loop goes on: so does ours.
+            raise SupervisorError(
+                f"{op}: child {child.id!r} of {self.actor_id} is restarting (a failed "
+                "restart is being retried); wait for it, or terminate_child it to stop the retries"
+            )
 
     def _api_delete_child(self, child_id: Any) -> None:
         child = self._find(child_id)
@@ -686,25 +825,19 @@ class Supervisor(Actor):
             raise SupervisorError(
                 f"child {child_id!r} of {self.actor_id} is running; terminate_child it first"
             )
-        if child.restarting:
-            raise SupervisorError(
-                f"child {child_id!r} of {self.actor_id} is being restarted; "
-                "terminate_child it first"
-            )
+        self._refuse_restarting(child, "delete_child")
         self._children.remove(child)
 
+    def _api_get_childspec(self, child_id: Any) -> ChildSpec:
+        return self._find(child_id).spec
+
     def _api_which_children(self, _arg: Any) -> list[ChildInfo]:
-        return [
-            ChildInfo(
-                c.id,
-                c.ref,
-                c.spec.type,
-                c.spec.restart,
-                c.ref is not None and c.ref.is_alive(),
-                c.spec,
-            )
-            for c in self._children
-        ]
+        return [self._info(c) for c in self._children]
+
+    @staticmethod
+    def _info(c: _Child) -> ChildInfo:
+        alive = c.ref is not None and c.ref.is_alive()
+        return ChildInfo(c.id, c.ref, c.spec.type, c.spec.restart, alive, c.spec, c.restarting)
 
     def _api_count_children(self, _arg: Any) -> dict[str, int]:
         sups = sum(1 for c in self._children if c.spec.type == "supervisor")
@@ -771,7 +904,7 @@ class SupervisorSpec:
         id: str,
         *,
         restart: Restart = "permanent",
-        shutdown: float = SUPERVISOR_SHUTDOWN,
+        shutdown: Shutdown = SUPERVISOR_SHUTDOWN,
         name: str | None = None,
         clock: Clock = time.monotonic,
     ) -> ChildSpec:

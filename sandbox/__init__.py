@@ -11,7 +11,7 @@ The actor system underneath is :mod:`runtime`; its names most apps need
 
 from __future__ import annotations
 
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime import telemetry
 from runtime.childspec import ChildSpec
 from runtime.errors import (
@@ -34,6 +34,7 @@ from runtime.errors import (
 from runtime.genserver import GenServer
 from runtime.supervisor import Supervisor, SupervisorSpec
 from sandbox.api import BatchResult, Runtime, Sandbox, start
+from sandbox.statesnapshot import SnapshotError, StateSnapshot
 
 __all__ = [
     # host API
@@ -41,10 +42,13 @@ __all__ = [
     "Runtime",
     "Sandbox",
     "BatchResult",
+    "StateSnapshot",
+    "SnapshotError",
     # configuration
     "Limits",
     "SandboxConfig",
     "WatchOptions",
+    "AlertThresholds",
     # re-exported from runtime
     "GenServer",
     "ChildSpec",

@@ -24,17 +24,20 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from actors.monitor import call_with_deadline
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
 from runtime.errors import ConfigError, SandboxError, SecurityViolation
+from runtime.host.output import OutputLine
 from runtime.supervisor import Supervisor, SupervisorRef
+from sandbox.capacity import CapacityReport, measure
 from sandbox.health import Observability
 
 if TYPE_CHECKING:
     from sandbox.hotreload import ReloadReport
+    from sandbox.statesnapshot import RestoreReport, StateSnapshot
 
 __all__ = ["Runtime", "Sandbox", "BatchResult", "start"]
 
@@ -54,6 +57,9 @@ _RUNTIME_OPTIONS = {
     "temporary file removed at stop",
     "watch_backend": "'auto' (inotify, polling where unavailable), 'inotify' or 'polling'",
     "http": "None, or a (host, port) pair to serve /health and /metrics on (port 0: any free port)",
+    "alerts": "a dict of alert thresholds (actors.config.AlertThresholds), e.g. {'warn_at': 0.9}",
+    "alert_webhook": "None, a URL, or a dict with 'url', 'timeout', 'retries', 'backoff', "
+    "'headers'",
 }
 
 
@@ -155,6 +161,20 @@ class Sandbox:
     def pid(self) -> int | None:
         return self.info()["pid"]
 
+    def output(self, tail: int | None = 100) -> list[OutputLine]:
+        """The last ``tail`` lines the sandbox wrote to stdout and stderr (all kept
+        lines if None), oldest first, across its restarts; see :meth:`Runtime.output`.
+
+        >>> from sandbox.testing import wait_for
+        >>> with sandbox.start() as rt:
+        ...     sb = rt.create_sandbox("doc-output", "examples/counter", profile="low")
+        ...     _ = sb.run(print, "hello")
+        ...     _ = wait_for(lambda: sb.output(tail=1), 10)
+        ...     [(line.stream, line.text) for line in sb.output(tail=1)]
+        [('stdout', 'hello')]
+        """
+        return self.runtime.output(self.id, tail=tail)
+
     def hot_reload(
         self,
         *,
@@ -165,11 +185,14 @@ class Sandbox:
         changed_files: Iterable[str] | None = None,
         timeout: float = 30.0,
         compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
     ) -> ReloadReport:
         """Swap changed code in, keeping state; see :meth:`Runtime.hot_reload`."""
         return self.runtime.hot_reload(
             self.id, modules=modules, source=source, migrate=migrate, extra=extra,
-            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout)
+            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout,
+            compile_memory_mb=compile_memory_mb, compile_cpu_seconds=compile_cpu_seconds)
 
     def rollback_module(
         self, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
@@ -180,6 +203,59 @@ class Sandbox:
     def module_versions(self, module: str | None = None) -> Any:
         """Kept versions; see :meth:`Runtime.module_versions`."""
         return self.runtime.module_versions(self.id, module)
+
+    def unload_module(self, module: str, *, timeout: float = 30.0) -> ReloadReport:
+        """Remove ``module`` from the running sandbox and from its current versions
+        (its kept versions stay, for rollback); see :func:`sandbox.hotreload.unload_module`.
+
+        >>> import sandbox
+        >>> with sandbox.start() as rt:
+        ...     sb = rt.create_sandbox("doc-unload", "examples/counter")
+        ...     sb.unload_module("app")
+        Traceback (most recent call last):
+        ...
+        runtime.errors.ReloadFailed: sandbox 'doc-unload': cannot unload module 'app': it holds the app's entry; it is needed to restart the app; nothing was changed
+        """
+        from sandbox.hotreload import unload_module
+
+        return unload_module(self.runtime, self.id, module, timeout=timeout)
+
+    def snapshot(self, *, timeout: float = 30.0) -> StateSnapshot:
+        """The states of the sandbox's named actors now, as plain data to keep.
+
+        All actors are held between two messages while it is taken (the reload
+        barrier), so the states are of one instant. Raises
+        :class:`~sandbox.statesnapshot.SnapshotError` naming an actor whose state is
+        not plain data (msgpack) under a profile that forbids pickling.
+
+        >>> import sandbox
+        >>> with sandbox.start() as rt:
+        ...     sb = rt.create_sandbox("doc-snap", "examples/counter")
+        ...     sb.call("counter", ("add", 5))
+        ...     snap = sb.snapshot()
+        ...     sb.call("counter", ("add", 1))
+        ...     sb.restore(snap).actors
+        ...     sb.call("counter", "get")
+        5
+        6
+        1
+        5
+        """
+        from sandbox.statesnapshot import take
+
+        return take(self.runtime, self.id, timeout=timeout)
+
+    def restore(
+        self, snapshot: StateSnapshot | Mapping[str, Any], *, extra: Any = None,
+        timeout: float = 30.0,
+    ) -> RestoreReport:
+        """Put a :meth:`snapshot` (or its ``to_dict()``) back, through the reload
+        barrier: all actors or none, ``code_change(old_vsn, state, extra)`` for
+        actors whose ``vsn`` changed since, their declared state shape checked.
+        Raises :class:`~runtime.errors.ReloadFailed` naming the step and actor."""
+        from sandbox.statesnapshot import restore
+
+        return restore(self.runtime, self.id, snapshot, extra=extra, timeout=timeout)
 
     def enable_auto_reload(
         self,
@@ -225,9 +301,13 @@ class Runtime:
         audit_path: str | os.PathLike[str] | None = None,
         watch_backend: str = "auto",
         http: tuple[str, int] | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
+        alert_webhook: str | Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
-        self._obs = Observability(self, http=http)  # metrics, health, HTTP
+        # metrics, health, alerts, HTTP (sandbox/health.py)
+        self._obs = Observability(self, http=http, alerts=_plain(alerts),
+                                  alert_webhook=alert_webhook)
         if base_dir is not None and not os.path.isdir(base_dir):
             raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
         self.base_dir = tempfile.mkdtemp(prefix=f"sandbox-{self.name}-", dir=base_dir)
@@ -308,7 +388,7 @@ class Runtime:
                 "monitor",
                 start=started("monitor", lambda: ResourceMonitorActor.start(
                     name=f"{n}/monitor", runtime_id=n, component=component,
-                    interval=self._monitor_interval,
+                    interval=self._monitor_interval, warn_at=self._obs.alerts.thresholds.warn_at,
                 )),
             ),
             ChildSpec(
@@ -371,6 +451,46 @@ class Runtime:
         return self._obs.metrics_text()
 
     @property
+    def metrics_registry(self) -> Any:
+        """This runtime's own ``prometheus_client.CollectorRegistry`` (for a push
+        gateway, or to serve it with prometheus-client's own server)."""
+        return self._obs.registry
+
+    def alerts(self, sandbox_id: str | None = None) -> list[dict[str, Any]]:
+        """Alerts raised so far, oldest first (see :mod:`sandbox.alerts`).
+
+        >>> with sandbox.start(alerts={"warn_at": 0.9}) as rt:
+        ...     rt.alerts()
+        []
+        """
+        return [a.as_dict() for a in self._obs.alerts.recent(sandbox_id)]
+
+    def error_patterns(self, sandbox_id: str | None = None) -> list[dict[str, Any]]:
+        """Recurring errors grouped by fingerprint, most frequent first: ``type``,
+        ``location``, normalised ``message``, ``count``, ``first_seen``, ``last_seen``,
+        ``sandboxes``, ``category`` and ``remedy`` (see :mod:`sandbox.patterns`).
+
+        >>> with sandbox.start() as rt:
+        ...     rt.error_patterns()
+        []
+        """
+        return [p.as_dict() for p in self._obs.metrics.patterns.patterns(sandbox_id)]
+
+    def capacity(
+        self, app: str | os.PathLike[str], *, profile: str = SandboxConfig.profile,
+        samples: int = 3, window: float = 1.0, entry: str = SandboxConfig.entry,
+    ) -> CapacityReport:
+        """How many more sandboxes of ``app`` under ``profile`` fit on this machine, and
+        which limit binds first, from ``samples`` probe sandboxes measured here (see
+        :mod:`sandbox.capacity`; the probes are destroyed before it returns).
+
+        >>> with sandbox.start() as rt:
+        ...     rt.capacity("examples/counter", samples=1, window=0.2).more > 0
+        True
+        """
+        return measure(self, app, profile=profile, samples=samples, window=window, entry=entry)
+
+    @property
     def http_address(self) -> tuple[str, int] | None:
         """``(host, port)`` the ``http`` endpoint listens on (None without one)."""
         return self._obs.address
@@ -422,6 +542,10 @@ class Runtime:
         auto_reload: bool = SandboxConfig.auto_reload,
         shutdown: float = SandboxConfig.shutdown,
         watch: WatchOptions | Mapping[str, Any] | None = None,
+        compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
         net_allow: Iterable[str] = (),
     ) -> Sandbox:
         """Create and start a sandbox running the app at ``path``; returns its handle.
@@ -429,6 +553,11 @@ class Runtime:
         Options: ``entry`` ('app:children'), ``profile`` ('high' | 'medium' | 'low'),
         ``limits`` (dict), ``restart`` ('permanent' | 'transient' | 'temporary'),
         ``max_restarts``, ``max_seconds``, ``env`` (dict), ``auto_reload``, ``shutdown``,
+        ``watch``, and the limits of every compile of this sandbox (unless a
+        ``hot_reload`` call overrides them): ``compile_timeout`` (seconds per module,
+        default 10), ``compile_memory_mb`` (the compile worker's memory, default
+        1024), ``compile_cpu_seconds`` (CPU seconds per module, default the timeout + 1);
+        ``alerts`` (alert thresholds of this sandbox, over the runtime's: ``{"warn_at": 0.5}``);
         ``net_allow`` (``["api.example.com:443"]``: the only addresses it may reach
         outside, through slirp4netns; see docs/security.md).
         Raises :class:`~runtime.errors.ConfigError` naming any bad option, and leaves
@@ -439,8 +568,14 @@ class Runtime:
             entry=entry, profile=profile, limits=limits, restart=restart,
             max_restarts=max_restarts, max_seconds=max_seconds, env=env,
             auto_reload=auto_reload, shutdown=shutdown, watch=watch,
+            compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
+            compile_cpu_seconds=compile_cpu_seconds,
+            alerts=None if alerts is None
+            else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds),
             net_allow=list(net_allow))
         self._manager("create", config)
+        # once it exists (not on SandboxExists, which must keep the existing one's)
+        self._obs.alerts.configure(sandbox_id, config.alerts)
         return Sandbox(self, sandbox_id)
 
     def sandbox(self, sandbox_id: str) -> Sandbox:
@@ -490,6 +625,27 @@ class Runtime:
         self.get_sandbox_info(sandbox_id)  # SandboxNotFound for a bad id
         return self.component("monitor").invoke("usage", sandbox_id)
 
+    def output(self, sandbox_id: str, *, tail: int | None = 100) -> list[OutputLine]:
+        """The last ``tail`` lines sandbox ``sandbox_id`` wrote to stdout and stderr.
+
+        Each :class:`~runtime.host.output.OutputLine` has ``stream`` ("stdout" or
+        "stderr"), ``text`` (control characters and escapes shown escaped),
+        ``time`` and ``truncated``. The host keeps the last 1,000 lines (256 Ki
+        characters at most), and at most 64 KiB/s (bursts of 256 KiB) and 16 MiB
+        in all per sandbox; the rest is dropped and counted (metric
+        ``sandbox_output_dropped_bytes_total``).
+        Every line is also a log record of the logger ``runtime.output``
+        (fields ``sandbox``, ``stream``); none reaches the host's stdout.
+        Raises :class:`~runtime.errors.SandboxNotFound` for an unknown id and
+        ``ValueError`` for a negative ``tail``.
+
+        >>> with sandbox.start() as rt:
+        ...     _ = rt.create_sandbox("doc-rt-output", "examples/counter")
+        ...     rt.output("doc-rt-output", tail=5)
+        []
+        """
+        return self._slot(sandbox_id).output.tail(tail)
+
     def register_profile(self, profile: Any) -> Any:
         """Register a custom security profile (``actors.profiles.custom_profile(...)``)
         so sandboxes can be created with ``profile=<its name>``."""
@@ -512,6 +668,8 @@ class Runtime:
         changed_files: Iterable[str] | None = None,
         timeout: float = 30.0,
         compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
     ) -> ReloadReport:
         """Swap the changed modules of a running sandbox, migrating every actor's state.
 
@@ -529,7 +687,8 @@ class Runtime:
 
         return hot_reload(self, sandbox_id, modules=modules, source=source, migrate=migrate,
                           extra=extra, changed_files=changed_files, timeout=timeout,
-                          compile_timeout=compile_timeout)
+                          compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
+                          compile_cpu_seconds=compile_cpu_seconds)
 
     @logs.operation("rollback")
     def rollback_module(
@@ -629,6 +788,38 @@ class Runtime:
             ((sid, functools.partial(self.destroy_sandbox, sid)) for sid in sandbox_ids), workers
         )
 
+    def batch_hot_reload(
+        self,
+        ids_or_specs: Iterable[str | Mapping[str, Any]],
+        *,
+        workers: int = 8,
+    ) -> list[BatchResult]:
+        """Hot-reload many sandboxes in parallel, one result each (value: the
+        :class:`~sandbox.hotreload.ReloadReport`; error: the CompileError or
+        ReloadFailed of that sandbox alone).
+
+        Each item is a sandbox id, or a dict of ``id`` and :meth:`hot_reload`'s
+        keyword arguments (``{"id": "a", "modules": ["counter"], "extra": 2}``).
+
+        >>> import sandbox
+        >>> with sandbox.start() as rt:
+        ...     _ = rt.create_sandbox("doc-batch", "examples/counter")
+        ...     [(r.id, r.ok) for r in rt.batch_hot_reload(["doc-batch", "doc-none"])]
+        [('doc-batch', True), ('doc-none', False)]
+        """
+
+        def reloader(item: str | Mapping[str, Any]) -> tuple[str, Callable[[], Any]]:
+            if isinstance(item, str):
+                return item, lambda: self.hot_reload(item)
+            opts = dict(item)
+            sandbox_id = opts.pop("id", None)
+            if not isinstance(sandbox_id, str):
+                raise ConfigError("id", sandbox_id,
+                                  "a sandbox id, or a dict with 'id' and hot_reload options")
+            return sandbox_id, lambda: self.hot_reload(sandbox_id, **opts)
+
+        return self._batch([reloader(i) for i in ids_or_specs], workers)
+
     def batch_run(
         self,
         sandbox_ids: Iterable[str],
@@ -658,6 +849,8 @@ def start(
     audit_path: str | os.PathLike[str] | None = None,
     watch_backend: str = "auto",
     http: tuple[str, int] | None = None,
+    alerts: AlertThresholds | Mapping[str, Any] | None = None,
+    alert_webhook: str | Mapping[str, Any] | None = None,
 ) -> Runtime:
     """Start a runtime. Also a context manager: ``with sandbox.start() as rt: ...``.
 
@@ -667,7 +860,9 @@ def start(
     ``history`` (versions kept per module), ``monitor_interval`` (seconds between
     resource samples), ``audit_path`` (a JSON-lines audit file kept after stop),
     ``watch_backend`` ('auto', 'inotify', 'polling'), ``http`` ((host, port) serving
-    /health and /metrics).
+    /health and /metrics), ``alerts`` (alert thresholds, the resource monitor's
+    ``warn_at`` included: :class:`~actors.config.AlertThresholds`), ``alert_webhook``
+    (a URL alerts are POSTed to as JSON; see :mod:`sandbox.alerts`).
 
     >>> import sandbox
     >>> rt = sandbox.start(name="doc-rt")
@@ -678,5 +873,10 @@ def start(
     return Runtime(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
-        watch_backend=watch_backend, http=http,
+        watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
     ).start()
+
+
+def _plain(value: Any) -> Any:
+    """A mapping option as the dict the config builders take (other values unchanged)."""
+    return dict(value) if isinstance(value, Mapping) else value

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from actors.config import WatchOptions
+from actors.config import WatchOptions, compiler_options
 from runtime.childspec import ChildSpec
 from runtime.errors import SandboxError
 
@@ -49,6 +49,7 @@ def watcher_child(
         return rt.component("compiler").invoke(
             "incremental_compile", info["path"], files, profile=info["profile"],
             cache_dir=rt._manager("cache_dir", sandbox_id), timeout=WATCH_TIMEOUT,
+            **compiler_options(info.get("compile") or {}),
         )
 
     def start() -> ActorRef:

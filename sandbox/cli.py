@@ -1,4 +1,4 @@
-"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``.
+"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``, ``capacity``, ``patterns``.
 
 Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line without a
 traceback unless ``--debug`` is given.
@@ -203,6 +203,19 @@ class _ReloadPrinter:
             self.printer.line(f"watching by polling: {md.get('reason')}")
 
 
+class _OutputLines(logging.Handler):
+    """The sandbox's stdout/stderr lines (runtime.output records), already
+    neutralised by the host, as ``[id stream] text`` lines of the printer."""
+
+    def __init__(self, printer: _Printer) -> None:
+        super().__init__(logging.INFO)
+        self.printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sid, stream = getattr(record, "sandbox", "?"), getattr(record, "stream", "?")
+        self.printer.line(f"[{sid} {stream}] {record.getMessage()}")
+
+
 def _run(args: argparse.Namespace) -> int:
     import sandbox
 
@@ -212,13 +225,14 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with sandbox.start(name="run") as rt:
         printer = _Printer(lambda s: print(s, flush=True), rt.name)
+        output = logging.getLogger("runtime.output")
+        output.addHandler(_OutputLines(printer))
+        output.setLevel(logging.INFO)
         watch = getattr(args, "watch", False)
         telemetry.attach("cli-run", "sandbox", _quiet_reloads(printer) if watch else printer)
         if watch:
             telemetry.attach("cli-run-watch", "watcher", _ReloadPrinter(printer))
             # Its lines say what the watcher's log warnings would say a second time.
-            import logging
-
             logging.getLogger("runtime.watcher").addHandler(logging.NullHandler())
         try:
             sandbox_id = args.id or path.resolve().name
@@ -245,11 +259,15 @@ def _new(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     """Compile and scan every module of an app once; print diagnostics like a linter.
 
-    One ``file:line:col: code message`` line per finding (a hint, when there is
-    one, on the next line), then a summary. Exit 1 if any error, else 0.
+    One ``file:line:col: code [risk] message`` line per finding, the code around
+    it with the matched text underlined, a hint when there is one, then a summary;
+    ``--format json`` prints one JSON object instead (``findings``: every
+    diagnostic's fields). Exit 1 if any error, else 0.
     """
+    import json
+
     from actors.compiler import CompilerActor
-    from actors.scan import ProfileScanner
+    from actors.scan import ProfileScanner, render
 
     if not Path(args.path).is_dir():
         raise SandboxError(f"{args.path} is not a directory: give the app's directory")
@@ -258,9 +276,17 @@ def _check(args: argparse.Namespace) -> int:
         result = ref.invoke("compile_sandbox", args.path, profile=args.profile, timeout=None)
     finally:
         ref.stop()
-    for d in result.diagnostics:
-        print(d.format())
     n_err, n_warn = len(result.errors), len(result.warnings)
+    if args.format == "json":
+        print(json.dumps({
+            "path": args.path, "profile": args.profile,
+            "modules": len(result.modules) + len(result.failed),
+            "errors": n_err, "warnings": n_warn,
+            "findings": [d.to_dict() for d in result.diagnostics],
+        }, indent=2), flush=True)
+        return 1 if result.errors else 0
+    for d in result.diagnostics:
+        print(render(d))
     print(
         f"{args.path}: {len(result.modules) + len(result.failed)} modules checked "
         f"(profile {args.profile}): {n_err} error{'s' if n_err != 1 else ''}, "
@@ -268,6 +294,51 @@ def _check(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 1 if result.errors else 0
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    """Measure probe sandboxes of the app in a runtime of this process; print what fits."""
+    import json
+
+    import sandbox
+
+    with sandbox.start() as rt:
+        report = rt.capacity(args.path, profile=args.profile, samples=args.samples,
+                             window=args.window, entry=args.entry)
+    print(json.dumps(report.as_dict(), indent=1) if args.json else report.text(), flush=True)
+    return 0
+
+
+def _patterns(args: argparse.Namespace) -> int:
+    """Recurring errors of a running runtime, from its HTTP endpoint's /health."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    url = args.http if "://" in args.http else f"http://{args.http}"
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=args.timeout) as resp:
+            health = json.load(resp)
+    except urllib.error.HTTPError as err:  # 503 (degraded) still carries the document
+        health = json.load(err)
+    except urllib.error.URLError as err:
+        raise SandboxError(f"cannot reach {url}/health ({err.reason}): start the runtime with "
+                           "http=(host, port) and give that address") from None
+    found = health.get("error_patterns") or []
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return 0
+    if not found:
+        print(f"no recurring errors in runtime {health.get('runtime')}")
+    for p in found:
+        where = f" at {p['location']}" if p.get("location") else ""
+        sandboxes = ", ".join(f"{k} ({v})" for k, v in sorted(p["sandboxes"].items()))
+        print(f"{p['count']:>6}x {p['type']}{where}: {p['message']}\n"
+              f"        [{p['fingerprint']}] {p['category']}; sandboxes: {sandboxes}; "
+              f"first {time.strftime('%H:%M:%S', time.localtime(p['first_seen']))}, "
+              f"last {time.strftime('%H:%M:%S', time.localtime(p['last_seen']))}\n"
+              f"        remedy: {p['remedy']}")
+    return 0
 
 
 def _load_harness() -> Any:
@@ -351,7 +422,30 @@ def _parser() -> argparse.ArgumentParser:
                        help="security profile the scan applies (default: medium)")
     check.add_argument("--timeout", type=float, default=10.0,
                        help="seconds each module's compile may take (default: 10)")
+    check.add_argument("--format", default="text", choices=["text", "json"],
+                       help="text: like a linter, with the code around each finding "
+                       "(default); json: one object with every finding's fields")
     check.set_defaults(fn=_check)
+    capacity = sub.add_parser(
+        "capacity", help="how many more sandboxes of an app fit on this machine, and what binds"
+    )
+    capacity.add_argument("path", help="the app's directory")
+    capacity.add_argument("--profile", default="medium", help="security profile (default: medium)")
+    capacity.add_argument("--entry", default="app:children", help="module:function of the app")
+    capacity.add_argument("--samples", type=int, default=3,
+                          help="probe sandboxes to measure (default: 3)")
+    capacity.add_argument("--window", type=float, default=1.0,
+                          help="seconds over which idle CPU is measured (default: 1)")
+    capacity.add_argument("--json", action="store_true", help="print the report as JSON")
+    capacity.set_defaults(fn=_capacity)
+    patterns = sub.add_parser(
+        "patterns", help="recurring errors of a running runtime (from its /health endpoint)"
+    )
+    patterns.add_argument("--http", required=True, metavar="HOST:PORT",
+                          help="the runtime's http address (sandbox.start(http=...))")
+    patterns.add_argument("--timeout", type=float, default=10.0, help="seconds (default: 10)")
+    patterns.add_argument("--json", action="store_true", help="print the patterns as JSON")
+    patterns.set_defaults(fn=_patterns)
     return p
 
 

@@ -28,9 +28,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+
+from actors.config import AlertThresholds
 from runtime.errors import ConfigError
+from runtime.recovery import annotate
+from sandbox.alerts import AlertManager, WebhookConfig
 from sandbox.metrics import Gauge, RuntimeMetrics
 
 if TYPE_CHECKING:
@@ -74,14 +81,24 @@ def check_http(value: Any) -> tuple[str, int] | None:
 
 
 class Observability:
-    """A runtime's metrics, health and HTTP endpoint; created with the runtime,
-    started after its root supervisor, stopped with it."""
+    """A runtime's metrics (its own prometheus-client registry), health, alerts
+    (:mod:`sandbox.alerts`) and HTTP endpoint; created with the runtime, started after
+    its root supervisor, stopped with it."""
 
-    def __init__(self, rt: Runtime, *, http: Any = None) -> None:
+    def __init__(self, rt: Runtime, *, http: Any = None, alerts: Any = None,
+                 alert_webhook: Any = None) -> None:
         self.rt = rt
         self.http = check_http(http)
+        self.alerts = AlertManager(rt.name, AlertThresholds.build(alerts),
+                                   WebhookConfig.build(alert_webhook))
         self.metrics = RuntimeMetrics(rt.name)
         self.calls = self.metrics.calls  # Sandbox.call records into it
+        #: This runtime's own registry (never prometheus-client's global one): the
+        #: runtime's counters, and gauges of its health, collected at each scrape.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.metrics)
+        self.registry.register(_HealthCollector(self))
+        self.registry.register(_ResourceCollector(self))
         self.server: MetricsServer | None = None
         self.started_at: float | None = None
 
@@ -90,6 +107,7 @@ class Observability:
         """Attach the metrics handler; start the HTTP endpoint if asked. If the
         endpoint cannot listen, the runtime is stopped and ConfigError raised."""
         self.metrics.attach()
+        self.alerts.start()
         self.started_at = time.time()
         if self.http is not None:
             from sandbox.http import MetricsServer
@@ -109,6 +127,7 @@ class Observability:
         if server is not None:
             server.stop()
         self.metrics.detach()
+        self.alerts.stop()
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -129,8 +148,6 @@ class Observability:
                 "alive": bool(running and ref is not None and ref.is_alive()),
                 "restarts": restarts.get(name, 0),
             }
-        from runtime.recovery import annotate
-
         sandboxes: dict[str, dict[str, Any]] = {}
         for sid, entry in sorted(snap["sandboxes"].items()):
             status = entry["status"]
@@ -156,13 +173,18 @@ class Observability:
             "uptime": (time.time() - self.started_at) if running and self.started_at else 0.0,
             "components": components,
             "sandboxes": sandboxes,
+            # the most frequent recurring errors (all of them: rt.error_patterns())
+            "error_patterns": [p.as_dict() for p in self.metrics.patterns.patterns()[:10]],
             "checked_at": time.time(),
         }
 
     # -- metrics -------------------------------------------------------------------------
     def metrics_text(self) -> str:
-        """Prometheus text: the runtime's counters and histograms, and gauges of its
-        health (``sandbox_up``, ``sandbox_component_up``, ``sandbox_runtime_up``)."""
+        """Prometheus text of :attr:`registry`: the runtime's counters and histograms, and
+        gauges of its health (``sandbox_up``, ``sandbox_component_up``, ``sandbox_runtime_up``)."""
+        return generate_latest(self.registry).decode()
+
+    def health_gauges(self) -> list[Gauge]:
         h = self.health()
         up = Gauge("sandbox_runtime_up",
                    "1 if the runtime is healthy, 0.5 if degraded, 0 if down.")
@@ -175,4 +197,60 @@ class Observability:
                    ("sandbox", "status"))
         for sid, s in h["sandboxes"].items():
             sb.set((sid, s["status"]), 1.0 if s["ok"] else 0.0)
-        return self.metrics.text([up, comp, sb])
+        return [up, comp, sb]
+
+
+#: The resources of actors.config.Limits the monitor samples, and the sample field
+#: holding each one's use, in the limit's own unit.
+_RESOURCES = {"memory_mb": "rss_mb", "cpu_percent": "cpu_percent", "processes": "processes",
+              "open_files": "fds_max"}
+
+
+class _ResourceCollector:
+    """Each sandbox's resource use and limits, from the resource monitor's latest
+    sample. A scrape asks the monitor (briefly): a monitor being restarted just
+    leaves these gauges empty for that scrape."""
+
+    def __init__(self, obs: Observability) -> None:
+        self.obs = obs
+
+    def gauges(self) -> list[Gauge]:
+        usage = Gauge("sandbox_resource_usage",
+                      "A sandbox's latest sampled use of a resource, in the unit of its limit "
+                      "(memory_mb: MiB RSS of its tree, cpu_percent, processes, open_files).",
+                      ("sandbox", "resource"))
+        limit = Gauge("sandbox_resource_limit",
+                      "A sandbox's limit of a resource (when it has one).", ("sandbox", "resource"))
+        warn = Gauge("sandbox_alert_warn_at",
+                     "Fraction of a limit at which a sandbox's resource warning fires.",
+                     ("sandbox",))
+        try:
+            every = self.obs.rt.component("monitor", timeout=1.0).invoke("usage_all", timeout=2.0)
+        except Exception:  # not running, restarting, busy: no figures this scrape
+            every = {}
+        for sid, u in sorted((every or {}).items()):
+            if not u:
+                continue
+            warn.set((sid,), float(u.get("warn_at", 0.8)))
+            for resource, key in _RESOURCES.items():
+                if u.get("sampled") and u.get(key) is not None:
+                    usage.set((sid, resource), float(u[key]))
+                if (u.get("limits") or {}).get(resource) is not None:
+                    limit.set((sid, resource), float(u["limits"][resource]))
+        return [usage, limit, warn]
+
+    def collect(self) -> Iterator[Metric]:
+        for gauge in self.gauges():
+            yield gauge.family()
+
+
+class _HealthCollector:
+    """The health gauges, computed at each scrape."""
+
+    def __init__(self, obs: Observability) -> None:
+        self.obs = obs
+
+    def collect(self) -> Iterator[Metric]:
+        for gauge in self.obs.health_gauges():
+            yield gauge.family()
+        yield self.obs.alerts.fired.family()

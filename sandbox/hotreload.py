@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from actors.config import compiler_options
+from actors.containment import audit_warned
 from runtime import logs, telemetry
 from runtime.child.swap import ModuleCode
 from runtime.errors import ReloadFailed, SandboxError, SecurityViolation
@@ -44,7 +46,7 @@ from runtime.wire.shipping import ship
 if TYPE_CHECKING:
     from sandbox.api import Runtime
 
-__all__ = ["ReloadReport", "hot_reload", "rollback_module"]
+__all__ = ["ReloadReport", "hot_reload", "rollback_module", "unload_module"]
 
 COMPILE_TIMEOUT = 120.0
 
@@ -61,7 +63,9 @@ class ReloadReport:
     the swap carried over but could not update (old functions or generators kept
     in an actor's state, child specs that could not be applied); ``duration``: API
     call to commit; ``suspend_seconds``: waiting for the actors to pause;
-    ``swap_seconds``: actors held (staging, migration, commit).
+    ``swap_seconds``: actors held (staging, migration, commit); ``removed``: loaded
+    modules whose file was deleted: they stay loaded, and a warning offers
+    ``Sandbox.unload_module`` (see :func:`unload_module`).
     """
 
     sandbox: str
@@ -80,6 +84,7 @@ class ReloadReport:
     swap_seconds: float = 0.0
     at: float = 0.0
     error: str | None = None
+    removed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -147,6 +152,8 @@ def hot_reload(
     changed_files: Iterable[str | os.PathLike[str]] | None = None,
     timeout: float = 30.0,
     compile_timeout: float | None = None,
+    compile_memory_mb: int | None = None,
+    compile_cpu_seconds: int | None = None,
 ) -> ReloadReport:
     """Swap changed code into a running sandbox, keeping every actor's state.
 
@@ -160,8 +167,10 @@ def hot_reload(
     - ``changed_files``: compile only these files (the watcher's incremental path).
     - ``timeout``: seconds for the swap inside the sandbox (suspending the actors
       waits at most 10 of them).
-    - ``compile_timeout``: seconds each module's compile may take before the
-      compile worker is killed (default: the compiler's, 10 s).
+    - ``compile_timeout``, ``compile_memory_mb``, ``compile_cpu_seconds``: this
+      reload's compile limits (each module's wall time, the worker's memory, each
+      module's CPU time); default: the sandbox's (``create_sandbox``), else the
+      compiler's (10 s, 1 GiB, timeout + 1 s).
 
     Raises CompileError (nothing was swapped) or ReloadFailed (the sandbox still
     runs its previous code and state).
@@ -182,10 +191,13 @@ def hot_reload(
         overlay = None
         try:
             cache = rt._manager("cache_dir", sandbox_id)
-            opts: dict[str, Any] = {"profile": info["profile"], "cache_dir": cache,
-                                    "timeout": COMPILE_TIMEOUT}
-            if compile_timeout is not None:
-                opts["compile_timeout"] = compile_timeout
+            opts: dict[str, Any] = {
+                "profile": info["profile"], "cache_dir": cache, "timeout": COMPILE_TIMEOUT,
+                # the sandbox's compile options, unless this call overrides them
+                **compiler_options(info.get("compile") or {}, compile_timeout=compile_timeout,
+                                   compile_memory_mb=compile_memory_mb,
+                                   compile_cpu_seconds=compile_cpu_seconds),
+            }
             if source:
                 # Only the modules given are compiled (the rest of the copy is there
                 # so their imports resolve), then made to look compiled in the app.
@@ -204,7 +216,13 @@ def hot_reload(
                 todo = _changed_on_disk(info["path"], cache, slot.modules)
                 result = compiler.invoke("incremental_compile", info["path"], todo, **opts)
             report.diagnostics = [str(d) for d in result.diagnostics]
+            audit_warned(rt.component("security"), sandbox_id, result)  # profile's warn groups
             result.raise_for_errors()
+            report.removed = _loaded_but_deleted(result, slot.modules)
+            report.warnings += [
+                f"the file of module {m!r} was deleted; it stays loaded until "
+                f"sb.unload_module({m!r}) (or a restart)" for m in report.removed
+            ]
             if modules is not None:
                 wanted = list(dict.fromkeys(modules))
                 missing = [m for m in wanted if m not in result.modules]
@@ -266,7 +284,9 @@ def rollback_module(
     with slot.reload_lock, telemetry.span("sandbox.rollback", meta), \
             _recorded(rt, slot, report, t0):
         target = versions.invoke("get_version", sandbox_id, module, version)
-        plan = versions.invoke("calculate_reload_order", sandbox_id, [module])
+        # pending: an unloaded module is not in the current graph, its version is
+        plan = versions.invoke("calculate_reload_order", sandbox_id, [module],
+                               pending={module: list(target.dependencies)})
         chosen = {module: ModuleCode.from_compiled(target, version)}
         units = [[(chosen.get(m) or slot.modules[m]).to_wire() for m in unit]
                  for unit in plan.units]
@@ -276,6 +296,48 @@ def rollback_module(
         report.modules, report.changed, report.cycles = plan.modules, [module], plan.cycles
         report.versions = {module: version}
         _fill(report, swap)
+    return report
+
+
+def unload_module(
+    rt: Runtime, sandbox_id: str, module: str, *, timeout: float = 30.0
+) -> ReloadReport:
+    """Remove ``module`` from a running sandbox and from its current versions.
+
+    Refused (:class:`~runtime.errors.ReloadFailed`, step ``unload``, nothing
+    changed) while another loaded module imports it, for the app's entry module,
+    a package with loaded submodules, or a module whose classes actors run. Its
+    kept versions stay: ``rollback_module(module, version)`` loads it again.
+    Returns a report of kind ``unload``.
+    """
+    t0 = time.perf_counter()
+    slot = rt._slot(sandbox_id)
+    versions = rt.component("versions")
+    report = ReloadReport(sandbox=sandbox_id, kind="unload", at=time.time())
+    meta = {"sandbox": sandbox_id, "runtime": rt.name, "module": module}
+    with slot.reload_lock, telemetry.span("sandbox.unload", meta), \
+            _recorded(rt, slot, report, t0):
+        if module not in slot.modules:
+            raise ReloadFailed(
+                f"sandbox {sandbox_id!r} has no loaded module {module!r} "
+                f"(loaded: {', '.join(sorted(slot.modules)) or 'none'})",
+                module=module, step="unload")
+        graph = versions.invoke("get_dependency_graph", sandbox_id)
+        importers = sorted(m for m, deps in graph.items() if module in deps and m != module)
+        if importers:
+            raise ReloadFailed(
+                f"cannot unload module {module!r} of sandbox {sandbox_id!r}: loaded module "
+                f"{', '.join(importers)} import{'s' if len(importers) == 1 else ''} it; remove "
+                "the import (and reload) or unload those first; nothing was changed",
+                module=module, step="unload")
+        payload = {"module": module, "correlation_id": logs.current_id()}
+        result = slot.get(timeout).system("unload_module", payload, timeout=timeout)
+        if not result.get("ok"):
+            raise ReloadFailed(f"sandbox {sandbox_id!r}: {result.get('error')}",
+                               module=module, step=result.get("step") or "unload")
+        versions.invoke("unload", sandbox_id, module)
+        del slot.modules[module]  # a crash restart boots without it too
+        report.modules, report.removed = [module], [module]
     return report
 
 
@@ -317,9 +379,16 @@ def _changed_on_disk(path: str, cache_dir: str, current: Mapping[str, ModuleCode
     return out
 
 
+def _loaded_but_deleted(result: Any, current: Mapping[str, ModuleCode]) -> list[str]:
+    """Loaded modules whose file is gone (what a reload cannot swap, only unload)."""
+    gone = set(getattr(result, "removed", None) or ())
+    gone |= {name for name, mc in current.items() if mc.file and not os.path.exists(mc.file)}
+    return sorted(gone & set(current))
+
+
 def _fill(report: ReloadReport, swap: Mapping[str, Any]) -> None:
     report.actors = swap["actors"]
-    report.warnings = list(swap["warnings"])
+    report.warnings += list(swap["warnings"])
     report.children = dict(swap.get("children") or {})
     report.warnings += [f"child spec not applied: {f}" for f in report.children.get("failed", [])]
     report.suspend_seconds = swap.get("suspend_seconds", 0.0)

@@ -1,4 +1,4 @@
-"""Metrics: counters and histograms aggregated from telemetry, in Prometheus text format.
+"""Metrics: counters and histograms aggregated from telemetry, exposed through prometheus-client.
 
 Each runtime keeps a :class:`RuntimeMetrics`: a telemetry handler that folds the
 runtime's events (those whose metadata names it, or that run under one of its
@@ -7,9 +7,13 @@ operations) into counters and histograms, and the per-sandbox state
 would cost more than the call's own bookkeeping): :class:`CallMetrics` counts
 them in place, under one uncontended lock.
 
-The exposition (:func:`exposition`) is the Prometheus text format 0.0.4, written
-here by hand; ``prometheus-client`` is only an optional extra, used by the tests
-to parse it.
+The exposition is prometheus-client's: each runtime has its own
+:class:`~prometheus_client.CollectorRegistry` (never the process-global one, so
+two runtimes in one process do not mix), and :class:`RuntimeMetrics` is a custom
+collector on it that turns these counters into metric families at scrape time.
+The counters are kept here rather than as prometheus-client's own metric types
+because a call is recorded on the hot path (one bisect, one lock) and a
+destroyed sandbox's series must go away with it.
 
 >>> reg = Registry()
 >>> c = reg.counter("demo_events_total", "Events seen.", ("kind",))
@@ -19,14 +23,14 @@ to parse it.
 >>> print(reg.text(), end="")
 # HELP demo_events_total Events seen.
 # TYPE demo_events_total counter
-demo_events_total{kind="a"} 3
+demo_events_total{kind="a"} 3.0
 # HELP demo_seconds Durations.
 # TYPE demo_seconds histogram
-demo_seconds_bucket{le="0.1"} 0
-demo_seconds_bucket{le="1"} 1
-demo_seconds_bucket{le="+Inf"} 1
+demo_seconds_bucket{le="0.1"} 0.0
+demo_seconds_bucket{le="1"} 1.0
+demo_seconds_bucket{le="+Inf"} 1.0
+demo_seconds_count 1.0
 demo_seconds_sum 0.5
-demo_seconds_count 1
 """
 
 from __future__ import annotations
@@ -35,11 +39,21 @@ import math
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from runtime import telemetry
 from runtime.logs import _context as _log_context
+from runtime.recovery import annotate
+from sandbox.patterns import ErrorPatterns
 
 __all__ = [
     "CONTENT_TYPE",
@@ -54,6 +68,7 @@ __all__ = [
     "exposition",
 ]
 
+#: The text format 0.0.4, which every Prometheus scrapes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Seconds; a call round trip is tens of microseconds.
@@ -65,37 +80,17 @@ RELOAD_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 Labels = tuple[str, ...]
 
 
-# -- text format ---------------------------------------------------------------------------
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_value(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
 def _num(value: float) -> str:
-    """A sample value as the text format writes it.
+    """A bucket bound as the ``le`` label writes it.
 
     >>> _num(3.0), _num(0.25), _num(math.inf), _num(1e-05)
     ('3', '0.25', '+Inf', '1e-05')
     """
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
     if float(value).is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(float(value))
-
-
-def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape_value(str(v))}"' for n, v in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
 
 
 class _Metric:
@@ -107,10 +102,8 @@ class _Metric:
         self.labelnames = tuple(labelnames)
         self._lock = threading.Lock()
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.type}"]
-
-    def lines(self) -> list[str]:
+    def family(self) -> Metric:
+        """This metric's samples now, as a prometheus-client metric family."""
         raise NotImplementedError
 
     def drop(self, label: str, value: str) -> None:
@@ -145,10 +138,13 @@ class Counter(_Metric):
     def get(self, labels: Labels = ()) -> float:
         return self.values.get(labels, 0)
 
-    def lines(self) -> list[str]:
+    def family(self) -> Metric:
+        fam = CounterMetricFamily(self.name, self.help, labels=self.labelnames)
         with self._lock:
             items = sorted(self.values.items())
-        return [f"{self.name}{_labels(self.labelnames, k)} {_num(v)}" for k, v in items]
+        for key, v in items:
+            fam.add_metric(list(key), v)
+        return fam
 
 
 class Gauge(Counter):
@@ -159,6 +155,14 @@ class Gauge(Counter):
     def set(self, labels: Labels, value: float) -> None:
         with self._lock:
             self.values[labels] = value
+
+    def family(self) -> Metric:
+        fam = GaugeMetricFamily(self.name, self.help, labels=self.labelnames)
+        with self._lock:
+            items = sorted(self.values.items())
+        for key, v in items:
+            fam.add_metric(list(key), v)
+        return fam
 
 
 class _Series:
@@ -200,26 +204,36 @@ class Histogram(_Metric):
         s = self.series.get(labels)
         return s.count if s is not None else 0
 
-    def lines(self) -> list[str]:
+    def family(self) -> Metric:
+        fam = HistogramMetricFamily(self.name, self.help, labels=self.labelnames)
         with self._lock:
-            items = sorted((k, list(s.buckets), s.sum, s.count) for k, s in self.series.items())
-        out = []
-        for key, buckets, total, count in items:
-            running = 0
-            for bound, n in zip((*self.bounds, math.inf), buckets):
+            items = sorted((k, list(s.buckets), s.sum) for k, s in self.series.items())
+        les = [_num(b) for b in (*self.bounds, math.inf)]
+        for key, buckets, total in items:
+            running, cumulative = 0, []
+            for le, n in zip(les, buckets):
                 running += n
-                le = 'le="' + _num(bound) + '"'
-                out.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {running}")
-            out.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_num(total)}")
-            out.append(f"{self.name}_count{_labels(self.labelnames, key)} {count}")
-        return out
+                cumulative.append((le, running))
+            fam.add_metric(list(key), cumulative, total)
+        return fam
 
 
-class Registry:
-    """An ordered set of metrics, exposed together."""
+class _Families:
+    """A collector over a fixed list of metrics (prometheus-client calls ``collect``)."""
+
+    def __init__(self, metrics: Iterable[_Metric]) -> None:
+        self.metrics = list(metrics)
+
+    def collect(self) -> Iterator[Metric]:
+        for m in self.metrics:
+            yield m.family()
+
+
+class Registry(_Families):
+    """An ordered set of metrics, collected together."""
 
     def __init__(self) -> None:
-        self.metrics: list[_Metric] = []
+        super().__init__(())
 
     def _add(self, metric: Any) -> Any:
         self.metrics.append(metric)
@@ -243,14 +257,9 @@ class Registry:
         return exposition(self.metrics)
 
 
-def exposition(metrics: Iterable[Any]) -> str:
-    """The Prometheus text format (0.0.4) of ``metrics`` (objects with ``header()``
-    and ``lines()``), ending with a newline."""
-    out: list[str] = []
-    for m in metrics:
-        out.extend(m.header())
-        out.extend(m.lines())
-    return "\n".join(out) + "\n"
+def exposition(metrics: Iterable[_Metric]) -> str:
+    """The Prometheus text format (0.0.4) of ``metrics``, written by prometheus-client."""
+    return generate_latest(_Families(metrics)).decode()
 
 
 # -- calls ---------------------------------------------------------------------------------
@@ -365,6 +374,9 @@ class RuntimeMetrics:
         self.protocol_errors = r.counter(
             "sandbox_protocol_errors_total",
             "Sandbox processes killed for breaking the mailbox protocol.", ("sandbox",))
+        self.output_dropped = r.counter(
+            "sandbox_output_dropped_bytes_total",
+            "Bytes of a sandbox's stdout/stderr dropped by its rate or size cap.", ("sandbox",))
         self.supervisor_restarts = r.counter(
             "sandbox_supervisor_restarts_total",
             "Child restarts by the runtime's supervisors.", ("supervisor", "child"))
@@ -373,6 +385,14 @@ class RuntimeMetrics:
             "Supervisors of the runtime that reached their restart intensity.", ("supervisor",))
         self.watcher_events = r.counter(
             "sandbox_watcher_events_total", "File watcher events, by event.", ("event",))
+        self.actor_restarts = r.counter(
+            "sandbox_actor_restarts_total",
+            "Actors inside sandboxes restarted by the app's supervisors.", ("sandbox", "actor"))
+        self.actor_escalations = r.counter(
+            "sandbox_actor_escalations_total",
+            "Supervisors inside sandboxes that reached their restart intensity.", ("sandbox",))
+        #: recurring errors by fingerprint (sandbox/patterns.py)
+        self.patterns = ErrorPatterns()
         self.calls = CallMetrics()
         self._lock = threading.Lock()
         #: sandbox id -> {"status", "pid", "starts", "last_error", "since"}
@@ -395,8 +415,10 @@ class RuntimeMetrics:
             "security.scan.blocked": self._on_security,
             "security.quarantine": self._on_security,
             "process.protocol_error": self._on_protocol,
+            "process.output_dropped": self._on_output_dropped,
             "supervisor.restart": self._on_supervisor,
             "supervisor.escalation": self._on_supervisor,
+            "process.system": self._on_notice,
         }
         for op in _OPERATIONS:
             self._dispatch[f"sandbox.{op}.stop"] = self._on_operation
@@ -483,13 +505,12 @@ class RuntimeMetrics:
             entry["pid"] = None
         if kind in ("normal", "shutdown"):
             return
-        from runtime.recovery import annotate
-
         error = annotate({"kind": kind, "message": md.get("reason"), "at": time.time()})
         assert error is not None
         with self._lock:
             self._entry(sid)["last_error"] = error
         self.crashes.inc((sid, error["category"]))
+        self._pattern(sid, str(md.get("reason") or kind), None, str(kind))
 
     def _on_reload(self, event: str, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
         if md.get("runtime") != self.runtime:
@@ -522,6 +543,34 @@ class RuntimeMetrics:
         if name.startswith(self._prefix):
             self.protocol_errors.inc((name[len(self._prefix):],))
 
+    def _on_notice(self, event: str, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
+        """Supervisor events inside a sandbox (runtime/child/notices.py)."""
+        name = str(md.get("name") or "")
+        op, payload = md.get("op"), md.get("payload")
+        if not name.startswith(self._prefix) or not isinstance(payload, Mapping):
+            return
+        sid = name[len(self._prefix):]
+        if op == "actor_restart":
+            self.actor_restarts.inc((sid, str(payload.get("child"))))
+            self._pattern(sid, str(payload.get("reason") or ""),
+                          str(payload.get("traceback") or "") or None,
+                          str(payload.get("reason_kind") or ""))
+        elif op == "actor_escalation":
+            self.actor_escalations.inc((sid,))
+
+    def _pattern(self, sid: str, message: str, tb: str | None, kind: str) -> None:
+        p = self.patterns.record(sid, message, traceback=tb, kind=kind)
+        telemetry.execute(
+            "error.pattern", {"count": p.count},
+            {"runtime": self.runtime, "sandbox": sid, "fingerprint": p.fingerprint,
+             "type": p.type, "location": p.location, "message": p.message,
+             "category": p.category, "remedy": p.remedy},
+        )
+
+    def _on_output_dropped(self, event: str, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
+        if md.get("runtime") == self.runtime:
+            self.output_dropped.inc((str(md.get("sandbox")),), int(m.get("bytes", 0)))
+
     def _on_supervisor(self, event: str, m: Mapping[str, Any], md: Mapping[str, Any]) -> None:
         sup = str(md.get("supervisor") or "")
         if not sup.startswith(self._prefix):
@@ -545,10 +594,21 @@ class RuntimeMetrics:
                 "component_restarts": dict(self.component_restarts),
             }
 
-    def families(self) -> list[Any]:
-        """Every metric, the call counters included, in exposition order."""
+    def families(self) -> list[_Metric]:
+        """Every metric, the call counters and error patterns included, in exposition order."""
         calls, errors = self.calls.totals()
-        return [*self.registry.metrics, calls, errors, self.calls]
+        occurrences = Counter(
+            "sandbox_error_pattern_occurrences_total",
+            "Occurrences of each recurring error (sandbox/patterns.py), by fingerprint.",
+            ("fingerprint", "type", "category"))
+        for p in self.patterns.patterns():
+            occurrences.values[(p.fingerprint, p.type, p.category)] = p.count
+        return [*self.registry.metrics, calls, errors, self.calls, occurrences]
 
-    def text(self, extra: Iterable[Any] = ()) -> str:
+    def collect(self) -> Iterator[Metric]:
+        """The prometheus-client collector protocol: every family, built now."""
+        for m in self.families():
+            yield m.family()
+
+    def text(self, extra: Iterable[_Metric] = ()) -> str:
         return exposition([*self.families(), *extra])

@@ -123,25 +123,20 @@ class Snapshot:
 
 
 def warm_up() -> None:
-    """Start the process-global helpers (forkserver, resource tracker) now.
+    """Start the process-global helper (the fork server) now.
 
-    They live as long as the host; started inside a test they would look like a leak.
+    It lives as long as the host; started inside a test it would look like a leak.
     """
-    from multiprocessing import forkserver as mp_forkserver
-    from multiprocessing import resource_tracker
+    from runtime.host.forkserver import ensure_running
 
-    from runtime.host.forkserver import context
-
-    context()
-    mp_forkserver.ensure_running()
-    resource_tracker.ensure_running()
+    ensure_running()
 
 
 def snapshot() -> Snapshot:
-    """What this process owns now (multiprocessing's long-lived helpers excluded)."""
+    """What this process owns now (the long-lived fork server excluded)."""
     import psutil
 
-    from runtime.host.forkserver import helper_pids, server_pid
+    from runtime.host.forkserver import helper_fds, helper_pids, helper_threads, server_pid
 
     helpers = helper_pids()
     me = psutil.Process()
@@ -156,9 +151,12 @@ def snapshot() -> Snapshot:
                 pass
     except psutil.NoSuchProcess:
         pass
-    threads = {t.ident for t in threading.enumerate() if t.ident is not None}
+    threads = {t.ident for t in threading.enumerate() if t.ident is not None} - helper_threads()
     fd_ids: dict[int, tuple[int, int]] = {}
+    skip = helper_fds()
     for name in os.listdir("/proc/self/fd"):
+        if int(name) in skip:
+            continue
         try:  # the descriptor listdir itself used is closed by now: skipped
             st = os.fstat(int(name))
         except OSError:

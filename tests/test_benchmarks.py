@@ -248,7 +248,11 @@ def test_bench_core_quick_writes_valid_records(tmp_path):
         check_record(d)
         assert d["runs"] == 3
     benchmarks = {d["benchmark"] for d in data}
-    assert benchmarks == {"call_roundtrip", "cast_throughput", "child_start", "child_memory"}
+    assert benchmarks == {"call_roundtrip", "cast_throughput", "child_start", "child_memory",
+                          "dynamic_supervisor"}
+    dynamic = {d["figure"]: d for d in data if d["benchmark"] == "dynamic_supervisor"}
+    assert set(dynamic) == {"start+stop per temporary child (1000 children)",
+                            "growth of the cost per child, 100 -> 1000 children"}
     targeted = {(d["benchmark"], d["figure"]): d["target"] for d in data if d["target"]}
     assert targeted[("call_roundtrip", "p50 round trip")] == "ratio <= 2.0"
     assert targeted[("cast_throughput", "casts/s unbatched")] == "ratio >= 0.5"

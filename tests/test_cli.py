@@ -42,6 +42,32 @@ def test_demo_tells_the_story_and_exits_0():
         assert line in out, f"{line!r} missing from demo output:\n{out}"
 
 
+def test_run_shows_the_sandboxs_output_attributed_and_neutralised(tmp_path):
+    assert run("new", "chatty", "--parent", str(tmp_path)).returncode == 0
+    app = tmp_path / "chatty"
+    entry = app / "app.py"
+    entry.write_text(entry.read_text() + "\nprint('\\x1b[2Jhello from the app', flush=True)\n")
+    proc = subprocess.Popen(
+        sandbox_cmd("run", str(app)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        lines = []
+        for line in proc.stdout:  # blocks on the child's output, no sleeping
+            lines.append(line)
+            if b"press Ctrl-C to stop" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=30)
+        out = b"".join(lines) + rest
+        assert b"[chatty stdout] \\x1b[2Jhello from the app" in out, out
+        assert b"\x1b" not in out and b"\x1b" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_new_then_run_until_sigint(tmp_path):
     made = run("new", "myapp", "--parent", str(tmp_path))
     assert made.returncode == 0, made.stderr

@@ -163,8 +163,9 @@ HOST = textwrap.dedent(
 
 
 def test_a_reloads_id_is_in_the_host_and_the_sandbox_log_lines(tmp_path):
-    # A fresh host process: its forkserver, and so its sandboxes, write to the same
-    # stderr as the host, which is this pipe.
+    # A fresh host process. A sandbox's stderr is a pipe its host reads: the child's
+    # own JSON lines arrive as the host's records of runtime.output, attributed to
+    # the sandbox, with the child's line as the message.
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
@@ -175,19 +176,23 @@ def test_a_reloads_id_is_in_the_host_and_the_sandbox_log_lines(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     lines = [json.loads(ln) for ln in proc.stderr.splitlines() if ln.startswith("{")]
-    mine = [ln for ln in lines if ln["correlation_id"] == result["cid"]]
-    host = [ln for ln in mine if ln["pid"] != result["child"]]
-    child = [ln for ln in mine if ln["pid"] == result["child"]]
+    host = [ln for ln in lines if ln["correlation_id"] == result["cid"]]
+    assert all(ln["pid"] != result["child"] for ln in lines), "a sandbox wrote to the host's stderr"
     assert any(ln["logger"] == "runtime.ops" and "hot_reload logged: done" in ln["message"]
                for ln in host), host
+    relayed = [ln for ln in lines if ln["logger"] == "runtime.output"]
+    assert relayed and all(ln["sandbox"] == "logged" and ln["stream"] == "stderr"
+                           and ln["runtime"] == result["runtime"] for ln in relayed), relayed
+    child = [json.loads(ln["message"]) for ln in relayed]
+    child = [ln for ln in child if ln["correlation_id"] == result["cid"]]
     assert [ln["message"] for ln in child] == [
         "reload: swapping counter", child[-1]["message"]], child
     assert child[-1]["message"].startswith("reload: done in ")
     assert all(ln["logger"] == "runtime.child" and ln["sandbox"] == "logged"
-               and ln["runtime"] == result["runtime"] for ln in child)
+               and ln["pid"] == result["child"] for ln in child)
     # and a grep for the id finds exactly these lines
     grepped = [ln for ln in proc.stderr.splitlines() if result["cid"] in ln]
-    assert len(grepped) == len(mine)
+    assert len(grepped) == len(host) + len(child)
 
 
 def test_sandbox_op_applies_settings_and_the_id(capsys: Any):

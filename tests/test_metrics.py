@@ -1,7 +1,7 @@
 """Metrics: counters and histograms from telemetry, the Prometheus text exposition.
 
-The text is parsed twice: by the small strict parser below (always), and by
-prometheus-client's parser when it is installed (the ``metrics`` extra).
+The text (written by prometheus-client) is parsed twice: by the small strict parser
+below, and by prometheus-client's own parser.
 """
 
 from __future__ import annotations
@@ -92,12 +92,9 @@ def value(families: dict[str, Any], family: str, sample: str | None = None, **la
 
 
 def parse_with_prometheus_client(text: str) -> dict[str, Any]:
-    parser = pytest.importorskip(
-        "prometheus_client.parser",
-        reason="prometheus-client is not installed (pip install -e .[metrics]); "
-               "the text was still checked by the test's own parser",
-    )
-    return {f.name: f for f in parser.text_string_to_metric_families(text)}
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(text)}
 
 
 # -- unit ----------------------------------------------------------------------------------
@@ -301,3 +298,18 @@ def test_recording_a_call_is_cheap():
             calls.observe_call("s", 0.00004, True)
         best = min(best, (perf_counter() - t0) / 20_000)
     assert best < 5e-6, f"{best * 1e6:.2f} us per recorded call"
+
+
+def test_each_runtime_has_its_own_registry():
+    from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
+    import sandbox
+
+    with sandbox.start() as a, sandbox.start() as b:
+        a.create_sandbox("only-in-a", COUNTER).call("counter", "incr")
+        assert isinstance(a.metrics_registry, CollectorRegistry)
+        assert a.metrics_registry is not b.metrics_registry is not REGISTRY
+        text_a = generate_latest(a.metrics_registry).decode()
+        assert value(parse(text_a), "sandbox_calls_total", sandbox="only-in-a") == 1
+        assert "only-in-a" not in b.metrics_text()
+    assert "only-in-a" not in generate_latest(REGISTRY).decode()

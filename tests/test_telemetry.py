@@ -146,7 +146,9 @@ def test_one_reload_shares_one_correlation_id_across_components(sandbox_runtime,
 
 
 @pytest.mark.parametrize("module", ["runtime.telemetry", "runtime.logs", "sandbox.metrics",
-                                    "sandbox.health", "runtime.recovery", "sandbox.http"])
+                                    "sandbox.health", "runtime.recovery", "sandbox.http",
+                                    "sandbox.patterns", "sandbox.alerts", "sandbox.capacity",
+                                    "actors.config"])
 def test_docstring_examples_of_the_observability_modules(module, monkeypatch):
     import doctest
     import importlib

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import textwrap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import pytest
 from helpers import Event, Recorder, wait_for
 
 import sandbox
+from runtime import IGNORE, ChildSpec, Supervisor
 from runtime.actor import Actor
 from runtime.errors import ActorFailed, CompileError, SandboxError, SecurityViolation
 
@@ -143,9 +145,10 @@ class Scenario:
     def run(self) -> None:
         # Runtime names are cgroup names too: unique, so parallel sessions never share one.
         with sandbox.start(name=f"tel{os.getpid()}", monitor_interval=0.05) as self.rt:
-            for phase in (self.lifecycle, self.compiles, self.process_events, self.protocol,
+            for phase in (self.lifecycle, self.compiles, self.process_events, self.output,
+                          self.protocol,
                           self.escalation, self.failed_creates, self.security, self.flood,
-                          self.limits, self.auto_reload, self.host_actor):
+                          self.limits, self.auto_reload, self.host_actor, self.webhook):
                 self._run(phase)
         self._run(self.watcher_standalone)
 
@@ -155,7 +158,8 @@ class Scenario:
         except Exception as exc:  # reported by test_the_scenario_ran_cleanly
             self.failures.append(f"{phase.__name__}: {type(exc).__name__}: {exc}")
 
-    def lifecycle(self) -> None:  # create, call, reload, rollback, failed rollback
+    def lifecycle(self) -> None:  # create, call, reload, rollback, failed rollback,
+        # snapshot and restore, unload
         a = self.a = self.rt.create_sandbox("tel-a", worker_app(self.tmp / "a"), profile="low")
         assert a.call("worker", "incr") == 1
         a.hot_reload(source={"worker": self.v2})
@@ -164,6 +168,10 @@ class Scenario:
         assert a.call("worker", "version") == 1
         with pytest.raises(SandboxError):
             a.rollback_module("worker", 99)  # no such version
+        a.restore(a.snapshot())
+        (self.tmp / "a" / "extra.py").write_text("X = 1\n")
+        a.hot_reload()
+        a.unload_module("extra")
 
     def compiles(self) -> None:  # a failed reload, a damaged cache, a runaway compile
         a = self.a
@@ -194,6 +202,47 @@ class Scenario:
         wait_for(lambda: a.info()["status"] == "running" and a.info()["pid"] not in (None, pid),
                  WAIT)
         a.destroy()
+
+    def webhook(self) -> None:  # one alert delivered, one that cannot be
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from actors.config import AlertThresholds
+        from sandbox.alerts import AlertManager, WebhookConfig
+
+        class Ok(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+        served = threading.Thread(target=server.serve_forever, daemon=True)
+        served.start()
+        closed = ThreadingHTTPServer(("127.0.0.1", 0), Ok)  # bound, never served, then closed
+        nobody = f"http://127.0.0.1:{closed.server_address[1]}/"
+        closed.server_close()
+        try:
+            for url in (f"http://127.0.0.1:{server.server_address[1]}/", nobody):
+                manager = AlertManager(self.rt.name, AlertThresholds(),
+                                       WebhookConfig.build({"url": url, "retries": 0}))
+                manager.start()
+                try:
+                    manager.fire("SandboxDown", "critical", "tel-hook", "scenario", 1, 1)
+                finally:
+                    manager.stop()
+        finally:
+            server.shutdown()
+            server.server_close()
+            served.join(WAIT)
+
+    def output(self) -> None:  # 2 MiB at once: over the output burst
+        o = self.rt.create_sandbox("tel-o", worker_app(self.tmp / "o"), profile="low")
+        o.run(exec, "import os\nfor _ in range(32): os.write(1, b'x' * 65535 + b'\\n')")
+        self.rec.wait("process.output_dropped", timeout=WAIT)
+        o.destroy()
 
     def protocol(self) -> None:
         p = self.rt.create_sandbox("tel-p", worker_app(self.tmp / "p"), profile="low")
@@ -265,6 +314,8 @@ class Scenario:
         with pytest.raises(ActorFailed):
             boom.call("anything")
         wait_for(lambda: not boom.is_alive(), WAIT)
+        # a start function with nothing to start (OTP's ignore)
+        Supervisor.start([ChildSpec("tel-off", start=lambda: IGNORE)]).stop()
 
     def watcher_standalone(self) -> None:
         _watcher_standalone(self.tmp, self.rec)

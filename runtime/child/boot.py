@@ -61,11 +61,13 @@ from runtime import registry
 from runtime.actor import ActorRef, Down, monitor
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
+from runtime.child import notices as _notices
+from runtime.child import snapshot as _snapshot
 from runtime.child import swap
 from runtime.childspec import ChildSpec
 from runtime.errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
 from runtime.registry import registered, whereis
-from runtime.supervisor import Supervisor, SupervisorSpec
+from runtime.supervisor import Supervisor, SupervisorSpec, gave_up
 from runtime.wire.channel import Channel, ChannelClosed
 from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
 
@@ -219,12 +221,35 @@ def _op_reload(server: ChildServer, payload: Any) -> dict[str, Any]:
     return report
 
 
+@register_system_op("snapshot", threaded=True)
+def _op_snapshot(server: ChildServer, payload: Any) -> dict[str, Any]:
+    """Every named actor's state as plain data (see :mod:`runtime.child.snapshot`)."""
+    return _snapshot.take(allow_pickle=server.boot.allow_pickle,
+                          suspend_timeout=float((payload or {}).get("suspend_timeout", 5.0)))
+
+
+@register_system_op("restore", threaded=True)
+def _op_restore(server: ChildServer, payload: Any) -> dict[str, Any]:
+    """Put a snapshot's states back, all or nothing; ``ok`` False with the step on failure."""
+    return swap.failure_report(lambda: _snapshot.put_back(
+        payload["actors"], allow_pickle=server.boot.allow_pickle, extra=payload.get("extra"),
+        suspend_timeout=float(payload.get("suspend_timeout", 5.0))))
+
+
+@register_system_op("unload_module", threaded=True)
+def _op_unload_module(server: ChildServer, payload: Any) -> dict[str, Any]:
+    """Remove an app module (see :func:`runtime.child.swap.unload_module`)."""
+    entry_module = server.boot.entry.partition(":")[0]
+    return swap.failure_report(lambda: swap.unload_module(payload["module"], entry_module))
+
+
 def _restore_states(server: ChildServer) -> None:
     if server.boot.states:
         swap.restore_states(server.boot.states)
 
 
 register_boot_hook(_restore_states)
+register_boot_hook(_notices.forward_supervisor_events)  # actor restarts reach the host
 
 
 @register_system_op("ping")
@@ -457,7 +482,7 @@ class ChildServer:
             if self._stopping:
                 return
             self._stopping = True
-        code = EXIT_ESCALATED if down.reason.abnormal else EXIT_OK
+        code = EXIT_ESCALATED if down.reason.abnormal or gave_up(down.reason) else EXIT_OK
         self.send(SYSTEM, None, "exiting", {"code": code, "reason": str(down.reason)})
         _exit(code)
 

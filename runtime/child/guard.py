@@ -433,6 +433,7 @@ def _build(
     net_allow = frozenset((_str(h), _int(p)) for h, p in (policy.get("net_allow") or ()))
     net_hosts = frozenset(h for h, _p in net_allow)
     report_allowed = _bool(policy.get("report_allowed"))
+    warned = frozenset(policy.get("warn") or ())  # allowed, but always reported
     own_pid = _getpid()
 
     # Files whose execution means a blocked module is being imported (catches
@@ -520,7 +521,9 @@ def _build(
         raise _PermissionError(f"{event} refused by security profile {profile!r}: {detail} ({why})")
 
     def allowed(event: str, group: str, detail: str) -> None:
-        if report_allowed:
+        if group in warned:
+            report(event, detail, "warned", group)
+        elif report_allowed:
             report(event, detail, "allowed", group)
 
     # -- paths -----------------------------------------------------------------------

@@ -48,7 +48,9 @@ whatever it does there. Layers (names as listed in a sandbox's info under
 - ``seccomp``: the kernel filter of :mod:`runtime.child.seccomp`, loaded last
   (it denies the ``mount`` and ``unshare`` the layers above use);
 - ``no_new_privs``, ``no_dumpable`` (no ptrace, no core, /proc files root-owned),
-  ``pdeathsig`` (SIGKILL when the forkserver, the sandbox's parent, dies).
+  ``pdeathsig`` (off: the fork server, the sandbox's parent, may die and be
+  restarted without taking running sandboxes along; a sandbox ends on EOF of its
+  channel, and the fork server kills its children's groups when the host goes).
 
 The guard (``audit-hook``, :mod:`runtime.child.guard`) is installed after these, by
 :mod:`runtime.child.boot`. Each thread of the sandbox gets a small stack
@@ -545,7 +547,7 @@ def plan(
         "cgroups": sorted((state.get("cgroups") or {}).items()),
         "no_new_privs": avail.get("no_new_privs") is None,
         "no_dumpable": avail.get("no_dumpable") is None,
-        "pdeathsig": 9 if avail.get("pdeathsig") is None else None,
+        "pdeathsig": None,  # see the module docstring: the fork server may be restarted
         "thread_stack": THREAD_STACK,
         "arena_max": 2,
         "env_allow": list(env_allow),

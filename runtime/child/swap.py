@@ -18,12 +18,15 @@ A hot reload (:func:`apply_reload`) is one transaction:
    ``lru_cache`` and decorator wrappers are new;
 4. migrate: each affected actor's state copy goes through the new class's
    ``code_change(old_vsn, state, extra)`` (or the ``migrate`` function given);
+   then checked against what the new class declares (``state_keys``,
+   ``check_state``; see :mod:`runtime.child.statecheck`);
 5. commit: each actor gets its new class, instance and state; release the barrier.
 
 Any failure in 3 or 4 puts the previous modules back in ``sys.modules`` and leaves
 every actor's code and state untouched, then raises
 :class:`~runtime.errors.ReloadFailed` naming the step (``suspend``, ``stage``,
-``resolve``, ``restore``, ``code_change``, ``migrate``), the module and the actor.
+``resolve``, ``restore``, ``code_change``, ``migrate``, ``check_state``), the
+module and the actor.
 After the commit, :func:`upgrade_children` applies a changed child list.
 """
 
@@ -51,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.barrier import BARRIER
+from runtime.child.statecheck import check_state, declares_shape, shape_warnings
 from runtime.childspec import ChildSpec
 from runtime.errors import ReloadFailed
 
@@ -60,10 +64,12 @@ __all__ = [
     "FINDER",
     "install_finder",
     "apply_reload",
+    "failure_report",
     "live_servers",
     "reload_from_wire",
     "restore_states",
     "snapshot_states",
+    "unload_module",
     "upgrade_children",
 ]
 
@@ -140,10 +146,17 @@ class AppFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def __init__(self) -> None:
         self.modules: dict[str, ModuleCode] = {}
+        #: Modules unloaded (:func:`unload_module`): importing one fails, rather than
+        #: falling through to the unscanned file on disk.
+        self.unloaded: set[str] = set()
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         mc = self.modules.get(fullname)
         if mc is None:
+            if fullname in self.unloaded:
+                raise ModuleNotFoundError(
+                    f"module {fullname!r} was unloaded from this sandbox; a reload or a "
+                    "rollback loads it again", name=fullname)
             return None
         spec = importlib.util.spec_from_loader(
             fullname, self, origin=mc.file, is_package=mc.is_package
@@ -480,7 +493,8 @@ def apply_reload(
 
     Steps: ``suspend`` (the barrier), ``stage`` (importing a new module), ``resolve``
     (an actor's class is gone from its new module), ``restore`` (a state does not
-    unpickle against the new classes), ``code_change``, ``migrate``.
+    unpickle against the new classes), ``code_change``, ``migrate``, ``check_state``
+    (a migrated state fails what its class declares).
     """
     names = [mc.name for unit in units for mc in unit]
     changed_set = set(names if changed is None else changed)
@@ -507,12 +521,15 @@ def apply_reload(
         snaps = {id(s): _snapshot(s.state) for s in servers}
         old_modules = {n: sys.modules.get(n) for n in names}
         old_finder = {n: FINDER.modules.get(n) for n in names}
+        old_unloaded = FINDER.unloaded & set(names)
         old_lines = {mc.file: linecache.cache.get(mc.file) for mc in new_code.values()}
         step, module, actor = "stage", names[0] if names else None, None
         staged: list[tuple[Any, Any, Any, Any]] = []
+        shape_notes: list[str] = []
         try:
             importlib.invalidate_caches()  # new files added to the app become importable
             FINDER.modules.update(new_code)
+            FINDER.unloaded -= new_code.keys()
             for unit in units:
                 for mc in unit:
                     sys.modules.pop(mc.name, None)
@@ -557,6 +574,11 @@ def apply_reload(
                     else:
                         step = "code_change"
                         state = impl.code_change(old_vsn, state, extra)
+                    step = "check_state"  # runtime/child/statecheck.py
+                    if declares_shape(new_cls):
+                        check_state(impl, state, server.actor_id)
+                    else:
+                        shape_notes += shape_warnings(server.actor_id, server.state, state)
                 staged.append((server, new_cls, impl, state))
         except BaseException as exc:
             for n, old in old_modules.items():
@@ -565,6 +587,7 @@ def apply_reload(
                 else:
                     sys.modules[n] = old
                 _attach(n, old)
+            FINDER.unloaded |= old_unloaded
             for n, old_mc in old_finder.items():
                 if old_mc is None:
                     FINDER.modules.pop(n, None)
@@ -576,7 +599,8 @@ def apply_reload(
                 else:
                     linecache.cache[file] = entry
             where = f" in module {module!r}" if module else ""
-            if actor is not None and step in ("resolve", "restore", "code_change", "migrate"):
+            if actor is not None and step in ("resolve", "restore", "code_change", "migrate",
+                                              "check_state"):
                 where += f" for actor {actor}"
             raise ReloadFailed(
                 f"reload failed at step {step!r}{where}: {type(exc).__name__}: {exc}; "
@@ -585,7 +609,7 @@ def apply_reload(
                 step=step,
             ) from exc
         staged_globals = {n: vars(sys.modules[n]) for n in names if n in sys.modules}
-        warnings: list[str] = []
+        warnings: list[str] = list(shape_notes)
         for server, new_cls, impl, state in staged:
             server.impl_cls = new_cls
             server.impl = impl
@@ -626,17 +650,12 @@ def apply_reload(
     }
 
 
-def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``reload`` system op: a report dict, ``ok`` False with step/module on failure."""
-    units = [[ModuleCode.from_wire(d) for d in unit] for unit in payload["units"]]
+def failure_report(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``fn()``'s report with ``ok`` True, or, when it raises ReloadFailed, a report
+    with ``ok`` False and the step, module, error and traceback (what the host
+    turns back into ReloadFailed)."""
     try:
-        report = apply_reload(
-            units,
-            changed=payload.get("changed"),
-            migrate=payload.get("migrate"),
-            extra=payload.get("extra"),
-            suspend_timeout=float(payload.get("suspend_timeout", 5.0)),
-        )
+        report = fn()
     except ReloadFailed as exc:
         cause = exc.__cause__
         return {
@@ -647,8 +666,62 @@ def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
             "traceback": "".join(traceback.format_exception(cause)) if cause else "",
         }
     report["ok"] = True
-    _LAST_SWAP["modules"] = frozenset(report["modules"])
     return report
+
+
+def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``reload`` system op: a report dict, ``ok`` False with step/module on failure."""
+    units = [[ModuleCode.from_wire(d) for d in unit] for unit in payload["units"]]
+    report = failure_report(lambda: apply_reload(
+        units,
+        changed=payload.get("changed"),
+        migrate=payload.get("migrate"),
+        extra=payload.get("extra"),
+        suspend_timeout=float(payload.get("suspend_timeout", 5.0)),
+    ))
+    if report["ok"]:
+        _LAST_SWAP["modules"] = frozenset(report["modules"])
+    return report
+
+
+def unload_module(name: str, entry_module: str, *, suspend_timeout: float = 5.0) -> dict[str, Any]:
+    """Remove app module ``name`` from this process: from ``sys.modules``, from its
+    parent package and from what :data:`FINDER` serves.
+
+    The host has checked that no other loaded module imports it; this refuses
+    (ReloadFailed at step ``unload``) the entry module, a package with loaded
+    submodules, and a module whose classes running actors use.
+    """
+
+    def refuse(why: str) -> ReloadFailed:
+        return ReloadFailed(f"cannot unload module {name!r}: {why}; nothing was changed",
+                            module=name, step="unload")
+
+    if name not in FINDER.modules:
+        raise refuse("it is not a module of this sandbox's app "
+                     f"(loaded: {', '.join(sorted(FINDER.modules)) or 'none'})")
+    if name == entry_module:
+        raise refuse("it holds the app's entry; it is needed to restart the app")
+    subs = sorted(m for m in FINDER.modules if m.startswith(name + "."))
+    if subs:
+        raise refuse(f"package with loaded submodules {', '.join(subs)}: unload them first")
+    if not BARRIER.acquire_write(suspend_timeout):
+        raise refuse(f"actors still busy after {suspend_timeout}s")
+    try:
+        users = sorted(str(s.actor_id) for s in live_servers() if s.impl_cls.__module__ == name)
+        if users:
+            raise refuse(f"actor {', '.join(users)} runs its code: stop the actor first "
+                         "(drop it from the app's children and reload the entry)")
+        FINDER.modules.pop(name, None)
+        FINDER.unloaded.add(name)
+        old = sys.modules.pop(name, None)
+        if old is not None:
+            _attach(name, None)
+            linecache.cache.pop(getattr(old, "__file__", "") or "", None)
+        importlib.invalidate_caches()
+    finally:
+        BARRIER.release_write()
+    return {"module": name, "was_imported": old is not None}
 
 
 #: The modules the last ``reload`` op swapped; :func:`upgrade_children` (called by

@@ -1,143 +1,562 @@
-"""The multiprocessing context every sandbox process is started from.
+"""The fork server every sandbox process is started from.
 
-Sandboxes are started by a *forkserver*: a small, single-threaded server process
-that imports the runtime once (``runtime.child.boot`` and what it needs are preloaded)
-and forks a fresh child for every request. The host itself never calls plain
-``fork()``: the host has threads (actors, readers), and forking a threaded process
-copies locks in whatever state other threads left them.
+Sandboxes are forked by a small, single-threaded server process that imports the
+runtime once (:data:`PRELOAD`) and forks a fresh child per request, so children
+share those pages copy-on-write. The host itself never calls plain ``fork()``: it
+has threads, and forking a threaded process copies locks in whatever state other
+threads left them.
 
-Things to know:
+This is the project's own server rather than multiprocessing's ``forkserver``,
+because a sandbox must inherit nothing of the host's (issue 11):
 
-- The forkserver is **process-global**: one per host process, started on the first
-  :func:`context` ``.Process(...).start()``, shared by every sandbox, and alive as
-  long as the host (it exits when the host does, once its children are gone).
-  It is not a child of any sandbox and is not stopped between sandboxes.
-- It shows up as a child process of the host (``python -c "from multiprocessing.
-  forkserver import main; ..."``), next to multiprocessing's resource tracker;
-  sandbox processes are *its* children, i.e. grandchildren of the host.
-  :func:`helper_pids` names both helpers so tests can tell them apart from leaks.
-- Preloading only takes effect if this module configures the context before the
-  forkserver is first started, and if ``runtime`` is importable from the
-  forkserver's ``sys.path`` (the host's environment: ``PYTHONPATH``, the working
-  directory, an installed package). If it is not, children still work; they just
-  import the runtime themselves and use more private memory.
-- Unlike a plain ``forkserver`` Process, a process started with :func:`start`
-  does not re-import the host's ``__main__`` module in the child: a sandbox runs
-  the runtime and its app, never the host's script (which would cost memory, run
-  the host's top-level code, and fail without an ``if __name__ == "__main__":``
-  guard). Its target must therefore live in an importable module.
+- the server is started by ``subprocess`` with an empty argv tail and a minimal
+  environment (:data:`SERVER_ENV`), so the environment block and command line a
+  sandbox inherits hold no host secrets; ``sys.path`` reaches it on its stdin;
+- no multiprocessing plumbing is inherited: no "alive" pipe, no resource tracker
+  pipe, no authentication key, no listening socket anyone could connect to. The
+  server talks to the host over one private socketpair;
+- the forked child keeps exactly: fd 0 on ``/dev/null``, fd 1 and fd 2 on the
+  output pipes the host made for that sandbox, fd 3 its channel; every other
+  descriptor is closed before any runtime or user code runs.
 
->>> context().get_start_method()
-'forkserver'
+A sandbox holds no descriptor of the server's, so it cannot send it a byte. If the
+server dies anyway, the next :func:`spawn` starts a new one; running sandboxes do
+not notice (their channels are direct). Their exit is then seen through a pidfd
+and reported with the exit code :data:`EXIT_UNKNOWN` (the status went with the
+server). When the host goes away, the server sees EOF, kills the process group of
+each child it still has, and exits.
+
+>>> isinstance(helper_pids(), set)
+True
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import errno
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
-from multiprocessing import spawn
-from multiprocessing.context import BaseContext
-from multiprocessing.process import BaseProcess
 from typing import Any
 
-__all__ = ["PRELOAD", "context", "helper_pids", "server_pid", "start"]
+from runtime.errors import SandboxError
 
-#: Modules imported once by the forkserver, shared (copy-on-write) by every child.
+__all__ = [
+    "EXIT_UNKNOWN",
+    "PRELOAD",
+    "SERVER_ENV",
+    "Child",
+    "ForkServerError",
+    "ensure_running",
+    "helper_fds",
+    "helper_pids",
+    "helper_threads",
+    "server_pid",
+    "spawn",
+    "stop_server",
+]
+
+#: Modules imported once by the server, shared (copy-on-write) by every child.
 #: What every sandbox needs is imported once, here, so its pages are shared
-#: copy-on-write instead of costing each sandbox its own copy (measured: 6.4 MiB
-#: USS per isolated sandbox without the last three, 5.1 MiB with them): the
-#: GenServer every app imports, ``ctypes`` for the isolation layers (prctl and
-#: unshare; Python 3.11's ``os`` has neither) and ``resource`` for the rlimits.
+#: instead of costing each sandbox its own copy (measured: 6.4 MiB USS per
+#: isolated sandbox without the last three, 5.1 MiB with them): the GenServer
+#: every app imports, ``ctypes`` for the isolation layers and ``resource`` for
+#: the rlimits.
 PRELOAD: list[str] = ["runtime.child.boot", "runtime.genserver", "ctypes", "resource"]
 
-_lock = threading.Lock()
-_context: BaseContext | None = None
+#: Host variables the server (and so every sandbox's inherited environment block)
+#: gets; a profile's ``env_allow`` passes others per sandbox, explicitly.
+SERVER_ENV: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
+
+#: The exit code reported for a child whose server died before it did.
+EXIT_UNKNOWN = 255
+
+#: How long :func:`spawn` waits for the server to report the new child's pid.
+SPAWN_TIMEOUT = 30.0
+
+# Host -> server: header (body length, request id) carrying the fds, then the body.
+_REQUEST = struct.Struct(">IQ")
+# Server -> host: (kind, key, value).
+_RECORD = struct.Struct(">BQq")
+_STARTED, _FAILED, _EXITED = 1, 2, 3
+_CHANNEL_FD = 3  # where a child finds its channel
+
+_BOOTSTRAP = (
+    "import pickle,sys;d=pickle.loads(sys.stdin.buffer.read());sys.path[:]=d['path'];"
+    "from runtime.host.forkserver import _serve;_serve(d)"
+)
 
 
-def context() -> BaseContext:
-    """The ``forkserver`` multiprocessing context, with the runtime preloaded.
+class ForkServerError(SandboxError):
+    """The fork server could not start a child (it died, or fork failed)."""
 
-    Thread-safe; configures the preload list once per host process.
 
-    >>> context() is context()
-    True
+class Child:
+    """A process forked by the server: ``pid``, ``sentinel``, ``exitcode``, ``close()``.
+
+    ``sentinel`` is a descriptor that becomes readable once the exit code is known
+    (what :func:`multiprocessing.connection.wait` takes). ``exitcode`` is None while
+    the child runs, negative for a signal, :data:`EXIT_UNKNOWN` if its server died
+    first.
     """
-    global _context
-    ctx = _context
-    if ctx is not None:
-        return ctx
-    with _lock:
-        if _context is None:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(list(PRELOAD))
-            _install_main_filter()
-            _context = ctx
-        return _context
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.exitcode: int | None = None
+        self._r, self._w = os.pipe()
+        self.sentinel = self._r
+        try:
+            # Opened now, while the pid surely is this child: watching it through a
+            # pidfd later (if its server dies) cannot mistake a reused pid for it.
+            self._pidfd: int | None = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            self._pidfd = None
+        self._lock = threading.Lock()
+
+    def _exited(self, code: int) -> None:
+        with self._lock:
+            if self.exitcode is not None or self._w < 0:
+                return
+            self.exitcode = code
+            os.write(self._w, b"x")
+
+    def close(self) -> None:
+        """Release the descriptors (after the child has exited)."""
+        with self._lock:
+            for fd in (self._r, self._w, self._pidfd):
+                if fd is not None and fd >= 0:
+                    os.close(fd)
+            self._r = self._w = -1
+            self._pidfd = None
+        _forget(self)
+
+    def __repr__(self) -> str:
+        return f"<Child pid={self.pid} exitcode={self.exitcode}>"
 
 
-_launching = threading.local()
+class _Server:
+    """The host's handle on one running fork server."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = {k: os.environ[k] for k in SERVER_ENV if k in os.environ}
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-B", "-c", _BOOTSTRAP],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                close_fds=True,
+            )
+        finally:
+            theirs_fd = theirs.fileno()
+            theirs.close()
+        assert self.proc.stdin is not None
+        # "" (the current directory) made absolute: the server must import the
+        # runtime from where the host did.
+        path = [p or os.getcwd() for p in sys.path]
+        init = {"path": path, "fd": theirs_fd, "preload": list(PRELOAD)}
+        self.proc.stdin.write(pickle.dumps(init))
+        self.proc.stdin.close()
+        self.pid = self.proc.pid
+        self.owner = os.getpid()  # a forked copy of the host must not share this socket
+        self.sock = ours
+        self.dead = False
+        self._send_lock = threading.Lock()
+        self._state = threading.Lock()
+        self._ids = 0
+        self._waiting: dict[int, list[Any]] = {}  # request id -> [event, child or error]
+        self.children: dict[int, Child] = {}
+        self._reader = threading.Thread(target=self._read, name="forkserver-reader", daemon=True)
+        self._reader.start()
+
+    def spawn(self, fds: list[int], body: bytes, timeout: float) -> Child:
+        done = threading.Event()
+        with self._state:
+            if self.dead:
+                raise ForkServerError("the fork server is gone")
+            self._ids += 1
+            req = self._ids
+            slot: list[Any] = [done, None]
+            self._waiting[req] = slot
+        try:
+            with self._send_lock:
+                self.sock.sendmsg(
+                    [_REQUEST.pack(len(body), req)],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))],
+                )
+                self.sock.sendall(body)
+        except OSError as exc:
+            with self._state:
+                self._waiting.pop(req, None)
+            raise ForkServerError(f"the fork server is gone: {exc}") from exc
+        if not done.wait(timeout):
+            with self._state:
+                self._waiting.pop(req, None)
+            raise ForkServerError(f"the fork server did not start a child within {timeout}s")
+        result = slot[1]
+        if isinstance(result, Child):
+            return result
+        raise ForkServerError(str(result))
+
+    def _read(self) -> None:
+        buf = b""
+        try:
+            while True:
+                data = self.sock.recv(4096)
+                if not data:
+                    break
+                buf += data
+                while len(buf) >= _RECORD.size:
+                    kind, key, value = _RECORD.unpack_from(buf)
+                    buf = buf[_RECORD.size:]
+                    self._record(kind, key, value)
+        except OSError:
+            pass
+        self._died()
+
+    def _record(self, kind: int, key: int, value: int) -> None:
+        with self._state:
+            if kind == _EXITED:
+                child = self.children.pop(key, None)
+                slot = None
+            else:
+                slot = self._waiting.pop(key, None)
+                child = None
+                if kind == _STARTED:
+                    child = Child(value)
+                    self.children[value] = child
+        if kind == _EXITED:
+            if child is not None:
+                child._exited(value)
+            return
+        if slot is None:  # the requester gave up: nobody will watch this child
+            if child is not None:
+                _kill_group(child.pid)
+            return
+        slot[1] = child if kind == _STARTED else f"fork failed: {os.strerror(value)}"
+        slot[0].set()
+
+    def _died(self) -> None:
+        with self._state:
+            self.dead = True
+            waiting, self._waiting = self._waiting, {}
+            orphans = list(self.children.values())
+        for slot in waiting.values():
+            slot[1] = "the fork server died while starting the child"
+            slot[0].set()
+        try:
+            self.proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.sock.close()
+        if orphans:
+            _watch_orphans(orphans)
+
+    def stop(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self._reader is not threading.current_thread():
+            self._reader.join(10.0)
 
 
-def _install_main_filter() -> None:
-    """Make multiprocessing leave the host's ``__main__`` out of a sandbox's start data.
-
-    ``spawn.get_preparation_data`` is wrapped once; the wrapper only changes
-    anything in a thread that is inside :func:`start`, so every other use of
-    multiprocessing in the host behaves as usual.
-    """
-    original = spawn.get_preparation_data
-    if getattr(original, "_sandbox_main_filter", False):
+def _watch_orphans(orphans: list[Child]) -> None:
+    """Children of a dead server: report each exit (code unknown) when its pidfd fires."""
+    poller = select.poll()
+    by_fd: dict[int, Child] = {}
+    for child in orphans:
+        fd = child._pidfd
+        if fd is None or fd < 0:
+            child._exited(EXIT_UNKNOWN)
+            continue
+        by_fd[fd] = child
+        poller.register(fd, select.POLLIN)
+    if not by_fd:
         return
 
-    def get_preparation_data(name: str) -> dict[str, Any]:
-        data = original(name)
-        if getattr(_launching, "active", False):
-            data.pop("init_main_from_path", None)
-            data.pop("init_main_from_name", None)
-        return data
+    def watch() -> None:
+        while by_fd:
+            for fd, _ev in poller.poll(1000):
+                child = by_fd.pop(fd, None)
+                poller.unregister(fd)
+                if child is not None:
+                    child._exited(EXIT_UNKNOWN)
+            for fd, child in list(by_fd.items()):
+                if child._pidfd is None:  # closed by its owner meanwhile
+                    by_fd.pop(fd, None)
+                    poller.unregister(fd)
 
-    get_preparation_data._sandbox_main_filter = True  # type: ignore[attr-defined]
-    spawn.get_preparation_data = get_preparation_data
+    threading.Thread(target=watch, name="forkserver-orphans", daemon=True).start()
 
 
-def start(target: Callable[..., Any], args: tuple = (), *, name: str | None = None) -> BaseProcess:
-    """Start ``target(*args)`` in a child of the forkserver; returns the started Process.
+_lock = threading.Lock()
+_server: _Server | None = None
 
-    Arguments are pickled to the child; sockets and other fds travel as fds
-    (multiprocessing passes them to the forkserver over SCM_RIGHTS).
+
+def _current() -> _Server:
+    global _server
+    with _lock:
+        if _server is None or _server.dead or _server.owner != os.getpid():
+            _server = _Server()
+        return _server
+
+
+def _forget(child: Child) -> None:
+    server = _server
+    if server is not None:
+        with server._state:
+            if server.children.get(child.pid) is child:
+                del server.children[child.pid]
+
+
+def spawn(
+    target: Callable[..., Any],
+    args: tuple = (),
+    *,
+    fds: tuple[int, int, int],
+    timeout: float = SPAWN_TIMEOUT,
+) -> Child:
+    """Fork a child that runs ``target(channel, *args)``; returns its :class:`Child`.
+
+    ``fds`` are the channel socket, and the write ends of the child's stdout and
+    stderr pipes (the caller keeps its own descriptors; the child gets copies).
+    ``target`` and ``args`` are pickled (``target`` by reference: it must live in
+    an importable module). A server found dead is restarted once.
+
+    >>> import runtime.host.forkserver as fs
+    >>> callable(fs.spawn)
+    True
     """
-    proc = context().Process(target=target, args=args, name=name)  # type: ignore[attr-defined]  # ForkServerContext has it; typeshed types context() as BaseContext
-    _launching.active = True
-    try:
-        proc.start()
-    finally:
-        _launching.active = False
-    return proc
+    body = pickle.dumps((target, args), protocol=pickle.HIGHEST_PROTOCOL)
+    for attempt in (1, 2):
+        server = _current()
+        try:
+            return server.spawn(list(fds), body, timeout)
+        except ForkServerError:
+            if attempt == 2 or not server.dead:
+                raise
+            server._reader.join(10.0)  # let it settle, then start a new one
+    raise AssertionError("unreachable")
+
+
+def ensure_running() -> int:
+    """Start the fork server now if none runs; returns its pid.
+
+    >>> ensure_running() == server_pid()
+    True
+    """
+    return _current().pid
 
 
 def server_pid() -> int | None:
-    """Pid of the running forkserver, or None if it has not been started yet.
+    """Pid of the running fork server, or None if none is running.
 
     >>> server_pid() is None or isinstance(server_pid(), int)
     True
     """
-    from multiprocessing import forkserver
-
-    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+    server = _server
+    return None if server is None or server.dead else server.pid
 
 
 def helper_pids() -> set[int]:
-    """Pids of multiprocessing's helper processes (forkserver, resource tracker).
+    """Pids of the runtime's long-lived helper processes (the fork server).
 
-    They are process-global and live as long as the host; everything else among
-    the host's child processes is a sandbox (or a leak).
+    They live as long as the host; everything else among the host's descendants
+    is a sandbox (or a leak).
 
     >>> isinstance(helper_pids(), set)
     True
     """
-    from multiprocessing import resource_tracker
+    pid = server_pid()
+    return set() if pid is None else {pid}
 
-    pids = {server_pid(), getattr(resource_tracker._resource_tracker, "_pid", None)}
-    pids.discard(None)
-    return pids  # type: ignore[return-value]
+
+def helper_fds() -> set[int]:
+    """Descriptors the host holds for the running fork server (its control socket).
+
+    >>> isinstance(helper_fds(), set)
+    True
+    """
+    server = _server
+    if server is None or server.dead:
+        return set()
+    fd = server.sock.fileno()
+    return {fd} if fd >= 0 else set()
+
+
+def helper_threads() -> set[int]:
+    """Idents of the host threads serving the running fork server (its reader).
+
+    >>> isinstance(helper_threads(), set)
+    True
+    """
+    server = _server
+    if server is None or server.dead or server._reader.ident is None:
+        return set()
+    return {server._reader.ident}
+
+
+def stop_server() -> None:
+    """Stop the fork server (it kills the process groups of its remaining children).
+
+    For tests and tools; :func:`spawn` starts a new one when needed.
+    """
+    global _server
+    with _lock:
+        server, _server = _server, None
+    if server is not None:
+        server.stop()
+
+
+def _kill_group(pid: int) -> None:
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# -- the server process ----------------------------------------------------------------
+
+
+def _serve(init: dict[str, Any]) -> None:
+    """Main loop of the fork server process (started by :class:`_Server`)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.close(null)
+    for name in init.get("preload", ()):
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+    ctrl = socket.socket(fileno=init["fd"])
+    ctrl.setblocking(True)
+    sig_r, sig_w = os.pipe()
+    os.set_blocking(sig_r, False)
+    os.set_blocking(sig_w, False)
+    signal.set_wakeup_fd(sig_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    # Ctrl-C in the host's terminal reaches the whole foreground group: the host
+    # decides what happens to its sandboxes, not the terminal.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    children: set[int] = set()
+    try:
+        while True:
+            ready, _, _ = select.select([ctrl.fileno(), sig_r], [], [])
+            if sig_r in ready:
+                try:
+                    while os.read(sig_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+                _reap(ctrl, children)
+            if ctrl.fileno() in ready:
+                request = _read_request(ctrl)
+                if request is None:
+                    break
+                req, fds, body = request
+                try:
+                    pid = os.fork()
+                except OSError as exc:
+                    _send(ctrl, _FAILED, req, exc.errno or errno.EAGAIN)
+                else:
+                    if pid == 0:
+                        _child(fds, body)  # never returns
+                    children.add(pid)
+                    _send(ctrl, _STARTED, req, pid)
+                for fd in fds:
+                    os.close(fd)
+    finally:
+        # The host is gone: so must everything it started through us be.
+        for pid in children:
+            _kill_group(pid)
+        os._exit(0)
+
+
+def _reap(ctrl: socket.socket, children: set[int]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        _send(ctrl, _EXITED, pid, os.waitstatus_to_exitcode(status))
+
+
+def _send(ctrl: socket.socket, kind: int, key: int, value: int) -> None:
+    try:
+        ctrl.sendall(_RECORD.pack(kind, key, value))
+    except OSError:
+        pass  # the host is gone; the loop sees EOF next
+
+
+def _read_exact(ctrl: socket.socket, n: int, head: bytes = b"") -> bytes | None:
+    chunks = [head]
+    got = len(head)
+    while got < n:
+        data = ctrl.recv(min(n - got, 1 << 20))
+        if not data:
+            return None
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
+
+
+def _read_request(ctrl: socket.socket) -> tuple[int, list[int], bytes] | None:
+    msg, fds, _flags, _addr = socket.recv_fds(ctrl, _REQUEST.size, 8)
+    if not msg:
+        for fd in fds:
+            os.close(fd)
+        return None
+    header = _read_exact(ctrl, _REQUEST.size, msg)
+    if header is None:
+        return None
+    size, req = _REQUEST.unpack(header)
+    body = _read_exact(ctrl, size)
+    if body is None:
+        return None
+    return req, list(fds), body
+
+
+def _child(fds: list[int], body: bytes) -> None:
+    """In the forked child: keep exactly stdin, the output pipes and the channel."""
+    code = 73  # runtime.child.boot.EXIT_INTERNAL
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        chan, out, err = fds
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.dup2(chan, _CHANNEL_FD)
+        os.closerange(_CHANNEL_FD + 1, os.sysconf("SC_OPEN_MAX"))
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+            except (AttributeError, ValueError):
+                pass
+        target, args = pickle.loads(body)
+        target(socket.socket(fileno=_CHANNEL_FD), *args)
+        code = 0
+    except BaseException:
+        try:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    finally:
+        os._exit(code)

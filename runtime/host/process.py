@@ -57,7 +57,6 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
-import multiprocessing.process as _mp_process
 import os
 import select
 import signal
@@ -82,9 +81,19 @@ from runtime.errors import (
     ProtocolError,
     SandboxError,
 )
-from runtime.host import forkserver
+from runtime.host import forkserver, observed, untrusted
+from runtime.host.output import OutputCapture, OutputLine, OutputLog
 from runtime.wire.channel import Channel, ChannelClosed
-from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
+from runtime.wire.mailbox import (
+    CALL,
+    CAST,
+    DEFAULT_MAX_FRAME,
+    ERROR,
+    MAX_ITEMS,
+    REPLY,
+    SYSTEM,
+    Codec,
+)
 
 __all__ = [
     "ProcessActor",
@@ -170,11 +179,18 @@ _live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 class _Connection:
     """Host end of one child: the process, its channel, pending replies, the reader."""
 
-    def __init__(self, boot: BootConfig, *, trusted: bool, allow_pickle: bool) -> None:
+    def __init__(
+        self, boot: BootConfig, *, trusted: bool, allow_pickle: bool, output: OutputLog | None = None
+    ) -> None:
         self.boot = boot
+        self.output = output if output is not None else OutputLog(boot.name)
+        self.capture: OutputCapture | None = None
         self.name = boot.name
         self.actor_id = f"process:{boot.name}"
-        self.read_codec = Codec(allow_pickle=trusted, max_frame=boot.max_frame)
+        # What a sandbox sends is hostile: its frames decode to a bounded number of
+        # objects (MAX_ITEMS), not only a bounded number of bytes.
+        self.read_codec = Codec(allow_pickle=trusted, max_frame=boot.max_frame,
+                                max_items=None if trusted else MAX_ITEMS)
         if allow_pickle == trusted:
             self.write_codec = self.read_codec
         else:
@@ -215,6 +231,7 @@ class _Connection:
         #: callback's (bound by whoever started this child), never the event's.
         self.on_violation: Callable[[Any], None] | None = None
         self.violations = 0
+        self._unasked_budget = untrusted.Budget(untrusted.UNASKED_RATE, untrusted.UNASKED_BURST)
 
     def _not_started(self, data: bytes) -> None:
         raise ActorDead(self.actor_id, self.down)
@@ -222,19 +239,19 @@ class _Connection:
     # -- start -------------------------------------------------------------------------
     def start(self) -> None:
         host_sock, child_sock = socket.socketpair()
+        capture = OutputCapture(self.output)
         try:
-            proc = forkserver.start(child_main, (child_sock, self.boot), name=f"sandbox:{self.name}")
+            proc = forkserver.spawn(
+                child_main, (self.boot,), fds=(child_sock.fileno(), *capture.child_fds())
+            )
         except BaseException:
             host_sock.close()
-            child_sock.close()
+            capture.close()
             raise
         finally:
             child_sock.close()
-        # multiprocessing polls the exit status of every Process in its _children set
-        # (on each Process.start, active_children() and at exit); two threads reading
-        # one status pipe race for its bytes. This connection alone reads it, under
-        # _proc_lock, and stops the process at host exit (see _close_all_at_exit).
-        _mp_process._children.discard(proc)  # type: ignore[attr-defined]
+        capture.started()
+        self.capture = capture
         self.process = proc
         self.pid = proc.pid
         self.channel = Channel(host_sock, self.read_codec)
@@ -350,7 +367,7 @@ class _Connection:
             if self._poll_fd < 0 or self._problem is not None:
                 return timeout
             poll = self._lead_poll.poll
-            recv = self.channel.recv  # type: ignore[union-attr]
+            recv = self.channel.recv_some  # type: ignore[union-attr]
             route = self._route
             while not waiter.wait(0):
                 if deadline is None:
@@ -401,11 +418,16 @@ class _Connection:
                 sink = self.pending.pop(env.ref, None)
                 if sink is not None:
                     sink.set_result(env.payload)
+                else:
+                    self._unasked()
             elif kind == ERROR:
                 sink = self.pending.pop(env.ref, None)
                 if sink is not None:
                     sink.set_exception(self._remote_error(env.payload))
+                else:
+                    self._unasked()
             elif kind == SYSTEM:
+                self._unasked()
                 self._on_system(env.target, env.payload)
             else:
                 raise ProtocolError(
@@ -413,10 +435,19 @@ class _Connection:
                     "reply, error and system frames"
                 )
 
+    def _unasked(self) -> None:
+        """A frame no call asked for: within the sandbox's budget, or a flood."""
+        if not self._unasked_budget.take():
+            raise ProtocolError(
+                f"the sandbox sent frames nobody asked for (notices, unknown replies) faster "
+                f"than {untrusted.UNASKED_RATE}/s beyond a burst of {untrusted.UNASKED_BURST}: "
+                "it is flooding its host"
+            )
+
     def _read_loop(self) -> None:
         channel = self.channel
         assert channel is not None
-        recv = channel.recv
+        recv = channel.recv_some
         poller = select.poll()
         poller.register(self._poll_fd, select.POLLIN)
         poll = poller.poll
@@ -457,22 +488,28 @@ class _Connection:
             if isinstance(payload, dict):
                 names = payload.get("names")
                 if isinstance(names, list):
-                    self.names = [str(n) for n in names]
+                    self.names = [untrusted.name(n) for n in names[:10_000]]
                 layers = payload.get("isolation")
                 if isinstance(layers, list):
-                    self.isolation = [str(x)[:40] for x in layers[:20]]
+                    self.isolation = [untrusted.text(x, 40) for x in layers[:20]]
                 skipped = payload.get("isolation_skipped")
                 if isinstance(skipped, dict):
                     self.isolation_skipped = {
-                        str(k)[:40]: str(v)[:300] for k, v in list(skipped.items())[:20]
+                        untrusted.text(k, 40): untrusted.text(v, 300)
+                        for k, v in list(skipped.items())[:20]
                     }
             self._ready.set()
         elif op == "boot_failed":
-            self._boot_error = payload if isinstance(payload, dict) else {"message": repr(payload)}
+            err = payload if isinstance(payload, dict) else {"message": payload}
+            self._boot_error = {
+                "type": untrusted.name(err.get("type") or "Error"),
+                "message": untrusted.text(err.get("message") or ""),
+                "traceback": untrusted.block(err.get("traceback") or ""),
+            }
             self._ready.set()
         elif op == "exiting":
             if isinstance(payload, dict):
-                self._exit_note = str(payload.get("reason", ""))[:2000]
+                self._exit_note = untrusted.text(payload.get("reason", ""))
         elif op == "security_violation":
             self.violations += 1
             if self.violations > MAX_VIOLATION_REPORTS:
@@ -493,18 +530,24 @@ class _Connection:
             telemetry.execute(
                 "process.cast_dropped",
                 {"count": 1},
-                {**self._md(), "target": md.get("target"), "reason": md.get("reason")},
+                {**self._md(), "target": untrusted.name(md.get("target")),
+                 "reason": untrusted.text(md.get("reason"))},
             )
         else:
-            telemetry.execute("process.system", {"count": 1}, {**self._md(), "op": op, "payload": payload})
+            telemetry.execute("process.system", {"count": 1},
+                              {**self._md(), "op": untrusted.name(op), "payload": payload})
 
     def _remote_error(self, payload: Any) -> BaseException:
         if not isinstance(payload, dict):
-            return ActorError(f"sandbox {self.name!r} sent a malformed error: {payload!r:.300}")
-        kind = str(payload.get("type") or "Error")
-        message = str(payload.get("message") or "")
-        tb = str(payload.get("traceback") or "")
+            return ActorError(
+                f"sandbox {self.name!r} sent a malformed error: {untrusted.text(repr(payload), 300)}")
+        # Everything here is the sandbox's word: neutralised and capped before it
+        # reaches an exception, a log, last_error or a terminal.
+        kind = untrusted.name(payload.get("type") or "Error")
+        message = untrusted.text(payload.get("message") or "")
+        tb = untrusted.block(payload.get("traceback") or "")
         actor = payload.get("actor")
+        actor = untrusted.name(actor) if actor is not None else None
         where = f"{self.name}/{actor}" if actor else self.name
         exc: BaseException
         if kind == "ActorFailed":
@@ -513,7 +556,8 @@ class _Connection:
             exc = ActorDead(where, message or None)
         elif kind == "NoSuchActor":
             names = payload.get("names")
-            exc = NoSuchActor(str(actor), [str(n) for n in names] if isinstance(names, list) else None)
+            exc = NoSuchActor(str(actor), [untrusted.name(n) for n in names[:1000]]
+                              if isinstance(names, list) else None)
             exc.add_note(f"(in sandbox {self.name!r})")
         elif kind == "EncodeError":
             exc = ActorError(message)
@@ -663,6 +707,8 @@ class _Connection:
                         pass
             else:
                 log.error("sandbox %s (pid %s) could not be reaped", self.name, self.pid)
+        if self.capture is not None:
+            self.capture.close()  # after the exit: what it wrote last is read first
         if was_down is None and self.pid is not None:
             reason = describe_exit(code) if code not in (0, None) else ExitReason.shutdown()
             telemetry.execute(
@@ -740,7 +786,18 @@ class ProcessRef(ActorRef):
 
     @property
     def isolation(self) -> list[str]:
-        """The isolation layers the child says it applied (see :mod:`runtime.child.isolation`)."""
+        """The isolation layers the child has, as the host reads them from /proc
+        (:mod:`runtime.host.observed`); the audit hook, invisible from outside,
+        counts when the host installed a guard and the child confirmed it."""
+        conn = self._conn
+        if conn.pid is None:
+            return []
+        requested = ["audit-hook"] if conn.boot.guard is not None else []
+        return observed.layers(conn.pid, conn.isolation, requested)
+
+    @property
+    def isolation_claimed(self) -> list[str]:
+        """The layers the child says it applied (its word; see :attr:`isolation`)."""
         return list(self._conn.isolation)
 
     @property
@@ -752,6 +809,11 @@ class ProcessRef(ActorRef):
     def exitcode(self) -> int | None:
         """The child's exit code once it has exited (negative: killed by that signal)."""
         return self._conn.exitcode
+
+    def output(self, tail: int | None = None) -> list[OutputLine]:
+        """The last ``tail`` lines the child (and earlier processes sharing its
+        :class:`~runtime.host.output.OutputLog`) wrote to stdout/stderr, neutralised."""
+        return self._conn.output.tail(tail)
 
     def call(  # type: ignore[override]
         self, target: str, request: Any, *, timeout: float | None = DEFAULT_CALL_TIMEOUT
@@ -835,6 +897,19 @@ def _next_cpu() -> list[int] | None:
     return [cpus[next(_cpu_turn) % len(cpus)]]
 
 
+def _child_env(env: dict[str, str | None] | None, isolation: dict[str, Any] | None) -> dict[str, str | None]:
+    """The environment overrides a child gets: its fork server's environment is
+    nearly empty (:data:`runtime.host.forkserver.SERVER_ENV`), so what the host
+    means to pass is passed here, explicitly."""
+    if isolation is None:
+        base: dict[str, str | None] = dict(os.environ)
+    else:
+        allow = isolation.get("env_allow") or ()
+        base = {k: os.environ[k] for k in allow if k in os.environ}
+    base.update(env or {})
+    return base
+
+
 def start_process(
     entry: str,
     *,
@@ -854,6 +929,7 @@ def start_process(
     isolation: dict[str, Any] | None = None,
     guard: dict[str, Any] | None = None,
     on_violation: Callable[[Any], None] | None = None,
+    output: OutputLog | None = None,
 ) -> ProcessRef:
     """Start a child process running the app ``entry`` and return its :class:`ProcessRef`.
 
@@ -887,6 +963,13 @@ def start_process(
       policy, installed before the entry is imported; ``on_violation(event)``:
       called (in the reading thread, keep it short) for each refusal the guard
       reports. The event is the child's word, plain data, to be treated as hostile.
+    - ``output``: where the child's stdout/stderr lines go (its rate and size caps,
+      its tail); one per sandbox, shared by its successive processes. Default: a
+      new one for this process. Nothing the child writes reaches the host's own
+      stdout or stderr (:mod:`runtime.host.output`).
+    - The child's environment: with an ``isolation`` plan, only ``env`` and the
+      plan's ``env_allow`` variables (from the host's environment); without one,
+      the host's environment plus ``env``.
 
     Raises :class:`SandboxBootError` (with the child's traceback) if the app fails
     to start, and ``ValueError`` for a bad ``entry``.
@@ -918,7 +1001,7 @@ def start_process(
         allow_pickle=allow_pickle,
         send_pickle=trusted,
         cwd=os.fspath(cwd) if cwd is not None else None,
-        env=dict(env or {}),
+        env=_child_env(env, isolation),
         shutdown=shutdown,
         states=states,
         cpu_affinity=cpus,
@@ -926,7 +1009,7 @@ def start_process(
         isolation=isolation,
         guard=guard,
     )
-    conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle)
+    conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle, output=output)
     conn.on_violation = on_violation
     t0 = time.perf_counter()
     conn.start()

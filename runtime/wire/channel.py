@@ -178,7 +178,31 @@ class Channel:
             self.close()
             raise
 
-    def _recv_locked(self) -> list[Envelope]:
+    def recv_some(self) -> list[Envelope]:
+        """Read once (blocking only until some bytes arrive); return the envelopes
+        completed, possibly none.
+
+        For a reader that polls the socket first and must not stay blocked on a
+        peer that sent part of a frame and stalled: after a readable poll this
+        returns at once. Ends like :meth:`recv`.
+
+        >>> import socket; from runtime.wire.mailbox import CAST
+        >>> a, b = socket.socketpair(); left, right = Channel(a, Codec()), Channel(b, Codec())
+        >>> data = left.codec.frame(CAST, None, "x", 1)
+        >>> left.send_raw(data[:5]); right.recv_some()
+        []
+        >>> left.send_raw(data[5:]); right.recv_some()[0].target
+        'x'
+        >>> left.close(); right.close()
+        """
+        try:
+            with self._recv_lock:
+                return self._recv_locked(once=True)
+        except ProtocolError:
+            self.close()
+            raise
+
+    def _recv_locked(self, once: bool = False) -> list[Envelope]:
         decoder = self._decoder
         decoder.check()  # a bad frame that followed good ones in the last read
         while True:
@@ -198,7 +222,7 @@ class Channel:
                 decoder.eof()  # raises ProtocolError when the peer stopped mid-frame
                 raise ChannelClosed("peer closed the channel", local=False)
             envelopes = decoder.feed(self._rview[:n])
-            if envelopes:
+            if envelopes or once:
                 return envelopes
 
     def close(self) -> None:

@@ -67,6 +67,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "PREFIX_SIZE",
     "MAX_NESTING",
+    "MAX_ITEMS",
     "Envelope",
     "Codec",
     "FrameDecoder",
@@ -101,6 +102,13 @@ _PREFIX = struct.Struct(">I")
 # a hostile frame nesting ~200 of them segfaults the receiver (8 MiB stack). The
 # encoder refuses what the decoder would, so only a hostile peer meets the limit.
 MAX_NESTING = 32
+# What an untrusted peer's frame may decode to, at most: arrays and maps plus their
+# elements. The frame size bounds strings and bytes (1 byte in, 1 byte held), but
+# not containers: an 8 MiB frame of empty arrays is 8 million lists (~500 MiB).
+# A million items keeps one frame's objects under ~64 MiB.
+MAX_ITEMS = 1_000_000
+# Frames up to this size are not counted: they cannot decode to more than ~4 MiB.
+_COUNT_FROM = 64 * 1024
 # A Packer keeps its grown buffer; drop a thread's packer after a large frame so a
 # single big message does not pin megabytes per thread for ever.
 _PACKER_KEEP_BYTES = 1024 * 1024
@@ -148,16 +156,30 @@ class Codec:
     b'\\x00\\x00\\x00\\x0e'
     """
 
-    __slots__ = ("allow_pickle", "max_frame", "_local", "_pack_kw", "_unpack_kws")
+    __slots__ = (
+        "allow_pickle", "max_frame", "max_items", "_local", "_pack_kw", "_unpack_kws",
+        "_bounded_kws",
+    )
 
-    def __init__(self, *, allow_pickle: bool = False, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        *,
+        allow_pickle: bool = False,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_items: int | None = None,
+    ) -> None:
         if not isinstance(max_frame, int) or not 0 < max_frame <= _MAX_PREFIX:
             raise ValueError(
                 f"invalid max_frame={max_frame!r}: expected an int in 1..{_MAX_PREFIX} "
                 "(the length prefix is 4 bytes)"
             )
+        if max_items is not None and (type(max_items) is not int or max_items < 1):
+            raise ValueError(f"invalid max_items={max_items!r}: expected a positive int or None")
         self.allow_pickle = bool(allow_pickle)
         self.max_frame = max_frame
+        #: Bound on arrays + maps + their elements per decoded frame (None: no bound
+        #: beyond the frame size); for frames from a peer that is not trusted.
+        self.max_items = max_items
         self._local = threading.local()
         # strict_types: otherwise msgpack packs tuples (and int/str/dict subclasses)
         # as their base type without asking us, and tuples come back as lists.
@@ -168,15 +190,10 @@ class Codec:
         }
         # One set of unpackb arguments per nesting level: the ext hook of level n
         # knows its depth without any per-call bookkeeping.
-        self._unpack_kws: list[dict[str, Any]] = [
-            {
-                "raw": False,
-                "strict_map_key": False,  # tuple, int, bytes... keys are legitimate
-                "timestamp": 3,  # msgpack timestamps come back as aware UTC datetimes
-                "ext_hook": self._make_ext_hook(depth),
-            }
-            for depth in range(MAX_NESTING + 1)
-        ]
+        self._unpack_kws = self._level_kws(None)
+        # Counting items costs a Python call per container, so only frames large
+        # enough to matter are counted: a smaller one cannot amplify past a few MiB.
+        self._bounded_kws = self._level_kws(max_items) if max_items is not None else None
 
     def __repr__(self) -> str:
         return f"Codec(allow_pickle={self.allow_pickle}, max_frame={self.max_frame})"
@@ -184,7 +201,48 @@ class Codec:
     def __reduce__(self) -> tuple[Any, ...]:
         # Picklable by its settings (e.g. to hand a child process its config):
         # the per-thread packers and hooks are rebuilt on the other side.
-        return (_restore_codec, (self.allow_pickle, self.max_frame))
+        return (_restore_codec, (self.allow_pickle, self.max_frame, self.max_items))
+
+    def _level_kws(self, max_items: int | None) -> list[dict[str, Any]]:
+        levels: list[dict[str, Any]] = [
+            {
+                "raw": False,
+                "strict_map_key": False,  # tuple, int, bytes... keys are legitimate
+                "timestamp": 3,  # msgpack timestamps come back as aware UTC datetimes
+            }
+            for _ in range(MAX_NESTING + 1)
+        ]
+        for depth, kw in enumerate(levels):
+            kw["ext_hook"] = self._make_ext_hook(depth, levels)
+            if max_items is not None:
+                kw.update(self._item_bounds(max_items))
+        return levels
+
+    def _item_bounds(self, max_items: int) -> dict[str, Any]:
+        """unpackb hooks that count containers and their elements per frame (the
+        count is reset per frame in :meth:`decode`), so the objects one frame
+        decodes to are bounded whatever its shape. The count is per thread, so
+        the codec stays shareable.
+        """
+        local = self._local
+
+        def count(n: int) -> None:
+            left = local.items_left - n
+            local.items_left = left
+            if left < 0:
+                raise ProtocolError(
+                    f"frame decodes to more than max_items={max_items} arrays, maps and elements"
+                )
+
+        def list_hook(items: list[Any]) -> list[Any]:
+            count(len(items) + 1)
+            return items
+
+        def object_hook(obj: dict[Any, Any]) -> dict[Any, Any]:
+            count(2 * len(obj) + 1)
+            return obj
+
+        return {"list_hook": list_hook, "object_hook": object_hook}
 
     # -- encoding -----------------------------------------------------------------
 
@@ -327,7 +385,7 @@ class Codec:
 
     # -- decoding -----------------------------------------------------------------
 
-    def _make_ext_hook(self, depth: int) -> Callable[[int, bytes], Any]:
+    def _make_ext_hook(self, depth: int, levels: list[dict[str, Any]]) -> Callable[[int, bytes], Any]:
         def ext_hook(code: int, data: bytes) -> Any:
             make = _CONTAINERS.get(code)
             if make is None:
@@ -336,7 +394,7 @@ class Codec:
                 raise ProtocolError(
                     f"tuples/sets nest more than MAX_NESTING={MAX_NESTING} levels deep"
                 )
-            items = msgpack.unpackb(data, **self._unpack_kws[depth + 1])
+            items = msgpack.unpackb(data, **levels[depth + 1])
             if type(items) is not list:
                 raise ProtocolError(
                     f"{make.__name__} ext must hold an array, got {_describe(items)}"
@@ -373,8 +431,12 @@ class Codec:
         >>> c.decode(c.encode((1, frozenset({2}))))
         (1, frozenset({2}))
         """
+        kws = self._unpack_kws
+        if self._bounded_kws is not None and len(data) > _COUNT_FROM:
+            self._local.items_left = self.max_items
+            kws = self._bounded_kws
         try:
-            return msgpack.unpackb(data, **self._unpack_kws[0])
+            return msgpack.unpackb(data, **kws[0])
         except ProtocolError:
             raise
         except Exception as exc:  # the peer's bytes can make msgpack raise anything
@@ -410,8 +472,8 @@ class Codec:
 _new_tuple = tuple.__new__
 
 
-def _restore_codec(allow_pickle: bool, max_frame: int) -> Codec:
-    return Codec(allow_pickle=allow_pickle, max_frame=max_frame)
+def _restore_codec(allow_pickle: bool, max_frame: int, max_items: int | None = None) -> Codec:
+    return Codec(allow_pickle=allow_pickle, max_frame=max_frame, max_items=max_items)
 
 
 _CONTAINERS: dict[int, type] = {EXT_TUPLE: tuple, EXT_SET: set, EXT_FROZENSET: frozenset}
