@@ -8,6 +8,15 @@ restarted, it rebuilds its registry from the ``sandboxes`` supervisor's children
 whose specs carry each sandbox's configuration and process slot, so no sandbox is
 lost.
 
+With a store (:mod:`actors.store`), each sandbox's desired state is written at
+create and removed at destroy. A starting manager brings back every stored sandbox
+that is not running (a host restart, or a crash of both the manager and the
+``sandboxes`` supervisor) with its current code from the version manager; a
+restarted ``sandboxes`` supervisor starts empty and the manager starts every
+sandbox again under it (:class:`Readopt`). Processes still running are adopted;
+``info()["recovered"]`` and the ``sandbox.recovered`` telemetry event say
+``adopted`` or ``restarted`` (in-memory actor state is lost on a restart).
+
 Status moves initializing -> compiling -> starting -> running, then reloading,
 stopping -> stopped, or error; every change is timestamped and emitted as the
 ``sandbox.status`` telemetry event.
@@ -26,14 +35,16 @@ from pathlib import Path
 from typing import Any, cast
 
 from actors import containment
-from actors.config import SandboxConfig, compiler_options
+from actors.config import Limits, SandboxConfig, WatchOptions, compiler_options
 from actors.slot import ProcessSlot
+from actors.store import Store, StoredSandbox
 from runtime import telemetry
 from runtime.actor import Down, ExitReason, monitor
 from runtime.child.swap import ModuleCode
 from runtime.childspec import ChildSpec, Restart
 from runtime.component import Component
 from runtime.errors import (
+    ActorDead,
     SandboxError,
     SandboxExists,
     SandboxNotFound,
@@ -43,7 +54,7 @@ from runtime.host.process import KILL_MARGIN, start_process
 from runtime.recovery import annotate as annotate_error
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
 
-__all__ = ["ManagerActor", "SandboxRecord", "STATUSES"]
+__all__ = ["ManagerActor", "SandboxRecord", "STATUSES", "Readopt"]
 
 log = logging.getLogger("runtime.manager")
 
@@ -75,6 +86,12 @@ class SandboxRecord:
     history: list[tuple[str, float]] = field(default_factory=list)
     last_error: dict[str, Any] | None = None
     supervisor: SupervisorRef | None = None
+    #: How the sandbox came back after a runtime failure: None (never had to),
+    #: "adopted" (its process kept running) or "restarted" (started again with its
+    #: current code; in-memory actor state lost).
+    recovered: str | None = None
+    #: The ``sandboxes`` supervisor its own supervisor was started under.
+    parent: SupervisorRef | None = None
 
     def info(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         now = time.time()
@@ -99,8 +116,22 @@ class SandboxRecord:
             "auto_reload": self.slot.watch is not None,
             "watch": (self.slot.watch or self.config.watch).as_dict(),
             "compile": self.config.compile_settings(),
+            "recovered": self.recovered,
             **(extra or {}),
         }
+
+
+@dataclass(frozen=True)
+class Readopt:
+    """Told to the manager by a restarted ``sandboxes`` supervisor: start every sandbox
+    again under it."""
+
+    sandboxes: SupervisorRef
+
+
+@dataclass(frozen=True)
+class _Recover:
+    """First message of a starting manager: bring back the stored sandboxes."""
 
 
 @dataclass(frozen=True)
@@ -125,8 +156,14 @@ class ManagerActor(Component):
         base_dir: str,
         component: Callable[[str], Any],
         name: str = "manager",
+        store: Store | None = None,
+        start_stored: bool = True,
     ) -> None:
         super().__init__(name=name)
+        self.store = store
+        #: Start the stored sandboxes that are not running (a runtime starting); a
+        #: restarted manager only lists them, in status error (they had stopped).
+        self.start_stored = start_stored
         self.runtime_id = runtime_id
         self.base_dir = base_dir
         self._component = component
@@ -148,13 +185,15 @@ class ManagerActor(Component):
 
         telemetry.detach(self._handler_id)  # a crashed predecessor may have left it
         telemetry.attach(self._handler_id, "sandbox.process", forward)
+        self.ref.tell(_Recover())  # first in the mailbox: callers wait behind it
 
     def on_exit(self, reason: ExitReason) -> None:
         telemetry.detach(self._handler_id)
 
     def _rebuild(self) -> None:
         """Recover the registry from the sandboxes supervisor (after a manager crash)."""
-        for child in self._sandboxes().which_children():
+        sandboxes = self._sandboxes()
+        for child in sandboxes.which_children():
             spec = child.spec if hasattr(child, "spec") else None
             meta = spec.meta if spec is not None else {}
             if "config" not in meta:
@@ -165,18 +204,113 @@ class ManagerActor(Component):
                 workdir=meta["workdir"],
                 created_at=meta["created_at"],
                 supervisor=child.ref,
+                parent=sandboxes,
             )
             self.records[record.config.id] = record
             if child.ref is not None and child.ref.is_alive():
                 monitor(child.ref, self.ref)
+                self._recovered(record, "adopted")
                 self._set_status(record, "running" if record.slot.current() else "starting")
             else:
                 self._set_status(record, "error")
         if self.records:
             log.info("manager rebuilt its registry: %s", ", ".join(sorted(self.records)))
 
+    def _recovered(self, record: SandboxRecord, how: str) -> None:
+        record.recovered = how
+        telemetry.execute(
+            "sandbox.recovered", {"count": 1},
+            {"sandbox": record.config.id, "runtime": self.runtime_id, "how": how},
+        )
+
+    def _recover_stored(self) -> None:
+        """Start every stored sandbox that is not running (host restart)."""
+        if self.store is None:
+            return
+        for stored in self.store.sandboxes():
+            if stored.id not in self.records:
+                self._restore(stored)
+
+    def _restore(self, stored: StoredSandbox) -> None:
+        """Bring back a stored sandbox: started with its current code, or (by a
+        restarted manager) listed in status error, since it was not running."""
+        cfg = dict(stored.config)
+        try:
+            config = SandboxConfig.build(
+                stored.id, cfg.pop("path"), **{k: v for k, v in cfg.items() if k != "id"})
+            problem = None
+        except SandboxError as exc:  # e.g. the app's directory is gone
+            config = SandboxConfig(
+                id=stored.id, path=stored.config.get("path", ""),
+                limits=Limits.build(stored.config.get("limits")),
+                watch=WatchOptions.build(stored.config.get("watch")))
+            problem = exc
+        record = SandboxRecord(
+            config=config,
+            slot=ProcessSlot(config.id, runtime_id=self.runtime_id),
+            workdir=tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir),
+            created_at=stored.created_at,
+        )
+        self.records[config.id] = record
+        record.slot.watch = config.watch if config.auto_reload else None
+        try:
+            if problem is not None:
+                raise problem
+            containment.prepare(self, record)
+            code = self._component("versions").invoke("current_code", config.id)
+            if code:
+                record.slot.modules = {n: ModuleCode.from_compiled(v) for n, v in code.items()}
+            else:
+                self._compile(record)  # killed mid-create, before its first versions
+            if not self.start_stored:
+                raise SandboxError(
+                    f"sandbox {config.id!r} was not running when the manager restarted "
+                    "(restart intensity reached, or terminated); restart_sandbox starts it")
+            self._set_status(record, "starting")
+            self._start(record)
+            if record.slot.watch is not None:
+                self._watch(record)
+        except SandboxError as exc:
+            record.last_error = {"kind": type(exc).__name__, "message": str(exc),
+                                 "at": time.time()}
+            record.slot.close(ExitReason("error", str(exc)))
+            self._set_status(record, "error")
+            log.log(logging.ERROR if self.start_stored else logging.INFO,
+                    "sandbox %r not brought back: %s", config.id, exc)
+            return
+        self._recovered(record, "restarted")
+
+    def _readopt(self, sandboxes: SupervisorRef) -> None:
+        """A new ``sandboxes`` supervisor: start each sandbox under it again."""
+        for record in list(self.records.values()):
+            if record.parent is not None and record.parent.id == sandboxes.id:
+                continue  # already started under the new one
+            self._restart_lost(record, sandboxes)
+
+    def _restart_lost(self, record: SandboxRecord, sandboxes: SupervisorRef | None = None) -> None:
+        """Start a sandbox whose supervisor went down with its parent, with its current code."""
+        if record.status in ("stopping", "stopped", "error") or record.slot.blocked:
+            return  # destroyed, or it had given up: it stays as it was
+        old = record.supervisor
+        if old is not None and old.is_alive():
+            # Still shutting down after its parent's exit: it holds the sandbox's name.
+            old.join(record.config.shutdown + KILL_MARGIN + 5.0)
+        self._set_status(record, "starting")
+        try:
+            self._start(record, sandboxes=sandboxes, quiet=True)
+        except SandboxError as exc:
+            log.info("sandbox %r waits for the sandboxes supervisor: %s", record.config.id, exc)
+            return
+        self._recovered(record, "restarted")
+
     # -- messages --------------------------------------------------------------------
     def on_info(self, message: Any) -> None:
+        if isinstance(message, _Recover):
+            self._recover_stored()
+            return
+        if isinstance(message, Readopt):
+            self._readopt(message.sandboxes)
+            return
         if containment.handle_info(self, message):  # security/limit terminations
             return
         if isinstance(message, _ProcessEvent):
@@ -202,20 +336,24 @@ class ManagerActor(Component):
                     record.slot.close(ExitReason(kind or "exit", "not restarted (restart type)"))
                     self._set_status(record, "stopped" if kind in ("normal", "shutdown") else "error")
         elif isinstance(message, Down):
-            for record in self.records.values():
+            for record in list(self.records.values()):
                 if record.supervisor is not None and record.supervisor.id == message.actor_id:
-                    escalated = gave_up(message.reason)  # a shutdown reason, as in OTP
-                    if record.status not in ("stopping", "stopped") and (
-                        escalated or message.reason.abnormal
-                    ):
+                    record.supervisor = None
+                    if record.status in ("stopping", "stopped"):
+                        continue
+                    if gave_up(message.reason):  # its own restart intensity, as in OTP
                         record.last_error = {
-                            "kind": "escalation" if escalated else message.reason.kind,
+                            "kind": "escalation",
                             "message": f"restart intensity reached: {message.reason.message}",
                             "at": time.time(),
                         }
                         record.slot.close(message.reason)
                         self._set_status(record, "error")
-                    record.supervisor = None
+                    elif message.reason.abnormal:
+                        # Not its own restart intensity: its parent (``sandboxes``) went
+                        # down, or someone killed it. Start it again under the current
+                        # ``sandboxes``; if that is the dying one, Readopt does it.
+                        self._restart_lost(record)
 
     # -- operations ------------------------------------------------------------------
     def op_create(self, config: SandboxConfig) -> dict[str, Any]:
@@ -241,6 +379,9 @@ class ManagerActor(Component):
                 self._start(record)
                 if record.slot.watch is not None:
                     self._watch(record)
+                if self.store is not None:  # desired state: comes back after a host restart
+                    self.store.put_sandbox(StoredSandbox(
+                        config.id, config.as_dict(), workdir, record.created_at))
         except BaseException:
             # Leave nothing half-created behind: no process, no entry, no directory.
             self._unwatch(config.id)
@@ -259,6 +400,8 @@ class ManagerActor(Component):
             record.slot.watch = None
             self._unwatch(sandbox_id)
             self._set_status(record, "stopping")
+            if self.store is not None:  # first: a host killed now does not bring it back
+                self.store.delete_sandbox(sandbox_id)
             record.slot.close(ExitReason.shutdown("sandbox destroyed"))
             self._stop_supervisor(record)
             containment.forget(self, record)  # whatever escaped its process group
@@ -379,16 +522,32 @@ class ManagerActor(Component):
             {"sandbox": record.config.id, "from": old, "to": status, "runtime": self.runtime_id},
         )
 
-    def _start(self, record: SandboxRecord, states: Any = None) -> None:
-        """Start the sandbox's own supervisor under ``sandboxes``; waits for the app."""
+    def _start(
+        self,
+        record: SandboxRecord,
+        states: Any = None,
+        sandboxes: SupervisorRef | None = None,
+        *,
+        quiet: bool = False,
+    ) -> None:
+        """Start the sandbox's own supervisor under ``sandboxes``; waits for the app.
+
+        ``quiet``: a failure to reach ``sandboxes`` (it is restarting) raises without
+        marking the sandbox ``error``: a :class:`Readopt` will start it.
+        """
         spec = sandbox_spec(record, runtime_id=self.runtime_id, states=states)
-        sandboxes = self._sandboxes()
+        sandboxes = sandboxes or self._sandboxes()
+        if quiet and not sandboxes.is_alive():
+            raise SandboxError("the sandboxes supervisor is restarting")
         try:
             sandboxes.delete_child(spec.id)  # a previous run of this sandbox that gave up
         except SupervisorError:
             pass
         try:
-            record.supervisor = sandboxes.start_child(spec)
+            sup = cast(SupervisorRef, sandboxes.start_child(spec))  # start_sandbox_supervisor's
+            record.supervisor, record.parent = sup, sandboxes
+        except ActorDead:
+            raise SandboxError("the sandboxes supervisor is restarting") from None
         except SupervisorError as exc:
             cause: BaseException = exc
             while isinstance(cause, ChildStartFailed) and cause.__cause__ is not None:
@@ -398,7 +557,7 @@ class ManagerActor(Component):
             record.last_error = {"kind": type(cause).__name__, "message": str(cause), "at": time.time()}
             self._set_status(record, "error")
             raise cause from None
-        monitor(record.supervisor, self.ref)
+        monitor(sup, self.ref)
         self._set_status(record, "running")
 
     def _stop_supervisor(self, record: SandboxRecord) -> None:

@@ -324,7 +324,8 @@ class ResourceMonitorActor(Component):
 
     # -- sampling ----------------------------------------------------------------------
     def _loop(self) -> None:
-        while not self._halt.wait(self.interval):
+        # A killed monitor runs no on_exit: the sampler also ends when its actor has.
+        while not self._halt.wait(self.interval) and self._exit_reason is None:
             try:
                 self._tick()
             except Exception:  # the sampler must outlive any one bad read

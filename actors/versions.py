@@ -12,6 +12,11 @@ The version manager only keeps the books: the hot-reload swap calls
 numbers to pass to ``code_change``), and ``set_current`` once a rollback swap has
 committed, so a failed swap leaves the history unchanged.
 
+With a ``store`` (:class:`actors.store.Store`), every change is written to it
+first, in one transaction (closing the reload's journal entry when one is named),
+and a restarted version manager reads everything back: history, numbering and the
+log survive its crash and a host restart.
+
 >>> from actors.compilation import CompiledModule
 >>> import marshal
 >>> def mod(name, src, deps=()):
@@ -37,6 +42,7 @@ from typing import Any
 
 from actors.compilation import CompilationResult, CompiledModule
 from actors.depgraph import ReloadPlan, reload_order
+from actors.store import Store, StoredVersion
 from runtime import telemetry
 from runtime.component import Component
 from runtime.errors import ConfigError, SandboxError, SandboxNotFound
@@ -143,6 +149,10 @@ class _History:
     def kept(self) -> list[int]:
         return list(self.versions)
 
+    def live(self) -> ModuleVersion | None:
+        """The current version; None for a module removed from the app."""
+        return self.versions.get(self.current) if self.current else None
+
 
 @dataclass
 class _Sandbox:
@@ -174,9 +184,10 @@ class VersionManagerActor(Component):
 
     Operations (``ref.invoke(name, ...)``):
 
-    - ``record(sandbox_id, compiled_modules, *, dry_run=False) -> {module: version}``
+    - ``record(sandbox_id, compiled_modules, *, dry_run=False, journal=None, removed=()) -> {module: version}``
     - ``changed_modules(sandbox_id, compiled_modules) -> [module]`` (source differs from current)
     - ``get_current_version(sandbox_id, module) -> ModuleVersion``
+    - ``current_code(sandbox_id) -> {module: ModuleVersion}`` (what a restart boots)
     - ``list_module_versions(sandbox_id, module) -> [ModuleVersion]`` (oldest first)
     - ``get_version(sandbox_id, module, version) -> ModuleVersion`` (with code and source)
     - ``set_current(sandbox_id, module, version) -> ModuleVersion``
@@ -188,12 +199,32 @@ class VersionManagerActor(Component):
     - ``sandboxes() -> [sandbox_id]``
     """
 
-    def __init__(self, *, history: int = DEFAULT_HISTORY, name: str | None = None) -> None:
+    def __init__(
+        self, *, history: int = DEFAULT_HISTORY, name: str | None = None, store: Store | None = None
+    ) -> None:
         super().__init__(name=name or "versions")
         if not (isinstance(history, int) and history >= 1):
             raise ConfigError("history", history, "an int >= 1 (versions kept per module)")
         self.history = history
+        self.store = store
         self._sandboxes: dict[str, _Sandbox] = {}
+        if store is not None:
+            self._load(store)
+
+    def _load(self, store: Store) -> None:
+        """Rebuild the books from the store (after a crash, or a host restart)."""
+        for sandbox_id, module, current, last in store.modules():
+            sb = self._sandboxes.setdefault(sandbox_id, _Sandbox())
+            sb.modules[module] = _History(current=current, last=last)
+        for v in store.versions():
+            h = self._sandboxes[v.sandbox].modules[v.module]
+            h.versions[v.version] = ModuleVersion(
+                module=v.module, version=v.version, source_sha256=v.source_sha256,
+                code_sha256=v.code_sha256, loaded_at=v.loaded_at, dependencies=v.dependencies,
+                size=v.size, file=v.file, is_package=v.is_package, code=v.code, source=v.source,
+            )
+        for sandbox_id, sb in self._sandboxes.items():
+            sb.log.extend(VersionEvent(*row) for row in store.version_log(sandbox_id))
 
     # -- lookups ---------------------------------------------------------------------
     def _sandbox(self, sandbox_id: str) -> _Sandbox:
@@ -233,13 +264,22 @@ class VersionManagerActor(Component):
 
     # -- operations ------------------------------------------------------------------
     def op_record(
-        self, sandbox_id: str, compiled_modules: Any, *, dry_run: bool = False
+        self,
+        sandbox_id: str,
+        compiled_modules: Any,
+        *,
+        dry_run: bool = False,
+        journal: str | None = None,
+        removed: Iterable[str] = (),
     ) -> dict[str, int]:
         """Record newly loaded modules; returns each module's version (new or existing).
 
         Source identical to the current version (same sha256) makes no new version.
         With ``dry_run=True`` nothing changes: the result says which numbers a
         record would give (for ``code_change(old_vsn, ...)`` before the swap).
+        ``journal``: the reload's journal entry, marked committed in the same
+        store transaction; ``removed``: modules deleted from the app by the same
+        reload (no longer current, their numbers stay taken).
 
         >>> # versions = ref.invoke("record", "sb1", result)   # after the swap committed
         """
@@ -251,29 +291,38 @@ class VersionManagerActor(Component):
                 self._sandboxes[sandbox_id] = sb
         out: dict[str, int] = {}
         now = time.time()
-        new = 0
+        fresh: list[ModuleVersion] = []
         for m in mods:
             h = sb.modules.get(m.name) or _History()
-            cur = h.versions.get(h.current)
+            cur = h.live()
             if cur is not None and cur.source_sha256 == m.source_sha256:
                 out[m.name] = cur.version
                 continue
-            number = h.last + 1
-            out[m.name] = number
-            if dry_run:
-                continue
-            h.versions[number] = ModuleVersion(
+            out[m.name] = number = h.last + 1
+            fresh.append(ModuleVersion(
                 module=m.name, version=number, source_sha256=m.source_sha256,
                 code_sha256=m.code_sha256, loaded_at=now, dependencies=tuple(m.dependencies),
                 size=m.size, file=m.file, is_package=m.is_package, code=m.code, source=m.source,
-            )
+            ))
+        if dry_run:
+            return out
+        removed = [m for m in removed if m in sb.modules and sb.modules[m].current]
+        if self.store is not None:  # durable first: memory follows a committed write
+            self.store.record_versions(
+                sandbox_id, [_stored(sandbox_id, v) for v in fresh], keep=self.history,
+                journal=journal, removed=removed)
+        for gone in removed:
+            sb.log.append(VersionEvent(now, gone, "removed", 0, sb.modules[gone].current))
+            sb.modules[gone].current = 0
+        for v in fresh:
+            h = sb.modules.setdefault(v.module, _History())
+            h.versions[v.version] = v
             previous = h.current or None
-            h.last = h.current = number
+            h.last = h.current = v.version
             while len(h.versions) > self.history:
                 h.versions.popitem(last=False)
-            sb.modules[m.name] = h
-            sb.log.append(VersionEvent(now, m.name, "recorded", number, previous))
-            new += 1
+            sb.log.append(VersionEvent(now, v.module, "recorded", v.version, previous))
+        new = len(fresh)
         if not dry_run:
             telemetry.execute(
                 "versions.record", {"modules": len(mods), "new_versions": new},
@@ -287,7 +336,7 @@ class VersionManagerActor(Component):
         out = []
         for m in _as_modules(compiled_modules):
             h = sb.modules.get(m.name)
-            cur = h.versions.get(h.current) if h else None
+            cur = h.live() if h else None
             if cur is None or cur.source_sha256 != m.source_sha256:
                 out.append(m.name)
         return sorted(out)
@@ -295,13 +344,18 @@ class VersionManagerActor(Component):
     def op_get_current_version(self, sandbox_id: str, module: str) -> ModuleVersion:
         """The version of ``module`` the sandbox runs now."""
         h = self._module(sandbox_id, module)
-        if not h.current:
+        cur = h.live()
+        if cur is None:
             raise VersionNotFound(
                 sandbox_id, module, None, h.kept(),
-                f"module {module!r} of sandbox {sandbox_id!r} is unloaded; kept versions "
-                f"{h.kept()} (rollback_module loads one again)",
-            )
-        return h.versions[h.current]
+                f"module {module!r} of sandbox {sandbox_id!r} is unloaded (or was removed from "
+                f"the app); kept versions {h.kept()} (rollback_module loads one again)")
+        return cur
+
+    def op_current_code(self, sandbox_id: str) -> dict[str, ModuleVersion]:
+        """``{module: current version}`` with code: what a restart of the sandbox boots."""
+        sb = self._sandboxes.get(sandbox_id) or _Sandbox()
+        return {n: v for n, h in sb.modules.items() if (v := h.live()) is not None}
 
     def op_list_module_versions(self, sandbox_id: str, module: str) -> list[ModuleVersion]:
         """The kept versions of ``module``, oldest first."""
@@ -314,10 +368,14 @@ class VersionManagerActor(Component):
         """
         return self._version(sandbox_id, module, version)
 
-    def op_set_current(self, sandbox_id: str, module: str, version: int) -> ModuleVersion:
+    def op_set_current(
+        self, sandbox_id: str, module: str, version: int, *, journal: str | None = None
+    ) -> ModuleVersion:
         """Mark a kept version as the one running (call after a rollback swap committed)."""
         v = self._version(sandbox_id, module, version)
         h = self._module(sandbox_id, module)
+        if self.store is not None:
+            self.store.set_current(sandbox_id, module, version, journal=journal)
         if h.current != version:
             previous, h.current = h.current, version
             self._sandboxes[sandbox_id].log.append(
@@ -349,8 +407,9 @@ class VersionManagerActor(Component):
     def _graph(sb: _Sandbox) -> dict[str, list[str]]:
         graph = {}
         for name, h in sb.modules.items():
-            if h.current:  # unloaded modules (current 0) are not part of the app now
-                graph[name] = list(h.versions[h.current].dependencies)
+            cur = h.live()
+            if cur is not None:
+                graph[name] = list(cur.dependencies)
         return graph
 
     def op_calculate_reload_order(
@@ -397,6 +456,8 @@ class VersionManagerActor(Component):
         rollback loads it again. Returns the kept version numbers."""
         h = self._module(sandbox_id, module)
         if h.current:
+            if self.store is not None:
+                self.store.record_versions(sandbox_id, [], keep=self.history, removed=[module])
             previous, h.current = h.current, 0
             self._sandboxes[sandbox_id].log.append(
                 VersionEvent(time.time(), module, "unloaded", 0, previous)
@@ -407,8 +468,17 @@ class VersionManagerActor(Component):
 
     def op_forget(self, sandbox_id: str) -> bool:
         """Drop everything about a sandbox (destroyed); returns whether it was known."""
+        if self.store is not None:
+            self.store.delete_sandbox(sandbox_id)
         return self._sandboxes.pop(sandbox_id, None) is not None
 
     def op_sandboxes(self) -> list[str]:
         """Ids of the sandboxes with recorded versions."""
         return sorted(self._sandboxes)
+
+
+def _stored(sandbox_id: str, v: ModuleVersion) -> StoredVersion:
+    return StoredVersion(
+        sandbox_id, v.module, v.version, v.source_sha256, v.code_sha256, v.loaded_at,
+        v.dependencies, v.size, v.file, v.is_package, v.code, v.source,
+    )

@@ -29,11 +29,12 @@ from actors.monitor import call_with_deadline
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
-from runtime.errors import ConfigError, SandboxError, SecurityViolation
+from runtime.errors import ActorDead, ConfigError, SandboxError, SecurityViolation
 from runtime.host.output import OutputLine
 from runtime.supervisor import Supervisor, SupervisorRef
 from sandbox.capacity import CapacityReport, measure
 from sandbox.health import Observability
+from sandbox.statedir import StateDir
 
 if TYPE_CHECKING:
     from sandbox.hotreload import ReloadReport
@@ -57,6 +58,9 @@ _RUNTIME_OPTIONS = {
     "temporary file removed at stop",
     "watch_backend": "'auto' (inotify, polling where unavailable), 'inotify' or 'polling'",
     "http": "None, or a (host, port) pair to serve /health and /metrics on (port 0: any free port)",
+    "state_dir": "a directory for the durable state (created if missing) that no other "
+    "running runtime uses; default: a per-user data directory for a named runtime, a "
+    "temporary one removed at stop otherwise",
     "alerts": "a dict of alert thresholds (actors.config.AlertThresholds), e.g. {'warn_at': 0.9}",
     "alert_webhook": "None, a URL, or a dict with 'url', 'timeout', 'retries', 'backoff', "
     "'headers'",
@@ -286,7 +290,9 @@ class Runtime:
     """A running actor system: the root supervisor and its component actors.
 
     Several runtimes may run in one process; they share nothing but the forkserver.
-    Use :func:`start` to make one.
+    Use :func:`start` to make one. ``state`` is its state directory
+    (:class:`~sandbox.statedir.StateDir`: ``path``, and ``store`` while running, whose
+    ``journal(sandbox_id)`` lists the latest reloads and their outcome).
     """
 
     def __init__(
@@ -303,8 +309,12 @@ class Runtime:
         http: tuple[str, int] | None = None,
         alerts: AlertThresholds | Mapping[str, Any] | None = None,
         alert_webhook: str | Mapping[str, Any] | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
+        # The durable store (sandbox/statedir.py): per-user for a named runtime,
+        # temporary (removed at stop) for a throwaway one.
+        self.state = StateDir.resolve(state_dir, name)
         # metrics, health, alerts, HTTP (sandbox/health.py)
         self._obs = Observability(self, http=http, alerts=_plain(alerts),
                                   alert_webhook=alert_webhook)
@@ -318,8 +328,7 @@ class Runtime:
         self._history = history
         self._monitor_interval = monitor_interval
         # The audit log sits beside base_dir (not in it: that holds only workdirs).
-        self._own_audit = not audit_path
-        self._audit_path = os.fspath(audit_path) if audit_path else self.base_dir + ".audit.jsonl"
+        self._audit_path = os.fspath(audit_path) if audit_path else self.state.audit_path
         self._watch_backend = watch_backend
         if self._watch_backend not in ("auto", "inotify", "polling"):
             raise ConfigError("watch_backend", self._watch_backend, _RUNTIME_OPTIONS["watch_backend"])
@@ -336,6 +345,9 @@ class Runtime:
         from actors.security import SecurityControllerActor
         from actors.versions import VersionManagerActor
 
+        store = self.state.open()
+        store.journal_abandon_pending()  # reloads a dead host left half-way: none committed
+        store.prune()  # what a create killed half-way left: that sandbox does not exist
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
             # Components find each other through this table, refreshed by each start:
             # asking the root supervisor instead would deadlock while the root is busy
@@ -359,10 +371,10 @@ class Runtime:
         children = [
             ChildSpec(
                 "sandboxes",
-                start=started("sandboxes", lambda: Supervisor.start(
+                start=started("sandboxes", lambda: _readopted(self, Supervisor.start(
                     [], strategy="one_for_one", max_restarts=1000, max_seconds=1.0,
                     name=f"{n}/sandboxes",
-                )),
+                ))),
                 shutdown=120.0,
                 type="supervisor",
             ),
@@ -375,7 +387,7 @@ class Runtime:
             ChildSpec(
                 "versions",
                 start=started("versions", lambda: VersionManagerActor.start(
-                    history=self._history, name=f"{n}/versions",
+                    history=self._history, name=f"{n}/versions", store=store,
                 )),
             ),
             ChildSpec(
@@ -395,7 +407,8 @@ class Runtime:
                 "manager",
                 start=started("manager", lambda: ManagerActor.start(
                     runtime_id=n, base_dir=self.base_dir, component=component,
-                    name=f"{n}/manager",
+                    name=f"{n}/manager", store=store,
+                    start_stored="manager" not in self._components,  # the runtime's start
                 )),
             ),
         ]
@@ -424,11 +437,7 @@ class Runtime:
         from runtime.child.isolation import release_group
 
         release_group(os.path.basename(self.base_dir))  # the sandboxes' cgroups, now empty
-        if self._own_audit:
-            try:
-                os.unlink(self._audit_path)
-            except OSError:
-                pass
+        self.state.close()  # a temporary state directory goes, a named one stays
         shutil.rmtree(self.base_dir, ignore_errors=True)
         telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
 
@@ -523,7 +532,14 @@ class Runtime:
         return self.component("manager").invoke(op, *args, timeout=timeout)
 
     def _slot(self, sandbox_id: str) -> Any:
-        return self._manager("slot", sandbox_id)
+        # A read: if the manager dies under it, ask its successor (within the timeout).
+        deadline = perf_counter() + DEFAULT_TIMEOUT
+        while True:
+            try:
+                return self._manager("slot", sandbox_id)
+            except ActorDead:
+                if perf_counter() > deadline:
+                    raise
 
     # -- sandboxes -------------------------------------------------------------------
     @logs.operation("create")
@@ -838,6 +854,17 @@ class Runtime:
         )
 
 
+def _readopted(rt: Runtime, sandboxes: SupervisorRef) -> SupervisorRef:
+    """A restarted ``sandboxes`` supervisor starts empty: the manager, if running,
+    starts every sandbox again under it (actors/manager.py, ``Readopt``)."""
+    manager = rt._components.get("manager")
+    if manager is not None and manager.is_alive():
+        from actors.manager import Readopt
+
+        manager.tell(Readopt(sandboxes))
+    return sandboxes
+
+
 def start(
     *,
     name: str | None = None,
@@ -851,6 +878,7 @@ def start(
     http: tuple[str, int] | None = None,
     alerts: AlertThresholds | Mapping[str, Any] | None = None,
     alert_webhook: str | Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> Runtime:
     """Start a runtime. Also a context manager: ``with sandbox.start() as rt: ...``.
 
@@ -862,7 +890,12 @@ def start(
     ``watch_backend`` ('auto', 'inotify', 'polling'), ``http`` ((host, port) serving
     /health and /metrics), ``alerts`` (alert thresholds, the resource monitor's
     ``warn_at`` included: :class:`~actors.config.AlertThresholds`), ``alert_webhook``
-    (a URL alerts are POSTed to as JSON; see :mod:`sandbox.alerts`).
+    (a URL alerts are POSTed to as JSON; see :mod:`sandbox.alerts`), ``state_dir`` (the
+    durable state: sandboxes, versions, reload journal, audit log; default:
+    ``$XDG_DATA_HOME/sandbox/<name>`` for a named runtime, kept across stops and host
+    restarts, else a temporary directory removed at stop). Starting again on the same
+    ``state_dir`` brings every sandbox back with its latest committed code and history
+    (see docs/operations.md).
 
     >>> import sandbox
     >>> rt = sandbox.start(name="doc-rt")
@@ -874,6 +907,7 @@ def start(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
         watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
+        state_dir=state_dir,
     ).start()
 
 

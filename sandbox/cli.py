@@ -110,7 +110,7 @@ def _demo(args: argparse.Namespace) -> int:
     # The demo prints its own account of every event; the runtime's error log lines
     # (with tracebacks, on stderr) would tell the same story twice.
     logging.getLogger("runtime").setLevel(logging.CRITICAL)
-    with sandbox.start(name="demo") as rt:
+    with sandbox.start() as rt:  # unnamed: a throwaway state directory
         printer = _Printer(out, rt.name)
         telemetry.attach("cli-demo", "sandbox", printer)
         try:
@@ -223,7 +223,8 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with sandbox.start(name="run") as rt:
+    # Unnamed: its state directory goes at stop, so the next run starts only this app.
+    with sandbox.start() as rt:
         printer = _Printer(lambda s: print(s, flush=True), rt.name)
         output = logging.getLogger("runtime.output")
         output.addHandler(_OutputLines(printer))

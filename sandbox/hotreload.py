@@ -14,6 +14,19 @@
 4. Only after the swap committed are the new versions recorded, and the sandbox's
    slot updated so a crash restart boots the new code.
 
+One truth about a reload: before the swap, a ``pending`` entry goes into the
+reload journal (:mod:`actors.store`); the sandbox commits only before the reload's
+deadline and only if the host has not cancelled it (:func:`runtime.child.swap.cancel_reload`).
+The host waits ``timeout`` plus :data:`VERDICT_GRACE` for the report; if none
+comes, it cancels and gets the sandbox's final verdict. The new versions, the
+slot and the journal entry (``committed``) are written in one store transaction
+only for a committed swap; anything else marks it ``failed`` and the old code
+keeps serving. A host killed mid-reload leaves it ``pending``: the next start marks
+it ``abandoned`` and boots the recorded (old) code, which is what ran.
+
+Modules whose file was deleted are unloaded (``removed`` in the report), or the
+reload is refused naming the modules that still import them.
+
 A ``migrate`` function crosses to the sandbox as cloudpickle bytes, by value
 unless it belongs to the app, and is loaded inside the swap: one the sandbox
 cannot load fails that step cleanly.
@@ -39,8 +52,9 @@ from typing import TYPE_CHECKING, Any
 from actors.config import compiler_options
 from actors.containment import audit_warned
 from runtime import logs, telemetry
+from runtime.actor import ExitReason
 from runtime.child.swap import ModuleCode
-from runtime.errors import ReloadFailed, SandboxError, SecurityViolation
+from runtime.errors import ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
 from runtime.wire.shipping import ship
 
 if TYPE_CHECKING:
@@ -49,6 +63,11 @@ if TYPE_CHECKING:
 __all__ = ["ReloadReport", "hot_reload", "rollback_module", "unload_module"]
 
 COMPILE_TIMEOUT = 120.0
+#: Seconds the host waits for the sandbox's verdict beyond the reload's timeout
+#: (the sandbox never commits after its deadline, so a late reply is a failure).
+VERDICT_GRACE = 5.0
+#: Seconds a committed swap waits for a restarting version manager to record it.
+RECORD_TIMEOUT = 30.0
 
 
 @dataclass
@@ -64,8 +83,10 @@ class ReloadReport:
     in an actor's state, child specs that could not be applied); ``duration``: API
     call to commit; ``suspend_seconds``: waiting for the actors to pause;
     ``swap_seconds``: actors held (staging, migration, commit); ``removed``: loaded
-    modules whose file was deleted: they stay loaded, and a warning offers
-    ``Sandbox.unload_module`` (see :func:`unload_module`).
+    modules whose file was deleted, unloaded by this reload (a reload is refused
+    while a module that stays imports one; ``Sandbox.unload_module`` unloads a
+    module whose file is still there, see :func:`unload_module`); ``journal``: the
+    reload's journal id.
     """
 
     sandbox: str
@@ -85,6 +106,7 @@ class ReloadReport:
     at: float = 0.0
     error: str | None = None
     removed: list[str] = field(default_factory=list)
+    journal: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -189,6 +211,7 @@ def hot_reload(
     with slot.reload_lock, telemetry.span("sandbox.reload", meta) as span_md, \
             _recorded(rt, slot, report, t0):
         overlay = None
+        removed: list[str] = []
         try:
             cache = rt._manager("cache_dir", sandbox_id)
             opts: dict[str, Any] = {
@@ -218,11 +241,8 @@ def hot_reload(
             report.diagnostics = [str(d) for d in result.diagnostics]
             audit_warned(rt.component("security"), sandbox_id, result)  # profile's warn groups
             result.raise_for_errors()
-            report.removed = _loaded_but_deleted(result, slot.modules)
-            report.warnings += [
-                f"the file of module {m!r} was deleted; it stays loaded until "
-                f"sb.unload_module({m!r}) (or a restart)" for m in report.removed
-            ]
+            # Deleted files: their modules are unloaded by this swap (or it is refused).
+            removed = [] if source else _loaded_but_deleted(result, slot.modules)
             if modules is not None:
                 wanted = list(dict.fromkeys(modules))
                 missing = [m for m in wanted if m not in result.modules]
@@ -234,9 +254,11 @@ def hot_reload(
                     )
             else:
                 wanted = versions.invoke("changed_modules", sandbox_id, result)
-            if not wanted:
+            if not wanted and not removed:
                 span_md.update(modules=[], changed=[])
                 return report
+            _check_importers(versions.invoke("get_dependency_graph", sandbox_id),
+                             result.modules, removed)
             plan = versions.invoke("calculate_reload_order", sandbox_id, wanted, pending=result)
             new_versions = versions.invoke(
                 "record", sandbox_id, [result.modules[m] for m in wanted], dry_run=True
@@ -246,14 +268,20 @@ def hot_reload(
                 for unit in plan.units
             ]
             shipped = None if migrate is None else ship(migrate, set(slot.modules) | set(result.modules))
-            swap = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra, timeout)
-            report.versions = versions.invoke(
-                "record", sandbox_id, [result.modules[m] for m in wanted]
-            )
+            with _journal(rt, report, new_versions) as rid:
+                swap = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra, timeout,
+                             removed=removed, reload_id=rid)
+                report.versions = _record_committed(
+                    rt, slot, "record", sandbox_id, [result.modules[m] for m in wanted],
+                    journal=rid, removed=removed,
+                )
             for unit in plan.units:
                 for m in unit:
                     slot.modules[m] = _code_for(m, result.modules, slot.modules, report.versions)
+            for m in removed:
+                slot.modules.pop(m, None)
             report.modules, report.changed, report.cycles = plan.modules, list(wanted), plan.cycles
+            report.removed = list(removed)
             _fill(report, swap)
             span_md.update(modules=report.modules, changed=report.changed, versions=report.versions)
         finally:
@@ -290,8 +318,10 @@ def rollback_module(
         chosen = {module: ModuleCode.from_compiled(target, version)}
         units = [[(chosen.get(m) or slot.modules[m]).to_wire() for m in unit]
                  for unit in plan.units]
-        swap = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout)
-        versions.invoke("set_current", sandbox_id, module, version)
+        with _journal(rt, report, {module: version}) as rid:
+            swap = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout,
+                         reload_id=rid)
+            _record_committed(rt, slot, "set_current", sandbox_id, module, version, journal=rid)
         slot.modules[module] = chosen[module]
         report.modules, report.changed, report.cycles = plan.modules, [module], plan.cycles
         report.versions = {module: version}
@@ -335,7 +365,7 @@ def unload_module(
         if not result.get("ok"):
             raise ReloadFailed(f"sandbox {sandbox_id!r}: {result.get('error')}",
                                module=module, step=result.get("step") or "unload")
-        versions.invoke("unload", sandbox_id, module)
+        _record_committed(rt, slot, "unload", sandbox_id, module)
         del slot.modules[module]  # a crash restart boots without it too
         report.modules, report.removed = [module], [module]
     return report
@@ -355,6 +385,67 @@ def _recorded(rt: Runtime, slot: Any, report: ReloadReport, t0: float) -> Iterat
         report.duration = time.perf_counter() - t0
         slot.last_reload = report.as_dict()
         _set_status_back(rt, sandbox_id)
+
+
+def _record_committed(rt: Runtime, slot: Any, op: str, *args: Any, **kwargs: Any) -> Any:
+    """Record what the sandbox has committed. The version manager may be restarting:
+    retried (``record`` and ``set_current`` are idempotent) until it answers, up to
+    :data:`RECORD_TIMEOUT`; past that, the sandbox's process is restarted so that it
+    runs the recorded code, and ReloadFailed says so."""
+    deadline = time.monotonic() + RECORD_TIMEOUT
+    while True:
+        try:
+            versions = rt.component("versions", timeout=max(0.1, deadline - time.monotonic()))
+            return versions.invoke(op, *args, **kwargs)
+        except ActorError:
+            pass  # it died during the call: its successor has read the store
+        except SandboxError as exc:
+            if type(exc) is not SandboxError:  # not "component not running": a real refusal
+                raise
+        if time.monotonic() > deadline:
+            proc = slot.current()
+            if proc is not None:
+                proc.kill(ExitReason("exception", "reload committed but not recorded"))
+            raise ReloadFailed(
+                f"sandbox {args[0]!r}: the swap committed but the version manager did not "
+                f"come back within {RECORD_TIMEOUT}s to record it; the sandbox was restarted "
+                "with its previous code", step="record")
+
+
+@contextmanager
+def _journal(rt: Runtime, report: ReloadReport, versions: Mapping[str, int]) -> Iterator[str]:
+    """A ``pending`` journal entry for the swap; ``failed`` unless the body committed it
+    (the version manager closes it in the transaction that records the versions)."""
+    store = rt.state.store
+    rid = f"{report.sandbox}-{time.time_ns():x}"
+    report.journal = rid
+    if store is not None:
+        store.journal_begin(rid, report.sandbox, report.kind, dict(versions))
+    try:
+        yield rid
+    except BaseException as exc:
+        if store is not None:
+            store.journal_fail(rid, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _check_importers(
+    graph: Mapping[str, list[str]], compiled: Mapping[str, Any], removed: list[str]
+) -> None:
+    """Refuse to unload a deleted module that a module staying in the app still imports."""
+    if not removed:
+        return
+    deps = {m: list(d) for m, d in graph.items()}
+    deps.update({m: list(c.dependencies) for m, c in compiled.items()})
+    for gone in removed:
+        importers = sorted(m for m, d in deps.items() if gone in d and m not in removed)
+        if importers:
+            raise ReloadFailed(
+                f"module {gone!r} was deleted but {', '.join(map(repr, importers))} still "
+                f"import{'s' if len(importers) == 1 else ''} it: remove those imports or "
+                "restore the file, then reload; nothing was changed",
+                module=gone, step="plan",
+            )
 
 
 def _changed_on_disk(path: str, cache_dir: str, current: Mapping[str, ModuleCode]) -> list[str]:
@@ -415,12 +506,34 @@ def _swap(
     migrate: Any,
     extra: Any,
     timeout: float,
+    *,
+    reload_id: str,
+    removed: list[str] | None = None,
 ) -> dict[str, Any]:
+    """Ask the sandbox to swap; its verdict, whatever times out (see the module doc)."""
     payload = {"units": units, "changed": changed, "migrate": migrate, "extra": extra,
-               "suspend_timeout": min(timeout, 10.0)}
+               "suspend_timeout": min(timeout, 10.0), "removed": removed or [],
+               "reload_id": reload_id, "timeout": timeout}
     payload.update(correlation_id=logs.current_id(), log=logs.settings())  # runtime/logs.py
     proc = slot.get(timeout)
-    result = proc.system("reload", payload, timeout=timeout)
+    try:
+        result = proc.system("reload", payload, timeout=timeout + VERDICT_GRACE)
+    except CallTimeout:
+        try:
+            verdict = proc.system("reload_cancel", reload_id, timeout=VERDICT_GRACE * 2)
+        except SandboxError:
+            # No verdict to be had: restart the process, which boots the recorded code.
+            proc.kill(ExitReason("exception", "no verdict on a timed-out reload"))
+            verdict = "abandoned (the sandbox did not answer and was restarted)"
+        if verdict != "committed":
+            raise ReloadFailed(
+                f"sandbox {sandbox_id!r}: the swap did not finish within {timeout}s and was "
+                f"{verdict} in the sandbox; the previous code and state keep serving "
+                "(raise timeout= for a slow code_change)",
+                module=changed[0] if changed else None, step="timeout",
+            ) from None
+        return {"actors": 0, "warnings": [
+            f"the sandbox committed the swap but its report did not arrive within {timeout}s"]}
     if not result.get("ok"):
         err = ReloadFailed(
             f"sandbox {sandbox_id!r}: {result.get('error')}",

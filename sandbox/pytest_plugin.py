@@ -17,6 +17,8 @@ Installing the package is enough; every test suite gets:
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -103,6 +105,9 @@ def sandbox_runtime(request: pytest.FixtureRequest) -> Iterator[Any]:
     marker = request.node.get_closest_marker("sandbox_runtime")
     options = dict(marker.kwargs) if marker else {}
     options.setdefault("name", f"test{next(_ids)}")
+    # A named runtime would keep its state in the user's data directory: a test's is its own.
+    own_state = None if "state_dir" in options else tempfile.mkdtemp(prefix="sandbox-test-state-")
+    options.setdefault("state_dir", own_state)
     warm_up()
     before = snapshot()
     rt = sandbox.start(**options)
@@ -110,6 +115,8 @@ def sandbox_runtime(request: pytest.FixtureRequest) -> Iterator[Any]:
         yield rt
     finally:
         rt.stop()
+        if own_state is not None:
+            shutil.rmtree(own_state, ignore_errors=True)
     problems = leaks(before, float(request.config.getini("sandbox_leak_timeout")))
     if problems:
         pytest.fail("the test leaked:\n  " + "\n  ".join(problems), pytrace=False)

@@ -38,6 +38,13 @@ def _actor_of(thread: threading.Thread) -> pykka.Actor | None:
 
 
 @pytest.fixture(autouse=True)
+def private_data_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Named runtimes keep their state under $XDG_DATA_HOME: each test gets its own
+    (subprocesses inherit it), so no test sees another's, or the user's, sandboxes."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_actor_threads(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves actor threads (daemon or not) alive after it ends.
 

@@ -563,21 +563,24 @@ def test_child_spec_changes_start_stop_and_restart_only_what_changed(sandbox_fac
         """)
     report = sb.hot_reload()
     assert sorted(report.changed) == ["app", "worker"]
-    assert report.children == {"added": ["worker"], "removed": [], "changed": [], "failed": []}
+    assert report.children == {"added": ["worker"], "removed": [], "changed": [], "failed": [],
+                               "flags": []}
     assert sb.call("worker", "ping") == "w1:ping"
     assert sb.call("counter", "get") == {"count": 42}, "the counter kept running"
 
     # Change the worker's arguments, drop nothing: only the worker restarts.
     write(sb, "app.py", (path_of(sb) / "app.py").read_text().replace('"w1"', '"w2"'))
     report = sb.hot_reload()
-    assert report.children == {"added": [], "removed": [], "changed": ["worker"], "failed": []}
+    assert report.children == {"added": [], "removed": [], "changed": ["worker"], "failed": [],
+                               "flags": []}
     assert sb.call("worker", "ping") == "w2:ping"
     assert sb.call("counter", "get") == {"count": 42}
 
     # Remove the worker again.
     write(sb, "app.py", APP)
     report = sb.hot_reload()
-    assert report.children == {"added": [], "removed": ["worker"], "changed": [], "failed": []}
+    assert report.children == {"added": [], "removed": ["worker"], "changed": [], "failed": [],
+                               "flags": []}
     assert sb.call("counter", "get") == {"count": 42}
     assert "worker" not in sb.run(lambda: __import__("runtime.registry").registry.registered())
 
@@ -623,7 +626,7 @@ def test_the_entry_is_read_again_only_when_its_module_was_re_staged(sandbox_fact
     write(sb, "tools.py", "X = 2\n")  # nothing imports it: the entry cannot have changed
     report = sb.hot_reload()
     assert report.modules == ["tools"] and report.children == {
-        "added": [], "removed": [], "changed": [], "failed": []}
+        "added": [], "removed": [], "changed": [], "failed": [], "flags": []}
     assert calls() == "1"
     write(sb, "counter.py", COUNTER_V2)  # the entry imports it: re-staged, read again
     report = sb.hot_reload()

@@ -31,7 +31,7 @@ from helpers import Event, Recorder, wait_for
 
 import sandbox
 from runtime import IGNORE, ChildSpec, Supervisor
-from runtime.actor import Actor
+from runtime.actor import Actor, ExitReason
 from runtime.errors import ActorFailed, CompileError, SandboxError, SecurityViolation
 
 pytestmark = pytest.mark.timeout(300)
@@ -148,7 +148,8 @@ class Scenario:
             for phase in (self.lifecycle, self.compiles, self.process_events, self.output,
                           self.protocol,
                           self.escalation, self.failed_creates, self.security, self.flood,
-                          self.limits, self.auto_reload, self.host_actor, self.webhook):
+                          self.limits, self.auto_reload, self.recovery, self.host_actor,
+                          self.webhook):
                 self._run(phase)
         self._run(self.watcher_standalone)
 
@@ -308,6 +309,13 @@ class Scenario:
         (wdir / "worker.py").write_text("def broken(:\n")
         rec.wait("watcher.reload.failed", sandbox="tel-w", timeout=WAIT)
         w.destroy()
+
+    def recovery(self) -> None:  # a manager restart adopts the running sandboxes
+        manager = self.rt.component("manager")
+        manager.kill(ExitReason("exception", "killed by the test"))
+        wait_for(lambda: self.rt.component("manager", timeout=10) != manager, WAIT)
+        listed = self.rt.list_sandboxes()
+        assert {s["recovered"] for s in listed if s["status"] == "running"} == {"adopted"}
 
     def host_actor(self) -> None:  # a host actor that fails
         boom = _Boom.start(name="tel-boom")

@@ -74,13 +74,14 @@ def test_unload_refusals_name_the_reason(sandbox_factory, module, why):
     assert sb.call("counter", "get") == 0
 
 
-def test_a_reload_whose_file_was_deleted_offers_unload(sandbox_factory):
+def test_a_reload_whose_file_was_deleted_unloads_it(sandbox_factory):
+    # Issue 12: the reload after a delete unloads the module (it used to stay loaded
+    # with a warning offering unload_module).
     sb = sandbox_factory(APP)
     (path_of(sb) / "plugin.py").unlink()
     report = sb.hot_reload()
-    assert report.ok and report.removed == ["plugin"]
-    assert any("sb.unload_module('plugin')" in w for w in report.warnings)
-    assert "plugin" in sb.module_versions(), "still loaded until unloaded"
-    sb.unload_module("plugin")
+    assert report.ok and report.removed == ["plugin"] and report.warnings == []
     assert "plugin" not in sb.module_versions()
+    with pytest.raises(ReloadFailed, match="no loaded module 'plugin'"):
+        sb.unload_module("plugin")
     assert sb.hot_reload().removed == []

@@ -221,6 +221,12 @@ def _op_reload(server: ChildServer, payload: Any) -> dict[str, Any]:
     return report
 
 
+@register_system_op("reload_cancel")  # inline, never queued behind the reload itself
+def _op_reload_cancel(server: ChildServer, payload: Any) -> str:
+    """The host's wait ran out: the verdict of reload ``payload`` (see swap.cancel_reload)."""
+    return swap.cancel_reload(str(payload))
+
+
 @register_system_op("snapshot", threaded=True)
 def _op_snapshot(server: ChildServer, payload: Any) -> dict[str, Any]:
     """Every named actor's state as plain data (see :mod:`runtime.child.snapshot`)."""

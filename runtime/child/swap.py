@@ -24,9 +24,17 @@ A hot reload (:func:`apply_reload`) is one transaction:
 
 Any failure in 3 or 4 puts the previous modules back in ``sys.modules`` and leaves
 every actor's code and state untouched, then raises
-:class:`~runtime.errors.ReloadFailed` naming the step (``suspend``, ``stage``,
-``resolve``, ``restore``, ``code_change``, ``migrate``, ``check_state``), the
+:class:`~runtime.errors.ReloadFailed` naming the step (``suspend``, ``unload``,
+``stage``, ``resolve``, ``restore``, ``code_change``, ``migrate``, ``check_state``, ``commit``), the
 module and the actor.
+
+One truth with the host: a reload carries an id and a deadline. Just before the
+commit, under one lock, the swap checks that the host has not cancelled it
+(:func:`cancel_reload`, sent when the host's wait runs out) and that the deadline
+has not passed, and records its verdict; past that point nothing can fail. So the
+host either gets the report, or cancels and learns the verdict: ``committed``
+(it records the new versions) or ``cancelled``/``failed`` (the old code and state
+keep serving, and the swap, if still running, will not commit).
 After the commit, :func:`upgrade_children` applies a changed child list.
 """
 
@@ -46,6 +54,7 @@ import marshal
 import os
 import pickle
 import sys
+import threading
 import time
 import traceback
 import types
@@ -64,6 +73,7 @@ __all__ = [
     "FINDER",
     "install_finder",
     "apply_reload",
+    "cancel_reload",
     "failure_report",
     "live_servers",
     "reload_from_wire",
@@ -428,6 +438,42 @@ def _walk_stale(
                 _walk_stale(v, modules, depth + 1, seen, found)
 
 
+def _instances_in(state: Any, modules: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``(where, object)`` for objects of classes from ``modules`` found in ``state``
+    (4 levels deep, 100 items per container: cheap, not exhaustive)."""
+    if type(state) in _ATOMIC:
+        return []
+    found: list[tuple[str, Any]] = []
+    _walk_instances(state, modules, "state", 0, set(), found)
+    return found
+
+
+def _walk_instances(
+    obj: Any, modules: Mapping[str, Any], where: str, depth: int, seen: set[int],
+    found: list[tuple[str, Any]],
+) -> None:
+    if depth > 4 or len(found) >= 10 or type(obj) in _ATOMIC or id(obj) in seen:
+        return
+    seen.add(id(obj))
+    cls = type(obj)
+    if cls.__module__ in modules and not isinstance(obj, type):
+        found.append((where, obj))
+    if isinstance(obj, dict):
+        for k, v in list(obj.items())[:100]:
+            _walk_instances(v, modules, f"{where}[{k!r}]", depth + 1, seen, found)
+    elif isinstance(obj, (list, tuple, collections.deque)):
+        for i, v in enumerate(list(obj)[:100]):
+            _walk_instances(v, modules, f"{where}[{i}]", depth + 1, seen, found)
+    elif isinstance(obj, (set, frozenset)):
+        for v in list(obj)[:100]:
+            _walk_instances(v, modules, f"{where}{{...}}", depth + 1, seen, found)
+    elif not isinstance(obj, _NO_ATTRS) and not _is_live(cls):
+        attrs = getattr(obj, "__dict__", None)
+        if isinstance(attrs, dict):
+            for k, v in list(attrs.items())[:100]:
+                _walk_instances(v, modules, f"{where}.{k}", depth + 1, seen, found)
+
+
 def _resolve(module: types.ModuleType, qualname: str) -> Any:
     obj: Any = module
     for part in qualname.split("."):
@@ -475,6 +521,60 @@ def _attach_submodules(names: Iterable[str]) -> None:
             setattr(sys.modules[parent], child, module)
 
 
+_VERDICT_LOCK = threading.Lock()
+#: reload id -> "committed" | "failed" | "cancelled" (the last 256 reloads)
+_VERDICTS: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+
+def _set_verdict(reload_id: str, verdict: str) -> None:
+    _VERDICTS[reload_id] = verdict
+    while len(_VERDICTS) > 256:
+        _VERDICTS.popitem(last=False)
+
+
+def cancel_reload(reload_id: str) -> str:
+    """The host stopped waiting: cancel reload ``reload_id`` unless it committed.
+
+    Returns the verdict, final either way: ``committed`` (too late to cancel),
+    ``failed``, or ``cancelled`` (it will not commit, even if it is still running).
+
+    >>> cancel_reload("doc-r1")
+    'cancelled'
+    """
+    with _VERDICT_LOCK:
+        verdict = _VERDICTS.get(reload_id)
+        if verdict is None:
+            verdict = "cancelled"
+            _set_verdict(reload_id, verdict)
+        return verdict
+
+
+def _decide_commit(reload_id: str | None, deadline: float | None) -> None:
+    """The point of no return: commit unless cancelled or late (raises TimeoutError)."""
+    with _VERDICT_LOCK:
+        if reload_id is not None and _VERDICTS.get(reload_id) == "cancelled":
+            raise TimeoutError("the host cancelled the reload after its timeout")
+        if deadline is not None and time.monotonic() > deadline:
+            if reload_id is not None:
+                _set_verdict(reload_id, "cancelled")
+            raise TimeoutError("the swap did not reach its commit within the reload's timeout")
+        if reload_id is not None:
+            _set_verdict(reload_id, "committed")
+
+
+def _unload(removed: Iterable[str]) -> None:
+    """Drop modules deleted from the app; refused while an actor runs one of their classes."""
+    for name in removed:
+        holders = [s.actor_id for s in live_servers() if s.impl_cls.__module__ == name]
+        if holders:
+            raise LookupError(
+                f"module {name} was deleted, but actor(s) {', '.join(map(str, holders))} run "
+                "its classes; stop them first or restore the file")
+        sys.modules.pop(name, None)
+        FINDER.modules.pop(name, None)
+        _attach(name, None)
+
+
 def apply_reload(
     units: list[list[ModuleCode]],
     *,
@@ -482,14 +582,19 @@ def apply_reload(
     migrate: Any = None,
     extra: Any = None,
     suspend_timeout: float = 5.0,
+    removed: Iterable[str] = (),
+    reload_id: str | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Swap the modules of ``units`` (in order) and migrate the affected actors' state.
 
     ``changed`` names the modules whose source changed (their actors get
     ``code_change``); the others in ``units`` are dependents re-staged so they bind
     the new names. ``migrate`` is a function ``(old_state, old_vsn, new_vsn)`` or its
-    cloudpickle bytes. Returns a report; raises ReloadFailed (naming the step, the
-    module and, for per-actor steps, the actor) and changes nothing on failure.
+    cloudpickle bytes. ``removed``: modules deleted from the app, unloaded. ``reload_id``
+    and ``deadline`` (``time.monotonic()`` value): see :func:`cancel_reload`. Returns a
+    report; raises ReloadFailed (naming the step, the module and, for per-actor steps,
+    the actor) and changes nothing on failure.
 
     Steps: ``suspend`` (the barrier), ``stage`` (importing a new module), ``resolve``
     (an actor's class is gone from its new module), ``restore`` (a state does not
@@ -497,10 +602,14 @@ def apply_reload(
     (a migrated state fails what its class declares).
     """
     names = [mc.name for unit in units for mc in unit]
+    removed = [n for n in removed if n not in names]
     changed_set = set(names if changed is None else changed)
     new_code = {mc.name: mc for unit in units for mc in unit}
     t0 = time.perf_counter()
     if not BARRIER.acquire_write(suspend_timeout):
+        if reload_id is not None:
+            with _VERDICT_LOCK:
+                _set_verdict(reload_id, "failed")
         raise ReloadFailed(
             f"reload failed at step 'suspend': actors still busy after {suspend_timeout}s "
             "(a handler that does not return, or actors calling each other in a loop); "
@@ -519,14 +628,24 @@ def apply_reload(
         servers = [s for s in list(SERVERS)
                    if s.impl is not None and s.impl_cls.__module__ in new_code and _alive(s)]
         snaps = {id(s): _snapshot(s.state) for s in servers}
-        old_modules = {n: sys.modules.get(n) for n in names}
-        old_finder = {n: FINDER.modules.get(n) for n in names}
+        # Actors of other modules holding objects of reloaded classes: their state is
+        # copied and restored too, which re-binds those objects to the new classes.
+        holders = [s for s in list(SERVERS) if s.impl is not None and _alive(s)
+                   and s.impl_cls.__module__ not in new_code and _instances_in(s.state, new_code)]
+        snaps.update((id(s), _snapshot(s.state)) for s in holders)
+        rebound: list[tuple[Any, Any]] = []
+        old_modules = {n: sys.modules.get(n) for n in [*names, *removed]}
+        old_finder = {n: FINDER.modules.get(n) for n in [*names, *removed]}
         old_unloaded = FINDER.unloaded & set(names)
         old_lines = {mc.file: linecache.cache.get(mc.file) for mc in new_code.values()}
         step, module, actor = "stage", names[0] if names else None, None
         staged: list[tuple[Any, Any, Any, Any]] = []
         shape_notes: list[str] = []
         try:
+            if removed:
+                step, module = "unload", removed[0]
+                _unload(removed)
+                step = "stage"
             importlib.invalidate_caches()  # new files added to the app become importable
             FINDER.modules.update(new_code)
             FINDER.unloaded -= new_code.keys()
@@ -580,7 +699,15 @@ def apply_reload(
                     else:
                         shape_notes += shape_warnings(server.actor_id, server.state, state)
                 staged.append((server, new_cls, impl, state))
+            for server in holders:
+                step, module, actor = "restore", server.impl_cls.__module__, server.actor_id
+                rebound.append((server, _restore(snaps[id(server)])))
+            step, module, actor = "commit", None, None
+            _decide_commit(reload_id, deadline)
         except BaseException as exc:
+            if reload_id is not None:
+                with _VERDICT_LOCK:
+                    _VERDICTS.setdefault(reload_id, "failed")
             for n, old in old_modules.items():
                 if old is None:
                     sys.modules.pop(n, None)
@@ -610,6 +737,8 @@ def apply_reload(
             ) from exc
         staged_globals = {n: vars(sys.modules[n]) for n in names if n in sys.modules}
         warnings: list[str] = list(shape_notes)
+        for server, state in rebound:
+            server.state = state
         for server, new_cls, impl, state in staged:
             server.impl_cls = new_cls
             server.impl = impl
@@ -633,6 +762,16 @@ def apply_reload(
                     f"actor {server.actor_id} keeps {what} from the old code in its state "
                     "(it runs the old code until replaced)"
                 )
+        for server in [*servers, *holders]:
+            snap = snaps[id(server)]
+            if type(snap) is not _Snapshot or (snap.data is not None and not snap.kept):
+                continue  # copied whole: every object re-bound by its class's name
+            for where, obj in _instances_in(server.state, new_code):
+                if not _importable(type(obj)):
+                    warnings.append(
+                        f"actor {server.actor_id} holds an object of the old "
+                        f"{type(obj).__module__}.{type(obj).__qualname__} at {where} (it could "
+                        "not be copied to re-bind it: it keeps the old class)")
         t_done = time.perf_counter()
     finally:
         BARRIER.release_write()
@@ -642,8 +781,10 @@ def apply_reload(
         log.warning(w)
     return {
         "modules": names,
+        "removed": removed,
         "changed": sorted(changed_set & set(names)),
         "actors": len(staged),
+        "rebound": [s.actor_id for s, _ in rebound],
         "warnings": warnings,
         "suspend_seconds": t_suspended - t0,
         "swap_seconds": t_done - t_suspended,
@@ -672,12 +813,17 @@ def failure_report(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
     """The ``reload`` system op: a report dict, ``ok`` False with step/module on failure."""
     units = [[ModuleCode.from_wire(d) for d in unit] for unit in payload["units"]]
+    # The deadline counts from receipt: the host waits longer than this for the verdict.
+    timeout = payload.get("timeout")
     report = failure_report(lambda: apply_reload(
         units,
         changed=payload.get("changed"),
         migrate=payload.get("migrate"),
         extra=payload.get("extra"),
         suspend_timeout=float(payload.get("suspend_timeout", 5.0)),
+        removed=payload.get("removed") or (),
+        reload_id=payload.get("reload_id"),
+        deadline=None if timeout is None else time.monotonic() + float(timeout),
     ))
     if report["ok"]:
         _LAST_SWAP["modules"] = frozenset(report["modules"])
@@ -767,14 +913,34 @@ def _spec_key(spec: Any) -> Any:
             spec.restart, spec.shutdown, spec.type)
 
 
+def _apply_flags(root: Any, spec: Any) -> list[str]:
+    """Give the running supervisor the spec's strategy and intensity (already validated
+    by SupervisorSpec). Each is one attribute the supervisor reads when it next decides
+    a restart, so setting it from here is atomic for that decision; the supervisor has
+    no API for it (yet)."""
+    sup = getattr(root, "_actor", None)
+    changed = []
+    for flag in ("strategy", "max_restarts", "max_seconds"):
+        old, new = getattr(sup, flag, None), getattr(spec, flag)
+        if sup is not None and old != new:
+            setattr(sup, flag, new)
+            changed.append(f"{flag}: {old} -> {new}")
+    if changed:
+        log.info("supervisor flags upgraded: %s", "; ".join(changed))
+    return changed
+
+
 def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[str]]:
     """Apply a changed child list like an OTP release upgrade (after a committed swap).
 
     The entry is called again (when the reload re-staged its module, that is when it
     or a module it imports changed); children it no longer returns are stopped, new
     ones started, and ones whose spec changed (class, arguments, name, restart,
-    shutdown) restarted. Untouched children keep running with their state. The root
-    supervisor's own flags (strategy, intensity) are not changed.
+    shutdown) restarted. Untouched children keep running with their state. Changed
+    supervisor flags (strategy, max_restarts, max_seconds of a returned
+    ``SupervisorSpec``) are applied to the running root supervisor, as OTP's
+    supervisor ``code_change`` does, and listed under ``flags``
+    (``"strategy: one_for_one -> one_for_all"``).
 
     Never raises: the code swap has already committed, so what cannot be applied
     (the entry raises, a new child fails to start) is listed under ``failed`` as
@@ -783,7 +949,8 @@ def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[
     from runtime.actor import ActorRef
     from runtime.supervisor import SupervisorSpec
 
-    report: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "failed": []}
+    report: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "failed": [],
+                                    "flags": []}
     module_name, _, fn_name = entry.partition(":")
     swapped = _LAST_SWAP.pop("modules", None)
     if swapped is not None and module_name not in swapped:
@@ -800,8 +967,10 @@ def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[
                 "the entry starts its supervisor itself (returns an ActorRef): child specs "
                 "cannot be compared; return a list of ChildSpec or a SupervisorSpec instead"
             )
-        new_specs = SupervisorSpec.coerce(result).children
+        new_spec = SupervisorSpec.coerce(result)
+        new_specs = new_spec.children
         current = {c.id: c for c in root.which_children()}
+        report["flags"] = _apply_flags(root, new_spec)
     except Exception as exc:
         report["failed"].append(f"{entry}: {type(exc).__name__}: {exc}")
         log.warning("child specs not upgraded: %s", report["failed"][-1])
