@@ -118,6 +118,9 @@ class ProcessSlot:
 
     def get(self, timeout: float | None) -> ProcessRef:
         """The live process, waiting up to ``timeout`` for one during a restart."""
+        ref = self._ref  # every call passes here: no lock while the process is up
+        if ref is not None and ref.is_alive():
+            return ref
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:

@@ -7,8 +7,12 @@ In one run, interleaving project and baselines run by run, it measures:
 - **call round trip** host -> actor in a child process -> host, p50 and p99, against
   (a) the floor: a bare child (no runtime: ``benchmarks/_bare.py``) echoing over a
   socketpair with the project's 4-byte-length msgpack framing and envelope (target:
-  ratio <= 2.0), (b) a ``multiprocessing.Pipe`` pickle echo in a child, (c) a pykka
-  ``ask`` between two threads of one process (b and c are context, no target);
+  ratio <= 2.0), (a') the same project child with every call through the actor's
+  mailbox (``run_in_place=False``: what running calls in place saves) and (a'')
+  pinned to one CPU (``cpu_affinity="auto"``), (b) a ``multiprocessing.Pipe`` pickle echo in a child, (c) a pykka
+  ``ask`` between two threads of one process, and with the ``bench`` extra (d)
+  Thespian's ``ask`` and (e) a Ray actor method call (b to e are context, no
+  target);
 - **casts per second** into a child, unbatched (``cast``) and batched
   (``cast_many``), against a bare child decoding and counting the frames (target:
   ratio >= 0.5, higher is better). A final call returns the child's count, which
@@ -82,10 +86,12 @@ class Sizes:
 class ProjectChild:
     """A sandbox child running ``benchmarks/apps/echo.py`` through ``runtime.host.process``."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, run_in_place: bool = True,
+                 cpu_affinity: str | None = None) -> None:
         from runtime.host.process import start_process
 
-        self.ref = start_process(APP_ENTRY, app_path=str(APP_PATH), name=name)
+        self.ref = start_process(APP_ENTRY, app_path=str(APP_PATH), name=name,
+                                 run_in_place=run_in_place, cpu_affinity=cpu_affinity)
         self.has_cast_many = hasattr(self.ref, "cast_many")
 
     @property
@@ -197,7 +203,7 @@ def main(quick: bool = False) -> list[Record]:
         return ProjectChild(f"bench-core-{os.getpid()}-{next(seq)}")
 
     s = _Series.new(
-        *(f"{k}_{p}" for k in ("proj", "floor", "pipe", "pykka", "thespian")
+        *(f"{k}_{p}" for k in ("proj", "mbox", "pin", "floor", "pipe", "pykka", "thespian", "ray")
           for p in ("p50", "p99")),
         *(f"{k}_{f}" for k in ("proj", "floor") for f in ("cast", "batch")),
         *(f"{k}_{f}" for k in ("proj", "floor", "min") for f in ("start", "uss", "pss")),
@@ -211,6 +217,13 @@ def main(quick: bool = False) -> list[Record]:
         # cast figures, the start figures use fresh ones.
         proj = project_start()
         stack.callback(proj.close)
+        # The same runtime with every call through the actor's mailbox (the design
+        # before calls ran in place): what running them in place saves, same run.
+        mbox = ProjectChild(f"bench-core-{os.getpid()}-mailbox", run_in_place=False)
+        stack.callback(mbox.close)
+        # ... and pinned to one CPU (the default before calls ran in place).
+        pin = ProjectChild(f"bench-core-{os.getpid()}-pinned", cpu_affinity="auto")
+        stack.callback(pin.close)
         fchild = MpBareChild()
         stack.callback(fchild.close)
         minimal = stack.enter_context(FloorForkServer())
@@ -238,18 +251,36 @@ def main(quick: bool = False) -> list[Record]:
         else:
             notes.append("thespian not installed (bench extra): its baseline is left out")
 
+        from benchmarks import _ray
+
+        ray_echo = None
+        if _ray.available():
+            progress("bench_core: starting ray (num_cpus=1, no dashboard)")
+            try:
+                ray_echo = _ray.RayEcho()
+            except Exception as exc:  # a broken ray install must not sink the benchmark
+                notes.append(f"ray failed to start ({type(exc).__name__}: {exc}); left out")
+            else:
+                stack.callback(ray_echo.close)
+        else:
+            notes.append("ray not installed (bench extra): its baseline is left out")
+
         def pipe_call(payload: Any) -> Any:
             pipe_conn.send(payload)
             return pipe_conn.recv()
 
         systems: list[tuple[str, Callable[[Any], Any]]] = [
             ("proj", lambda p: proj.call("echo", p)),
+            ("mbox", lambda p: mbox.call("echo", p)),
+            ("pin", lambda p: pin.call("echo", p)),
             ("floor", lambda p: fchild.call("echo", p)),
             ("pipe", pipe_call),
             ("pykka", lambda p: pykka_ref.ask(p)),
         ]
         if thespian is not None:
             systems.append(("thespian", thespian.call))
+        if ray_echo is not None:
+            systems.append(("ray", ray_echo.call))
         for _, call in systems:  # warm every path up, untimed
             for i in range(sizes.warmup):
                 call(["ping", i])
@@ -341,6 +372,26 @@ def main(quick: bool = False) -> list[Record]:
             f"{pct} round trip",
             f"proj_{pct}",
             "us",
+            "same child, calls via the actor's mailbox",
+            f"mbox_{pct}",
+            note="context: start_process(run_in_place=False), one thread hand-off per call",
+        )
+    for pct in ("p50", "p99"):
+        add(
+            "call_roundtrip",
+            f"{pct} round trip",
+            f"proj_{pct}",
+            "us",
+            "same child pinned to one CPU",
+            f"pin_{pct}",
+            note="context: start_process(cpu_affinity='auto'), the default before issue 15",
+        )
+    for pct in ("p50", "p99"):
+        add(
+            "call_roundtrip",
+            f"{pct} round trip",
+            f"proj_{pct}",
+            "us",
             "mp.Pipe+pickle echo child",
             f"pipe_{pct}",
             note="context",
@@ -365,6 +416,17 @@ def main(quick: bool = False) -> list[Record]:
                 "thespian multiprocQueueBase ask",
                 f"thespian_{pct}",
                 note="context: a peer actor library, actor in its own process",
+            )
+    if s.values["ray_p50"]:
+        for pct in ("p50", "p99"):
+            add(
+                "call_roundtrip",
+                f"{pct} round trip",
+                f"proj_{pct}",
+                "us",
+                "ray actor method call",
+                f"ray_{pct}",
+                note="context: ray.get(actor.echo.remote(x)), ray.init(num_cpus=1)",
             )
     cast_note = f"{sizes.casts} casts per run, clock stops when a call returns the child's count"
     add(

@@ -42,6 +42,11 @@ EXTRA = [
         "runtime.component.ComponentRef",
         "runtime.component.Component",
     ]),
+    ("Load harness (sandbox bench --app)", [
+        "sandbox.loadtest.run_load",
+        "sandbox.loadtest.run_load_async",
+        "sandbox.loadtest.LoadResult",
+    ]),
 ]
 
 #: pykka hooks the runtime's Actor overrides: not part of its API.

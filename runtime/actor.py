@@ -172,6 +172,14 @@ class Reply:
         except RuntimeError:  # completed twice: the first answer stands
             pass
 
+    def done(self) -> bool:
+        """Whether the reply has arrived (never blocks).
+
+        >>> r = Reply(); r.done(), r.set_result(1), r.done()
+        (False, None, True)
+        """
+        return not self._done.locked()
+
     def wait(self, timeout: float | None) -> bool:
         timeout = _wait_arg(timeout)
         if self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0)):
@@ -186,7 +194,7 @@ class Reply:
 
 
 # Mailbox messages. Plain data; the actor thread interprets them.
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ is slow, and calls are hot
 class _Call:
     request: Any
     reply: ReplySink
@@ -292,6 +300,14 @@ class Actor(pykka.ThreadingActor):
         self._watchers: dict[str, Watcher] = {}
         self._links: dict[str, Actor] = {}
         self._thread: threading.Thread | None = None
+        # Running a message on another thread (see ActorRef.call_into's run_here):
+        # _exec is held by whichever thread handles a message, _backlog counts the
+        # messages posted and not yet handled (under _mb), _inline_thread is the
+        # thread running one in place of the actor's own.
+        self._exec = threading.Lock()
+        self._mb = threading.Lock()
+        self._backlog = 0
+        self._inline_thread: threading.Thread | None = None
 
     # -- hooks -----------------------------------------------------------------------
     def on_init(self) -> None:
@@ -342,9 +358,17 @@ class Actor(pykka.ThreadingActor):
             self._started.set()
 
     # -- the message loop ------------------------------------------------------------
+    def _handle_receive(self, message: Any) -> Any:  # pykka: each message of the inbox
+        with self._exec:  # a message run in place (call_into run_here) finishes first
+            try:
+                return super()._handle_receive(message)
+            finally:
+                with self._mb:
+                    self._backlog -= 1
+
     def on_receive(self, message: Any) -> Any:
         if self._stop_request is not None:
-            self._terminate(self._stop_request)
+            self._end(self._stop_request)
             return None
         try:
             if isinstance(message, _Call):
@@ -364,14 +388,53 @@ class Actor(pykka.ThreadingActor):
             else:
                 self._dispatch(self.on_info, message)
         except _Failed as failed:
-            self._terminate(failed.reason)
+            self._end(failed.reason)
         except BaseException as exc:
             # Not a hook failure but the machinery around it (e.g. a reply sink whose
             # socket broke). Left to pykka, the thread would stop without _finish, so
             # monitors would never get Down and stop() would wait its full timeout.
             log.error("actor %s: internal error: %s", self.actor_id, exc, exc_info=exc)
-            self._terminate(ExitReason.from_exception(exc))
+            self._end(ExitReason.from_exception(exc))
         return None
+
+    def _end(self, reason: ExitReason) -> None:
+        """End the actor with ``reason``: now on its own thread; from a message run in
+        place on another thread, by its own thread before its next message (only that
+        thread can leave pykka's loop)."""
+        if self._inline_thread is None:
+            self._terminate(reason)
+            return
+        with self._life:
+            if self._exiting:
+                return
+            if self._stop_request is None:
+                self._stop_request = reason
+        self._post(_Wake())
+
+    def _run_here(self, message: Any) -> bool:
+        """Handle ``message`` on the calling thread if the actor is idle: nothing in its
+        mailbox, nothing running, no stop asked. False (nothing done) otherwise.
+
+        Order per sender holds: the message goes ahead only of messages posted after
+        it, which wait on ``_exec`` until it is done.
+        """
+        if not self._started.is_set():  # on_init still runs on the actor's thread
+            return False
+        with self._mb:
+            if self._backlog or self._stop_request is not None or self._exiting:
+                return False
+            self._backlog = 1
+        try:
+            with self._exec:
+                self._inline_thread = threading.current_thread()
+                try:
+                    self.on_receive(message)
+                finally:
+                    self._inline_thread = None
+        finally:
+            with self._mb:
+                self._backlog -= 1
+        return True
 
     def _dispatch(self, fn: Callable[[Any], Any], arg: Any) -> Any:
         """Run a hook; any exception becomes this actor's failure."""
@@ -487,6 +550,8 @@ class Actor(pykka.ThreadingActor):
     def _post(self, message: Any) -> bool:
         if self.actor_stopped.is_set():
             return False
+        with self._mb:
+            self._backlog += 1
         self.actor_inbox.put(Envelope(message))
         return True
 
@@ -571,14 +636,35 @@ class ActorRef:
             raise CallTimeout(self.id, timeout)
         return reply.result()
 
-    def call_into(self, request: Any, reply: ReplySink) -> None:
-        """Send a call whose answer goes to ``reply`` (for callers that do not block)."""
+    def call_into(self, request: Any, reply: ReplySink, *, run_here: bool = False) -> None:
+        """Send a call whose answer goes to ``reply`` (for callers that do not block).
+
+        ``run_here=True``: if the actor is idle (empty mailbox, no message running),
+        run the handler on the calling thread now, saving the hand-off to the actor's
+        thread; the actor's semantics hold (one message at a time, order per sender).
+        For a thread that has nothing else to do meanwhile, like a sandbox's reader
+        (which hands its reading to another thread when a handler runs long).
+
+        >>> class Twice(Actor):
+        ...     def on_call(self, n): return 2 * n
+        >>> ref, r = Twice.start(), Reply()
+        >>> ref.call_into(21, r, run_here=True); r.wait(0), r.result()
+        (True, 42)
+        >>> _ = ref.stop()
+        """
         actor = self._actor
         with actor._life:
             if actor._exiting or actor._failing or actor._exit_reason is not None:
                 raise ActorDead(self.id, actor._exit_reason)
+            # Pending from here on, in place too: a handler may keep its caller
+            # (NOREPLY) and answer it later, or an ending actor fails it.
             actor._pending.add(reply)
-        actor.actor_inbox.put(Envelope(_Call(request, reply, BARRIER.held())))
+        msg = _Call(request, reply, BARRIER.held())
+        if run_here and actor._run_here(msg):
+            return
+        with actor._mb:
+            actor._backlog += 1
+        actor.actor_inbox.put(Envelope(msg))
 
     def cast(self, request: Any) -> None:
         """Send ``request`` without waiting. A failure in its handler fails the actor.
@@ -617,7 +703,8 @@ class ActorRef:
         """
         actor = self._actor
         actor._request_stop(reason or ExitReason.shutdown())
-        if threading.current_thread() is actor._thread:
+        me = threading.current_thread()
+        if me is actor._thread or me is actor._inline_thread:
             return reason or ExitReason.shutdown()
         if not actor._exited.wait(_wait_arg(timeout)):
             log.warning("%s did not stop within %ss; abandoning its thread", self.id, timeout)

@@ -75,7 +75,9 @@ class CodeBarrier:
             return
         with self._cond:
             self.readers -= 1
-            if not self.readers:
+            # Only a writer waits for the readers to drain (readers wait for writers,
+            # woken by release_write): skip the notify, on every message's path.
+            if not self.readers and self._writers_waiting:
                 self._cond.notify_all()
 
     def acquire_write(self, timeout: float | None = None) -> bool:

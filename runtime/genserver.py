@@ -404,7 +404,7 @@ class ServerActor(Actor):
             try:
                 self._dispatch(self._continue_once, arg)
             except _Failed as failed:
-                self._terminate(failed.reason)
+                self._end(failed.reason)  # _end: this may run in place (runtime.child.relay)
                 return
 
     def _continue_once(self, arg: Any) -> None:
@@ -413,10 +413,15 @@ class ServerActor(Actor):
     def on_receive(self, message: Any) -> Any:
         # Every message passes the code barrier, so a reload suspends all servers at
         # once and swaps code and state between two messages, never during one.
-        with BARRIER.reading(nested=isinstance(message, _Call) and message.nested):
+        # acquire/release rather than the reading() context manager: this is every
+        # call's path, and a generator-based context manager costs as much as the rest.
+        BARRIER.acquire_read(nested=type(message) is _Call and message.nested)
+        try:
             super().on_receive(message)
             # Before the next message (and after a call's reply went out, as in OTP).
             self._run_continues()
+        finally:
+            BARRIER.release_read()
         return None
 
     def on_call(self, request: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``, ``capacity``, ``patterns``.
+"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``, ``bench``, ``capacity``,
+``patterns``.
 
 Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line without a
 traceback unless ``--debug`` is given.
@@ -20,6 +21,7 @@ from typing import Any, cast
 from runtime import telemetry
 from runtime.component import ComponentRef
 from runtime.errors import SandboxError
+from sandbox import loadtest, records
 
 __all__ = ["main", "scaffold"]
 
@@ -365,7 +367,61 @@ def _load_harness() -> Any:
     return harness
 
 
+def _bench_app(args: argparse.Namespace) -> int:
+    """``sandbox bench --app DIR --call ACTOR REQUEST``: load one actor of a user's app."""
+    import sandbox
+
+    if args.only or args.list or args.quick:
+        raise SandboxError("--only, --list and --quick select the project's benchmarks; "
+                           "they do not go with --app/--connect")
+    if args.call is None:
+        raise SandboxError("sandbox bench --app/--connect needs --call ACTOR REQUEST "
+                           "(e.g. --call counter incr)")
+    if args.connect is not None:
+        raise SandboxError(
+            "sandbox bench --connect needs the control-endpoint client (sandbox.connect), "
+            "which this installation does not have yet; load an app directory with "
+            "--app DIR instead"
+        )
+    if args.use_async:
+        raise SandboxError(
+            "sandbox bench --async needs the asyncio API (sandbox.start_async), which this "
+            "installation does not have yet; drop --async to load the app from threads"
+        )
+    path = Path(args.app)
+    if not path.is_dir():
+        raise SandboxError(f"--app {args.app!r} is not a directory; give an app's directory")
+    actor, raw = args.call
+    request = loadtest.parse_request(raw)
+    duration = args.duration if args.duration is not None or args.calls is not None else 10.0
+    label = f"call({actor!r}, {request!r})"
+    with sandbox.start(name=f"bench-{os.getpid()}") as rt:
+        sb = rt.create_sandbox(path.resolve().name, path, entry=args.entry, profile=args.profile)
+        sb.call(actor, request, timeout=args.timeout)  # fail fast on a bad actor or request
+        print(f"loading {label} in {path} ({args.profile}): {args.concurrency} callers, "
+              + (f"{duration:g} s" if duration is not None else f"{args.calls:,} calls"),
+              file=sys.stderr, flush=True)
+        result = loadtest.run_load(
+            lambda _w: sb.call(actor, request, timeout=args.timeout),
+            concurrency=args.concurrency,
+            duration=duration,
+            calls=args.calls,
+            warmup=args.warmup,
+            label=label,
+            progress=loadtest.progress_line(duration, args.calls),
+        )
+    figures = result.records(benchmark=f"load:{path.resolve().name}")
+    records.print_table(figures)
+    print(loadtest.summary(result))
+    if args.json:
+        records.write_json(figures, args.json)
+        print(f"wrote {len(figures)} figures to {args.json}")
+    return 1 if result.errors else 0
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.app is not None or args.connect is not None:
+        return _bench_app(args)
     harness = _load_harness()
     only = [n.strip() for item in args.only for n in item.split(",") if n.strip()] or None
     try:
@@ -414,6 +470,26 @@ def _parser() -> argparse.ArgumentParser:
         help="run only these benchmarks (core, sandboxes, ...; repeat or comma-separate)",
     )
     bench.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    load = bench.add_argument_group(
+        "load your own app", "sandbox bench --app DIR --call ACTOR REQUEST [-c N] [-d S | -n N]"
+    )
+    target = load.add_mutually_exclusive_group()
+    target.add_argument("--app", metavar="DIR", help="start this app in a sandbox and load it")
+    target.add_argument("--connect", metavar="ADDRESS", help="load a running runtime instead")
+    load.add_argument("--call", nargs=2, metavar=("ACTOR", "REQUEST"),
+                      help="what each caller calls; REQUEST is JSON, or else a string")
+    load.add_argument("-c", "--concurrency", type=int, default=1, help="callers (default 1)")
+    span = load.add_mutually_exclusive_group()
+    span.add_argument("-d", "--duration", type=float, help="seconds to measure (default 10)")
+    span.add_argument("-n", "--calls", type=int, help="calls to measure instead of a duration")
+    load.add_argument("--warmup", type=float, default=1.0,
+                      help="seconds of uncounted calls first (default 1)")
+    load.add_argument("--async", dest="use_async", action="store_true",
+                      help="call from asyncio tasks instead of threads")
+    load.add_argument("--profile", default="medium", choices=["high", "medium", "low"],
+                      help="security profile of the sandbox (default medium)")
+    load.add_argument("--entry", default="app:children", help="the app's entry (module:function)")
+    load.add_argument("--timeout", type=float, default=5.0, help="each call's timeout (default 5)")
     bench.set_defaults(fn=_bench)
     check = sub.add_parser(
         "check", help="compile and security-scan an app; print diagnostics (exit 1 on errors)"

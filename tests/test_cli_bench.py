@@ -31,6 +31,10 @@ from benchmarks import _harness  # noqa: E402
 CORE_FIGURES = {
     ("call_roundtrip", "p50 round trip", "bare child (same forkserver)"),
     ("call_roundtrip", "p99 round trip", "bare child (same forkserver)"),
+    ("call_roundtrip", "p50 round trip", "same child, calls via the actor's mailbox"),
+    ("call_roundtrip", "p99 round trip", "same child, calls via the actor's mailbox"),
+    ("call_roundtrip", "p50 round trip", "same child pinned to one CPU"),
+    ("call_roundtrip", "p99 round trip", "same child pinned to one CPU"),
     ("call_roundtrip", "p50 round trip", "mp.Pipe+pickle echo child"),
     ("call_roundtrip", "p99 round trip", "mp.Pipe+pickle echo child"),
     ("call_roundtrip", "p50 round trip", "pykka ask (2 threads)"),

@@ -114,6 +114,7 @@ PYKKA_PRIVATE = [
     ("pykka._envelope", "Envelope"),
     ("pykka.ThreadingActor", "_start_actor_loop"),
     ("pykka.ThreadingActor", "_stop"),
+    ("pykka.ThreadingActor", "_handle_receive"),
 ]
 
 

@@ -18,8 +18,10 @@ The host (:mod:`runtime.host.process`) starts a child process from the forkserve
 5. serves frames until the host says stop or goes away:
 
    - CALL ``target``: the actor registered under ``target`` gets the call with a
-     :class:`SocketReply`, so its answer goes straight back to the socket from the
-     actor's own thread; the reader never waits for a handler. An unknown target
+     :class:`SocketReply`, so its answer goes straight back to the socket. An idle
+     actor's call runs on the reading thread itself (no thread hand-off), which
+     hands the reading to a helper if the handler runs long
+     (:mod:`runtime.child.relay`); a busy actor's call waits in its mailbox. An unknown target
      gets an ERROR ``NoSuchActor`` listing the registered names.
    - CAST ``target``: delivered to the actor's ``handle_cast``.
    - SYSTEM ``op``: run from a dispatch table (:func:`register_system_op`);
@@ -49,6 +51,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -64,6 +67,7 @@ from runtime.child import isolation as _isolation
 from runtime.child import notices as _notices
 from runtime.child import snapshot as _snapshot
 from runtime.child import swap
+from runtime.child.relay import Relay
 from runtime.childspec import ChildSpec
 from runtime.errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
 from runtime.registry import registered, whereis
@@ -154,6 +158,9 @@ class BootConfig:
     #: Runtime guard policy (:meth:`actors.profiles.Profile.guard_policy`), installed
     #: after the environment is set up and before the entry is imported.
     guard: dict[str, Any] | None = None
+    #: Calls to idle actors run on the reading thread (:mod:`runtime.child.relay`);
+    #: False sends every call through the actor's mailbox (one thread hand-off).
+    run_in_place: bool = True
 
 
 # -- system ops ------------------------------------------------------------------------
@@ -537,44 +544,44 @@ class ChildServer:
         return self.serve()
 
     def serve(self) -> int:
-        recv = self.channel.recv
-        while True:
-            try:
-                envelopes = recv()
-            except ProtocolError as exc:
-                print(f"sandbox {self.boot.name}: host broke the protocol: {exc}", file=sys.stderr)
-                self.shutdown("protocol error")
-                return EXIT_PROTOCOL
-            except (ChannelClosed, OSError):
-                self.shutdown("the host closed the channel")
-                return EXIT_OK
-            # Consecutive casts to one actor go as one batch: one wake-up of its thread
-            # instead of one per cast (the host often writes them back to back).
-            batch: list[Any] = []
-            batch_target: str | None = None
-            for env in envelopes:
-                kind = env.kind
-                if kind == CAST:
-                    if batch and env.target != batch_target:
-                        self._cast(batch_target, batch)
-                        batch = []
-                    batch_target = env.target
-                    batch.append(env.payload)
-                    continue
-                if batch:
-                    self._cast(batch_target, batch)
-                    batch = []
-                if kind == CALL:
-                    self._call(env.ref, env.target, env.payload)
-                elif kind == SYSTEM:
-                    self._system(env.ref, env.target, env.payload)
-                # REPLY / ERROR from the host: nothing asked for them; ignore.
-            if batch:
-                self._cast(batch_target, batch)
-            if self._exit_code is not None:
-                return self._exit_code
+        relay = Relay(
+            self.channel.recv,
+            self._dispatch,
+            done=lambda: self._exit_code is not None,
+            fileno=self.channel.fileno(),
+            in_place=self.boot.run_in_place,
+        )
+        step = relay.step
+        try:
+            while self._exit_code is None:
+                try:
+                    step()
+                except ProtocolError as exc:
+                    print(f"sandbox {self.boot.name}: host broke the protocol: {exc}", file=sys.stderr)
+                    self.shutdown("protocol error")
+                    return EXIT_PROTOCOL
+                except (ChannelClosed, OSError):
+                    self.shutdown("the host closed the channel")
+                    return EXIT_OK
+            return self._exit_code
+        finally:
+            relay.close()
 
-    def _call(self, ref: int | None, target: str | None, request: Any) -> None:
+    def _dispatch(self, unit: list[Any], here: bool) -> None:
+        """One unit from the relay: a call, a system op, or consecutive casts to one
+        actor (one mailbox item: one wake-up of its thread instead of one per cast).
+        ``here``: a call to an idle actor may run on this thread (see runtime.child.relay)."""
+        env = unit[0]
+        kind = env.kind
+        if kind == CAST:
+            self._cast(env.target, [e.payload for e in unit])
+        elif kind == CALL:
+            self._call(env.ref, env.target, env.payload, here)
+        elif kind == SYSTEM:
+            self._system(env.ref, env.target, env.payload)
+        # REPLY / ERROR from the host: nothing asked for them; ignore.
+
+    def _call(self, ref: int | None, target: str | None, request: Any, here: bool = False) -> None:
         actor = whereis(target) if target is not None else None
         if actor is None and target is not None and target in registry._known:
             # Its supervisor is restarting it: wait for it off the reader thread, so
@@ -588,7 +595,7 @@ class ChildServer:
             self.reply_error(ref, NoSuchActor(str(target), registered()), target)
             return
         try:
-            actor.call_into(request, SocketReply(self, ref, actor.id))
+            actor.call_into(request, SocketReply(self, ref, actor.id), run_here=here)
         except ActorDead as exc:
             if target is not None and target in registry._known:  # ending right now
                 threading.Thread(
@@ -682,6 +689,10 @@ def child_main(sock: Any, boot: BootConfig) -> None:
         # Everything inherited from the forkserver is long-lived: keep the collector
         # off those objects, so it never writes to (and un-shares) their pages.
         gc.freeze()
+        # The relay's ticks must land in the main thread: every thread started from
+        # here on (actors, supervisors) inherits this mask; the relay unblocks the
+        # signal in the main thread alone (runtime.child.relay).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         server = ChildServer(sock, boot)
         _current = server
         code = server.run()

@@ -39,8 +39,8 @@ Stopping (``ref.stop()``, a supervisor shutting down) is graceful: SYSTEM
 group (which also takes along anything it started and left behind); then the
 reader thread is joined and the socket closed.
 
-A child runs pinned to one CPU by default (``cpu_affinity="auto"``, see
-:func:`start_process`).
+A child runs on whichever CPU the kernel picks unless ``cpu_affinity`` says
+otherwise (see :func:`start_process`).
 
 The host never unpickles what a child sends unless it was started with
 ``trusted=True``.
@@ -369,7 +369,8 @@ class _Connection:
             poll = self._lead_poll.poll
             recv = self.channel.recv_some  # type: ignore[union-attr]
             route = self._route
-            while not waiter.wait(0):
+            pending = waiter._done.locked  # true until the reply is in (Reply.done)
+            while pending():
                 if deadline is None:
                     ready = poll()
                 else:
@@ -393,7 +394,9 @@ class _Connection:
             token.release()
             if kick or self.pending:
                 self.kick()
-        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if deadline is None or not pending():
+            return timeout  # done (the caller's wait returns at once) or no deadline
+        return max(deadline - time.monotonic(), 0.0)
 
     def kick(self) -> None:
         """Make the reader thread read now (it may be parked)."""
@@ -830,14 +833,16 @@ class ProcessRef(ActorRef):
         conn = self._conn
         reply = Reply()
         ref = conn.submit(CALL, target, request, reply)
-        if not reply.wait(conn.lead(reply, timeout)):
+        left = conn.lead(reply, timeout)
+        if not reply.done() and not reply.wait(left):
             conn.forget(ref)
             if not reply.wait(0):  # the reply may have raced the timeout
                 raise CallTimeout(f"{self.id}/{target}", timeout)
         return reply.result()
 
-    def call_into(self, request: Any, reply: ReplySink) -> None:
-        """Send a call whose answer goes to ``reply``; ``request`` is ``(target, request)``."""
+    def call_into(self, request: Any, reply: ReplySink, *, run_here: bool = False) -> None:
+        """Send a call whose answer goes to ``reply``; ``request`` is ``(target, request)``
+        (``run_here`` does not apply: the handler runs in the child)."""
         target, payload = request
         self._conn.submit(CALL, target, payload, reply)
         self._conn.kick()  # nobody waits in a call to read the answer: the reader does
@@ -927,11 +932,12 @@ def start_process(
     ready_timeout: float | None = 10.0,
     states: Any = None,
     modules: Sequence[Any] = (),
-    cpu_affinity: str | Iterable[int] | None = "auto",
+    cpu_affinity: str | Iterable[int] | None = None,
     isolation: dict[str, Any] | None = None,
     guard: dict[str, Any] | None = None,
     on_violation: Callable[[Any], None] | None = None,
     output: OutputLog | None = None,
+    run_in_place: bool = True,
 ) -> ProcessRef:
     """Start a child process running the app ``entry`` and return its :class:`ProcessRef`.
 
@@ -954,17 +960,22 @@ def start_process(
       ``get_states`` op, restored into those actors after boot (opaque here).
     - ``modules``: the app's compiled modules (:class:`runtime.child.swap.ModuleCode`);
       the child imports the app from these, never from disk.
-    - ``cpu_affinity``: ``"auto"`` (default) pins the child, all its threads, to
-      one CPU, chosen round-robin among the host's; a sandbox runs Python on one
-      core at a time anyway (the GIL), and on one CPU the hand-off from its
-      socket reader to an actor thread is a local context switch instead of a
-      cross-CPU wake-up (about 1.5x faster calls). ``None``: no pinning (for
-      sandboxes running multi-threaded native code); or the CPUs to allow.
+    - ``cpu_affinity``: ``None`` (default) leaves scheduling to the kernel;
+      ``"auto"`` pins the child, all its threads, to one CPU chosen round-robin
+      among the host's; or the CPUs to allow. Pinning used to pay when every call
+      crossed from the child's reader thread to an actor thread (a local context
+      switch instead of a cross-CPU wake-up); calls to idle actors now run on the
+      reader itself (:mod:`runtime.child.relay`), and on a busy shared machine a
+      pinned child waits for its one CPU: p90 of a call 590-770 us pinned against
+      186-198 us unpinned, same run (docs/benchmarks.md).
     - ``isolation``: the OS isolation plan (:func:`runtime.child.isolation.plan`)
       applied in the child before anything else; ``guard``: the runtime guard's
       policy, installed before the entry is imported; ``on_violation(event)``:
       called (in the reading thread, keep it short) for each refusal the guard
       reports. The event is the child's word, plain data, to be treated as hostile.
+    - ``run_in_place``: a call to an idle actor runs on the child's reading thread,
+      without a thread hand-off (:mod:`runtime.child.relay`); False sends every
+      call through the actor's mailbox (for comparison: ``benchmarks/bench_core.py``).
     - ``output``: where the child's stdout/stderr lines go (its rate and size caps,
       its tail); one per sandbox, shared by its successive processes. Default: a
       new one for this process. Nothing the child writes reaches the host's own
@@ -1010,6 +1021,7 @@ def start_process(
         modules=list(modules),
         isolation=isolation,
         guard=guard,
+        run_in_place=run_in_place,
     )
     conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle, output=output)
     conn.on_violation = on_violation
