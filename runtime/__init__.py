@@ -20,6 +20,13 @@ host side of a child process: proxy actor and fork server) and
 
 from __future__ import annotations
 
+import logging as _logging
+
+# A library prints nothing unless the application configures logging (then its
+# handlers get every record): without this, Python's last-resort handler would
+# print each warning and error of this package on stderr.
+_logging.getLogger("runtime").addHandler(_logging.NullHandler())
+
 from runtime import telemetry, timers
 from runtime.actor import (
     NOREPLY,
@@ -50,6 +57,7 @@ from runtime.errors import (
     SandboxError,
     SandboxExists,
     SandboxNotFound,
+    SandboxUnavailable,
     SecurityViolation,
     SupervisorError,
 )
@@ -117,4 +125,5 @@ __all__ = [
     "ReloadFailed",
     "SecurityViolation",
     "ResourceLimitExceeded",
+    "SandboxUnavailable",
 ]

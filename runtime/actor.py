@@ -105,9 +105,12 @@ class ExitReason:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ExitReason:
+        # The message is one line; everything else (a remote traceback an ActorFailed
+        # carries after its first line) is in the traceback, said once.
+        first = str(exc).split("\n", 1)[0]
         return cls(
             "exception",
-            f"{type(exc).__name__}: {exc}",
+            f"{type(exc).__name__}: {first}",
             "".join(traceback.format_exception(exc)),
         )
 
@@ -447,7 +450,12 @@ class Actor(pykka.ThreadingActor):
             # once, not have its call accepted and then dropped.
             with self._life:
                 self._failing = True
-            log.error("actor %s failed: %s\n%s", self.actor_id, reason.message, reason.traceback)
+            # Logged once, where the failure is handled: by the supervisor (or whoever
+            # links or monitors this actor); only an actor nobody watches says it here.
+            watched = bool(self._links or self._watchers)
+            log.log(logging.DEBUG if watched else logging.ERROR, "actor %s failed: %s",
+                    self.actor_id, reason.message,
+                    extra={"traceback": reason.traceback, "actor": self.actor_id})
             telemetry.execute(
                 "actor.failure",
                 {"count": 1},

@@ -27,6 +27,7 @@ __all__ = [
     "ReloadFailed",
     "SecurityViolation",
     "ResourceLimitExceeded",
+    "SandboxUnavailable",
 ]
 
 
@@ -167,3 +168,17 @@ class SecurityViolation(SandboxError):
 
 class ResourceLimitExceeded(SandboxError):
     """A sandbox crossed one of its resource limits."""
+
+
+class SandboxUnavailable(SandboxError):
+    """The sandbox exists but cannot answer now: its node was lost and it is being
+    started again elsewhere. Retriable: the same call succeeds once it runs again.
+
+    >>> str(SandboxUnavailable("c1", "node 3f2a was lost; restarting on another node"))
+    "sandbox 'c1' is unavailable: node 3f2a was lost; restarting on another node (retry)"
+    """
+
+    def __init__(self, sandbox_id: str, why: str) -> None:
+        self.sandbox_id = sandbox_id
+        self.why = why
+        super().__init__(f"sandbox {sandbox_id!r} is unavailable: {why} (retry)")

@@ -36,7 +36,9 @@ import json as _json
 import logging
 import os
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -56,6 +58,9 @@ __all__ = [
     "settings",
     "apply_settings",
     "sandbox_op",
+    "ChannelHandler",
+    "record_to_wire",
+    "emit_from_sandbox",
 ]
 
 #: The fields of the current operation: correlation_id, sandbox, runtime (a plain
@@ -151,7 +156,8 @@ def operation(name: str) -> Callable[[F], F]:
                         "%s %s: failed after %.3fs: %s: %s [category %s; %s]",
                         name, sandbox_id, time.perf_counter() - t0, type(exc).__name__,
                         str(exc).split("\n", 1)[0], classify(exc), remedy(exc),
-                        extra={"operation": name},
+                        extra={"operation": name,
+                               "traceback": "".join(traceback.format_exception(exc))},
                     )
                     raise
                 log.info("%s %s: done in %.3fs", name, sandbox_id, time.perf_counter() - t0,
@@ -183,7 +189,17 @@ def _stamp(record: logging.LogRecord) -> None:
             setattr(record, key, ctx.get(key) if ctx is not None else None)
 
 
-_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", *_FIELDS}
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message", "asctime", "traceback", *_FIELDS}
+
+
+def _exc_text(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    """The record's traceback: from ``exc_info``, or the ``traceback`` extra a failure
+    handled elsewhere passes (an actor's, maybe from another process), or None."""
+    if record.exc_info:
+        return formatter.formatException(record.exc_info)
+    text = record.exc_text or getattr(record, "traceback", None)
+    return str(text).rstrip() if text else None
 
 
 class JsonFormatter(logging.Formatter):
@@ -211,10 +227,7 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             "exc": None,
         }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            out["exc"] = record.exc_text
+        out["exc"] = _exc_text(self, record)
         for key, value in record.__dict__.items():
             if key not in _STANDARD and key not in out and not key.startswith("_"):
                 out[key] = value
@@ -232,9 +245,13 @@ class TextFormatter(logging.Formatter):
         cid = getattr(record, "correlation_id", None)
         record.correlation_id = cid or "-"
         try:
-            return super().format(record)
+            text = super().format(record)
         finally:
             record.correlation_id = cid
+        tb = getattr(record, "traceback", None)
+        if tb and not record.exc_info and not record.exc_text:
+            text += "\n" + str(tb).rstrip()
+        return text
 
 
 _handler: logging.Handler | None = None
@@ -294,13 +311,29 @@ def settings() -> dict[str, Any] | None:
 
 def apply_settings(wanted: Any) -> None:
     """In a sandbox process: log like the host (``settings()`` sent by the host), to
-    this process's stderr. Does nothing if ``wanted`` is None or already applied."""
+    this process's stderr. Does nothing if ``wanted`` is None or already applied.
+
+    Where the sandbox's records cross its channel to the host (a
+    :class:`ChannelHandler` on the root logger), only the level is applied: the
+    host's handlers format them."""
+    global _settings
     if not isinstance(wanted, dict):
         return
-    json_lines, level = bool(wanted.get("json", True)), str(wanted.get("level", "INFO"))
-    if {"json": json_lines, "level": level} == _settings:
+    want: dict[str, Any] = {"json": bool(wanted.get("json", True)),
+                            "level": str(wanted.get("level", "INFO"))}
+    if want == _settings:
         return
-    configure(json=json_lines, level=level)
+    root = logging.getLogger()
+    channel = [h for h in root.handlers if isinstance(h, ChannelHandler)]
+    if channel:  # records cross to the host, which formats them: only the level is ours
+        level = logging.getLevelName(want["level"])
+        if isinstance(level, int):
+            root.setLevel(level)
+            for handler in channel:
+                handler.setLevel(level)
+        _settings = want
+        return
+    configure(json=want["json"], level=want["level"])
 
 
 def sandbox_fields(boot_name: str) -> dict[str, str]:
@@ -350,3 +383,124 @@ def sandbox_op(fn: F) -> F:
             return result
 
     return wrapper  # type: ignore[return-value]
+
+
+# -- records crossing from a sandbox process to the host -----------------------------------
+
+#: Longest traceback or message carried per record (a runaway one is cut, not refused).
+_WIRE_TEXT = 16 * 1024
+
+
+def record_to_wire(record: logging.LogRecord) -> dict[str, Any]:
+    """A log record as msgpack-native fields, to cross a sandbox's channel.
+
+    >>> rec = logging.makeLogRecord({"name": "app", "levelno": 40, "msg": "x=%d", "args": (1,)})
+    >>> w = record_to_wire(rec); w["name"], w["levelno"], w["msg"], w["exc"]
+    ('app', 40, 'x=1', None)
+    """
+    _stamp(record)
+    exc = _exc_text(_WIRE_FORMATTER, record)
+    return {
+        "name": record.name,
+        "levelno": record.levelno,
+        "msg": record.getMessage()[:_WIRE_TEXT],
+        "exc": exc[-_WIRE_TEXT:] if exc else None,
+        "created": record.created,
+        "pathname": record.pathname,
+        "lineno": record.lineno,
+        "funcName": record.funcName,
+        "process": record.process,
+        "threadName": record.threadName,
+        "correlation_id": getattr(record, "correlation_id", None),
+        "actor": getattr(record, "actor", None),
+    }
+
+
+_WIRE_FORMATTER = logging.Formatter()
+
+
+def emit_from_sandbox(payload: Any, *, sandbox: str | None, runtime: str | None = None) -> None:
+    """Hand a record sent by a sandbox process (:func:`record_to_wire`) to the host's
+    handlers of the same logger name, with the sandbox's id and runtime filled in."""
+    if not isinstance(payload, dict):
+        return
+    name = str(payload.get("name") or "sandbox.app")
+    level = payload.get("levelno")
+    level = level if isinstance(level, int) else logging.WARNING
+    logger = logging.getLogger(name)
+    if not logger.isEnabledFor(level):
+        return
+    record = logger.makeRecord(
+        name, level, str(payload.get("pathname") or "?"), int(payload.get("lineno") or 0),
+        str(payload.get("msg") or ""), (), None, str(payload.get("funcName") or "") or None,
+        extra={
+            "sandbox": sandbox,
+            "runtime": runtime,
+            "correlation_id": payload.get("correlation_id"),
+            "traceback": payload.get("exc"),
+            "from_sandbox": True,
+            **({"actor": payload["actor"]} if payload.get("actor") else {}),
+        },
+    )
+    created = payload.get("created")
+    if isinstance(created, float):
+        record.created = created
+    if isinstance(payload.get("process"), int):
+        record.process = payload["process"]
+    logger.handle(record)
+
+
+class ChannelHandler(logging.Handler):
+    """In a sandbox process: send every record to the host (``send(record_fields)``),
+    where :func:`emit_from_sandbox` hands it to the host's handlers. Installed on the
+    root logger, so the sandbox's own loggers cross too and nothing falls through to
+    the last-resort handler on the process's stderr."""
+
+    #: Records per second a sandbox may send, and the burst allowed above it: a
+    #: sandbox logging in a loop must not flood the host. Past it records are
+    #: dropped, and the next one that passes is preceded by a count of them.
+    RATE = 500.0
+    BURST = 1000.0
+
+    def __init__(self, send: Callable[[dict[str, Any]], None], level: int = logging.WARNING
+                 ) -> None:
+        super().__init__(level)
+        self._send = send
+        self._busy = threading.local()  # a record logged while sending one is dropped
+        self._tokens = self.BURST
+        self._last = time.monotonic()
+        self._dropped = 0
+
+    def _admit(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.BURST, self._tokens + (now - self._last) * self.RATE)
+        self._last = now
+        if self._tokens < 1.0:
+            self._dropped += 1
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._busy, "on", False):
+            return
+        self._busy.on = True
+        try:
+            with self.lock:  # type: ignore[union-attr]
+                admitted, dropped = self._admit(), self._dropped
+                if admitted:
+                    self._dropped = 0
+            if not admitted:
+                return
+            if dropped:
+                note = logging.makeLogRecord({
+                    "name": "runtime.child.logs", "levelno": logging.WARNING,
+                    "levelname": "WARNING",
+                    "msg": f"{dropped} log records dropped: this sandbox logged more than "
+                           f"{self.RATE:.0f} a second"})
+                self._send(record_to_wire(note))
+            self._send(record_to_wire(record))
+        except Exception:
+            pass  # the host is gone or the record cannot cross: nothing to tell anyone
+        finally:
+            self._busy.on = False

@@ -589,9 +589,9 @@ class Supervisor(Actor):
 
     def _announce_restart(self, failed: _Child, reason: ExitReason, ids: list[str]) -> None:
         log.error(
-            "supervisor %s: child %r ended (%s); restarting %s (%s)\n%s",
+            "supervisor %s: child %r ended (%s); restarting %s (%s)",
             self.actor_id, failed.id, reason, ", ".join(map(repr, ids)), self.strategy,
-            reason.traceback.rstrip() or "(no traceback)",
+            extra={"traceback": reason.traceback, "actor": failed.id},
         )
         telemetry.execute(
             "supervisor.restart",
@@ -623,6 +623,9 @@ class Supervisor(Actor):
         failure = self._start(child)
         if failure is None:
             return True
+        log.error("supervisor %s: child %r failed to restart: %s; retrying",
+                  self.actor_id, child.id, failure[1].message,
+                  extra={"traceback": failure[1].traceback, "actor": child.id})
         # Counted as another restart when the retry runs, so a child that can never
         # start ends in escalation rather than a busy loop; meanwhile it is
         # ``restarting`` and restart_child/delete_child refuse it.
@@ -636,8 +639,8 @@ class Supervisor(Actor):
             f"{MAX_INTENSITY}: {n} restarts in {_fmt_seconds(self.max_seconds)}; "
             f"last failure: child {failed.id!r}: {reason}"
         )
-        log.error("supervisor %s: %s; stopping all children\n%s", self.actor_id, message,
-                  reason.traceback.rstrip() or "(no traceback)")
+        log.error("supervisor %s: %s; stopping all children", self.actor_id, message,
+                  extra={"traceback": reason.traceback, "actor": failed.id})
         telemetry.execute(
             "supervisor.escalation",
             {"restarts": n},
@@ -678,8 +681,11 @@ class Supervisor(Actor):
                 )
         except Exception as exc:
             reason = ExitReason.from_exception(exc)
-            log.error("supervisor %s: child %r failed to start: %s\n%s",
-                      self.actor_id, child.id, reason.message, reason.traceback.rstrip())
+            # Raised to whoever asked for the start (logged there), or logged by the
+            # restart that tried it: here it is only a debug line.
+            log.debug("supervisor %s: child %r failed to start: %s",
+                      self.actor_id, child.id, reason.message,
+                      extra={"traceback": reason.traceback, "actor": child.id})
             telemetry.execute(
                 "supervisor.child_start_failed",
                 {"count": 1},

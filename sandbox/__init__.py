@@ -11,6 +11,13 @@ The actor system underneath is :mod:`runtime`; its names most apps need
 
 from __future__ import annotations
 
+import logging as _logging
+
+# A library prints nothing unless the application configures logging (then its
+# handlers get every record): without this, Python's last-resort handler would
+# print each warning and error of this package on stderr.
+_logging.getLogger("sandbox").addHandler(_logging.NullHandler())
+
 from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime import telemetry
 from runtime.childspec import ChildSpec
@@ -28,12 +35,15 @@ from runtime.errors import (
     SandboxError,
     SandboxExists,
     SandboxNotFound,
+    SandboxUnavailable,
     SecurityViolation,
     SupervisorError,
 )
 from runtime.genserver import GenServer
 from runtime.supervisor import Supervisor, SupervisorSpec
+from sandbox.aio import AsyncRuntime, AsyncSandbox, start_async
 from sandbox.api import BatchResult, Runtime, Sandbox, start
+from sandbox.control import AuthenticationError, ControlError, connect, connect_async
 from sandbox.statesnapshot import SnapshotError, StateSnapshot
 
 __all__ = [
@@ -44,6 +54,14 @@ __all__ = [
     "BatchResult",
     "StateSnapshot",
     "SnapshotError",
+    # asyncio, and a runtime behind a control endpoint
+    "start_async",
+    "AsyncRuntime",
+    "AsyncSandbox",
+    "connect",
+    "connect_async",
+    "ControlError",
+    "AuthenticationError",
     # configuration
     "Limits",
     "SandboxConfig",
@@ -70,4 +88,5 @@ __all__ = [
     "ReloadFailed",
     "SecurityViolation",
     "ResourceLimitExceeded",
+    "SandboxUnavailable",
 ]

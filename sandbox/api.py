@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import itertools
 import logging
@@ -22,21 +23,30 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from actors.monitor import call_with_deadline
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
-from runtime.errors import ActorDead, ConfigError, SandboxError, SecurityViolation
+from runtime.errors import (
+    ActorDead,
+    ConfigError,
+    ProtocolError,
+    SandboxError,
+    SandboxNotFound,
+    SecurityViolation,
+)
 from runtime.host.output import OutputLine
+from runtime.wire.mailbox import DEFAULT_MAX_FRAME
 from runtime.supervisor import Supervisor, SupervisorRef
 from sandbox.capacity import CapacityReport, measure
 from sandbox.health import Observability
 from sandbox.statedir import StateDir
 
 if TYPE_CHECKING:
+    from sandbox.cluster.runtime import ClusterRuntime
     from sandbox.hotreload import ReloadReport
     from sandbox.statesnapshot import RestoreReport, StateSnapshot
 
@@ -64,7 +74,69 @@ _RUNTIME_OPTIONS = {
     "alerts": "a dict of alert thresholds (actors.config.AlertThresholds), e.g. {'warn_at': 0.9}",
     "alert_webhook": "None, a URL, or a dict with 'url', 'timeout', 'retries', 'backoff', "
     "'headers'",
+    "listen": "None, or a control endpoint address: 'unix:PATH' or 'tcp:HOST:PORT'",
+    "token_file": "None, or a file holding the control endpoint's token (made if absent)",
+    "tls": "None, or a (certificate, key) pair of PEM files for a tcp: endpoint",
 }
+
+
+def _check_options(name: Any, max_restarts: Any, max_seconds: Any, history: Any,
+                   monitor_interval: Any, listen: Any, tls: Any) -> None:
+    """Validate the options of :func:`start` before anything is created."""
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def integer(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    checks = [
+        ("name", name, name is None or (isinstance(name, str) and bool(name)
+                                       and all(c.isalnum() or c in "-_." for c in name))),
+        ("max_restarts", max_restarts, integer(max_restarts) and max_restarts >= 0),
+        ("max_seconds", max_seconds, number(max_seconds) and max_seconds > 0),
+        ("history", history, integer(history) and history >= 1),
+        ("monitor_interval", monitor_interval, number(monitor_interval) and monitor_interval > 0),
+        ("tls", tls, tls is None or (isinstance(tls, (tuple, list)) and len(tls) == 2)),
+    ]
+    for option, value, ok in checks:
+        if not ok:
+            accepted = _RUNTIME_OPTIONS[option]
+            if option == "name":
+                accepted = "a non-empty string of letters, digits, '-', '_' and '.' (it names " \
+                           "files and log fields)"
+            raise ConfigError(option, value, accepted)
+    if listen is not None:
+        from sandbox.control.protocol import parse_address
+
+        parse_address(listen)
+    elif tls is not None:
+        raise ConfigError("tls", tls, "TLS together with listen='tcp:HOST:PORT'")
+
+
+#: Runtimes started and not stopped yet: stopped at interpreter exit (see _at_exit).
+_running: set[Runtime] = set()
+_exit_hook = threading.Lock()
+
+
+def _at_exit(runtime: Runtime) -> None:
+    """Stop ``runtime`` at interpreter exit if nobody did: its processes, work
+    directories, audit file and compile cache are gone when the program is.
+
+    Registered at the first start, after the process module's own exit hook, so it
+    runs first (atexit runs hooks last-in first-out) and stops the sandboxes in order.
+    """
+    _running.add(runtime)
+    if _exit_hook.acquire(blocking=False):  # once per interpreter; never released
+        atexit.register(_stop_all)
+
+
+def _stop_all() -> None:
+    for runtime in list(_running):
+        try:
+            runtime.stop()
+        except Exception:  # exiting anyway; the next runtime still gets stopped
+            log.exception("runtime %s: stopping at exit failed", runtime.name)
 
 
 @dataclass(frozen=True)
@@ -90,6 +162,9 @@ class Sandbox:
         self.runtime = runtime
         self.id = sandbox_id
         self._slot: Any = None
+        #: The sandbox's ``created_at``: which sandbox this handle belongs to (kept in
+        #: the durable store, so it survives a manager restart; an id may be reused).
+        self._created: float | None = None
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.id!r}>"
@@ -98,8 +173,28 @@ class Sandbox:
         # The slot outlives process restarts, so it is fetched from the manager once:
         # calls to a healthy sandbox never queue behind the manager's other work.
         if self._slot is None:
+            self._check_owner()
             self._slot = self.runtime._slot(self.id)
-        return self._slot.get(timeout)
+        try:
+            return self._slot.get(timeout)
+        except ActorDead:
+            self._check_owner()
+            raise
+
+    def _check_owner(self) -> dict[str, Any]:
+        """The sandbox's info; SandboxNotFound if this handle's sandbox was destroyed
+        (its id may name another sandbox now: a handle belongs to one sandbox)."""
+        info: dict[str, Any] = self.runtime.get_sandbox_info(self.id)
+        if self._created is None:
+            self._created = info.get("created_at")
+        elif info.get("created_at") != self._created:
+            raise SandboxNotFound(self.id)
+        return info
+
+    def _owned(self) -> str:
+        # Operations by id check first that the id still names this handle's sandbox.
+        self._check_owner()
+        return self.id
 
     def call(self, actor: str, request: Any, *, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """Call the actor registered as ``actor`` inside the sandbox and return its reply.
@@ -113,10 +208,13 @@ class Sandbox:
         try:
             proc = self._process(timeout)
             deadline = self._slot.deadline if self._slot is not None else None
-            if deadline is not None:  # the handler deadline (limits.call_seconds)
-                value = call_with_deadline(self, proc, deadline, actor, request, timeout)
-            else:
-                value = proc.call(actor, request, timeout=timeout)
+            try:
+                if deadline is not None:  # the handler deadline (limits.call_seconds)
+                    value = call_with_deadline(self, proc, deadline, actor, request, timeout)
+                else:
+                    value = proc.call(actor, request, timeout=timeout)
+            except (TypeError, ProtocolError) as exc:  # the request could not be encoded
+                raise unsendable(self, "call", exc) from None
             ok = True
             return value
         finally:
@@ -124,7 +222,11 @@ class Sandbox:
 
     def cast(self, actor: str, request: Any) -> None:
         """Send ``request`` to ``actor`` without waiting for it to be handled."""
-        self._process(DEFAULT_TIMEOUT).cast(actor, request)
+        proc = self._process(DEFAULT_TIMEOUT)
+        try:
+            proc.cast(actor, request)
+        except (TypeError, ProtocolError) as exc:
+            raise unsendable(self, "cast", exc) from None
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """Run ``fn(*args)`` inside the sandbox and return its (msgpack-native) result.
@@ -151,15 +253,15 @@ class Sandbox:
 
     def info(self) -> dict[str, Any]:
         """The sandbox's status, pid, configuration, restart count, uptime, last error."""
-        return self.runtime.get_sandbox_info(self.id)
+        return self._check_owner()
 
     def restart(self, *, preserve_state: bool = False) -> dict[str, Any]:
         """Restart the sandbox with the same configuration (optionally keeping actor state)."""
-        return self.runtime.restart_sandbox(self.id, preserve_state=preserve_state)
+        return self.runtime.restart_sandbox(self._owned(), preserve_state=preserve_state)
 
     def destroy(self) -> None:
         """Stop the sandbox's processes and remove its work directory and registry entry."""
-        self.runtime.destroy_sandbox(self.id)
+        self.runtime.destroy_sandbox(self._owned())
 
     @property
     def pid(self) -> int | None:
@@ -194,7 +296,7 @@ class Sandbox:
     ) -> ReloadReport:
         """Swap changed code in, keeping state; see :meth:`Runtime.hot_reload`."""
         return self.runtime.hot_reload(
-            self.id, modules=modules, source=source, migrate=migrate, extra=extra,
+            self._owned(), modules=modules, source=source, migrate=migrate, extra=extra,
             changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout,
             compile_memory_mb=compile_memory_mb, compile_cpu_seconds=compile_cpu_seconds)
 
@@ -202,11 +304,11 @@ class Sandbox:
         self, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
     ) -> ReloadReport:
         """Swap a kept version of ``module`` back in; see :meth:`Runtime.rollback_module`."""
-        return self.runtime.rollback_module(self.id, module, version, extra=extra, timeout=timeout)
+        return self.runtime.rollback_module(self._owned(), module, version, extra=extra, timeout=timeout)
 
     def module_versions(self, module: str | None = None) -> Any:
         """Kept versions; see :meth:`Runtime.module_versions`."""
-        return self.runtime.module_versions(self.id, module)
+        return self.runtime.module_versions(self._owned(), module)
 
     def unload_module(self, module: str, *, timeout: float = 30.0) -> ReloadReport:
         """Remove ``module`` from the running sandbox and from its current versions
@@ -222,7 +324,7 @@ class Sandbox:
         """
         from sandbox.hotreload import unload_module
 
-        return unload_module(self.runtime, self.id, module, timeout=timeout)
+        return unload_module(self.runtime, self._owned(), module, timeout=timeout)
 
     def snapshot(self, *, timeout: float = 30.0) -> StateSnapshot:
         """The states of the sandbox's named actors now, as plain data to keep.
@@ -247,7 +349,7 @@ class Sandbox:
         """
         from sandbox.statesnapshot import take
 
-        return take(self.runtime, self.id, timeout=timeout)
+        return take(self.runtime, self._owned(), timeout=timeout)
 
     def restore(
         self, snapshot: StateSnapshot | Mapping[str, Any], *, extra: Any = None,
@@ -259,7 +361,7 @@ class Sandbox:
         Raises :class:`~runtime.errors.ReloadFailed` naming the step and actor."""
         from sandbox.statesnapshot import restore
 
-        return restore(self.runtime, self.id, snapshot, extra=extra, timeout=timeout)
+        return restore(self.runtime, self._owned(), snapshot, extra=extra, timeout=timeout)
 
     def enable_auto_reload(
         self,
@@ -286,6 +388,30 @@ class Sandbox:
         return self.runtime.watch_status(self.id)
 
 
+def unsendable(sandbox: Sandbox, method: str, exc: BaseException) -> BaseException:
+    """The error for a request that cannot reach a sandbox (nothing was sent): it names
+    the argument, and only settings a user of this API can change."""
+    text = str(exc)
+    if isinstance(exc, ProtocolError):  # over the frame limit
+        size = text.split(" is ", 1)[-1].split(" bytes", 1)[0]
+        return ProtocolError(
+            f"argument 'request' of {method}() to sandbox {sandbox.id!r} is {size} bytes "
+            f"encoded, over the {DEFAULT_MAX_FRAME // (1024 * 1024)} MiB a message may carry; "
+            "send less per message (for example in chunks, or a path to a file)")
+    kind = text.split("cannot send a ", 1)[-1].split(" value", 1)[0]
+    try:
+        profile = sandbox.runtime.get_sandbox_info(sandbox.id).get("profile")
+    except SandboxError:
+        profile = None
+    how = ("only msgpack-native values cross (None, bool, int, float, str, bytes, list, "
+           "dict, tuple, set, frozenset, datetime)")
+    if profile == "high":
+        how += "; under profile 'high' nothing else does (profiles 'medium' and 'low' " \
+               "carry other Python objects by pickling)"
+    return TypeError(f"argument 'request' of {method}() to sandbox {sandbox.id!r} cannot be "
+                     f"sent: a {kind} value; {how}")
+
+
 class Runtime:
     """A running actor system: the root supervisor and its component actors.
 
@@ -310,16 +436,28 @@ class Runtime:
         alerts: AlertThresholds | Mapping[str, Any] | None = None,
         alert_webhook: str | Mapping[str, Any] | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        listen: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
     ) -> None:
+        _check_options(name, max_restarts, max_seconds, history, monitor_interval, listen, tls)
+        self._listen = (listen, token_file, tls)
+        self._control: Any = None  # sandbox.control.server.ControlServer, once started
         self.name = name or f"rt{os.getpid()}-{next(_runtime_ids)}"
+        if watch_backend not in ("auto", "inotify", "polling"):
+            raise ConfigError("watch_backend", watch_backend, _RUNTIME_OPTIONS["watch_backend"])
+        if base_dir is not None and not os.path.isdir(base_dir):
+            raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
         # The durable store (sandbox/statedir.py): per-user for a named runtime,
         # temporary (removed at stop) for a throwaway one.
         self.state = StateDir.resolve(state_dir, name)
-        # metrics, health, alerts, HTTP (sandbox/health.py)
-        self._obs = Observability(self, http=http, alerts=_plain(alerts),
-                                  alert_webhook=alert_webhook)
-        if base_dir is not None and not os.path.isdir(base_dir):
-            raise ConfigError("base_dir", base_dir, _RUNTIME_OPTIONS["base_dir"])
+        try:
+            # metrics, health, alerts, HTTP (sandbox/health.py)
+            self._obs = Observability(self, http=http, alerts=_plain(alerts),
+                                      alert_webhook=alert_webhook)
+        except BaseException:
+            self.state.close()  # a bad option leaves no temporary state directory
+            raise
         self.base_dir = tempfile.mkdtemp(prefix=f"sandbox-{self.name}-", dir=base_dir)
         self._lock = threading.Lock()
         self._root: SupervisorRef | None = None
@@ -330,8 +468,6 @@ class Runtime:
         # The audit log sits beside base_dir (not in it: that holds only workdirs).
         self._audit_path = os.fspath(audit_path) if audit_path else self.state.audit_path
         self._watch_backend = watch_backend
-        if self._watch_backend not in ("auto", "inotify", "polling"):
-            raise ConfigError("watch_backend", self._watch_backend, _RUNTIME_OPTIONS["watch_backend"])
         self._components: dict[str, ActorRef] = {}
         self._components_changed = threading.Condition()
 
@@ -415,16 +551,52 @@ class Runtime:
         from sandbox.autoreload import watcher_child
 
         children.append(watcher_child(self, component, started, self._watch_backend))
-        self._root = Supervisor.start(
-            children,
-            strategy="one_for_one",
-            max_restarts=self._max_restarts,
-            max_seconds=self._max_seconds,
-            name=f"{self.name}/root",
-        )
-        self._obs.start()
+        try:
+            self._root = Supervisor.start(
+                children,
+                strategy="one_for_one",
+                max_restarts=self._max_restarts,
+                max_seconds=self._max_seconds,
+                name=f"{self.name}/root",
+            )
+            self._obs.start()
+            self._start_control()
+        except BaseException:
+            # A failed start leaves nothing behind: no actor, no directory, no audit file.
+            if self._root is not None:
+                self.stop()
+            else:
+                self._remove_files()
+            raise
+        _at_exit(self)
         telemetry.execute("runtime.start", {"count": 1}, {"runtime": self.name})
         return self
+
+    def _start_control(self) -> None:
+        listen, token_file, tls = self._listen
+        if listen is None:
+            return
+        from sandbox.control.server import ControlServer, load_token, tls_context
+
+        address = str(listen)
+        token = load_token(token_file) if token_file is not None else None
+        if token is None and address.startswith("tcp:"):
+            import secrets
+
+            token = secrets.token_urlsafe(32)  # rt.control_token tells it
+        context = tls_context(*tls) if tls is not None else None
+        self._control = ControlServer(self, address, token=token, tls=context).start()
+
+    @property
+    def control_address(self) -> Any:
+        """The control endpoint's address (``sandbox.control.protocol.Address``; a tcp
+        port 0 is resolved), or None without ``listen``."""
+        return self._control.address if self._control is not None else None
+
+    @property
+    def control_token(self) -> str | None:
+        """The token clients of the control endpoint must give (None: none needed)."""
+        return self._control.token if self._control is not None else None
 
     def stop(self) -> None:
         """Destroy every sandbox and stop the component actors. Idempotent."""
@@ -432,14 +604,21 @@ class Runtime:
             root, self._root = self._root, None
         if root is None:
             return
+        control, self._control = self._control, None
+        if control is not None:
+            control.stop()
         root.stop(timeout=60.0)
         self._obs.stop()
         from runtime.child.isolation import release_group
 
         release_group(os.path.basename(self.base_dir))  # the sandboxes' cgroups, now empty
+        self._remove_files()
+        _running.discard(self)
+        telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
+
+    def _remove_files(self) -> None:
         self.state.close()  # a temporary state directory goes, a named one stays
         shutil.rmtree(self.base_dir, ignore_errors=True)
-        telemetry.execute("runtime.stop", {"count": 1}, {"runtime": self.name})
 
     def __enter__(self) -> Runtime:
         return self
@@ -589,15 +768,18 @@ class Runtime:
             alerts=None if alerts is None
             else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds),
             net_allow=list(net_allow))
-        self._manager("create", config)
+        info = self._manager("create", config)
         # once it exists (not on SandboxExists, which must keep the existing one's)
         self._obs.alerts.configure(sandbox_id, config.alerts)
-        return Sandbox(self, sandbox_id)
+        handle = Sandbox(self, sandbox_id)
+        handle._created = info.get("created_at")  # binds the handle to this sandbox
+        return handle
 
     def sandbox(self, sandbox_id: str) -> Sandbox:
         """A handle on an existing sandbox (raises SandboxNotFound if there is none)."""
-        self.get_sandbox_info(sandbox_id)
-        return Sandbox(self, sandbox_id)
+        handle = Sandbox(self, sandbox_id)
+        handle._check_owner()  # SandboxNotFound if there is none; binds the handle
+        return handle
 
     @logs.operation("destroy")
     def destroy_sandbox(self, sandbox_id: str) -> None:
@@ -865,6 +1047,7 @@ def _readopted(rt: Runtime, sandboxes: SupervisorRef) -> SupervisorRef:
     return sandboxes
 
 
+@overload
 def start(
     *,
     name: str | None = None,
@@ -879,7 +1062,57 @@ def start(
     alerts: AlertThresholds | Mapping[str, Any] | None = None,
     alert_webhook: str | Mapping[str, Any] | None = None,
     state_dir: str | os.PathLike[str] | None = None,
-) -> Runtime:
+    listen: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+    cluster: None = None,
+    ray_address: str | None = None,
+) -> Runtime: ...
+
+
+@overload
+def start(
+    *,
+    name: str | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    max_restarts: int = 10,
+    max_seconds: float = 10.0,
+    history: int = 10,
+    monitor_interval: float = 1.0,
+    audit_path: str | os.PathLike[str] | None = None,
+    watch_backend: str = "auto",
+    http: tuple[str, int] | None = None,
+    alerts: AlertThresholds | Mapping[str, Any] | None = None,
+    alert_webhook: str | Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    listen: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+    cluster: Literal["ray"],
+    ray_address: str | None = None,
+) -> ClusterRuntime: ...
+
+
+def start(
+    *,
+    name: str | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    max_restarts: int = 10,
+    max_seconds: float = 10.0,
+    history: int = 10,
+    monitor_interval: float = 1.0,
+    audit_path: str | os.PathLike[str] | None = None,
+    watch_backend: str = "auto",
+    http: tuple[str, int] | None = None,
+    alerts: AlertThresholds | Mapping[str, Any] | None = None,
+    alert_webhook: str | Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    listen: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+    cluster: Literal["ray"] | None = None,
+    ray_address: str | None = None,
+) -> Runtime | ClusterRuntime:
     """Start a runtime. Also a context manager: ``with sandbox.start() as rt: ...``.
 
     Options (each checked, a bad one raises :class:`~runtime.errors.ConfigError`
@@ -896,6 +1129,16 @@ def start(
     restarts, else a temporary directory removed at stop). Starting again on the same
     ``state_dir`` brings every sandbox back with its latest committed code and history
     (see docs/operations.md).
+    ``listen`` (a control endpoint, ``'unix:PATH'`` or ``'tcp:HOST:PORT'``, for
+    :func:`sandbox.connect` and the CLI), ``token_file`` (its token; made if absent;
+    a tcp endpoint without one gets a random token, ``rt.control_token``), ``tls``
+    ((certificate, key) PEM files for tcp).
+
+    ``cluster="ray"`` places the sandboxes on the nodes of a Ray cluster instead
+    (``ray_address``: ``"auto"``, an address, or None for a local Ray) and returns a
+    :class:`~sandbox.cluster.ClusterRuntime`; ``name`` names it and ``history``,
+    ``monitor_interval``, ``max_restarts``, ``max_seconds`` and ``watch_backend``
+    configure each node's runtime. See docs/cluster.md.
 
     >>> import sandbox
     >>> rt = sandbox.start(name="doc-rt")
@@ -903,11 +1146,22 @@ def start(
     []
     >>> rt.stop()
     """
+    if cluster is not None:
+        if cluster != "ray":
+            raise ConfigError("cluster", cluster, "None (this host) or 'ray'")
+        # the cluster needs the optional Ray dependency: loaded only when asked for
+        from sandbox.cluster.runtime import ClusterRuntime
+
+        return ClusterRuntime(ray_address=ray_address, name=name, runtime_options={
+            "max_restarts": max_restarts, "max_seconds": max_seconds, "history": history,
+            "monitor_interval": monitor_interval, "watch_backend": watch_backend,
+        }).start()
     return Runtime(
         name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
         history=history, monitor_interval=monitor_interval, audit_path=audit_path,
         watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
         state_dir=state_dir,
+        listen=listen, token_file=token_file, tls=tls,
     ).start()
 
 

@@ -1,5 +1,7 @@
-"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``, ``bench``, ``capacity``,
-``patterns``.
+"""The ``sandbox`` command: ``demo``, ``run``, ``new``, ``check``, ``capacity``,
+``patterns``, ``bench``, and the commands of a running runtime (``ps``, ``call``,
+``cast``, ``info``, ``reload``, ``rollback``, ``logs``, ``top``, ``stop``:
+:mod:`sandbox.control.commands`).
 
 Exit codes: 0 ok, 1 failure, 2 usage error. Errors print one line without a
 traceback unless ``--debug`` is given.
@@ -22,6 +24,8 @@ from runtime import telemetry
 from runtime.component import ComponentRef
 from runtime.errors import SandboxError
 from sandbox import loadtest, records
+from sandbox.control.commands import add_client_commands, add_client_options
+from sandbox.entrycheck import entry_diagnostics
 
 __all__ = ["main", "scaffold"]
 
@@ -205,6 +209,26 @@ class _ReloadPrinter:
             self.printer.line(f"watching by polling: {md.get('reason')}")
 
 
+class _CrashPrinter(logging.Handler):
+    """``sandbox run``: each failure the runtime logs (once, where it is handled: a
+    supervisor restarting an actor, in the host or inside the sandbox) as one
+    readable block: what happened, then its traceback indented."""
+
+    def __init__(self, printer: _Printer) -> None:
+        super().__init__(logging.ERROR)
+        self.printer = printer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sandbox_id = getattr(record, "sandbox", None)
+        where = f"sandbox {sandbox_id}: " if sandbox_id else ""
+        text = f"{where}{record.getMessage()}"
+        tb = getattr(record, "traceback", None) or (
+            logging.Formatter().formatException(record.exc_info) if record.exc_info else "")
+        if tb:
+            text += "".join(f"\n    {line}" for line in str(tb).rstrip().splitlines())
+        self.printer.line(text)
+
+
 class _OutputLines(logging.Handler):
     """The sandbox's stdout/stderr lines (runtime.output records), already
     neutralised by the host, as ``[id stream] text`` lines of the printer."""
@@ -225,8 +249,16 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.listen and args.listen.startswith("tcp:") and not args.token_file:
+        raise SandboxError("--listen tcp:... needs --token-file PATH (the token clients must "
+                           "give; a new one is written there if the file does not exist)")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert or args.tls_key else None
     # Unnamed: its state directory goes at stop, so the next run starts only this app.
-    with sandbox.start() as rt:
+    with sandbox.start(listen=args.listen, token_file=args.token_file, tls=tls) as rt:
+        if args.listen:  # `sandbox stop` from another terminal ends this command too
+            rt._control.on_stop = stop.set
+            # `sandbox logs` shows the operations (create, reload, ...), not only failures.
+            logging.getLogger("runtime").setLevel(logging.INFO)
         printer = _Printer(lambda s: print(s, flush=True), rt.name)
         output = logging.getLogger("runtime.output")
         output.addHandler(_OutputLines(printer))
@@ -237,18 +269,23 @@ def _run(args: argparse.Namespace) -> int:
             telemetry.attach("cli-run-watch", "watcher", _ReloadPrinter(printer))
             # Its lines say what the watcher's log warnings would say a second time.
             logging.getLogger("runtime.watcher").addHandler(logging.NullHandler())
+        crashes = _CrashPrinter(printer)
+        logging.getLogger("runtime").addHandler(crashes)
         try:
             sandbox_id = args.id or path.resolve().name
             sb = rt.create_sandbox(sandbox_id, path, entry=args.entry, profile=args.profile,
                                    auto_reload=watch)
             info = sb.info()
             watching = f"; watching {info['path']} for changes" if watch else ""
-            printer.line(f"running {sandbox_id} (pid {info['pid']}){watching}; press Ctrl-C to stop")
+            listening = f"; control endpoint {rt.control_address}" if args.listen else ""
+            printer.line(f"running {sandbox_id} (pid {info['pid']}){watching}{listening}; "
+                         "press Ctrl-C to stop")
             stop.wait()
             printer.line("stopping")
         finally:
             telemetry.detach("cli-run")
             telemetry.detach("cli-run-watch")
+            logging.getLogger("runtime").removeHandler(crashes)
     print("stopped", flush=True)
     return 0
 
@@ -279,16 +316,17 @@ def _check(args: argparse.Namespace) -> int:
         result = ref.invoke("compile_sandbox", args.path, profile=args.profile, timeout=None)
     finally:
         ref.stop()
-    n_err, n_warn = len(result.errors), len(result.warnings)
+    entry = entry_diagnostics(args.path, args.entry)  # sandbox run would fail on these
+    n_err, n_warn = len(result.errors) + len(entry), len(result.warnings)
     if args.format == "json":
         print(json.dumps({
             "path": args.path, "profile": args.profile,
             "modules": len(result.modules) + len(result.failed),
             "errors": n_err, "warnings": n_warn,
-            "findings": [d.to_dict() for d in result.diagnostics],
+            "findings": [d.to_dict() for d in [*entry, *result.diagnostics]],
         }, indent=2), flush=True)
-        return 1 if result.errors else 0
-    for d in result.diagnostics:
+        return 1 if n_err else 0
+    for d in [*entry, *result.diagnostics]:
         print(render(d))
     print(
         f"{args.path}: {len(result.modules) + len(result.failed)} modules checked "
@@ -296,7 +334,7 @@ def _check(args: argparse.Namespace) -> int:
         f"{n_warn} warning{'s' if n_warn != 1 else ''}",
         flush=True,
     )
-    return 1 if result.errors else 0
+    return 1 if n_err else 0
 
 
 def _capacity(args: argparse.Namespace) -> int:
@@ -444,8 +482,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sandbox", description="Supervised, hot-reloadable sandboxes.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--debug", action="store_true",
+                   help="show tracebacks on errors (accepted anywhere on the command line)")
+    add_client_options(p)
     sub = p.add_subparsers(dest="command", required=True)
+    add_client_commands(sub)
     demo = sub.add_parser("demo", help="a tour on the bundled counter app")
     demo.set_defaults(fn=_demo)
     run = sub.add_parser("run", help="run an app in the foreground until Ctrl-C")
@@ -455,6 +496,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--id", default=None, help="sandbox id (default: the directory name)")
     run.add_argument("--watch", action="store_true",
                      help="hot-reload the app on every save, printing one line per reload")
+    run.add_argument("--listen", metavar="ADDRESS", default=None,
+                     help="serve a control endpoint: unix:PATH or tcp:HOST:PORT")
+    run.add_argument("--token-file", metavar="PATH", default=None,
+                     help="the endpoint's token (required for tcp; made if absent)")
+    run.add_argument("--tls-cert", metavar="PEM", default=None, help="TLS certificate (tcp)")
+    run.add_argument("--tls-key", metavar="PEM", default=None, help="TLS private key (tcp)")
     run.set_defaults(fn=_run)
     new = sub.add_parser("new", help="scaffold a new app directory")
     new.add_argument("name")
@@ -497,6 +544,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path", help="the app's directory")
     check.add_argument("--profile", default="medium", choices=["high", "medium", "low"],
                        help="security profile the scan applies (default: medium)")
+    check.add_argument("--entry", default="app:children",
+                       help="module:function returning the child specs (checked to exist)")
     check.add_argument("--timeout", type=float, default=10.0,
                        help="seconds each module's compile may take (default: 10)")
     check.add_argument("--format", default="text", choices=["text", "json"],
@@ -529,17 +578,24 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sandbox`` console script; returns the exit code."""
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere: after the subcommand as well as before
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args([a for a in argv if a != "--debug"])
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
         return int(exc.code or 0)
     try:
         return args.fn(args)
-    except (SandboxError, OSError) as exc:
-        if args.debug:
+    except (SandboxError, OSError, TypeError, ValueError) as exc:
+        if debug:
             raise
-        print(f"sandbox: error: {exc}", file=sys.stderr)
+        # One line: the first of the message (an actor's failure carries its remote
+        # traceback after it; --debug shows everything).
+        first = str(exc).strip().split("\n", 1)[0]
+        print(f"sandbox: error: {first}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def check(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_check_prints_findings_like_a_linter_or_as_json(tmp_path):
     (tmp_path / "unsafe.py").write_bytes(UNSAFE)
+    (tmp_path / "app.py").write_text("def children():\n    return []\n")  # the entry
     text = check(str(tmp_path), "--profile", "high")
     assert text.returncode == 1
     lines = text.stdout.splitlines()

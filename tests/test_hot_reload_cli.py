@@ -31,6 +31,7 @@ def test_check_prints_linter_lines_and_exits_1_on_errors(tmp_path):
     (app / "good.py").write_text("import jsn\n\nX = 1\n")
     (app / "bad.py").write_text("x = 1\ndef f(:\n    pass\n")
     (app / "unsafe.py").write_text("import os\n\nos.system('ls')\n")
+    (app / "app.py").write_text("def children():\n    return []\n")  # the entry
     proc = sandbox("check", "app", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     found = {}
@@ -44,7 +45,7 @@ def test_check_prints_linter_lines_and_exits_1_on_errors(tmp_path):
     assert (line, code) == (3, "SBX205") and "os.system" in msg
     assert "hint: did you mean 'json'?" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1] == (
-        "app: 3 modules checked (profile medium): 2 errors, 1 warning")
+        "app: 4 modules checked (profile medium): 2 errors, 1 warning")
 
 
 def test_check_of_a_clean_app_exits_0():
@@ -56,6 +57,7 @@ def test_check_of_a_clean_app_exits_0():
 
 def test_check_applies_the_profile_given(tmp_path):
     (tmp_path / "net.py").write_text("import socket\n")
+    (tmp_path / "app.py").write_text("def children():\n    return []\n")
     assert sandbox("check", str(tmp_path), "--profile", "low").returncode == 0
     proc = sandbox("check", str(tmp_path), "--profile", "high")
     assert proc.returncode == 1 and "SBX101" in proc.stdout

@@ -163,9 +163,9 @@ HOST = textwrap.dedent(
 
 
 def test_a_reloads_id_is_in_the_host_and_the_sandbox_log_lines(tmp_path):
-    # A fresh host process. A sandbox's stderr is a pipe its host reads: the child's
-    # own JSON lines arrive as the host's records of runtime.output, attributed to
-    # the sandbox, with the child's line as the message.
+    # A fresh host process. A sandbox's log records cross its channel and reach the
+    # host's handlers (formatted by the host, marked from_sandbox, with the child's
+    # pid); anything else it writes to stderr is a pipe its host reads (runtime.output).
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
@@ -176,20 +176,22 @@ def test_a_reloads_id_is_in_the_host_and_the_sandbox_log_lines(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     lines = [json.loads(ln) for ln in proc.stderr.splitlines() if ln.startswith("{")]
-    host = [ln for ln in lines if ln["correlation_id"] == result["cid"]]
-    assert all(ln["pid"] != result["child"] for ln in lines), "a sandbox wrote to the host's stderr"
+    assert all(ln.get("from_sandbox") for ln in lines if ln["pid"] == result["child"]), \
+        "a sandbox wrote to the host's stderr"
+    ours = [ln for ln in lines if ln["correlation_id"] == result["cid"]]
+    host = [ln for ln in ours if not ln.get("from_sandbox")]
+    child = [ln for ln in ours if ln.get("from_sandbox")]
     assert any(ln["logger"] == "runtime.ops" and "hot_reload logged: done" in ln["message"]
                for ln in host), host
-    relayed = [ln for ln in lines if ln["logger"] == "runtime.output"]
-    assert relayed and all(ln["sandbox"] == "logged" and ln["stream"] == "stderr"
-                           and ln["runtime"] == result["runtime"] for ln in relayed), relayed
-    child = [json.loads(ln["message"]) for ln in relayed]
-    child = [ln for ln in child if ln["correlation_id"] == result["cid"]]
     assert [ln["message"] for ln in child] == [
         "reload: swapping counter", child[-1]["message"]], child
     assert child[-1]["message"].startswith("reload: done in ")
     assert all(ln["logger"] == "runtime.child" and ln["sandbox"] == "logged"
-               and ln["pid"] == result["child"] for ln in child)
+               and ln["runtime"] == result["runtime"] and ln["pid"] == result["child"]
+               for ln in child)
+    relayed = [ln for ln in lines if ln["logger"] == "runtime.output"]
+    assert all(ln["sandbox"] == "logged" and ln["runtime"] == result["runtime"]
+               for ln in relayed), relayed
     # and a grep for the id finds exactly these lines
     grepped = [ln for ln in proc.stderr.splitlines() if result["cid"] in ln]
     assert len(grepped) == len(host) + len(child)

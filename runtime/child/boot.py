@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -418,7 +419,7 @@ class ChildServer:
                 None,
                 {
                     "type": "EncodeError",
-                    "message": f"the reply of {actor or 'the sandbox'} cannot be sent: {exc}",
+                    "message": _unsendable_reply(actor, value, exc),
                     "traceback": "",
                     "actor": actor,
                 },
@@ -659,6 +660,23 @@ class ChildServer:
             self.reply(ref, result, None)
 
 
+def _unsendable_reply(actor: str | None, value: Any, exc: BaseException) -> str:
+    """Why a reply cannot cross to the host, naming only what the app can change."""
+    who = f"the reply of {actor}" if actor else "the sandbox's answer"
+    if isinstance(exc, TypeError):
+        text = str(exc)  # the codec names the offending type, however deep it is
+        kind = (text.split("cannot send a ", 1)[1].split(" value", 1)[0]
+                if "cannot send a " in text else type(value).__name__)
+        return (f"{who} cannot be sent to the host: cannot send a {kind} value; replies "
+                "carry only msgpack-native values (None, bool, int, float, str, bytes, "
+                "list, dict, tuple, set, frozenset, datetime): reply with plain data")
+    if isinstance(exc, ProtocolError):  # over the frame limit
+        return (f"{who} cannot be sent to the host: it is over the "
+                f"{DEFAULT_MAX_FRAME // (1024 * 1024)} MiB a message may carry; "
+                "reply with less (for example in parts, or a path to a file)")
+    return f"{who} cannot be sent to the host: {exc}"
+
+
 def _exit(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -695,6 +713,10 @@ def child_main(sock: Any, boot: BootConfig) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         server = ChildServer(sock, boot)
         _current = server
+        # The sandbox's logging (the app's and the runtime's) crosses the channel as
+        # records to the host's handlers (runtime/logs.py), never to this stderr.
+        logging.getLogger().addHandler(
+            _logs.ChannelHandler(lambda rec: server.send(SYSTEM, None, "log", rec)))
         code = server.run()
     except BaseException:
         try:

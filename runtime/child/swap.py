@@ -729,6 +729,9 @@ def apply_reload(
             if actor is not None and step in ("resolve", "restore", "code_change", "migrate",
                                               "check_state"):
                 where += f" for actor {actor}"
+            frames = traceback.extract_tb(exc.__traceback__)
+            if frames:  # where the app's code raised (code_change, a module body, ...)
+                where += f" at {frames[-1].filename}:{frames[-1].lineno}"
             raise ReloadFailed(
                 f"reload failed at step {step!r}{where}: {type(exc).__name__}: {exc}; "
                 "the previous code and state are still serving",

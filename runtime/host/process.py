@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait as _wait_fds
 from typing import Any
 
-from runtime import telemetry
+from runtime import logs, telemetry
 from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink
 from runtime.child.boot import EXIT_CODES, BootConfig, child_main
 from runtime.childspec import ChildSpec, Restart
@@ -528,6 +528,8 @@ class _Connection:
                     callback(payload)
                 except Exception:
                     log.exception("violation handler of sandbox %s failed", self.name)
+        elif op == "log":  # a record logged in the sandbox (runtime/logs.py)
+            logs.emit_from_sandbox(payload, **logs.sandbox_fields(self.name))
         elif op == "cast_dropped":
             md = payload if isinstance(payload, dict) else {}
             telemetry.execute(
@@ -840,12 +842,22 @@ class ProcessRef(ActorRef):
                 raise CallTimeout(f"{self.id}/{target}", timeout)
         return reply.result()
 
-    def call_into(self, request: Any, reply: ReplySink, *, run_here: bool = False) -> None:
+    def call_into(  # type: ignore[override]
+        self, request: Any, reply: ReplySink, *, run_here: bool = False
+    ) -> int:
         """Send a call whose answer goes to ``reply``; ``request`` is ``(target, request)``
-        (``run_here`` does not apply: the handler runs in the child)."""
+        (``run_here`` does not apply: the handler runs in the child).
+
+        Returns the call's ref, for :meth:`forget` when nobody wants the answer any more.
+        """
         target, payload = request
-        self._conn.submit(CALL, target, payload, reply)
+        ref = self._conn.submit(CALL, target, payload, reply)
         self._conn.kick()  # nobody waits in a call to read the answer: the reader does
+        return ref
+
+    def forget(self, ref: int) -> None:
+        """Drop the pending answer of a :meth:`call_into` (its caller gave up)."""
+        self._conn.forget(ref)
 
     def cast(self, target: str, request: Any) -> None:  # type: ignore[override]
         """Send ``request`` to ``target`` without waiting (a missing target is reported

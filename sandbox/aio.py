@@ -1,0 +1,342 @@
+"""asyncio face of a runtime: ``async with sandbox.start_async() as rt``.
+
+Calls do not take a thread each: a call is sent from the event loop and its
+reply resolves an :class:`asyncio.Future` from the sandbox channel's reader
+thread (``ProcessRef.call_into``). Cancelling the await (or its timeout)
+forgets the pending reply, so nothing is left behind. Operations that are rare
+and long (create, destroy, restart, hot reload) run in the loop's default
+executor.
+
+>>> import asyncio, sandbox
+>>> async def main():
+...     async with sandbox.start_async() as rt:
+...         sb = await rt.create_sandbox("doc-aio", "examples/counter")
+...         return await asyncio.gather(*(sb.call("counter", "incr") for _ in range(3)))
+>>> sorted(asyncio.run(main()))
+[1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Callable, Iterable, Mapping
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
+from runtime.errors import ActorDead, CallTimeout, ProtocolError
+from sandbox.api import DEFAULT_TIMEOUT, Runtime, Sandbox, start, unsendable
+
+if TYPE_CHECKING:
+    from sandbox.hotreload import ReloadReport
+
+__all__ = ["AsyncRuntime", "AsyncSandbox", "start_async"]
+
+T = TypeVar("T")
+
+
+class _FutureSink:
+    """A ReplySink resolving an asyncio future from the channel's reader thread."""
+
+    __slots__ = ("_loop", "_future")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        self._loop = loop
+        self._future = future
+
+    def set_result(self, value: Any) -> None:
+        self._loop.call_soon_threadsafe(_settle, self._future, value, None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._loop.call_soon_threadsafe(_settle, self._future, None, exc)
+
+
+def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if future.done():  # cancelled or timed out meanwhile: the answer is dropped
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
+
+
+class AsyncSandbox:
+    """Awaitable handle on one sandbox; wraps a :class:`~sandbox.api.Sandbox`."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sync = sandbox
+        self.id = sandbox.id
+
+    def __repr__(self) -> str:
+        return f"<AsyncSandbox {self.id!r}>"
+
+    async def _thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    async def _process(self, timeout: float | None) -> Any:
+        slot = self.sync._slot
+        if slot is not None:
+            proc = slot.current()
+            if proc is not None:
+                return proc  # the usual case: no thread, no wait
+        # First call on this handle, or the process is restarting: wait in a thread.
+        return await self._thread(self.sync._process, timeout)
+
+    async def call(self, actor: str, request: Any, *, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+        """Call ``actor`` and await its reply; same errors as :meth:`Sandbox.call`.
+
+        >>> import asyncio, sandbox
+        >>> async def main():
+        ...     async with sandbox.start_async() as rt:
+        ...         sb = await rt.create_sandbox("doc-acall", "examples/counter")
+        ...         return await sb.call("counter", "incr")
+        >>> asyncio.run(main())
+        1
+        """
+        loop = asyncio.get_running_loop()
+        t0, ok = perf_counter(), False
+        try:
+            proc = await self._process(timeout)
+            future: asyncio.Future[Any] = loop.create_future()
+            try:
+                ref = proc.call_into((actor, request), _FutureSink(loop, future))
+            except (TypeError, ProtocolError) as exc:  # the request could not be encoded
+                raise unsendable(self.sync, "call", exc) from None
+            try:
+                value = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise CallTimeout(f"{proc.id}/{actor}", timeout) from None
+            except ActorDead:
+                await self._thread(self.sync._check_owner)  # SandboxNotFound if destroyed
+                raise
+            finally:
+                if not future.done() or future.cancelled():
+                    proc.forget(ref)
+            ok = True
+            return value
+        finally:
+            self.sync.runtime._obs.calls.observe_call(self.id, perf_counter() - t0, ok)
+
+    async def cast(self, actor: str, request: Any) -> None:
+        """Send ``request`` to ``actor`` without waiting for it to be handled."""
+        proc = await self._process(DEFAULT_TIMEOUT)
+        proc.cast(actor, request)
+
+    async def info(self) -> dict[str, Any]:
+        """See :meth:`Sandbox.info`."""
+        return await self._thread(self.sync.info)
+
+    async def restart(self, *, preserve_state: bool = False) -> dict[str, Any]:
+        """See :meth:`Sandbox.restart`."""
+        return await self._thread(self.sync.restart, preserve_state=preserve_state)
+
+    async def destroy(self) -> None:
+        """See :meth:`Sandbox.destroy`."""
+        await self._thread(self.sync.destroy)
+
+    async def hot_reload(
+        self,
+        *,
+        modules: Iterable[str] | None = None,
+        source: Mapping[str, str] | None = None,
+        migrate: Callable[[Any, Any, Any], Any] | None = None,
+        extra: Any = None,
+        changed_files: Iterable[str] | None = None,
+        timeout: float = 30.0,
+        compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
+    ) -> ReloadReport:
+        """See :meth:`Sandbox.hot_reload`."""
+        return await self._thread(
+            self.sync.hot_reload, modules=modules, source=source, migrate=migrate, extra=extra,
+            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout,
+            compile_memory_mb=compile_memory_mb, compile_cpu_seconds=compile_cpu_seconds)
+
+    async def rollback_module(
+        self, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
+    ) -> ReloadReport:
+        """See :meth:`Sandbox.rollback_module`."""
+        return await self._thread(self.sync.rollback_module, module, version, extra=extra,
+                                  timeout=timeout)
+
+    async def module_versions(self, module: str | None = None) -> Any:
+        """See :meth:`Sandbox.module_versions`."""
+        return await self._thread(self.sync.module_versions, module)
+
+
+class AsyncRuntime:
+    """Awaitable face of a :class:`~sandbox.api.Runtime` (``rt.sync`` is the runtime)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.sync = runtime
+        self.name = runtime.name
+
+    async def _thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+    async def __aenter__(self) -> AsyncRuntime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Destroy every sandbox and stop the runtime."""
+        await self._thread(self.sync.stop)
+
+    async def create_sandbox(
+        self,
+        sandbox_id: str,
+        path: str | os.PathLike[str],
+        *,
+        entry: str = SandboxConfig.entry,
+        profile: str = SandboxConfig.profile,
+        limits: Limits | Mapping[str, Any] | None = None,
+        restart: str = SandboxConfig.restart,
+        max_restarts: int = SandboxConfig.max_restarts,
+        max_seconds: float = SandboxConfig.max_seconds,
+        env: Mapping[str, str] | None = None,
+        auto_reload: bool = SandboxConfig.auto_reload,
+        shutdown: float = SandboxConfig.shutdown,
+        watch: WatchOptions | Mapping[str, Any] | None = None,
+        compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
+        alerts: AlertThresholds | Mapping[str, Any] | None = None,
+        net_allow: Iterable[str] = (),
+    ) -> AsyncSandbox:
+        """See :meth:`Runtime.create_sandbox` (same keyword options)."""
+        return AsyncSandbox(await self._thread(
+            self.sync.create_sandbox, sandbox_id, path, entry=entry, profile=profile,
+            limits=limits, restart=restart, max_restarts=max_restarts,
+            max_seconds=max_seconds, env=env, auto_reload=auto_reload, shutdown=shutdown,
+            watch=watch, compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
+            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts, net_allow=net_allow))
+
+    def sandbox(self, sandbox_id: str) -> AsyncSandbox:
+        """A handle on an existing sandbox (checked on first use)."""
+        return AsyncSandbox(Sandbox(self.sync, sandbox_id))
+
+    async def destroy_sandbox(self, sandbox_id: str) -> None:
+        """See :meth:`Runtime.destroy_sandbox`."""
+        await self._thread(self.sync.destroy_sandbox, sandbox_id)
+
+    async def restart_sandbox(self, sandbox_id: str, *, preserve_state: bool = False
+                              ) -> dict[str, Any]:
+        """See :meth:`Runtime.restart_sandbox`."""
+        return await self._thread(self.sync.restart_sandbox, sandbox_id,
+                                  preserve_state=preserve_state)
+
+    async def get_sandbox_info(self, sandbox_id: str) -> dict[str, Any]:
+        """See :meth:`Runtime.get_sandbox_info`."""
+        return await self._thread(self.sync.get_sandbox_info, sandbox_id)
+
+    async def list_sandboxes(self) -> list[dict[str, Any]]:
+        """See :meth:`Runtime.list_sandboxes`."""
+        return await self._thread(self.sync.list_sandboxes)
+
+    async def hot_reload(
+        self,
+        sandbox_id: str,
+        *,
+        modules: Iterable[str] | None = None,
+        source: Mapping[str, str] | None = None,
+        migrate: Callable[[Any, Any, Any], Any] | None = None,
+        extra: Any = None,
+        changed_files: Iterable[str] | None = None,
+        timeout: float = 30.0,
+        compile_timeout: float | None = None,
+        compile_memory_mb: int | None = None,
+        compile_cpu_seconds: int | None = None,
+    ) -> ReloadReport:
+        """See :meth:`Runtime.hot_reload`."""
+        return await self._thread(
+            self.sync.hot_reload, sandbox_id, modules=modules, source=source, migrate=migrate,
+            extra=extra, changed_files=changed_files, timeout=timeout,
+            compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
+            compile_cpu_seconds=compile_cpu_seconds)
+
+    async def rollback_module(self, sandbox_id: str, module: str, version: int, *,
+                              extra: Any = None, timeout: float = 30.0) -> ReloadReport:
+        """See :meth:`Runtime.rollback_module`."""
+        return await self._thread(self.sync.rollback_module, sandbox_id, module, version,
+                                  extra=extra, timeout=timeout)
+
+    async def module_versions(self, sandbox_id: str, module: str | None = None) -> Any:
+        """See :meth:`Runtime.module_versions`."""
+        return await self._thread(self.sync.module_versions, sandbox_id, module)
+
+    async def health(self) -> dict[str, Any]:
+        """See :meth:`Runtime.health` (answers at once: no thread)."""
+        return self.sync.health()
+
+    async def metrics_text(self) -> str:
+        """See :meth:`Runtime.metrics_text`."""
+        return self.sync.metrics_text()
+
+
+class _Starting:
+    """``start_async(...)``: awaitable, or an async context manager stopping at exit."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options  # the keyword arguments of sandbox.start
+        self._rt: AsyncRuntime | None = None
+
+    def __await__(self) -> Any:
+        return self._start().__await__()
+
+    async def _start(self) -> AsyncRuntime:
+        loop = asyncio.get_running_loop()
+        rt = await loop.run_in_executor(None, functools.partial(start, **self._options))
+        return AsyncRuntime(rt)
+
+    async def __aenter__(self) -> AsyncRuntime:
+        self._rt = await self._start()
+        return self._rt
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._rt is not None:
+            await self._rt.stop()
+
+
+def start_async(
+    *,
+    name: str | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    max_restarts: int = 10,
+    max_seconds: float = 10.0,
+    history: int = 10,
+    monitor_interval: float = 1.0,
+    audit_path: str | os.PathLike[str] | None = None,
+    watch_backend: str = "auto",
+    http: tuple[str, int] | None = None,
+    alerts: AlertThresholds | Mapping[str, Any] | None = None,
+    alert_webhook: str | Mapping[str, Any] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    listen: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+) -> _Starting:
+    """Start a runtime from asyncio: ``async with start_async(...) as rt`` (stops at
+    exit) or ``rt = await start_async(...)``; options as :func:`sandbox.start`.
+
+    >>> import asyncio, sandbox
+    >>> async def main():
+    ...     rt = await sandbox.start_async()
+    ...     try:
+    ...         return await rt.list_sandboxes()
+    ...     finally:
+    ...         await rt.stop()
+    >>> asyncio.run(main())
+    []
+    """
+    return _Starting(dict(
+        name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
+        history=history, monitor_interval=monitor_interval, audit_path=audit_path,
+        watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
+        state_dir=state_dir, listen=listen, token_file=token_file, tls=tls))

@@ -1,0 +1,128 @@
+"""asyncio: a runtime in-process (start_async) and behind an endpoint (connect_async)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+import sandbox
+from runtime.errors import CallTimeout, SandboxNotFound
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = Path(__file__).resolve().parent.parent
+COUNTER = str(ROOT / "examples" / "counter")
+
+GATE = '''
+import threading
+
+from runtime.genserver import GenServer
+
+
+class Gate(GenServer):
+    def init(self):
+        return 0
+
+    def handle_call(self, request, state):
+        if request == "block":  # answers late: long after its caller gave up
+            threading.Event().wait(2.0)
+        return request, state
+
+
+def children():
+    return [Gate.child_spec(name="gate")]
+'''
+
+
+@pytest.fixture
+def gate_app(tmp_path: Path) -> str:
+    app = tmp_path / "gate"
+    app.mkdir()
+    (app / "app.py").write_text(GATE)
+    return str(app)
+
+
+def test_a_thousand_concurrent_awaits():
+    async def main() -> list[int]:
+        async with sandbox.start_async() as rt:
+            sb = await rt.create_sandbox("aio-1k", COUNTER)
+            threads = threading.active_count()
+            replies = await asyncio.gather(*(sb.call("counter", "incr") for _ in range(1000)))
+            # no thread per call: the calls took none of their own
+            assert threading.active_count() <= threads + 2
+            return replies
+
+    assert sorted(asyncio.run(main())) == list(range(1, 1001))
+
+
+def test_a_thousand_concurrent_awaits_over_the_endpoint(tmp_path):
+    path = f"unix:{tmp_path / 's.sock'}"
+
+    async def main() -> list[int]:
+        async with await sandbox.connect_async(path) as remote:
+            sb = await remote.create_sandbox("aio-r1k", COUNTER)
+            return await asyncio.gather(*(sb.call("counter", "incr") for _ in range(1000)))
+
+    with sandbox.start(listen=path):
+        assert sorted(asyncio.run(main())) == list(range(1, 1001))
+
+
+def _pending(sb: sandbox.AsyncSandbox) -> dict:
+    return sb.sync._slot.current()._conn.pending  # the channel's table of awaited replies
+
+
+def test_cancelled_and_timed_out_awaits_leave_nothing_behind(gate_app):
+    async def main() -> None:
+        async with sandbox.start_async() as rt:
+            sb = await rt.create_sandbox("aio-gate", gate_app, profile="low")
+            assert await sb.call("gate", "ping") == "ping"
+            with pytest.raises(CallTimeout):
+                await sb.call("gate", "block", timeout=0.2)
+            assert _pending(sb) == {}
+            task = asyncio.ensure_future(sb.call("gate", "block", timeout=30))
+            done, _ = await asyncio.wait([task], timeout=0.2)
+            assert not done and len(_pending(sb)) == 1
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert task.cancelled() and _pending(sb) == {}
+            # the late answers are dropped; the sandbox serves the next call
+            assert await sb.call("gate", "after", timeout=30) == "after"
+
+    asyncio.run(main())
+
+
+def test_cancel_over_the_endpoint(gate_app, tmp_path):
+    path = f"unix:{tmp_path / 's.sock'}"
+
+    async def main() -> None:
+        async with await sandbox.connect_async(path) as remote:
+            sb = await remote.create_sandbox("aio-rgate", gate_app, profile="low")
+            task = asyncio.ensure_future(sb.call("gate", "block", timeout=30))
+            done, _ = await asyncio.wait([task], timeout=0.2)
+            assert not done and len(remote._conn.pending) == 1
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            assert remote._conn.pending == {}
+            assert await sb.call("gate", "after", timeout=30) == "after"
+
+    with sandbox.start(listen=path):
+        asyncio.run(main())
+
+
+def test_lifecycle_and_errors():
+    async def main() -> None:
+        async with sandbox.start_async() as rt:
+            sb = await rt.create_sandbox("aio-life", COUNTER)
+            await sb.cast("counter", "incr")
+            assert (await sb.info())["status"] == "running"
+            report = await sb.hot_reload()
+            assert report.ok
+            await sb.destroy()
+            with pytest.raises(SandboxNotFound):
+                await sb.call("counter", "get")
+            assert await rt.list_sandboxes() == []
+
+    asyncio.run(main())

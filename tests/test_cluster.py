@@ -1,0 +1,181 @@
+"""Sandboxes on a Ray cluster: a real local cluster of two nodes on this machine.
+
+One cluster serves the whole module; the tests run in order. Placement and calls
+come first, then a reload across both nodes, then the loss of a node, whose
+sandboxes must serve again from the other one. At the end, stopping everything
+must leave no Ray process and no sandbox process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+ray = pytest.importorskip("ray", reason="the cluster extra is not installed: pip install -e '.[cluster]'")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+import sandbox  # noqa: E402
+from sandbox.testing import wait_for  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOTS = 16
+V2 = textwrap.dedent('''
+    from runtime.genserver import GenServer
+
+
+    class Counter(GenServer):
+        vsn = 2
+
+        def init(self, start=0):
+            return start
+
+        def handle_call(self, request, state):
+            if request == "version":
+                return 2, state
+            if request == "get":
+                return state, state
+            if request == "incr":
+                return state + 1, state + 1
+            raise ValueError(f"unknown request {request!r}")
+
+        def code_change(self, old_vsn, state, extra):
+            return state
+''')
+
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+
+
+def _ray_processes() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            text = " ".join(proc.info["cmdline"] or []) + " " + (proc.info["name"] or "")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if "raylet" in text or "gcs_server" in text or "ray::" in text:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Two Ray nodes on this machine, on the loopback interface only."""
+    # Keep every Ray address on 127.0.0.1: the test talks to no other interface.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    c = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"sandbox_slots": SLOTS}, "include_dashboard": False})
+    second = c.add_node(num_cpus=1, resources={"sandbox_slots": SLOTS})
+    c.wait_for_nodes()
+    app = tmp_path_factory.mktemp("cluster") / "counter"
+    shutil.copytree(ROOT / "examples" / "counter", app)
+    state = {"cluster": c, "second": second, "app": app}
+    yield state
+    rt = state.get("rt")
+    if rt is not None:
+        rt.stop()
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+    os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+
+
+@pytest.fixture(scope="module")
+def rt(cluster):
+    runtime = sandbox.start(cluster="ray", ray_address=cluster["cluster"].address,
+                            name="ci-cluster")
+    cluster["rt"] = runtime
+    return runtime
+
+
+def test_sandboxes_spread_over_both_nodes_and_answer(rt, cluster):
+    handles = [rt.create_sandbox(f"c{i}", cluster["app"]) for i in range(10)]
+    nodes = {sb.node for sb in handles}
+    assert len(nodes) == 2, f"all 10 sandboxes went to one node: {nodes}"
+    for i, sb in enumerate(handles):
+        assert sb.call("counter", ("add", i)) == i
+    listed = {info["id"]: info for info in rt.list_sandboxes()}
+    assert set(listed) == {f"c{i}" for i in range(10)}
+    assert all(listed[sb.id]["node"] == sb.node for sb in handles)
+    assert rt.get_sandbox_info("c3")["status"] == "running"
+
+
+def test_a_node_hint_places_the_sandbox_there(rt, cluster):
+    second = cluster["second"].node_id
+    sb = rt.create_sandbox("pinned", cluster["app"], node=second[:12])
+    assert sb.node == second and sb.info()["node"] == second
+    with pytest.raises(sandbox.SandboxError, match="names 0 live nodes"):
+        rt.create_sandbox("nowhere", cluster["app"], node="ffffffffffff")
+    sb.destroy()
+    with pytest.raises(sandbox.SandboxNotFound):
+        sb.call("counter", "get")
+
+
+def test_a_compile_error_stops_a_reload_before_any_node(rt):
+    with pytest.raises(sandbox.CompileError):
+        rt.hot_reload("c1", source={"counter": "def broken(:\n"})
+    assert rt.sandbox("c1").call("counter", "get") == 1  # old code and state serve
+
+
+def test_a_reload_reaches_sandboxes_on_both_nodes(rt, cluster):
+    (cluster["app"] / "counter.py").write_text(V2)
+    outcomes = rt.batch_hot_reload([f"c{i}" for i in range(10)])
+    failed = {sid: out for sid, out in outcomes.items() if isinstance(out, BaseException)}
+    assert not failed
+    for i in range(10):
+        sb = rt.sandbox(f"c{i}")
+        assert sb.call("counter", "version") == 2  # new code...
+        assert sb.call("counter", "get") == i  # ...same state
+        assert sb.module_versions("counter")[-1]["version"] == 2
+
+
+def test_the_sandboxes_of_a_lost_node_serve_again_from_the_other(rt, cluster):
+    second = cluster["second"].node_id
+    moved = [f"c{i}" for i in range(10) if rt.sandbox(f"c{i}").node == second]
+    stayed = [f"c{i}" for i in range(10) if f"c{i}" not in moved]
+    assert moved and stayed
+    cluster["cluster"].remove_node(cluster["second"])
+
+    def served_again(sid: str) -> bool:
+        try:
+            return rt.sandbox(sid).call("counter", "version", timeout=5) == 2
+        except sandbox.SandboxUnavailable:
+            return False  # the documented retriable error while it moves
+
+    for sid in moved:
+        try:
+            wait_for(lambda sid=sid: served_again(sid), 120)
+        except TimeoutError:
+            pytest.fail(f"{sid} did not come back: {rt._record(sid)}")
+        info = rt.get_sandbox_info(sid)
+        assert info["node"] != second and info["relocations"] == 1
+        assert rt.sandbox(sid).call("counter", "get") == 0  # memory state is lost, code is not
+    for sid in stayed:
+        assert rt.sandbox(sid).call("counter", "version") == 2
+    assert not any(n["alive"] for n in rt.nodes() if n["node_id"] == second)
+
+
+def test_a_node_that_joins_takes_new_placements(rt, cluster):
+    third = cluster["cluster"].add_node(num_cpus=1, resources={"sandbox_slots": SLOTS})
+    cluster["cluster"].wait_for_nodes()
+    wait_for(lambda: any(n["node_id"] == third.node_id and n["alive"] for n in rt.nodes()),
+             120, message="the new node got no agent")
+    sb = rt.create_sandbox("newcomer", cluster["app"])
+    assert sb.node == third.node_id  # the emptiest node
+    assert sb.call("counter", "incr") == 1
+
+
+def test_stopping_leaves_no_ray_or_sandbox_process(rt, cluster):
+    pids = [info["pid"] for info in rt.list_sandboxes() if info.get("pid")]
+    assert pids
+    rt.stop()
+    cluster["rt"] = None
+    ray.shutdown()
+    cluster["cluster"].shutdown()
+    wait_for(lambda: not _ray_processes(), 60, message="Ray processes are left")
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                             for p in pids), 30, message="sandbox processes outlived the cluster")
