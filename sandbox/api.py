@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from actors.monitor import call_with_deadline
@@ -178,8 +178,12 @@ class Sandbox:
         try:
             return self._slot.get(timeout)
         except ActorDead:
+            # The slot of a sandbox outlives its processes, but not a rebuild of the
+            # manager's table: if this handle's sandbox still exists, ask for its slot
+            # again once, so a manager crash never fails a call to a healthy sandbox.
             self._check_owner()
-            raise
+            self._slot = self.runtime._slot(self.id)
+            return self._slot.get(timeout)
 
     def _check_owner(self) -> dict[str, Any]:
         """The sandbox's info; SandboxNotFound if this handle's sandbox was destroyed
@@ -710,15 +714,19 @@ class Runtime:
     def _manager(self, op: str, *args: Any, timeout: float | None = 60.0) -> Any:
         return self.component("manager").invoke(op, *args, timeout=timeout)
 
-    def _slot(self, sandbox_id: str) -> Any:
-        # A read: if the manager dies under it, ask its successor (within the timeout).
+    def _read(self, op: str, *args: Any) -> Any:
+        # A read changes nothing: if the manager dies under it, ask its successor
+        # (within the timeout) instead of failing a caller for the manager's crash.
         deadline = perf_counter() + DEFAULT_TIMEOUT
         while True:
             try:
-                return self._manager("slot", sandbox_id)
+                return self._manager(op, *args)
             except ActorDead:
                 if perf_counter() > deadline:
                     raise
+
+    def _slot(self, sandbox_id: str) -> Any:
+        return self._read("slot", sandbox_id)
 
     # -- sandboxes -------------------------------------------------------------------
     @logs.operation("create")
@@ -799,7 +807,7 @@ class Runtime:
 
     def get_sandbox_info(self, sandbox_id: str) -> dict[str, Any]:
         """Status, pid, configuration, restart count, uptime, timestamps, last error."""
-        return self._manager("info", sandbox_id)
+        return cast(dict[str, Any], self._read("info", sandbox_id))
 
     # -- security and resources --------------------------------------------------------
     def audit_events(
