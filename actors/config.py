@@ -82,6 +82,9 @@ class Limits:
     - ``cpu_percent``: CPU share of its tree (100 = one core), sustained over
       ``cpu_window`` seconds (default 5) (resource monitor).
     - ``run_seconds``: wall time of one ``Sandbox.run`` call.
+    - ``call_seconds``: the handler deadline: wall time from sending a call to
+      its reply; past it the sandbox's process is killed and restarted (or, with
+      ``action="terminate"``, stopped), whether or not the caller still waits.
     - ``action``: what the resource monitor does when a limit is reached:
       ``"restart"`` (default) or ``"terminate"``.
 
@@ -97,6 +100,7 @@ class Limits:
     cpu_percent: int | None = None
     cpu_window: int | None = None
     run_seconds: int | None = None
+    call_seconds: int | None = None
     action: str = "restart"
 
     @classmethod
@@ -275,6 +279,10 @@ class SandboxConfig:
     shutdown: float = 5.0
     #: How auto-reload watches the app (used when ``auto_reload`` is on).
     watch: WatchOptions = field(default_factory=WatchOptions)
+    #: ``"host:port"`` addresses the sandbox may reach outside (on top of its
+    #: profile's ``net_allow``; port ``0`` or ``*``: any port): egress through
+    #: slirp4netns, never to the host's loopback.
+    net_allow: tuple[str, ...] = ()
     #: Alert thresholds of this sandbox (None: the runtime's).
     alerts: AlertThresholds | None = None
     #: Seconds one module's compile may take (None: the compiler's default, 10 s).
@@ -320,6 +328,7 @@ class SandboxConfig:
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()
         ):
             raise ConfigError("env", env, "a dict of str to str")
+        net_allow = _net_allow(options.get("net_allow", ()))
         auto_reload = options.get("auto_reload", cls.auto_reload)
         if not isinstance(auto_reload, bool):
             raise ConfigError("auto_reload", auto_reload, "True or False")
@@ -351,6 +360,7 @@ class SandboxConfig:
             auto_reload=auto_reload,
             shutdown=float(options.get("shutdown", cls.shutdown)),
             watch=WatchOptions.build(options.get("watch")),
+            net_allow=net_allow,
             alerts=(None if options.get("alerts") is None
                     else AlertThresholds.build(options["alerts"])),
             compile_timeout=float(compile_timeout) if compile_timeout is not None else None,
@@ -374,6 +384,26 @@ class SandboxConfig:
         d["watch"] = self.watch.as_dict()
         d["alerts"] = self.alerts.as_dict() if self.alerts is not None else None
         return d
+
+
+def _net_allow(value: Any) -> tuple[str, ...]:
+    """``net_allow`` checked: ``"host:port"`` strings, port 0-65535 or ``*``.
+
+    >>> _net_allow(["api.example.com:443"])
+    ('api.example.com:443',)
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise ConfigError("net_allow", value, "a list of 'host:port' strings")
+    for addr in value:
+        host, sep, port = addr.rpartition(":") if isinstance(addr, str) else ("", "", "")
+        ok_port = port == "*" or (port.isdigit() and 0 <= int(port) <= 65535)
+        if not sep or not host.strip("[]") or not ok_port:
+            raise ConfigError(
+                "net_allow", addr, "'host:port' with a port from 0 to 65535 or '*'"
+            )
+    return tuple(value)
 
 
 def _check_path(path: Any) -> Path:

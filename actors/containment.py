@@ -4,7 +4,9 @@ The manager calls these at a few points of a sandbox's life; each is a function 
 the manager (its records and its ``component`` lookup) and one sandbox record:
 
 - :func:`prepare` (create, before compiling): resolves the sandbox's profile
-  with the security controller (custom profiles included), works out its
+  with the security controller (custom profiles included), refuses to go on
+  (:class:`~runtime.child.isolation.IsolationUnavailable`, naming what to
+  install) when this host lacks an OS layer every sandbox needs, works out its
   effective limits (the profile's, overridden by the sandbox's own), gives it
   its UID and cgroups (:func:`runtime.child.isolation.prepare`), registers it with
   the security controller and the resource monitor. Everything is kept on the
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.config import Limits
-from actors.profiles import BUILTIN_PROFILES, Profile
+from actors.profiles import BUILTIN_PROFILES, Profile, split_addr as _split_addr
 from actors.scan import WARN_HINT
 from actors.security import LogEvent, ViolationReport
 from runtime import telemetry
@@ -112,6 +114,11 @@ def prepare(manager: Any, record: Any) -> Protection:
     sid = config.id
     profile = component("security").invoke("get_profile", config.profile)
     limits = effective_limits(profile.limits, config.limits)
+    # Every profile needs the OS layers: no sandbox runs on the host's network or
+    # filesystem because a layer happens to be missing here.
+    missing = isolation.missing_required(egress=bool(profile.net_allow or config.net_allow))
+    if missing:
+        raise isolation.IsolationUnavailable(missing)
     # cgroups are grouped per runtime instance: the base dir is unique, the name is not
     state = isolation.prepare(record.workdir, sid, group=os.path.basename(manager.base_dir))
     isolation.set_cgroup_limits(
@@ -219,14 +226,17 @@ def process_options(record: Any, runtime_id: str) -> dict[str, Any]:
     # A restart starts clean: nothing its previous process left may live on.
     isolation.kill_leftovers(prot.state)
     profile = prot.profile
+    net_allow = list(dict.fromkeys([*profile.net_allow, *config.net_allow]))
     policy = profile.guard_policy(workdir, config.path)
+    policy["net_allow"] = [list(_split_addr(a)) for a in net_allow]
     policy["app_modules"] = sorted(slot.modules)
     plan = isolation.plan(
         allow=profile.allow,
         limits=prot.limits.as_dict(),
         state=prot.state,
-        net_allow=profile.net_allow,
+        net_allow=[_split_addr(a) for a in net_allow],
         env_allow=profile.env_allow,
+        read_only=[config.path],
     )
     _log_skips(plan.get("skipped") or {})
     return {

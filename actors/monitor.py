@@ -49,12 +49,12 @@ import psutil
 
 from actors.config import Limits
 from runtime import telemetry
-from runtime.actor import ExitReason
+from runtime.actor import ExitReason, Reply
 from runtime.child import isolation
 from runtime.component import Component
-from runtime.errors import ResourceLimitExceeded, SandboxError
+from runtime.errors import ActorDead, CallTimeout, ResourceLimitExceeded, SandboxError
 
-__all__ = ["ResourceMonitorActor", "run_with_limit", "TREND_WINDOWS"]
+__all__ = ["ResourceMonitorActor", "call_with_deadline", "run_with_limit", "TREND_WINDOWS"]
 
 log = logging.getLogger("runtime.monitor")
 _MIB = 1 << 20
@@ -80,6 +80,8 @@ class _Watch:
     uss: int | None = None
     phase: int = 0  # which tick of every uss_every reads this sandbox's USS
     fds: dict[int, int] = field(default_factory=dict)  # last fd count per process
+    #: Calls whose callers gave up before the handler deadline: (proc, reply, started).
+    calls: list[tuple[Any, Any, float]] = field(default_factory=list)
     warn_at: float | None = None  # the sandbox's own warning level (None: the monitor's)
 
     @property
@@ -103,6 +105,14 @@ class _Exit:
 class _Reported:
     sandbox_id: str
     error: str
+
+
+@dataclass(frozen=True)
+class _WatchCall:
+    sandbox_id: str
+    proc: Any
+    reply: Any
+    started: float
 
 
 class ResourceMonitorActor(Component):
@@ -267,9 +277,28 @@ class ResourceMonitorActor(Component):
         limit = w.limits.run_seconds
         return self._exceeded(w, "run_seconds", seconds, limit, force=True)
 
+    def op_call_overrun(self, sandbox_id: str, seconds: float, proc: Any = None) -> str:
+        """A call's handler went past ``call_seconds``: take the limit's action
+        (kill and restart, or terminate) unless the process is already another one."""
+        w = self.watches.get(sandbox_id)
+        if w is None or (proc is not None and w.slot.current() is not proc):
+            return "none"
+        return self._exceeded(w, "call_seconds", seconds, w.limits.call_seconds, force=True)
+
+    def op_watch_call(self, sandbox_id: str, proc: Any, reply: Any, started: float) -> None:
+        """Keep an eye on a call its caller stopped waiting for: if ``reply`` is
+        still unanswered ``call_seconds`` after ``started`` (and ``proc`` still
+        serves), the handler is over its deadline (checked every tick)."""
+        w = self.watches.get(sandbox_id)
+        if w is not None and w.limits.call_seconds is not None:
+            with self._lock:
+                w.calls.append((proc, reply, started))
+
     # -- messages --------------------------------------------------------------------
     def on_info(self, message: Any) -> None:
-        if isinstance(message, _Exit):
+        if isinstance(message, _WatchCall):
+            self.op_watch_call(message.sandbox_id, message.proc, message.reply, message.started)
+        elif isinstance(message, _Exit):
             w = self.watches.get(message.sandbox_id)
             if w is None:
                 return
@@ -309,6 +338,8 @@ class ResourceMonitorActor(Component):
         self._ticks += 1
         n = 0
         for w in watches:
+            if w.calls:
+                self._overdue(w)
             # USS reads every mapping: each sandbox's turn comes every uss_every
             # ticks, the turns spread so every tick costs about the same.
             with_uss = w.uss is None or (self._ticks + w.phase) % self.uss_every == 0
@@ -503,6 +534,17 @@ class ResourceMonitorActor(Component):
                     pass
         return action
 
+    def _overdue(self, w: _Watch) -> None:
+        limit = w.limits.call_seconds
+        now = time.monotonic()
+        current = w.slot.current()
+        with self._lock:
+            pending = [c for c in w.calls if c[0] is current and not c[1].wait(0)]
+            late = [c for c in pending if limit is not None and now - c[2] >= limit]
+            w.calls = [c for c in pending if c not in late]
+        if late:
+            self.op_call_overrun(w.sandbox_id, now - min(c[2] for c in late), current)
+
     def _event(
         self, w: _Watch, key: str, value: Any, limit: Any, action: str, note: str
     ) -> None:
@@ -594,6 +636,62 @@ def _trends(hist: list[dict[str, Any]]) -> dict[str, Any]:
             t[key] = {"min": min(vals), "mean": sum(vals) / len(vals), "max": max(vals)}
         out[f"{win}s"] = t
     return out
+
+
+def call_with_deadline(
+    sandbox: Any, proc: Any, limit: float, actor: str, request: Any, timeout: float | None
+) -> Any:
+    """``proc.call(actor, request)`` under the sandbox's handler deadline ``limit``
+    (``call_seconds``).
+
+    A handler still running ``limit`` seconds after the call was sent is over its
+    deadline: the monitor takes the sandbox's action (the process is killed and
+    its supervisor restarts it, or it is terminated) and the caller, if it is
+    still waiting, gets :class:`ResourceLimitExceeded` naming ``call_seconds``. A
+    caller whose own ``timeout`` is shorter gets ``CallTimeout`` as usual, and the
+    monitor keeps watching the call for the rest of the deadline, so no handler
+    outlives it unnoticed. A process that dies of its CPU budget (SIGXCPU) during
+    the call is reported as :class:`ResourceLimitExceeded` naming ``cpu_seconds``.
+    """
+    reply = Reply()
+    started = time.monotonic()
+    proc.call_into((actor, request), reply)
+    wait = limit if timeout is None else min(float(timeout), limit)
+    if reply.wait(wait):
+        try:
+            return reply.result()
+        except ActorDead:
+            _raise_if_cpu_budget(sandbox, proc)
+            raise
+    monitor = sandbox.runtime.component("monitor")
+    if wait < limit:
+        try:
+            monitor.tell(_WatchCall(sandbox.id, proc, reply, started))
+        except SandboxError:
+            pass
+        raise CallTimeout(f"{sandbox.id}/{actor}", timeout)
+    try:
+        action = monitor.invoke("call_overrun", sandbox.id, time.monotonic() - started, proc)
+    except SandboxError:
+        action = "unknown"
+    raise ResourceLimitExceeded(
+        f"sandbox {sandbox.id!r}: the handler of a call to {actor!r} ran longer than its "
+        f"deadline of {limit:g}s (call_seconds); action taken: {action}"
+    )
+
+
+def _raise_if_cpu_budget(sandbox: Any, proc: Any) -> None:
+    import signal
+
+    code = proc.exitcode
+    if code is None:
+        proc.join(1.0)
+        code = proc.exitcode
+    if code == -signal.SIGXCPU:
+        raise ResourceLimitExceeded(
+            f"sandbox {sandbox.id!r} used up its CPU budget (cpu_seconds) during the call "
+            "and was stopped by the kernel (SIGXCPU)"
+        ) from None
 
 
 def run_with_limit(sandbox: Any, do: Callable[[float | None], Any], timeout: float | None) -> Any:

@@ -11,9 +11,12 @@ the thresholds of containment. Three are built in:
   ``gc``), and dunder names banned in string literals by the static scan.
 - ``medium``: like ``high``, but ``run()`` is allowed and the sandbox may read any
   file of the Python installation and of its own app directory.
-- ``low``: permissive: ordinary operations (processes, sockets, files anywhere,
-  pickle, ``eval``) work. Signalling processes outside the sandbox's own process
-  group and adding audit hooks stay refused.
+- ``low``: permissive inside the sandbox: ordinary operations (processes,
+  sockets, files, pickle, ``eval``) work, and their effects stay inside it (the
+  OS layers are the same in every profile: a read-only host tree but for the
+  workdir, private ``/tmp``, its own network and IPC namespaces, a seccomp
+  filter; see :mod:`runtime.child.isolation`). Signalling processes outside the
+  sandbox's own process group and adding audit hooks stay refused.
 
 Custom profiles derive from one of them::
 
@@ -52,6 +55,7 @@ __all__ = [
     "custom_profile",
     "get_builtin",
     "python_roots",
+    "split_addr",
 ]
 
 #: Operation groups and what each one grants. A group missing from a profile's
@@ -197,8 +201,10 @@ class Profile:
       ``workdir``, ``app``, ``python``, ``zoneinfo``, ``*`` or absolute paths.
     - ``violation_threshold``: refusals after which the sandbox is terminated and
       quarantined (``None``: never).
-    - ``net_allow``: ``"host:port"`` addresses reachable even without the network
-      groups (``port`` ``0`` or ``*``: any port).
+    - ``net_allow``: ``"host:port"`` addresses outside the sandbox it may reach
+      (``port`` ``0`` or ``*``: any port), through slirp4netns and an nftables
+      allowlist in its network namespace, and let through by the guard even
+      without the network groups; nothing else outside is reachable.
     - ``ban_dunder_strings``: the scan treats dunder names in string literals, and
       computed ``getattr`` names, as errors.
     - ``env_allow``: environment variables the sandbox keeps.
@@ -415,7 +421,7 @@ class Profile:
             "untrusted_roots": _dedup([wd, app]),
             "dev_files": list(DEV_FILES),
             "blocked_modules": sorted(self.blocked()),
-            "net_allow": [list(_split_addr(a)) for a in self.net_allow],
+            "net_allow": [list(split_addr(a)) for a in self.net_allow],
             "protected_modules": ["runtime"],
             "audit": self.audit,
             "report_allowed": self.audit == "full",
@@ -440,7 +446,12 @@ def _limits(value: Any) -> Limits:
         raise ConfigError(f"profile.{exc.option}", exc.value, exc.accepted) from None
 
 
-def _split_addr(addr: str) -> tuple[str, int]:
+def split_addr(addr: str) -> tuple[str, int]:
+    """``"host:port"`` as ``(host, port)``; port ``*`` is 0 (any port).
+
+    >>> split_addr("api.example.com:443"), split_addr("[::1]:*")
+    (('api.example.com', 443), ('::1', 0))
+    """
     host, sep, port = addr.rpartition(":")
     if not sep or not host:
         raise ConfigError("profile.net_allow", addr, "'host:port' (port 0 or '*' for any port)")
@@ -495,7 +506,7 @@ def _validate(p: Profile) -> None:
                 f"one of {', '.join(READ_ROOT_TOKENS)} or an absolute path",
             )
     for addr in p.net_allow:
-        _split_addr(addr)
+        split_addr(addr)
     for var in p.env_allow:
         if "=" in var:
             raise ConfigError("profile.env_allow", var, "environment variable names")
@@ -544,7 +555,10 @@ BUILTIN_PROFILES: dict[str, Profile] = {
     "high": Profile(
         name="high",
         allow=_SAFE,
-        limits=Limits(memory_mb=512, cpu_seconds=60, open_files=64, file_size_mb=16, processes=1),
+        limits=Limits(
+            memory_mb=512, cpu_seconds=10, open_files=64, file_size_mb=16, processes=1,
+            call_seconds=30,
+        ),
         audit="full",
         allow_run=False,
         read_roots=("workdir",),
@@ -576,8 +590,9 @@ BUILTIN_PROFILES: dict[str, Profile] = {
         allow_run=True,
         read_roots=("*",),
         violation_threshold=10,
-        description="trusted code: ordinary operations work; the guard still refuses "
-        "signals outside the sandbox and new audit hooks",
+        description="trusted code: ordinary operations work inside the sandbox, whose OS "
+        "layers keep their effects there; the guard still refuses signals outside the "
+        "sandbox and new audit hooks",
     ),
 }
 

@@ -62,8 +62,8 @@ RULES: dict[str, str] = {
     "SBX004": "bidirectional control character (Trojan Source)",
     "SBX101": "import of a blocked module",
     "SBX102": "dynamic import of a blocked module",
-    "SBX103": "dynamic import of a name the scan cannot work out",
-    "SBX104": "loading code from a file or a spec (bypasses the scan)",
+    "SBX103": "dynamic import of a computed name (high, medium) or one the scan cannot work out",
+    "SBX104": "loading code from a file or a spec, or changing the import system (bypasses the scan)",
     "SBX201": "eval, exec or compile",
     "SBX202": "write outside the workdir (absolute path or '..')",
     "SBX203": "getattr/setattr/delattr with a dunder or frame attribute name",
@@ -122,7 +122,7 @@ CONTEXT_LINES = 2
 WARN_HINT = "reported, not blocked: profile {profile!r} marks {group} as warn"
 
 #: Changes whenever a rule changes (part of the compiler's cache key).
-RULES_VERSION = "3"
+RULES_VERSION = "5"
 
 ESCAPE_DUNDERS = frozenset(
     {
@@ -247,6 +247,9 @@ _CODE_LOADERS = {
     "types.CodeType": "builds a code object",
     "types.FunctionType": "builds a function from a code object",
     "marshal.loads": "turns bytes into code",
+    "sys.meta_path": "changes where modules are found",
+    "sys.path_hooks": "changes where modules are found",
+    "sys.path_importer_cache": "changes where modules are found",
 }
 _DYNAMIC_CODE = frozenset(
     {"eval", "exec", "compile", "builtins.eval", "builtins.exec", "builtins.compile"}
@@ -1231,17 +1234,23 @@ class _Visitor(ast.NodeVisitor):
             mod = self.const_str(target)
             if isinstance(node.func, ast.Name):
                 self.skip.add(id(node.func))
-            if mod is None:
-                sev = "error" if self.strict else ("warning" if self.hardened else None)
+            literal = isinstance(target, ast.Constant) and isinstance(target.value, str)
+            if mod is None or (self.hardened and not literal):
+                # Under high and medium a name that is computed at all is refused,
+                # even one the scan can fold: ``__import__("o" + "s")`` hides intent.
+                sev = "error" if self.strict or self.hardened else None
                 if sev:
+                    what = "a name the scan cannot work out" if mod is None else (
+                        f"a computed name ({mod!r})"
+                    )
                     self.add(
                         "SBX103",
                         node,
-                        f"{name}() of a name the scan cannot work out",
+                        f"{name}() of {what}",
                         sev,
                         "import modules with import statements",
                     )
-            elif not mod.startswith("."):
+            if mod is not None and not mod.startswith("."):
                 self.check_module(mod, node, "SBX102", f"{name}() of")
             return
         if self.builtin(node.func, _DYNAMIC_CODE):

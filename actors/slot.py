@@ -110,6 +110,12 @@ class ProcessSlot:
             self._closed = reason
             self._cond.notify_all()
 
+    @property
+    def deadline(self) -> float | None:
+        """The handler deadline of a call (``limits.call_seconds``), or None."""
+        prot = self.security
+        return None if prot is None else prot.limits.call_seconds
+
     def get(self, timeout: float | None) -> ProcessRef:
         """The live process, waiting up to ``timeout`` for one during a restart."""
         ref = self._ref  # every call passes here: no lock while the process is up

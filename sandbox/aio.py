@@ -208,6 +208,7 @@ class AsyncRuntime:
         compile_memory_mb: int | None = None,
         compile_cpu_seconds: int | None = None,
         alerts: AlertThresholds | Mapping[str, Any] | None = None,
+        net_allow: Iterable[str] = (),
     ) -> AsyncSandbox:
         """See :meth:`Runtime.create_sandbox` (same keyword options)."""
         return AsyncSandbox(await self._thread(
@@ -215,7 +216,7 @@ class AsyncRuntime:
             limits=limits, restart=restart, max_restarts=max_restarts,
             max_seconds=max_seconds, env=env, auto_reload=auto_reload, shutdown=shutdown,
             watch=watch, compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
-            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts))
+            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts, net_allow=net_allow))
 
     def sandbox(self, sandbox_id: str) -> AsyncSandbox:
         """A handle on an existing sandbox (checked on first use)."""

@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
+from actors.monitor import call_with_deadline
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
 from runtime.childspec import ChildSpec
@@ -177,8 +178,12 @@ class Sandbox:
         try:
             return self._slot.get(timeout)
         except ActorDead:
+            # The slot of a sandbox outlives its processes, but not a rebuild of the
+            # manager's table: if this handle's sandbox still exists, ask for its slot
+            # again once, so a manager crash never fails a call to a healthy sandbox.
             self._check_owner()
-            raise
+            self._slot = self.runtime._slot(self.id)
+            return self._slot.get(timeout)
 
     def _check_owner(self) -> dict[str, Any]:
         """The sandbox's info; SandboxNotFound if this handle's sandbox was destroyed
@@ -206,8 +211,12 @@ class Sandbox:
         t0, ok = perf_counter(), False  # call count and latency: rt.metrics_text()
         try:
             proc = self._process(timeout)
+            deadline = self._slot.deadline if self._slot is not None else None
             try:
-                value = proc.call(actor, request, timeout=timeout)
+                if deadline is not None:  # the handler deadline (limits.call_seconds)
+                    value = call_with_deadline(self, proc, deadline, actor, request, timeout)
+                else:
+                    value = proc.call(actor, request, timeout=timeout)
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self, "call", exc) from None
             ok = True
@@ -713,15 +722,19 @@ class Runtime:
     def _manager(self, op: str, *args: Any, timeout: float | None = 60.0) -> Any:
         return self.component("manager").invoke(op, *args, timeout=timeout)
 
-    def _slot(self, sandbox_id: str) -> Any:
-        # A read: if the manager dies under it, ask its successor (within the timeout).
+    def _read(self, op: str, *args: Any) -> Any:
+        # A read changes nothing: if the manager dies under it, ask its successor
+        # (within the timeout) instead of failing a caller for the manager's crash.
         deadline = perf_counter() + DEFAULT_TIMEOUT
         while True:
             try:
-                return self._manager("slot", sandbox_id)
+                return self._manager(op, *args)
             except ActorDead:
                 if perf_counter() > deadline:
                     raise
+
+    def _slot(self, sandbox_id: str) -> Any:
+        return self._read("slot", sandbox_id)
 
     # -- sandboxes -------------------------------------------------------------------
     @logs.operation("create")
@@ -744,6 +757,7 @@ class Runtime:
         compile_memory_mb: int | None = None,
         compile_cpu_seconds: int | None = None,
         alerts: AlertThresholds | Mapping[str, Any] | None = None,
+        net_allow: Iterable[str] = (),
     ) -> Sandbox:
         """Create and start a sandbox running the app at ``path``; returns its handle.
 
@@ -754,7 +768,9 @@ class Runtime:
         ``hot_reload`` call overrides them): ``compile_timeout`` (seconds per module,
         default 10), ``compile_memory_mb`` (the compile worker's memory, default
         1024), ``compile_cpu_seconds`` (CPU seconds per module, default the timeout + 1);
-        ``alerts`` (alert thresholds of this sandbox, over the runtime's: ``{"warn_at": 0.5}``).
+        ``alerts`` (alert thresholds of this sandbox, over the runtime's: ``{"warn_at": 0.5}``);
+        ``net_allow`` (``["api.example.com:443"]``: the only addresses it may reach
+        outside, through slirp4netns; see docs/security.md).
         Raises :class:`~runtime.errors.ConfigError` naming any bad option, and leaves
         nothing behind when creation fails.
         """
@@ -766,7 +782,8 @@ class Runtime:
             compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
             compile_cpu_seconds=compile_cpu_seconds,
             alerts=None if alerts is None
-            else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds))
+            else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds),
+            net_allow=list(net_allow))
         info = self._manager("create", config)
         # once it exists (not on SandboxExists, which must keep the existing one's)
         self._obs.alerts.configure(sandbox_id, config.alerts)
@@ -798,7 +815,7 @@ class Runtime:
 
     def get_sandbox_info(self, sandbox_id: str) -> dict[str, Any]:
         """Status, pid, configuration, restart count, uptime, timestamps, last error."""
-        return self._manager("info", sandbox_id)
+        return cast(dict[str, Any], self._read("info", sandbox_id))
 
     # -- security and resources --------------------------------------------------------
     def audit_events(

@@ -51,8 +51,9 @@ def test_a_thousand_concurrent_awaits():
             sb = await rt.create_sandbox("aio-1k", COUNTER)
             threads = threading.active_count()
             replies = await asyncio.gather(*(sb.call("counter", "incr") for _ in range(1000)))
-            # no thread per call: the calls took none of their own
-            assert threading.active_count() <= threads + 2
+            # no thread per call (that would add 1,000); a few may come and go with
+            # the runtime itself
+            assert threading.active_count() <= threads + 10
             return replies
 
     assert sorted(asyncio.run(main())) == list(range(1, 1001))

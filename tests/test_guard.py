@@ -36,7 +36,15 @@ os.setsid()
 for name in ["socket", "gc", "inspect", "traceback", "pickle", "threading"] + cfg["preload"]:
     __import__(name)
 from runtime.child.guard import install_guard
+import marshal
+from runtime.child import swap
 
+# As in a sandbox, app modules come from the app finder (compiled by the host),
+# never from the app directory on disk.
+_app_py = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "code.py")
+if os.path.exists(_app_py):
+    _src = open(_app_py).read()
+    swap.install_finder([swap.ModuleCode("code", _app_py, marshal.dumps(compile(_src, _app_py, "exec")), _src)])
 events = []
 handle = install_guard(cfg["policy"], events.append)
 os.chdir(cfg["workdir"])

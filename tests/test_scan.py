@@ -24,6 +24,9 @@ def rules(source: str | bytes, profile: str = "high", severity: str | None = Non
 
 
 # (snippet, {profile: expected error rule ids, in order}); warnings are not listed here.
+#: A computed name of a blocked module, under high and medium alike.
+BOTH_102_103 = {"high": ["SBX102", "SBX103"], "medium": ["SBX102", "SBX103"], "low": []}
+
 TABLE: list[tuple[str, str, dict[str, list[str]]]] = [
     (
         "clean",
@@ -42,31 +45,36 @@ TABLE: list[tuple[str, str, dict[str, list[str]]]] = [
     ("pickle", "import pickle\n", {"high": ["SBX101"], "medium": ["SBX101"], "low": []}),
     ("os is fine", "import os\nos.path.join('a', 'b')\n", {"high": [], "low": []}),
     ("__import__ literal", "__import__('socket')\n", {"high": ["SBX102"], "low": []}),
-    ("__import__ concat", "__import__('so' + 'cket')\n", {"high": ["SBX102"], "low": []}),
+    ("__import__ concat", "__import__('so' + 'cket')\n", BOTH_102_103),
     (
         "import_module join",
         "import importlib\nimportlib.import_module(''.join(['c', 'types']))\n",
-        {"high": ["SBX102"], "low": []},
+        BOTH_102_103,
     ),
     (
         "import_module alias",
         "from importlib import import_module as im\nim('pty')\n",
         {"high": ["SBX102"], "low": []},
     ),
-    ("f-string", "x = 'ck'\n__import__(f'so{x}et')\n", {"high": ["SBX102"], "low": []}),
-    ("reversed", "__import__('tekcos'[::-1])\n", {"high": ["SBX102"], "low": []}),
-    ("chr", "__import__(chr(103) + chr(99))\n", {"high": ["SBX102"], "low": []}),
-    ("bytes decode", "__import__(b'pty'.decode())\n", {"high": ["SBX102"], "low": []}),
+    ("f-string", "x = 'ck'\n__import__(f'so{x}et')\n", BOTH_102_103),
+    ("reversed", "__import__('tekcos'[::-1])\n", BOTH_102_103),
+    ("chr", "__import__(chr(103) + chr(99))\n", BOTH_102_103),
+    ("bytes decode", "__import__(b'pty'.decode())\n", BOTH_102_103),
     (
         "constant name",
         "NAME = 'sub' + 'process'\n__import__(NAME)\n",
-        {"high": ["SBX102"], "low": []},
+        BOTH_102_103,
     ),
     ("sys.modules", "import sys\nsys.modules['subprocess']\n", {"high": ["SBX102"], "low": []}),
     (
         "computed import",
         "import importlib\nimportlib.import_module(input())\n",
-        {"high": ["SBX103"], "medium": [], "low": []},
+        {"high": ["SBX103"], "medium": ["SBX103"], "low": []},
+    ),
+    (
+        "import system hooks",
+        "import sys\nsys.path_hooks.pop(0)\nsys.meta_path.append(None)\n",
+        {"high": ["SBX104", "SBX104"], "medium": ["SBX104", "SBX104"], "low": []},
     ),
     ("eval", "eval('1 + 1')\n", {"high": ["SBX201"], "medium": ["SBX201"], "low": []}),
     ("exec alias", "run = exec\n", {"high": ["SBX201"], "low": []}),

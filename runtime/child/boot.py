@@ -440,6 +440,7 @@ class ChildServer:
     def boot_app(self) -> None:
         """Apply the boot config, call the entry and start the root supervisor."""
         boot = self.boot
+        _isolation.check_required(boot.isolation, _layers, _skipped)  # before any user code
         if boot.cwd:
             os.chdir(boot.cwd)
         for key, value in boot.env.items():

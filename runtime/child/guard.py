@@ -73,7 +73,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, NoReturn
 
-__all__ = ["GuardHandle", "install_guard", "policy_errors"]
+__all__ = ["GuardHandle", "install_guard", "policy_errors", "seal_imports"]
 
 _installed = False
 
@@ -163,10 +163,60 @@ def install_guard(
     problems = policy_errors(policy)
     if problems:
         raise ValueError("invalid guard policy: " + "; ".join(problems))
+    if "dynamic_code" not in policy["allow"]:
+        seal_imports([policy["workdir"], *policy.get("untrusted_roots", ())])
     hook, handle = _build(dict(policy), on_violation)
     sys.addaudithook(hook)
     _installed = True
     return handle
+
+
+class _LoadsNothing:
+    """The path-entry finder for a directory no module may be imported from."""
+
+    __slots__ = ()
+
+    def find_spec(self, fullname: str, target: Any = None) -> None:
+        return None
+
+    def invalidate_caches(self) -> None:
+        pass
+
+
+def seal_imports(roots: list[str]) -> None:
+    """Make files under ``roots`` (the workdir, the app directory) unimportable.
+
+    Under profiles that forbid dynamic code only scanned code may run: the app's
+    modules come from the app finder (compiled by the host after the scan), so
+    no file on disk under these roots, least of all one the sandbox wrote at run
+    time, may be found by the path-based import system. The roots (and ``''``,
+    the current directory) leave ``sys.path``, and a path hook put first answers
+    for any entry under them, however it is spelt (symlinks resolved), with a
+    finder that finds nothing, even when code adds such an entry back later.
+
+    Example (in a sandbox process)::
+
+        seal_imports(["/srv/sandboxes/s1-abc"])
+        import evil   # ModuleNotFoundError, although /srv/sandboxes/s1-abc/evil.py exists
+    """
+    real = os.path.realpath
+    sealed = tuple(dict.fromkeys(real(r).rstrip("/") + "/" for r in roots if r))
+
+    def under(entry: Any) -> bool:
+        try:
+            path = real(os.fsdecode(entry) or ".")
+        except (TypeError, ValueError, OSError):
+            return True  # an entry that is not a path is not a place to load code from
+        return (path.rstrip("/") + "/").startswith(sealed)
+
+    def hook(entry: Any) -> _LoadsNothing:
+        if under(entry):
+            return _LoadsNothing()
+        raise ImportError("not a sealed directory")  # the next hook handles it
+
+    sys.path[:] = [p for p in sys.path if p and not under(p)]
+    sys.path_hooks.insert(0, hook)
+    sys.path_importer_cache.clear()
 
 
 class _Refused:
@@ -336,6 +386,12 @@ def _build(
     read_exact, read_pfx = frozenset(read_roots), prefixes(read_roots)
     code_exact, code_pfx = frozenset(code_roots), prefixes(code_roots)
     trusted_pfx, untrusted_pfx = prefixes(trusted_roots), prefixes(untrusted_roots)
+    # Files the sandbox writes may never run as code where dynamic code is denied.
+    sealed_wd = (
+        os.path.realpath(policy["workdir"]).rstrip("/") + "/"
+        if "dynamic_code" not in policy["allow"]
+        else ""
+    )
     code_suffixes = _tuple(policy.get("code_suffixes") or (".py", ".pyc", ".so"))
     # sys.path entries may be listed by the import system even when they are not
     # readable roots (it treats a refused listing as empty, but we would log it).
@@ -1025,6 +1081,18 @@ def _build(
         fn = code.co_filename if _type(code) is CodeType else None
         if fn in blocked_files_f and untrusted_caller(2, skip_machinery=True):
             refuse(event, "import", f"importing the blocked module in {srepr(fn)}")
+        if not sealed_wd or _type(fn) is not _str:
+            return
+        name: str = fn  # type: ignore[assignment]  # a str: checked just above
+        if name.startswith("/") and not (
+            name.startswith(trusted_pfx) and not name.startswith(untrusted_pfx)
+        ):
+            try:
+                full = realpath(name)
+            except (_OSError, _ValueError):
+                full = name
+            if full.startswith(sealed_wd):
+                refuse(event, "dynamic_code", f"running code from the workdir ({srepr(fn)})")
 
     def on_breakpoint(event: str, args: tuple) -> None:
         if "introspection" not in allow:
@@ -1130,7 +1198,12 @@ def _build(
         try:
             import _posixsubprocess
 
-            _posixsubprocess.fork_exec = _Refused("_posixsubprocess.fork_exec")
+            refused = _Refused("_posixsubprocess.fork_exec")
+            _posixsubprocess.fork_exec = refused
+            # subprocess keeps a reference of its own (``_fork_exec``) when loaded.
+            sp = sys.modules.get("subprocess")
+            if sp is not None and getattr(sp, "_fork_exec", None) is not None:
+                sp._fork_exec = refused  # type: ignore[attr-defined]
             handlers["_posixsubprocess.fork_exec"] = on_process
         except ImportError:  # pragma: no cover
             pass

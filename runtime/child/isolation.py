@@ -1,19 +1,26 @@
 """OS-level isolation of a sandbox process: the layers that make the guarantees real.
 
-Two halves, both standard library only:
+Two halves:
 
 - **Host side** (the manager, through :mod:`actors.containment`):
   :func:`detect` finds once per host process which layers this machine offers
-  (root? network namespaces? a writable cgroup hierarchy?), :func:`prepare`
+  (root? namespaces? libseccomp? slirp4netns? a writable cgroup hierarchy?),
+  :func:`missing_required` says which layers every sandbox needs are missing
+  (creation then fails with :class:`IsolationUnavailable`), :func:`prepare`
   gives a new sandbox its own UID (the workdir is chowned to it) and cgroups,
   :func:`plan` turns a profile's groups and limits into the plain-data plan a
   child applies, and :func:`release` kills whatever is left in the sandbox's
   cgroups or runs under its UID, then removes the cgroups.
 - **Child side**: :func:`apply` runs first thing in the sandbox process (after
   ``setsid()``, before the guard and any user code) and returns the layers it
-  applied and, for each one it could not, the reason.
+  applied and, for each one it could not, the reason; :func:`check_required`
+  (called by the boot before any user code) fails the boot when a layer the plan
+  requires is not among them.
 
-Layers (names as listed in a sandbox's info under ``isolation``):
+The OS layers are the same in every profile (:data:`REQUIRED_LAYERS` and
+``seccomp``): a profile decides what code may do inside the sandbox, these keep
+whatever it does there. Layers (names as listed in a sandbox's info under
+``isolation``):
 
 - ``rlimits``: RLIMIT_AS (the profile's memory on top of what the process had
   mapped at boot), RLIMIT_CPU (SIGXCPU at the soft limit, SIGKILL 2 s later),
@@ -24,16 +31,22 @@ Layers (names as listed in a sandbox's info under ``isolation``):
   that is what the host has) with ``pids.max`` and a memory ceiling; the host
   reads its member list to find everything the sandbox started, even processes
   that left its process group, and kills them all on destroy;
-- ``netns``: a network namespace with only a loopback interface, for profiles
-  without network groups (needs root);
+- ``netns``: a network namespace with only a loopback interface, every profile;
+  with an allowlist (``net_allow``) also ``slirp4netns`` (a tap device relayed by
+  slirp4netns, the host's loopback and DNS relay off) and ``nftables`` (a
+  ruleset that lets out only the listed addresses and ports);
+- ``ipcns``: an IPC namespace of its own;
+- ``mountns``: a private mount namespace in which the host's tree is read-only,
+  :data:`PRIVATE_TMP` are empty tmpfs of its own, the workdir is bound back
+  read-write and the app directory read-only; and, when the Python installation
+  (or the runtime) sits under a directory other users cannot search
+  (``/root/.pyenv``, say), that directory is an empty read-only tmpfs with only
+  those trees bound back in;
 - ``uid``: a separate unprivileged UID/GID per sandbox (``UID_BASE`` + the
   workdir's inode number, so it is stable across restarts and unique while the
   sandbox exists), when the host runs as root;
-- ``mountns``: with ``uid``, when the Python installation (or the runtime) sits
-  under a directory other users cannot search (``/root/.pyenv``, say), a private
-  mount namespace in which that directory is an empty read-only tmpfs with only
-  those trees bound back in: the sandbox's UID can import the standard library
-  and sees nothing else of that directory;
+- ``seccomp``: the kernel filter of :mod:`runtime.child.seccomp`, loaded last
+  (it denies the ``mount`` and ``unshare`` the layers above use);
 - ``no_new_privs``, ``no_dumpable`` (no ptrace, no core, /proc files root-owned),
   ``pdeathsig`` (off: the fork server, the sandbox's parent, may die and be
   restarted without taking running sandboxes along; a sandbox ends on EOF of its
@@ -47,12 +60,23 @@ The guard (``audit-hook``, :mod:`runtime.child.guard`) is installed after these,
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from typing import Any
+
+from runtime.child import egress as _egress
+from runtime.child import mounts as _mounts
+from runtime.child.mounts import PRIVATE_TMP, TMPFS_OPTIONS
+from runtime.child import seccomp as _seccomp
+from runtime.errors import SandboxError
 
 __all__ = [
     "CGROUP_PARENT",
     "LAYERS",
+    "REQUIRED_LAYERS",
+    "IsolationUnavailable",
+    "check_required",
+    "missing_required",
     "THREAD_STACK",
     "UID_BASE",
     "apply",
@@ -68,8 +92,10 @@ LAYERS = (
     "rlimits",
     "audit-hook",
     "netns",
+    "ipcns",
     "uid",
     "mountns",
+    "seccomp",
     "no_new_privs",
     "no_dumpable",
     "pdeathsig",
@@ -87,6 +113,8 @@ THREAD_STACK = 256 * 1024
 DEFAULT_TASKS = 4096
 #: Directory (under the host's own cgroup) holding the sandboxes' cgroups.
 CGROUP_PARENT = "sandbox-runtime"
+#: OS layers every profile needs: creating a sandbox fails when one is missing.
+REQUIRED_LAYERS = ("mountns", "ipcns", "netns")
 #: Room above the memory limit for the cgroup's ceiling: the resource monitor acts
 #: at the limit; the kernel only steps in when that was not enough.
 CGROUP_MEMORY_SLACK = 64 << 20
@@ -95,9 +123,50 @@ _CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _M_ARENA_MAX = -8
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
-_CLONE_NEWNS = 0x00020000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 0x1, 0x2, 0x4, 0x20
-_MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
+_CLONE_NEWNS, _CLONE_NEWIPC = 0x00020000, 0x08000000
+
+
+class IsolationUnavailable(SandboxError):
+    """An OS layer the sandbox needs is missing (or failed to apply): it must not run.
+
+    ``missing`` maps each layer to why, including what to install or change.
+
+    >>> str(IsolationUnavailable({"seccomp": "install libseccomp2"}))[:46]
+    'the sandbox needs OS layers this host lacks: s'
+    """
+
+    def __init__(self, missing: dict[str, str]) -> None:
+        self.missing = dict(missing)
+        shown = "; ".join(f"{k}: {v}" for k, v in sorted(self.missing.items()))
+        super().__init__(f"the sandbox needs OS layers this host lacks: {shown}")
+
+
+_HOW = {
+    "mountns": "run the host as root on Linux (mount namespaces need CAP_SYS_ADMIN)",
+    "ipcns": "run the host as root on Linux (IPC namespaces need CAP_SYS_ADMIN)",
+    "netns": "run the host as root on Linux (network namespaces need CAP_SYS_ADMIN)",
+    "seccomp": "install libseccomp (Debian/Ubuntu: apt-get install libseccomp2)",
+    "slirp4netns": _egress.INSTALL["slirp4netns"],
+    "nftables": _egress.INSTALL["nftables"],
+}
+
+
+def missing_required(*, egress: bool = False) -> dict[str, str]:
+    """{layer: why and what to do} for each layer every sandbox needs (and, with
+    ``egress``, the user-mode network) that this host cannot give; {} when all are there.
+
+    >>> isinstance(missing_required(), dict)
+    True
+    """
+    avail = detect()
+    need = list(REQUIRED_LAYERS) + ["seccomp"] + (["slirp4netns", "nftables"] if egress else [])
+    out: dict[str, str] = {}
+    for layer in need:
+        why = avail.get(layer)
+        if why is not None:
+            how = _HOW.get(layer, "")
+            out[layer] = why if how and how in why else f"{why} ({how})" if how else why
+    return out
 
 
 # ------------------------------------------------------------------------------------
@@ -112,7 +181,7 @@ def detect(*, refresh: bool = False) -> dict[str, str | None]:
     ``{layer: "reason"}`` when not. Computed once per process.
 
     >>> sorted(detect())[:3]
-    ['cgroup-memory', 'cgroup-pids', 'netns']
+    ['cgroup-memory', 'cgroup-pids', 'ipcns']
     """
     global _detected
     if _detected is not None and not refresh:
@@ -136,11 +205,33 @@ def detect(*, refresh: bool = False) -> dict[str, str | None]:
             out["netns"] = "the kernel has no network namespaces"
         else:
             out["netns"] = None
+        for layer, ns in (("mountns", "mnt"), ("ipcns", "ipc")):
+            if out["netns"] is not None and not root:
+                out[layer] = f"unshare of the {ns} namespace needs root"
+            elif not os.path.exists(f"/proc/self/ns/{ns}"):
+                out[layer] = f"the kernel has no {ns} namespaces"
+            else:
+                out[layer] = libc
+    out["seccomp"] = _seccomp.unavailable() if linux else "not Linux"
+    out["slirp4netns"] = None if shutil.which("slirp4netns") else (
+        "slirp4netns is not installed (Debian/Ubuntu: apt-get install slirp4netns)"
+    )
+    out["nftables"] = None if _find_lib("nftables") else (
+        "libnftables is not installed (Debian/Ubuntu: apt-get install nftables)"
+    )
     for ctl in ("pids", "memory"):
         where, why = _cgroup_base(ctl)
         out[f"cgroup-{ctl}"] = None if where is not None else why
     _detected = out
     return dict(out)
+
+
+def _find_lib(name: str) -> str | None:
+    try:
+        import ctypes.util
+    except ImportError:
+        return None
+    return ctypes.util.find_library(name)
 
 
 def _libc_reason() -> str | None:
@@ -307,6 +398,7 @@ def prepare(
     avail = detect()
     state: dict[str, Any] = {"uid": None, "gid": None, "cgroups": {}, "skipped": {}}
     wd = os.path.realpath(workdir)
+    state["workdir"] = wd
     if tmpdir:
         os.makedirs(os.path.join(wd, "tmp"), mode=0o700, exist_ok=True)
     if avail.get("uid") is None:
@@ -378,13 +470,20 @@ def plan(
     net_allow: list[Any] | tuple[Any, ...] = (),
     env_allow: list[str] | tuple[str, ...] = (),
     tasks: int = DEFAULT_TASKS,
+    read_only: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The plain-data plan :func:`apply` carries out in the child.
 
     ``allow``: the profile's operation groups; ``limits``: ``memory_mb``,
     ``cpu_seconds``, ``open_files``, ``file_size_mb`` (None: no limit);
-    ``state``: from :func:`prepare`; ``net_allow``: addresses the profile lets
-    through (they live in the host's namespace, so no netns then).
+    ``state``: from :func:`prepare`; ``net_allow``: ``host:port`` addresses the
+    sandbox may reach outside (egress through slirp4netns; never the host's
+    loopback); ``read_only``: host paths bound back read-only when they sit under
+    a private tmpfs (the app's directory under ``/tmp``, say).
+
+    Every profile gets the same OS layers (:data:`REQUIRED_LAYERS`, a seccomp
+    filter); profiles differ in what the filter denies (``execve`` unless the
+    profile allows ``subprocess``) and in the guard, not in the OS view.
 
     >>> p = plan(allow={"math"}, limits={"memory_mb": 64}, state=None)
     >>> p["rlimits"]["as_extra"], p["rlimits"]["core"]
@@ -399,21 +498,27 @@ def plan(
         v = limits.get(key)
         return None if v is None else int(v) * scale
 
-    networked = bool({"network_client", "network_server"} & set(allow))
-    netns = False
-    if networked:
-        skipped["netns"] = "the profile allows the network"
-    elif net_allow:
-        skipped["netns"] = "the profile lets addresses of the host's network through"
-    elif avail.get("netns") is not None:
-        skipped["netns"] = avail["netns"]
-    else:
-        netns = True
+    require = list(REQUIRED_LAYERS) + ["seccomp"]
+    if net_allow:
+        require += ["slirp4netns", "nftables"]
+    for layer in require:
+        if avail.get(layer) is not None:
+            skipped[layer] = avail[layer]
+    netns = avail.get("netns") is None
+    wd = state.get("workdir")
+    mounts = None
+    if avail.get("mountns") is None and wd:
+        mounts = {
+            "workdir": wd,
+            "tmpfs": list(PRIVATE_TMP),
+            "tmpfs_options": TMPFS_OPTIONS,
+            "read_only": [os.path.realpath(r) for r in read_only if os.path.isdir(r)],
+        }
     uid = state.get("uid")
     expose: list[tuple[str, list[str]]] = []
     if uid is not None:
         expose = exposures(code_roots())
-        if expose and avail.get("netns") is not None:  # the same privilege: root + unshare
+        if expose and avail.get("mountns") is not None:
             skipped["uid"] = (
                 f"{expose[0][0]} hides the Python installation from other users and "
                 "no mount namespace can be made to expose it"
@@ -429,6 +534,13 @@ def plan(
             "nproc": tasks if uid is not None else None,
         },
         "netns": netns,
+        "ipcns": avail.get("ipcns") is None,
+        "mounts": mounts,
+        "seccomp": None if avail.get("seccomp") is not None else {
+            "deny_exec": "subprocess" not in set(allow),
+        },
+        "egress": [list(a) for a in net_allow],
+        "require": require,
         "uid": uid,
         "gid": state.get("gid") if uid is not None else None,
         "expose": [[d, list(ps)] for d, ps in expose],
@@ -580,18 +692,7 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
             applied.append(f"cgroup-{ctl}")
         except OSError as exc:
             skipped[f"cgroup-{ctl}"] = f"joining {d}: {exc.strerror or exc}"
-    if p.get("netns"):
-        try:
-            import ctypes
-
-            lc = need_libc()
-            if lc.unshare(_CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-            _loopback_up()
-            applied.append("netns")
-        except Exception as exc:
-            skipped["netns"] = f"unshare(CLONE_NEWNET) failed: {exc}"
+    _namespaces(p, need_libc, applied, skipped)
     if p.get("arena_max"):
         try:
             need_libc().mallopt(_M_ARENA_MAX, int(p["arena_max"]))
@@ -604,14 +705,9 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
         except Exception as exc:
             skipped["no_new_privs"] = str(exc)
     uid, gid = p.get("uid"), p.get("gid")
-    if uid is not None and p.get("expose"):
-        try:
-            _expose(need_libc(), p["expose"])
-            applied.append("mountns")
-        except Exception as exc:
-            skipped["uid"] = f"the Python installation cannot be exposed to it: {exc}"
-            skipped["mountns"] = str(exc)
-            uid = None
+    if uid is not None and p.get("expose") and "mountns" not in applied:
+        skipped["uid"] = "the Python installation cannot be exposed to it without a mount namespace"
+        uid = None
     if uid is not None and gid is not None:
         try:
             os.setgroups([])
@@ -636,6 +732,14 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
             applied.append("pdeathsig")
         except Exception as exc:
             skipped["pdeathsig"] = str(exc)
+    if p.get("seccomp") is not None:
+        # Last: the filter denies mount, unshare and (maybe) execve, which the
+        # layers above needed; nothing after this point does.
+        try:
+            _seccomp.install(deny_exec=bool(p["seccomp"].get("deny_exec")))
+            applied.append("seccomp")
+        except OSError as exc:
+            skipped["seccomp"] = str(exc)
     if libc is not None:
         # Unloaded even when the forkserver preloaded it: the sandbox's own
         # ``import ctypes`` must be an import its guard sees, not a dict lookup.
@@ -658,46 +762,76 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
     return applied, skipped
 
 
-def _expose(libc: Any, expose: list[Any]) -> None:
-    """A private mount namespace where each hidden directory is an empty read-only
-    tmpfs with only the given trees bound back in (read-only)."""
+def check_required(p: dict[str, Any] | None, applied: list[str], skipped: dict[str, str]) -> None:
+    """Raise :class:`IsolationUnavailable` unless every layer plan ``p`` requires was
+    applied (called by the boot before any user code, so the host gets the reason
+    in the boot failure).
+
+    >>> check_required({"require": ["netns"]}, ["netns"], {})
+    >>> try:
+    ...     check_required({"require": ["netns"]}, [], {"netns": "no root"})
+    ... except IsolationUnavailable as exc:
+    ...     print(exc)
+    the sandbox needs OS layers this host lacks: netns: no root
+    """
+    need = (p or {}).get("require") or ()
+    missing = {k: skipped.get(k, "not applied") for k in need if k not in applied}
+    if missing:
+        raise IsolationUnavailable(missing)
+
+
+def _namespaces(
+    p: dict[str, Any], need_libc: Any, applied: list[str], skipped: dict[str, str]
+) -> None:
+    """Private network, IPC and mount namespaces (as root, before the UID changes)."""
     import ctypes
 
-    def check(rc: int, what: str) -> None:
-        if rc != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"{what}: {os.strerror(err)}")
-
-    check(libc.unshare(_CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    # Nothing done here may propagate back to the host's mounts.
-    check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
-    for hidden, paths in expose:
-        fds = [os.open(q, os.O_PATH | os.O_DIRECTORY) for q in paths]
+    flags = 0
+    if p.get("netns"):
+        flags |= _CLONE_NEWNET
+    if p.get("ipcns"):
+        flags |= _CLONE_NEWIPC
+    mounts = p.get("mounts")
+    if mounts or p.get("expose"):
+        flags |= _CLONE_NEWNS
+    if not flags:
+        return
+    libc = need_libc()
+    egress = None
+    if p.get("egress") and p.get("netns"):
         try:
-            flags = _MS_NOSUID | _MS_NODEV
-            check(
-                libc.mount(b"tmpfs", hidden.encode(), b"tmpfs", flags, b"mode=0755,size=64k"),
-                f"tmpfs on {hidden}",
-            )
-            for q, fd in zip(paths, fds):
-                os.makedirs(q, mode=0o755, exist_ok=True)
-                src = f"/proc/self/fd/{fd}".encode()
-                check(libc.mount(src, q.encode(), None, _MS_BIND | _MS_REC, None), f"bind {q}")
-                check(
-                    libc.mount(
-                        None, q.encode(), None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY | flags, None
-                    ),
-                    f"read-only {q}",
-                )
-            check(
-                libc.mount(
-                    None, hidden.encode(), None, _MS_REMOUNT | _MS_RDONLY | flags, None
-                ),
-                f"read-only {hidden}",
-            )
-        finally:
-            for fd in fds:
-                os.close(fd)
+            egress = _egress.start(p["egress"])
+        except Exception as exc:
+            skipped["slirp4netns"] = skipped["nftables"] = f"egress set-up failed: {exc}"
+    if libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        why = f"unshare failed: {os.strerror(err)}"
+        for layer in ("netns", "ipcns", "mountns"):
+            skipped[layer] = why
+        if egress is not None:
+            _egress.kill_helper(egress["pid"])
+        return
+    if p.get("ipcns"):
+        applied.append("ipcns")
+    if p.get("netns"):
+        try:
+            _loopback_up()
+            applied.append("netns")
+        except Exception as exc:
+            skipped["netns"] = f"network namespace set-up failed: {exc}"
+        if egress is not None:
+            try:
+                p["hosts"] = _egress.finish(egress)
+                applied += ["slirp4netns", "nftables"]
+            except Exception as exc:
+                skipped["slirp4netns"] = skipped["nftables"] = f"egress set-up failed: {exc}"
+                _egress.kill_helper(egress["pid"])
+    if flags & _CLONE_NEWNS:
+        try:
+            _mounts.private_view(libc, mounts or {}, p.get("expose") or [], p.get("hosts"))
+            applied.append("mountns")
+        except Exception as exc:
+            skipped["mountns"] = f"private mount view failed: {exc}"
 
 
 def _loopback_up() -> None:

@@ -21,7 +21,7 @@ __all__ = ["UNOBSERVABLE", "layers", "observe"]
 
 #: Layers that leave no trace the host can read: only the host's own request and
 #: the sandbox's confirmation stand for them.
-UNOBSERVABLE = frozenset({"audit-hook"})
+UNOBSERVABLE = frozenset({"audit-hook", "nftables"})
 
 _NAMESPACES = {"netns": "net", "mountns": "mnt", "ipcns": "ipc", "pidns": "pid", "utsns": "uts"}
 
@@ -73,6 +73,10 @@ def observe(pid: int) -> set[str]:
     status = _status(pid)
     if not status:
         return set()
+    if "netns" in found:
+        devices = (_read(f"/proc/{pid}/net/dev") or "").splitlines()[2:]
+        if any(line.split(":")[0].strip() == "tap0" for line in devices):
+            found.add("slirp4netns")  # its tap device, in the sandbox's own namespace
     uids = status.get("Uid", "").split()
     if uids and uids[0] != str(os.getuid()):
         found.add("uid")

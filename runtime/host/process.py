@@ -798,6 +798,8 @@ class ProcessRef(ActorRef):
         if conn.pid is None:
             return []
         requested = ["audit-hook"] if conn.boot.guard is not None else []
+        if (conn.boot.isolation or {}).get("egress"):
+            requested.append("nftables")  # loaded before user code, or the boot failed
         return observed.layers(conn.pid, conn.isolation, requested)
 
     @property

@@ -444,6 +444,7 @@ class ClusterRuntime:
         env: Mapping[str, str] | None = None,
         shutdown: float = SandboxConfig.shutdown,
         watch: WatchOptions | Mapping[str, Any] | None = None,
+        net_allow: Iterable[str] = (),
     ) -> ClusterSandbox:
         """Create a sandbox on the node with the most free slots (or on ``node``).
 
@@ -454,7 +455,7 @@ class ClusterRuntime:
         config = SandboxConfig.build(sandbox_id, app, entry=entry, profile=profile,
                                      limits=limits, restart=restart, max_restarts=max_restarts,
                                      max_seconds=max_seconds, env=env, shutdown=shutdown,
-                                     watch=watch)
+                                     watch=watch, net_allow=list(net_allow))
         options = {k: v for k, v in config.as_dict().items()
                    if k not in ("id", "path") and v is not None}
         artifact = pack_app(app)

@@ -380,6 +380,7 @@ class AsyncRemoteRuntime:
         compile_memory_mb: int | None = None,
         compile_cpu_seconds: int | None = None,
         alerts: AlertThresholds | Mapping[str, Any] | None = None,
+        net_allow: Iterable[str] = (),
     ) -> AsyncRemoteSandbox:
         """Create a sandbox from an app directory on the server's machine; the options
         of :meth:`Runtime.create_sandbox`."""
@@ -389,7 +390,8 @@ class AsyncRemoteRuntime:
                    "auto_reload": auto_reload, "shutdown": shutdown,
                    "watch": _options_map(watch), "compile_timeout": compile_timeout,
                    "compile_memory_mb": compile_memory_mb,
-                   "compile_cpu_seconds": compile_cpu_seconds, "alerts": _options_map(alerts)}
+                   "compile_cpu_seconds": compile_cpu_seconds, "alerts": _options_map(alerts),
+                   "net_allow": list(net_allow)}
         info = await self._request("create", {"id": sandbox_id, "path": os.fspath(path),
                                               "options": options})
         return AsyncRemoteSandbox(self, sandbox_id, info.get("created_at"))
@@ -617,6 +619,7 @@ class RemoteRuntime:
         compile_memory_mb: int | None = None,
         compile_cpu_seconds: int | None = None,
         alerts: AlertThresholds | Mapping[str, Any] | None = None,
+        net_allow: Iterable[str] = (),
     ) -> RemoteSandbox:
         """Create a sandbox from an app directory on the server's machine; the options
         of :meth:`Runtime.create_sandbox`."""
@@ -625,7 +628,7 @@ class RemoteRuntime:
             max_restarts=max_restarts, max_seconds=max_seconds, env=env,
             auto_reload=auto_reload, shutdown=shutdown, watch=watch,
             compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
-            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts))
+            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts, net_allow=net_allow))
         return RemoteSandbox(self, handle)
 
     def sandbox(self, sandbox_id: str) -> RemoteSandbox:

@@ -49,13 +49,20 @@ def test_environment_is_scrubbed_and_home_is_the_workdir(world, monkeypatch):
         assert os.stat(wd).st_uid == got["uid"]
 
 
-def test_network_namespace_has_only_loopback(world):
-    if layer_missing("netns"):
-        pytest.skip(f"netns is not available on this host: {layer_missing('netns')}")
-    sb = world.sandbox(profile="low", id="netcheck")  # low may list interfaces
-    assert "netns" not in sb.info()["isolation"], "low allows the network"
-    high = world.sandbox()
-    assert "netns" in high.info()["isolation"]
-    with open(f"/proc/{high.pid}/net/dev") as fh:
+@pytest.mark.parametrize("profile", ["high", "medium", "low"])
+def test_every_profile_gets_the_os_layers(world, profile):
+    """Network, IPC and mount namespaces and the seccomp filter, whatever the
+    profile allows inside; the network namespace has only a loopback interface."""
+    for layer in ("netns", "ipcns", "mountns", "seccomp"):
+        if layer_missing(layer):
+            pytest.skip(f"{layer} is not available on this host: {layer_missing(layer)}")
+    sb = world.sandbox(profile=profile)
+    info = sb.info()
+    assert {"netns", "ipcns", "mountns", "seccomp"} <= set(info["isolation"]), info
+    with open(f"/proc/{sb.pid}/net/dev") as fh:
         names = {line.split(":")[0].strip() for line in fh.readlines()[2:]}
     assert names == {"lo"}, names
+    for ns in ("net", "ipc", "mnt"):
+        assert os.readlink(f"/proc/{sb.pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+    with open(f"/proc/{sb.pid}/status") as fh:
+        assert "Seccomp:\t2" in fh.read()

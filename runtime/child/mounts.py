@@ -1,0 +1,152 @@
+"""The sandbox's view of the file system, in its own mount namespace.
+
+:func:`private_view` runs in the sandbox process, as root, right after
+``unshare(CLONE_NEWNS)`` (:func:`runtime.child.isolation.apply`): every mount
+becomes read-only, :data:`PRIVATE_TMP` get empty tmpfs of the sandbox's own (what
+it leaves there ends with its namespace), and the workdir (read-write), the app
+directory and hidden parts of the Python installation (read-only) are bound back.
+Plain ``mount(2)`` calls through ctypes: Python 3.11's ``os`` has no ``mount``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+__all__ = ["PRIVATE_TMP", "TMPFS_OPTIONS", "private_view"]
+
+#: Directories every sandbox gets as its own empty tmpfs (the host's stay unseen):
+#: what it leaves there ends with its mount namespace, so the next sandbox with the
+#: same UID never finds it.
+PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+#: Size of each private tmpfs (its pages count against the sandbox's memory cgroup).
+TMPFS_OPTIONS = "mode=1777,size=64m,nr_inodes=16384"
+
+_SYS_MOUNT_SETATTR, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 442, 0x8000, 0x1
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 0x1, 0x2, 0x4, 0x20
+_MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
+
+
+def private_view(
+    libc: Any, mounts: dict[str, Any], expose: list[Any], hosts: str | None = None
+) -> None:
+    """The sandbox's mount namespace (just unshared): the host's tree read-only, private tmpfs on
+    :data:`PRIVATE_TMP`, the workdir bound back read-write, ``read_only`` paths
+    (and the hidden parts of the Python installation, ``expose``) bound back
+    read-only. Paths are opened before anything is hidden, so a workdir that
+    lives under ``/tmp`` is found again under the private ``/tmp``.
+
+    In a sandbox process, as root, after ``unshare(CLONE_NEWNS)``::
+
+        private_view(libc, {"workdir": "/srv/sb/s1-x", "tmpfs": list(PRIVATE_TMP),
+                            "read_only": ["/srv/apps/counter"]}, expose=[])
+    """
+    import ctypes
+
+    def check(rc: int, what: str) -> None:
+        if rc != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+
+    # Nothing done here may propagate back to the host's mounts.
+    check(libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None), "making / private")
+    wd = mounts.get("workdir")
+    keep: list[tuple[str, int, bool]] = []  # (path, O_PATH fd, writable)
+    exposed: dict[str, int] = {}
+    try:
+        for _hidden, paths in expose:
+            for q in paths:
+                exposed[q] = os.open(q, os.O_PATH | os.O_DIRECTORY)
+        if wd:
+            keep.append((wd, os.open(wd, os.O_PATH | os.O_DIRECTORY), True))
+        for q in mounts.get("read_only") or ():
+            keep.append((q, os.open(q, os.O_PATH | os.O_DIRECTORY), False))
+        if mounts:
+            _read_only_tree(libc, check)
+            for d in mounts.get("tmpfs") or ():
+                if os.path.isdir(d):
+                    opts = str(mounts.get("tmpfs_options") or TMPFS_OPTIONS).encode()
+                    check(
+                        libc.mount(b"tmpfs", d.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts),
+                        f"tmpfs on {d}",
+                    )
+        if expose:  # before the workdir is bound: it may sit under a hidden directory
+            _expose(libc, check, expose, exposed)
+        if mounts:
+            for q, fd, writable in keep:
+                _bind(libc, check, fd, q, writable)
+            if hosts is not None:  # the allowlist's names, resolved before unshare
+                # Kept in the private /tmp, in a directory of root's (the sandbox's
+                # UID can read the file, not change it).
+                d = os.path.join(PRIVATE_TMP[0], ".sandbox-etc")
+                os.makedirs(d, mode=0o755, exist_ok=True)
+                src = os.path.join(d, "hosts")
+                with open(src, "w", encoding="utf-8") as fh:
+                    fh.write(hosts)
+                os.chmod(src, 0o444)
+                check(libc.mount(src.encode(), b"/etc/hosts", None, _MS_BIND, None),
+                      "bind /etc/hosts")
+                check(libc.mount(None, b"/etc/hosts", None,
+                                 _MS_BIND | _MS_REMOUNT | _MS_RDONLY, None),
+                      "read-only /etc/hosts")
+        if expose:
+            _seal_exposed(libc, check, expose)
+    finally:
+        for fd in [k[1] for k in keep] + list(exposed.values()):
+            os.close(fd)
+
+
+def _bind(libc: Any, check: Any, fd: int, target: str, writable: bool) -> None:
+    os.makedirs(target, mode=0o755, exist_ok=True)  # inside a fresh tmpfs, if hidden
+    src = f"/proc/self/fd/{fd}".encode()
+    check(libc.mount(src, target.encode(), None, _MS_BIND | _MS_REC, None), f"bind {target}")
+    flags = _MS_BIND | _MS_REMOUNT | _MS_NOSUID | _MS_NODEV | (0 if writable else _MS_RDONLY)
+    check(libc.mount(None, target.encode(), None, flags, None), f"remount {target}")
+
+
+def _read_only_tree(libc: Any, check: Any) -> None:
+    """Every mount of the (private) tree read-only, at once (mount_setattr, Linux
+    5.12+), else one mount point at a time from /proc/self/mountinfo."""
+    import ctypes
+
+    attr = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)
+    rc = libc.syscall(
+        _SYS_MOUNT_SETATTR, ctypes.c_int(-100), b"/", ctypes.c_uint(_AT_RECURSIVE),
+        ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    if rc == 0:
+        return
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        points = [line.split()[4] for line in fh]
+    for mp in points:
+        path = mp.encode().decode("unicode_escape").encode()  # \040 for spaces
+        flags = _MS_BIND | _MS_REMOUNT | _MS_RDONLY
+        if libc.mount(None, path, None, flags, None) != 0:
+            # Locked flags (nosuid, nodev) must be kept; retry with them.
+            check(libc.mount(None, path, None, flags | _MS_NOSUID | _MS_NODEV, None),
+                  f"read-only {mp}")
+
+
+def _expose(libc: Any, check: Any, expose: list[Any], fds: dict[str, int]) -> None:
+    """In the sandbox's mount namespace, each hidden directory becomes an empty
+    read-only tmpfs with only the given trees bound back in (read-only); ``fds``
+    holds an O_PATH descriptor of each tree, opened before anything was hidden."""
+    flags = _MS_NOSUID | _MS_NODEV
+    for hidden, paths in expose:
+        os.makedirs(hidden, mode=0o755, exist_ok=True)  # under a private tmpfs, maybe
+        check(
+            libc.mount(b"tmpfs", hidden.encode(), b"tmpfs", flags, b"mode=0755,size=64k"),
+            f"tmpfs on {hidden}",
+        )
+        for q in paths:
+            _bind(libc, check, fds[q], q, writable=False)
+
+
+def _seal_exposed(libc: Any, check: Any, expose: list[Any]) -> None:
+    """The hidden directories' tmpfs read-only (after everything is bound into them)."""
+    flags = _MS_NOSUID | _MS_NODEV
+    for hidden, _paths in expose:
+        check(
+            libc.mount(None, hidden.encode(), None, _MS_REMOUNT | _MS_RDONLY | flags, None),
+            f"read-only {hidden}",
+        )

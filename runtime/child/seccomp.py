@@ -1,0 +1,216 @@
+"""The kernel layer behind the audit hook: a seccomp filter for the sandbox process.
+
+The audit hook (:mod:`runtime.child.guard`) sees what Python reports; code that
+gets past it (rebinding ``subprocess.sys`` so no event fires, calling
+``_posixsubprocess.fork_exec`` or raw ``syscall`` through native code) still
+meets this filter, which the kernel enforces on every thread of the process and
+on everything it forks, and which cannot be removed.
+
+The filter is built and loaded through libseccomp (the maintained C library that
+Docker, systemd and others use, present on every Debian system because apt
+depends on it), called with ctypes: the PyPI bindings are either for the
+system Python only or unmaintained, and libseccomp does the parts that are easy
+to get wrong by hand (architecture checks, the x32 ABI, syscall numbers).
+
+What it denies (``EPERM``; ``clone3`` gets ``ENOSYS`` so the C library falls
+back to ``clone``, whose flags the filter can see):
+
+- always (every profile): :data:`ALWAYS_DENIED` (tracing other processes,
+  reading or writing their memory, namespaces and mounts, kernel keyrings,
+  modules, BPF, perf events, userfaultfd, io_uring, personality changes, ...),
+  ``clone`` with any ``CLONE_NEW*`` flag, and ``ioctl(TIOCSTI)`` (typing into a
+  terminal);
+- when the profile does not allow ``subprocess``: :data:`EXEC_DENIED`
+  (``execve``, ``execveat``): no program can be run, however it is asked for.
+
+>>> "ptrace" in ALWAYS_DENIED and "execve" in EXEC_DENIED
+True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+from typing import Any
+
+__all__ = ["ALWAYS_DENIED", "EXEC_DENIED", "SeccompError", "install", "unavailable"]
+
+#: Syscalls no sandbox needs, denied in every profile.
+ALWAYS_DENIED: tuple[str, ...] = (
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "process_madvise",
+    "pidfd_getfd",
+    "kcmp",
+    "unshare",
+    "setns",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "move_mount",
+    "open_tree",
+    "mount_setattr",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "bpf",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "perf_event_open",
+    "userfaultfd",
+    "personality",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "quotactl",
+    "syslog",
+    "iopl",
+    "ioperm",
+    "lookup_dcookie",
+    "uselib",
+    "vhangup",
+)
+#: Syscalls that start a program: denied when the profile does not allow subprocess.
+EXEC_DENIED: tuple[str, ...] = ("execve", "execveat")
+
+_SCMP_ACT_ALLOW = 0x7FFF0000
+_SCMP_ACT_ERRNO = 0x00050000
+_SCMP_FLTATR_CTL_TSYNC = 4
+_SCMP_CMP_EQ, _SCMP_CMP_MASKED_EQ = 4, 7
+_CLONE_NEW = {
+    "CLONE_NEWNS": 0x00020000,
+    "CLONE_NEWCGROUP": 0x02000000,
+    "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+    "CLONE_NEWTIME": 0x00000080,
+}
+_TIOCSTI = 0x5412
+_INSTALL_HINT = "install libseccomp (Debian/Ubuntu: apt-get install libseccomp2)"
+
+
+class SeccompError(OSError):
+    """The filter could not be built or loaded (the sandbox must not start)."""
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+_lib: Any = None
+
+
+def _libseccomp() -> Any:
+    global _lib
+    if _lib is None:
+        name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as exc:
+            raise SeccompError(errno.ENOENT, f"libseccomp not found ({exc}): {_INSTALL_HINT}")
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        lib.seccomp_load.argtypes = [ctypes.c_void_p]
+        lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_rule_add_array.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.POINTER(_ArgCmp),
+        ]
+        _lib = lib
+    return _lib
+
+
+def unavailable() -> str | None:
+    """None when a filter can be installed here, else why not (and what to install).
+
+    >>> unavailable() is None or "libseccomp" in unavailable()
+    True
+    """
+    try:
+        _libseccomp()
+    except SeccompError as exc:
+        return exc.strerror
+    return None
+
+
+def install(*, deny_exec: bool) -> list[str]:
+    """Load the filter into this process (irreversible); returns the syscalls denied.
+
+    Raises :class:`SeccompError` when it cannot be loaded: a sandbox whose
+    profile needs the filter must not run without it.
+
+    Example (in a throw-away child process only: the filter is for good)::
+
+        install(deny_exec=True)   # then os.execv(...) fails with EPERM
+    """
+    lib = _libseccomp()
+    ctx = lib.seccomp_init(_SCMP_ACT_ALLOW)
+    if not ctx:
+        raise SeccompError(errno.ENOMEM, "seccomp_init failed")
+    denied: list[str] = []
+    try:
+        eperm = _SCMP_ACT_ERRNO | errno.EPERM
+
+        def rule(name: str, action: int, *cmps: _ArgCmp) -> None:
+            nr = lib.seccomp_syscall_resolve_name(name.encode())
+            if nr < 0:  # not a syscall on this architecture (iopl on arm64, say)
+                return
+            arr = (_ArgCmp * len(cmps))(*cmps) if cmps else None
+            rc = lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), arr)
+            if rc < 0:
+                raise SeccompError(-rc, f"seccomp rule for {name}: {errno.errorcode.get(-rc, rc)}")
+            denied.append(name)
+
+        for name in ALWAYS_DENIED + (EXEC_DENIED if deny_exec else ()):
+            rule(name, eperm)
+        # clone3 passes its flags in memory the filter cannot read: make the C
+        # library fall back to clone, whose flags it can.
+        rule("clone3", _SCMP_ACT_ERRNO | errno.ENOSYS)
+        for flag in _CLONE_NEW.values():
+            rule("clone", eperm, _ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag))
+        rule("ioctl", eperm, _ArgCmp(1, _SCMP_CMP_EQ, _TIOCSTI, 0))
+        # Every thread of the process, not only the one loading it.
+        lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_TSYNC, 1)
+        rc = lib.seccomp_load(ctx)
+        if rc < 0:
+            raise SeccompError(-rc, f"seccomp_load failed: {errno.errorcode.get(-rc, rc)}")
+    finally:
+        lib.seccomp_release(ctx)
+    return sorted(set(denied))
+
+
+# Loaded when the module is imported: in the fork server (which preloads the boot
+# module and so this one) the library's pages are then shared by every sandbox
+# instead of being mapped again, privately, by each.
+try:
+    _libseccomp()
+except SeccompError:
+    pass

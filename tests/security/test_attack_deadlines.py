@@ -1,0 +1,81 @@
+"""Handlers that never end (blocked, or spinning): the handler deadline (``call_seconds``) and, in ``high``,
+the CPU budget (``cpu_seconds``) stop them; both are reported as
+ResourceLimitExceeded naming the limit, and the sandbox's supervisor restarts it.
+
+Judged from the host: the caller's exception, the sandbox's pid (a new process),
+the monitor's ``limit.exceeded`` audit event, and a call that works afterwards.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import wait_for
+
+from actors.profiles import get_builtin
+from runtime.errors import CallTimeout, ResourceLimitExceeded
+
+pytestmark = pytest.mark.timeout(120)
+
+SLOW = {
+    "app.py": """
+        from slow import Slow
+
+        def children():
+            return [Slow.child_spec(name="slow")]
+    """,
+    "slow.py": """
+        import threading
+
+        from runtime.genserver import GenServer
+
+
+        class Slow(GenServer):
+            def init(self, arg=None):
+                return 0
+
+            def handle_call(self, request, state):
+                if request == "block":
+                    threading.Event().wait(60)
+                elif request == "spin":
+                    while True:
+                        pass
+                return state + 1, state + 1
+    """,
+}
+
+
+def test_high_has_a_deadline_and_a_cpu_budget_by_default():
+    limits = get_builtin("high").limits
+    assert limits.call_seconds == 30 and limits.cpu_seconds == 10
+
+
+@pytest.mark.parametrize("profile", ["high", "medium", "low"])
+def test_a_handler_past_its_deadline_is_killed_and_restarted(world, profile):
+    sb = world.sandbox(profile=profile, app=SLOW, limits={"call_seconds": 2})
+    pid = sb.pid
+    with pytest.raises(ResourceLimitExceeded, match="call_seconds"):
+        sb.call("slow", "block", timeout=60)
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    ev = world.wait_event(sb.id, "limit.exceeded")
+    assert "call_seconds" in ev["detail"], ev
+    assert sb.call("slow", "count", timeout=10) == 1
+
+
+def test_a_caller_that_gives_up_early_does_not_leave_the_handler_running(world):
+    sb = world.sandbox(profile="medium", app=SLOW, limits={"call_seconds": 2})
+    pid = sb.pid
+    with pytest.raises(CallTimeout):
+        sb.call("slow", "block", timeout=0.2)
+    # Nobody waits any more; the monitor still enforces the deadline.
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    assert "call_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
+
+
+def test_high_cpu_budget_stops_a_spin(world):
+    # A deadline far away, so that on a loaded machine the CPU budget is what acts.
+    sb = world.sandbox(profile="high", app=SLOW, limits={"call_seconds": 100})
+    pid = sb.pid
+    with pytest.raises(ResourceLimitExceeded, match="cpu_seconds"):
+        sb.call("slow", "spin", timeout=100)
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    assert sb.call("slow", "count", timeout=10) == 1

@@ -1,0 +1,244 @@
+"""The OS layer keeps every profile's effects inside the sandbox.
+
+Each attack runs in ``high`` (through ``high-run``), ``medium`` and ``low``; the
+outcome is judged from the host: a marker in a world-writable host directory, the
+host's ``/dev/shm``, a listener on the host's loopback, an abstract unix socket
+in the host's network namespace, a sibling's workdir. Under ``high`` and
+``medium`` the guard refuses most of these already; under ``low`` (which lets
+the code do all of them) only the OS layer stands in the way, so ``low`` is the
+case that matters most here.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import uuid
+
+import pytest
+from conftest import attempt
+
+pytestmark = pytest.mark.timeout(90)
+
+PROFILES = ["high-run", "medium", "low"]
+
+
+def _try_write(paths: list[str]) -> list[str]:
+    """Write each path by every ordinary means; return those that got written."""
+    import os
+
+    done = []
+    for p in paths:
+        try:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o666)
+            os.write(fd, b"pwned")
+            os.close(fd)
+            done.append(p)
+        except Exception:  # noqa: BLE001 - refused or denied: both are fine here
+            pass
+    return done
+
+
+def _connect_tcp(port: int) -> str:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            s.sendall(b"escaped")
+        return "connected"
+    except Exception as exc:  # noqa: BLE001
+        return f"failed: {exc}"
+
+
+def _connect_abstract(name: bytes) -> str:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(3)
+            s.connect(name)
+            s.sendall(b"escaped")
+        return "connected"
+    except Exception as exc:  # noqa: BLE001
+        return f"failed: {exc}"
+
+
+def _listen_tcp() -> int:
+    """Bind a listener on the sandbox's loopback; leave it open (the test checks it
+    cannot be reached from the host)."""
+    import socket
+    import sys
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    sys.modules["__main__"].__dict__.setdefault("_kept", []).append(s)
+    return int(s.getsockname()[1])
+
+
+def _accepted(listener: socket.socket) -> bool:
+    listener.setblocking(False)
+    ready, _, _ = select.select([listener], [], [], 0.5)
+    if not ready:
+        return False
+    conn, _ = listener.accept()
+    conn.close()
+    return True
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_no_file_outside_the_workdir(world, profile):
+    sb = world.sandbox(profile=profile)
+    marker = world.marker(f"{profile}.txt")  # a 0777 directory under the host's /tmp
+    shm = f"/dev/shm/sandbox-test-{uuid.uuid4().hex}"
+    var_tmp = f"/var/tmp/sandbox-test-{uuid.uuid4().hex}"
+    try:
+        attempt(sb, _try_write, [str(marker), shm, var_tmp])
+        assert not marker.exists(), f"{profile}: wrote into a world-writable host directory"
+        assert not os.path.exists(shm), f"{profile}: wrote into the host's /dev/shm"
+        assert not os.path.exists(var_tmp), f"{profile}: wrote into the host's /var/tmp"
+    finally:
+        for p in (shm, var_tmp):
+            if os.path.exists(p):
+                os.unlink(p)
+    # The workdir itself stays writable in every profile.
+    inside = str(world.workdir(sb) / "inside.txt")
+    assert attempt(sb, _try_write, [inside]) == [inside]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_host_loopback_is_unreachable(world, profile):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:
+        sb = world.sandbox(profile=profile)
+        got = attempt(sb, _connect_tcp, listener.getsockname()[1])
+        assert got != "connected" and not _accepted(listener), f"{profile}: {got}"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_host_abstract_socket_is_unreachable(world, profile):
+    name = b"\0sandbox-test-" + uuid.uuid4().hex.encode()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(name)
+    listener.listen(4)
+    try:
+        sb = world.sandbox(profile=profile)
+        got = attempt(sb, _connect_abstract, name)
+        assert got != "connected" and not _accepted(listener), f"{profile}: {got}"
+    finally:
+        listener.close()
+
+
+def test_a_listener_in_low_is_not_on_the_host(world):
+    sb = world.sandbox(profile="low")
+    port = attempt(sb, _listen_tcp)
+    assert isinstance(port, int), port
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=3).close()
+
+
+def _leave_tmp_file(name: str) -> list[str]:
+    import os
+
+    for d in ("/tmp", "/dev/shm", "/var/tmp"):
+        with open(os.path.join(d, name), "w") as fh:
+            fh.write("left behind")
+    return sorted(os.listdir("/tmp"))
+
+
+def _look_for(name: str) -> list[str]:
+    import os
+
+    return [d for d in ("/tmp", "/dev/shm", "/var/tmp") if os.path.exists(os.path.join(d, name))]
+
+
+def test_temp_files_do_not_outlive_the_sandbox(world):
+    """Files left in /tmp, /dev/shm and /var/tmp live in the sandbox's own tmpfs:
+    the host never sees them, and a new sandbox (the same id, so the same kind of
+    workdir and UID scheme) starts with none of them."""
+    name = f"left-{uuid.uuid4().hex}"
+    sb = world.sandbox(profile="low", id="tmpowner")
+    attempt(sb, _leave_tmp_file, name)
+    assert not any(os.path.exists(os.path.join(d, name)) for d in ("/tmp", "/dev/shm", "/var/tmp"))
+    sb.restart()
+    assert attempt(sb, _look_for, name) == []
+    world.rt.destroy_sandbox("tmpowner")
+    again = world.sandbox(profile="low", id="tmpowner")
+    assert attempt(again, _look_for, name) == []
+
+
+def _write_sibling(path: str) -> str:
+    try:
+        with open(path, "w") as fh:
+            fh.write("pwned")
+        return "written"
+    except Exception as exc:  # noqa: BLE001
+        return f"failed: {exc}"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_sibling_workdir_is_out_of_reach(world, profile):
+    victim = world.sandbox(profile="low")
+    target = world.workdir(victim) / "planted.txt"
+    sb = world.sandbox(profile=profile)
+    got = attempt(sb, _write_sibling, str(target))
+    assert got != "written" and not target.exists(), f"{profile}: {got}"
+    assert victim.call("counter", "incr") == 1
+
+
+def _escape_by_path_symlink_and_dir_fd(target_dir: str) -> list[str]:
+    """Write into ``target_dir`` straight, through a symlink in the workdir, and with
+    ``dir_fd``; return the ways that worked."""
+    import os
+
+    worked = []
+    try:
+        with open(os.path.join(target_dir, "direct.txt"), "w") as fh:
+            fh.write("pwned")
+        worked.append("direct")
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        os.symlink(target_dir, "escape")
+        with open(os.path.join("escape", "via-symlink.txt"), "w") as fh:
+            fh.write("pwned")
+        worked.append("symlink")
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        d = os.open(target_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open("via-dir-fd.txt", os.O_WRONLY | os.O_CREAT, 0o666, dir_fd=d)
+            os.write(fd, b"pwned")
+            os.close(fd)
+            worked.append("dir_fd")
+        finally:
+            os.close(d)
+    except Exception:  # noqa: BLE001
+        pass
+    return worked
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_world_writable_host_dir_outside_tmp_stays_untouched(world, profile):
+    """A 0777 directory on the host's root file system (not under a private tmpfs):
+    only the read-only mount stands between it and a ``low`` sandbox."""
+    import shutil
+    import tempfile
+
+    base = "/srv" if os.path.isdir("/srv") else None
+    if base is None or not os.access(base, os.W_OK):
+        pytest.skip("no writable /srv to make a world-writable host directory in")
+    target = tempfile.mkdtemp(prefix="sandbox-test-", dir=base)
+    os.chmod(target, 0o777)
+    try:
+        sb = world.sandbox(profile=profile)
+        got = attempt(sb, _escape_by_path_symlink_and_dir_fd, target)
+        assert os.listdir(target) == [], f"{profile}: {got}"
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
