@@ -198,8 +198,9 @@ def test_failed_reloads_and_component_restarts_alert(sandbox_runtime):
         # not the compiler: a killed compiler leaves its worker process running
         rt.component("versions").kill(runtime.ExitReason("exception", "killed by the test"))
         assert fired(rt, "ComponentRestarting", None)["labels"] == {"component": "versions"}
-    # each alert is also a telemetry event
-    assert {e.metadata["name"] for e in rec.events} >= {"ReloadFailures", "ComponentRestarting"}
+        # each alert is also a telemetry event (emitted just after it is listed)
+        wait_for(lambda: {e.metadata["name"] for e in rec.events}
+                 >= {"ReloadFailures", "ComponentRestarting"}, 30)
 
 
 @pytest.mark.parametrize(("runtime_alerts", "sandbox_alerts", "warns"), [

@@ -104,6 +104,13 @@ def test_sandboxes_spread_over_both_nodes_and_answer(rt, cluster):
     assert rt.get_sandbox_info("c3")["status"] == "running"
 
 
+def test_the_kvstore_example_runs_on_a_node_as_on_one_host(rt, cluster):
+    kv = rt.create_sandbox("kv", ROOT / "examples" / "kvstore", node=cluster["second"].node_id)
+    assert kv.call("store", ("put", "answer", 42)) == "ok"
+    assert kv.call("store", ("get", "answer")) == 42
+    kv.destroy()
+
+
 def test_a_node_hint_places_the_sandbox_there(rt, cluster):
     second = cluster["second"].node_id
     sb = rt.create_sandbox("pinned", cluster["app"], node=second[:12])
