@@ -331,6 +331,15 @@ def _traversable(path: str) -> str | None:
         p = os.path.dirname(p)
 
 
+def _under(path: str, dirs: tuple[str, ...] | list[str]) -> bool:
+    """Whether ``path`` is one of ``dirs`` or inside one.
+
+    >>> _under("/tmp/ci/.venv", ("/tmp",)), _under("/tmpx", ("/tmp",))
+    (True, False)
+    """
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
 def code_roots() -> list[str]:
     """Directories a sandbox must be able to read code from: the Python
     installation, site-packages and the runtime itself (resolved)."""
@@ -339,7 +348,8 @@ def code_roots() -> list[str]:
     paths = sysconfig.get_paths()
     roots = [paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
     roots += [p for p in sys.path if p and os.path.isabs(p)]
-    roots.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # the directory holding the ``runtime`` package (this file is runtime/child/isolation.py)
+    roots.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     out: list[str] = []
     for r in roots:
         if r and os.path.isdir(r):
@@ -512,7 +522,10 @@ def plan(
             "workdir": wd,
             "tmpfs": list(PRIVATE_TMP),
             "tmpfs_options": TMPFS_OPTIONS,
-            "read_only": [os.path.realpath(r) for r in read_only if os.path.isdir(r)],
+            "read_only": [os.path.realpath(r) for r in read_only if os.path.isdir(r)]
+            # code the sandbox imports (the runtime, a virtualenv) may live under a
+            # directory its private tmpfs hides, such as a checkout in /tmp
+            + [r for r in code_roots() if _under(r, PRIVATE_TMP)],
         }
     uid = state.get("uid")
     expose: list[tuple[str, list[str]]] = []
