@@ -340,6 +340,33 @@ def _under(path: str, dirs: tuple[str, ...] | list[str]) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
 
 
+def _outermost(paths: list[str], exclude: str | None = None) -> list[str]:
+    """``paths`` without repeats and without those inside another one (or inside
+    ``exclude``, the workdir, bound read-write anyway): binding one tree twice fails.
+
+    >>> _outermost(["/tmp/a/b", "/tmp/a", "/tmp/a", "/tmp/w/x", "/tmp/c"], exclude="/tmp/w")
+    ['/tmp/a', '/tmp/c']
+    """
+    out: list[str] = []
+    for p in sorted(set(paths), key=len):
+        if exclude and _under(p, (exclude,)):
+            continue
+        if not _under(p, out):
+            out.append(p)
+    return out
+
+
+def _package_roots() -> list[str]:
+    """Where the sandbox's own imports come from: the installed packages and the
+    directory holding ``runtime`` (an app's modules come from the host's finder)."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    roots = [paths.get("purelib"), paths.get("platlib"),
+             os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+    return [os.path.realpath(r) for r in roots if r and os.path.isdir(r)]
+
+
 def code_roots() -> list[str]:
     """Directories a sandbox must be able to read code from: the Python
     installation, site-packages and the runtime itself (resolved)."""
@@ -522,10 +549,12 @@ def plan(
             "workdir": wd,
             "tmpfs": list(PRIVATE_TMP),
             "tmpfs_options": TMPFS_OPTIONS,
-            "read_only": [os.path.realpath(r) for r in read_only if os.path.isdir(r)]
-            # code the sandbox imports (the runtime, a virtualenv) may live under a
-            # directory its private tmpfs hides, such as a checkout in /tmp
-            + [r for r in code_roots() if _under(r, PRIVATE_TMP)],
+            "read_only": _outermost(
+                [os.path.realpath(r) for r in read_only if os.path.isdir(r)]
+                # code the sandbox imports (the runtime, a virtualenv) may live under
+                # a directory its private tmpfs hides, such as a checkout in /tmp
+                + [r for r in _package_roots() if _under(r, PRIVATE_TMP)],
+                exclude=wd),
         }
     uid = state.get("uid")
     expose: list[tuple[str, list[str]]] = []
