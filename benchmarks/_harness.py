@@ -8,7 +8,12 @@ run and reports, per figure, a :class:`Record` (the JSON record format of
 DESIGN.md): the median over repeated runs of the project's value and of the
 baseline's value, their ratio, the target and whether it was met.
 
-- :func:`parse_args` gives every script the same ``--quick`` / ``--json PATH``.
+- :func:`parse_args` gives every script the same ``--quick`` / ``--smoke`` /
+  ``--json PATH``.
+- :func:`pick` chooses a script's sizes for the run: full, ``--quick``, or a smoke
+  run (:func:`smoke`: ``--smoke`` or ``SANDBOX_BENCH_SMOKE=1``, the test suite's
+  way in: toy sizes and no heavyweight baselines such as Ray; the figures mean
+  nothing, only that the script runs and its records are whole).
 - :func:`make_record` builds a record from the per-run values; ``ratio`` is always
   ``value / baseline_value`` and ``met`` is always computed from ``target``
   (:func:`evaluate_target`), never typed in.
@@ -35,6 +40,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 __all__ = [
     "REQUIRED_FIELDS",
@@ -48,12 +54,15 @@ __all__ = [
     "median_of",
     "parse_args",
     "percentile",
+    "pick",
     "print_table",
     "progress",
     "run_all",
     "run_script",
     "select_modules",
     "RunResults",
+    "SMOKE_ENV",
+    "smoke",
     "summarize",
     "write_json",
 ]
@@ -81,6 +90,36 @@ from sandbox.records import (  # the record format, shared with sandbox.loadtest
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 
+#: Set to 1 for a smoke run. An environment variable rather than a parameter, so that
+#: ``sandbox bench`` and every process a benchmark starts see it too.
+SMOKE_ENV = "SANDBOX_BENCH_SMOKE"
+
+T = TypeVar("T")
+
+
+def smoke() -> bool:
+    """True in a smoke run (``--smoke``, or ``SANDBOX_BENCH_SMOKE=1`` in the environment).
+
+    A smoke run checks a benchmark's plumbing in seconds: toy sizes (:func:`pick`)
+    and no heavyweight baselines (no Ray); its figures mean nothing.
+
+    Run one script that way: ``python benchmarks/bench_core.py --smoke``, or all of
+    them: ``SANDBOX_BENCH_SMOKE=1 sandbox bench``.
+    """
+    return os.environ.get(SMOKE_ENV, "") not in ("", "0")
+
+
+def pick(quick: bool, full: T, quick_sizes: T, smoke_sizes: T) -> T:
+    """The sizes of this run: ``smoke_sizes`` in a smoke run, else ``quick_sizes`` if
+    ``quick``, else ``full``. Every script picks its sizes through it, so one switch
+    (:func:`smoke`) serves them all.
+
+    >>> n, runs = pick(quick=True, full=(3000, 7), quick_sizes=(500, 3), smoke_sizes=(20, 1))
+    """
+    if smoke():
+        return smoke_sizes
+    return quick_sizes if quick else full
+
 # -- command line ------------------------------------------------------------------------
 
 
@@ -90,6 +129,10 @@ def parse_args(
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--quick", action="store_true", help="fewer runs and messages (a smoke run)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help=f"toy sizes, no heavyweight baselines: only checks that it runs ({SMOKE_ENV}=1)",
     )
     parser.add_argument(
         "--json", metavar="PATH", help="also write the records as a JSON list to PATH"
@@ -104,6 +147,8 @@ def run_script(
 ) -> int:
     """What each ``bench_*.py`` does under ``if __name__ == "__main__"``."""
     args = parse_args(argv, description)
+    if args.smoke:
+        os.environ[SMOKE_ENV] = "1"
     try:
         records = main(quick=args.quick)
     except KeyboardInterrupt:

@@ -53,10 +53,10 @@ def _threaded_rate(call: Any, n: int) -> float:
 
 def main(quick: bool = False) -> list[Record]:
     import sandbox
-    from benchmarks._harness import make_record, progress
+    from benchmarks._harness import make_record, pick, progress
     from sandbox.aio import AsyncRuntime
 
-    n, runs = (500, 3) if quick else (3000, 7)
+    n, runs = pick(quick, full=(3000, 7), quick_sizes=(500, 3), smoke_sizes=(40, 1))
     path = f"unix:{os.path.join(tempfile.mkdtemp(prefix='bench-async-'), 's.sock')}"
     local_async: list[float] = []
     local_threads: list[float] = []

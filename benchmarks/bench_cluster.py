@@ -48,76 +48,97 @@ def _p50_us(fn: Any, n: int) -> float:
     return statistics.median(times)
 
 
-def main(quick: bool = False) -> list[Record]:
+def measure(rt: Any, local: Any, node_id: str, *, runs: int, calls: int, creates: int,
+            create_runs: int) -> list[Record]:
+    """The figures, on a running cluster: ``rt`` a cluster runtime, ``local`` a
+    single-host one, ``node_id`` the Ray node that is not the head.
+
+    tests/test_cluster.py runs it at toy sizes on its own two-node cluster (a smoke
+    run of this script skips the cluster: Ray's start is what costs).
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     from benchmarks._harness import make_record, progress
 
+    @ray.remote(num_cpus=0)
+    class Ping:
+        def ping(self) -> int:
+            return 1
+
+    records: list[Record] = []
+    actor = Ping.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node_id, soft=False)).remote()
+    remote_sb = rt.create_sandbox("far", COUNTER, node=node_id)
+    local_sb = local.create_sandbox("near", COUNTER)
+    far, plain, near = [], [], []
+    try:
+        for i in range(runs):
+            progress(f"bench_cluster: calls, run {i + 1}/{runs}")
+            far.append(_p50_us(lambda: remote_sb.call("counter", "get"), calls))
+            plain.append(_p50_us(lambda: ray.get(actor.ping.remote()), calls))
+            near.append(_p50_us(lambda: local_sb.call("counter", "get"), calls))
+    finally:
+        remote_sb.destroy()
+        local_sb.destroy()
+        ray.kill(actor)
+    records.append(make_record(
+        "cluster_call", "call p50, sandbox on another node", far, "us",
+        "Ray actor method call on that node", plain, target="ratio <= 1.0"))
+    records.append(make_record(
+        "cluster_call", "call p50, sandbox on another node", far, "us",
+        "call to a local sandbox (single host)", near,
+        notes="the cost of the network hop through the node agent's endpoint"))
+    spread, single = [], []
+    for i in range(create_runs):
+        progress(f"bench_cluster: {creates} creates, run {i + 1}/{create_runs}")
+        for hint, out in ((None, spread), (node_id, single)):
+            t0 = time.perf_counter()
+            for k in range(creates):
+                rt.create_sandbox(f"b{i}-{k}", COUNTER, node=hint)
+            out.append(time.perf_counter() - t0)
+            for k in range(creates):
+                rt.destroy_sandbox(f"b{i}-{k}")
+    records.append(make_record(
+        "cluster_create", f"create {creates} sandboxes over 2 nodes", spread, "s",
+        f"create {creates} on one node", single,
+        notes="both nodes share this machine's cores: no speed-up is possible here"))
+    return records
+
+
+def main(quick: bool = False) -> list[Record]:
+    from benchmarks._harness import pick, progress
+
+    sizes = pick(quick, full=(5, 1000, 100, 3), quick_sizes=(3, 200, 20, 1), smoke_sizes=None)
+    if sizes is None:
+        progress("bench_cluster: smoke run: no Ray cluster started (tests/test_cluster.py "
+                 "runs measure() on its own)")
+        return []
+    runs, calls, creates, create_runs = sizes
     try:
         import ray
         from ray.cluster_utils import Cluster
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     except ImportError:
         progress("bench_cluster: Ray is not installed (pip install -e '.[cluster]'): skipped")
         return []
     import sandbox
 
-    runs = 3 if quick else 5
-    calls = 200 if quick else 1000
-    creates = 20 if quick else 100
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"sandbox_slots": 2 * creates + 4},
         "include_dashboard": False})
     other = cluster.add_node(num_cpus=1, resources={"sandbox_slots": 2 * creates + 4})
     cluster.wait_for_nodes()
-    records: list[Record] = []
     try:
         progress("bench_cluster: cluster of 2 nodes up; starting the runtime")
         with sandbox.start(cluster="ray", ray_address=cluster.address, name="bench-cluster") as rt, \
                 sandbox.start(name="bench-cluster-local") as local:
-
-            @ray.remote(num_cpus=0)
-            class Ping:
-                def ping(self) -> int:
-                    return 1
-
-            actor = Ping.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-                other.node_id, soft=False)).remote()
-            remote_sb = rt.create_sandbox("far", COUNTER, node=other.node_id)
-            local_sb = local.create_sandbox("near", COUNTER)
-            far, plain, near = [], [], []
-            for i in range(runs):
-                progress(f"bench_cluster: calls, run {i + 1}/{runs}")
-                far.append(_p50_us(lambda: remote_sb.call("counter", "get"), calls))
-                plain.append(_p50_us(lambda: ray.get(actor.ping.remote()), calls))
-                near.append(_p50_us(lambda: local_sb.call("counter", "get"), calls))
-            records.append(make_record(
-                "cluster_call", "call p50, sandbox on another node", far, "us",
-                "Ray actor method call on that node", plain, target="ratio <= 1.0"))
-            records.append(make_record(
-                "cluster_call", "call p50, sandbox on another node", far, "us",
-                "call to a local sandbox (single host)", near,
-                notes="the cost of the network hop through the node agent's endpoint"))
-            remote_sb.destroy()
-            spread, single = [], []
-            create_runs = 1 if quick else 3
-            for i in range(create_runs):
-                progress(f"bench_cluster: {creates} creates, run {i + 1}/{create_runs}")
-                for hint, out in ((None, spread), (other.node_id, single)):
-                    t0 = time.perf_counter()
-                    for k in range(creates):
-                        rt.create_sandbox(f"b{i}-{k}", COUNTER, node=hint)
-                    out.append(time.perf_counter() - t0)
-                    for k in range(creates):
-                        rt.destroy_sandbox(f"b{i}-{k}")
-            records.append(make_record(
-                "cluster_create", f"create {creates} sandboxes over 2 nodes", spread, "s",
-                f"create {creates} on one node", single,
-                notes="both nodes share this machine's cores: no speed-up is possible here"))
+            return measure(rt, local, other.node_id, runs=runs, calls=calls, creates=creates,
+                           create_runs=create_runs)
     finally:
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
-    return records
 
 
 if __name__ == "__main__":

@@ -73,11 +73,21 @@ class Sizes:
     casts: int  # casts per run and system
     batch: int  # casts per cast_many
 
+    supervised: tuple[int, int]  # DynamicSupervisor children: large and small size
+
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
-        if quick:
-            return cls(runs=3, calls=1000, warmup=200, casts=10000, batch=500)
-        return cls(runs=7, calls=5000, warmup=500, casts=30000, batch=500)
+        from benchmarks._harness import pick
+
+        return pick(
+            quick,
+            full=cls(runs=7, calls=5000, warmup=500, casts=30000, batch=500,
+                     supervised=(10_000, 1_000)),
+            quick_sizes=cls(runs=3, calls=1000, warmup=200, casts=10000, batch=500,
+                            supervised=(1_000, 100)),
+            smoke_sizes=cls(runs=1, calls=50, warmup=10, casts=200, batch=500,
+                            supervised=(20, 10)),
+        )
 
 
 # -- the project side ------------------------------------------------------------------
@@ -193,7 +203,7 @@ class _Series:
 
 def main(quick: bool = False) -> list[Record]:
     from benchmarks._floor import FloorForkServer, MpBareChild, PykkaEcho, start_pipe_echo
-    from benchmarks._harness import make_record, progress
+    from benchmarks._harness import make_record, progress, smoke
 
     sizes = Sizes.for_mode(quick)
     runs = sizes.runs
@@ -245,7 +255,9 @@ def main(quick: bool = False) -> list[Record]:
         from benchmarks import _thespian
 
         thespian = None
-        if _thespian.available():
+        if smoke():  # heavyweight context baselines: not in a smoke run
+            notes.append("smoke run: the thespian and ray baselines are left out")
+        elif _thespian.available():
             thespian = _thespian.ThespianEcho()
             stack.callback(thespian.close)
         else:
@@ -254,7 +266,9 @@ def main(quick: bool = False) -> list[Record]:
         from benchmarks import _ray
 
         ray_echo = None
-        if _ray.available():
+        if smoke():
+            pass
+        elif _ray.available():
             progress("bench_core: starting ray (num_cpus=1, no dashboard)")
             try:
                 ray_echo = _ray.RayEcho()
@@ -499,11 +513,11 @@ def main(quick: bool = False) -> list[Record]:
         "min_uss",
         note="context; " + mem_note,
     )
-    rec.extend(_dynamic_supervisor(quick))
+    rec.extend(_dynamic_supervisor(*sizes.supervised))
     return rec
 
 
-def _dynamic_supervisor(quick: bool) -> list[Record]:
+def _dynamic_supervisor(n: int, small: int) -> list[Record]:
     """Start+stop of many temporary children under a DynamicSupervisor, against the
     same servers started without one (runs interleaved, medians over runs)."""
     from benchmarks._harness import make_record, progress
@@ -527,7 +541,6 @@ def _dynamic_supervisor(quick: bool) -> list[Record]:
         sup.stop(timeout=None)
         return time.perf_counter() - t0
 
-    n, small = (1_000, 100) if quick else (10_000, 1_000)
     runs = 3
     progress(f"bench_core: DynamicSupervisor, {n} temporary children x {runs} runs")
     times: dict[str, list[float]] = {"sup": [], "bare": [], "sup_small": [], "bare_small": []}

@@ -108,11 +108,10 @@ def _store_writes(n: int) -> tuple[list[float], list[float]]:
 
 def main(quick: bool = False) -> list[Record]:
     import sandbox
-    from benchmarks._harness import make_record, progress
+    from benchmarks._harness import make_record, pick, progress
 
-    runs = 3 if quick else 5
-    creates = 3 if quick else 10
-    reloads = 5 if quick else 20
+    runs, creates, reloads, writes = pick(
+        quick, full=(5, 10, 20, 200), quick_sizes=(3, 3, 5, 50), smoke_sizes=(1, 1, 2, 5))
     records: list[Record] = []
     with tempfile.TemporaryDirectory() as state, sandbox.start(state_dir=state) as rt:
         _create(rt, "warm")
@@ -140,7 +139,7 @@ def main(quick: bool = False) -> list[Record]:
             target="ratio <= 1.2",
             notes=f"hot_reload(source=) of one module, median of {reloads} per run; store writes "
                   "journal + versions in 2 transactions"))
-    disk, mem = _store_writes(50 if quick else 200)
+    disk, mem = _store_writes(writes)
     records.append(make_record(
         "durability", "store writes per reload", disk, "us", "same writes, :memory: database",
         mem, target="value <= 5000",

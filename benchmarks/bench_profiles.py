@@ -50,9 +50,9 @@ def main(quick: bool = False) -> list[Record]:
     import psutil
 
     import sandbox
-    from benchmarks._harness import make_record, progress
+    from benchmarks._harness import make_record, pick, progress
 
-    runs = 5 if quick else 9
+    runs = pick(quick, full=9, quick_sizes=5, smoke_sizes=1)
     records: list[Record] = []
     with sandbox.start(name=f"bench-prof-{os.getpid()}") as rt:
         rt.create_sandbox("warm", APP).destroy()

@@ -56,12 +56,15 @@ class Sizes:
     runs: int  # runs per figure (each run: `reloads` reloads, then one restart)
     reloads: int  # timed reloads per run
     static_runs: int  # runs of the static-children context figure
+    actors: int = ACTORS  # live actors of the changed class
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
-        if quick:
-            return cls(runs=3, reloads=5, static_runs=2)
-        return cls(runs=7, reloads=10, static_runs=5)
+        from benchmarks._harness import pick
+
+        return pick(quick, full=cls(runs=7, reloads=10, static_runs=5),
+                    quick_sizes=cls(runs=3, reloads=5, static_runs=2),
+                    smoke_sizes=cls(runs=1, reloads=1, static_runs=1, actors=10))
 
 
 # -- the apps ------------------------------------------------------------------------------
@@ -138,7 +141,7 @@ def children():
 '''
 
 
-def write_app(root: Path, n_modules: int, *, static: bool = False) -> Path:
+def write_app(root: Path, n_modules: int, *, static: bool = False, actors: int = ACTORS) -> Path:
     """An app of ``n_modules`` modules besides the entry (``cells`` + helpers)."""
     root.mkdir(parents=True)
     (root / "cells.py").write_text(CELLS.format())
@@ -150,8 +153,8 @@ def write_app(root: Path, n_modules: int, *, static: bool = False) -> Path:
             imports=f"import {prev}" if prev else "import math",
             chain=f" + {prev}.total{k}(values)" if prev else " + math.floor(0.5)",
         ))
-    body = (f"return cells.static_children({ACTORS})" if static
-            else f"return [cells.Pool.child_spec({ACTORS}, name=\"pool\")]")
+    body = (f"return cells.static_children({actors})" if static
+            else f"return [cells.Pool.child_spec({actors}, name=\"pool\")]")
     (root / "app.py").write_text(ENTRY.format(
         imports="\n".join(f"import {h}" for h in helpers), body=body))
     return root
@@ -171,15 +174,16 @@ def set_version(app: Path, version: int) -> None:
 class ReloadSeries:
     """One sandbox of one app: timed reloads and restarts, in alternation."""
 
-    def __init__(self, rt: Any, sandbox_id: str, app: Path) -> None:
+    def __init__(self, rt: Any, sandbox_id: str, app: Path, actors: int = ACTORS) -> None:
         self.rt = rt
         self.app = app
+        self.actors = actors
         self.sb = rt.create_sandbox(sandbox_id, app)
         self.version = 1
         self._wait_ready()
 
     def _wait_ready(self) -> None:
-        got = self.sb.call(f"c{ACTORS - 1}", "ping", timeout=60)
+        got = self.sb.call(f"c{self.actors - 1}", "ping", timeout=60)
         if got[0] != self.version:
             raise AssertionError(f"expected version {self.version}, got {got!r}")
 
@@ -190,11 +194,11 @@ class ReloadSeries:
         gc.collect()
         t0 = time.perf_counter()
         report = self.sb.hot_reload()
-        got = self.sb.call(f"c{ACTORS - 1}", "ping")
+        got = self.sb.call(f"c{self.actors - 1}", "ping")
         dt = time.perf_counter() - t0
-        if got[0] != self.version or got[1] != ACTORS - 1 or got[2] != self.version - 1:
+        if got[0] != self.version or got[1] != self.actors - 1 or got[2] != self.version - 1:
             raise AssertionError(f"reload to {self.version}: the reply was {got!r}")
-        if report.actors < ACTORS or report.changed != ["cells"]:
+        if report.actors < self.actors or report.changed != ["cells"]:
             raise AssertionError(f"reload migrated {report.actors} actors: {report}")
         return dt * 1000, report.swap_seconds * 1000
 
@@ -203,7 +207,7 @@ class ReloadSeries:
         gc.collect()
         t0 = time.perf_counter()
         self.rt.restart_sandbox(self.sb.id)
-        got = self.sb.call(f"c{ACTORS - 1}", "ping", timeout=60)
+        got = self.sb.call(f"c{self.actors - 1}", "ping", timeout=60)
         dt = time.perf_counter() - t0
         if got[2] is not None:
             raise AssertionError(f"a restart keeps no state, yet the reply was {got!r}")
@@ -214,7 +218,8 @@ def measure_reloads(rt: Any, tmp: Path, sizes: Sizes) -> dict[str, list[float]]:
     from benchmarks._harness import progress
 
     out: dict[str, list[float]] = {}
-    series = {n: ReloadSeries(rt, f"reload-{n}", write_app(tmp / f"app{n}", n)) for n in SIZES}
+    series = {n: ReloadSeries(rt, f"reload-{n}", write_app(tmp / f"app{n}", n, actors=sizes.actors),
+                              sizes.actors) for n in SIZES}
     for s in series.values():  # warm: first compile of an edit, first swap
         s.reload()
     for run in range(sizes.runs):
@@ -229,8 +234,9 @@ def measure_reloads(rt: Any, tmp: Path, sizes: Sizes) -> dict[str, list[float]]:
     for n in SIZES:
         rt.destroy_sandbox(f"reload-{n}")
 
-    progress("bench_reload: 1,000 actors as static children (context)")
-    s = ReloadSeries(rt, "reload-static", write_app(tmp / "static", 1, static=True))
+    progress(f"bench_reload: {sizes.actors} actors as static children (context)")
+    s = ReloadSeries(rt, "reload-static",
+                     write_app(tmp / "static", 1, static=True, actors=sizes.actors), sizes.actors)
     s.reload()
     for _ in range(sizes.static_runs):
         lat = [s.reload()[0] for _ in range(sizes.reloads)]
@@ -304,7 +310,7 @@ def main(quick: bool = False) -> list[Record]:
     rec: list[Record] = []
     for n in SIZES:
         note = (f"hot_reload() to the first reply of the new code, state migrated; "
-                f"1 of {n} module{'s' if n > 1 else ''} changed, {ACTORS} live actors of "
+                f"1 of {n} module{'s' if n > 1 else ''} changed, {sizes.actors} live actors of "
                 f"the changed class; p50 of {sizes.reloads} reloads per run")
         rec.append(make_record(
             "reload_latency", f"1 changed of {n} module{'s' if n > 1 else ''}: p50",
@@ -313,7 +319,7 @@ def main(quick: bool = False) -> list[Record]:
     rec.append(make_record(
         "reload_latency", "1 changed of 1 module: p50 (absolute)", v["reload_1"], "ms",
         restart, v["restart_1"], target="value <= 10.0",
-        notes=f"{ACTORS} live actors of the changed class"))
+        notes=f"{sizes.actors} live actors of the changed class"))
     for n in (1, 100):
         rec.append(make_record(
             "reload_latency", f"actors held in the swap, 1 of {n}: p50", v[f"held_{n}"], "ms",
@@ -322,8 +328,8 @@ def main(quick: bool = False) -> list[Record]:
     rec.append(make_record(
         "reload_latency", "1 changed of 1 module, static children: p50", v["reload_static"],
         "ms", restart, v["restart_static"],
-        notes=f"context: the {ACTORS} cells are static children of the root supervisor, so "
-              f"each reload also re-reads {ACTORS} child specs from the entry"))
+        notes=f"context: the {sizes.actors} cells are static children of the root supervisor, so "
+              f"each reload also re-reads {sizes.actors} child specs from the entry"))
     mods = "100-module app"
     rec.append(make_record(
         "compile", f"{mods}: cold", v["cold"], "ms",

@@ -93,11 +93,14 @@ def _throughput(targets: list[Any], threads: int, seconds: float) -> float:
 
 def main(quick: bool = False) -> list[Record]:
     import sandbox
-    from benchmarks._harness import make_record, progress
+    from benchmarks._harness import make_record, pick, progress
 
-    runs = 3 if quick else 5
-    sizes = [1, 10] if quick else [1, 10, 100]
-    mem_sizes = [20] if quick else [100, 1000]
+    runs, sizes, mem_sizes, n_calls, secs = pick(
+        quick,
+        full=(5, [1, 10, 100], [100, 1000], 100, 3.0),
+        quick_sizes=(3, [1, 10], [20], 20, 1.0),
+        smoke_sizes=(1, [2], [2], 4, 0.2),  # 4: one bare child per thread (not thread-safe)
+    )
     records: list[Record] = []
     with sandbox.start(name=f"bench-sb-{os.getpid()}") as rt:
         _create(rt, 1, "warm")
@@ -141,14 +144,13 @@ def main(quick: bool = False) -> list[Record]:
                                        notes=f"total PSS ~{pss * n:.0f} MiB"))
             _destroy(rt, n, f"m{n}")
         progress("bench_sandboxes: call throughput")
-        n = 20 if quick else 100
+        n = n_calls
         _create(rt, n, "t")
         sbs = [rt.sandbox(f"t-{i}") for i in range(n)]
         from benchmarks._floor import MpBareChild
 
         bares = [MpBareChild() for _ in range(n)]
         try:
-            secs = 1.0 if quick else 3.0
             many, bare_many, one = [], [], []
             for r in range(runs):  # alternate which goes first: load elsewhere hits both
                 pair = [(many, sbs), (bare_many, bares)]

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._harness import Record, make_record, progress  # noqa: E402
+from benchmarks._harness import Record, make_record, pick, progress  # noqa: E402
 
 GUARD_CHILD = r"""
 import json, os, sys, time
@@ -46,14 +46,14 @@ for n in names:
     with open(n, "w") as f:
         f.write("x" * 64)
 
-def dict_ops(n=1_000_000):
+def dict_ops(n=cfg["dict_ops"]):
     d = {}
     for i in range(n // 2):
         d[i & 4095] = i
         d.get(i & 2047)
     return len(d)
 
-def file_opens(n=10_000):
+def file_opens(n=cfg["opens"]):
     total = 0
     for i in range(n):
         name = names[i & 15]
@@ -85,7 +85,9 @@ print(json.dumps({"bare": bare, "guarded": guarded}))
 """
 
 
-def guard_overhead(runs: int) -> dict[str, dict[str, list[float]]]:
+def guard_overhead(
+    runs: int, dict_ops: int = 1_000_000, opens: int = 10_000
+) -> dict[str, dict[str, list[float]]]:
     from actors.profiles import get_builtin
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +98,8 @@ def guard_overhead(runs: int) -> dict[str, dict[str, list[float]]]:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.run(
             [sys.executable, "-c", GUARD_CHILD,
-             json.dumps({"workdir": str(wd), "policy": policy, "runs": runs})],
+             json.dumps({"workdir": str(wd), "policy": policy, "runs": runs,
+                         "dict_ops": dict_ops, "opens": opens})],
             env=env, capture_output=True, text=True, timeout=600, check=True,
         )
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -244,10 +247,15 @@ def main(quick: bool = False) -> list[Record]:
     if soft < 8192 <= hard or hard == resource.RLIM_INFINITY:
         resource.setrlimit(resource.RLIMIT_NOFILE, (8192, hard))
     records: list[Record] = []
-    runs = 3 if quick else 5
+    runs, dict_ops, opens, sizes, passes, bombs = pick(
+        quick,
+        full=(5, 1_000_000, 10_000, (100, 1000), 30, 3),
+        quick_sizes=(3, 1_000_000, 10_000, (50, 100), 10, 1),
+        smoke_sizes=(1, 10_000, 100, (2, 4), 2, 1),
+    )
 
     progress("bench_security: audit hook overhead")
-    g = guard_overhead(runs)
+    g = guard_overhead(runs, dict_ops, opens)
     ms = lambda xs: [x * 1000 for x in xs]  # noqa: E731
     records.append(make_record(
         "guard_overhead", "1M dict ops + 10k opens, guarded", ms(g["guarded"]["total"]), "ms",
@@ -259,8 +267,6 @@ def main(quick: bool = False) -> list[Record]:
         notes="context: the part of the workload the guard inspects",
     ))
 
-    sizes = (50, 100) if quick else (100, 1000)
-    passes = 10 if quick else 30
     kids = _start_children(max(sizes))
     try:
         pids = [k.pid for k in kids]
@@ -283,7 +289,7 @@ def main(quick: bool = False) -> list[Record]:
             k.close()
 
     progress("bench_security: memory bomb")
-    stopped, refused = memory_bomb(1 if quick else 3)
+    stopped, refused = memory_bomb(bombs)
     records.append(make_record(
         "memory_bomb", "bomb start to sandbox stopped (monitor, 1 s)", ms(stopped), "ms",
         "bomb start to MemoryError (RLIMIT_AS)", ms(refused),

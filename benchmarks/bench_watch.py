@@ -227,13 +227,14 @@ def measure_idle_cpu(
 
 def main(quick: bool = False) -> list[Record]:
     import sandbox
-    from benchmarks._harness import make_record, percentile, progress
+    from benchmarks._harness import make_record, percentile, pick, progress
 
-    edits = 20 if quick else 50
-    window = 5.0 if quick else 30.0
-    n_sandboxes, n_files = IDLE_SANDBOXES, FILES_PER_APP
-    if os.environ.get("SANDBOX_BENCH_WATCH_SMOKE"):  # tests/test_watcher.py: only the plumbing
-        edits, window, n_sandboxes, n_files = 3, 0.5, 2, 50
+    edits, window, n_sandboxes, n_files = pick(
+        quick,
+        full=(50, 30.0, IDLE_SANDBOXES, FILES_PER_APP),
+        quick_sizes=(20, 5.0, IDLE_SANDBOXES, FILES_PER_APP),
+        smoke_sizes=(3, 0.5, 2, 50),
+    )
     records: list[Record] = []
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="bench-watch-"))

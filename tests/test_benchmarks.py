@@ -1,4 +1,4 @@
-"""The benchmark harness and a quick smoke run of the core benchmark.
+"""The benchmark harness and a smoke run of one benchmark script run alone.
 
 Never asserts on a measured figure (shared machines): only that the records are
 complete and self-consistent (``ratio`` is value / baseline_value, ``met`` follows
@@ -223,15 +223,17 @@ def assert_no_leftover_processes(marker: str) -> None:
     assert not leftovers, f"benchmark left processes behind: {leftovers}"
 
 
-@pytest.mark.slow
-def test_bench_core_quick_writes_valid_records(tmp_path):
-    out = tmp_path / "core.json"
-    env = dict(os.environ)
+def test_a_script_run_alone_with_smoke_writes_valid_records(tmp_path):
+    """``python benchmarks/bench_X.py --smoke --json PATH``: the flag alone makes a smoke
+    run (tests/test_cli_bench.py runs every benchmark through the CLI that way)."""
+    out = tmp_path / "profiles.json"
+    env = {k: v for k, v in os.environ.items() if k != _harness.SMOKE_ENV}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     marker = f"bench-smoke-{os.getpid()}-{id(out)}"
     env["SANDBOX_BENCH_TEST_MARKER"] = marker
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "bench_core.py"), "--quick", "--json", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "bench_profiles.py"), "--smoke",
+         "--json", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -242,18 +244,36 @@ def test_bench_core_quick_writes_valid_records(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_no_leftover_processes(marker)
     assert "ratio" in proc.stdout and "target" in proc.stdout
+    assert "bench_profiles: high x 1" in proc.stderr  # smoke sizes: one run each
     data = json.loads(out.read_text())
     assert isinstance(data, list) and data
     for d in data:
         check_record(d)
-        assert d["runs"] == 3
-    benchmarks = {d["benchmark"] for d in data}
-    assert benchmarks == {"call_roundtrip", "cast_throughput", "child_start", "child_memory",
-                          "dynamic_supervisor"}
-    dynamic = {d["figure"]: d for d in data if d["benchmark"] == "dynamic_supervisor"}
-    assert set(dynamic) == {"start+stop per temporary child (1000 children)",
-                            "growth of the cost per child, 100 -> 1000 children"}
-    targeted = {(d["benchmark"], d["figure"]): d["target"] for d in data if d["target"]}
-    assert targeted[("call_roundtrip", "p50 round trip")] == "ratio <= 2.0"
-    assert targeted[("cast_throughput", "casts/s unbatched")] == "ratio >= 0.5"
-    assert targeted[("child_memory", "idle child USS")] == "value <= 5.0"
+        assert d["runs"] == 1
+    assert {d["benchmark"] for d in data} == {"profile_create", "profile_memory"}
+
+
+@pytest.mark.parametrize(
+    ("env", "quick", "expected"),
+    [({}, False, "full"), ({}, True, "quick"), ({"SANDBOX_BENCH_SMOKE": "1"}, False, "smoke"),
+     ({"SANDBOX_BENCH_SMOKE": "1"}, True, "smoke"), ({"SANDBOX_BENCH_SMOKE": "0"}, True, "quick")],
+)
+def test_pick_chooses_the_sizes_of_the_run(monkeypatch, env, quick, expected):
+    monkeypatch.delenv(_harness.SMOKE_ENV, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert _harness.pick(quick, full="full", quick_sizes="quick", smoke_sizes="smoke") == expected
+    assert _harness.smoke() is (expected == "smoke")
+
+
+def test_the_smoke_flag_sets_the_environment_for_what_the_script_starts(monkeypatch):
+    monkeypatch.setenv(_harness.SMOKE_ENV, "0")  # restored after the test
+    seen = {}
+
+    def main(quick=False):
+        seen.update(quick=quick, smoke=_harness.smoke())
+        return []
+
+    assert _harness.run_script(main, ["--smoke"]) == 0
+    assert seen == {"quick": False, "smoke": True}
+    assert os.environ[_harness.SMOKE_ENV] == "1"

@@ -49,14 +49,6 @@ CORE_FIGURES = {
 }
 
 
-#: Benchmarks whose quick run is tested on its own (slow ones): the CLI test below
-#: runs every other benchmark, so each is run somewhere in the suite.
-COVERED_ELSEWHERE = {
-    "bench_reload": "tests/test_hot_reload_bench.py",
-    "bench_watch": "tests/test_watcher.py",
-}
-
-
 def sandbox_command() -> list[str]:
     """The installed console script, as a user runs it (or the module, if not on disk)."""
     script = Path(sys.executable).parent / "sandbox"
@@ -85,43 +77,97 @@ def check_any_record(d: dict) -> None:
                                                     ratio=d["ratio"])
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_sandbox_bench_quick_writes_every_figure_as_valid_json(tmp_path):
-    modules = [n.rsplit(".", 1)[-1] for n in _harness.bench_modules()]
-    chosen = [m for m in modules if m not in COVERED_ELSEWHERE]
-    assert "bench_core" in chosen
+# -- what each benchmark must report (names and targets: never a measured figure) -------
+
+
+def _core(data: list[dict]) -> None:
+    keys = {(d["benchmark"], d["figure"], d["baseline"]) for d in data}
+    assert CORE_FIGURES <= keys
+    for d in data:
+        if (d["benchmark"], d["figure"], d["baseline"]) in CORE_FIGURES:
+            check_record(d)  # the stricter check of tests/test_benchmarks.py
+    assert {d["benchmark"] for d in data} == {
+        "call_roundtrip", "cast_throughput", "child_start", "child_memory", "dynamic_supervisor"}
+    dynamic = {d["figure"] for d in data if d["benchmark"] == "dynamic_supervisor"}
+    assert dynamic == {"start+stop per temporary child (20 children)",
+                       "growth of the cost per child, 10 -> 20 children"}
+    targeted = {(d["benchmark"], d["figure"]): d["target"] for d in data if d["target"]}
+    assert targeted[("call_roundtrip", "p50 round trip")] == "ratio <= 2.0"
+    assert targeted[("cast_throughput", "casts/s unbatched")] == "ratio >= 0.5"
+    assert targeted[("child_memory", "idle child USS")] == "value <= 5.0"
+    assert not any("ray" in d["baseline"] or "thespian" in d["baseline"] for d in data), \
+        "a smoke run starts no heavyweight baseline"
+
+
+def _reload(data: list[dict]) -> None:
+    figures = {(d["benchmark"], d["figure"]): d for d in data}
+    for d in data:
+        check_record(d)
+    for n in ("1 module", "10 modules", "100 modules"):
+        rec = figures[("reload_latency", f"1 changed of {n}: p50")]
+        assert rec["target"] == "ratio <= 0.1" and rec["unit"] == "ms"
+        assert rec["baseline"] == "full restart (restart_sandbox, state lost)"
+    assert figures[("reload_latency", "1 changed of 1 module: p50 (absolute)")]["target"] == (
+        "value <= 10.0")
+    assert {f for b, f in figures if b == "compile"} == {
+        "100-module app: cold",
+        "100-module app: cached (nothing changed)",
+        "100-module app: incremental (1 of 100 changed)",
+    }
+
+
+def _watch(data: list[dict]) -> None:
+    assert [(d["benchmark"], d["target"]) for d in data] == [
+        ("watch_reload_latency", "value <= 30.0"),
+        ("watch_reload_latency", None),
+        ("watch_idle_cpu", "value <= 0.5"),
+    ]
+    assert data[0]["runs"] == 3 and data[0]["baseline_value"] > 0
+
+
+def _cluster(data: list[dict]) -> None:
+    assert data == [], "a smoke run starts no Ray cluster (tests/test_cluster.py measures)"
+
+
+#: Per benchmark, what its smoke run must report besides complete records.
+EXPECTED = {"bench_core": _core, "bench_reload": _reload, "bench_watch": _watch,
+            "bench_cluster": _cluster}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", [n.rsplit(".", 1)[-1] for n in _harness.bench_modules()])
+def test_sandbox_bench_smoke_runs_each_benchmark_and_writes_valid_json(name, tmp_path):
+    """Each benchmark through the CLI, as a user runs it, in a smoke run: toy sizes, no
+    Ray (SANDBOX_BENCH_SMOKE=1). One process each, so a failure names its benchmark."""
     out = tmp_path / "bench.json"
-    env = dict(os.environ)
     marker = f"cli-bench-{os.getpid()}-{id(out)}"
-    env["SANDBOX_BENCH_TEST_MARKER"] = marker
+    env = dict(os.environ, SANDBOX_BENCH_TEST_MARKER=marker)
+    env[_harness.SMOKE_ENV] = "1"
     proc = subprocess.run(
-        [*sandbox_command(), "bench", "--quick", "--json", str(out), "--only", ",".join(chosen)],
+        [*sandbox_command(), "bench", "--quick", "--json", str(out), "--only", name],
         cwd=tmp_path,  # benchmarks/ is found next to the package, not from the cwd
         env=env,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=110,
         stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_no_leftover_processes(marker)
+    assert f"[1/1] {name} ..." in proc.stderr  # the progress lines
     done = dict(re.findall(r"\] (bench_\w+) done: (\d+) figures", proc.stderr))
-    assert sorted(done) == sorted(chosen), proc.stderr
+    assert list(done) == [name], proc.stderr
     assert "FAILED" not in proc.stderr and "failed benchmarks" not in proc.stdout
-    for i, name in enumerate(chosen, 1):  # the progress lines
-        assert f"[{i}/{len(chosen)}] {name} ..." in proc.stderr
 
     data = json.loads(out.read_text())
-    assert isinstance(data, list) and len(data) == sum(int(k) for k in done.values())
+    assert isinstance(data, list) and len(data) == int(done[name])
     for d in data:
         check_any_record(d)
     keys = [(d["benchmark"], d["figure"], d["baseline"]) for d in data]
     assert len(keys) == len(set(keys)), "a figure is reported twice"
-    assert CORE_FIGURES <= set(keys)
-    for d in data:
-        if (d["benchmark"], d["figure"], d["baseline"]) in CORE_FIGURES:
-            check_record(d)  # the stricter check of tests/test_benchmarks.py
+    EXPECTED.get(name, lambda data: None)(data)
+    if name != "bench_cluster":
+        assert data, f"{name} reported no figure"
     # One table: a header, then one row per figure, then the summary line.
     assert proc.stdout.count("benchmark  ") == 1
     for d in data:
@@ -131,7 +177,7 @@ def test_sandbox_bench_quick_writes_every_figure_as_valid_json(tmp_path):
 
 
 def test_every_benchmark_is_runnable_by_the_harness():
-    """Each bench_* module imports and has main(quick=...); the slow ones are tested elsewhere."""
+    """Each bench_* module imports and has main(quick=...)."""
     import importlib
     import inspect
 
@@ -139,9 +185,7 @@ def test_every_benchmark_is_runnable_by_the_harness():
         module = importlib.import_module(name)
         params = inspect.signature(module.main).parameters
         assert "quick" in params, f"{name}.main has no quick= parameter"
-    for short, test_file in COVERED_ELSEWHERE.items():
-        if f"benchmarks.{short}" in _harness.bench_modules():
-            assert short in (REPO / test_file).read_text(), f"{test_file} no longer runs {short}"
+    assert set(EXPECTED) <= {n.rsplit(".", 1)[-1] for n in _harness.bench_modules()}
 
 
 def test_bench_list_and_only(capsys):

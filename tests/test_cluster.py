@@ -122,6 +122,31 @@ def test_a_node_hint_places_the_sandbox_there(rt, cluster):
         sb.call("counter", "get")
 
 
+def test_the_cluster_benchmark_measures_on_this_cluster(rt, cluster):
+    """benchmarks/bench_cluster.py at toy sizes on this module's cluster: its smoke run
+    (tests/test_cli_bench.py) starts no cluster of its own, Ray's start being the cost."""
+    import sys
+
+    if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
+        sys.path.insert(0, str(ROOT))
+    from test_benchmarks import check_record
+
+    from benchmarks import bench_cluster
+
+    before = {info["id"] for info in rt.list_sandboxes()}
+    with sandbox.start() as local:
+        records = bench_cluster.measure(rt, local, cluster["second"].node_id, runs=1, calls=5,
+                                        creates=2, create_runs=1)
+    assert [(r.benchmark, r.baseline) for r in records] == [
+        ("cluster_call", "Ray actor method call on that node"),
+        ("cluster_call", "call to a local sandbox (single host)"),
+        ("cluster_create", "create 2 on one node"),
+    ]
+    for r in records:
+        check_record(r.to_dict())
+    assert {info["id"] for info in rt.list_sandboxes()} == before  # it cleans up after itself
+
+
 def test_a_compile_error_stops_a_reload_before_any_node(rt):
     with pytest.raises(sandbox.CompileError):
         rt.hot_reload("c1", source={"counter": "def broken(:\n"})
