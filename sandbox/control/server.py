@@ -147,7 +147,7 @@ class _Client:
         if self.writer.transport.get_write_buffer_size() + len(data) > self.server.limits.max_buffer:
             log.warning("control client %s does not read its replies: disconnected",
                         self.peer())
-            self.close()
+            self.close(discard=True)
             return
         self.writer.write(data)
 
@@ -159,10 +159,16 @@ class _Client:
     def peer(self) -> str:
         return str(self.writer.get_extra_info("peername") or "unix client")
 
-    def close(self) -> None:
+    def close(self, *, discard: bool = False) -> None:
+        """Close the connection. ``discard``: drop what still waits to be sent and close
+        at once; a plain close waits for the buffer to drain, which a client that does
+        not read never lets happen (its socket and buffer would stay open)."""
         if not self.closed:
             self.closed = True
-            self.writer.close()
+            if discard:
+                self.writer.transport.abort()
+            else:
+                self.writer.close()
 
     async def read_frame(self, timeout: float | None) -> Any:
         """The next envelope; ProtocolError for an oversized or undecodable frame."""
@@ -390,7 +396,7 @@ class ControlServer:
                 try:
                     await asyncio.wait_for(client.writer.drain(), 1.0)
                 except (ConnectionError, TimeoutError, ssl.SSLError):
-                    pass
+                    client.close(discard=True)
             client.close()
 
     async def _authenticate(self, client: _Client) -> None:
