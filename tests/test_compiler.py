@@ -10,7 +10,6 @@ import os
 import py_compile
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -428,25 +427,23 @@ def test_runaway_compile_is_killed_within_its_timeout(
     out: dict[str, Any] = {}
 
     def compile_in_background() -> None:
-        t0 = time.monotonic()
         out["result"] = compile_app(compiler, app)
-        out["elapsed"] = time.monotonic() - t0
 
     worker = threading.Thread(target=compile_in_background)
     pinger = Pinger.start()
     try:
         worker.start()
         wait_for(started, timeout=10)
-        # the host stays responsive while the worker grinds
-        t0 = time.monotonic()
+        # the host stays responsive while the worker grinds: the ping is answered
+        # before the compile ends (its order, not a clock, is the check)
         assert pinger.invoke("ping") == "pong"
-        assert time.monotonic() - t0 < 0.5
+        assert worker.is_alive() and "result" not in out
         worker.join(30)
     finally:
         telemetry.detach("t-start")
         pinger.stop()
+    assert not worker.is_alive()  # ended by the 1 s timeout, not by the ~25 s compile
     r = out["result"]
-    assert out["elapsed"] < 1.0 + 4.0  # 1 s timeout, plus a fresh worker and slack
     (err,) = r.errors
     assert (err.code, err.file, r.failed) == ("timeout", str(app / "slow.py"), ["slow"])
     assert "1s" in err.message and err.hint
@@ -477,9 +474,10 @@ def test_stop_during_a_long_compile_kills_the_worker_promptly(
     try:
         caller.start()
         wait_for(started, timeout=10)
-        t0 = time.monotonic()
+        # "shutdown", not "killed": it stopped within stop()'s grace period, its
+        # thread was not abandoned mid-compile
         reason = compiler.stop()
-        assert time.monotonic() - t0 < 2 and reason.kind == "shutdown"
+        assert reason.kind == "shutdown"
         caller.join(10)
     finally:
         telemetry.detach("t-start2")
@@ -506,11 +504,9 @@ def test_cpu_limit_kills_the_worker(
 ) -> None:
     compiler = start_compiler(cpu_limit=1, timeout=30)
     app = write(tmp_path / "app", {"slow.py": SLOW_SOURCE})
-    t0 = time.monotonic()
     r = compile_app(compiler, app)
-    assert time.monotonic() - t0 < 15
     (err,) = r.errors
-    assert err.code == "limit" and "CPU" in err.message
+    assert err.code == "limit" and "CPU" in err.message  # not "timeout": the 1 s CPU limit
     assert compile_app(compiler, write(tmp_path / "app2", {"m.py": ""})).ok
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import textwrap
 import threading
-import time
 
 import cloudpickle
 import pytest
@@ -504,28 +503,26 @@ def test_pathological_compile_is_killed_and_the_old_code_keeps_serving(
     out: dict = {}
 
     def reload() -> None:
-        t0 = time.monotonic()
         try:
             sb.hot_reload(compile_timeout=1.0)
         except BaseException as exc:
             out["error"] = exc
-        out["elapsed"] = time.monotonic() - t0
 
     thread = threading.Thread(target=reload)
     try:
         thread.start()
         wait_for(started, timeout=10)
-        # The host and the sandbox answer while the compile worker grinds.
-        t0 = time.monotonic()
+        # The host and the sandbox answer while the compile worker grinds: the reload
+        # is still under way after both answers (no clock: the order is the check).
         assert sb.call("counter", "get") == {"count": 42}
         assert sandbox_runtime.get_sandbox_info(sb.id)["status"] == "reloading"
-        assert time.monotonic() - t0 < 1.0
+        assert thread.is_alive() and "error" not in out
         thread.join(60)
     finally:
         telemetry.detach("t-hr-compile")
     err = out["error"]
     assert isinstance(err, CompileError), err
-    assert out["elapsed"] < 1.0 + 8.0  # the 1 s timeout, a new worker, slack
+    assert not thread.is_alive()  # ended by the 1 s timeout, not by the ~25 s compile
     (diag,) = [d for d in err.diagnostics if d.code == "timeout"]
     assert diag.file.endswith("counter.py") and "1" in diag.message
     assert "timeout" in str(err)

@@ -283,23 +283,6 @@ def test_violations_and_limits_are_counted(sandbox_runtime, tmp_path):
     assert value(fams, "sandbox_security_violations_total", sandbox="m-sec") == 1
 
 
-def test_recording_a_call_is_cheap():
-    # Sandbox.call records into CallMetrics on every call; a round trip to a sandbox
-    # takes tens of microseconds, so this must stay far below that.
-    from time import perf_counter
-
-    from sandbox.metrics import CallMetrics
-
-    calls = CallMetrics()
-    best = float("inf")
-    for _ in range(3):
-        t0 = perf_counter()
-        for _ in range(20_000):
-            calls.observe_call("s", 0.00004, True)
-        best = min(best, (perf_counter() - t0) / 20_000)
-    assert best < 5e-6, f"{best * 1e6:.2f} us per recorded call"
-
-
 def test_each_runtime_has_its_own_registry():
     from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 

@@ -286,7 +286,8 @@ def test_stop_kills_the_process_group_of_a_child_that_does_not_stop(tmp_path):
         ref.system("hang", timeout=0.05)  # its reader is stuck from now on
     t0 = time.monotonic()
     assert ref.stop().kind == "shutdown"
-    assert 0.4 < time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 >= 0.4  # it waited out the grace first (a lower bound: no upper
+    # one, which a loaded machine could break; the test's timeout stands for "not never")
     assert ref.exitcode == -9
     assert _gone(pid)
     wait_for(lambda: _gone(grandchild), message="the grandchild died with the group")
