@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pykka
 import pytest
@@ -28,6 +30,51 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "allow_thread_leaks: skip the check that a test leaves no actor thread running",
     )
+
+
+#: A fixture of one of these scopes ties the tests of its file together.
+SHARED_SCOPE = re.compile(r"""scope\s*=\s*["'](module|class|package)["']""")
+
+
+def shared_fixture_files(root: Path) -> set[str]:
+    """Test files (relative to ``root``, as in node ids) with a module-, class- or
+    package-scoped fixture: their tests must run on one xdist worker, in order."""
+    return {
+        path.relative_to(root).as_posix()
+        for path in (root / "tests").rglob("test_*.py")
+        if SHARED_SCOPE.search(path.read_text(encoding="utf-8"))
+    }
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """How ``pytest -n N`` (the README's command) spreads the tests over workers.
+
+    Each test goes to whichever worker is free, except that a file whose tests share
+    a module-scoped fixture (a Ray cluster, a served runtime, a recorded scenario) goes
+    to one worker whole, in file order: the fixture is set up once, and files whose
+    tests build on each other (tests/test_cluster.py) keep their order. (Not xdist's
+    ``--dist loadgroup`` with marks: it renames node ids in a way pytest 9 ignores.)
+    A ``--dist`` other than the default ``load`` is left to xdist.
+    """
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    grouped = shared_fixture_files(config.rootpath)
+
+    class FileOrTest(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid, grouped)
+
+    return FileOrTest(config, log)
+
+
+def xdist_scope(nodeid: str, grouped: set[str]) -> str:
+    """The unit of work a test belongs to: its file if the file is in ``grouped``, else
+    the test alone."""
+    path = nodeid.split("::", 1)[0]
+    return path if path in grouped else nodeid
 
 
 def _actor_of(thread: threading.Thread) -> pykka.Actor | None:
