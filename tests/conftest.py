@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import time
@@ -17,6 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import ensure_attached  # noqa: E402
+from suite_scheduling import shared_fixture_files, xdist_scope  # noqa: E402
 
 # pytester runs the plugin's own tests (tests/test_plugin.py) in inner pytest sessions.
 pytest_plugins = ["pytester"]
@@ -30,20 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "allow_thread_leaks: skip the check that a test leaves no actor thread running",
     )
-
-
-#: A fixture of one of these scopes ties the tests of its file together.
-SHARED_SCOPE = re.compile(r"""scope\s*=\s*["'](module|class|package)["']""")
-
-
-def shared_fixture_files(root: Path) -> set[str]:
-    """Test files (relative to ``root``, as in node ids) with a module-, class- or
-    package-scoped fixture: their tests must run on one xdist worker, in order."""
-    return {
-        path.relative_to(root).as_posix()
-        for path in (root / "tests").rglob("test_*.py")
-        if SHARED_SCOPE.search(path.read_text(encoding="utf-8"))
-    }
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without xdist
@@ -68,13 +54,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return xdist_scope(nodeid, grouped)
 
     return FileOrTest(config, log)
-
-
-def xdist_scope(nodeid: str, grouped: set[str]) -> str:
-    """The unit of work a test belongs to: its file if the file is in ``grouped``, else
-    the test alone."""
-    path = nodeid.split("::", 1)[0]
-    return path if path in grouped else nodeid
 
 
 def _actor_of(thread: threading.Thread) -> pykka.Actor | None:

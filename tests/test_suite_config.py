@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from conftest import shared_fixture_files, xdist_scope
+from suite_scheduling import shared_fixture_files, xdist_scope
 
 ROOT = Path(__file__).resolve().parent.parent
 
