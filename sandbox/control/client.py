@@ -192,8 +192,13 @@ class _Connection:
             if self.failure is not None and not isinstance(self.failure, ControlError):
                 raise self.failure
         finally:
+            # Closed, cancelled or collected before the connection ended: tell the
+            # server to stop sending (its answer, unawaited, is dropped by _read).
             self.streams.pop(ref, None)
             self.pending.pop(ref, None)
+            if self.failure is None and not self.writer.is_closing():
+                self.writer.write(self.codec.frame(CALL, next(self.refs), "unfollow",
+                                                   {"ref": ref}))
 
     async def close(self) -> None:
         if self._reader_task is not None:
@@ -464,7 +469,9 @@ class AsyncRemoteRuntime:
         return await self._request("logs", {"follow": False, "lines": lines})
 
     def follow_logs(self, *, lines: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The recent log records, then each new one as it is logged, until closed."""
+        """The recent log records, then each new one as it is logged, until the
+        connection closes. Closing the iterator (``aclose()``, or dropping it after a
+        ``break``) ends the follow: the server stops sending it records."""
         return self._conn.follow(lines)
 
     async def stop(self) -> None:
@@ -696,7 +703,8 @@ class RemoteRuntime:
 
     def follow_logs(self, *, lines: int | None = None) -> Iterator[dict[str, Any]]:
         """The recent log records, then each new one as it is logged (a blocking
-        iterator; it ends when the connection closes)."""
+        iterator; it ends when the connection closes). Closing it (``close()``, or
+        dropping it) ends the follow: the server stops sending it records."""
         records: queue.Queue[Any] = queue.Queue()
 
         async def pump() -> None:

@@ -474,6 +474,13 @@ class ControlServer:
             if a.get("follow"):
                 client.following.add(ref)
             return recent
+        if op == "unfollow":  # answered after the discard: no record for it follows
+            if not isinstance(a.get("ref"), int):
+                raise TypeError("unfollow needs 'ref': the ref of the logs request it ends")
+            if a["ref"] not in client.following:
+                return False
+            client.following.discard(a["ref"])
+            return True
         if op == "stop":
             threading.Thread(target=self.on_stop, name="sandbox-control-stop").start()
             return None
