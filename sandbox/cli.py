@@ -61,8 +61,8 @@ def scaffold(name: str, parent: str | os.PathLike[str] = ".") -> Path:
     """Create a new app directory ``parent/name`` that ``sandbox run`` starts as is.
 
     >>> import tempfile
-    >>> d = scaffold("myapp", tempfile.mkdtemp())
-    >>> sorted(p.name for p in d.iterdir())
+    >>> with tempfile.TemporaryDirectory() as parent:
+    ...     sorted(p.name for p in scaffold("myapp", parent).iterdir())
     ['app.py']
     """
     target = Path(parent) / name

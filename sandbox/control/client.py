@@ -9,10 +9,9 @@ the two share one implementation.
 The methods are those of a local :class:`~sandbox.api.Runtime` and
 :class:`~sandbox.api.Sandbox`, and raise the same exception classes.
 
->>> import os, tempfile, sandbox
->>> path = os.path.join(tempfile.mkdtemp(), "doc.sock")
->>> with sandbox.start(listen=f"unix:{path}") as rt:
-...     with sandbox.connect(f"unix:{path}") as remote:
+>>> import tempfile, sandbox
+>>> with tempfile.TemporaryDirectory() as d, sandbox.start(listen=f"unix:{d}/doc.sock"):
+...     with sandbox.connect(f"unix:{d}/doc.sock") as remote:
 ...         sb = remote.create_sandbox("doc-remote", "examples/counter")
 ...         sb.call("counter", "incr"), [i["id"] for i in remote.list_sandboxes()]
 (1, ['doc-remote'])
@@ -494,14 +493,13 @@ async def connect_async(
     ``tls``: None (plain), True (verify with the system's CAs), a CA file to trust
     (e.g. a self-signed server certificate), or an ``ssl.SSLContext``.
 
-    >>> import asyncio, os, tempfile, sandbox
-    >>> path = os.path.join(tempfile.mkdtemp(), "doc.sock")
-    >>> async def main():
-    ...     async with await sandbox.connect_async(f"unix:{path}") as remote:
+    >>> import asyncio, tempfile, sandbox
+    >>> async def main(address):
+    ...     async with await sandbox.connect_async(address) as remote:
     ...         sb = await remote.create_sandbox("doc-aremote", "examples/counter")
     ...         return await asyncio.gather(*(sb.call("counter", "incr") for _ in range(3)))
-    >>> with sandbox.start(listen=f"unix:{path}"):
-    ...     sorted(asyncio.run(main()))
+    >>> with tempfile.TemporaryDirectory() as d, sandbox.start(listen=f"unix:{d}/doc.sock"):
+    ...     sorted(asyncio.run(main(f"unix:{d}/doc.sock")))
     [1, 2, 3]
     """
     conn = await _open(address, _read_token(token, token_file), tls, timeout, max_frame)
@@ -743,10 +741,10 @@ def connect(
     or ``sandbox.start(listen=ADDRESS)``). ``token`` or ``token_file``: the server's
     token (required over TCP). ``tls``: as :func:`connect_async`.
 
-    >>> import os, tempfile, sandbox
-    >>> path = os.path.join(tempfile.mkdtemp(), "doc.sock")
-    >>> with sandbox.start(listen=f"unix:{path}"), sandbox.connect(f"unix:{path}") as remote:
-    ...     remote.health()["status"]
+    >>> import tempfile, sandbox
+    >>> with tempfile.TemporaryDirectory() as d, sandbox.start(listen=f"unix:{d}/doc.sock"):
+    ...     with sandbox.connect(f"unix:{d}/doc.sock") as remote:
+    ...         remote.health()["status"]
     'ok'
     """
     return RemoteRuntime(address, token=_read_token(token, token_file), tls=tls,
