@@ -118,10 +118,11 @@ def check_arguments(sandbox_id: str, *, source: Any = None, modules: Any = None)
     belongs. Both say what the parameter takes.
 
     >>> check_arguments("s1", source={"app": "x = 1"}, modules=["app"])
-    >>> check_arguments("s1", source={"app.py": "x = 1"})
-    Traceback (most recent call last):
-    ...
-    runtime.errors.ReloadFailed: sandbox 's1': source= maps module names to source text, e.g. source={'app': text}; 'app.py' is not a module name: use 'app'
+    >>> try:
+    ...     check_arguments("s1", source={"app.py": "x = 1"})
+    ... except ReloadFailed as exc:
+    ...     print(str(exc).split("; ")[-1])
+    'app.py' is not a module name: use 'app'
     >>> check_arguments("s1", modules="app")
     Traceback (most recent call last):
     ...
