@@ -7,6 +7,7 @@ test here that talks to it through a raw socket, as a hostile or broken client w
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -331,6 +332,22 @@ def test_logs_and_follow(served, sock_path):
         assert set(record) >= {"ts", "message", "sandbox", "runtime", "correlation_id", "exc"}
         records.close()
         assert remote.logs(), "the recent records are kept"
+
+
+@pytest.mark.parametrize("client_max_frame, wanted", [
+    (None, r"argument 'request' of call\(\) is 52428\d\d bytes, over the 4194304 bytes "
+           r"one request may carry on this connection \(connect\(max_frame=\)\)"),
+    (64 * 1024 * 1024, r"frame of 52429\d\d bytes is over this server's max_frame=4194304"),
+], ids=["refused-by-the-client", "refused-by-the-server"])
+def test_an_oversized_request_says_whose_limit_it_is_over(served, sock_path, client_max_frame,
+                                                          wanted):
+    served.create_sandbox("ctl-big", COUNTER)
+    options = {} if client_max_frame is None else {"max_frame": client_max_frame}
+    with sandbox.connect(f"unix:{sock_path}", **options) as remote:
+        with pytest.raises(ProtocolError) as info:  # not a BrokenPipeError
+            remote.sandbox("ctl-big").call("counter", "x" * (5 * 1024 * 1024))
+    assert re.match(wanted, str(info.value)), str(info.value)
+    assert "both sides" not in str(info.value)
 
 
 def _until_reply(raw: Raw, ref: int) -> list:

@@ -149,6 +149,15 @@ class _Connection:
     def _encode(self, op: str, ref: int, args: dict[str, Any]) -> bytes:
         try:
             return self.codec.frame(CALL, ref, op, args)
+        except ProtocolError:  # over max_frame: say which argument, and whose limit
+            name, size = max(((k, len(self.codec.encode(v))) for k, v in args.items()),
+                             key=lambda kv: kv[1])
+            raise ProtocolError(
+                f"argument {name!r} of {op}() is {size} bytes, over the "
+                f"{self.codec.max_frame} bytes one request may carry on this connection "
+                "(connect(max_frame=)); the server takes at most its own limit "
+                f"({DEFAULT_MAX_FRAME} bytes unless configured otherwise): send less per "
+                "request") from None
         except TypeError as exc:
             for name, value in args.items():  # which argument?
                 try:
@@ -169,8 +178,16 @@ class _Connection:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[ref] = future
         try:
-            self.writer.write(data)
-            await self.writer.drain()
+            try:
+                self.writer.write(data)
+                await self.writer.drain()
+            except ConnectionError as exc:
+                # The server may have said why before closing (a frame over its
+                # max_frame): that reason, read by _read, is the better error.
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), 2.0)
+                except TimeoutError:
+                    raise ControlError(f"the connection broke: {exc}") from None
             return await asyncio.wait_for(future, timeout)
         finally:
             self.pending.pop(ref, None)  # cancelled or timed out: a late answer is dropped
