@@ -67,8 +67,10 @@ def app(tmp_path: Path, name: str, source: str) -> str:
 
 @pytest.fixture
 def json_lines() -> Iterator[io.StringIO]:
+    # INFO: what a sandbox writes to its stderr is relayed at INFO (runtime.output),
+    # so a crash it printed there as plain text would show up here too
     out = io.StringIO()
-    logs.configure(json=True, level="WARNING", stream=out)
+    logs.configure(json=True, level="INFO", stream=out)
     try:
         yield out
     finally:
