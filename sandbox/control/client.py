@@ -26,9 +26,8 @@ import queue
 import ssl
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
-from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime.errors import CallTimeout, ProtocolError, SandboxNotFound
 from runtime.host.output import OutputLine
 from runtime.wire.mailbox import CALL, ERROR, PREFIX_SIZE, REPLY, SYSTEM, Codec
@@ -42,6 +41,7 @@ from sandbox.control.protocol import (
     parse_address,
 )
 from sandbox.hotreload import ReloadReport
+from sandbox.options import CreateOptions, create_options
 
 __all__ = [
     "AsyncRemoteRuntime",
@@ -272,6 +272,13 @@ def _options_map(value: Any) -> Any:
         dict(value) if value is not None else None)
 
 
+def _wire_option(name: str, value: Any) -> Any:
+    """A create_sandbox option as msgpack-native data (the server rebuilds the rest)."""
+    if name in ("limits", "watch", "alerts", "env"):
+        return _options_map(value)
+    return list(value) if name == "net_allow" else value
+
+
 class AsyncRemoteSandbox:
     """A sandbox of a remote runtime; awaitable methods as :class:`~sandbox.aio.AsyncSandbox`.
 
@@ -382,39 +389,14 @@ class AsyncRemoteRuntime:
         """Close the connection (the remote runtime keeps running)."""
         await self._conn.close()
 
-    async def create_sandbox(
-        self,
-        sandbox_id: str,
-        path: str | os.PathLike[str],
-        *,
-        entry: str = SandboxConfig.entry,
-        profile: str = SandboxConfig.profile,
-        limits: Limits | Mapping[str, Any] | None = None,
-        restart: str = SandboxConfig.restart,
-        max_restarts: int = SandboxConfig.max_restarts,
-        max_seconds: float = SandboxConfig.max_seconds,
-        env: Mapping[str, str] | None = None,
-        auto_reload: bool = SandboxConfig.auto_reload,
-        shutdown: float = SandboxConfig.shutdown,
-        watch: WatchOptions | Mapping[str, Any] | None = None,
-        compile_timeout: float | None = None,
-        compile_memory_mb: int | None = None,
-        compile_cpu_seconds: int | None = None,
-        alerts: AlertThresholds | Mapping[str, Any] | None = None,
-        net_allow: Iterable[str] = (),
-    ) -> AsyncRemoteSandbox:
+    async def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str],
+                             **options: Unpack[CreateOptions]) -> AsyncRemoteSandbox:
         """Create a sandbox from an app directory on the server's machine; the options
-        of :meth:`Runtime.create_sandbox`."""
-        options = {"entry": entry, "profile": profile, "limits": _options_map(limits),
-                   "restart": restart, "max_restarts": max_restarts,
-                   "max_seconds": max_seconds, "env": dict(env) if env else None,
-                   "auto_reload": auto_reload, "shutdown": shutdown,
-                   "watch": _options_map(watch), "compile_timeout": compile_timeout,
-                   "compile_memory_mb": compile_memory_mb,
-                   "compile_cpu_seconds": compile_cpu_seconds, "alerts": _options_map(alerts),
-                   "net_allow": list(net_allow)}
+        of :meth:`Runtime.create_sandbox` (:class:`~sandbox.options.CreateOptions`)."""
+        wire = {name: _wire_option(name, value)
+                for name, value in create_options(options).items()}
         info = await self._request("create", {"id": sandbox_id, "path": os.fspath(path),
-                                              "options": options})
+                                              "options": wire})
         return AsyncRemoteSandbox(self, sandbox_id, info.get("created_at"))
 
     def sandbox(self, sandbox_id: str) -> AsyncRemoteSandbox:
@@ -622,36 +604,12 @@ class RemoteRuntime:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create_sandbox(
-        self,
-        sandbox_id: str,
-        path: str | os.PathLike[str],
-        *,
-        entry: str = SandboxConfig.entry,
-        profile: str = SandboxConfig.profile,
-        limits: Limits | Mapping[str, Any] | None = None,
-        restart: str = SandboxConfig.restart,
-        max_restarts: int = SandboxConfig.max_restarts,
-        max_seconds: float = SandboxConfig.max_seconds,
-        env: Mapping[str, str] | None = None,
-        auto_reload: bool = SandboxConfig.auto_reload,
-        shutdown: float = SandboxConfig.shutdown,
-        watch: WatchOptions | Mapping[str, Any] | None = None,
-        compile_timeout: float | None = None,
-        compile_memory_mb: int | None = None,
-        compile_cpu_seconds: int | None = None,
-        alerts: AlertThresholds | Mapping[str, Any] | None = None,
-        net_allow: Iterable[str] = (),
-    ) -> RemoteSandbox:
+    def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str],
+                       **options: Unpack[CreateOptions]) -> RemoteSandbox:
         """Create a sandbox from an app directory on the server's machine; the options
-        of :meth:`Runtime.create_sandbox`."""
-        handle = self._run(self._async.create_sandbox(
-            sandbox_id, path, entry=entry, profile=profile, limits=limits, restart=restart,
-            max_restarts=max_restarts, max_seconds=max_seconds, env=env,
-            auto_reload=auto_reload, shutdown=shutdown, watch=watch,
-            compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
-            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts, net_allow=net_allow))
-        return RemoteSandbox(self, handle)
+        of :meth:`Runtime.create_sandbox` (:class:`~sandbox.options.CreateOptions`)."""
+        return RemoteSandbox(self, self._run(self._async.create_sandbox(sandbox_id, path,
+                                                                        **options)))
 
     def sandbox(self, sandbox_id: str) -> RemoteSandbox:
         """A handle on a sandbox of the remote runtime (SandboxNotFound if there is none)."""
