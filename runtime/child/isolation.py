@@ -68,6 +68,7 @@ from runtime.child import egress as _egress
 from runtime.child import mounts as _mounts
 from runtime.child.mounts import PRIVATE_TMP, TMPFS_OPTIONS
 from runtime.child import seccomp as _seccomp
+from runtime.child import userns as _userns
 from runtime.errors import SandboxError
 
 __all__ = [
@@ -91,6 +92,8 @@ __all__ = [
 LAYERS = (
     "rlimits",
     "audit-hook",
+    "userns",
+    "pidns",
     "netns",
     "ipcns",
     "uid",
@@ -115,6 +118,8 @@ DEFAULT_TASKS = 4096
 CGROUP_PARENT = "sandbox-runtime"
 #: OS layers every profile needs: creating a sandbox fails when one is missing.
 REQUIRED_LAYERS = ("mountns", "ipcns", "netns")
+#: Also needed when the host is not root: what stands in for the per-sandbox UID.
+USERNS_LAYERS = ("userns", "pidns")
 #: Room above the memory limit for the cgroup's ceiling: the resource monitor acts
 #: at the limit; the kernel only steps in when that was not enough.
 CGROUP_MEMORY_SLACK = 64 << 20
@@ -160,11 +165,14 @@ def missing_required(*, egress: bool = False) -> dict[str, str]:
     """
     avail = detect()
     need = list(REQUIRED_LAYERS) + ["seccomp"] + (["slirp4netns", "nftables"] if egress else [])
+    if _userns.needed():
+        need = list(USERNS_LAYERS) + need
     out: dict[str, str] = {}
     for layer in need:
         why = avail.get(layer)
         if why is not None:
-            how = _HOW.get(layer, "")
+            # the user-namespace reason already says what to change
+            how = "" if why == avail.get("userns") else _HOW.get(layer, "")
             out[layer] = why if how and how in why else f"{why} ({how})" if how else why
     return out
 
@@ -197,8 +205,12 @@ def detect(*, refresh: bool = False) -> dict[str, str | None]:
         out["netns"] = out["uid"] = "not Linux"
     else:
         out["uid"] = None if root else "the host does not run as root (setuid needs it)"
+        # Not root: every namespace comes through an unprivileged user namespace.
+        blocker = None if root else (libc or _userns.unavailable())
         if not root:
-            out["netns"] = "unshare(CLONE_NEWNET) needs root"
+            out["userns"] = out["pidns"] = blocker
+        if blocker is not None:
+            out["netns"] = blocker
         elif libc is not None:
             out["netns"] = libc
         elif not os.path.exists("/proc/self/ns/net"):
@@ -206,8 +218,8 @@ def detect(*, refresh: bool = False) -> dict[str, str | None]:
         else:
             out["netns"] = None
         for layer, ns in (("mountns", "mnt"), ("ipcns", "ipc")):
-            if out["netns"] is not None and not root:
-                out[layer] = f"unshare of the {ns} namespace needs root"
+            if blocker is not None:
+                out[layer] = blocker
             elif not os.path.exists(f"/proc/self/ns/{ns}"):
                 out[layer] = f"the kernel has no {ns} namespaces"
             else:
@@ -417,6 +429,35 @@ def exposures(paths: list[str]) -> list[tuple[str, list[str]]]:
     return sorted(groups.items())
 
 
+def hidden_for_userns(workdir: str, keep: list[str]) -> list[tuple[str, list[str]]]:
+    """[(directory, [paths under it to bind back read-only])] that a sandbox of a
+    non-root host must not see: the directory holding the workdirs (its
+    siblings'), the host user's home and its runtime directory (``/run/user/UID``:
+    its session bus, its systemd manager). ``keep`` (the code the sandbox
+    imports, the app) is bound back; the workdir is bound back read-write by the
+    mount step itself.
+
+    >>> all(h != "/" and not h.startswith("/tmp") for h, _ in hidden_for_userns("/tmp/a/s1", []))
+    True
+    """
+    import pwd
+
+    cands = [os.path.dirname(os.path.realpath(workdir)), f"/run/user/{os.getuid()}"]
+    try:
+        cands.append(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        pass
+    if os.environ.get("HOME"):
+        cands.append(os.environ["HOME"])
+    hide = _outermost([
+        os.path.realpath(c) for c in cands
+        if os.path.isdir(c) and os.path.realpath(c) != "/"
+        and not _under(os.path.realpath(c), PRIVATE_TMP)  # already private
+    ])
+    roots = [os.path.realpath(k) for k in keep if os.path.isdir(k)]
+    return [(h, _outermost([r for r in roots if _under(r, (h,))], exclude=workdir)) for h in hide]
+
+
 def prepare(
     workdir: str,
     key: str,
@@ -536,6 +577,9 @@ def plan(
         return None if v is None else int(v) * scale
 
     require = list(REQUIRED_LAYERS) + ["seccomp"]
+    userns = _userns.needed()
+    if userns:
+        require = list(USERNS_LAYERS) + require
     if net_allow:
         require += ["slirp4netns", "nftables"]
     for layer in require:
@@ -560,6 +604,11 @@ def plan(
     expose: list[tuple[str, list[str]]] = []
     if uid is not None:
         expose = exposures(code_roots())
+    elif userns and mounts is not None:
+        # Every sandbox runs as the host's own UID: what the UID kept from it on
+        # the root path (siblings' workdirs, the host user's files) is hidden.
+        mounts["proc"] = True
+        expose = hidden_for_userns(wd, code_roots() + list(read_only))
         if expose and avail.get("mountns") is not None:
             skipped["uid"] = (
                 f"{expose[0][0]} hides the Python installation from other users and "
@@ -573,10 +622,12 @@ def plan(
             "nofile": lim("open_files"),
             "fsize": lim("file_size_mb", mb),
             "core": 0,
-            "nproc": tasks if uid is not None else None,
+            # per user namespace too (Linux 5.14+): the sandbox's own count
+            "nproc": tasks if uid is not None or userns else None,
         },
         "netns": netns,
         "ipcns": avail.get("ipcns") is None,
+        "userns": userns and avail.get("userns") is None,
         "mounts": mounts,
         "seccomp": None if avail.get("seccomp") is not None else {
             "deny_exec": "subprocess" not in set(allow),
@@ -588,7 +639,10 @@ def plan(
         "expose": [[d, list(ps)] for d, ps in expose],
         "cgroups": sorted((state.get("cgroups") or {}).items()),
         "no_new_privs": avail.get("no_new_privs") is None,
-        "no_dumpable": avail.get("no_dumpable") is None,
+        # Not in a user namespace: the host (its owner) reads the sandbox's /proc
+        # to see its layers, which a non-dumpable process's mm (made in the host's
+        # namespace) refuses; its siblings cannot reach it (pid namespace, seccomp).
+        "no_dumpable": avail.get("no_dumpable") is None and not userns,
         "pdeathsig": None,  # see the module docstring: the fork server may be restarted
         "thread_stack": THREAD_STACK,
         "arena_max": 2,
@@ -734,7 +788,15 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
             applied.append(f"cgroup-{ctl}")
         except OSError as exc:
             skipped[f"cgroup-{ctl}"] = f"joining {d}: {exc.strerror or exc}"
+    if p.get("userns"):
+        _check_userns(applied, skipped)  # made by the fork server (runtime.child.userns)
     _namespaces(p, need_libc, applied, skipped)
+    if "userns" in applied:
+        try:
+            _userns.drop_capabilities()  # the layers above were the last use of them
+        except OSError as exc:
+            applied.remove("userns")
+            skipped["userns"] = f"dropping the capabilities failed: {exc}"
     if p.get("arena_max"):
         try:
             need_libc().mallopt(_M_ARENA_MAX, int(p["arena_max"]))
@@ -874,6 +936,24 @@ def _namespaces(
             applied.append("mountns")
         except Exception as exc:
             skipped["mountns"] = f"private mount view failed: {exc}"
+
+
+def _check_userns(applied: list[str], skipped: dict[str, str]) -> None:
+    """Whether this process really is in its own user and pid namespace (read
+    before its own /proc is mounted: ``NSpid`` lists its pid in each level)."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as fh:
+            own_users = fh.read().split()[:3] != ["0", "0", "4294967295"]
+        with open("/proc/self/status", encoding="ascii") as fh:
+            nspid = next((ln.split()[1:] for ln in fh if ln.startswith("NSpid:")), [])
+    except OSError as exc:
+        own_users, nspid = False, []
+        skipped["userns"] = skipped["pidns"] = f"cannot read /proc/self: {exc}"
+    for layer, ok in (("userns", own_users), ("pidns", len(nspid) > 1)):
+        if ok:
+            applied.append(layer)
+        else:
+            skipped.setdefault(layer, "the fork server did not start the sandbox in it")
 
 
 def _loopback_up() -> None:
