@@ -431,8 +431,8 @@ def exposures(paths: list[str]) -> list[tuple[str, list[str]]]:
 
 def hidden_for_userns(workdir: str, keep: list[str]) -> list[tuple[str, list[str]]]:
     """[(directory, [paths under it to bind back read-only])] that a sandbox of a
-    non-root host must not see: the directory holding the workdirs (its
-    siblings'), the host user's home and its runtime directory (``/run/user/UID``:
+    non-root host must not see: the directory holding the runtime's workdirs (its
+    siblings') and compile cache, the host user's home and its runtime directory (``/run/user/UID``:
     its session bus, its systemd manager). ``keep`` (the code the sandbox
     imports, the app) is bound back; the workdir is bound back read-write by the
     mount step itself.
@@ -442,7 +442,10 @@ def hidden_for_userns(workdir: str, keep: list[str]) -> list[tuple[str, list[str
     """
     import pwd
 
-    cands = [os.path.dirname(os.path.realpath(workdir)), f"/run/user/{os.getuid()}"]
+    # the workdir's grandparent: the directory given as base_dir, which holds
+    # the runtime's directory of workdirs and its compile cache
+    cands = [os.path.dirname(os.path.dirname(os.path.realpath(workdir))),
+             f"/run/user/{os.getuid()}"]
     try:
         cands.append(pwd.getpwuid(os.getuid()).pw_dir)
     except KeyError:

@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 
 __all__ = [
     "SETTINGS",
+    "SYSCTL",
     "drop_capabilities",
     "enter",
     "needed",
@@ -55,8 +56,10 @@ _PR_CAPBSET_DROP, _PR_SET_CHILD_SUBREAPER, _PR_CAP_AMBIENT = 24, 36, 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
+#: Where the kernel's settings are read.
+SYSCTL = "/proc/sys"
 #: Kernel settings that forbid unprivileged user namespaces: (file under
-#: /proc/sys, the value that forbids them, what to run instead).
+#: :data:`SYSCTL`, the value that forbids them, what to run instead).
 SETTINGS: tuple[tuple[str, str, str], ...] = (
     ("kernel/unprivileged_userns_clone", "0", "sysctl -w kernel.unprivileged_userns_clone=1"),
     ("user/max_user_namespaces", "0", "sysctl -w user.max_user_namespaces=15000"),
@@ -110,7 +113,7 @@ def unavailable() -> str | None:
     forbidding = []
     for name, bad, fix in SETTINGS:
         try:
-            with open(f"/proc/sys/{name}", encoding="ascii") as fh:
+            with open(os.path.join(SYSCTL, name), encoding="ascii") as fh:
                 if fh.read().strip() == bad:
                     forbidding.append(f"{name.replace('/', '.')}={bad} ({fix})")
         except OSError:
