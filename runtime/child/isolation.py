@@ -611,7 +611,7 @@ def plan(
         # Every sandbox runs as the host's own UID: what the UID kept from it on
         # the root path (siblings' workdirs, the host user's files) is hidden.
         mounts["proc"] = True
-        expose = hidden_for_userns(wd, code_roots() + list(read_only))
+        expose = hidden_for_userns(str(wd), code_roots() + list(read_only))
         if expose and avail.get("mountns") is not None:
             skipped["uid"] = (
                 f"{expose[0][0]} hides the Python installation from other users and "

@@ -189,10 +189,10 @@ def drop_capabilities() -> None:
     _check(libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
-def spawn(child: Callable[[], NoReturn], keep: tuple[int, ...] = ()) -> int:
-    """In the fork server: fork ``child`` as pid 2 of a new user and pid namespace;
-    returns its pid (as the fork server sees it). ``keep``: descriptors the
-    namespace's init must not hold (closed in it; ``child`` handles its own).
+def spawn(child: Callable[[], object]) -> int:
+    """In the fork server: fork ``child`` (which must never return: it ends with
+    ``os._exit``) as pid 2 of a new user and pid namespace; returns its pid (as
+    the fork server sees it).
 
     Raises OSError when the namespace cannot be made. The fork server must be a
     child subreaper (it is made one here) so both processes become its children.
@@ -222,7 +222,7 @@ def spawn(child: Callable[[], NoReturn], keep: tuple[int, ...] = ()) -> int:
             if pid == 0:
                 os.close(w)
                 os.close(go_w)
-                child()
+                child()  # ends the process itself
             os.write(go_w, b"1")
             os.write(w, struct.pack("q", pid))
             code = 0
