@@ -172,7 +172,7 @@ def missing_required(*, egress: bool = False) -> dict[str, str]:
         why = avail.get(layer)
         if why is not None:
             # the user-namespace reason already says what to change
-            how = "" if why == avail.get("userns") else _HOW.get(layer, "")
+            how = "" if why == avail.get("userns") or "/dev/net/tun" in why else _HOW.get(layer, "")
             out[layer] = why if how and how in why else f"{why} ({how})" if how else why
     return out
 
@@ -228,6 +228,12 @@ def detect(*, refresh: bool = False) -> dict[str, str | None]:
     out["slirp4netns"] = None if shutil.which("slirp4netns") else (
         "slirp4netns is not installed (Debian/Ubuntu: apt-get install slirp4netns)"
     )
+    if out["slirp4netns"] is None and linux and not root and not os.access(
+            "/dev/net/tun", os.R_OK | os.W_OK):
+        # root opens it whatever its mode; the user namespace's root is this user
+        out["slirp4netns"] = (
+            "/dev/net/tun is not readable and writable by this user, and slirp4netns "
+            "needs it without root (chmod 0666 /dev/net/tun, the usual mode)")
     out["nftables"] = None if _find_lib("nftables") else (
         "libnftables is not installed (Debian/Ubuntu: apt-get install nftables)"
     )

@@ -85,6 +85,20 @@ def _attacks(t: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _connect_all(targets: list[list[Any]]) -> dict[str, str]:
+    import socket
+
+    out = {}
+    for host, port in targets:
+        try:
+            with socket.create_connection((host, port), timeout=3) as s:
+                s.sendall(b"hi")
+            out[f"{host}:{port}"] = "connected"
+        except Exception as exc:  # noqa: BLE001 - refused or dropped: both are fine
+            out[f"{host}:{port}"] = type(exc).__name__
+    return out
+
+
 def main() -> None:
     t = json.loads(sys.argv[1])
     home_socket = os.path.join(os.environ["HOME"], "agent.sock")
@@ -124,6 +138,13 @@ def main() -> None:
             "workdirs": {"victim": os.path.dirname(secret),
                          "attacker": attacker.info()["workdir"]},
         }
+        egress = t.get("egress")
+        if egress:  # the allowlist, through slirp4netns, without root
+            sb = rt.create_sandbox("egress", t["app"], profile="low",
+                                   net_allow=[f"{egress['host']}:{egress['allowed']}"])
+            report["egress"] = sb.run(_connect_all, [[egress["host"], egress["allowed"]],
+                                                     [egress["host"], egress["other"]],
+                                                     ["127.0.0.1", t["port"]]], timeout=30)
         print(json.dumps(report), flush=True)
         sys.stdin.readline()
     listener.close()

@@ -54,6 +54,10 @@ def _launcher(stage: Path) -> str:
         lines.append(f"mount -t tmpfs -o mode=0755,size=64k tmpfs {hidden}")
         for m, p in enumerate(paths):
             lines.append(f"mkdir -p {p} && mount --move {stage}/{n}-{m} {p}")
+    # slirp4netns opens /dev/net/tun as the host's user: give it the usual mode
+    # (0666) in this mount namespace, whatever the test machine has
+    lines.append(f"mkdir -p {stage}/dev && mount -t tmpfs -o mode=0755,size=64k tmpfs {stage}/dev")
+    lines.append(f"mknod -m 666 {stage}/dev/tun c 10 200 && mount --bind {stage}/dev/tun /dev/net/tun")
     lines.append(f'exec setpriv --reuid={USER} --regid={GROUP} --clear-groups --inh-caps=-all "$@"')
     return "\n".join(lines)
 
@@ -64,6 +68,33 @@ def _unprivileged_userns_forbidden() -> str | None:
          "unshare", "-U", "-r", "-m", "-p", "-f", "true"],
         capture_output=True, text=True, timeout=30)
     return None if probe.returncode == 0 else probe.stderr.strip() or "unshare failed"
+
+
+def _listener(addr: str) -> socket.socket:
+    s = socket.socket()
+    s.bind((addr, 0))
+    s.listen(4)
+    s.setblocking(False)
+    return s
+
+
+def _accepted(s: socket.socket) -> bool:
+    try:
+        s.accept()[0].close()
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _host_address() -> str | None:
+    """An IPv4 address of this host other than loopback (None if it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") else addr
 
 
 def _fd_table(pid: int) -> dict[int, str]:
@@ -92,10 +123,9 @@ def run() -> Iterator[dict[str, Any]]:
             os.chown(d, nobody.pw_uid, nobody.pw_gid)
         return d
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    listener.setblocking(False)
+    listener = _listener("127.0.0.1")
+    addr = _host_address()
+    remote = {k: _listener(addr) for k in ("allowed", "other")} if addr else {}
     name = uuid.uuid4().hex
     outside = {
         "tmp": os.path.join(mkdir(0o777, False), "marker"),
@@ -112,6 +142,9 @@ def run() -> Iterator[dict[str, Any]]:
     stage = mkdir(0o700, False)
     brief = {"base": mkdir(0o700, True, str(ROOT)), "app": str(ROOT / "examples" / "counter"),
              "write": outside, "port": listener.getsockname()[1], "secret": SECRET}
+    if remote:
+        brief["egress"] = {"host": addr, "allowed": remote["allowed"].getsockname()[1],
+                           "other": remote["other"].getsockname()[1]}
     env = {"PATH": "/usr/bin:/bin", "HOME": home, "HOST_SECRET": SECRET}
     proc = subprocess.Popen(
         ["unshare", "-m", "sh", "-c", _launcher(Path(stage)), "launcher",
@@ -133,11 +166,8 @@ def run() -> Iterator[dict[str, Any]]:
         report["own_userns"] = os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
         report["outside"] = {k: os.path.exists(p) for k, p in outside.items()}
         report["planted"] = os.path.exists(os.path.join(report["workdirs"]["victim"], "planted.txt"))
-        try:
-            listener.accept()[0].close()
-            report["loopback_accepted"] = True
-        except BlockingIOError:
-            report["loopback_accepted"] = False
+        report["loopback_accepted"] = _accepted(listener)
+        report["remote_accepted"] = {k: _accepted(s) for k, s in remote.items()}
         proc.stdin.write("done\n")
         proc.stdin.close()
         proc.wait(60)
@@ -155,7 +185,8 @@ def run() -> Iterator[dict[str, Any]]:
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
-        listener.close()
+        for s in [listener, *remote.values()]:
+            s.close()
         for p in (outside["shm"], outside["var_tmp"]):
             if os.path.exists(p):
                 os.unlink(p)
@@ -205,6 +236,15 @@ def test_the_sandbox_holds_only_its_stdin_output_pipes_and_channel(run):
     assert sorted(table) == [0, 1, 2, 3], table
     assert table[0] == "/dev/null" and table[3].startswith("socket:")
     assert table[1].startswith("pipe:") and table[2].startswith("pipe:")
+
+
+def test_egress_reaches_only_the_allowlisted_address(run):
+    if "egress" not in run:
+        pytest.skip("this host has no IPv4 address other than loopback")
+    got = list(run["egress"].values())
+    assert got[0] == "connected" and got[1] != "connected" and got[2] != "connected", got
+    assert run["remote_accepted"] == {"allowed": True, "other": False}
+    assert not run["loopback_accepted"]
 
 
 def test_nothing_outlives_the_host(run):
