@@ -263,3 +263,19 @@ def test_a_forbidding_kernel_setting_is_named(monkeypatch, tmp_path):
     assert why is not None
     assert "user.max_user_namespaces=0" in why and "sysctl -w user.max_user_namespaces" in why
     assert "Operation not permitted" in why
+
+
+def test_creation_fails_naming_the_setting_when_the_kernel_forbids_it(monkeypatch):
+    """What a non-root host whose kernel forbids user namespaces is told for every
+    sandbox: the namespaces are missing, and why. (A double for the euid and the
+    probe: the test runner is root and the sysctls are the machine's.)"""
+    reason = "this host is not root and cannot create ...: user.max_user_namespaces=0 (sysctl -w ...)"
+    monkeypatch.setattr(isolation.os, "geteuid", lambda: 65534)
+    monkeypatch.setattr(userns, "unavailable", lambda: reason)
+    monkeypatch.setattr(isolation, "_detected", None)
+    missing = isolation.missing_required()
+    assert {"userns", "pidns", "mountns", "netns", "ipcns"} <= set(missing)
+    assert all(why == reason for layer, why in missing.items() if layer != "seccomp"), missing
+    exc = isolation.IsolationUnavailable(missing)
+    assert "user.max_user_namespaces=0" in str(exc)
+    monkeypatch.setattr(isolation, "_detected", None)  # not cached for later tests
