@@ -637,6 +637,8 @@ def plan(
         "netns": netns,
         "ipcns": avail.get("ipcns") is None,
         "userns": userns and avail.get("userns") is None,
+        # what the sandbox compares its own namespaces with (the host's)
+        "host_ns": {ns: _ns_inode("self", ns) for ns in ("user", "pid")} if userns else None,
         "mounts": mounts,
         "seccomp": None if avail.get("seccomp") is not None else {
             "deny_exec": "subprocess" not in set(allow),
@@ -798,7 +800,7 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
         except OSError as exc:
             skipped[f"cgroup-{ctl}"] = f"joining {d}: {exc.strerror or exc}"
     if p.get("userns"):
-        _check_userns(applied, skipped)  # made by the fork server (runtime.child.userns)
+        _check_userns(p.get("host_ns") or {}, applied, skipped)  # made by the fork server
     _namespaces(p, need_libc, applied, skipped)
     if "userns" in applied:
         try:
@@ -947,22 +949,23 @@ def _namespaces(
             skipped["mountns"] = f"private mount view failed: {exc}"
 
 
-def _check_userns(applied: list[str], skipped: dict[str, str]) -> None:
-    """Whether this process really is in its own user and pid namespace (read
-    before its own /proc is mounted: ``NSpid`` lists its pid in each level)."""
+def _ns_inode(pid: str, ns: str) -> int | None:
     try:
-        with open("/proc/self/uid_map", encoding="ascii") as fh:
-            own_users = fh.read().split()[:3] != ["0", "0", "4294967295"]
-        with open("/proc/self/status", encoding="ascii") as fh:
-            nspid = next((ln.split()[1:] for ln in fh if ln.startswith("NSpid:")), [])
-    except OSError as exc:
-        own_users, nspid = False, []
-        skipped["userns"] = skipped["pidns"] = f"cannot read /proc/self: {exc}"
-    for layer, ok in (("userns", own_users), ("pidns", len(nspid) > 1)):
-        if ok:
+        return os.stat(f"/proc/{pid}/ns/{ns}").st_ino
+    except OSError:
+        return None
+
+
+def _check_userns(host: dict[str, Any], applied: list[str], skipped: dict[str, str]) -> None:
+    """Whether this process really is in a user and a pid namespace other than the
+    host's (``host``: their inode numbers, from the plan)."""
+    for layer, ns in (("userns", "user"), ("pidns", "pid")):
+        mine = _ns_inode("self", ns)
+        if mine is not None and host.get(ns) is not None and mine != host[ns]:
             applied.append(layer)
         else:
-            skipped.setdefault(layer, "the fork server did not start the sandbox in it")
+            skipped.setdefault(layer, "the fork server did not start the sandbox in its own "
+                                      f"{ns} namespace")
 
 
 def _loopback_up() -> None:
