@@ -613,17 +613,17 @@ def plan(
     expose: list[tuple[str, list[str]]] = []
     if uid is not None:
         expose = exposures(code_roots())
-    elif userns and mounts is not None:
-        # Every sandbox runs as the host's own UID: what the UID kept from it on
-        # the root path (siblings' workdirs, the host user's files) is hidden.
-        mounts["proc"] = True
-        expose = hidden_for_userns(str(wd), code_roots() + list(read_only))
         if expose and avail.get("mountns") is not None:
             skipped["uid"] = (
                 f"{expose[0][0]} hides the Python installation from other users and "
                 "no mount namespace can be made to expose it"
             )
             uid = None
+    elif userns and mounts is not None:
+        # Every sandbox runs as the host's own UID: what the UID kept from it on
+        # the root path (siblings' workdirs, the host user's files) is hidden.
+        mounts["proc"] = True
+        expose = hidden_for_userns(str(wd), code_roots() + list(read_only))
     return {
         "rlimits": {
             "as_extra": lim("memory_mb", mb),
