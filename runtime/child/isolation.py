@@ -45,6 +45,13 @@ whatever it does there. Layers (names as listed in a sandbox's info under
 - ``uid``: a separate unprivileged UID/GID per sandbox (``UID_BASE`` + the
   workdir's inode number, so it is stable across restarts and unique while the
   sandbox exists), when the host runs as root;
+- ``userns`` and ``pidns``, when the host is not root (:mod:`runtime.child.userns`):
+  the fork server starts the sandbox as pid 2 of its own user and pid namespace
+  (the host's UID mapped to 0), the layers above are made inside it, the mount
+  view also hides what the host's UID could otherwise read
+  (:func:`hidden_for_userns`) and gets the pid namespace's own ``/proc``, and
+  every capability is dropped before ``no_new_privs`` and seccomp; RLIMIT_NPROC
+  then counts the sandbox's user namespace alone (Linux 5.14+);
 - ``seccomp``: the kernel filter of :mod:`runtime.child.seccomp`, loaded last
   (it denies the ``mount`` and ``unshare`` the layers above use);
 - ``no_new_privs``, ``no_dumpable`` (no ptrace, no core, /proc files root-owned),

@@ -19,6 +19,10 @@ because a sandbox must inherit nothing of the host's (issue 11):
   output pipes the host made for that sandbox, fd 3 its channel; every other
   descriptor is closed before any runtime or user code runs.
 
+For a host that is not root, a request may ask for a user and pid namespace: the
+server then forks through :func:`runtime.child.userns.spawn` (it becomes a child
+subreaper, so the sandbox and its namespace's init are its children).
+
 A sandbox holds no descriptor of the server's, so it cannot send it a byte. If the
 server dies anyway, the next :func:`spawn` starts a new one; running sandboxes do
 not notice (their channels are direct). Their exit is then seen through a pidfd
