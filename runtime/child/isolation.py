@@ -471,7 +471,10 @@ def hidden_for_userns(workdir: str, keep: list[str]) -> list[tuple[str, list[str
         and not _under(os.path.realpath(c), PRIVATE_TMP)  # already private
     ])
     roots = [os.path.realpath(k) for k in keep if os.path.isdir(k)]
-    return [(h, _outermost([r for r in roots if _under(r, (h,))], exclude=workdir)) for h in hide]
+    # A directory that is itself one of ``keep`` (a home that is the project, the
+    # virtualenv's parent) stays: it would be bound back whole anyway.
+    return [(h, _outermost([r for r in roots if _under(r, (h,))], exclude=workdir))
+            for h in hide if h not in roots]
 
 
 def prepare(

@@ -279,3 +279,17 @@ def test_creation_fails_naming_the_setting_when_the_kernel_forbids_it(monkeypatc
     exc = isolation.IsolationUnavailable(missing)
     assert "user.max_user_namespaces=0" in str(exc)
     monkeypatch.setattr(isolation, "_detected", None)  # not cached for later tests
+
+
+def test_what_a_non_root_host_hides(monkeypatch, tmp_path):
+    """The home (with the code under it bound back), the directory given as
+    base_dir; a home that is itself on the import path stays."""
+    home, base = tmp_path / "home", tmp_path / "srv" / "base"
+    (home / "venv").mkdir(parents=True)
+    (base / "sandbox-rt-1" / "s1").mkdir(parents=True)
+    monkeypatch.setattr(isolation, "PRIVATE_TMP", ("/nonexistent-private-tmp",))
+    monkeypatch.setenv("HOME", str(home))
+    wd = str(base / "sandbox-rt-1" / "s1")
+    got = dict(isolation.hidden_for_userns(wd, [str(home / "venv")]))
+    assert got[str(base)] == [] and got[str(home)] == [str(home / "venv")], got
+    assert str(home) not in dict(isolation.hidden_for_userns(wd, [str(home)]))
