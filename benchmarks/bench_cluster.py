@@ -132,7 +132,7 @@ def main(quick: bool = False) -> list[Record]:
     try:
         progress("bench_cluster: cluster of 2 nodes up; starting the runtime")
         with sandbox.start(cluster="ray", ray_address=cluster.address, name="bench-cluster") as rt, \
-                sandbox.start(name="bench-cluster-local") as local:
+                sandbox.start() as local:
             return measure(rt, local, other.node_id, runs=runs, calls=calls, creates=creates,
                            create_runs=create_runs)
     finally:

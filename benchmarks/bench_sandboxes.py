@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import os
 import statistics
 import sys
 import time
@@ -102,7 +101,7 @@ def main(quick: bool = False) -> list[Record]:
         smoke_sizes=(1, [2], [2], 4, 0.2),  # 4: one bare child per thread (not thread-safe)
     )
     records: list[Record] = []
-    with sandbox.start(name=f"bench-sb-{os.getpid()}") as rt:
+    with sandbox.start() as rt:
         _create(rt, 1, "warm")
         _destroy(rt, 1, "warm")
         _bare(1)
