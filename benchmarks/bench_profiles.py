@@ -21,6 +21,7 @@ issue 11).
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 from pathlib import Path
