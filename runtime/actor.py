@@ -296,6 +296,7 @@ class Actor(pykka.ThreadingActor):
         self._exit_reason: ExitReason | None = None
         self._exited = threading.Event()
         self._started = threading.Event()
+        self._up = False  # _started is set (read on every call run in place: no method call)
         self._stop_request: ExitReason | None = None
         self._pending: set[ReplySink] = set()
         #: The reply sink of the call being handled (None outside a call).
@@ -358,6 +359,7 @@ class Actor(pykka.ThreadingActor):
         except BaseException as exc:
             self._terminate(ExitReason.from_exception(exc), run_on_exit=False)
         finally:
+            self._up = True
             self._started.set()
 
     # -- the message loop ------------------------------------------------------------
@@ -421,7 +423,7 @@ class Actor(pykka.ThreadingActor):
         Order per sender holds: the message goes ahead only of messages posted after
         it, which wait on ``_exec`` until it is done.
         """
-        if not self._started.is_set():  # on_init still runs on the actor's thread
+        if not self._up:  # on_init still runs on the actor's thread
             return False
         with self._mb:
             if self._backlog or self._stop_request is not None or self._exiting:
@@ -477,8 +479,10 @@ class Actor(pykka.ThreadingActor):
             self._caller = None
         if value is NOREPLY:
             return  # answered later; stays pending, so the caller hears if the actor ends
-        self._discard(msg.reply)
-        msg.reply.set_result(value)
+        reply = msg.reply
+        with self._life:  # self._discard(reply), inline: every call passes here
+            self._pending.discard(reply)
+        reply.set_result(value)
 
     def _discard(self, reply: ReplySink) -> None:
         with self._life:

@@ -364,8 +364,15 @@ class Codec:
             raise ValueError(f"invalid ref {_short(ref)}: expected an int or None")
         if target is not None and type(target) is not str:
             raise ValueError(f"invalid target {_short(target)}: expected a str or None")
-        body = self.encode([kind, ref, target, payload])
+        # self.encode(...), inline: every call and every reply passes here.
+        try:
+            pack = self._local.pack
+        except AttributeError:
+            pack = self._packer()
+        body = pack([kind, ref, target, payload])
         size = len(body)
+        if size > _PACKER_KEEP_BYTES:
+            del self._local.pack
         if size > self.max_frame:
             raise ProtocolError(
                 f"{kind} frame to {target!r} is {size} bytes, over max_frame={self.max_frame}; "
@@ -593,6 +600,19 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         buf = self._buf
+        if not buf:
+            # The common case, one whole frame in one read (a call, its reply).
+            end = len(data)
+            if end > PREFIX_SIZE:
+                size = _PREFIX.unpack_from(data)[0]
+                if size == end - PREFIX_SIZE and size <= self._max:
+                    try:
+                        env = self._codec.decode_envelope(data[PREFIX_SIZE:])
+                    except ProtocolError:
+                        pass  # the general path below reports it, with the frame's number
+                    else:
+                        self._count += 1
+                        return [env]
         if buf:
             buf += data
             src: bytes | bytearray | memoryview = buf
