@@ -34,7 +34,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NoReturn, Protocol
 
 import pykka
 from pykka._envelope import Envelope
@@ -446,29 +446,36 @@ class Actor(pykka.ThreadingActor):
         try:
             return fn(arg)
         except BaseException as exc:
-            reason = ExitReason.from_exception(exc)
-            # Refuse new calls from now on: a caller told of this failure may call
-            # again before the actor has finished ending, and must hear "dead" at
-            # once, not have its call accepted and then dropped.
-            with self._life:
-                self._failing = True
-            # Logged once, where the failure is handled: by the supervisor (or whoever
-            # links or monitors this actor); only an actor nobody watches says it here.
-            watched = bool(self._links or self._watchers)
-            log.log(logging.DEBUG if watched else logging.ERROR, "actor %s failed: %s",
-                    self.actor_id, reason.message,
-                    extra={"traceback": reason.traceback, "actor": self.actor_id})
-            telemetry.execute(
-                "actor.failure",
-                {"count": 1},
-                {"actor": self.actor_id, "reason": reason.message, "traceback": reason.traceback},
-            )
-            raise _Failed(reason) from exc
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        """A hook raised ``exc``: record and report the failure, raise :class:`_Failed`."""
+        reason = ExitReason.from_exception(exc)
+        # Refuse new calls from now on: a caller told of this failure may call
+        # again before the actor has finished ending, and must hear "dead" at
+        # once, not have its call accepted and then dropped.
+        with self._life:
+            self._failing = True
+        # Logged once, where the failure is handled: by the supervisor (or whoever
+        # links or monitors this actor); only an actor nobody watches says it here.
+        watched = bool(self._links or self._watchers)
+        log.log(logging.DEBUG if watched else logging.ERROR, "actor %s failed: %s",
+                self.actor_id, reason.message,
+                extra={"traceback": reason.traceback, "actor": self.actor_id})
+        telemetry.execute(
+            "actor.failure",
+            {"count": 1},
+            {"actor": self.actor_id, "reason": reason.message, "traceback": reason.traceback},
+        )
+        raise _Failed(reason) from exc
 
     def _handle_call(self, msg: _Call) -> None:
         self._caller = msg.reply
         try:
-            value = self._dispatch(self.on_call, msg.request)
+            try:  # self._dispatch(self.on_call, ...), inline: every call passes here
+                value = self.on_call(msg.request)
+            except BaseException as exc:
+                self._failed(exc)
         except _Failed as failed:
             self._discard(msg.reply)
             msg.reply.set_exception(
