@@ -849,6 +849,24 @@ class ProcessRef(ActorRef):
                 raise CallTimeout(f"{self.id}/{target}", timeout)
         return reply.result()
 
+    def call_wait(self, target: str, request: Any, reply: Reply, timeout: float | None) -> bool:
+        """Send a call whose answer goes to ``reply`` and wait for it up to ``timeout``
+        seconds, reading the socket in this thread as :meth:`call` does (no thread
+        hand-off); True once the answer is in ``reply``.
+
+        On False the call stays pending: its answer still reaches ``reply`` (the
+        reader thread reads it) unless the caller :meth:`forget`\ s the ref. For a
+        caller that keeps the reply after its own wait, e.g. to watch a deadline.
+
+        >>> from runtime.actor import Reply
+        >>> callable(ProcessRef.call_wait)
+        True
+        """
+        conn = self._conn
+        conn.submit(CALL, target, request, reply)
+        left = conn.lead(reply, timeout)
+        return reply.done() or reply.wait(left)
+
     def call_into(  # type: ignore[override]
         self, request: Any, reply: ReplySink, *, run_here: bool = False
     ) -> int:
