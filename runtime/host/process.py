@@ -855,8 +855,8 @@ class ProcessRef(ActorRef):
         hand-off); True once the answer is in ``reply``.
 
         On False the call stays pending: its answer still reaches ``reply`` (the
-        reader thread reads it) unless the caller :meth:`forget`\ s the ref. For a
-        caller that keeps the reply after its own wait, e.g. to watch a deadline.
+        reader thread reads it). For a caller that keeps the reply after its own
+        wait, e.g. to watch a deadline.
 
         >>> from runtime.actor import Reply
         >>> callable(ProcessRef.call_wait)
