@@ -83,7 +83,6 @@ class Relay:
     ``here`` says whether the dispatcher may run a call in the calling thread
     (main thread, with the time slice armed) or must post it (helper thread).
     ``done()`` true makes the helper give the reading back (the server is exiting).
-    ``fileno`` (the socket ``recv`` reads) is accepted for compatibility and unused.
     ``in_place=False``: nothing runs in place (every call goes to a mailbox).
     :meth:`step` is called in a loop by the main thread; it raises what ``recv``
     raised (``ChannelClosed``, ``ProtocolError``), also when the helper hit it.
@@ -95,7 +94,6 @@ class Relay:
         dispatch: Callable[[Unit, bool], None],
         *,
         done: Callable[[], bool] = lambda: False,
-        fileno: int | None = None,
         in_place: bool = True,
         slice_seconds: float = SLICE,
     ) -> None:
