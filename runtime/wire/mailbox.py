@@ -341,7 +341,11 @@ class Codec:
         >>> Codec().encode([1, "a"])
         b'\\x92\\x01\\xa1a'
         """
-        body = self._packer()(obj)
+        try:  # self._packer(), its common case inline: every frame passes here
+            pack = self._local.pack
+        except AttributeError:
+            pack = self._packer()
+        body = pack(obj)
         if len(body) > _PACKER_KEEP_BYTES:
             del self._local.pack
         return body
@@ -364,15 +368,8 @@ class Codec:
             raise ValueError(f"invalid ref {_short(ref)}: expected an int or None")
         if target is not None and type(target) is not str:
             raise ValueError(f"invalid target {_short(target)}: expected a str or None")
-        # self.encode(...), inline: every call and every reply passes here.
-        try:
-            pack = self._local.pack
-        except AttributeError:
-            pack = self._packer()
-        body = pack([kind, ref, target, payload])
+        body = self.encode([kind, ref, target, payload])
         size = len(body)
-        if size > _PACKER_KEEP_BYTES:
-            del self._local.pack
         if size > self.max_frame:
             raise ProtocolError(
                 f"{kind} frame to {target!r} is {size} bytes, over max_frame={self.max_frame}; "
