@@ -250,7 +250,9 @@ def process_options(record: Any, runtime_id: str) -> dict[str, Any]:
     policy["app_modules"] = sorted(slot.modules)
     plan = isolation.plan(
         allow=profile.allow,
-        limits=prot.limits.as_dict(),
+        # cpu_seconds is per call, held by the monitor: RLIMIT_CPU would count the
+        # process's whole life and stop a long-lived sandbox for no call's fault.
+        limits={**prot.limits.as_dict(), "cpu_seconds": None},
         state=prot.state,
         net_allow=[_split_addr(a) for a in net_allow],
         env_allow=profile.env_allow,

@@ -20,7 +20,10 @@ sandbox ``create_sandbox(alerts=...)``) of a limit emits ``limit.warning`` telem
 reaching the limit emits ``limit.exceeded``, writes the audit log, records the
 event in the sandbox's info and takes the sandbox's ``action``: ``restart``
 (its process is killed; its supervisor starts a fresh one) or ``terminate``.
-Limits the kernel enforces (RLIMIT_CPU, RLIMIT_FSIZE) end the process with
+``cpu_seconds`` is a budget per call, not per process life: each tick charges
+the process's CPU time to the call in flight (or to a busy stretch with none),
+and a stretch past the budget is a limit reached. Limits the kernel enforces
+(RLIMIT_CPU where set, RLIMIT_FSIZE) end the process with
 SIGXCPU / SIGXFSZ; the monitor records those exits as limits reached too, and
 resource errors a sandbox reports in its replies (MemoryError, EMFILE, ...) as
 ``limit.reported`` (the sandbox's word).
@@ -83,6 +86,12 @@ class _Watch:
     #: Calls whose callers gave up before the handler deadline: (proc, reply, started).
     calls: list[tuple[Any, Any, float]] = field(default_factory=list)
     warn_at: float | None = None  # the sandbox's own warning level (None: the monitor's)
+    #: The per-call CPU budget (``cpu_seconds``): the process's CPU time (its own, not
+    #: its children's) at the start of the busy stretch being charged, the request
+    #: it belongs to, and the CPU time at the last tick.
+    cpu_base: float = 0.0
+    cpu_ref: int | None = None
+    cpu_last: float | None = None
 
     @property
     def limits(self) -> Limits:
@@ -355,6 +364,7 @@ class ResourceMonitorActor(Component):
                 w.latest = sample
                 w.history.append(sample)
             self._check(w, sample)
+            self._cpu_budget(w, sample)
         self._tick_cpu.append(time.thread_time() - t_cpu)
         self._tick_wall.append(time.perf_counter() - t_wall)
         return n
@@ -384,6 +394,7 @@ class ResourceMonitorActor(Component):
             return None
         if pid != w.pid:  # a new process: start afresh
             w.pid, w.procs, w.cpu_prev, w.last_t, w.fds = pid, {}, {}, 0.0, {}
+            w.cpu_ref, w.cpu_last = None, None
             w.warned.clear()
             w.acted = False
             w.uss = None
@@ -451,6 +462,7 @@ class ResourceMonitorActor(Component):
         return {
             "ts": now,
             "pid": pid,
+            "cpu_seconds": cpu_now.get(pid),
             "rss": rss,
             "rss_mb": rss / _MIB,
             "uss": w.uss,
@@ -533,6 +545,37 @@ class ResourceMonitorActor(Component):
                 except SandboxError:
                     pass
         return action
+
+    def _cpu_budget(self, w: _Watch, s: dict[str, Any]) -> None:
+        """Charge the process's CPU time to the busy stretch it belongs to; past
+        ``cpu_seconds`` the stretch is over its budget (the sandbox's action).
+
+        A stretch is one call (the oldest request awaiting its reply: the same
+        one as at the last tick, or a new one, which starts a new stretch), or,
+        with no call in flight, CPU used without a pause (more than half of the
+        interval's wall time: a cast, a timer or a thread spinning). A process
+        that is idle, or serves one cheap call after another, starts a new stretch
+        at every tick and is never stopped, however much CPU it uses over its life.
+        Read from ``/proc`` by the host: nothing the sandbox says or does to its
+        own limits changes it. (The kernel cannot hold this budget: RLIMIT_CPU
+        counts a process's whole life, and moving it from the host needs
+        CAP_SYS_RESOURCE.)
+        """
+        budget = w.limits.cpu_seconds
+        cpu, proc = s.get("cpu_seconds"), w.slot.current()
+        if budget is None or cpu is None or proc is None:
+            return
+        oldest = proc.oldest_request()
+        last, w.cpu_last = w.cpu_last, cpu
+        if oldest is not None:
+            if oldest != w.cpu_ref:
+                w.cpu_ref, w.cpu_base = oldest, cpu
+        else:
+            busy = last is not None and cpu - last > self.interval / 2
+            if w.cpu_ref is not None or not busy:
+                w.cpu_ref, w.cpu_base = None, cpu
+        if cpu - w.cpu_base > budget:
+            self._exceeded(w, "cpu_seconds", cpu - w.cpu_base, budget)
 
     def _overdue(self, w: _Watch) -> None:
         limit = w.limits.call_seconds
@@ -661,7 +704,7 @@ def call_with_deadline(
         try:
             return reply.result()
         except ActorDead:
-            _raise_if_cpu_budget(sandbox, proc)
+            _raise_if_cpu_budget(sandbox, proc, time.time() - (time.monotonic() - started))
             raise
     monitor = sandbox.runtime.component("monitor")
     if wait < limit:
@@ -680,17 +723,28 @@ def call_with_deadline(
     )
 
 
-def _raise_if_cpu_budget(sandbox: Any, proc: Any) -> None:
+def _raise_if_cpu_budget(sandbox: Any, proc: Any, since: float) -> None:
+    """The call's process died: ResourceLimitExceeded if it was for its CPU budget
+    (the monitor's own record of acting on ``cpu_seconds`` since the call began,
+    or the kernel's SIGXCPU)."""
     import signal
 
-    code = proc.exitcode
-    if code is None:
+    code = None if proc is None else proc.exitcode
+    if code is None and proc is not None:
         proc.join(1.0)
         code = proc.exitcode
-    if code == -signal.SIGXCPU:
+    try:
+        usage = sandbox.runtime.component("monitor").invoke("usage", sandbox.id) or {}
+    except SandboxError:
+        usage = {}
+    acted = [e for e in usage.get("limit_events") or ()
+             if e.get("limit") == "cpu_seconds" and e.get("at", 0) >= since]
+    if acted or code == -signal.SIGXCPU:
+        budget = (usage.get("limits") or {}).get("cpu_seconds")
+        by = f"action taken: {acted[-1]['action']}" if acted else "stopped by the kernel (SIGXCPU)"
         raise ResourceLimitExceeded(
-            f"sandbox {sandbox.id!r} used up its CPU budget (cpu_seconds) during the call "
-            "and was stopped by the kernel (SIGXCPU)"
+            f"sandbox {sandbox.id!r} used up its per-call CPU budget of {budget}s "
+            f"(cpu_seconds) during the call; {by}"
         ) from None
 
 
@@ -708,11 +762,17 @@ def run_with_limit(sandbox: Any, do: Callable[[float | None], Any], timeout: flo
         slot = None
     prot = getattr(slot, "security", None)
     limit = prot.limits.run_seconds if prot is not None else None
-    if limit is None or (timeout is not None and timeout <= limit):
-        return do(timeout)
+    since = time.time()
     try:
+        if limit is None or (timeout is not None and timeout <= limit):
+            return do(timeout)
         return do(float(limit))
+    except ActorDead:
+        _raise_if_cpu_budget(sandbox, None, since)
+        raise
     except CallTimeout:
+        if limit is None or (timeout is not None and timeout <= limit):
+            raise
         try:
             action = sandbox.runtime.component("monitor").invoke(
                 "run_overrun", sandbox.id, float(limit)
