@@ -56,6 +56,7 @@ from runtime.actor import ExitReason
 from runtime.child.swap import ModuleCode
 from runtime.errors import ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
 from runtime.wire.shipping import ship
+from sandbox.reload_ack import shipped_digests, verify_swap
 
 if TYPE_CHECKING:
     from sandbox.api import Runtime
@@ -532,6 +533,7 @@ def _swap(
                 "(raise timeout= for a slow code_change)",
                 module=changed[0] if changed else None, step="timeout",
             ) from None
+        verify_swap(proc, sandbox_id, shipped_digests(units), None)
         return {"actors": 0, "warnings": [
             f"the sandbox committed the swap but its report did not arrive within {timeout}s"]}
     if not result.get("ok"):
@@ -542,6 +544,8 @@ def _swap(
         )
         err.remote_traceback = result.get("traceback", "")  # type: ignore[attr-defined]
         raise err
+    # Recorded only if the sandbox installed, and serves, exactly what was shipped.
+    verify_swap(proc, sandbox_id, shipped_digests(units), result.get("installed", {}))
     return result
 
 

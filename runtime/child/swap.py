@@ -58,6 +58,7 @@ import threading
 import time
 import traceback
 import types
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,7 @@ __all__ = [
     "live_servers",
     "reload_from_wire",
     "restore_states",
+    "serving",
     "snapshot_states",
     "unload_module",
     "upgrade_children",
@@ -183,14 +185,35 @@ class AppFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         mc = self.modules[module.__name__]
-        code = mc.code_object()
+        code = mc.code_object()  # checked against code_sha256 when it has one
         module.__file__ = mc.file
         _remember_source(mc)
+        _EXECUTED[module] = mc.code_sha256 or hashlib.sha256(mc.code).hexdigest()
         exec(code, module.__dict__)
 
     def get_source(self, fullname: str) -> str | None:
         mc = self.modules.get(fullname)
         return mc.source if mc is not None else None
+
+
+#: The SHA-256 of the marshalled code each app module object was executed from.
+_EXECUTED: weakref.WeakKeyDictionary[types.ModuleType, str] = weakref.WeakKeyDictionary()
+
+
+def serving(names: Iterable[str]) -> dict[str, str | None]:
+    """For each module name, the SHA-256 of the code of the module object that
+    ``sys.modules`` holds now (None: not loaded, or not loaded by the app's finder).
+    The host compares it with what it shipped after a reload (the ``code_digests``
+    system op).
+
+    >>> serving(["json"])
+    {'json': None}
+    """
+    out: dict[str, str | None] = {}
+    for name in list(names)[:10_000]:
+        module = sys.modules.get(str(name))
+        out[str(name)] = _EXECUTED.get(module) if module is not None else None
+    return out
 
 
 def _remember_source(mc: ModuleCode) -> None:
@@ -783,6 +806,7 @@ def apply_reload(
     for w in warnings:
         log.warning(w)
     return {
+        "installed": serving(names),
         "modules": names,
         "removed": removed,
         "changed": sorted(changed_set & set(names)),
