@@ -45,6 +45,11 @@ SLOW = {
                     while time.process_time() < end:
                         pass
                 return state + 1, state + 1
+
+            def handle_cast(self, request, state):
+                while request == "spin":
+                    pass
+                return state
     """,
 }
 
@@ -103,3 +108,15 @@ def test_the_cpu_budget_is_per_call_not_per_life(world):
     for n in range(1, 6):  # 5 x 0.25 s: with the boot, well past 1 CPU-second of life
         assert sb.call("slow", 0.25, timeout=60) == n
     assert sb.pid == pid and not world.events(sb.id, "limit.")
+
+
+def test_a_spin_no_call_waits_for_is_charged_too(world):
+    """A cast's handler has no caller and no deadline: a busy stretch is charged."""
+    sb = world.sandbox(profile="high", app=SLOW, limits={"cpu_seconds": 1})
+    pid = sb.pid
+    _sampled(world, sb)
+    sb.cast("slow", "spin")
+    ev = world.wait_event(sb.id, "limit.exceeded", 20)
+    assert "cpu_seconds" in ev["detail"], ev
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    assert sb.call("slow", "count", timeout=10) == 1
