@@ -458,6 +458,12 @@ class ResourceMonitorActor(Component):
         w.procs, w.cpu_prev, w.last_t = seen, cpu_now, now
         if len(w.fds) > len(seen):
             w.fds = {k: v for k, v in w.fds.items() if k in seen}
+        helpers = 0
+        if len(seen) > 1 and w.state.get("uid") is not None:
+            # The runtime's own helpers in the tree (slirp4netns and the egress
+            # refresher, runtime/child/egress.py) run as root; the sandbox's code,
+            # under its own UID with no_new_privs, cannot start a process of root's.
+            helpers = sum(1 for p_id in seen if p_id != pid and _owner(p_id) == 0)
         started = getattr(w.slot, "started_at", None)
         return {
             "ts": now,
@@ -468,7 +474,7 @@ class ResourceMonitorActor(Component):
             "uss": w.uss,
             "cpu_percent": round(cpu_percent, 2),
             "threads": threads,
-            "processes": len(seen),
+            "processes": len(seen) - helpers,
             "fds": fds,
             "fds_max": fds_max,
             "uptime": now - started if started else 0.0,
@@ -657,6 +663,16 @@ def _proc_stat(pid: int) -> tuple[float, int, int] | None:
         cpu = (int(fields[11]) + int(fields[12])) / _TICKS
         return cpu, int(fields[21]) * _PAGE, int(fields[17])
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def _owner(pid: int) -> int | None:
+    """The process's real UID (not its /proc entry's owner: root for any process
+    that is not dumpable, as every sandbox process is)."""
+    try:
+        data = _read(f"/proc/{pid}/status")
+        return int(data[data.index(b"\nUid:") + 5:].split()[0])
+    except (OSError, ValueError):
         return None
 
 
