@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from runtime.child.mounts import HOSTS_DIR
 
-__all__ = ["INSTALL", "REFRESH_SECONDS", "SLIRP_V6_NET", "TAP", "finish", "kill_helper",
-           "resolve", "ruleset", "start"]
+__all__ = ["INSTALL", "REFRESH_SECONDS", "SLIRP_V6_NET", "TAP", "finish", "hosts_file",
+           "kill_helper", "refresh", "resolve", "ruleset", "start"]
 
 #: What to install when a tool is missing.
 INSTALL = {
@@ -185,23 +186,34 @@ def _fork_refresher(sandbox: int, egress: list[Any], resolved: Resolved, exit_r:
 def _refresh_loop(sandbox: int, egress: list[Any], resolved: Resolved, exit_r: int) -> None:
     import select
 
-    own_net = os.stat("/proc/self/ns/net").st_ino
     while not select.select([exit_r], [], [], REFRESH_SECONDS)[0]:
-        try:
-            fresh = resolve(egress)
-        except OSError:
-            continue  # a failed lookup keeps the last addresses
+        resolved = refresh(sandbox, egress, resolved)
+
+
+def refresh(
+    sandbox: int, egress: list[Any], resolved: Resolved,
+    lookup: Callable[[list[Any]], Resolved] = resolve,
+) -> Resolved:
+    """One round of the refresher: resolve ``egress`` again (``lookup``) and, if the
+    addresses changed, reload the firewall in the network namespace of process
+    ``sandbox`` and rewrite its /etc/hosts; returns what is in force now. As root,
+    from the host's namespaces; a failed lookup or update keeps the last addresses::
+
+        resolved = refresh(pid, [("api.example.com", 443)], resolved)
+    """
+    try:
+        fresh = lookup(egress)
         if fresh == resolved:
-            continue
-        try:
-            if os.stat(f"/proc/{sandbox}/ns/net").st_ino == own_net:
-                continue  # not (or no longer) in its own namespace: nothing to change
-            if _in_netns(sandbox, ruleset(fresh)):
-                with open(f"/proc/{sandbox}/root{HOSTS_DIR}/hosts", "w", encoding="utf-8") as fh:
-                    fh.write(hosts_file(fresh))
-                resolved = fresh
-        except OSError:
-            continue
+            return resolved
+        if os.stat(f"/proc/{sandbox}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
+            return resolved  # not (or no longer) in its own namespace: nothing to change
+        if not _in_netns(sandbox, ruleset(fresh)):
+            return resolved
+        with open(f"/proc/{sandbox}/root{HOSTS_DIR}/hosts", "w", encoding="utf-8") as fh:
+            fh.write(hosts_file(fresh))
+    except OSError:
+        return resolved
+    return fresh
 
 
 def _in_netns(sandbox: int, rules: str) -> bool:
@@ -212,7 +224,8 @@ def _in_netns(sandbox: int, rules: str) -> bool:
         pid = os.fork()
         if pid == 0:
             try:
-                os.setns(fd, os.CLONE_NEWNET)
+                if _libc().setns(fd, _CLONE_NEWNET) != 0:  # os.setns is Python 3.12+
+                    os._exit(1)
                 _nft(rules)
                 os._exit(0)
             finally:
@@ -250,6 +263,15 @@ def finish(helper: dict[str, Any]) -> str:
         _wait_for_ipv6()
     _nft(ruleset(helper["resolved"]))
     return hosts_file(helper["resolved"])
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _wait_for_ipv6() -> None:

@@ -203,3 +203,41 @@ def test_an_address_in_slirp4netns_own_ipv6_network_is_refused(world):
             pytest.skip(f"{layer} is not installed here: {layer_missing(layer)}")
     with pytest.raises(SandboxError, match="fd00::/64"):
         world.sandbox(profile="low", net_allow=["[fd00::2]:443"])
+
+
+def test_a_name_whose_address_changes_keeps_working(world, listeners):
+    """The refresher's round, run from the host as the refresher runs it (root, in
+    the host's namespaces, a fresh process). Test double for the DNS answer only,
+    because a record cannot be changed here for real without editing the shared
+    machine's /etc/hosts: the lookup returns the name's new address."""
+    import subprocess
+    import sys
+
+    name = socket.gethostname()
+    try:
+        first = socket.gethostbyname(name)
+    except OSError:
+        pytest.skip(f"this host's name {name!r} does not resolve")
+    host, port = listeners.addr("allowed")
+    if first == host:
+        pytest.skip("this host's name already resolves to the listeners' address")
+    sb = world.sandbox(profile="low", net_allow=[f"{name}:{port}"])
+    assert attempt(sb, _connect, [[name, port]]) != {f"{name}:{port}": "connected"}
+    assert listeners.accepted() == set()
+    code = (
+        "import sys\n"
+        "from runtime.child import egress\n"
+        "pid, name, port, old, new = sys.argv[1], sys.argv[2], int(sys.argv[3]), *sys.argv[4:]\n"
+        "got = egress.refresh(int(pid), [(name, port)], [(name, [old], port)],\n"
+        "                     lambda _e: [(name, [new], port)])\n"
+        "sys.exit(0 if got[0][1] == [new] else 1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(sb.pid), name, str(port), first, host],
+                          capture_output=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    got = attempt(sb, _connect, [[name, port]])
+    assert got == {f"{name}:{port}": "connected"}, got
+    assert listeners.accepted() == {"allowed"}, got
+    hosts = (f"/proc/{sb.pid}/root/etc/hosts")
+    with open(hosts) as fh:
+        assert f"{host} {name}" in fh.read().splitlines()
