@@ -65,6 +65,9 @@ _MIB = 1 << 20
 TREND_WINDOWS = (10, 60, 300)
 _EVENTS_KEPT = 20
 _SIGNAL_LIMITS = {"SIGXCPU": "cpu_seconds", "SIGXFSZ": "file_size_mb"}
+#: With no call in flight, a process using more than this share of a core between
+#: two samples is busy: its CPU is charged to one stretch (``cpu_seconds``).
+IDLE_SHARE = 0.1
 
 
 @dataclass
@@ -91,7 +94,7 @@ class _Watch:
     #: it belongs to, and the CPU time at the last tick.
     cpu_base: float = 0.0
     cpu_ref: int | None = None
-    cpu_last: float | None = None
+    cpu_last: tuple[float, float] | None = None  # (CPU time, wall time) at the last tick
 
     @property
     def limits(self) -> Limits:
@@ -558,8 +561,9 @@ class ResourceMonitorActor(Component):
 
         A stretch is one call (the oldest request awaiting its reply: the same
         one as at the last tick, or a new one, which starts a new stretch), or,
-        with no call in flight, CPU used without a pause (more than half of the
-        interval's wall time: a cast, a timer or a thread spinning). A process
+        with no call in flight, CPU used without a pause (more than
+        :data:`IDLE_SHARE` of the wall time since the last tick: a cast, a timer or
+        a thread spinning, however little of a loaded machine it gets). A process
         that is idle, or serves one cheap call after another, starts a new stretch
         at every tick and is never stopped, however much CPU it uses over its life.
         Read from ``/proc`` by the host: nothing the sandbox says or does to its
@@ -572,12 +576,12 @@ class ResourceMonitorActor(Component):
         if budget is None or cpu is None or proc is None:
             return
         oldest = proc.oldest_request()
-        last, w.cpu_last = w.cpu_last, cpu
+        last, w.cpu_last = w.cpu_last, (cpu, s["ts"])
         if oldest is not None:
             if oldest != w.cpu_ref:
                 w.cpu_ref, w.cpu_base = oldest, cpu
         else:
-            busy = last is not None and cpu - last > self.interval / 2
+            busy = last is not None and cpu - last[0] > IDLE_SHARE * (s["ts"] - last[1])
             if w.cpu_ref is not None or not busy:
                 w.cpu_ref, w.cpu_base = None, cpu
         if cpu - w.cpu_base > budget:
