@@ -462,11 +462,14 @@ class ResourceMonitorActor(Component):
         if len(w.fds) > len(seen):
             w.fds = {k: v for k, v in w.fds.items() if k in seen}
         helpers = 0
-        if len(seen) > 1 and w.state.get("uid") is not None:
+        if len(seen) > 1:
             # The runtime's own helpers in the tree (slirp4netns and the egress
-            # refresher, runtime/child/egress.py) run as root; the sandbox's code,
-            # under its own UID with no_new_privs, cannot start a process of root's.
-            helpers = sum(1 for p_id in seen if p_id != pid and _owner(p_id) == 0)
+            # refresher, runtime/child/egress.py) stay in the host's network
+            # namespace; no process of the sandbox's code can leave the sandbox's
+            # (unshare, setns and new namespaces are denied by seccomp everywhere).
+            own = _netns(pid)
+            if own is not None:
+                helpers = sum(1 for p_id in seen if p_id != pid and _netns(p_id) not in (own, None))
         started = getattr(w.slot, "started_at", None)
         return {
             "ts": now,
@@ -670,13 +673,11 @@ def _proc_stat(pid: int) -> tuple[float, int, int] | None:
         return None
 
 
-def _owner(pid: int) -> int | None:
-    """The process's real UID (not its /proc entry's owner: root for any process
-    that is not dumpable, as every sandbox process is)."""
+def _netns(pid: int) -> int | None:
+    """The inode of the process's network namespace (None if it cannot be read)."""
     try:
-        data = _read(f"/proc/{pid}/status")
-        return int(data[data.index(b"\nUid:") + 5:].split()[0])
-    except (OSError, ValueError):
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
         return None
 
 

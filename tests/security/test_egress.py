@@ -101,8 +101,9 @@ def test_only_the_allowlisted_address_is_reachable(world, listeners, profile):
 
 
 def test_the_egress_helpers_are_not_the_sandboxs_processes(world, listeners):
-    """slirp4netns (and the refresher) run as root beside the sandbox: they do not
-    count against its process limit (1 in medium), so it is not restarted for them."""
+    """slirp4netns (and the refresher) run beside the sandbox, in the host's network
+    namespace: they do not count against its process limit (1 in medium), so it is
+    not restarted for them."""
     host, port = listeners.addr("allowed")
     sb = world.sandbox(profile="medium", net_allow=[f"{host}:{port}"])
     pid, since = sb.pid, time.time()
