@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from actors.monitor import ResourceMonitorActor
+from actors.monitor import USS_TURNS_KEPT, ResourceMonitorActor
 from actors.procfiles import ProcFiles
 from sandbox.testing import leaks, snapshot, wait_for
 
@@ -101,13 +101,17 @@ def test_the_monitor_rereads_uss_when_rss_moves_and_closes_files_it_no_longer_ne
         ref.invoke("sample_now")
         first = ref.invoke("usage", "grower")["uss"]
         assert first > 0
-        ref.invoke("sample_now")  # idle: RSS unmoved, the USS read is skipped
-        assert ref.invoke("usage", "grower")["uss"] == first
+        monitor: Any = ref._actor
+        kept = []
+        for _ in range(USS_TURNS_KEPT + 1):  # idle: RSS unmoved, USS reads skipped ...
+            ref.invoke("sample_now")
+            kept.append(monitor.watches["grower"].uss_kept)
+        assert kept == [*range(1, USS_TURNS_KEPT + 1), 0]  # ... up to 9 turns in a row
+        assert ref.invoke("usage", "grower")["uss"] > 0
         grow(grower)
         wait_for(lambda: ref.invoke("sample_now") and
                  ref.invoke("usage", "grower")["uss"] >= first + (8 << 20), 10)
-        monitor: Any = ref._actor  # the monitor's own files: stat and children
-        assert monitor._files.open_count() == 2
+        assert monitor._files.open_count() == 2  # the monitor's own: stat and children
         ref.invoke("unregister", "grower")
         ref.invoke("sample_now")
         assert monitor._files.open_count() == 0
