@@ -670,18 +670,23 @@ def apply_reload(
         t_suspended = time.perf_counter()
         from runtime.genserver import SERVERS
 
-        servers: list[Any] = []  # actors running a class of a reloaded module
-        others: list[Any] = []
-        for s in list(SERVERS):  # one pass; reloaded modules' actors are all it migrates
-            if s.impl is not None and _alive(s):
-                (servers if s.impl_cls.__module__ in new_code else others).append(s)
-        snaps = [_snapshot(s.state) for s in servers]
         # Actors of other modules holding objects of reloaded classes: their state is
         # copied and restored too, which re-binds those objects to the new classes.
         # Only looked for when a reloaded module defines a class whose objects a
         # state can hold (not just GenServers): the walk costs every other actor.
-        holders = [s for s in others if _instances_in(s.state, new_code)] \
-            if _state_classes_in(new_code) else []
+        holdable = _state_classes_in(new_code)
+        servers: list[Any] = []  # actors running a class of a reloaded module
+        others: list[Any] = []
+        for s in list(SERVERS):  # one pass; reloaded modules' actors are all it migrates
+            if s.impl is None:
+                continue
+            if s.impl_cls.__module__ in new_code:
+                if _alive(s):
+                    servers.append(s)
+            elif holdable and _alive(s):
+                others.append(s)
+        snaps = [_snapshot(s.state) for s in servers]
+        holders = [s for s in others if _instances_in(s.state, new_code)]
         holder_snaps = [_snapshot(s.state) for s in holders]
         rebound: list[tuple[Any, Any]] = []
         old_modules = {n: sys.modules.get(n) for n in [*names, *removed]}
