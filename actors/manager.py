@@ -472,6 +472,9 @@ class ManagerActor(Component):
         return self._get(sandbox_id).created_at
 
     def op_reload_context(self, sandbox_id: str) -> ReloadContext:
+        """What a hot reload needs of the sandbox (profile, paths, compile settings,
+        cache directory, slot), in one round trip and without the usage figures
+        ``info`` asks the monitor for."""
         record = self._get(sandbox_id)
         config = record.config
         return ReloadContext(config.profile, config.path, record.workdir,
