@@ -383,9 +383,16 @@ class ResourceMonitorActor(Component):
         return n
 
     def _tree(self, w: _Watch, root: int) -> list[int]:
-        pids = isolation.sandbox_pids(w.state)
-        if pids is not None:
-            return pids
+        state = w.state
+        if state.get("cgroups"):
+            pids = isolation.sandbox_pids(state)
+            if pids is not None:
+                return pids
+        try:  # most sandboxes are one process: one read says so
+            if not self._files.read(root, f"task/{root}/children").strip():
+                return [root]
+        except OSError:
+            return [root]
         out, todo = [], [root]
         while todo:
             pid = todo.pop()
@@ -397,13 +404,6 @@ class ResourceMonitorActor(Component):
             if len(out) > 100_000:
                 break
         return out
-
-    def _proc_stat(self, pid: int) -> tuple[float, int, int] | None:
-        """(CPU seconds, RSS bytes, threads) of ``pid``; None if it cannot be read."""
-        try:
-            return _parse_stat(self._files.read(pid, "stat"))
-        except OSError:
-            return None
 
     def _read_uss(self, w: _Watch, procs: dict[int, psutil.Process], rss: int) -> None:
         """USS of the tree, on its turn: smaps_rollup walks every mapping, the dearest
@@ -449,7 +449,10 @@ class ResourceMonitorActor(Component):
                     p = psutil.Process(p_id)
                 except psutil.Error:
                     continue
-            fast = self._proc_stat(p_id) if _FAST else None
+            try:
+                fast = _parse_stat(self._files.read(p_id, "stat")) if _FAST else None
+            except OSError:
+                fast = None
             try:
                 if fast is not None:  # one read of /proc/<pid>/stat, one listing of fd/
                     total, rss_b, nth = fast
