@@ -9,7 +9,10 @@ with psutil under ``oneshot()``: CPU times, RSS, threads, open fds (on Linux the
 same figures come from one read of ``/proc/<pid>/stat``, the file ``oneshot()``
 reads, plus a listing of ``fd/``). USS (psutil's ``memory_full_info``, which reads
 every mapping) is read once every ``uss_every`` ticks (default 30) per sandbox,
-the sandboxes' turns spread over the ticks.
+the sandboxes' turns spread over the ticks; on its turn it is read again only if the
+tree's RSS moved since the last read, or at the latest every 10th turn (an idle
+sandbox's USS only drifts, as pages it shared become its own). The ``/proc`` files
+read every tick stay open and are re-read in place (:mod:`actors.procfiles`).
 
 Per sandbox it keeps a bounded history (``history`` samples) with min/mean/max
 trends over 10 s, 1 min and 5 min windows, and checks the limits of
@@ -51,6 +54,7 @@ from typing import Any
 import psutil
 
 from actors.config import Limits
+from actors.procfiles import ProcFiles
 from runtime import telemetry
 from runtime.actor import ExitReason, Reply
 from runtime.child import isolation
@@ -64,6 +68,9 @@ _MIB = 1 << 20
 #: Trend windows, in seconds.
 TREND_WINDOWS = (10, 60, 300)
 _EVENTS_KEPT = 20
+_NO_LIMITS = Limits()
+#: USS turns a sandbox whose RSS does not move may skip in a row (see _read_uss).
+USS_TURNS_KEPT = 9
 _SIGNAL_LIMITS = {"SIGXCPU": "cpu_seconds", "SIGXFSZ": "file_size_mb"}
 #: With no call in flight, a process using more than this share of a core between
 #: two samples is busy: its CPU is charged to one stretch (``cpu_seconds``).
@@ -84,6 +91,8 @@ class _Watch:
     acted: bool = False
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_EVENTS_KEPT))
     uss: int | None = None
+    uss_rss: int = 0  # the tree's RSS when its USS was read
+    uss_kept: int = 0  # USS turns skipped in a row since (the RSS had not moved)
     phase: int = 0  # which tick of every uss_every reads this sandbox's USS
     fds: dict[int, int] = field(default_factory=dict)  # last fd count per process
     #: Calls whose callers gave up before the handler deadline: (proc, reply, started).
@@ -99,7 +108,7 @@ class _Watch:
     @property
     def limits(self) -> Limits:
         prot = getattr(self.slot, "security", None)
-        return prot.limits if prot is not None else Limits()
+        return prot.limits if prot is not None else _NO_LIMITS
 
     @property
     def state(self) -> dict[str, Any]:
@@ -164,6 +173,10 @@ class ResourceMonitorActor(Component):
         self.autostart = autostart
         self.watches: dict[str, _Watch] = {}
         self._lock = threading.Lock()
+        # One tick at a time (the sampler thread's, or sample_now's): they share the
+        # open /proc files.
+        self._tick_lock = threading.Lock()
+        self._files = ProcFiles()  # actors/procfiles.py: re-read in place each tick
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self._ticks = 0
@@ -211,6 +224,8 @@ class ResourceMonitorActor(Component):
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(5.0)
+        with self._tick_lock:
+            self._files.close()
 
     def _rebuild(self) -> None:
         if self._component is None:
@@ -344,49 +359,80 @@ class ResourceMonitorActor(Component):
                 log.exception("resource sampling failed")
 
     def _tick(self) -> int:
+        with self._tick_lock:
+            return self._tick_locked()
+
+    def _tick_locked(self) -> int:
         t_cpu, t_wall = time.thread_time(), time.perf_counter()
         with self._lock:
             watches = list(self.watches.values())
         self._ticks += 1
         n = 0
-        for w in watches:
-            if w.calls:
-                self._overdue(w)
-            # USS reads every mapping: each sandbox's turn comes every uss_every
-            # ticks, the turns spread so every tick costs about the same.
-            with_uss = w.uss is None or (self._ticks + w.phase) % self.uss_every == 0
-            try:
-                sample = self._sample(w, with_uss)
-            except Exception:
-                log.exception("sampling sandbox %s failed", w.sandbox_id)
-                continue
-            if sample is None:
-                continue
-            n += 1
-            with self._lock:
-                w.latest = sample
-                w.history.append(sample)
-            self._check(w, sample)
-            self._cpu_budget(w, sample)
+        try:
+            for w in watches:
+                if w.calls:
+                    self._overdue(w)
+                # USS reads every mapping: each sandbox's turn comes every uss_every
+                # ticks, the turns spread so every tick costs about the same.
+                with_uss = w.uss is None or (self._ticks + w.phase) % self.uss_every == 0
+                try:
+                    sample = self._sample(w, with_uss)
+                except Exception:
+                    log.exception("sampling sandbox %s failed", w.sandbox_id)
+                    continue
+                if sample is None:
+                    continue
+                n += 1
+                with self._lock:
+                    w.latest = sample
+                    w.history.append(sample)
+                self._check(w, sample)
+                self._cpu_budget(w, sample)
+        finally:
+            # Files of processes gone, or of sandboxes no longer watched, are closed.
+            self._files.keep_only({p for w in watches for p in w.procs})
         self._tick_cpu.append(time.thread_time() - t_cpu)
         self._tick_wall.append(time.perf_counter() - t_wall)
         return n
 
     def _tree(self, w: _Watch, root: int) -> list[int]:
-        pids = isolation.sandbox_pids(w.state)
-        if pids is not None:
-            return pids
+        state = w.state
+        if state.get("cgroups"):
+            pids = isolation.sandbox_pids(state)
+            if pids is not None:
+                return pids
+        try:  # most sandboxes are one process: one read says so
+            if not self._files.read(root, f"task/{root}/children").strip():
+                return [root]
+        except OSError:
+            return [root]
         out, todo = [], [root]
         while todo:
             pid = todo.pop()
             out.append(pid)
             try:
-                todo.extend(int(x) for x in _read(f"/proc/{pid}/task/{pid}/children").split())
+                todo.extend(int(x) for x in self._files.read(pid, f"task/{pid}/children").split())
             except (OSError, ValueError):
                 pass
             if len(out) > 100_000:
                 break
         return out
+
+    def _read_uss(self, w: _Watch, procs: dict[int, psutil.Process], rss: int) -> None:
+        """USS of the tree, on its turn: smaps_rollup walks every mapping, the dearest
+        read of a tick, so it is skipped while the tree's RSS has not moved since the
+        last read (an idle sandbox), up to :data:`USS_TURNS_KEPT` turns in a row
+        (pages it shared can become its own as other processes exit)."""
+        if w.uss is not None and rss == w.uss_rss and w.uss_kept < USS_TURNS_KEPT:
+            w.uss_kept += 1
+            return
+        total = 0
+        for p_id, p in procs.items():
+            try:
+                total += _uss(p_id, p) if _FAST else p.memory_full_info().uss
+            except (psutil.Error, OSError):
+                pass  # gone since its stat was read
+        w.uss, w.uss_rss, w.uss_kept = total, rss, 0
 
     def _sample(self, w: _Watch, with_uss: bool) -> dict[str, Any] | None:
         proc = w.slot.current()
@@ -408,7 +454,6 @@ class ResourceMonitorActor(Component):
         rss = threads = fds = 0
         fds_max = 0
         cpu_delta = 0.0
-        uss_total = 0
         seen: dict[int, psutil.Process] = {}
         cpu_now: dict[int, float] = {}
         for p_id in pids:
@@ -418,7 +463,10 @@ class ResourceMonitorActor(Component):
                     p = psutil.Process(p_id)
                 except psutil.Error:
                     continue
-            fast = _proc_stat(p_id) if _FAST else None
+            try:
+                fast = _parse_stat(self._files.read(p_id, "stat")) if _FAST else None
+            except OSError:
+                fast = None
             try:
                 if fast is not None:  # one read of /proc/<pid>/stat, one listing of fd/
                     total, rss_b, nth = fast
@@ -430,16 +478,12 @@ class ResourceMonitorActor(Component):
                     ):
                         last = w.fds[p_id] = len(os.listdir(f"/proc/{p_id}/fd"))
                     nfd = last
-                    if with_uss:
-                        uss_total += _uss(p_id, p)
                 else:
                     with p.oneshot():
                         ct = p.cpu_times()
                         rss_b = p.memory_info().rss
                         nth = p.num_threads()
                         nfd = p.num_fds()
-                        if with_uss:
-                            uss_total += p.memory_full_info().uss
                     total = ct.user + ct.system
             except (psutil.Error, OSError):
                 continue
@@ -455,7 +499,7 @@ class ResourceMonitorActor(Component):
             fds += nfd
             fds_max = max(fds_max, nfd)
         if with_uss and seen:
-            w.uss = uss_total
+            self._read_uss(w, seen, rss)
         elapsed = now - w.last_t if w.last_t else 0.0
         cpu_percent = (cpu_delta / elapsed * 100.0) if elapsed > 0 else 0.0
         w.procs, w.cpu_prev, w.last_t = seen, cpu_now, now
@@ -660,16 +704,15 @@ def _uss(pid: int, proc: psutil.Process) -> int:
                if line.startswith(b"Private_")) * 1024
 
 
-def _proc_stat(pid: int) -> tuple[float, int, int] | None:
-    """(CPU seconds, RSS bytes, threads) from one read of /proc/<pid>/stat, the file
-    psutil's ``oneshot()`` reads for the same figures; None if it cannot be read."""
+def _parse_stat(data: bytes) -> tuple[float, int, int] | None:
+    """(CPU seconds, RSS bytes, threads) from the content of /proc/<pid>/stat, the file
+    psutil's ``oneshot()`` reads for the same figures; None if it cannot be parsed."""
     try:
-        data = _read(f"/proc/{pid}/stat")
         fields = data[data.rindex(b")") + 2 :].split()
         # fields[0] is field 3 (state): utime 14, stime 15, num_threads 20, rss 24
         cpu = (int(fields[11]) + int(fields[12])) / _TICKS
         return cpu, int(fields[21]) * _PAGE, int(fields[17])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None
 
 
