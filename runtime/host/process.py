@@ -564,7 +564,8 @@ class _Connection:
         where = f"{self.name}/{actor}" if actor else self.name
         exc: BaseException
         if kind == "ActorFailed":
-            exc = ActorFailed(where, message, tb)
+            cid = payload.get("correlation_id")
+            exc = ActorFailed(where, message, tb, untrusted.name(cid) if cid else None)
         elif kind == "ActorDead":
             exc = ActorDead(where, message or None)
         elif kind == "NoSuchActor":
@@ -597,7 +598,8 @@ class _Connection:
             return  # close() waits for the exit and reports it
         if problem is not None:
             log.error("sandbox %s (pid %s) broke the protocol: %s; killing it",
-                      self.name, self.pid, problem)
+                      self.name, self.pid, problem, extra=logs.failure_fields(
+                          **logs.sandbox_fields(self.name)))
             telemetry.execute(
                 "process.protocol_error", {"count": 1}, {**self._md(), "error": str(problem)}
             )
@@ -612,6 +614,7 @@ class _Connection:
             )
         else:
             reason = describe_exit(code, self._exit_note)
+        reason = reason.located(**logs.sandbox_fields(self.name))  # for the supervisor's log
         self._mark_down(reason)
         self._ready.set()  # a child that died while booting
         telemetry.execute(
@@ -819,6 +822,16 @@ class ProcessRef(ActorRef):
     def isolation_skipped(self) -> dict[str, str]:
         """Layers not applied, with the reason."""
         return dict(self._conn.isolation_skipped)
+
+    def oldest_request(self) -> int | None:
+        """The ref of the oldest call or system request still awaiting its reply
+        (None: none); the resource monitor charges CPU to it (``cpu_seconds``)."""
+        for _ in range(3):
+            try:
+                return next(iter(self._conn.pending), None)
+            except RuntimeError:  # changed by another thread meanwhile: look again
+                continue
+        return None
 
     @property
     def exitcode(self) -> int | None:
