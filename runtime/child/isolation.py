@@ -465,12 +465,15 @@ def hidden_for_userns(workdir: str, keep: list[str]) -> list[tuple[str, list[str
         pass
     if os.environ.get("HOME"):
         cands.append(os.environ["HOME"])
+    roots = [os.path.realpath(k) for k in keep if os.path.isdir(k)]
+    # Under a private tmpfs a directory is hidden already, unless it sits in code
+    # bound back from there (a checkout in /tmp holding the home or base_dir).
     hide = _outermost([
         os.path.realpath(c) for c in cands
         if os.path.isdir(c) and os.path.realpath(c) != "/"
-        and not _under(os.path.realpath(c), PRIVATE_TMP)  # already private
+        and (not _under(os.path.realpath(c), PRIVATE_TMP)
+             or any(_under(os.path.realpath(c), (r,)) for r in roots if _under(r, PRIVATE_TMP)))
     ])
-    roots = [os.path.realpath(k) for k in keep if os.path.isdir(k)]
     # A directory that is itself one of ``keep`` (a home that is the project, the
     # virtualenv's parent) stays: it would be bound back whole anyway.
     return [(h, _outermost([r for r in roots if _under(r, (h,))], exclude=workdir))

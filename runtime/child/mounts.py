@@ -75,11 +75,21 @@ def private_view(
                         libc.mount(b"tmpfs", d.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, opts),
                         f"tmpfs on {d}",
                     )
-        if expose:  # before the workdir is bound: it may sit under a hidden directory
-            _expose(libc, check, expose, exposed)
-        if mounts:
-            for q, fd, writable in keep:
+        # Hidden directories first, then the read-only trees (an app under a
+        # hidden home is bound back), then hidden directories inside those trees
+        # (a home or base_dir inside a checkout bound back from the private /tmp
+        # stays hidden), then the workdir: it may sit under any of them.
+        ro = [k[0] for k in keep if not k[2]]
+        inner = [e for e in expose if _under(e[0], ro)]
+        _expose(libc, check, [e for e in expose if e not in inner], exposed)
+        for q, fd, writable in keep:
+            if not writable:
                 _bind(libc, check, fd, q, writable)
+        _expose(libc, check, inner, exposed)
+        for q, fd, writable in keep:
+            if writable:
+                _bind(libc, check, fd, q, writable)
+        if mounts:
             if hosts is not None:  # the allowlist's names, resolved before unshare
                 # Kept in the private /tmp, in a directory of root's (the sandbox's
                 # UID can read the file, not change it).
@@ -104,6 +114,10 @@ def private_view(
     finally:
         for fd in [k[1] for k in keep] + list(exposed.values()):
             os.close(fd)
+
+
+def _under(path: str, dirs: list[str]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
 
 
 def _bind(libc: Any, check: Any, fd: int, target: str, writable: bool) -> None:
