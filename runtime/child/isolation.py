@@ -373,7 +373,7 @@ def _outermost(paths: list[str], exclude: str | None = None) -> list[str]:
     ['/tmp/a', '/tmp/c']
     """
     out: list[str] = []
-    for p in sorted(set(paths), key=len):
+    for p in sorted(set(paths), key=lambda q: (len(q), q)):
         if exclude and _under(p, (exclude,)):
             continue
         if not _under(p, out):
