@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,10 +40,10 @@ from actors.config import Limits, SandboxConfig, WatchOptions, compiler_options
 from actors.slot import ProcessSlot
 from actors.store import Store, StoredSandbox
 from runtime import telemetry
-from runtime.actor import Down, ExitReason, monitor
+from runtime.actor import NOREPLY, Down, ExitReason, monitor
 from runtime.child.swap import ModuleCode
 from runtime.childspec import ChildSpec, Restart
-from runtime.component import Component
+from runtime.component import Component, _Refusal
 from runtime.errors import (
     ActorDead,
     SandboxError,
@@ -50,7 +51,8 @@ from runtime.errors import (
     SandboxNotFound,
     SupervisorError,
 )
-from runtime.host.process import KILL_MARGIN, start_process
+from runtime.genserver import From
+from runtime.host.process import KILL_MARGIN, ProcessRef, start_process
 from runtime.recovery import annotate as annotate_error
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
 
@@ -92,6 +94,8 @@ class SandboxRecord:
     recovered: str | None = None
     #: The ``sandboxes`` supervisor its own supervisor was started under.
     parent: SupervisorRef | None = None
+    #: True while its create compiles and boots outside the manager's turn.
+    creating: bool = False
 
     def info(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         now = time.time()
@@ -132,6 +136,17 @@ class Readopt:
 @dataclass(frozen=True)
 class _Recover:
     """First message of a starting manager: bring back the stored sandboxes."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Told back by a create's worker thread: the sandbox is compiled and its process
+    booted (``process``), or ``error`` says why not."""
+
+    record: SandboxRecord
+    caller: From
+    process: ProcessRef | None
+    error: BaseException | None
 
 
 @dataclass(frozen=True)
@@ -311,6 +326,9 @@ class ManagerActor(Component):
         if isinstance(message, Readopt):
             self._readopt(message.sandboxes)
             return
+        if isinstance(message, _Prepared):
+            self._finish_create(message)
+            return
         if containment.handle_info(self, message):  # security/limit terminations
             return
         if isinstance(message, _ProcessEvent):
@@ -356,7 +374,11 @@ class ManagerActor(Component):
                         self._restart_lost(record)
 
     # -- operations ------------------------------------------------------------------
-    def op_create(self, config: SandboxConfig) -> dict[str, Any]:
+    def op_create(self, config: SandboxConfig) -> Any:
+        """Reserve the id and prepare containment in this turn; compile and boot the
+        process on a thread of its own (creates of independent sandboxes overlap, as
+        children of a dynamic supervisor do); :meth:`_finish_create` adopts the process,
+        writes the store and answers the caller in a later turn."""
         if config.id in self.records:
             raise SandboxExists(config.id)
         workdir = tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir)
@@ -365,37 +387,81 @@ class ManagerActor(Component):
             slot=ProcessSlot(config.id, runtime_id=self.runtime_id),
             workdir=workdir,
             created_at=time.time(),
+            creating=True,
         )
         self.records[config.id] = record
         # Set before the start, so a watcher restarting meanwhile finds it (watcher.py).
         record.slot.watch = config.watch if config.auto_reload else None
         self._set_status(record, "initializing")
         try:
+            self._set_status(record, "compiling")
+            containment.prepare(self, record)  # profile, limits, uid, cgroups
+        except BaseException:
+            self._abandon(record)
+            raise
+        assert self._caller is not None
+        caller = From(self, self._caller)
+        threading.Thread(
+            target=self._prepare, args=(record, caller),
+            name=f"create:{config.id}", daemon=True,
+        ).start()
+        return NOREPLY
+
+    def _prepare(self, record: SandboxRecord, caller: From) -> None:
+        """A create's slow part, on its own thread: compile (a cache hit for the 2nd..Nth
+        sandbox of one app) and boot the process until the app is ready."""
+        process: ProcessRef | None = None
+        error: BaseException | None = None
+        try:
+            self._compile(record)
+            process = boot_process(record, runtime_id=self.runtime_id)
+        except BaseException as exc:
+            error = exc
+        try:
+            self.ref.tell(_Prepared(record, caller, process, error))
+        except SandboxError:  # the manager ended: nobody will adopt it
+            if process is not None:
+                process.stop(ExitReason.shutdown("manager gone during create"))
+            shutil.rmtree(record.workdir, ignore_errors=True)
+
+    def _finish_create(self, msg: _Prepared) -> None:
+        record, config = msg.record, msg.record.config
+        try:
             with telemetry.span("sandbox.create", {"sandbox": config.id, "runtime": self.runtime_id}):
-                self._set_status(record, "compiling")
-                containment.prepare(self, record)  # profile, limits, uid, cgroups
-                self._compile(record)
+                if msg.error is not None:
+                    raise msg.error
                 self._set_status(record, "starting")
-                self._start(record)
+                self._start(record, process=msg.process)
                 if record.slot.watch is not None:
                     self._watch(record)
                 if self.store is not None:  # desired state: comes back after a host restart
                     self.store.put_sandbox(StoredSandbox(
-                        config.id, config.as_dict(), workdir, record.created_at))
-        except BaseException:
-            # Leave nothing half-created behind: no process, no entry, no directory.
-            self._unwatch(config.id)
-            self._stop_supervisor(record)
-            containment.forget(self, record)
-            del self.records[config.id]
-            shutil.rmtree(workdir, ignore_errors=True)
-            shutil.rmtree(self.cache_dir(config.id), ignore_errors=True)
-            self._forget_versions(config.id)
-            raise
-        return record.info()
+                        config.id, config.as_dict(), record.workdir, record.created_at))
+        except BaseException as exc:
+            if msg.process is not None and record.supervisor is None:
+                msg.process.stop(ExitReason.shutdown("create failed"))  # never adopted
+            self._abandon(record)
+            if not isinstance(exc, SandboxError):
+                raise  # a bug here: the manager fails and its callers hear it
+            msg.caller.reply(_Refusal(exc))
+            return
+        record.creating = False
+        msg.caller.reply(record.info())
+
+    def _abandon(self, record: SandboxRecord) -> None:
+        """Leave nothing of a failed create behind: no process, no entry, no directory."""
+        sandbox_id = record.config.id
+        self._unwatch(sandbox_id)
+        self._stop_supervisor(record)
+        containment.forget(self, record)
+        if self.records.get(sandbox_id) is record:
+            del self.records[sandbox_id]
+        shutil.rmtree(record.workdir, ignore_errors=True)
+        shutil.rmtree(self.cache_dir(sandbox_id), ignore_errors=True)
+        self._forget_versions(sandbox_id)
 
     def op_destroy(self, sandbox_id: str) -> None:
-        record = self._get(sandbox_id)
+        record = self._settled(sandbox_id)
         with telemetry.span("sandbox.destroy", {"sandbox": sandbox_id, "runtime": self.runtime_id}):
             record.slot.watch = None
             self._unwatch(sandbox_id)
@@ -412,7 +478,7 @@ class ManagerActor(Component):
             self._forget_versions(sandbox_id)
 
     def op_restart(self, sandbox_id: str, preserve_state: bool) -> dict[str, Any]:
-        record = self._get(sandbox_id)
+        record = self._settled(sandbox_id)
         with telemetry.span(
             "sandbox.restart",
             {"sandbox": sandbox_id, "runtime": self.runtime_id, "preserve_state": preserve_state},
@@ -511,6 +577,15 @@ class ManagerActor(Component):
             raise SandboxNotFound(sandbox_id, list(self.records))
         return record
 
+    def _settled(self, sandbox_id: str) -> SandboxRecord:
+        """The record, refusing one whose create has not answered yet."""
+        record = self._get(sandbox_id)
+        if record.creating:
+            raise SandboxError(
+                f"sandbox {sandbox_id!r} is still being created; wait for its "
+                "create_sandbox to return, then destroy or restart it")
+        return record
+
     def _set_status(self, record: SandboxRecord, status: str) -> None:
         old, now = record.status, time.time()
         record.status, record.updated_at = status, now
@@ -529,13 +604,15 @@ class ManagerActor(Component):
         sandboxes: SupervisorRef | None = None,
         *,
         quiet: bool = False,
+        process: ProcessRef | None = None,
     ) -> None:
         """Start the sandbox's own supervisor under ``sandboxes``; waits for the app.
 
         ``quiet``: a failure to reach ``sandboxes`` (it is restarting) raises without
         marking the sandbox ``error``: a :class:`Readopt` will start it.
+        ``process``: one already booted (:func:`boot_process`), adopted by the first start.
         """
-        spec = sandbox_spec(record, runtime_id=self.runtime_id, states=states)
+        spec = sandbox_spec(record, runtime_id=self.runtime_id, states=states, process=process)
         sandboxes = sandboxes or self._sandboxes()
         if quiet and not sandboxes.is_alive():
             raise SandboxError("the sandboxes supervisor is restarting")
@@ -571,31 +648,42 @@ class ManagerActor(Component):
                 pass
 
 
-def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) -> ChildSpec:
+def boot_process(record: SandboxRecord, *, runtime_id: str, states: Any = None) -> ProcessRef:
+    """Start the sandbox's process with its current code; returns once the app is ready."""
+    config = record.config
+    return start_process(
+        config.entry,
+        modules=list(record.slot.modules.values()),
+        name=f"{runtime_id}/{config.id}",
+        shutdown=config.shutdown,
+        **containment.process_options(record, runtime_id),  # isolation, guard, env
+        cwd=record.workdir,
+        states=states,
+        output=record.slot.output,
+    )
+
+
+def sandbox_spec(
+    record: SandboxRecord, *, runtime_id: str, states: Any = None, process: ProcessRef | None = None
+) -> ChildSpec:
     """The child spec of one sandbox: its own supervisor over its process.
 
     The spec carries the configuration and the slot, so whoever holds the
-    ``sandboxes`` supervisor can rebuild the manager's registry.
+    ``sandboxes`` supervisor can rebuild the manager's registry. ``process``: one
+    booted before (outside the supervisors' turns), adopted by the first start.
     """
     config = record.config
     slot = record.slot
-    first_states = [states]  # handed to the first start only; a crash restart starts fresh
+    # Handed to the first start only; a crash restart starts fresh.
+    first: list[Any] = [states, process]
 
     def start_process_into_slot() -> Any:
-        initial, first_states[0] = first_states[0], None
-        ref = start_process(
-            config.entry,
-            modules=list(slot.modules.values()),
-            name=f"{runtime_id}/{config.id}",
-            shutdown=config.shutdown,
-            **containment.process_options(record, runtime_id),  # isolation, guard, env
-            cwd=record.workdir,
-            states=initial,
-            output=slot.output,
-        )
-        return slot.put(ref)
+        (initial, booted), first[:] = first, [None, None]
+        if booted is None or not booted.is_alive():
+            booted = boot_process(record, runtime_id=runtime_id, states=initial)
+        return slot.put(booted)
 
-    process = ChildSpec(
+    process_spec = ChildSpec(
         "process",
         start=start_process_into_slot,
         restart=cast(Restart, config.restart),  # validated by SandboxConfig.build
@@ -604,7 +692,7 @@ def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
 
     def start_sandbox_supervisor() -> SupervisorRef:
         return Supervisor.start(
-            [process],
+            [process_spec],
             strategy="one_for_one",
             max_restarts=config.max_restarts,
             max_seconds=config.max_seconds,
