@@ -533,7 +533,10 @@ class ManagerActor(Component):
             "compile_sandbox",
             config.path,
             profile=containment.compile_profile(record),
-            cache_dir=self.cache_dir(config.id),
+            # The compiler's own cache, shared by every sandbox: it is keyed on content
+            # (source, profile, scanner, filename), so the 2nd..Nth sandbox of one app
+            # loads what the first compiled and scanned.
+            cache_dir=None,
             timeout=COMPILE_TIMEOUT,
             **compiler_options(config.compile_settings()),
         )

@@ -1,0 +1,163 @@
+"""Creates of independent sandboxes overlap; the guarantees of a create hold under races.
+
+Real threads and real child processes throughout. The overlap is shown without a
+clock: sandbox A's app blocks at boot on a named pipe until the test opens it for
+writing, and sandbox B is created (and answers) while A is still booting.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import sandbox
+import sandbox.testing
+from actors.store import Store
+from runtime.errors import SandboxError, SandboxExists, SandboxNotFound
+
+COUNTER = Path(__file__).resolve().parent.parent / "examples" / "counter"
+
+GATED_APP = '''
+from counter import Counter
+
+
+def children():
+    with open({fifo!r}) as gate:  # blocks until the test opens the pipe for writing
+        gate.read()
+    return [Counter.child_spec(name="counter")]
+'''
+
+
+@pytest.fixture
+def gate() -> Iterator[Path]:
+    """A named pipe the sandbox's own user can open (pytest's tmp_path is private to root)."""
+    where = Path(tempfile.mkdtemp(prefix="sbx-gate-"))
+    try:
+        where.chmod(0o755)
+        fifo = where / "gate.fifo"
+        os.mkfifo(fifo, 0o666)
+        fifo.chmod(0o666)
+        yield fifo
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def open_gate(fifo: Path) -> None:
+    """Let a reader of the pipe go on (none there, e.g. its boot failed: nothing to do)."""
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+
+
+def gated_app(tmp_path: Path, fifo: Path) -> Path:
+    """A copy of the counter app whose boot waits on the named pipe ``fifo``."""
+    app = tmp_path / "gated"
+    app.mkdir()
+    (app / "counter.py").write_text((COUNTER / "counter.py").read_text())
+    (app / "app.py").write_text(GATED_APP.format(fifo=str(fifo)))
+    return app
+
+
+def ids(rt: Any) -> list[str]:
+    return [i["id"] for i in rt.list_sandboxes()]
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            out["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+@pytest.mark.timeout(120)
+def test_a_create_does_not_wait_for_another_sandbox_booting(tmp_path: Path, gate: Path) -> None:
+    app = gated_app(tmp_path, gate)
+    with sandbox.start(name="cc-overlap") as rt:
+        slow, slow_out = in_thread(lambda: rt.create_sandbox("slow", app, profile="low"))
+        try:
+            # Reserved by the manager, whose turn is over: its info answers while the
+            # app still waits at the gate.
+            sandbox.testing.wait_for(lambda: "slow" in ids(rt), timeout=30)
+            fast = rt.create_sandbox("fast", COUNTER)  # the manager is not held by "slow"
+            assert fast.call("counter", "incr") == 1
+            assert slow.is_alive(), "slow's create returned before its app booted"
+            with pytest.raises(SandboxError, match="still being created"):
+                rt.destroy_sandbox("slow")
+        finally:
+            open_gate(gate)
+            slow.join(60)
+        assert "error" not in slow_out, slow_out.get("error")
+        assert slow_out["value"].call("counter", "incr") == 1
+        rt.destroy_sandbox("slow")  # settled now
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("racers", [2, 4])
+def test_racing_creates_of_one_id_make_one_sandbox_recorded_once(tmp_path: Path, racers: int) -> None:
+    state = tmp_path / "state"
+    with sandbox.start(name="cc-race", state_dir=state) as rt:
+        go = threading.Barrier(racers)
+
+        def create() -> Any:
+            go.wait(30)
+            return rt.create_sandbox("same", COUNTER)
+
+        threads = [in_thread(create) for _ in range(racers)]
+        for t, _ in threads:
+            t.join(60)
+        outcomes = [out for _, out in threads]
+        won = [o["value"] for o in outcomes if "value" in o]
+        lost = [o["error"] for o in outcomes if "error" in o]
+        assert len(won) == 1 and len(lost) == racers - 1, outcomes
+        assert all(isinstance(e, SandboxExists) for e in lost), lost
+        assert won[0].call("counter", "incr") == 1
+        assert ids(rt).count("same") == 1
+        store = Store.open(state / "state.db")
+        try:
+            assert [s.id for s in store.sandboxes()] == ["same"]
+        finally:
+            store.close()
+
+
+@pytest.mark.timeout(120)
+def test_batch_create_of_one_app_compiles_once_and_a_failed_create_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "app.py").write_text("def children(:\n")  # a syntax error
+    with sandbox.start(name="cc-batch") as rt:
+        compiler = rt.component("compiler")
+        before = compiler.invoke("status")
+        specs: list[dict[str, Any]] = [{"id": f"b{i}", "path": COUNTER} for i in range(6)]
+        specs.append({"id": "bad", "path": broken})
+        results = {r.id: r for r in rt.batch_create(specs)}
+        assert all(results[f"b{i}"].ok for i in range(6)), results
+        assert not results["bad"].ok
+        after = compiler.invoke("status")
+        # counter has 2 modules: compiled once, then loaded from the shared cache
+        assert after["compiled"] - before["compiled"] <= 2 + 1  # + the broken app's module
+        assert after["cached"] - before["cached"] >= 2 * 5
+        assert sorted(ids(rt)) == [f"b{i}" for i in range(6)]
+        with pytest.raises(SandboxNotFound):
+            rt.get_sandbox_info("bad")
+        workdir = Path(rt.get_sandbox_info("b0")["workdir"])
+        assert not list(workdir.parent.glob("bad-*"))
+        assert [results[f"b{i}"].value.call("counter", "incr") for i in range(6)] == [1] * 6
