@@ -145,7 +145,9 @@ class _Prepared:
 
     record: SandboxRecord
     caller: From
-    process: ProcessRef | None
+    #: The booted process, or why its boot failed (raised by the sandbox supervisor's
+    #: first start, so the failure takes the path of any start failure).
+    process: ProcessRef | BaseException | None
     error: BaseException | None
 
 
@@ -410,17 +412,21 @@ class ManagerActor(Component):
     def _prepare(self, record: SandboxRecord, caller: From) -> None:
         """A create's slow part, on its own thread: compile (a cache hit for the 2nd..Nth
         sandbox of one app) and boot the process until the app is ready."""
-        process: ProcessRef | None = None
+        process: ProcessRef | BaseException | None = None
         error: BaseException | None = None
         try:
             self._compile(record)
-            process = boot_process(record, runtime_id=self.runtime_id)
         except BaseException as exc:
             error = exc
+        if error is None:
+            try:
+                process = boot_process(record, runtime_id=self.runtime_id)
+            except Exception as exc:
+                process = exc
         try:
             self.ref.tell(_Prepared(record, caller, process, error))
         except SandboxError:  # the manager ended: nobody will adopt it
-            if process is not None:
+            if isinstance(process, ProcessRef):
                 process.stop(ExitReason.shutdown("manager gone during create"))
             shutil.rmtree(record.workdir, ignore_errors=True)
 
@@ -438,7 +444,7 @@ class ManagerActor(Component):
                     self.store.put_sandbox(StoredSandbox(
                         config.id, config.as_dict(), record.workdir, record.created_at))
         except BaseException as exc:
-            if msg.process is not None and record.supervisor is None:
+            if isinstance(msg.process, ProcessRef) and record.supervisor is None:
                 msg.process.stop(ExitReason.shutdown("create failed"))  # never adopted
             self._abandon(record)
             if not isinstance(exc, SandboxError):
@@ -607,7 +613,7 @@ class ManagerActor(Component):
         sandboxes: SupervisorRef | None = None,
         *,
         quiet: bool = False,
-        process: ProcessRef | None = None,
+        process: ProcessRef | BaseException | None = None,
     ) -> None:
         """Start the sandbox's own supervisor under ``sandboxes``; waits for the app.
 
@@ -667,13 +673,18 @@ def boot_process(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
 
 
 def sandbox_spec(
-    record: SandboxRecord, *, runtime_id: str, states: Any = None, process: ProcessRef | None = None
+    record: SandboxRecord,
+    *,
+    runtime_id: str,
+    states: Any = None,
+    process: ProcessRef | BaseException | None = None,
 ) -> ChildSpec:
     """The child spec of one sandbox: its own supervisor over its process.
 
     The spec carries the configuration and the slot, so whoever holds the
     ``sandboxes`` supervisor can rebuild the manager's registry. ``process``: one
-    booted before (outside the supervisors' turns), adopted by the first start.
+    booted before (outside the supervisors' turns), adopted by the first start, or
+    the exception its boot raised, raised by the first start.
     """
     config = record.config
     slot = record.slot
@@ -682,6 +693,8 @@ def sandbox_spec(
 
     def start_process_into_slot() -> Any:
         (initial, booted), first[:] = first, [None, None]
+        if isinstance(booted, BaseException):
+            raise booted
         if booted is None or not booted.is_alive():
             booted = boot_process(record, runtime_id=runtime_id, states=initial)
         return slot.put(booted)
