@@ -376,11 +376,14 @@ class ManagerActor(Component):
                         self._restart_lost(record)
 
     # -- operations ------------------------------------------------------------------
-    def op_create(self, config: SandboxConfig) -> Any:
-        """Reserve the id and prepare containment in this turn; compile and boot the
-        process on a thread of its own (creates of independent sandboxes overlap, as
-        children of a dynamic supervisor do); :meth:`_finish_create` adopts the process,
-        writes the store and answers the caller in a later turn."""
+    def op_create(self, config: SandboxConfig) -> dict[str, Any]:
+        """Create a sandbox; returns its info once its app answers.
+
+        Creates of independent sandboxes overlap, as children of a dynamic supervisor
+        do: this turn reserves the id and prepares containment, a thread of the create
+        compiles and boots the process, and a later turn adopts it, writes the store
+        and answers (a deferred reply: the manager serves others meanwhile).
+        """
         if config.id in self.records:
             raise SandboxExists(config.id)
         workdir = tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir)
