@@ -520,7 +520,7 @@ class ManagerActor(Component):
             self._set_status(record, status)
 
     def op_cache_dir(self, sandbox_id: str) -> str:
-        self._get(sandbox_id)
+        self._settled(sandbox_id)  # a reload asks first: none before the create answered
         return self.cache_dir(sandbox_id)
 
     def op_record_error(self, sandbox_id: str, error: dict[str, Any]) -> None:

@@ -98,8 +98,9 @@ def test_a_create_does_not_wait_for_another_sandbox_booting(tmp_path: Path, gate
             fast = rt.create_sandbox("fast", COUNTER)  # the manager is not held by "slow"
             assert fast.call("counter", "incr") == 1
             assert slow.is_alive(), "slow's create returned before its app booted"
-            with pytest.raises(SandboxError, match="still being created"):
-                rt.destroy_sandbox("slow")
+            for refused in (rt.destroy_sandbox, rt.restart_sandbox, rt.hot_reload):
+                with pytest.raises(SandboxError, match="still being created"):
+                    refused("slow")
         finally:
             open_gate(gate)
             slow.join(60)
