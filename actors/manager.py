@@ -96,6 +96,8 @@ class SandboxRecord:
     parent: SupervisorRef | None = None
     #: True while its create compiles and boots outside the manager's turn.
     creating: bool = False
+    #: True while its destroy stops it outside the manager's turn.
+    destroying: bool = False
 
     def info(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         now = time.time()
@@ -149,6 +151,14 @@ class _Prepared:
     #: first start, so the failure takes the path of any start failure).
     process: ProcessRef | BaseException | None
     error: BaseException | None
+
+
+@dataclass(frozen=True)
+class _Stopped:
+    """Told back by a destroy's worker thread: the sandbox's supervisor has stopped."""
+
+    record: SandboxRecord
+    caller: From
 
 
 @dataclass(frozen=True)
@@ -331,6 +341,9 @@ class ManagerActor(Component):
         if isinstance(message, _Prepared):
             self._finish_create(message)
             return
+        if isinstance(message, _Stopped):
+            self._finish_destroy(message)
+            return
         if containment.handle_info(self, message):  # security/limit terminations
             return
         if isinstance(message, _ProcessEvent):
@@ -470,21 +483,52 @@ class ManagerActor(Component):
         self._forget_versions(sandbox_id)
 
     def op_destroy(self, sandbox_id: str) -> None:
+        """Destroy a sandbox; returns once its process has stopped and nothing is left.
+
+        Destroys overlap like creates: this turn takes the sandbox out of the store and
+        closes its slot, a thread stops the sandbox's own supervisor (its process
+        stops gracefully meanwhile), and a later turn removes what remains and answers.
+        """
         record = self._settled(sandbox_id)
+        record.destroying = True
+        record.slot.watch = None
+        self._unwatch(sandbox_id)
+        self._set_status(record, "stopping")
+        if self.store is not None:  # first: a host killed now does not bring it back
+            self.store.delete_sandbox(sandbox_id)
+        record.slot.close(ExitReason.shutdown("sandbox destroyed"))
+        assert self._caller is not None
+        caller = From(self, self._caller)
+        sup = record.supervisor
+        threading.Thread(
+            target=self._stop_in_background, args=(record, sup, caller),
+            name=f"destroy:{sandbox_id}", daemon=True,
+        ).start()
+        return cast(None, NOREPLY)
+
+    def _stop_in_background(self, record: SandboxRecord, sup: SupervisorRef | None,
+                            caller: From) -> None:
+        if sup is not None:
+            sup.stop(ExitReason.shutdown("sandbox destroyed"),
+                     timeout=record.config.shutdown + KILL_MARGIN + 5.0)
+        try:
+            self.ref.tell(_Stopped(record, caller))
+        except SandboxError:
+            pass  # the manager ended; its caller hears ActorDead
+
+    def _finish_destroy(self, msg: _Stopped) -> None:
+        record = msg.record
+        sandbox_id = record.config.id
         with telemetry.span("sandbox.destroy", {"sandbox": sandbox_id, "runtime": self.runtime_id}):
-            record.slot.watch = None
-            self._unwatch(sandbox_id)
-            self._set_status(record, "stopping")
-            if self.store is not None:  # first: a host killed now does not bring it back
-                self.store.delete_sandbox(sandbox_id)
-            record.slot.close(ExitReason.shutdown("sandbox destroyed"))
-            self._stop_supervisor(record)
+            self._stop_supervisor(record)  # its entry in the sandboxes supervisor
             containment.forget(self, record)  # whatever escaped its process group
             self._set_status(record, "stopped")
-            del self.records[sandbox_id]
+            if self.records.get(sandbox_id) is record:
+                del self.records[sandbox_id]
             shutil.rmtree(record.workdir, ignore_errors=True)
             shutil.rmtree(self.cache_dir(sandbox_id), ignore_errors=True)
             self._forget_versions(sandbox_id)
+        msg.caller.reply(None)
 
     def op_restart(self, sandbox_id: str, preserve_state: bool) -> dict[str, Any]:
         record = self._settled(sandbox_id)
@@ -596,6 +640,10 @@ class ManagerActor(Component):
             raise SandboxError(
                 f"sandbox {sandbox_id!r} is still being created; wait for its "
                 "create_sandbox to return, then destroy or restart it")
+        if record.destroying:
+            raise SandboxError(
+                f"sandbox {sandbox_id!r} is being destroyed; wait for that destroy_sandbox "
+                "to return")
         return record
 
     def _set_status(self, record: SandboxRecord, status: str) -> None:

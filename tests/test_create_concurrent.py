@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 import sandbox
@@ -162,3 +163,33 @@ def test_batch_create_of_one_app_compiles_once_and_a_failed_create_leaves_nothin
         workdir = Path(rt.get_sandbox_info("b0")["workdir"])
         assert not list(workdir.parent.glob("bad-*"))
         assert [results[f"b{i}"].value.call("counter", "incr") for i in range(6)] == [1] * 6
+
+
+@pytest.mark.timeout(120)
+def test_racing_destroys_stop_the_sandbox_once_and_leave_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with sandbox.start(name="cc-destroy", state_dir=state) as rt:
+        sb = rt.create_sandbox("gone", COUNTER)
+        pid = sb.pid
+        assert pid is not None
+        workdir = Path(rt.get_sandbox_info("gone")["workdir"])
+        go = threading.Barrier(2)
+
+        def destroy() -> Any:
+            go.wait(30)
+            return rt.destroy_sandbox("gone")
+
+        threads = [in_thread(destroy) for _ in range(2)]
+        for t, _ in threads:
+            t.join(60)
+        outcomes = [out for _, out in threads]
+        assert sum("error" not in o for o in outcomes) == 1, outcomes
+        (err,) = [o["error"] for o in outcomes if "error" in o]
+        assert isinstance(err, SandboxNotFound) or "being destroyed" in str(err), err
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert "gone" not in ids(rt) and not workdir.exists()
+        store = Store.open(state / "state.db")
+        try:
+            assert store.sandboxes() == []
+        finally:
+            store.close()
