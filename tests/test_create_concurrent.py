@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +35,6 @@ def children():
 '''
 
 
-@pytest.fixture
-def gate() -> Iterator[Path]:
-    """A named pipe the sandbox's own user can open (pytest's tmp_path is private to root)."""
-    where = Path(tempfile.mkdtemp(prefix="sbx-gate-"))
-    try:
-        where.chmod(0o755)
-        fifo = where / "gate.fifo"
-        os.mkfifo(fifo, 0o666)
-        fifo.chmod(0o666)
-        yield fifo
-    finally:
-        shutil.rmtree(where, ignore_errors=True)
-
-
 def open_gate(fifo: Path) -> None:
     """Let a reader of the pipe go on (none there, e.g. its boot failed: nothing to do)."""
     try:
@@ -60,13 +44,22 @@ def open_gate(fifo: Path) -> None:
             raise
 
 
-def gated_app(tmp_path: Path, fifo: Path) -> Path:
-    """A copy of the counter app whose boot waits on the named pipe ``fifo``."""
+def gated_app(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the counter app whose boot waits on a named pipe; returns (app, pipe).
+
+    The pipe lives in the app's own directory: the sandbox's private /tmp hides the
+    rest of pytest's tmp_path, but binds the app's directory back read-only (and
+    makes the directories above it searchable), so its UID can open the pipe.
+    """
     app = tmp_path / "gated"
     app.mkdir()
+    app.chmod(0o755)
+    fifo = app / "gate.fifo"
+    os.mkfifo(fifo, 0o666)
+    fifo.chmod(0o666)
     (app / "counter.py").write_text((COUNTER / "counter.py").read_text())
     (app / "app.py").write_text(GATED_APP.format(fifo=str(fifo)))
-    return app
+    return app, fifo
 
 
 def ids(rt: Any) -> list[str]:
@@ -88,8 +81,8 @@ def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
 
 
 @pytest.mark.timeout(120)
-def test_a_create_does_not_wait_for_another_sandbox_booting(tmp_path: Path, gate: Path) -> None:
-    app = gated_app(tmp_path, gate)
+def test_a_create_does_not_wait_for_another_sandbox_booting(tmp_path: Path) -> None:
+    app, gate = gated_app(tmp_path)
     with sandbox.start(name="cc-overlap") as rt:
         slow, slow_out = in_thread(lambda: rt.create_sandbox("slow", app, profile="low"))
         try:
