@@ -24,6 +24,7 @@ stopping -> stopped, or error; every change is timestamped and emitted as the
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import shutil
@@ -37,13 +38,14 @@ from typing import Any, cast
 
 from actors import containment
 from actors.config import Limits, SandboxConfig, WatchOptions, compiler_options
+from actors.inflight import InFlight, Job, Ticket
 from actors.slot import ProcessSlot
 from actors.store import Store, StoredSandbox
 from runtime import telemetry
-from runtime.actor import NOREPLY, Down, ExitReason, monitor
+from runtime.actor import Down, ExitReason, monitor
 from runtime.child.swap import ModuleCode
 from runtime.childspec import ChildSpec, Restart
-from runtime.component import Component, _Refusal
+from runtime.component import Component
 from runtime.errors import (
     ActorDead,
     SandboxError,
@@ -51,7 +53,6 @@ from runtime.errors import (
     SandboxNotFound,
     SupervisorError,
 )
-from runtime.genserver import From
 from runtime.host.process import KILL_MARGIN, ProcessRef, start_process
 from runtime.recovery import annotate as annotate_error
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
@@ -141,24 +142,11 @@ class _Recover:
 
 
 @dataclass(frozen=True)
-class _Prepared:
-    """Told back by a create's worker thread: the sandbox is compiled and its process
-    booted (``process``), or ``error`` says why not."""
+class _JobReady:
+    """Told by a create's or destroy's thread (or to itself by a manager starting): the
+    thread's part of ``job`` is done; the manager finishes it."""
 
-    record: SandboxRecord
-    caller: From
-    #: The booted process, or why its boot failed (raised by the sandbox supervisor's
-    #: first start, so the failure takes the path of any start failure).
-    process: ProcessRef | BaseException | None
-    error: BaseException | None
-
-
-@dataclass(frozen=True)
-class _Stopped:
-    """Told back by a destroy's worker thread: the sandbox's supervisor has stopped."""
-
-    record: SandboxRecord
-    caller: From
+    job: Job
 
 
 @dataclass(frozen=True)
@@ -185,9 +173,13 @@ class ManagerActor(Component):
         name: str = "manager",
         store: Store | None = None,
         start_stored: bool = True,
+        inflight: InFlight | None = None,
     ) -> None:
         super().__init__(name=name)
         self.store = store
+        #: Creates and destroys under way; the runtime's table outlives this manager,
+        #: so a successor finishes what it leaves (see :mod:`actors.inflight`).
+        self.inflight = inflight if inflight is not None else InFlight()
         #: Start the stored sandboxes that are not running (a runtime starting); a
         #: restarted manager only lists them, in status error (they had stopped).
         self.start_stored = start_stored
@@ -201,6 +193,12 @@ class ManagerActor(Component):
     # -- lifecycle -------------------------------------------------------------------
     def on_init(self) -> None:
         self._rebuild()
+        # Jobs a killed predecessor left keep their ids reserved; those whose thread
+        # is done are finished now, the others when their thread hands them over.
+        for job in self.inflight.attach(self.ref):
+            self.records[job.record.config.id] = job.record
+            if job.ready:
+                self.ref.tell(_JobReady(job))
         me = self.ref
 
         def forward(event: str, _m: Any, md: Any) -> None:
@@ -216,6 +214,11 @@ class ManagerActor(Component):
 
     def on_exit(self, reason: ExitReason) -> None:
         telemetry.detach(self._handler_id)
+        if not reason.abnormal:
+            # The runtime is stopping (a crash leaves the jobs to the successor): no
+            # manager will finish a job in flight, so none leaves anything behind.
+            for job in self.inflight.close():
+                _drop(job, self._component, self.base_dir)
 
     def _rebuild(self) -> None:
         """Recover the registry from the sandboxes supervisor (after a manager crash)."""
@@ -223,8 +226,8 @@ class ManagerActor(Component):
         for child in sandboxes.which_children():
             spec = child.spec if hasattr(child, "spec") else None
             meta = spec.meta if spec is not None else {}
-            if "config" not in meta:
-                continue
+            if "config" not in meta or self.inflight.get(meta["config"].id) is not None:
+                continue  # not a sandbox, or one being destroyed (its job has the record)
             record = SandboxRecord(
                 config=meta["config"],
                 slot=meta["slot"],
@@ -318,6 +321,8 @@ class ManagerActor(Component):
         """Start a sandbox whose supervisor went down with its parent, with its current code."""
         if record.status in ("stopping", "stopped", "error") or record.slot.blocked:
             return  # destroyed, or it had given up: it stays as it was
+        if record.creating or record.destroying:
+            return  # its create or destroy job starts or stops it
         old = record.supervisor
         if old is not None and old.is_alive():
             # Still shutting down after its parent's exit: it holds the sandbox's name.
@@ -338,11 +343,10 @@ class ManagerActor(Component):
         if isinstance(message, Readopt):
             self._readopt(message.sandboxes)
             return
-        if isinstance(message, _Prepared):
-            self._finish_create(message)
-            return
-        if isinstance(message, _Stopped):
-            self._finish_destroy(message)
+        if isinstance(message, _JobReady):
+            job = message.job
+            if self.inflight.get(job.record.config.id) is job and not job.ticket.settled:
+                (self._finish_create if job.kind == "create" else self._finish_destroy)(job)
             return
         if containment.handle_info(self, message):  # security/limit terminations
             return
@@ -389,15 +393,17 @@ class ManagerActor(Component):
                         self._restart_lost(record)
 
     # -- operations ------------------------------------------------------------------
-    def op_create(self, config: SandboxConfig) -> dict[str, Any]:
-        """Create a sandbox; returns its info once its app answers.
+    def op_create(self, config: SandboxConfig) -> Ticket:
+        """Start creating a sandbox; returns the :class:`~actors.inflight.Ticket` its
+        caller waits on (the sandbox's info once its app answers).
 
         Creates of independent sandboxes overlap, as children of a dynamic supervisor
         do: this turn reserves the id and prepares containment, a thread of the create
-        compiles and boots the process, and a later turn adopts it, writes the store
-        and answers (a deferred reply: the manager serves others meanwhile).
+        compiles and boots the process, and a later turn (of this manager, or of its
+        successor if this one is killed meanwhile) adopts it, writes the store and
+        settles the ticket.
         """
-        if config.id in self.records:
+        if config.id in self.records or self.inflight.get(config.id) is not None:
             raise SandboxExists(config.id)
         workdir = tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir)
         record = SandboxRecord(
@@ -411,85 +417,108 @@ class ManagerActor(Component):
         # Set before the start, so a watcher restarting meanwhile finds it (watcher.py).
         record.slot.watch = config.watch if config.auto_reload else None
         self._set_status(record, "initializing")
+        job = Job("create", record, Ticket(f"create of sandbox {config.id!r}"),
+                  started=time.monotonic())
         try:
             self._set_status(record, "compiling")
             containment.prepare(self, record)  # profile, limits, uid, cgroups
+            self.inflight.add(job)
         except BaseException:
             self._abandon(record)
             raise
-        assert self._caller is not None
-        caller = From(self, self._caller)
-        threading.Thread(
-            target=self._prepare, args=(record, caller),
-            name=f"create:{config.id}", daemon=True,
-        ).start()
-        return NOREPLY
+        self._run_job(job, self._prepare)
+        return job.ticket
 
-    def _prepare(self, record: SandboxRecord, caller: From) -> None:
+    def _run_job(self, job: Job, part: Callable[[Job], None]) -> None:
+        """Run ``part(job)`` on a thread of its own (under the caller's correlation id),
+        then hand the job to the manager of the moment."""
+        context = contextvars.copy_context()
+
+        def run() -> None:
+            try:
+                part(job)
+            finally:
+                self._hand_over(job)
+
+        threading.Thread(target=context.run, args=(run,),
+                         name=f"{job.kind}:{job.record.config.id}", daemon=True).start()
+
+    def _hand_over(self, job: Job) -> None:
+        """A job's thread is done: tell whichever manager runs now (a manager killed
+        meanwhile is replaced by one that finds the job ready when it starts)."""
+        manager, closed = self.inflight.done(job)
+        if closed:  # the runtime is stopping: nobody adopts it
+            _drop(job, self._component, self.base_dir)
+            return
+        if manager is not None:
+            try:
+                manager.tell(_JobReady(job))
+            except SandboxError:
+                pass  # it ended: its successor finds the job at its start
+
+    def _prepare(self, job: Job) -> None:
         """A create's slow part, on its own thread: compile (a cache hit for the 2nd..Nth
         sandbox of one app) and boot the process until the app is ready."""
-        process: ProcessRef | BaseException | None = None
-        error: BaseException | None = None
+        record = job.record
         try:
             self._compile(record)
         except BaseException as exc:
-            error = exc
-        if error is None:
-            try:
-                process = boot_process(record, runtime_id=self.runtime_id)
-            except Exception as exc:
-                process = exc
+            job.result = exc
+            return
         try:
-            self.ref.tell(_Prepared(record, caller, process, error))
-        except SandboxError:  # the manager ended: nobody will adopt it
-            if isinstance(process, ProcessRef):
-                process.stop(ExitReason.shutdown("manager gone during create"))
-            shutil.rmtree(record.workdir, ignore_errors=True)
+            job.result = boot_process(record, runtime_id=self.runtime_id)
+        except Exception as exc:
+            # Raised by the sandbox supervisor's first start, so a boot failure takes
+            # the path (and emits the events) of any start failure.
+            job.extra["boot_failed"] = True
+            job.result = exc
 
-    def _finish_create(self, msg: _Prepared) -> None:
-        record, config = msg.record, msg.record.config
+    def _finish_create(self, job: Job) -> None:
+        record, config = job.record, job.record.config
+        process = job.result
         try:
             with telemetry.span("sandbox.create", {"sandbox": config.id, "runtime": self.runtime_id}):
-                if msg.error is not None:
-                    raise msg.error
+                if isinstance(process, BaseException) and not job.extra.get("boot_failed"):
+                    raise process  # compile or scan refused it
                 self._set_status(record, "starting")
-                self._start(record, process=msg.process)
+                self._start(record, process=process)
                 if record.slot.watch is not None:
                     self._watch(record)
                 if self.store is not None:  # desired state: comes back after a host restart
                     self.store.put_sandbox(StoredSandbox(
                         config.id, config.as_dict(), record.workdir, record.created_at))
         except BaseException as exc:
-            if isinstance(msg.process, ProcessRef) and record.supervisor is None:
-                msg.process.stop(ExitReason.shutdown("create failed"))  # never adopted
+            if isinstance(process, ProcessRef) and record.supervisor is None:
+                process.stop(ExitReason.shutdown("create failed"))  # never adopted
             self._abandon(record)
+            self.inflight.remove(job)
+            job.ticket.settle(error=exc)
             if not isinstance(exc, SandboxError):
-                raise  # a bug here: the manager fails and its callers hear it
-            msg.caller.reply(_Refusal(exc))
+                raise  # a bug here: the manager fails (its caller got the error)
             return
         record.creating = False
-        msg.caller.reply(record.info())
+        self.inflight.remove(job)
+        job.ticket.settle(value=record.info())
 
     def _abandon(self, record: SandboxRecord) -> None:
         """Leave nothing of a failed create behind: no process, no entry, no directory."""
-        sandbox_id = record.config.id
-        self._unwatch(sandbox_id)
-        self._stop_supervisor(record)
-        containment.forget(self, record)
-        if self.records.get(sandbox_id) is record:
-            del self.records[sandbox_id]
-        shutil.rmtree(record.workdir, ignore_errors=True)
-        shutil.rmtree(self.cache_dir(sandbox_id), ignore_errors=True)
-        self._forget_versions(sandbox_id)
+        if self.records.get(record.config.id) is record:
+            del self.records[record.config.id]
+        _remove_traces(record, self._component, self.base_dir)
 
-    def op_destroy(self, sandbox_id: str) -> None:
-        """Destroy a sandbox; returns once its process has stopped and nothing is left.
+    def op_destroy(self, sandbox_id: str) -> Ticket:
+        """Start destroying a sandbox; returns the ticket its caller waits on (settled
+        once its process has stopped and nothing is left).
 
         Destroys overlap like creates: this turn takes the sandbox out of the store and
         closes its slot, a thread stops the sandbox's own supervisor (its process
-        stops gracefully meanwhile), and a later turn removes what remains and answers.
+        stops gracefully meanwhile), and a later turn (this manager's or its
+        successor's) removes what remains and settles the ticket.
         """
         record = self._settled(sandbox_id)
+        job = Job("destroy", record, Ticket(f"destroy of sandbox {sandbox_id!r}"),
+                  started=time.monotonic())
+        self.inflight.add(job)
         record.destroying = True
         record.slot.watch = None
         self._unwatch(sandbox_id)
@@ -497,38 +526,24 @@ class ManagerActor(Component):
         if self.store is not None:  # first: a host killed now does not bring it back
             self.store.delete_sandbox(sandbox_id)
         record.slot.close(ExitReason.shutdown("sandbox destroyed"))
-        assert self._caller is not None
-        caller = From(self, self._caller)
-        sup = record.supervisor
-        threading.Thread(
-            target=self._stop_in_background, args=(record, sup, caller),
-            name=f"destroy:{sandbox_id}", daemon=True,
-        ).start()
-        return cast(None, NOREPLY)
+        self._run_job(job, _stop_sandbox)
+        return job.ticket
 
-    def _stop_in_background(self, record: SandboxRecord, sup: SupervisorRef | None,
-                            caller: From) -> None:
-        if sup is not None:
-            sup.stop(ExitReason.shutdown("sandbox destroyed"),
-                     timeout=record.config.shutdown + KILL_MARGIN + 5.0)
-        try:
-            self.ref.tell(_Stopped(record, caller))
-        except SandboxError:
-            pass  # the manager ended; its caller hears ActorDead
-
-    def _finish_destroy(self, msg: _Stopped) -> None:
-        record = msg.record
+    def _finish_destroy(self, job: Job) -> None:
+        record = self.records.get(job.record.config.id, job.record)
         sandbox_id = record.config.id
-        with telemetry.span("sandbox.destroy", {"sandbox": sandbox_id, "runtime": self.runtime_id}):
-            self._stop_supervisor(record)  # its entry in the sandboxes supervisor
-            containment.forget(self, record)  # whatever escaped its process group
-            self._set_status(record, "stopped")
-            if self.records.get(sandbox_id) is record:
-                del self.records[sandbox_id]
-            shutil.rmtree(record.workdir, ignore_errors=True)
-            shutil.rmtree(self.cache_dir(sandbox_id), ignore_errors=True)
-            self._forget_versions(sandbox_id)
-        msg.caller.reply(None)
+        try:
+            with telemetry.span("sandbox.destroy", {"sandbox": sandbox_id, "runtime": self.runtime_id}):
+                self._set_status(record, "stopped")
+                if self.records.get(sandbox_id) is record:
+                    del self.records[sandbox_id]
+                _remove_traces(record, self._component, self.base_dir)
+        except BaseException as exc:
+            self.inflight.remove(job)
+            job.ticket.settle(error=exc)
+            raise
+        self.inflight.remove(job)
+        job.ticket.settle(value=None)
 
     def op_restart(self, sandbox_id: str, preserve_state: bool) -> dict[str, Any]:
         record = self._settled(sandbox_id)
@@ -577,7 +592,7 @@ class ManagerActor(Component):
     def cache_dir(self, sandbox_id: str) -> str:
         """Compile cache of a sandbox: beside, not inside, its work directory, which
         the sandbox itself can write."""
-        return os.path.join(self.base_dir, f"{sandbox_id}.cache")
+        return _cache_dir(self.base_dir, sandbox_id)
 
     def _compile(self, record: SandboxRecord) -> None:
         """Compile (and scan) every module; record them as the first versions."""
@@ -616,16 +631,7 @@ class ManagerActor(Component):
         )
 
     def _unwatch(self, sandbox_id: str) -> None:
-        try:
-            self._component("watcher").invoke("unwatch", sandbox_id, timeout=60.0)
-        except SandboxError:
-            pass  # not running: a restarted watcher only watches what slot.watch says
-
-    def _forget_versions(self, sandbox_id: str) -> None:
-        try:
-            self._component("versions").invoke("forget", sandbox_id)
-        except SandboxError:
-            pass
+        _quietly(self._component, "watcher", "unwatch", sandbox_id)
 
     def _get(self, sandbox_id: str) -> SandboxRecord:
         record = self.records.get(sandbox_id)
@@ -698,14 +704,7 @@ class ManagerActor(Component):
         self._set_status(record, "running")
 
     def _stop_supervisor(self, record: SandboxRecord) -> None:
-        sandboxes = self._sandboxes()
-        sup_id = f"sandbox:{record.config.id}"
-        record.supervisor = None
-        for op in (sandboxes.terminate_child, sandboxes.delete_child):
-            try:
-                op(sup_id)
-            except SupervisorError:
-                pass
+        _stop_sandbox_supervisor(record, self._component)
 
 
 def boot_process(record: SandboxRecord, *, runtime_id: str, states: Any = None) -> ProcessRef:
@@ -779,6 +778,79 @@ def sandbox_spec(
             "created_at": record.created_at,
         },
     )
+
+
+def _cache_dir(base_dir: str, sandbox_id: str) -> str:
+    return os.path.join(base_dir, f"{sandbox_id}.cache")
+
+
+def _remove_traces(record: SandboxRecord, component: Callable[[str], Any], base_dir: str) -> None:
+    """Everything of a sandbox but the manager's entry: its supervisor (and so its
+    process), watch, cgroups and UID's processes, registrations, directories and
+    versions. Needs no manager: a job's thread runs it when the runtime stops."""
+    sandbox_id = record.config.id
+    _quietly(component, "watcher", "unwatch", sandbox_id)
+    _stop_sandbox_supervisor(record, component)
+    containment.forget(_Components(component), record)
+    shutil.rmtree(record.workdir, ignore_errors=True)
+    shutil.rmtree(_cache_dir(base_dir, sandbox_id), ignore_errors=True)
+    _quietly(component, "versions", "forget", sandbox_id)
+
+
+def _quietly(component: Callable[[str], Any], name: str, op: str, *args: Any) -> None:
+    """``op`` of component ``name``; nothing if it is not running (a restarted one
+    starts without what this would undo)."""
+    try:
+        component(name).invoke(op, *args, timeout=60.0)
+    except SandboxError:
+        pass
+
+
+def _stop_sandbox_supervisor(record: SandboxRecord, component: Callable[[str], Any]) -> None:
+    """Stop the sandbox's own supervisor (and so its process) and remove its entry."""
+    try:
+        sandboxes = component("sandboxes")
+    except SandboxError:
+        return  # restarting: the new one starts without it
+    sup_id = f"sandbox:{record.config.id}"
+    record.supervisor = None
+    for op in (sandboxes.terminate_child, sandboxes.delete_child):
+        try:
+            op(sup_id)
+        except SupervisorError:
+            pass
+
+
+@dataclass(frozen=True)
+class _Components:
+    """What :mod:`actors.containment` needs of a manager: its component lookup."""
+
+    _component: Callable[[str], Any]
+
+
+def _stop_sandbox(job: Job) -> None:
+    """A destroy's slow part, on its own thread: stop the sandbox's supervisor (its
+    process stops gracefully, then is killed)."""
+    record = job.record
+    sup = record.supervisor
+    if sup is not None:
+        sup.stop(ExitReason.shutdown("sandbox destroyed"),
+                 timeout=record.config.shutdown + KILL_MARGIN + 5.0)
+
+
+def _drop(job: Job, component: Callable[[str], Any], base_dir: str) -> None:
+    """A job no manager will finish (the runtime is stopping): leave nothing behind,
+    tell its caller."""
+    record = job.record
+    if isinstance(job.result, ProcessRef):
+        job.result.stop(ExitReason.shutdown("runtime stopping during create"))
+    _remove_traces(record, component, base_dir)
+    if job.kind == "destroy":
+        job.ticket.settle(value=None)  # nothing is left: what the caller asked for
+    else:
+        job.ticket.settle(error=SandboxError(
+            f"the runtime stopped while sandbox {record.config.id!r} was being created; "
+            "nothing of it was kept: create it again in a running runtime"))
 
 
 def remove_workdirs(base_dir: str) -> None:

@@ -26,6 +26,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
+from actors.inflight import InFlight
 from actors.monitor import call_with_deadline
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
@@ -55,6 +56,8 @@ __all__ = ["Runtime", "Sandbox", "BatchResult", "start"]
 log = logging.getLogger("runtime")
 
 DEFAULT_TIMEOUT = 5.0
+#: How long create_sandbox and destroy_sandbox wait for their sandbox.
+CREATE_TIMEOUT = 60.0
 _runtime_ids = itertools.count(1)
 
 _RUNTIME_OPTIONS = {
@@ -474,6 +477,7 @@ class Runtime:
         self._watch_backend = watch_backend
         self._components: dict[str, ActorRef] = {}
         self._components_changed = threading.Condition()
+        self._inflight = InFlight()
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Runtime:
@@ -556,6 +560,7 @@ class Runtime:
                     runtime_id=n, base_dir=self.base_dir, component=component,
                     name=f"{n}/manager", store=store,
                     start_stored="manager" not in self._components,  # the runtime's start
+                    inflight=self._inflight,  # creates/destroys a killed manager left
                 )),
             ),
         ]
@@ -784,7 +789,9 @@ class Runtime:
             alerts=None if alerts is None
             else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds),
             net_allow=list(net_allow))
-        info = self._manager("create", config)
+        # The manager answers at once with a ticket; the create runs outside its turns
+        # and outlives a crash of it (actors/inflight.py).
+        info = self._manager("create", config).wait(CREATE_TIMEOUT)
         # once it exists (not on SandboxExists, which must keep the existing one's)
         self._obs.alerts.configure(sandbox_id, config.alerts)
         handle = Sandbox(self, sandbox_id)
@@ -800,7 +807,7 @@ class Runtime:
     @logs.operation("destroy")
     def destroy_sandbox(self, sandbox_id: str) -> None:
         """Stop a sandbox (gracefully, then SIGKILL) and remove all trace of it."""
-        self._manager("destroy", sandbox_id)
+        self._manager("destroy", sandbox_id).wait(CREATE_TIMEOUT)
 
     @logs.operation("restart")
     def restart_sandbox(self, sandbox_id: str, *, preserve_state: bool = False) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import pytest
 import sandbox
 import sandbox.testing
 from actors.store import Store
+from runtime.actor import ExitReason
 from runtime.errors import SandboxError, SandboxExists, SandboxNotFound
 
 COUNTER = Path(__file__).resolve().parent.parent / "examples" / "counter"
@@ -35,13 +36,20 @@ def children():
 '''
 
 
-def open_gate(fifo: Path) -> None:
-    """Let a reader of the pipe go on (none there, e.g. its boot failed: nothing to do)."""
-    try:
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-    except OSError as exc:
-        if exc.errno != errno.ENXIO:
-            raise
+def open_gate(fifo: Path, waiting: threading.Thread) -> None:
+    """Let the reader of the pipe go on, once it has opened it; nothing to do if the
+    thread ``waiting`` on that reader ends first (its boot failed, say)."""
+
+    def opened() -> bool:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: nobody reads it yet
+                raise
+            return not waiting.is_alive()
+        return True
+
+    sandbox.testing.wait_for(opened, timeout=30)
 
 
 def gated_app(tmp_path: Path) -> tuple[Path, Path]:
@@ -96,7 +104,7 @@ def test_a_create_does_not_wait_for_another_sandbox_booting(tmp_path: Path) -> N
                 with pytest.raises(SandboxError, match="still being created"):
                     refused("slow")
         finally:
-            open_gate(gate)
+            open_gate(gate, slow)
             slow.join(60)
         assert "error" not in slow_out, slow_out.get("error")
         assert slow_out["value"].call("counter", "incr") == 1
@@ -186,3 +194,91 @@ def test_racing_destroys_stop_the_sandbox_once_and_leave_nothing(tmp_path: Path)
             assert store.sandboxes() == []
         finally:
             store.close()
+
+
+HOLDING_APP = '''
+from runtime.genserver import GenServer
+
+
+class Holder(GenServer):
+    def init(self, start=0):
+        return start
+
+    def handle_call(self, request, state):
+        return state, state
+
+    def terminate(self, reason, state):
+        with open({fifo!r}) as gate:  # a graceful stop waits for the test
+            gate.read()
+
+
+def children():
+    return [Holder.child_spec(name="holder")]
+'''
+
+
+def killed_manager(rt: Any) -> None:
+    """Kill the runtime's manager (no cleanup runs) and wait for its successor."""
+    old = rt.component("manager")
+    old.kill(ExitReason("exception", "killed by the test"))
+    sandbox.testing.wait_for(lambda: rt.component("manager", timeout=30) is not old, timeout=30)
+
+
+def stored_ids(state: Path) -> list[str]:
+    store = Store.open(state / "state.db")
+    try:
+        return [s.id for s in store.sandboxes()]
+    finally:
+        store.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_create_in_flight_when_the_manager_is_killed_is_finished_by_its_successor(
+    tmp_path: Path,
+) -> None:
+    app, gate = gated_app(tmp_path)
+    state = tmp_path / "state"
+    with sandbox.start(name="cc-kill-create", state_dir=state) as rt:
+        slow, out = in_thread(lambda: rt.create_sandbox("slow", app, profile="low"))
+        try:
+            sandbox.testing.wait_for(lambda: "slow" in ids(rt), timeout=30)
+            killed_manager(rt)  # while the app still waits at the gate
+            assert "slow" in ids(rt), "the successor lost the create in flight"
+            with pytest.raises(SandboxExists):  # its id stays reserved
+                rt.create_sandbox("slow", COUNTER)
+            assert slow.is_alive()
+        finally:
+            open_gate(gate, slow)
+            slow.join(60)
+        assert "error" not in out, out.get("error")  # never ActorDead
+        assert out["value"].call("counter", "incr") == 1
+        assert ids(rt) == ["slow"] and stored_ids(state) == ["slow"]
+        rt.destroy_sandbox("slow")
+        assert ids(rt) == [] and stored_ids(state) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_destroy_in_flight_when_the_manager_is_killed_is_finished_by_its_successor(
+    tmp_path: Path,
+) -> None:
+    app, gate = gated_app(tmp_path)
+    (app / "app.py").write_text(HOLDING_APP.format(fifo=str(gate)))
+    state = tmp_path / "state"
+    with sandbox.start(name="cc-kill-destroy", state_dir=state) as rt:
+        sb = rt.create_sandbox("held", app, profile="low", shutdown=30.0)
+        pid = sb.pid
+        workdir = Path(rt.get_sandbox_info("held")["workdir"])
+        gone, out = in_thread(lambda: rt.destroy_sandbox("held"))
+        try:
+            sandbox.testing.wait_for(
+                lambda: rt.get_sandbox_info("held")["status"] == "stopping", timeout=30)
+            killed_manager(rt)  # while the app's terminate waits at the gate
+            with pytest.raises(SandboxError, match="being destroyed"):
+                rt.destroy_sandbox("held")
+            assert gone.is_alive()
+        finally:
+            open_gate(gate, gone)
+            gone.join(60)
+        assert "error" not in out, out.get("error")
+        assert "held" not in ids(rt) and stored_ids(state) == [] and not workdir.exists()
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -1,0 +1,137 @@
+"""Creates and destroys under way outside the manager's turns, kept beyond a manager's life.
+
+A create compiles and boots its sandbox on a thread of its own, and a destroy stops
+its sandbox on one (independent sandboxes start and stop side by side, as children
+of a dynamic supervisor do). Each is a :class:`Job`; its caller waits on the job's
+:class:`Ticket`, not on the manager's reply. The runtime keeps one :class:`InFlight`
+table for all its managers, so a manager killed while jobs run does not lose them:
+its successor finds them at start, keeps their ids reserved and finishes each job
+(adopts the booted process, writes the store) when its thread is done. The caller
+gets the sandbox as if nothing had happened. Only a runtime stopping ends jobs
+unfinished: their callers get a clear :class:`~runtime.errors.SandboxError` and
+nothing of those sandboxes is left.
+
+>>> t = Ticket("create of sandbox 's1'")
+>>> t.settle(value={"id": "s1"}), t.settle(error=SandboxError("late"))
+(True, False)
+>>> t.wait(1.0)
+{'id': 's1'}
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.errors import CallTimeout, SandboxError
+
+__all__ = ["InFlight", "Job", "Ticket"]
+
+
+class Ticket:
+    """What the caller of a create or destroy waits on: the first outcome settled.
+
+    Settled once, by whichever manager finishes the job (or by the runtime stopping);
+    a caller that gave up waiting leaves it settled for nobody.
+    """
+
+    __slots__ = ("what", "_done", "_value", "_error")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._done = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    def settle(self, value: Any = None, error: BaseException | None = None) -> bool:
+        """Record the outcome; False (and nothing changes) if it was settled before."""
+        if self._done.is_set():
+            return False
+        self._value, self._error = value, error
+        self._done.set()
+        return True
+
+    @property
+    def settled(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def wait(self, timeout: float | None) -> Any:
+        """The outcome: the value, or the error raised; CallTimeout after ``timeout`` s."""
+        if not self._done.wait(timeout):
+            raise CallTimeout(self.what, timeout)
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@dataclass(eq=False)
+class Job:
+    """One create (``kind`` "create") or destroy ("destroy") of a sandbox in flight."""
+
+    kind: str
+    #: The manager's record of the sandbox (a ``SandboxRecord``), handed to a successor.
+    record: Any
+    ticket: Ticket
+    #: Its thread's part is done (``result`` holds what it produced): a manager may finish it.
+    ready: bool = False
+    #: A create: the booted process, or the exception its compile or boot raised.
+    result: Any = None
+    started: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class InFlight:
+    """The jobs in flight, by sandbox id, and the manager that finishes them.
+
+    ``attach(ref)`` (a manager starting) and ``done(job)`` (a job's thread finishing)
+    exchange under one lock, so a job that becomes ready while managers change hands
+    is finished exactly once: either it sees the new manager and tells it, or the new
+    manager sees it ready when it attaches.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._manager: Any = None
+        self._closed = False
+
+    def add(self, job: Job) -> None:
+        """Reserve the job's sandbox id; raises SandboxError if the runtime is stopping."""
+        with self._lock:
+            if self._closed:
+                raise SandboxError("the runtime is stopping; no sandbox can be created or destroyed now")
+            self._jobs[job.record.config.id] = job
+
+    def get(self, sandbox_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(sandbox_id)
+
+    def remove(self, job: Job) -> None:
+        with self._lock:
+            if self._jobs.get(job.record.config.id) is job:
+                del self._jobs[job.record.config.id]
+
+    def attach(self, manager: Any) -> list[Job]:
+        """A manager starting: it finishes jobs from now on; returns every job in flight."""
+        with self._lock:
+            self._manager = manager
+            return list(self._jobs.values())
+
+    def done(self, job: Job) -> tuple[Any, bool]:
+        """A job's thread finished its part: returns (the manager to tell, closed)."""
+        with self._lock:
+            job.ready = True
+            return self._manager, self._closed
+
+    def close(self) -> list[Job]:
+        """The runtime is stopping: no job is finished by a manager any more; returns
+        those whose thread is done (their cleanup is the caller's)."""
+        with self._lock:
+            self._closed = True
+            self._manager = None
+            return [j for j in self._jobs.values() if j.ready]
