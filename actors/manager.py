@@ -398,7 +398,7 @@ class ManagerActor(Component):
         caller waits on (the sandbox's info once its app answers).
 
         Creates of independent sandboxes overlap, as children of a dynamic supervisor
-        do: this turn reserves the id and prepares containment, a thread of the create
+        do: this turn reserves the id, a thread of the create prepares containment,
         compiles and boots the process, and a later turn (of this manager, or of its
         successor if this one is killed meanwhile) adopts it, writes the store and
         settles the ticket.
@@ -421,7 +421,6 @@ class ManagerActor(Component):
                   started=time.monotonic())
         try:
             self._set_status(record, "compiling")
-            containment.prepare(self, record)  # profile, limits, uid, cgroups
             self.inflight.add(job)
         except BaseException:
             self._abandon(record)
@@ -457,10 +456,12 @@ class ManagerActor(Component):
                 pass  # it ended: its successor finds the job at its start
 
     def _prepare(self, job: Job) -> None:
-        """A create's slow part, on its own thread: compile (a cache hit for the 2nd..Nth
-        sandbox of one app) and boot the process until the app is ready."""
+        """A create's slow part, on its own thread: containment (profile, limits, UID,
+        cgroups), compile (a cache hit for the 2nd..Nth sandbox of one app), and boot
+        the process until the app is ready."""
         record = job.record
         try:
+            containment.prepare(self, record)
             self._compile(record)
         except BaseException as exc:
             job.result = exc
