@@ -32,8 +32,8 @@ __all__ = ["InFlight", "Job", "Ticket"]
 class Ticket:
     """What the caller of a create or destroy waits on: the first outcome settled.
 
-    Settled once, by whichever manager finishes the job (or by the runtime stopping);
-    a caller that gave up waiting leaves it settled for nobody.
+    Settled once, by the job's thread, after whichever manager finished the job (or
+    the runtime stopping) told it the outcome (:meth:`Job.finish`).
     """
 
     __slots__ = ("what", "_done", "_value", "_error")
@@ -81,8 +81,17 @@ class Job:
     ready: bool = False
     #: A create: the booted process, or the exception its compile or boot raised.
     result: Any = None
-    started: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Set by :meth:`finish`: the outcome is known, the job's thread settles the ticket.
+    finished: threading.Event = field(default_factory=threading.Event)
+    outcome: tuple[Any, BaseException | None] = (None, None)
+
+    def finish(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Record the outcome (first one counts); the job's thread reports it (its
+        telemetry span ends) and then settles the ticket."""
+        if not self.finished.is_set():
+            self.outcome = (value, error)
+            self.finished.set()
 
 
 class InFlight:

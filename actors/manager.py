@@ -63,6 +63,9 @@ log = logging.getLogger("runtime.manager")
 
 #: A cold compile of a large app (worker start, scan, 100s of modules) fits in this.
 COMPILE_TIMEOUT = 120.0
+#: How long a create's or destroy's thread waits for a manager to finish its job
+#: (a manager killed meanwhile is replaced within seconds).
+JOB_TIMEOUT = COMPILE_TIMEOUT + 60.0
 
 STATUSES = (
     "initializing",
@@ -345,7 +348,7 @@ class ManagerActor(Component):
             return
         if isinstance(message, _JobReady):
             job = message.job
-            if self.inflight.get(job.record.config.id) is job and not job.ticket.settled:
+            if self.inflight.get(job.record.config.id) is job and not job.finished.is_set():
                 (self._finish_create if job.kind == "create" else self._finish_destroy)(job)
             return
         if containment.handle_info(self, message):  # security/limit terminations
@@ -417,8 +420,7 @@ class ManagerActor(Component):
         # Set before the start, so a watcher restarting meanwhile finds it (watcher.py).
         record.slot.watch = config.watch if config.auto_reload else None
         self._set_status(record, "initializing")
-        job = Job("create", record, Ticket(f"create of sandbox {config.id!r}"),
-                  started=time.monotonic())
+        job = Job("create", record, Ticket(f"create of sandbox {config.id!r}"))
         try:
             self._set_status(record, "compiling")
             self.inflight.add(job)
@@ -430,17 +432,36 @@ class ManagerActor(Component):
 
     def _run_job(self, job: Job, part: Callable[[Job], None]) -> None:
         """Run ``part(job)`` on a thread of its own (under the caller's correlation id),
-        then hand the job to the manager of the moment."""
+        hand the job to the manager of the moment, and settle the ticket once a
+        manager has finished it. The job's telemetry span (``sandbox.create`` or
+        ``sandbox.destroy``) covers all of it and ends before the caller hears."""
         context = contextvars.copy_context()
+        sandbox_id = job.record.config.id
 
         def run() -> None:
             try:
-                part(job)
+                with telemetry.span(f"sandbox.{job.kind}",
+                                    {"sandbox": sandbox_id, "runtime": self.runtime_id}):
+                    try:
+                        part(job)
+                    finally:
+                        self._hand_over(job)
+                    job.finished.wait(JOB_TIMEOUT)
+                    value, error = job.outcome
+                    if error is not None:
+                        raise error
+            except BaseException:
+                pass  # its caller hears it from the ticket
             finally:
-                self._hand_over(job)
+                value, error = job.outcome
+                if not job.finished.is_set():
+                    error = SandboxError(
+                        f"the {job.kind} of sandbox {sandbox_id!r} was not finished within "
+                        f"{JOB_TIMEOUT}s: no manager took it over")
+                job.ticket.settle(value, error)
 
         threading.Thread(target=context.run, args=(run,),
-                         name=f"{job.kind}:{job.record.config.id}", daemon=True).start()
+                         name=f"{job.kind}:{sandbox_id}", daemon=True).start()
 
     def _hand_over(self, job: Job) -> None:
         """A job's thread is done: tell whichever manager runs now (a manager killed
@@ -478,28 +499,27 @@ class ManagerActor(Component):
         record, config = job.record, job.record.config
         process = job.result
         try:
-            with telemetry.span("sandbox.create", {"sandbox": config.id, "runtime": self.runtime_id}):
-                if isinstance(process, BaseException) and not job.extra.get("boot_failed"):
-                    raise process  # compile or scan refused it
-                self._set_status(record, "starting")
-                self._start(record, process=process)
-                if record.slot.watch is not None:
-                    self._watch(record)
-                if self.store is not None:  # desired state: comes back after a host restart
-                    self.store.put_sandbox(StoredSandbox(
-                        config.id, config.as_dict(), record.workdir, record.created_at))
+            if isinstance(process, BaseException) and not job.extra.get("boot_failed"):
+                raise process  # containment, compile or scan refused it
+            self._set_status(record, "starting")
+            self._start(record, process=process)
+            if record.slot.watch is not None:
+                self._watch(record)
+            if self.store is not None:  # desired state: comes back after a host restart
+                self.store.put_sandbox(StoredSandbox(
+                    config.id, config.as_dict(), record.workdir, record.created_at))
         except BaseException as exc:
             if isinstance(process, ProcessRef) and record.supervisor is None:
                 process.stop(ExitReason.shutdown("create failed"))  # never adopted
             self._abandon(record)
             self.inflight.remove(job)
-            job.ticket.settle(error=exc)
+            job.finish(error=exc)
             if not isinstance(exc, SandboxError):
                 raise  # a bug here: the manager fails (its caller got the error)
             return
         record.creating = False
         self.inflight.remove(job)
-        job.ticket.settle(value=record.info())
+        job.finish(record.info())
 
     def _abandon(self, record: SandboxRecord) -> None:
         """Leave nothing of a failed create behind: no process, no entry, no directory."""
@@ -517,8 +537,7 @@ class ManagerActor(Component):
         successor's) removes what remains and settles the ticket.
         """
         record = self._settled(sandbox_id)
-        job = Job("destroy", record, Ticket(f"destroy of sandbox {sandbox_id!r}"),
-                  started=time.monotonic())
+        job = Job("destroy", record, Ticket(f"destroy of sandbox {sandbox_id!r}"))
         self.inflight.add(job)
         record.destroying = True
         record.slot.watch = None
@@ -527,24 +546,35 @@ class ManagerActor(Component):
         if self.store is not None:  # first: a host killed now does not bring it back
             self.store.delete_sandbox(sandbox_id)
         record.slot.close(ExitReason.shutdown("sandbox destroyed"))
-        self._run_job(job, _stop_sandbox)
+        self._run_job(job, self._take_down)
         return job.ticket
+
+    def _take_down(self, job: Job) -> None:
+        """A destroy's slow part, on its own thread: stop the sandbox's supervisor (its
+        process stops gracefully, then is killed) and remove every trace of it."""
+        record = job.record
+        try:
+            sup = record.supervisor
+            if sup is not None:
+                sup.stop(ExitReason.shutdown("sandbox destroyed"),
+                         timeout=record.config.shutdown + KILL_MARGIN + 5.0)
+            _remove_traces(record, self._component, self.base_dir)
+        except BaseException as exc:  # a bug: the finishing turn fails the manager with it
+            job.result = exc
 
     def _finish_destroy(self, job: Job) -> None:
         record = self.records.get(job.record.config.id, job.record)
         sandbox_id = record.config.id
-        try:
-            with telemetry.span("sandbox.destroy", {"sandbox": sandbox_id, "runtime": self.runtime_id}):
-                self._set_status(record, "stopped")
-                if self.records.get(sandbox_id) is record:
-                    del self.records[sandbox_id]
-                _remove_traces(record, self._component, self.base_dir)
-        except BaseException as exc:
-            self.inflight.remove(job)
-            job.ticket.settle(error=exc)
-            raise
         self.inflight.remove(job)
-        job.ticket.settle(value=None)
+        if isinstance(job.result, BaseException):
+            job.finish(error=job.result)
+            if isinstance(job.result, SandboxError):
+                return
+            raise job.result  # a bug in the destroy's thread: the manager fails with it
+        self._set_status(record, "stopped")
+        if self.records.get(sandbox_id) is record:
+            del self.records[sandbox_id]
+        job.finish()
 
     def op_restart(self, sandbox_id: str, preserve_state: bool) -> dict[str, Any]:
         record = self._settled(sandbox_id)
@@ -829,29 +859,19 @@ class _Components:
     _component: Callable[[str], Any]
 
 
-def _stop_sandbox(job: Job) -> None:
-    """A destroy's slow part, on its own thread: stop the sandbox's supervisor (its
-    process stops gracefully, then is killed)."""
-    record = job.record
-    sup = record.supervisor
-    if sup is not None:
-        sup.stop(ExitReason.shutdown("sandbox destroyed"),
-                 timeout=record.config.shutdown + KILL_MARGIN + 5.0)
-
-
 def _drop(job: Job, component: Callable[[str], Any], base_dir: str) -> None:
     """A job no manager will finish (the runtime is stopping): leave nothing behind,
     tell its caller."""
     record = job.record
+    if job.kind == "destroy":  # its thread removed everything: what the caller asked for
+        job.finish()
+        return
     if isinstance(job.result, ProcessRef):
         job.result.stop(ExitReason.shutdown("runtime stopping during create"))
     _remove_traces(record, component, base_dir)
-    if job.kind == "destroy":
-        job.ticket.settle(value=None)  # nothing is left: what the caller asked for
-    else:
-        job.ticket.settle(error=SandboxError(
-            f"the runtime stopped while sandbox {record.config.id!r} was being created; "
-            "nothing of it was kept: create it again in a running runtime"))
+    job.finish(error=SandboxError(
+        f"the runtime stopped while sandbox {record.config.id!r} was being created; "
+        "nothing of it was kept: create it again in a running runtime"))
 
 
 def remove_workdirs(base_dir: str) -> None:
