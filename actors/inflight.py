@@ -79,8 +79,9 @@ class Job:
     ticket: Ticket
     #: Its thread's part is done (``result`` holds what it produced): a manager may finish it.
     ready: bool = False
-    #: A create: the booted process, or the exception its compile or boot raised.
-    result: Any = None
+    #: Why its thread's part failed (an exception), else None.
+    result: BaseException | None = None
+    #: What its thread made that a failure must undo (a create's ``process``).
     extra: dict[str, Any] = field(default_factory=dict)
     #: Set by :meth:`finish`: the outcome is known, the job's thread settles the ticket.
     finished: threading.Event = field(default_factory=threading.Event)

@@ -484,25 +484,27 @@ class ManagerActor(Component):
         try:
             containment.prepare(self, record)
             self._compile(record)
+            process: ProcessRef | BaseException
+            try:
+                process = job.extra["process"] = boot_process(record, runtime_id=self.runtime_id)
+            except Exception as exc:
+                # Raised by the sandbox supervisor's first start, so a boot failure takes
+                # the path (and emits the events) of any start failure.
+                process = exc
+            self._set_status(record, "starting")
+            self._start_supervisor(record, process=process)
         except BaseException as exc:
-            job.result = exc
-            return
-        try:
-            job.result = boot_process(record, runtime_id=self.runtime_id)
-        except Exception as exc:
-            # Raised by the sandbox supervisor's first start, so a boot failure takes
-            # the path (and emits the events) of any start failure.
-            job.extra["boot_failed"] = True
             job.result = exc
 
     def _finish_create(self, job: Job) -> None:
         record, config = job.record, job.record.config
-        process = job.result
+        process = job.extra.get("process")
         try:
-            if isinstance(process, BaseException) and not job.extra.get("boot_failed"):
-                raise process  # containment, compile or scan refused it
-            self._set_status(record, "starting")
-            self._start(record, process=process)
+            if job.result is not None:
+                raise job.result  # containment, compile, scan or the start refused it
+            assert record.supervisor is not None
+            monitor(record.supervisor, self.ref)
+            self._set_status(record, "running")
             if record.slot.watch is not None:
                 self._watch(record)
             if self.store is not None:  # desired state: comes back after a host restart
@@ -709,6 +711,21 @@ class ManagerActor(Component):
         marking the sandbox ``error``: a :class:`Readopt` will start it.
         ``process``: one already booted (:func:`boot_process`), adopted by the first start.
         """
+        sup = self._start_supervisor(record, states, sandboxes, quiet=quiet, process=process)
+        monitor(sup, self.ref)
+        self._set_status(record, "running")
+
+    def _start_supervisor(
+        self,
+        record: SandboxRecord,
+        states: Any = None,
+        sandboxes: SupervisorRef | None = None,
+        *,
+        quiet: bool = False,
+        process: ProcessRef | BaseException | None = None,
+    ) -> SupervisorRef:
+        """The part of :meth:`_start` that needs no manager turn (a create's thread runs
+        it): the sandbox's supervisor started under ``sandboxes``."""
         spec = sandbox_spec(record, runtime_id=self.runtime_id, states=states, process=process)
         sandboxes = sandboxes or self._sandboxes()
         if quiet and not sandboxes.is_alive():
@@ -731,8 +748,7 @@ class ManagerActor(Component):
             record.last_error = {"kind": type(cause).__name__, "message": str(cause), "at": time.time()}
             self._set_status(record, "error")
             raise cause from None
-        monitor(sup, self.ref)
-        self._set_status(record, "running")
+        return sup
 
     def _stop_supervisor(self, record: SandboxRecord) -> None:
         _stop_sandbox_supervisor(record, self._component)
@@ -866,8 +882,9 @@ def _drop(job: Job, component: Callable[[str], Any], base_dir: str) -> None:
     if job.kind == "destroy":  # its thread removed everything: what the caller asked for
         job.finish()
         return
-    if isinstance(job.result, ProcessRef):
-        job.result.stop(ExitReason.shutdown("runtime stopping during create"))
+    process = job.extra.get("process")
+    if isinstance(process, ProcessRef) and record.supervisor is None:
+        process.stop(ExitReason.shutdown("runtime stopping during create"))  # never adopted
     _remove_traces(record, component, base_dir)
     job.finish(error=SandboxError(
         f"the runtime stopped while sandbox {record.config.id!r} was being created; "
