@@ -21,12 +21,18 @@ nothing of those sandboxes is left.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.errors import CallTimeout, SandboxError
 
-__all__ = ["InFlight", "Job", "Ticket"]
+__all__ = ["InFlight", "JOB_THREADS", "Job", "Ticket"]
+
+#: Jobs that run at once; more wait for a thread (each create or destroy is mostly
+#: waiting for its child process, so this is far above the host's CPUs).
+JOB_THREADS = 64
 
 
 class Ticket:
@@ -109,6 +115,13 @@ class InFlight:
         self._jobs: dict[str, Job] = {}
         self._manager: Any = None
         self._closed = False
+        # Jobs run on reused threads: starting a thread waits for it to run, a
+        # hand-off the manager's turn would pay for every create on a busy host.
+        self._threads = ThreadPoolExecutor(max_workers=JOB_THREADS, thread_name_prefix="sandbox-job")
+
+    def run(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (a job's thread body) on a thread of the table's."""
+        self._threads.submit(fn)
 
     def add(self, job: Job) -> None:
         """Reserve the job's sandbox id; raises SandboxError if the runtime is stopping."""
@@ -144,4 +157,6 @@ class InFlight:
         with self._lock:
             self._closed = True
             self._manager = None
-            return [j for j in self._jobs.values() if j.ready]
+            ready = [j for j in self._jobs.values() if j.ready]
+        self._threads.shutdown(wait=False)  # idle threads end; busy ones after their job
+        return ready

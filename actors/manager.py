@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -431,7 +430,7 @@ class ManagerActor(Component):
         return job.ticket
 
     def _run_job(self, job: Job, part: Callable[[Job], None]) -> None:
-        """Run ``part(job)`` on a thread of its own (under the caller's correlation id),
+        """Run ``part(job)`` on a job thread (under the caller's correlation id),
         hand the job to the manager of the moment, and settle the ticket once a
         manager has finished it. The job's telemetry span (``sandbox.create`` or
         ``sandbox.destroy``) covers all of it and ends before the caller hears."""
@@ -460,8 +459,7 @@ class ManagerActor(Component):
                         f"{JOB_TIMEOUT}s: no manager took it over")
                 job.ticket.settle(value, error)
 
-        threading.Thread(target=context.run, args=(run,),
-                         name=f"{job.kind}:{sandbox_id}", daemon=True).start()
+        self.inflight.run(lambda: context.run(run))
 
     def _hand_over(self, job: Job) -> None:
         """A job's thread is done: tell whichever manager runs now (a manager killed

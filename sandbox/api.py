@@ -477,7 +477,6 @@ class Runtime:
         self._watch_backend = watch_backend
         self._components: dict[str, ActorRef] = {}
         self._components_changed = threading.Condition()
-        self._inflight = InFlight()
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Runtime:
@@ -496,6 +495,7 @@ class Runtime:
             raise
         store.journal_abandon_pending()  # reloads a dead host left half-way: none committed
         store.prune()  # what a create killed half-way left: that sandbox does not exist
+        inflight = InFlight()  # creates/destroys under way, beyond a manager's life
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
             # Components find each other through this table, refreshed by each start:
             # asking the root supervisor instead would deadlock while the root is busy
@@ -560,7 +560,7 @@ class Runtime:
                     runtime_id=n, base_dir=self.base_dir, component=component,
                     name=f"{n}/manager", store=store,
                     start_stored="manager" not in self._components,  # the runtime's start
-                    inflight=self._inflight,  # creates/destroys a killed manager left
+                    inflight=inflight,  # creates/destroys a killed manager left
                 )),
             ),
         ]
