@@ -10,6 +10,14 @@ Run alone: ``python benchmarks/bench_profiles.py [--quick] [--json PATH]``.
   (psutil ``memory_full_info().uss``); baseline: the bare child's. The layers
   (namespaces, cgroups, guard, output pipes) show as the difference.
 
+- **Layers**: what each containment step costs a start, per profile, measured in a
+  child of the fork server that applies the profile's isolation plan and guard as
+  a sandbox's boot does (:mod:`benchmarks._layers`): cgroups, namespaces (and the
+  private mount view), seccomp, rlimits, privileges (no_new_privs, UID, not
+  dumpable), guard; and all of them. ``none`` is a start without containment (no
+  plan, no guard), which no profile allows: the floor. Baseline: the bare child's
+  whole start.
+
 No target: context for docs/benchmarks.md (before/after the containment work of
 issue 11).
 """
@@ -29,6 +37,7 @@ from benchmarks._harness import Record
 
 MIB = 1024 * 1024
 PROFILES = ("high", "medium", "low")
+LAYER_PROFILES = (*PROFILES, "none")
 APP = str(Path(__file__).resolve().parent.parent / "examples" / "counter")
 
 
@@ -76,6 +85,28 @@ def main(quick: bool = False) -> list[Record]:
                 "profile_memory", f"idle USS {profile}", uss, "MiB",
                 "bare fork server child", [b[1] for b in bare],
                 notes="after the first reply"))
+    records += _layer_records(runs, [b[0] for b in bare])
+    return records
+
+
+def _layer_records(runs: int, bare_start: list[float]) -> list[Record]:
+    from benchmarks._harness import make_record, progress
+    from benchmarks._layers import STEPS, layer_costs
+
+    records: list[Record] = []
+    for profile in LAYER_PROFILES:
+        progress(f"bench_profiles: layers of {profile} x {runs}")
+        took = [layer_costs(profile, APP)["took"] for _ in range(runs)]
+        steps = STEPS if profile != "none" else ()
+        for step in steps:
+            records.append(make_record(
+                "profile_layers", f"{step} {profile}", [t.get(step, 0.0) for t in took], "ms",
+                "bare fork server child's whole start", bare_start,
+                notes="in a fork server child, as a sandbox's boot applies it"))
+        records.append(make_record(
+            "profile_layers", f"all layers {profile}", [sum(t.values()) for t in took], "ms",
+            "bare fork server child's whole start", bare_start,
+            notes="isolation plan applied + guard installed"))
     return records
 
 

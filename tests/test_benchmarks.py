@@ -257,3 +257,16 @@ def test_bench_core_quick_writes_valid_records(tmp_path):
     assert targeted[("call_roundtrip", "p50 round trip")] == "ratio <= 2.0"
     assert targeted[("cast_throughput", "casts/s unbatched")] == "ratio >= 0.5"
     assert targeted[("child_memory", "idle child USS")] == "value <= 5.0"
+
+
+@pytest.mark.parametrize("profile", ["low", "none"])
+def test_layer_costs_time_the_steps_a_sandbox_boot_applies(profile):
+    from benchmarks._layers import STEPS, layer_costs
+
+    out = layer_costs(profile, str(REPO / "examples" / "counter"))
+    assert set(out["took"]) <= set(STEPS) and "privileges" in out["took"], out
+    assert all(v >= 0 or k == "privileges" for k, v in out["took"].items()), out
+    if profile == "none":
+        assert out["applied"] == [] and "guard" not in out["took"]
+    else:
+        assert "guard" in out["took"] and "rlimits" in out["applied"], out
