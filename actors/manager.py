@@ -862,8 +862,8 @@ def _stop_sandbox_supervisor(record: SandboxRecord, component: Callable[[str], A
     for op in (sandboxes.terminate_child, sandboxes.delete_child):
         try:
             op(sup_id)
-        except SupervisorError:
-            pass
+        except (SupervisorError, ActorDead):
+            pass  # not there, or the supervisor is going away (and its children with it)
 
 
 @dataclass(frozen=True)
@@ -880,13 +880,17 @@ def _drop(job: Job, component: Callable[[str], Any], base_dir: str) -> None:
     if job.kind == "destroy":  # its thread removed everything: what the caller asked for
         job.finish()
         return
-    process = job.extra.get("process")
-    if isinstance(process, ProcessRef) and record.supervisor is None:
-        process.stop(ExitReason.shutdown("runtime stopping during create"))  # never adopted
-    _remove_traces(record, component, base_dir)
-    job.finish(error=SandboxError(
-        f"the runtime stopped while sandbox {record.config.id!r} was being created; "
-        "nothing of it was kept: create it again in a running runtime"))
+    try:
+        process = job.extra.get("process")
+        if isinstance(process, ProcessRef) and record.supervisor is None:
+            process.stop(ExitReason.shutdown("runtime stopping during create"))  # never adopted
+        _remove_traces(record, component, base_dir)
+    except Exception:  # the runtime is going away: whatever is left goes with it
+        log.exception("cleaning up the unfinished create of sandbox %r", record.config.id)
+    finally:
+        job.finish(error=SandboxError(
+            f"the runtime stopped while sandbox {record.config.id!r} was being created; "
+            "nothing of it was kept: create it again in a running runtime"))
 
 
 def remove_workdirs(base_dir: str) -> None:

@@ -282,3 +282,22 @@ def test_a_destroy_in_flight_when_the_manager_is_killed_is_finished_by_its_succe
         assert "error" not in out, out.get("error")
         assert "held" not in ids(rt) and stored_ids(state) == [] and not workdir.exists()
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.timeout(120)
+def test_a_create_in_flight_when_the_runtime_stops_fails_clearly_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    app, gate = gated_app(tmp_path)
+    rt = sandbox.start(name="cc-stop-create")
+    base = Path(rt.base_dir)
+    slow, out = in_thread(lambda: rt.create_sandbox("slow", app, profile="low"))
+    try:
+        sandbox.testing.wait_for(lambda: "slow" in ids(rt), timeout=30)
+        rt.stop()  # while the app still waits at the gate
+    finally:
+        open_gate(gate, slow)
+        slow.join(60)
+    err = out.get("error")
+    assert isinstance(err, SandboxError) and "runtime stopped" in str(err), out
+    assert not base.exists() or not list(base.glob("slow-*"))
