@@ -6,6 +6,10 @@ sandbox's boot does (:func:`runtime.child.isolation.apply`,
 :func:`runtime.child.guard.install_guard`) and reports how long each step took.
 The child then exits: the layers (a seccomp filter, a UID) are for good.
 
+:func:`cgroup_join` times one way of joining a sandbox's cgroups in such a child: as
+the boot does (:func:`runtime.child.isolation._join_cgroup`), or by writing the
+pid to ``cgroup.procs`` (how it was done before).
+
 Steps: ``cgroups`` (joining the sandbox's cgroups), ``namespaces`` (network, IPC and
 mount namespaces, loopback up, the private mount view), ``seccomp`` (building and
 loading the filter), ``rlimits``, ``privileges`` (no_new_privs, the sandbox's UID,
@@ -24,7 +28,7 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 from typing import Any
 
-__all__ = ["STEPS", "layer_costs"]
+__all__ = ["STEPS", "cgroup_join", "layer_costs"]
 
 STEPS = ("cgroups", "namespaces", "seccomp", "rlimits", "privileges", "guard")
 
@@ -100,3 +104,48 @@ def layer_costs(profile_name: str, app: str) -> dict[str, Any]:
         shutil.rmtree(base, ignore_errors=True)
     result: dict[str, Any] = json.loads(data) if data else {"took": {}, "applied": []}
     return result
+
+
+def _join_child(sock: socket.socket, dirs: list[str], how: str) -> None:
+    from runtime.child import isolation
+
+    t0 = time.perf_counter()
+    for d in dirs:
+        if how == "procs":
+            with open(os.path.join(d, "cgroup.procs"), "w") as fh:
+                fh.write(str(os.getpid()))
+        else:
+            isolation._join_cgroup(d)
+    sock.sendall(json.dumps((time.perf_counter() - t0) * 1000).encode())
+    sock.close()
+
+
+def cgroup_join(how: str) -> float | None:
+    """Milliseconds a fresh fork server child takes to join a new sandbox's cgroups,
+    ``how`` = ``"boot"`` (as a sandbox's boot does) or ``"procs"`` (its pid written
+    to ``cgroup.procs``); None where this host gives sandboxes no cgroups."""
+    from runtime.child import isolation
+    from runtime.host import forkserver
+
+    base = tempfile.mkdtemp(prefix="bench-join-")
+    group = os.path.basename(base)
+    state = isolation.prepare(tempfile.mkdtemp(dir=base), f"join-{os.getpid()}", group=group)
+    dirs = sorted((state.get("cgroups") or {}).values())
+    mine, theirs = socket.socketpair()
+    null = os.open(os.devnull, os.O_WRONLY)
+    data = b""
+    try:
+        if dirs:
+            child = forkserver.spawn(_join_child, (dirs, how), fds=(theirs.fileno(), null, null))
+            theirs.close()
+            while chunk := mine.recv(65536):
+                data += chunk
+            if wait([child.sentinel], 10):
+                child.close()
+    finally:
+        os.close(null)
+        mine.close()
+        isolation.release(state)
+        isolation.release_group(group)
+        shutil.rmtree(base, ignore_errors=True)
+    return float(json.loads(data)) if data else None

@@ -17,6 +17,10 @@ Run alone: ``python benchmarks/bench_profiles.py [--quick] [--json PATH]``.
   dumpable), guard; and all of them. ``none`` is a start without containment (no
   plan, no guard), which no profile allows: the floor. Baseline: the bare child's
   whole start.
+- **cgroup join**: a fresh child joining a new sandbox's cgroups as the boot does
+  (cgroup v1: ``0`` written to ``tasks``), against the same child writing its pid
+  to ``cgroup.procs`` (as before), alternating, 0.2 s apart (a lone create: the
+  kernel's threadgroup lock is idle when it comes).
 
 No target: context for docs/benchmarks.md (before/after the containment work of
 issue 11).
@@ -86,7 +90,29 @@ def main(quick: bool = False) -> list[Record]:
                 "bare fork server child", [b[1] for b in bare],
                 notes="after the first reply"))
     records += _layer_records(runs, [b[0] for b in bare])
+    records += _join_records(runs)
     return records
+
+
+def _join_records(runs: int) -> list[Record]:
+    from benchmarks._harness import make_record, progress
+    from benchmarks._layers import cgroup_join
+
+    progress(f"bench_profiles: cgroup join x {runs}")
+    now: list[float] = []
+    before: list[float] = []
+    for r in range(runs):
+        pair = [(now, "boot"), (before, "procs")]
+        for into, how in pair if r % 2 == 0 else pair[::-1]:
+            time.sleep(0.2)  # a quiet spell, as between lone creates
+            took = cgroup_join(how)
+            if took is None:
+                return []  # no cgroups for sandboxes on this host
+            into.append(took)
+    return [make_record("profile_layers", "cgroup join (tasks, as itself)", now, "ms",
+                        "cgroup.procs, by pid", before,
+                        notes="a fresh fork server child joining a new sandbox's pids and "
+                              "memory cgroups, 0.2 s after the previous join")]
 
 
 def _layer_records(runs: int, bare_start: list[float]) -> list[Record]:

@@ -270,3 +270,10 @@ def test_layer_costs_time_the_steps_a_sandbox_boot_applies(profile):
         assert out["applied"] == [] and "guard" not in out["took"]
     else:
         assert "guard" in out["took"] and "rlimits" in out["applied"], out
+
+
+def test_cgroup_join_times_both_ways_or_says_there_are_no_cgroups():
+    from benchmarks._layers import cgroup_join
+
+    took = [cgroup_join(how) for how in ("boot", "procs")]
+    assert all(t is None or t > 0 for t in took) and len(set(map(type, took))) == 1, took
