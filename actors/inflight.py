@@ -123,12 +123,17 @@ class InFlight:
         """Run ``fn`` (a job's thread body) on a thread of the table's."""
         self._threads.submit(fn)
 
-    def add(self, job: Job) -> None:
-        """Reserve the job's sandbox id; raises SandboxError if the runtime is stopping."""
+    def add(self, job: Job) -> Job | None:
+        """Reserve the job's sandbox id: None, or the job that holds it already (a
+        manager killed in the middle of its turn may still be adding one while its
+        successor runs). Raises SandboxError if the runtime is stopping."""
         with self._lock:
             if self._closed:
                 raise SandboxError("the runtime is stopping; no sandbox can be created or destroyed now")
-            self._jobs[job.record.config.id] = job
+            held = self._jobs.get(job.record.config.id)
+            if held is None:
+                self._jobs[job.record.config.id] = job
+            return held
 
     def get(self, sandbox_id: str) -> Job | None:
         with self._lock:

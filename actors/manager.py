@@ -194,10 +194,13 @@ class ManagerActor(Component):
 
     # -- lifecycle -------------------------------------------------------------------
     def on_init(self) -> None:
-        self._rebuild()
-        # Jobs a killed predecessor left keep their ids reserved; those whose thread
-        # is done are finished now, the others when their thread hands them over.
-        for job in self.inflight.attach(self.ref):
+        # Jobs a killed predecessor left keep their ids reserved (their records are
+        # theirs, not rebuilt); each comes back to this manager once: from its thread
+        # when it is done, or from here if it was done already (a killed manager's
+        # thread may even be finishing one now: see on_info).
+        jobs = self.inflight.attach(self.ref)
+        self._rebuild(skip={job.record.config.id for job in jobs})
+        for job in jobs:
             self.records[job.record.config.id] = job.record
             if job.ready:
                 self.ref.tell(_JobReady(job))
@@ -222,14 +225,15 @@ class ManagerActor(Component):
             for job in self.inflight.close():
                 _drop(job, self._component, self.base_dir)
 
-    def _rebuild(self) -> None:
-        """Recover the registry from the sandboxes supervisor (after a manager crash)."""
+    def _rebuild(self, skip: set[str]) -> None:
+        """Recover the registry from the sandboxes supervisor (after a manager crash),
+        but for the sandboxes in ``skip`` (created or destroyed by jobs in flight)."""
         sandboxes = self._sandboxes()
         for child in sandboxes.which_children():
             spec = child.spec if hasattr(child, "spec") else None
             meta = spec.meta if spec is not None else {}
-            if "config" not in meta or self.inflight.get(meta["config"].id) is not None:
-                continue  # not a sandbox, or one being destroyed (its job has the record)
+            if "config" not in meta or meta["config"].id in skip:
+                continue  # not a sandbox, or a job in flight has its record
             record = SandboxRecord(
                 config=meta["config"],
                 slot=meta["slot"],
@@ -347,7 +351,12 @@ class ManagerActor(Component):
             return
         if isinstance(message, _JobReady):
             job = message.job
-            if self.inflight.get(job.record.config.id) is job and not job.finished.is_set():
+            if job.finished.is_set():
+                self._finished_before(job)
+            elif self.inflight.get(job.record.config.id) is job:
+                # One a killed manager's turn started after this one attached is
+                # not in the records yet.
+                self.records.setdefault(job.record.config.id, job.record)
                 (self._finish_create if job.kind == "create" else self._finish_destroy)(job)
             return
         if containment.handle_info(self, message):  # security/limit terminations
@@ -394,6 +403,18 @@ class ManagerActor(Component):
                         # ``sandboxes``; if that is the dying one, Readopt does it.
                         self._restart_lost(record)
 
+    def _finished_before(self, job: Job) -> None:
+        """A job finished by a killed predecessor's thread after this manager took over
+        its record: keep the sandbox as a rebuild would, or drop the record."""
+        record: SandboxRecord = job.record
+        if self.records.get(record.config.id) is not job.record:
+            return
+        _value, error = job.outcome
+        if job.kind == "create" and error is None and record.supervisor is not None:
+            monitor(record.supervisor, self.ref)
+        else:
+            del self.records[record.config.id]
+
     # -- operations ------------------------------------------------------------------
     def op_create(self, config: SandboxConfig) -> Ticket:
         """Start creating a sandbox; returns the :class:`~actors.inflight.Ticket` its
@@ -415,17 +436,20 @@ class ManagerActor(Component):
             created_at=time.time(),
             creating=True,
         )
+        job = Job("create", record, Ticket(f"create of sandbox {config.id!r}"))
+        try:
+            held = self.inflight.add(job)  # first: until it holds the id, it owns nothing
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        if held is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise SandboxExists(config.id)
         self.records[config.id] = record
         # Set before the start, so a watcher restarting meanwhile finds it (watcher.py).
         record.slot.watch = config.watch if config.auto_reload else None
         self._set_status(record, "initializing")
-        job = Job("create", record, Ticket(f"create of sandbox {config.id!r}"))
-        try:
-            self._set_status(record, "compiling")
-            self.inflight.add(job)
-        except BaseException:
-            self._abandon(record)
-            raise
+        self._set_status(record, "compiling")
         self._run_job(job, self._prepare)
         return job.ticket
 
@@ -538,7 +562,9 @@ class ManagerActor(Component):
         """
         record = self._settled(sandbox_id)
         job = Job("destroy", record, Ticket(f"destroy of sandbox {sandbox_id!r}"))
-        self.inflight.add(job)
+        held = self.inflight.add(job)  # first: until it holds the id, it changes nothing
+        if held is not None:
+            raise _busy(sandbox_id, held)
         record.destroying = True
         record.slot.watch = None
         self._unwatch(sandbox_id)
@@ -671,16 +697,11 @@ class ManagerActor(Component):
         return record
 
     def _settled(self, sandbox_id: str) -> SandboxRecord:
-        """The record, refusing one whose create has not answered yet."""
+        """The record, refusing one whose create or destroy is under way."""
         record = self._get(sandbox_id)
-        if record.creating:
-            raise SandboxError(
-                f"sandbox {sandbox_id!r} is still being created; wait for its "
-                "create_sandbox to return, then destroy or restart it")
-        if record.destroying:
-            raise SandboxError(
-                f"sandbox {sandbox_id!r} is being destroyed; wait for that destroy_sandbox "
-                "to return")
+        held = self.inflight.get(sandbox_id)
+        if held is not None:
+            raise _busy(sandbox_id, held)
         return record
 
     def _set_status(self, record: SandboxRecord, status: str) -> None:
@@ -823,6 +844,16 @@ def sandbox_spec(
             "created_at": record.created_at,
         },
     )
+
+
+def _busy(sandbox_id: str, job: Job) -> SandboxError:
+    """The error for an operation on a sandbox whose create or destroy is under way."""
+    if job.kind == "create":
+        return SandboxError(
+            f"sandbox {sandbox_id!r} is still being created; wait for its "
+            "create_sandbox to return, then destroy or restart it")
+    return SandboxError(
+        f"sandbox {sandbox_id!r} is being destroyed; wait for that destroy_sandbox to return")
 
 
 def _cache_dir(base_dir: str, sandbox_id: str) -> str:

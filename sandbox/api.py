@@ -477,6 +477,7 @@ class Runtime:
         self._watch_backend = watch_backend
         self._components: dict[str, ActorRef] = {}
         self._components_changed = threading.Condition()
+        self._inflight: InFlight | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Runtime:
@@ -495,7 +496,8 @@ class Runtime:
             raise
         store.journal_abandon_pending()  # reloads a dead host left half-way: none committed
         store.prune()  # what a create killed half-way left: that sandbox does not exist
-        inflight = InFlight()  # creates/destroys under way, beyond a manager's life
+        # Creates/destroys under way, beyond a manager's life (actors/inflight.py).
+        inflight = self._inflight = InFlight()
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
             # Components find each other through this table, refreshed by each start:
             # asking the root supervisor instead would deadlock while the root is busy
@@ -738,6 +740,37 @@ class Runtime:
                 if perf_counter() > deadline:
                     raise
 
+    def _job(self, op: str, arg: Any, sandbox_id: str, ours: Callable[[Any], bool]) -> Any:
+        """The ticket of a create or destroy (``op``) of ``sandbox_id``.
+
+        A manager killed during the turn that starts the job may or may not have
+        started it (its thread finishes the turn; the caller hears ActorDead at once):
+        the job is then found in the runtime's in-flight table (``ours(job)``), or
+        its successor is asked again, within DEFAULT_TIMEOUT, so the caller never
+        sees the manager's crash.
+        """
+        deadline = perf_counter() + DEFAULT_TIMEOUT
+        unsure = False
+        while True:
+            try:
+                return self._manager(op, arg)
+            except ActorDead:
+                unsure = True
+            except SandboxError:
+                if not unsure:
+                    raise
+                held = self._inflight.get(sandbox_id) if self._inflight else None
+                if held is not None and ours(held):
+                    return held.ticket  # the killed manager's turn started it after all
+                raise
+            held = self._inflight.get(sandbox_id) if self._inflight else None
+            if held is not None and ours(held):
+                return held.ticket
+            if perf_counter() > deadline:
+                raise SandboxError(
+                    f"the manager kept failing while asked to {op} sandbox {sandbox_id!r}; "
+                    "check the runtime's health, then try again")
+
     def _slot(self, sandbox_id: str) -> Any:
         return self._read("slot", sandbox_id)
 
@@ -791,7 +824,8 @@ class Runtime:
             net_allow=list(net_allow))
         # The manager answers at once with a ticket; the create runs outside its turns
         # and outlives a crash of it (actors/inflight.py).
-        info = self._manager("create", config).wait(CREATE_TIMEOUT)
+        ticket = self._job("create", config, sandbox_id, lambda job: job.record.config is config)
+        info = ticket.wait(CREATE_TIMEOUT)
         # once it exists (not on SandboxExists, which must keep the existing one's)
         self._obs.alerts.configure(sandbox_id, config.alerts)
         handle = Sandbox(self, sandbox_id)
@@ -807,7 +841,8 @@ class Runtime:
     @logs.operation("destroy")
     def destroy_sandbox(self, sandbox_id: str) -> None:
         """Stop a sandbox (gracefully, then SIGKILL) and remove all trace of it."""
-        self._manager("destroy", sandbox_id).wait(CREATE_TIMEOUT)
+        self._job("destroy", sandbox_id, sandbox_id, lambda job: job.kind == "destroy").wait(
+            CREATE_TIMEOUT)
 
     @logs.operation("restart")
     def restart_sandbox(self, sandbox_id: str, *, preserve_state: bool = False) -> dict[str, Any]:

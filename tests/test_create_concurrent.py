@@ -301,3 +301,38 @@ def test_a_create_in_flight_when_the_runtime_stops_fails_clearly_and_leaves_noth
     err = out.get("error")
     assert isinstance(err, SandboxError) and "runtime stopped" in str(err), out
     assert not base.exists() or not list(base.glob("slow-*"))
+
+
+@pytest.mark.timeout(120)
+def test_creates_and_destroys_while_the_manager_is_killed_over_and_over_all_succeed(
+    tmp_path: Path,
+) -> None:
+    """Kills land anywhere: in the turn that starts a job (its thread runs on after
+    the caller heard ActorDead), between the job's parts, in the finishing turn."""
+    state = tmp_path / "state"
+    with sandbox.start(name="cc-kill-race", state_dir=state, max_restarts=10_000) as rt:
+        stop = threading.Event()
+        kills = [0]
+
+        def killer() -> None:
+            while not stop.is_set():
+                old = rt.component("manager", timeout=30)
+                old.kill(ExitReason("exception", "killed by the test"))
+                kills[0] += 1
+                sandbox.testing.wait_for(
+                    lambda: rt.component("manager", timeout=30) is not old, timeout=30)
+
+        wanted = [f"k{i}" for i in range(6)]
+        k = threading.Thread(target=killer)
+        k.start()
+        try:
+            made = rt.batch_create([{"id": i, "path": COUNTER} for i in wanted])
+            gone = rt.batch_destroy(wanted[:3])
+        finally:
+            stop.set()
+            k.join(60)
+        assert kills[0] > 1
+        assert [(r.id, r.error) for r in made if not r.ok] == []
+        assert [(r.id, r.error) for r in gone if not r.ok] == []
+        assert sorted(ids(rt)) == wanted[3:] and sorted(stored_ids(state)) == wanted[3:]
+        assert [rt.sandbox(i).call("counter", "incr") for i in wanted[3:]] == [1, 1, 1]
