@@ -21,6 +21,9 @@ Run alone: ``python benchmarks/bench_profiles.py [--quick] [--json PATH]``.
   (cgroup v1: ``0`` written to ``tasks``), against the same child writing its pid
   to ``cgroup.procs`` (as before), alternating, 0.2 s apart (a lone create: the
   kernel's threadgroup lock is idle when it comes).
+Run by a user that is not root, each sandbox lives in its own user and pid
+namespace (``runtime/child/userns.py``): the records are then named ``... (userns)``
+and the namespace's init process, one per sandbox, gets a record of its own.
 
 No target: context for docs/benchmarks.md (before/after the containment work of
 issue 11).
@@ -59,6 +62,28 @@ def _bare() -> tuple[float, float]:
     return took * 1000, uss
 
 
+def _ns_init(pid: int) -> int | None:
+    """The init (pid 1) of ``pid``'s pid namespace, when that is not the host's."""
+    try:
+        ns = os.stat(f"/proc/{pid}/ns/pid").st_ino
+        if ns == os.stat("/proc/self/ns/pid").st_ino:
+            return None
+        for name in os.listdir("/proc"):
+            if name.isdigit() and int(name) != pid:
+                try:
+                    if os.stat(f"/proc/{name}/ns/pid").st_ino != ns:
+                        continue
+                    with open(f"/proc/{name}/status") as fh:
+                        nspid = next(ln.split() for ln in fh if ln.startswith("NSpid:"))
+                    if nspid[-1] == "1":
+                        return int(name)
+                except (OSError, StopIteration):
+                    pass
+    except OSError:
+        pass
+    return None
+
+
 def main(quick: bool = False) -> list[Record]:
     import psutil
 
@@ -72,7 +97,7 @@ def main(quick: bool = False) -> list[Record]:
         bare = [_bare() for _ in range(runs)]
         for profile in PROFILES:
             progress(f"bench_profiles: {profile} x {runs}")
-            create, uss = [], []
+            create, uss, init_uss = [], [], []
             for r in range(runs):
                 gc.collect()
                 t0 = time.perf_counter()
@@ -80,15 +105,24 @@ def main(quick: bool = False) -> list[Record]:
                 sb.call("counter", "get")
                 create.append((time.perf_counter() - t0) * 1000)
                 uss.append(psutil.Process(sb.pid).memory_full_info().uss / MIB)
+                init = _ns_init(sb.pid)
+                if init is not None:
+                    init_uss.append(psutil.Process(init).memory_full_info().uss / MIB)
                 sb.destroy()
+            tag = " (userns)" if init_uss else ""
             records.append(make_record(
-                "profile_create", f"create {profile}", create, "ms",
+                "profile_create", f"create {profile}{tag}", create, "ms",
                 "bare fork server child", [b[0] for b in bare],
                 notes="create_sandbox to first reply, one at a time"))
             records.append(make_record(
-                "profile_memory", f"idle USS {profile}", uss, "MiB",
+                "profile_memory", f"idle USS {profile}{tag}", uss, "MiB",
                 "bare fork server child", [b[1] for b in bare],
                 notes="after the first reply"))
+            if init_uss:
+                records.append(make_record(
+                    "profile_memory", f"idle USS {profile}: namespace init", init_uss, "MiB",
+                    "bare fork server child", [b[1] for b in bare],
+                    notes="pid 1 of the sandbox's pid namespace, one per sandbox"))
     records += _layer_records(runs, [b[0] for b in bare])
     records += _join_records(runs)
     return records

@@ -56,7 +56,9 @@ def start(egress: list[Any]) -> dict[str, Any]:
     go_r, go_w = os.pipe()
     ready_r, ready_w = os.pipe()
     exit_r, exit_w = os.pipe()
-    me = os.getpid()
+    # The pid slirp4netns must find under the host's /proc (still mounted here):
+    # in a pid namespace of its own (runtime.child.userns) getpid() is not it.
+    me = int(os.readlink("/proc/self"))
     pid = os.fork()
     if pid == 0:  # the helper: nothing of the sandbox's may reach slirp4netns
         try:

@@ -45,6 +45,13 @@ whatever it does there. Layers (names as listed in a sandbox's info under
 - ``uid``: a separate unprivileged UID/GID per sandbox (``UID_BASE`` + the
   workdir's inode number, so it is stable across restarts and unique while the
   sandbox exists), when the host runs as root;
+- ``userns`` and ``pidns``, when the host is not root (:mod:`runtime.child.userns`):
+  the fork server starts the sandbox as pid 2 of its own user and pid namespace
+  (the host's UID mapped to 0), the layers above are made inside it, the mount
+  view also hides what the host's UID could otherwise read
+  (:func:`hidden_for_userns`) and gets the pid namespace's own ``/proc``, and
+  every capability is dropped before ``no_new_privs`` and seccomp; RLIMIT_NPROC
+  then counts the sandbox's user namespace alone (Linux 5.14+);
 - ``seccomp``: the kernel filter of :mod:`runtime.child.seccomp`, loaded last
   (it denies the ``mount`` and ``unshare`` the layers above use);
 - ``no_new_privs``, ``no_dumpable`` (no ptrace, no core, /proc files root-owned),
@@ -68,6 +75,7 @@ from runtime.child import egress as _egress
 from runtime.child import mounts as _mounts
 from runtime.child.mounts import PRIVATE_TMP, TMPFS_OPTIONS
 from runtime.child import seccomp as _seccomp
+from runtime.child import userns as _userns
 from runtime.errors import SandboxError
 
 __all__ = [
@@ -91,6 +99,8 @@ __all__ = [
 LAYERS = (
     "rlimits",
     "audit-hook",
+    "userns",
+    "pidns",
     "netns",
     "ipcns",
     "uid",
@@ -115,6 +125,8 @@ DEFAULT_TASKS = 4096
 CGROUP_PARENT = "sandbox-runtime"
 #: OS layers every profile needs: creating a sandbox fails when one is missing.
 REQUIRED_LAYERS = ("mountns", "ipcns", "netns")
+#: Also needed when the host is not root: what stands in for the per-sandbox UID.
+USERNS_LAYERS = ("userns", "pidns")
 #: Room above the memory limit for the cgroup's ceiling: the resource monitor acts
 #: at the limit; the kernel only steps in when that was not enough.
 CGROUP_MEMORY_SLACK = 64 << 20
@@ -160,11 +172,14 @@ def missing_required(*, egress: bool = False) -> dict[str, str]:
     """
     avail = detect()
     need = list(REQUIRED_LAYERS) + ["seccomp"] + (["slirp4netns", "nftables"] if egress else [])
+    if _userns.needed():
+        need = list(USERNS_LAYERS) + need
     out: dict[str, str] = {}
     for layer in need:
         why = avail.get(layer)
         if why is not None:
-            how = _HOW.get(layer, "")
+            # the user-namespace reason already says what to change
+            how = "" if why == avail.get("userns") or "/dev/net/tun" in why else _HOW.get(layer, "")
             out[layer] = why if how and how in why else f"{why} ({how})" if how else why
     return out
 
@@ -197,8 +212,12 @@ def detect(*, refresh: bool = False) -> dict[str, str | None]:
         out["netns"] = out["uid"] = "not Linux"
     else:
         out["uid"] = None if root else "the host does not run as root (setuid needs it)"
+        # Not root: every namespace comes through an unprivileged user namespace.
+        blocker = None if root else (libc or _userns.unavailable())
         if not root:
-            out["netns"] = "unshare(CLONE_NEWNET) needs root"
+            out["userns"] = out["pidns"] = blocker
+        if blocker is not None:
+            out["netns"] = blocker
         elif libc is not None:
             out["netns"] = libc
         elif not os.path.exists("/proc/self/ns/net"):
@@ -206,8 +225,8 @@ def detect(*, refresh: bool = False) -> dict[str, str | None]:
         else:
             out["netns"] = None
         for layer, ns in (("mountns", "mnt"), ("ipcns", "ipc")):
-            if out["netns"] is not None and not root:
-                out[layer] = f"unshare of the {ns} namespace needs root"
+            if blocker is not None:
+                out[layer] = blocker
             elif not os.path.exists(f"/proc/self/ns/{ns}"):
                 out[layer] = f"the kernel has no {ns} namespaces"
             else:
@@ -216,6 +235,12 @@ def detect(*, refresh: bool = False) -> dict[str, str | None]:
     out["slirp4netns"] = None if shutil.which("slirp4netns") else (
         "slirp4netns is not installed (Debian/Ubuntu: apt-get install slirp4netns)"
     )
+    if out["slirp4netns"] is None and linux and not root and not os.access(
+            "/dev/net/tun", os.R_OK | os.W_OK):
+        # root opens it whatever its mode; the user namespace's root is this user
+        out["slirp4netns"] = (
+            "/dev/net/tun is not readable and writable by this user, and slirp4netns "
+            "needs it without root (chmod 0666 /dev/net/tun, the usual mode)")
     out["nftables"] = None if _find_lib("nftables") else (
         "libnftables is not installed (Debian/Ubuntu: apt-get install nftables)"
     )
@@ -417,6 +442,41 @@ def exposures(paths: list[str]) -> list[tuple[str, list[str]]]:
     return sorted(groups.items())
 
 
+def hidden_for_userns(workdir: str, keep: list[str]) -> list[tuple[str, list[str]]]:
+    """[(directory, [paths under it to bind back read-only])] that a sandbox of a
+    non-root host must not see: the directory holding the runtime's workdirs (its
+    siblings') and compile cache, the host user's home and its runtime directory (``/run/user/UID``:
+    its session bus, its systemd manager). ``keep`` (the code the sandbox
+    imports, the app) is bound back; the workdir is bound back read-write by the
+    mount step itself.
+
+    >>> all(h != "/" and not h.startswith("/tmp") for h, _ in hidden_for_userns("/tmp/a/s1", []))
+    True
+    """
+    import pwd
+
+    # the workdir's grandparent: the directory given as base_dir, which holds
+    # the runtime's directory of workdirs and its compile cache
+    cands = [os.path.dirname(os.path.dirname(os.path.realpath(workdir))),
+             f"/run/user/{os.getuid()}"]
+    try:
+        cands.append(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        pass
+    if os.environ.get("HOME"):
+        cands.append(os.environ["HOME"])
+    hide = _outermost([
+        os.path.realpath(c) for c in cands
+        if os.path.isdir(c) and os.path.realpath(c) != "/"
+        and not _under(os.path.realpath(c), PRIVATE_TMP)  # already private
+    ])
+    roots = [os.path.realpath(k) for k in keep if os.path.isdir(k)]
+    # A directory that is itself one of ``keep`` (a home that is the project, the
+    # virtualenv's parent) stays: it would be bound back whole anyway.
+    return [(h, _outermost([r for r in roots if _under(r, (h,))], exclude=workdir))
+            for h in hide if h not in roots]
+
+
 def prepare(
     workdir: str,
     key: str,
@@ -536,6 +596,9 @@ def plan(
         return None if v is None else int(v) * scale
 
     require = list(REQUIRED_LAYERS) + ["seccomp"]
+    userns = _userns.needed()
+    if userns:
+        require = list(USERNS_LAYERS) + require
     if net_allow:
         require += ["slirp4netns", "nftables"]
     for layer in require:
@@ -566,6 +629,11 @@ def plan(
                 "no mount namespace can be made to expose it"
             )
             uid = None
+    elif userns and mounts is not None:
+        # Every sandbox runs as the host's own UID: what the UID kept from it on
+        # the root path (siblings' workdirs, the host user's files) is hidden.
+        mounts["proc"] = True
+        expose = hidden_for_userns(str(wd), code_roots() + list(read_only))
     return {
         "rlimits": {
             "as_extra": lim("memory_mb", mb),
@@ -573,10 +641,14 @@ def plan(
             "nofile": lim("open_files"),
             "fsize": lim("file_size_mb", mb),
             "core": 0,
-            "nproc": tasks if uid is not None else None,
+            # per user namespace too (Linux 5.14+): the sandbox's own count
+            "nproc": tasks if uid is not None or userns else None,
         },
         "netns": netns,
         "ipcns": avail.get("ipcns") is None,
+        "userns": userns and avail.get("userns") is None,
+        # what the sandbox compares its own namespaces with (the host's)
+        "host_ns": {ns: _ns_inode("self", ns) for ns in ("user", "pid")} if userns else None,
         "mounts": mounts,
         "seccomp": None if avail.get("seccomp") is not None else {
             "deny_exec": "subprocess" not in set(allow),
@@ -588,7 +660,10 @@ def plan(
         "expose": [[d, list(ps)] for d, ps in expose],
         "cgroups": sorted((state.get("cgroups") or {}).items()),
         "no_new_privs": avail.get("no_new_privs") is None,
-        "no_dumpable": avail.get("no_dumpable") is None,
+        # Not in a user namespace: the host (its owner) reads the sandbox's /proc
+        # to see its layers, which a non-dumpable process's mm (made in the host's
+        # namespace) refuses; its siblings cannot reach it (pid namespace, seccomp).
+        "no_dumpable": avail.get("no_dumpable") is None and not userns,
         "pdeathsig": None,  # see the module docstring: the fork server may be restarted
         "thread_stack": THREAD_STACK,
         "arena_max": 2,
@@ -733,7 +808,15 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
             applied.append(f"cgroup-{ctl}")
         except OSError as exc:
             skipped[f"cgroup-{ctl}"] = f"joining {d}: {exc.strerror or exc}"
+    if p.get("userns"):
+        _check_userns(p.get("host_ns") or {}, applied, skipped)  # made by the fork server
     _namespaces(p, need_libc, applied, skipped)
+    if "userns" in applied:
+        try:
+            _userns.drop_capabilities()  # the layers above were the last use of them
+        except OSError as exc:
+            applied.remove("userns")
+            skipped["userns"] = f"dropping the capabilities failed: {exc}"
     if p.get("arena_max"):
         try:
             need_libc().mallopt(_M_ARENA_MAX, int(p["arena_max"]))
@@ -892,6 +975,25 @@ def _namespaces(
             applied.append("mountns")
         except Exception as exc:
             skipped["mountns"] = f"private mount view failed: {exc}"
+
+
+def _ns_inode(pid: str, ns: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{ns}").st_ino
+    except OSError:
+        return None
+
+
+def _check_userns(host: dict[str, Any], applied: list[str], skipped: dict[str, str]) -> None:
+    """Whether this process really is in a user and a pid namespace other than the
+    host's (``host``: their inode numbers, from the plan)."""
+    for layer, ns in (("userns", "user"), ("pidns", "pid")):
+        mine = _ns_inode("self", ns)
+        if mine is not None and host.get(ns) is not None and mine != host[ns]:
+            applied.append(layer)
+        else:
+            skipped.setdefault(layer, "the fork server did not start the sandbox in its own "
+                                      f"{ns} namespace")
 
 
 def _loopback_up() -> None:

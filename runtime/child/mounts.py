@@ -4,7 +4,9 @@
 ``unshare(CLONE_NEWNS)`` (:func:`runtime.child.isolation.apply`): every mount
 becomes read-only, :data:`PRIVATE_TMP` get empty tmpfs of the sandbox's own (what
 it leaves there ends with its namespace), and the workdir (read-write), the app
-directory and hidden parts of the Python installation (read-only) are bound back.
+directory and hidden parts of the Python installation (read-only) are bound back;
+for a host that is not root, the directories :func:`runtime.child.isolation.hidden_for_userns`
+names are hidden the same way and the sandbox's pid namespace gets its own ``/proc``.
 Plain ``mount(2)`` calls through ctypes: Python 3.11's ``os`` has no ``mount``.
 """
 
@@ -23,7 +25,7 @@ PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
 TMPFS_OPTIONS = "mode=1777,size=64m,nr_inodes=16384"
 
 _SYS_MOUNT_SETATTR, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 442, 0x8000, 0x1
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 0x1, 0x2, 0x4, 0x20
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT = 0x1, 0x2, 0x4, 0x8, 0x20
 _MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
 
 
@@ -91,6 +93,12 @@ def private_view(
                       "read-only /etc/hosts")
         if expose:
             _seal_exposed(libc, check, expose)
+        if mounts.get("proc"):
+            # Its own pid namespace's /proc (a host that is not root,
+            # runtime.child.userns): the host's processes are not even listed.
+            # Last: the binds above go through /proc/self/fd.
+            check(libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None),
+                  "proc on /proc")
     finally:
         for fd in [k[1] for k in keep] + list(exposed.values()):
             os.close(fd)

@@ -19,6 +19,10 @@ because a sandbox must inherit nothing of the host's (issue 11):
   output pipes the host made for that sandbox, fd 3 its channel; every other
   descriptor is closed before any runtime or user code runs.
 
+For a host that is not root, a request may ask for a user and pid namespace: the
+server then forks through :func:`runtime.child.userns.spawn` (it becomes a child
+subreaper, so the sandbox and its namespace's init are its children).
+
 A sandbox holds no descriptor of the server's, so it cannot send it a byte. If the
 server dies anyway, the next :func:`spawn` starts a new one; running sandboxes do
 not notice (their channels are direct). Their exit is then seen through a pidfd
@@ -45,6 +49,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from runtime.child import userns as _userns
 from runtime.errors import SandboxError
 
 __all__ = [
@@ -80,8 +85,9 @@ EXIT_UNKNOWN = 255
 #: How long :func:`spawn` waits for the server to report the new child's pid.
 SPAWN_TIMEOUT = 30.0
 
-# Host -> server: header (body length, request id) carrying the fds, then the body.
-_REQUEST = struct.Struct(">IQ")
+# Host -> server: header (body length, request id, flags) carrying the fds, then the body.
+_REQUEST = struct.Struct(">IQB")
+_USERNS = 1  # flag: start the child in its own user and pid namespace (runtime.child.userns)
 # Server -> host: (kind, key, value).
 _RECORD = struct.Struct(">BQq")
 _STARTED, _FAILED, _EXITED = 1, 2, 3
@@ -177,7 +183,7 @@ class _Server:
         self._reader = threading.Thread(target=self._read, name="forkserver-reader", daemon=True)
         self._reader.start()
 
-    def spawn(self, fds: list[int], body: bytes, timeout: float) -> Child:
+    def spawn(self, fds: list[int], body: bytes, timeout: float, flags: int = 0) -> Child:
         done = threading.Event()
         with self._state:
             if self.dead:
@@ -189,7 +195,7 @@ class _Server:
         try:
             with self._send_lock:
                 self.sock.sendmsg(
-                    [_REQUEST.pack(len(body), req)],
+                    [_REQUEST.pack(len(body), req, flags)],
                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))],
                 )
                 self.sock.sendall(body)
@@ -241,7 +247,9 @@ class _Server:
             if child is not None:
                 _kill_group(child.pid)
             return
-        slot[1] = child if kind == _STARTED else f"fork failed: {os.strerror(value)}"
+        slot[1] = child if kind == _STARTED else (
+            f"fork failed: {os.strerror(value)}" if value > 0 else
+            f"the sandbox's user namespace could not be created: {os.strerror(-value)}")
         slot[0].set()
 
     def _died(self) -> None:
@@ -325,13 +333,16 @@ def spawn(
     *,
     fds: tuple[int, int, int],
     timeout: float = SPAWN_TIMEOUT,
+    userns: bool = False,
 ) -> Child:
     """Fork a child that runs ``target(channel, *args)``; returns its :class:`Child`.
 
     ``fds`` are the channel socket, and the write ends of the child's stdout and
     stderr pipes (the caller keeps its own descriptors; the child gets copies).
     ``target`` and ``args`` are pickled (``target`` by reference: it must live in
-    an importable module). A server found dead is restarted once.
+    an importable module). A server found dead is restarted once. ``userns``: the
+    child starts as pid 2 of its own user and pid namespace (a host that is not
+    root; :mod:`runtime.child.userns`).
 
     >>> import runtime.host.forkserver as fs
     >>> callable(fs.spawn)
@@ -341,7 +352,7 @@ def spawn(
     for attempt in (1, 2):
         server = _current()
         try:
-            return server.spawn(list(fds), body, timeout)
+            return server.spawn(list(fds), body, timeout, _USERNS if userns else 0)
         except ForkServerError:
             if attempt == 2 or not server.dead:
                 raise
@@ -464,14 +475,18 @@ def _serve(init: dict[str, Any]) -> None:
                 request = _read_request(ctrl)
                 if request is None:
                     break
-                req, fds, body = request
+                req, fds, body, flags = request
                 try:
-                    pid = os.fork()
+                    if flags & _USERNS:
+                        pid = _userns.spawn(lambda: _child(fds, body))
+                    else:
+                        pid = os.fork()
+                        if pid == 0:
+                            _child(fds, body)  # never returns
                 except OSError as exc:
-                    _send(ctrl, _FAILED, req, exc.errno or errno.EAGAIN)
+                    err = exc.errno or errno.EAGAIN
+                    _send(ctrl, _FAILED, req, -err if flags & _USERNS else err)
                 else:
-                    if pid == 0:
-                        _child(fds, body)  # never returns
                     children.add(pid)
                     _send(ctrl, _STARTED, req, pid)
                 for fd in fds:
@@ -514,7 +529,7 @@ def _read_exact(ctrl: socket.socket, n: int, head: bytes = b"") -> bytes | None:
     return b"".join(chunks)
 
 
-def _read_request(ctrl: socket.socket) -> tuple[int, list[int], bytes] | None:
+def _read_request(ctrl: socket.socket) -> tuple[int, list[int], bytes, int] | None:
     msg, fds, _flags, _addr = socket.recv_fds(ctrl, _REQUEST.size, 8)
     if not msg:
         for fd in fds:
@@ -523,11 +538,11 @@ def _read_request(ctrl: socket.socket) -> tuple[int, list[int], bytes] | None:
     header = _read_exact(ctrl, _REQUEST.size, msg)
     if header is None:
         return None
-    size, req = _REQUEST.unpack(header)
+    size, req, flags = _REQUEST.unpack(header)
     body = _read_exact(ctrl, size)
     if body is None:
         return None
-    return req, list(fds), body
+    return req, list(fds), body, flags
 
 
 def _child(fds: list[int], body: bytes) -> None:

@@ -23,7 +23,7 @@ __all__ = ["UNOBSERVABLE", "layers", "observe"]
 #: the sandbox's confirmation stand for them.
 UNOBSERVABLE = frozenset({"audit-hook", "nftables"})
 
-_NAMESPACES = {"netns": "net", "mountns": "mnt", "ipcns": "ipc", "pidns": "pid", "utsns": "uts"}
+_NAMESPACES = {"userns": "user", "netns": "net", "mountns": "mnt", "ipcns": "ipc", "pidns": "pid", "utsns": "uts"}
 
 
 def _read(path: str) -> str | None:

@@ -242,7 +242,8 @@ class _Connection:
         capture = OutputCapture(self.output)
         try:
             proc = forkserver.spawn(
-                child_main, (self.boot,), fds=(child_sock.fileno(), *capture.child_fds())
+                child_main, (self.boot,), fds=(child_sock.fileno(), *capture.child_fds()),
+                userns=bool((self.boot.isolation or {}).get("userns")),
             )
         except BaseException:
             host_sock.close()
