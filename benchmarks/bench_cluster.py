@@ -73,7 +73,7 @@ def main(quick: bool = False) -> list[Record]:
     try:
         progress("bench_cluster: cluster of 2 nodes up; starting the runtime")
         with sandbox.start(cluster="ray", ray_address=cluster.address, name="bench-cluster") as rt, \
-                sandbox.start(name="bench-cluster-local") as local:
+                sandbox.start() as local:
 
             @ray.remote(num_cpus=0)
             class Ping:

@@ -32,7 +32,6 @@ issue 11).
 from __future__ import annotations
 
 import gc
-import os
 import sys
 import time
 from pathlib import Path
@@ -92,7 +91,7 @@ def main(quick: bool = False) -> list[Record]:
 
     runs = 5 if quick else 9
     records: list[Record] = []
-    with sandbox.start(name=f"bench-prof-{os.getpid()}") as rt:
+    with sandbox.start() as rt:
         rt.create_sandbox("warm", APP).destroy()
         bare = [_bare() for _ in range(runs)]
         for profile in PROFILES:

@@ -31,7 +31,6 @@ Everything started is stopped in a ``finally``; temporary apps are removed.
 from __future__ import annotations
 
 import gc
-import os
 import shutil
 import statistics
 import sys
@@ -293,7 +292,7 @@ def main(quick: bool = False) -> list[Record]:
     try:
         progress(f"bench_reload: {'quick' if quick else 'full'}: {sizes.runs} runs of "
                  f"{sizes.reloads} reloads, apps of {', '.join(map(str, SIZES))} modules")
-        with sandbox.start(name=f"bench-reload-{os.getpid()}") as rt:
+        with sandbox.start() as rt:
             v = measure_reloads(rt, tmp, sizes)
         v.update(measure_compile(tmp, sizes.runs))
     finally:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import os
 import statistics
 import sys
 import time
@@ -99,7 +98,7 @@ def main(quick: bool = False) -> list[Record]:
     sizes = [1, 10] if quick else [1, 10, 100]
     mem_sizes = [20] if quick else [100, 1000]
     records: list[Record] = []
-    with sandbox.start(name=f"bench-sb-{os.getpid()}") as rt:
+    with sandbox.start() as rt:
         _create(rt, 1, "warm")
         _destroy(rt, 1, "warm")
         _bare(1)

@@ -199,7 +199,7 @@ def memory_bomb(runs: int) -> tuple[list[float], list[float]]:
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     stopped, refused = [], []
-    rt = sandbox.start(name=f"bench-sec-{os.getpid()}", monitor_interval=1.0)
+    rt = sandbox.start(monitor_interval=1.0)
     try:
         rt.register_profile(Profile.derive("high", name="high-run", allow_run=True,
                                            violation_threshold=None))

@@ -238,7 +238,7 @@ def main(quick: bool = False) -> list[Record]:
     with contextlib.ExitStack() as stack:
         work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
         stack.callback(shutil.rmtree, work, True)
-        rt = sandbox.start(name=f"bench-watch-{os.getpid()}")
+        rt = sandbox.start()
         stack.callback(rt.stop)
         lat = measure_latency(rt, work, edits)
         watching, base, setup = measure_idle_cpu(rt, work, window, n_sandboxes, n_files)

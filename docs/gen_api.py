@@ -25,6 +25,7 @@ import inspect
 import pkgutil
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,10 @@ def render_class(cls: type, qualname: str, level: int = 3) -> list[str]:
     sig = sig.removesuffix(" -> None")
     bases = [b for b in cls.__bases__ if b is not object]
     where = f"`{module}.{cls.__qualname__}`"
+    if typing.is_typeddict(cls):  # its keys are its API: shown as keyword parameters
+        keys = ", ".join(f"{k}: {getattr(a, '__forward_arg__', a)}"
+                         for k, a in cls.__annotations__.items())
+        sig, bases, where = f"(*, {keys})", [], where + "; a `TypedDict`"
     if bases:
         names = ", ".join(f"`{b.__qualname__}`" for b in bases)
         where += f"; bases: {names}"

@@ -33,13 +33,13 @@ import queue
 import threading
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 import pykka
 from pykka._envelope import Envelope
 
-from runtime import telemetry
+from runtime import logs, telemetry
 from runtime.barrier import BARRIER
 from runtime.errors import ActorDead, ActorFailed, CallTimeout, SandboxError
 
@@ -85,6 +85,10 @@ class ExitReason:
     kind: str
     message: str = ""
     traceback: str = ""
+    #: Log fields of where it ended (``correlation_id``, and ``sandbox``/``runtime``
+    #: where known; :func:`runtime.logs.failure_fields`), for whoever logs it: the
+    #: supervisor that handles a failure logs it in its own thread, out of context.
+    log_fields: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def abnormal(self) -> bool:
@@ -112,7 +116,18 @@ class ExitReason:
             "exception",
             f"{type(exc).__name__}: {first}",
             "".join(traceback.format_exception(exc)),
+            logs.failure_fields(),
         )
+
+    def located(self, **fields: str | None) -> ExitReason:
+        """This reason with :func:`~runtime.logs.failure_fields` (plus ``fields``) as
+        its log fields, keeping a correlation id it already has.
+
+        >>> r = ExitReason("exit", "killed by SIGKILL").located(sandbox="s1")
+        >>> r.log_fields["sandbox"], len(r.log_fields["correlation_id"])
+        ('s1', 16)
+        """
+        return replace(self, log_fields={**logs.failure_fields(**fields), **self.log_fields})
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}" if self.message else self.kind
@@ -455,7 +470,8 @@ class Actor(pykka.ThreadingActor):
             watched = bool(self._links or self._watchers)
             log.log(logging.DEBUG if watched else logging.ERROR, "actor %s failed: %s",
                     self.actor_id, reason.message,
-                    extra={"traceback": reason.traceback, "actor": self.actor_id})
+                    extra={**reason.log_fields, "traceback": reason.traceback,
+                           "actor": self.actor_id})
             telemetry.execute(
                 "actor.failure",
                 {"count": 1},
@@ -470,7 +486,8 @@ class Actor(pykka.ThreadingActor):
         except _Failed as failed:
             self._discard(msg.reply)
             msg.reply.set_exception(
-                ActorFailed(self.actor_id, failed.reason.message, failed.reason.traceback)
+                ActorFailed(self.actor_id, failed.reason.message, failed.reason.traceback,
+                            failed.reason.log_fields.get("correlation_id"))
             )
             raise
         finally:

@@ -59,13 +59,16 @@ class ActorFailed(ActorError):
     """The actor raised while handling a call; it has failed and stopped.
 
     ``remote_traceback`` holds the traceback text from where it failed, which may be
-    another process.
+    another process. ``correlation_id`` is the one of the failure's log record (the
+    supervisor's "child ... ended" line), to find it in the logs.
     """
 
-    def __init__(self, actor: str, error: str, remote_traceback: str = "") -> None:
+    def __init__(self, actor: str, error: str, remote_traceback: str = "",
+                 correlation_id: str | None = None) -> None:
         self.actor = actor
         self.error = error
         self.remote_traceback = remote_traceback
+        self.correlation_id = correlation_id
         text = f"actor {actor!r} failed handling the call: {error}"
         if remote_traceback:
             text += f"\n--- remote traceback ---\n{remote_traceback.rstrip()}"

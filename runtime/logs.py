@@ -61,6 +61,7 @@ __all__ = [
     "ChannelHandler",
     "record_to_wire",
     "emit_from_sandbox",
+    "failure_fields",
 ]
 
 #: The fields of the current operation: correlation_id, sandbox, runtime (a plain
@@ -98,6 +99,25 @@ def context() -> dict[str, Any]:
     empty outside any operation."""
     ctx = _context.get()
     return dict(ctx) if ctx is not None else {}
+
+
+def failure_fields(**known: str | None) -> dict[str, str]:
+    """The log fields of a failure happening here: the running operation's
+    (``correlation_id``, ``sandbox``, ``runtime``), then ``known`` ones, and always a
+    correlation id: the operation's, or a fresh one. Called where a failure is
+    recorded (a cold path), so a crash outside any operation (an actor failing in a
+    plain call) still has an id that its log record and the caller's error share.
+
+    >>> with correlation("op-1", sandbox="s1"):
+    ...     failure_fields(runtime="rt")
+    {'correlation_id': 'op-1', 'sandbox': 's1', 'runtime': 'rt'}
+    >>> len(failure_fields()["correlation_id"])
+    16
+    """
+    fields = {k: str(v) for k, v in context().items() if v is not None}
+    fields.update((k, str(v)) for k, v in known.items() if v is not None)
+    fields.setdefault("correlation_id", new_id())
+    return fields
 
 
 @contextmanager

@@ -591,7 +591,7 @@ class Supervisor(Actor):
         log.error(
             "supervisor %s: child %r ended (%s); restarting %s (%s)",
             self.actor_id, failed.id, reason, ", ".join(map(repr, ids)), self.strategy,
-            extra={"traceback": reason.traceback, "actor": failed.id},
+            extra={**reason.log_fields, "traceback": reason.traceback, "actor": failed.id},
         )
         telemetry.execute(
             "supervisor.restart",
@@ -625,7 +625,8 @@ class Supervisor(Actor):
             return True
         log.error("supervisor %s: child %r failed to restart: %s; retrying",
                   self.actor_id, child.id, failure[1].message,
-                  extra={"traceback": failure[1].traceback, "actor": child.id})
+                  extra={**failure[1].log_fields, "traceback": failure[1].traceback,
+                         "actor": child.id})
         # Counted as another restart when the retry runs, so a child that can never
         # start ends in escalation rather than a busy loop; meanwhile it is
         # ``restarting`` and restart_child/delete_child refuse it.
@@ -640,7 +641,7 @@ class Supervisor(Actor):
             f"last failure: child {failed.id!r}: {reason}"
         )
         log.error("supervisor %s: %s; stopping all children", self.actor_id, message,
-                  extra={"traceback": reason.traceback, "actor": failed.id})
+                  extra={**reason.log_fields, "traceback": reason.traceback, "actor": failed.id})
         telemetry.execute(
             "supervisor.escalation",
             {"restarts": n},

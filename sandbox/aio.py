@@ -23,11 +23,12 @@ import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
-from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
+from actors.config import AlertThresholds
 from runtime.errors import ActorDead, CallTimeout, ProtocolError
 from sandbox.api import DEFAULT_TIMEOUT, Runtime, Sandbox, start, unsendable
+from sandbox.options import CreateOptions, create_options
 
 if TYPE_CHECKING:
     from sandbox.hotreload import ReloadReport
@@ -189,34 +190,12 @@ class AsyncRuntime:
         """Destroy every sandbox and stop the runtime."""
         await self._thread(self.sync.stop)
 
-    async def create_sandbox(
-        self,
-        sandbox_id: str,
-        path: str | os.PathLike[str],
-        *,
-        entry: str = SandboxConfig.entry,
-        profile: str = SandboxConfig.profile,
-        limits: Limits | Mapping[str, Any] | None = None,
-        restart: str = SandboxConfig.restart,
-        max_restarts: int = SandboxConfig.max_restarts,
-        max_seconds: float = SandboxConfig.max_seconds,
-        env: Mapping[str, str] | None = None,
-        auto_reload: bool = SandboxConfig.auto_reload,
-        shutdown: float = SandboxConfig.shutdown,
-        watch: WatchOptions | Mapping[str, Any] | None = None,
-        compile_timeout: float | None = None,
-        compile_memory_mb: int | None = None,
-        compile_cpu_seconds: int | None = None,
-        alerts: AlertThresholds | Mapping[str, Any] | None = None,
-        net_allow: Iterable[str] = (),
-    ) -> AsyncSandbox:
-        """See :meth:`Runtime.create_sandbox` (same keyword options)."""
-        return AsyncSandbox(await self._thread(
-            self.sync.create_sandbox, sandbox_id, path, entry=entry, profile=profile,
-            limits=limits, restart=restart, max_restarts=max_restarts,
-            max_seconds=max_seconds, env=env, auto_reload=auto_reload, shutdown=shutdown,
-            watch=watch, compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
-            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts, net_allow=net_allow))
+    async def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str],
+                             **options: Unpack[CreateOptions]) -> AsyncSandbox:
+        """See :meth:`Runtime.create_sandbox` (the same keyword options:
+        :class:`~sandbox.options.CreateOptions`)."""
+        return AsyncSandbox(await self._thread(self.sync.create_sandbox, sandbox_id, path,
+                                               **create_options(options)))
 
     def sandbox(self, sandbox_id: str) -> AsyncSandbox:
         """A handle on an existing sandbox (checked on first use)."""

@@ -61,8 +61,8 @@ def scaffold(name: str, parent: str | os.PathLike[str] = ".") -> Path:
     """Create a new app directory ``parent/name`` that ``sandbox run`` starts as is.
 
     >>> import tempfile
-    >>> d = scaffold("myapp", tempfile.mkdtemp())
-    >>> sorted(p.name for p in d.iterdir())
+    >>> with tempfile.TemporaryDirectory() as parent:
+    ...     sorted(p.name for p in scaffold("myapp", parent).iterdir())
     ['app.py']
     """
     target = Path(parent) / name
@@ -433,7 +433,7 @@ def _bench_app(args: argparse.Namespace) -> int:
     request = loadtest.parse_request(raw)
     duration = args.duration if args.duration is not None or args.calls is not None else 10.0
     label = f"call({actor!r}, {request!r})"
-    with sandbox.start(name=f"bench-{os.getpid()}") as rt:
+    with sandbox.start() as rt:  # unnamed: its state dir goes with it
         sb = rt.create_sandbox(path.resolve().name, path, entry=args.entry, profile=args.profile)
         sb.call(actor, request, timeout=args.timeout)  # fail fast on a bad actor or request
         print(f"loading {label} in {path} ({args.profile}): {args.concurrency} callers, "

@@ -60,7 +60,7 @@ from runtime.wire.shipping import ship
 if TYPE_CHECKING:
     from sandbox.api import Runtime
 
-__all__ = ["ReloadReport", "hot_reload", "rollback_module", "unload_module"]
+__all__ = ["ReloadReport", "check_arguments", "hot_reload", "rollback_module", "unload_module"]
 
 COMPILE_TIMEOUT = 120.0
 #: Seconds the host waits for the sandbox's verdict beyond the reload's timeout
@@ -110,6 +110,49 @@ class ReloadReport:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def check_arguments(sandbox_id: str, *, source: Any = None, modules: Any = None) -> None:
+    """Refuse a ``source=`` or ``modules=`` of the wrong shape before anything runs:
+    TypeError for the wrong types, ReloadFailed for a file name where a module name
+    belongs. Both say what the parameter takes.
+
+    >>> check_arguments("s1", source={"app": "x = 1"}, modules=["app"])
+    >>> try:
+    ...     check_arguments("s1", source={"app.py": "x = 1"})
+    ... except ReloadFailed as exc:
+    ...     print(str(exc).split("; ")[-1])
+    'app.py' is not a module name: use 'app'
+    >>> check_arguments("s1", modules="app")
+    Traceback (most recent call last):
+    ...
+    TypeError: modules= takes module names, e.g. modules=['app'], not a str
+    """
+    shape = "source= maps module names to source text, e.g. source={'app': text}"
+    if source is not None:
+        if not isinstance(source, Mapping):
+            raise TypeError(f"{shape}, not a {type(source).__name__}")
+        for name, text in source.items():
+            if not isinstance(name, str):
+                raise TypeError(f"{shape}; got a {type(name).__name__} key {name!r}")
+            # "app.py" would parse as module "py" of a package "app": a file name here
+            if name.endswith(".py") or not all(p.isidentifier() for p in name.split(".")):
+                fix = name.removesuffix(".py").replace("/", ".").replace(os.sep, ".")
+                hint = f": use {fix!r}" if all(p.isidentifier() for p in fix.split(".")) else ""
+                raise ReloadFailed(f"sandbox {sandbox_id!r}: {shape}; {name!r} is not a "
+                                   f"module name{hint}", module=name, step="arguments")
+            if not isinstance(text, str):
+                raise TypeError(f"{shape}; the value for {name!r} is a {type(text).__name__}"
+                                + (" (decode it first)" if isinstance(text, bytes) else ""))
+    if modules is not None:
+        if isinstance(modules, (str, bytes)) or not isinstance(modules, Iterable):
+            raise TypeError("modules= takes module names, e.g. modules=['app'], not a "
+                            f"{type(modules).__name__}")
+        if isinstance(modules, (list, tuple, set, frozenset)):  # an iterator stays unread
+            for name in modules:
+                if not isinstance(name, str):
+                    raise TypeError("modules= takes module names, e.g. modules=['app']; "
+                                    f"got a {type(name).__name__} {name!r}")
 
 
 def _overlay(app: str, workdir: str, source: Mapping[str, str]) -> tuple[str, dict[str, str]]:
@@ -197,6 +240,7 @@ def hot_reload(
     Raises CompileError (nothing was swapped) or ReloadFailed (the sandbox still
     runs its previous code and state).
     """
+    check_arguments(sandbox_id, source=source, modules=modules)
     t0 = time.perf_counter()
     info = rt.get_sandbox_info(sandbox_id)
     if migrate is not None and info["profile"] == "high":

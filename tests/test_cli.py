@@ -41,6 +41,7 @@ def test_demo_tells_the_story_and_exits_0():
     ):
         assert line in out, f"{line!r} missing from demo output:\n{out}"
     assert "Traceback" not in done.stderr and "Traceback" not in out  # no crash printed twice
+    assert out.count("asked to crash") == 1, out
 
 
 def test_run_shows_the_sandboxs_output_attributed_and_neutralised(tmp_path):

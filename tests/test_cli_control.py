@@ -227,6 +227,7 @@ def test_sandbox_run_of_an_app_whose_init_raises_prints_one_error_line(tmp_path)
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("sandbox: error:"), \
         done.stderr
     assert "init broke" in done.stderr and "Traceback" not in done.stderr + done.stdout
+    assert (done.stdout + done.stderr).count("init broke") == 1  # was 41 times in 457 lines
 
 
 def test_reload_rollback_and_logs_of_operations(tmp_path):

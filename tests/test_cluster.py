@@ -176,6 +176,56 @@ def test_a_node_that_joins_takes_new_placements(rt, cluster):
     assert sb.call("counter", "incr") == 1
 
 
+DOOMED_HEAD = textwrap.dedent('''
+    import json, sys
+    import sandbox
+
+    rt = sandbox.start(cluster="ray", ray_address=sys.argv[1], name="doomed-head")
+    sb = rt.create_sandbox("orphan", sys.argv[2])
+    agents = [agent.pid for agent in rt._agents.values()]
+    print(json.dumps({"sandbox": sb.info()["pid"], "agents": agents}), flush=True)
+    sys.stdin.read()  # until it is killed
+''')
+
+
+@pytest.mark.timeout(180)
+def test_a_head_that_dies_takes_its_agents_and_sandboxes_down(cluster):
+    # docs/cluster.md: the agents are Ray actors owned by the head's driver; Ray ends
+    # them with it. A second head in its own process, SIGKILLed.
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    head = subprocess.Popen(
+        [sys.executable, "-c", DOOMED_HEAD, cluster["cluster"].address, str(cluster["app"])],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True)
+    try:
+        line = head.stdout.readline()
+        assert line, "the second head did not start"
+        pids = json.loads(line)
+        doomed = [pids["sandbox"], *pids["agents"]]
+        assert all(psutil.pid_exists(p) for p in doomed)
+        head.send_signal(signal.SIGKILL)
+        head.wait(30)
+    finally:
+        if head.poll() is None:
+            head.kill()
+            head.wait(30)
+        head.stdin.close()
+        head.stdout.close()
+
+    def gone(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(lambda: all(gone(p) for p in doomed), 60,
+             message="an agent or sandbox outlived its head")
+
+
 def test_stopping_leaves_no_ray_or_sandbox_process(rt, cluster):
     pids = [info["pid"] for info in rt.list_sandboxes() if info.get("pid")]
     assert pids

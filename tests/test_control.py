@@ -7,6 +7,7 @@ test here that talks to it through a raw socket, as a hostile or broken client w
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -331,6 +332,96 @@ def test_logs_and_follow(served, sock_path):
         assert set(record) >= {"ts", "message", "sandbox", "runtime", "correlation_id", "exc"}
         records.close()
         assert remote.logs(), "the recent records are kept"
+
+
+@pytest.mark.parametrize("client_max_frame, wanted", [
+    (None, r"argument 'request' of call\(\) is 52428\d\d bytes, over the 4194304 bytes "
+           r"one request may carry on this connection \(connect\(max_frame=\)\)"),
+    (64 * 1024 * 1024, r"frame of 52429\d\d bytes is over this server's max_frame=4194304"),
+], ids=["refused-by-the-client", "refused-by-the-server"])
+def test_an_oversized_request_says_whose_limit_it_is_over(served, sock_path, client_max_frame,
+                                                          wanted):
+    served.create_sandbox("ctl-big", COUNTER)
+    options = {} if client_max_frame is None else {"max_frame": client_max_frame}
+    with sandbox.connect(f"unix:{sock_path}", **options) as remote:
+        with pytest.raises(ProtocolError) as info:  # not a BrokenPipeError
+            remote.sandbox("ctl-big").call("counter", "x" * (5 * 1024 * 1024))
+    assert re.match(wanted, str(info.value)), str(info.value)
+    assert "both sides" not in str(info.value)
+
+
+def _until_reply(raw: Raw, ref: int) -> list:
+    """The frames up to and including the answer to request ``ref``."""
+    frames = []
+    while not frames or frames[-1].ref != ref or frames[-1].kind not in (REPLY, ERROR):
+        frame = raw.next()
+        assert frame is not None, "the server closed the connection"
+        frames.append(frame)
+    return frames
+
+
+def test_unfollow_stops_the_records_of_a_follow(served, sock_path):
+    # A raw client: follow (ref 1), see a record; unfollow; the next record is logged
+    # before the request that caused it is answered, and must not come for ref 1.
+    raw = Raw(sock_path)
+    try:
+        assert raw.hello().kind == REPLY
+        raw.send(CALL, 1, "logs", {"follow": True, "lines": 0})
+        assert _until_reply(raw, 1)[-1].payload == []
+        raw.send(CALL, 2, "destroy", {"id": "ctl-gone"})  # logged as a failed operation
+        followed = [f for f in _until_reply(raw, 2) if f.kind == SYSTEM and f.ref == 1]
+        assert any(f.payload["sandbox"] == "ctl-gone" for f in followed)
+        raw.send(CALL, 3, "unfollow", {"ref": 1})
+        assert _until_reply(raw, 3)[-1].payload is True
+        raw.send(CALL, 4, "destroy", {"id": "ctl-gone"})
+        assert [f for f in _until_reply(raw, 4) if f.kind == SYSTEM] == []
+        raw.send(CALL, 5, "unfollow", {"ref": 1})  # not following any more
+        assert _until_reply(raw, 5)[-1].payload is False
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("end", ["close", "drop"])
+def test_closing_a_clients_follow_stops_the_server_sending(served, sock_path, end):
+    import gc
+
+    from helpers import wait_for
+
+    server = served._control
+    with sandbox.connect(f"unix:{sock_path}") as remote:
+        records = remote.follow_logs()
+        with pytest.raises(SandboxNotFound):
+            remote.destroy_sandbox("ctl-gone")
+        assert next(r for r in records if r["sandbox"] == "ctl-gone")
+        assert any(c.following for c in server._clients)
+        if end == "close":
+            records.close()
+        else:
+            del records
+            gc.collect()
+        wait_for(lambda: not any(c.following for c in server._clients), timeout=30)
+        assert remote.health()["status"] == "ok", "the connection serves on"
+
+
+def test_closing_an_async_follow_stops_the_server_sending(served, sock_path):
+    import asyncio
+
+    from helpers import wait_for
+
+    server = served._control
+
+    async def main() -> None:
+        async with await sandbox.connect_async(f"unix:{sock_path}") as remote:
+            with pytest.raises(SandboxNotFound):
+                await remote.destroy_sandbox("ctl-gone")  # a record for the backlog
+            async for _ in remote.follow_logs():
+                break
+            assert any(c.following for c in server._clients)
+            # the abandoned generator is closed by the loop (asyncio's asyncgen hooks)
+            await asyncio.to_thread(wait_for, lambda: not any(
+                c.following for c in server._clients), timeout=30)
+
+    asyncio.run(main())
 
 
 def test_stop_request_stops_the_runtime(sock_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -65,8 +67,10 @@ def app(tmp_path: Path, name: str, source: str) -> str:
 
 @pytest.fixture
 def json_lines() -> Iterator[io.StringIO]:
+    # INFO: what a sandbox writes to its stderr is relayed at INFO (runtime.output),
+    # so a crash it printed there as plain text would show up here too
     out = io.StringIO()
-    logs.configure(json=True, level="WARNING", stream=out)
+    logs.configure(json=True, level="INFO", stream=out)
     try:
         yield out
     finally:
@@ -102,8 +106,8 @@ def test_nothing_is_printed_unless_logging_is_configured(tmp_path):
 def test_a_crash_is_logged_once_with_its_traceback_in_exc(json_lines):
     with sandbox.start() as rt:
         sb = rt.create_sandbox("logs-c", COUNTER)
-        with pytest.raises(sandbox.ActorFailed):
-            sb.call("counter", "crash")
+        with pytest.raises(sandbox.ActorFailed) as failed:
+            sb.call("counter", "crash")  # a plain call: no operation, no id of its own
         wait_for(lambda: any("restarting" in r["message"] for r in records(json_lines)),
                  timeout=30)
     about = [r for r in records(json_lines)
@@ -113,9 +117,28 @@ def test_a_crash_is_logged_once_with_its_traceback_in_exc(json_lines):
     assert record["logger"] == "runtime.supervisor" and record["level"] == "ERROR"
     assert record["sandbox"] == "logs-c" and record["runtime"] == rt.name
     assert record["actor"] == "counter"
+    # made when the failure was recorded, and shared with the caller's exception
+    assert record["correlation_id"] and record["correlation_id"] == failed.value.correlation_id
     assert "Traceback (most recent call last)" in record["exc"]
     assert "counter.py" in record["exc"], "the traceback from inside the sandbox"
     assert "Traceback" not in record["message"] and "\n" not in record["message"]
+
+
+def test_a_killed_sandbox_process_is_logged_with_its_sandbox_and_runtime(json_lines):
+    # A real SIGKILL: the host's supervisor of the sandbox handles (and logs) the
+    # death of its process actor, in its own thread, outside any operation.
+    with sandbox.start() as rt:
+        sb = rt.create_sandbox("logs-k", COUNTER)
+        pid = sb.info()["pid"]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: sb.info()["pid"] not in (None, pid) and sb.call("counter", "get") == 0,
+                 timeout=60)
+    about = [r for r in records(json_lines) if "SIGKILL" in r["message"]]
+    assert len(about) == 1, [r["message"] for r in about]
+    (record,) = about
+    assert record["logger"] == "runtime.supervisor" and record["level"] == "ERROR"
+    assert (record["sandbox"], record["runtime"]) == ("logs-k", rt.name)
+    assert record["actor"] and record["correlation_id"]
 
 
 def test_a_failed_operation_is_logged_once_with_fields(json_lines, tmp_path):

@@ -45,3 +45,33 @@ def test_a_failing_code_change_carries_file_line_and_traceback(tmp_path):
     assert err.step == "code_change"
     assert f"app.py:{line}: ZeroDivisionError" in str(err)
     assert "Traceback (most recent call last)" in err.remote_traceback
+
+
+@pytest.fixture(scope="module")
+def counter_sandbox():
+    with sandbox.start() as rt:
+        yield rt.create_sandbox("shapes", "examples/counter")
+
+
+SHAPE = "source= maps module names to source text, e.g. source={'app': text}"
+
+
+@pytest.mark.parametrize("args, error, says", [
+    ({"source": {"counter.py": "x = 1"}}, sandbox.ReloadFailed,
+     "'counter.py' is not a module name: use 'counter'"),
+    ({"source": {"pkg/mod.py": "x = 1"}}, sandbox.ReloadFailed, "use 'pkg.mod'"),
+    ({"source": "x = 1"}, TypeError, f"{SHAPE}, not a str"),
+    ({"source": ["counter"]}, TypeError, f"{SHAPE}, not a list"),
+    ({"source": {1: "x = 1"}}, TypeError, f"{SHAPE}; got a int key 1"),
+    ({"source": {"counter": b"x = 1"}}, TypeError,
+     "the value for 'counter' is a bytes (decode it first)"),
+    ({"modules": "counter"}, TypeError,
+     "modules= takes module names, e.g. modules=['app'], not a str"),
+    ({"modules": [1]}, TypeError, "got a int 1"),
+], ids=["file-name", "path", "str", "list", "int-key", "bytes", "modules-str", "modules-int"])
+def test_a_wrong_shape_of_argument_names_the_parameter_and_the_shape(
+        counter_sandbox, args, error, says):
+    with pytest.raises(error) as info:
+        counter_sandbox.hot_reload(**args)
+    assert says in str(info.value)
+    assert counter_sandbox.call("counter", "incr") > 0, "the sandbox serves on"

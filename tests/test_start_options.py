@@ -67,6 +67,30 @@ def test_a_runtime_never_stopped_is_cleaned_up_at_exit(tmp_path):
         os.kill(pid, 0)
 
 
+def test_the_default_temp_dir_is_left_as_it_was(tmp_path):
+    # Without base_dir everything goes to the temp dir: failed starts (each a
+    # ConfigError, not a ChildStartFailed or a raw OSError) and a runtime that is
+    # never stopped leave nothing there (no sandbox-rt* dir, no .audit.jsonl).
+    script = (
+        "import sandbox\n"
+        "for bad in ({'history': -1}, {'monitor_interval': 0}, {'name': 'a b/c'}):\n"
+        "    try:\n"
+        "        sandbox.start(**bad)\n"
+        "    except sandbox.ConfigError as exc:\n"
+        "        print(type(exc).__name__, exc.option)\n"
+        "sb = sandbox.start().create_sandbox('left', 'examples/counter')\n"
+        "sb.hot_reload(source={'counter': open('examples/counter/counter.py').read()})\n"
+    )
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=90, env={**os.environ, "TMPDIR": str(temp)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["ConfigError history", "ConfigError monitor_interval",
+                                        "ConfigError name"]
+    assert list(temp.iterdir()) == []
+
+
 def test_a_handle_belongs_to_one_sandbox():
     with sandbox.start() as rt:
         old = rt.create_sandbox("same-id", "examples/counter")

@@ -3,22 +3,80 @@ setting ([tool.mypy] in pyproject.toml, explained in docs/architecture.md)."""
 
 from __future__ import annotations
 
+import inspect
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
+from sandbox.api import Runtime
+from sandbox.options import CreateOptions
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module")
+def mypy(tmp_path_factory: pytest.TempPathFactory):
+    """Run mypy from the repo with the project's setting; one cache for the module
+    (the first run fills it, so later runs check only what they add)."""
+    exe = shutil.which("mypy", path=str(Path(sys.executable).parent))
+    assert exe, "mypy is part of the test extra: pip install -e '.[test]'"
+    cache = tmp_path_factory.mktemp("mypy-cache")
+
+    def run(*files: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([exe, "--cache-dir", str(cache), "--no-error-summary", *files],
+                              cwd=ROOT, capture_output=True, text=True)
+
+    return run
+
+
 @pytest.mark.timeout(240)
-def test_mypy_finds_no_errors(tmp_path):
-    mypy = shutil.which("mypy", path=str(Path(sys.executable).parent))
-    assert mypy, "mypy is part of the test extra: pip install -e '.[test]'"
-    proc = subprocess.run(
-        [mypy, "--cache-dir", str(tmp_path / "cache"), "--no-error-summary"],
-        cwd=ROOT, capture_output=True, text=True,
-    )
+def test_mypy_finds_no_errors(mypy):
+    proc = mypy()
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+MISSPELT = textwrap.dedent('''
+    import sandbox
+    from sandbox.aio import AsyncRuntime
+    from sandbox.cluster.runtime import ClusterRuntime
+    from sandbox.control.client import AsyncRemoteRuntime, RemoteRuntime
+
+
+    async def use(a: AsyncRuntime, r: RemoteRuntime, ar: AsyncRemoteRuntime,
+                  c: ClusterRuntime, rt: sandbox.Runtime) -> None:
+        rt.create_sandbox("x", "app", profle="low")  # line 10
+        await a.create_sandbox("x", "app", profle="low")
+        r.create_sandbox("x", "app", profle="low")
+        await ar.create_sandbox("x", "app", profle="low")
+        c.create_sandbox("x", "app", profle="low")
+        await a.create_sandbox("x", "app", max_restarts="3")  # line 15
+        c.create_sandbox("x", "app", auto_reload=True)  # not on a cluster
+        await a.create_sandbox("x", "app", profile="low", max_restarts=3, auto_reload=True)
+        r.create_sandbox("x", "app", limits={"memory_mb": 64}, net_allow=["a:1"])
+        c.create_sandbox("x", "app", node="n1", profile="low")
+''')
+
+
+@pytest.mark.timeout(240)
+def test_mypy_refuses_a_misspelt_create_option_on_every_runtime(mypy, tmp_path):
+    # The runtimes that pass the options on take **options: Unpack[CreateOptions]:
+    # a misspelt or mistyped option is still a type error in the caller's code.
+    snippet = tmp_path / "uses_create_options.py"
+    snippet.write_text(MISSPELT)
+    proc = mypy(str(snippet))
+    lines = [int(m.group(1)) for m in re.finditer(r":(\d+): error:", proc.stdout)]
+    assert lines == [10, 11, 12, 13, 14, 15, 16], proc.stdout + proc.stderr
+
+
+def test_create_options_are_the_keyword_parameters_of_create_sandbox():
+    # Runtime.create_sandbox spells each option out; CreateOptions must say the same.
+    params = inspect.signature(Runtime.create_sandbox).parameters.values()
+    keyword = {p.name: p.annotation for p in params if p.kind is p.KEYWORD_ONLY}
+    options = {name: getattr(ann, "__forward_arg__", ann)  # TypedDict keeps ForwardRefs
+               for name, ann in CreateOptions.__annotations__.items()}
+    assert options == keyword

@@ -311,6 +311,7 @@ def error_payload(exc: BaseException, actor: str | None = None) -> dict[str, Any
             "message": exc.error,
             "traceback": exc.remote_traceback,
             "actor": exc.actor,
+            "correlation_id": exc.correlation_id,
         }
     if isinstance(exc, ActorDead):
         return {

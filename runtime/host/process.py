@@ -557,7 +557,8 @@ class _Connection:
         where = f"{self.name}/{actor}" if actor else self.name
         exc: BaseException
         if kind == "ActorFailed":
-            exc = ActorFailed(where, message, tb)
+            cid = payload.get("correlation_id")
+            exc = ActorFailed(where, message, tb, untrusted.name(cid) if cid else None)
         elif kind == "ActorDead":
             exc = ActorDead(where, message or None)
         elif kind == "NoSuchActor":
@@ -590,7 +591,8 @@ class _Connection:
             return  # close() waits for the exit and reports it
         if problem is not None:
             log.error("sandbox %s (pid %s) broke the protocol: %s; killing it",
-                      self.name, self.pid, problem)
+                      self.name, self.pid, problem, extra=logs.failure_fields(
+                          **logs.sandbox_fields(self.name)))
             telemetry.execute(
                 "process.protocol_error", {"count": 1}, {**self._md(), "error": str(problem)}
             )
@@ -605,6 +607,7 @@ class _Connection:
             )
         else:
             reason = describe_exit(code, self._exit_note)
+        reason = reason.located(**logs.sandbox_fields(self.name))  # for the supervisor's log
         self._mark_down(reason)
         self._ready.set()  # a child that died while booting
         telemetry.execute(

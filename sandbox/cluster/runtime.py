@@ -47,14 +47,14 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Unpack, cast
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.compiler import CompilerActor
-from actors.config import Limits, SandboxConfig, WatchOptions
+from actors.config import SandboxConfig
 from actors.scan import ProfileScanner
 from runtime import telemetry
 from runtime.component import ComponentRef
@@ -71,6 +71,7 @@ from sandbox.cluster.placement import Node, choose
 from sandbox.control.client import RemoteRuntime, RemoteSandbox, connect
 from sandbox.control.protocol import ControlError
 from sandbox.hotreload import ReloadReport
+from sandbox.options import ClusterCreateOptions, create_options
 
 __all__ = ["ClusterRuntime", "ClusterSandbox", "SLOTS_RESOURCE"]
 
@@ -429,35 +430,22 @@ class ClusterRuntime:
         result.raise_for_errors()
 
     # -- sandboxes -------------------------------------------------------------------
-    def create_sandbox(
-        self,
-        sandbox_id: str,
-        path: str | os.PathLike[str],
-        *,
-        node: str | None = None,
-        entry: str = SandboxConfig.entry,
-        profile: str = SandboxConfig.profile,
-        limits: Limits | Mapping[str, Any] | None = None,
-        restart: str = SandboxConfig.restart,
-        max_restarts: int = SandboxConfig.max_restarts,
-        max_seconds: float = SandboxConfig.max_seconds,
-        env: Mapping[str, str] | None = None,
-        shutdown: float = SandboxConfig.shutdown,
-        watch: WatchOptions | Mapping[str, Any] | None = None,
-        net_allow: Iterable[str] = (),
-    ) -> ClusterSandbox:
+    def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str], *,
+                       node: str | None = None, **options: Unpack[ClusterCreateOptions]
+                       ) -> ClusterSandbox:
         """Create a sandbox on the node with the most free slots (or on ``node``).
 
-        The options are those of :meth:`sandbox.Runtime.create_sandbox` (checked
-        on the head first); the app directory is read on the head and shipped.
+        The options are those of :meth:`sandbox.Runtime.create_sandbox` that a node
+        takes (:class:`~sandbox.options.ClusterCreateOptions`; checked on the head
+        first); the app directory is read on the head and shipped.
         """
         app = os.fspath(path)
-        config = SandboxConfig.build(sandbox_id, app, entry=entry, profile=profile,
-                                     limits=limits, restart=restart, max_restarts=max_restarts,
-                                     max_seconds=max_seconds, env=env, shutdown=shutdown,
-                                     watch=watch, net_allow=list(net_allow))
-        options = {k: v for k, v in config.as_dict().items()
-                   if k not in ("id", "path") and v is not None}
+        given = create_options(options, allowed=ClusterCreateOptions)
+        if "net_allow" in given:
+            given["net_allow"] = list(given["net_allow"])
+        config = SandboxConfig.build(sandbox_id, app, **given)
+        stored = {k: v for k, v in config.as_dict().items()
+                  if k not in ("id", "path") and v is not None}
         artifact = pack_app(app)
         self._check_compile(sandbox_id, artifact, config.profile)
         with self._lock:
@@ -465,7 +453,7 @@ class ClusterRuntime:
                 raise SandboxExists(sandbox_id)
             target = choose(list(self._nodes.values()), hint=node)
             target.used += 1
-            p = _Placed(sandbox_id, str(Path(app).resolve()), options, artifact, target.node_id,
+            p = _Placed(sandbox_id, str(Path(app).resolve()), stored, artifact, target.node_id,
                         status="creating")
             self._records[sandbox_id] = p
         try:

@@ -9,10 +9,9 @@ the two share one implementation.
 The methods are those of a local :class:`~sandbox.api.Runtime` and
 :class:`~sandbox.api.Sandbox`, and raise the same exception classes.
 
->>> import os, tempfile, sandbox
->>> path = os.path.join(tempfile.mkdtemp(), "doc.sock")
->>> with sandbox.start(listen=f"unix:{path}") as rt:
-...     with sandbox.connect(f"unix:{path}") as remote:
+>>> import tempfile, sandbox
+>>> with tempfile.TemporaryDirectory() as d, sandbox.start(listen=f"unix:{d}/doc.sock"):
+...     with sandbox.connect(f"unix:{d}/doc.sock") as remote:
 ...         sb = remote.create_sandbox("doc-remote", "examples/counter")
 ...         sb.call("counter", "incr"), [i["id"] for i in remote.list_sandboxes()]
 (1, ['doc-remote'])
@@ -27,9 +26,8 @@ import queue
 import ssl
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
-from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from runtime.errors import CallTimeout, ProtocolError, SandboxNotFound
 from runtime.host.output import OutputLine
 from runtime.wire.mailbox import CALL, ERROR, PREFIX_SIZE, REPLY, SYSTEM, Codec
@@ -43,6 +41,7 @@ from sandbox.control.protocol import (
     parse_address,
 )
 from sandbox.hotreload import ReloadReport
+from sandbox.options import CreateOptions, create_options
 
 __all__ = [
     "AsyncRemoteRuntime",
@@ -150,6 +149,15 @@ class _Connection:
     def _encode(self, op: str, ref: int, args: dict[str, Any]) -> bytes:
         try:
             return self.codec.frame(CALL, ref, op, args)
+        except ProtocolError:  # over max_frame: say which argument, and whose limit
+            name, size = max(((k, len(self.codec.encode(v))) for k, v in args.items()),
+                             key=lambda kv: kv[1])
+            raise ProtocolError(
+                f"argument {name!r} of {op}() is {size} bytes, over the "
+                f"{self.codec.max_frame} bytes one request may carry on this connection "
+                "(connect(max_frame=)); the server takes at most its own limit "
+                f"({DEFAULT_MAX_FRAME} bytes unless configured otherwise): send less per "
+                "request") from None
         except TypeError as exc:
             for name, value in args.items():  # which argument?
                 try:
@@ -170,8 +178,16 @@ class _Connection:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.pending[ref] = future
         try:
-            self.writer.write(data)
-            await self.writer.drain()
+            try:
+                self.writer.write(data)
+                await self.writer.drain()
+            except ConnectionError as exc:
+                # The server may have said why before closing (a frame over its
+                # max_frame): that reason, read by _read, is the better error.
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), 2.0)
+                except TimeoutError:
+                    raise ControlError(f"the connection broke: {exc}") from None
             return await asyncio.wait_for(future, timeout)
         finally:
             self.pending.pop(ref, None)  # cancelled or timed out: a late answer is dropped
@@ -192,8 +208,13 @@ class _Connection:
             if self.failure is not None and not isinstance(self.failure, ControlError):
                 raise self.failure
         finally:
+            # Closed, cancelled or collected before the connection ended: tell the
+            # server to stop sending (its answer, unawaited, is dropped by _read).
             self.streams.pop(ref, None)
             self.pending.pop(ref, None)
+            if self.failure is None and not self.writer.is_closing():
+                self.writer.write(self.codec.frame(CALL, next(self.refs), "unfollow",
+                                                   {"ref": ref}))
 
     async def close(self) -> None:
         if self._reader_task is not None:
@@ -249,6 +270,13 @@ def _options_map(value: Any) -> Any:
     """A Limits or WatchOptions as the map the server rebuilds it from."""
     return value.as_dict() if hasattr(value, "as_dict") else (
         dict(value) if value is not None else None)
+
+
+def _wire_option(name: str, value: Any) -> Any:
+    """A create_sandbox option as msgpack-native data (the server rebuilds the rest)."""
+    if name in ("limits", "watch", "alerts", "env"):
+        return _options_map(value)
+    return list(value) if name == "net_allow" else value
 
 
 class AsyncRemoteSandbox:
@@ -361,39 +389,14 @@ class AsyncRemoteRuntime:
         """Close the connection (the remote runtime keeps running)."""
         await self._conn.close()
 
-    async def create_sandbox(
-        self,
-        sandbox_id: str,
-        path: str | os.PathLike[str],
-        *,
-        entry: str = SandboxConfig.entry,
-        profile: str = SandboxConfig.profile,
-        limits: Limits | Mapping[str, Any] | None = None,
-        restart: str = SandboxConfig.restart,
-        max_restarts: int = SandboxConfig.max_restarts,
-        max_seconds: float = SandboxConfig.max_seconds,
-        env: Mapping[str, str] | None = None,
-        auto_reload: bool = SandboxConfig.auto_reload,
-        shutdown: float = SandboxConfig.shutdown,
-        watch: WatchOptions | Mapping[str, Any] | None = None,
-        compile_timeout: float | None = None,
-        compile_memory_mb: int | None = None,
-        compile_cpu_seconds: int | None = None,
-        alerts: AlertThresholds | Mapping[str, Any] | None = None,
-        net_allow: Iterable[str] = (),
-    ) -> AsyncRemoteSandbox:
+    async def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str],
+                             **options: Unpack[CreateOptions]) -> AsyncRemoteSandbox:
         """Create a sandbox from an app directory on the server's machine; the options
-        of :meth:`Runtime.create_sandbox`."""
-        options = {"entry": entry, "profile": profile, "limits": _options_map(limits),
-                   "restart": restart, "max_restarts": max_restarts,
-                   "max_seconds": max_seconds, "env": dict(env) if env else None,
-                   "auto_reload": auto_reload, "shutdown": shutdown,
-                   "watch": _options_map(watch), "compile_timeout": compile_timeout,
-                   "compile_memory_mb": compile_memory_mb,
-                   "compile_cpu_seconds": compile_cpu_seconds, "alerts": _options_map(alerts),
-                   "net_allow": list(net_allow)}
+        of :meth:`Runtime.create_sandbox` (:class:`~sandbox.options.CreateOptions`)."""
+        wire = {name: _wire_option(name, value)
+                for name, value in create_options(options).items()}
         info = await self._request("create", {"id": sandbox_id, "path": os.fspath(path),
-                                              "options": options})
+                                              "options": wire})
         return AsyncRemoteSandbox(self, sandbox_id, info.get("created_at"))
 
     def sandbox(self, sandbox_id: str) -> AsyncRemoteSandbox:
@@ -464,7 +467,9 @@ class AsyncRemoteRuntime:
         return await self._request("logs", {"follow": False, "lines": lines})
 
     def follow_logs(self, *, lines: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The recent log records, then each new one as it is logged, until closed."""
+        """The recent log records, then each new one as it is logged, until the
+        connection closes. Closing the iterator (``aclose()``, or dropping it after a
+        ``break``) ends the follow: the server stops sending it records."""
         return self._conn.follow(lines)
 
     async def stop(self) -> None:
@@ -487,14 +492,13 @@ async def connect_async(
     ``tls``: None (plain), True (verify with the system's CAs), a CA file to trust
     (e.g. a self-signed server certificate), or an ``ssl.SSLContext``.
 
-    >>> import asyncio, os, tempfile, sandbox
-    >>> path = os.path.join(tempfile.mkdtemp(), "doc.sock")
-    >>> async def main():
-    ...     async with await sandbox.connect_async(f"unix:{path}") as remote:
+    >>> import asyncio, tempfile, sandbox
+    >>> async def main(address):
+    ...     async with await sandbox.connect_async(address) as remote:
     ...         sb = await remote.create_sandbox("doc-aremote", "examples/counter")
     ...         return await asyncio.gather(*(sb.call("counter", "incr") for _ in range(3)))
-    >>> with sandbox.start(listen=f"unix:{path}"):
-    ...     sorted(asyncio.run(main()))
+    >>> with tempfile.TemporaryDirectory() as d, sandbox.start(listen=f"unix:{d}/doc.sock"):
+    ...     sorted(asyncio.run(main(f"unix:{d}/doc.sock")))
     [1, 2, 3]
     """
     conn = await _open(address, _read_token(token, token_file), tls, timeout, max_frame)
@@ -600,36 +604,12 @@ class RemoteRuntime:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def create_sandbox(
-        self,
-        sandbox_id: str,
-        path: str | os.PathLike[str],
-        *,
-        entry: str = SandboxConfig.entry,
-        profile: str = SandboxConfig.profile,
-        limits: Limits | Mapping[str, Any] | None = None,
-        restart: str = SandboxConfig.restart,
-        max_restarts: int = SandboxConfig.max_restarts,
-        max_seconds: float = SandboxConfig.max_seconds,
-        env: Mapping[str, str] | None = None,
-        auto_reload: bool = SandboxConfig.auto_reload,
-        shutdown: float = SandboxConfig.shutdown,
-        watch: WatchOptions | Mapping[str, Any] | None = None,
-        compile_timeout: float | None = None,
-        compile_memory_mb: int | None = None,
-        compile_cpu_seconds: int | None = None,
-        alerts: AlertThresholds | Mapping[str, Any] | None = None,
-        net_allow: Iterable[str] = (),
-    ) -> RemoteSandbox:
+    def create_sandbox(self, sandbox_id: str, path: str | os.PathLike[str],
+                       **options: Unpack[CreateOptions]) -> RemoteSandbox:
         """Create a sandbox from an app directory on the server's machine; the options
-        of :meth:`Runtime.create_sandbox`."""
-        handle = self._run(self._async.create_sandbox(
-            sandbox_id, path, entry=entry, profile=profile, limits=limits, restart=restart,
-            max_restarts=max_restarts, max_seconds=max_seconds, env=env,
-            auto_reload=auto_reload, shutdown=shutdown, watch=watch,
-            compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
-            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts, net_allow=net_allow))
-        return RemoteSandbox(self, handle)
+        of :meth:`Runtime.create_sandbox` (:class:`~sandbox.options.CreateOptions`)."""
+        return RemoteSandbox(self, self._run(self._async.create_sandbox(sandbox_id, path,
+                                                                        **options)))
 
     def sandbox(self, sandbox_id: str) -> RemoteSandbox:
         """A handle on a sandbox of the remote runtime (SandboxNotFound if there is none)."""
@@ -696,7 +676,8 @@ class RemoteRuntime:
 
     def follow_logs(self, *, lines: int | None = None) -> Iterator[dict[str, Any]]:
         """The recent log records, then each new one as it is logged (a blocking
-        iterator; it ends when the connection closes)."""
+        iterator; it ends when the connection closes). Closing it (``close()``, or
+        dropping it) ends the follow: the server stops sending it records."""
         records: queue.Queue[Any] = queue.Queue()
 
         async def pump() -> None:
@@ -735,10 +716,10 @@ def connect(
     or ``sandbox.start(listen=ADDRESS)``). ``token`` or ``token_file``: the server's
     token (required over TCP). ``tls``: as :func:`connect_async`.
 
-    >>> import os, tempfile, sandbox
-    >>> path = os.path.join(tempfile.mkdtemp(), "doc.sock")
-    >>> with sandbox.start(listen=f"unix:{path}"), sandbox.connect(f"unix:{path}") as remote:
-    ...     remote.health()["status"]
+    >>> import tempfile, sandbox
+    >>> with tempfile.TemporaryDirectory() as d, sandbox.start(listen=f"unix:{d}/doc.sock"):
+    ...     with sandbox.connect(f"unix:{d}/doc.sock") as remote:
+    ...         remote.health()["status"]
     'ok'
     """
     return RemoteRuntime(address, token=_read_token(token, token_file), tls=tls,

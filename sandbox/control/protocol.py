@@ -12,7 +12,8 @@ A control connection carries the runtime's mailbox frames
    connection run concurrently and may be answered in any order.
 3. a ``logs`` request with ``follow`` true is answered at once (the recent
    records) and then keeps sending ``[system, REF, "log", RECORD]`` frames until
-   the connection closes.
+   an ``unfollow`` request names that REF (answered true; no record for REF is
+   sent after its answer) or the connection closes.
 
 ``ERROR`` is ``{"type": NAME, "message": TEXT, "attrs": {...}}``; NAME is a class of
 :mod:`runtime.errors` (or ``TypeError``, ``ValueError``, ...) and the client raises
@@ -74,6 +75,7 @@ OPS: dict[str, tuple[str, ...]] = {
     "health": (),
     "metrics": (),
     "logs": ("follow", "lines"),
+    "unfollow": ("ref",),
     "stop": (),
 }
 

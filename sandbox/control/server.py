@@ -19,9 +19,9 @@ thread pool. What it defends against, each with a test (tests/test_control.py):
   reading from it until some finish (back pressure, not an error).
 
 >>> import sandbox, tempfile, os
->>> path = os.path.join(tempfile.mkdtemp(), "s.sock")
->>> with sandbox.start(listen=f"unix:{path}") as rt:
-...     oct(os.stat(path).st_mode & 0o777), str(rt.control_address) == f"unix:{path}"
+>>> with tempfile.TemporaryDirectory() as d, sandbox.start(listen=f"unix:{d}/s.sock") as rt:
+...     mode = os.stat(f"{d}/s.sock").st_mode & 0o777
+...     oct(mode), str(rt.control_address) == f"unix:{d}/s.sock"
 ('0o600', True)
 """
 
@@ -88,9 +88,9 @@ def load_token(token_file: str | os.PathLike[str]) -> str:
     """The token in ``token_file``; made (random, mode 0600) if the file does not exist.
 
     >>> import tempfile, os
-    >>> path = os.path.join(tempfile.mkdtemp(), "token")
-    >>> t = load_token(path)
-    >>> load_token(path) == t, oct(os.stat(path).st_mode & 0o777), len(t) >= 32
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     t = load_token(f"{d}/token")
+    ...     load_token(f"{d}/token") == t, oct(os.stat(f"{d}/token").st_mode & 0o777), len(t) >= 32
     (True, '0o600', True)
     """
     path = os.fspath(token_file)
@@ -474,6 +474,13 @@ class ControlServer:
             if a.get("follow"):
                 client.following.add(ref)
             return recent
+        if op == "unfollow":  # answered after the discard: no record for it follows
+            if not isinstance(a.get("ref"), int):
+                raise TypeError("unfollow needs 'ref': the ref of the logs request it ends")
+            if a["ref"] not in client.following:
+                return False
+            client.following.discard(a["ref"])
+            return True
         if op == "stop":
             threading.Thread(target=self.on_stop, name="sandbox-control-stop").start()
             return None

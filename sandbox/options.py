@@ -1,0 +1,75 @@
+"""The keyword options of ``create_sandbox``, written once for every runtime that
+takes them.
+
+:meth:`sandbox.Runtime.create_sandbox` spells each option out as a real keyword
+parameter (the reference, with its defaults). The runtimes that pass the options
+on (asyncio, the control clients, the cluster) take ``**options:
+Unpack[CreateOptions]``: mypy checks the names and types there as for the
+reference, and :func:`create_options` refuses a misspelt name at run time.
+``tests/test_typing.py`` keeps the reference and :class:`CreateOptions` the same.
+
+>>> create_options({"profile": "low", "max_restarts": 2})
+{'profile': 'low', 'max_restarts': 2}
+>>> create_options({"profle": "low"})  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+TypeError: create_sandbox() got an unexpected option 'profle' (did you mean 'profile'?); ...
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any, TypedDict
+
+from actors.config import AlertThresholds, Limits, WatchOptions
+
+__all__ = ["ClusterCreateOptions", "CreateOptions", "create_options"]
+
+
+class ClusterCreateOptions(TypedDict, total=False):
+    """The options of ``create_sandbox`` that a cluster runtime takes too (see
+    :meth:`sandbox.Runtime.create_sandbox` for each one's meaning and default)."""
+
+    entry: str
+    profile: str
+    limits: Limits | Mapping[str, Any] | None
+    restart: str
+    max_restarts: int
+    max_seconds: float
+    env: Mapping[str, str] | None
+    shutdown: float
+    watch: WatchOptions | Mapping[str, Any] | None
+    net_allow: Iterable[str]
+
+
+class CreateOptions(ClusterCreateOptions, total=False):
+    """Every keyword option of :meth:`sandbox.Runtime.create_sandbox` (a ``TypedDict``,
+    for ``**options: Unpack[CreateOptions]``)."""
+
+    auto_reload: bool
+    compile_timeout: float | None
+    compile_memory_mb: int | None
+    compile_cpu_seconds: int | None
+    alerts: AlertThresholds | Mapping[str, Any] | None
+
+
+def create_options(given: Mapping[str, Any], *, allowed: type = CreateOptions,
+                   function: str = "create_sandbox") -> dict[str, Any]:
+    """``given`` as a dict, once every name in it is an option of ``allowed`` (a
+    TypedDict above); else TypeError naming the first unknown one and the options.
+
+    >>> create_options({"auto_reload": True}, allowed=ClusterCreateOptions)
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: create_sandbox() got an unexpected option 'auto_reload'; the options: entry, ...
+    """
+    known = list(allowed.__annotations__)
+    for name in given:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"{function}() got an unexpected option {name!r}{hint}; the "
+                            f"options: {', '.join(known)}")
+    return dict(given)
