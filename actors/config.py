@@ -75,7 +75,7 @@ class Limits:
     """Resource limits of one sandbox; ``None`` means no limit.
 
     - ``memory_mb``: address space of the sandbox process (RLIMIT_AS).
-    - ``cpu_seconds``: CPU time (RLIMIT_CPU).
+    - ``cpu_seconds``: CPU time of one call's handler (RLIMIT_CPU, re-armed per call by the monitor).
     - ``open_files``: file descriptors (RLIMIT_NOFILE).
     - ``file_size_mb``: largest file it may write (RLIMIT_FSIZE).
     - ``processes``: processes in its tree (enforced by the resource monitor).

@@ -9,7 +9,9 @@ the manager (its records and its ``component`` lookup) and one sandbox record:
   install) when this host lacks an OS layer every sandbox needs, works out its
   effective limits (the profile's, overridden by the sandbox's own), gives it
   its UID and cgroups (:func:`runtime.child.isolation.prepare`), registers it with
-  the security controller and the resource monitor. Everything is kept on the
+  the security controller and the resource monitor, and counts towards its
+  quarantine both its guard's reports and, from the host's own reading of each
+  exit status, every process of it killed by the seccomp filter (``SIGSYS``). Everything is kept on the
   sandbox's :class:`~actors.slot.ProcessSlot` (``slot.security``), which
   outlives a restart of the manager.
 - :func:`compile_profile` / :func:`check_compiled`: the profile handed to the
@@ -40,10 +42,11 @@ from typing import Any
 from actors.config import Limits
 from actors.profiles import BUILTIN_PROFILES, Profile, split_addr as _split_addr
 from actors.scan import WARN_HINT
-from actors.security import LogEvent, ViolationReport
+from actors.security import LogEvent, ObservedRefusal, ViolationReport
 from runtime import telemetry
 from runtime.actor import ExitReason
 from runtime.child import isolation
+from runtime.child.seccomp import KILL_SIGNAL
 from runtime.errors import SandboxError, SecurityViolation
 
 __all__ = [
@@ -129,7 +132,7 @@ def prepare(manager: Any, record: Any) -> Protection:
     _log_skips(state.get("skipped") or {})
     slot = record.slot
     prot = Protection(profile=profile, limits=limits, state=state)
-    prot.report = _reporter(component, sid, slot)
+    prot.report, slot.on_exit = _reporter(component, sid, slot)
     slot.security = prot
     component("security").invoke("register_sandbox", sid, profile)
     try:
@@ -140,7 +143,12 @@ def prepare(manager: Any, record: Any) -> Protection:
     return prot
 
 
-def _reporter(component: Callable[[str], Any], sid: str, slot: Any) -> Callable[[Any], None]:
+def _reporter(
+    component: Callable[[str], Any], sid: str, slot: Any
+) -> tuple[Callable[[Any], None], Callable[[int | None], None]]:
+    """The sandbox's two sources of refusals: its guard's reports (its word) and
+    the host's reading of its exit status (a seccomp kill: no sandbox can hide it)."""
+
     def then(response: str) -> None:
         if response == "terminate":
             terminate(
@@ -156,7 +164,17 @@ def _reporter(component: Callable[[str], Any], sid: str, slot: Any) -> Callable[
         except SandboxError:
             pass
 
-    return report
+    def exited(code: int | None) -> None:
+        if code != -KILL_SIGNAL:
+            return
+        detail = (f"process killed by {KILL_SIGNAL.name}: it made a system call its "
+                  "profile denies (seccomp); seen by the host in its exit status")
+        try:
+            component("security").tell(ObservedRefusal(sid, "seccomp.kill", detail, then))
+        except SandboxError:
+            pass
+
+    return report, exited
 
 
 def compile_profile(record: Any) -> Any:
@@ -232,7 +250,9 @@ def process_options(record: Any, runtime_id: str) -> dict[str, Any]:
     policy["app_modules"] = sorted(slot.modules)
     plan = isolation.plan(
         allow=profile.allow,
-        limits=prot.limits.as_dict(),
+        # cpu_seconds is per call, held by the monitor: RLIMIT_CPU would count the
+        # process's whole life and stop a long-lived sandbox for no call's fault.
+        limits={**prot.limits.as_dict(), "cpu_seconds": None},
         state=prot.state,
         net_allow=[_split_addr(a) for a in net_allow],
         env_allow=profile.env_allow,

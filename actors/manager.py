@@ -56,7 +56,7 @@ from runtime.host.process import KILL_MARGIN, ProcessRef, start_process
 from runtime.recovery import annotate as annotate_error
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
 
-__all__ = ["ManagerActor", "SandboxRecord", "STATUSES", "Readopt"]
+__all__ = ["ManagerActor", "SandboxRecord", "STATUSES", "Readopt", "ReloadContext"]
 
 log = logging.getLogger("runtime.manager")
 
@@ -136,6 +136,19 @@ class Readopt:
     again under it."""
 
     sandboxes: SupervisorRef
+
+
+@dataclass(frozen=True)
+class ReloadContext:
+    """What a hot reload needs to know of a sandbox, in one round trip
+    (``reload_context``): unlike ``info``, no usage figures from the monitor."""
+
+    profile: str
+    path: str
+    workdir: str
+    compile: dict[str, Any]
+    cache_dir: str
+    slot: ProcessSlot
 
 
 @dataclass(frozen=True)
@@ -644,6 +657,19 @@ class ManagerActor(Component):
 
     def op_slot(self, sandbox_id: str) -> ProcessSlot:
         return self._get(sandbox_id).slot
+
+    def op_created_at(self, sandbox_id: str) -> float:
+        """When the sandbox of this id was created (a handle checks it still names it)."""
+        return self._get(sandbox_id).created_at
+
+    def op_reload_context(self, sandbox_id: str) -> ReloadContext:
+        """What a hot reload needs of the sandbox (profile, paths, compile settings,
+        cache directory, slot), in one round trip and without the usage figures
+        ``info`` asks the monitor for."""
+        record = self._get(sandbox_id)
+        config = record.config
+        return ReloadContext(config.profile, config.path, record.workdir,
+                             config.compile_settings(), self.cache_dir(sandbox_id), record.slot)
 
     # -- helpers ---------------------------------------------------------------------
     def cache_dir(self, sandbox_id: str) -> str:

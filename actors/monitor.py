@@ -9,7 +9,10 @@ with psutil under ``oneshot()``: CPU times, RSS, threads, open fds (on Linux the
 same figures come from one read of ``/proc/<pid>/stat``, the file ``oneshot()``
 reads, plus a listing of ``fd/``). USS (psutil's ``memory_full_info``, which reads
 every mapping) is read once every ``uss_every`` ticks (default 30) per sandbox,
-the sandboxes' turns spread over the ticks.
+the sandboxes' turns spread over the ticks; on its turn it is read again only if the
+tree's RSS moved since the last read, or at the latest every 10th turn (an idle
+sandbox's USS only drifts, as pages it shared become its own). The ``/proc`` files
+read every tick stay open and are re-read in place (:mod:`actors.procfiles`).
 
 Per sandbox it keeps a bounded history (``history`` samples) with min/mean/max
 trends over 10 s, 1 min and 5 min windows, and checks the limits of
@@ -20,7 +23,10 @@ sandbox ``create_sandbox(alerts=...)``) of a limit emits ``limit.warning`` telem
 reaching the limit emits ``limit.exceeded``, writes the audit log, records the
 event in the sandbox's info and takes the sandbox's ``action``: ``restart``
 (its process is killed; its supervisor starts a fresh one) or ``terminate``.
-Limits the kernel enforces (RLIMIT_CPU, RLIMIT_FSIZE) end the process with
+``cpu_seconds`` is a budget per call, not per process life: each tick charges
+the process's CPU time to the call in flight (or to a busy stretch with none),
+and a stretch past the budget is a limit reached. Limits the kernel enforces
+(RLIMIT_CPU where set, RLIMIT_FSIZE) end the process with
 SIGXCPU / SIGXFSZ; the monitor records those exits as limits reached too, and
 resource errors a sandbox reports in its replies (MemoryError, EMFILE, ...) as
 ``limit.reported`` (the sandbox's word).
@@ -48,6 +54,7 @@ from typing import Any
 import psutil
 
 from actors.config import Limits
+from actors.procfiles import ProcFiles
 from runtime import telemetry
 from runtime.actor import ExitReason, Reply
 from runtime.child import isolation
@@ -61,7 +68,13 @@ _MIB = 1 << 20
 #: Trend windows, in seconds.
 TREND_WINDOWS = (10, 60, 300)
 _EVENTS_KEPT = 20
+_NO_LIMITS = Limits()
+#: USS turns a sandbox whose RSS does not move may skip in a row (see _read_uss).
+USS_TURNS_KEPT = 9
 _SIGNAL_LIMITS = {"SIGXCPU": "cpu_seconds", "SIGXFSZ": "file_size_mb"}
+#: With no call in flight, a process using more than this share of a core between
+#: two samples is busy: its CPU is charged to one stretch (``cpu_seconds``).
+IDLE_SHARE = 0.1
 
 
 @dataclass
@@ -78,16 +91,24 @@ class _Watch:
     acted: bool = False
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_EVENTS_KEPT))
     uss: int | None = None
+    uss_rss: int = 0  # the tree's RSS when its USS was read
+    uss_kept: int = 0  # USS turns skipped in a row since (the RSS had not moved)
     phase: int = 0  # which tick of every uss_every reads this sandbox's USS
     fds: dict[int, int] = field(default_factory=dict)  # last fd count per process
     #: Calls whose callers gave up before the handler deadline: (proc, reply, started).
     calls: list[tuple[Any, Any, float]] = field(default_factory=list)
     warn_at: float | None = None  # the sandbox's own warning level (None: the monitor's)
+    #: The per-call CPU budget (``cpu_seconds``): the process's CPU time (its own, not
+    #: its children's) at the start of the busy stretch being charged, the request
+    #: it belongs to, and the CPU time at the last tick.
+    cpu_base: float = 0.0
+    cpu_ref: int | None = None
+    cpu_last: tuple[float, float] | None = None  # (CPU time, wall time) at the last tick
 
     @property
     def limits(self) -> Limits:
         prot = getattr(self.slot, "security", None)
-        return prot.limits if prot is not None else Limits()
+        return prot.limits if prot is not None else _NO_LIMITS
 
     @property
     def state(self) -> dict[str, Any]:
@@ -152,6 +173,10 @@ class ResourceMonitorActor(Component):
         self.autostart = autostart
         self.watches: dict[str, _Watch] = {}
         self._lock = threading.Lock()
+        # One tick at a time (the sampler thread's, or sample_now's): they share the
+        # open /proc files.
+        self._tick_lock = threading.Lock()
+        self._files = ProcFiles()  # actors/procfiles.py: re-read in place each tick
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
         self._ticks = 0
@@ -199,6 +224,8 @@ class ResourceMonitorActor(Component):
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(5.0)
+        with self._tick_lock:
+            self._files.close()
 
     def _rebuild(self) -> None:
         if self._component is None:
@@ -332,48 +359,80 @@ class ResourceMonitorActor(Component):
                 log.exception("resource sampling failed")
 
     def _tick(self) -> int:
+        with self._tick_lock:
+            return self._tick_locked()
+
+    def _tick_locked(self) -> int:
         t_cpu, t_wall = time.thread_time(), time.perf_counter()
         with self._lock:
             watches = list(self.watches.values())
         self._ticks += 1
         n = 0
-        for w in watches:
-            if w.calls:
-                self._overdue(w)
-            # USS reads every mapping: each sandbox's turn comes every uss_every
-            # ticks, the turns spread so every tick costs about the same.
-            with_uss = w.uss is None or (self._ticks + w.phase) % self.uss_every == 0
-            try:
-                sample = self._sample(w, with_uss)
-            except Exception:
-                log.exception("sampling sandbox %s failed", w.sandbox_id)
-                continue
-            if sample is None:
-                continue
-            n += 1
-            with self._lock:
-                w.latest = sample
-                w.history.append(sample)
-            self._check(w, sample)
+        try:
+            for w in watches:
+                if w.calls:
+                    self._overdue(w)
+                # USS reads every mapping: each sandbox's turn comes every uss_every
+                # ticks, the turns spread so every tick costs about the same.
+                with_uss = w.uss is None or (self._ticks + w.phase) % self.uss_every == 0
+                try:
+                    sample = self._sample(w, with_uss)
+                except Exception:
+                    log.exception("sampling sandbox %s failed", w.sandbox_id)
+                    continue
+                if sample is None:
+                    continue
+                n += 1
+                with self._lock:
+                    w.latest = sample
+                    w.history.append(sample)
+                self._check(w, sample)
+                self._cpu_budget(w, sample)
+        finally:
+            # Files of processes gone, or of sandboxes no longer watched, are closed.
+            self._files.keep_only({p for w in watches for p in w.procs})
         self._tick_cpu.append(time.thread_time() - t_cpu)
         self._tick_wall.append(time.perf_counter() - t_wall)
         return n
 
     def _tree(self, w: _Watch, root: int) -> list[int]:
-        pids = isolation.sandbox_pids(w.state)
-        if pids is not None:
-            return pids
+        state = w.state
+        if state.get("cgroups"):
+            pids = isolation.sandbox_pids(state)
+            if pids is not None:
+                return pids
+        try:  # most sandboxes are one process: one read says so
+            if not self._files.read(root, f"task/{root}/children").strip():
+                return [root]
+        except OSError:
+            return [root]
         out, todo = [], [root]
         while todo:
             pid = todo.pop()
             out.append(pid)
             try:
-                todo.extend(int(x) for x in _read(f"/proc/{pid}/task/{pid}/children").split())
+                todo.extend(int(x) for x in self._files.read(pid, f"task/{pid}/children").split())
             except (OSError, ValueError):
                 pass
             if len(out) > 100_000:
                 break
         return out
+
+    def _read_uss(self, w: _Watch, procs: dict[int, psutil.Process], rss: int) -> None:
+        """USS of the tree, on its turn: smaps_rollup walks every mapping, the dearest
+        read of a tick, so it is skipped while the tree's RSS has not moved since the
+        last read (an idle sandbox), up to :data:`USS_TURNS_KEPT` turns in a row
+        (pages it shared can become its own as other processes exit)."""
+        if w.uss is not None and rss == w.uss_rss and w.uss_kept < USS_TURNS_KEPT:
+            w.uss_kept += 1
+            return
+        total = 0
+        for p_id, p in procs.items():
+            try:
+                total += _uss(p_id, p) if _FAST else p.memory_full_info().uss
+            except (psutil.Error, OSError):
+                pass  # gone since its stat was read
+        w.uss, w.uss_rss, w.uss_kept = total, rss, 0
 
     def _sample(self, w: _Watch, with_uss: bool) -> dict[str, Any] | None:
         proc = w.slot.current()
@@ -384,6 +443,7 @@ class ResourceMonitorActor(Component):
             return None
         if pid != w.pid:  # a new process: start afresh
             w.pid, w.procs, w.cpu_prev, w.last_t, w.fds = pid, {}, {}, 0.0, {}
+            w.cpu_ref, w.cpu_last = None, None
             w.warned.clear()
             w.acted = False
             w.uss = None
@@ -394,7 +454,6 @@ class ResourceMonitorActor(Component):
         rss = threads = fds = 0
         fds_max = 0
         cpu_delta = 0.0
-        uss_total = 0
         seen: dict[int, psutil.Process] = {}
         cpu_now: dict[int, float] = {}
         for p_id in pids:
@@ -404,7 +463,10 @@ class ResourceMonitorActor(Component):
                     p = psutil.Process(p_id)
                 except psutil.Error:
                     continue
-            fast = _proc_stat(p_id) if _FAST else None
+            try:
+                fast = _parse_stat(self._files.read(p_id, "stat")) if _FAST else None
+            except OSError:
+                fast = None
             try:
                 if fast is not None:  # one read of /proc/<pid>/stat, one listing of fd/
                     total, rss_b, nth = fast
@@ -416,16 +478,12 @@ class ResourceMonitorActor(Component):
                     ):
                         last = w.fds[p_id] = len(os.listdir(f"/proc/{p_id}/fd"))
                     nfd = last
-                    if with_uss:
-                        uss_total += _uss(p_id, p)
                 else:
                     with p.oneshot():
                         ct = p.cpu_times()
                         rss_b = p.memory_info().rss
                         nth = p.num_threads()
                         nfd = p.num_fds()
-                        if with_uss:
-                            uss_total += p.memory_full_info().uss
                     total = ct.user + ct.system
             except (psutil.Error, OSError):
                 continue
@@ -441,22 +499,32 @@ class ResourceMonitorActor(Component):
             fds += nfd
             fds_max = max(fds_max, nfd)
         if with_uss and seen:
-            w.uss = uss_total
+            self._read_uss(w, seen, rss)
         elapsed = now - w.last_t if w.last_t else 0.0
         cpu_percent = (cpu_delta / elapsed * 100.0) if elapsed > 0 else 0.0
         w.procs, w.cpu_prev, w.last_t = seen, cpu_now, now
         if len(w.fds) > len(seen):
             w.fds = {k: v for k, v in w.fds.items() if k in seen}
+        helpers = 0
+        if len(seen) > 1:
+            # The runtime's own helpers in the tree (slirp4netns and the egress
+            # refresher, runtime/child/egress.py) stay in the host's network
+            # namespace; no process of the sandbox's code can leave the sandbox's
+            # (unshare, setns and new namespaces are denied by seccomp everywhere).
+            own = _netns(pid)
+            if own is not None:
+                helpers = sum(1 for p_id in seen if p_id != pid and _netns(p_id) not in (own, None))
         started = getattr(w.slot, "started_at", None)
         return {
             "ts": now,
             "pid": pid,
+            "cpu_seconds": cpu_now.get(pid),
             "rss": rss,
             "rss_mb": rss / _MIB,
             "uss": w.uss,
             "cpu_percent": round(cpu_percent, 2),
             "threads": threads,
-            "processes": len(seen),
+            "processes": len(seen) - helpers,
             "fds": fds,
             "fds_max": fds_max,
             "uptime": now - started if started else 0.0,
@@ -534,6 +602,38 @@ class ResourceMonitorActor(Component):
                     pass
         return action
 
+    def _cpu_budget(self, w: _Watch, s: dict[str, Any]) -> None:
+        """Charge the process's CPU time to the busy stretch it belongs to; past
+        ``cpu_seconds`` the stretch is over its budget (the sandbox's action).
+
+        A stretch is one call (the oldest request awaiting its reply: the same
+        one as at the last tick, or a new one, which starts a new stretch), or,
+        with no call in flight, CPU used without a pause (more than
+        :data:`IDLE_SHARE` of the wall time since the last tick: a cast, a timer or
+        a thread spinning, however little of a loaded machine it gets). A process
+        that is idle, or serves one cheap call after another, starts a new stretch
+        at every tick and is never stopped, however much CPU it uses over its life.
+        Read from ``/proc`` by the host: nothing the sandbox says or does to its
+        own limits changes it. (The kernel cannot hold this budget: RLIMIT_CPU
+        counts a process's whole life, and moving it from the host needs
+        CAP_SYS_RESOURCE.)
+        """
+        budget = w.limits.cpu_seconds
+        cpu, proc = s.get("cpu_seconds"), w.slot.current()
+        if budget is None or cpu is None or proc is None:
+            return
+        oldest = proc.oldest_request()
+        last, w.cpu_last = w.cpu_last, (cpu, s["ts"])
+        if oldest is not None:
+            if oldest != w.cpu_ref:
+                w.cpu_ref, w.cpu_base = oldest, cpu
+        else:
+            busy = last is not None and cpu - last[0] > IDLE_SHARE * (s["ts"] - last[1])
+            if w.cpu_ref is not None or not busy:
+                w.cpu_ref, w.cpu_base = None, cpu
+        if cpu - w.cpu_base > budget:
+            self._exceeded(w, "cpu_seconds", cpu - w.cpu_base, budget)
+
     def _overdue(self, w: _Watch) -> None:
         limit = w.limits.call_seconds
         now = time.monotonic()
@@ -604,16 +704,23 @@ def _uss(pid: int, proc: psutil.Process) -> int:
                if line.startswith(b"Private_")) * 1024
 
 
-def _proc_stat(pid: int) -> tuple[float, int, int] | None:
-    """(CPU seconds, RSS bytes, threads) from one read of /proc/<pid>/stat, the file
-    psutil's ``oneshot()`` reads for the same figures; None if it cannot be read."""
+def _parse_stat(data: bytes) -> tuple[float, int, int] | None:
+    """(CPU seconds, RSS bytes, threads) from the content of /proc/<pid>/stat, the file
+    psutil's ``oneshot()`` reads for the same figures; None if it cannot be parsed."""
     try:
-        data = _read(f"/proc/{pid}/stat")
         fields = data[data.rindex(b")") + 2 :].split()
         # fields[0] is field 3 (state): utime 14, stime 15, num_threads 20, rss 24
         cpu = (int(fields[11]) + int(fields[12])) / _TICKS
         return cpu, int(fields[21]) * _PAGE, int(fields[17])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
+        return None
+
+
+def _netns(pid: int) -> int | None:
+    """The inode of the process's network namespace (None if it cannot be read)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
         return None
 
 
@@ -661,7 +768,7 @@ def call_with_deadline(
         try:
             return reply.result()
         except ActorDead:
-            _raise_if_cpu_budget(sandbox, proc)
+            _raise_if_cpu_budget(sandbox, proc, time.time() - (time.monotonic() - started))
             raise
     monitor = sandbox.runtime.component("monitor")
     if wait < limit:
@@ -680,17 +787,28 @@ def call_with_deadline(
     )
 
 
-def _raise_if_cpu_budget(sandbox: Any, proc: Any) -> None:
+def _raise_if_cpu_budget(sandbox: Any, proc: Any, since: float) -> None:
+    """The call's process died: ResourceLimitExceeded if it was for its CPU budget
+    (the monitor's own record of acting on ``cpu_seconds`` since the call began,
+    or the kernel's SIGXCPU)."""
     import signal
 
-    code = proc.exitcode
-    if code is None:
+    code = None if proc is None else proc.exitcode
+    if code is None and proc is not None:
         proc.join(1.0)
         code = proc.exitcode
-    if code == -signal.SIGXCPU:
+    try:
+        usage = sandbox.runtime.component("monitor").invoke("usage", sandbox.id) or {}
+    except SandboxError:
+        usage = {}
+    acted = [e for e in usage.get("limit_events") or ()
+             if e.get("limit") == "cpu_seconds" and e.get("at", 0) >= since]
+    if acted or code == -signal.SIGXCPU:
+        budget = (usage.get("limits") or {}).get("cpu_seconds")
+        by = f"action taken: {acted[-1]['action']}" if acted else "stopped by the kernel (SIGXCPU)"
         raise ResourceLimitExceeded(
-            f"sandbox {sandbox.id!r} used up its CPU budget (cpu_seconds) during the call "
-            "and was stopped by the kernel (SIGXCPU)"
+            f"sandbox {sandbox.id!r} used up its per-call CPU budget of {budget}s "
+            f"(cpu_seconds) during the call; {by}"
         ) from None
 
 
@@ -708,11 +826,17 @@ def run_with_limit(sandbox: Any, do: Callable[[float | None], Any], timeout: flo
         slot = None
     prot = getattr(slot, "security", None)
     limit = prot.limits.run_seconds if prot is not None else None
-    if limit is None or (timeout is not None and timeout <= limit):
-        return do(timeout)
+    since = time.time()
     try:
+        if limit is None or (timeout is not None and timeout <= limit):
+            return do(timeout)
         return do(float(limit))
+    except ActorDead:
+        _raise_if_cpu_budget(sandbox, None, since)
+        raise
     except CallTimeout:
+        if limit is None or (timeout is not None and timeout <= limit):
+            raise
         try:
             action = sandbox.runtime.component("monitor").invoke(
                 "run_overrun", sandbox.id, float(limit)

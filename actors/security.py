@@ -14,6 +14,10 @@ One per runtime, under the root supervisor. Its operations (``ref.invoke(op, ...
 - ``record_violation(sandbox_id, event, correlation_id=None, profile=None)`` ->
   the action to take: ``"logged"``, or ``"terminate"`` once the profile's
   threshold of refusals is reached (the sandbox is then quarantined);
+  ``record_observed(sandbox_id, event, detail)``: the same for a refusal the host
+  saw itself (its process killed by the seccomp filter), which the sandbox cannot
+  keep from being counted (audit field ``source``: ``observed``, or
+  ``reported`` for the guard's reports);
   ``log_event(sandbox_id, event, detail, action, ...)`` for other components
   (the resource monitor's limit actions, the manager's terminations);
 - ``audit_events(sandbox_id=None, since=None, limit=None)`` -> records, oldest
@@ -64,7 +68,13 @@ from runtime import telemetry
 from runtime.component import Component
 from runtime.errors import ConfigError, SandboxError, SecurityViolation
 
-__all__ = ["SecurityControllerActor", "MAX_DETAIL", "ViolationReport", "LogEvent"]
+__all__ = [
+    "SecurityControllerActor",
+    "MAX_DETAIL",
+    "ObservedRefusal",
+    "ViolationReport",
+    "LogEvent",
+]
 
 log = logging.getLogger("actors.security")
 
@@ -90,6 +100,19 @@ class ViolationReport:
 
     sandbox_id: str
     event: Any
+    then: Callable[[str], None] | None = None
+
+
+@dataclass(frozen=True)
+class ObservedRefusal:
+    """Told by the host side of a sandbox: the host itself saw the kernel refuse
+    something (the process died of the seccomp filter's ``SIGSYS``). Counted like a
+    guard's refusal, but no sandbox can suppress it. ``then`` as in
+    :class:`ViolationReport`."""
+
+    sandbox_id: str
+    event: str
+    detail: str
     then: Callable[[str], None] | None = None
 
 
@@ -153,9 +176,14 @@ class SecurityControllerActor(Component):
             self._file = os.fdopen(fd, "a", encoding="utf-8")
 
     def on_info(self, message: Any) -> None:
-        if isinstance(message, ViolationReport):
+        if isinstance(message, (ViolationReport, ObservedRefusal)):
             try:
-                response = self.op_record_violation(message.sandbox_id, message.event)
+                if isinstance(message, ObservedRefusal):
+                    response = self.op_record_observed(
+                        message.sandbox_id, message.event, message.detail
+                    )
+                else:
+                    response = self.op_record_violation(message.sandbox_id, message.event)
             except SandboxError:
                 return
             if message.then is not None:
@@ -341,6 +369,40 @@ class SecurityControllerActor(Component):
                 group=ev["group"],
             )
             return "logged"
+        return self._count(p, sid, correlation_id, ev["event"], ev["detail"], ev["group"],
+                           "reported")
+
+    def op_record_observed(
+        self,
+        sandbox_id: str,
+        event: str,
+        detail: str,
+        *,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Count a refusal the host observed itself (a process killed by the seccomp
+        filter); returns the action to take, as :meth:`op_record_violation` does.
+
+        The audit record has ``source`` ``observed`` (a guard's report:
+        ``reported``): the sandbox cannot keep these from being counted.
+        """
+        sid = _check_id(sandbox_id)
+        p = self._sandbox_profile(sid, None)
+        return self._count(p, sid, correlation_id, _text(event, _MAX_FIELD),
+                           _text(detail, MAX_DETAIL), "kernel", "observed")
+
+    def _count(
+        self,
+        p: Profile,
+        sid: str,
+        correlation_id: str | None,
+        event: str,
+        detail: str,
+        group: str,
+        source: str,
+    ) -> str:
+        """One more refusal for ``sid``: audit, telemetry, quarantine at the threshold."""
+        ev = {"event": event, "detail": detail, "group": group}
         n = self.counts.get(sid, 0) + 1
         self.counts[sid] = n
         threshold = p.violation_threshold
@@ -359,6 +421,7 @@ class SecurityControllerActor(Component):
             response,
             group=ev["group"],
             count=n,
+            source=source,
         )
         telemetry.execute(
             "security.violation",
@@ -370,6 +433,7 @@ class SecurityControllerActor(Component):
                 "group": ev["group"],
                 "action": "refused",
                 "response": response,
+                "source": source,
                 "profile": p.name,
                 "correlation_id": correlation_id,
                 "runtime": self.runtime_id,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runtime import telemetry
@@ -57,6 +58,9 @@ class ProcessSlot:
         #: The sandbox's protection (profile, limits, isolation state, guard policy:
         #: see :mod:`actors.containment`), kept here so it outlives a manager restart.
         self.security: Any = None
+        #: ``on_exit(exitcode)`` for each process of this slot that ends (set by
+        #: :mod:`actors.containment`: a kernel kill counts as a refusal).
+        self.on_exit: Callable[[int | None], None] | None = None
         #: Why this sandbox may not start again (quarantined, or terminated for a
         #: limit); None while it may.
         self.blocked: str | None = None
@@ -89,10 +93,14 @@ class ProcessSlot:
         return ref
 
     def _on_down(self, down: Down) -> None:
+        gone = None
         with self._cond:
             if self._ref is not None and self._ref.id == down.actor_id:
-                self._ref = None
+                gone, self._ref = self._ref, None
             self.last_exit = down.reason
+        hook = self.on_exit
+        if gone is not None and hook is not None:
+            hook(gone.exitcode)  # the host's reading of the exit status, not the sandbox's word
         telemetry.execute(
             "sandbox.process.down",
             {"count": 1},

@@ -49,6 +49,7 @@ from runtime.errors import ConfigError, SandboxError, SandboxNotFound
 
 __all__ = [
     "VersionManagerActor",
+    "ReloadProposal",
     "ModuleVersion",
     "VersionEvent",
     "VersionNotFound",
@@ -160,6 +161,23 @@ class _Sandbox:
     log: deque[VersionEvent] = field(default_factory=lambda: deque(maxlen=1000))
 
 
+@dataclass(frozen=True)
+class ReloadProposal:
+    """What one reload needs from the version manager, in one call (``plan_reload``).
+
+    ``wanted``: the modules to swap whose source changed (or those asked for);
+    ``graph``: the current import graph (``{module: [dependency]}``); ``plan``: the
+    reload order of ``wanted`` and their dependents (None when nothing is wanted);
+    ``versions``: the number each wanted module will get once recorded (for
+    ``code_change``), nothing recorded yet.
+    """
+
+    wanted: list[str]
+    graph: dict[str, list[str]]
+    plan: ReloadPlan | None
+    versions: dict[str, int]
+
+
 def _as_modules(compiled: Any) -> list[CompiledModule]:
     if isinstance(compiled, CompilationResult):
         compiled = compiled.modules
@@ -194,6 +212,8 @@ class VersionManagerActor(Component):
     - ``get_version_history(sandbox_id, module=None) -> [VersionEvent]``
     - ``get_dependency_graph(sandbox_id) -> {module: [dependency]}``
     - ``calculate_reload_order(sandbox_id, modules, *, pending=None) -> ReloadPlan``
+    - ``plan_reload(sandbox_id, compiled, *, modules=None) -> ReloadProposal`` (the
+      four above a reload needs, in one round trip)
     - ``unload(sandbox_id, module) -> [kept version]`` (no current version; history kept)
     - ``forget(sandbox_id) -> bool``
     - ``sandboxes() -> [sandbox_id]``
@@ -449,6 +469,31 @@ class VersionManagerActor(Component):
         # (file deleted) is not reloaded.
         graph = {n: [d for d in deps if d in graph] for n, deps in graph.items()}
         return reload_order(graph, wanted)
+
+    def op_plan_reload(
+        self,
+        sandbox_id: str,
+        compiled: CompilationResult | Mapping[str, CompiledModule],
+        *,
+        modules: Iterable[str] | None = None,
+        removed: Iterable[str] = (),
+    ) -> ReloadProposal:
+        """``changed_modules`` (unless ``modules`` names them), ``get_dependency_graph``,
+        ``calculate_reload_order`` and a dry-run ``record`` of a compile result, as one
+        operation: a hot reload asks the version manager once before its swap.
+        With nothing wanted and nothing ``removed``, only ``wanted`` is filled in.
+
+        >>> # proposal = ref.invoke("plan_reload", "sb1", result)
+        """
+        wanted = (self.op_changed_modules(sandbox_id, compiled) if modules is None
+                  else list(modules))
+        if not wanted and not list(removed):
+            return ReloadProposal([], {}, None, {})
+        graph = self.op_get_dependency_graph(sandbox_id)
+        plan = self.op_calculate_reload_order(sandbox_id, wanted, pending=compiled)
+        by_name = compiled.modules if isinstance(compiled, CompilationResult) else compiled
+        numbers = self.op_record(sandbox_id, [by_name[m] for m in wanted], dry_run=True)
+        return ReloadProposal(wanted, graph, plan, numbers)
 
     def op_unload(self, sandbox_id: str, module: str) -> list[int]:
         """Mark ``module`` as no longer loaded (``Sandbox.unload_module``): it leaves the

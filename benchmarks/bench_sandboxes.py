@@ -6,7 +6,7 @@ Run alone: ``python benchmarks/bench_sandboxes.py [--quick] [--json PATH]``.
   version, start, first reply) and to destroy them, against N bare children from
   the same forkserver answering their first call, then closed. Target: ratio <= 2.
 - Memory of N idle counter sandboxes (USS/PSS per sandbox, psutil), N = 100 and,
-  in a full run, 1,000; against a bare child. Target: <= 5 MiB USS per sandbox.
+  in a full run, 1,000; against a bare child. Target: <= 4.5 MiB USS per sandbox.
 - Call throughput with 100 sandboxes called from 4 host threads, against 100 bare
   children called the same way (target: ratio >= 0.5) and, as context, one sandbox
   called from one thread. Measured with :func:`sandbox.loadtest.run_load`.
@@ -132,7 +132,7 @@ def main(quick: bool = False) -> list[Record]:
             pids = [rt.get_sandbox_info(f"m{n}-{i}")["pid"] for i in range(n)]
             uss, pss = _memory(pids)
             records.append(make_record("sandbox_memory", f"USS per sandbox at N={n}", [uss], "MiB",
-                                       "bare forkserver child", [bare_uss], target="value <= 5.0",
+                                       "bare forkserver child", [bare_uss], target="value <= 4.5",
                                        notes=f"median over {n} idle counter sandboxes; "
                                              f"total USS ~{uss * n:.0f} MiB"))
             records.append(make_record("sandbox_memory", f"PSS per sandbox at N={n}", [pss], "MiB",

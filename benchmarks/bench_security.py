@@ -269,7 +269,7 @@ def main(quick: bool = False) -> list[Record]:
             proj, floor = monitor_cost(pids[:n], passes)
             pct = [c / 1.0 * 100 for c in proj]  # one pass per 1 s interval
             fpct = [c / 1.0 * 100 for c in floor]
-            target = "value < 5.0" if n >= 1000 else None
+            target = "value < 3.0" if n >= 1000 else None
             records.append(make_record(
                 "monitor_overhead", f"CPU of sampling {n} sandboxes at 1 s", pct,
                 "% of a core", "plain psutil cpu_times+memory_info", fpct, target=target,

@@ -192,15 +192,19 @@ class Sandbox:
         """The sandbox's info; SandboxNotFound if this handle's sandbox was destroyed
         (its id may name another sandbox now: a handle belongs to one sandbox)."""
         info: dict[str, Any] = self.runtime.get_sandbox_info(self.id)
-        if self._created is None:
-            self._created = info.get("created_at")
-        elif info.get("created_at") != self._created:
-            raise SandboxNotFound(self.id)
+        self._bind(info.get("created_at"))
         return info
 
+    def _bind(self, created_at: Any) -> None:
+        if self._created is None:
+            self._created = created_at
+        elif created_at != self._created:
+            raise SandboxNotFound(self.id)
+
     def _owned(self) -> str:
-        # Operations by id check first that the id still names this handle's sandbox.
-        self._check_owner()
+        # Operations by id check first that the id still names this handle's sandbox
+        # (its creation time only: the full info also asks the monitor for usage).
+        self._bind(self.runtime._read("created_at", self.id))
         return self.id
 
     def call(self, actor: str, request: Any, *, timeout: float | None = DEFAULT_TIMEOUT) -> Any:

@@ -56,6 +56,7 @@ from runtime.actor import ExitReason
 from runtime.child.swap import ModuleCode
 from runtime.errors import ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
 from runtime.wire.shipping import ship
+from sandbox.reload_ack import shipped_digests, verify_swap
 
 if TYPE_CHECKING:
     from sandbox.api import Runtime
@@ -242,13 +243,15 @@ def hot_reload(
     """
     check_arguments(sandbox_id, source=source, modules=modules)
     t0 = time.perf_counter()
-    info = rt.get_sandbox_info(sandbox_id)
-    if migrate is not None and info["profile"] == "high":
+    # One round trip to each component a reload needs (manager, compiler, versions
+    # before the swap; versions and manager after): each is a thread hand-off.
+    ctx = rt._read("reload_context", sandbox_id)
+    if migrate is not None and ctx.profile == "high":
         raise SecurityViolation(
             f"sandbox {sandbox_id!r} runs under the 'high' profile, which cannot receive "
             "functions: use code_change in the new class instead of migrate="
         )
-    slot = rt._slot(sandbox_id)
+    slot = ctx.slot
     compiler, versions = rt.component("compiler"), rt.component("versions")
     report = ReloadReport(sandbox=sandbox_id, at=time.time())
     meta = {"sandbox": sandbox_id, "runtime": rt.name}
@@ -257,56 +260,53 @@ def hot_reload(
         overlay = None
         removed: list[str] = []
         try:
-            cache = rt._manager("cache_dir", sandbox_id)
+            cache = ctx.cache_dir
             opts: dict[str, Any] = {
-                "profile": info["profile"], "cache_dir": cache, "timeout": COMPILE_TIMEOUT,
+                "profile": ctx.profile, "cache_dir": cache, "timeout": COMPILE_TIMEOUT,
                 # the sandbox's compile options, unless this call overrides them
-                **compiler_options(info.get("compile") or {}, compile_timeout=compile_timeout,
+                **compiler_options(ctx.compile or {}, compile_timeout=compile_timeout,
                                    compile_memory_mb=compile_memory_mb,
                                    compile_cpu_seconds=compile_cpu_seconds),
             }
             if source:
                 # Only the modules given are compiled (the rest of the copy is there
                 # so their imports resolve), then made to look compiled in the app.
-                overlay, written = _overlay(info["path"], info["workdir"], source)
+                overlay, written = _overlay(ctx.path, ctx.workdir, source)
                 result = compiler.invoke("incremental_compile", overlay, list(written), **opts)
-                _relocate(result, overlay, info["path"], written)
+                _relocate(result, overlay, ctx.path, written)
             elif changed_files is not None:
                 result = compiler.invoke(
-                    "incremental_compile", info["path"], list(changed_files), **opts
+                    "incremental_compile", ctx.path, list(changed_files), **opts
                 )
             elif modules is not None:
-                result = compiler.invoke("compile_sandbox", info["path"], **opts)
+                result = compiler.invoke("compile_sandbox", ctx.path, **opts)
             else:
                 # Compile only the files whose bytes differ from the code the sandbox
                 # runs (hashed, never judged by mtime): no cache lookups for the rest.
-                todo = _changed_on_disk(info["path"], cache, slot.modules)
-                result = compiler.invoke("incremental_compile", info["path"], todo, **opts)
+                todo = _changed_on_disk(ctx.path, cache, slot.modules)
+                result = compiler.invoke("incremental_compile", ctx.path, todo, **opts)
             report.diagnostics = [str(d) for d in result.diagnostics]
             audit_warned(rt.component("security"), sandbox_id, result)  # profile's warn groups
             result.raise_for_errors()
             # Deleted files: their modules are unloaded by this swap (or it is refused).
             removed = [] if source else _loaded_but_deleted(result, slot.modules)
+            asked = None
             if modules is not None:
-                wanted = list(dict.fromkeys(modules))
-                missing = [m for m in wanted if m not in result.modules]
+                asked = list(dict.fromkeys(modules))
+                missing = [m for m in asked if m not in result.modules]
                 if missing:
                     raise ReloadFailed(
                         f"cannot reload {', '.join(missing)}: not a module of the app "
                         f"(modules: {', '.join(sorted(result.modules))})",
                         module=missing[0], step="plan",
                     )
-            else:
-                wanted = versions.invoke("changed_modules", sandbox_id, result)
+            proposal = versions.invoke("plan_reload", sandbox_id, result, modules=asked,
+                                       removed=removed)  # actors/versions.py
+            wanted, plan, new_versions = proposal.wanted, proposal.plan, proposal.versions
             if not wanted and not removed:
                 span_md.update(modules=[], changed=[])
                 return report
-            _check_importers(versions.invoke("get_dependency_graph", sandbox_id),
-                             result.modules, removed)
-            plan = versions.invoke("calculate_reload_order", sandbox_id, wanted, pending=result)
-            new_versions = versions.invoke(
-                "record", sandbox_id, [result.modules[m] for m in wanted], dry_run=True
-            )
+            _check_importers(proposal.graph, result.modules, removed)
             units = [
                 [_code_for(m, result.modules, slot.modules, new_versions).to_wire() for m in unit]
                 for unit in plan.units
@@ -576,6 +576,7 @@ def _swap(
                 "(raise timeout= for a slow code_change)",
                 module=changed[0] if changed else None, step="timeout",
             ) from None
+        verify_swap(proc, sandbox_id, shipped_digests(units), None)
         return {"actors": 0, "warnings": [
             f"the sandbox committed the swap but its report did not arrive within {timeout}s"]}
     if not result.get("ok"):
@@ -586,6 +587,8 @@ def _swap(
         )
         err.remote_traceback = result.get("traceback", "")  # type: ignore[attr-defined]
         raise err
+    # Recorded only if the sandbox installed, and serves, exactly what was shipped.
+    verify_swap(proc, sandbox_id, shipped_digests(units), result.get("installed", {}))
     return result
 
 

@@ -158,6 +158,30 @@ def test_counter_gains_a_field_then_rolls_back(sandbox_factory):
     assert status["kind"] == "rollback" and status["ok"] and status["versions"] == {"counter": 1}
 
 
+def test_a_reload_asks_each_component_once(sandbox_factory, monkeypatch):
+    """Each round trip to a component actor is a thread hand-off (40 us and more on a
+    VM): a reload makes one per component before the swap and one after."""
+    from runtime.component import ComponentRef
+
+    sb = counter_at_42(sandbox_factory)
+    asked: list[str] = []
+    me = threading.get_ident()
+    invoke = ComponentRef.invoke
+
+    def counted(self, op, *args, **kwargs):
+        if threading.get_ident() == me:  # not the components' own calls to each other
+            asked.append(op)
+        return invoke(self, op, *args, **kwargs)
+
+    write(sb, "counter.py", COUNTER_V2)
+    monkeypatch.setattr(ComponentRef, "invoke", counted)
+    report = sb.hot_reload(extra="migrated")
+    assert report.ok and report.changed == ["counter"]
+    assert asked == ["created_at", "reload_context", "set_status", "incremental_compile",
+                     "plan_reload", "record", "set_status"]
+    assert sb.call("counter", "get") == {"count": 42, "label": "migrated"}
+
+
 def test_reload_with_nothing_changed_swaps_nothing(sandbox_factory):
     sb = counter_at_42(sandbox_factory)
     report = sb.hot_reload()

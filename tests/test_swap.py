@@ -49,6 +49,37 @@ def test_a_flat_state_is_copied_without_pickle():
     assert swap._restore(swap._snapshot(7)) == 7
 
 
+def test_a_state_of_scalars_and_live_objects_is_copied_shallow_whatever_its_size():
+    lock = threading.Lock()
+    refs = [lock] * 1000 + [1, "a"]
+    snap = swap._snapshot(refs)
+    assert not isinstance(snap, swap._Snapshot)  # no pickle round trip
+    copy = swap._restore(snap)
+    assert copy == refs and copy is not refs and copy[0] is lock
+    state = {"peers": lock, "n": 2}
+    assert swap._restore(swap._snapshot(state)) == state
+    assert isinstance(swap._snapshot({"nested": [1]}), swap._Snapshot)  # deep: pickled
+
+
+@pytest.mark.parametrize("source, holdable", [
+    ("from runtime.genserver import GenServer\nclass S(GenServer): pass\n", False),
+    ("from runtime.genserver import GenServer\nclass S(GenServer):\n    class Msg: pass\n",
+     True),
+    ("class Point: pass\n", True),
+    ("X = 1\ndef f(): return X\n", False),
+])
+def test_holders_are_looked_for_only_when_a_reloaded_module_defines_state_classes(
+        source, holdable):
+    name = f"swaptest_holdable_{uuid.uuid4().hex[:8]}"
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    try:
+        exec(compile(source, f"{name}.py", "exec"), vars(module))
+        assert swap._state_classes_in([name, "not_loaded_yet"]) is holdable
+    finally:
+        del sys.modules[name]
+
+
 def _local_function():
     def inner():
         return 1

@@ -201,3 +201,20 @@ def test_records_a_real_compile_and_its_graph(
     plan = versions.invoke("calculate_reload_order", "sb", ["pkg.util"])
     assert plan.units == [["pkg.util"], ["pkg", "pkg.core"], ["main"]]
     assert plan.cycles == [["pkg", "pkg.core"]]
+
+
+def test_plan_reload_answers_what_four_operations_would(versions: ComponentRef) -> None:
+    versions.invoke("record", "sb", [mod("main", "import b", ("b",)), mod("b", "x = 1")])
+    compiled = {"main": mod("main", "import b", ("b",)), "b": mod("b", "x = 2")}
+    proposal = versions.invoke("plan_reload", "sb", compiled)
+    assert proposal.wanted == versions.invoke("changed_modules", "sb", compiled) == ["b"]
+    assert proposal.graph == versions.invoke("get_dependency_graph", "sb")
+    assert proposal.plan == versions.invoke("calculate_reload_order", "sb", ["b"],
+                                            pending=compiled)
+    assert proposal.plan.units == [["b"], ["main"]]
+    assert proposal.versions == {"b": 2}  # a dry run: nothing recorded
+    assert versions.invoke("get_current_version", "sb", "b").version == 1
+    asked = versions.invoke("plan_reload", "sb", compiled, modules=["main"])
+    assert asked.wanted == ["main"] and asked.versions == {"main": 1}
+    same = {"b": mod("b", "x = 1")}
+    assert versions.invoke("plan_reload", "sb", same).plan is None  # nothing to do

@@ -235,6 +235,12 @@ def _op_reload_cancel(server: ChildServer, payload: Any) -> str:
     return swap.cancel_reload(str(payload))
 
 
+@register_system_op("code_digests")  # inline: a cheap look at sys.modules
+def _op_code_digests(server: ChildServer, payload: Any) -> dict[str, str | None]:
+    """The SHA-256 of the code each named app module runs from (see swap.serving)."""
+    return swap.serving(payload if isinstance(payload, list) else [])
+
+
 @register_system_op("snapshot", threaded=True)
 def _op_snapshot(server: ChildServer, payload: Any) -> dict[str, Any]:
     """Every named actor's state as plain data (see :mod:`runtime.child.snapshot`)."""

@@ -6,8 +6,22 @@ host's loopback switched off (``--disable-host-loopback``) and no DNS relay
 (``--disable-dns``). It relays to anywhere, so the allowlist is enforced in the
 namespace itself by an nftables ruleset (through libnftables, also from Debian),
 loaded as root before the sandbox's UID changes: outgoing packets leave only to
-the listed addresses and ports. Names are resolved once, by the sandbox process
-before it leaves the host's namespace, into a private ``/etc/hosts``.
+the listed addresses and ports.
+
+IPv4 and IPv6: a name's A and AAAA records are both allowed; slirp4netns gets
+``--enable-ipv6`` when an IPv6 address is listed. Its IPv6 network is fixed at
+``fd00::/64`` (no option moves it) and stands for slirp4netns itself, so an IPv6
+destination in that prefix cannot be reached from a sandbox: such an address in
+``net_allow`` fails creation, and a name's addresses in it are left out.
+
+Names are resolved by the sandbox process before it leaves the host's namespace,
+into a private ``/etc/hosts``, and again every :data:`REFRESH_SECONDS` (Python's
+resolver does not expose the records' TTL) by a small helper that stays in the
+host's namespaces as root: when a name's addresses change it reloads the
+firewall inside the sandbox's network namespace (from a short-lived child that
+joins it) and rewrites the sandbox's ``/etc/hosts`` in place, so an allowlisted
+name whose address changes keeps working. The helper holds nothing of the
+sandbox's but the pipe whose end (EOF) tells it the sandbox is gone.
 
 Called by :func:`runtime.child.isolation.apply`: :func:`start` before
 ``unshare`` (the helper that becomes slirp4netns must stay in the host's
@@ -18,9 +32,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["INSTALL", "TAP", "finish", "kill_helper", "ruleset", "start"]
+from runtime.child.mounts import HOSTS_DIR
+
+__all__ = ["INSTALL", "REFRESH_SECONDS", "SLIRP_V6_NET", "TAP", "finish", "hosts_file",
+           "kill_helper", "refresh", "resolve", "ruleset", "start"]
 
 #: What to install when a tool is missing.
 INSTALL = {
@@ -31,6 +49,40 @@ INSTALL = {
 TAP = "tap0"
 #: How long the sandbox waits for slirp4netns to bring the device up.
 READY_TIMEOUT = 10.0
+#: How often the allowlist's names are resolved again.
+REFRESH_SECONDS = 30.0
+#: slirp4netns's own IPv6 network: unreachable as a destination.
+SLIRP_V6_NET = "fd00::/64"
+
+Resolved = list[tuple[str, list[str], int]]
+
+
+def resolve(egress: list[Any]) -> Resolved:
+    """``[(name, addresses, port)]`` for an allowlist: IPv4 and IPv6 addresses,
+    without those in :data:`SLIRP_V6_NET`; OSError when an entry has none left.
+
+    >>> resolve([("192.0.2.7", 443), ("2001:db8::1", 0)])
+    [('192.0.2.7', ['192.0.2.7'], 443), ('2001:db8::1', ['2001:db8::1'], 0)]
+    """
+    import ipaddress
+    import socket
+
+    slirp = ipaddress.ip_network(SLIRP_V6_NET)
+    out: Resolved = []
+    for host, port in egress:
+        try:
+            infos = socket.getaddrinfo(str(host), None, socket.AF_UNSPEC, socket.SOCK_STREAM)
+        except OSError as exc:
+            raise OSError(f"net_allow {host}:{port}: cannot resolve {host!r}: {exc}") from None
+        found = {ipaddress.ip_address(str(i[4][0]).split("%")[0]) for i in infos}
+        ips = sorted((a for a in found if a not in slirp), key=lambda a: (a.version, a))
+        if not ips:
+            raise OSError(
+                f"net_allow {host}:{port}: {host!r} is in {SLIRP_V6_NET}, the IPv6 network "
+                "slirp4netns keeps for itself: a sandbox cannot reach it (list an address "
+                "outside it, or the host's IPv4 address)")
+        out.append((str(host), [str(a) for a in ips], int(port)))
+    return out
 
 
 def start(egress: list[Any]) -> dict[str, Any]:
@@ -41,15 +93,7 @@ def start(egress: list[Any]) -> dict[str, Any]:
 
         helper = start([("api.example.com", 443)])
     """
-    import socket
-
-    resolved: list[tuple[str, list[str], int]] = []
-    for host, port in egress:
-        try:
-            infos = socket.getaddrinfo(str(host), None, socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as exc:
-            raise OSError(f"net_allow {host}:{port}: cannot resolve {host!r}: {exc}") from None
-        resolved.append((str(host), sorted({str(i[4][0]) for i in infos}), int(port)))
+    resolved = resolve(egress)
     exe = shutil.which("slirp4netns")
     if exe is None:
         raise OSError(INSTALL["slirp4netns"])
@@ -76,18 +120,122 @@ def start(egress: list[Any]) -> dict[str, Any]:
                 os.dup2(null, fd)
             for fd in keep:
                 os.set_inheritable(fd, True)
+            v6 = ["--enable-ipv6"] if any(":" in ip for _n, ips, _p in resolved for ip in ips) else []
             os.execv(exe, [
                 exe, "--configure", "--disable-host-loopback", "--disable-dns",
-                "--enable-sandbox", "--enable-seccomp",
+                "--enable-sandbox", "--enable-seccomp", *v6,
                 f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", str(me), TAP,
             ])
         finally:
             os._exit(127)
+    refresher = None
+    if any(_is_name(name) for name, _ips, _port in resolved):
+        refresher = _fork_refresher(me, egress, resolved, exit_r)
     for fd in (go_r, ready_w, exit_r):
         os.close(fd)
     # exit_w stays open for the life of this process (non-inheritable, so its own
-    # children do not hold it): at its end slirp4netns sees EOF and exits.
-    return {"pid": pid, "go": go_w, "ready": ready_r, "exit": exit_w, "resolved": resolved}
+    # children do not hold it): at its end slirp4netns (and the refresher) see EOF.
+    return {"pid": pid, "go": go_w, "ready": ready_r, "exit": exit_w, "resolved": resolved,
+            "refresher": refresher}
+
+
+def _is_name(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def hosts_file(resolved: Resolved) -> str:
+    """The sandbox's /etc/hosts: its own loopback names and the allowlist's names.
+
+    >>> print(hosts_file([("api.example.com", ["192.0.2.7", "2001:db8::7"], 443)]), end="")
+    127.0.0.1 localhost
+    ::1 localhost
+    192.0.2.7 api.example.com
+    2001:db8::7 api.example.com
+    """
+    lines = ["127.0.0.1 localhost", "::1 localhost"]
+    lines += [f"{ip} {name}" for name, ips, _port in resolved for ip in ips if _is_name(name)]
+    return "\n".join(lines) + "\n"
+
+
+def _fork_refresher(sandbox: int, egress: list[Any], resolved: Resolved, exit_r: int) -> int:
+    """Fork the helper that resolves the allowlist's names again every
+    :data:`REFRESH_SECONDS` until ``exit_r`` reaches EOF (the sandbox is gone)."""
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    try:  # the helper: root, in the host's namespaces, nothing of the sandbox's held
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd > 2 and fd != exit_r:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        _refresh_loop(sandbox, egress, resolved, exit_r)
+    finally:
+        os._exit(0)
+
+
+def _refresh_loop(sandbox: int, egress: list[Any], resolved: Resolved, exit_r: int) -> None:
+    import select
+
+    while not select.select([exit_r], [], [], REFRESH_SECONDS)[0]:
+        resolved = refresh(sandbox, egress, resolved)
+
+
+def refresh(
+    sandbox: int, egress: list[Any], resolved: Resolved,
+    lookup: Callable[[list[Any]], Resolved] = resolve,
+) -> Resolved:
+    """One round of the refresher: resolve ``egress`` again (``lookup``) and, if the
+    addresses changed, reload the firewall in the network namespace of process
+    ``sandbox`` and rewrite its /etc/hosts; returns what is in force now. As root,
+    from the host's namespaces; a failed lookup or update keeps the last addresses::
+
+        resolved = refresh(pid, [("api.example.com", 443)], resolved)
+    """
+    try:
+        fresh = lookup(egress)
+        if fresh == resolved:
+            return resolved
+        if os.stat(f"/proc/{sandbox}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
+            return resolved  # not (or no longer) in its own namespace: nothing to change
+        if not _in_netns(sandbox, ruleset(fresh)):
+            return resolved
+        with open(f"/proc/{sandbox}/root{HOSTS_DIR}/hosts", "w", encoding="utf-8") as fh:
+            fh.write(hosts_file(fresh))
+    except OSError:
+        return resolved
+    return fresh
+
+
+def _in_netns(sandbox: int, rules: str) -> bool:
+    """Load ``rules`` inside the sandbox's network namespace, from a child that joins
+    it (this helper must stay in the host's, for name resolution); True on success."""
+    fd = os.open(f"/proc/{sandbox}/ns/net", os.O_RDONLY)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                if _libc().setns(fd, _CLONE_NEWNET) != 0:  # os.setns is Python 3.12+
+                    os._exit(1)
+                _nft(rules)
+                os._exit(0)
+            finally:
+                os._exit(1)
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def finish(helper: dict[str, Any]) -> str:
@@ -100,6 +248,11 @@ def finish(helper: dict[str, Any]) -> str:
     """
     import select
 
+    v6 = any(":" in ip for _name, ips, _port in helper["resolved"] for ip in ips)
+    if v6:  # the tap device takes its address from slirp4netns's router adverts, at once
+        for key, value in (("accept_dad", "0"), ("accept_ra", "2")):
+            with open(f"/proc/sys/net/ipv6/conf/default/{key}", "w") as fh:
+                fh.write(value)
     os.write(helper["go"], b"1")
     os.close(helper["go"])
     try:
@@ -108,14 +261,40 @@ def finish(helper: dict[str, Any]) -> str:
             raise OSError(f"slirp4netns did not come up within {READY_TIMEOUT:g}s")
     finally:
         os.close(helper["ready"])
+    if v6:
+        _wait_for_ipv6()
     _nft(ruleset(helper["resolved"]))
-    lines = ["127.0.0.1 localhost", "::1 localhost"]
-    lines += [f"{ip} {name}" for name, ips, _port in helper["resolved"] for ip in ips]
-    return "\n".join(lines) + "\n"
+    return hosts_file(helper["resolved"])
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _wait_for_ipv6() -> None:
+    """Until the tap device has a global IPv6 address and a default route."""
+    import time
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        with open("/proc/net/if_inet6") as fh:
+            addr = any(f.split()[-1] == TAP and not f.startswith("fe80") for f in fh)
+        with open("/proc/net/ipv6_route") as fh:
+            route = any(f.startswith("0" * 32 + " 00 ") and f.split()[-1] == TAP for f in fh)
+        if addr and route:
+            return
+        if time.monotonic() > deadline:
+            raise OSError(f"slirp4netns gave {TAP} no IPv6 address within {READY_TIMEOUT:g}s")
+        time.sleep(0.01)
 
 
 def kill_helper(pid: int) -> None:
-    """End the helper (or slirp4netns) after a failed set-up."""
+    """End the helper (or slirp4netns, or the refresher) after a failed set-up."""
     import signal
 
     try:
@@ -125,23 +304,33 @@ def kill_helper(pid: int) -> None:
         pass
 
 
-def ruleset(resolved: list[tuple[str, list[str], int]]) -> str:
+def ruleset(resolved: Resolved) -> str:
     """The nftables ruleset of an allowlist: output dropped except to the listed
-    addresses (and ports; 0 = any) and on the namespace's own loopback.
+    addresses (and ports; 0 = any) and on the namespace's own loopback. It replaces
+    a previous one in one transaction (the flush and the new rules apply together).
 
-    >>> print(ruleset([("api.example.com", ["192.0.2.7"], 443)]).splitlines()[4])
+    >>> print(ruleset([("api.example.com", ["192.0.2.7", "2001:db8::7"], 443)]).splitlines()[7])
           ip daddr 192.0.2.7 tcp dport 443 accept
+    >>> print(ruleset([("api.example.com", ["192.0.2.7", "2001:db8::7"], 443)]).splitlines()[9])
+          ip6 daddr 2001:db8::7 tcp dport 443 accept
     """
     rules = ['oifname "lo" accept']
+    if any(":" in ip for _name, ips, _port in resolved for ip in ips):
+        # Neighbour discovery (IPv6's ARP) with slirp4netns's virtual router only.
+        rules.append("icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, "
+                     "nd-router-solicit } accept")
     for _name, ips, port in resolved:
         for ip in ips:
+            family = "ip6" if ":" in ip else "ip"
             if port:
-                rules.append(f"ip daddr {ip} tcp dport {port} accept")
-                rules.append(f"ip daddr {ip} udp dport {port} accept")
+                rules.append(f"{family} daddr {ip} tcp dport {port} accept")
+                rules.append(f"{family} daddr {ip} udp dport {port} accept")
             else:
-                rules.append(f"ip daddr {ip} accept")
+                rules.append(f"{family} daddr {ip} accept")
     body = "\n".join(f"      {r}" for r in rules)
     return (
+        "table inet sandbox_egress {}\n"
+        "flush table inet sandbox_egress\n"
         "table inet sandbox_egress {\n"
         "  chain output {\n"
         "    type filter hook output priority 0; policy drop;\n"

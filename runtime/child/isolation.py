@@ -860,7 +860,10 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
         # Last: the filter denies mount, unshare and (maybe) execve, which the
         # layers above needed; nothing after this point does.
         try:
-            _seccomp.install(deny_exec=bool(p["seccomp"].get("deny_exec")))
+            deny_exec = bool(p["seccomp"].get("deny_exec"))
+            # Where exec is denied (high, medium) a denied call is fatal: SIGSYS,
+            # which the host counts from the exit status (actors/containment.py).
+            _seccomp.install(deny_exec=deny_exec, fatal=deny_exec)
             applied.append("seccomp")
         except OSError as exc:
             skipped["seccomp"] = str(exc)

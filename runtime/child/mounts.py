@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["PRIVATE_TMP", "TMPFS_OPTIONS", "private_view"]
+__all__ = ["HOSTS_DIR", "PRIVATE_TMP", "TMPFS_OPTIONS", "private_view"]
 
 #: Directories every sandbox gets as its own empty tmpfs (the host's stay unseen):
 #: what it leaves there ends with its mount namespace, so the next sandbox with the
 #: same UID never finds it.
 PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+#: Where the sandbox's /etc/hosts is kept (bound read-only on /etc/hosts); root
+#: may rewrite it in place when the allowlist's names resolve anew (egress.py).
+HOSTS_DIR = os.path.join(PRIVATE_TMP[0], ".sandbox-etc")
 #: Size of each private tmpfs (its pages count against the sandbox's memory cgroup).
 TMPFS_OPTIONS = "mode=1777,size=64m,nr_inodes=16384"
 
@@ -80,9 +83,8 @@ def private_view(
             if hosts is not None:  # the allowlist's names, resolved before unshare
                 # Kept in the private /tmp, in a directory of root's (the sandbox's
                 # UID can read the file, not change it).
-                d = os.path.join(PRIVATE_TMP[0], ".sandbox-etc")
-                os.makedirs(d, mode=0o755, exist_ok=True)
-                src = os.path.join(d, "hosts")
+                os.makedirs(HOSTS_DIR, mode=0o755, exist_ok=True)
+                src = os.path.join(HOSTS_DIR, "hosts")
                 with open(src, "w", encoding="utf-8") as fh:
                     fh.write(hosts)
                 os.chmod(src, 0o444)

@@ -12,8 +12,8 @@ depends on it), called with ctypes: the PyPI bindings are either for the
 system Python only or unmaintained, and libseccomp does the parts that are easy
 to get wrong by hand (architecture checks, the x32 ABI, syscall numbers).
 
-What it denies (``EPERM``; ``clone3`` gets ``ENOSYS`` so the C library falls
-back to ``clone``, whose flags the filter can see):
+What it denies (``clone3`` gets ``ENOSYS`` so the C library falls back to
+``clone``, whose flags the filter can see):
 
 - always (every profile): :data:`ALWAYS_DENIED` (tracing other processes,
   reading or writing their memory, namespaces and mounts, kernel keyrings,
@@ -21,7 +21,18 @@ back to ``clone``, whose flags the filter can see):
   ``clone`` with any ``CLONE_NEW*`` flag, and ``ioctl(TIOCSTI)`` (typing into a
   terminal);
 - when the profile does not allow ``subprocess``: :data:`EXEC_DENIED`
-  (``execve``, ``execveat``): no program can be run, however it is asked for.
+  (``execve``, ``execveat``), and :data:`FORK_DENIED` with ``clone`` without
+  ``CLONE_THREAD`` (a new process rather than a thread): no program can be
+  run, however it is asked for.
+
+How: with ``fatal`` (``high``, ``medium``: profiles without ``subprocess``) a
+denied call kills the whole process at once (``SECCOMP_RET_KILL_PROCESS``): no
+handler runs, nothing in the sandbox can hide it, and the host reads
+``SIGSYS`` from the exit status it gets from the fork server, which it counts
+as a refusal towards quarantine (:mod:`actors.containment`). Forks are killed
+too in that mode, so the call cannot be made from a child process the host
+does not reap. Without ``fatal`` (``low``, whose code is trusted) a denied
+call fails with ``EPERM``.
 
 >>> "ptrace" in ALWAYS_DENIED and "execve" in EXEC_DENIED
 True
@@ -32,9 +43,18 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import signal
 from typing import Any
 
-__all__ = ["ALWAYS_DENIED", "EXEC_DENIED", "SeccompError", "install", "unavailable"]
+__all__ = [
+    "ALWAYS_DENIED",
+    "EXEC_DENIED",
+    "FORK_DENIED",
+    "KILL_SIGNAL",
+    "SeccompError",
+    "install",
+    "unavailable",
+]
 
 #: Syscalls no sandbox needs, denied in every profile.
 ALWAYS_DENIED: tuple[str, ...] = (
@@ -88,8 +108,14 @@ ALWAYS_DENIED: tuple[str, ...] = (
 )
 #: Syscalls that start a program: denied when the profile does not allow subprocess.
 EXEC_DENIED: tuple[str, ...] = ("execve", "execveat")
+#: Syscalls that start a process, killed with ``fatal`` (``clone`` is filtered on
+#: its flags: a thread, ``CLONE_THREAD``, is not a process).
+FORK_DENIED: tuple[str, ...] = ("fork", "vfork")
+#: What a process killed by the filter dies of, as the host sees it.
+KILL_SIGNAL = signal.SIGSYS
 
 _SCMP_ACT_ALLOW = 0x7FFF0000
+_SCMP_ACT_KILL_PROCESS = 0x80000000
 _SCMP_ACT_ERRNO = 0x00050000
 _SCMP_FLTATR_CTL_TSYNC = 4
 _SCMP_CMP_EQ, _SCMP_CMP_MASKED_EQ = 4, 7
@@ -103,6 +129,7 @@ _CLONE_NEW = {
     "CLONE_NEWNET": 0x40000000,
     "CLONE_NEWTIME": 0x00000080,
 }
+_CLONE_THREAD = 0x00010000
 _TIOCSTI = 0x5412
 _INSTALL_HINT = "install libseccomp (Debian/Ubuntu: apt-get install libseccomp2)"
 
@@ -161,15 +188,18 @@ def unavailable() -> str | None:
     return None
 
 
-def install(*, deny_exec: bool) -> list[str]:
+def install(*, deny_exec: bool, fatal: bool = False) -> list[str]:
     """Load the filter into this process (irreversible); returns the syscalls denied.
 
-    Raises :class:`SeccompError` when it cannot be loaded: a sandbox whose
-    profile needs the filter must not run without it.
+    ``deny_exec``: no program may be run (nor, with ``fatal``, a process forked).
+    ``fatal``: a denied call kills the process with :data:`KILL_SIGNAL` instead of
+    failing with ``EPERM``. Raises :class:`SeccompError` when it cannot be
+    loaded: a sandbox whose profile needs the filter must not run without it.
 
     Example (in a throw-away child process only: the filter is for good)::
 
-        install(deny_exec=True)   # then os.execv(...) fails with EPERM
+        install(deny_exec=True)               # os.execv(...) fails with EPERM
+        install(deny_exec=True, fatal=True)   # os.fork() ends the process: SIGSYS
     """
     lib = _libseccomp()
     ctx = lib.seccomp_init(_SCMP_ACT_ALLOW)
@@ -177,7 +207,7 @@ def install(*, deny_exec: bool) -> list[str]:
         raise SeccompError(errno.ENOMEM, "seccomp_init failed")
     denied: list[str] = []
     try:
-        eperm = _SCMP_ACT_ERRNO | errno.EPERM
+        deny = _SCMP_ACT_KILL_PROCESS if fatal else _SCMP_ACT_ERRNO | errno.EPERM
 
         def rule(name: str, action: int, *cmps: _ArgCmp) -> None:
             nr = lib.seccomp_syscall_resolve_name(name.encode())
@@ -190,13 +220,17 @@ def install(*, deny_exec: bool) -> list[str]:
             denied.append(name)
 
         for name in ALWAYS_DENIED + (EXEC_DENIED if deny_exec else ()):
-            rule(name, eperm)
+            rule(name, deny)
+        if deny_exec and fatal:
+            for name in FORK_DENIED:
+                rule(name, deny)
+            rule("clone", deny, _ArgCmp(0, _SCMP_CMP_MASKED_EQ, _CLONE_THREAD, 0))
         # clone3 passes its flags in memory the filter cannot read: make the C
         # library fall back to clone, whose flags it can.
         rule("clone3", _SCMP_ACT_ERRNO | errno.ENOSYS)
         for flag in _CLONE_NEW.values():
-            rule("clone", eperm, _ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag))
-        rule("ioctl", eperm, _ArgCmp(1, _SCMP_CMP_EQ, _TIOCSTI, 0))
+            rule("clone", deny, _ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag))
+        rule("ioctl", deny, _ArgCmp(1, _SCMP_CMP_EQ, _TIOCSTI, 0))
         # Every thread of the process, not only the one loading it.
         lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_TSYNC, 1)
         rc = lib.seccomp_load(ctx)

@@ -58,6 +58,7 @@ import threading
 import time
 import traceback
 import types
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,7 @@ __all__ = [
     "live_servers",
     "reload_from_wire",
     "restore_states",
+    "serving",
     "snapshot_states",
     "unload_module",
     "upgrade_children",
@@ -183,14 +185,35 @@ class AppFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def exec_module(self, module: types.ModuleType) -> None:
         mc = self.modules[module.__name__]
-        code = mc.code_object()
+        code = mc.code_object()  # checked against code_sha256 when it has one
         module.__file__ = mc.file
         _remember_source(mc)
+        _EXECUTED[module] = mc.code_sha256 or hashlib.sha256(mc.code).hexdigest()
         exec(code, module.__dict__)
 
     def get_source(self, fullname: str) -> str | None:
         mc = self.modules.get(fullname)
         return mc.source if mc is not None else None
+
+
+#: The SHA-256 of the marshalled code each app module object was executed from.
+_EXECUTED: weakref.WeakKeyDictionary[types.ModuleType, str] = weakref.WeakKeyDictionary()
+
+
+def serving(names: Iterable[str]) -> dict[str, str | None]:
+    """For each module name, the SHA-256 of the code of the module object that
+    ``sys.modules`` holds now (None: not loaded, or not loaded by the app's finder).
+    The host compares it with what it shipped after a reload (the ``code_digests``
+    system op).
+
+    >>> serving(["json"])
+    {'json': None}
+    """
+    out: dict[str, str | None] = {}
+    for name in list(names)[:10_000]:
+        module = sys.modules.get(str(name))
+        out[str(name)] = _EXECUTED.get(module) if module is not None else None
+    return out
 
 
 def _remember_source(mc: ModuleCode) -> None:
@@ -333,7 +356,7 @@ _ATOMIC: frozenset[type] = frozenset(
 
 
 class _Flat:
-    """A shallow copy of a small dict or list of scalars: all the copy it needs."""
+    """A shallow copy of a dict or list of scalars and live objects: all the copy it needs."""
 
     __slots__ = ("value",)
 
@@ -341,16 +364,23 @@ class _Flat:
         self.value = value
 
 
+def _flat_items(values: Iterable[Any]) -> bool:
+    """Whether ``values`` are all scalars or live objects (kept by reference anyway)."""
+    # set(map(type, ...)) runs in C: a list of 1,000 actor refs is one class to look at
+    kinds = set(map(type, values))
+    return kinds <= _ATOMIC or all(k in _ATOMIC or _is_live(k) for k in kinds)
+
+
 def _flat_copy(state: Any) -> Any:
-    """A copy of a small dict/list/tuple holding only scalars, or None if it is not one
-    (much cheaper than a pickle round trip, and there is no object to re-bind)."""
+    """A copy of a dict/list/tuple holding only scalars and live objects (actor refs,
+    locks, ...), or None if it is not one: much cheaper than a pickle round trip, and
+    there is no object to re-bind."""
     kind = type(state)
     if kind is dict:
-        if len(state) <= 32 and all(type(k) in _ATOMIC and type(v) in _ATOMIC
-                                    for k, v in state.items()):
+        if _ATOMIC.issuperset(map(type, state)) and _flat_items(state.values()):
             return _Flat(dict(state))
     elif kind is list or kind is tuple:
-        if len(state) <= 32 and all(type(v) in _ATOMIC for v in state):
+        if _flat_items(state):
             return _Flat(list(state)) if kind is list else state
     return None
 
@@ -479,6 +509,44 @@ def _resolve(module: types.ModuleType, qualname: str) -> Any:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _new_class(old_cls: Any, actor: Any) -> Any:
+    """The class named like ``old_cls`` in its freshly staged module."""
+    module, qualname = old_cls.__module__, old_cls.__qualname__
+    try:
+        new_cls = _resolve(sys.modules[module], qualname)
+    except AttributeError:
+        raise LookupError(
+            f"class {qualname} no longer exists in {module}, but actor {actor} runs it; "
+            "keep the class or stop the actor first"
+        ) from None
+    if not isinstance(new_cls, type):
+        raise TypeError(f"{module}.{qualname} is no longer a class")
+    return new_cls
+
+
+def _state_classes_in(names: Iterable[str]) -> bool:
+    """Whether a loaded module of ``names`` defines a class whose objects an actor's
+    state may hold: any class but a GenServer (whose objects are the actors' own
+    ``impl``, never state), including classes nested in a GenServer."""
+    from runtime.genserver import GenServer
+
+    def plain(cls: type, name: str, depth: int) -> bool:
+        if not issubclass(cls, GenServer):
+            return True
+        return depth < 3 and any(
+            isinstance(v, type) and v.__module__ == name and plain(v, name, depth + 1)
+            for v in vars(cls).values())
+
+    for name in names:
+        module = sys.modules.get(name)
+        if module is None:
+            continue  # new: nothing can hold its objects yet
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and value.__module__ == name and plain(value, name, 0):
+                return True
+    return False
 
 
 def _load_migrate(migrate: Any) -> Callable[[Any, Any, Any], Any] | None:
@@ -625,21 +693,32 @@ def apply_reload(
         t_suspended = time.perf_counter()
         from runtime.genserver import SERVERS
 
-        servers = [s for s in list(SERVERS)
-                   if s.impl is not None and s.impl_cls.__module__ in new_code and _alive(s)]
-        snaps = {id(s): _snapshot(s.state) for s in servers}
         # Actors of other modules holding objects of reloaded classes: their state is
         # copied and restored too, which re-binds those objects to the new classes.
-        holders = [s for s in list(SERVERS) if s.impl is not None and _alive(s)
-                   and s.impl_cls.__module__ not in new_code and _instances_in(s.state, new_code)]
-        snaps.update((id(s), _snapshot(s.state)) for s in holders)
+        # Only looked for when a reloaded module defines a class whose objects a
+        # state can hold (not just GenServers): the walk costs every other actor.
+        holdable = _state_classes_in(new_code)
+        servers: list[Any] = []  # actors running a class of a reloaded module
+        others: list[Any] = []
+        for s in list(SERVERS):  # one pass; reloaded modules' actors are all it migrates
+            if s.impl is None:
+                continue
+            if s.impl_cls.__module__ in new_code:
+                if _alive(s):
+                    servers.append(s)
+            elif holdable and _alive(s):
+                others.append(s)
+        snaps = [_snapshot(s.state) for s in servers]
+        holders = [s for s in others if _instances_in(s.state, new_code)]
+        holder_snaps = [_snapshot(s.state) for s in holders]
         rebound: list[tuple[Any, Any]] = []
         old_modules = {n: sys.modules.get(n) for n in [*names, *removed]}
         old_finder = {n: FINDER.modules.get(n) for n in [*names, *removed]}
         old_unloaded = FINDER.unloaded & set(names)
         old_lines = {mc.file: linecache.cache.get(mc.file) for mc in new_code.values()}
-        step, module, actor = "stage", names[0] if names else None, None
+        step, module, current = "stage", names[0] if names else None, None
         staged: list[tuple[Any, Any, Any, Any]] = []
+        pickled: list[tuple[Any, _Snapshot, bool]] = []  # (server, snapshot, migrated)
         shape_notes: list[str] = []
         try:
             if removed:
@@ -661,32 +740,24 @@ def apply_reload(
             if migrate is not None:
                 step, module = "migrate", None
                 migrate_fn = _load_migrate(migrate)
-            resolved: dict[type, Any] = {}  # GenServer subclasses
-            for server in servers:
-                actor = server.actor_id
+            # Per class, once: its new class, versions, and whether it is migrated.
+            resolved: dict[type, tuple[Any, Any, Any, bool, bool]] = {}
+            for server, snap in zip(servers, snaps):
+                current = server
                 old_cls: Any = server.impl_cls  # a GenServer subclass
-                module = old_cls.__module__
-                new_cls: Any = resolved.get(old_cls)
-                if new_cls is None:
-                    step = "resolve"
-                    qualname = old_cls.__qualname__
-                    try:
-                        new_cls = _resolve(sys.modules[module], qualname)
-                    except AttributeError:
-                        raise LookupError(
-                            f"class {qualname} no longer exists in {module}, but actor "
-                            f"{server.actor_id} runs it; keep the class or stop the actor "
-                            "first"
-                        ) from None
-                    if not isinstance(new_cls, type):
-                        raise TypeError(f"{module}.{qualname} is no longer a class")
-                    resolved[old_cls] = new_cls
+                entry = resolved.get(old_cls)
+                if entry is None:
+                    step, module = "resolve", old_cls.__module__
+                    new_cls = _new_class(old_cls, server.actor_id)
+                    entry = resolved[old_cls] = (
+                        new_cls, old_cls.vsn, new_cls.vsn, module in changed_set,
+                        declares_shape(new_cls))
+                new_cls, old_vsn, new_vsn, migrating, declared = entry
                 step = "restore"
-                state = _restore(snaps[id(server)])
-                old_vsn, new_vsn = old_cls.vsn, new_cls.vsn
+                state = _restore(snap)
                 impl = new_cls()
-                impl.ref = server.ref
-                if module in changed_set:
+                impl.ref = server.impl.ref
+                if migrating:
                     if migrate_fn is not None:
                         step = "migrate"
                         state = migrate_fn(state, old_vsn, new_vsn)
@@ -694,15 +765,20 @@ def apply_reload(
                         step = "code_change"
                         state = impl.code_change(old_vsn, state, extra)
                     step = "check_state"  # runtime/child/statecheck.py
-                    if declares_shape(new_cls):
+                    if declared:
                         check_state(impl, state, server.actor_id)
-                    else:
+                    elif not (type(state) is dict and type(server.state) is dict
+                              and server.state.keys() <= state.keys()):
                         shape_notes += shape_warnings(server.actor_id, server.state, state)
                 staged.append((server, new_cls, impl, state))
-            for server in holders:
-                step, module, actor = "restore", server.impl_cls.__module__, server.actor_id
-                rebound.append((server, _restore(snaps[id(server)])))
-            step, module, actor = "commit", None, None
+                if type(snap) is _Snapshot:
+                    pickled.append((server, snap, True))
+            for server, snap in zip(holders, holder_snaps):
+                step, current = "restore", server
+                rebound.append((server, _restore(snap)))
+                if type(snap) is _Snapshot:
+                    pickled.append((server, snap, False))
+            step, module, current = "commit", None, None
             _decide_commit(reload_id, deadline)
         except BaseException as exc:
             if reload_id is not None:
@@ -720,11 +796,14 @@ def apply_reload(
                     FINDER.modules.pop(n, None)
                 else:
                     FINDER.modules[n] = old_mc
-            for file, entry in old_lines.items():
-                if entry is None:
+            for file, entry_ in old_lines.items():
+                if entry_ is None:
                     linecache.cache.pop(file, None)
                 else:
-                    linecache.cache[file] = entry
+                    linecache.cache[file] = entry_
+            actor = None
+            if current is not None:
+                module, actor = current.impl_cls.__module__, current.actor_id
             where = f" in module {module!r}" if module else ""
             if actor is not None and step in ("resolve", "restore", "code_change", "migrate",
                                               "check_state"):
@@ -738,7 +817,6 @@ def apply_reload(
                 module=module,
                 step=step,
             ) from exc
-        staged_globals = {n: vars(sys.modules[n]) for n in names if n in sys.modules}
         warnings: list[str] = list(shape_notes)
         for server, state in rebound:
             server.state = state
@@ -747,27 +825,28 @@ def apply_reload(
             server.impl = impl
             server.state = state
             server.trap_exit = new_cls.trap_exit
-            snap = snaps[id(server)]
-            if type(snap) is _Snapshot and snap.problem:
+        # Old code can only survive in what was not copied (a state copied whole, or
+        # flat, re-bound every function by name and held no generator: they do not
+        # pickle), so only the states that went through the state pickler need a look.
+        staged_globals = {n: vars(sys.modules[n]) for n in names if n in sys.modules} \
+            if pickled else {}
+        for server, snap, migrated in pickled:
+            if not migrated:
+                continue
+            if snap.problem:
                 warnings.append(
                     f"actor {server.actor_id}: its state could not be copied ({snap.problem}); "
                     "it was carried over as is, so objects of reloaded classes in it keep "
                     "their old class"
                 )
-            # Old code can only survive in what was not copied: a state copied whole
-            # re-bound every function by name (and held no generator: they do not
-            # pickle), so only the objects kept by reference need a look.
-            if type(snap) is not _Snapshot:
-                continue
-            suspects = state if snap.data is None else snap.kept
+            suspects = server.state if snap.data is None else snap.kept
             for what in _stale_code_in(suspects, staged_globals) if suspects else ():
                 warnings.append(
                     f"actor {server.actor_id} keeps {what} from the old code in its state "
                     "(it runs the old code until replaced)"
                 )
-        for server in [*servers, *holders]:
-            snap = snaps[id(server)]
-            if type(snap) is not _Snapshot or (snap.data is not None and not snap.kept):
+        for server, snap, _ in pickled:
+            if snap.data is not None and not snap.kept:
                 continue  # copied whole: every object re-bound by its class's name
             for where, obj in _instances_in(server.state, new_code):
                 if not _importable(type(obj)):
@@ -783,6 +862,7 @@ def apply_reload(
     for w in warnings:
         log.warning(w)
     return {
+        "installed": serving(names),
         "modules": names,
         "removed": removed,
         "changed": sorted(changed_set & set(names)),

@@ -816,6 +816,16 @@ class ProcessRef(ActorRef):
         """Layers not applied, with the reason."""
         return dict(self._conn.isolation_skipped)
 
+    def oldest_request(self) -> int | None:
+        """The ref of the oldest call or system request still awaiting its reply
+        (None: none); the resource monitor charges CPU to it (``cpu_seconds``)."""
+        for _ in range(3):
+            try:
+                return next(iter(self._conn.pending), None)
+            except RuntimeError:  # changed by another thread meanwhile: look again
+                continue
+        return None
+
     @property
     def exitcode(self) -> int | None:
         """The child's exit code once it has exited (negative: killed by that signal)."""

@@ -37,6 +37,15 @@ COUNTER = ROOT / "examples" / "counter"
 HIGH_RUN = Profile.derive(
     "high", name="high-run", allow_run=True, violation_threshold=50
 )
+#: ``high`` and ``medium`` with ctypes allowed as well: libc calls raise no audit
+#: event, so what these attacks meet is the OS layer alone, not the guard.
+CTYPES = [
+    Profile.derive(base, name=f"{base}-ctypes", allow_run=True, violation_threshold=50,
+                   allow=Profile.derive(base).allow | {"native"})
+    for base in ("high", "medium")
+]
+#: The OS layer must hold the same in every profile.
+OS_PROFILES = ["high-ctypes", "medium-ctypes", "low"]
 
 
 def layer_missing(layer: str) -> str | None:
@@ -122,7 +131,8 @@ def world(tmp_path: Path) -> Iterator[World]:
     w: World | None = None
     rt = sandbox.start(name=f"sec{os.getpid()}x{next(_ids)}", monitor_interval=0.2)
     try:
-        rt.register_profile(HIGH_RUN)
+        for profile in (HIGH_RUN, *CTYPES):
+            rt.register_profile(profile)
         w = World(rt, tmp_path)
         yield w
     finally:

@@ -83,10 +83,11 @@ def _threads(n: int) -> int:
     return started
 
 
-def test_thread_count_is_bounded_by_the_pids_controller(world):
+@pytest.mark.parametrize("profile", ["high-run", "medium", "low"])
+def test_thread_count_is_bounded_by_the_pids_controller(world, profile):
     if layer_missing("cgroup-pids"):
         pytest.skip(f"no pids cgroup here: {layer_missing('cgroup-pids')}")
-    sb = world.sandbox(profile="low")
+    sb = world.sandbox(profile=profile)
     d = sb.info()["cgroups"]["pids"]
     # A low ceiling for this test only (written from the host, as the runtime does).
     with open(os.path.join(d, "pids.max"), "w") as fh:

@@ -1,4 +1,4 @@
-"""A CPU spin: ended by RLIMIT_CPU (SIGXCPU), or by the monitor's CPU share limit."""
+"""A CPU spin: ended by the per-call CPU budget, or by the monitor's CPU share limit."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def test_cpu_seconds_limit_kills_the_spinner(world):
     pid = sb.pid
     got = attempt(sb, _spin, timeout=20)
     assert isinstance(got, Exception), got
+    assert "cpu_seconds" in str(got), got
     ev = world.wait_event(sb.id, "limit.exceeded")
-    assert "cpu_seconds" in ev["detail"] and "SIGXCPU" in ev["detail"], ev
+    assert "cpu_seconds" in ev["detail"], ev
     wait_for(lambda: sb.info()["pid"] not in (None, pid), 15)
     assert sb.call("counter", "incr") == 1
 

@@ -25,6 +25,7 @@ SLOW = {
     """,
     "slow.py": """
         import threading
+        import time
 
         from runtime.genserver import GenServer
 
@@ -39,7 +40,16 @@ SLOW = {
                 elif request == "spin":
                     while True:
                         pass
+                elif isinstance(request, float):  # burn this much CPU, then answer
+                    end = time.process_time() + request
+                    while time.process_time() < end:
+                        pass
                 return state + 1, state + 1
+
+            def handle_cast(self, request, state):
+                while request == "spin":
+                    pass
+                return state
     """,
 }
 
@@ -71,11 +81,42 @@ def test_a_caller_that_gives_up_early_does_not_leave_the_handler_running(world):
     assert "call_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
 
 
+def _sampled(world, sb) -> None:
+    """Wait for two samples of this process: the monitor has armed its budget."""
+    pid, seen = sb.pid, []
+    wait_for(lambda: (u := world.rt.resource_usage(sb.id)).get("pid") == pid
+             and (seen.append(u["ts"]) or len(set(seen)) >= 2), 20)
+
+
 def test_high_cpu_budget_stops_a_spin(world):
     # A deadline far away, so that on a loaded machine the CPU budget is what acts.
-    sb = world.sandbox(profile="high", app=SLOW, limits={"call_seconds": 100})
+    sb = world.sandbox(profile="high", app=SLOW, limits={"call_seconds": 100, "cpu_seconds": 1})
     pid = sb.pid
-    with pytest.raises(ResourceLimitExceeded, match="cpu_seconds"):
+    _sampled(world, sb)
+    with pytest.raises(ResourceLimitExceeded, match=r"per-call CPU budget of 1s \(cpu_seconds\)"):
         sb.call("slow", "spin", timeout=100)
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    assert "cpu_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
+    assert sb.call("slow", "count", timeout=10) == 1
+
+
+def test_the_cpu_budget_is_per_call_not_per_life(world):
+    """Calls that each stay under the budget, adding up to well over it: never killed."""
+    sb = world.sandbox(profile="high", app=SLOW, limits={"call_seconds": 100, "cpu_seconds": 1})
+    pid = sb.pid
+    _sampled(world, sb)
+    for n in range(1, 6):  # 5 x 0.25 s: with the boot, well past 1 CPU-second of life
+        assert sb.call("slow", 0.25, timeout=60) == n
+    assert sb.pid == pid and not world.events(sb.id, "limit.")
+
+
+def test_a_spin_no_call_waits_for_is_charged_too(world):
+    """A cast's handler has no caller and no deadline: a busy stretch is charged."""
+    sb = world.sandbox(profile="high", app=SLOW, limits={"cpu_seconds": 1})
+    pid = sb.pid
+    _sampled(world, sb)
+    sb.cast("slow", "spin")
+    ev = world.wait_event(sb.id, "limit.exceeded", 20)
+    assert "cpu_seconds" in ev["detail"], ev
     wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
     assert sb.call("slow", "count", timeout=10) == 1

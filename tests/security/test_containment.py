@@ -11,13 +11,14 @@ case that matters most here.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
 import uuid
 
 import pytest
-from conftest import attempt
+from conftest import OS_PROFILES, attempt
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -143,33 +144,73 @@ def test_a_listener_in_low_is_not_on_the_host(world):
 
 
 def _leave_tmp_file(name: str) -> list[str]:
+    """Through libc (no audit event where ctypes is allowed): the OS layer alone."""
+    import ctypes
     import os
 
+    libc = ctypes.CDLL(None, use_errno=True)
+    made = []
     for d in ("/tmp", "/dev/shm", "/var/tmp"):
-        with open(os.path.join(d, name), "w") as fh:
-            fh.write("left behind")
-    return sorted(os.listdir("/tmp"))
+        fd = libc.open(os.path.join(d, name).encode(), os.O_WRONLY | os.O_CREAT, 0o666)
+        if fd >= 0:
+            libc.write(fd, b"left behind", 11)
+            libc.close(fd)
+            made.append(d)
+    return made
 
 
 def _look_for(name: str) -> list[str]:
+    import ctypes
     import os
 
-    return [d for d in ("/tmp", "/dev/shm", "/var/tmp") if os.path.exists(os.path.join(d, name))]
+    libc = ctypes.CDLL(None, use_errno=True)
+    return [d for d in ("/tmp", "/dev/shm", "/var/tmp")
+            if libc.access(os.path.join(d, name).encode(), os.F_OK) == 0]
 
 
-def test_temp_files_do_not_outlive_the_sandbox(world):
+@pytest.mark.parametrize("profile", OS_PROFILES)
+def test_temp_files_do_not_outlive_the_sandbox(world, profile):
     """Files left in /tmp, /dev/shm and /var/tmp live in the sandbox's own tmpfs:
-    the host never sees them, and a new sandbox (the same id, so the same kind of
-    workdir and UID scheme) starts with none of them."""
+    the host never sees them, and neither the sandbox's next process nor a new
+    sandbox of the same id (the same kind of workdir and UID scheme) finds them."""
     name = f"left-{uuid.uuid4().hex}"
-    sb = world.sandbox(profile="low", id="tmpowner")
-    attempt(sb, _leave_tmp_file, name)
+    sb = world.sandbox(profile=profile, id=f"tmpowner-{profile}")
+    assert attempt(sb, _leave_tmp_file, name) == ["/tmp", "/dev/shm", "/var/tmp"]
+    assert attempt(sb, _look_for, name) == ["/tmp", "/dev/shm", "/var/tmp"]  # they are real
     assert not any(os.path.exists(os.path.join(d, name)) for d in ("/tmp", "/dev/shm", "/var/tmp"))
     sb.restart()
     assert attempt(sb, _look_for, name) == []
-    world.rt.destroy_sandbox("tmpowner")
-    again = world.sandbox(profile="low", id="tmpowner")
+    world.rt.destroy_sandbox(sb.id)
+    again = world.sandbox(profile=profile, id=sb.id)
     assert attempt(again, _look_for, name) == []
+
+
+def _sysv_shm(key: int, create: bool) -> int:
+    """shmget through libc: the segment's id, or -errno."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ipc_creat = 0o1000
+    rc = libc.shmget(key, 4096, (ipc_creat | 0o666) if create else 0)
+    return rc if rc >= 0 else -ctypes.get_errno()
+
+
+def _host_shm_keys() -> set[int]:
+    with open("/proc/sysvipc/shm") as fh:
+        return {int(line.split()[0]) for line in list(fh)[1:] if line.strip()}
+
+
+@pytest.mark.parametrize("profile", OS_PROFILES)
+def test_ipc_objects_left_behind_are_neither_the_hosts_nor_the_next_sandboxs(world, profile):
+    """A System V shared memory segment lives in the sandbox's IPC namespace: not in
+    the host's (``/proc/sysvipc/shm`` read by the host), gone with the process."""
+    key = 0x5A000000 + int(uuid.uuid4().hex[:5], 16)
+    sb = world.sandbox(profile=profile, id=f"ipc-{profile}")
+    assert attempt(sb, _sysv_shm, key, True) >= 0
+    assert attempt(sb, _sysv_shm, key, False) >= 0  # it is there, for the sandbox
+    assert key not in _host_shm_keys()
+    sb.restart()
+    assert attempt(sb, _sysv_shm, key, False) == -errno.ENOENT
 
 
 def _write_sibling(path: str) -> str:
