@@ -665,8 +665,9 @@ class ManagerActor(Component):
     def op_reload_context(self, sandbox_id: str) -> ReloadContext:
         """What a hot reload needs of the sandbox (profile, paths, compile settings,
         cache directory, slot), in one round trip and without the usage figures
-        ``info`` asks the monitor for."""
-        record = self._get(sandbox_id)
+        ``info`` asks the monitor for. Refused while its create or a destroy is
+        under way."""
+        record = self._settled(sandbox_id)
         config = record.config
         return ReloadContext(config.profile, config.path, record.workdir,
                              config.compile_settings(), self.cache_dir(sandbox_id), record.slot)
