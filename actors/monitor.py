@@ -762,9 +762,14 @@ def call_with_deadline(
     """
     reply = Reply()
     started = time.monotonic()
-    proc.call_into((actor, request), reply)
     wait = limit if timeout is None else min(float(timeout), limit)
-    if reply.wait(wait):
+    call_wait = getattr(proc, "call_wait", None)
+    if call_wait is not None:  # the caller reads its own answer: no thread hand-off
+        done = call_wait(actor, request, reply, wait)
+    else:
+        proc.call_into((actor, request), reply)
+        done = reply.wait(wait)
+    if done:
         try:
             return reply.result()
         except ActorDead:

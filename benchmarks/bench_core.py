@@ -6,8 +6,8 @@ In one run, interleaving project and baselines run by run, it measures:
 
 - **call round trip** host -> actor in a child process -> host, p50 and p99, against
   (a) the floor: a bare child (no runtime: ``benchmarks/_bare.py``) echoing over a
-  socketpair with the project's 4-byte-length msgpack framing and envelope (target:
-  ratio <= 2.0), (a') the same project child with every call through the actor's
+  socketpair with the project's 4-byte-length msgpack framing and envelope (targets:
+  p50 ratio <= 1.5, p99 ratio <= 2.0), (a') the same project child with every call through the actor's
   mailbox (``run_in_place=False``: what running calls in place saves) and (a'')
   pinned to one CPU (``cpu_affinity="auto"``), (b) a ``multiprocessing.Pipe`` pickle echo in a child, (c) a pykka
   ``ask`` between two threads of one process, and with the ``bench`` extra (d)
@@ -355,7 +355,8 @@ def main(quick: bool = False) -> list[Record]:
         )
 
     rtt_note = f"{sizes.calls} sequential calls per run, payload ['ping', i]"
-    for pct in ("p50", "p99"):
+    # Issue 15's targets against the bare child: p50 <= 1.5x, p99 <= 2x.
+    for pct, target in (("p50", "ratio <= 1.5"), ("p99", "ratio <= 2.0")):
         add(
             "call_roundtrip",
             f"{pct} round trip",
@@ -363,7 +364,7 @@ def main(quick: bool = False) -> list[Record]:
             "us",
             bare,
             f"floor_{pct}",
-            "ratio <= 2.0",
+            target,
             note=rtt_note,
         )
     for pct in ("p50", "p99"):

@@ -34,7 +34,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NoReturn, Protocol
 
 import pykka
 from pykka._envelope import Envelope
@@ -311,6 +311,7 @@ class Actor(pykka.ThreadingActor):
         self._exit_reason: ExitReason | None = None
         self._exited = threading.Event()
         self._started = threading.Event()
+        self._up = False  # _started is set (read on every call run in place: no method call)
         self._stop_request: ExitReason | None = None
         self._pending: set[ReplySink] = set()
         #: The reply sink of the call being handled (None outside a call).
@@ -373,6 +374,7 @@ class Actor(pykka.ThreadingActor):
         except BaseException as exc:
             self._terminate(ExitReason.from_exception(exc), run_on_exit=False)
         finally:
+            self._up = True
             self._started.set()
 
     # -- the message loop ------------------------------------------------------------
@@ -436,7 +438,7 @@ class Actor(pykka.ThreadingActor):
         Order per sender holds: the message goes ahead only of messages posted after
         it, which wait on ``_exec`` until it is done.
         """
-        if not self._started.is_set():  # on_init still runs on the actor's thread
+        if not self._up:  # on_init still runs on the actor's thread
             return False
         with self._mb:
             if self._backlog or self._stop_request is not None or self._exiting:
@@ -459,30 +461,37 @@ class Actor(pykka.ThreadingActor):
         try:
             return fn(arg)
         except BaseException as exc:
-            reason = ExitReason.from_exception(exc)
-            # Refuse new calls from now on: a caller told of this failure may call
-            # again before the actor has finished ending, and must hear "dead" at
-            # once, not have its call accepted and then dropped.
-            with self._life:
-                self._failing = True
-            # Logged once, where the failure is handled: by the supervisor (or whoever
-            # links or monitors this actor); only an actor nobody watches says it here.
-            watched = bool(self._links or self._watchers)
-            log.log(logging.DEBUG if watched else logging.ERROR, "actor %s failed: %s",
-                    self.actor_id, reason.message,
-                    extra={**reason.log_fields, "traceback": reason.traceback,
-                           "actor": self.actor_id})
-            telemetry.execute(
-                "actor.failure",
-                {"count": 1},
-                {"actor": self.actor_id, "reason": reason.message, "traceback": reason.traceback},
-            )
-            raise _Failed(reason) from exc
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> NoReturn:
+        """A hook raised ``exc``: record and report the failure, raise :class:`_Failed`."""
+        reason = ExitReason.from_exception(exc)
+        # Refuse new calls from now on: a caller told of this failure may call
+        # again before the actor has finished ending, and must hear "dead" at
+        # once, not have its call accepted and then dropped.
+        with self._life:
+            self._failing = True
+        # Logged once, where the failure is handled: by the supervisor (or whoever
+        # links or monitors this actor); only an actor nobody watches says it here.
+        watched = bool(self._links or self._watchers)
+        log.log(logging.DEBUG if watched else logging.ERROR, "actor %s failed: %s",
+                self.actor_id, reason.message,
+                extra={**reason.log_fields, "traceback": reason.traceback,
+                       "actor": self.actor_id})
+        telemetry.execute(
+            "actor.failure",
+            {"count": 1},
+            {"actor": self.actor_id, "reason": reason.message, "traceback": reason.traceback},
+        )
+        raise _Failed(reason) from exc
 
     def _handle_call(self, msg: _Call) -> None:
         self._caller = msg.reply
         try:
-            value = self._dispatch(self.on_call, msg.request)
+            try:  # self._dispatch(self.on_call, ...), inline: every call passes here
+                value = self.on_call(msg.request)
+            except BaseException as exc:
+                self._failed(exc)
         except _Failed as failed:
             self._discard(msg.reply)
             msg.reply.set_exception(
@@ -494,8 +503,10 @@ class Actor(pykka.ThreadingActor):
             self._caller = None
         if value is NOREPLY:
             return  # answered later; stays pending, so the caller hears if the actor ends
-        self._discard(msg.reply)
-        msg.reply.set_result(value)
+        reply = msg.reply
+        with self._life:  # self._discard(reply), inline: every call passes here
+            self._pending.discard(reply)
+        reply.set_result(value)
 
     def _discard(self, reply: ReplySink) -> None:
         with self._life:

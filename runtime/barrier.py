@@ -31,7 +31,10 @@ class CodeBarrier:
     """Readers-writer lock with writer priority; re-entrant for readers of one thread."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # The readers' path enters the condition's lock directly (a Condition's
+        # __enter__ is a Python call, twice on every message).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self.readers = 0
         self.writer = False
         self._writers_waiting = 0
@@ -58,7 +61,7 @@ class CodeBarrier:
         if depth:
             self._local.depth = depth + 1
             return
-        with self._cond:
+        with self._lock:
             if nested:  # the caller holds a read: no writer can be active, only waiting
                 while self.writer:
                     self._cond.wait()
@@ -73,7 +76,7 @@ class CodeBarrier:
         self._local.depth = depth
         if depth:
             return
-        with self._cond:
+        with self._lock:
             self.readers -= 1
             # Only a writer waits for the readers to drain (readers wait for writers,
             # woken by release_write): skip the notify, on every message's path.

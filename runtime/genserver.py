@@ -419,7 +419,8 @@ class ServerActor(Actor):
         try:
             super().on_receive(message)
             # Before the next message (and after a call's reply went out, as in OTP).
-            self._run_continues()
+            if self._continue is not _NONE:
+                self._run_continues()
         finally:
             BARRIER.release_read()
         return None

@@ -19,8 +19,10 @@ executor.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import os
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
@@ -38,20 +40,57 @@ __all__ = ["AsyncRuntime", "AsyncSandbox", "start_async"]
 T = TypeVar("T")
 
 
+class _Settler:
+    """Answers for one event loop, settled in batches: the reader threads queue them,
+    and one ``call_soon_threadsafe`` (a write to the loop's wake-up pipe) settles all
+    that arrived before the loop got to them, not one wake-up per answer."""
+
+    __slots__ = ("loop", "answers", "scheduled", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.answers: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]]
+        self.answers = collections.deque()
+        self.scheduled = False
+
+    def put(self, future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+        self.answers.append((future, value, exc))  # first: a drain running now may take it
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon_threadsafe(self.drain)
+
+    def drain(self) -> None:
+        self.scheduled = False  # first: an answer queued from now on schedules a drain
+        answers = self.answers
+        while answers:
+            _settle(*answers.popleft())
+
+
+_settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Settler] = (
+    weakref.WeakKeyDictionary())
+
+
+def _settler(loop: asyncio.AbstractEventLoop) -> _Settler:
+    settler = _settlers.get(loop)
+    if settler is None:
+        settler = _settlers[loop] = _Settler(loop)
+    return settler
+
+
 class _FutureSink:
     """A ReplySink resolving an asyncio future from the channel's reader thread."""
 
-    __slots__ = ("_loop", "_future")
+    __slots__ = ("_settler", "_future")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
-        self._loop = loop
+    def __init__(self, settler: _Settler, future: asyncio.Future[Any]) -> None:
+        self._settler = settler
         self._future = future
 
     def set_result(self, value: Any) -> None:
-        self._loop.call_soon_threadsafe(_settle, self._future, value, None)
+        self._settler.put(self._future, value, None)
 
     def set_exception(self, exc: BaseException) -> None:
-        self._loop.call_soon_threadsafe(_settle, self._future, None, exc)
+        self._settler.put(self._future, None, exc)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
@@ -103,11 +142,13 @@ class AsyncSandbox:
             proc = await self._process(timeout)
             future: asyncio.Future[Any] = loop.create_future()
             try:
-                ref = proc.call_into((actor, request), _FutureSink(loop, future))
+                ref = proc.call_into((actor, request), _FutureSink(_settler(loop), future))
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self.sync, "call", exc) from None
             try:
-                value = await asyncio.wait_for(future, timeout)
+                # asyncio.timeout, not wait_for: one timer handle, no task per call.
+                async with asyncio.timeout(timeout):
+                    value = await future
             except TimeoutError:
                 raise CallTimeout(f"{proc.id}/{actor}", timeout) from None
             except ActorDead:

@@ -251,3 +251,16 @@ def test_pickle_only_where_allowed() -> None:
         left.send(CALL, 1, "t", lambda: 1)
         with pytest.raises(ProtocolError, match="refusing to unpickle"):
             right.recv()
+
+
+def test_recv_some_returns_nothing_when_the_sockets_receive_timeout_runs_out(
+    pair: tuple[Channel, Channel],
+) -> None:
+    # The host's leading caller blocks in the read itself, bounded by SO_RCVTIMEO
+    # (runtime/host/process.py): an expired read is "nothing yet", not a broken channel.
+    left, right = pair
+    right._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, 20_000))
+    assert right.recv_some() == []
+    assert not right.closed
+    left.send(CAST, None, "x", 1)
+    assert [e.payload for e in right.recv_some()] == [1]

@@ -130,6 +130,17 @@ def test_a_timed_out_call_leaves_the_sandbox_serving(ref: ProcessRef):
     assert ref.call("gate", "next", timeout=10) == "next"
 
 
+def test_call_wait_reads_its_own_answer_and_leaves_a_late_one_to_the_reader(ref: ProcessRef):
+    # ProcessRef.call_wait (a call under a handler deadline): True once answered;
+    # on False the call stays pending and its late answer still reaches the reply.
+    answered = Reply()
+    assert ref.call_wait("where", "x", answered, 10) and answered.result() == "MainThread"
+    late = Reply()
+    assert ref.call_wait("gate", "block", late, 0.2) is False
+    ref.call("opener", "open", timeout=10)
+    assert late.wait(10) and late.result()[0] == "opened"
+
+
 def test_deferred_replies_work_in_place(ref: ProcessRef):
     # Answered inside the handler, which then returns NOREPLY (run in place).
     assert ref.call("gate", "answer-early") == ("early", "MainThread")

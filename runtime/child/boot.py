@@ -556,7 +556,6 @@ class ChildServer:
             self.channel.recv,
             self._dispatch,
             done=lambda: self._exit_code is not None,
-            fileno=self.channel.fileno(),
             in_place=self.boot.run_in_place,
         )
         step = relay.step

@@ -19,12 +19,15 @@ soon as the main thread is free. A long handler thus holds the others up for one
 to two slices plus one hand-off (a handler spinning in Python holds them up for
 the GIL's switch interval anyway).
 
-The timer is armed when a call is about to run in place and disarmed when the
-main thread is about to block on an empty socket: an idle sandbox gets no ticks,
-back-to-back traffic keeps it armed (a tick per slice), and a lone call pays one
-arming on its path and one disarming after its reply (about 4 us each on a
-virtual machine, where arming a timer exits to the hypervisor; a thread hand-off
-costs ten times that).
+The timer is armed when a call is about to run in place. What happens when the
+main thread is about to block on an empty socket depends on the traffic: a call
+that came more than a slice after the one before (sparse calls) disarms the timer
+there, so an idle sandbox gets no ticks and a lone call pays one arming and one
+disarming (about 2 us each on a virtual machine, where a system call can cost
+more than the Python around it); calls that come closer together (a caller
+calling back to back) leave it armed, so they pay no timer system call at all,
+and the tick that finds no call since the tick before, twice in a row, disarms
+it (a few ticks after the last call of a burst).
 
 Frames already read but not dispatched wait in a queue the helper drains first, so
 the order of dispatch is the order of arrival whichever thread dispatches.
@@ -51,9 +54,9 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # getsignal without signal's enum lookup
 import collections
-import select
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -65,11 +68,13 @@ __all__ = ["SLICE", "Relay"]
 #: thread for one to two of these is handed off (another actor's message waits that
 #: long at most, plus the hand-off).
 SLICE = 0.002
-#: Ticks finding the main thread between two calls before the timer is disarmed
-#: (a safety net: it is normally disarmed before the main thread blocks).
+#: Ticks in a row finding no call since the tick before, after which the timer is
+#: disarmed (how back-to-back traffic ends; sparse calls disarm it before blocking).
 _IDLE_TICKS = 2
 
 Unit = list[Any]  # one envelope, or consecutive casts to one target (one mailbox item)
+
+_clock = time.perf_counter
 
 
 class Relay:
@@ -78,7 +83,6 @@ class Relay:
     ``here`` says whether the dispatcher may run a call in the calling thread
     (main thread, with the time slice armed) or must post it (helper thread).
     ``done()`` true makes the helper give the reading back (the server is exiting).
-    ``fileno`` is the socket ``recv`` reads, polled before a read that may block.
     ``in_place=False``: nothing runs in place (every call goes to a mailbox).
     :meth:`step` is called in a loop by the main thread; it raises what ``recv``
     raised (``ChannelClosed``, ``ProtocolError``), also when the helper hit it.
@@ -90,18 +94,10 @@ class Relay:
         dispatch: Callable[[Unit, bool], None],
         *,
         done: Callable[[], bool] = lambda: False,
-        fileno: int | None = None,
         in_place: bool = True,
         slice_seconds: float = SLICE,
     ) -> None:
         self._recv = recv
-        # Whether a read would block (then the timer is disarmed first); without
-        # the socket's fd the timer stays armed until the idle ticks disarm it.
-        self._poll: Callable[[int], list[Any]] | None = None
-        if fileno is not None:
-            poller = select.poll()
-            poller.register(fileno, select.POLLIN)
-            self._poll = poller.poll
         self._done = done
         self._dispatch = dispatch
         self._slice = slice_seconds
@@ -116,8 +112,10 @@ class Relay:
         self._running = False  # a handler runs in place (main thread only)
         self._runs = 0  # handlers run in place so far
         self._seen = -1  # self._runs at the last tick
-        self._idle = 0  # ticks in a row that found the main thread idle
+        self._idle = 0  # ticks in a row that found no call since the tick before
         self._armed = False
+        self._last_call = 0.0  # perf_counter() when the last call ran in place
+        self._dense = False  # that call came within a slice of the one before
         self._closed = False
         self._helper: threading.Thread | None = None
         self._on_alarm = self._alarm  # one object, so getsignal() can recognise it
@@ -133,24 +131,29 @@ class Relay:
     # -- main thread -------------------------------------------------------------------
     def step(self) -> None:
         """Dispatch the next unit (reading first if none is queued)."""
-        with self._turn:
+        with self._token:  # the lock of self._turn: entered directly, it is every call's path
             while self._handed:  # after a hand-off: until the helper gives the reading back
                 self._turn.wait()
             if self._error is not None:
                 raise self._error
-            if not self._queue:
-                if self._armed and self._poll is not None and not self._poll(0):
-                    self._disarm()  # about to block: an idle sandbox gets no ticks
-                self._queue.extend(self._recv())
-            unit = self._pop()
+            queue = self._queue
+            if not queue:
+                if self._armed and not self._dense:
+                    self._disarm()  # sparse calls: an idle sandbox gets no ticks
+                queue.extend(self._recv())
+            first = queue.popleft()
+            unit = [first] if first.kind != CAST else self._casts(first)
         # Only calls run in place: casts and system ops never do, so they need no tick.
-        here = (unit[0].kind == CALL and self._timer
+        here = (first.kind == CALL and self._timer
                 and _signal.getsignal(signal.SIGALRM) is self._on_alarm)
         if not here:
             self._dispatch(unit, False)
             return
         self._running = True  # first: a tick now must not disarm the timer
         self._runs += 1
+        now = _clock()
+        self._dense = now - self._last_call < self._slice
+        self._last_call = now
         if not self._armed:
             self._armed = True
             signal.setitimer(signal.ITIMER_REAL, self._slice, self._slice)
@@ -162,12 +165,15 @@ class Relay:
                 self._want_back = True
 
     def _pop(self) -> Unit:
+        first = self._queue.popleft()
+        return [first] if first.kind != CAST else self._casts(first)
+
+    def _casts(self, first: Any) -> Unit:
+        """``first`` and the casts to the same actor right behind it: one mailbox item."""
         queue = self._queue
-        first = queue.popleft()
         unit = [first]
-        if first.kind == CAST:  # consecutive casts to one actor: one mailbox item
-            while queue and queue[0].kind == CAST and queue[0].target == first.target:
-                unit.append(queue.popleft())
+        while queue and queue[0].kind == CAST and queue[0].target == first.target:
+            unit.append(queue.popleft())
         return unit
 
     def _disarm(self) -> None:
@@ -176,14 +182,15 @@ class Relay:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _alarm(self, signum: int, frame: Any) -> None:
+        seen, runs = self._seen, self._runs
+        self._seen = runs
         if not self._running:
-            self._idle += 1
+            self._idle = self._idle + 1 if seen == runs else 0
             if self._idle >= _IDLE_TICKS or self._closed:
                 self._disarm()
             return
         self._idle = 0
-        runs, self._seen = self._seen, self._runs
-        if runs != self._runs or self._handed or self._closed:
+        if seen != runs or self._handed or self._closed:
             return  # another handler than at the last tick: give this one its slice
         self._handed = True
         self._want_back = False

@@ -18,8 +18,15 @@ What it denies (``clone3`` gets ``ENOSYS`` so the C library falls back to
 - always (every profile): :data:`ALWAYS_DENIED` (tracing other processes,
   reading or writing their memory, namespaces and mounts, kernel keyrings,
   modules, BPF, perf events, userfaultfd, io_uring, personality changes, ...),
-  ``clone`` with any ``CLONE_NEW*`` flag, and ``ioctl(TIOCSTI)`` (typing into a
-  terminal);
+  ``clone`` with any ``CLONE_NEW*`` flag, ``ioctl(TIOCSTI)`` (typing into a
+  terminal), and unix sockets that could reach the host's: ``socket(AF_UNIX)``
+  and datagram ``socketpair`` (a datagram socket can ``sendto`` any path).
+  These fail with ``EPERM`` in every profile, never kill: a read-only mount
+  does not stop ``connect`` to a socket file (``/run/dbus``, ``/dev/log``, a
+  service's socket in ``/run``), and the C library tries some on its own
+  (nscd, ``syslog``) and must fall back quietly. Stream socketpairs (the
+  channel, asyncio's self-pipe, ``multiprocessing.Pipe``) stay allowed: they are
+  connected for good;
 - when the profile does not allow ``subprocess``: :data:`EXEC_DENIED`
   (``execve``, ``execveat``), and :data:`FORK_DENIED` with ``clone`` without
   ``CLONE_THREAD`` (a new process rather than a thread): no program can be
@@ -131,6 +138,10 @@ _CLONE_NEW = {
 }
 _CLONE_THREAD = 0x00010000
 _TIOCSTI = 0x5412
+_AF_UNIX = 1
+#: Socket types that are datagrams in the unix family (``SOCK_RAW`` is taken as one).
+_SOCK_DGRAM_LIKE = (2, 3)
+_SOCK_TYPE_MASK = 0xF
 _INSTALL_HINT = "install libseccomp (Debian/Ubuntu: apt-get install libseccomp2)"
 
 
@@ -231,6 +242,11 @@ def install(*, deny_exec: bool, fatal: bool = False) -> list[str]:
         for flag in _CLONE_NEW.values():
             rule("clone", deny, _ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag))
         rule("ioctl", deny, _ArgCmp(1, _SCMP_CMP_EQ, _TIOCSTI, 0))
+        refuse = _SCMP_ACT_ERRNO | errno.EPERM
+        rule("socket", refuse, _ArgCmp(0, _SCMP_CMP_EQ, _AF_UNIX, 0))
+        for kind in _SOCK_DGRAM_LIKE:
+            rule("socketpair", refuse, _ArgCmp(0, _SCMP_CMP_EQ, _AF_UNIX, 0),
+                 _ArgCmp(1, _SCMP_CMP_MASKED_EQ, _SOCK_TYPE_MASK, kind))
         # Every thread of the process, not only the one loading it.
         lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_TSYNC, 1)
         rc = lib.seccomp_load(ctx)

@@ -61,6 +61,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -113,6 +114,11 @@ _REAP_TIMEOUT = 5.0
 #: While callers read their own replies, how often the parked reader thread looks
 #: whether they went quiet (so it takes over reading).
 _PARK = 0.05
+#: The receive timeout (SO_RCVTIMEO) of the host's socket: a leading caller blocks
+#: in the read itself (one system call per reply, as a bare client does, instead of
+#: a poll and then a read) and looks at its deadline at least this often; the last
+#: stretch before a deadline closer than this is waited for with poll.
+_LEAD_WAIT = 0.05
 #: After EOF, how long a child may take to exit on its own before it is killed.
 _EXIT_GRACE = 2.0
 #: Guard reports handled per child process; the rest are dropped (the security
@@ -256,6 +262,8 @@ class _Connection:
         self.process = proc
         self.pid = proc.pid
         self.channel = Channel(host_sock, self.read_codec)
+        usec = int(_LEAD_WAIT * 1_000_000)
+        host_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, usec))
         self.send_raw = self.channel.send_raw
         self._poll_fd = os.dup(host_sock.fileno())
         self._lead_poll.register(self._poll_fd, select.POLLIN)
@@ -372,15 +380,14 @@ class _Connection:
             route = self._route
             pending = waiter._done.locked  # true until the reply is in (Reply.done)
             while pending():
-                if deadline is None:
-                    ready = poll()
-                else:
+                if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return 0.0
-                    ready = poll(remaining * 1000.0)
-                if not ready:
-                    continue  # timed out: the loop's deadline check returns
+                    # The read itself gives up after _LEAD_WAIT (SO_RCVTIMEO); a
+                    # closer deadline is waited for exactly, with poll.
+                    if remaining < _LEAD_WAIT and not poll(remaining * 1000.0):
+                        continue  # timed out: the loop's deadline check returns
                 try:
                     route(recv())
                 except ChannelClosed:
@@ -855,6 +862,24 @@ class ProcessRef(ActorRef):
             if not reply.wait(0):  # the reply may have raced the timeout
                 raise CallTimeout(f"{self.id}/{target}", timeout)
         return reply.result()
+
+    def call_wait(self, target: str, request: Any, reply: Reply, timeout: float | None) -> bool:
+        """Send a call whose answer goes to ``reply`` and wait for it up to ``timeout``
+        seconds, reading the socket in this thread as :meth:`call` does (no thread
+        hand-off); True once the answer is in ``reply``.
+
+        On False the call stays pending: its answer still reaches ``reply`` (the
+        reader thread reads it). For a caller that keeps the reply after its own
+        wait, e.g. to watch a deadline.
+
+        >>> from runtime.actor import Reply
+        >>> callable(ProcessRef.call_wait)
+        True
+        """
+        conn = self._conn
+        conn.submit(CALL, target, request, reply)
+        left = conn.lead(reply, timeout)
+        return reply.done() or reply.wait(left)
 
     def call_into(  # type: ignore[override]
         self, request: Any, reply: ReplySink, *, run_here: bool = False

@@ -184,7 +184,10 @@ class Channel:
 
         For a reader that polls the socket first and must not stay blocked on a
         peer that sent part of a frame and stalled: after a readable poll this
-        returns at once. Ends like :meth:`recv`.
+        returns at once. On a socket with a receive timeout (``SO_RCVTIMEO``) it
+        also returns, with nothing, when the timeout runs out: a reader can then
+        block in the read itself, one system call, instead of a poll and a read.
+        Ends like :meth:`recv`.
 
         >>> import socket; from runtime.wire.mailbox import CAST
         >>> a, b = socket.socketpair(); left, right = Channel(a, Codec()), Channel(b, Codec())
@@ -210,6 +213,11 @@ class Channel:
                 raise ChannelClosed("channel was closed locally", local=True)
             try:
                 n = self._sock.recv_into(self._rbuf)
+            except BlockingIOError:
+                # A receive timeout on the socket (SO_RCVTIMEO) ran out: nothing came.
+                if once:
+                    return []
+                continue
             except ConnectionResetError:
                 n = 0  # the peer died: same as EOF, truncated frame or not
             except OSError as exc:

@@ -341,7 +341,11 @@ class Codec:
         >>> Codec().encode([1, "a"])
         b'\\x92\\x01\\xa1a'
         """
-        body = self._packer()(obj)
+        try:  # self._packer(), its common case inline: every frame passes here
+            pack = self._local.pack
+        except AttributeError:
+            pack = self._packer()
+        body = pack(obj)
         if len(body) > _PACKER_KEEP_BYTES:
             del self._local.pack
         return body
@@ -593,6 +597,19 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         buf = self._buf
+        if not buf:
+            # The common case, one whole frame in one read (a call, its reply).
+            end = len(data)
+            if end > PREFIX_SIZE:
+                size = _PREFIX.unpack_from(data)[0]
+                if size == end - PREFIX_SIZE and size <= self._max:
+                    try:
+                        env = self._codec.decode_envelope(data[PREFIX_SIZE:])
+                    except ProtocolError:
+                        pass  # the general path below reports it, with the frame's number
+                    else:
+                        self._count += 1
+                        return [env]
         if buf:
             buf += data
             src: bytes | bytearray | memoryview = buf

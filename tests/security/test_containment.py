@@ -283,3 +283,76 @@ def test_world_writable_host_dir_outside_tmp_stays_untouched(world, profile):
         assert os.listdir(target) == [], f"{profile}: {got}"
     finally:
         shutil.rmtree(target, ignore_errors=True)
+
+
+def _reach_unix_paths(stream_path: str, dgram_path: str) -> dict[str, int]:
+    """Through libc (no audit event where ctypes is allowed): connect a stream
+    socket to one host socket file, and send a datagram to another from a datagram
+    socketpair (which can address any path). Returns each step's result or -errno."""
+    import ctypes
+    import socket as _s
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def addr(path: str) -> bytes:
+        return _s.AF_UNIX.to_bytes(2, "little") + path.encode() + b"\0"
+
+    out: dict[str, int] = {}
+    fd = libc.socket(_s.AF_UNIX, _s.SOCK_STREAM, 0)
+    out["socket"] = fd if fd >= 0 else -ctypes.get_errno()
+    if fd >= 0:
+        a = addr(stream_path)
+        rc = libc.connect(fd, a, len(a))
+        out["connect"] = rc if rc >= 0 else -ctypes.get_errno()
+        if rc == 0:
+            libc.send(fd, b"escaped", 7, 0)
+        libc.close(fd)
+    pair = (ctypes.c_int * 2)()
+    rc = libc.socketpair(_s.AF_UNIX, _s.SOCK_DGRAM, 0, pair)
+    out["socketpair"] = rc if rc >= 0 else -ctypes.get_errno()
+    if rc == 0:
+        a = addr(dgram_path)
+        sent = libc.sendto(pair[0], b"escaped", 7, 0, a, len(a))
+        out["sendto"] = sent if sent >= 0 else -ctypes.get_errno()
+        libc.close(pair[0])
+        libc.close(pair[1])
+    return out
+
+
+@pytest.mark.parametrize("profile", OS_PROFILES)
+def test_host_socket_files_are_unreachable(world, profile):
+    """A socket file of the host (a service's in ``/run``, ``/dev/log``, the D-Bus
+    bus) sits on the read-only host view, and a read-only mount does not stop
+    ``connect`` or a datagram: the kernel filter refuses the unix sockets that
+    could reach one. Judged on the host: nothing accepted, nothing received."""
+    base = "/run" if os.access("/run", os.W_OK) else None
+    if base is None:
+        pytest.skip("needs a writable /run to put a host socket outside the private temp dirs")
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="sandbox-test-", dir=base)
+    os.chmod(d, 0o777)
+    stream_path, dgram_path = os.path.join(d, "s.sock"), os.path.join(d, "d.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        listener.bind(stream_path)
+        listener.listen(4)
+        dgram.bind(dgram_path)
+        dgram.setblocking(False)
+        for p in (stream_path, dgram_path):
+            os.chmod(p, 0o777)
+        sb = world.sandbox(profile=profile)
+        got = attempt(sb, _reach_unix_paths, stream_path, dgram_path)
+        assert not _accepted(listener), f"{profile}: {got}"
+        with pytest.raises(BlockingIOError):
+            dgram.recv(64)
+        assert got == {"socket": -errno.EPERM, "socketpair": -errno.EPERM}, got
+        assert sb.call("counter", "incr") == 1  # stream socketpairs (its channel) work
+    finally:
+        listener.close()
+        dgram.close()
+        for p in (stream_path, dgram_path):
+            if os.path.exists(p):
+                os.unlink(p)
+        os.rmdir(d)
