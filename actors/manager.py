@@ -24,6 +24,7 @@ stopping -> stopped, or error; every change is timestamped and emitted as the
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import shutil
@@ -36,6 +37,7 @@ from typing import Any, cast
 
 from actors import containment
 from actors.config import Limits, SandboxConfig, WatchOptions, compiler_options
+from actors.inflight import InFlight, Job, Ticket
 from actors.slot import ProcessSlot
 from actors.store import Store, StoredSandbox
 from runtime import telemetry
@@ -50,7 +52,7 @@ from runtime.errors import (
     SandboxNotFound,
     SupervisorError,
 )
-from runtime.host.process import KILL_MARGIN, start_process
+from runtime.host.process import KILL_MARGIN, ProcessRef, start_process
 from runtime.recovery import annotate as annotate_error
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
 
@@ -60,6 +62,9 @@ log = logging.getLogger("runtime.manager")
 
 #: A cold compile of a large app (worker start, scan, 100s of modules) fits in this.
 COMPILE_TIMEOUT = 120.0
+#: How long a create's or destroy's thread waits for a manager to finish its job
+#: (a manager killed meanwhile is replaced within seconds).
+JOB_TIMEOUT = COMPILE_TIMEOUT + 60.0
 
 STATUSES = (
     "initializing",
@@ -92,6 +97,10 @@ class SandboxRecord:
     recovered: str | None = None
     #: The ``sandboxes`` supervisor its own supervisor was started under.
     parent: SupervisorRef | None = None
+    #: True while its create compiles and boots outside the manager's turn.
+    creating: bool = False
+    #: True while its destroy stops it outside the manager's turn.
+    destroying: bool = False
 
     def info(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         now = time.time()
@@ -148,6 +157,14 @@ class _Recover:
 
 
 @dataclass(frozen=True)
+class _JobReady:
+    """Told by a create's or destroy's thread (or to itself by a manager starting): the
+    thread's part of ``job`` is done; the manager finishes it."""
+
+    job: Job
+
+
+@dataclass(frozen=True)
 class _ProcessEvent:
     event: str
     sandbox: str
@@ -171,9 +188,13 @@ class ManagerActor(Component):
         name: str = "manager",
         store: Store | None = None,
         start_stored: bool = True,
+        inflight: InFlight | None = None,
     ) -> None:
         super().__init__(name=name)
         self.store = store
+        #: Creates and destroys under way; the runtime's table outlives this manager,
+        #: so a successor finishes what it leaves (see :mod:`actors.inflight`).
+        self.inflight = inflight if inflight is not None else InFlight()
         #: Start the stored sandboxes that are not running (a runtime starting); a
         #: restarted manager only lists them, in status error (they had stopped).
         self.start_stored = start_stored
@@ -186,7 +207,16 @@ class ManagerActor(Component):
 
     # -- lifecycle -------------------------------------------------------------------
     def on_init(self) -> None:
-        self._rebuild()
+        # Jobs a killed predecessor left keep their ids reserved (their records are
+        # theirs, not rebuilt); each comes back to this manager once: from its thread
+        # when it is done, or from here if it was done already (a killed manager's
+        # thread may even be finishing one now: see on_info).
+        jobs = self.inflight.attach(self.ref)
+        self._rebuild(skip={job.record.config.id for job in jobs})
+        for job in jobs:
+            self.records[job.record.config.id] = job.record
+            if job.ready:
+                self.ref.tell(_JobReady(job))
         me = self.ref
 
         def forward(event: str, _m: Any, md: Any) -> None:
@@ -202,15 +232,21 @@ class ManagerActor(Component):
 
     def on_exit(self, reason: ExitReason) -> None:
         telemetry.detach(self._handler_id)
+        if not reason.abnormal:
+            # The runtime is stopping (a crash leaves the jobs to the successor): no
+            # manager will finish a job in flight, so none leaves anything behind.
+            for job in self.inflight.close():
+                _drop(job, self._component, self.base_dir)
 
-    def _rebuild(self) -> None:
-        """Recover the registry from the sandboxes supervisor (after a manager crash)."""
+    def _rebuild(self, skip: set[str]) -> None:
+        """Recover the registry from the sandboxes supervisor (after a manager crash),
+        but for the sandboxes in ``skip`` (created or destroyed by jobs in flight)."""
         sandboxes = self._sandboxes()
         for child in sandboxes.which_children():
             spec = child.spec if hasattr(child, "spec") else None
             meta = spec.meta if spec is not None else {}
-            if "config" not in meta:
-                continue
+            if "config" not in meta or meta["config"].id in skip:
+                continue  # not a sandbox, or a job in flight has its record
             record = SandboxRecord(
                 config=meta["config"],
                 slot=meta["slot"],
@@ -304,6 +340,8 @@ class ManagerActor(Component):
         """Start a sandbox whose supervisor went down with its parent, with its current code."""
         if record.status in ("stopping", "stopped", "error") or record.slot.blocked:
             return  # destroyed, or it had given up: it stays as it was
+        if record.creating or record.destroying:
+            return  # its create or destroy job starts or stops it
         old = record.supervisor
         if old is not None and old.is_alive():
             # Still shutting down after its parent's exit: it holds the sandbox's name.
@@ -323,6 +361,16 @@ class ManagerActor(Component):
             return
         if isinstance(message, Readopt):
             self._readopt(message.sandboxes)
+            return
+        if isinstance(message, _JobReady):
+            job = message.job
+            if job.finished.is_set():
+                self._finished_before(job)
+            elif self.inflight.get(job.record.config.id) is job:
+                # One a killed manager's turn started after this one attached is
+                # not in the records yet.
+                self.records.setdefault(job.record.config.id, job.record)
+                (self._finish_create if job.kind == "create" else self._finish_destroy)(job)
             return
         if containment.handle_info(self, message):  # security/limit terminations
             return
@@ -368,9 +416,30 @@ class ManagerActor(Component):
                         # ``sandboxes``; if that is the dying one, Readopt does it.
                         self._restart_lost(record)
 
+    def _finished_before(self, job: Job) -> None:
+        """A job finished by a killed predecessor's thread after this manager took over
+        its record: keep the sandbox as a rebuild would, or drop the record."""
+        record: SandboxRecord = job.record
+        if self.records.get(record.config.id) is not job.record:
+            return
+        _value, error = job.outcome
+        if job.kind == "create" and error is None and record.supervisor is not None:
+            monitor(record.supervisor, self.ref)
+        else:
+            del self.records[record.config.id]
+
     # -- operations ------------------------------------------------------------------
-    def op_create(self, config: SandboxConfig) -> dict[str, Any]:
-        if config.id in self.records:
+    def op_create(self, config: SandboxConfig) -> Ticket:
+        """Start creating a sandbox; returns the :class:`~actors.inflight.Ticket` its
+        caller waits on (the sandbox's info once its app answers).
+
+        Creates of independent sandboxes overlap, as children of a dynamic supervisor
+        do: this turn reserves the id, a thread of the create prepares containment,
+        compiles and boots the process, and a later turn (of this manager, or of its
+        successor if this one is killed meanwhile) adopts it, writes the store and
+        settles the ticket.
+        """
+        if config.id in self.records or self.inflight.get(config.id) is not None:
             raise SandboxExists(config.id)
         workdir = tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir)
         record = SandboxRecord(
@@ -378,54 +447,176 @@ class ManagerActor(Component):
             slot=ProcessSlot(config.id, runtime_id=self.runtime_id),
             workdir=workdir,
             created_at=time.time(),
+            creating=True,
         )
+        job = Job("create", record, Ticket(f"create of sandbox {config.id!r}"))
+        try:
+            held = self.inflight.add(job)  # first: until it holds the id, it owns nothing
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        if held is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise SandboxExists(config.id)
         self.records[config.id] = record
         # Set before the start, so a watcher restarting meanwhile finds it (watcher.py).
         record.slot.watch = config.watch if config.auto_reload else None
         self._set_status(record, "initializing")
-        try:
-            with telemetry.span("sandbox.create", {"sandbox": config.id, "runtime": self.runtime_id}):
-                self._set_status(record, "compiling")
-                containment.prepare(self, record)  # profile, limits, uid, cgroups
-                self._compile(record)
-                self._set_status(record, "starting")
-                self._start(record)
-                if record.slot.watch is not None:
-                    self._watch(record)
-                if self.store is not None:  # desired state: comes back after a host restart
-                    self.store.put_sandbox(StoredSandbox(
-                        config.id, config.as_dict(), workdir, record.created_at))
-        except BaseException:
-            # Leave nothing half-created behind: no process, no entry, no directory.
-            self._unwatch(config.id)
-            self._stop_supervisor(record)
-            containment.forget(self, record)
-            del self.records[config.id]
-            shutil.rmtree(workdir, ignore_errors=True)
-            shutil.rmtree(self.cache_dir(config.id), ignore_errors=True)
-            self._forget_versions(config.id)
-            raise
-        return record.info()
+        self._set_status(record, "compiling")
+        self._run_job(job, self._prepare)
+        return job.ticket
 
-    def op_destroy(self, sandbox_id: str) -> None:
-        record = self._get(sandbox_id)
-        with telemetry.span("sandbox.destroy", {"sandbox": sandbox_id, "runtime": self.runtime_id}):
-            record.slot.watch = None
-            self._unwatch(sandbox_id)
-            self._set_status(record, "stopping")
-            if self.store is not None:  # first: a host killed now does not bring it back
-                self.store.delete_sandbox(sandbox_id)
-            record.slot.close(ExitReason.shutdown("sandbox destroyed"))
-            self._stop_supervisor(record)
-            containment.forget(self, record)  # whatever escaped its process group
-            self._set_status(record, "stopped")
+    def _run_job(self, job: Job, part: Callable[[Job], None]) -> None:
+        """Run ``part(job)`` on a job thread (under the caller's correlation id),
+        hand the job to the manager of the moment, and settle the ticket once a
+        manager has finished it. The job's telemetry span (``sandbox.create`` or
+        ``sandbox.destroy``) covers all of it and ends before the caller hears."""
+        context = contextvars.copy_context()
+        sandbox_id = job.record.config.id
+
+        def run() -> None:
+            try:
+                with telemetry.span(f"sandbox.{job.kind}",
+                                    {"sandbox": sandbox_id, "runtime": self.runtime_id}):
+                    try:
+                        part(job)
+                    finally:
+                        self._hand_over(job)
+                    job.finished.wait(JOB_TIMEOUT)
+                    value, error = job.outcome
+                    if error is not None:
+                        raise error
+            except BaseException:
+                pass  # its caller hears it from the ticket
+            finally:
+                value, error = job.outcome
+                if not job.finished.is_set():
+                    error = SandboxError(
+                        f"the {job.kind} of sandbox {sandbox_id!r} was not finished within "
+                        f"{JOB_TIMEOUT}s: no manager took it over")
+                job.ticket.settle(value, error)
+
+        self.inflight.run(lambda: context.run(run))
+
+    def _hand_over(self, job: Job) -> None:
+        """A job's thread is done: tell whichever manager runs now (a manager killed
+        meanwhile is replaced by one that finds the job ready when it starts)."""
+        manager, closed = self.inflight.done(job)
+        if closed:  # the runtime is stopping: nobody adopts it
+            _drop(job, self._component, self.base_dir)
+            return
+        if manager is not None:
+            try:
+                manager.tell(_JobReady(job))
+            except SandboxError:
+                pass  # it ended: its successor finds the job at its start
+
+    def _prepare(self, job: Job) -> None:
+        """A create's slow part, on its own thread: containment (profile, limits, UID,
+        cgroups), compile (a cache hit for the 2nd..Nth sandbox of one app), and boot
+        the process until the app is ready."""
+        record = job.record
+        try:
+            containment.prepare(self, record)
+            self._compile(record)
+            process: ProcessRef | BaseException
+            try:
+                process = job.extra["process"] = boot_process(record, runtime_id=self.runtime_id)
+            except Exception as exc:
+                # Raised by the sandbox supervisor's first start, so a boot failure takes
+                # the path (and emits the events) of any start failure.
+                process = exc
+            self._set_status(record, "starting")
+            self._start_supervisor(record, process=process)
+        except BaseException as exc:
+            job.result = exc
+
+    def _finish_create(self, job: Job) -> None:
+        record, config = job.record, job.record.config
+        process = job.extra.get("process")
+        try:
+            if job.result is not None:
+                raise job.result  # containment, compile, scan or the start refused it
+            assert record.supervisor is not None
+            monitor(record.supervisor, self.ref)
+            self._set_status(record, "running")
+            if record.slot.watch is not None:
+                self._watch(record)
+            if self.store is not None:  # desired state: comes back after a host restart
+                self.store.put_sandbox(StoredSandbox(
+                    config.id, config.as_dict(), record.workdir, record.created_at))
+        except BaseException as exc:
+            if isinstance(process, ProcessRef) and record.supervisor is None:
+                process.stop(ExitReason.shutdown("create failed"))  # never adopted
+            self._abandon(record)
+            self.inflight.remove(job)
+            job.finish(error=exc)
+            if not isinstance(exc, SandboxError):
+                raise  # a bug here: the manager fails (its caller got the error)
+            return
+        record.creating = False
+        self.inflight.remove(job)
+        job.finish(record.info())
+
+    def _abandon(self, record: SandboxRecord) -> None:
+        """Leave nothing of a failed create behind: no process, no entry, no directory."""
+        if self.records.get(record.config.id) is record:
+            del self.records[record.config.id]
+        _remove_traces(record, self._component, self.base_dir)
+
+    def op_destroy(self, sandbox_id: str) -> Ticket:
+        """Start destroying a sandbox; returns the ticket its caller waits on (settled
+        once its process has stopped and nothing is left).
+
+        Destroys overlap like creates: this turn takes the sandbox out of the store and
+        closes its slot, a thread stops the sandbox's own supervisor (its process
+        stops gracefully meanwhile), and a later turn (this manager's or its
+        successor's) removes what remains and settles the ticket.
+        """
+        record = self._settled(sandbox_id)
+        job = Job("destroy", record, Ticket(f"destroy of sandbox {sandbox_id!r}"))
+        held = self.inflight.add(job)  # first: until it holds the id, it changes nothing
+        if held is not None:
+            raise _busy(sandbox_id, held)
+        record.destroying = True
+        record.slot.watch = None
+        self._unwatch(sandbox_id)
+        self._set_status(record, "stopping")
+        if self.store is not None:  # first: a host killed now does not bring it back
+            self.store.delete_sandbox(sandbox_id)
+        record.slot.close(ExitReason.shutdown("sandbox destroyed"))
+        self._run_job(job, self._take_down)
+        return job.ticket
+
+    def _take_down(self, job: Job) -> None:
+        """A destroy's slow part, on its own thread: stop the sandbox's supervisor (its
+        process stops gracefully, then is killed) and remove every trace of it."""
+        record = job.record
+        try:
+            sup = record.supervisor
+            if sup is not None:
+                sup.stop(ExitReason.shutdown("sandbox destroyed"),
+                         timeout=record.config.shutdown + KILL_MARGIN + 5.0)
+            _remove_traces(record, self._component, self.base_dir)
+        except BaseException as exc:  # a bug: the finishing turn fails the manager with it
+            job.result = exc
+
+    def _finish_destroy(self, job: Job) -> None:
+        record = self.records.get(job.record.config.id, job.record)
+        sandbox_id = record.config.id
+        self.inflight.remove(job)
+        if isinstance(job.result, BaseException):
+            job.finish(error=job.result)
+            if isinstance(job.result, SandboxError):
+                return
+            raise job.result  # a bug in the destroy's thread: the manager fails with it
+        self._set_status(record, "stopped")
+        if self.records.get(sandbox_id) is record:
             del self.records[sandbox_id]
-            shutil.rmtree(record.workdir, ignore_errors=True)
-            shutil.rmtree(self.cache_dir(sandbox_id), ignore_errors=True)
-            self._forget_versions(sandbox_id)
+        job.finish()
 
     def op_restart(self, sandbox_id: str, preserve_state: bool) -> dict[str, Any]:
-        record = self._get(sandbox_id)
+        record = self._settled(sandbox_id)
         with telemetry.span(
             "sandbox.restart",
             {"sandbox": sandbox_id, "runtime": self.runtime_id, "preserve_state": preserve_state},
@@ -458,7 +649,7 @@ class ManagerActor(Component):
             self._set_status(record, status)
 
     def op_cache_dir(self, sandbox_id: str) -> str:
-        self._get(sandbox_id)
+        self._settled(sandbox_id)  # a reload asks first: none before the create answered
         return self.cache_dir(sandbox_id)
 
     def op_record_error(self, sandbox_id: str, error: dict[str, Any]) -> None:
@@ -474,8 +665,9 @@ class ManagerActor(Component):
     def op_reload_context(self, sandbox_id: str) -> ReloadContext:
         """What a hot reload needs of the sandbox (profile, paths, compile settings,
         cache directory, slot), in one round trip and without the usage figures
-        ``info`` asks the monitor for."""
-        record = self._get(sandbox_id)
+        ``info`` asks the monitor for. Refused while its create or a destroy is
+        under way."""
+        record = self._settled(sandbox_id)
         config = record.config
         return ReloadContext(config.profile, config.path, record.workdir,
                              config.compile_settings(), self.cache_dir(sandbox_id), record.slot)
@@ -484,7 +676,7 @@ class ManagerActor(Component):
     def cache_dir(self, sandbox_id: str) -> str:
         """Compile cache of a sandbox: beside, not inside, its work directory, which
         the sandbox itself can write."""
-        return os.path.join(self.base_dir, f"{sandbox_id}.cache")
+        return _cache_dir(self.base_dir, sandbox_id)
 
     def _compile(self, record: SandboxRecord) -> None:
         """Compile (and scan) every module; record them as the first versions."""
@@ -493,7 +685,10 @@ class ManagerActor(Component):
             "compile_sandbox",
             config.path,
             profile=containment.compile_profile(record),
-            cache_dir=self.cache_dir(config.id),
+            # The compiler's own cache, shared by every sandbox: it is keyed on content
+            # (source, profile, scanner, filename), so the 2nd..Nth sandbox of one app
+            # loads what the first compiled and scanned.
+            cache_dir=None,
             timeout=COMPILE_TIMEOUT,
             **compiler_options(config.compile_settings()),
         )
@@ -520,21 +715,20 @@ class ManagerActor(Component):
         )
 
     def _unwatch(self, sandbox_id: str) -> None:
-        try:
-            self._component("watcher").invoke("unwatch", sandbox_id, timeout=60.0)
-        except SandboxError:
-            pass  # not running: a restarted watcher only watches what slot.watch says
-
-    def _forget_versions(self, sandbox_id: str) -> None:
-        try:
-            self._component("versions").invoke("forget", sandbox_id)
-        except SandboxError:
-            pass
+        _quietly(self._component, "watcher", "unwatch", sandbox_id)
 
     def _get(self, sandbox_id: str) -> SandboxRecord:
         record = self.records.get(sandbox_id)
         if record is None:
             raise SandboxNotFound(sandbox_id, list(self.records))
+        return record
+
+    def _settled(self, sandbox_id: str) -> SandboxRecord:
+        """The record, refusing one whose create or destroy is under way."""
+        record = self._get(sandbox_id)
+        held = self.inflight.get(sandbox_id)
+        if held is not None:
+            raise _busy(sandbox_id, held)
         return record
 
     def _set_status(self, record: SandboxRecord, status: str) -> None:
@@ -555,13 +749,30 @@ class ManagerActor(Component):
         sandboxes: SupervisorRef | None = None,
         *,
         quiet: bool = False,
+        process: ProcessRef | BaseException | None = None,
     ) -> None:
         """Start the sandbox's own supervisor under ``sandboxes``; waits for the app.
 
         ``quiet``: a failure to reach ``sandboxes`` (it is restarting) raises without
         marking the sandbox ``error``: a :class:`Readopt` will start it.
+        ``process``: one already booted (:func:`boot_process`), adopted by the first start.
         """
-        spec = sandbox_spec(record, runtime_id=self.runtime_id, states=states)
+        sup = self._start_supervisor(record, states, sandboxes, quiet=quiet, process=process)
+        monitor(sup, self.ref)
+        self._set_status(record, "running")
+
+    def _start_supervisor(
+        self,
+        record: SandboxRecord,
+        states: Any = None,
+        sandboxes: SupervisorRef | None = None,
+        *,
+        quiet: bool = False,
+        process: ProcessRef | BaseException | None = None,
+    ) -> SupervisorRef:
+        """The part of :meth:`_start` that needs no manager turn (a create's thread runs
+        it): the sandbox's supervisor started under ``sandboxes``."""
+        spec = sandbox_spec(record, runtime_id=self.runtime_id, states=states, process=process)
         sandboxes = sandboxes or self._sandboxes()
         if quiet and not sandboxes.is_alive():
             raise SandboxError("the sandboxes supervisor is restarting")
@@ -583,45 +794,55 @@ class ManagerActor(Component):
             record.last_error = {"kind": type(cause).__name__, "message": str(cause), "at": time.time()}
             self._set_status(record, "error")
             raise cause from None
-        monitor(sup, self.ref)
-        self._set_status(record, "running")
+        return sup
 
     def _stop_supervisor(self, record: SandboxRecord) -> None:
-        sandboxes = self._sandboxes()
-        sup_id = f"sandbox:{record.config.id}"
-        record.supervisor = None
-        for op in (sandboxes.terminate_child, sandboxes.delete_child):
-            try:
-                op(sup_id)
-            except SupervisorError:
-                pass
+        _stop_sandbox_supervisor(record, self._component)
 
 
-def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) -> ChildSpec:
+def boot_process(record: SandboxRecord, *, runtime_id: str, states: Any = None) -> ProcessRef:
+    """Start the sandbox's process with its current code; returns once the app is ready."""
+    config = record.config
+    return start_process(
+        config.entry,
+        modules=list(record.slot.modules.values()),
+        name=f"{runtime_id}/{config.id}",
+        shutdown=config.shutdown,
+        **containment.process_options(record, runtime_id),  # isolation, guard, env
+        cwd=record.workdir,
+        states=states,
+        output=record.slot.output,
+    )
+
+
+def sandbox_spec(
+    record: SandboxRecord,
+    *,
+    runtime_id: str,
+    states: Any = None,
+    process: ProcessRef | BaseException | None = None,
+) -> ChildSpec:
     """The child spec of one sandbox: its own supervisor over its process.
 
     The spec carries the configuration and the slot, so whoever holds the
-    ``sandboxes`` supervisor can rebuild the manager's registry.
+    ``sandboxes`` supervisor can rebuild the manager's registry. ``process``: one
+    booted before (outside the supervisors' turns), adopted by the first start, or
+    the exception its boot raised, raised by the first start.
     """
     config = record.config
     slot = record.slot
-    first_states = [states]  # handed to the first start only; a crash restart starts fresh
+    # Handed to the first start only; a crash restart starts fresh.
+    first: list[Any] = [states, process]
 
     def start_process_into_slot() -> Any:
-        initial, first_states[0] = first_states[0], None
-        ref = start_process(
-            config.entry,
-            modules=list(slot.modules.values()),
-            name=f"{runtime_id}/{config.id}",
-            shutdown=config.shutdown,
-            **containment.process_options(record, runtime_id),  # isolation, guard, env
-            cwd=record.workdir,
-            states=initial,
-            output=slot.output,
-        )
-        return slot.put(ref)
+        (initial, booted), first[:] = first, [None, None]
+        if isinstance(booted, BaseException):
+            raise booted
+        if booted is None or not booted.is_alive():
+            booted = boot_process(record, runtime_id=runtime_id, states=initial)
+        return slot.put(booted)
 
-    process = ChildSpec(
+    process_spec = ChildSpec(
         "process",
         start=start_process_into_slot,
         restart=cast(Restart, config.restart),  # validated by SandboxConfig.build
@@ -630,7 +851,7 @@ def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
 
     def start_sandbox_supervisor() -> SupervisorRef:
         return Supervisor.start(
-            [process],
+            [process_spec],
             strategy="one_for_one",
             max_restarts=config.max_restarts,
             max_seconds=config.max_seconds,
@@ -650,6 +871,84 @@ def sandbox_spec(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
             "created_at": record.created_at,
         },
     )
+
+
+def _busy(sandbox_id: str, job: Job) -> SandboxError:
+    """The error for an operation on a sandbox whose create or destroy is under way."""
+    if job.kind == "create":
+        return SandboxError(
+            f"sandbox {sandbox_id!r} is still being created; wait for its "
+            "create_sandbox to return, then destroy or restart it")
+    return SandboxError(
+        f"sandbox {sandbox_id!r} is being destroyed; wait for that destroy_sandbox to return")
+
+
+def _cache_dir(base_dir: str, sandbox_id: str) -> str:
+    return os.path.join(base_dir, f"{sandbox_id}.cache")
+
+
+def _remove_traces(record: SandboxRecord, component: Callable[[str], Any], base_dir: str) -> None:
+    """Everything of a sandbox but the manager's entry: its supervisor (and so its
+    process), watch, cgroups and UID's processes, registrations, directories and
+    versions. Needs no manager: a job's thread runs it when the runtime stops."""
+    sandbox_id = record.config.id
+    _quietly(component, "watcher", "unwatch", sandbox_id)
+    _stop_sandbox_supervisor(record, component)
+    containment.forget(_Components(component), record)
+    shutil.rmtree(record.workdir, ignore_errors=True)
+    shutil.rmtree(_cache_dir(base_dir, sandbox_id), ignore_errors=True)
+    _quietly(component, "versions", "forget", sandbox_id)
+
+
+def _quietly(component: Callable[[str], Any], name: str, op: str, *args: Any) -> None:
+    """``op`` of component ``name``; nothing if it is not running (a restarted one
+    starts without what this would undo)."""
+    try:
+        component(name).invoke(op, *args, timeout=60.0)
+    except SandboxError:
+        pass
+
+
+def _stop_sandbox_supervisor(record: SandboxRecord, component: Callable[[str], Any]) -> None:
+    """Stop the sandbox's own supervisor (and so its process) and remove its entry."""
+    try:
+        sandboxes = component("sandboxes")
+    except SandboxError:
+        return  # restarting: the new one starts without it
+    sup_id = f"sandbox:{record.config.id}"
+    record.supervisor = None
+    for op in (sandboxes.terminate_child, sandboxes.delete_child):
+        try:
+            op(sup_id)
+        except (SupervisorError, ActorDead):
+            pass  # not there, or the supervisor is going away (and its children with it)
+
+
+@dataclass(frozen=True)
+class _Components:
+    """What :mod:`actors.containment` needs of a manager: its component lookup."""
+
+    _component: Callable[[str], Any]
+
+
+def _drop(job: Job, component: Callable[[str], Any], base_dir: str) -> None:
+    """A job no manager will finish (the runtime is stopping): leave nothing behind,
+    tell its caller."""
+    record = job.record
+    if job.kind == "destroy":  # its thread removed everything: what the caller asked for
+        job.finish()
+        return
+    try:
+        process = job.extra.get("process")
+        if isinstance(process, ProcessRef) and record.supervisor is None:
+            process.stop(ExitReason.shutdown("runtime stopping during create"))  # never adopted
+        _remove_traces(record, component, base_dir)
+    except Exception:  # the runtime is going away: whatever is left goes with it
+        log.exception("cleaning up the unfinished create of sandbox %r", record.config.id)
+    finally:
+        job.finish(error=SandboxError(
+            f"the runtime stopped while sandbox {record.config.id!r} was being created; "
+            "nothing of it was kept: create it again in a running runtime"))
 
 
 def remove_workdirs(base_dir: str) -> None:

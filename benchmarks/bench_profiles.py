@@ -10,6 +10,17 @@ Run alone: ``python benchmarks/bench_profiles.py [--quick] [--json PATH]``.
   (psutil ``memory_full_info().uss``); baseline: the bare child's. The layers
   (namespaces, cgroups, guard, output pipes) show as the difference.
 
+- **Layers**: what each containment step costs a start, per profile, measured in a
+  child of the fork server that applies the profile's isolation plan and guard as
+  a sandbox's boot does (:mod:`benchmarks._layers`): cgroups, namespaces (and the
+  private mount view), seccomp, rlimits, privileges (no_new_privs, UID, not
+  dumpable), guard; and all of them. ``none`` is a start without containment (no
+  plan, no guard), which no profile allows: the floor. Baseline: the bare child's
+  whole start.
+- **cgroup join**: a fresh child joining a new sandbox's cgroups as the boot does
+  (cgroup v1: ``0`` written to ``tasks``), against the same child writing its pid
+  to ``cgroup.procs`` (as before), alternating, 0.2 s apart (a lone create: the
+  kernel's threadgroup lock is idle when it comes).
 Run by a user that is not root, each sandbox lives in its own user and pid
 namespace (``runtime/child/userns.py``): the records are then named ``... (userns)``
 and the namespace's init process, one per sandbox, gets a record of its own.
@@ -33,6 +44,7 @@ from benchmarks._harness import Record
 
 MIB = 1024 * 1024
 PROFILES = ("high", "medium", "low")
+LAYER_PROFILES = (*PROFILES, "none")
 APP = str(Path(__file__).resolve().parent.parent / "examples" / "counter")
 
 
@@ -111,6 +123,50 @@ def main(quick: bool = False) -> list[Record]:
                     "profile_memory", f"idle USS {profile}: namespace init", init_uss, "MiB",
                     "bare fork server child", [b[1] for b in bare],
                     notes="pid 1 of the sandbox's pid namespace, one per sandbox"))
+    records += _layer_records(runs, [b[0] for b in bare])
+    records += _join_records(runs)
+    return records
+
+
+def _join_records(runs: int) -> list[Record]:
+    from benchmarks._harness import make_record, progress
+    from benchmarks._layers import cgroup_join
+
+    progress(f"bench_profiles: cgroup join x {runs}")
+    now: list[float] = []
+    before: list[float] = []
+    for r in range(runs):
+        pair = [(now, "boot"), (before, "procs")]
+        for into, how in pair if r % 2 == 0 else pair[::-1]:
+            time.sleep(0.2)  # a quiet spell, as between lone creates
+            took = cgroup_join(how)
+            if took is None:
+                return []  # no cgroups for sandboxes on this host
+            into.append(took)
+    return [make_record("profile_layers", "cgroup join (tasks, as itself)", now, "ms",
+                        "cgroup.procs, by pid", before,
+                        notes="a fresh fork server child joining a new sandbox's pids and "
+                              "memory cgroups, 0.2 s after the previous join")]
+
+
+def _layer_records(runs: int, bare_start: list[float]) -> list[Record]:
+    from benchmarks._harness import make_record, progress
+    from benchmarks._layers import STEPS, layer_costs
+
+    records: list[Record] = []
+    for profile in LAYER_PROFILES:
+        progress(f"bench_profiles: layers of {profile} x {runs}")
+        took = [layer_costs(profile, APP)["took"] for _ in range(runs)]
+        steps = STEPS if profile != "none" else ()
+        for step in steps:
+            records.append(make_record(
+                "profile_layers", f"{step} {profile}", [t.get(step, 0.0) for t in took], "ms",
+                "bare fork server child's whole start", bare_start,
+                notes="in a fork server child, as a sandbox's boot applies it"))
+        records.append(make_record(
+            "profile_layers", f"all layers {profile}", [sum(t.values()) for t in took], "ms",
+            "bare fork server child's whole start", bare_start,
+            notes="isolation plan applied + guard installed"))
     return records
 
 

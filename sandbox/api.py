@@ -26,6 +26,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
+from actors.inflight import InFlight
 from actors.monitor import call_with_deadline
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
@@ -55,6 +56,8 @@ __all__ = ["Runtime", "Sandbox", "BatchResult", "start"]
 log = logging.getLogger("runtime")
 
 DEFAULT_TIMEOUT = 5.0
+#: How long create_sandbox and destroy_sandbox wait for their sandbox.
+CREATE_TIMEOUT = 60.0
 _runtime_ids = itertools.count(1)
 
 _RUNTIME_OPTIONS = {
@@ -478,6 +481,7 @@ class Runtime:
         self._watch_backend = watch_backend
         self._components: dict[str, ActorRef] = {}
         self._components_changed = threading.Condition()
+        self._inflight: InFlight | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> Runtime:
@@ -496,6 +500,8 @@ class Runtime:
             raise
         store.journal_abandon_pending()  # reloads a dead host left half-way: none committed
         store.prune()  # what a create killed half-way left: that sandbox does not exist
+        # Creates/destroys under way, beyond a manager's life (actors/inflight.py).
+        inflight = self._inflight = InFlight()
         def started(name: str, start: Callable[[], ActorRef]) -> Callable[[], ActorRef]:
             # Components find each other through this table, refreshed by each start:
             # asking the root supervisor instead would deadlock while the root is busy
@@ -560,6 +566,7 @@ class Runtime:
                     runtime_id=n, base_dir=self.base_dir, component=component,
                     name=f"{n}/manager", store=store,
                     start_stored="manager" not in self._components,  # the runtime's start
+                    inflight=inflight,  # creates/destroys a killed manager left
                 )),
             ),
         ]
@@ -737,6 +744,37 @@ class Runtime:
                 if perf_counter() > deadline:
                     raise
 
+    def _job(self, op: str, arg: Any, sandbox_id: str, ours: Callable[[Any], bool]) -> Any:
+        """The ticket of a create or destroy (``op``) of ``sandbox_id``.
+
+        A manager killed during the turn that starts the job may or may not have
+        started it (its thread finishes the turn; the caller hears ActorDead at once):
+        the job is then found in the runtime's in-flight table (``ours(job)``), or
+        its successor is asked again, within DEFAULT_TIMEOUT, so the caller never
+        sees the manager's crash.
+        """
+        deadline = perf_counter() + DEFAULT_TIMEOUT
+        unsure = False
+        while True:
+            try:
+                return self._manager(op, arg)
+            except ActorDead:
+                unsure = True
+            except SandboxError:
+                if not unsure:
+                    raise
+                held = self._inflight.get(sandbox_id) if self._inflight else None
+                if held is not None and ours(held):
+                    return held.ticket  # the killed manager's turn started it after all
+                raise
+            held = self._inflight.get(sandbox_id) if self._inflight else None
+            if held is not None and ours(held):
+                return held.ticket
+            if perf_counter() > deadline:
+                raise SandboxError(
+                    f"the manager kept failing while asked to {op} sandbox {sandbox_id!r}; "
+                    "check the runtime's health, then try again")
+
     def _slot(self, sandbox_id: str) -> Any:
         return self._read("slot", sandbox_id)
 
@@ -788,7 +826,10 @@ class Runtime:
             alerts=None if alerts is None
             else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds),
             net_allow=list(net_allow))
-        info = self._manager("create", config)
+        # The manager answers at once with a ticket; the create runs outside its turns
+        # and outlives a crash of it (actors/inflight.py).
+        ticket = self._job("create", config, sandbox_id, lambda job: job.record.config is config)
+        info = ticket.wait(CREATE_TIMEOUT)
         # once it exists (not on SandboxExists, which must keep the existing one's)
         self._obs.alerts.configure(sandbox_id, config.alerts)
         handle = Sandbox(self, sandbox_id)
@@ -804,7 +845,8 @@ class Runtime:
     @logs.operation("destroy")
     def destroy_sandbox(self, sandbox_id: str) -> None:
         """Stop a sandbox (gracefully, then SIGKILL) and remove all trace of it."""
-        self._manager("destroy", sandbox_id)
+        self._job("destroy", sandbox_id, sandbox_id, lambda job: job.kind == "destroy").wait(
+            CREATE_TIMEOUT)
 
     @logs.operation("restart")
     def restart_sandbox(self, sandbox_id: str, *, preserve_state: bool = False) -> dict[str, Any]:

@@ -277,3 +277,23 @@ def test_the_smoke_flag_sets_the_environment_for_what_the_script_starts(monkeypa
     assert _harness.run_script(main, ["--smoke"]) == 0
     assert seen == {"quick": False, "smoke": True}
     assert os.environ[_harness.SMOKE_ENV] == "1"
+
+
+@pytest.mark.parametrize("profile", ["low", "none"])
+def test_layer_costs_time_the_steps_a_sandbox_boot_applies(profile):
+    from benchmarks._layers import STEPS, layer_costs
+
+    out = layer_costs(profile, str(REPO / "examples" / "counter"))
+    assert set(out["took"]) <= set(STEPS) and "privileges" in out["took"], out
+    assert all(v >= 0 or k == "privileges" for k, v in out["took"].items()), out
+    if profile == "none":
+        assert out["applied"] == [] and "guard" not in out["took"]
+    else:
+        assert "guard" in out["took"] and "rlimits" in out["applied"], out
+
+
+def test_cgroup_join_times_both_ways_or_says_there_are_no_cgroups():
+    from benchmarks._layers import cgroup_join
+
+    took = [cgroup_join(how) for how in ("boot", "procs")]
+    assert all(t is None or t > 0 for t in took) and len(set(map(type, took))) == 1, took
