@@ -250,7 +250,7 @@ def test_a_script_run_alone_with_smoke_writes_valid_records(tmp_path):
     for d in data:
         check_record(d)
         assert d["runs"] == 1
-    assert {d["benchmark"] for d in data} == {"profile_create", "profile_memory"}
+    assert {d["benchmark"] for d in data} == {"profile_create", "profile_memory", "profile_layers"}
 
 
 @pytest.mark.parametrize(
