@@ -48,6 +48,19 @@ CTYPES = [
 OS_PROFILES = ["high-ctypes", "medium-ctypes", "low"]
 
 
+def host_address() -> str | None:
+    """An IPv4 address of this host other than loopback (None if it has none)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+            addr = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") else addr
+
+
 def layer_missing(layer: str) -> str | None:
     """Why an OS layer is not available here (None if it is)."""
     return isolation.detect().get(layer)

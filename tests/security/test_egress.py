@@ -14,22 +14,11 @@ import socket
 import time
 
 import pytest
-from conftest import attempt, layer_missing, wait_for
+from conftest import attempt, host_address, layer_missing, wait_for
 
 from runtime.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def _host_address() -> str | None:
-    """An IPv4 address of this host other than loopback (None if it has none)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
-            addr = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if addr.startswith("127.") else addr
 
 
 def _connect(targets: list) -> dict:
@@ -88,7 +77,7 @@ def listeners():
     for layer in ("slirp4netns", "nftables"):
         if layer_missing(layer):
             pytest.skip(f"{layer} is not installed here: {layer_missing(layer)}")
-    addr = _host_address()
+    addr = host_address()
     if addr is None:
         pytest.skip("this host has no non-loopback IPv4 address to listen on")
     ls = Listeners(addr)

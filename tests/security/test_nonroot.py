@@ -30,6 +30,7 @@ from typing import Any
 
 import psutil
 import pytest
+from conftest import host_address
 
 from runtime.child import isolation, userns
 from sandbox.testing import wait_for
@@ -86,17 +87,6 @@ def _accepted(s: socket.socket) -> bool:
         return False
 
 
-def _host_address() -> str | None:
-    """An IPv4 address of this host other than loopback (None if it has none)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
-            addr = s.getsockname()[0]
-        except OSError:
-            return None
-    return None if addr.startswith("127.") else addr
-
-
 def _fd_table(pid: int) -> dict[int, str]:
     return {int(n): os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")}
 
@@ -124,7 +114,7 @@ def run() -> Iterator[dict[str, Any]]:
         return d
 
     listener = _listener("127.0.0.1")
-    addr = _host_address()
+    addr = host_address()
     remote = {k: _listener(addr) for k in ("allowed", "other")} if addr else {}
     name = uuid.uuid4().hex
     outside = {
