@@ -19,7 +19,7 @@ from benchmarks import bench_sandboxes as b  # noqa: E402
 
 
 def main(n: int, runs: int) -> str:
-    with sandbox.start(name=f"ab-{os.getpid()}") as rt:
+    with sandbox.start() as rt:  # unnamed: its state dir is temporary
         b._create(rt, 1, "warm")
         b._destroy(rt, 1, "warm")
         b._bare(1)
