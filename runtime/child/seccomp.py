@@ -38,7 +38,7 @@ handler runs, nothing in the sandbox can hide it, and the host reads
 ``SIGSYS`` from the exit status it gets from the fork server, which it counts
 as a refusal towards quarantine (:mod:`actors.containment`). Forks are killed
 too in that mode, so the call cannot be made from a child process the host
-does not reap. Without ``fatal`` (``low``, whose code is trusted) a denied
+does not reap. Without ``fatal`` (``low``, whose code may run programs) a denied
 call fails with ``EPERM``.
 
 >>> "ptrace" in ALWAYS_DENIED and "execve" in EXEC_DENIED
