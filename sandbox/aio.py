@@ -27,10 +27,9 @@ from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
-from actors.config import AlertThresholds
 from runtime.errors import ActorDead, CallTimeout, ProtocolError
 from sandbox.api import DEFAULT_TIMEOUT, Runtime, Sandbox, start, unsendable
-from sandbox.options import CreateOptions, create_options
+from sandbox.options import CreateOptions, StartOptions, create_options
 
 if TYPE_CHECKING:
     from sandbox.hotreload import ReloadReport
@@ -324,24 +323,7 @@ class _Starting:
             await self._rt.stop()
 
 
-def start_async(
-    *,
-    name: str | None = None,
-    base_dir: str | os.PathLike[str] | None = None,
-    max_restarts: int = 10,
-    max_seconds: float = 10.0,
-    history: int = 10,
-    monitor_interval: float = 1.0,
-    audit_path: str | os.PathLike[str] | None = None,
-    watch_backend: str = "auto",
-    http: tuple[str, int] | None = None,
-    alerts: AlertThresholds | Mapping[str, Any] | None = None,
-    alert_webhook: str | Mapping[str, Any] | None = None,
-    state_dir: str | os.PathLike[str] | None = None,
-    listen: str | None = None,
-    token_file: str | os.PathLike[str] | None = None,
-    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
-) -> _Starting:
+def start_async(**options: Unpack[StartOptions]) -> _Starting:
     """Start a runtime from asyncio: ``async with start_async(...) as rt`` (stops at
     exit) or ``rt = await start_async(...)``; options as :func:`sandbox.start`.
 
@@ -355,8 +337,4 @@ def start_async(
     >>> asyncio.run(main())
     []
     """
-    return _Starting(dict(
-        name=name, base_dir=base_dir, max_restarts=max_restarts, max_seconds=max_seconds,
-        history=history, monitor_interval=monitor_interval, audit_path=audit_path,
-        watch_backend=watch_backend, http=http, alerts=alerts, alert_webhook=alert_webhook,
-        state_dir=state_dir, listen=listen, token_file=token_file, tls=tls))
+    return _Starting(create_options(options, allowed=StartOptions, function="start_async"))

@@ -1,5 +1,5 @@
-"""The keyword options of ``create_sandbox``, written once for every runtime that
-takes them.
+"""The keyword options of ``create_sandbox`` (and of ``start``), written once for
+every runtime that takes them.
 
 :meth:`sandbox.Runtime.create_sandbox` spells each option out as a real keyword
 parameter (the reference, with its defaults). The runtimes that pass the options
@@ -7,6 +7,8 @@ on (asyncio, the control clients, the cluster) take ``**options:
 Unpack[CreateOptions]``: mypy checks the names and types there as for the
 reference, and :func:`create_options` refuses a misspelt name at run time.
 ``tests/test_typing.py`` keeps the reference and :class:`CreateOptions` the same.
+:class:`StartOptions` does the same for :func:`sandbox.start` and
+:func:`sandbox.start_async`.
 
 >>> create_options({"profile": "low", "max_restarts": 2})
 {'profile': 'low', 'max_restarts': 2}
@@ -19,12 +21,13 @@ TypeError: create_sandbox() got an unexpected option 'profle' (did you mean 'pro
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, TypedDict
 
 from actors.config import AlertThresholds, Limits, WatchOptions
 
-__all__ = ["ClusterCreateOptions", "CreateOptions", "create_options"]
+__all__ = ["ClusterCreateOptions", "CreateOptions", "StartOptions", "create_options"]
 
 
 class ClusterCreateOptions(TypedDict, total=False):
@@ -52,6 +55,27 @@ class CreateOptions(ClusterCreateOptions, total=False):
     compile_memory_mb: int | None
     compile_cpu_seconds: int | None
     alerts: AlertThresholds | Mapping[str, Any] | None
+
+
+class StartOptions(TypedDict, total=False):
+    """The keyword options of :func:`sandbox.start` for a runtime on this host (all but
+    ``cluster`` and ``ray_address``); see ``start`` for each one's meaning and default."""
+
+    name: str | None
+    base_dir: str | os.PathLike[str] | None
+    max_restarts: int
+    max_seconds: float
+    history: int
+    monitor_interval: float
+    audit_path: str | os.PathLike[str] | None
+    watch_backend: str
+    http: tuple[str, int] | None
+    alerts: AlertThresholds | Mapping[str, Any] | None
+    alert_webhook: str | Mapping[str, Any] | None
+    state_dir: str | os.PathLike[str] | None
+    listen: str | None
+    token_file: str | os.PathLike[str] | None
+    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None
 
 
 def create_options(given: Mapping[str, Any], *, allowed: type = CreateOptions,

@@ -127,3 +127,11 @@ def test_lifecycle_and_errors():
             assert await rt.list_sandboxes() == []
 
     asyncio.run(main())
+
+
+def test_a_misspelt_start_option_is_refused_where_it_is_written():
+    # start_async takes **options: Unpack[StartOptions]; the name is checked at the
+    # call, before anything starts, not later inside the executor.
+    with pytest.raises(TypeError, match=r"start_async\(\) got an unexpected option 'histroy' "
+                                        r"\(did you mean 'history'\?\)"):
+        sandbox.start_async(histroy=3)  # type: ignore[call-arg]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.api import Runtime
-from sandbox.options import CreateOptions
+from sandbox.api import Runtime, start
+from sandbox.options import CreateOptions, StartOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +59,12 @@ MISSPELT = textwrap.dedent('''
         await a.create_sandbox("x", "app", profile="low", max_restarts=3, auto_reload=True)
         r.create_sandbox("x", "app", limits={"memory_mb": 64}, net_allow=["a:1"])
         c.create_sandbox("x", "app", node="n1", profile="low")
+        async with sandbox.start_async(histroy=3) as b:  # line 20
+            pass
+        async with sandbox.start_async(history="3") as b:  # line 22
+            pass
+        async with sandbox.start_async(history=3, listen="unix:/tmp/s") as b:
+            pass
 ''')
 
 
@@ -70,7 +76,7 @@ def test_mypy_refuses_a_misspelt_create_option_on_every_runtime(mypy, tmp_path):
     snippet.write_text(MISSPELT)
     proc = mypy(str(snippet))
     lines = [int(m.group(1)) for m in re.finditer(r":(\d+): error:", proc.stdout)]
-    assert lines == [10, 11, 12, 13, 14, 15, 16], proc.stdout + proc.stderr
+    assert lines == [10, 11, 12, 13, 14, 15, 16, 20, 22], proc.stdout + proc.stderr
 
 
 def test_create_options_are_the_keyword_parameters_of_create_sandbox():
@@ -79,4 +85,15 @@ def test_create_options_are_the_keyword_parameters_of_create_sandbox():
     keyword = {p.name: p.annotation for p in params if p.kind is p.KEYWORD_ONLY}
     options = {name: getattr(ann, "__forward_arg__", ann)  # TypedDict keeps ForwardRefs
                for name, ann in CreateOptions.__annotations__.items()}
+    assert options == keyword
+
+
+def test_start_options_are_the_keyword_parameters_of_start():
+    # start() spells each option out; StartOptions (start_async's) must say the same,
+    # but for the cluster's two.
+    params = inspect.signature(start).parameters.values()
+    keyword = {p.name: p.annotation for p in params if p.kind is p.KEYWORD_ONLY
+               and p.name not in ("cluster", "ray_address")}
+    options = {name: getattr(ann, "__forward_arg__", ann)
+               for name, ann in StartOptions.__annotations__.items()}
     assert options == keyword
