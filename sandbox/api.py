@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Literal, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, Unpack, cast, overload
 
 from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
 from actors.inflight import InFlight
@@ -44,6 +44,7 @@ from runtime.wire.mailbox import DEFAULT_MAX_FRAME
 from runtime.supervisor import Supervisor, SupervisorRef
 from sandbox.capacity import CapacityReport, measure
 from sandbox.health import Observability
+from sandbox.options import StartOptions
 from sandbox.statedir import StateDir
 
 if TYPE_CHECKING:
@@ -1111,47 +1112,13 @@ def _readopted(rt: Runtime, sandboxes: SupervisorRef) -> SupervisorRef:
 
 @overload
 def start(
-    *,
-    name: str | None = None,
-    base_dir: str | os.PathLike[str] | None = None,
-    max_restarts: int = 10,
-    max_seconds: float = 10.0,
-    history: int = 10,
-    monitor_interval: float = 1.0,
-    audit_path: str | os.PathLike[str] | None = None,
-    watch_backend: str = "auto",
-    http: tuple[str, int] | None = None,
-    alerts: AlertThresholds | Mapping[str, Any] | None = None,
-    alert_webhook: str | Mapping[str, Any] | None = None,
-    state_dir: str | os.PathLike[str] | None = None,
-    listen: str | None = None,
-    token_file: str | os.PathLike[str] | None = None,
-    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
-    cluster: None = None,
-    ray_address: str | None = None,
+    *, cluster: None = None, ray_address: str | None = None, **options: Unpack[StartOptions]
 ) -> Runtime: ...
 
 
 @overload
 def start(
-    *,
-    name: str | None = None,
-    base_dir: str | os.PathLike[str] | None = None,
-    max_restarts: int = 10,
-    max_seconds: float = 10.0,
-    history: int = 10,
-    monitor_interval: float = 1.0,
-    audit_path: str | os.PathLike[str] | None = None,
-    watch_backend: str = "auto",
-    http: tuple[str, int] | None = None,
-    alerts: AlertThresholds | Mapping[str, Any] | None = None,
-    alert_webhook: str | Mapping[str, Any] | None = None,
-    state_dir: str | os.PathLike[str] | None = None,
-    listen: str | None = None,
-    token_file: str | os.PathLike[str] | None = None,
-    tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
-    cluster: Literal["ray"],
-    ray_address: str | None = None,
+    *, cluster: Literal["ray"], ray_address: str | None = None, **options: Unpack[StartOptions]
 ) -> ClusterRuntime: ...
 
 

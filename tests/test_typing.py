@@ -65,6 +65,10 @@ MISSPELT = textwrap.dedent('''
             pass
         async with sandbox.start_async(history=3, listen="unix:/tmp/s") as b:
             pass
+        here: sandbox.Runtime = sandbox.start(history=3)
+        there: ClusterRuntime = sandbox.start(cluster="ray", history=3)
+        sandbox.start(histroy=3)  # line 28
+        wrong: ClusterRuntime = sandbox.start(history=3)  # line 29
 ''')
 
 
@@ -76,7 +80,7 @@ def test_mypy_refuses_a_misspelt_create_option_on_every_runtime(mypy, tmp_path):
     snippet.write_text(MISSPELT)
     proc = mypy(str(snippet))
     lines = [int(m.group(1)) for m in re.finditer(r":(\d+): error:", proc.stdout)]
-    assert lines == [10, 11, 12, 13, 14, 15, 16, 20, 22], proc.stdout + proc.stderr
+    assert lines == [10, 11, 12, 13, 14, 15, 16, 20, 22, 28, 29], proc.stdout + proc.stderr
 
 
 def test_create_options_are_the_keyword_parameters_of_create_sandbox():
