@@ -44,7 +44,7 @@ from runtime.supervisor import Supervisor, SupervisorSpec
 from sandbox.aio import AsyncRuntime, AsyncSandbox, start_async
 from sandbox.api import BatchResult, Runtime, Sandbox, start
 from sandbox.control import AuthenticationError, ControlError, connect, connect_async
-from sandbox.options import CreateOptions, StartOptions
+from sandbox.options import CreateOptions, ReloadOptions, StartOptions
 from sandbox.statesnapshot import SnapshotError, StateSnapshot
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     # configuration
     "CreateOptions",
     "StartOptions",
+    "ReloadOptions",
     "Limits",
     "SandboxConfig",
     "WatchOptions",

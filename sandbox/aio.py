@@ -23,13 +23,13 @@ import collections
 import functools
 import os
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from runtime.errors import ActorDead, CallTimeout, ProtocolError
 from sandbox.api import DEFAULT_TIMEOUT, Runtime, Sandbox, start, unsendable
-from sandbox.options import CreateOptions, StartOptions, create_options
+from sandbox.options import CreateOptions, ReloadOptions, StartOptions, create_options
 
 if TYPE_CHECKING:
     from sandbox.hotreload import ReloadReport
@@ -178,24 +178,10 @@ class AsyncSandbox:
         """See :meth:`Sandbox.destroy`."""
         await self._thread(self.sync.destroy)
 
-    async def hot_reload(
-        self,
-        *,
-        modules: Iterable[str] | None = None,
-        source: Mapping[str, str] | None = None,
-        migrate: Callable[[Any, Any, Any], Any] | None = None,
-        extra: Any = None,
-        changed_files: Iterable[str] | None = None,
-        timeout: float = 30.0,
-        compile_timeout: float | None = None,
-        compile_memory_mb: int | None = None,
-        compile_cpu_seconds: int | None = None,
-    ) -> ReloadReport:
+    async def hot_reload(self, **options: Unpack[ReloadOptions]) -> ReloadReport:
         """See :meth:`Sandbox.hot_reload`."""
-        return await self._thread(
-            self.sync.hot_reload, modules=modules, source=source, migrate=migrate, extra=extra,
-            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout,
-            compile_memory_mb=compile_memory_mb, compile_cpu_seconds=compile_cpu_seconds)
+        return await self._thread(self.sync.hot_reload, **create_options(
+            options, allowed=ReloadOptions, function="hot_reload"))
 
     async def rollback_module(
         self, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
@@ -259,26 +245,10 @@ class AsyncRuntime:
         """See :meth:`Runtime.list_sandboxes`."""
         return await self._thread(self.sync.list_sandboxes)
 
-    async def hot_reload(
-        self,
-        sandbox_id: str,
-        *,
-        modules: Iterable[str] | None = None,
-        source: Mapping[str, str] | None = None,
-        migrate: Callable[[Any, Any, Any], Any] | None = None,
-        extra: Any = None,
-        changed_files: Iterable[str] | None = None,
-        timeout: float = 30.0,
-        compile_timeout: float | None = None,
-        compile_memory_mb: int | None = None,
-        compile_cpu_seconds: int | None = None,
-    ) -> ReloadReport:
+    async def hot_reload(self, sandbox_id: str, **options: Unpack[ReloadOptions]) -> ReloadReport:
         """See :meth:`Runtime.hot_reload`."""
-        return await self._thread(
-            self.sync.hot_reload, sandbox_id, modules=modules, source=source, migrate=migrate,
-            extra=extra, changed_files=changed_files, timeout=timeout,
-            compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
-            compile_cpu_seconds=compile_cpu_seconds)
+        return await self._thread(self.sync.hot_reload, sandbox_id, **create_options(
+            options, allowed=ReloadOptions, function="hot_reload"))
 
     async def rollback_module(self, sandbox_id: str, module: str, version: int, *,
                               extra: Any = None, timeout: float = 30.0) -> ReloadReport:

@@ -8,7 +8,8 @@ Unpack[CreateOptions]``: mypy checks the names and types there as for the
 reference, and :func:`create_options` refuses a misspelt name at run time.
 ``tests/test_typing.py`` keeps the reference and :class:`CreateOptions` the same.
 :class:`StartOptions` does the same for :func:`sandbox.start` and
-:func:`sandbox.start_async`.
+:func:`sandbox.start_async`, :class:`ReloadOptions` for ``hot_reload`` (the
+asyncio runtime's and sandbox's).
 
 >>> create_options({"profile": "low", "max_restarts": 2})
 {'profile': 'low', 'max_restarts': 2}
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypedDict
 
 from actors.config import AlertThresholds, Limits, WatchOptions
 
-__all__ = ["ClusterCreateOptions", "CreateOptions", "StartOptions", "create_options"]
+__all__ = ["ClusterCreateOptions", "CreateOptions", "ReloadOptions", "StartOptions",
+           "create_options"]
 
 
 class ClusterCreateOptions(TypedDict, total=False):
@@ -76,6 +78,21 @@ class StartOptions(TypedDict, total=False):
     listen: str | None
     token_file: str | os.PathLike[str] | None
     tls: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None
+
+
+class ReloadOptions(TypedDict, total=False):
+    """The keyword options of :meth:`sandbox.Runtime.hot_reload` (see it for each one's
+    meaning and default)."""
+
+    modules: Iterable[str] | None
+    source: Mapping[str, str] | None
+    migrate: Callable[[Any, Any, Any], Any] | None
+    extra: Any
+    changed_files: Iterable[str] | None
+    timeout: float
+    compile_timeout: float | None
+    compile_memory_mb: int | None
+    compile_cpu_seconds: int | None
 
 
 def create_options(given: Mapping[str, Any], *, allowed: type = CreateOptions,

@@ -121,6 +121,8 @@ def test_lifecycle_and_errors():
             assert (await sb.info())["status"] == "running"
             report = await sb.hot_reload()
             assert report.ok
+            report = await rt.hot_reload(sb.id, modules=["counter"], timeout=30.0)
+            assert report.ok and "counter" in report.modules, report
             await sb.destroy()
             with pytest.raises(SandboxNotFound):
                 await sb.call("counter", "get")

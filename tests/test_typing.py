@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.api import Runtime, start
-from sandbox.options import CreateOptions, StartOptions
+from sandbox.api import Runtime, Sandbox, start
+from sandbox.options import CreateOptions, ReloadOptions, StartOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +69,9 @@ MISSPELT = textwrap.dedent('''
         there: ClusterRuntime = sandbox.start(cluster="ray", history=3)
         sandbox.start(histroy=3)  # line 28
         wrong: ClusterRuntime = sandbox.start(history=3)  # line 29
+        await a.hot_reload("x", modules=["m"], timeout=5.0)
+        await a.hot_reload("x", modulse=["m"])  # line 31
+        await a.hot_reload("x", timeout="5")  # line 32
 ''')
 
 
@@ -80,7 +83,8 @@ def test_mypy_refuses_a_misspelt_create_option_on_every_runtime(mypy, tmp_path):
     snippet.write_text(MISSPELT)
     proc = mypy(str(snippet))
     lines = [int(m.group(1)) for m in re.finditer(r":(\d+): error:", proc.stdout)]
-    assert lines == [10, 11, 12, 13, 14, 15, 16, 20, 22, 28, 29], proc.stdout + proc.stderr
+    assert lines == [10, 11, 12, 13, 14, 15, 16, 20, 22, 28, 29, 31, 32], \
+        proc.stdout + proc.stderr
 
 
 def test_create_options_are_the_keyword_parameters_of_create_sandbox():
@@ -100,4 +104,14 @@ def test_start_options_are_the_keyword_parameters_of_start():
                and p.name not in ("cluster", "ray_address")}
     options = {name: getattr(ann, "__forward_arg__", ann)
                for name, ann in StartOptions.__annotations__.items()}
+    assert options == keyword
+
+
+@pytest.mark.parametrize("method", [Runtime.hot_reload, Sandbox.hot_reload])
+def test_reload_options_are_the_keyword_parameters_of_hot_reload(method):
+    # The asyncio runtime and sandbox take **options: Unpack[ReloadOptions].
+    params = inspect.signature(method).parameters.values()
+    keyword = {p.name: p.annotation for p in params if p.kind is p.KEYWORD_ONLY}
+    options = {name: getattr(ann, "__forward_arg__", ann)
+               for name, ann in ReloadOptions.__annotations__.items()}
     assert options == keyword
