@@ -22,12 +22,7 @@ baseline's value, their ratio, the target and whether it was met.
 - :func:`run_all` imports every ``bench_*`` module and runs its
   ``main(quick=...) -> list[Record]``; the ``sandbox bench`` CLI calls it.
 
->>> r = make_record("b", "p50", [3.0, 2.0, 4.0], "us", "floor", [1.0, 1.0, 1.0],
-...                 target="ratio <= 2.0")
->>> r.value, r.baseline_value, r.ratio, r.met, r.runs
-(3.0, 1.0, 3.0, False, 3)
->>> evaluate_target("value <= 5.0", value=4.2, ratio=9.0)
-True
+Examples of the record functions are in :mod:`sandbox.records`.
 """
 
 from __future__ import annotations

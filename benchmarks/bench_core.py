@@ -381,68 +381,26 @@ def main(quick: bool = False) -> list[Record]:
             target,
             note=rtt_note,
         )
-    for pct in ("p50", "p99"):
-        add(
-            "call_roundtrip",
-            f"{pct} round trip",
-            f"proj_{pct}",
-            "us",
-            "same child, calls via the actor's mailbox",
-            f"mbox_{pct}",
-            note="context: start_process(run_in_place=False), one thread hand-off per call",
-        )
-    for pct in ("p50", "p99"):
-        add(
-            "call_roundtrip",
-            f"{pct} round trip",
-            f"proj_{pct}",
-            "us",
-            "same child pinned to one CPU",
-            f"pin_{pct}",
-            note="context: start_process(cpu_affinity='auto'), the default before issue 15",
-        )
-    for pct in ("p50", "p99"):
-        add(
-            "call_roundtrip",
-            f"{pct} round trip",
-            f"proj_{pct}",
-            "us",
-            "mp.Pipe+pickle echo child",
-            f"pipe_{pct}",
-            note="context",
-        )
-    for pct in ("p50", "p99"):
-        add(
-            "call_roundtrip",
-            f"{pct} round trip",
-            f"proj_{pct}",
-            "us",
-            "pykka ask (2 threads)",
-            f"pykka_{pct}",
-            note="context: no process boundary",
-        )
-    if s.values["thespian_p50"]:
+    # Context baselines of the round trip: (key prefix, what it is, note); peers
+    # that are not installed, or skipped in a smoke run, have no figures.
+    context = [
+        ("mbox", "same child, calls via the actor's mailbox",
+         "context: start_process(run_in_place=False), one thread hand-off per call"),
+        ("pin", "same child pinned to one CPU",
+         "context: start_process(cpu_affinity='auto'), the default before issue 15"),
+        ("pipe", "mp.Pipe+pickle echo child", "context"),
+        ("pykka", "pykka ask (2 threads)", "context: no process boundary"),
+        ("thespian", "thespian multiprocQueueBase ask",
+         "context: a peer actor library, actor in its own process"),
+        ("ray", "ray actor method call",
+         "context: ray.get(actor.echo.remote(x)), ray.init(num_cpus=1)"),
+    ]
+    for prefix, baseline, note in context:
+        if not v.get(f"{prefix}_p50"):
+            continue
         for pct in ("p50", "p99"):
-            add(
-                "call_roundtrip",
-                f"{pct} round trip",
-                f"proj_{pct}",
-                "us",
-                "thespian multiprocQueueBase ask",
-                f"thespian_{pct}",
-                note="context: a peer actor library, actor in its own process",
-            )
-    if s.values["ray_p50"]:
-        for pct in ("p50", "p99"):
-            add(
-                "call_roundtrip",
-                f"{pct} round trip",
-                f"proj_{pct}",
-                "us",
-                "ray actor method call",
-                f"ray_{pct}",
-                note="context: ray.get(actor.echo.remote(x)), ray.init(num_cpus=1)",
-            )
+            add("call_roundtrip", f"{pct} round trip", f"proj_{pct}", "us", baseline,
+                f"{prefix}_{pct}", note=note)
     cast_note = f"{sizes.casts} casts per run, clock stops when a call returns the child's count"
     add(
         "cast_throughput",

@@ -108,16 +108,7 @@ def start(egress: list[Any]) -> dict[str, Any]:
         try:
             os.read(go_r, 1)
             keep = {ready_w, exit_r}
-            for name in os.listdir("/proc/self/fd"):
-                fd = int(name)
-                if fd > 2 and fd not in keep:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            null = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
+            _hold_only(keep)
             for fd in keep:
                 os.set_inheritable(fd, True)
             v6 = ["--enable-ipv6"] if any(":" in ip for _n, ips, _p in resolved for ip in ips) else []
@@ -170,19 +161,25 @@ def _fork_refresher(sandbox: int, egress: list[Any], resolved: Resolved, exit_r:
     if pid != 0:
         return pid
     try:  # the helper: root, in the host's namespaces, nothing of the sandbox's held
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd > 2 and fd != exit_r:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        null = os.open("/dev/null", os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
+        _hold_only({exit_r})
         _refresh_loop(sandbox, egress, resolved, exit_r)
     finally:
         os._exit(0)
+
+
+def _hold_only(keep: set[int]) -> None:
+    """In a freshly forked helper: close every descriptor but ``keep`` (nothing of the
+    sandbox's may reach the helper or what it runs), stdio on ``/dev/null``."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
 
 
 def _refresh_loop(sandbox: int, egress: list[Any], resolved: Resolved, exit_r: int) -> None:
