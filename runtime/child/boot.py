@@ -62,7 +62,7 @@ from typing import Any
 
 from runtime import logs as _logs
 from runtime import registry
-from runtime.actor import ActorRef, Down, monitor
+from runtime.actor import NOREPLY, ActorRef, Down, monitor
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
 from runtime.child import notices as _notices
@@ -71,10 +71,11 @@ from runtime.child import swap
 from runtime.child.relay import Relay
 from runtime.childspec import ChildSpec
 from runtime.errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
-from runtime.registry import registered, whereis
+from runtime.genserver import NOT_HERE, ServerActor
+from runtime.registry import _names, registered, whereis
 from runtime.supervisor import Supervisor, SupervisorSpec, gave_up
 from runtime.wire.channel import Channel, ChannelClosed
-from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
+from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec, Envelope
 
 __all__ = [
     "BootConfig",
@@ -418,7 +419,7 @@ class ChildServer:
 
     def reply(self, ref: int | None, value: Any, actor: str | None = None) -> None:
         try:
-            data = self.write_codec.frame(REPLY, ref, None, value)
+            data = self.write_codec.pack_frame(REPLY, ref, None, value)
         except Exception as exc:  # unencodable or oversized: tell the caller why
             data = self.write_codec.frame(
                 ERROR,
@@ -557,6 +558,7 @@ class ChildServer:
             self._dispatch,
             done=lambda: self._exit_code is not None,
             in_place=self.boot.run_in_place,
+            call_here=self.call_here,
         )
         step = relay.step
         try:
@@ -587,6 +589,29 @@ class ChildServer:
         elif kind == SYSTEM:
             self._system(env.ref, env.target, env.payload)
         # REPLY / ERROR from the host: nothing asked for them; ignore.
+
+    def call_here(self, env: Envelope) -> bool:
+        """Run a call to an idle GenServer on this thread and send its reply; False
+        (nothing done) for anything else, which :meth:`_dispatch` then handles.
+
+        The relay's short way for every call it may run in place: the server found
+        by one dict lookup, its handler run by :meth:`ServerActor.call_here
+        <runtime.genserver.ServerActor.call_here>`, the reply framed and sent here
+        (see :meth:`reply`, which this inlines: it is every call's path).
+        """
+        ref = _names.get(env.target)  # type: ignore[arg-type]
+        if ref is None:
+            return False
+        actor = ref._actor
+        if type(actor) is not ServerActor:
+            return False
+        sink = SocketReply(self, env.ref, actor.actor_id)
+        value = actor.call_here(env.payload, sink)
+        if value is NOT_HERE:
+            return False
+        if value is not NOREPLY:
+            sink.set_result(value)
+        return True
 
     def _call(self, ref: int | None, target: str | None, request: Any, here: bool = False) -> None:
         actor = whereis(target) if target is not None else None

@@ -82,6 +82,8 @@ class Relay:
 
     ``here`` says whether the dispatcher may run a call in the calling thread
     (main thread, with the time slice armed) or must post it (helper thread).
+    ``call_here(envelope)``, tried first for a call that may run in place, runs it
+    the short way and says whether it did (else ``dispatch`` gets it).
     ``done()`` true makes the helper give the reading back (the server is exiting).
     ``in_place=False``: nothing runs in place (every call goes to a mailbox).
     :meth:`step` is called in a loop by the main thread; it raises what ``recv``
@@ -96,10 +98,12 @@ class Relay:
         done: Callable[[], bool] = lambda: False,
         in_place: bool = True,
         slice_seconds: float = SLICE,
+        call_here: Callable[[Any], bool] = lambda env: False,
     ) -> None:
         self._recv = recv
         self._done = done
         self._dispatch = dispatch
+        self._call_here = call_here
         self._slice = slice_seconds
         self._queue: collections.deque[Any] = collections.deque()
         self._token = threading.Lock()  # held by the thread reading (and dispatching)
@@ -158,7 +162,8 @@ class Relay:
             self._armed = True
             signal.setitimer(signal.ITIMER_REAL, self._slice, self._slice)
         try:
-            self._dispatch(unit, True)
+            if not self._call_here(first):
+                self._dispatch(unit, True)
         finally:
             self._running = False
             if self._handed:

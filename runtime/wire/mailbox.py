@@ -368,6 +368,16 @@ class Codec:
             raise ValueError(f"invalid ref {_short(ref)}: expected an int or None")
         if target is not None and type(target) is not str:
             raise ValueError(f"invalid target {_short(target)}: expected a str or None")
+        return self.pack_frame(kind, ref, target, payload)
+
+    def pack_frame(self, kind: str, ref: int | None, target: str | None, payload: Any) -> bytes:
+        """:meth:`frame` without checking ``kind``, ``ref`` and ``target``: for a
+        caller that knows them good (a reply's constant kind, a ref it counted).
+        Raises ``TypeError`` and ``ProtocolError`` as :meth:`frame` does.
+
+        >>> Codec().pack_frame(REPLY, 3, None, "ok") == Codec().frame(REPLY, 3, None, "ok")
+        True
+        """
         body = self.encode([kind, ref, target, payload])
         size = len(body)
         if size > self.max_frame:
