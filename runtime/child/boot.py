@@ -610,7 +610,15 @@ class ChildServer:
         if value is NOT_HERE:
             return False
         if value is not NOREPLY:
-            sink.set_result(value)
+            try:
+                data = self.write_codec.pack_frame(REPLY, env.ref, None, value)
+            except Exception:  # unencodable or oversized: reply() says why
+                sink.set_result(value)
+                return True
+            try:
+                self.channel.send_raw(data)
+            except (ChannelClosed, OSError):
+                pass  # the host is gone: the relay's next read ends the loop
         return True
 
     def _call(self, ref: int | None, target: str | None, request: Any, here: bool = False) -> None:
