@@ -394,7 +394,8 @@ class _Connection:
             deadline = None if timeout is None else _monotonic() + timeout
             recv = channel.recv_some
             while True:
-                if deadline is not None and not self._readable_by(deadline):
+                if (deadline is not None and deadline - _monotonic() < _LEAD_WAIT
+                        and not self._readable_by(deadline)):
                     raise CallTimeout(f"{self.actor_id}/{target}", timeout)
                 try:
                     envelopes = recv()
