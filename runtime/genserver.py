@@ -448,7 +448,8 @@ class ServerActor(Actor):
         answer for the caller to send to ``sink``.
 
         Returns :data:`NOT_HERE` when nothing was done (a message is queued or
-        running, the server is starting or ending): then send it with ``ref.call_into`` as usual.
+        running, the server is starting or ending): then send the call with
+        ``ref.call_into`` as usual.
         Returns ``NOREPLY`` when ``sink`` was answered here (the handler failed, or
         a ``handle_continue`` had to run after the reply) or will be later.
 
@@ -459,12 +460,14 @@ class ServerActor(Actor):
         (:meth:`runtime.child.boot.ChildServer.call_here`): each layer it skips was a
         Python call, a lock or an allocation per call.
         """
-        if not self._up:
+        if not self._up or self._backlog or self._stop_request is not None:
+            return NOT_HERE  # a message is queued: this one goes behind it
+        # Holding _exec claims the actor: a message posted from now on waits for it
+        # on the actor's thread; one running there now means busy (read without
+        # _mb, the backlog errs towards the mailbox, which is always right).
+        claim = self._exec
+        if not claim.acquire(blocking=False):
             return NOT_HERE
-        with self._mb:  # claim the actor: messages posted from now on wait on _exec
-            if self._backlog or self._stop_request is not None:
-                return NOT_HERE
-            self._backlog = 1
         try:
             with self._life:
                 if self._exiting or self._failing or self._exit_reason is not None:
@@ -472,47 +475,45 @@ class ServerActor(Actor):
                 # Pending while it runs: a handler may keep its caller (NOREPLY),
                 # or the server may end meanwhile; either way the sink is answered.
                 self._pending.add(sink)
-            with self._exec:
-                if not BARRIER.try_read():
-                    BARRIER.acquire_read()  # nested, or a reload waits or runs: after it
-                    quick = False
-                else:
-                    quick = True
-                self._inline_thread = threading.current_thread()
+            if not BARRIER.try_read():
+                BARRIER.acquire_read()  # nested, or a reload waits or runs: after it
+                quick = False
+            else:
+                quick = True
+            self._inline_thread = threading.current_thread()
+            try:
+                if self._stop_request is not None:  # asked meanwhile: the general path ends it
+                    super().on_receive(_Call(request, sink))
+                    return NOREPLY
+                self._caller = sink
                 try:
-                    if self._stop_request is not None:  # asked meanwhile: the general path ends it
-                        super().on_receive(_Call(request, sink))
-                        return NOREPLY
-                    self._caller = sink
-                    try:
-                        result = self.impl.handle_call(request, self.state)  # type: ignore[union-attr]
-                        if not (isinstance(result, tuple) and len(result) == 2):
-                            self._bad_reply(result)
-                        answer, state = result
-                        self.state = self._unwrap(state)
-                    except BaseException as exc:
-                        self._caller = None
-                        self._end(self._call_failed(sink, exc))
-                        return NOREPLY
+                    result = self.impl.handle_call(request, self.state)  # type: ignore[union-attr]
+                    if not (isinstance(result, tuple) and len(result) == 2):
+                        self._bad_reply(result)
+                    answer, state = result
+                    self.state = self._unwrap(state)
+                except BaseException as exc:
                     self._caller = None
-                    if answer is NOREPLY:
-                        return NOREPLY  # answered later; stays pending
-                    with self._life:
-                        self._pending.discard(sink)
-                    if self._continue is not _NONE:  # after the reply went out, as in OTP
-                        sink.set_result(answer)
-                        self._run_continues()
-                        return NOREPLY
-                    return answer
-                finally:
-                    self._inline_thread = None
-                    if quick:
-                        BARRIER.release_quick()
-                    else:
-                        BARRIER.release_read()
+                    self._end(self._call_failed(sink, exc))
+                    return NOREPLY
+                self._caller = None
+                if answer is NOREPLY:
+                    return NOREPLY  # answered later; stays pending
+                with self._life:
+                    self._pending.discard(sink)
+                if self._continue is not _NONE:  # after the reply went out, as in OTP
+                    sink.set_result(answer)
+                    self._run_continues()
+                    return NOREPLY
+                return answer
+            finally:
+                self._inline_thread = None
+                if quick:
+                    BARRIER.release_quick()
+                else:
+                    BARRIER.release_read()
         finally:
-            with self._mb:
-                self._backlog -= 1
+            claim.release()
 
     def on_cast(self, request: Any) -> None:
         self.state = self._unwrap(self.impl.handle_cast(request, self.state))  # type: ignore[union-attr]
