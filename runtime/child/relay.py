@@ -141,17 +141,24 @@ class Relay:
             if self._error is not None:
                 raise self._error
             queue = self._queue
-            if not queue:
+            if queue:
+                first = queue.popleft()
+            else:
                 if self._armed and not self._dense:
                     self._disarm()  # sparse calls: an idle sandbox gets no ticks
-                queue.extend(self._recv())
-            first = queue.popleft()
-            unit = [first] if first.kind != CAST else self._casts(first)
+                got = self._recv()
+                if len(got) == 1:  # the common case (a call): no trip through the queue
+                    first = got[0]
+                else:
+                    queue.extend(got)
+                    first = queue.popleft()
+            kind = first.kind
+            if kind == CAST:
+                unit = self._casts(first)
         # Only calls run in place: casts and system ops never do, so they need no tick.
-        here = (first.kind == CALL and self._timer
-                and _signal.getsignal(signal.SIGALRM) is self._on_alarm)
-        if not here:
-            self._dispatch(unit, False)
+        if (kind != CALL or not self._timer
+                or _signal.getsignal(signal.SIGALRM) is not self._on_alarm):
+            self._dispatch(unit if kind == CAST else [first], False)
             return
         self._running = True  # first: a tick now must not disarm the timer
         self._runs += 1
@@ -163,7 +170,7 @@ class Relay:
             signal.setitimer(signal.ITIMER_REAL, self._slice, self._slice)
         try:
             if not self._call_here(first):
-                self._dispatch(unit, True)
+                self._dispatch([first], True)
         finally:
             self._running = False
             if self._handed:
