@@ -161,6 +161,8 @@ def test_a_lone_caller_reads_its_own_answer_and_routes_a_second_callers(ref: Pro
     # slot: the first caller routes the second's answer while it waits for its own.
     t, blocked = _in_thread(lambda: ref.call("gate", "block", timeout=30))
     wait_for(lambda: conn._token.locked(), timeout=10)
+    # Still the call in flight for the resource monitor (cpu_seconds charges it).
+    assert ref.oldest_request() == conn.leading is not None
     assert ref.call("where", "x", timeout=10).startswith("ServerActor")  # posted by the helper
     assert not conn.pending
     ref.call("opener", "open", timeout=10)

@@ -126,10 +126,6 @@ _EXIT_GRACE = 2.0
 MAX_VIOLATION_REPORTS = 10_000
 #: Error types in a child's replies that mean it ran into a resource limit
 #: (reported as ``process.resource_error`` telemetry: the child's claim).
-#: The kinds of frame that answer a call.
-_ANSWERS = frozenset({REPLY, ERROR})
-_monotonic = time.monotonic
-
 _RESOURCE_ERRORS = ("MemoryError", "RecursionError", "Too many open files", "File too large")
 
 
@@ -183,6 +179,10 @@ def describe_exit(exitcode: int | None, note: str | None = None) -> ExitReason:
     return ExitReason("normal" if exitcode == 0 else "exit", message)
 
 
+#: The kinds of frame that answer a call.
+_ANSWERS = frozenset({REPLY, ERROR})
+_monotonic = time.monotonic
+
 _live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
 
@@ -208,6 +208,8 @@ class _Connection:
         self.frame = self.write_codec.frame
         self.refs = itertools.count(1)
         self.pending: dict[int, ReplySink] = {}
+        #: The ref of the call whose caller reads its own answer (not in pending).
+        self.leading: int | None = None
         self.pid: int | None = None
         self.names: list[str] = []
         self.exitcode: int | None = None
@@ -384,7 +386,7 @@ class _Connection:
         try:
             if self.down is not None:
                 raise ActorDead(self.actor_id, self.down)
-            ref = next(self.refs)
+            ref = self.leading = next(self.refs)  # in flight: ProcessRef.oldest_request
             data = self.write_codec.pack_frame(CALL, ref, target, request)  # raises: nothing sent
             channel: Channel = self.channel  # type: ignore[assignment]
             try:
@@ -397,28 +399,29 @@ class _Connection:
                 if (deadline is not None and deadline - _monotonic() < _LEAD_WAIT
                         and not self._readable_by(deadline)):
                     raise CallTimeout(f"{self.actor_id}/{target}", timeout)
+                mine = None
                 try:
-                    envelopes = recv()
+                    for env in recv():
+                        if env.ref == ref and mine is None and env.kind in _ANSWERS:
+                            mine = env
+                        else:
+                            self._route((env,))
                 except (ChannelClosed, ProtocolError) as exc:
                     self._read_broke(exc)
                     kick = True
-                    waiter = Reply()
-                    self.pending[ref] = waiter
-                    if self.down is not None:  # marked down before the entry went in
-                        self.pending.pop(ref, None)
-                        raise ActorDead(self.actor_id, self.down) from None
-                    break
-                mine = None
-                for env in envelopes:
-                    if env.ref == ref and mine is None and env.kind in _ANSWERS:
-                        mine = env
-                    else:
-                        self._route((env,))
+                    if mine is None:  # the reader thread answers: ActorDead
+                        waiter = Reply()
+                        self.pending[ref] = waiter
+                        if self.down is not None:  # marked down before the entry went in
+                            self.pending.pop(ref, None)
+                            raise ActorDead(self.actor_id, self.down) from None
+                        break
                 if mine is not None:
                     if mine.kind == REPLY:
                         return mine.payload
                     raise self._remote_error(mine.payload)
         finally:
+            self.leading = None
             token.release()
             if kick or self.pending:
                 self.kick()
@@ -918,12 +921,18 @@ class ProcessRef(ActorRef):
     def oldest_request(self) -> int | None:
         """The ref of the oldest call or system request still awaiting its reply
         (None: none); the resource monitor charges CPU to it (``cpu_seconds``)."""
+        conn = self._conn
+        leading = conn.leading  # a call read by its caller is not in pending
+        oldest = None
         for _ in range(3):
             try:
-                return next(iter(self._conn.pending), None)
+                oldest = next(iter(conn.pending), None)
+                break
             except RuntimeError:  # changed by another thread meanwhile: look again
                 continue
-        return None
+        if oldest is None or leading is None:
+            return leading if oldest is None else oldest
+        return min(oldest, leading)
 
     @property
     def exitcode(self) -> int | None:
