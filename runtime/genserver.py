@@ -484,27 +484,29 @@ class ServerActor(Actor):
             try:
                 if self._stop_request is not None:  # asked meanwhile: the general path ends it
                     super().on_receive(_Call(request, sink))
-                    return NOREPLY
-                self._caller = sink
-                try:
-                    result = self.impl.handle_call(request, self.state)  # type: ignore[union-attr]
-                    if not (isinstance(result, tuple) and len(result) == 2):
-                        self._bad_reply(result)
-                    answer, state = result
-                    self.state = self._unwrap(state)
-                except BaseException as exc:
-                    self._caller = None
-                    self._end(self._call_failed(sink, exc))
-                    return NOREPLY
-                self._caller = None
-                if answer is NOREPLY:
-                    return NOREPLY  # answered later; stays pending
-                with self._life:
-                    self._pending.discard(sink)
+                    answer = NOREPLY
+                else:
+                    self._caller = sink
+                    try:
+                        result = self.impl.handle_call(request, self.state)  # type: ignore[union-attr]
+                        if not (isinstance(result, tuple) and len(result) == 2):
+                            self._bad_reply(result)
+                        answer, state = result
+                        self.state = self._unwrap(state)
+                    except BaseException as exc:
+                        self._caller = None
+                        self._end(self._call_failed(sink, exc))
+                        answer = NOREPLY  # the sink has the failure
+                    else:
+                        self._caller = None
+                        if answer is not NOREPLY:  # NOREPLY: answered later, stays pending
+                            with self._life:
+                                self._pending.discard(sink)
                 if self._continue is not _NONE:  # after the reply went out, as in OTP
-                    sink.set_result(answer)
+                    if answer is not NOREPLY:
+                        sink.set_result(answer)
+                        answer = NOREPLY
                     self._run_continues()
-                    return NOREPLY
                 return answer
             finally:
                 self._inline_thread = None

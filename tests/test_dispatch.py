@@ -144,6 +144,8 @@ def test_call_wait_reads_its_own_answer_and_leaves_a_late_one_to_the_reader(ref:
 def test_deferred_replies_work_in_place(ref: ProcessRef):
     # Answered inside the handler, which then returns NOREPLY (run in place).
     assert ref.call("gate", "answer-early") == ("early", "MainThread")
+    # Answered by the handle_continue the handler asked for (NOREPLY + Continue).
+    assert ref.call("gate", "continue-reply", timeout=10) == ("continued", "MainThread")
     # Kept by one call (run in place), answered by the next.
     t, deferred = _in_thread(lambda: ref.call("gate", "defer", timeout=30))
     wait_for(lambda: ref.call("gate", "release") == "done", timeout=10)
