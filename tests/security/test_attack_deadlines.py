@@ -120,3 +120,58 @@ def test_a_spin_no_call_waits_for_is_charged_too(world):
     assert "cpu_seconds" in ev["detail"], ev
     wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
     assert sb.call("slow", "count", timeout=10) == 1
+
+
+def test_an_awaited_call_has_the_same_deadline(world):
+    """AsyncSandbox.call: a handler past call_seconds is stopped, and the awaiting
+    caller gets ResourceLimitExceeded, as with Sandbox.call."""
+    import asyncio
+
+    from sandbox.aio import AsyncSandbox
+
+    sb = world.sandbox(profile="medium", app=SLOW, limits={"call_seconds": 2})
+    pid = sb.pid
+
+    async def call(request, timeout):
+        return await AsyncSandbox(sb).call("slow", request, timeout=timeout)
+
+    with pytest.raises(ResourceLimitExceeded, match="call_seconds"):
+        asyncio.run(call("block", 60))
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    assert "call_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
+    assert asyncio.run(call("count", 10)) == 1
+
+
+def test_an_awaiting_caller_that_gives_up_early_leaves_the_deadline_watched(world):
+    import asyncio
+
+    from sandbox.aio import AsyncSandbox
+
+    sb = world.sandbox(profile="medium", app=SLOW, limits={"call_seconds": 2})
+    pid = sb.pid
+    with pytest.raises(CallTimeout):
+        asyncio.run(AsyncSandbox(sb).call("slow", "block", timeout=0.2))
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    assert "call_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
+
+
+def test_a_cancelled_await_leaves_the_deadline_watched(world):
+    import asyncio
+
+    from sandbox.aio import AsyncSandbox
+
+    sb = world.sandbox(profile="medium", app=SLOW, limits={"call_seconds": 2})
+    pid = sb.pid
+    asb = AsyncSandbox(sb)
+
+    async def main() -> None:
+        assert await asb.call("slow", "count") == 1  # the handle knows its process now
+        task = asyncio.ensure_future(asb.call("slow", "block", timeout=60))
+        await asyncio.sleep(0)  # one step: the call is sent, the task awaits its answer
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    assert "call_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
