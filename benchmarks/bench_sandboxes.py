@@ -9,13 +9,16 @@ Run alone: ``python benchmarks/bench_sandboxes.py [--quick] [--json PATH]``.
   in a full run, 1,000; against a bare child. Target: <= 4.5 MiB USS per sandbox.
 - Call throughput with 100 sandboxes called from 4 host threads, against 100 bare
   children called the same way (target: ratio >= 0.5) and, as context, one sandbox
-  called from one thread. Measured with :func:`sandbox.loadtest.run_load`.
+  called from one thread. Measured with :func:`sandbox.loadtest.run_load`. Context
+  figures of the same runs: CPU per call of the host and of the called processes,
+  against the bare children's (what the ratio is made of).
 """
 
 from __future__ import annotations
 
 import gc
 import itertools
+import os
 import statistics
 import sys
 import time
@@ -75,9 +78,30 @@ def _memory(pids: list[int]) -> tuple[float, float]:
     return statistics.median(uss), statistics.median(pss)
 
 
-def _throughput(targets: list[Any], threads: int, seconds: float) -> float:
+def _cpu_ns(pids: list[int]) -> int:
+    """CPU time (ns) the processes ``pids`` used so far, all their threads
+    (``/proc/<pid>/task/*/schedstat``: finer than the clock ticks of ``stat``)."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    return total
+
+
+def _throughput(targets: list[Any], threads: int, seconds: float,
+                pids: list[int] | None = None) -> tuple[float, float, float]:
     """Calls/s of ``threads`` callers, each calling its own share of ``targets`` in turn
-    (measured with the load harness users run on their apps: sandbox.loadtest)."""
+    (measured with the load harness users run on their apps: sandbox.loadtest), and
+    the CPU per call in microseconds of this (host) process, all its threads, and of
+    the processes ``pids`` (the targets' children; nan without them)."""
     from sandbox.loadtest import run_load
 
     shares = [targets[k::threads] or targets for k in range(threads)]
@@ -87,7 +111,13 @@ def _throughput(targets: list[Any], threads: int, seconds: float) -> float:
         mine = shares[worker]
         mine[next(turns[worker]) % len(mine)].call("counter", "incr")
 
-    return run_load(call, concurrency=threads, duration=seconds, warmup=0.2).throughput
+    run_load(call, concurrency=threads, duration=0.2, warmup=0)  # warm-up, not counted
+    host, children = time.process_time_ns(), _cpu_ns(pids or [])
+    result = run_load(call, concurrency=threads, duration=seconds, warmup=0)
+    host, children = time.process_time_ns() - host, _cpu_ns(pids or []) - children
+    per_call = 1000 * max(result.calls, 1)
+    return (result.throughput, host / per_call,
+            children / per_call if pids else float("nan"))
 
 
 def main(quick: bool = False) -> list[Record]:
@@ -149,16 +179,21 @@ def main(quick: bool = False) -> list[Record]:
         from benchmarks._floor import MpBareChild
 
         bares = [MpBareChild() for _ in range(n)]
+        pids = {"sb": [sb.pid for sb in sbs], "bare": [b.pid for b in bares]}
+        measured: dict[str, tuple[list[float], list[float], list[float]]] = {
+            "sb": ([], [], []), "bare": ([], [], [])}
         try:
-            many, bare_many, one = [], [], []
+            one = []
             for r in range(runs):  # alternate which goes first: load elsewhere hits both
-                pair = [(many, sbs), (bare_many, bares)]
-                for into, targets in pair if r % 2 == 0 else pair[::-1]:
-                    into.append(_throughput(targets, 4, secs))
-                one.append(_throughput(sbs[:1], 1, secs))
+                pair = [("sb", sbs), ("bare", bares)]
+                for key, targets in pair if r % 2 == 0 else pair[::-1]:
+                    for into, value in zip(measured[key], _throughput(targets, 4, secs, pids[key])):
+                        into.append(value)
+                one.append(_throughput(sbs[:1], 1, secs)[0])
         finally:
             for b in bares:
                 b.close()
+        many, bare_many = measured["sb"][0], measured["bare"][0]
         note = ("each of 4 host threads calls its own quarter of the targets in turn "
                 "(sandbox.loadtest); 2 cores: the host's threads and the children share them")
         records.append(make_record("sandbox_throughput", f"calls/s, {n} sandboxes x 4 threads",
@@ -167,6 +202,15 @@ def main(quick: bool = False) -> list[Record]:
         records.append(make_record("sandbox_throughput", f"calls/s, {n} sandboxes x 4 threads",
                                    many, "calls/s", "1 sandbox x 1 thread", one,
                                    higher_is_better=True, notes="context; " + note))
+        # What the calls/s ratio is made of: CPU per call on each side, same runs.
+        for i, (side, what) in enumerate((("host", "the host process, all its threads"),
+                                          ("sandbox", "the called processes, all threads")),
+                                         start=1):
+            records.append(make_record(
+                "sandbox_throughput", f"{side} CPU per call, {n} x 4 threads", measured["sb"][i],
+                "us", f"{n} bare children x 4 threads", measured["bare"][i],
+                notes=f"context; CPU time of {what} (/proc/<pid>/task/*/schedstat, "
+                      "process_time) over the calls of the same runs"))
         _destroy(rt, n, "t")
     return records
 
