@@ -175,3 +175,24 @@ def test_a_cancelled_await_leaves_the_deadline_watched(world):
     asyncio.run(main())
     wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
     assert "call_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
+
+
+def test_a_call_over_the_control_endpoint_has_the_same_deadline(tmp_path):
+    """The control server awaits calls through AsyncSandbox: the deadline holds there too."""
+    import textwrap
+
+    import sandbox
+
+    app = tmp_path / "slow-app"
+    app.mkdir()
+    for name, src in SLOW.items():
+        (app / name).write_text(textwrap.dedent(src))
+    sock = tmp_path / "ctl.sock"
+    with sandbox.start(listen=f"unix:{sock}", monitor_interval=0.2) as rt:
+        sb = rt.create_sandbox("ep", app, profile="medium", limits={"call_seconds": 2})
+        pid = sb.pid
+        with sandbox.connect(f"unix:{sock}") as remote:
+            with pytest.raises(ResourceLimitExceeded, match="call_seconds"):
+                remote.sandbox("ep").call("slow", "block", timeout=60)
+        wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+        assert sb.call("slow", "count", timeout=10) == 1
