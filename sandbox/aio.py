@@ -164,12 +164,14 @@ class AsyncSandbox:
         t0, ok = perf_counter(), False
         try:
             proc = await self._process(timeout)
-            started = monotonic()
             limit = self.sync._slot.deadline  # the handler deadline (limits.call_seconds)
-            wait = timeout if limit is None else deadline_wait(limit, timeout)
             future: asyncio.Future[Any] = loop.create_future()
-            watch = None if limit is None else _WatchedSink(_settler(loop), future)
-            sink = _FutureSink(_settler(loop), future) if watch is None else watch
+            if limit is None:
+                wait, started, watch = timeout, 0.0, None
+                sink = _FutureSink(_settler(loop), future)
+            else:
+                wait, started = deadline_wait(limit, timeout), monotonic()
+                sink = watch = _WatchedSink(_settler(loop), future)
             try:
                 ref = proc.call_into((actor, request), sink)
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
