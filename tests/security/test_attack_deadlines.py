@@ -167,10 +167,13 @@ def test_a_cancelled_await_leaves_the_deadline_watched(world):
     async def main() -> None:
         assert await asb.call("slow", "count") == 1  # the handle knows its process now
         task = asyncio.ensure_future(asb.call("slow", "block", timeout=60))
-        await asyncio.sleep(0)  # one step: the call is sent, the task awaits its answer
+        done, _ = await asyncio.wait([task], timeout=0.2)  # the call is sent, unanswered
+        assert not done
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        # Not forgotten: the monitor watches it, and needs its answer if one comes.
+        assert len(sb._slot.current()._conn.pending) == 1
 
     asyncio.run(main())
     wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
