@@ -62,6 +62,7 @@ class _Settler:
                 self.loop.call_soon_threadsafe(self.drain)
             except RuntimeError:  # the loop is closed: nobody awaits these answers now
                 self.answers.clear()  # (a call the monitor still watched ended after it)
+                self.scheduled = False  # and a later one is dropped the same way
 
     def drain(self) -> None:
         self.scheduled = False  # first: an answer queued from now on schedules a drain
