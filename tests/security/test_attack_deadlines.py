@@ -199,3 +199,16 @@ def test_a_call_over_the_control_endpoint_has_the_same_deadline(tmp_path):
                 remote.sandbox("ep").call("slow", "block", timeout=60)
         wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
         assert sb.call("slow", "count", timeout=10) == 1
+
+
+def test_an_awaited_call_names_the_cpu_budget_that_stopped_it(world):
+    import asyncio
+
+    from sandbox.aio import AsyncSandbox
+
+    sb = world.sandbox(profile="high", app=SLOW, limits={"call_seconds": 100, "cpu_seconds": 1})
+    pid = sb.pid
+    _sampled(world, sb)
+    with pytest.raises(ResourceLimitExceeded, match=r"per-call CPU budget of 1s \(cpu_seconds\)"):
+        asyncio.run(AsyncSandbox(sb).call("slow", "spin", timeout=100))
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
