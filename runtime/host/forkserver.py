@@ -49,6 +49,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from runtime.child import isolation as _isolation
 from runtime.child import userns as _userns
 from runtime.errors import SandboxError
 
@@ -450,6 +451,7 @@ def _serve(init: dict[str, Any]) -> None:
             __import__(name)
         except ImportError:
             pass
+    _after_preload()
     ctrl = socket.socket(fileno=init["fd"])
     ctrl.setblocking(True)
     sig_r, sig_w = os.pipe()
@@ -496,6 +498,17 @@ def _serve(init: dict[str, Any]) -> None:
         for pid in children:
             _kill_group(pid)
         os._exit(0)
+
+
+def _after_preload() -> None:
+    """Work done once here that every child would otherwise do, each writing to
+    (and so copying) pages of this server's heap."""
+    # The import system's per-directory finders: each sandbox drops or invalidates
+    # them at boot (swap.install_finder, guard.seal_imports), which wrote to the
+    # pages of every finder and its directory listing (0.7 MiB per high sandbox).
+    # Empty here, a child builds only the few it needs, as it did after dropping them.
+    sys.path_importer_cache.clear()
+    _isolation.note_preloaded()
 
 
 def _reap(ctrl: socket.socket, children: set[int]) -> None:
