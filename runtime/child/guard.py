@@ -446,8 +446,10 @@ def _build(
         f"{mod.replace('.', '/')}{tail}" for mod in blocked for tail in (".py", "/__init__.py")
     )
 
-    def blocked_file(fn: str) -> bool:
+    def blocked_file(fn: Any) -> bool:
         """Whether ``fn`` is ``<directory>/<relative name>`` of those two sets."""
+        if _type(fn) is not _str:
+            return False
         cut = fn.find("/", 1)
         while cut > 0:
             if fn[cut + 1:] in blocked_rels and fn[:cut] in blocked_dirs:
@@ -1087,7 +1089,7 @@ def _build(
     def on_exec(event: str, args: tuple) -> None:
         code: Any = args[0] if args else None  # narrowed by _type() below
         fn = code.co_filename if _type(code) is CodeType else None
-        if _type(fn) is _str and blocked_file(fn) and untrusted_caller(2, skip_machinery=True):
+        if blocked_file(fn) and untrusted_caller(2, skip_machinery=True):
             refuse(event, "import", f"importing the blocked module in {srepr(fn)}")
         if not sealed_wd or _type(fn) is not _str:
             return
