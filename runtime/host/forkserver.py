@@ -501,13 +501,8 @@ def _serve(init: dict[str, Any]) -> None:
 
 
 def _after_preload() -> None:
-    """Work done once here that every child would otherwise do, each writing to
+    """Work done once here that every sandbox would otherwise do, each writing to
     (and so copying) pages of this server's heap."""
-    # The import system's per-directory finders: each sandbox drops or invalidates
-    # them at boot (swap.install_finder, guard.seal_imports), which wrote to the
-    # pages of every finder and its directory listing (0.7 MiB per high sandbox).
-    # Empty here, a child builds only the few it needs, as it did after dropping them.
-    sys.path_importer_cache.clear()
     _isolation.note_preloaded()
 
 
