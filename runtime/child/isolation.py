@@ -791,9 +791,7 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
     def need_libc() -> Any:
         nonlocal libc
         if libc is None:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
+            libc = _shared_libc()
         return libc
 
     def prctl(option: int, arg: int) -> None:
@@ -889,6 +887,31 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
         pass
     _scrub_env(p.get("env_allow"))
     return applied, skipped
+
+
+_libc: Any = None
+#: The C functions the layers call, resolved when the C library is loaded.
+_LIBC_FUNCTIONS = ("unshare", "mount", "syscall", "prctl", "mallopt")
+
+
+def _shared_libc() -> Any:
+    """The C library through ctypes, loaded once per process.
+
+    Loaded when this module is imported, so in the fork server (which preloads
+    it): a sandbox calls functions resolved there, instead of loading the library
+    and making a function type and each function object again in pages of its
+    own (0.2 MiB per sandbox, measured). A sandbox cannot call them: every ctypes
+    call raises an audit event its guard refuses, and ctypes leaves ``sys.modules``.
+    """
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        lib = ctypes.CDLL(None, use_errno=True)
+        for name in _LIBC_FUNCTIONS:
+            getattr(lib, name)  # cached on the handle from now on
+        _libc = lib
+    return _libc
 
 
 #: The ctypes modules the fork server holds (:func:`note_preloaded`): a sandbox
@@ -1088,3 +1111,9 @@ def _scrub_env(allow: Any) -> None:
     for key in list(os.environ):
         if key not in keep:
             del os.environ[key]
+
+
+try:  # see _shared_libc
+    _shared_libc()
+except (OSError, AttributeError):  # not a C library with these functions: load (and fail) later
+    pass
