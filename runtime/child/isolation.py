@@ -72,6 +72,7 @@ import sys
 from typing import Any
 
 from runtime.child import egress as _egress
+from runtime.child import libc as _libc
 from runtime.child import mounts as _mounts
 from runtime.child.mounts import PRIVATE_TMP, TMPFS_OPTIONS
 from runtime.child import seccomp as _seccomp
@@ -791,7 +792,7 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
     def need_libc() -> Any:
         nonlocal libc
         if libc is None:
-            libc = _shared_libc()
+            libc = _libc.libc()
         return libc
 
     def prctl(option: int, arg: int) -> None:
@@ -887,31 +888,6 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
         pass
     _scrub_env(p.get("env_allow"))
     return applied, skipped
-
-
-_libc: Any = None
-#: The C functions the layers call, resolved when the C library is loaded.
-_LIBC_FUNCTIONS = ("unshare", "mount", "syscall", "prctl", "mallopt")
-
-
-def _shared_libc() -> Any:
-    """The C library through ctypes, loaded once per process.
-
-    Loaded when this module is imported, so in the fork server (which preloads
-    it): a sandbox calls functions resolved there, instead of loading the library
-    and making a function type and each function object again in pages of its
-    own (0.2 MiB per sandbox, measured). A sandbox cannot call them: every ctypes
-    call raises an audit event its guard refuses, and ctypes leaves ``sys.modules``.
-    """
-    global _libc
-    if _libc is None:
-        import ctypes
-
-        lib = ctypes.CDLL(None, use_errno=True)
-        for name in _LIBC_FUNCTIONS:
-            getattr(lib, name)  # cached on the handle from now on
-        _libc = lib
-    return _libc
 
 
 #: The ctypes modules the fork server holds (:func:`note_preloaded`): a sandbox
@@ -1112,8 +1088,3 @@ def _scrub_env(allow: Any) -> None:
         if key not in keep:
             del os.environ[key]
 
-
-try:  # see _shared_libc
-    _shared_libc()
-except (OSError, AttributeError):  # not a C library with these functions: load (and fail) later
-    pass
