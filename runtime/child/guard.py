@@ -163,9 +163,10 @@ def install_guard(
     problems = policy_errors(policy)
     if problems:
         raise ValueError("invalid guard policy: " + "; ".join(problems))
+    real = _resolver()  # the same directories come up several times below
     if "dynamic_code" not in policy["allow"]:
-        seal_imports([policy["workdir"], *policy.get("untrusted_roots", ())])
-    hook, handle = _build(dict(policy), on_violation)
+        _seal_imports([policy["workdir"], *policy.get("untrusted_roots", ())], real)
+    hook, handle = _build(dict(policy), on_violation, real)
     sys.addaudithook(hook)
     _installed = True
     return handle
@@ -199,10 +200,31 @@ def seal_imports(roots: list[str]) -> None:
         seal_imports(["/srv/sandboxes/s1-abc"])
         import evil   # ModuleNotFoundError, although /srv/sandboxes/s1-abc/evil.py exists
     """
-    real = os.path.realpath
-    sealed = tuple(dict.fromkeys(real(r).rstrip("/") + "/" for r in roots if r))
+    _seal_imports(roots, os.path.realpath)
 
-    def under(entry: Any) -> bool:
+
+def _resolver() -> Callable[[str], str]:
+    """``os.path.realpath`` that resolves each path once: for one installation, in
+    which nothing else runs (the roots, ``sys.path``'s entries, several times each)."""
+    real = os.path.realpath
+    seen: dict[str, str] = {}
+
+    def resolve(path: str) -> str:
+        got = seen.get(path)
+        if got is None:
+            got = seen[path] = real(path)
+        return got
+
+    return resolve
+
+
+def _seal_imports(roots: list[str], resolve: Callable[[str], str]) -> None:
+    """:func:`seal_imports`, ``resolve`` used for what is resolved now (the hook
+    resolves each entry it is asked about when asked)."""
+    real = os.path.realpath
+    sealed = tuple(dict.fromkeys(resolve(r).rstrip("/") + "/" for r in roots if r))
+
+    def under(entry: Any, real: Callable[[str], str] = real) -> bool:
         try:
             path = real(os.fsdecode(entry) or ".")
         except (TypeError, ValueError, OSError):
@@ -214,7 +236,7 @@ def seal_imports(roots: list[str]) -> None:
             return _LoadsNothing()
         raise ImportError("not a sealed directory")  # the next hook handles it
 
-    sys.path[:] = [p for p in sys.path if p and not under(p)]
+    sys.path[:] = [p for p in sys.path if p and not under(p, resolve)]
     sys.path_hooks.insert(0, hook)
     fresh_path_finders()
 
@@ -339,7 +361,9 @@ _INTROSPECTION_EVENTS = (
 
 
 def _build(
-    policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None] | None
+    policy: dict[str, Any],
+    on_violation: Callable[[dict[str, Any]], None] | None,
+    real: Callable[[str], str] = os.path.realpath,
 ) -> tuple[Any, GuardHandle]:
     import _thread
     import stat as _statmod
@@ -379,7 +403,6 @@ def _build(
     # -- the policy, frozen ----------------------------------------------------------
     profile = _str(policy["profile"])
     allow = frozenset(policy.get("allow", ()))
-    real = os.path.realpath
 
     def roots(key: str) -> tuple[str, ...]:
         return _tuple(dict.fromkeys(real(r) for r in policy.get(key, ()) or ()))
@@ -402,7 +425,7 @@ def _build(
     trusted_pfx, untrusted_pfx = prefixes(trusted_roots), prefixes(untrusted_roots)
     # Files the sandbox writes may never run as code where dynamic code is denied.
     sealed_wd = (
-        os.path.realpath(policy["workdir"]).rstrip("/") + "/"
+        real(policy["workdir"]).rstrip("/") + "/"
         if "dynamic_code" not in policy["allow"]
         else ""
     )
