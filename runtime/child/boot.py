@@ -48,6 +48,7 @@ level is shared by all children; keep that list short.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal's functions without its enum lookups
 import gc
 import importlib
 import logging
@@ -741,7 +742,7 @@ def child_main(sock: Any, boot: BootConfig) -> None:
         # The relay's ticks must land in the main thread: every thread started from
         # here on (actors, supervisors) inherits this mask; the relay unblocks the
         # signal in the main thread alone (runtime.child.relay).
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        _signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         server = ChildServer(sock, boot)
         _current = server
         logging.getLogger().addHandler(_LOG_HANDLER)

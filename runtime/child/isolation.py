@@ -1042,6 +1042,7 @@ def _loopback_up() -> None:
 
 def _rlimits(r: dict[str, Any]) -> None:
     import resource
+    import _signal  # type: ignore[import-not-found]  # no enum lookups (signal's wrapper)
     import signal
 
     def lower(res: int, soft: int, hard: int | None = None) -> None:
@@ -1063,7 +1064,7 @@ def _rlimits(r: dict[str, Any]) -> None:
         lower(resource.RLIMIT_FSIZE, int(r["fsize"]))
         # Python ignores SIGXFSZ (writes then fail with EFBIG); the default action
         # ends the process, which the host sees and records as a limit reached.
-        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        _signal.signal(signal.SIGXFSZ, _signal.SIG_DFL)
     if r.get("core") is not None:
         lower(resource.RLIMIT_CORE, int(r["core"]))
     if r.get("nproc"):

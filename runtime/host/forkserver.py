@@ -36,6 +36,7 @@ True
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal's functions without its enum lookups
 import errno
 import os
 import pickle
@@ -559,7 +560,7 @@ def _child(fds: list[int], body: bytes) -> None:
     try:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
+            _signal.signal(sig, _signal.SIG_DFL)
         chan, out, err = fds
         os.dup2(out, 1)
         os.dup2(err, 2)
