@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal's functions without its enum lookups
 import errno
+import gc
 import os
 import pickle
 import select
@@ -557,6 +558,9 @@ def _read_request(ctrl: socket.socket) -> tuple[int, list[int], bytes, int] | No
 def _child(fds: list[int], body: bytes) -> None:
     """In the forked child: keep exactly stdin, the output pipes and the channel."""
     code = 73  # runtime.child.boot.EXIT_INTERNAL
+    # This server's objects are long-lived in every child: keep the collector off
+    # them from the start, so it never writes to (and un-shares) their pages.
+    gc.freeze()
     try:
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGINT):
