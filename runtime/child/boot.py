@@ -373,7 +373,9 @@ _layers: list[str] = []
 _skipped: dict[str, str] = {}
 
 #: Bytes one recv may read in the child (frames larger than this just take more reads).
-_READ_SIZE = 64 * 1024
+#: Every page of the buffer is private memory of each sandbox (it is zeroed when
+#: made): 16 KiB holds a call, or a batch of hundreds of casts, in one read.
+_READ_SIZE = 16 * 1024
 
 
 def _codec(allow_pickle: bool, max_frame: int) -> Codec:
