@@ -6,11 +6,13 @@ gets past it (rebinding ``subprocess.sys`` so no event fires, calling
 meets this filter, which the kernel enforces on every thread of the process and
 on everything it forks, and which cannot be removed.
 
-The filter is built and loaded through libseccomp (the maintained C library that
+The filter is built through libseccomp (the maintained C library that
 Docker, systemd and others use, present on every Debian system because apt
 depends on it), called with ctypes: the PyPI bindings are either for the
 system Python only or unmaintained, and libseccomp does the parts that are easy
-to get wrong by hand (architecture checks, the x32 ABI, syscall numbers).
+to get wrong by hand (architecture checks, the x32 ABI, syscall numbers). It is
+built once per process (in the fork server) and exported as a BPF program, which
+each sandbox loads the way ``seccomp_load`` does (:func:`install`).
 
 What it denies (``clone3`` gets ``ENOSYS`` so the C library falls back to
 ``clone``, whose flags the filter can see):
