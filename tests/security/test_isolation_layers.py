@@ -66,3 +66,19 @@ def test_every_profile_gets_the_os_layers(world, profile):
         assert os.readlink(f"/proc/{sb.pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
     with open(f"/proc/{sb.pid}/status") as fh:
         assert "Seccomp:\t2" in fh.read()
+
+
+def test_the_seccomp_filter_is_built_once_per_variant_and_kept_as_bpf() -> None:
+    """Built by libseccomp when the module is imported (in the fork server), so a
+    sandbox only loads the program; the variants deny what their profiles need."""
+    from runtime.child import seccomp
+
+    if seccomp.unavailable():
+        pytest.skip(seccomp.unavailable())
+    strict = seccomp._program(True, True)
+    assert seccomp._program(True, True) is strict  # not built again
+    assert {"execve", "fork", "ptrace", "mount"} <= set(strict.denied)
+    loose = seccomp._program(False, False)
+    assert "execve" not in loose.denied and "ptrace" in loose.denied
+    for prog in (strict, loose):
+        assert prog.fprog.len * 8 == len(prog.code.raw) and prog.nr > 0
