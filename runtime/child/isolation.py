@@ -68,12 +68,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import struct
 import sys
 from typing import Any
 
 from runtime.child import egress as _egress
-from runtime.child import libc as _libc
 from runtime.child import mounts as _mounts
 from runtime.child.mounts import PRIVATE_TMP, TMPFS_OPTIONS
 from runtime.child import seccomp as _seccomp
@@ -137,8 +135,6 @@ _CLONE_NEWNET = 0x40000000
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
 _M_ARENA_MAX = -8
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
-#: ``struct ifreq`` with its flags (compiled here, in the fork server, not per sandbox).
-_IFREQ_FLAGS = struct.Struct("16sH14x")
 _CLONE_NEWNS, _CLONE_NEWIPC = 0x00020000, 0x08000000
 
 
@@ -795,7 +791,9 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
     def need_libc() -> Any:
         nonlocal libc
         if libc is None:
-            libc = _libc.libc()
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
         return libc
 
     def prctl(option: int, arg: int) -> None:
@@ -1035,11 +1033,12 @@ def _check_userns(host: dict[str, Any], applied: list[str], skipped: dict[str, s
 def _loopback_up() -> None:
     import fcntl
     import socket
+    import struct
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = _IFREQ_FLAGS.pack(b"lo", 0)
-        flags = _IFREQ_FLAGS.unpack(fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, _IFREQ_FLAGS.pack(b"lo", flags | _IFF_UP))
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
 
 
 def _rlimits(r: dict[str, Any]) -> None:
@@ -1090,4 +1089,3 @@ def _scrub_env(allow: Any) -> None:
     for key in list(os.environ):
         if key not in keep:
             del os.environ[key]
-

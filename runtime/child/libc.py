@@ -1,43 +1,29 @@
-"""The C library through ctypes, loaded once per process.
+"""The C library, through ctypes, for the isolation layers' system calls that
+Python 3.11's ``os`` lacks (``unshare``, ``setns``, ``prctl``, ``seccomp``, ...).
 
-Loaded when this module is imported, so in the fork server (which preloads it
-through the boot module): a sandbox calls functions resolved there, instead of
-loading the library and making a function type and each function object again,
-in pages of its own. A sandbox's code cannot call them: every ctypes call raises
-an audit event its guard refuses, and ctypes leaves ``sys.modules`` before the
-sandbox's code runs (:func:`runtime.child.isolation.apply`).
+>>> check(0, "nothing")
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-__all__ = ["FUNCTIONS", "libc"]
-
-#: The functions the isolation layers call, resolved when the library is loaded.
-FUNCTIONS = ("unshare", "mount", "syscall", "prctl", "mallopt")
-
-_libc: Any = None
-
+__all__ = ["check", "libc"]
 
 def libc() -> Any:
-    """The process's C library handle (``use_errno``), with :data:`FUNCTIONS` resolved.
+    """The process's C library (``errno`` kept for :func:`check`). A new handle each
+    time, kept by no module: a sandbox's own code must not find one lying around
+    (its ``import ctypes`` is what its guard judges)."""
+    import ctypes
 
-    >>> libc() is libc()
-    True
-    """
-    global _libc
-    if _libc is None:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def check(rc: int, what: str) -> None:
+    """Raise OSError (with ``errno``) when a C call returned other than 0."""
+    if rc != 0:
         import ctypes
 
-        lib = ctypes.CDLL(None, use_errno=True)
-        for name in FUNCTIONS:
-            getattr(lib, name)  # cached on the handle from now on
-        _libc = lib
-    return _libc
-
-
-try:
-    libc()
-except (OSError, AttributeError):  # not a C library with these functions: fail on use
-    pass
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
