@@ -48,6 +48,7 @@ level is shared by all children; keep that list short.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal's functions without its enum lookups
 import gc
 import importlib
 import logging
@@ -373,7 +374,37 @@ _layers: list[str] = []
 _skipped: dict[str, str] = {}
 
 #: Bytes one recv may read in the child (frames larger than this just take more reads).
-_READ_SIZE = 64 * 1024
+#: Every page of the buffer is private memory of each sandbox (it is zeroed when
+#: made): 16 KiB holds a call, or a batch of hundreds of casts, in one read.
+_READ_SIZE = 16 * 1024
+
+
+def _codec(allow_pickle: bool, max_frame: int) -> Codec:
+    """The codec for these settings, made once per process: the usual ones are made
+    in the fork server (below; this module is preloaded), as a codec makes a
+    closure and a dict per nesting level, pages a sandbox would otherwise write."""
+    key = (bool(allow_pickle), max_frame)
+    codec = _codecs.get(key)
+    if codec is None:
+        codec = _codecs[key] = Codec(allow_pickle=key[0], max_frame=max_frame)
+    return codec
+
+
+_codecs: dict[tuple[bool, int], Codec] = {}
+for _allow in (False, True):
+    _codec(_allow, DEFAULT_MAX_FRAME)
+
+
+def _send_log(record: dict[str, Any]) -> None:
+    server = _current
+    if server is not None:
+        server.send(SYSTEM, None, "log", record)
+
+
+#: The sandbox's logging (the app's and the runtime's) crosses the channel as
+#: records to the host's handlers (runtime/logs.py), never to its stderr. Made here,
+#: in the fork server, for the same reason as the codecs.
+_LOG_HANDLER = _logs.ChannelHandler(_send_log)
 
 
 def current_channel() -> Channel | None:
@@ -394,11 +425,8 @@ class ChildServer:
 
     def __init__(self, sock: Any, boot: BootConfig) -> None:
         self.boot = boot
-        self.read_codec = Codec(allow_pickle=boot.allow_pickle, max_frame=boot.max_frame)
-        if boot.send_pickle == boot.allow_pickle:
-            self.write_codec = self.read_codec
-        else:
-            self.write_codec = Codec(allow_pickle=boot.send_pickle, max_frame=boot.max_frame)
+        self.read_codec = _codec(boot.allow_pickle, boot.max_frame)
+        self.write_codec = _codec(boot.send_pickle, boot.max_frame)
         # A modest read buffer: every page of it is private memory of this child.
         self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE)
         self.root: ActorRef | None = None
@@ -749,13 +777,10 @@ def child_main(sock: Any, boot: BootConfig) -> None:
         # The relay's ticks must land in the main thread: every thread started from
         # here on (actors, supervisors) inherits this mask; the relay unblocks the
         # signal in the main thread alone (runtime.child.relay).
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        _signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         server = ChildServer(sock, boot)
         _current = server
-        # The sandbox's logging (the app's and the runtime's) crosses the channel as
-        # records to the host's handlers (runtime/logs.py), never to this stderr.
-        logging.getLogger().addHandler(
-            _logs.ChannelHandler(lambda rec: server.send(SYSTEM, None, "log", rec)))
+        logging.getLogger().addHandler(_LOG_HANDLER)
         code = server.run()
     except BaseException:
         try:

@@ -126,8 +126,8 @@ class Relay:
         self._timer = False
         if in_place and threading.current_thread() is threading.main_thread():
             try:
-                signal.signal(signal.SIGALRM, self._on_alarm)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+                _signal.signal(signal.SIGALRM, self._on_alarm)
+                _signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
                 self._timer = True
             except (ValueError, OSError):  # no signals here: nothing runs in place
                 pass
