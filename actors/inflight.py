@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,9 +119,9 @@ class InFlight:
         # hand-off the manager's turn would pay for every create on a busy host.
         self._threads = ThreadPoolExecutor(max_workers=JOB_THREADS, thread_name_prefix="sandbox-job")
 
-    def run(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` (a job's thread body) on a thread of the table's."""
-        self._threads.submit(fn)
+    def run(self, fn: Callable[[], None]) -> Future[None]:
+        """Run ``fn`` (a job's thread body, or a part of one) on a thread of the table's."""
+        return self._threads.submit(fn)
 
     def add(self, job: Job) -> Job | None:
         """Reserve the job's sandbox id: None, or the job that holds it already (a

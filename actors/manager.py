@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -593,11 +594,23 @@ class ManagerActor(Component):
         process stops gracefully, then is killed) and remove every trace of it."""
         record = job.record
         try:
+            # The other components' books (3 round trips) while the process stops
+            # (the watch went in op_destroy); here if the runtime is stopping.
+            def books() -> None:
+                _unregister(record, self._component, watched=False)
+
+            try:
+                aside: Future[None] | None = self.inflight.run(books)
+            except RuntimeError:  # no new threads: the runtime is stopping
+                aside = None
+                books()
             sup = record.supervisor
             if sup is not None:
                 sup.stop(ExitReason.shutdown("sandbox destroyed"),
                          timeout=record.config.shutdown + KILL_MARGIN + 5.0)
-            _remove_traces(record, self._component, self.base_dir)
+            _remove_remains(record, self._component, self.base_dir)
+            if aside is not None:
+                aside.result()
         except BaseException as exc:  # a bug: the finishing turn fails the manager with it
             job.result = exc
 
@@ -891,13 +904,27 @@ def _remove_traces(record: SandboxRecord, component: Callable[[str], Any], base_
     """Everything of a sandbox but the manager's entry: its supervisor (and so its
     process), watch, cgroups and UID's processes, registrations, directories and
     versions. Needs no manager: a job's thread runs it when the runtime stops."""
+    _unregister(record, component)
+    _remove_remains(record, component, base_dir)
+
+
+def _unregister(record: SandboxRecord, component: Callable[[str], Any], *, watched: bool = True) -> None:
+    """The sandbox off the other components' books: watch (``watched``), resource
+    monitor, security controller, versions. Needs no stopped process."""
     sandbox_id = record.config.id
-    _quietly(component, "watcher", "unwatch", sandbox_id)
-    _stop_sandbox_supervisor(record, component)
-    containment.forget(_Components(component), record)
-    shutil.rmtree(record.workdir, ignore_errors=True)
-    shutil.rmtree(_cache_dir(base_dir, sandbox_id), ignore_errors=True)
+    if watched:
+        _quietly(component, "watcher", "unwatch", sandbox_id)
+    containment.unregister(_Components(component), sandbox_id)
     _quietly(component, "versions", "forget", sandbox_id)
+
+
+def _remove_remains(record: SandboxRecord, component: Callable[[str], Any], base_dir: str) -> None:
+    """Its supervisor (and so its process), then what the process leaves: the
+    cgroups and the UID's processes, its directories."""
+    _stop_sandbox_supervisor(record, component)
+    containment.release(_Components(component), record)
+    shutil.rmtree(record.workdir, ignore_errors=True)
+    shutil.rmtree(_cache_dir(base_dir, record.config.id), ignore_errors=True)
 
 
 def _quietly(component: Callable[[str], Any], name: str, op: str, *args: Any) -> None:

@@ -66,9 +66,11 @@ The guard (``audit-hook``, :mod:`runtime.child.guard`) is installed after these,
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from runtime.child import egress as _egress
@@ -381,6 +383,23 @@ def _outermost(paths: list[str], exclude: str | None = None) -> list[str]:
     return out
 
 
+def _per_path(fn: Callable[[], list[str]]) -> Callable[[], list[str]]:
+    """``fn`` computed once per value of ``sys.path`` (a copy each time): the
+    installation's directories, resolved, cost 0.2-0.4 ms of each sandbox's start."""
+    memo: dict[tuple[str, ...], list[str]] = {}
+
+    @functools.wraps(fn)
+    def cached() -> list[str]:
+        key = tuple(sys.path)
+        if key not in memo:
+            memo.clear()
+            memo[key] = fn()
+        return list(memo[key])
+
+    return cached
+
+
+@_per_path
 def _package_roots() -> list[str]:
     """Where the sandbox's own imports come from: the installed packages and the
     directory holding ``runtime`` (an app's modules come from the host's finder)."""
@@ -392,6 +411,7 @@ def _package_roots() -> list[str]:
     return [os.path.realpath(r) for r in roots if r and os.path.isdir(r)]
 
 
+@_per_path
 def code_roots() -> list[str]:
     """Directories a sandbox must be able to read code from: the Python
     installation, site-packages and the runtime itself (resolved)."""

@@ -94,6 +94,8 @@ _NETNS = 2  # flag: the child enters a fresh network namespace of the pool (runt
 _RECORD = struct.Struct(">BQq")
 _STARTED, _FAILED, _EXITED = 1, 2, 3
 _CHANNEL_FD = 3  # where a child finds its channel
+#: Seconds without a request before the server makes a namespace for its pool.
+_POOL_IDLE = 0.01
 
 _BOOTSTRAP = (
     "import pickle,sys;d=pickle.loads(sys.stdin.buffer.read());sys.path[:]=d['path'];"
@@ -471,8 +473,10 @@ def _serve(init: dict[str, Any]) -> None:
     pool = _netns.Pool()
     try:
         while True:
-            # Requests first; the pool is topped up only while none is waiting.
-            ready, _, _ = select.select([ctrl.fileno(), sig_r], [], [], 0 if pool.wanted() else None)
+            # Requests first; the pool is topped up only after a quiet spell, so its
+            # work does not compete with the start of the child just forked.
+            idle = _POOL_IDLE if pool.wanted() else None
+            ready, _, _ = select.select([ctrl.fileno(), sig_r], [], [], idle)
             if not ready:
                 pool.top_up()
                 continue
