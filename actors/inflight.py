@@ -119,9 +119,22 @@ class InFlight:
         # hand-off the manager's turn would pay for every create on a busy host.
         self._threads = ThreadPoolExecutor(max_workers=JOB_THREADS, thread_name_prefix="sandbox-job")
 
-    def run(self, fn: Callable[[], None]) -> Future[None]:
-        """Run ``fn`` (a job's thread body, or a part of one) on a thread of the table's."""
-        return self._threads.submit(fn)
+    def run(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` (a job's thread body) on a thread of the table's."""
+        self._threads.submit(fn)
+
+    def aside(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` (a part of a job that overlaps the rest) on another thread of the
+        table's; on the caller's once the runtime is stopping (no new threads then)."""
+        try:
+            return self._threads.submit(fn)
+        except RuntimeError:  # shut down by close(): a job finishing while the runtime stops
+            done: Future[Any] = Future()
+            try:
+                done.set_result(fn())
+            except BaseException as exc:
+                done.set_exception(exc)
+            return done
 
     def add(self, job: Job) -> Job | None:
         """Reserve the job's sandbox id: None, or the job that holds it already (a

@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -39,6 +39,7 @@ from typing import Any, cast
 from actors import containment
 from actors.config import Limits, SandboxConfig, WatchOptions, compiler_options
 from actors.inflight import InFlight, Job, Ticket
+from actors.profiles import BUILTIN_PROFILES
 from actors.slot import ProcessSlot
 from actors.store import Store, StoredSandbox
 from runtime import telemetry
@@ -518,8 +519,7 @@ class ManagerActor(Component):
         the process until the app is ready."""
         record = job.record
         try:
-            containment.prepare(self, record)
-            self._compile(record)
+            self._contain_and_compile(record)
             process: ProcessRef | BaseException
             try:
                 process = job.extra["process"] = boot_process(record, runtime_id=self.runtime_id)
@@ -531,6 +531,23 @@ class ManagerActor(Component):
             self._start_supervisor(record, process=process)
         except BaseException as exc:
             job.result = exc
+
+    def _contain_and_compile(self, record: SandboxRecord) -> None:
+        """Containment, and the compile (two round trips, a cache hit for the 2nd..Nth
+        sandbox of one app) beside it on another job thread when the profile is a
+        built-in (a custom one is resolved by containment first, then compiled with)."""
+        if record.config.profile not in BUILTIN_PROFILES:
+            containment.prepare(self, record)
+            self._compile(record)
+            return
+        context = contextvars.copy_context()  # the caller's correlation id, as the job's
+        compiled = self.inflight.aside(lambda: context.run(self._compile, record))
+        try:
+            containment.prepare(self, record)
+        except BaseException:
+            wait([compiled])  # its versions are recorded before the failed create forgets them
+            raise
+        compiled.result()
 
     def _finish_create(self, job: Job) -> None:
         record, config = job.record, job.record.config
@@ -595,22 +612,14 @@ class ManagerActor(Component):
         record = job.record
         try:
             # The other components' books (3 round trips) while the process stops
-            # (the watch went in op_destroy); here if the runtime is stopping.
-            def books() -> None:
-                _unregister(record, self._component, watched=False)
-
-            try:
-                aside: Future[None] | None = self.inflight.run(books)
-            except RuntimeError:  # no new threads: the runtime is stopping
-                aside = None
-                books()
+            # (the watch went in op_destroy).
+            books = self.inflight.aside(lambda: _unregister(record, self._component, watched=False))
             sup = record.supervisor
             if sup is not None:
                 sup.stop(ExitReason.shutdown("sandbox destroyed"),
                          timeout=record.config.shutdown + KILL_MARGIN + 5.0)
             _remove_remains(record, self._component, self.base_dir)
-            if aside is not None:
-                aside.result()
+            books.result()
         except BaseException as exc:  # a bug: the finishing turn fails the manager with it
             job.result = exc
 
