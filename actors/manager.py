@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -618,7 +618,7 @@ class ManagerActor(Component):
             if sup is not None:
                 sup.stop(ExitReason.shutdown("sandbox destroyed"),
                          timeout=record.config.shutdown + KILL_MARGIN + 5.0)
-            _remove_remains(record, self._component, self.base_dir)
+            _remove_remains(record, self._component, self.base_dir, self.inflight.aside)
             books.result()
         except BaseException as exc:  # a bug: the finishing turn fails the manager with it
             job.result = exc
@@ -927,13 +927,29 @@ def _unregister(record: SandboxRecord, component: Callable[[str], Any], *, watch
     _quietly(component, "versions", "forget", sandbox_id)
 
 
-def _remove_remains(record: SandboxRecord, component: Callable[[str], Any], base_dir: str) -> None:
+def _remove_remains(
+    record: SandboxRecord,
+    component: Callable[[str], Any],
+    base_dir: str,
+    aside: Callable[[Callable[[], Any]], Future[Any]] | None = None,
+) -> None:
     """Its supervisor (and so its process), then what the process leaves: the
-    cgroups and the UID's processes, its directories."""
+    cgroups and the UID's processes, its directories (on another thread with
+    ``aside``, :meth:`~actors.inflight.InFlight.aside`: both are system calls)."""
     _stop_sandbox_supervisor(record, component)
-    containment.release(_Components(component), record)
-    shutil.rmtree(record.workdir, ignore_errors=True)
-    shutil.rmtree(_cache_dir(base_dir, record.config.id), ignore_errors=True)
+
+    def directories() -> None:
+        shutil.rmtree(record.workdir, ignore_errors=True)
+        shutil.rmtree(_cache_dir(base_dir, record.config.id), ignore_errors=True)
+
+    removed = aside(directories) if aside is not None else None
+    try:
+        containment.release(_Components(component), record)
+    finally:
+        if removed is not None:
+            removed.result()
+        else:
+            directories()
 
 
 def _quietly(component: Callable[[str], Any], name: str, op: str, *args: Any) -> None:
