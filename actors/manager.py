@@ -533,21 +533,22 @@ class ManagerActor(Component):
             job.result = exc
 
     def _contain_and_compile(self, record: SandboxRecord) -> None:
-        """Containment, and the compile (two round trips, a cache hit for the 2nd..Nth
-        sandbox of one app) beside it on another job thread when the profile is a
-        built-in (a custom one is resolved by containment first, then compiled with)."""
+        """Containment, and the compile: with a built-in profile the compiler's part
+        (a cache hit for the 2nd..Nth sandbox of one app) runs beside containment
+        on another job thread; what the scan found is judged (and audited under the
+        sandbox's registered profile) after it. A custom profile is resolved by
+        containment first, then compiled with."""
         if record.config.profile not in BUILTIN_PROFILES:
             containment.prepare(self, record)
             self._compile(record)
             return
         context = contextvars.copy_context()  # the caller's correlation id, as the job's
-        compiled = self.inflight.aside(lambda: context.run(self._compile, record))
+        compiled = self.inflight.aside(lambda: context.run(self._compiled, record))
         try:
             containment.prepare(self, record)
-        except BaseException:
-            wait([compiled])  # its versions are recorded before the failed create forgets them
-            raise
-        compiled.result()
+        finally:
+            wait([compiled])  # no compile outlives a failed create
+        self._compile(record, compiled.result())
 
     def _finish_create(self, job: Job) -> None:
         record, config = job.record, job.record.config
@@ -700,10 +701,24 @@ class ManagerActor(Component):
         the sandbox itself can write."""
         return _cache_dir(self.base_dir, sandbox_id)
 
-    def _compile(self, record: SandboxRecord) -> None:
-        """Compile (and scan) every module; record them as the first versions."""
+    def _compile(self, record: SandboxRecord, result: Any = None) -> None:
+        """Compile (and scan) every module (or take ``result``, a :meth:`_compiled`
+        made beforehand); refuse what the scan refused; record the modules as the
+        first versions."""
+        if result is None:
+            result = self._compiled(record)
+        containment.check_compiled(self, record, result)  # SecurityViolation
+        result.raise_for_errors()
+        versions = self._component("versions").invoke("record", record.config.id, result)
+        record.slot.modules = {
+            name: ModuleCode.from_compiled(m, versions.get(name, 0))
+            for name, m in result.modules.items()
+        }
+
+    def _compiled(self, record: SandboxRecord) -> Any:
+        """The compiler's result for the sandbox's app (a round trip to the compiler)."""
         config = record.config
-        result = self._component("compiler").invoke(
+        return self._component("compiler").invoke(
             "compile_sandbox",
             config.path,
             profile=containment.compile_profile(record),
@@ -714,13 +729,6 @@ class ManagerActor(Component):
             timeout=COMPILE_TIMEOUT,
             **compiler_options(config.compile_settings()),
         )
-        containment.check_compiled(self, record, result)  # SecurityViolation
-        result.raise_for_errors()
-        versions = self._component("versions").invoke("record", config.id, result)
-        record.slot.modules = {
-            name: ModuleCode.from_compiled(m, versions.get(name, 0))
-            for name, m in result.modules.items()
-        }
 
     def _watch(self, record: SandboxRecord) -> None:
         """Have the watcher watch the sandbox's directory (auto-reload); raises WatchError."""

@@ -24,7 +24,9 @@ False
 from __future__ import annotations
 
 import os
-from typing import Any
+
+from runtime.child.libc import check as _check
+from runtime.child.libc import libc as _libc
 
 __all__ = ["CLONE_NEWNET", "POOL_SIZE", "Pool", "enter", "entered", "loopback_up"]
 
@@ -33,26 +35,6 @@ CLONE_NEWNET = 0x40000000
 #: a burst takes the rest of its namespaces the old way, in parallel.
 POOL_SIZE = 4
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
-
-_libc_handle: Any = None
-
-
-def _libc() -> Any:
-    global _libc_handle
-    if _libc_handle is None:
-        import ctypes
-
-        _libc_handle = ctypes.CDLL(None, use_errno=True)
-    return _libc_handle
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        import ctypes
-
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
 
 def loopback_up() -> None:
     """Bring ``lo`` up in the current network namespace (a new one has it down)."""

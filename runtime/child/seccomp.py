@@ -56,6 +56,8 @@ import os
 import signal
 from typing import Any
 
+from runtime.child.libc import libc as _libc
+
 __all__ = [
     "ALWAYS_DENIED",
     "EXEC_DENIED",
@@ -323,14 +325,6 @@ def _build(*, deny_exec: bool, fatal: bool) -> tuple[bytes, tuple[str, ...]]:
 
 
 _programs: dict[tuple[bool, bool], tuple[bytes, tuple[str, ...]]] = {}
-_libc_handle: Any = None
-
-
-def _libc() -> Any:
-    global _libc_handle
-    if _libc_handle is None:
-        _libc_handle = ctypes.CDLL(None, use_errno=True)
-    return _libc_handle
 
 
 # Loaded when the module is imported: in the fork server (which preloads the boot
