@@ -79,7 +79,11 @@ class Pool:
         """Make one namespace, loopback up, and keep it; the caller stays in its own."""
         if not self.wanted():
             return
-        own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:  # no /proc here: every sandbox makes its own
+            self.broken = str(exc)
+            return
         try:
             if _libc().unshare(CLONE_NEWNET) != 0:
                 import ctypes
