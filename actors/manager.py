@@ -598,8 +598,7 @@ class ManagerActor(Component):
         if held is not None:
             raise _busy(sandbox_id, held)
         record.destroying = True
-        record.slot.watch = None
-        self._unwatch(sandbox_id)
+        record.slot.watch = None  # a restarting watcher leaves it; the job unwatches it
         self._set_status(record, "stopping")
         if self.store is not None:  # first: a host killed now does not bring it back
             self.store.delete_sandbox(sandbox_id)
@@ -612,9 +611,10 @@ class ManagerActor(Component):
         process stops gracefully, then is killed) and remove every trace of it."""
         record = job.record
         try:
-            # The other components' books (3 round trips) while the process stops
-            # (the watch went in op_destroy).
-            books = self.inflight.aside(lambda: _unregister(record, self._component, watched=False))
+            # The other components' books (4 round trips, none in the manager's turn)
+            # while the process stops: a reload the watcher starts meanwhile is
+            # refused (the destroy is in flight).
+            books = self.inflight.aside(lambda: _unregister(record, self._component))
             sup = record.supervisor
             if sup is not None:
                 sup.stop(ExitReason.shutdown("sandbox destroyed"),
@@ -743,9 +743,6 @@ class ManagerActor(Component):
             "watch", record.config.id, record.config.path, options=record.slot.watch,
             exclude=(record.workdir, self.cache_dir(record.config.id)), timeout=60.0,
         )
-
-    def _unwatch(self, sandbox_id: str) -> None:
-        _quietly(self._component, "watcher", "unwatch", sandbox_id)
 
     def _get(self, sandbox_id: str) -> SandboxRecord:
         record = self.records.get(sandbox_id)
@@ -925,12 +922,11 @@ def _remove_traces(record: SandboxRecord, component: Callable[[str], Any], base_
     _remove_remains(record, component, base_dir)
 
 
-def _unregister(record: SandboxRecord, component: Callable[[str], Any], *, watched: bool = True) -> None:
-    """The sandbox off the other components' books: watch (``watched``), resource
-    monitor, security controller, versions. Needs no stopped process."""
+def _unregister(record: SandboxRecord, component: Callable[[str], Any]) -> None:
+    """The sandbox off the other components' books: watch, resource monitor,
+    security controller, versions. Needs no stopped process."""
     sandbox_id = record.config.id
-    if watched:
-        _quietly(component, "watcher", "unwatch", sandbox_id)
+    _quietly(component, "watcher", "unwatch", sandbox_id)
     containment.unregister(_Components(component), sandbox_id)
     _quietly(component, "versions", "forget", sandbox_id)
 
