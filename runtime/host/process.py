@@ -256,6 +256,7 @@ class _Connection:
             proc = forkserver.spawn(
                 child_main, (self.boot,), fds=(child_sock.fileno(), *capture.child_fds()),
                 userns=bool((self.boot.isolation or {}).get("userns")),
+                netns=bool((self.boot.isolation or {}).get("netns_pool")),
             )
         except BaseException:
             host_sock.close()
