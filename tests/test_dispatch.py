@@ -8,8 +8,6 @@ inside a handler, timeouts, and many concurrent callers.
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 from pathlib import Path
 
@@ -18,7 +16,6 @@ from helpers import wait_for
 
 from runtime.actor import Reply
 from runtime.errors import ActorDead, ActorFailed, CallTimeout
-from runtime.host import process
 from runtime.host.process import ProcessRef, start_process
 
 pytestmark = pytest.mark.timeout(60)
@@ -189,19 +186,3 @@ def test_a_call_timing_out_on_the_short_way_drops_its_late_answer_and_keeps_orde
         sent.append(i)
         assert ref.call("gate", i, timeout=10) == i
         assert ref.call("log", "get", timeout=10) == sent
-
-
-def test_a_parked_host_reader_wakes_for_a_kick_and_for_the_hang_up(ref: ProcessRef, monkeypatch):
-    # While callers read their own answers the host's reader thread parks; it wakes
-    # for a kick (an answer only it will read) or the socket's hang-up, never on a
-    # short timer (runtime.host.process._Connection._park). Its quiet check is put
-    # out of the test's reach, so only those two can wake it here.
-    monkeypatch.setattr(process, "_PARK_MS", 3_600_000)
-    conn = ref._conn
-    wait_for(lambda: ref.call("where", "x") and conn._parked, timeout=10, message="reader parked")
-    answer = Reply()
-    ref.call_into(("where", "x"), answer)  # nobody leads: the reader is kicked to read it
-    assert answer.wait(10) and answer.result() == "MainThread"
-    wait_for(lambda: ref.call("where", "x") and conn._parked, timeout=10, message="parked again")
-    os.kill(ref.pid, signal.SIGKILL)  # type: ignore[arg-type]
-    wait_for(lambda: conn.down is not None, timeout=10, message="the parked reader saw the child die")

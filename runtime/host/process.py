@@ -112,10 +112,8 @@ KILL_MARGIN = 3.0
 #: How long to wait for a killed (or EOF'd) child to be reaped.
 _REAP_TIMEOUT = 5.0
 #: While callers read their own replies, how often the parked reader thread looks
-#: whether they went quiet (so it takes over reading), in milliseconds. It wakes at
-#: once on a kick or the socket's hang-up, so this only bounds how late a notice
-#: sent while nobody calls is read after a stretch of calls.
-_PARK_MS = 1000
+#: whether they went quiet (so it takes over reading).
+_PARK = 0.05
 #: The receive timeout (SO_RCVTIMEO) of the host's socket: a leading caller blocks
 #: in the read itself (one system call per reply, as a bare client does, instead of
 #: a poll and then a read) and looks at its deadline at least this often; the last
@@ -234,10 +232,8 @@ class _Connection:
         self._lead_poll = select.poll()
         self._problem: ProtocolError | None = None  # seen by a leading caller
         self._activity = 0  # bumped by every leading caller
-        self._kick_lock = threading.Lock()
+        self._cv = threading.Condition()
         self._kicked = False
-        self._parked = False  # the reader waits in _park (a kick must wake it)
-        self._kick_fd = -1  # the reader's eventfd while it runs (kicks wake its poll)
         #: Layers of OS isolation the child applied (from its ``ready``), and why
         #: others were skipped; what the child says, shown to operators.
         self.isolation: list[str] = []
@@ -365,10 +361,9 @@ class _Connection:
     # reply. The reader thread reads whenever no caller leads: it notices EOF,
     # protocol errors and system notices while no call is in flight, and serves
     # call_into sinks. While callers are leading it parks (it would only wake on
-    # their replies and fight them for the GIL): it waits for the socket's hang-up
-    # (poll with no events: a reply does not wake it) or a kick, and looks every
-    # _PARK_MS whether the callers went quiet; a leader that leaves work behind
-    # (other callers' replies, an EOF, a protocol error) kicks it awake.
+    # their replies and fight them for the GIL), checking every _PARK seconds
+    # whether they went quiet; a leader that leaves work behind (other callers'
+    # replies, an EOF, a protocol error) kicks it awake.
     # Both poll a private dup of the socket's fd, which stays valid (and reports the
     # hang-up) even after the channel closed its own fd.
 
@@ -509,37 +504,19 @@ class _Connection:
 
     def kick(self) -> None:
         """Make the reader thread read now (it may be parked)."""
-        with self._kick_lock:
-            if not self._kicked:
-                self._kicked = True
-                if self._parked:  # a reader about to poll, or polling: wake it
-                    os.eventfd_write(self._kick_fd, 1)
+        with self._cv:
+            self._kicked = True
+            self._cv.notify()
 
-    def _park(self, poll: Callable[[int], list[Any]]) -> None:
-        """Wait while callers lead; return once they are quiet, someone kicks, or the
-        socket hangs up. ``poll`` watches the kick eventfd and the socket (for no
-        events: only its hang-up and errors wake it, not the callers' replies)."""
-        with self._kick_lock:
-            if self._kicked:
-                self._kicked = False
-                return
-            self._parked = True
-        try:
-            while True:
+    def _park(self) -> None:
+        """Wait while callers lead; return once they are quiet or someone kicks."""
+        with self._cv:
+            while not self._kicked:
                 seen = self._activity
-                if poll(_PARK_MS):
-                    break  # a kick or a hang-up
+                self._cv.wait(_PARK)
                 if self._activity == seen and not self._token.locked():
                     break
-        finally:
-            with self._kick_lock:
-                self._parked = False
-                if self._kicked:
-                    self._kicked = False
-                    try:
-                        os.eventfd_read(self._kick_fd)
-                    except BlockingIOError:  # kicked before this poll: nothing written
-                        pass
+            self._kicked = False
 
     def _route(self, envelopes: Iterable[Any]) -> None:
         for env in envelopes:
@@ -581,11 +558,6 @@ class _Connection:
         poller = select.poll()
         poller.register(self._poll_fd, select.POLLIN)
         poll = poller.poll
-        parker = select.poll()
-        parker.register(self._poll_fd, 0)  # hang-up and errors only
-        with self._kick_lock:
-            self._kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        parker.register(self._kick_fd, select.POLLIN)
         token = self._token
         problem: ProtocolError | None = None
         try:
@@ -597,7 +569,7 @@ class _Connection:
                 if self._problem is not None:
                     raise self._problem
                 if self._activity != seen or token.locked():
-                    self._park(parker.poll)  # callers are leading: leave the reading to them
+                    self._park()  # callers are leading: leave the reading to them
                     continue
                 with token:
                     if self._problem is not None:
@@ -615,9 +587,6 @@ class _Connection:
             channel.close()  # wakes a leading caller, which then gives the token back
             with token:
                 fd, self._poll_fd = self._poll_fd, -1
-                os.close(fd)
-            with self._kick_lock:
-                fd, self._kick_fd = self._kick_fd, -1
                 os.close(fd)
         self._child_gone(problem)
 
