@@ -356,12 +356,22 @@ _ATOMIC: frozenset[type] = frozenset(
 
 
 class _Flat:
-    """A shallow copy of a dict or list of scalars and live objects: all the copy it needs."""
+    """A dict or list of scalars and live objects, copied shallow when it is restored.
+
+    The copy is made in the migration pass, not when the state is looked at: the
+    state cannot change meanwhile (its actor is held), and the actors' objects are
+    then touched once instead of twice (with 1,000 actors, each pass over their
+    scattered objects costs about a millisecond of cache misses).
+    """
 
     __slots__ = ("value",)
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+    def copy(self) -> Any:
+        value = self.value
+        return dict(value) if type(value) is dict else list(value)
 
 
 def _flat_items(values: Iterable[Any]) -> bool:
@@ -371,25 +381,29 @@ def _flat_items(values: Iterable[Any]) -> bool:
     return kinds <= _ATOMIC or all(k in _ATOMIC or _is_live(k) for k in kinds)
 
 
-def _flat_copy(state: Any) -> Any:
-    """A copy of a dict/list/tuple holding only scalars and live objects (actor refs,
-    locks, ...), or None if it is not one: much cheaper than a pickle round trip, and
-    there is no object to re-bind."""
+_plain = _ATOMIC.issuperset
+
+
+def _flat(state: Any) -> Any:
+    """``state`` as a :class:`_Flat` if it is a dict/list holding only scalars and live
+    objects (actor refs, locks, ...), itself if it is such a tuple, else None: a
+    shallow copy is then all the copy it needs, much cheaper than a pickle round
+    trip, and there is no object to re-bind."""
     kind = type(state)
     if kind is dict:
-        if _ATOMIC.issuperset(map(type, state)) and _flat_items(state.values()):
-            return _Flat(dict(state))
+        if _plain(map(type, state)) and _flat_items(state.values()):
+            return _Flat(state)
     elif kind is list or kind is tuple:
         if _flat_items(state):
-            return _Flat(list(state)) if kind is list else state
+            return _Flat(state) if kind is list else state
     return None
 
 
 def _snapshot(state: Any) -> Any:
-    """A copy of ``state`` to restore from: an immutable scalar is its own copy."""
+    """What to restore a copy of ``state`` from: an immutable scalar is its own copy."""
     if type(state) in _ATOMIC:
         return state
-    flat = _flat_copy(state)
+    flat = _flat(state)
     if flat is not None:
         return flat
     try:
@@ -406,8 +420,12 @@ def _snapshot(state: Any) -> Any:
 
 
 def _restore(snap: Any) -> Any:
-    if type(snap) is not _Snapshot:
-        return snap.value if type(snap) is _Flat else snap
+    """A fresh copy of the state ``snap`` was taken of."""
+    kind = type(snap)
+    if kind is _Flat:
+        return snap.copy()
+    if kind is not _Snapshot:
+        return snap
     if snap.data is None:
         return snap.value
     if snap.kept is None:
@@ -699,16 +717,26 @@ def apply_reload(
         # state can hold (not just GenServers): the walk costs every other actor.
         holdable = _state_classes_in(new_code)
         servers: list[Any] = []  # actors running a class of a reloaded module
+        snaps: list[Any] = []  # what each one's state is copied from (see _restore)
         others: list[Any] = []
-        for s in list(SERVERS):  # one pass; reloaded modules' actors are all it migrates
+        # One pass over the servers, with each state's copy decided (a pickle is taken
+        # now, while the old classes are what their names import; a flat copy is made
+        # when migrating). Inlined (_alive, the common state of scalars in _flat): this
+        # runs for every actor while all of them are held.
+        for s in list(SERVERS):
             if s.impl is None:
                 continue
             if s.impl_cls.__module__ in new_code:
-                if _alive(s):
+                if s._exit_reason is None and not s.actor_stopped.is_set():
                     servers.append(s)
+                    state = s.state
+                    if type(state) is dict and _plain(map(type, state)) \
+                            and _plain(map(type, state.values())):
+                        snaps.append(_Flat(state))
+                    else:
+                        snaps.append(_snapshot(state))
             elif holdable and _alive(s):
                 others.append(s)
-        snaps = [_snapshot(s.state) for s in servers]
         holders = [s for s in others if _instances_in(s.state, new_code)]
         holder_snaps = [_snapshot(s.state) for s in holders]
         rebound: list[tuple[Any, Any]] = []
@@ -742,19 +770,22 @@ def apply_reload(
                 migrate_fn = _load_migrate(migrate)
             # Per class, once: its new class, versions, and whether it is migrated.
             resolved: dict[type, tuple[Any, Any, Any, bool, bool]] = {}
+            last_cls: Any = None
             for server, snap in zip(servers, snaps):
                 current = server
                 old_cls: Any = server.impl_cls  # a GenServer subclass
-                entry = resolved.get(old_cls)
-                if entry is None:
-                    step, module = "resolve", old_cls.__module__
-                    new_cls = _new_class(old_cls, server.actor_id)
-                    entry = resolved[old_cls] = (
-                        new_cls, old_cls.vsn, new_cls.vsn, module in changed_set,
-                        declares_shape(new_cls))
-                new_cls, old_vsn, new_vsn, migrating, declared = entry
+                if old_cls is not last_cls:  # actors of one class usually come in a row
+                    entry = resolved.get(old_cls)
+                    if entry is None:
+                        step, module = "resolve", old_cls.__module__
+                        new_cls = _new_class(old_cls, server.actor_id)
+                        entry = resolved[old_cls] = (
+                            new_cls, old_cls.vsn, new_cls.vsn, module in changed_set,
+                            declares_shape(new_cls))
+                    new_cls, old_vsn, new_vsn, migrating, declared = entry
+                    last_cls = old_cls
                 step = "restore"
-                state = _restore(snap)
+                state = snap.copy() if type(snap) is _Flat else _restore(snap)
                 impl = new_cls()
                 impl.ref = server.impl.ref
                 if migrating:
