@@ -56,7 +56,7 @@ from runtime.actor import ExitReason
 from runtime.child.swap import ModuleCode
 from runtime.errors import ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
 from runtime.wire.shipping import ship
-from sandbox.reload_ack import shipped_digests, verify_swap
+from sandbox.reload_ack import shipped_digests, still_serving, verify_swap
 
 if TYPE_CHECKING:
     from sandbox.api import Runtime
@@ -313,8 +313,8 @@ def hot_reload(
             ]
             shipped = None if migrate is None else ship(migrate, set(slot.modules) | set(result.modules))
             with _journal(rt, report, new_versions) as rid:
-                swap = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra, timeout,
-                             removed=removed, reload_id=rid)
+                swap, proc = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra,
+                                   timeout, removed=removed, reload_id=rid)
                 report.versions = _record_committed(
                     rt, slot, "record", sandbox_id, [result.modules[m] for m in wanted],
                     journal=rid, removed=removed,
@@ -324,6 +324,7 @@ def hot_reload(
                     slot.modules[m] = _code_for(m, result.modules, slot.modules, report.versions)
             for m in removed:
                 slot.modules.pop(m, None)
+            _check_still_serving(slot, proc, report)
             report.modules, report.changed, report.cycles = plan.modules, list(wanted), plan.cycles
             report.removed = list(removed)
             _fill(report, swap)
@@ -363,10 +364,11 @@ def rollback_module(
         units = [[(chosen.get(m) or slot.modules[m]).to_wire() for m in unit]
                  for unit in plan.units]
         with _journal(rt, report, {module: version}) as rid:
-            swap = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout,
-                         reload_id=rid)
+            swap, proc = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout,
+                               reload_id=rid)
             _record_committed(rt, slot, "set_current", sandbox_id, module, version, journal=rid)
         slot.modules[module] = chosen[module]
+        _check_still_serving(slot, proc, report)
         report.modules, report.changed, report.cycles = plan.modules, [module], plan.cycles
         report.versions = {module: version}
         _fill(report, swap)
@@ -521,6 +523,16 @@ def _loaded_but_deleted(result: Any, current: Mapping[str, ModuleCode]) -> list[
     return sorted(gone & set(current))
 
 
+def _check_still_serving(slot: Any, proc: Any, report: ReloadReport) -> None:
+    """The swap is recorded and ``slot.modules`` names its code: if the process that
+    swapped has been replaced meanwhile, say so (reload_ack.still_serving restarts
+    a replacement that may have booted the code recorded before)."""
+    if not still_serving(slot, proc):
+        report.warnings.append(
+            "the sandbox's process restarted during the reload: it runs the new code, "
+            "but its actors started afresh (their state was not kept)")
+
+
 def _fill(report: ReloadReport, swap: Mapping[str, Any]) -> None:
     report.actors = swap["actors"]
     report.warnings += list(swap["warnings"])
@@ -553,8 +565,9 @@ def _swap(
     *,
     reload_id: str,
     removed: list[str] | None = None,
-) -> dict[str, Any]:
-    """Ask the sandbox to swap; its verdict, whatever times out (see the module doc)."""
+) -> tuple[dict[str, Any], Any]:
+    """Ask the sandbox to swap: its report and the process that made it (the verdict,
+    whatever times out: see the module doc)."""
     payload = {"units": units, "changed": changed, "migrate": migrate, "extra": extra,
                "suspend_timeout": min(timeout, 10.0), "removed": removed or [],
                "reload_id": reload_id, "timeout": timeout}
@@ -578,7 +591,8 @@ def _swap(
             ) from None
         verify_swap(proc, sandbox_id, shipped_digests(units), None)
         return {"actors": 0, "warnings": [
-            f"the sandbox committed the swap but its report did not arrive within {timeout}s"]}
+            f"the sandbox committed the swap but its report did not arrive within {timeout}s"]
+        }, proc
     if not result.get("ok"):
         err = ReloadFailed(
             f"sandbox {sandbox_id!r}: {result.get('error')}",
@@ -589,7 +603,7 @@ def _swap(
         raise err
     # Recorded only if the sandbox installed, and serves, exactly what was shipped.
     verify_swap(proc, sandbox_id, shipped_digests(units), result.get("installed", {}))
-    return result
+    return result, proc
 
 
 def _set_status_back(rt: Runtime, sandbox_id: str) -> None:

@@ -203,8 +203,8 @@ _EXECUTED: weakref.WeakKeyDictionary[types.ModuleType, str] = weakref.WeakKeyDic
 def serving(names: Iterable[str]) -> dict[str, str | None]:
     """For each module name, the SHA-256 of the code of the module object that
     ``sys.modules`` holds now (None: not loaded, or not loaded by the app's finder).
-    The host compares it with what it shipped after a reload (the ``code_digests``
-    system op).
+    The host compares it with what it shipped after a reload (the ``installed`` of
+    the ``reload`` op's report; the ``code_digests`` system op when no report came).
 
     >>> serving(["json"])
     {'json': None}
@@ -893,7 +893,6 @@ def apply_reload(
     for w in warnings:
         log.warning(w)
     return {
-        "installed": serving(names),
         "modules": names,
         "removed": removed,
         "changed": sorted(changed_set & set(names)),
@@ -941,6 +940,9 @@ def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
     ))
     if report["ok"]:
         _LAST_SWAP["modules"] = frozenset(report["modules"])
+        # What the host checks against what it shipped (sandbox/reload_ack.py): looked
+        # up here, after the transaction returned, not taken from its report.
+        report["installed"] = serving(report["modules"])
     return report
 
 
