@@ -256,7 +256,7 @@ def hot_reload(
     report = ReloadReport(sandbox=sandbox_id, at=time.time())
     meta = {"sandbox": sandbox_id, "runtime": rt.name}
     with slot.reload_lock, telemetry.span("sandbox.reload", meta) as span_md, \
-            _recorded(rt, slot, report, t0):
+            _recorded(rt, slot, report, t0) as marked:
         overlay = None
         removed: list[str] = []
         try:
@@ -312,6 +312,7 @@ def hot_reload(
                 for unit in plan.units
             ]
             shipped = None if migrate is None else ship(migrate, set(slot.modules) | set(result.modules))
+            marked()
             with _journal(rt, report, new_versions) as rid:
                 swap, proc = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra,
                                    timeout, removed=removed, reload_id=rid)
@@ -355,7 +356,7 @@ def rollback_module(
     report = ReloadReport(sandbox=sandbox_id, kind="rollback", at=time.time())
     meta = {"sandbox": sandbox_id, "runtime": rt.name, "module": module, "version": version}
     with slot.reload_lock, telemetry.span("sandbox.rollback", meta), \
-            _recorded(rt, slot, report, t0):
+            _recorded(rt, slot, report, t0) as marked:
         target = versions.invoke("get_version", sandbox_id, module, version)
         # pending: an unloaded module is not in the current graph, its version is
         plan = versions.invoke("calculate_reload_order", sandbox_id, [module],
@@ -363,6 +364,7 @@ def rollback_module(
         chosen = {module: ModuleCode.from_compiled(target, version)}
         units = [[(chosen.get(m) or slot.modules[m]).to_wire() for m in unit]
                  for unit in plan.units]
+        marked()
         with _journal(rt, report, {module: version}) as rid:
             swap, proc = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout,
                                reload_id=rid)
@@ -392,7 +394,7 @@ def unload_module(
     report = ReloadReport(sandbox=sandbox_id, kind="unload", at=time.time())
     meta = {"sandbox": sandbox_id, "runtime": rt.name, "module": module}
     with slot.reload_lock, telemetry.span("sandbox.unload", meta), \
-            _recorded(rt, slot, report, t0):
+            _recorded(rt, slot, report, t0) as marked:
         if module not in slot.modules:
             raise ReloadFailed(
                 f"sandbox {sandbox_id!r} has no loaded module {module!r} "
@@ -406,6 +408,7 @@ def unload_module(
                 f"{', '.join(importers)} import{'s' if len(importers) == 1 else ''} it; remove "
                 "the import (and reload) or unload those first; nothing was changed",
                 module=module, step="unload")
+        marked()
         payload = {"module": module, "correlation_id": logs.current_id()}
         result = slot.get(timeout).system("unload_module", payload, timeout=timeout)
         if not result.get("ok"):
@@ -418,12 +421,21 @@ def unload_module(
 
 
 @contextmanager
-def _recorded(rt: Runtime, slot: Any, report: ReloadReport, t0: float) -> Iterator[None]:
-    """Status ``reloading`` for the duration; the outcome kept as the slot's last reload."""
+def _recorded(
+    rt: Runtime, slot: Any, report: ReloadReport, t0: float
+) -> Iterator[Callable[[], None]]:
+    """Status ``reloading`` for the duration; the outcome kept as the slot's last reload.
+
+    Yields ``marked()``, which waits for the manager to have set the status (and
+    raises what setting it raised): called before the swap, by when the manager
+    has long answered, so the mark costs no wait of its own. Status changes go to
+    the manager in order, so one set back when the body ends (not waited for) is
+    seen by anything this thread asks the manager next.
+    """
     sandbox_id = report.sandbox
-    rt._manager("set_status", sandbox_id, "reloading")
+    pending = rt.component("manager").send("set_status", sandbox_id, "reloading")
     try:
-        yield
+        yield pending.result
     except BaseException as exc:
         report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
         raise
@@ -607,7 +619,9 @@ def _swap(
 
 
 def _set_status_back(rt: Runtime, sandbox_id: str) -> None:
+    """Status ``running`` again (unless something else changed it meanwhile), not
+    waited for: a sandbox destroyed meanwhile makes it a no-op."""
     try:
-        rt._manager("set_status", sandbox_id, "running", "reloading")
+        rt.component("manager").send("set_status", sandbox_id, "running", "reloading")
     except SandboxError:
-        pass  # destroyed meanwhile
+        pass  # destroyed meanwhile, or no manager running to tell
