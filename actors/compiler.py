@@ -31,6 +31,7 @@ source are hashed into the cache key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -126,6 +127,8 @@ class _Profile:
 
 #: Workers with a sandbox's own memory limit kept besides the default one.
 _MAX_EXTRA_WORKERS = 2
+#: The message a compiler sends itself to write the cache entries of an operation.
+_WRITE_CACHE = "write-cache"
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,8 @@ class CompilerActor(Component):
         )
         self._extra_workers: dict[int, CompileWorker] = {}
         self.stats = {"compiled": 0, "cached": 0, "killed": 0}
+        #: Cache entries of this operation, written once its caller has the result.
+        self._unwritten: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
     def on_init(self) -> None:
@@ -230,7 +235,14 @@ class CompilerActor(Component):
             self._owned_dir = Path(tempfile.mkdtemp(prefix="sandbox-compile-cache-"))
             self._default_cache_dir = self._owned_dir
 
+    def on_info(self, message: Any) -> None:
+        if message == _WRITE_CACHE:
+            self._write_cache()
+        else:
+            super().on_info(message)
+
     def on_exit(self, reason: Any) -> None:
+        self._write_cache()
         self._worker.close()
         for worker in self._extra_workers.values():
             worker.close()
@@ -337,7 +349,9 @@ class CompilerActor(Component):
         return result
 
     def op_status(self) -> dict[str, Any]:
-        """Worker and cache state, for operators and tests."""
+        """Worker and cache state, for operators and tests (entries of the operations
+        before it are written)."""
+        self._write_cache()
         return {
             "worker_pid": self._worker.pid,
             "workers_started": self._worker.started,
@@ -352,6 +366,7 @@ class CompilerActor(Component):
 
     def op_clear_cache(self, cache_dir: str | os.PathLike[str] | None = None) -> int:
         """Remove every entry of a cache directory (default: the actor's); returns the count."""
+        self._write_cache()
         d = Path(cache_dir) if cache_dir is not None else self._default_cache_dir
         assert d is not None
         return self._cache(d, None).clear()
@@ -387,6 +402,11 @@ class CompilerActor(Component):
         cache: CompileCache,
         budget: _Budget,
     ) -> CompilationResult:
+        self._write_cache()  # an earlier operation's entries, if this one came first
+        try:
+            cache.ensure_directory()  # its entries are written after the answer (_write_later)
+        except OSError as exc:
+            log.warning("cannot create compile cache directory %s: %s", cache.directory, exc)
         prof = _Profile.of(profile)
         start = time.monotonic()
         result = CompilationResult(root=str(shown), profile=prof.name)
@@ -451,7 +471,8 @@ class CompilerActor(Component):
             # validation.
             transient = any(d.get("code") == "scanner-error" for d in entry.diagnostics)
             if reply.cacheable and entry.status == reply.status and not transient:
-                cache.store(key, entry, source=source, filename=filename)
+                self._write_later(functools.partial(
+                    cache.store, key, entry, source=source, filename=filename, recreate=False))
             self.stats["compiled"] += 1
         else:
             self.stats["cached"] += 1
@@ -470,6 +491,20 @@ class CompilerActor(Component):
             f.name, filename, source, entry.code,
             dependencies=res.dependencies, from_cache=from_cache, is_package=f.is_package,
         )
+
+    def _write_later(self, write: Callable[[], None]) -> None:
+        """Write a cache entry once the caller has the compile's result: the write
+        (a temporary file and a rename) is off a hot reload's critical path. The
+        next message this actor handles writes it (or stop does), so an operation
+        asked after this one finds it, ``status`` included."""
+        if not self._unwritten:
+            self.ref.tell(_WRITE_CACHE)
+        self._unwritten.append(write)
+
+    def _write_cache(self) -> None:
+        writes, self._unwritten = self._unwritten, []
+        for write in writes:
+            write()
 
     def _worker_for(self, memory_limit: int) -> CompileWorker:
         """The worker with this memory limit (RLIMIT_AS is set once per worker process):
