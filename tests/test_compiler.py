@@ -668,3 +668,26 @@ def test_diagnostic_round_trip_and_format() -> None:
     assert d.format() == "a.py:3:4: unknown-import no module\n    hint: install it"
     odd = Diagnostic.coerce({"message": "x", "severity": "catastrophic"}, "f.py")
     assert odd.severity == "error" and odd.file == "f.py"
+
+
+def test_imports_found_by_walking_statements_only_are_those_of_the_whole_tree() -> None:
+    """A module naming neither import_module nor __import__ has only import statements:
+    walking statements (not expressions) finds the same records, in the same order."""
+    import ast
+
+    from actors.importscan import extract_imports
+
+    source = (
+        "import a\n"
+        "try:\n    import b\nexcept ImportError:\n    from c import d\n"
+        "def f():\n    class K:\n        from .e import g\n    return [x for x in (1, 2)]\n"
+        "match f():\n    case 1:\n        import h\n"
+        "with open('x') as fh:\n    if fh:\n        import i.j as k\n"
+    )
+    tree = ast.parse(source)
+    found = extract_imports(tree, source)
+    assert found == extract_imports(tree)
+    assert [r["module"] for r in found] == ["a", "b", "c", "e", "h", "i.j"]
+    assert [r["guarded"] for r in found][:3] == [False, True, False]
+    dynamic = "import importlib\nm = importlib.import_module('x')\n"
+    assert [r["kind"] for r in extract_imports(ast.parse(dynamic), dynamic)] == ["import", "dynamic"]
