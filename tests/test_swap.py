@@ -244,6 +244,42 @@ def test_a_failing_code_change_for_one_actor_changes_nothing(app: App):
             r.stop()
 
 
+def test_a_code_change_mutating_its_state_in_place_leaves_the_old_state_on_failure(app: App):
+    """The copy a flat state's code_change gets is made for it: a change in place
+    never reaches the state the old code keeps serving when the reload fails."""
+    app.install(app.code("box", SERVER_V1))
+    refs = start_boxes(app, 3)
+    mutating = SERVER_V1.replace("vsn = 1", "vsn = 2") + """
+    def code_change(self, old_vsn, state, extra):
+        state["touched"] = True
+        if state["n"] == extra:
+            raise ValueError("no")
+        return state
+"""
+    try:
+        with pytest.raises(ReloadFailed):
+            swap.apply_reload([[app.code("box", mutating, 2)]], extra=2)
+        assert [r.call("x") for r in refs] == [("v1", {"n": i}) for i in range(3)]
+    finally:
+        for r in refs:
+            r.stop()
+
+
+def test_a_state_nothing_changes_is_kept_as_it_is(app: App):
+    """No code_change of its own (nor a migrate function): a flat state is not copied."""
+    app.install(app.code("box", SERVER_V1))
+    refs = start_boxes(app, 2)
+    before = [r._actor.state for r in refs]
+    try:
+        report = swap.apply_reload([[app.code("box", SERVER_V1.replace('"v1"', '"v2"'), 2)]])
+        assert report["actors"] == 2
+        assert all(r._actor.state is state for r, state in zip(refs, before, strict=True))
+        assert [r.call("x") for r in refs] == [("v2", {"n": i}) for i in range(2)]
+    finally:
+        for r in refs:
+            r.stop()
+
+
 def test_a_failed_stage_restores_every_module_of_the_plan(app: App):
     dep_v1 = app.code("dep", "X = 1\n")
     user_src = f"from {app.name('dep')} import X\nY = X\n"

@@ -709,7 +709,7 @@ def apply_reload(
     gc.disable()
     try:
         t_suspended = time.perf_counter()
-        from runtime.genserver import SERVERS
+        from runtime.genserver import SERVERS, GenServer
 
         # Actors of other modules holding objects of reloaded classes: their state is
         # copied and restored too, which re-binds those objects to the new classes.
@@ -768,8 +768,9 @@ def apply_reload(
             if migrate is not None:
                 step, module = "migrate", None
                 migrate_fn = _load_migrate(migrate)
-            # Per class, once: its new class, versions, and whether it is migrated.
-            resolved: dict[type, tuple[Any, Any, Any, bool, bool]] = {}
+            # Per class, once: its new class, versions, whether it is migrated, and
+            # whether a flat state needs its copy (something will run that may change it).
+            resolved: dict[type, tuple[Any, Any, Any, bool, bool, bool]] = {}
             last_cls: Any = None
             for server, snap in zip(servers, snaps):
                 current = server
@@ -779,13 +780,18 @@ def apply_reload(
                     if entry is None:
                         step, module = "resolve", old_cls.__module__
                         new_cls = _new_class(old_cls, server.actor_id)
+                        migrating = module in changed_set
                         entry = resolved[old_cls] = (
-                            new_cls, old_cls.vsn, new_cls.vsn, module in changed_set,
-                            declares_shape(new_cls))
-                    new_cls, old_vsn, new_vsn, migrating, declared = entry
+                            new_cls, old_cls.vsn, new_cls.vsn, migrating, declares_shape(new_cls),
+                            migrating and (migrate_fn is not None
+                                           or new_cls.code_change is not GenServer.code_change))
+                    new_cls, old_vsn, new_vsn, migrating, declared, copies = entry
                     last_cls = old_cls
                 step = "restore"
-                state = snap.copy() if type(snap) is _Flat else _restore(snap)
+                if type(snap) is _Flat:  # a state nothing will change is its own copy
+                    state = snap.copy() if copies else snap.value
+                else:
+                    state = _restore(snap)
                 impl = new_cls()
                 impl.ref = server.impl.ref
                 if migrating:
