@@ -280,6 +280,57 @@ def test_a_state_nothing_changes_is_kept_as_it_is(app: App):
             r.stop()
 
 
+def test_an_actor_a_new_module_body_starts_is_not_migrated(app: App):
+    """Actors are looked for after staging: one the new module's body started runs
+    the new class already, and gets no code_change."""
+    app.install(app.code("box", SERVER_V1))
+    refs = start_boxes(app, 2)
+    starting = SERVER_V2 + "\n\nEXTRA = Box.start(7)\n"
+    try:
+        report = swap.apply_reload([[app.code("box", starting, 2)]])
+        assert report["actors"] == 2
+        extra = sys.modules[app.name("box")].EXTRA
+        refs.append(extra)
+        assert extra.call("x") == ("v2", {"n": 7})
+        assert [r.call("x") for r in refs[:2]] == [("v2", {"n": i, "from": 1}) for i in range(2)]
+    finally:
+        for r in refs:
+            r.stop()
+
+
+def test_states_only_a_pickle_copies_rebind_to_the_new_classes(app: App):
+    """A state holding objects of a reloaded class is pickled against the old code
+    (looked for after staging) and comes back holding objects of the new class."""
+    source = SERVER_V1 + """
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+
+class Holder(GenServer):
+    def init(self, n):
+        return {"p": [Point(n)]}
+
+    def handle_call(self, request, state):
+        return (type(state["p"][0]) is Point, state["p"][0].x), state
+"""
+    app.install(app.code("box", source))
+    import importlib
+
+    module = importlib.import_module(app.name("box"))
+    ref = module.Holder.start(3)
+    try:
+        report = swap.apply_reload([[app.code("box", source + "\n# v2\n", 2)]])
+        assert report["actors"] == 1
+        new_point = sys.modules[app.name("box")].Point
+        assert new_point is not module.Point
+        assert ref.call("x") == (True, 3)
+        assert type(ref._actor.state["p"][0]) is new_point
+    finally:
+        ref.stop()
+
+
 def test_a_failed_stage_restores_every_module_of_the_plan(app: App):
     dep_v1 = app.code("dep", "X = 1\n")
     user_src = f"from {app.name('dep')} import X\nY = X\n"
