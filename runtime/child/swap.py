@@ -9,20 +9,23 @@ A hot reload (:func:`apply_reload`) is one transaction:
 
 1. suspend: take the write side of the code barrier; every actor finishes the
    message it is handling and the next ones wait in their mailboxes;
-2. snapshot each affected actor's state (pickled, so instances of reloaded
-   classes re-bind by qualified name to the new classes on restore; what cannot
-   be pickled, such as generators, locks or lambdas, is carried by reference);
-3. stage: drop the reloaded modules from ``sys.modules`` and import them afresh, in
+2. stage: drop the reloaded modules from ``sys.modules`` and import them afresh, in
    reload order (a cycle is one unit), into new module objects: names deleted from
    the source do not linger, ``from m import f`` in a dependent sees the new ``f``,
    ``lru_cache`` and decorator wrappers are new;
-4. migrate: each affected actor's state copy goes through the new class's
-   ``code_change(old_vsn, state, extra)`` (or the ``migrate`` function given);
-   then checked against what the new class declares (``state_keys``,
-   ``check_state``; see :mod:`runtime.child.statecheck`);
+3. copy each affected actor's state (a state of scalars and live objects with a
+   shallow copy; any other by a pickle taken with ``sys.modules`` naming the
+   previous modules for that moment, so instances of reloaded classes re-bind by
+   qualified name to the new classes on restore; what cannot be pickled, such as
+   generators, locks or lambdas, is carried by reference);
+4. migrate: each copy goes through the new class's ``code_change(old_vsn, state,
+   extra)`` (or the ``migrate`` function given); then checked against what the new
+   class declares (``state_keys``, ``check_state``; see :mod:`runtime.child.statecheck`).
+   Steps 3 and 4 run in one pass over the actors for the states a shallow copy
+   serves, and need no copy at all for a state nothing will change;
 5. commit: each actor gets its new class, instance and state; release the barrier.
 
-Any failure in 3 or 4 puts the previous modules back in ``sys.modules`` and leaves
+Any failure in 2 to 4 puts the previous modules back in ``sys.modules`` and leaves
 every actor's code and state untouched, then raises
 :class:`~runtime.errors.ReloadFailed` naming the step (``suspend``, ``unload``,
 ``stage``, ``resolve``, ``restore``, ``code_change``, ``migrate``, ``check_state``, ``commit``), the
@@ -250,10 +253,11 @@ def _alive(server: Any) -> bool:
 
 # -- carrying state over -----------------------------------------------------------------
 #
-# A state is copied by pickling it before the swap and unpickling it after the new
-# modules are staged: instances of reloaded classes re-bind to the new classes by
-# qualified name, and the copy code_change works on is not the object the old code
-# still serves with, so a failed reload leaves every state exactly as it was.
+# A state is copied by pickling it while sys.modules names the previous modules and
+# unpickling it once the new ones are staged: instances of reloaded classes re-bind
+# to the new classes by qualified name, and the copy code_change works on is not the
+# object the old code still serves with, so a failed reload leaves every state
+# exactly as it was. A state of scalars and live objects needs only a shallow copy.
 # Objects that cannot or must not be copied (generators, lambdas, actor refs,
 # threads, locks, events, queues, files, sockets, instances of classes that are no
 # longer importable under their name) are carried over by reference, inside an
