@@ -695,7 +695,7 @@ class _Stager:
         self.extra = extra
         self.staged: list[tuple[Any, Any, Any, Any]] = []
         self.shape_notes: list[str] = []
-        self.step = "resolve"
+        self.step = "restore"  # where a failure happened (set by stage)
         self.current: Any = None
         self._resolved: dict[type, tuple[Any, Any, Any, bool, bool, bool] | None] = {}
         self._last: Any = None  # actors of one class usually come in a row
@@ -708,7 +708,6 @@ class _Stager:
         module body started), nothing to migrate."""
         if old_cls in self._resolved:
             return self._resolved[old_cls]
-        self.step = "resolve"
         new_cls = _new_class(old_cls, server.actor_id)
         entry = None
         if new_cls is not old_cls:
@@ -722,39 +721,43 @@ class _Stager:
 
     def stage(self, server: Any, snap: Any) -> bool:
         """Stage ``server`` with its state restored from ``snap``; False if it runs a
-        class this reload staged."""
-        self.current = server
-        old_cls = server.impl_cls
-        if old_cls is self._last:
-            entry = self._entry
-        else:
-            entry = self._entry = self._resolve(server, old_cls)
-            self._last = old_cls
-        if entry is None:
-            return False
-        new_cls, old_vsn, new_vsn, migrating, declared, copies = entry
-        self.step = "restore"
-        if type(snap) is _Flat:  # a state nothing will change is its own copy
-            state = snap.copy() if copies else snap.value
-        else:
-            state = _restore(snap)
-        impl = new_cls()
-        impl.ref = server.impl.ref
-        if migrating:
-            if self.migrate_fn is not None:
-                self.step = "migrate"
-                state = self.migrate_fn(state, old_vsn, new_vsn)
+        class this reload staged. On failure, ``step`` and ``current`` say where."""
+        step = "resolve"  # a local: the hot path writes no attribute but the result
+        try:
+            old_cls = server.impl_cls
+            if old_cls is self._last:
+                entry = self._entry
             else:
-                self.step = "code_change"
-                state = impl.code_change(old_vsn, state, self.extra)
-            self.step = "check_state"  # runtime/child/statecheck.py
-            if declared:
-                check_state(impl, state, server.actor_id)
-            elif not (type(state) is dict and type(server.state) is dict
-                      and server.state.keys() <= state.keys()):
-                self.shape_notes += shape_warnings(server.actor_id, server.state, state)
-        self.staged.append((server, new_cls, impl, state))
-        return True
+                entry = self._entry = self._resolve(server, old_cls)
+                self._last = old_cls
+            if entry is None:
+                return False
+            new_cls, old_vsn, new_vsn, migrating, declared, copies = entry
+            step = "restore"
+            if type(snap) is _Flat:  # a state nothing will change is its own copy
+                state = snap.copy() if copies else snap.value
+            else:
+                state = _restore(snap)
+            impl = new_cls()
+            impl.ref = server.impl.ref
+            if migrating:
+                if self.migrate_fn is not None:
+                    step = "migrate"
+                    state = self.migrate_fn(state, old_vsn, new_vsn)
+                else:
+                    step = "code_change"
+                    state = impl.code_change(old_vsn, state, self.extra)
+                step = "check_state"  # runtime/child/statecheck.py
+                if declared:
+                    check_state(impl, state, server.actor_id)
+                elif not (type(state) is dict and type(server.state) is dict
+                          and server.state.keys() <= state.keys()):
+                    self.shape_notes += shape_warnings(server.actor_id, server.state, state)
+            self.staged.append((server, new_cls, impl, state))
+            return True
+        except BaseException:
+            self.step, self.current = step, server
+            raise
 
 
 @contextmanager
