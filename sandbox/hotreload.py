@@ -282,9 +282,9 @@ def hot_reload(
                 result = compiler.invoke("compile_sandbox", ctx.path, **opts)
             else:
                 # Compile only the files whose bytes differ from the code the sandbox
-                # runs (hashed, never judged by mtime): no cache lookups for the rest.
-                todo = _changed_on_disk(ctx.path, cache, slot.modules)
-                result = compiler.invoke("incremental_compile", ctx.path, todo, **opts)
+                # runs (compared, never judged by mtime): no cache lookups for the rest.
+                running = {n: (mc.file, mc.source) for n, mc in slot.modules.items()}
+                result = compiler.invoke("compile_changed", ctx.path, running, **opts)
             report.diagnostics = [str(d) for d in result.diagnostics]
             audit_warned(rt.component("security"), sandbox_id, result)  # profile's warn groups
             result.raise_for_errors()
@@ -504,28 +504,6 @@ def _check_importers(
                 "restore the file, then reload; nothing was changed",
                 module=gone, step="plan",
             )
-
-
-def _changed_on_disk(path: str, cache_dir: str, current: Mapping[str, ModuleCode]) -> list[str]:
-    """The module files of the app whose bytes are not the source the sandbox runs
-    (new files included), as absolute paths."""
-    from actors.appfiles import discover_modules
-
-    root = Path(os.path.abspath(path))
-    out = []
-    for name, f in discover_modules(root, exclude=[Path(cache_dir)]).items():
-        mc = current.get(name)
-        if mc is None or mc.file != str(f.path):
-            out.append(str(f.path))
-            continue
-        try:
-            data = f.path.read_bytes()
-        except OSError:
-            out.append(str(f.path))  # let the compiler report it
-            continue
-        if data != mc.source.encode("utf-8"):
-            out.append(str(f.path))
-    return out
 
 
 def _loaded_but_deleted(result: Any, current: Mapping[str, ModuleCode]) -> list[str]:

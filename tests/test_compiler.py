@@ -152,6 +152,23 @@ def test_incremental_compile_reports_removed_and_new_files(
     assert r.modules["new"].dependencies == ("a",)
 
 
+def test_compile_changed_compiles_only_what_differs_from_the_running_source(
+    compiler: ComponentRef, tmp_path: Path
+) -> None:
+    """Compared byte for byte with what runs, whatever the files' times: an edited
+    module, a new one and one whose file moved are compiled, the rest is not."""
+    app = write(tmp_path / "app", {"a.py": "import b\n", "b.py": "X = 1\n", "c.py": ""})
+    running = {"a": (str(app / "a.py"), "import b\n"), "b": (str(app / "b.py"), "X = 0\n"),
+               "c": (str(tmp_path / "elsewhere" / "c.py"), "")}
+    write(app, {"new.py": "import a\n"})
+    r = compiler.invoke("compile_changed", app, running)
+    assert sorted(r.modules) == ["b", "c", "new"] and r.ok
+    assert r.modules["new"].dependencies == ("a",)
+    assert compiler.invoke("compile_changed", app, {
+        n: (str(app / f"{n}.py"), (app / f"{n}.py").read_text()) for n in ("a", "b", "c", "new")
+    }).modules == {}
+
+
 def test_compile_file_names_the_module_from_the_app_root(
     compiler: ComponentRef, tmp_path: Path
 ) -> None:
