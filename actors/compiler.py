@@ -170,13 +170,11 @@ class CompilerActor(Component):
     apps, the default call timeout is 5 s):
 
     - ``compile_sandbox(path, *, profile="medium", cache_dir=None, compile_timeout=None,
-      memory_limit=None, cpu_limit=None)``
+      memory_limit=None, cpu_limit=None, running=None)``
     - ``compile_file(path, *, app_root=None, profile=..., cache_dir=..., compile_timeout=...,
       memory_limit=..., cpu_limit=...)``
     - ``incremental_compile(path, changed_files, *, profile=..., cache_dir=...,
       compile_timeout=..., memory_limit=..., cpu_limit=...)``
-    - ``compile_changed(path, running, *, profile=..., ...)``: the modules whose bytes
-      differ from ``running`` (``{module: (file, source)}``)
 
     ``compile_timeout``, ``memory_limit`` (bytes) and ``cpu_limit`` (seconds) given
     to an operation replace the actor's own for that compile (a sandbox's compile
@@ -267,15 +265,21 @@ class CompilerActor(Component):
         compile_timeout: float | None = None,
         memory_limit: int | None = None,
         cpu_limit: int | None = None,
+        running: Mapping[str, tuple[str, str]] | None = None,
     ) -> CompilationResult:
         """Compile every module of the app at ``path``.
 
+        ``running`` (``{module: (file, source)}``, what a sandbox runs): only the
+        modules whose file's bytes are not that source, new ones included, read and
+        compared, never judged by mtime (a hot reload's default: one discovery of the
+        app serves the comparison and the compile).
+
         >>> # ref.invoke("compile_sandbox", "examples/counter", cache_dir=workdir + "/cache")
         """
-        root = self._app_root(path)
-        cache = self._cache(cache_dir, root)
-        app = discover_modules(root, exclude=[cache.directory])
-        return self._run("compile_sandbox", path, root, app, list(app.values()), profile,
+        root, cache, app = self._app(path, cache_dir)
+        todo = list(app.values()) if running is None else \
+            [f for name, f in app.items() if _differs(f, running.get(name))]
+        return self._run("compile_sandbox", path, root, app, todo, profile,
                          cache, _Budget.of(self, compile_timeout, memory_limit, cpu_limit))
 
     def op_compile_file(
@@ -329,9 +333,7 @@ class CompilerActor(Component):
 
         >>> # ref.invoke("incremental_compile", app, ["pkg/mod.py"]).recompiled
         """
-        root = self._app_root(path)
-        cache = self._cache(cache_dir, root)
-        app = discover_modules(root, exclude=[cache.directory])
+        root, cache, app = self._app(path, cache_dir)
         todo: dict[str, AppFile] = {}
         removed: list[str] = []
         for f in changed_files:
@@ -349,31 +351,6 @@ class CompilerActor(Component):
                            cache, _Budget.of(self, compile_timeout, memory_limit, cpu_limit))
         result.removed = sorted(set(removed))
         return result
-
-    def op_compile_changed(
-        self,
-        path: str | os.PathLike[str],
-        running: Mapping[str, tuple[str, str]],
-        *,
-        profile: Any = "medium",
-        cache_dir: str | os.PathLike[str] | None = None,
-        compile_timeout: float | None = None,
-        memory_limit: int | None = None,
-        cpu_limit: int | None = None,
-    ) -> CompilationResult:
-        """Compile the modules of the app whose file's bytes are not the source it
-        runs (``running``: ``{module: (file, source)}``), new modules included: read
-        and compared, never judged by mtime. A hot reload's default; one discovery
-        of the app serves both the comparison and the compile.
-
-        >>> # ref.invoke("compile_changed", app, {"app": ("/abs/app.py", source)}).recompiled
-        """
-        root = self._app_root(path)
-        cache = self._cache(cache_dir, root)
-        app = discover_modules(root, exclude=[cache.directory])
-        todo = [f for name, f in app.items() if _differs(f, running.get(name))]
-        return self._run("compile_changed", path, root, app, todo, profile, cache,
-                         _Budget.of(self, compile_timeout, memory_limit, cpu_limit))
 
     def op_status(self) -> dict[str, Any]:
         """Worker and cache state, for operators and tests (entries of the operations
@@ -405,6 +382,14 @@ class CompilerActor(Component):
         if not root.is_dir():
             raise CompileError(f"app directory {path} does not exist or is not a directory")
         return root
+
+    def _app(
+        self, path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None
+    ) -> tuple[Path, CompileCache, dict[str, AppFile]]:
+        """The app's root, its compile cache, and its modules (the cache left out)."""
+        root = self._app_root(path)
+        cache = self._cache(cache_dir, root)
+        return root, cache, discover_modules(root, exclude=[cache.directory])
 
     def _cache(self, cache_dir: str | os.PathLike[str] | None, root: Path | None) -> CompileCache:
         d = Path(os.path.abspath(cache_dir)) if cache_dir is not None else self._default_cache_dir

@@ -284,7 +284,7 @@ def hot_reload(
                 # Compile only the files whose bytes differ from the code the sandbox
                 # runs (compared, never judged by mtime): no cache lookups for the rest.
                 running = {n: (mc.file, mc.source) for n, mc in slot.modules.items()}
-                result = compiler.invoke("compile_changed", ctx.path, running, **opts)
+                result = compiler.invoke("compile_sandbox", ctx.path, running=running, **opts)
             report.diagnostics = [str(d) for d in result.diagnostics]
             audit_warned(rt.component("security"), sandbox_id, result)  # profile's warn groups
             result.raise_for_errors()

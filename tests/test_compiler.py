@@ -152,7 +152,7 @@ def test_incremental_compile_reports_removed_and_new_files(
     assert r.modules["new"].dependencies == ("a",)
 
 
-def test_compile_changed_compiles_only_what_differs_from_the_running_source(
+def test_compile_sandbox_given_what_runs_compiles_only_what_differs(
     compiler: ComponentRef, tmp_path: Path
 ) -> None:
     """Compared byte for byte with what runs, whatever the files' times: an edited
@@ -161,10 +161,10 @@ def test_compile_changed_compiles_only_what_differs_from_the_running_source(
     running = {"a": (str(app / "a.py"), "import b\n"), "b": (str(app / "b.py"), "X = 0\n"),
                "c": (str(tmp_path / "elsewhere" / "c.py"), "")}
     write(app, {"new.py": "import a\n"})
-    r = compiler.invoke("compile_changed", app, running)
+    r = compiler.invoke("compile_sandbox", app, running=running)
     assert sorted(r.modules) == ["b", "c", "new"] and r.ok
     assert r.modules["new"].dependencies == ("a",)
-    assert compiler.invoke("compile_changed", app, {
+    assert compiler.invoke("compile_sandbox", app, running={
         n: (str(app / f"{n}.py"), (app / f"{n}.py").read_text()) for n in ("a", "b", "c", "new")
     }).modules == {}
 
