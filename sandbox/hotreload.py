@@ -69,6 +69,8 @@ COMPILE_TIMEOUT = 120.0
 VERDICT_GRACE = 5.0
 #: Seconds a committed swap waits for a restarting version manager to record it.
 RECORD_TIMEOUT = 30.0
+#: Seconds a reload waits for the manager to mark the sandbox ``reloading``.
+MANAGER_TIMEOUT = 60.0
 
 
 @dataclass
@@ -435,7 +437,7 @@ def _recorded(
     sandbox_id = report.sandbox
     pending = rt.component("manager").send("set_status", sandbox_id, "reloading")
     try:
-        yield pending.result
+        yield lambda: pending.result(timeout=MANAGER_TIMEOUT)
     except BaseException as exc:
         report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
         raise

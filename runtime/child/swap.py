@@ -829,7 +829,7 @@ def apply_reload(
     gc.disable()
     try:
         t_suspended = time.perf_counter()
-        from runtime.genserver import SERVERS, GenServer
+        from runtime.genserver import SERVERS
 
         # Actors of other modules holding objects of reloaded classes: their state is
         # copied and restored too, which re-binds those objects to the new classes.
