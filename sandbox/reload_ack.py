@@ -76,15 +76,15 @@ def verify_swap(
     if problem is None:
         return
     wrong = [m for m in sorted(shipped)
-             if not isinstance(answer, Mapping) or answer.get(m) != shipped[m]]
+             if not isinstance(answer, Mapping) or answer.get(m) != shipped[m]] or sorted(shipped)
     try:
         proc.kill(ExitReason("protocol", f"reload not acknowledged as shipped: {problem}"))
     except SandboxError:
         pass
     raise ReloadFailed(
-        f"sandbox {sandbox_id!r}: {problem} (modules {', '.join(wrong[:10]) or 'all'}); "
+        f"sandbox {sandbox_id!r}: {problem} (modules {', '.join(wrong[:10])}); "
         "nothing was recorded and its process was restarted with the recorded code",
-        module=wrong[0] if wrong else None, step="verify",
+        module=wrong[0], step="verify",
     )
 
 
