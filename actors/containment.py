@@ -25,7 +25,8 @@ the manager (its records and its ``component`` lookup) and one sandbox record:
 - :func:`terminate`: kill the sandbox's process now and tell the manager to
   stop it for good (:class:`Terminate`, handled by :func:`handle_info`).
 - :func:`forget` (destroy, or a failed create): kill whatever is left in the
-  sandbox's cgroups or runs under its UID, remove the cgroups, unregister.
+  sandbox's cgroups or runs under its UID, remove the cgroups (:func:`release`),
+  unregister (:func:`unregister`).
 - :func:`info_extra`: ``isolation``, ``quarantined``, ``usage`` and the
   effective limits, for ``get_sandbox_info``.
 """
@@ -60,7 +61,9 @@ __all__ = [
     "info_extra",
     "prepare",
     "process_options",
+    "release",
     "terminate",
+    "unregister",
 ]
 
 log = logging.getLogger("runtime.containment")
@@ -316,6 +319,13 @@ def handle_info(manager: Any, message: Any) -> bool:
 
 def forget(manager: Any, record: Any) -> None:
     """After destroy (or a failed create): nothing of the sandbox may be left running."""
+    release(manager, record)
+    unregister(manager, record.config.id)
+
+
+def release(manager: Any, record: Any) -> None:
+    """Kill whatever the sandbox left in its cgroups or under its UID, remove its
+    cgroups (once its process has exited)."""
     sid = record.config.id
     prot: Protection | None = getattr(record.slot, "security", None)
     if prot is not None:
@@ -329,9 +339,14 @@ def forget(manager: Any, record: Any) -> None:
                 )
             except SandboxError:
                 pass
+
+
+def unregister(manager: Any, sandbox_id: str) -> None:
+    """Take the sandbox off the resource monitor's and the security controller's
+    books (needs no stopped process: a destroy does it while the process stops)."""
     for name, op in (("monitor", "unregister"), ("security", "forget_sandbox")):
         try:
-            manager._component(name).invoke(op, sid)
+            manager._component(name).invoke(op, sandbox_id)
         except SandboxError:
             pass
 

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -38,6 +39,7 @@ from typing import Any, cast
 from actors import containment
 from actors.config import Limits, SandboxConfig, WatchOptions, compiler_options
 from actors.inflight import InFlight, Job, Ticket
+from actors.profiles import BUILTIN_PROFILES
 from actors.slot import ProcessSlot
 from actors.store import Store, StoredSandbox
 from runtime import telemetry
@@ -517,8 +519,7 @@ class ManagerActor(Component):
         the process until the app is ready."""
         record = job.record
         try:
-            containment.prepare(self, record)
-            self._compile(record)
+            self._contain_and_compile(record)
             process: ProcessRef | BaseException
             try:
                 process = job.extra["process"] = boot_process(record, runtime_id=self.runtime_id)
@@ -530,6 +531,24 @@ class ManagerActor(Component):
             self._start_supervisor(record, process=process)
         except BaseException as exc:
             job.result = exc
+
+    def _contain_and_compile(self, record: SandboxRecord) -> None:
+        """Containment, and the compile: with a built-in profile the compiler's part
+        (a cache hit for the 2nd..Nth sandbox of one app) runs beside containment
+        on another job thread; what the scan found is judged (and audited under the
+        sandbox's registered profile) after it. A custom profile is resolved by
+        containment first, then compiled with."""
+        if record.config.profile not in BUILTIN_PROFILES:
+            containment.prepare(self, record)
+            self._compile(record)
+            return
+        context = contextvars.copy_context()  # the caller's correlation id, as the job's
+        compiled = self.inflight.aside(lambda: context.run(self._compiled, record))
+        try:
+            containment.prepare(self, record)
+        finally:
+            wait([compiled])  # no compile outlives a failed create
+        self._compile(record, compiled.result())
 
     def _finish_create(self, job: Job) -> None:
         record, config = job.record, job.record.config
@@ -579,8 +598,7 @@ class ManagerActor(Component):
         if held is not None:
             raise _busy(sandbox_id, held)
         record.destroying = True
-        record.slot.watch = None
-        self._unwatch(sandbox_id)
+        record.slot.watch = None  # a restarting watcher leaves it; the job unwatches it
         self._set_status(record, "stopping")
         if self.store is not None:  # first: a host killed now does not bring it back
             self.store.delete_sandbox(sandbox_id)
@@ -593,11 +611,16 @@ class ManagerActor(Component):
         process stops gracefully, then is killed) and remove every trace of it."""
         record = job.record
         try:
+            # The other components' books (4 round trips, none in the manager's turn)
+            # while the process stops: a reload the watcher starts meanwhile is
+            # refused (the destroy is in flight).
+            books = self.inflight.aside(lambda: _unregister(record, self._component))
             sup = record.supervisor
             if sup is not None:
                 sup.stop(ExitReason.shutdown("sandbox destroyed"),
                          timeout=record.config.shutdown + KILL_MARGIN + 5.0)
-            _remove_traces(record, self._component, self.base_dir)
+            _remove_remains(record, self._component, self.base_dir, self.inflight.aside)
+            books.result()
         except BaseException as exc:  # a bug: the finishing turn fails the manager with it
             job.result = exc
 
@@ -678,10 +701,24 @@ class ManagerActor(Component):
         the sandbox itself can write."""
         return _cache_dir(self.base_dir, sandbox_id)
 
-    def _compile(self, record: SandboxRecord) -> None:
-        """Compile (and scan) every module; record them as the first versions."""
+    def _compile(self, record: SandboxRecord, result: Any = None) -> None:
+        """Compile (and scan) every module (or take ``result``, a :meth:`_compiled`
+        made beforehand); refuse what the scan refused; record the modules as the
+        first versions."""
+        if result is None:
+            result = self._compiled(record)
+        containment.check_compiled(self, record, result)  # SecurityViolation
+        result.raise_for_errors()
+        versions = self._component("versions").invoke("record", record.config.id, result)
+        record.slot.modules = {
+            name: ModuleCode.from_compiled(m, versions.get(name, 0))
+            for name, m in result.modules.items()
+        }
+
+    def _compiled(self, record: SandboxRecord) -> Any:
+        """The compiler's result for the sandbox's app (a round trip to the compiler)."""
         config = record.config
-        result = self._component("compiler").invoke(
+        return self._component("compiler").invoke(
             "compile_sandbox",
             config.path,
             profile=containment.compile_profile(record),
@@ -692,13 +729,6 @@ class ManagerActor(Component):
             timeout=COMPILE_TIMEOUT,
             **compiler_options(config.compile_settings()),
         )
-        containment.check_compiled(self, record, result)  # SecurityViolation
-        result.raise_for_errors()
-        versions = self._component("versions").invoke("record", config.id, result)
-        record.slot.modules = {
-            name: ModuleCode.from_compiled(m, versions.get(name, 0))
-            for name, m in result.modules.items()
-        }
 
     def _watch(self, record: SandboxRecord) -> None:
         """Have the watcher watch the sandbox's directory (auto-reload); raises WatchError."""
@@ -713,9 +743,6 @@ class ManagerActor(Component):
             "watch", record.config.id, record.config.path, options=record.slot.watch,
             exclude=(record.workdir, self.cache_dir(record.config.id)), timeout=60.0,
         )
-
-    def _unwatch(self, sandbox_id: str) -> None:
-        _quietly(self._component, "watcher", "unwatch", sandbox_id)
 
     def _get(self, sandbox_id: str) -> SandboxRecord:
         record = self.records.get(sandbox_id)
@@ -891,13 +918,42 @@ def _remove_traces(record: SandboxRecord, component: Callable[[str], Any], base_
     """Everything of a sandbox but the manager's entry: its supervisor (and so its
     process), watch, cgroups and UID's processes, registrations, directories and
     versions. Needs no manager: a job's thread runs it when the runtime stops."""
+    _unregister(record, component)
+    _remove_remains(record, component, base_dir)
+
+
+def _unregister(record: SandboxRecord, component: Callable[[str], Any]) -> None:
+    """The sandbox off the other components' books: watch, resource monitor,
+    security controller, versions. Needs no stopped process."""
     sandbox_id = record.config.id
     _quietly(component, "watcher", "unwatch", sandbox_id)
-    _stop_sandbox_supervisor(record, component)
-    containment.forget(_Components(component), record)
-    shutil.rmtree(record.workdir, ignore_errors=True)
-    shutil.rmtree(_cache_dir(base_dir, sandbox_id), ignore_errors=True)
+    containment.unregister(_Components(component), sandbox_id)
     _quietly(component, "versions", "forget", sandbox_id)
+
+
+def _remove_remains(
+    record: SandboxRecord,
+    component: Callable[[str], Any],
+    base_dir: str,
+    aside: Callable[[Callable[[], Any]], Future[Any]] | None = None,
+) -> None:
+    """Its supervisor (and so its process), then what the process leaves: the
+    cgroups and the UID's processes, its directories (on another thread with
+    ``aside``, :meth:`~actors.inflight.InFlight.aside`: both are system calls)."""
+    _stop_sandbox_supervisor(record, component)
+
+    def directories() -> None:
+        shutil.rmtree(record.workdir, ignore_errors=True)
+        shutil.rmtree(_cache_dir(base_dir, record.config.id), ignore_errors=True)
+
+    removed = aside(directories) if aside is not None else None
+    try:
+        containment.release(_Components(component), record)
+    finally:
+        if removed is not None:
+            removed.result()
+        else:
+            directories()
 
 
 def _quietly(component: Callable[[str], Any], name: str, op: str, *args: Any) -> None:

@@ -49,7 +49,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 
@@ -61,7 +61,16 @@ from runtime.child import isolation
 from runtime.component import Component
 from runtime.errors import ActorDead, CallTimeout, ResourceLimitExceeded, SandboxError
 
-__all__ = ["ResourceMonitorActor", "call_with_deadline", "run_with_limit", "TREND_WINDOWS"]
+__all__ = [
+    "ResourceMonitorActor",
+    "call_with_deadline",
+    "deadline_passed",
+    "deadline_wait",
+    "raise_if_cpu_budget",
+    "run_with_limit",
+    "watch_call",
+    "TREND_WINDOWS",
+]
 
 log = logging.getLogger("runtime.monitor")
 _MIB = 1 << 20
@@ -759,10 +768,12 @@ def call_with_deadline(
     monitor keeps watching the call for the rest of the deadline, so no handler
     outlives it unnoticed. A process that dies of its CPU budget (SIGXCPU) during
     the call is reported as :class:`ResourceLimitExceeded` naming ``cpu_seconds``.
+    ``sandbox.aio`` awaits calls the same way, through :func:`deadline_wait`,
+    :func:`deadline_passed`, :func:`watch_call` and :func:`raise_if_cpu_budget`.
     """
     reply = Reply()
     started = time.monotonic()
-    wait = limit if timeout is None else min(float(timeout), limit)
+    wait = deadline_wait(limit, timeout)
     call_wait = getattr(proc, "call_wait", None)
     if call_wait is not None:  # the caller reads its own answer: no thread hand-off
         done = call_wait(actor, request, reply, wait)
@@ -773,17 +784,40 @@ def call_with_deadline(
         try:
             return reply.result()
         except ActorDead:
-            _raise_if_cpu_budget(sandbox, proc, time.time() - (time.monotonic() - started))
+            raise_if_cpu_budget(sandbox, proc, time.time() - (time.monotonic() - started))
             raise
-    monitor = sandbox.runtime.component("monitor")
+    deadline_passed(sandbox, proc, reply, limit, wait, started, actor, timeout)
+
+
+def deadline_wait(limit: float, timeout: float | None) -> float:
+    """How long a caller waits for a call under the handler deadline ``limit``:
+    its own ``timeout``, but never past the deadline.
+
+    >>> deadline_wait(30, 5.0), deadline_wait(2, 60), deadline_wait(2, None)
+    (5.0, 2, 2)
+    """
+    return limit if timeout is None else min(float(timeout), limit)
+
+
+def deadline_passed(
+    sandbox: Any, proc: Any, reply: Any, limit: float, wait: float, started: float,
+    actor: str, timeout: float | None,
+) -> NoReturn:
+    """A call under the deadline ``limit`` got no answer within ``wait`` seconds of
+    ``started`` (time.monotonic()): raise what the caller gets.
+
+    Before the deadline (the caller's own ``timeout`` was shorter) the call stays
+    pending and the monitor watches ``reply`` (a :class:`~runtime.actor.Reply`, or
+    anything whose ``wait(0)`` says the answer is in) for the rest of the deadline:
+    ``CallTimeout``. At the deadline the monitor takes the limit's action (blocks
+    for one call to the monitor): ``ResourceLimitExceeded``.
+    """
     if wait < limit:
-        try:
-            monitor.tell(_WatchCall(sandbox.id, proc, reply, started))
-        except SandboxError:
-            pass
+        watch_call(sandbox, proc, reply, started)
         raise CallTimeout(f"{sandbox.id}/{actor}", timeout)
     try:
-        action = monitor.invoke("call_overrun", sandbox.id, time.monotonic() - started, proc)
+        action = sandbox.runtime.component("monitor").invoke(
+            "call_overrun", sandbox.id, time.monotonic() - started, proc)
     except SandboxError:
         action = "unknown"
     raise ResourceLimitExceeded(
@@ -792,7 +826,17 @@ def call_with_deadline(
     )
 
 
-def _raise_if_cpu_budget(sandbox: Any, proc: Any, since: float) -> None:
+def watch_call(sandbox: Any, proc: Any, reply: Any, started: float) -> None:
+    """Have the monitor watch a call nobody waits for any more (its caller timed out
+    or was cancelled) for the rest of its handler deadline; never blocks.
+    ``reply``'s ``wait(0)`` says whether the answer is in."""
+    try:
+        sandbox.runtime.component("monitor").tell(_WatchCall(sandbox.id, proc, reply, started))
+    except SandboxError:
+        pass
+
+
+def raise_if_cpu_budget(sandbox: Any, proc: Any, since: float) -> None:
     """The call's process died: ResourceLimitExceeded if it was for its CPU budget
     (the monitor's own record of acting on ``cpu_seconds`` since the call began,
     or the kernel's SIGXCPU)."""
@@ -837,7 +881,7 @@ def run_with_limit(sandbox: Any, do: Callable[[float | None], Any], timeout: flo
             return do(timeout)
         return do(float(limit))
     except ActorDead:
-        _raise_if_cpu_budget(sandbox, None, since)
+        raise_if_cpu_budget(sandbox, None, since)
         raise
     except CallTimeout:
         if limit is None or (timeout is not None and timeout <= limit):

@@ -11,8 +11,10 @@ the boot does (:func:`runtime.child.isolation._join_cgroup`), or by writing the
 pid to ``cgroup.procs`` (how it was done before).
 
 Steps: ``cgroups`` (joining the sandbox's cgroups), ``namespaces`` (network, IPC and
-mount namespaces, loopback up, the private mount view), ``seccomp`` (building and
-loading the filter), ``rlimits``, ``privileges`` (no_new_privs, the sandbox's UID,
+mount namespaces, loopback up, the private mount view; the network namespace is
+one the fork server made ahead, entered before the child runs, unless its pool
+was empty: :mod:`runtime.child.netns`), ``seccomp`` (loading the filter the fork
+server built), ``rlimits``, ``privileges`` (no_new_privs, the sandbox's UID,
 not dumpable, the rest of ``apply``), ``guard`` (the audit hook of the profile).
 """
 
@@ -88,7 +90,10 @@ def layer_costs(profile_name: str, app: str) -> dict[str, Any]:
     mine, theirs = socket.socketpair()
     null = os.open(os.devnull, os.O_WRONLY)
     try:
-        child = forkserver.spawn(_child, (plan, guard), fds=(theirs.fileno(), null, null))
+        # As a sandbox's start asks (runtime.host.process): a user namespace where the
+        # host is not root, a network namespace from the fork server's pool.
+        child = forkserver.spawn(_child, (plan, guard), fds=(theirs.fileno(), null, null),
+                                 userns=bool(plan.get("userns")), netns=bool(plan.get("netns_pool")))
         theirs.close()
         data = b""
         while chunk := mine.recv(65536):

@@ -487,26 +487,32 @@ class Actor(pykka.ThreadingActor):
 
     def _handle_call(self, msg: _Call) -> None:
         self._caller = msg.reply
-        try:
-            try:  # self._dispatch(self.on_call, ...), inline: every call passes here
-                value = self.on_call(msg.request)
-            except BaseException as exc:
-                self._failed(exc)
-        except _Failed as failed:
-            self._discard(msg.reply)
-            msg.reply.set_exception(
-                ActorFailed(self.actor_id, failed.reason.message, failed.reason.traceback,
-                            failed.reason.log_fields.get("correlation_id"))
-            )
-            raise
-        finally:
+        try:  # self._dispatch(self.on_call, ...), inline: every call passes here
+            value = self.on_call(msg.request)
+        except BaseException as exc:
             self._caller = None
+            raise _Failed(self._call_failed(msg.reply, exc)) from exc
+        self._caller = None
         if value is NOREPLY:
             return  # answered later; stays pending, so the caller hears if the actor ends
         reply = msg.reply
         with self._life:  # self._discard(reply), inline: every call passes here
             self._pending.discard(reply)
         reply.set_result(value)
+
+    def _call_failed(self, reply: ReplySink, exc: BaseException) -> ExitReason:
+        """A call handler raised ``exc``: the actor fails (see :meth:`_failed`) and the
+        caller gets :class:`~runtime.errors.ActorFailed`; returns the exit reason."""
+        try:
+            self._failed(exc)
+        except _Failed as failed:
+            reason = failed.reason
+        self._discard(reply)
+        reply.set_exception(
+            ActorFailed(self.actor_id, reason.message, reason.traceback,
+                        reason.log_fields.get("correlation_id"))
+        )
+        return reason
 
     def _discard(self, reply: ReplySink) -> None:
         with self._life:

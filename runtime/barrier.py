@@ -36,6 +36,10 @@ class CodeBarrier:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.readers = 0
+        # Readers that came in without the lock (try_read): one item each. A list's
+        # append and pop are single C calls, atomic under the GIL, so the count
+        # needs no lock; a writer waits for it to empty as for ``readers``.
+        self._quick: list[None] = []
         self.writer = False
         self._writers_waiting = 0
         self._local = threading.local()
@@ -71,6 +75,39 @@ class CodeBarrier:
             self.readers += 1
         self._local.depth = 1
 
+    def try_read(self) -> bool:
+        """Take the read side without the lock when no writer is active or waiting
+        (every message's common case); False, with nothing taken, otherwise (then
+        :meth:`acquire_read`, which waits). Release with :meth:`release_quick`.
+
+        A reader announces itself first and looks for a writer second; a writer
+        says it is waiting first and counts readers second (both under the GIL's
+        order): one of the two always sees the other.
+
+        >>> b = CodeBarrier(); b.try_read(), b.held(), b.release_quick(), b.held()
+        (True, True, None, False)
+        """
+        local = self._local
+        if getattr(local, "depth", 0):
+            return False  # re-entered: acquire_read counts the depth
+        quick = self._quick
+        quick.append(None)
+        if self.writer or self._writers_waiting:
+            quick.pop()
+            with self._lock:  # the writer may be waiting for this reader to leave
+                self._cond.notify_all()
+            return False
+        local.depth = 1
+        return True
+
+    def release_quick(self) -> None:
+        """Leave the read side taken by :meth:`try_read`."""
+        self._local.depth = 0
+        self._quick.pop()
+        if self._writers_waiting:
+            with self._lock:
+                self._cond.notify_all()
+
     def release_read(self) -> None:
         depth = self._local.depth - 1
         self._local.depth = depth
@@ -88,7 +125,7 @@ class CodeBarrier:
         with self._cond:
             self._writers_waiting += 1
             try:
-                ok = self._cond.wait_for(lambda: not self.writer and not self.readers, timeout)
+                ok = self._cond.wait_for(lambda: not (self.writer or self.readers or self._quick), timeout)
                 if ok:
                     self.writer = True
                     self._writer_thread = threading.get_ident()

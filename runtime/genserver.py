@@ -25,11 +25,12 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 import time
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from runtime import timers
 from runtime.actor import (
@@ -353,6 +354,9 @@ def _rebound(cls: type[GenServer]) -> type[GenServer]:
 
 _NONE: Any = object()  # no continue instruction pending
 
+#: :meth:`ServerActor.call_here` did nothing: send the call the usual way.
+NOT_HERE: Any = object()
+
 #: Every live GenServer host in this process (the hot-reload swap walks them).
 SERVERS: weakref.WeakSet[ServerActor] = weakref.WeakSet()
 
@@ -428,13 +432,90 @@ class ServerActor(Actor):
     def on_call(self, request: Any) -> Any:
         result = self.impl.handle_call(request, self.state)  # type: ignore[union-attr]
         if not (isinstance(result, tuple) and len(result) == 2):
-            raise TypeError(
-                f"{self.impl_cls.__qualname__}.handle_call must return (reply, new_state), "
-                f"got {result!r}"
-            )
+            self._bad_reply(result)
         answer, state = result
         self.state = self._unwrap(state)
         return answer  # NOREPLY: the actor leaves the caller waiting
+
+    def _bad_reply(self, result: Any) -> NoReturn:
+        raise TypeError(
+            f"{self.impl_cls.__qualname__}.handle_call must return (reply, new_state), "
+            f"got {result!r}"
+        )
+
+    def call_here(self, request: Any, sink: ReplySink) -> Any:
+        """Handle a call on the calling thread if this server is idle; return the
+        answer for the caller to send to ``sink``.
+
+        Returns :data:`NOT_HERE` when nothing was done (a message is queued or
+        running, the server is starting or ending): then send the call with
+        ``ref.call_into`` as usual.
+        Returns ``NOREPLY`` when ``sink`` was answered here (the handler failed, or
+        a ``handle_continue`` had to run after the reply) or will be later.
+
+        The same as ``call_into(run_here=True)`` -> ``_run_here`` -> ``on_receive``
+        -> ``_handle_call`` -> ``on_call`` (one message at a time, order per sender,
+        the code barrier, pending callers failed if the server ends), fused into one
+        function because it is every call's path in a sandbox
+        (:meth:`runtime.child.boot.ChildServer.call_here`): each layer it skips was a
+        Python call, a lock or an allocation per call.
+        """
+        if not self._up or self._backlog or self._stop_request is not None:
+            return NOT_HERE  # a message is queued: this one goes behind it
+        # Holding _exec claims the actor: a message posted from now on waits for it
+        # on the actor's thread; one running there now means busy (read without
+        # _mb, the backlog errs towards the mailbox, which is always right).
+        claim = self._exec
+        if not claim.acquire(blocking=False):
+            return NOT_HERE
+        try:
+            with self._life:
+                if self._exiting or self._failing or self._exit_reason is not None:
+                    return NOT_HERE
+                # Pending while it runs: a handler may keep its caller (NOREPLY),
+                # or the server may end meanwhile; either way the sink is answered.
+                self._pending.add(sink)
+            if not BARRIER.try_read():
+                BARRIER.acquire_read()  # nested, or a reload waits or runs: after it
+                quick = False
+            else:
+                quick = True
+            self._inline_thread = threading.current_thread()
+            try:
+                if self._stop_request is not None:  # asked meanwhile: the general path ends it
+                    super().on_receive(_Call(request, sink))
+                    answer = NOREPLY
+                else:
+                    self._caller = sink
+                    try:
+                        result = self.impl.handle_call(request, self.state)  # type: ignore[union-attr]
+                        if not (isinstance(result, tuple) and len(result) == 2):
+                            self._bad_reply(result)
+                        answer, state = result
+                        self.state = self._unwrap(state)
+                    except BaseException as exc:
+                        self._caller = None
+                        self._end(self._call_failed(sink, exc))
+                        answer = NOREPLY  # the sink has the failure
+                    else:
+                        self._caller = None
+                        if answer is not NOREPLY:  # NOREPLY: answered later, stays pending
+                            with self._life:
+                                self._pending.discard(sink)
+                if self._continue is not _NONE:  # after the reply went out, as in OTP
+                    if answer is not NOREPLY:
+                        sink.set_result(answer)
+                        answer = NOREPLY
+                    self._run_continues()
+                return answer
+            finally:
+                self._inline_thread = None
+                if quick:
+                    BARRIER.release_quick()
+                else:
+                    BARRIER.release_read()
+        finally:
+            claim.release()
 
     def on_cast(self, request: Any) -> None:
         self.state = self._unwrap(self.impl.handle_cast(request, self.state))  # type: ignore[union-attr]

@@ -24,9 +24,11 @@ import functools
 import os
 import weakref
 from collections.abc import Callable
-from time import perf_counter
+from time import monotonic, perf_counter, time
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
+from actors.monitor import deadline_passed, deadline_wait, raise_if_cpu_budget, watch_call
+from runtime.actor import Reply
 from runtime.errors import ActorDead, CallTimeout, ProtocolError
 from sandbox.api import DEFAULT_TIMEOUT, Runtime, Sandbox, start, unsendable
 from sandbox.options import CreateOptions, ReloadOptions, StartOptions, create_options
@@ -56,7 +58,11 @@ class _Settler:
         self.answers.append((future, value, exc))  # first: a drain running now may take it
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon_threadsafe(self.drain)
+            try:
+                self.loop.call_soon_threadsafe(self.drain)
+            except RuntimeError:  # the loop is closed: nobody awaits these answers now
+                self.answers.clear()  # (a call the monitor still watched ended after it)
+                self.scheduled = False  # and a later one is dropped the same way
 
     def drain(self) -> None:
         self.scheduled = False  # first: an answer queued from now on schedules a drain
@@ -90,6 +96,26 @@ class _FutureSink:
 
     def set_exception(self, exc: BaseException) -> None:
         self._settler.put(self._future, None, exc)
+
+
+class _WatchedSink(_FutureSink):
+    """A :class:`_FutureSink` that also fills a :class:`~runtime.actor.Reply`: for a
+    call under a handler deadline, which the monitor keeps watching (is the answer
+    in?) after its awaiting caller gave up (:func:`actors.monitor.deadline_passed`)."""
+
+    __slots__ = ("reply",)
+
+    def __init__(self, settler: _Settler, future: asyncio.Future[Any]) -> None:
+        super().__init__(settler, future)
+        self.reply = Reply()
+
+    def set_result(self, value: Any) -> None:
+        self.reply.set_result(value)
+        super().set_result(value)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.reply.set_exception(exc)
+        super().set_exception(exc)
 
 
 def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
@@ -139,23 +165,41 @@ class AsyncSandbox:
         t0, ok = perf_counter(), False
         try:
             proc = await self._process(timeout)
+            limit = self.sync._slot.deadline  # the handler deadline (limits.call_seconds)
             future: asyncio.Future[Any] = loop.create_future()
+            if limit is None:
+                wait, started, watch = timeout, 0.0, None
+                sink = _FutureSink(_settler(loop), future)
+            else:
+                wait, started = deadline_wait(limit, timeout), monotonic()
+                sink = watch = _WatchedSink(_settler(loop), future)
             try:
-                ref = proc.call_into((actor, request), _FutureSink(_settler(loop), future))
+                ref = proc.call_into((actor, request), sink)
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self.sync, "call", exc) from None
+            handed = False  # deadline_passed took the call over (watched or acted on)
             try:
                 # asyncio.timeout, not wait_for: one timer handle, no task per call.
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(wait):
                     value = await future
             except TimeoutError:
-                raise CallTimeout(f"{proc.id}/{actor}", timeout) from None
+                if watch is None:
+                    raise CallTimeout(f"{proc.id}/{actor}", timeout) from None
+                handed = True
+                await self._thread(deadline_passed, self.sync, proc, watch.reply, limit, wait,
+                                   started, actor, timeout)
             except ActorDead:
+                if watch is not None:
+                    await self._thread(raise_if_cpu_budget, self.sync, proc,
+                                       time() - (monotonic() - started))
                 await self._thread(self.sync._check_owner)  # SandboxNotFound if destroyed
                 raise
             finally:
                 if not future.done() or future.cancelled():
-                    proc.forget(ref)
+                    if watch is None:
+                        proc.forget(ref)
+                    elif not handed:  # cancelled: the deadline still holds for the handler
+                        watch_call(self.sync, proc, watch.reply, started)
             ok = True
             return value
         finally:

@@ -26,7 +26,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal, Unpack, cast, overload
 
 from actors.config import AlertThresholds, Limits, SandboxConfig, WatchOptions
-from actors.inflight import InFlight
+from actors.inflight import InFlight, Ticket
 from actors.monitor import call_with_deadline
 from runtime import logs, telemetry
 from runtime.actor import ActorRef
@@ -761,12 +761,17 @@ class Runtime:
                 return self._manager(op, arg)
             except ActorDead:
                 unsure = True
-            except SandboxError:
+            except SandboxError as exc:
                 if not unsure:
                     raise
                 held = self._inflight.get(sandbox_id) if self._inflight else None
                 if held is not None and ours(held):
                     return held.ticket  # the killed manager's turn started it after all
+                if op == "destroy" and isinstance(exc, SandboxNotFound):
+                    # ... and it finished before the successor was asked: gone, as asked
+                    gone = Ticket(f"destroy of sandbox {sandbox_id!r}")
+                    gone.settle()
+                    return gone
                 raise
             held = self._inflight.get(sandbox_id) if self._inflight else None
             if held is not None and ours(held):

@@ -137,3 +137,16 @@ def test_a_misspelt_start_option_is_refused_where_it_is_written():
     with pytest.raises(TypeError, match=r"start_async\(\) got an unexpected option 'histroy' "
                                         r"\(did you mean 'history'\?\)"):
         sandbox.start_async(histroy=3)  # type: ignore[call-arg]
+
+
+def test_an_answer_for_a_closed_loop_is_dropped():
+    """A call the monitor keeps watching may be answered after its loop closed."""
+    from sandbox.aio import _settler
+
+    loop = asyncio.new_event_loop()
+    settler = _settler(loop)
+    future = loop.create_future()
+    loop.close()
+    for _ in range(2):
+        settler.put(future, 1, None)  # no RuntimeError in the reader thread
+        assert not settler.answers and not settler.scheduled

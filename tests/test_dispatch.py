@@ -144,8 +144,45 @@ def test_call_wait_reads_its_own_answer_and_leaves_a_late_one_to_the_reader(ref:
 def test_deferred_replies_work_in_place(ref: ProcessRef):
     # Answered inside the handler, which then returns NOREPLY (run in place).
     assert ref.call("gate", "answer-early") == ("early", "MainThread")
+    # Answered by the handle_continue the handler asked for (NOREPLY + Continue).
+    assert ref.call("gate", "continue-reply", timeout=10) == ("continued", "MainThread")
     # Kept by one call (run in place), answered by the next.
     t, deferred = _in_thread(lambda: ref.call("gate", "defer", timeout=30))
     wait_for(lambda: ref.call("gate", "release") == "done", timeout=10)
     assert deferred.wait(10) and deferred.result() == "released"
     t.join()
+
+
+def test_a_lone_caller_reads_its_own_answer_and_routes_a_second_callers(ref: ProcessRef):
+    # A lone call takes the read token and leaves no entry in the pending table
+    # (ProcessRef.call's short way, runtime.host.process._Connection.call).
+    conn = ref._conn
+    assert ref.call("where", "x") == "MainThread"
+    assert not conn.pending and not conn._token.locked()
+    # A caller arriving while another reads its own answer falls back to a reply
+    # slot: the first caller routes the second's answer while it waits for its own.
+    t, blocked = _in_thread(lambda: ref.call("gate", "block", timeout=30))
+    wait_for(lambda: conn._token.locked(), timeout=10)
+    # Still the call in flight for the resource monitor (cpu_seconds charges it).
+    assert ref.oldest_request() == conn.leading is not None
+    assert ref.call("where", "x", timeout=10).startswith("ServerActor")  # posted by the helper
+    assert not conn.pending
+    ref.call("opener", "open", timeout=10)
+    assert blocked.wait(10) and blocked.result()[0] == "opened"
+    t.join()
+    assert not conn.pending and not conn._token.locked()
+
+
+def test_a_call_timing_out_on_the_short_way_drops_its_late_answer_and_keeps_order(ref: ProcessRef):
+    with pytest.raises(CallTimeout):
+        ref.call("gate", "block", timeout=0.2)
+    assert not ref._conn._token.locked()  # the timed out caller gave the reading back
+    sent: list[int] = []
+    ref.cast("log", -1)  # queued behind nothing: the log actor is idle
+    sent.append(-1)
+    ref.call("opener", "open", timeout=10)  # the late answer of "block" comes back now
+    for i in range(20):  # interleaved casts and calls: each call's own answer, in order
+        ref.cast("log", i)
+        sent.append(i)
+        assert ref.call("gate", i, timeout=10) == i
+        assert ref.call("log", "get", timeout=10) == sent

@@ -608,3 +608,24 @@ def test_guard_module_imports_only_the_standard_library() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             mods.add(node.module.split(".")[0])
     assert mods <= set(sys.stdlib_module_names) | {"__future__"}, mods
+
+
+def test_fresh_path_finders_empties_the_cache_without_freeing_the_old_one() -> None:
+    """What a sandbox does at boot: the import system starts on an empty finder cache
+    (as clear() would), while the finders it had stay alive, unchanged (their pages,
+    in a sandbox the fork server's, are not written)."""
+    import importlib
+
+    from runtime.child import guard
+
+    old = sys.path_importer_cache
+    before = dict(old)
+    try:
+        guard.fresh_path_finders()
+        assert sys.path_importer_cache == {} and sys.path_importer_cache is not old
+        assert old == before  # not cleared, not invalidated
+        sys.modules.pop("colorsys", None)
+        assert importlib.import_module("colorsys").__name__ == "colorsys"  # found anew
+        assert sys.path_importer_cache  # the directories it looked at
+    finally:
+        sys.path_importer_cache = old

@@ -48,6 +48,7 @@ level is shared by all children; keep that list short.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal's functions without its enum lookups
 import gc
 import importlib
 import logging
@@ -62,7 +63,7 @@ from typing import Any
 
 from runtime import logs as _logs
 from runtime import registry
-from runtime.actor import ActorRef, Down, monitor
+from runtime.actor import NOREPLY, ActorRef, Down, monitor
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
 from runtime.child import notices as _notices
@@ -71,10 +72,11 @@ from runtime.child import swap
 from runtime.child.relay import Relay
 from runtime.childspec import ChildSpec
 from runtime.errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
-from runtime.registry import registered, whereis
+from runtime.genserver import NOT_HERE, ServerActor
+from runtime.registry import _names, registered, whereis
 from runtime.supervisor import Supervisor, SupervisorSpec, gave_up
 from runtime.wire.channel import Channel, ChannelClosed
-from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec
+from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec, Envelope
 
 __all__ = [
     "BootConfig",
@@ -372,7 +374,37 @@ _layers: list[str] = []
 _skipped: dict[str, str] = {}
 
 #: Bytes one recv may read in the child (frames larger than this just take more reads).
-_READ_SIZE = 64 * 1024
+#: Every page of the buffer is private memory of each sandbox (it is zeroed when
+#: made): 16 KiB holds a call, or a batch of hundreds of casts, in one read.
+_READ_SIZE = 16 * 1024
+
+
+def _codec(allow_pickle: bool, max_frame: int) -> Codec:
+    """The codec for these settings, made once per process: the usual ones are made
+    in the fork server (below; this module is preloaded), as a codec makes a
+    closure and a dict per nesting level, pages a sandbox would otherwise write."""
+    key = (bool(allow_pickle), max_frame)
+    codec = _codecs.get(key)
+    if codec is None:
+        codec = _codecs[key] = Codec(allow_pickle=key[0], max_frame=max_frame)
+    return codec
+
+
+_codecs: dict[tuple[bool, int], Codec] = {}
+for _allow in (False, True):
+    _codec(_allow, DEFAULT_MAX_FRAME)
+
+
+def _send_log(record: dict[str, Any]) -> None:
+    server = _current
+    if server is not None:
+        server.send(SYSTEM, None, "log", record)
+
+
+#: The sandbox's logging (the app's and the runtime's) crosses the channel as
+#: records to the host's handlers (runtime/logs.py), never to its stderr. Made here,
+#: in the fork server, for the same reason as the codecs.
+_LOG_HANDLER = _logs.ChannelHandler(_send_log)
 
 
 def current_channel() -> Channel | None:
@@ -393,11 +425,8 @@ class ChildServer:
 
     def __init__(self, sock: Any, boot: BootConfig) -> None:
         self.boot = boot
-        self.read_codec = Codec(allow_pickle=boot.allow_pickle, max_frame=boot.max_frame)
-        if boot.send_pickle == boot.allow_pickle:
-            self.write_codec = self.read_codec
-        else:
-            self.write_codec = Codec(allow_pickle=boot.send_pickle, max_frame=boot.max_frame)
+        self.read_codec = _codec(boot.allow_pickle, boot.max_frame)
+        self.write_codec = _codec(boot.send_pickle, boot.max_frame)
         # A modest read buffer: every page of it is private memory of this child.
         self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE)
         self.root: ActorRef | None = None
@@ -418,7 +447,7 @@ class ChildServer:
 
     def reply(self, ref: int | None, value: Any, actor: str | None = None) -> None:
         try:
-            data = self.write_codec.frame(REPLY, ref, None, value)
+            data = self.write_codec.pack_frame(REPLY, ref, None, value)
         except Exception as exc:  # unencodable or oversized: tell the caller why
             data = self.write_codec.frame(
                 ERROR,
@@ -557,6 +586,7 @@ class ChildServer:
             self._dispatch,
             done=lambda: self._exit_code is not None,
             in_place=self.boot.run_in_place,
+            call_here=self.call_here,
         )
         step = relay.step
         try:
@@ -587,6 +617,37 @@ class ChildServer:
         elif kind == SYSTEM:
             self._system(env.ref, env.target, env.payload)
         # REPLY / ERROR from the host: nothing asked for them; ignore.
+
+    def call_here(self, env: Envelope) -> bool:
+        """Run a call to an idle GenServer on this thread and send its reply; False
+        (nothing done) for anything else, which :meth:`_dispatch` then handles.
+
+        The relay's short way for every call it may run in place: the server found
+        by one dict lookup, its handler run by :meth:`ServerActor.call_here
+        <runtime.genserver.ServerActor.call_here>`, the reply framed and sent here
+        (see :meth:`reply`, which this inlines: it is every call's path).
+        """
+        ref = _names.get(env.target)  # type: ignore[arg-type]
+        if ref is None:
+            return False
+        actor = ref._actor
+        if type(actor) is not ServerActor:
+            return False
+        sink = SocketReply(self, env.ref, actor.actor_id)
+        value = actor.call_here(env.payload, sink)
+        if value is NOT_HERE:
+            return False
+        if value is not NOREPLY:
+            try:
+                data = self.write_codec.pack_frame(REPLY, env.ref, None, value)
+            except Exception:  # unencodable or oversized: reply() says why
+                sink.set_result(value)
+                return True
+            try:
+                self.channel.send_raw(data)
+            except (ChannelClosed, OSError):
+                pass  # the host is gone: the relay's next read ends the loop
+        return True
 
     def _call(self, ref: int | None, target: str | None, request: Any, here: bool = False) -> None:
         actor = whereis(target) if target is not None else None
@@ -716,13 +777,10 @@ def child_main(sock: Any, boot: BootConfig) -> None:
         # The relay's ticks must land in the main thread: every thread started from
         # here on (actors, supervisors) inherits this mask; the relay unblocks the
         # signal in the main thread alone (runtime.child.relay).
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        _signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         server = ChildServer(sock, boot)
         _current = server
-        # The sandbox's logging (the app's and the runtime's) crosses the channel as
-        # records to the host's handlers (runtime/logs.py), never to this stderr.
-        logging.getLogger().addHandler(
-            _logs.ChannelHandler(lambda rec: server.send(SYSTEM, None, "log", rec)))
+        logging.getLogger().addHandler(_LOG_HANDLER)
         code = server.run()
     except BaseException:
         try:

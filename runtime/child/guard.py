@@ -73,7 +73,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, NoReturn
 
-__all__ = ["GuardHandle", "install_guard", "policy_errors", "seal_imports"]
+__all__ = ["GuardHandle", "fresh_path_finders", "install_guard", "policy_errors", "seal_imports"]
 
 _installed = False
 
@@ -163,9 +163,10 @@ def install_guard(
     problems = policy_errors(policy)
     if problems:
         raise ValueError("invalid guard policy: " + "; ".join(problems))
+    real = _resolver()  # the same directories come up several times below
     if "dynamic_code" not in policy["allow"]:
-        seal_imports([policy["workdir"], *policy.get("untrusted_roots", ())])
-    hook, handle = _build(dict(policy), on_violation)
+        _seal_imports([policy["workdir"], *policy.get("untrusted_roots", ())], real)
+    hook, handle = _build(dict(policy), on_violation, real)
     sys.addaudithook(hook)
     _installed = True
     return handle
@@ -199,10 +200,31 @@ def seal_imports(roots: list[str]) -> None:
         seal_imports(["/srv/sandboxes/s1-abc"])
         import evil   # ModuleNotFoundError, although /srv/sandboxes/s1-abc/evil.py exists
     """
-    real = os.path.realpath
-    sealed = tuple(dict.fromkeys(real(r).rstrip("/") + "/" for r in roots if r))
+    _seal_imports(roots, os.path.realpath)
 
-    def under(entry: Any) -> bool:
+
+def _resolver() -> Callable[[str], str]:
+    """``os.path.realpath`` that resolves each path once: for one installation, in
+    which nothing else runs (the roots, ``sys.path``'s entries, several times each)."""
+    real = os.path.realpath
+    seen: dict[str, str] = {}
+
+    def resolve(path: str) -> str:
+        got = seen.get(path)
+        if got is None:
+            got = seen[path] = real(path)
+        return got
+
+    return resolve
+
+
+def _seal_imports(roots: list[str], resolve: Callable[[str], str]) -> None:
+    """:func:`seal_imports`, ``resolve`` used for what is resolved now (the hook
+    resolves each entry it is asked about when asked)."""
+    real = os.path.realpath
+    sealed = tuple(dict.fromkeys(resolve(r).rstrip("/") + "/" for r in roots if r))
+
+    def under(entry: Any, real: Callable[[str], str] = real) -> bool:
         try:
             path = real(os.fsdecode(entry) or ".")
         except (TypeError, ValueError, OSError):
@@ -214,9 +236,23 @@ def seal_imports(roots: list[str]) -> None:
             return _LoadsNothing()
         raise ImportError("not a sealed directory")  # the next hook handles it
 
-    sys.path[:] = [p for p in sys.path if p and not under(p)]
+    sys.path[:] = [p for p in sys.path if p and not under(p, resolve)]
     sys.path_hooks.insert(0, hook)
-    sys.path_importer_cache.clear()
+    fresh_path_finders()
+
+
+#: The import system's per-directory finders as the fork server left them. A sandbox
+#: that starts afresh (:func:`fresh_path_finders`) keeps them referenced here: freeing
+#: them, with their directory listings, would write to those pages of the server's in
+#: every sandbox, copying them (0.7 MiB per ``high`` sandbox, measured).
+_SERVER_FINDERS = sys.path_importer_cache
+
+
+def fresh_path_finders() -> None:
+    """Start the import system on an empty finder cache, as ``clear()`` would, without
+    freeing the finders it had (see :data:`_SERVER_FINDERS`): every directory is
+    looked at again, on the first import that needs it."""
+    sys.path_importer_cache = {}
 
 
 class _Refused:
@@ -325,7 +361,9 @@ _INTROSPECTION_EVENTS = (
 
 
 def _build(
-    policy: dict[str, Any], on_violation: Callable[[dict[str, Any]], None] | None
+    policy: dict[str, Any],
+    on_violation: Callable[[dict[str, Any]], None] | None,
+    real: Callable[[str], str] = os.path.realpath,
 ) -> tuple[Any, GuardHandle]:
     import _thread
     import stat as _statmod
@@ -365,7 +403,6 @@ def _build(
     # -- the policy, frozen ----------------------------------------------------------
     profile = _str(policy["profile"])
     allow = frozenset(policy.get("allow", ()))
-    real = os.path.realpath
 
     def roots(key: str) -> tuple[str, ...]:
         return _tuple(dict.fromkeys(real(r) for r in policy.get(key, ()) or ()))
@@ -388,7 +425,7 @@ def _build(
     trusted_pfx, untrusted_pfx = prefixes(trusted_roots), prefixes(untrusted_roots)
     # Files the sandbox writes may never run as code where dynamic code is denied.
     sealed_wd = (
-        os.path.realpath(policy["workdir"]).rstrip("/") + "/"
+        real(policy["workdir"]).rstrip("/") + "/"
         if "dynamic_code" not in policy["allow"]
         else ""
     )
@@ -438,14 +475,24 @@ def _build(
 
     # Files whose execution means a blocked module is being imported (catches
     # importlib.import_module, which raises no "import" event for source modules).
-    blocked_files: set[str] = set()
+    # Kept as (directories, relative file names) rather than their product: a set
+    # of every pair cost each sandbox ~0.2 MiB and its building time at install.
     entries = [p for p in sys.path if p]
-    for entry in dict.fromkeys(entries + [real(p) for p in entries] + list(code_roots)):
-        for mod in blocked:
-            rel = mod.replace(".", "/")
-            blocked_files.add(f"{entry}/{rel}.py")
-            blocked_files.add(f"{entry}/{rel}/__init__.py")
-    blocked_files_f = frozenset(blocked_files)
+    blocked_dirs = frozenset(entries + [real(p) for p in entries] + list(code_roots))
+    blocked_rels = frozenset(
+        f"{mod.replace('.', '/')}{tail}" for mod in blocked for tail in (".py", "/__init__.py")
+    )
+
+    def blocked_file(fn: Any) -> bool:
+        """Whether ``fn`` is ``<directory>/<relative name>`` of those two sets."""
+        if _type(fn) is not _str:
+            return False
+        cut = fn.find("/", 1)
+        while cut > 0:
+            if fn[cut + 1:] in blocked_rels and fn[:cut] in blocked_dirs:
+                return True
+            cut = fn.find("/", cut + 1)
+        return False
     preloaded = _tuple(sorted(m for m in blocked if m in sys.modules))
 
     try:
@@ -1079,7 +1126,7 @@ def _build(
     def on_exec(event: str, args: tuple) -> None:
         code: Any = args[0] if args else None  # narrowed by _type() below
         fn = code.co_filename if _type(code) is CodeType else None
-        if fn in blocked_files_f and untrusted_caller(2, skip_machinery=True):
+        if blocked_file(fn) and untrusted_caller(2, skip_machinery=True):
             refuse(event, "import", f"importing the blocked module in {srepr(fn)}")
         if not sealed_wd or _type(fn) is not _str:
             return
@@ -1139,7 +1186,7 @@ def _build(
             "os.chdir": on_chdir,
         }
     )
-    if blocked_files_f:
+    if blocked_rels:
         handlers["exec"] = on_exec
     if not (read_any and write_any):
         handlers.update(

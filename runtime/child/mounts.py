@@ -12,6 +12,7 @@ Plain ``mount(2)`` calls through ctypes: Python 3.11's ``os`` has no ``mount``.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any
 
@@ -30,6 +31,10 @@ TMPFS_OPTIONS = "mode=1777,size=64m,nr_inodes=16384"
 _SYS_MOUNT_SETATTR, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 442, 0x8000, 0x1
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_REMOUNT = 0x1, 0x2, 0x4, 0x8, 0x20
 _MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
+#: mount_setattr's ``struct mount_attr`` (attr_set, attr_clr, propagation, userns_fd),
+#: read by the kernel only: made once here, in the fork server that preloads this
+#: module, rather than in each sandbox (a ctypes array type and its instance).
+_RDONLY_ATTR = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)
 
 
 def private_view(
@@ -46,7 +51,6 @@ def private_view(
         private_view(libc, {"workdir": "/srv/sb/s1-x", "tmpfs": list(PRIVATE_TMP),
                             "read_only": ["/srv/apps/counter"]}, expose=[])
     """
-    import ctypes
 
     def check(rc: int, what: str) -> None:
         if rc != 0:
@@ -131,9 +135,7 @@ def _bind(libc: Any, check: Any, fd: int, target: str, writable: bool) -> None:
 def _read_only_tree(libc: Any, check: Any) -> None:
     """Every mount of the (private) tree read-only, at once (mount_setattr, Linux
     5.12+), else one mount point at a time from /proc/self/mountinfo."""
-    import ctypes
-
-    attr = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)
+    attr = _RDONLY_ATTR
     rc = libc.syscall(
         _SYS_MOUNT_SETATTR, ctypes.c_int(-100), b"/", ctypes.c_uint(_AT_RECURSIVE),
         ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)),

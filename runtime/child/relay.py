@@ -82,6 +82,8 @@ class Relay:
 
     ``here`` says whether the dispatcher may run a call in the calling thread
     (main thread, with the time slice armed) or must post it (helper thread).
+    ``call_here(envelope)``, tried first for a call that may run in place, runs it
+    the short way and says whether it did (else ``dispatch`` gets it).
     ``done()`` true makes the helper give the reading back (the server is exiting).
     ``in_place=False``: nothing runs in place (every call goes to a mailbox).
     :meth:`step` is called in a loop by the main thread; it raises what ``recv``
@@ -96,10 +98,12 @@ class Relay:
         done: Callable[[], bool] = lambda: False,
         in_place: bool = True,
         slice_seconds: float = SLICE,
+        call_here: Callable[[Any], bool] = lambda env: False,
     ) -> None:
         self._recv = recv
         self._done = done
         self._dispatch = dispatch
+        self._call_here = call_here
         self._slice = slice_seconds
         self._queue: collections.deque[Any] = collections.deque()
         self._token = threading.Lock()  # held by the thread reading (and dispatching)
@@ -122,8 +126,8 @@ class Relay:
         self._timer = False
         if in_place and threading.current_thread() is threading.main_thread():
             try:
-                signal.signal(signal.SIGALRM, self._on_alarm)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+                _signal.signal(signal.SIGALRM, self._on_alarm)
+                _signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
                 self._timer = True
             except (ValueError, OSError):  # no signals here: nothing runs in place
                 pass
@@ -137,17 +141,24 @@ class Relay:
             if self._error is not None:
                 raise self._error
             queue = self._queue
-            if not queue:
+            if queue:
+                first = queue.popleft()
+            else:
                 if self._armed and not self._dense:
                     self._disarm()  # sparse calls: an idle sandbox gets no ticks
-                queue.extend(self._recv())
-            first = queue.popleft()
-            unit = [first] if first.kind != CAST else self._casts(first)
+                got = self._recv()
+                if len(got) == 1:  # the common case (a call): no trip through the queue
+                    first = got[0]
+                else:
+                    queue.extend(got)
+                    first = queue.popleft()
+            kind = first.kind
+            if kind == CAST:
+                unit = self._casts(first)
         # Only calls run in place: casts and system ops never do, so they need no tick.
-        here = (first.kind == CALL and self._timer
-                and _signal.getsignal(signal.SIGALRM) is self._on_alarm)
-        if not here:
-            self._dispatch(unit, False)
+        if (kind != CALL or not self._timer
+                or _signal.getsignal(signal.SIGALRM) is not self._on_alarm):
+            self._dispatch(unit if kind == CAST else [first], False)
             return
         self._running = True  # first: a tick now must not disarm the timer
         self._runs += 1
@@ -158,7 +169,8 @@ class Relay:
             self._armed = True
             signal.setitimer(signal.ITIMER_REAL, self._slice, self._slice)
         try:
-            self._dispatch(unit, True)
+            if not self._call_here(first):
+                self._dispatch([first], True)
         finally:
             self._running = False
             if self._handed:

@@ -68,6 +68,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.barrier import BARRIER
+from runtime.child.guard import fresh_path_finders
 from runtime.child.statecheck import check_state, declares_shape, shape_warnings
 from runtime.childspec import ChildSpec
 from runtime.errors import ReloadFailed
@@ -236,6 +237,7 @@ def install_finder(modules: Iterable[ModuleCode]) -> None:
         FINDER.modules[mc.name] = mc
     if FINDER not in sys.meta_path:
         sys.meta_path.insert(0, FINDER)
+    fresh_path_finders()  # rather than invalidating each of the fork server's finders
     importlib.invalidate_caches()
 
 

@@ -41,6 +41,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from runtime.child.libc import check as _check
+from runtime.child.libc import libc as _libc
+
 __all__ = [
     "SETTINGS",
     "SYSCTL",
@@ -133,20 +136,6 @@ def unavailable() -> str | None:
                f"({detail}): {setting}; or run the host as root")
     _unavailable.append(why)
     return why
-
-
-def _libc() -> Any:
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        import ctypes
-
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def enter() -> None:

@@ -179,6 +179,10 @@ def describe_exit(exitcode: int | None, note: str | None = None) -> ExitReason:
     return ExitReason("normal" if exitcode == 0 else "exit", message)
 
 
+#: The kinds of frame that answer a call.
+_ANSWERS = frozenset({REPLY, ERROR})
+_monotonic = time.monotonic
+
 _live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
 
@@ -204,6 +208,8 @@ class _Connection:
         self.frame = self.write_codec.frame
         self.refs = itertools.count(1)
         self.pending: dict[int, ReplySink] = {}
+        #: The ref of the call whose caller reads its own answer (not in pending).
+        self.leading: int | None = None
         self.pid: int | None = None
         self.names: list[str] = []
         self.exitcode: int | None = None
@@ -250,6 +256,7 @@ class _Connection:
             proc = forkserver.spawn(
                 child_main, (self.boot,), fds=(child_sock.fileno(), *capture.child_fds()),
                 userns=bool((self.boot.isolation or {}).get("userns")),
+                netns=bool((self.boot.isolation or {}).get("netns_pool")),
             )
         except BaseException:
             host_sock.close()
@@ -360,6 +367,85 @@ class _Connection:
     # Both poll a private dup of the socket's fd, which stays valid (and reports the
     # hang-up) even after the channel closed its own fd.
 
+    def call(self, target: str, request: Any, timeout: float | None) -> Any:
+        """Send a CALL to ``target`` and return its answer (:meth:`ProcessRef.call`).
+
+        The common case, no other thread reading, is one function, a hot path
+        inlined for speed: the caller takes the read token, frames and sends, and
+        reads until its own answer (routing whatever else arrives), like a bare
+        client; no reply slot, no entry in ``pending``. A caller that finds the
+        token taken registers a :class:`Reply` and lets the reader route to it
+        (:meth:`_call_queued`); so does a read that breaks (EOF, a protocol error),
+        whose answer is then the reader thread's ``ActorDead``.
+        """
+        token = self._token
+        if type(target) is not str or self._problem is not None or not token.acquire(False):
+            return self._call_queued(target, request, timeout)
+        self._activity += 1
+        kick = False
+        waiter: Reply | None = None
+        try:
+            if self.down is not None:
+                raise ActorDead(self.actor_id, self.down)
+            ref = self.leading = next(self.refs)  # in flight: ProcessRef.oldest_request
+            data = self.write_codec.pack_frame(CALL, ref, target, request)  # raises: nothing sent
+            channel: Channel = self.channel  # type: ignore[assignment]
+            try:
+                channel.send_raw(data)
+            except ChannelClosed:
+                raise ActorDead(self.actor_id, self.down or ExitReason("exit", "channel closed")) from None
+            deadline = None if timeout is None else _monotonic() + timeout
+            recv = channel.recv_some
+            while True:
+                if (deadline is not None and deadline - _monotonic() < _LEAD_WAIT
+                        and not self._readable_by(deadline)):
+                    raise CallTimeout(f"{self.actor_id}/{target}", timeout)
+                mine = None
+                try:
+                    for env in recv():
+                        if env.ref == ref and mine is None and env.kind in _ANSWERS:
+                            mine = env
+                        else:
+                            self._route((env,))
+                except (ChannelClosed, ProtocolError) as exc:
+                    self._read_broke(exc)
+                    kick = True
+                    if mine is None:  # the reader thread answers: ActorDead
+                        waiter = Reply()
+                        self.pending[ref] = waiter
+                        if self.down is not None:  # marked down before the entry went in
+                            self.pending.pop(ref, None)
+                            raise ActorDead(self.actor_id, self.down) from None
+                        break
+                if mine is not None:
+                    if mine.kind == REPLY:
+                        return mine.payload
+                    raise self._remote_error(mine.payload)
+        finally:
+            self.leading = None
+            token.release()
+            if kick or self.pending:
+                self.kick()
+        assert waiter is not None  # the loop only breaks with one
+        left = None if deadline is None else max(deadline - _monotonic(), 0.0)
+        return self._answer(waiter, ref, target, left, timeout)
+
+    def _call_queued(self, target: str, request: Any, timeout: float | None) -> Any:
+        """:meth:`call` when another thread is reading: the answer comes through
+        ``pending`` (this thread leads if the reader leaves before it arrives)."""
+        reply = Reply()
+        ref = self.submit(CALL, target, request, reply)
+        return self._answer(reply, ref, target, self.lead(reply, timeout), timeout)
+
+    def _answer(self, reply: Reply, ref: int, target: str, left: float | None,
+                timeout: float | None) -> Any:
+        """The answer in ``reply``, waiting up to ``left`` seconds for it."""
+        if not reply.done() and not reply.wait(left):
+            self.forget(ref)
+            if not reply.wait(0):  # the reply may have raced the timeout
+                raise CallTimeout(f"{self.actor_id}/{target}", timeout)
+        return reply.result()
+
     def lead(self, waiter: Reply, timeout: float | None) -> float | None:
         """Read frames in the calling thread until ``waiter`` is done or ``timeout``
         passes, if no other thread is reading (else return at once).
@@ -370,32 +456,21 @@ class _Connection:
         if not token.acquire(blocking=False):
             return timeout
         self._activity += 1
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else _monotonic() + timeout
         kick = False
         try:
             if self._poll_fd < 0 or self._problem is not None:
                 return timeout
-            poll = self._lead_poll.poll
             recv = self.channel.recv_some  # type: ignore[union-attr]
             route = self._route
             pending = waiter._done.locked  # true until the reply is in (Reply.done)
             while pending():
-                if deadline is not None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return 0.0
-                    # The read itself gives up after _LEAD_WAIT (SO_RCVTIMEO); a
-                    # closer deadline is waited for exactly, with poll.
-                    if remaining < _LEAD_WAIT and not poll(remaining * 1000.0):
-                        continue  # timed out: the loop's deadline check returns
+                if deadline is not None and not self._readable_by(deadline):
+                    return 0.0
                 try:
                     route(recv())
-                except ChannelClosed:
-                    kick = True  # EOF: the reader thread sees it too and handles it
-                    break
-                except ProtocolError as exc:
-                    self._problem = exc  # the reader thread reports it
-                    self.channel.close()  # type: ignore[union-attr]
+                except (ChannelClosed, ProtocolError) as exc:
+                    self._read_broke(exc)
                     kick = True
                     break
         finally:
@@ -404,7 +479,28 @@ class _Connection:
                 self.kick()
         if deadline is None or not pending():
             return timeout  # done (the caller's wait returns at once) or no deadline
-        return max(deadline - time.monotonic(), 0.0)
+        return max(deadline - _monotonic(), 0.0)
+
+    def _readable_by(self, deadline: float) -> bool:
+        """Whether a read is worth making before ``deadline`` (False: it passed).
+
+        The read itself gives up after _LEAD_WAIT (SO_RCVTIMEO), so with more
+        than that left it just reads; a closer deadline is waited for exactly,
+        with poll.
+        """
+        while True:
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                return False
+            if remaining >= _LEAD_WAIT or self._lead_poll.poll(remaining * 1000.0):
+                return True
+
+    def _read_broke(self, exc: BaseException) -> None:
+        """A leading caller's read ended the stream: EOF (the reader thread sees it
+        too and handles it) or a protocol error (kept for the reader to report)."""
+        if isinstance(exc, ProtocolError):
+            self._problem = exc
+            self.channel.close()  # type: ignore[union-attr]
 
     def kick(self) -> None:
         """Make the reader thread read now (it may be parked)."""
@@ -422,7 +518,7 @@ class _Connection:
                     break
             self._kicked = False
 
-    def _route(self, envelopes: list[Any]) -> None:
+    def _route(self, envelopes: Iterable[Any]) -> None:
         for env in envelopes:
             kind = env.kind
             if kind == REPLY:
@@ -826,12 +922,18 @@ class ProcessRef(ActorRef):
     def oldest_request(self) -> int | None:
         """The ref of the oldest call or system request still awaiting its reply
         (None: none); the resource monitor charges CPU to it (``cpu_seconds``)."""
+        conn = self._conn
+        leading = conn.leading  # a call read by its caller is not in pending
+        oldest = None
         for _ in range(3):
             try:
-                return next(iter(self._conn.pending), None)
+                oldest = next(iter(conn.pending), None)
+                break
             except RuntimeError:  # changed by another thread meanwhile: look again
                 continue
-        return None
+        if oldest is None or leading is None:
+            return leading if oldest is None else oldest
+        return min(oldest, leading)
 
     @property
     def exitcode(self) -> int | None:
@@ -853,15 +955,7 @@ class ProcessRef(ActorRef):
         ``CallTimeout``, ``ActorError`` (the reply could not be encoded), and
         ``TypeError`` if ``request`` cannot be encoded (nothing is sent then).
         """
-        conn = self._conn
-        reply = Reply()
-        ref = conn.submit(CALL, target, request, reply)
-        left = conn.lead(reply, timeout)
-        if not reply.done() and not reply.wait(left):
-            conn.forget(ref)
-            if not reply.wait(0):  # the reply may have raced the timeout
-                raise CallTimeout(f"{self.id}/{target}", timeout)
-        return reply.result()
+        return self._conn.call(target, request, timeout)
 
     def call_wait(self, target: str, request: Any, reply: Reply, timeout: float | None) -> bool:
         """Send a call whose answer goes to ``reply`` and wait for it up to ``timeout``

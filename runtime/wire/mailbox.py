@@ -368,6 +368,16 @@ class Codec:
             raise ValueError(f"invalid ref {_short(ref)}: expected an int or None")
         if target is not None and type(target) is not str:
             raise ValueError(f"invalid target {_short(target)}: expected a str or None")
+        return self.pack_frame(kind, ref, target, payload)
+
+    def pack_frame(self, kind: str, ref: int | None, target: str | None, payload: Any) -> bytes:
+        """:meth:`frame` without checking ``kind``, ``ref`` and ``target``: for a
+        caller that knows them good (a reply's constant kind, a ref it counted).
+        Raises ``TypeError`` and ``ProtocolError`` as :meth:`frame` does.
+
+        >>> Codec().pack_frame(REPLY, 3, None, "ok") == Codec().frame(REPLY, 3, None, "ok")
+        True
+        """
         body = self.encode([kind, ref, target, payload])
         size = len(body)
         if size > self.max_frame:
@@ -454,16 +464,12 @@ class Codec:
         Envelope(kind='cast', ref=None, target='x', payload=[1])
         """
         obj = self.decode(body)
+        env = _envelope(obj)
+        if env is not None:
+            return env
         if type(obj) is not list or len(obj) != 4:
             raise ProtocolError(f"expected [kind, ref, target, payload], got {_describe(obj)}")
         kind, ref, target, _ = obj
-        if (
-            type(kind) is str
-            and kind in KINDS
-            and (ref is None or type(ref) is int)
-            and (target is None or type(target) is str)
-        ):
-            return _new_tuple(Envelope, obj)  # skips NamedTuple.__new__'s arg handling
         if type(kind) is not str or kind not in KINDS:
             raise ProtocolError(
                 f"unknown kind {_short(kind)}: expected one of {', '.join(sorted(KINDS))}"
@@ -474,6 +480,21 @@ class Codec:
 
 
 _new_tuple = tuple.__new__
+
+
+def _envelope(obj: Any) -> Envelope | None:
+    """``obj`` (a decoded body) as an :class:`Envelope`, or None if it is not one
+    (:meth:`Codec.decode_envelope` then says why)."""
+    if type(obj) is list and len(obj) == 4:
+        kind, ref, target, _ = obj
+        if (
+            type(kind) is str
+            and kind in KINDS
+            and (ref is None or type(ref) is int)
+            and (target is None or type(target) is str)
+        ):
+            return _new_tuple(Envelope, obj)  # skips NamedTuple.__new__'s arg handling
+    return None
 
 
 def _restore_codec(allow_pickle: bool, max_frame: int, max_items: int | None = None) -> Codec:
@@ -517,11 +538,15 @@ class FrameDecoder:
     ([], [Envelope(kind='call', ref=1, target='a', payload=None)])
     """
 
-    __slots__ = ("_codec", "_max", "_buf", "_count", "_error")
+    __slots__ = ("_codec", "_max", "_buf", "_count", "_error", "_small", "_small_kw")
 
     def __init__(self, codec: Codec) -> None:
         self._codec = codec
         self._max = codec.max_frame
+        # Frames up to this size are decoded in feed() itself: never counted for
+        # max_items (see Codec.decode), they need only the codec's level-0 arguments.
+        self._small = min(codec.max_frame, _COUNT_FROM)
+        self._small_kw = codec._unpack_kws[0]
         # Only the incomplete tail of the stream lives here; whole frames in a read
         # are decoded straight from the caller's buffer.
         self._buf = bytearray()
@@ -598,16 +623,17 @@ class FrameDecoder:
             raise self._error
         buf = self._buf
         if not buf:
-            # The common case, one whole frame in one read (a call, its reply).
+            # The common case, one whole small frame in one read (a call, its reply):
+            # Codec.decode_envelope inline, every call and reply passes here.
             end = len(data)
             if end > PREFIX_SIZE:
                 size = _PREFIX.unpack_from(data)[0]
-                if size == end - PREFIX_SIZE and size <= self._max:
+                if size == end - PREFIX_SIZE and size <= self._small:
                     try:
-                        env = self._codec.decode_envelope(data[PREFIX_SIZE:])
-                    except ProtocolError:
-                        pass  # the general path below reports it, with the frame's number
-                    else:
+                        env = _envelope(msgpack.unpackb(data[PREFIX_SIZE:], **self._small_kw))
+                    except Exception:
+                        env = None  # the general path below reports it, with the frame's number
+                    if env is not None:
                         self._count += 1
                         return [env]
         if buf:

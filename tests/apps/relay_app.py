@@ -5,7 +5,8 @@
   (a long handler, ended by another actor's call); ``"fail"`` raises;
   ``"stop"`` stops the actor from inside its handler; ``"answer-early"`` answers
   its caller inside the handler and returns NOREPLY; ``"defer"`` keeps its caller,
-  which ``"release"`` answers.
+  which ``"release"`` answers; ``"continue-reply"`` is answered by its
+  ``handle_continue``.
 - ``opener``: ``call("opener", "open")`` opens the gate.
 - ``log``: casts append, ``call("log", "get")`` returns the list (order per sender).
 """
@@ -16,7 +17,7 @@ import threading
 from typing import Any
 
 from runtime import NOREPLY, reply
-from runtime.genserver import GenServer
+from runtime.genserver import Continue, GenServer
 
 GATE = threading.Event()
 
@@ -50,12 +51,20 @@ class Gate(GenServer):
             return NOREPLY, state
         if request == "defer":  # keep the caller; "release" answers it
             return NOREPLY, self.caller
+        if request == "continue-reply":  # handle_continue answers, after the handler
+            return NOREPLY, Continue(self.caller, "answer")
         if request == "release":
             if state is None:
                 return "nothing kept yet", state
             reply(state, "released")
             return "done", None
         return request, state
+
+    def handle_continue(self, arg: Any, state: Any) -> Any:
+        if arg == "answer":
+            reply(state, ("continued", threading.current_thread().name))
+            return None
+        return state
 
 
 class Opener(GenServer):

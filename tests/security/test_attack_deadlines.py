@@ -120,3 +120,95 @@ def test_a_spin_no_call_waits_for_is_charged_too(world):
     assert "cpu_seconds" in ev["detail"], ev
     wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
     assert sb.call("slow", "count", timeout=10) == 1
+
+
+def test_an_awaited_call_has_the_same_deadline(world):
+    """AsyncSandbox.call: a handler past call_seconds is stopped, and the awaiting
+    caller gets ResourceLimitExceeded, as with Sandbox.call."""
+    import asyncio
+
+    from sandbox.aio import AsyncSandbox
+
+    sb = world.sandbox(profile="medium", app=SLOW, limits={"call_seconds": 2})
+    pid = sb.pid
+
+    async def call(request, timeout):
+        return await AsyncSandbox(sb).call("slow", request, timeout=timeout)
+
+    with pytest.raises(ResourceLimitExceeded, match="call_seconds"):
+        asyncio.run(call("block", 60))
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    assert "call_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
+    assert asyncio.run(call("count", 10)) == 1
+
+
+def test_an_awaiting_caller_that_gives_up_early_leaves_the_deadline_watched(world):
+    import asyncio
+
+    from sandbox.aio import AsyncSandbox
+
+    sb = world.sandbox(profile="medium", app=SLOW, limits={"call_seconds": 2})
+    pid = sb.pid
+    with pytest.raises(CallTimeout):
+        asyncio.run(AsyncSandbox(sb).call("slow", "block", timeout=0.2))
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    assert "call_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
+
+
+def test_a_cancelled_await_leaves_the_deadline_watched(world):
+    import asyncio
+
+    from sandbox.aio import AsyncSandbox
+
+    sb = world.sandbox(profile="medium", app=SLOW, limits={"call_seconds": 2})
+    pid = sb.pid
+    asb = AsyncSandbox(sb)
+
+    async def main() -> None:
+        assert await asb.call("slow", "count") == 1  # the handle knows its process now
+        task = asyncio.ensure_future(asb.call("slow", "block", timeout=60))
+        done, _ = await asyncio.wait([task], timeout=0.2)  # the call is sent, unanswered
+        assert not done
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Not forgotten: the monitor watches it, and needs its answer if one comes.
+        assert len(sb._slot.current()._conn.pending) == 1
+
+    asyncio.run(main())
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+    assert "call_seconds" in world.wait_event(sb.id, "limit.exceeded")["detail"]
+
+
+def test_a_call_over_the_control_endpoint_has_the_same_deadline(tmp_path):
+    """The control server awaits calls through AsyncSandbox: the deadline holds there too."""
+    import textwrap
+
+    import sandbox
+
+    app = tmp_path / "slow-app"
+    app.mkdir()
+    for name, src in SLOW.items():
+        (app / name).write_text(textwrap.dedent(src))
+    sock = tmp_path / "ctl.sock"
+    with sandbox.start(listen=f"unix:{sock}", monitor_interval=0.2) as rt:
+        sb = rt.create_sandbox("ep", app, profile="medium", limits={"call_seconds": 2})
+        pid = sb.pid
+        with sandbox.connect(f"unix:{sock}") as remote:
+            with pytest.raises(ResourceLimitExceeded, match="call_seconds"):
+                remote.sandbox("ep").call("slow", "block", timeout=60)
+        wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)
+        assert sb.call("slow", "count", timeout=10) == 1
+
+
+def test_an_awaited_call_names_the_cpu_budget_that_stopped_it(world):
+    import asyncio
+
+    from sandbox.aio import AsyncSandbox
+
+    sb = world.sandbox(profile="high", app=SLOW, limits={"call_seconds": 100, "cpu_seconds": 1})
+    pid = sb.pid
+    _sampled(world, sb)
+    with pytest.raises(ResourceLimitExceeded, match=r"per-call CPU budget of 1s \(cpu_seconds\)"):
+        asyncio.run(AsyncSandbox(sb).call("slow", "spin", timeout=100))
+    wait_for(lambda: sb.info()["pid"] not in (None, pid), 20)

@@ -66,3 +66,20 @@ def test_every_profile_gets_the_os_layers(world, profile):
         assert os.readlink(f"/proc/{sb.pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
     with open(f"/proc/{sb.pid}/status") as fh:
         assert "Seccomp:\t2" in fh.read()
+
+
+def test_the_seccomp_filter_is_built_once_per_variant_and_kept_as_bpf() -> None:
+    """Built by libseccomp when the module is imported (in the fork server), so a
+    sandbox only loads the program; the variants deny what their profiles need."""
+    from runtime.child import seccomp
+
+    if seccomp.unavailable():
+        pytest.skip(seccomp.unavailable())
+    seccomp.prepare()
+    strict = seccomp.program(deny_exec=True, fatal=True)
+    assert seccomp.program(deny_exec=True, fatal=True) is strict  # not built again
+    assert {"execve", "fork", "ptrace", "mount"} <= set(strict[1])
+    loose = seccomp.program(deny_exec=False, fatal=False)
+    assert "execve" not in loose[1] and "ptrace" in loose[1]
+    for bpf, _denied in (strict, loose):
+        assert bpf and len(bpf) % 8 == 0  # struct sock_filter
