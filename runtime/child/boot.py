@@ -94,6 +94,7 @@ __all__ = [
     "error_payload",
     "register_boot_hook",
     "register_system_op",
+    "shared_codec",
     "system_ops",
 ]
 
@@ -379,20 +380,34 @@ _skipped: dict[str, str] = {}
 _READ_SIZE = 16 * 1024
 
 
-def _codec(allow_pickle: bool, max_frame: int) -> Codec:
-    """The codec for these settings, made once per process: the usual ones are made
-    in the fork server (below; this module is preloaded), as a codec makes a
-    closure and a dict per nesting level, pages a sandbox would otherwise write."""
-    key = (bool(allow_pickle), max_frame)
+def shared_codec(allow_pickle: bool, max_frame: int, max_items: int | None = None) -> Codec:
+    """The codec for these settings, made once per process (a codec is safe to
+    share: its packers and item counts are per thread).
+
+    A codec makes a closure and a dict per nesting level (~60 us), and each thread
+    that packs with it makes its packers once. In a sandbox the usual ones are made
+    in the fork server (below; this module is preloaded), pages a sandbox would
+    otherwise write; the host shares one per setting between all its connections,
+    so starting a child makes none and a thread's first call to a new child packs
+    with the packers it already has.
+
+    >>> shared_codec(False, DEFAULT_MAX_FRAME) is shared_codec(False, DEFAULT_MAX_FRAME)
+    True
+    """
+    key = (bool(allow_pickle), max_frame, max_items)
     codec = _codecs.get(key)
     if codec is None:
-        codec = _codecs[key] = Codec(allow_pickle=key[0], max_frame=max_frame)
+        if len(_codecs) >= _MAX_CODECS:  # unusual settings: do not keep every one
+            return Codec(allow_pickle=key[0], max_frame=max_frame, max_items=max_items)
+        codec = _codecs.setdefault(
+            key, Codec(allow_pickle=key[0], max_frame=max_frame, max_items=max_items))
     return codec
 
 
-_codecs: dict[tuple[bool, int], Codec] = {}
+_MAX_CODECS = 32
+_codecs: dict[tuple[bool, int, int | None], Codec] = {}
 for _allow in (False, True):
-    _codec(_allow, DEFAULT_MAX_FRAME)
+    shared_codec(_allow, DEFAULT_MAX_FRAME)
 
 
 def _send_log(record: dict[str, Any]) -> None:
@@ -425,8 +440,8 @@ class ChildServer:
 
     def __init__(self, sock: Any, boot: BootConfig) -> None:
         self.boot = boot
-        self.read_codec = _codec(boot.allow_pickle, boot.max_frame)
-        self.write_codec = _codec(boot.send_pickle, boot.max_frame)
+        self.read_codec = shared_codec(boot.allow_pickle, boot.max_frame)
+        self.write_codec = shared_codec(boot.send_pickle, boot.max_frame)
         # A modest read buffer: every page of it is private memory of this child.
         self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE)
         self.root: ActorRef | None = None
