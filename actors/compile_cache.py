@@ -114,9 +114,16 @@ class CompileCache:
             return hmac.new(self._secret, payload, hashlib.sha256).digest()
         return hashlib.sha256(payload).digest()
 
-    def store(self, key: str, entry: CacheEntry, *, source: bytes, filename: str) -> None:
+    def store(
+        self, key: str, entry: CacheEntry, *, source: bytes, filename: str, recreate: bool = True
+    ) -> None:
         """Write an entry atomically. A failure to write is logged, not raised: a
-        cache that cannot be written only costs a recompile next time."""
+        cache that cannot be written only costs a recompile next time.
+
+        ``recreate=False``: if the directory has gone, write nothing (a write made
+        after the compile's caller went on must not bring back the cache of a
+        sandbox destroyed meanwhile; :meth:`ensure_directory` recreates it when a
+        compile starts)."""
         header = {
             "key": key,
             "python_magic": MAGIC.hex(),
@@ -132,9 +139,14 @@ class CompileCache:
         payload = _HLEN.pack(len(h)) + h + entry.code
         data = FORMAT + self._digest(payload) + payload
         try:
-            # The directory may have gone since (a destroyed sandbox's cache): recreate it.
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".sbxc")
+            if recreate:
+                self.ensure_directory()
+            try:
+                fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".sbxc")
+            except FileNotFoundError:
+                if recreate:
+                    raise
+                return
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -144,6 +156,11 @@ class CompileCache:
                 raise
         except OSError as exc:
             log.warning("could not write compile cache entry %s: %s", self.path(key), exc)
+
+    def ensure_directory(self) -> None:
+        """Create the directory if it has gone since (a destroyed sandbox's cache,
+        used again by a sandbox of the same id). Raises OSError."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def load(self, key: str, *, source: bytes, filename: str) -> CacheEntry | None:
         """The validated entry for ``key``, or None (missing, or damaged and removed)."""

@@ -442,7 +442,7 @@ def _compile_one(
                                 "kind": "SyntaxError"}]), b""
     except RecursionError:
         return reply("limit", [_limit(filename, "deeply nested")]), b""
-    imports = extract_imports(tree)
+    imports = extract_imports(tree, source)
     findings: list[dict[str, Any]] = []
     if scanner is not None:
         try:

@@ -31,6 +31,7 @@ source are hashed into the cache key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -126,6 +127,8 @@ class _Profile:
 
 #: Workers with a sandbox's own memory limit kept besides the default one.
 _MAX_EXTRA_WORKERS = 2
+#: The message a compiler sends itself to write the cache entries of an operation.
+_WRITE_CACHE = "write-cache"
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ class CompilerActor(Component):
     apps, the default call timeout is 5 s):
 
     - ``compile_sandbox(path, *, profile="medium", cache_dir=None, compile_timeout=None,
-      memory_limit=None, cpu_limit=None)``
+      memory_limit=None, cpu_limit=None, running=None)``
     - ``compile_file(path, *, app_root=None, profile=..., cache_dir=..., compile_timeout=...,
       memory_limit=..., cpu_limit=...)``
     - ``incremental_compile(path, changed_files, *, profile=..., cache_dir=...,
@@ -223,6 +226,8 @@ class CompilerActor(Component):
         )
         self._extra_workers: dict[int, CompileWorker] = {}
         self.stats = {"compiled": 0, "cached": 0, "killed": 0}
+        #: Cache entries of this operation, written once its caller has the result.
+        self._unwritten: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
     def on_init(self) -> None:
@@ -230,7 +235,14 @@ class CompilerActor(Component):
             self._owned_dir = Path(tempfile.mkdtemp(prefix="sandbox-compile-cache-"))
             self._default_cache_dir = self._owned_dir
 
+    def on_info(self, message: Any) -> None:
+        if message == _WRITE_CACHE:
+            self._write_cache()
+        else:
+            super().on_info(message)
+
     def on_exit(self, reason: Any) -> None:
+        self._write_cache()
         self._worker.close()
         for worker in self._extra_workers.values():
             worker.close()
@@ -253,15 +265,21 @@ class CompilerActor(Component):
         compile_timeout: float | None = None,
         memory_limit: int | None = None,
         cpu_limit: int | None = None,
+        running: Mapping[str, tuple[str, str]] | None = None,
     ) -> CompilationResult:
         """Compile every module of the app at ``path``.
 
+        ``running`` (``{module: (file, source)}``, what a sandbox runs): only the
+        modules whose file's bytes are not that source, new ones included, read and
+        compared, never judged by mtime (a hot reload's default: one discovery of the
+        app serves the comparison and the compile).
+
         >>> # ref.invoke("compile_sandbox", "examples/counter", cache_dir=workdir + "/cache")
         """
-        root = self._app_root(path)
-        cache = self._cache(cache_dir, root)
-        app = discover_modules(root, exclude=[cache.directory])
-        return self._run("compile_sandbox", path, root, app, list(app.values()), profile,
+        root, cache, app = self._app(path, cache_dir)
+        todo = list(app.values()) if running is None else \
+            [f for name, f in app.items() if _differs(f, running.get(name))]
+        return self._run("compile_sandbox", path, root, app, todo, profile,
                          cache, _Budget.of(self, compile_timeout, memory_limit, cpu_limit))
 
     def op_compile_file(
@@ -315,9 +333,7 @@ class CompilerActor(Component):
 
         >>> # ref.invoke("incremental_compile", app, ["pkg/mod.py"]).recompiled
         """
-        root = self._app_root(path)
-        cache = self._cache(cache_dir, root)
-        app = discover_modules(root, exclude=[cache.directory])
+        root, cache, app = self._app(path, cache_dir)
         todo: dict[str, AppFile] = {}
         removed: list[str] = []
         for f in changed_files:
@@ -337,7 +353,9 @@ class CompilerActor(Component):
         return result
 
     def op_status(self) -> dict[str, Any]:
-        """Worker and cache state, for operators and tests."""
+        """Worker and cache state, for operators and tests (entries of the operations
+        before it are written)."""
+        self._write_cache()
         return {
             "worker_pid": self._worker.pid,
             "workers_started": self._worker.started,
@@ -352,6 +370,7 @@ class CompilerActor(Component):
 
     def op_clear_cache(self, cache_dir: str | os.PathLike[str] | None = None) -> int:
         """Remove every entry of a cache directory (default: the actor's); returns the count."""
+        self._write_cache()
         d = Path(cache_dir) if cache_dir is not None else self._default_cache_dir
         assert d is not None
         return self._cache(d, None).clear()
@@ -363,6 +382,14 @@ class CompilerActor(Component):
         if not root.is_dir():
             raise CompileError(f"app directory {path} does not exist or is not a directory")
         return root
+
+    def _app(
+        self, path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None
+    ) -> tuple[Path, CompileCache, dict[str, AppFile]]:
+        """The app's root, its compile cache, and its modules (the cache left out)."""
+        root = self._app_root(path)
+        cache = self._cache(cache_dir, root)
+        return root, cache, discover_modules(root, exclude=[cache.directory])
 
     def _cache(self, cache_dir: str | os.PathLike[str] | None, root: Path | None) -> CompileCache:
         d = Path(os.path.abspath(cache_dir)) if cache_dir is not None else self._default_cache_dir
@@ -387,6 +414,11 @@ class CompilerActor(Component):
         cache: CompileCache,
         budget: _Budget,
     ) -> CompilationResult:
+        self._write_cache()  # an earlier operation's entries, if this one came first
+        try:
+            cache.ensure_directory()  # its entries are written after the answer (_write_later)
+        except OSError as exc:
+            log.warning("cannot create compile cache directory %s: %s", cache.directory, exc)
         prof = _Profile.of(profile)
         start = time.monotonic()
         result = CompilationResult(root=str(shown), profile=prof.name)
@@ -451,7 +483,8 @@ class CompilerActor(Component):
             # validation.
             transient = any(d.get("code") == "scanner-error" for d in entry.diagnostics)
             if reply.cacheable and entry.status == reply.status and not transient:
-                cache.store(key, entry, source=source, filename=filename)
+                self._write_later(functools.partial(
+                    cache.store, key, entry, source=source, filename=filename, recreate=False))
             self.stats["compiled"] += 1
         else:
             self.stats["cached"] += 1
@@ -470,6 +503,20 @@ class CompilerActor(Component):
             f.name, filename, source, entry.code,
             dependencies=res.dependencies, from_cache=from_cache, is_package=f.is_package,
         )
+
+    def _write_later(self, write: Callable[[], None]) -> None:
+        """Write a cache entry once the caller has the compile's result: the write
+        (a temporary file and a rename) is off a hot reload's critical path. The
+        next message this actor handles writes it (or stop does), so an operation
+        asked after this one finds it, ``status`` included."""
+        if not self._unwritten:
+            self.ref.tell(_WRITE_CACHE)
+        self._unwritten.append(write)
+
+    def _write_cache(self) -> None:
+        writes, self._unwritten = self._unwritten, []
+        for write in writes:
+            write()
 
     def _worker_for(self, memory_limit: int) -> CompileWorker:
         """The worker with this memory limit (RLIMIT_AS is set once per worker process):
@@ -563,6 +610,19 @@ class CompilerActor(Component):
                 "top-level package (ImportError when it runs)",
                 "use an absolute import, or move the module into a package"))
         return out
+
+
+def _differs(f: AppFile, running: tuple[str, str] | None) -> bool:
+    """Whether module file ``f`` is not ``running`` (``(file, source)``), or unreadable
+    (the compile then reports why)."""
+    if running is None or running[0] != str(f.path):
+        return True
+    try:
+        with open(f.path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return True
+    return data != running[1].encode("utf-8")
 
 
 def check(path: str | os.PathLike[str], **options: Any) -> CompilationResult:

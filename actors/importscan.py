@@ -62,8 +62,12 @@ def _dynamic_target(call: ast.Call) -> bool:
     return isinstance(f, ast.Name) and f.id in ("import_module", "__import__")
 
 
-def extract_imports(tree: ast.AST) -> list[dict[str, Any]]:
+def extract_imports(tree: ast.AST, source: str | bytes | None = None) -> list[dict[str, Any]]:
     """Every import in ``tree`` as a plain dict, in source order.
+
+    With the module's ``source``: if it names neither ``import_module`` nor
+    ``__import__`` it has no dynamic import, and only statements are walked (an
+    import statement is one), not the expressions that make most of a tree.
 
     Keys: ``kind`` (``import``, ``from``, ``dynamic``), ``module`` (dotted name or
     None for ``from . import x``), ``names`` (the names a from-import takes),
@@ -77,6 +81,10 @@ def extract_imports(tree: ast.AST) -> list[dict[str, Any]]:
     ['a', 'b', 'd']
     """
     out: list[dict[str, Any]] = []
+    if source is not None and isinstance(source, str):
+        source = source.encode("utf-8", "surrogatepass")
+    statements_only = source is not None and b"import_module" not in source \
+        and b"__import__" not in source
     # Iterative walk keeping the "guarded" flag; recursion would fail on the deep
     # trees that only the parser's own limits stop.
     stack: list[tuple[ast.AST, bool]] = [(tree, False)]
@@ -106,10 +114,17 @@ def extract_imports(tree: ast.AST) -> list[dict[str, Any]]:
             body_guarded = guarded or any(_guards_import(h) for h in node.handlers)
             children = [(n, body_guarded) for n in node.body]
             children += [(n, guarded) for n in (*node.handlers, *node.orelse, *node.finalbody)]
+        elif statements_only:
+            children = [(n, guarded) for n in ast.iter_child_nodes(node)
+                        if isinstance(n, _HOLDS_STATEMENTS)]
         else:
             children = [(n, guarded) for n in ast.iter_child_nodes(node)]
         stack.extend(reversed(list(children)))
     return out
+
+
+#: The nodes an import statement can be found in (or be).
+_HOLDS_STATEMENTS = (ast.stmt, ast.excepthandler, ast.match_case)
 
 
 def _record(

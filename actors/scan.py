@@ -590,8 +590,10 @@ def scan_source(
         return findings
     lines = re.split(r"\r\n|\r|\n", text)
     # -- tokens: identifiers and control characters ---------------------------------------
+    # Both checks look for non-ASCII characters: an ASCII module has none to find, and
+    # tokenizing (pure Python) is the dearest part of scanning a small module.
     try:
-        for tok in tokenize.tokenize(io.BytesIO(source).readline):
+        for tok in () if source.isascii() else tokenize.tokenize(io.BytesIO(source).readline):
             if tok.type == tokenize.NAME and not tok.string.isascii():
                 add(
                     "SBX003",

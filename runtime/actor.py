@@ -314,6 +314,8 @@ class Actor(pykka.ThreadingActor):
         self._up = False  # _started is set (read on every call run in place: no method call)
         self._stop_request: ExitReason | None = None
         self._pending: set[ReplySink] = set()
+        # The call whose handler failed, answered once the actor has ended (_finish).
+        self._failed_call: tuple[ReplySink, ActorFailed] | None = None
         #: The reply sink of the call being handled (None outside a call).
         self._caller: ReplySink | None = None
         self._watchers: dict[str, Watcher] = {}
@@ -502,16 +504,25 @@ class Actor(pykka.ThreadingActor):
 
     def _call_failed(self, reply: ReplySink, exc: BaseException) -> ExitReason:
         """A call handler raised ``exc``: the actor fails (see :meth:`_failed`) and the
-        caller gets :class:`~runtime.errors.ActorFailed`; returns the exit reason."""
+        caller gets :class:`~runtime.errors.ActorFailed`; returns the exit reason.
+
+        The caller hears it once the actor has ended (:meth:`_finish`), as an OTP
+        caller hears of a crash through its monitor: whoever catches the error sees
+        ``is_alive()`` false and the ``exit_reason`` set.
+        """
         try:
             self._failed(exc)
         except _Failed as failed:
             reason = failed.reason
-        self._discard(reply)
-        reply.set_exception(
-            ActorFailed(self.actor_id, reason.message, reason.traceback,
-                        reason.log_fields.get("correlation_id"))
-        )
+        error = ActorFailed(self.actor_id, reason.message, reason.traceback,
+                            reason.log_fields.get("correlation_id"))
+        with self._life:
+            self._pending.discard(reply)
+            ended = self._exit_reason is not None
+            if not ended:
+                self._failed_call = (reply, error)
+        if ended:  # killed meanwhile: _finish has run and will not look again
+            reply.set_exception(error)
         return reason
 
     def _discard(self, reply: ReplySink) -> None:
@@ -538,6 +549,7 @@ class Actor(pykka.ThreadingActor):
     def _finish(self, reason: ExitReason) -> None:
         """Record the reason, fail waiting callers, tell monitors and links. Exactly once."""
         with self._life:
+            failed_call, self._failed_call = self._failed_call, None
             if self._exit_reason is not None:
                 return
             self._exit_reason = reason
@@ -545,6 +557,8 @@ class Actor(pykka.ThreadingActor):
             watchers, self._watchers = self._watchers, {}
             links, self._links = self._links, {}
         self.actor_stopped.set()
+        if failed_call is not None:
+            failed_call[0].set_exception(failed_call[1])
         for reply in pending:
             reply.set_exception(ActorDead(self.actor_id, reason))
         for mref, watcher in watchers.items():

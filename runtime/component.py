@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef
+from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, Reply
 from runtime.errors import SandboxError
 from runtime.logs import _context as _log_context
 
-__all__ = ["Component", "ComponentRef"]
+__all__ = ["Component", "ComponentRef", "Pending"]
 
 
 class ComponentRef(ActorRef):
@@ -36,8 +36,41 @@ class ComponentRef(ActorRef):
         here and the component keeps running; any other exception fails the component
         (its supervisor restarts it) and reaches the caller as ``ActorFailed``.
         """
+        return self.send(op, *args, **kwargs).result(timeout)
+
+    def send(self, op: str, *args: Any, **kwargs: Any) -> Pending:
+        """Send operation ``op`` and return at once; :meth:`Pending.result` waits for
+        its result (as :meth:`invoke` would return or raise it). Operations sent by
+        one thread run in the order sent, so a thread that sends one and invokes the
+        next waits once for both.
+
+        >>> class Box(Component):
+        ...     def op_put(self, v): self.v = v
+        ...     def op_get(self): return self.v
+        >>> ref = Box.start()
+        >>> pending = ref.send("put", 1)
+        >>> ref.invoke("get"), pending.result()
+        (1, None)
+        >>> _ = ref.stop()
+        """
         ctx = _log_context.get()  # the caller's correlation id follows the operation
-        value = self.call((op, args, kwargs) if ctx is None else (op, args, kwargs, ctx), timeout=timeout)
+        reply = Reply()
+        self.call_into((op, args, kwargs) if ctx is None else (op, args, kwargs, ctx), reply)
+        return Pending(self, reply)
+
+
+class Pending:
+    """An operation sent with :meth:`ComponentRef.send`, its result to come."""
+
+    __slots__ = ("_ref", "_reply")
+
+    def __init__(self, ref: ComponentRef, reply: Reply) -> None:
+        self._ref = ref
+        self._reply = reply
+
+    def result(self, timeout: float | None = DEFAULT_CALL_TIMEOUT) -> Any:
+        """Wait for the result; raises what :meth:`ComponentRef.invoke` raises."""
+        value = self._ref.await_reply(self._reply, timeout)
         if isinstance(value, _Refusal):
             raise value.error
         return value

@@ -56,7 +56,7 @@ from runtime.actor import ExitReason
 from runtime.child.swap import ModuleCode
 from runtime.errors import ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
 from runtime.wire.shipping import ship
-from sandbox.reload_ack import shipped_digests, verify_swap
+from sandbox.reload_ack import shipped_digests, still_serving, verify_swap
 
 if TYPE_CHECKING:
     from sandbox.api import Runtime
@@ -69,6 +69,8 @@ COMPILE_TIMEOUT = 120.0
 VERDICT_GRACE = 5.0
 #: Seconds a committed swap waits for a restarting version manager to record it.
 RECORD_TIMEOUT = 30.0
+#: Seconds a reload waits for the manager to mark the sandbox ``reloading``.
+MANAGER_TIMEOUT = 60.0
 
 
 @dataclass
@@ -256,7 +258,7 @@ def hot_reload(
     report = ReloadReport(sandbox=sandbox_id, at=time.time())
     meta = {"sandbox": sandbox_id, "runtime": rt.name}
     with slot.reload_lock, telemetry.span("sandbox.reload", meta) as span_md, \
-            _recorded(rt, slot, report, t0):
+            _recorded(rt, slot, report, t0) as marked:
         overlay = None
         removed: list[str] = []
         try:
@@ -282,9 +284,9 @@ def hot_reload(
                 result = compiler.invoke("compile_sandbox", ctx.path, **opts)
             else:
                 # Compile only the files whose bytes differ from the code the sandbox
-                # runs (hashed, never judged by mtime): no cache lookups for the rest.
-                todo = _changed_on_disk(ctx.path, cache, slot.modules)
-                result = compiler.invoke("incremental_compile", ctx.path, todo, **opts)
+                # runs (compared, never judged by mtime): no cache lookups for the rest.
+                running = {n: (mc.file, mc.source) for n, mc in slot.modules.items()}
+                result = compiler.invoke("compile_sandbox", ctx.path, running=running, **opts)
             report.diagnostics = [str(d) for d in result.diagnostics]
             audit_warned(rt.component("security"), sandbox_id, result)  # profile's warn groups
             result.raise_for_errors()
@@ -312,9 +314,10 @@ def hot_reload(
                 for unit in plan.units
             ]
             shipped = None if migrate is None else ship(migrate, set(slot.modules) | set(result.modules))
+            marked()
             with _journal(rt, report, new_versions) as rid:
-                swap = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra, timeout,
-                             removed=removed, reload_id=rid)
+                swap, proc = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra,
+                                   timeout, removed=removed, reload_id=rid)
                 report.versions = _record_committed(
                     rt, slot, "record", sandbox_id, [result.modules[m] for m in wanted],
                     journal=rid, removed=removed,
@@ -324,6 +327,7 @@ def hot_reload(
                     slot.modules[m] = _code_for(m, result.modules, slot.modules, report.versions)
             for m in removed:
                 slot.modules.pop(m, None)
+            _check_still_serving(slot, proc, report)
             report.modules, report.changed, report.cycles = plan.modules, list(wanted), plan.cycles
             report.removed = list(removed)
             _fill(report, swap)
@@ -354,7 +358,7 @@ def rollback_module(
     report = ReloadReport(sandbox=sandbox_id, kind="rollback", at=time.time())
     meta = {"sandbox": sandbox_id, "runtime": rt.name, "module": module, "version": version}
     with slot.reload_lock, telemetry.span("sandbox.rollback", meta), \
-            _recorded(rt, slot, report, t0):
+            _recorded(rt, slot, report, t0) as marked:
         target = versions.invoke("get_version", sandbox_id, module, version)
         # pending: an unloaded module is not in the current graph, its version is
         plan = versions.invoke("calculate_reload_order", sandbox_id, [module],
@@ -362,11 +366,13 @@ def rollback_module(
         chosen = {module: ModuleCode.from_compiled(target, version)}
         units = [[(chosen.get(m) or slot.modules[m]).to_wire() for m in unit]
                  for unit in plan.units]
+        marked()
         with _journal(rt, report, {module: version}) as rid:
-            swap = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout,
-                         reload_id=rid)
+            swap, proc = _swap(rt, slot, sandbox_id, units, [module], None, extra, timeout,
+                               reload_id=rid)
             _record_committed(rt, slot, "set_current", sandbox_id, module, version, journal=rid)
         slot.modules[module] = chosen[module]
+        _check_still_serving(slot, proc, report)
         report.modules, report.changed, report.cycles = plan.modules, [module], plan.cycles
         report.versions = {module: version}
         _fill(report, swap)
@@ -390,7 +396,7 @@ def unload_module(
     report = ReloadReport(sandbox=sandbox_id, kind="unload", at=time.time())
     meta = {"sandbox": sandbox_id, "runtime": rt.name, "module": module}
     with slot.reload_lock, telemetry.span("sandbox.unload", meta), \
-            _recorded(rt, slot, report, t0):
+            _recorded(rt, slot, report, t0) as marked:
         if module not in slot.modules:
             raise ReloadFailed(
                 f"sandbox {sandbox_id!r} has no loaded module {module!r} "
@@ -404,6 +410,7 @@ def unload_module(
                 f"{', '.join(importers)} import{'s' if len(importers) == 1 else ''} it; remove "
                 "the import (and reload) or unload those first; nothing was changed",
                 module=module, step="unload")
+        marked()
         payload = {"module": module, "correlation_id": logs.current_id()}
         result = slot.get(timeout).system("unload_module", payload, timeout=timeout)
         if not result.get("ok"):
@@ -416,12 +423,21 @@ def unload_module(
 
 
 @contextmanager
-def _recorded(rt: Runtime, slot: Any, report: ReloadReport, t0: float) -> Iterator[None]:
-    """Status ``reloading`` for the duration; the outcome kept as the slot's last reload."""
+def _recorded(
+    rt: Runtime, slot: Any, report: ReloadReport, t0: float
+) -> Iterator[Callable[[], None]]:
+    """Status ``reloading`` for the duration; the outcome kept as the slot's last reload.
+
+    Yields ``marked()``, which waits for the manager to have set the status (and
+    raises what setting it raised): called before the swap, by when the manager
+    has long answered, so the mark costs no wait of its own. Status changes go to
+    the manager in order, so one set back when the body ends (not waited for) is
+    seen by anything this thread asks the manager next.
+    """
     sandbox_id = report.sandbox
-    rt._manager("set_status", sandbox_id, "reloading")
+    pending = rt.component("manager").send("set_status", sandbox_id, "reloading")
     try:
-        yield
+        yield lambda: pending.result(timeout=MANAGER_TIMEOUT)
     except BaseException as exc:
         report.ok, report.error = False, f"{type(exc).__name__}: {exc}"
         raise
@@ -492,33 +508,21 @@ def _check_importers(
             )
 
 
-def _changed_on_disk(path: str, cache_dir: str, current: Mapping[str, ModuleCode]) -> list[str]:
-    """The module files of the app whose bytes are not the source the sandbox runs
-    (new files included), as absolute paths."""
-    from actors.appfiles import discover_modules
-
-    root = Path(os.path.abspath(path))
-    out = []
-    for name, f in discover_modules(root, exclude=[Path(cache_dir)]).items():
-        mc = current.get(name)
-        if mc is None or mc.file != str(f.path):
-            out.append(str(f.path))
-            continue
-        try:
-            data = f.path.read_bytes()
-        except OSError:
-            out.append(str(f.path))  # let the compiler report it
-            continue
-        if data != mc.source.encode("utf-8"):
-            out.append(str(f.path))
-    return out
-
-
 def _loaded_but_deleted(result: Any, current: Mapping[str, ModuleCode]) -> list[str]:
     """Loaded modules whose file is gone (what a reload cannot swap, only unload)."""
     gone = set(getattr(result, "removed", None) or ())
     gone |= {name for name, mc in current.items() if mc.file and not os.path.exists(mc.file)}
     return sorted(gone & set(current))
+
+
+def _check_still_serving(slot: Any, proc: Any, report: ReloadReport) -> None:
+    """The swap is recorded and ``slot.modules`` names its code: if the process that
+    swapped has been replaced meanwhile, say so (reload_ack.still_serving restarts
+    a replacement that may have booted the code recorded before)."""
+    if not still_serving(slot, proc):
+        report.warnings.append(
+            "the sandbox's process restarted during the reload: it runs the new code, "
+            "but its actors started afresh (their state was not kept)")
 
 
 def _fill(report: ReloadReport, swap: Mapping[str, Any]) -> None:
@@ -553,8 +557,9 @@ def _swap(
     *,
     reload_id: str,
     removed: list[str] | None = None,
-) -> dict[str, Any]:
-    """Ask the sandbox to swap; its verdict, whatever times out (see the module doc)."""
+) -> tuple[dict[str, Any], Any]:
+    """Ask the sandbox to swap: its report and the process that made it (the verdict,
+    whatever times out: see the module doc)."""
     payload = {"units": units, "changed": changed, "migrate": migrate, "extra": extra,
                "suspend_timeout": min(timeout, 10.0), "removed": removed or [],
                "reload_id": reload_id, "timeout": timeout}
@@ -578,7 +583,8 @@ def _swap(
             ) from None
         verify_swap(proc, sandbox_id, shipped_digests(units), None)
         return {"actors": 0, "warnings": [
-            f"the sandbox committed the swap but its report did not arrive within {timeout}s"]}
+            f"the sandbox committed the swap but its report did not arrive within {timeout}s"]
+        }, proc
     if not result.get("ok"):
         err = ReloadFailed(
             f"sandbox {sandbox_id!r}: {result.get('error')}",
@@ -589,11 +595,13 @@ def _swap(
         raise err
     # Recorded only if the sandbox installed, and serves, exactly what was shipped.
     verify_swap(proc, sandbox_id, shipped_digests(units), result.get("installed", {}))
-    return result
+    return result, proc
 
 
 def _set_status_back(rt: Runtime, sandbox_id: str) -> None:
+    """Status ``running`` again (unless something else changed it meanwhile), not
+    waited for: a sandbox destroyed meanwhile makes it a no-op."""
     try:
-        rt._manager("set_status", sandbox_id, "running", "reloading")
+        rt.component("manager").send("set_status", sandbox_id, "running", "reloading")
     except SandboxError:
-        pass  # destroyed meanwhile
+        pass  # destroyed meanwhile, or no manager running to tell

@@ -258,6 +258,27 @@ def test_handle_call_raising_fails_caller_and_actor() -> None:
         ref.call("get")
 
 
+class _SlowToEnd(Actor):
+    """Fails every call; its on_exit takes a while, the window a caller could see it alive."""
+
+    def on_call(self, request: Any) -> Any:
+        raise ValueError(request)
+
+    def on_exit(self, reason: Any) -> None:
+        sum(range(300_000))
+
+
+def test_a_caller_told_of_the_failure_sees_the_actor_ended() -> None:
+    # As an OTP caller hears of a crash through its monitor: once the call has
+    # raised, the actor has ended (docs/supervision.md asserts it right after).
+    for _ in range(5):
+        ref = _SlowToEnd.start()
+        with pytest.raises(ActorFailed):
+            ref.call("boom")
+        assert not ref.is_alive()
+        assert ref.exit_reason is not None and ref.exit_reason.kind == "exception"
+
+
 def test_bad_handle_call_return_fails_clearly() -> None:
     ref = Counter.start()
     with pytest.raises(ActorFailed, match=r"must return \(reply, new_state\)"):

@@ -159,26 +159,37 @@ def test_counter_gains_a_field_then_rolls_back(sandbox_factory):
 
 def test_a_reload_asks_each_component_once(sandbox_factory, monkeypatch):
     """Each round trip to a component actor is a thread hand-off (40 us and more on a
-    VM): a reload makes one per component before the swap and one after."""
+    VM): a reload waits for one per component before the swap and one after; the
+    status marks are sent along with them, not waited for on their own."""
     from runtime.component import ComponentRef
 
     sb = counter_at_42(sandbox_factory)
-    asked: list[str] = []
+    waited: list[str] = []
+    sent: list[str] = []
     me = threading.get_ident()
-    invoke = ComponentRef.invoke
+    invoke, send = ComponentRef.invoke, ComponentRef.send
 
-    def counted(self, op, *args, **kwargs):
+    def counted_invoke(self, op, *args, **kwargs):
         if threading.get_ident() == me:  # not the components' own calls to each other
-            asked.append(op)
+            waited.append(op)
         return invoke(self, op, *args, **kwargs)
 
+    def counted_send(self, op, *args, **kwargs):
+        if threading.get_ident() == me:
+            sent.append(op)
+        return send(self, op, *args, **kwargs)
+
     write(sb, "counter.py", COUNTER_V2)
-    monkeypatch.setattr(ComponentRef, "invoke", counted)
+    monkeypatch.setattr(ComponentRef, "invoke", counted_invoke)
+    monkeypatch.setattr(ComponentRef, "send", counted_send)
     report = sb.hot_reload(extra="migrated")
     assert report.ok and report.changed == ["counter"]
-    assert asked == ["created_at", "reload_context", "set_status", "incremental_compile",
-                     "plan_reload", "record", "set_status"]
+    assert waited == ["created_at", "reload_context", "compile_sandbox", "plan_reload",
+                      "record"]
+    assert sent == ["created_at", "reload_context", "set_status", "compile_sandbox",
+                    "plan_reload", "record", "set_status"]
     assert sb.call("counter", "get") == {"count": 42, "label": "migrated"}
+    assert sb.info()["status"] == "running"  # the mark sent back is seen by what is asked next
 
 
 def test_reload_with_nothing_changed_swaps_nothing(sandbox_factory):

@@ -16,6 +16,7 @@ import threading
 import types
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,17 @@ def start_boxes(app: App, n: int) -> list:
     return [module.Box.start(i) for i in range(n)]
 
 
+@contextmanager
+def running_boxes(app: App, n: int) -> Iterator[list]:
+    """``n`` Box actors of the installed code, stopped afterwards (with any the test adds)."""
+    refs = start_boxes(app, n)
+    try:
+        yield refs
+    finally:
+        for r in refs:
+            r.stop()
+
+
 def test_apply_reload_swaps_classes_and_migrates_states(app: App):
     app.install(app.code("box", SERVER_V1))
     refs = start_boxes(app, 3)
@@ -242,6 +254,81 @@ def test_a_failing_code_change_for_one_actor_changes_nothing(app: App):
     finally:
         for r in refs:
             r.stop()
+
+
+def test_a_code_change_mutating_its_state_in_place_leaves_the_old_state_on_failure(app: App):
+    """The copy a flat state's code_change gets is made for it: a change in place
+    never reaches the state the old code keeps serving when the reload fails."""
+    app.install(app.code("box", SERVER_V1))
+    mutating = SERVER_V1.replace("vsn = 1", "vsn = 2") + """
+    def code_change(self, old_vsn, state, extra):
+        state["touched"] = True
+        if state["n"] == extra:
+            raise ValueError("no")
+        return state
+"""
+    with running_boxes(app, 3) as refs:
+        with pytest.raises(ReloadFailed):
+            swap.apply_reload([[app.code("box", mutating, 2)]], extra=2)
+        assert [r.call("x") for r in refs] == [("v1", {"n": i}) for i in range(3)]
+
+
+def test_a_state_nothing_changes_is_kept_as_it_is(app: App):
+    """No code_change of its own (nor a migrate function): a flat state is not copied."""
+    app.install(app.code("box", SERVER_V1))
+    with running_boxes(app, 2) as refs:
+        before = [r._actor.state for r in refs]
+        report = swap.apply_reload([[app.code("box", SERVER_V1.replace('"v1"', '"v2"'), 2)]])
+        assert report["actors"] == 2
+        assert all(r._actor.state is state for r, state in zip(refs, before, strict=True))
+        assert [r.call("x") for r in refs] == [("v2", {"n": i}) for i in range(2)]
+
+
+def test_an_actor_a_new_module_body_starts_is_not_migrated(app: App):
+    """Actors are looked for after staging: one the new module's body started runs
+    the new class already, and gets no code_change."""
+    app.install(app.code("box", SERVER_V1))
+    starting = SERVER_V2 + "\n\nEXTRA = Box.start(7)\n"
+    with running_boxes(app, 2) as refs:
+        report = swap.apply_reload([[app.code("box", starting, 2)]])
+        assert report["actors"] == 2
+        extra = sys.modules[app.name("box")].EXTRA
+        refs.append(extra)
+        assert extra.call("x") == ("v2", {"n": 7})
+        assert [r.call("x") for r in refs[:2]] == [("v2", {"n": i, "from": 1}) for i in range(2)]
+
+
+def test_states_only_a_pickle_copies_rebind_to_the_new_classes(app: App):
+    """A state holding objects of a reloaded class is pickled against the old code
+    (looked for after staging) and comes back holding objects of the new class."""
+    source = SERVER_V1 + """
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+
+class Holder(GenServer):
+    def init(self, n):
+        return {"p": [Point(n)]}
+
+    def handle_call(self, request, state):
+        return (type(state["p"][0]) is Point, state["p"][0].x), state
+"""
+    app.install(app.code("box", source))
+    import importlib
+
+    module = importlib.import_module(app.name("box"))
+    ref = module.Holder.start(3)
+    try:
+        report = swap.apply_reload([[app.code("box", source + "\n# v2\n", 2)]])
+        assert report["actors"] == 1
+        new_point = sys.modules[app.name("box")].Point
+        assert new_point is not module.Point
+        assert ref.call("x") == (True, 3)
+        assert type(ref._actor.state["p"][0]) is new_point
+    finally:
+        ref.stop()
 
 
 def test_a_failed_stage_restores_every_module_of_the_plan(app: App):

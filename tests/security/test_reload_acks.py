@@ -78,3 +78,40 @@ def test_an_honest_sandbox_passes_the_check(world):
     report = sb.hot_reload(source={"counter": NEW})
     assert report.ok and sb.module_versions()["counter"] == 2, report
     assert sb.call("counter", "get") == ("v2", 0) and sb.pid == pid
+
+
+class _Proc:
+    def __init__(self, alive: bool = True) -> None:
+        self.alive, self.killed = alive, []
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+    def kill(self, reason) -> None:
+        self.killed.append(reason)
+
+
+class _Slot:
+    def __init__(self, current) -> None:
+        self._current = current
+
+    def current(self):
+        return self._current if self._current is not None and self._current.alive else None
+
+    def get(self, timeout):
+        return self._current
+
+
+def test_a_swap_is_still_served_by_the_process_that_made_it():
+    from sandbox.reload_ack import still_serving
+
+    proc = _Proc()
+    assert still_serving(_Slot(proc), proc) and not proc.killed
+
+
+def test_a_process_replaced_during_the_reload_is_restarted_to_boot_the_recorded_code():
+    from sandbox.reload_ack import still_serving
+
+    gone, successor = _Proc(alive=False), _Proc()
+    assert not still_serving(_Slot(successor), gone)
+    assert len(successor.killed) == 1 and not gone.killed
