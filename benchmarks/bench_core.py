@@ -74,6 +74,9 @@ class Sizes:
     batch: int  # casts per cast_many
 
     supervised: tuple[int, int]  # DynamicSupervisor children: large and small size
+    # Fresh children per system for the start and idle memory figures: a start is
+    # ~10 ms, and on a shared machine 3 of them left the median to the run queue.
+    starts: int
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
@@ -82,11 +85,11 @@ class Sizes:
         return pick(
             quick,
             full=cls(runs=7, calls=5000, warmup=500, casts=30000, batch=500,
-                     supervised=(10_000, 1_000)),
+                     supervised=(10_000, 1_000), starts=15),
             quick_sizes=cls(runs=3, calls=1000, warmup=200, casts=10000, batch=500,
-                            supervised=(1_000, 100)),
+                            supervised=(1_000, 100), starts=9),
             smoke_sizes=cls(runs=1, calls=50, warmup=10, casts=200, batch=500,
-                            supervised=(20, 10)),
+                            supervised=(20, 10), starts=1),
         )
 
 
@@ -338,7 +341,7 @@ def main(quick: bool = False) -> list[Record]:
         # Start to first reply, then the idle memory of that fresh child.
         progress("bench_core: child start and idle memory")
         starters = [("proj", project_start), ("floor", MpBareChild), ("min", minimal.spawn)]
-        for r in range(runs):
+        for r in range(sizes.starts):
             k = r % len(starters)
             for key, start in starters[k:] + starters[:k]:
                 gc.collect()

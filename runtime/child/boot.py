@@ -64,6 +64,7 @@ from typing import Any
 from runtime import logs as _logs
 from runtime import registry
 from runtime.actor import NOREPLY, ActorRef, Down, monitor
+from runtime.child import entrycode
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
 from runtime.child import notices as _notices
@@ -94,6 +95,7 @@ __all__ = [
     "error_payload",
     "register_boot_hook",
     "register_system_op",
+    "shared_codec",
     "system_ops",
 ]
 
@@ -156,6 +158,9 @@ class BootConfig:
     states: Any = None
     cpu_affinity: list[int] | None = None
     modules: list[Any] = field(default_factory=list)
+    #: The entry module's code compiled by the host, used for an identical source
+    #: file (:mod:`runtime.child.entrycode`); not with ``modules`` nor a guard.
+    entry_code: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     #: OS-level isolation plan (:func:`runtime.child.isolation.plan`), applied first thing.
     isolation: dict[str, Any] | None = None
     #: Runtime guard policy (:meth:`actors.profiles.Profile.guard_policy`), installed
@@ -379,20 +384,34 @@ _skipped: dict[str, str] = {}
 _READ_SIZE = 16 * 1024
 
 
-def _codec(allow_pickle: bool, max_frame: int) -> Codec:
-    """The codec for these settings, made once per process: the usual ones are made
-    in the fork server (below; this module is preloaded), as a codec makes a
-    closure and a dict per nesting level, pages a sandbox would otherwise write."""
-    key = (bool(allow_pickle), max_frame)
+def shared_codec(allow_pickle: bool, max_frame: int, max_items: int | None = None) -> Codec:
+    """The codec for these settings, made once per process (a codec is safe to
+    share: its packers and item counts are per thread).
+
+    A codec makes a closure and a dict per nesting level (~60 us), and each thread
+    that packs with it makes its packers once. In a sandbox the usual ones are made
+    in the fork server (below; this module is preloaded), pages a sandbox would
+    otherwise write; the host shares one per setting between all its connections,
+    so starting a child makes none and a thread's first call to a new child packs
+    with the packers it already has.
+
+    >>> shared_codec(False, DEFAULT_MAX_FRAME) is shared_codec(False, DEFAULT_MAX_FRAME)
+    True
+    """
+    key = (bool(allow_pickle), max_frame, max_items)
     codec = _codecs.get(key)
     if codec is None:
-        codec = _codecs[key] = Codec(allow_pickle=key[0], max_frame=max_frame)
+        if len(_codecs) >= _MAX_CODECS:  # unusual settings: do not keep every one
+            return Codec(allow_pickle=key[0], max_frame=max_frame, max_items=max_items)
+        codec = _codecs.setdefault(
+            key, Codec(allow_pickle=key[0], max_frame=max_frame, max_items=max_items))
     return codec
 
 
-_codecs: dict[tuple[bool, int], Codec] = {}
+_MAX_CODECS = 32
+_codecs: dict[tuple[bool, int, int | None], Codec] = {}
 for _allow in (False, True):
-    _codec(_allow, DEFAULT_MAX_FRAME)
+    shared_codec(_allow, DEFAULT_MAX_FRAME)
 
 
 def _send_log(record: dict[str, Any]) -> None:
@@ -425,8 +444,8 @@ class ChildServer:
 
     def __init__(self, sock: Any, boot: BootConfig) -> None:
         self.boot = boot
-        self.read_codec = _codec(boot.allow_pickle, boot.max_frame)
-        self.write_codec = _codec(boot.send_pickle, boot.max_frame)
+        self.read_codec = shared_codec(boot.allow_pickle, boot.max_frame)
+        self.write_codec = shared_codec(boot.send_pickle, boot.max_frame)
         # A modest read buffer: every page of it is private memory of this child.
         self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE)
         self.root: ActorRef | None = None
@@ -490,6 +509,8 @@ class ChildServer:
             sys.path.insert(0, path)
         if boot.modules:
             swap.install_finder(boot.modules)
+        elif boot.guard is None:
+            entrycode.install(boot.entry_code)
         if boot.guard is not None:
             _guard.install_guard(boot.guard, on_violation=self._report_violation)
             _layers.append("audit-hook")

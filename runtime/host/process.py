@@ -71,7 +71,8 @@ from typing import Any
 
 from runtime import logs, telemetry
 from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink
-from runtime.child.boot import EXIT_CODES, BootConfig, child_main
+from runtime.child import entrycode
+from runtime.child.boot import EXIT_CODES, BootConfig, child_main, shared_codec
 from runtime.childspec import ChildSpec, Restart
 from runtime.errors import (
     ActorDead,
@@ -93,7 +94,6 @@ from runtime.wire.mailbox import (
     MAX_ITEMS,
     REPLY,
     SYSTEM,
-    Codec,
 )
 
 __all__ = [
@@ -199,12 +199,12 @@ class _Connection:
         self.actor_id = f"process:{boot.name}"
         # What a sandbox sends is hostile: its frames decode to a bounded number of
         # objects (MAX_ITEMS), not only a bounded number of bytes.
-        self.read_codec = Codec(allow_pickle=trusted, max_frame=boot.max_frame,
-                                max_items=None if trusted else MAX_ITEMS)
+        # Shared with every connection of the same settings (runtime.child.boot.shared_codec).
+        self.read_codec = shared_codec(trusted, boot.max_frame, None if trusted else MAX_ITEMS)
         if allow_pickle == trusted:
             self.write_codec = self.read_codec
         else:
-            self.write_codec = Codec(allow_pickle=allow_pickle, max_frame=boot.max_frame)
+            self.write_codec = shared_codec(allow_pickle, boot.max_frame)
         self.frame = self.write_codec.frame
         self.refs = itertools.count(1)
         self.pending: dict[int, ReplySink] = {}
@@ -220,7 +220,7 @@ class _Connection:
         self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
         self._proc_lock = threading.Lock()  # only one thread reads the exit status
-        self._ready = threading.Event()
+        self._ready = Reply()  # completed by ``ready``, ``boot_failed`` or the child's end
         self._boot_error: dict[str, Any] | None = None
         self._exit_note: str | None = None
         self._closing = False  # the host is stopping the child: its exit is expected
@@ -281,8 +281,13 @@ class _Connection:
         self._reader.start()
 
     def wait_ready(self, timeout: float | None) -> None:
-        """Wait for the child's ``ready``; on failure close it and raise SandboxBootError."""
-        if not self._ready.wait(timeout):
+        """Wait for the child's ``ready``; on failure close it and raise SandboxBootError.
+
+        The starting thread reads the socket itself while no caller does (:meth:`lead`),
+        so ``ready`` wakes it directly instead of through the reader thread.
+        """
+        ready = self._ready
+        if not ready.wait(self.lead(ready, timeout)):
             self.close(graceful=False)
             raise SandboxBootError(
                 self.name,
@@ -605,7 +610,7 @@ class _Connection:
                         untrusted.text(k, 40): untrusted.text(v, 300)
                         for k, v in list(skipped.items())[:20]
                     }
-            self._ready.set()
+            self._ready.set_result(None)
         elif op == "boot_failed":
             err = payload if isinstance(payload, dict) else {"message": payload}
             self._boot_error = {
@@ -613,7 +618,7 @@ class _Connection:
                 "message": untrusted.text(err.get("message") or ""),
                 "traceback": untrusted.block(err.get("traceback") or ""),
             }
-            self._ready.set()
+            self._ready.set_result(None)
         elif op == "exiting":
             if isinstance(payload, dict):
                 self._exit_note = untrusted.text(payload.get("reason", ""))
@@ -712,7 +717,7 @@ class _Connection:
             reason = describe_exit(code, self._exit_note)
         reason = reason.located(**logs.sandbox_fields(self.name))  # for the supervisor's log
         self._mark_down(reason)
-        self._ready.set()  # a child that died while booting
+        self._ready.set_result(None)  # a child that died while booting
         telemetry.execute(
             "process.exit",
             {"exitcode": code},
@@ -857,9 +862,6 @@ class ProcessActor(Actor):
         super().__init__(name=name)
         self.conn = conn
         self.shutdown = shutdown
-
-    def on_init(self) -> None:
-        self.conn.attach(self.actor_id, self._child_down)
 
     def _child_down(self, reason: ExitReason) -> None:  # from the reader thread
         self._request_stop(reason)
@@ -1150,10 +1152,11 @@ def start_process(
         raise ValueError(f"invalid cpu_affinity={cpu_affinity!r}: expected 'auto', None or CPU numbers")
     else:
         cpus = sorted({int(c) for c in cpu_affinity})
+    sys_path = [os.path.abspath(p) for p in paths]
     boot = BootConfig(
         entry=entry,
         args=tuple(args),
-        sys_path=[os.path.abspath(p) for p in paths],
+        sys_path=sys_path,
         name=name,
         max_frame=max_frame,
         allow_pickle=allow_pickle,
@@ -1164,6 +1167,8 @@ def start_process(
         states=states,
         cpu_affinity=cpus,
         modules=list(modules),
+        # Compiled here once per source, not in every child (runtime.child.entrycode).
+        entry_code=entrycode.for_entry(module, sys_path) if not modules and guard is None else {},
         isolation=isolation,
         guard=guard,
         run_in_place=run_in_place,
@@ -1172,21 +1177,27 @@ def start_process(
     conn.on_violation = on_violation
     t0 = time.perf_counter()
     conn.start()
+    # The process actor's thread starts while the child boots, rather than after its
+    # ``ready``; it hears of the child's end only once the child is up (attach below).
     try:
-        conn.wait_ready(ready_timeout)
-    except SandboxBootError as exc:
-        telemetry.execute(
-            "process.boot_failed", {"count": 1}, {**conn._md(), "error": exc.error}
-        )
-        raise
+        ref = ProcessActor.start(conn, name=name, shutdown=shutdown)
     except BaseException:
         conn.close(graceful=False)
         raise
     try:
-        ref = ProcessActor.start(conn, name=name, shutdown=shutdown)
-    except BaseException:
-        conn.close(graceful=True)
+        conn.wait_ready(ready_timeout)
+    except BaseException as exc:
+        if isinstance(exc, SandboxBootError):
+            telemetry.execute(
+                "process.boot_failed", {"count": 1}, {**conn._md(), "error": exc.error}
+            )
+        else:
+            conn.close(graceful=False)
+        ref.stop(timeout=_EXIT_GRACE)  # its on_exit finds the connection closed
         raise
+    actor = ref._actor
+    assert isinstance(actor, ProcessActor)
+    conn.attach(actor.actor_id, actor._child_down)
     telemetry.execute(
         "process.start",
         {"duration": time.perf_counter() - t0},
