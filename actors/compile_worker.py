@@ -446,7 +446,10 @@ def _compile_one(
     findings: list[dict[str, Any]] = []
     if scanner is not None:
         try:
-            findings = [_plain(f, filename) for f in (scanner(source, filename, profile) or [])]
+            # A scanner that takes the tree checks the one compiled below, parsed once.
+            extra = {"tree": tree} if getattr(scanner, "accepts_tree", False) else {}
+            findings = [_plain(f, filename)
+                        for f in (scanner(source, filename, profile, **extra) or [])]
         except Exception as exc:  # fail closed: an unscanned module does not load
             findings = [{"file": filename, "line": 1, "col": 1, "severity": "error",
                          "code": "scanner-error",

@@ -26,7 +26,9 @@ every module that parses; an error-severity finding blocks the module. It must b
 picklable (cloudpickle: a module-level function, a lambda, an instance of a
 module-level class). A scanner whose rules change should expose a ``cache_token``
 attribute that changes with them; otherwise its pickled form and its module's
-source are hashed into the cache key.
+source are hashed into the cache key. A scanner with a true ``accepts_tree``
+attribute is also given ``tree=``, the worker's parsed module (the tree that is
+compiled), so the module is not parsed twice.
 """
 
 from __future__ import annotations

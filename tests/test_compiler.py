@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -624,6 +625,33 @@ def test_a_profile_object_reaches_the_scanner_and_keys_the_cache(
     looser = StrictProfile("strict", ("ctypes",))  # same name, other rules: other key
     assert compile_app(compiler, app, profile=looser).recompiled == ["m"]
     assert compile_app(compiler, app, profile=strict).failed == ["m"]
+
+
+class TreeScanner(RecordingScanner):
+    """Takes the worker's parsed tree (``accepts_tree``) and logs what it was given."""
+
+    accepts_tree = True
+
+    def __call__(self, source: bytes, filename: str, profile: str,
+                 tree: Any = None) -> list[Diagnostic]:
+        with open(self.log, "a") as f:
+            f.write(json.dumps([filename, type(tree).__name__,
+                                ast.dump(tree) == ast.dump(ast.parse(source))]) + "\n")
+        return [Diagnostic(filename, n.lineno, n.col_offset + 1, "error", "S101", "eval", None)
+                for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "eval"]
+
+
+def test_a_scanner_that_accepts_the_tree_is_given_the_parsed_module(
+    start_compiler: Callable[..., ComponentRef], tmp_path: Path
+) -> None:
+    scanner = TreeScanner(tmp_path / "scans.log")
+    compiler = start_compiler(scanner=scanner)
+    app = write(tmp_path / "app", {"ok.py": "X = 1\n", "bad.py": "X = 1\nY = eval('2')\n"})
+    r = compile_app(compiler, app, profile="high")
+    assert sorted(scanner.calls()) == sorted(
+        [[str(app / "ok.py"), "Module", True], [str(app / "bad.py"), "Module", True]])
+    assert r.failed == ["bad"] and [(e.line, e.col) for e in r.errors] == [(2, 5)]
+    assert list(r.modules) == ["ok"]
 
 
 def _crashing_scanner(source: bytes, filename: str, profile: str) -> list[Any]:

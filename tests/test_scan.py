@@ -291,3 +291,28 @@ def test_app_modules_shadowing_stdlib_names_are_not_blocked() -> None:
     assert [
         f.rule for f in scan_source(b"import code\n", "m.py", "high", local_modules={"code"})
     ] == []
+
+
+def test_a_given_tree_is_scanned_with_every_check_and_the_same_findings() -> None:
+    """The compile worker hands its parsed tree over: the findings are those of a scan
+    that parses the bytes itself, the encoding and token checks included."""
+    import ast
+
+    samples = [src for _name, src, _want in TABLE] + [
+        "# -*- coding: latin-1 -*-\nx = eval('1')\n",
+        "s = '\u202e'  # bidi\nx\u00e9 = 1\n",
+    ]
+    for src in samples:
+        data = src.encode("latin-1" if "latin-1" in src else "utf-8")
+        try:
+            tree = ast.parse(data)
+        except SyntaxError:
+            continue  # the worker reports it and does not scan
+        for profile in ("high", "medium", "low"):
+            own = scan_source(data, "m.py", profile)
+            given = scan_source(data, "m.py", profile, tree=tree)
+            assert given == own, src
+    scanner = ProfileScanner()
+    assert scanner.accepts_tree
+    tree = ast.parse(b"import ctypes\n")
+    assert [d.code for d in scanner(b"import ctypes\n", "m.py", "high", tree=tree)] == ["SBX101"]
