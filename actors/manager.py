@@ -143,7 +143,9 @@ class Readopt:
 @dataclass(frozen=True)
 class ReloadContext:
     """What a hot reload needs to know of a sandbox, in one round trip
-    (``reload_context``): unlike ``info``, no usage figures from the monitor."""
+    (``reload_context``): unlike ``info``, no usage figures from the monitor.
+    ``created_at`` names which sandbox it is (an id may be reused): a handle checks
+    it before the reload does anything, with no round trip of its own."""
 
     profile: str
     path: str
@@ -151,6 +153,7 @@ class ReloadContext:
     compile: dict[str, Any]
     cache_dir: str
     slot: ProcessSlot
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -693,7 +696,8 @@ class ManagerActor(Component):
         record = self._settled(sandbox_id)
         config = record.config
         return ReloadContext(config.profile, config.path, record.workdir,
-                             config.compile_settings(), self.cache_dir(sandbox_id), record.slot)
+                             config.compile_settings(), self.cache_dir(sandbox_id), record.slot,
+                             record.created_at)
 
     # -- helpers ---------------------------------------------------------------------
     def cache_dir(self, sandbox_id: str) -> str:

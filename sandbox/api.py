@@ -307,10 +307,12 @@ class Sandbox:
         compile_cpu_seconds: int | None = None,
     ) -> ReloadReport:
         """Swap changed code in, keeping state; see :meth:`Runtime.hot_reload`."""
-        return self.runtime.hot_reload(
-            self._owned(), modules=modules, source=source, migrate=migrate, extra=extra,
+        # The handle's check rides on the reload's own first round trip (its context
+        # carries created_at): a replaced sandbox is refused before anything is done.
+        return self.runtime._hot_reload(self.id, self._bind, dict(
+            modules=modules, source=source, migrate=migrate, extra=extra,
             changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout,
-            compile_memory_mb=compile_memory_mb, compile_cpu_seconds=compile_cpu_seconds)
+            compile_memory_mb=compile_memory_mb, compile_cpu_seconds=compile_cpu_seconds))
 
     def rollback_module(
         self, module: str, version: int, *, extra: Any = None, timeout: float = 30.0
@@ -922,7 +924,6 @@ class Runtime:
         return self._manager("list")
 
     # -- hot reload ------------------------------------------------------------------
-    @logs.operation("hot_reload")
     def hot_reload(
         self,
         sandbox_id: str,
@@ -949,12 +950,19 @@ class Runtime:
         ...     rt.create_sandbox("doc-reload", "examples/counter").hot_reload().modules
         []
         """
+        return self._hot_reload(sandbox_id, None, dict(
+            modules=modules, source=source, migrate=migrate, extra=extra,
+            changed_files=changed_files, timeout=timeout, compile_timeout=compile_timeout,
+            compile_memory_mb=compile_memory_mb, compile_cpu_seconds=compile_cpu_seconds))
+
+    @logs.operation("hot_reload")
+    def _hot_reload(self, sandbox_id: str, owner: Callable[[float], None] | None,
+                    options: dict[str, Any]) -> ReloadReport:
+        """:meth:`hot_reload`, with a handle's ``owner`` check (see
+        :func:`sandbox.hotreload.hot_reload`)."""
         from sandbox.hotreload import hot_reload
 
-        return hot_reload(self, sandbox_id, modules=modules, source=source, migrate=migrate,
-                          extra=extra, changed_files=changed_files, timeout=timeout,
-                          compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
-                          compile_cpu_seconds=compile_cpu_seconds)
+        return hot_reload(self, sandbox_id, owner=owner, **options)
 
     @logs.operation("rollback")
     def rollback_module(

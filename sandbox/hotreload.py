@@ -222,6 +222,7 @@ def hot_reload(
     compile_timeout: float | None = None,
     compile_memory_mb: int | None = None,
     compile_cpu_seconds: int | None = None,
+    owner: Callable[[float], None] | None = None,
 ) -> ReloadReport:
     """Swap changed code into a running sandbox, keeping every actor's state.
 
@@ -239,6 +240,9 @@ def hot_reload(
       reload's compile limits (each module's wall time, the worker's memory, each
       module's CPU time); default: the sandbox's (``create_sandbox``), else the
       compiler's (10 s, 1 GiB, timeout + 1 s).
+    - ``owner``: called with the sandbox's ``created_at`` from the reload's first
+      round trip, before anything is compiled or swapped; it raises to refuse (a
+      :class:`~sandbox.api.Sandbox` handle whose sandbox was replaced under its id).
 
     Raises CompileError (nothing was swapped) or ReloadFailed (the sandbox still
     runs its previous code and state).
@@ -248,6 +252,8 @@ def hot_reload(
     # One round trip to each component a reload needs (manager, compiler, versions
     # before the swap; versions and manager after): each is a thread hand-off.
     ctx = rt._read("reload_context", sandbox_id)
+    if owner is not None:
+        owner(ctx.created_at)
     if migrate is not None and ctx.profile == "high":
         raise SecurityViolation(
             f"sandbox {sandbox_id!r} runs under the 'high' profile, which cannot receive "

@@ -184,9 +184,8 @@ def test_a_reload_asks_each_component_once(sandbox_factory, monkeypatch):
     monkeypatch.setattr(ComponentRef, "send", counted_send)
     report = sb.hot_reload(extra="migrated")
     assert report.ok and report.changed == ["counter"]
-    assert waited == ["created_at", "reload_context", "compile_sandbox", "plan_reload",
-                      "record"]
-    assert sent == ["created_at", "reload_context", "set_status", "compile_sandbox",
+    assert waited == ["reload_context", "compile_sandbox", "plan_reload", "record"]
+    assert sent == ["reload_context", "set_status", "compile_sandbox",
                     "plan_reload", "record", "set_status"]
     assert sb.call("counter", "get") == {"count": 42, "label": "migrated"}
     assert sb.info()["status"] == "running"  # the mark sent back is seen by what is asked next

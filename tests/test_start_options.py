@@ -98,10 +98,11 @@ def test_a_handle_belongs_to_one_sandbox():
         old.destroy()
         new = rt.create_sandbox("same-id", "examples/counter")
         for use in (lambda: old.call("counter", "get"), old.info, old.destroy,
-                    lambda: old.cast("counter", "incr")):
+                    lambda: old.cast("counter", "incr"), old.hot_reload):
             with pytest.raises(sandbox.SandboxNotFound):
                 use()
         assert new.call("counter", "get") == 0
+        assert rt.reload_status("same-id") is None  # the old handle reloaded nothing
 
 
 @pytest.mark.parametrize(
