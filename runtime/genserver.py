@@ -469,18 +469,24 @@ class ServerActor(Actor):
         if not claim.acquire(blocking=False):
             return NOT_HERE
         try:
-            with self._life:
+            # _life taken by acquire/release, not ``with``: half the cost (~75 ns a
+            # block, twice per call).
+            life = self._life
+            life.acquire()
+            try:
                 if self._exiting or self._failing or self._exit_reason is not None:
                     return NOT_HERE
                 # Pending while it runs: a handler may keep its caller (NOREPLY),
                 # or the server may end meanwhile; either way the sink is answered.
                 self._pending.add(sink)
+            finally:
+                life.release()
             if not BARRIER.try_read():
                 BARRIER.acquire_read()  # nested, or a reload waits or runs: after it
                 quick = False
             else:
                 quick = True
-            self._inline_thread = threading.current_thread()
+            self._inline_thread = threading.get_ident()
             try:
                 if self._stop_request is not None:  # asked meanwhile: the general path ends it
                     super().on_receive(_Call(request, sink))
@@ -500,8 +506,11 @@ class ServerActor(Actor):
                     else:
                         self._caller = None
                         if answer is not NOREPLY:  # NOREPLY: answered later, stays pending
-                            with self._life:
+                            life.acquire()
+                            try:
                                 self._pending.discard(sink)
+                            finally:
+                                life.release()
                 if self._continue is not _NONE:  # after the reply went out, as in OTP
                     if answer is not NOREPLY:
                         sink.set_result(answer)

