@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import queue
 import threading
 import traceback
@@ -265,6 +266,15 @@ def _wait_arg(timeout: float | None) -> float | None:
     return None if timeout is None or timeout == math.inf else timeout
 
 
+def _uuid4_urn() -> str:
+    """``uuid.uuid4().urn`` (a random version-4 UUID as a URN) from the bytes alone."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40  # version 4
+    b[8] = (b[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = b.hex()
+    return f"urn:uuid:{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
 class Actor(pykka.ThreadingActor):
     """Base class of every actor: a thread with a mailbox, links, monitors and exit reasons.
 
@@ -302,7 +312,13 @@ class Actor(pykka.ThreadingActor):
         return queue.SimpleQueue()
 
     def __init__(self, *, name: str | None = None) -> None:
-        super().__init__()
+        # pykka.Actor.__init__'s fields, with the URN made by _uuid4_urn instead of
+        # uuid.uuid4(): the uuid module's code wrote ~70 KiB of the fork server's
+        # pages in every sandbox (tests/test_actor.py checks the fields still match).
+        self.actor_urn = _uuid4_urn()
+        self.actor_inbox = self._create_actor_inbox()
+        self.actor_stopped = threading.Event()
+        self._actor_ref = pykka.ActorRef(self)
         self.actor_id = f"{name or type(self).__name__}#{next(_ids)}"
         self.name = name
         self._life = threading.Lock()

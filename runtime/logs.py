@@ -524,3 +524,20 @@ class ChannelHandler(logging.Handler):
             pass  # the host is gone or the record cannot cross: nothing to tell anyone
         finally:
             self._busy.on = False
+
+
+def fill_level_caches() -> None:
+    """Answer ``isEnabledFor`` once for every level on every logger there is.
+
+    The fork server calls it before forking: each logger memoises the answers in
+    a dict of its own, which a sandbox would otherwise fill on its first log call
+    (pykka logs at debug level as every actor starts), writing to the server's
+    pages (~40 KiB of each sandbox measured). Any level change clears the memo, so
+    the answers stay those of the configuration in force.
+    """
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        if isinstance(logger, logging.Logger):  # not a PlaceHolder
+            for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR,
+                          logging.CRITICAL):
+                logger.isEnabledFor(level)

@@ -437,3 +437,21 @@ def test_broken_reply_sink_still_ends_the_actor_properly() -> None:
     assert got.wait(5)
     assert downs[0].reason.message == "BrokenPipeError: socket closed"
     assert ref.join(5) == downs[0].reason
+
+
+def test_actor_sets_every_field_pykkas_init_sets() -> None:
+    # Actor.__init__ sets pykka.Actor.__init__'s fields itself (a cheaper URN):
+    # a pykka release adding a field must fail here, not in an actor.
+    import uuid
+
+    import pykka
+
+    plain, ours = pykka.ThreadingActor(), Actor(name="fields")
+    assert set(vars(plain)) <= set(vars(ours))
+    assert isinstance(ours.actor_ref, pykka.ActorRef) and ours.actor_ref._actor_weakref() is ours
+    assert type(ours.actor_inbox) is type(ours._create_actor_inbox())
+    urns = {Actor().actor_urn for _ in range(50)}
+    assert len(urns) == 50
+    for urn in urns:
+        parsed = uuid.UUID(urn)
+        assert parsed.urn == urn and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -222,3 +222,16 @@ def test_sandbox_op_applies_settings_and_the_id(capsys: Any):
     err = [json.loads(ln) for ln in capsys.readouterr().err.splitlines()]
     assert [ln["message"] for ln in err][0] == "demo: swapping m"
     assert {ln["correlation_id"] for ln in err} == {"from-host"}
+
+
+def test_fill_level_caches_memoises_answers_a_level_change_still_clears() -> None:
+    import logging
+
+    from runtime.logs import fill_level_caches
+
+    logger = logging.getLogger("tests.fill_level_caches")
+    logger.setLevel(logging.WARNING)
+    fill_level_caches()
+    assert logger._cache == {10: False, 20: False, 30: True, 40: True, 50: True}  # type: ignore[attr-defined]
+    logger.setLevel(logging.DEBUG)
+    assert logger.isEnabledFor(logging.DEBUG)

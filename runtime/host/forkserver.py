@@ -51,6 +51,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from runtime import logs as _logs
 from runtime.child import isolation as _isolation
 from runtime.child import netns as _netns
 from runtime.child import seccomp as _seccomp
@@ -524,9 +525,11 @@ def _prepare_children() -> None:
     """Work every sandbox's start would repeat, done once here before any fork: the
     seccomp programs are built (0.2-0.4 ms of each start before, measured as the
     layer's step), so a child only loads one; the ctypes modules a sandbox unloads
-    are noted (a pass over ``sys.modules`` in each wrote 0.3 MiB of its pages)."""
+    are noted (a pass over ``sys.modules`` in each wrote 0.3 MiB of its pages); the
+    loggers' level answers are memoised (see :func:`runtime.logs.fill_level_caches`)."""
     _seccomp.prepare()
     _isolation.note_preloaded()
+    _logs.fill_level_caches()
 
 
 def _reap(ctrl: socket.socket, children: set[int]) -> None:
