@@ -64,7 +64,6 @@ from typing import Any
 from runtime import logs as _logs
 from runtime import registry
 from runtime.actor import NOREPLY, ActorRef, Down, monitor
-from runtime.child import entrycode
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
 from runtime.child import notices as _notices
@@ -158,9 +157,6 @@ class BootConfig:
     states: Any = None
     cpu_affinity: list[int] | None = None
     modules: list[Any] = field(default_factory=list)
-    #: The entry module's code compiled by the host, used for an identical source
-    #: file (:mod:`runtime.child.entrycode`); not with ``modules`` nor a guard.
-    entry_code: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     #: OS-level isolation plan (:func:`runtime.child.isolation.plan`), applied first thing.
     isolation: dict[str, Any] | None = None
     #: Runtime guard policy (:meth:`actors.profiles.Profile.guard_policy`), installed
@@ -509,8 +505,6 @@ class ChildServer:
             sys.path.insert(0, path)
         if boot.modules:
             swap.install_finder(boot.modules)
-        elif boot.guard is None:
-            entrycode.install(boot.entry_code)
         if boot.guard is not None:
             _guard.install_guard(boot.guard, on_violation=self._report_violation)
             _layers.append("audit-hook")

@@ -71,7 +71,6 @@ from typing import Any
 
 from runtime import logs, telemetry
 from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink
-from runtime.child import entrycode
 from runtime.child.boot import EXIT_CODES, BootConfig, child_main, shared_codec
 from runtime.childspec import ChildSpec, Restart
 from runtime.errors import (
@@ -1152,11 +1151,10 @@ def start_process(
         raise ValueError(f"invalid cpu_affinity={cpu_affinity!r}: expected 'auto', None or CPU numbers")
     else:
         cpus = sorted({int(c) for c in cpu_affinity})
-    sys_path = [os.path.abspath(p) for p in paths]
     boot = BootConfig(
         entry=entry,
         args=tuple(args),
-        sys_path=sys_path,
+        sys_path=[os.path.abspath(p) for p in paths],
         name=name,
         max_frame=max_frame,
         allow_pickle=allow_pickle,
@@ -1167,8 +1165,6 @@ def start_process(
         states=states,
         cpu_affinity=cpus,
         modules=list(modules),
-        # Compiled here once per source, not in every child (runtime.child.entrycode).
-        entry_code=entrycode.for_entry(module, sys_path) if not modules and guard is None else {},
         isolation=isolation,
         guard=guard,
         run_in_place=run_in_place,
