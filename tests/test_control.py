@@ -250,6 +250,22 @@ def test_malformed_frames_end_that_connection_only(strict, garbage, message):
     _still_serves(server)
 
 
+def test_a_refused_frame_is_read_to_its_end_so_the_client_hears_why(strict):
+    """The server drops the body of an oversized frame before closing: the client's
+    write completes (no EPIPE mid-send, as closing on unread data would cause) and the
+    error frame that says why is there to read."""
+    server, _ = strict
+    raw = Raw(server.address.path)
+    assert raw.hello("t0k").kind == REPLY
+    size = 1024 * 1024  # 16 x this server's max_frame, more than the socket buffers hold
+    raw.sock.sendall(size.to_bytes(4, "big") + b"\0" * size)
+    env = raw.next()
+    assert env.kind == ERROR and "over this server's max_frame" in env.payload["message"]
+    assert raw.next() is None
+    raw.close()
+    _still_serves(server)
+
+
 def test_never_unpickles(strict, tmp_path):
     server, _ = strict
     target = tmp_path / "made-by-unpickling"

@@ -9,7 +9,9 @@ thread pool. What it defends against, each with a test (tests/test_control.py):
   anything but the ``hello`` first, or a wrong token, is disconnected (the token
   is compared in constant time); over TCP a token is required;
 - a frame whose length prefix is over ``max_frame``, or that does not decode, ends
-  that connection with an error frame; the server carries on;
+  that connection with an error frame; the server carries on (an oversized frame's
+  body is read and dropped first, for at most ``frame_timeout`` seconds, so that the
+  client's write does not break before it can read why);
 - a frame whose body does not arrive within ``frame_timeout`` seconds (a client
   stalling mid-frame) ends that connection;
 - a client that does not read its replies: once ``max_buffer`` bytes wait to be
@@ -136,6 +138,8 @@ class _Client:
         self.slots = asyncio.Semaphore(server.limits.max_pending)
         self.following: set[int] = set()
         self.closed = False
+        #: Bytes of a refused (oversized) frame still on their way from the client.
+        self.unread = 0
 
     def send(self, kind: str, ref: int | None, target: str | None, payload: Any) -> None:
         if self.closed:
@@ -170,12 +174,29 @@ class _Client:
             else:
                 self.writer.close()
 
+    async def linger(self) -> None:
+        """Read and drop the rest of a refused frame (at most its announced size, for
+        at most ``frame_timeout`` seconds) before closing: closing with it unread would
+        break the client's write (EPIPE) before it reads the error frame that says why,
+        the lingering close HTTP servers do for the same reason."""
+        left, self.unread = self.unread, 0
+        try:
+            async with asyncio.timeout(self.server.limits.frame_timeout):
+                while left > 0:
+                    chunk = await self.reader.read(min(left, 1 << 16))
+                    if not chunk:
+                        return
+                    left -= len(chunk)
+        except (TimeoutError, ConnectionError, ssl.SSLError):
+            pass
+
     async def read_frame(self, timeout: float | None) -> Any:
         """The next envelope; ProtocolError for an oversized or undecodable frame."""
         prefix = await asyncio.wait_for(self.reader.readexactly(PREFIX_SIZE), timeout)
         size = int.from_bytes(prefix, "big")
         limit = self.server.limits.max_frame
         if size > limit:
+            self.unread = size
             raise ProtocolError(f"frame of {size} bytes is over this server's max_frame={limit}")
         body = await asyncio.wait_for(self.reader.readexactly(size),
                                       self.server.limits.frame_timeout)
@@ -381,6 +402,7 @@ class ControlServer:
         except ProtocolError as exc:
             log.info("control client %s broke the protocol: %s", client.peer(), exc)
             client.send(ERROR, None, None, error_to_wire(exc))
+            await client.linger()
         except AuthenticationError as exc:
             log.warning("control client %s refused: %s", client.peer(), exc)
             client.send(ERROR, 0, None, error_to_wire(exc))
