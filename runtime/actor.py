@@ -415,11 +415,7 @@ class Actor(pykka.ThreadingActor):
             elif isinstance(message, _Cast):
                 self._dispatch(self.on_cast, message.request)
             elif isinstance(message, _CastBatch):
-                on_cast = self.on_cast
-                for request in message.requests:
-                    self._dispatch(on_cast, request)
-                    if self._stop_request is not None:
-                        break  # the rest is dropped, as the rest of a stopping mailbox is
+                self._on_casts(message.requests)
             elif isinstance(message, _Info):
                 self._dispatch(self.on_info, message.message)
             elif isinstance(message, _Wake):
@@ -435,6 +431,16 @@ class Actor(pykka.ThreadingActor):
             log.error("actor %s: internal error: %s", self.actor_id, exc, exc_info=exc)
             self._end(ExitReason.from_exception(exc))
         return None
+
+    def _on_casts(self, requests: tuple) -> None:
+        """The casts of one batch, in order, as if each were its own message: a
+        failure at one fails the actor there, a stop asked meanwhile drops the rest
+        (as the rest of a stopping mailbox is)."""
+        on_cast = self.on_cast
+        for request in requests:
+            self._dispatch(on_cast, request)
+            if self._stop_request is not None:
+                break
 
     def _end(self, reason: ExitReason) -> None:
         """End the actor with ``reason``: now on its own thread; from a message run in

@@ -192,6 +192,36 @@ def test_continue_runs_before_the_next_message(mode: str, send: Any, expected: l
         ref.stop()
 
 
+def test_batched_casts_run_each_continue_before_the_next_cast() -> None:
+    ref = Loader.start("plain")
+    try:
+        ref.cast_many(["a", "b"])
+        assert ref.call("log") == ["init"] + ["cast", "from cast", "chained"] * 2
+    finally:
+        ref.stop()
+
+
+def test_a_failing_batched_cast_stops_the_batch_there() -> None:
+    class Tally(GenServer):
+        def init(self) -> tuple[Any, ...]:
+            return ()
+
+        def handle_cast(self, request: Any, state: tuple[Any, ...]) -> tuple[Any, ...]:
+            if request == "bad":
+                raise ValueError("bad cast")
+            return (*state, request)  # a new state each time: terminate sees the last one
+
+        def terminate(self, reason: ExitReason, state: tuple[Any, ...]) -> None:
+            seen.append((reason.kind, state))
+
+    seen: list[Any] = []
+    ref = Tally.start()
+    ref.cast_many([1, 2, "bad", 3])
+    reason = ref.join(10)
+    assert reason is not None and "bad cast" in reason.message
+    assert seen == [("exception", (1, 2))]
+
+
 def test_a_failing_continue_fails_the_server_not_the_caller() -> None:
     class Bad(GenServer):
         def handle_call(self, request: Any, state: Any) -> tuple[Any, Any]:
