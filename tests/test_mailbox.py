@@ -394,6 +394,38 @@ def test_garbage_bodies_are_protocol_errors(data: bytes) -> None:
         FrameDecoder(Codec()).feed(data)
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        struct.pack(">I", 1) + b"\xc1",
+        struct.pack(">I", 2) + b"\x92\x01",  # cut short: the next frame's bytes would complete it
+        struct.pack(">I", 3) + b"\x01\x02\x03",
+        struct.pack(">I", 5) + b"\xdd\x00\x00\x00\x09",  # 9 items, the next frame's bytes
+    ],
+    ids=["reserved_byte", "truncated", "extra_data", "array_past_its_frame"],
+)
+def test_garbage_between_good_frames_of_one_read(bad: bytes) -> None:
+    # Frames of one read are decoded by a streaming unpacker: a malformed one must
+    # not take the next frame's bytes as its own, nor leave the unpacker out of step.
+    codec = Codec()
+    envs, data = make_frames(codec, 2)
+    decoder = FrameDecoder(codec)
+    assert decoder.feed(data + bad + data) == envs
+    with pytest.raises(ProtocolError, match="frame 3: undecodable body"):
+        decoder.check()
+
+
+def test_frames_split_anywhere_decode_in_step() -> None:
+    codec = Codec()
+    envs, data = make_frames(codec, 30)
+    for step in (1, 3, 7, 50):
+        decoder = FrameDecoder(codec)
+        got = []
+        for i in range(0, len(data), step):
+            got += decoder.feed(data[i : i + step])
+        assert got == envs and decoder.buffered == 0
+
+
 def test_text_garbage_is_refused_by_its_prefix() -> None:
     with pytest.raises(ProtocolError, match="length prefix of 1195725856 bytes"):
         FrameDecoder(Codec()).feed(b"GET / HTTP/1.1\r\n\r\n")

@@ -109,6 +109,9 @@ MAX_NESTING = 32
 MAX_ITEMS = 1_000_000
 # Frames up to this size are not counted: they cannot decode to more than ~4 MiB.
 _COUNT_FROM = 64 * 1024
+# Reads up to this size are decoded by a FrameDecoder's streaming unpacker (which
+# copies them); larger ones frame by frame with unpackb.
+_UNPACK_MAX = 64 * 1024
 # A Packer keeps its grown buffer; drop a thread's packer after a large frame so a
 # single big message does not pin megabytes per thread for ever.
 _PACKER_KEEP_BYTES = 1024 * 1024
@@ -538,7 +541,7 @@ class FrameDecoder:
     ([], [Envelope(kind='call', ref=1, target='a', payload=None)])
     """
 
-    __slots__ = ("_codec", "_max", "_buf", "_count", "_error", "_small", "_small_kw")
+    __slots__ = ("_codec", "_max", "_buf", "_count", "_error", "_small", "_small_kw", "_un")
 
     def __init__(self, codec: Codec) -> None:
         self._codec = codec
@@ -547,6 +550,7 @@ class FrameDecoder:
         # max_items (see Codec.decode), they need only the codec's level-0 arguments.
         self._small = min(codec.max_frame, _COUNT_FROM)
         self._small_kw = codec._unpack_kws[0]
+        self._un: msgpack.Unpacker | None = None  # see _unpacker
         # Only the incomplete tail of the stream lives here; whole frames in a read
         # are decoded straight from the caller's buffer.
         self._buf = bytearray()
@@ -612,8 +616,31 @@ class FrameDecoder:
         self._error = ProtocolError(f"stream ended mid-frame: frame {frame_no} has {what}")
         raise self._error
 
+    def _unpacker(self) -> msgpack.Unpacker:
+        """This decoder's streaming unpacker for small frames, made on first use.
+
+        Fed a read's bytes, it decodes frame after frame with one ``unpack()``
+        each: the codec's arguments are parsed once here, where ``unpackb`` parses
+        them per frame (they cost about as much as decoding a small frame). Its
+        limits are a small frame's, so no frame it decodes can ask for more than
+        ``unpackb`` would give a frame of that size.
+        """
+        lim = self._small
+        un = self._un = msgpack.Unpacker(
+            None, read_size=4096, max_buffer_size=2 * _UNPACK_MAX, max_str_len=lim,
+            max_bin_len=lim, max_array_len=lim, max_map_len=lim // 2, max_ext_len=lim,
+            **self._small_kw,
+        )
+        return un
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Envelope]:
         """Add bytes from the stream; return the envelopes completed by them.
+
+        Small frames are decoded by the streaming unpacker (:meth:`_unpacker`),
+        which must stay in step with the stream: a frame it does not decode to
+        exactly its length (a malformed one) drops it, and :meth:`Codec.decode_envelope`
+        decodes that frame again and says what is wrong with it. A hot path inlined
+        for speed (every frame of both sides passes here), hence its length.
 
         >>> c = Codec()
         >>> FrameDecoder(c).feed(c.frame(CAST, None, "a", 1) * 2)[1].payload
@@ -623,19 +650,26 @@ class FrameDecoder:
             raise self._error
         buf = self._buf
         if not buf:
-            # The common case, one whole small frame in one read (a call, its reply):
-            # Codec.decode_envelope inline, every call and reply passes here.
+            # The common case, one whole small frame in one read (a call, its reply).
             end = len(data)
             if end > PREFIX_SIZE:
                 size = _PREFIX.unpack_from(data)[0]
                 if size == end - PREFIX_SIZE and size <= self._small:
+                    un = self._un or self._unpacker()
+                    env = None
                     try:
-                        env = _envelope(msgpack.unpackb(data[PREFIX_SIZE:], **self._small_kw))
+                        base = un.tell()
+                        un.feed(data)
+                        un.read_bytes(PREFIX_SIZE)
+                        obj = un.unpack()
+                        if un.tell() == base + end:
+                            env = _envelope(obj)
                     except Exception:
-                        env = None  # the general path below reports it, with the frame's number
+                        pass
                     if env is not None:
                         self._count += 1
                         return [env]
+                    self._un = None  # out of step: the general path below reports it
         if buf:
             buf += data
             src: bytes | bytearray | memoryview = buf
@@ -646,9 +680,14 @@ class FrameDecoder:
         end = len(src)
         pos = 0
         limit = self._max
-        small, small_kw, unpackb = self._small, self._small_kw, msgpack.unpackb
+        small = self._small
         decode = self._codec.decode_envelope
         frame_no = self._count
+        un: msgpack.Unpacker | None = None
+        if end <= _UNPACK_MAX:  # else copying it all into the unpacker costs more
+            un = self._un or self._unpacker()
+            base = un.tell()
+            un.feed(src)
         try:
             while end - pos >= PREFIX_SIZE:
                 frame_no += 1
@@ -659,17 +698,23 @@ class FrameDecoder:
                 if end - start < size:
                     break
                 pos = start + size
-                # A small frame (a batch of casts is hundreds of them) is decoded here,
-                # as the lone frame above: Codec.decode_envelope's two Python calls
-                # cost as much as msgpack's decoding. It says what is wrong with one.
                 env = None
-                if size <= small:
+                if un is not None:
                     try:
-                        env = _envelope(unpackb(src[start:pos], **small_kw))
+                        un.read_bytes(PREFIX_SIZE)
+                        if size <= small:
+                            obj = un.unpack()
+                            if un.tell() == base + pos:
+                                env = _envelope(obj)
+                        else:
+                            un.read_bytes(size)  # a large frame: decode() counts its items
                     except Exception:
                         pass
+                    if env is None and size <= small:
+                        un = self._un = None  # out of step with the stream
                 append(env if env is not None else decode(src[start:pos]))
         except ProtocolError as exc:
+            self._un = None
             self._count = frame_no - 1
             self._error = ProtocolError(f"frame {frame_no}: {exc}")
             self._error.__cause__ = exc.__cause__
@@ -677,6 +722,8 @@ class FrameDecoder:
             if out:
                 return out  # deliver what was good; the error waits for the next call
             raise self._error from exc.__cause__
+        if un is not None and pos < end:
+            un.read_bytes(end - pos)  # the incomplete tail: kept in _buf, fed again with the rest
         self._count += len(out)
         if src is buf:
             # bytearray drops a prefix by moving its start offset, without copying
