@@ -582,7 +582,9 @@ class Actor(pykka.ThreadingActor):
         self.actor_stopped.set()
         if failed_call is not None:
             failed_call[0].set_exception(failed_call[1])
-        for reply in pending:
+        # A copy (one C call, atomic under the GIL): a call run in place takes its
+        # answered sink out of the set without _life (ServerActor.call_here).
+        for reply in tuple(pending):
             reply.set_exception(ActorDead(self.actor_id, reason))
         for mref, watcher in watchers.items():
             _deliver_down(watcher, Down(self.actor_id, mref, reason))

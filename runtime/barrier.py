@@ -26,6 +26,8 @@ from contextlib import contextmanager
 
 __all__ = ["CodeBarrier", "BARRIER"]
 
+_get_ident = threading.get_ident
+
 
 class CodeBarrier:
     """Readers-writer lock with writer priority; re-entrant for readers of one thread."""
@@ -42,7 +44,12 @@ class CodeBarrier:
         self._quick: list[None] = []
         self.writer = False
         self._writers_waiting = 0
-        self._local = threading.local()
+        # How deep each thread holding the read side is, by thread ident (a thread
+        # holding none has no entry). A dict, not a threading.local: each access to a
+        # thread-local attribute costs several dict lookups, and every message takes
+        # and leaves the read side. Each thread only writes its own key, one atomic
+        # dict operation under the GIL.
+        self._depth: dict[int, int] = {}
         #: How many times the write side was taken (one per reload, whatever the
         #: number of actors suspended).
         self.writes = 0
@@ -50,7 +57,7 @@ class CodeBarrier:
 
     def held(self) -> bool:
         """Whether the current thread holds the read side."""
-        return getattr(self._local, "depth", 0) > 0
+        return _get_ident() in self._depth
 
     def owned(self) -> bool:
         """Whether the current thread holds the write side (it is running a swap).
@@ -61,9 +68,10 @@ class CodeBarrier:
         return self.writer and self._writer_thread == threading.get_ident()
 
     def acquire_read(self, *, nested: bool = False) -> None:
-        depth = getattr(self._local, "depth", 0)
+        me = _get_ident()
+        depth = self._depth.get(me)
         if depth:
-            self._local.depth = depth + 1
+            self._depth[me] = depth + 1
             return
         with self._lock:
             if nested:  # the caller holds a read: no writer can be active, only waiting
@@ -73,7 +81,7 @@ class CodeBarrier:
                 while self.writer or self._writers_waiting:
                     self._cond.wait()
             self.readers += 1
-        self._local.depth = 1
+        self._depth[me] = 1
 
     def try_read(self) -> bool:
         """Take the read side without the lock when no writer is active or waiting
@@ -87,8 +95,9 @@ class CodeBarrier:
         >>> b = CodeBarrier(); b.try_read(), b.held(), b.release_quick(), b.held()
         (True, True, None, False)
         """
-        local = self._local
-        if getattr(local, "depth", 0):
+        me = _get_ident()
+        depths = self._depth
+        if me in depths:
             return False  # re-entered: acquire_read counts the depth
         quick = self._quick
         quick.append(None)
@@ -97,22 +106,24 @@ class CodeBarrier:
             with self._lock:  # the writer may be waiting for this reader to leave
                 self._cond.notify_all()
             return False
-        local.depth = 1
+        depths[me] = 1
         return True
 
     def release_quick(self) -> None:
         """Leave the read side taken by :meth:`try_read`."""
-        self._local.depth = 0
+        del self._depth[_get_ident()]
         self._quick.pop()
         if self._writers_waiting:
             with self._lock:
                 self._cond.notify_all()
 
     def release_read(self) -> None:
-        depth = self._local.depth - 1
-        self._local.depth = depth
+        me = _get_ident()
+        depth = self._depth[me] - 1
         if depth:
+            self._depth[me] = depth
             return
+        del self._depth[me]
         with self._lock:
             self.readers -= 1
             # Only a writer waits for the readers to drain (readers wait for writers,

@@ -498,7 +498,10 @@ class ServerActor(Actor):
                         if not (isinstance(result, tuple) and len(result) == 2):
                             self._bad_reply(result)
                         answer, state = result
-                        self.state = self._unwrap(state)
+                        if type(state) is Continue:  # self._unwrap(state), inline
+                            self._continue = state.arg
+                            state = state.state
+                        self.state = state
                     except BaseException as exc:
                         self._caller = None
                         self._end(self._call_failed(sink, exc))
@@ -506,11 +509,10 @@ class ServerActor(Actor):
                     else:
                         self._caller = None
                         if answer is not NOREPLY:  # NOREPLY: answered later, stays pending
-                            life.acquire()
-                            try:
-                                self._pending.discard(sink)
-                            finally:
-                                life.release()
+                            # Without _life: a set's discard is atomic under the GIL, and
+                            # _finish fails a copy of the set it swapped out, so this
+                            # never changes a set while it is iterated.
+                            self._pending.discard(sink)
                 if self._continue is not _NONE:  # after the reply went out, as in OTP
                     if answer is not NOREPLY:
                         sink.set_result(answer)
