@@ -346,7 +346,7 @@ class _Connection:
         self._send_checked(data)
 
     def cast_many(self, target: str, payloads: Iterable[Any]) -> None:
-        data = self.write_codec.frames((CAST, None, target, p) for p in payloads)
+        data = self.write_codec.casts(target, payloads)
         if data:
             self._send_checked(data)
 

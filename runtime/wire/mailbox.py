@@ -381,8 +381,14 @@ class Codec:
         >>> Codec().pack_frame(REPLY, 3, None, "ok") == Codec().frame(REPLY, 3, None, "ok")
         True
         """
-        body = self.encode([kind, ref, target, payload])
+        try:  # self.encode(), inline (its packer lookup): every frame passes here
+            pack = self._local.pack
+        except AttributeError:
+            pack = self._packer()
+        body = pack([kind, ref, target, payload])
         size = len(body)
+        if size > _PACKER_KEEP_BYTES:
+            del self._local.pack  # as encode() does
         if size > self.max_frame:
             raise ProtocolError(
                 f"{kind} frame to {target!r} is {size} bytes, over max_frame={self.max_frame}; "
@@ -399,6 +405,19 @@ class Codec:
         """
         frame = self.frame
         return b"".join([frame(*env) for env in envelopes])
+
+    def casts(self, target: str, payloads: Iterable[Any]) -> bytes:
+        """Frames of casts to one ``target``, concatenated for one write: :meth:`frames`
+        with the target checked once instead of per frame (a batch is hundreds).
+
+        >>> c = Codec()
+        >>> c.casts("a", [1, 2]) == c.frames([(CAST, None, "a", 1), (CAST, None, "a", 2)])
+        True
+        """
+        if type(target) is not str:  # frame() says why (for a batch that is not empty)
+            return self.frames((CAST, None, target, p) for p in payloads)
+        pack = self.pack_frame
+        return b"".join([pack(CAST, None, target, p) for p in payloads])
 
     # -- decoding -----------------------------------------------------------------
 
