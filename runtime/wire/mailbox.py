@@ -674,14 +674,14 @@ class FrameDecoder:
             if end > PREFIX_SIZE:
                 size = _PREFIX.unpack_from(data)[0]
                 if size == end - PREFIX_SIZE and size <= self._small:
-                    un = self._un or self._unpacker()
+                    lone = self._un or self._unpacker()
                     env = None
                     try:
-                        base = un.tell()
-                        un.feed(data)
-                        un.read_bytes(PREFIX_SIZE)
-                        obj = un.unpack()
-                        if un.tell() == base + end:
+                        base = lone.tell()
+                        lone.feed(data)
+                        lone.read_bytes(PREFIX_SIZE)
+                        obj = lone.unpack()
+                        if lone.tell() == base + end:
                             env = _envelope(obj)
                     except Exception:
                         pass
