@@ -537,7 +537,10 @@ class ServerActor(Actor):
         cast. As for single casts, a :class:`Continue` runs its ``handle_continue``
         before the next cast; the state is stored after each cast, so a failure
         leaves the state of the casts before it (as ``terminate`` sees it)."""
-        handle = self.impl.handle_cast  # type: ignore[union-attr]  # no reload mid-message
+        try:
+            handle = self.impl.handle_cast  # type: ignore[union-attr]  # no reload mid-message
+        except BaseException as exc:
+            self._failed(exc)  # as on_cast would
         for request in requests:
             try:
                 state = handle(request, self.state)
