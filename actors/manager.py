@@ -58,7 +58,7 @@ from runtime.host.process import KILL_MARGIN, ProcessRef, start_process
 from runtime.recovery import annotate as annotate_error
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
 
-__all__ = ["ManagerActor", "SandboxRecord", "STATUSES", "Readopt", "ReloadContext"]
+__all__ = ["Created", "ManagerActor", "SandboxRecord", "STATUSES", "Readopt", "ReloadContext"]
 
 log = logging.getLogger("runtime.manager")
 
@@ -154,6 +154,16 @@ class ReloadContext:
     cache_dir: str
     slot: ProcessSlot
     created_at: float
+
+
+@dataclass(frozen=True)
+class Created:
+    """What a create's caller gets (its ticket's value): which sandbox it is
+    (``created_at``: an id may be reused) and its slot, so the handle's first call
+    needs no round trip to the manager."""
+
+    created_at: float
+    slot: ProcessSlot
 
 
 @dataclass(frozen=True)
@@ -436,7 +446,7 @@ class ManagerActor(Component):
     # -- operations ------------------------------------------------------------------
     def op_create(self, config: SandboxConfig) -> Ticket:
         """Start creating a sandbox; returns the :class:`~actors.inflight.Ticket` its
-        caller waits on (the sandbox's info once its app answers).
+        caller waits on (a :class:`Created` once its app answers).
 
         Creates of independent sandboxes overlap, as children of a dynamic supervisor
         do: this turn reserves the id, a thread of the create prepares containment,
@@ -578,7 +588,7 @@ class ManagerActor(Component):
             return
         record.creating = False
         self.inflight.remove(job)
-        job.finish(record.info())
+        job.finish(Created(record.created_at, record.slot))
 
     def _abandon(self, record: SandboxRecord) -> None:
         """Leave nothing of a failed create behind: no process, no entry, no directory."""
