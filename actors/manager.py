@@ -49,6 +49,7 @@ from runtime.childspec import ChildSpec, Restart
 from runtime.component import Component
 from runtime.errors import (
     ActorDead,
+    ChildSpecError,
     SandboxError,
     SandboxExists,
     SandboxNotFound,
@@ -818,11 +819,16 @@ class ManagerActor(Component):
         if quiet and not sandboxes.is_alive():
             raise SandboxError("the sandboxes supervisor is restarting")
         try:
-            sandboxes.delete_child(spec.id)  # a previous run of this sandbox that gave up
-        except SupervisorError:
-            pass
-        try:
-            sup = cast(SupervisorRef, sandboxes.start_child(spec))  # start_sandbox_supervisor's
+            try:
+                sup = cast(SupervisorRef, sandboxes.start_child(spec))  # start_sandbox_supervisor's
+            except ChildSpecError:
+                # A previous run of this sandbox that gave up holds the id (rare: only
+                # then a round trip more; the spec's start has not run).
+                try:
+                    sandboxes.delete_child(spec.id)
+                except SupervisorError:
+                    pass
+                sup = cast(SupervisorRef, sandboxes.start_child(spec))
             record.supervisor, record.parent = sup, sandboxes
         except ActorDead:
             raise SandboxError("the sandboxes supervisor is restarting") from None

@@ -217,6 +217,7 @@ class _Connection:
         self.channel: Channel | None = None
         self.send_raw: Callable[[bytes], None] = self._not_started
         self._reader: threading.Thread | None = None
+        self._go = threading.Event()  # the reader may read: the start completed (or failed)
         #: A start begun and not yet completed (:meth:`begin`, :meth:`started`).
         self._spawning: tuple[forkserver.Spawning, socket.socket, socket.socket, OutputCapture] | None = None
         self._lock = threading.Lock()
@@ -271,6 +272,17 @@ class _Connection:
             capture.close()
             raise
         self._spawning = (spawning, host_sock, child_sock, capture)
+        # The reader thread starts while the server forks too; it reads once the
+        # child is up (:meth:`started`), or ends if it never comes (:meth:`_unbegin`).
+        self._reader = threading.Thread(
+            target=self._read_once_started, name=f"sandbox-reader:{self.name}", daemon=True
+        )
+        self._reader.start()
+
+    def _read_once_started(self) -> None:
+        self._go.wait()
+        if self.channel is not None:
+            self._read_loop()
 
     def _unbegin(self) -> None:
         """A begun start nobody completes: the child (if forked) is killed."""
@@ -281,9 +293,10 @@ class _Connection:
             for sock in (host_sock, child_sock):
                 sock.close()
             capture.close()
+            self._go.set()  # no channel: the reader ends
 
     def started(self) -> None:
-        """The child is forked (:meth:`begin`): its channel and reader thread."""
+        """The child is forked (:meth:`begin`): its channel; the reader starts reading."""
         assert self._spawning is not None
         spawning, host_sock, child_sock, capture = self._spawning
         self._spawning = None
@@ -292,6 +305,7 @@ class _Connection:
         except BaseException:
             host_sock.close()
             capture.close()
+            self._go.set()  # no channel: the reader ends
             raise
         finally:
             child_sock.close()
@@ -306,10 +320,7 @@ class _Connection:
         self._poll_fd = os.dup(host_sock.fileno())
         self._lead_poll.register(self._poll_fd, select.POLLIN)
         _live.add(self)
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"sandbox-reader:{self.name}", daemon=True
-        )
-        self._reader.start()
+        self._go.set()
 
     def wait_ready(self, timeout: float | None) -> None:
         """Wait for the child's ``ready``; on failure close it and raise SandboxBootError.
