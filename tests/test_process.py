@@ -418,25 +418,3 @@ def test_process_spec_and_exit_descriptions():
     assert describe_exit(0).kind == "normal"
     with pytest.raises(ValueError, match="module:function"):
         start_process("no-colon")
-
-
-def test_a_spawn_begun_and_cancelled_leaves_no_child() -> None:
-    """``start_process`` asks the fork server for the child before its process actor
-    starts; if that start fails, the spawn is cancelled and the child (forked or
-    not yet) is killed: its end of the channel closes."""
-    import socket
-
-    mine, theirs = socket.socketpair()
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        # The child would wait for a byte on its channel forever.
-        spawning = forkserver.Spawning(socket.socket.recv, (1,), fds=(theirs.fileno(), null, null))
-        spawning.cancel()
-    finally:
-        os.close(null)
-        theirs.close()
-    mine.settimeout(30)
-    try:
-        assert mine.recv(1) == b""  # EOF: the child is gone
-    finally:
-        mine.close()

@@ -63,7 +63,6 @@ __all__ = [
     "PRELOAD",
     "SERVER_ENV",
     "Child",
-    "Spawning",
     "ForkServerError",
     "ensure_running",
     "helper_fds",
@@ -193,8 +192,7 @@ class _Server:
         self._reader = threading.Thread(target=self._read, name="forkserver-reader", daemon=True)
         self._reader.start()
 
-    def request(self, fds: list[int], body: bytes, flags: int = 0) -> tuple[int, list[Any]]:
-        """Send a request to fork; returns its id and the slot :meth:`result` reads."""
+    def spawn(self, fds: list[int], body: bytes, timeout: float, flags: int = 0) -> Child:
         done = threading.Event()
         with self._state:
             if self.dead:
@@ -214,17 +212,10 @@ class _Server:
             with self._state:
                 self._waiting.pop(req, None)
             raise ForkServerError(f"the fork server is gone: {exc}") from exc
-        return req, slot
-
-    def result(self, req: int, slot: list[Any], timeout: float | None) -> Child:
-        """The child of request ``req``, once the server answered (within ``timeout``);
-        a child answered after the requester gave up is killed (:meth:`_record`)."""
-        if not slot[0].wait(timeout):
+        if not done.wait(timeout):
             with self._state:
-                gave_up = self._waiting.pop(req, None) is not None
-            if gave_up:
-                raise ForkServerError(f"the fork server did not start a child within {timeout}s")
-            slot[0].wait()  # answered meanwhile: the reader is filling the slot in
+                self._waiting.pop(req, None)
+            raise ForkServerError(f"the fork server did not start a child within {timeout}s")
         result = slot[1]
         if isinstance(result, Child):
             return result
@@ -263,7 +254,7 @@ class _Server:
             return
         if slot is None:  # the requester gave up: nobody will watch this child
             if kind == _STARTED:
-                _kill_group(value)  # the server reaps it
+                _kill_group(value)  # the server reaps it; no status pipe is left open
             return
         slot[1] = child if kind == _STARTED else (
             f"fork failed: {os.strerror(value)}" if value > 0 else
@@ -369,71 +360,17 @@ def spawn(
     >>> callable(fs.spawn)
     True
     """
-    return Spawning(target, args, fds=fds, userns=userns, netns=netns).wait(timeout)
-
-
-class Spawning:
-    """A :func:`spawn` in two steps: the request is sent when this is made, the
-    :class:`Child` comes from :meth:`wait`. The caller may do other work (start a
-    thread) while the server forks; it must call :meth:`wait` (or :meth:`cancel`),
-    and keep ``fds`` open until then (a dead server's request is sent again).
-
-    >>> callable(Spawning.wait) and callable(Spawning.cancel)
-    True
-    """
-
-    def __init__(
-        self,
-        target: Callable[..., Any],
-        args: tuple = (),
-        *,
-        fds: tuple[int, int, int],
-        userns: bool = False,
-        netns: bool = False,
-    ) -> None:
-        self._body = pickle.dumps((target, args), protocol=pickle.HIGHEST_PROTOCOL)
-        self._fds = list(fds)
-        self._flags = (_USERNS if userns else 0) | (_NETNS if netns and not userns else 0)
-        self._retried = False
-        self._sent: tuple[int, list[Any]] | None = None
-        self._server = _current()
+    body = pickle.dumps((target, args), protocol=pickle.HIGHEST_PROTOCOL)
+    for attempt in (1, 2):
+        server = _current()
         try:
-            self._sent = self._server.request(self._fds, self._body, self._flags)
+            flags = (_USERNS if userns else 0) | (_NETNS if netns and not userns else 0)
+            return server.spawn(list(fds), body, timeout, flags)
         except ForkServerError:
-            if not self._server.dead:
+            if attempt == 2 or not server.dead:
                 raise
-            # sent again by wait(), to a new server
-
-    def wait(self, timeout: float | None = SPAWN_TIMEOUT) -> Child:
-        """The child, once the server started it; ForkServerError if it could not
-        (a server found dead is restarted once)."""
-        while True:
-            try:
-                if self._sent is None:
-                    self._server = _current()
-                    self._sent = self._server.request(self._fds, self._body, self._flags)
-                return self._server.result(*self._sent, timeout)
-            except ForkServerError:
-                if self._retried or not self._server.dead:
-                    raise
-                self._retried = True
-                self._sent = None
-                self._server._reader.join(10.0)  # let it settle, then start a new one
-
-    def cancel(self) -> None:
-        """Nobody will use the child: it is killed (now, or when the server answers)."""
-        if self._sent is None:
-            return
-        req, slot = self._sent
-        self._sent = None
-        with self._server._state:
-            if self._server._waiting.pop(req, None) is not None:
-                return  # the reader kills it when the answer comes
-        slot[0].wait()  # answered: the reader is filling the slot in
-        child = slot[1]
-        if isinstance(child, Child):
-            _kill_group(child.pid)
-            child.close()
+            server._reader.join(10.0)  # let it settle, then start a new one
+    raise AssertionError("unreachable")
 
 
 def ensure_running() -> int:

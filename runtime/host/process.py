@@ -217,9 +217,6 @@ class _Connection:
         self.channel: Channel | None = None
         self.send_raw: Callable[[bytes], None] = self._not_started
         self._reader: threading.Thread | None = None
-        self._go = threading.Event()  # the reader may read: the start completed (or failed)
-        #: A start begun and not yet completed (:meth:`begin`, :meth:`started`).
-        self._spawning: tuple[forkserver.Spawning, socket.socket, socket.socket, OutputCapture] | None = None
         self._lock = threading.Lock()
         self._proc_lock = threading.Lock()  # only one thread reads the exit status
         self._ready = Reply()  # completed by ``ready``, ``boot_failed`` or the child's end
@@ -252,60 +249,17 @@ class _Connection:
 
     # -- start -------------------------------------------------------------------------
     def start(self) -> None:
-        self.begin()
-        self.started()
-
-    def begin(self) -> None:
-        """Ask the fork server for the child; :meth:`started` (or :meth:`close`)
-        completes it. The caller may start threads while the server forks."""
         host_sock, child_sock = socket.socketpair()
         capture = OutputCapture(self.output)
         try:
-            spawning = forkserver.Spawning(
+            proc = forkserver.spawn(
                 child_main, (self.boot,), fds=(child_sock.fileno(), *capture.child_fds()),
                 userns=bool((self.boot.isolation or {}).get("userns")),
                 netns=bool((self.boot.isolation or {}).get("netns_pool")),
             )
         except BaseException:
             host_sock.close()
-            child_sock.close()
             capture.close()
-            raise
-        self._spawning = (spawning, host_sock, child_sock, capture)
-        # The reader thread starts while the server forks too; it reads once the
-        # child is up (:meth:`started`), or ends if it never comes (:meth:`_unbegin`).
-        self._reader = threading.Thread(
-            target=self._read_once_started, name=f"sandbox-reader:{self.name}", daemon=True
-        )
-        self._reader.start()
-
-    def _read_once_started(self) -> None:
-        self._go.wait()
-        if self.channel is not None:
-            self._read_loop()
-
-    def _unbegin(self) -> None:
-        """A begun start nobody completes: the child (if forked) is killed."""
-        begun, self._spawning = self._spawning, None
-        if begun is not None:
-            spawning, host_sock, child_sock, capture = begun
-            spawning.cancel()
-            for sock in (host_sock, child_sock):
-                sock.close()
-            capture.close()
-            self._go.set()  # no channel: the reader ends
-
-    def started(self) -> None:
-        """The child is forked (:meth:`begin`): its channel; the reader starts reading."""
-        assert self._spawning is not None
-        spawning, host_sock, child_sock, capture = self._spawning
-        self._spawning = None
-        try:
-            proc = spawning.wait()
-        except BaseException:
-            host_sock.close()
-            capture.close()
-            self._go.set()  # no channel: the reader ends
             raise
         finally:
             child_sock.close()
@@ -320,7 +274,10 @@ class _Connection:
         self._poll_fd = os.dup(host_sock.fileno())
         self._lead_poll.register(self._poll_fd, select.POLLIN)
         _live.add(self)
-        self._go.set()
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"sandbox-reader:{self.name}", daemon=True
+        )
+        self._reader.start()
 
     def wait_ready(self, timeout: float | None) -> None:
         """Wait for the child's ``ready``; on failure close it and raise SandboxBootError.
@@ -829,7 +786,6 @@ class _Connection:
                 return self.down or ExitReason.shutdown()
             self._closed = True
             self._closing = True
-        self._unbegin()
         timeout = self.boot.shutdown if timeout is None else timeout
         _live.discard(self)
         was_down = self.down
@@ -1216,17 +1172,15 @@ def start_process(
     conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle, output=output)
     conn.on_violation = on_violation
     t0 = time.perf_counter()
-    conn.begin()
-    # The process actor's thread starts while the fork server forks the child (a
-    # thread start and its init are two hand-offs), rather than after its ``ready``;
-    # it hears of the child's end only once the child is up (attach below).
+    conn.start()
+    # The process actor's thread starts while the child boots, rather than after its
+    # ``ready``; it hears of the child's end only once the child is up (attach below).
     try:
         ref = ProcessActor.start(conn, name=name, shutdown=shutdown)
     except BaseException:
-        conn.close(graceful=False)  # the child is killed, forked or not
+        conn.close(graceful=False)
         raise
     try:
-        conn.started()
         conn.wait_ready(ready_timeout)
     except BaseException as exc:
         if isinstance(exc, SandboxBootError):
