@@ -633,7 +633,8 @@ class ManagerActor(Component):
             if sup is not None:
                 sup.stop(ExitReason.shutdown("sandbox destroyed"),
                          timeout=record.config.shutdown + KILL_MARGIN + 5.0)
-            _remove_remains(record, self._component, self.base_dir, self.inflight.aside)
+            _remove_remains(record, self._component, self.base_dir, self.inflight.aside,
+                            stopped=sup is not None)
             books.result()
         except BaseException as exc:  # a bug: the finishing turn fails the manager with it
             job.result = exc
@@ -956,11 +957,21 @@ def _remove_remains(
     component: Callable[[str], Any],
     base_dir: str,
     aside: Callable[[Callable[[], Any]], Future[Any]] | None = None,
+    *,
+    stopped: bool = False,
 ) -> None:
     """Its supervisor (and so its process), then what the process leaves: the
     cgroups and the UID's processes, its directories (on another thread with
-    ``aside``, :meth:`~actors.inflight.InFlight.aside`: both are system calls)."""
-    _stop_sandbox_supervisor(record, component)
+    ``aside``, :meth:`~actors.inflight.InFlight.aside`: both are system calls).
+
+    ``stopped``: its supervisor was stopped already. It is a temporary child of
+    ``sandboxes``, whose entry goes with it (the Down reached ``sandboxes`` before
+    the stop returned), so no round trip to ``sandboxes`` is needed for it.
+    """
+    if stopped:
+        record.supervisor = None
+    else:
+        _stop_sandbox_supervisor(record, component)
 
     def directories() -> None:
         shutil.rmtree(record.workdir, ignore_errors=True)
