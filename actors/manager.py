@@ -601,9 +601,10 @@ class ManagerActor(Component):
         """Start destroying a sandbox; returns the ticket its caller waits on (settled
         once its process has stopped and nothing is left).
 
-        Destroys overlap like creates: this turn takes the sandbox out of the store and
-        closes its slot, a thread stops the sandbox's own supervisor (its process
-        stops gracefully meanwhile), and a later turn (this manager's or its
+        Destroys overlap like creates: this turn takes the sandbox out of the store,
+        closes its slot and asks its process to stop (gracefully: it starts while the
+        job's thread gets going), a thread stops the sandbox's own supervisor (which
+        waits for that process to end), and a later turn (this manager's or its
         successor's) removes what remains and settles the ticket.
         """
         record = self._settled(sandbox_id)
@@ -617,6 +618,9 @@ class ManagerActor(Component):
         if self.store is not None:  # first: a host killed now does not bring it back
             self.store.delete_sandbox(sandbox_id)
         record.slot.close(ExitReason.shutdown("sandbox destroyed"))
+        proc = record.slot.current()
+        if proc is not None:  # its graceful stop starts now, the job's thread waits for it
+            proc.stop_soon()
         self._run_job(job, self._take_down)
         return job.ticket
 
