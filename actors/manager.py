@@ -395,7 +395,8 @@ class ManagerActor(Component):
             if record is None or record.status in ("stopping", "stopped", "error"):
                 return
             if message.event == "sandbox.process.up":
-                self._set_status(record, "running")
+                if not record.creating:  # else its create's finishing turn says so
+                    self._set_status(record, "running")
             elif message.event == "sandbox.process.down":
                 kind = message.metadata.get("kind")
                 if kind in ("normal", "shutdown"):
