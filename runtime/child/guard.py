@@ -362,15 +362,6 @@ _INTROSPECTION_EVENTS = (
 )
 
 
-def _build(
-    policy: dict[str, Any],
-    on_violation: Callable[[dict[str, Any]], None] | None,
-    real: Callable[[str], str] = os.path.realpath,
-) -> tuple[Any, GuardHandle]:
-    """A new guard for ``policy`` (its hook, not installed, and its handle)."""
-    return _make()(policy, on_violation, real)
-
-
 def _make() -> Callable[
     [dict[str, Any], Callable[[dict[str, Any]], None] | None, Callable[[str], str]],
     tuple[Any, GuardHandle],
@@ -406,7 +397,7 @@ def _make() -> Callable[
     )
     fsenc = sys.getfilesystemencoding()
     type_getattribute = type.__getattribute__
-    FunctionType = _type(_build)
+    FunctionType = _type(_make)
     try:
         import pathlib
 
@@ -414,7 +405,7 @@ def _make() -> Callable[
     except Exception:  # pragma: no cover - pathlib is always there
         safe_pathlike = ()
     DirEntry = os.DirEntry
-    CodeType = _type(_build.__code__)
+    CodeType = _type(_make.__code__)
     import io
 
     _open = io.open
