@@ -373,8 +373,8 @@ def _make() -> Callable[
     that what they call is fixed when they are made (see above). Made in the fork
     server (:data:`_PREPARED`), they are shared by every sandbox's process: a sandbox
     only fills in its policy, instead of making ~60 functions and their cells (those
-    objects, and the references they take, wrote ~0.2 MiB of the server's pages in
-    each idle ``high`` sandbox, measured). ``configure`` assigns every policy value the
+    objects, and the references they take, cost each idle ``high`` sandbox 0.1-0.15 MiB
+    of private pages, measured). ``configure`` assigns every policy value the
     functions read under ``nonlocal`` (tests/test_guard.py checks that none is missed:
     a placeholder left in force would be a check against nothing).
     """
