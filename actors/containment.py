@@ -114,19 +114,30 @@ def _log_skips(skipped: dict[str, str]) -> None:
 
 
 def prepare(manager: Any, record: Any) -> Protection:
-    """Resolve the profile and limits, set up UID and cgroups, register the sandbox."""
+    """Resolve the profile and limits, set up UID and cgroups, register the sandbox.
+
+    Each round trip overlaps other work (a create waits for this): the profile is
+    asked for before the UID and cgroups are made, and the security controller and
+    the resource monitor are told of the sandbox side by side.
+    """
     component = manager._component
     config = record.config
     sid = config.id
-    profile = component("security").invoke("get_profile", config.profile)
-    limits = effective_limits(profile.limits, config.limits)
-    # Every profile needs the OS layers: no sandbox runs on the host's network or
-    # filesystem because a layer happens to be missing here.
-    missing = isolation.missing_required(egress=bool(profile.net_allow or config.net_allow))
-    if missing:
-        raise isolation.IsolationUnavailable(missing)
+    security = component("security")
+    asked = security.send("get_profile", config.profile)
     # cgroups are grouped per runtime instance: the base dir is unique, the name is not
     state = isolation.prepare(record.workdir, sid, group=os.path.basename(manager.base_dir))
+    try:
+        profile = asked.result()
+        limits = effective_limits(profile.limits, config.limits)
+        # Every profile needs the OS layers: no sandbox runs on the host's network or
+        # filesystem because a layer happens to be missing here.
+        missing = isolation.missing_required(egress=bool(profile.net_allow or config.net_allow))
+        if missing:
+            raise isolation.IsolationUnavailable(missing)
+    except BaseException:
+        isolation.release(state)  # nothing it owns yet knows of these cgroups
+        raise
     isolation.set_cgroup_limits(
         state,
         tasks=isolation.DEFAULT_TASKS,
@@ -137,11 +148,19 @@ def prepare(manager: Any, record: Any) -> Protection:
     prot = Protection(profile=profile, limits=limits, state=state)
     prot.report, slot.on_exit = _reporter(component, sid, slot)
     slot.security = prot
-    component("security").invoke("register_sandbox", sid, profile)
+    registered = security.send("register_sandbox", sid, profile)
     try:
         warn_at = config.alerts.warn_at if config.alerts is not None else None
-        component("monitor").invoke("register", sid, slot, warn_at)
+        sampled = component("monitor").send("register", sid, slot, warn_at)
     except SandboxError:
+        sampled = None
+    registered.result()
+    try:
+        if sampled is not None:
+            sampled.result()
+    except SandboxError:
+        sampled = None
+    if sampled is None:
         log.warning("resource monitor not running: sandbox %s is not sampled", sid)
     return prot
 

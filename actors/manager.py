@@ -49,6 +49,7 @@ from runtime.childspec import ChildSpec, Restart
 from runtime.component import Component
 from runtime.errors import (
     ActorDead,
+    ChildSpecError,
     SandboxError,
     SandboxExists,
     SandboxNotFound,
@@ -58,7 +59,7 @@ from runtime.host.process import KILL_MARGIN, ProcessRef, start_process
 from runtime.recovery import annotate as annotate_error
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
 
-__all__ = ["ManagerActor", "SandboxRecord", "STATUSES", "Readopt", "ReloadContext"]
+__all__ = ["Created", "ManagerActor", "SandboxRecord", "STATUSES", "Readopt", "ReloadContext"]
 
 log = logging.getLogger("runtime.manager")
 
@@ -154,6 +155,16 @@ class ReloadContext:
     cache_dir: str
     slot: ProcessSlot
     created_at: float
+
+
+@dataclass(frozen=True)
+class Created:
+    """What a create's caller gets (its ticket's value): which sandbox it is
+    (``created_at``: an id may be reused) and its slot, so the handle's first call
+    needs no round trip to the manager."""
+
+    created_at: float
+    slot: ProcessSlot
 
 
 @dataclass(frozen=True)
@@ -384,7 +395,8 @@ class ManagerActor(Component):
             if record is None or record.status in ("stopping", "stopped", "error"):
                 return
             if message.event == "sandbox.process.up":
-                self._set_status(record, "running")
+                if not record.creating:  # else its create's finishing turn says so
+                    self._set_status(record, "running")
             elif message.event == "sandbox.process.down":
                 kind = message.metadata.get("kind")
                 if kind in ("normal", "shutdown"):
@@ -436,7 +448,7 @@ class ManagerActor(Component):
     # -- operations ------------------------------------------------------------------
     def op_create(self, config: SandboxConfig) -> Ticket:
         """Start creating a sandbox; returns the :class:`~actors.inflight.Ticket` its
-        caller waits on (the sandbox's info once its app answers).
+        caller waits on (a :class:`Created` once its app answers).
 
         Creates of independent sandboxes overlap, as children of a dynamic supervisor
         do: this turn reserves the id, a thread of the create prepares containment,
@@ -578,7 +590,7 @@ class ManagerActor(Component):
             return
         record.creating = False
         self.inflight.remove(job)
-        job.finish(record.info())
+        job.finish(Created(record.created_at, record.slot))
 
     def _abandon(self, record: SandboxRecord) -> None:
         """Leave nothing of a failed create behind: no process, no entry, no directory."""
@@ -590,9 +602,10 @@ class ManagerActor(Component):
         """Start destroying a sandbox; returns the ticket its caller waits on (settled
         once its process has stopped and nothing is left).
 
-        Destroys overlap like creates: this turn takes the sandbox out of the store and
-        closes its slot, a thread stops the sandbox's own supervisor (its process
-        stops gracefully meanwhile), and a later turn (this manager's or its
+        Destroys overlap like creates: this turn takes the sandbox out of the store,
+        closes its slot and asks its process to stop (gracefully: it starts while the
+        job's thread gets going), a thread stops the sandbox's own supervisor (which
+        waits for that process to end), and a later turn (this manager's or its
         successor's) removes what remains and settles the ticket.
         """
         record = self._settled(sandbox_id)
@@ -606,6 +619,9 @@ class ManagerActor(Component):
         if self.store is not None:  # first: a host killed now does not bring it back
             self.store.delete_sandbox(sandbox_id)
         record.slot.close(ExitReason.shutdown("sandbox destroyed"))
+        proc = record.slot.current()
+        if proc is not None:  # its graceful stop starts now, the job's thread waits for it
+            proc.stop_soon()
         self._run_job(job, self._take_down)
         return job.ticket
 
@@ -622,7 +638,8 @@ class ManagerActor(Component):
             if sup is not None:
                 sup.stop(ExitReason.shutdown("sandbox destroyed"),
                          timeout=record.config.shutdown + KILL_MARGIN + 5.0)
-            _remove_remains(record, self._component, self.base_dir, self.inflight.aside)
+            _remove_remains(record, self._component, self.base_dir, self.inflight.aside,
+                            stopped=sup is not None)
             books.result()
         except BaseException as exc:  # a bug: the finishing turn fails the manager with it
             job.result = exc
@@ -808,11 +825,16 @@ class ManagerActor(Component):
         if quiet and not sandboxes.is_alive():
             raise SandboxError("the sandboxes supervisor is restarting")
         try:
-            sandboxes.delete_child(spec.id)  # a previous run of this sandbox that gave up
-        except SupervisorError:
-            pass
-        try:
-            sup = cast(SupervisorRef, sandboxes.start_child(spec))  # start_sandbox_supervisor's
+            try:
+                sup = cast(SupervisorRef, sandboxes.start_child(spec))  # start_sandbox_supervisor's
+            except ChildSpecError:
+                # A previous run of this sandbox that gave up holds the id (rare: only
+                # then a round trip more; the spec's start has not run).
+                try:
+                    sandboxes.delete_child(spec.id)
+                except SupervisorError:
+                    pass
+                sup = cast(SupervisorRef, sandboxes.start_child(spec))
             record.supervisor, record.parent = sup, sandboxes
         except ActorDead:
             raise SandboxError("the sandboxes supervisor is restarting") from None
@@ -940,11 +962,21 @@ def _remove_remains(
     component: Callable[[str], Any],
     base_dir: str,
     aside: Callable[[Callable[[], Any]], Future[Any]] | None = None,
+    *,
+    stopped: bool = False,
 ) -> None:
     """Its supervisor (and so its process), then what the process leaves: the
     cgroups and the UID's processes, its directories (on another thread with
-    ``aside``, :meth:`~actors.inflight.InFlight.aside`: both are system calls)."""
-    _stop_sandbox_supervisor(record, component)
+    ``aside``, :meth:`~actors.inflight.InFlight.aside`: both are system calls).
+
+    ``stopped``: its supervisor was stopped already. It is a temporary child of
+    ``sandboxes``, whose entry goes with it (the Down reached ``sandboxes`` before
+    the stop returned), so no round trip to ``sandboxes`` is needed for it.
+    """
+    if stopped:
+        record.supervisor = None
+    else:
+        _stop_sandbox_supervisor(record, component)
 
     def directories() -> None:
         shutil.rmtree(record.workdir, ignore_errors=True)

@@ -189,6 +189,10 @@ def test_racing_destroys_stop_the_sandbox_once_and_leave_nothing(tmp_path: Path)
         assert isinstance(err, SandboxNotFound) or "being destroyed" in str(err), err
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
         assert "gone" not in ids(rt) and not workdir.exists()
+        # Its supervisor's entry under ``sandboxes`` went with it: the id is free at once.
+        assert [c.id for c in rt.component("sandboxes").which_children()] == []
+        assert rt.create_sandbox("gone", COUNTER).call("counter", "get") == 0
+        rt.destroy_sandbox("gone")
         store = Store.open(state / "state.db")
         try:
             assert store.sandboxes() == []

@@ -267,6 +267,26 @@ def test_graceful_stop_runs_terminate_callbacks(tmp_path):
     assert event.metadata["expected"] is True and event.measurements["exitcode"] == 0
 
 
+def test_stop_soon_stops_gracefully_and_nothing_restarts_the_child(tmp_path):
+    """A destroy asks first (``stop_soon``): the child stops gracefully, its exit is
+    expected (its supervisor does not restart it), and ``stop`` then reads it."""
+    marker = tmp_path / "terminated"
+    sup = Supervisor.start(
+        [process_spec("p", ECHO, app_path=str(TESTS), args=(str(marker),))],
+        strategy="one_for_one",
+    )
+    ref = sup.child_ref("p")
+    assert isinstance(ref, ProcessRef)
+    pid = ref.pid
+    ref.stop_soon()
+    wait_for(lambda: _gone(pid), timeout=10, message="the child exits")
+    wait_for(lambda: ref._conn.down is not None, timeout=10, message="the host read its end")
+    assert marker.read_text() == "terminated: shutdown"  # it stopped gracefully
+    assert ref.is_alive() and sup.child_ref("p") is ref  # not failed, not restarted
+    assert ref.stop().kind == "shutdown" and ref.exitcode == 0
+    sup.stop()
+
+
 def test_host_eof_makes_the_child_stop_and_exit(tmp_path):
     marker = tmp_path / "terminated"
     ref = start(args=(str(marker),), name="eof")

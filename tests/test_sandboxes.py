@@ -122,6 +122,17 @@ def test_bad_options_are_refused_up_front(sandbox_runtime, args, options, error,
     assert os.listdir(sandbox_runtime.base_dir) == []
 
 
+def test_an_entry_edited_away_is_refused_at_the_next_create(tmp_path):
+    """The entry check keeps what it parsed only while the file is unchanged."""
+    from actors.config import SandboxConfig
+
+    (tmp_path / "app.py").write_text("def children():\n    return []\n")
+    assert SandboxConfig.build("e1", str(tmp_path)).entry == "app:children"
+    (tmp_path / "app.py").write_text("def kids():\n    return []\n")
+    with pytest.raises(ConfigError, match="'children'"):
+        SandboxConfig.build("e2", str(tmp_path))
+
+
 def test_duplicate_id_is_refused(sandbox_runtime):
     sandbox_runtime.create_sandbox("dup", COUNTER)
     with pytest.raises(SandboxExists, match="'dup' already exists"):

@@ -245,7 +245,7 @@ class _Server:
             else:
                 slot = self._waiting.pop(key, None)
                 child = None
-                if kind == _STARTED:
+                if kind == _STARTED and slot is not None:
                     child = Child(value)
                     self.children[value] = child
         if kind == _EXITED:
@@ -253,8 +253,8 @@ class _Server:
                 child._exited(value)
             return
         if slot is None:  # the requester gave up: nobody will watch this child
-            if child is not None:
-                _kill_group(child.pid)
+            if kind == _STARTED:
+                _kill_group(value)  # the server reaps it; no status pipe is left open
             return
         slot[1] = child if kind == _STARTED else (
             f"fork failed: {os.strerror(value)}" if value > 0 else

@@ -1024,6 +1024,24 @@ class ProcessRef(ActorRef):
             timeout = self._actor.shutdown + KILL_MARGIN  # type: ignore[attr-defined]
         return super().stop(reason, timeout=timeout)
 
+    def stop_soon(self) -> None:
+        """Ask the child to stop gracefully now, without waiting.
+
+        From here its exit is expected: it neither fails the actor nor makes a
+        supervisor restart it; the actor runs until stopped, and :meth:`stop` then
+        waits for the exit (and kills the child if it is late). A destroy asks
+        first, so the child's shutdown overlaps the hand-offs that lead to the stop.
+        """
+        conn = self._conn
+        with conn._lock:
+            if conn._closing or conn.channel is None:
+                return
+            conn._closing = True
+        try:
+            conn.channel.send(SYSTEM, None, "stop", None)
+        except (ChannelClosed, ValueError, TypeError):
+            pass  # gone already: stop() reads its exit
+
     def kill(self, reason: ExitReason | None = None) -> None:
         """SIGKILL the child's process group now; the actor ends with ``reason`` (killed)."""
         conn = self._conn
