@@ -721,9 +721,11 @@ class _Stager:
         self._resolved[old_cls] = entry
         return entry
 
-    def stage(self, server: Any, snap: Any) -> bool:
-        """Stage ``server`` with its state restored from ``snap``; False if it runs a
-        class this reload staged. On failure, ``step`` and ``current`` say where."""
+    def stage(self, server: Any, snap: Any, flat: bool = False) -> bool:
+        """Stage ``server`` with its state restored from ``snap`` (``flat``: ``snap`` is
+        the state itself, a dict of scalars, copied only if something may change it);
+        False if it runs a class this reload staged. On failure, ``step`` and
+        ``current`` say where."""
         step = "resolve"  # a local: the hot path writes no attribute but the result
         try:
             old_cls = server.impl_cls
@@ -736,7 +738,9 @@ class _Stager:
                 return False
             new_cls, old_vsn, new_vsn, migrating, declared, copies = entry
             step = "restore"
-            if type(snap) is _Flat:  # a state nothing will change is its own copy
+            if flat:  # a state nothing will change is its own copy
+                state = dict(snap) if copies else snap
+            elif type(snap) is _Flat:
                 state = snap.copy() if copies else snap.value
             else:
                 state = _restore(snap)
@@ -875,6 +879,7 @@ def apply_reload(
             # about a millisecond of cache misses). Inlined (_alive, the common state
             # of scalars of _flat): this runs for every actor while all are held.
             step = "actors"
+            stage = stager.stage
             for s in list(SERVERS):
                 if s.impl is None:
                     continue
@@ -883,13 +888,13 @@ def apply_reload(
                         state = s.state
                         if type(state) is dict and _plain(map(type, state)) \
                                 and _plain(map(type, state.values())):
-                            stager.stage(s, _Flat(state))
+                            stage(s, state, True)
                         else:
                             snap = _plain_snapshot(state)
                             if snap is _NEEDS_PICKLE:
                                 deferred.append(s)
                             else:
-                                stager.stage(s, snap)
+                                stage(s, snap)
                 elif holdable and _alive(s):
                     others.append(s)
             # Actors of other modules holding objects of reloaded classes: their state is
