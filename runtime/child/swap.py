@@ -877,13 +877,21 @@ def apply_reload(
             # needs no pickle is migrated as it is met (its objects, scattered over the
             # heap, are fetched from memory once: with 1,000 actors each pass costs
             # about a millisecond of cache misses). Inlined (_alive, the common state
-            # of scalars of _flat): this runs for every actor while all are held.
+            # of scalars of _flat): this runs for every actor while all are held. The
+            # weak references are copied in C (a WeakSet's own iterator is a Python
+            # generator), and a class's module is looked up once per run of its actors.
             step = "actors"
             stage = stager.stage
-            for s in list(SERVERS):
-                if s.impl is None:
+            last_cls: Any = None
+            mine = False
+            for ref in SERVERS.data.copy():  # type: ignore[attr-defined]  # its weakrefs
+                s = ref()
+                if s is None or s.impl is None:
                     continue
-                if s.impl_cls.__module__ in new_code:
+                if s.impl_cls is not last_cls:
+                    last_cls = s.impl_cls
+                    mine = last_cls.__module__ in new_code
+                if mine:
                     if s._exit_reason is None and not s.actor_stopped.is_set():
                         state = s.state
                         if type(state) is dict and _plain(map(type, state)) \
