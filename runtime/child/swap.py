@@ -21,6 +21,8 @@ A hot reload (:func:`apply_reload`) is one transaction:
 4. migrate: each copy goes through the new class's ``code_change(old_vsn, state,
    extra)`` (or the ``migrate`` function given); then checked against what the new
    class declares (``state_keys``, ``check_state``; see :mod:`runtime.child.statecheck`).
+   A class that keeps the default ``code_change`` (the state as it is) is not called,
+   and its actors' states are only checked against what it declares.
    Steps 3 and 4 run in one pass over the actors for the states a shallow copy
    serves, and need no copy at all for a state nothing will change;
 5. commit: each actor gets its new class, instance and state; release the barrier.
@@ -705,9 +707,10 @@ class _Stager:
 
     def _resolve(self, server: Any, old_cls: Any) -> tuple[Any, Any, Any, bool, bool, bool] | None:
         """Per class, once: its new class, versions, whether it is migrated, whether it
-        declares its state's shape, and whether a flat state needs its copy (something
-        will run that may change it). None: a class this reload staged (an actor a
-        module body started), nothing to migrate."""
+        declares its state's shape, and whether something will run that may change
+        the state (a ``migrate`` function or a ``code_change`` of its own; only then
+        does a flat state need its copy, and the result its shape checks). None: a
+        class this reload staged (an actor a module body started), nothing to migrate."""
         if old_cls in self._resolved:
             return self._resolved[old_cls]
         new_cls = _new_class(old_cls, server.actor_id)
@@ -746,7 +749,7 @@ class _Stager:
                 state = _restore(snap)
             impl = new_cls()
             impl.ref = server.impl.ref
-            if migrating:
+            if copies:  # something may change the state: run it, then check the result
                 if self.migrate_fn is not None:
                     step = "migrate"
                     state = self.migrate_fn(state, old_vsn, new_vsn)
@@ -759,6 +762,11 @@ class _Stager:
                 elif not (type(state) is dict and type(server.state) is dict
                           and server.state.keys() <= state.keys()):
                     self.shape_notes += shape_warnings(server.actor_id, server.state, state)
+            elif migrating and declared:
+                # The default code_change returns the state as it is (not called): it
+                # lost nothing, but must still be what the new class declares.
+                step = "check_state"
+                check_state(impl, state, server.actor_id)
             self.staged.append((server, new_cls, impl, state))
             return True
         except BaseException:
