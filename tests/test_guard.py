@@ -582,11 +582,19 @@ def test_install_twice_and_bad_policies_are_refused(tmp_path: Path) -> None:
         pol = {"profile": "p", "workdir": "/tmp", "allow": ["introspection", "file_read_any",
                "file_write_any", "subprocess", "network_client", "network_server", "native",
                "pickle", "dynamic_code"], "write_roots": ["/"], "read_roots": ["/"]}
+        from runtime.child import guard
+        prepared = guard._PREPARED
         install_guard(pol)
         try:
             install_guard(pol)
         except RuntimeError as exc:
             print("twice:", exc)
+        # The fork server's prepared functions were taken: none is left to reconfigure.
+        print("left:", guard._PREPARED)
+        try:
+            prepared(pol, None, str)
+        except RuntimeError as exc:
+            print("reconfigured:", exc)
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -595,6 +603,34 @@ def test_install_twice_and_bad_policies_are_refused(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "bad: invalid guard policy: policy has no workdir" in proc.stdout
     assert "twice: a runtime guard is already installed" in proc.stdout
+    assert "left: None" in proc.stdout
+    assert "reconfigured: this guard is already configured" in proc.stdout
+
+
+def test_configure_fills_in_every_policy_value_the_guard_reads() -> None:
+    """The guard's functions are made before the policy is known (in the fork server),
+    and ``configure`` fills in the values they read: a name it assigned without
+    declaring it ``nonlocal`` would leave the placeholder in force (a check against
+    no blocked modules, say). Every name configure binds that the functions read
+    must be one it declares nonlocal."""
+    import symtable
+
+    source = (ROOT / "runtime" / "child" / "guard.py").read_text()
+    top = symtable.symtable(source, "guard.py", "exec")
+    make = next(t for t in top.get_children() if t.get_name() == "_make")
+
+    def free_names(table: symtable.SymbolTable) -> set[str]:
+        names = set(table.get_frees()) if isinstance(table, symtable.Function) else set()
+        for child in table.get_children():
+            names |= free_names(child)
+        return names
+
+    configure = next(t for t in make.get_children() if t.get_name() == "configure")
+    read = set().union(*(free_names(t) for t in make.get_children() if t is not configure))
+    own = {s.get_name() for s in configure.get_symbols() if s.is_local() and s.is_assigned()}
+    declared = {s.get_name() for s in configure.get_symbols() if s.is_nonlocal()}
+    assert not own & read, own & read
+    assert {"blocked", "allow", "write_pfx", "read_pfx", "get", "on_violation"} <= declared & read
 
 
 def test_guard_module_imports_only_the_standard_library() -> None:

@@ -157,7 +157,7 @@ def install_guard(
         handle = install_guard(Profile.guard_policy(...), on_violation=print)
         os.system("true")   # PermissionError: os.system refused by security profile 'high' ...
     """
-    global _installed
+    global _installed, _PREPARED
     if _installed:
         raise RuntimeError("a runtime guard is already installed in this process")
     problems = policy_errors(policy)
@@ -166,7 +166,8 @@ def install_guard(
     real = _resolver()  # the same directories come up several times below
     if "dynamic_code" not in policy["allow"]:
         _seal_imports([policy["workdir"], *policy.get("untrusted_roots", ())], real)
-    hook, handle = _build(dict(policy), on_violation, real)
+    configure, _PREPARED = _PREPARED or _make(), None  # taken: nothing else may configure it
+    hook, handle = configure(dict(policy), on_violation, real)
     sys.addaudithook(hook)
     _installed = True
     return handle
@@ -274,9 +275,10 @@ class _Refused:
 
 
 # ------------------------------------------------------------------------------------
-# Everything below is built once, in _build(). The hook and its helpers are closures
-# over values captured at installation: user code that later monkeypatches os,
-# posixpath, builtins or this module does not change what the hook calls.
+# Everything below is built once per guard, in _make(). The hook and its helpers are
+# closures over values captured when they are made (before any user code runs, in the
+# fork server for a sandbox): user code that later monkeypatches os, posixpath,
+# builtins or this module does not change what the hook calls.
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _TIOCSTI, _TIOCLINUX = 0x5412, 0x541C
@@ -360,11 +362,22 @@ _INTROSPECTION_EVENTS = (
 )
 
 
-def _build(
-    policy: dict[str, Any],
-    on_violation: Callable[[dict[str, Any]], None] | None,
-    real: Callable[[str], str] = os.path.realpath,
-) -> tuple[Any, GuardHandle]:
+def _make() -> Callable[
+    [dict[str, Any], Callable[[dict[str, Any]], None] | None, Callable[[str], str]],
+    tuple[Any, GuardHandle],
+]:
+    """The guard's functions, over a policy not yet given: returns ``configure``, which
+    fills the policy in (once) and returns the hook and its handle.
+
+    Longer than a screen: the hook and its helpers are closures over one scope, so
+    that what they call is fixed when they are made (see above). Made in the fork
+    server (:data:`_PREPARED`), they are shared by every sandbox's process: a sandbox
+    only fills in its policy, instead of making ~60 functions and their cells (those
+    objects, and the references they take, cost each idle ``high`` sandbox 0.1-0.15 MiB
+    of private pages, measured). ``configure`` assigns every policy value the
+    functions read under ``nonlocal`` (tests/test_guard.py checks that none is missed:
+    a placeholder left in force would be a check against nothing).
+    """
     import _thread
     import stat as _statmod
     import time as _timemod
@@ -387,7 +400,7 @@ def _build(
     )
     fsenc = sys.getfilesystemencoding()
     type_getattribute = type.__getattribute__
-    FunctionType = _type(_build)
+    FunctionType = _type(_make)
     try:
         import pathlib
 
@@ -395,105 +408,10 @@ def _build(
     except Exception:  # pragma: no cover - pathlib is always there
         safe_pathlike = ()
     DirEntry = os.DirEntry
-    CodeType = _type(_build.__code__)
+    CodeType = _type(_make.__code__)
     import io
 
     _open = io.open
-
-    # -- the policy, frozen ----------------------------------------------------------
-    profile = _str(policy["profile"])
-    allow = frozenset(policy.get("allow", ()))
-
-    def roots(key: str) -> tuple[str, ...]:
-        return _tuple(dict.fromkeys(real(r) for r in policy.get(key, ()) or ()))
-
-    write_roots, read_roots, code_roots = (
-        roots("write_roots"),
-        roots("read_roots"),
-        roots("code_roots"),
-    )
-    trusted_roots, untrusted_roots = roots("trusted_code_roots"), roots("untrusted_roots")
-    write_any = "/" in write_roots
-    read_any = _bool(policy.get("read_any")) or write_any or "/" in read_roots
-
-    def prefixes(rs: tuple[str, ...]) -> tuple[str, ...]:
-        return _tuple(r.rstrip("/") + "/" for r in rs) or ("\0",)
-
-    write_exact, write_pfx = frozenset(write_roots), prefixes(write_roots)
-    read_exact, read_pfx = frozenset(read_roots), prefixes(read_roots)
-    code_exact, code_pfx = frozenset(code_roots), prefixes(code_roots)
-    trusted_pfx, untrusted_pfx = prefixes(trusted_roots), prefixes(untrusted_roots)
-    # Files the sandbox writes may never run as code where dynamic code is denied.
-    sealed_wd = (
-        real(policy["workdir"]).rstrip("/") + "/"
-        if "dynamic_code" not in policy["allow"]
-        else ""
-    )
-    code_suffixes = _tuple(policy.get("code_suffixes") or (".py", ".pyc", ".so"))
-    # sys.path entries may be listed by the import system even when they are not
-    # readable roots (it treats a refused listing as empty, but we would log it).
-    list_dirs = frozenset(real(p) for p in sys.path if p and p.startswith("/"))
-    dev_files = frozenset(policy.get("dev_files") or ())
-    dev_ok: set[int] = set()
-    for dev in dev_files:
-        try:
-            st = os.stat(dev)
-            if S_ISCHR(st.st_mode):
-                dev_ok.add(st.st_rdev)
-        except OSError:
-            pass
-    dev_ok_f = frozenset(dev_ok)
-    # The app's own top-level modules shadow stdlib names (an app may have its own
-    # "code.py"): importing those by name is not importing the blocked module.
-    app_modules: set[str] = set()
-    app_dir = policy.get("app_dir")
-    given = policy.get("app_modules")
-    if isinstance(given, (list, tuple)):
-        # Named by the host (the sandbox may not be able to list its app directory:
-        # its code is served from memory, and it may run under its own UID).
-        app_modules.update(m.split(".")[0] for m in given if isinstance(m, str))
-    elif isinstance(app_dir, str) and os.path.isdir(app_dir):
-        try:
-            entries = os.listdir(app_dir)
-        except OSError:
-            entries = []
-        for entry in entries:
-            if entry.endswith(".py"):
-                app_modules.add(entry[:-3])
-            elif os.path.isfile(os.path.join(app_dir, entry, "__init__.py")):
-                app_modules.add(entry)
-    blocked = frozenset(
-        m for m in policy.get("blocked_modules") or () if m.split(".")[0] not in app_modules
-    )
-    protected = _tuple(m + "." for m in policy.get("protected_modules") or ()) or ("\0",)
-    protected_exact = frozenset(policy.get("protected_modules") or ())
-    net_allow = frozenset((_str(h), _int(p)) for h, p in (policy.get("net_allow") or ()))
-    net_hosts = frozenset(h for h, _p in net_allow)
-    report_allowed = _bool(policy.get("report_allowed"))
-    warned = frozenset(policy.get("warn") or ())  # allowed, but always reported
-    own_pid = _getpid()
-
-    # Files whose execution means a blocked module is being imported (catches
-    # importlib.import_module, which raises no "import" event for source modules).
-    # Kept as (directories, relative file names) rather than their product: a set
-    # of every pair cost each sandbox ~0.2 MiB and its building time at install.
-    entries = [p for p in sys.path if p]
-    blocked_dirs = frozenset(entries + [real(p) for p in entries] + list(code_roots))
-    blocked_rels = frozenset(
-        f"{mod.replace('.', '/')}{tail}" for mod in blocked for tail in (".py", "/__init__.py")
-    )
-
-    def blocked_file(fn: Any) -> bool:
-        """Whether ``fn`` is ``<directory>/<relative name>`` of those two sets."""
-        if _type(fn) is not _str:
-            return False
-        cut = fn.find("/", 1)
-        while cut > 0:
-            if fn[cut + 1:] in blocked_rels and fn[:cut] in blocked_dirs:
-                return True
-            cut = fn.find("/", cut + 1)
-        return False
-    preloaded = _tuple(sorted(m for m in blocked if m in sys.modules))
 
     try:
         import resource
@@ -510,11 +428,24 @@ def _build(
     except Exception:  # pragma: no cover
         sock_family, AF_UNIX, AF_INET, AF_INET6, SOCK_RAW = None, 1, 2, 10, 3
 
+    # -- the policy, frozen: filled in once, by configure() below ---------------------
+    # Placeholders until then (the hook is only handed out by configure()).
+    configured = False
+    profile, sealed_wd, own_pid = "", "", 0
+    allow: frozenset[str] = frozenset()
+    write_any = read_any = report_allowed = cache_ok = False
+    none: tuple[str, ...] = ("\0",)  # a prefix no path starts with
+    write_exact = read_exact = code_exact = list_dirs = dev_files = blocked = frozenset(none)
+    protected_exact = warned = net_hosts = blocked_dirs = blocked_rels = frozenset(none)
+    write_pfx = read_pfx = code_pfx = trusted_pfx = untrusted_pfx = protected = none
+    code_suffixes = none
+    dev_ok_f: frozenset[int] = frozenset()
+    net_allow: frozenset[tuple[str, int]] = frozenset()
+    on_violation: Callable[[dict[str, Any]], None] | None = None
+    no_handlers: dict[str, Callable[[str, tuple], None]] = {}
+    get = no_handlers.get  # the table of handlers, looked up by event
+
     # -- mutable state (only the hook touches it) ------------------------------------
-    # Path caches are sound only while every change to the file system that could
-    # turn a checked path into a symlink raises an audit event that drops them;
-    # child processes and native code would not, so they disable caching.
-    cache_ok = "subprocess" not in allow and "native" not in allow
     dcache: dict[str, str] = {}  # directory as given -> resolved directory
     ok_write: dict[str, bool] = {}  # absolute path -> allowed (existing regular files)
     ok_read: dict[str, bool] = {}
@@ -796,7 +727,6 @@ def _build(
             checking.discard(tid)
 
     # -- handlers: fn(event, args); return to allow, raise to refuse ----------------
-    handlers: dict[str, Callable[[str, tuple], None]] = {}
 
     def on_open(event: str, args: tuple) -> None:
         # The one hot handler: every open() of the sandbox comes here. A path
@@ -1145,93 +1075,16 @@ def _build(
         if "introspection" not in allow:
             refuse(event, "introspection", "debuggers")
 
-    for ev in _PROC_EVENTS:
-        handlers[ev] = on_process
-    for ev in _CTYPES_EVENTS:
-        handlers[ev] = on_native
-    for ev in _INTROSPECTION_EVENTS:
-        handlers[ev] = on_introspect
-    handlers.update(
-        {
-            "sys.settrace": on_trace,
-            "sys.setprofile": on_trace,
-            "object.__getattr__": on_getattr,
-            "object.__setattr__": on_setattr,
-            "object.__delattr__": on_setattr,
-            "compile": on_compile,
-            "code.__new__": on_code_new,
-            "marshal.loads": on_unpickle,
-            "marshal.load": on_unpickle,
-            "pickle.find_class": on_unpickle,
-            "import": on_import,
-            "sys.addaudithook": on_always,
-            "cpython.PyInterpreterState_New": on_subinterp,
-            "builtins.breakpoint": on_breakpoint,
-            "pdb.Pdb": on_breakpoint,
-            "os.kill": on_kill,
-            "os.killpg": on_kill,
-            "resource.setrlimit": on_rlimit,
-            "resource.prlimit": on_rlimit,
-            "fcntl.ioctl": on_ioctl,
-            "socket.connect": on_connect,
-            "socket.sendto": on_connect,
-            "socket.sendmsg": on_connect,
-            "socket.bind": on_connect,
-            "socket.__new__": on_socket_new,
-            "socket.getaddrinfo": on_resolve,
-            "socket.gethostbyname": on_resolve,
-            "socket.gethostbyaddr": on_resolve,
-            "socket.getnameinfo": on_resolve,
-            "socket.sethostname": on_always,
-            "os.chdir": on_chdir,
-        }
-    )
-    if blocked_rels:
-        handlers["exec"] = on_exec
-    if not (read_any and write_any):
-        handlers.update(
-            {
-                "open": on_open,
-                "os.listdir": on_listing,
-                "os.scandir": on_listing,
-                "os.listxattr": on_listing,
-                "os.getxattr": on_listing,
-                "os.mkdir": on_write1,
-                "os.rmdir": on_write1,
-                "os.remove": on_write1,
-                "os.chmod": on_write1,
-                "os.chown": on_write1,
-                "os.utime": on_write1,
-                "os.truncate": on_write1,
-                "os.setxattr": on_write1,
-                "os.removexattr": on_write1,
-                "os.rename": on_write2,
-                "os.link": on_write2,
-                "os.symlink": on_symlink,
-                "sqlite3.connect": on_sqlite,
-            }
-        )
-    else:
-        handlers["os.symlink"] = handlers["os.rename"] = on_chdir  # nothing cached to drop
-    if "introspection" in allow:
-        for ev in (
-            *_INTROSPECTION_EVENTS,
-            "sys.settrace",
-            "sys.setprofile",
-            "object.__getattr__",
-            "object.__setattr__",
-            "object.__delattr__",
-            "compile",
-            "code.__new__",
-            "builtins.breakpoint",
-            "pdb.Pdb",
-        ):
-            handlers.pop(ev, None)
-    if "pickle" in allow:
-        for ev in ("marshal.loads", "marshal.load", "pickle.find_class"):
-            handlers.pop(ev, None)
-
-    get = handlers.get
+    def blocked_file(fn: Any) -> bool:
+        """Whether ``fn`` is ``<directory>/<relative name>`` of those two sets."""
+        if _type(fn) is not _str:
+            return False
+        cut = fn.find("/", 1)
+        while cut > 0:
+            if fn[cut + 1:] in blocked_rels and fn[:cut] in blocked_dirs:
+                return True
+            cut = fn.find("/", cut + 1)
+        return False
 
     def hook(event: str, args: tuple) -> None:
         # The hot path: most events are not in the table.
@@ -1239,24 +1092,230 @@ def _build(
         if h is not None:
             h(event, args)
 
-    # _posixsubprocess.fork_exec starts processes without raising an audit event:
-    # replace it (a fresh import of the extension is refused as a blocked import).
-    if "subprocess" not in allow:
-        try:
-            import _posixsubprocess
+    def refusals() -> int:
+        return count[0]
 
-            refused = _Refused("_posixsubprocess.fork_exec")
-            _posixsubprocess.fork_exec = refused
-            # subprocess keeps a reference of its own (``_fork_exec``) when loaded.
-            sp = sys.modules.get("subprocess")
-            if sp is not None and getattr(sp, "_fork_exec", None) is not None:
-                sp._fork_exec = refused  # type: ignore[attr-defined]
-            handlers["_posixsubprocess.fork_exec"] = on_process
-        except ImportError:  # pragma: no cover
-            pass
-    # Bytecode caches would be written next to the app's modules, outside the
-    # workdir: refused, and reported as violations the app did not commit.
-    if not write_any:
-        sys.dont_write_bytecode = True
+    def configure(
+        policy: dict[str, Any],
+        report_to: Callable[[dict[str, Any]], None] | None,
+        real: Callable[[str], str],
+    ) -> tuple[Any, GuardHandle]:
+        """Fill in this guard's policy (once) and return its hook and handle."""
+        nonlocal profile, allow, write_any, read_any, write_exact, write_pfx, read_exact
+        nonlocal read_pfx, code_exact, code_pfx, trusted_pfx, untrusted_pfx, sealed_wd
+        nonlocal code_suffixes, list_dirs, dev_files, dev_ok_f, blocked, protected
+        nonlocal protected_exact, net_allow, net_hosts, report_allowed, warned, own_pid
+        nonlocal blocked_dirs, blocked_rels, cache_ok, on_violation, get, configured
+        if configured:
+            raise RuntimeError("this guard is already configured")
+        configured = True
+        on_violation = report_to
+        # The policy, frozen.
+        profile = _str(policy["profile"])
+        allow = frozenset(policy.get("allow", ()))
 
-    return hook, GuardHandle(profile, preloaded, lambda: count[0])
+        def roots(key: str) -> tuple[str, ...]:
+            return _tuple(dict.fromkeys(real(r) for r in policy.get(key, ()) or ()))
+
+        write_roots, read_roots, code_roots = (
+            roots("write_roots"),
+            roots("read_roots"),
+            roots("code_roots"),
+        )
+        trusted_roots, untrusted_roots = roots("trusted_code_roots"), roots("untrusted_roots")
+        write_any = "/" in write_roots
+        read_any = _bool(policy.get("read_any")) or write_any or "/" in read_roots
+
+        def prefixes(rs: tuple[str, ...]) -> tuple[str, ...]:
+            return _tuple(r.rstrip("/") + "/" for r in rs) or ("\0",)
+
+        write_exact, write_pfx = frozenset(write_roots), prefixes(write_roots)
+        read_exact, read_pfx = frozenset(read_roots), prefixes(read_roots)
+        code_exact, code_pfx = frozenset(code_roots), prefixes(code_roots)
+        trusted_pfx, untrusted_pfx = prefixes(trusted_roots), prefixes(untrusted_roots)
+        # Files the sandbox writes may never run as code where dynamic code is denied.
+        sealed_wd = (
+            real(policy["workdir"]).rstrip("/") + "/"
+            if "dynamic_code" not in policy["allow"]
+            else ""
+        )
+        code_suffixes = _tuple(policy.get("code_suffixes") or (".py", ".pyc", ".so"))
+        # sys.path entries may be listed by the import system even when they are not
+        # readable roots (it treats a refused listing as empty, but we would log it).
+        list_dirs = frozenset(real(p) for p in sys.path if p and p.startswith("/"))
+        dev_files = frozenset(policy.get("dev_files") or ())
+        dev_ok: set[int] = set()
+        for dev in dev_files:
+            try:
+                st = os.stat(dev)
+                if S_ISCHR(st.st_mode):
+                    dev_ok.add(st.st_rdev)
+            except OSError:
+                pass
+        dev_ok_f = frozenset(dev_ok)
+        # The app's own top-level modules shadow stdlib names (an app may have its own
+        # "code.py"): importing those by name is not importing the blocked module.
+        app_modules: set[str] = set()
+        app_dir = policy.get("app_dir")
+        given = policy.get("app_modules")
+        if isinstance(given, (list, tuple)):
+            # Named by the host (the sandbox may not be able to list its app directory:
+            # its code is served from memory, and it may run under its own UID).
+            app_modules.update(m.split(".")[0] for m in given if isinstance(m, str))
+        elif isinstance(app_dir, str) and os.path.isdir(app_dir):
+            try:
+                entries = os.listdir(app_dir)
+            except OSError:
+                entries = []
+            for entry in entries:
+                if entry.endswith(".py"):
+                    app_modules.add(entry[:-3])
+                elif os.path.isfile(os.path.join(app_dir, entry, "__init__.py")):
+                    app_modules.add(entry)
+        blocked = frozenset(
+            m for m in policy.get("blocked_modules") or () if m.split(".")[0] not in app_modules
+        )
+        protected = _tuple(m + "." for m in policy.get("protected_modules") or ()) or ("\0",)
+        protected_exact = frozenset(policy.get("protected_modules") or ())
+        net_allow = frozenset((_str(h), _int(p)) for h, p in (policy.get("net_allow") or ()))
+        net_hosts = frozenset(h for h, _p in net_allow)
+        report_allowed = _bool(policy.get("report_allowed"))
+        warned = frozenset(policy.get("warn") or ())  # allowed, but always reported
+        own_pid = _getpid()
+
+        # Files whose execution means a blocked module is being imported (catches
+        # importlib.import_module, which raises no "import" event for source modules).
+        # Kept as (directories, relative file names) rather than their product: a set
+        # of every pair cost each sandbox ~0.2 MiB and its building time at install.
+        entries = [p for p in sys.path if p]
+        blocked_dirs = frozenset(entries + [real(p) for p in entries] + list(code_roots))
+        blocked_rels = frozenset(
+            f"{mod.replace('.', '/')}{tail}" for mod in blocked for tail in (".py", "/__init__.py")
+        )
+
+        preloaded = _tuple(sorted(m for m in blocked if m in sys.modules))
+
+        # Path caches are sound only while every change to the file system that could
+        # turn a checked path into a symlink raises an audit event that drops them;
+        # child processes and native code would not, so they disable caching.
+        cache_ok = "subprocess" not in allow and "native" not in allow
+
+        # -- handlers: fn(event, args); return to allow, raise to refuse ------------
+        handlers: dict[str, Callable[[str, tuple], None]] = {}
+        for ev in _PROC_EVENTS:
+            handlers[ev] = on_process
+        for ev in _CTYPES_EVENTS:
+            handlers[ev] = on_native
+        for ev in _INTROSPECTION_EVENTS:
+            handlers[ev] = on_introspect
+        handlers.update(
+            {
+                "sys.settrace": on_trace,
+                "sys.setprofile": on_trace,
+                "object.__getattr__": on_getattr,
+                "object.__setattr__": on_setattr,
+                "object.__delattr__": on_setattr,
+                "compile": on_compile,
+                "code.__new__": on_code_new,
+                "marshal.loads": on_unpickle,
+                "marshal.load": on_unpickle,
+                "pickle.find_class": on_unpickle,
+                "import": on_import,
+                "sys.addaudithook": on_always,
+                "cpython.PyInterpreterState_New": on_subinterp,
+                "builtins.breakpoint": on_breakpoint,
+                "pdb.Pdb": on_breakpoint,
+                "os.kill": on_kill,
+                "os.killpg": on_kill,
+                "resource.setrlimit": on_rlimit,
+                "resource.prlimit": on_rlimit,
+                "fcntl.ioctl": on_ioctl,
+                "socket.connect": on_connect,
+                "socket.sendto": on_connect,
+                "socket.sendmsg": on_connect,
+                "socket.bind": on_connect,
+                "socket.__new__": on_socket_new,
+                "socket.getaddrinfo": on_resolve,
+                "socket.gethostbyname": on_resolve,
+                "socket.gethostbyaddr": on_resolve,
+                "socket.getnameinfo": on_resolve,
+                "socket.sethostname": on_always,
+                "os.chdir": on_chdir,
+            }
+        )
+        if blocked_rels:
+            handlers["exec"] = on_exec
+        if not (read_any and write_any):
+            handlers.update(
+                {
+                    "open": on_open,
+                    "os.listdir": on_listing,
+                    "os.scandir": on_listing,
+                    "os.listxattr": on_listing,
+                    "os.getxattr": on_listing,
+                    "os.mkdir": on_write1,
+                    "os.rmdir": on_write1,
+                    "os.remove": on_write1,
+                    "os.chmod": on_write1,
+                    "os.chown": on_write1,
+                    "os.utime": on_write1,
+                    "os.truncate": on_write1,
+                    "os.setxattr": on_write1,
+                    "os.removexattr": on_write1,
+                    "os.rename": on_write2,
+                    "os.link": on_write2,
+                    "os.symlink": on_symlink,
+                    "sqlite3.connect": on_sqlite,
+                }
+            )
+        else:
+            handlers["os.symlink"] = handlers["os.rename"] = on_chdir  # nothing cached to drop
+        if "introspection" in allow:
+            for ev in (
+                *_INTROSPECTION_EVENTS,
+                "sys.settrace",
+                "sys.setprofile",
+                "object.__getattr__",
+                "object.__setattr__",
+                "object.__delattr__",
+                "compile",
+                "code.__new__",
+                "builtins.breakpoint",
+                "pdb.Pdb",
+            ):
+                handlers.pop(ev, None)
+        if "pickle" in allow:
+            for ev in ("marshal.loads", "marshal.load", "pickle.find_class"):
+                handlers.pop(ev, None)
+
+        get = handlers.get
+
+        # _posixsubprocess.fork_exec starts processes without raising an audit event:
+        # replace it (a fresh import of the extension is refused as a blocked import).
+        if "subprocess" not in allow:
+            try:
+                import _posixsubprocess
+
+                refused = _Refused("_posixsubprocess.fork_exec")
+                _posixsubprocess.fork_exec = refused
+                # subprocess keeps a reference of its own (``_fork_exec``) when loaded.
+                sp = sys.modules.get("subprocess")
+                if sp is not None and getattr(sp, "_fork_exec", None) is not None:
+                    sp._fork_exec = refused  # type: ignore[attr-defined]
+                handlers["_posixsubprocess.fork_exec"] = on_process
+            except ImportError:  # pragma: no cover
+                pass
+        # Bytecode caches would be written next to the app's modules, outside the
+        # workdir: refused, and reported as violations the app did not commit.
+        if not write_any:
+            sys.dont_write_bytecode = True
+
+        return hook, GuardHandle(profile, preloaded, refusals)
+
+    return configure
+
+
+#: The guard's functions made at import, in the fork server, so that every sandbox
+#: shares them (see :func:`_make`). :func:`install_guard` takes them: once the guard
+#: is installed no reference to them is left where the sandbox's code could reach it.
+_PREPARED: Callable[..., tuple[Any, GuardHandle]] | None = _make()
