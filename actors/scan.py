@@ -38,6 +38,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from actors import astparse
 from actors.profiles import DEV_FILES, GROUP_MODULES, GROUPS, Profile, get_builtin, python_roots
 
 __all__ = [
@@ -585,7 +586,7 @@ def scan_source(
     # -- parse ---------------------------------------------------------------------------
     try:
         if tree is None:
-            tree = ast.parse(source, filename)
+            tree = astparse.parse(source, filename)
     except SyntaxError as exc:
         add("SBX001", exc.lineno or 1, max(exc.offset or 1, 1), f"syntax error: {exc.msg}")
         return findings
