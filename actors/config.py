@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from actors import astparse
 from runtime.childspec import RESTART_TYPES
 from runtime.errors import ConfigError
 
@@ -431,7 +432,7 @@ def _top_level_names(source_file: Path) -> frozenset[str]:
     if names is not None:
         return names
     try:
-        tree = ast.parse(source_file.read_bytes(), filename=str(source_file))
+        tree = astparse.parse(source_file.read_bytes(), str(source_file))
     except SyntaxError as exc:
         from runtime.errors import CompileError
 

@@ -38,6 +38,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from actors import astparse
 from actors.profiles import DEV_FILES, GROUP_MODULES, GROUPS, Profile, get_builtin, python_roots
 
 __all__ = [
@@ -585,7 +586,7 @@ def scan_source(
     # -- parse ---------------------------------------------------------------------------
     try:
         if tree is None:
-            tree = ast.parse(source, filename)
+            tree = astparse.parse(source, filename)
     except SyntaxError as exc:
         add("SBX001", exc.lineno or 1, max(exc.offset or 1, 1), f"syntax error: {exc.msg}")
         return findings
@@ -644,7 +645,46 @@ def _outside(path: str) -> bool:
     return path.startswith(("/", "~")) or ".." in re.split(r"[\\/]", path)
 
 
+def _walk(node: ast.AST) -> list[ast.AST]:
+    """``list(ast.walk(node))``, in the same order (breadth first, each node's fields
+    in order), without ``ast.walk``'s three generators per node: the scan's first
+    pass looks at every node of every module compiled, hot reloads included."""
+    out = [node]
+    for n in out:  # grows while it is read: each node's children go to the end
+        for name in n._fields:
+            value = getattr(n, name, None)
+            if isinstance(value, ast.AST):
+                out.append(value)
+            elif isinstance(value, list):
+                for v in value:
+                    if isinstance(v, ast.AST):
+                        out.append(v)
+    return out
+
+
 class _Visitor(ast.NodeVisitor):
+    def visit(self, node: ast.AST) -> Any:
+        """``NodeVisitor.visit``, with the method looked up once per node class."""
+        kind = type(node)
+        method = self._methods.get(kind)
+        if method is None:
+            method = self._methods[kind] = getattr(
+                self, "visit_" + kind.__name__, self.generic_visit)
+        return method(node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        """``NodeVisitor.generic_visit`` (each child, fields in order) without its
+        ``iter_fields`` generator."""
+        visit = self.visit
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, ast.AST):
+                        visit(item)
+            elif isinstance(value, ast.AST):
+                visit(value)
+
     def __init__(
         self,
         profile: Profile,
@@ -671,6 +711,7 @@ class _Visitor(ast.NodeVisitor):
         self.classes: set[str] = set()
         self.skip: set[int] = set()  # nodes already reported / docstrings
         self.read_roots = self._static_read_roots()
+        self._methods: dict[type, Any] = {}  # node class -> bound visit method
 
     # -- helpers ---------------------------------------------------------------------
     def _static_read_roots(self) -> tuple[str, ...]:
@@ -731,7 +772,7 @@ class _Visitor(ast.NodeVisitor):
     # -- a first pass: aliases, constants, bound names --------------------------------
     def run(self, tree: ast.AST) -> None:
         assigned: dict[str, list[ast.AST]] = {}
-        for node in ast.walk(tree):
+        for node in _walk(tree):
             if isinstance(node, ast.Import):
                 for a in node.names:
                     local = a.asname or a.name.split(".")[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from actors import astparse
 from actors.compilation import Diagnostic
 
 __all__ = ["entry_diagnostics"]
@@ -42,7 +43,7 @@ def entry_diagnostics(app_dir: str | Path, entry: str) -> list[Diagnostic]:
                            f"the entry module {module!r} does not exist in {app_dir}",
                            hint=f"create {candidates[0]} defining {name}(), or give --entry")]
     try:
-        tree = ast.parse((Path(app_dir) / found).read_text(), str(found))
+        tree = astparse.parse((Path(app_dir) / found).read_text(), str(found))
     except (SyntaxError, ValueError, OSError):
         return []  # the compile step reports it
     binding = _top_level_binding(tree, name)

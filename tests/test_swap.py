@@ -284,6 +284,22 @@ def test_a_state_nothing_changes_is_kept_as_it_is(app: App):
         assert [r.call("x") for r in refs] == [("v2", {"n": i}) for i in range(2)]
 
 
+def test_a_state_nothing_changes_is_still_checked_against_what_the_new_class_declares(
+    app: App,
+):
+    """The default code_change is not called, but the state must still have the keys the
+    new class declares: the reload is refused and nothing changes."""
+    app.install(app.code("box", SERVER_V1))
+    declaring = SERVER_V1.replace("vsn = 1", 'vsn = 2\n    state_keys = ("n", "label")')
+    with running_boxes(app, 2) as refs:
+        before = [r._actor.state for r in refs]
+        with pytest.raises(ReloadFailed) as err:
+            swap.apply_reload([[app.code("box", declaring, 2)]])
+        assert err.value.step == "check_state" and "'label'" in str(err.value)
+        assert all(r._actor.state is state for r, state in zip(refs, before, strict=True))
+        assert [r.call("x") for r in refs] == [("v1", {"n": i}) for i in range(2)]
+
+
 def test_an_actor_a_new_module_body_starts_is_not_migrated(app: App):
     """Actors are looked for after staging: one the new module's body started runs
     the new class already, and gets no code_change."""

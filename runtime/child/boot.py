@@ -69,6 +69,7 @@ from runtime.child import isolation as _isolation
 from runtime.child import notices as _notices
 from runtime.child import snapshot as _snapshot
 from runtime.child import swap
+from runtime.child.opthreads import OpThreads
 from runtime.child.relay import Relay
 from runtime.childspec import ChildSpec
 from runtime.errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
@@ -171,6 +172,8 @@ class BootConfig:
 
 SystemOp = Callable[["ChildServer", Any], Any]
 _system_ops: dict[str, tuple[SystemOp, bool]] = {}
+#: Where ``threaded`` ops run: a thread kept from an earlier op, or a new one.
+_OP_THREADS = OpThreads()
 
 
 def register_system_op(name: str, *, threaded: bool = False) -> Callable[[SystemOp], SystemOp]:
@@ -178,8 +181,9 @@ def register_system_op(name: str, *, threaded: bool = False) -> Callable[[System
 
     The result goes back to the host as a REPLY (an exception as an ERROR).
     Handlers run in the reader thread, so no frame is read while one runs: keep
-    them short, or pass ``threaded=True`` to run each request in its own thread
-    (calls keep flowing meanwhile). Registering a name again replaces the handler.
+    them short, or pass ``threaded=True`` to run each request on a thread of its
+    own (an idle one kept from an earlier op, see :mod:`runtime.child.opthreads`;
+    calls keep flowing meanwhile). Registering a name again replaces the handler.
 
     >>> @register_system_op("doc-echo")
     ... def _echo(server, payload):
@@ -725,9 +729,7 @@ class ChildServer:
             return
         fn, threaded = entry
         if threaded:
-            threading.Thread(
-                target=self._run_op, args=(fn, ref, payload), name=f"sysop-{op}", daemon=True
-            ).start()
+            _OP_THREADS.run(self._run_op, fn, ref, payload)
         else:
             self._run_op(fn, ref, payload)
 

@@ -21,6 +21,8 @@ A hot reload (:func:`apply_reload`) is one transaction:
 4. migrate: each copy goes through the new class's ``code_change(old_vsn, state,
    extra)`` (or the ``migrate`` function given); then checked against what the new
    class declares (``state_keys``, ``check_state``; see :mod:`runtime.child.statecheck`).
+   A class that keeps the default ``code_change`` (the state as it is) is not called,
+   and its actors' states are only checked against what it declares.
    Steps 3 and 4 run in one pass over the actors for the states a shallow copy
    serves, and need no copy at all for a state nothing will change;
 5. commit: each actor gets its new class, instance and state; release the barrier.
@@ -705,9 +707,10 @@ class _Stager:
 
     def _resolve(self, server: Any, old_cls: Any) -> tuple[Any, Any, Any, bool, bool, bool] | None:
         """Per class, once: its new class, versions, whether it is migrated, whether it
-        declares its state's shape, and whether a flat state needs its copy (something
-        will run that may change it). None: a class this reload staged (an actor a
-        module body started), nothing to migrate."""
+        declares its state's shape, and whether something will run that may change
+        the state (a ``migrate`` function or a ``code_change`` of its own; only then
+        does a flat state need its copy, and the result its shape checks). None: a
+        class this reload staged (an actor a module body started), nothing to migrate."""
         if old_cls in self._resolved:
             return self._resolved[old_cls]
         new_cls = _new_class(old_cls, server.actor_id)
@@ -721,9 +724,11 @@ class _Stager:
         self._resolved[old_cls] = entry
         return entry
 
-    def stage(self, server: Any, snap: Any) -> bool:
-        """Stage ``server`` with its state restored from ``snap``; False if it runs a
-        class this reload staged. On failure, ``step`` and ``current`` say where."""
+    def stage(self, server: Any, snap: Any, flat: bool = False) -> bool:
+        """Stage ``server`` with its state restored from ``snap`` (``flat``: ``snap`` is
+        the state itself, a dict of scalars, copied only if something may change it);
+        False if it runs a class this reload staged. On failure, ``step`` and
+        ``current`` say where."""
         step = "resolve"  # a local: the hot path writes no attribute but the result
         try:
             old_cls = server.impl_cls
@@ -736,13 +741,15 @@ class _Stager:
                 return False
             new_cls, old_vsn, new_vsn, migrating, declared, copies = entry
             step = "restore"
-            if type(snap) is _Flat:  # a state nothing will change is its own copy
+            if flat:  # a state nothing will change is its own copy
+                state = dict(snap) if copies else snap
+            elif type(snap) is _Flat:
                 state = snap.copy() if copies else snap.value
             else:
                 state = _restore(snap)
             impl = new_cls()
             impl.ref = server.impl.ref
-            if migrating:
+            if copies:  # something may change the state: run it, then check the result
                 if self.migrate_fn is not None:
                     step = "migrate"
                     state = self.migrate_fn(state, old_vsn, new_vsn)
@@ -755,6 +762,11 @@ class _Stager:
                 elif not (type(state) is dict and type(server.state) is dict
                           and server.state.keys() <= state.keys()):
                     self.shape_notes += shape_warnings(server.actor_id, server.state, state)
+            elif migrating and declared:
+                # The default code_change returns the state as it is (not called): it
+                # lost nothing, but must still be what the new class declares.
+                step = "check_state"
+                check_state(impl, state, server.actor_id)
             self.staged.append((server, new_cls, impl, state))
             return True
         except BaseException:
@@ -873,23 +885,32 @@ def apply_reload(
             # needs no pickle is migrated as it is met (its objects, scattered over the
             # heap, are fetched from memory once: with 1,000 actors each pass costs
             # about a millisecond of cache misses). Inlined (_alive, the common state
-            # of scalars of _flat): this runs for every actor while all are held.
+            # of scalars of _flat): this runs for every actor while all are held. The
+            # weak references are copied in C (a WeakSet's own iterator is a Python
+            # generator), and a class's module is looked up once per run of its actors.
             step = "actors"
-            for s in list(SERVERS):
-                if s.impl is None:
+            stage = stager.stage
+            last_cls: Any = None
+            mine = False
+            for ref in SERVERS.data.copy():  # type: ignore[attr-defined]  # its weakrefs
+                s = ref()
+                if s is None or s.impl is None:
                     continue
-                if s.impl_cls.__module__ in new_code:
+                if s.impl_cls is not last_cls:
+                    last_cls = s.impl_cls
+                    mine = last_cls.__module__ in new_code
+                if mine:
                     if s._exit_reason is None and not s.actor_stopped.is_set():
                         state = s.state
                         if type(state) is dict and _plain(map(type, state)) \
                                 and _plain(map(type, state.values())):
-                            stager.stage(s, _Flat(state))
+                            stage(s, state, True)
                         else:
                             snap = _plain_snapshot(state)
                             if snap is _NEEDS_PICKLE:
                                 deferred.append(s)
                             else:
-                                stager.stage(s, snap)
+                                stage(s, snap)
                 elif holdable and _alive(s):
                     others.append(s)
             # Actors of other modules holding objects of reloaded classes: their state is
@@ -1191,7 +1212,9 @@ def upgrade_children(root: Any, entry: str, args: tuple = ()) -> dict[str, list[
             )
         new_spec = SupervisorSpec.coerce(result)
         new_specs = new_spec.children
-        current = {c.id: c for c in root.which_children()}
+        # On this thread when the supervisor is idle: a reload that re-staged the entry
+        # waits for no hand-off to and from it (about 0.17 ms on a loaded 2-vCPU VM).
+        current = {c.id: c for c in root.which_children(run_here=True)}
         report["flags"] = _apply_flags(root, new_spec)
     except Exception as exc:
         report["failed"].append(f"{entry}: {type(exc).__name__}: {exc}")
