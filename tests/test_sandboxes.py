@@ -330,8 +330,14 @@ def test_sandboxes_die_with_a_sigkilled_host(tmp_path):
         proc.kill()
         proc.wait(10)
 
+        def alive(pid: int) -> bool:
+            try:
+                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:  # gone between the listing and the look
+                return False
+
         def gone():
-            return not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+            return not any(alive(p) for p in pids)
 
         # Generous for a loaded machine; a child that outlives its host never goes.
         wait_for(gone, 15.0, message="sandbox processes outlived their host")
