@@ -48,6 +48,7 @@ __all__ = [
     "Snapshot",
     "snapshot",
     "leaks",
+    "process_alive",
     "warm_up",
 ]
 
@@ -207,7 +208,14 @@ def leaks(before: Snapshot, timeout: float = 5.0) -> list[str]:
 # -- sandboxes -------------------------------------------------------------------------
 
 
-def _process_alive(pid: int | None) -> bool:
+def process_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs (a zombie, or a process that ends while it is looked
+    at, does not): for waiting, from outside, until a sandbox's process is gone.
+
+    >>> import os
+    >>> process_alive(os.getpid()), process_alive(None)
+    (True, False)
+    """
     if pid is None:
         return False
     import psutil
@@ -228,7 +236,7 @@ def assert_sandbox_running(sandbox: Any, *, timeout: float = 0.0) -> dict[str, A
 
     def running() -> dict[str, Any] | None:
         info = sandbox.info()
-        return info if info["status"] == "running" and _process_alive(info.get("pid")) else None
+        return info if info["status"] == "running" and process_alive(info.get("pid")) else None
 
     if timeout > 0:
         try:
@@ -242,7 +250,7 @@ def assert_sandbox_running(sandbox: Any, *, timeout: float = 0.0) -> dict[str, A
     pid = info.get("pid")
     if pid is None:
         problems.append("it has no process")
-    elif not _process_alive(pid):
+    elif not process_alive(pid):
         problems.append(f"its process {pid} is not alive")
     if not problems:
         return info

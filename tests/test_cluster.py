@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray", reason="the cluster extra is not installed: pip
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 import sandbox  # noqa: E402
-from sandbox.testing import wait_for  # noqa: E402
+from sandbox.testing import process_alive, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOTS = 16
@@ -259,5 +259,5 @@ def test_stopping_leaves_no_ray_or_sandbox_process(rt, cluster):
     ray.shutdown()
     cluster["cluster"].shutdown()
     wait_for(lambda: not _ray_processes(), 60, message="Ray processes are left")
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-                             for p in pids), 30, message="sandbox processes outlived the cluster")
+    wait_for(lambda: not any(process_alive(p) for p in pids), 30,
+             message="sandbox processes outlived the cluster")

@@ -26,7 +26,7 @@ from runtime.errors import (
     SandboxNotFound,
     SecurityViolation,
 )
-from sandbox.testing import wait_for
+from sandbox.testing import process_alive, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -67,7 +67,7 @@ def test_lifecycle_of_one_sandbox(sandbox_runtime):
     sb.destroy()
     assert not workdir.exists()
     assert rt.list_sandboxes() == []
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 5)
+    wait_for(lambda: not process_alive(pid), 5)
     with pytest.raises(SandboxNotFound, match="c1"):
         rt.get_sandbox_info("c1")
 
@@ -165,7 +165,7 @@ def _sandbox_pids() -> set[int]:
     """Live sandbox processes: the forkserver's children."""
     from runtime.host.forkserver import server_pid
 
-    return {p.pid for p in psutil.Process(server_pid()).children() if p.status() != "zombie"}
+    return {p.pid for p in psutil.Process(server_pid()).children() if process_alive(p.pid)}
 
 
 def _killed(sb, pid):
@@ -238,8 +238,7 @@ def test_batch_create_call_destroy_100_sandboxes(sandbox_runtime):
     assert isinstance(destroyed[-1].error, SandboxNotFound)
     assert rt.list_sandboxes() == []
     assert os.listdir(rt.base_dir) == []
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-                             for p in pids), 10)
+    wait_for(lambda: not any(process_alive(p) for p in pids), 10)
 
 
 def test_random_kills_never_disturb_healthy_sandboxes(sandbox_runtime):
@@ -330,14 +329,8 @@ def test_sandboxes_die_with_a_sigkilled_host(tmp_path):
         proc.kill()
         proc.wait(10)
 
-        def alive(pid: int) -> bool:
-            try:
-                return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-            except psutil.NoSuchProcess:  # gone between the listing and the look
-                return False
-
         def gone():
-            return not any(alive(p) for p in pids)
+            return not any(process_alive(p) for p in pids)
 
         # Generous for a loaded machine; a child that outlives its host never goes.
         wait_for(gone, 15.0, message="sandbox processes outlived their host")
