@@ -892,7 +892,7 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
             deny_exec = bool(p["seccomp"].get("deny_exec"))
             # Where exec is denied (high, medium) a denied call is fatal: SIGSYS,
             # which the host counts from the exit status (actors/containment.py).
-            _seccomp.install(deny_exec=deny_exec, fatal=deny_exec)
+            _seccomp.install(deny_exec=deny_exec, fatal=deny_exec, libc=need_libc())
             applied.append("seccomp")
         except OSError as exc:
             skipped["seccomp"] = str(exc)
