@@ -892,7 +892,7 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
             deny_exec = bool(p["seccomp"].get("deny_exec"))
             # Where exec is denied (high, medium) a denied call is fatal: SIGSYS,
             # which the host counts from the exit status (actors/containment.py).
-            _seccomp.install(deny_exec=deny_exec, fatal=deny_exec)
+            _seccomp.install(deny_exec=deny_exec, fatal=deny_exec, libc=need_libc())
             applied.append("seccomp")
         except OSError as exc:
             skipped["seccomp"] = str(exc)
@@ -1093,11 +1093,19 @@ def _rlimits(r: dict[str, Any]) -> None:
 
 
 def _mapped_bytes() -> int:
-    """The process's virtual size now (what it had mapped before user code)."""
+    """The process's virtual size now (what it had mapped before user code).
+
+    os.open/os.read, as in :func:`_join_cgroup`: ``open()``'s file object, buffer
+    and their first use in a fresh sandbox were a third of the rlimits step: in
+    forks of a preloaded process the step went from 0.20-0.22 ms (78-88 page
+    faults) to 0.15-0.17 ms (65-69) this way."""
     try:
-        with open("/proc/self/statm", "rb") as fh:
-            pages = int(fh.read().split()[0])
-        return pages * os.sysconf("SC_PAGE_SIZE")
+        fd = os.open("/proc/self/statm", os.O_RDONLY)
+        try:
+            data = os.read(fd, 256)
+        finally:
+            os.close(fd)
+        return int(data.split(None, 1)[0]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
 
