@@ -1,8 +1,8 @@
 """asyncio face of a runtime: ``async with sandbox.start_async() as rt``.
 
-Calls do not take a thread each: a call is sent from the event loop and its
-reply resolves an :class:`asyncio.Future` from the sandbox channel's reader
-thread (``ProcessRef.call_into``). Cancelling the await (or its timeout)
+Calls do not take a thread each: a call is sent from the event loop, which
+reads the sandbox's socket itself while its calls are pending
+(``ProcessRef.call_awaited``), and the reply resolves an :class:`asyncio.Future`. Cancelling the await (or its timeout)
 forgets the pending reply, so nothing is left behind. Operations that are rare
 and long (create, destroy, restart, hot reload) run in the loop's default
 executor.
@@ -64,6 +64,18 @@ class _Settler:
                 self.answers.clear()  # (a call the monitor still watched ended after it)
                 self.scheduled = False  # and a later one is dropped the same way
 
+    def reading(self, read: Callable[[], bool]) -> bool:
+        """Run ``read`` (the loop reading answers itself, in its own thread) and
+        settle what it routed here right after it, with no wake-up of the loop."""
+        held = not self.scheduled  # else a drain is already scheduled: it settles them
+        if held:
+            self.scheduled = True  # put() queues without scheduling meanwhile
+        try:
+            return read()
+        finally:
+            if held:
+                self.drain()
+
     def drain(self) -> None:
         self.scheduled = False  # first: an answer queued from now on schedules a drain
         answers = self.answers
@@ -83,7 +95,7 @@ def _settler(loop: asyncio.AbstractEventLoop) -> _Settler:
 
 
 class _FutureSink:
-    """A ReplySink resolving an asyncio future from the channel's reader thread."""
+    """A ReplySink resolving an asyncio future from whichever thread reads the answer."""
 
     __slots__ = ("_settler", "_future")
 
@@ -174,7 +186,8 @@ class AsyncSandbox:
                 wait, started = deadline_wait(limit, timeout), monotonic()
                 sink = watch = _WatchedSink(_settler(loop), future)
             try:
-                ref = proc.call_into((actor, request), sink)
+                settler = sink._settler
+                ref = proc.call_awaited(actor, request, sink, loop, settler.reading)
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self.sync, "call", exc) from None
             handed = False  # deadline_passed took the call over (watched or acted on)

@@ -67,7 +67,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait as _wait_fds
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime import logs, telemetry
 from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink
@@ -94,6 +94,9 @@ from runtime.wire.mailbox import (
     REPLY,
     SYSTEM,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "ProcessActor",
@@ -233,6 +236,8 @@ class _Connection:
         self._activity = 0  # bumped by every leading caller
         self._cv = threading.Condition()
         self._kicked = False
+        #: The event loop reading this socket for its awaited calls, if one does.
+        self.loop_watch: _LoopWatch | None = None
         #: Layers of OS isolation the child applied (from its ``ready``), and why
         #: others were skipped; what the child says, shown to operators.
         self.isolation: list[str] = []
@@ -485,6 +490,34 @@ class _Connection:
             return timeout  # done (the caller's wait returns at once) or no deadline
         return max(deadline - _monotonic(), 0.0)
 
+    def read_here(self) -> bool:
+        """Read and route what the socket holds now, in the calling thread, without
+        blocking (an event loop whose awaited calls are pending, :class:`_LoopWatch`).
+
+        Counts as a leading caller's activity, so the parked reader thread stays
+        parked. False if another thread holds the read token (it routes what is
+        there) or the stream ended (the reader thread, kicked, answers the calls).
+        """
+        token = self._token
+        if not token.acquire(False):
+            return False
+        self._activity += 1
+        kick = False
+        try:
+            if self._poll_fd < 0 or self._problem is not None:
+                return False
+            if self._lead_poll.poll(0):  # else a leading caller took it meanwhile
+                self._route(self.channel.recv_some())  # type: ignore[union-attr]
+            return True
+        except (ChannelClosed, ProtocolError) as exc:
+            self._read_broke(exc)
+            kick = True
+            return False
+        finally:
+            token.release()
+            if kick:
+                self.kick()
+
     def _readable_by(self, deadline: float) -> bool:
         """Whether a read is worth making before ``deadline`` (False: it passed).
 
@@ -592,6 +625,9 @@ class _Connection:
             with token:
                 fd, self._poll_fd = self._poll_fd, -1
                 os.close(fd)
+            watch = self.loop_watch
+            if watch is not None:
+                watch.stop_soon()
         self._child_gone(problem)
 
     def _on_system(self, op: str | None, payload: Any) -> None:
@@ -835,6 +871,62 @@ class _Connection:
         return was_down or ExitReason.shutdown()
 
 
+class _LoopWatch:
+    """An event loop reading one connection's answers itself while its awaited
+    calls are pending, as a blocking caller reads its own (:meth:`_Connection.lead`).
+
+    The reader thread would otherwise wake on each answer, wait for the GIL the
+    loop holds and hand the answer over (two wake-ups per call); the loop reads
+    under the read token, so the reader thread stays parked. The loop watches a
+    private dup of the socket's fd: the reader thread closes its own when the
+    child goes, and a number freed under the loop's selector could be reused.
+    The watch ends (the reader thread reads again) once no call is pending,
+    another thread holds the token, or the stream ended.
+    """
+
+    __slots__ = ("conn", "loop", "fd", "read", "_lock")
+
+    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop,
+                 around: Callable[[Callable[[], bool]], bool]) -> None:
+        self.conn = conn
+        self.loop = loop
+        read = conn.read_here
+        self.read = lambda: around(read)  # e.g. settle the answers read in one batch
+        self._lock = threading.Lock()  # stop() may run in the reader thread too
+        self.fd = os.dup(conn._poll_fd)
+        try:
+            loop.add_reader(self.fd, self.readable)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def readable(self) -> None:
+        if not self.read() or not self.conn.pending:
+            self.stop()
+
+    def stop(self) -> None:
+        """End the watch: in the loop's thread, or in any once the loop is closed."""
+        if self.conn.loop_watch is self:
+            self.conn.loop_watch = None
+        with self._lock:
+            fd, self.fd = self.fd, -1
+            if fd >= 0:
+                if not self.loop.is_closed():
+                    self.loop.remove_reader(fd)
+                os.close(fd)
+
+    def stop_soon(self) -> None:
+        """End the watch from the reader thread (the child is gone): the loop's
+        thread does it if the loop is open; a closed loop no longer uses the fd."""
+        try:
+            if not self.loop.is_closed():
+                self.loop.call_soon_threadsafe(self.stop)
+                return
+        except RuntimeError:  # closed meanwhile
+            pass
+        self.stop()
+
+
 def _close_all_at_exit() -> None:
     """At host exit: stop every child still running (EOF makes each stop gracefully)."""
     conns = list(_live)
@@ -987,6 +1079,31 @@ class ProcessRef(ActorRef):
         target, payload = request
         ref = self._conn.submit(CALL, target, payload, reply)
         self._conn.kick()  # nobody waits in a call to read the answer: the reader does
+        return ref
+
+    def call_awaited(self, target: str, request: Any, sink: ReplySink,
+                     loop: asyncio.AbstractEventLoop,
+                     around: Callable[[Callable[[], bool]], bool]) -> int:
+        """:meth:`call_into` for a caller awaiting in ``loop`` (run in its thread):
+        the loop reads the answer itself (:class:`_LoopWatch`, each read wrapped
+        in ``around``) instead of the reader thread. Returns the call's ref.
+        """
+        conn = self._conn
+        ref = conn.submit(CALL, target, request, sink)
+        watch = conn.loop_watch
+        if watch is not None and watch.loop is not loop:
+            if not watch.loop.is_closed():
+                conn.kick()  # another loop reads: the reader thread serves this one
+                return ref
+            watch.stop()
+            watch = None
+        if watch is None:
+            try:
+                if conn._poll_fd < 0:
+                    raise OSError("no socket")
+                conn.loop_watch = _LoopWatch(conn, loop, around)
+            except OSError:  # the child is gone (or no fd left): the reader answers
+                conn.kick()
         return ref
 
     def forget(self, ref: int) -> None:
