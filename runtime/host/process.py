@@ -880,8 +880,10 @@ class _LoopWatch:
     under the read token, so the reader thread stays parked. The loop watches a
     private dup of the socket's fd: the reader thread closes its own when the
     child goes, and a number freed under the loop's selector could be reused.
-    The watch ends (the reader thread reads again) once no call is pending,
-    another thread holds the token, or the stream ended.
+    The watch outlives the calls (adding and removing it per call costs four
+    system calls): it ends (the reader thread reads alone again) when another
+    thread holds the token as it reads, when the stream ends, or when another
+    loop calls once this one is closed.
     """
 
     __slots__ = ("conn", "loop", "fd", "read", "_lock")
@@ -901,7 +903,7 @@ class _LoopWatch:
             raise
 
     def readable(self) -> None:
-        if not self.read() or not self.conn.pending:
+        if not self.read():
             self.stop()
 
     def stop(self) -> None:
