@@ -139,6 +139,12 @@ def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) 
         future.set_result(value)
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    """An awaited call's timeout ran out: its caller gets ``TimeoutError``."""
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class AsyncSandbox:
     """Awaitable handle on one sandbox; wraps a :class:`~sandbox.api.Sandbox`."""
 
@@ -179,26 +185,28 @@ class AsyncSandbox:
             proc = await self._process(timeout)
             limit = self.sync._slot.deadline  # the handler deadline (limits.call_seconds)
             future: asyncio.Future[Any] = loop.create_future()
+            settler = _settler(loop)
             if limit is None:
                 wait, started, watch = timeout, 0.0, None
-                sink = _FutureSink(_settler(loop), future)
+                sink = _FutureSink(settler, future)
             else:
                 wait, started = deadline_wait(limit, timeout), monotonic()
-                sink = watch = _WatchedSink(_settler(loop), future)
+                sink = watch = _WatchedSink(settler, future)
             try:
-                settler = sink._settler
                 ref = proc.call_awaited(actor, request, sink, loop, settler.reading)
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self.sync, "call", exc) from None
             handed = False  # deadline_passed took the call over (watched or acted on)
+            # A bare timer handle, not asyncio.timeout (its context manager costs as
+            # much again) nor wait_for (a task per call): it fails the future.
+            timer = None if wait is None else loop.call_later(wait, _expire, future)
             try:
-                # asyncio.timeout, not wait_for: one timer handle, no task per call.
-                async with asyncio.timeout(wait):
-                    value = await future
+                value = await future
             except TimeoutError:
+                handed = True  # the answer is not wanted, or the monitor takes it
                 if watch is None:
+                    proc.forget(ref)
                     raise CallTimeout(f"{proc.id}/{actor}", timeout) from None
-                handed = True
                 await self._thread(deadline_passed, self.sync, proc, watch.reply, limit, wait,
                                    started, actor, timeout)
             except ActorDead:
@@ -208,10 +216,12 @@ class AsyncSandbox:
                 await self._thread(self.sync._check_owner)  # SandboxNotFound if destroyed
                 raise
             finally:
-                if not future.done() or future.cancelled():
+                if timer is not None:
+                    timer.cancel()
+                if not handed and (not future.done() or future.cancelled()):  # cancelled
                     if watch is None:
                         proc.forget(ref)
-                    elif not handed:  # cancelled: the deadline still holds for the handler
+                    else:  # the deadline still holds for the handler
                         watch_call(self.sync, proc, watch.reply, started)
             ok = True
             return value
