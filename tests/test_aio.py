@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import sandbox
-from runtime.errors import CallTimeout, SandboxNotFound
+from sandbox.aio import AsyncSandbox
+from runtime.errors import ActorDead, CallTimeout, SandboxNotFound
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -150,3 +151,53 @@ def test_an_answer_for_a_closed_loop_is_dropped():
     for _ in range(2):
         settler.put(future, 1, None)  # no RuntimeError in the reader thread
         assert not settler.answers and not settler.scheduled
+
+
+def test_awaiting_and_blocking_callers_share_a_sandbox():
+    """The loop reads the awaited answers while threads read their own: every call is
+    answered once, and the counter saw each."""
+    with sandbox.start() as rt:
+        sb = rt.create_sandbox("aio-mixed", COUNTER)
+        asb = AsyncSandbox(sb)
+
+        def blocking() -> None:
+            for _ in range(200):
+                sb.call("counter", "incr")
+
+        async def main() -> list[int]:
+            return await asyncio.gather(*(asb.call("counter", "incr") for _ in range(400)))
+
+        threads = [threading.Thread(target=blocking) for _ in range(2)]
+        for t in threads:
+            t.start()
+        answers = asyncio.run(main())
+        for t in threads:
+            t.join()
+        assert len(set(answers)) == 400
+        assert sb.call("counter", "get") == 800
+
+
+def test_one_sandbox_awaited_from_one_loop_after_another():
+    """A closed loop's watch of the socket gives way to the next loop's."""
+    with sandbox.start() as rt:
+        asb = AsyncSandbox(rt.create_sandbox("aio-loops", COUNTER))
+        for n in range(3):
+            assert asyncio.run(asb.call("counter", "incr")) == n + 1
+        assert rt.sandbox("aio-loops").call("counter", "get") == 3
+
+
+def test_a_crash_answers_an_awaited_call(tmp_path: Path):
+    app = tmp_path / "crash"
+    app.mkdir()
+    (app / "app.py").write_text(GATE.replace(
+        'if request == "block":', 'if request == "crash":\n            import os; os._exit(3)\n'
+        '        if request == "block":'))
+
+    async def main() -> None:
+        async with sandbox.start_async() as rt:
+            sb = await rt.create_sandbox("aio-crash", str(app))
+            assert await sb.call("gate", "x") == "x"  # the loop watches the socket now
+            with pytest.raises(ActorDead):
+                await sb.call("gate", "crash", timeout=30)
+
+    asyncio.run(main())
