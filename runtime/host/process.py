@@ -518,6 +518,23 @@ class _Connection:
             if kick:
                 self.kick()
 
+    def watch_from(self, loop: asyncio.AbstractEventLoop,
+                   around: Callable[[Callable[[], bool]], bool]) -> bool:
+        """Have ``loop`` read this socket (:class:`_LoopWatch`); False if it cannot
+        now: another thread is reading, the child is gone, or no fd is left."""
+        token = self._token
+        if not token.acquire(False):
+            return False
+        try:  # under the token: the reader thread closes _poll_fd holding it
+            if self._poll_fd < 0:
+                return False
+            self.loop_watch = _LoopWatch(self, loop, around)
+            return True
+        except OSError:
+            return False
+        finally:
+            token.release()
+
     def _readable_by(self, deadline: float) -> bool:
         """Whether a read is worth making before ``deadline`` (False: it passed).
 
@@ -1099,13 +1116,8 @@ class ProcessRef(ActorRef):
                 return ref
             watch.stop()
             watch = None
-        if watch is None:
-            try:
-                if conn._poll_fd < 0:
-                    raise OSError("no socket")
-                conn.loop_watch = _LoopWatch(conn, loop, around)
-            except OSError:  # the child is gone (or no fd left): the reader answers
-                conn.kick()
+        if watch is None and not conn.watch_from(loop, around):
+            conn.kick()  # the reader thread answers this one
         return ref
 
     def forget(self, ref: int) -> None:
