@@ -372,7 +372,9 @@ class _Connection:
     # call_into sinks. While callers are leading it parks (it would only wake on
     # their replies and fight them for the GIL), checking every _PARK seconds
     # whether they went quiet; a leader that leaves work behind (other callers'
-    # replies, an EOF, a protocol error) kicks it awake.
+    # replies, an EOF, a protocol error) kicks it awake. An event loop awaiting
+    # calls reads the same way, when its selector sees the socket readable
+    # (_LoopWatch, read_here), without blocking.
     # Both poll a private dup of the socket's fd, which stays valid (and reports the
     # hang-up) even after the channel closed its own fd.
 
@@ -889,8 +891,8 @@ class _Connection:
 
 
 class _LoopWatch:
-    """An event loop reading one connection's answers itself while its awaited
-    calls are pending, as a blocking caller reads its own (:meth:`_Connection.lead`).
+    """An event loop reading one connection's answers itself for its awaited
+    calls (:meth:`ProcessRef.call_awaited`), as a blocking caller reads its own.
 
     The reader thread would otherwise wake on each answer, wait for the GIL the
     loop holds and hand the answer over (two wake-ups per call); the loop reads
