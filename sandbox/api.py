@@ -1057,14 +1057,12 @@ class Runtime:
                     results[i] = BatchResult(key, False, error=exc)
 
         helpers = max(1, min(workers, len(todo))) - 1
-        if helpers:
-            with ThreadPoolExecutor(max_workers=helpers) as pool:
-                started = [pool.submit(work) for _ in range(helpers)]
-                contextvars.Context().run(work)
-                for f in started:
-                    f.result()
-        else:
+        # The pool starts a thread per submit only: with no helper it starts none.
+        with ThreadPoolExecutor(max_workers=max(helpers, 1)) as pool:
+            started = [pool.submit(work) for _ in range(helpers)]
             contextvars.Context().run(work)
+            for f in started:
+                f.result()
         return cast("list[BatchResult]", results)
 
     def batch_create(
