@@ -196,7 +196,10 @@ def test_a_crash_answers_an_awaited_call(tmp_path: Path):
     async def main() -> None:
         async with sandbox.start_async() as rt:
             sb = await rt.create_sandbox("aio-crash", str(app))
-            assert await sb.call("gate", "x") == "x"  # the loop watches the socket now
+            assert await sb.call("gate", "x") == "x"
+            # The loop reads the answers itself now (the reader thread stays parked).
+            watch = sb.sync._slot.current()._conn.loop_watch
+            assert watch is not None and watch.loop is asyncio.get_running_loop()
             with pytest.raises(ActorDead):
                 await sb.call("gate", "crash", timeout=30)
 
