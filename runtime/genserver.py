@@ -50,6 +50,8 @@ from runtime.childspec import ChildSpec, Restart, Shutdown
 from runtime.errors import ActorDead, NoSuchActor
 from runtime.registry import await_name, register, registered
 
+_get_ident = threading.get_ident
+
 __all__ = ["Continue", "From", "GenServer", "NOREPLY", "call", "cast", "reply"]
 
 
@@ -466,7 +468,7 @@ class ServerActor(Actor):
         # on the actor's thread; one running there now means busy (read without
         # _mb, the backlog errs towards the mailbox, which is always right).
         claim = self._exec
-        if not claim.acquire(blocking=False):
+        if not claim.acquire(False):  # positional: a keyword costs its parsing
             return NOT_HERE
         try:
             # _life taken by acquire/release, not ``with``: half the cost (~75 ns a
@@ -486,7 +488,7 @@ class ServerActor(Actor):
                 quick = False
             else:
                 quick = True
-            self._inline_thread = threading.get_ident()
+            self._inline_thread = _get_ident()
             try:
                 if self._stop_request is not None:  # asked meanwhile: the general path ends it
                     super().on_receive(_Call(request, sink))

@@ -219,7 +219,8 @@ class Channel:
 
     def _recv_locked(self, once: bool = False) -> list[Envelope]:
         decoder = self._decoder
-        decoder.check()  # a bad frame that followed good ones in the last read
+        if decoder.error is not None:  # a bad frame followed good ones in the last read
+            raise decoder.error
         while True:
             if self._closed:
                 raise ChannelClosed("channel was closed locally", local=True)

@@ -560,7 +560,7 @@ class FrameDecoder:
     ([], [Envelope(kind='call', ref=1, target='a', payload=None)])
     """
 
-    __slots__ = ("_codec", "_max", "_buf", "_count", "_error", "_small", "_small_kw", "_un")
+    __slots__ = ("_codec", "_max", "_buf", "_count", "error", "_small", "_small_kw", "_un")
 
     def __init__(self, codec: Codec) -> None:
         self._codec = codec
@@ -574,7 +574,9 @@ class FrameDecoder:
         # are decoded straight from the caller's buffer.
         self._buf = bytearray()
         self._count = 0
-        self._error: ProtocolError | None = None
+        #: The ``ProtocolError`` the stream broke the protocol with, or None (read it,
+        #: never set it: the decoder is failed for good once it is set).
+        self.error: ProtocolError | None = None
 
     @property
     def buffered(self) -> int:
@@ -601,15 +603,15 @@ class FrameDecoder:
         >>> FrameDecoder(Codec()).failed
         False
         """
-        return self._error is not None
+        return self.error is not None
 
     def check(self) -> None:
         """Raise the pending ``ProtocolError``, if the stream has broken the protocol.
 
         >>> FrameDecoder(Codec()).check()
         """
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
 
     def eof(self) -> None:
         """Tell the decoder the stream ended; raises ``ProtocolError`` if mid-frame.
@@ -632,8 +634,8 @@ class FrameDecoder:
         else:
             size = _PREFIX.unpack_from(self._buf)[0]
             what = f"{held - PREFIX_SIZE} of its {size} body bytes"
-        self._error = ProtocolError(f"stream ended mid-frame: frame {frame_no} has {what}")
-        raise self._error
+        self.error = ProtocolError(f"stream ended mid-frame: frame {frame_no} has {what}")
+        raise self.error
 
     def _unpacker(self) -> msgpack.Unpacker:
         """This decoder's streaming unpacker for small frames, made on first use.
@@ -665,8 +667,8 @@ class FrameDecoder:
         >>> FrameDecoder(c).feed(c.frame(CAST, None, "a", 1) * 2)[1].payload
         1
         """
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
         buf = self._buf
         if not buf:
             # The common case, one whole small frame in one read (a call, its reply).
@@ -735,12 +737,12 @@ class FrameDecoder:
         except ProtocolError as exc:
             self._un = None
             self._count = frame_no - 1
-            self._error = ProtocolError(f"frame {frame_no}: {exc}")
-            self._error.__cause__ = exc.__cause__
+            self.error = ProtocolError(f"frame {frame_no}: {exc}")
+            self.error.__cause__ = exc.__cause__
             buf.clear()
             if out:
                 return out  # deliver what was good; the error waits for the next call
-            raise self._error from exc.__cause__
+            raise self.error from exc.__cause__
         if un is not None and pos < end:
             un.read_bytes(end - pos)  # the incomplete tail: kept in _buf, fed again with the rest
         self._count += len(out)
