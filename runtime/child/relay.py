@@ -75,6 +75,10 @@ _IDLE_TICKS = 2
 Unit = list[Any]  # one envelope, or consecutive casts to one target (one mailbox item)
 
 _clock = time.perf_counter
+# Every call in place looks the handler up: one global each, not a global and a
+# module attribute, and an int, not the signal module's enum member.
+_getsignal = _signal.getsignal
+_SIGALRM = int(signal.SIGALRM)
 
 
 class Relay:
@@ -161,7 +165,7 @@ class Relay:
             token.release()
         # Only calls run in place: casts and system ops never do, so they need no tick.
         if (kind != CALL or not self._timer
-                or _signal.getsignal(signal.SIGALRM) is not self._on_alarm):
+                or _getsignal(_SIGALRM) is not self._on_alarm):
             self._dispatch(unit if kind == CAST else [first], False)
             return
         self._running = True  # first: a tick now must not disarm the timer
