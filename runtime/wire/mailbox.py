@@ -96,6 +96,7 @@ _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _NAIVE_DT = struct.Struct(">HBBBBBIB")  # year..microsecond, fold
 _PREFIX = struct.Struct(">I")
+_prefix_of = _PREFIX.unpack_from
 
 # How deep tuples/sets/frozensets may nest inside each other. Each level is one
 # more unpackb call, and msgpack's C unpacker puts ~40 KiB on the C stack per call:
@@ -560,7 +561,8 @@ class FrameDecoder:
     ([], [Envelope(kind='call', ref=1, target='a', payload=None)])
     """
 
-    __slots__ = ("_codec", "_max", "_buf", "_count", "error", "_small", "_small_kw", "_un")
+    __slots__ = ("_codec", "_max", "_buf", "_count", "error", "_small", "_small_end", "_small_kw",
+                 "_un")
 
     def __init__(self, codec: Codec) -> None:
         self._codec = codec
@@ -568,6 +570,7 @@ class FrameDecoder:
         # Frames up to this size are decoded in feed() itself: never counted for
         # max_items (see Codec.decode), they need only the codec's level-0 arguments.
         self._small = min(codec.max_frame, _COUNT_FROM)
+        self._small_end = self._small + PREFIX_SIZE  # a whole small frame's length, at most
         self._small_kw = codec._unpack_kws[0]
         self._un: msgpack.Unpacker | None = None  # see _unpacker
         # Only the incomplete tail of the stream lives here; whole frames in a read
@@ -673,24 +676,26 @@ class FrameDecoder:
         if not buf:
             # The common case, one whole small frame in one read (a call, its reply).
             end = len(data)
-            if end > PREFIX_SIZE:
-                size = _PREFIX.unpack_from(data)[0]
-                if size == end - PREFIX_SIZE and size <= self._small:
-                    lone = self._un or self._unpacker()
-                    env = None
-                    try:
-                        base = lone.tell()
-                        lone.feed(data)
-                        lone.read_bytes(PREFIX_SIZE)
-                        obj = lone.unpack()
-                        if lone.tell() == base + end:
-                            env = _envelope(obj)
-                    except Exception:
-                        pass
-                    if env is not None:
+            if PREFIX_SIZE < end <= self._small_end and _prefix_of(data)[0] == end - PREFIX_SIZE:
+                lone = self._un or self._unpacker()
+                obj = None
+                try:
+                    base = lone.tell()
+                    lone.feed(data)
+                    lone.read_bytes(PREFIX_SIZE)
+                    obj = lone.unpack()
+                    if lone.tell() != base + end:
+                        obj = None
+                except Exception:
+                    pass
+                # _envelope(obj), inline: every frame of both sides passes here
+                if type(obj) is list and len(obj) == 4:
+                    kind, ref, target, _ = obj
+                    if (type(kind) is str and kind in KINDS and (ref is None or type(ref) is int)
+                            and (target is None or type(target) is str)):
                         self._count += 1
-                        return [env]
-                    self._un = None  # out of step: the general path below reports it
+                        return [_new_tuple(Envelope, obj)]
+                self._un = None  # out of step: the general path below reports it
         if buf:
             buf += data
             src: bytes | bytearray | memoryview = buf
