@@ -66,6 +66,7 @@ from runtime import registry
 from runtime.actor import NOREPLY, ActorRef, Down, monitor
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
+from runtime.child import libc as _libc
 from runtime.child import notices as _notices
 from runtime.child import snapshot as _snapshot
 from runtime.child import swap
@@ -788,6 +789,9 @@ def child_main(sock: Any, boot: BootConfig) -> None:
             applied, skipped = _isolation.apply(boot.isolation)
             _layers.extend(applied)
             _skipped.update(skipped)
+        # The layers' C library handle, the fork server's: calls through it raise no
+        # audit event, so none may be left where the sandbox's code could find it.
+        _libc.forget()
         # Everything inherited from the forkserver is long-lived: keep the collector
         # off those objects, so it never writes to (and un-shares) their pages.
         gc.freeze()

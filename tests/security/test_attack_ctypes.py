@@ -22,3 +22,33 @@ def test_ctypes_is_refused(world):
     assert isinstance(got, Exception) and "refused" in str(got), got
     assert not marker.exists()
     assert [e for e in world.events(sb.id) if "ctypes" in e["detail"] or "ctypes" in e["event"]]
+
+
+def _runtime_libc(marker: str) -> int:
+    # The layers' C library handle, made in the fork server and left in its module
+    # (runtime.child.libc): reaching it is no way around the guard.
+    import sys
+
+    handle = sys.modules["runtime.child.libc"].libc()
+    return handle.system(f"touch {marker}".encode())
+
+
+def _runtime_libc_looked_up(_marker: str) -> int:
+    import sys
+
+    # The fork server's handle, its functions looked up there: a call through one
+    # raises no audit event, so the sandbox must have dropped it before its code ran.
+    handle = sys.modules["runtime.child.libc"]._handle
+    if handle is None:
+        raise LookupError("no handle left")
+    return handle.syscall(39)  # getpid
+
+
+def test_the_layers_libc_handle_is_refused(world):
+    sb = world.sandbox()
+    marker = world.marker()
+    got = attempt(sb, _runtime_libc, str(marker))
+    assert isinstance(got, Exception) and "refused" in str(got), got
+    assert not marker.exists()
+    got = attempt(sb, _runtime_libc_looked_up, str(marker))
+    assert isinstance(got, Exception) and "no handle left" in str(got), got
