@@ -450,6 +450,8 @@ class ChildServer:
         # A modest read buffer: every page of it is private memory of this child.
         self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE)
         self.root: ActorRef | None = None
+        #: Starts the root supervisor's thread (see :meth:`_start_root`).
+        self._launch_root: Callable[[], None] = _no_launch
         self._lock = threading.Lock()
         self._stopping = False
         self._exit_code: int | None = None
@@ -525,7 +527,7 @@ class ChildServer:
                 f"has no attribute {fn_name!r}"
             ) from None
         result = fn(*boot.args)
-        self.root = self._start_root(result)
+        self.root, self._launch_root = self._start_root(result)
         monitor(self.root, self._root_down)
         for hook in list(_boot_hooks):
             hook(self)
@@ -534,13 +536,19 @@ class ChildServer:
         """The guard refused (or, under audit level full, noted) an operation: tell the host."""
         self.send(SYSTEM, None, "security_violation", event)
 
-    def _start_root(self, result: Any) -> ActorRef:
+    def _start_root(self, result: Any) -> tuple[ActorRef, Callable[[], None]]:
+        """The root supervisor, started from this thread, and the function that starts
+        its own thread (:meth:`Supervisor.start_deferred
+        <runtime.supervisor.Supervisor.start_deferred>`): :meth:`run` calls it once
+        ``ready`` is sent, so the boot waits for one thread fewer."""
         if isinstance(result, SupervisorSpec):
-            return result.start()
+            return Supervisor.start_deferred(
+                result.children, strategy=result.strategy, max_restarts=result.max_restarts,
+                max_seconds=result.max_seconds)
         if isinstance(result, ActorRef):
-            return result
+            return result, _no_launch
         if isinstance(result, (list, tuple)) and all(isinstance(c, ChildSpec) for c in result):
-            return Supervisor.start(list(result), strategy="one_for_one")
+            return Supervisor.start_deferred(list(result), strategy="one_for_one")
         raise TypeError(
             f"entry {self.boot.entry!r} returned {type(result).__name__}; expected a list of "
             "ChildSpec, a SupervisorSpec or a started supervisor"
@@ -585,6 +593,7 @@ class ChildServer:
                     "traceback": "".join(traceback.format_exception(exc)),
                 },
             )
+            self._launch_root()  # its stop is handled on its thread
             self.shutdown("boot failed")
             return EXIT_BOOT_FAILED
         self.send(
@@ -598,6 +607,7 @@ class ChildServer:
                 "isolation_skipped": dict(_skipped),
             },
         )
+        self._launch_root()
         return self.serve()
 
     def serve(self) -> int:
@@ -743,6 +753,10 @@ class ChildServer:
             return
         if ref is not None:
             self.reply(ref, result, None)
+
+
+def _no_launch() -> None:
+    """No root supervisor thread left to start."""
 
 
 def _unsendable_reply(actor: str | None, value: Any, exc: BaseException) -> str:
