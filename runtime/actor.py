@@ -278,8 +278,7 @@ def _uuid4_urn() -> str:
 class Actor(pykka.ThreadingActor):
     """Base class of every actor: a thread with a mailbox, links, monitors and exit reasons.
 
-    Override the hooks; each runs in the actor's own thread, one message at a time
-    (``on_init`` on the starting thread for :meth:`start_deferred`):
+    Override the hooks; each runs in the actor's own thread, one message at a time:
 
     - ``on_init()``: set up; raising here makes :meth:`start` raise.
     - ``on_call(request) -> reply``, ``on_cast(request)``, ``on_info(message)``
@@ -375,42 +374,11 @@ class Actor(pykka.ThreadingActor):
         pykka.ActorRegistry.register(obj.actor_ref)
         obj._start_actor_loop()
         obj._started.wait()
-        return obj._ref_once_up()
-
-    @classmethod
-    def start_deferred(cls, *args: Any, **kwargs: Any) -> tuple[ActorRef, Callable[[], None]]:
-        """:meth:`start` with ``on_init`` run on the calling thread, and the actor's own
-        thread started only by the function returned with the ref, which the caller
-        must call when it has finished what must come first (a sandbox's boot sends
-        ``ready`` first: one thread start and two hand-offs less before it).
-
-        Until then the actor is up: messages wait in its mailbox (as behind a long
-        message) and calls with ``run_here`` run in place. Raises as :meth:`start`.
-
-        >>> class Idle(Actor): pass
-        >>> ref, launch = Idle.start_deferred()
-        >>> ref.tell("queued before the thread runs"); launch(); launch()  # once
-        >>> ref.stop().kind
-        'shutdown'
-        """
-        obj = cls(*args, **kwargs)
-        pykka.ActorRegistry.register(obj.actor_ref)
-        obj._init()
-        ref = obj._ref_once_up()
-        launched = threading.Lock()
-
-        def launch() -> None:
-            if launched.acquire(blocking=False):
-                obj._start_actor_loop()
-
-        return ref, launch
-
-    def _ref_once_up(self) -> ActorRef:
-        """The ref of this started actor; :class:`ActorFailed` if ``on_init`` raised."""
-        if self._exit_reason is not None and self._exit_reason.abnormal:
-            r = self._exit_reason
-            raise ActorFailed(self.actor_id, f"init failed: {r.message}", r.traceback)
-        return self.ref
+        ref = obj.ref
+        if obj._exit_reason is not None and obj._exit_reason.abnormal:
+            r = obj._exit_reason
+            raise ActorFailed(obj.actor_id, f"init failed: {r.message}", r.traceback)
+        return ref
 
     ref_class: ClassVar[type[ActorRef]]  # set below, after ActorRef exists
 
@@ -420,10 +388,6 @@ class Actor(pykka.ThreadingActor):
 
     def on_start(self) -> None:  # pykka hook; runs in the actor thread
         self._thread = threading.current_thread()
-        if not self._up:  # not already run by start_deferred
-            self._init()
-
-    def _init(self) -> None:
         try:
             self.on_init()
         except BaseException as exc:

@@ -343,17 +343,12 @@ class SupervisorRef(ActorRef):
         return super().stop(reason, timeout=timeout)
 
 
-def _started() -> None:
-    """The launch of a supervisor started with its thread (nothing left to do)."""
-
-
 class Supervisor(Actor):
     """An OTP supervisor. Start one with :meth:`Supervisor.start`.
 
-    Children are started in order from the supervisor's thread (from the starting
-    thread with :meth:`start_deferred`); if one fails to start, those already
-    started are stopped in reverse order and :meth:`start` raises
-    :class:`ChildStartFailed`.
+    Children are started in order from the supervisor's thread; if one fails to
+    start, those already started are stopped in reverse order and :meth:`start`
+    raises :class:`ChildStartFailed`.
 
     Telemetry (metadata always has ``supervisor``, the supervisor's actor id):
 
@@ -425,55 +420,20 @@ class Supervisor(Actor):
         ...
         runtime.errors.ConfigError: invalid max_restarts=-1: expected an integer >= 0
         """
-        return cls._begin(False, children, strategy, max_restarts, max_seconds, clock, name)[0]
-
-    @classmethod
-    def start_deferred(
-        cls,
-        children: Sequence[ChildSpec],
-        *,
-        strategy: Strategy = "one_for_one",
-        max_restarts: int = 3,
-        max_seconds: float = 5.0,
-        clock: Clock = time.monotonic,
-        name: str | None = None,
-    ) -> tuple[SupervisorRef, Callable[[], None]]:
-        """:meth:`start`, the children started from the calling thread and the
-        supervisor's own thread started by the function returned with the ref (see
-        :meth:`Actor.start_deferred <runtime.actor.Actor.start_deferred>`): a child's
-        Down or exit signal waits in the supervisor's mailbox until then. A sandbox's
-        root supervisor starts so, its thread started once ``ready`` is sent.
-
-        >>> sup, launch = Supervisor.start_deferred([])
-        >>> launch(); sup.count_children()["specs"]
-        0
-        >>> _ = sup.stop()
-        """
-        return cls._begin(True, children, strategy, max_restarts, max_seconds, clock, name)
-
-    @classmethod
-    def _begin(
-        cls,
-        deferred: bool,
-        children: Sequence[ChildSpec],
-        strategy: Strategy,
-        max_restarts: int,
-        max_seconds: float,
-        clock: Clock,
-        name: str | None,
-    ) -> tuple[SupervisorRef, Callable[[], None]]:
         specs = _validate(children, strategy, max_restarts, max_seconds)
         if not callable(clock):
             raise ConfigError("clock", clock, "a callable returning seconds (like time.monotonic)")
         failures: list[ChildStartFailed] = []
-        options = {"strategy": strategy, "max_restarts": max_restarts, "max_seconds": max_seconds,
-                   "clock": clock, "name": name, "_start_failures": failures}
-        launch: Callable[[], None] = _started
         try:
-            if deferred:
-                ref, launch = super().start_deferred(specs, **options)
-            else:
-                ref = super().start(specs, **options)
+            ref = super().start(
+                specs,
+                strategy=strategy,
+                max_restarts=max_restarts,
+                max_seconds=max_seconds,
+                clock=clock,
+                name=name,
+                _start_failures=failures,
+            )
         except ActorFailed as exc:
             if failures:
                 err = failures[0]
@@ -485,11 +445,10 @@ class Supervisor(Actor):
             try:
                 register(name, ref)
             except BaseException:
-                launch()  # its stop is handled on its thread
                 ref.stop()
                 raise
         assert isinstance(ref, SupervisorRef)
-        return ref, launch
+        return ref
 
     @classmethod
     def child_spec(

@@ -450,8 +450,6 @@ class ChildServer:
         # A modest read buffer: every page of it is private memory of this child.
         self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE)
         self.root: ActorRef | None = None
-        #: Starts the root supervisor's thread (see :meth:`_start_root`).
-        self._launch_root: Callable[[], None] = _no_launch
         self._lock = threading.Lock()
         self._stopping = False
         self._exit_code: int | None = None
@@ -527,7 +525,7 @@ class ChildServer:
                 f"has no attribute {fn_name!r}"
             ) from None
         result = fn(*boot.args)
-        self.root, self._launch_root = self._start_root(result)
+        self.root = self._start_root(result)
         monitor(self.root, self._root_down)
         for hook in list(_boot_hooks):
             hook(self)
@@ -536,19 +534,13 @@ class ChildServer:
         """The guard refused (or, under audit level full, noted) an operation: tell the host."""
         self.send(SYSTEM, None, "security_violation", event)
 
-    def _start_root(self, result: Any) -> tuple[ActorRef, Callable[[], None]]:
-        """The root supervisor, started from this thread, and the function that starts
-        its own thread (:meth:`Supervisor.start_deferred
-        <runtime.supervisor.Supervisor.start_deferred>`): :meth:`run` calls it once
-        ``ready`` is sent, so the boot waits for one thread fewer."""
+    def _start_root(self, result: Any) -> ActorRef:
         if isinstance(result, SupervisorSpec):
-            return Supervisor.start_deferred(
-                result.children, strategy=result.strategy, max_restarts=result.max_restarts,
-                max_seconds=result.max_seconds)
+            return result.start()
         if isinstance(result, ActorRef):
-            return result, _no_launch
+            return result
         if isinstance(result, (list, tuple)) and all(isinstance(c, ChildSpec) for c in result):
-            return Supervisor.start_deferred(list(result), strategy="one_for_one")
+            return Supervisor.start(list(result), strategy="one_for_one")
         raise TypeError(
             f"entry {self.boot.entry!r} returned {type(result).__name__}; expected a list of "
             "ChildSpec, a SupervisorSpec or a started supervisor"
@@ -593,7 +585,6 @@ class ChildServer:
                     "traceback": "".join(traceback.format_exception(exc)),
                 },
             )
-            self._launch_root()  # its stop is handled on its thread
             self.shutdown("boot failed")
             return EXIT_BOOT_FAILED
         self.send(
@@ -607,7 +598,6 @@ class ChildServer:
                 "isolation_skipped": dict(_skipped),
             },
         )
-        self._launch_root()
         return self.serve()
 
     def serve(self) -> int:
@@ -753,10 +743,6 @@ class ChildServer:
             return
         if ref is not None:
             self.reply(ref, result, None)
-
-
-def _no_launch() -> None:
-    """No root supervisor thread left to start."""
 
 
 def _unsendable_reply(actor: str | None, value: Any, exc: BaseException) -> str:
