@@ -789,9 +789,12 @@ def child_main(sock: Any, boot: BootConfig) -> None:
             applied, skipped = _isolation.apply(boot.isolation)
             _layers.extend(applied)
             _skipped.update(skipped)
-        # The layers' C library handle, the fork server's: calls through it raise no
-        # audit event, so none may be left where the sandbox's code could find it.
-        _libc.forget()
+        if boot.guard is not None:
+            # The layers' C library handle, the fork server's: calls through it raise
+            # no audit event, so none may be left where code the guard judges could
+            # find it (without a guard, ctypes is the child's to import anyway, and
+            # freeing the handle would only write to the server's pages).
+            _libc.forget()
         # Everything inherited from the forkserver is long-lived: keep the collector
         # off those objects, so it never writes to (and un-shares) their pages.
         gc.freeze()

@@ -23,11 +23,11 @@ def libc() -> Any:
 
     The fork server makes it before its first fork (:func:`prepare`), so a sandbox's
     layers use the server's: a handle made in each sandbox (a ctypes class per
-    handle, a function pointer per name) cost ~0.2 ms of its start. A sandbox drops
-    it (:func:`forget`) before any of its own code runs: a call through a function
-    pointer already looked up raises no audit event (only ``dlopen`` and ``dlsym``
-    do), so sandbox code must not find one lying around; a handle it makes itself
-    is a ``dlopen`` its guard judges, as its ``import ctypes`` is.
+    handle, a function pointer per name) cost ~0.2 ms of its start. A sandbox with
+    a guard drops it (:func:`forget`) before any of its own code runs: a call through
+    a function pointer already looked up raises no audit event (only ``dlopen`` and
+    ``dlsym`` do), so such code must not find one lying around; a handle it makes
+    itself is a ``dlopen`` its guard judges, as its ``import ctypes`` is.
     """
     global _handle
     if _handle is None:
