@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal's functions without its enum lookups
 import gc
+import hashlib
 import importlib
 import logging
 import os
@@ -413,6 +414,10 @@ _MAX_CODECS = 32
 _codecs: dict[tuple[bool, int, int | None], Codec] = {}
 for _allow in (False, True):
     shared_codec(_allow, DEFAULT_MAX_FRAME)
+# The app finder checks each module's code against its SHA-256 (runtime.child.swap):
+# OpenSSL's first digest of a kind fetches its implementation and caches it, done
+# here once, in the fork server, rather than in each sandbox.
+hashlib.sha256(b"").digest()
 
 
 def _send_log(record: dict[str, Any]) -> None:
