@@ -99,6 +99,7 @@ if TYPE_CHECKING:
     import asyncio
 
 __all__ = [
+    "ChildAhead",
     "ProcessActor",
     "ProcessRef",
     "SandboxBootError",
@@ -253,23 +254,18 @@ class _Connection:
         raise ActorDead(self.actor_id, self.down)
 
     # -- start -------------------------------------------------------------------------
-    def start(self) -> None:
-        host_sock, child_sock = socket.socketpair()
-        capture = OutputCapture(self.output)
-        try:
-            proc = forkserver.spawn(
-                child_main, (self.boot,), fds=(child_sock.fileno(), *capture.child_fds()),
-                userns=bool((self.boot.isolation or {}).get("userns")),
-                netns=bool((self.boot.isolation or {}).get("netns_pool")),
-            )
-        except BaseException:
-            host_sock.close()
-            capture.close()
-            raise
-        finally:
-            child_sock.close()
-        capture.started()
-        self.capture = capture
+    def start(self, ahead: ChildAhead | None = None) -> None:
+        """Start the child: ``ahead``'s (forked before, if it fits this start's
+        plan: else it is given up) or one forked now; it gets its boot configuration."""
+        plan = self.boot.isolation or {}
+        userns, netns = bool(plan.get("userns")), bool(plan.get("netns_pool"))
+        if ahead is not None and (ahead.userns != userns or ahead.output is not self.output):
+            ahead.cancel()
+            ahead = None
+        if ahead is None:
+            ahead = ChildAhead(self.output, userns=userns, netns=netns)
+        proc = ahead.start(self.boot, netns=netns)
+        host_sock, self.capture = ahead.host_sock, ahead.capture
         self.process = proc
         self.pid = proc.pid
         self.channel = Channel(host_sock, self.read_codec)
@@ -948,6 +944,56 @@ class _LoopWatch:
         self.stop()
 
 
+class ChildAhead:
+    """A child asked of the fork server before its boot configuration is known
+    (:func:`runtime.host.forkserver.begin`): its fork and first steps overlap
+    whatever the host does before :func:`start_process` (a sandbox's containment
+    and compile). It runs nothing until :meth:`start` hands it its configuration;
+    :meth:`cancel` gives it up (it is killed unused). ``output``: where its
+    stdout/stderr go; ``userns``/``netns``: as the plan it will get should say
+    (a start whose plan differs gives it up and forks another).
+    """
+
+    def __init__(self, output: OutputLog, *, userns: bool, netns: bool) -> None:
+        self.output, self.userns = output, userns
+        self.host_sock, child_sock = socket.socketpair()
+        self.capture = OutputCapture(output)
+        self._child_sock: socket.socket | None = child_sock
+        try:
+            self._pending: forkserver.Pending | None = forkserver.begin(
+                (child_sock.fileno(), *self.capture.child_fds()), userns=userns, netns=netns)
+        except BaseException:
+            self.cancel()
+            raise
+
+    def start(self, boot: BootConfig, *, netns: bool) -> forkserver.Child:
+        """Hand the child ``boot`` (it runs :func:`child_main`); returns it. On
+        failure nothing of it is left."""
+        assert self._pending is not None and self._child_sock is not None
+        try:
+            proc = self._pending.start(child_main, (boot,), netns=netns)
+        except BaseException:
+            self.cancel()
+            raise
+        self._pending = None
+        self._child_sock.close()
+        self._child_sock = None
+        self.capture.started()
+        return proc
+
+    def cancel(self) -> None:
+        """Give the child up (killed before it ran anything); close what it holds.
+        Does nothing after :meth:`start` succeeded."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        if self._child_sock is not None:
+            self._child_sock.close()
+            self._child_sock = None
+            self.host_sock.close()
+            self.capture.close()
+
+
 def _close_all_at_exit() -> None:
     """At host exit: stop every child still running (EOF makes each stop gracefully)."""
     conns = list(_live)
@@ -1235,6 +1281,7 @@ def start_process(
     on_violation: Callable[[Any], None] | None = None,
     output: OutputLog | None = None,
     run_in_place: bool = True,
+    ahead: ChildAhead | None = None,
 ) -> ProcessRef:
     """Start a child process running the app ``entry`` and return its :class:`ProcessRef`.
 
@@ -1277,6 +1324,9 @@ def start_process(
       its tail); one per sandbox, shared by its successive processes. Default: a
       new one for this process. Nothing the child writes reaches the host's own
       stdout or stderr (:mod:`runtime.host.output`).
+    - ``ahead``: a child forked beforehand (:class:`ChildAhead`, with this
+      ``output``), which this start uses if it fits its isolation plan; it is
+      started or given up either way.
     - The child's environment: with an ``isolation`` plan, only ``env`` and the
       plan's ``env_allow`` variables (from the host's environment); without one,
       the host's environment plus ``env``.
@@ -1284,46 +1334,52 @@ def start_process(
     Raises :class:`SandboxBootError` (with the child's traceback) if the app fails
     to start, and ``ValueError`` for a bad ``entry``.
     """
-    module, sep, fn = entry.partition(":")
-    if not (module and sep and fn):
-        raise ValueError(f"invalid entry {entry!r}: expected 'module:function'")
-    if app_path is None:
-        paths: list[str] = []
-    elif isinstance(app_path, (str, os.PathLike)):
-        paths = [os.fspath(app_path)]
-    else:
-        paths = [os.fspath(p) for p in app_path]
-    name = name or entry
-    if cpu_affinity == "auto":
-        cpus: list[int] | None = _next_cpu()
-    elif cpu_affinity is None:
-        cpus = None
-    elif isinstance(cpu_affinity, str):
-        raise ValueError(f"invalid cpu_affinity={cpu_affinity!r}: expected 'auto', None or CPU numbers")
-    else:
-        cpus = sorted({int(c) for c in cpu_affinity})
-    boot = BootConfig(
-        entry=entry,
-        args=tuple(args),
-        sys_path=[os.path.abspath(p) for p in paths],
-        name=name,
-        max_frame=max_frame,
-        allow_pickle=allow_pickle,
-        send_pickle=trusted,
-        cwd=os.fspath(cwd) if cwd is not None else None,
-        env=_child_env(env, isolation),
-        shutdown=shutdown,
-        states=states,
-        cpu_affinity=cpus,
-        modules=list(modules),
-        isolation=isolation,
-        guard=guard,
-        run_in_place=run_in_place,
-    )
-    conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle, output=output)
+    try:  # until the connection holds it, ``ahead`` is given up on any error
+        module, sep, fn = entry.partition(":")
+        if not (module and sep and fn):
+            raise ValueError(f"invalid entry {entry!r}: expected 'module:function'")
+        if app_path is None:
+            paths: list[str] = []
+        elif isinstance(app_path, (str, os.PathLike)):
+            paths = [os.fspath(app_path)]
+        else:
+            paths = [os.fspath(p) for p in app_path]
+        name = name or entry
+        if cpu_affinity == "auto":
+            cpus: list[int] | None = _next_cpu()
+        elif cpu_affinity is None:
+            cpus = None
+        elif isinstance(cpu_affinity, str):
+            raise ValueError(f"invalid cpu_affinity={cpu_affinity!r}: expected 'auto', None or CPU numbers")
+        else:
+            cpus = sorted({int(c) for c in cpu_affinity})
+        boot = BootConfig(
+            entry=entry,
+            args=tuple(args),
+            sys_path=[os.path.abspath(p) for p in paths],
+            name=name,
+            max_frame=max_frame,
+            allow_pickle=allow_pickle,
+            send_pickle=trusted,
+            cwd=os.fspath(cwd) if cwd is not None else None,
+            env=_child_env(env, isolation),
+            shutdown=shutdown,
+            states=states,
+            cpu_affinity=cpus,
+            modules=list(modules),
+            isolation=isolation,
+            guard=guard,
+            run_in_place=run_in_place,
+        )
+    except BaseException:
+        if ahead is not None:
+            ahead.cancel()
+        raise
+    conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle,
+                       output=output if output is not None or ahead is None else ahead.output)
     conn.on_violation = on_violation
     t0 = time.perf_counter()
-    conn.start()
+    conn.start(ahead)
     # The process actor's thread starts while the child boots, rather than after its
     # ``ready``; it hears of the child's end only once the child is up (attach below).
     try:
