@@ -6,13 +6,13 @@ the manager (its records and its ``component`` lookup) and one sandbox record:
 - :func:`fork_ahead` (create, first): the sandbox's child asked of the fork
   server before containment, with the namespaces its plan will ask for; it runs
   nothing until :func:`process_options`' plan reaches it.
-- :func:`prepare` (create, before compiling): resolves the sandbox's profile
-  with the security controller (custom profiles included), refuses to go on
-  (:class:`~runtime.child.isolation.IsolationUnavailable`, naming what to
-  install) when this host lacks an OS layer every sandbox needs, works out its
-  effective limits (the profile's, overridden by the sandbox's own), gives it
-  its UID and cgroups (:func:`runtime.child.isolation.prepare`), registers it with
-  the security controller and the resource monitor, and counts towards its
+- :func:`prepare` (create, before compiling): registers the sandbox with the
+  security controller, which resolves its profile (custom profiles included),
+  refuses to go on (:class:`~runtime.child.isolation.IsolationUnavailable`,
+  naming what to install) when this host lacks an OS layer every sandbox needs,
+  works out its effective limits (the profile's, overridden by the sandbox's
+  own), gives it its UID and cgroups (:func:`runtime.child.isolation.prepare`),
+  registers it with the resource monitor, and counts towards its
   quarantine both its guard's reports and, from the host's own reading of each
   exit status, every process of it killed by the seccomp filter (``SIGSYS``). Everything is kept on the
   sandbox's :class:`~actors.slot.ProcessSlot` (``slot.security``), which
@@ -139,15 +139,16 @@ def fork_ahead(record: Any) -> ChildAhead | None:
 def prepare(manager: Any, record: Any) -> Protection:
     """Resolve the profile and limits, set up UID and cgroups, register the sandbox.
 
-    Each round trip overlaps other work (a create waits for this): the profile is
-    asked for before the UID and cgroups are made, and the security controller and
-    the resource monitor are told of the sandbox side by side.
+    Each round trip overlaps other work (a create waits for this): the sandbox is
+    registered with the security controller, which answers with its profile, while
+    the UID and cgroups are made (one round trip for both: a failed create
+    unregisters it, as it unregisters the rest); then the resource monitor is told.
     """
     component = manager._component
     config = record.config
     sid = config.id
     security = component("security")
-    asked = security.send("get_profile", config.profile)
+    asked = security.send("register_sandbox", sid, config.profile)
     # cgroups are grouped per runtime instance: the base dir is unique, the name is not
     state = isolation.prepare(record.workdir, sid, group=os.path.basename(manager.base_dir))
     try:
@@ -171,13 +172,11 @@ def prepare(manager: Any, record: Any) -> Protection:
     prot = Protection(profile=profile, limits=limits, state=state)
     prot.report, slot.on_exit = _reporter(component, sid, slot)
     slot.security = prot
-    registered = security.send("register_sandbox", sid, profile)
     try:
         warn_at = config.alerts.warn_at if config.alerts is not None else None
         sampled = component("monitor").send("register", sid, slot, warn_at)
     except SandboxError:
         sampled = None
-    registered.result()
     try:
         if sampled is not None:
             sampled.result()
