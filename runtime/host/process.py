@@ -1325,8 +1325,10 @@ def start_process(
       new one for this process. Nothing the child writes reaches the host's own
       stdout or stderr (:mod:`runtime.host.output`).
     - ``ahead``: a child forked beforehand (:class:`ChildAhead`, with this
-      ``output``), which this start uses if it fits its isolation plan; it is
-      started or given up either way.
+      ``output``), which this start uses if it fits its isolation plan (else it is
+      given up and another forked). If a bad option makes this raise first, it is
+      still the caller's to :meth:`~ChildAhead.cancel` (which does nothing once
+      it started).
     - The child's environment: with an ``isolation`` plan, only ``env`` and the
       plan's ``env_allow`` variables (from the host's environment); without one,
       the host's environment plus ``env``.
@@ -1334,47 +1336,42 @@ def start_process(
     Raises :class:`SandboxBootError` (with the child's traceback) if the app fails
     to start, and ``ValueError`` for a bad ``entry``.
     """
-    try:  # until the connection holds it, ``ahead`` is given up on any error
-        module, sep, fn = entry.partition(":")
-        if not (module and sep and fn):
-            raise ValueError(f"invalid entry {entry!r}: expected 'module:function'")
-        if app_path is None:
-            paths: list[str] = []
-        elif isinstance(app_path, (str, os.PathLike)):
-            paths = [os.fspath(app_path)]
-        else:
-            paths = [os.fspath(p) for p in app_path]
-        name = name or entry
-        if cpu_affinity == "auto":
-            cpus: list[int] | None = _next_cpu()
-        elif cpu_affinity is None:
-            cpus = None
-        elif isinstance(cpu_affinity, str):
-            raise ValueError(f"invalid cpu_affinity={cpu_affinity!r}: expected 'auto', None or CPU numbers")
-        else:
-            cpus = sorted({int(c) for c in cpu_affinity})
-        boot = BootConfig(
-            entry=entry,
-            args=tuple(args),
-            sys_path=[os.path.abspath(p) for p in paths],
-            name=name,
-            max_frame=max_frame,
-            allow_pickle=allow_pickle,
-            send_pickle=trusted,
-            cwd=os.fspath(cwd) if cwd is not None else None,
-            env=_child_env(env, isolation),
-            shutdown=shutdown,
-            states=states,
-            cpu_affinity=cpus,
-            modules=list(modules),
-            isolation=isolation,
-            guard=guard,
-            run_in_place=run_in_place,
-        )
-    except BaseException:
-        if ahead is not None:
-            ahead.cancel()
-        raise
+    module, sep, fn = entry.partition(":")
+    if not (module and sep and fn):
+        raise ValueError(f"invalid entry {entry!r}: expected 'module:function'")
+    if app_path is None:
+        paths: list[str] = []
+    elif isinstance(app_path, (str, os.PathLike)):
+        paths = [os.fspath(app_path)]
+    else:
+        paths = [os.fspath(p) for p in app_path]
+    name = name or entry
+    if cpu_affinity == "auto":
+        cpus: list[int] | None = _next_cpu()
+    elif cpu_affinity is None:
+        cpus = None
+    elif isinstance(cpu_affinity, str):
+        raise ValueError(f"invalid cpu_affinity={cpu_affinity!r}: expected 'auto', None or CPU numbers")
+    else:
+        cpus = sorted({int(c) for c in cpu_affinity})
+    boot = BootConfig(
+        entry=entry,
+        args=tuple(args),
+        sys_path=[os.path.abspath(p) for p in paths],
+        name=name,
+        max_frame=max_frame,
+        allow_pickle=allow_pickle,
+        send_pickle=trusted,
+        cwd=os.fspath(cwd) if cwd is not None else None,
+        env=_child_env(env, isolation),
+        shutdown=shutdown,
+        states=states,
+        cpu_affinity=cpus,
+        modules=list(modules),
+        isolation=isolation,
+        guard=guard,
+        run_in_place=run_in_place,
+    )
     conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle,
                        output=output if output is not None or ahead is None else ahead.output)
     conn.on_violation = on_violation
