@@ -242,13 +242,15 @@ class _Server:
 
     def drop(self, req: int, slot: list[Any]) -> None:
         """Give request ``req`` up: its child (if forked) is killed by the server, and
-        by the reader if its pid is reported after this."""
+        its :class:`Child` (if the reader made one) closed."""
         with self._state:
-            self._waiting.pop(req, None)
+            answered = self._waiting.pop(req, None) is None
         try:
             self._send(req, _DROP, b"")
         except ForkServerError:
             pass  # gone: it killed its children
+        if answered:  # the reader took the answer: it fills the slot at once
+            slot[0].wait(SPAWN_TIMEOUT)
         child = slot[1]
         if isinstance(child, Child):
             child.close()
@@ -385,7 +387,9 @@ class Pending:
     (:func:`begin`): :meth:`start` tells it, :meth:`cancel` gives it up.
 
     The caller keeps the descriptors it passed until :meth:`start` returns (a
-    server that died meanwhile is asked again, once, with them).
+    server found dead is asked again, once, with them). A server that dies after
+    the fork and before the start leaves its child unstarted: it exits without
+    running anything, and its start is seen as a child that died while booting.
     """
 
     def __init__(self, fds: tuple[int, int, int], userns: bool, netns: bool) -> None:
