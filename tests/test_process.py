@@ -481,6 +481,34 @@ def test_a_child_given_up_before_its_start_is_killed_unused():
         os.close(extra[1])
 
 
+@pytest.mark.parametrize("how", ["spawn", "begin"])
+def test_a_start_larger_than_the_servers_pipe_reaches_the_child(how):
+    big = os.urandom(300_000)  # the pipe the server hands it on holds 64 KiB
+    host, theirs = socket.socketpair()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        fds = (theirs.fileno(), null, null)
+        if how == "spawn":
+            child = forkserver.spawn(socket.socket.sendall, (big,), fds=fds)
+        else:
+            child = forkserver.begin(fds).start(socket.socket.sendall, (big,))
+        theirs.close()
+        host.settimeout(10)
+        got = b""
+        while len(got) < len(big):
+            chunk = host.recv(1 << 16)
+            assert chunk, "the child ended early"
+            got += chunk
+        assert got == big
+        wait_for(lambda: child.exitcode is not None, 10)
+        assert child.exitcode == 0
+        child.close()
+    finally:
+        host.close()
+        theirs.close()
+        os.close(null)
+
+
 def _ahead(output: OutputLog) -> tuple[ChildAhead, int]:
     """A ChildAhead and its child's pid, once the fork server has forked it."""
     server = psutil.Process(forkserver.ensure_running())

@@ -28,7 +28,7 @@ A child is forked before it is told what to run (:func:`begin`, then
 the fork and the child's first steps run while the host prepares its containment
 and compiles; the child then waits on a pipe of the server's for its target and
 arguments (the boot configuration, with the isolation plan), and nothing else runs
-in it before they arrive. :func:`spawn` is the two steps at once. A request given
+in it before they arrive. :func:`spawn` asks for both in one message. A request given
 up before its start (:meth:`Pending.cancel`) is killed by the server, unused.
 
 A sandbox holds no descriptor of the server's, so it cannot send it a byte. If the
@@ -102,8 +102,9 @@ EXIT_UNKNOWN = 255
 SPAWN_TIMEOUT = 30.0
 
 # Host -> server: header (body length, request id, flags), then the body. A fork
-# request carries the child's fds and no body; its start (_START) carries the body
-# (the pickled target and arguments), which the server hands the child on a pipe.
+# request carries the child's fds; its start (_START) carries the body (the pickled
+# target and arguments), which the server hands the child on a pipe. spawn() sends
+# both in one message (fds, _START and the body): forked and started at once.
 _REQUEST = struct.Struct(">IQB")
 _USERNS = 1  # flag: start the child in its own user and pid namespace (runtime.child.userns)
 _NETNS = 2  # fork: take a namespace of the pool (runtime.child.netns); start: enter it
@@ -208,8 +209,9 @@ class _Server:
         self._reader = threading.Thread(target=self._read, name="forkserver-reader", daemon=True)
         self._reader.start()
 
-    def request(self, fds: list[int], flags: int) -> tuple[int, list[Any]]:
-        """Ask for a fork (no body yet); returns the request id and its slot."""
+    def request(self, fds: list[int], flags: int, body: bytes = b"") -> tuple[int, list[Any]]:
+        """Ask for a fork (with ``_START`` in ``flags``, started with ``body`` at
+        once); returns the request id and its slot."""
         with self._state:
             if self.dead:
                 raise ForkServerError("the fork server is gone")
@@ -218,7 +220,7 @@ class _Server:
             slot: list[Any] = [threading.Event(), None]
             self._waiting[req] = slot
         try:
-            self._send(req, flags, b"", fds)
+            self._send(req, flags, body, fds)
         except ForkServerError:
             with self._state:
                 self._waiting.pop(req, None)
@@ -232,6 +234,10 @@ class _Server:
         except ForkServerError:
             self.drop(req, slot)
             raise
+        return self.forked(req, slot, timeout)
+
+    def forked(self, req: int, slot: list[Any], timeout: float) -> Child:
+        """The child of request ``req``, once the server reports it."""
         if not slot[0].wait(timeout):
             self.drop(req, slot)
             raise ForkServerError(f"the fork server did not start a child within {timeout}s")
@@ -392,18 +398,22 @@ class Pending:
     running anything, and its start is seen as a child that died while booting.
     """
 
-    def __init__(self, fds: tuple[int, int, int], userns: bool, netns: bool) -> None:
+    def __init__(self, fds: tuple[int, int, int], userns: bool, netns: bool,
+                 body: bytes | None = None) -> None:
         self.fds = list(fds)
         self.userns = userns
         self.netns = netns and not userns
+        self._body = body  # sent with the fork request (spawn): started at once
         self._ask()
 
     def _ask(self) -> None:
         flags = (_USERNS if self.userns else 0) | (_NETNS if self.netns else 0)
+        if self._body is not None:
+            flags |= _START
         for attempt in (1, 2):
             self._server = _current()
             try:
-                self._req, self._slot = self._server.request(self.fds, flags)
+                self._req, self._slot = self._server.request(self.fds, flags, self._body or b"")
                 return
             except ForkServerError:
                 if attempt == 2 or not self._server.dead:
@@ -421,9 +431,13 @@ class Pending:
         """
         body = pickle.dumps((target, args), protocol=pickle.HIGHEST_PROTOCOL)
         flags = _NETNS if netns and self.netns else 0
+        return self._started(lambda: self._server.start(
+            self._req, self._slot, body, flags, timeout))
+
+    def _started(self, start: Callable[[], Child]) -> Child:
         for attempt in (1, 2):
             try:
-                return self._server.start(self._req, self._slot, body, flags, timeout)
+                return start()
             except ForkServerError:
                 if attempt == 2 or not self._server.dead:
                     raise
@@ -459,15 +473,16 @@ def spawn(
     netns: bool = False,
 ) -> Child:
     """Fork a child that runs ``target(channel, *args)``; returns its :class:`Child`:
-    :func:`begin` and :meth:`Pending.start` at once (the caller keeps its own
-    descriptors; the child gets copies).
+    :func:`begin` and :meth:`Pending.start` in one message to the server (the
+    caller keeps its own descriptors; the child gets copies).
 
     >>> import runtime.host.forkserver as fs
     >>> callable(fs.spawn)
     True
     """
-    return begin(fds, userns=userns, netns=netns).start(target, args, netns=netns,
-                                                         timeout=timeout)
+    body = pickle.dumps((target, args), protocol=pickle.HIGHEST_PROTOCOL)
+    pending = Pending(fds, userns, netns, body)  # one message: forked and started
+    return pending._started(lambda: pending._server.forked(pending._req, pending._slot, timeout))
 
 
 def ensure_running() -> int:
@@ -595,10 +610,10 @@ def _serve(init: dict[str, Any]) -> None:
                 if request is None:
                     break
                 req, fds, body, flags = request
-                if flags & (_START | _DROP):
+                if fds:  # a fork request (spawn's carries its start too)
+                    _fork(ctrl, req, fds, flags, body, pool, children, waiting)
+                elif flags & (_START | _DROP):
                     _hand_over(waiting.pop(req, None), body, flags)
-                    continue
-                _fork(ctrl, req, fds, flags, pool, children, waiting)
     finally:
         pool.close()
         # The host is gone: so must everything it started through us be.
@@ -618,11 +633,22 @@ def _prepare_children() -> None:
     _logs.fill_level_caches()
 
 
-def _fork(ctrl: socket.socket, req: int, fds: list[int], flags: int, pool: _netns.Pool,
-          children: set[int], waiting: dict[int, tuple[int, int]]) -> None:
-    """Fork the child of request ``req``: it waits for its body on a pipe of ours."""
+def _fork(ctrl: socket.socket, req: int, fds: list[int], flags: int, body: bytes,
+          pool: _netns.Pool, children: set[int], waiting: dict[int, tuple[int, int]]) -> None:
+    """Fork the child of request ``req``: it waits for its body on a pipe of ours.
+    A request that carries its start (``spawn``) has the body in the pipe before the
+    fork, as far as the pipe holds it, so its child does not wait for this loop."""
     net = pool.take() if flags & _NETNS else None
     body_r, body_w = os.pipe()
+    data = _BODY.pack(len(body), flags & _NETNS) + body if flags & _START else b""
+    sent = 0
+    if data:
+        os.set_blocking(body_w, False)
+        try:
+            sent = os.write(body_w, data)
+        except BlockingIOError:
+            pass
+        os.set_blocking(body_w, True)
     try:
         if flags & _USERNS:
             pid = _userns.spawn(lambda: _child(fds, body_r))
@@ -636,8 +662,11 @@ def _fork(ctrl: socket.socket, req: int, fds: list[int], flags: int, pool: _netn
         os.close(body_w)
     else:
         children.add(pid)
-        waiting[req] = (pid, body_w)
         _send(ctrl, _STARTED, req, pid)
+        if data:
+            _write_body(body_w, data[sent:])
+        else:
+            waiting[req] = (pid, body_w)
     os.close(body_r)
     for fd in fds if net is None else [*fds, net]:  # the child holds the only one
         os.close(fd)
@@ -648,12 +677,20 @@ def _hand_over(waiting: tuple[int, int] | None, body: bytes, flags: int) -> None
     if waiting is None:
         return  # its fork failed, or it died
     pid, body_w = waiting
+    if flags & _START:
+        _write_body(body_w, _BODY.pack(len(body), flags & _NETNS) + body)
+    else:
+        _kill_group(pid)
+        os.close(body_w)
+
+
+def _write_body(body_w: int, data: bytes) -> None:
+    """Write the rest of a child's body and close the pipe. Blocks only while the
+    child reads a body larger than the pipe's buffer."""
+    view = memoryview(data)
     try:
-        if flags & _START:
-            # Blocks only while the child reads a body larger than the pipe's buffer.
-            os.write(body_w, _BODY.pack(len(body), flags & _NETNS) + body)
-        else:
-            _kill_group(pid)
+        while view:  # a signal (SIGCHLD) may cut a long write short
+            view = view[os.write(body_w, view):]
     except OSError:
         pass  # it died: the reap reports it
     finally:
