@@ -122,9 +122,10 @@ def _log_skips(skipped: dict[str, str]) -> None:
 
 def fork_ahead(record: Any) -> ChildAhead | None:
     """The sandbox's child, asked of the fork server now so its fork overlaps
-    containment and the compile (1.5-2.5 ms of a lone create measured, fork to the
-    child's first step); None if the server cannot be reached (the start then forks,
-    and fails, the usual way). Forked into a user namespace when the host needs one
+    containment and the compile (from the request to the child's first step took
+    ~2 ms of a lone create; measured net, 0.6-1.2 ms less per create: the fork
+    competes with containment for the CPUs); None if the server cannot be reached
+    (the start then forks, and fails, the usual way). Forked into a user namespace when the host needs one
     (a plan that cannot have it fails containment) and given a network namespace of
     the server's pool unless the sandbox has an egress allowlist (a custom
     profile's allowlist is known only later: its child then does not enter it)."""
