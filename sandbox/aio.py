@@ -22,9 +22,12 @@ import asyncio
 import collections
 import functools
 import os
+import math
 import weakref
 from collections.abc import Callable
-from time import monotonic, perf_counter, time
+from heapq import heapify, heappop, heappush
+from threading import get_ident
+from time import get_clock_info, monotonic, perf_counter, time
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from actors.monitor import deadline_passed, deadline_wait, raise_if_cpu_budget, watch_call
@@ -42,39 +45,50 @@ T = TypeVar("T")
 
 
 class _Settler:
-    """Answers for one event loop, settled in batches: the reader threads queue them,
-    and one ``call_soon_threadsafe`` (a write to the loop's wake-up pipe) settles all
-    that arrived before the loop got to them, not one wake-up per answer."""
+    """The awaited calls of one event loop: their answers, settled in batches, and
+    their timeouts (:class:`_Deadlines`).
 
-    __slots__ = ("loop", "answers", "scheduled", "__weakref__")
+    The reader threads queue answers, and one ``call_soon_threadsafe`` (a write to
+    the loop's wake-up pipe) settles all that arrived before the loop got to them,
+    not one wake-up per answer. What the loop reads itself (:meth:`reading`) is
+    settled where it is read, with no queue."""
+
+    __slots__ = ("loop", "answers", "scheduled", "deadlines", "_reader", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Weakly: a module global reaches this object (the registry, the cache),
+        # and a loop nobody uses any more must go.
+        self.loop = weakref.ref(loop)
         self.answers: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]]
         self.answers = collections.deque()
         self.scheduled = False
+        self.deadlines = _Deadlines()
+        self._reader: int | None = None  # the loop's thread while it reads, else None
 
     def put(self, future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+        if self._reader == get_ident():  # the loop reading: settle right here
+            _settle(future, value, exc)
+            return
         self.answers.append((future, value, exc))  # first: a drain running now may take it
         if not self.scheduled:
             self.scheduled = True
             try:
-                self.loop.call_soon_threadsafe(self.drain)
+                loop = self.loop()
+                if loop is None:
+                    raise RuntimeError("the loop is gone")
+                loop.call_soon_threadsafe(self.drain)
             except RuntimeError:  # the loop is closed: nobody awaits these answers now
                 self.answers.clear()  # (a call the monitor still watched ended after it)
                 self.scheduled = False  # and a later one is dropped the same way
 
     def reading(self, read: Callable[[], bool]) -> bool:
-        """Run ``read`` (the loop reading answers itself, in its own thread) and
-        settle what it routed here right after it, with no wake-up of the loop."""
-        held = not self.scheduled  # else a drain is already scheduled: it settles them
-        if held:
-            self.scheduled = True  # put() queues without scheduling meanwhile
+        """Run ``read`` (the loop reading answers itself, in its own thread); what it
+        routes here is settled at once, with no wake-up of the loop."""
+        self._reader = get_ident()
         try:
             return read()
         finally:
-            if held:
-                self.drain()
+            self._reader = None
 
     def drain(self) -> None:
         self.scheduled = False  # first: an answer queued from now on schedules a drain
@@ -83,14 +97,87 @@ class _Settler:
             _settle(*answers.popleft())
 
 
+class _Deadlines:
+    """The timeouts of one loop's awaited calls, on one timer handle: a
+    ``call_later`` per call costs a handle, a heap push and a cancel.
+
+    :meth:`add` puts a call's deadline in a heap; the one timer is armed for the
+    earliest. An entry stays in the heap after its call ended (the call says so with
+    :meth:`ended`) until it comes up or the ended entries are the larger part, when
+    the heap is rebuilt without them (as asyncio drops cancelled timer handles).
+    Entries hold their futures, and this object its timer, weakly (both hold the
+    loop, see :class:`_Settler`); a future nobody holds has nobody awaiting it."""
+
+    __slots__ = ("heap", "live", "when", "timer")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, weakref.ref[asyncio.Future[Any]]]] = []
+        self.live = 0  # calls added and not ended
+        self.when = math.inf  # when the timer fires (inf: not armed)
+        self.timer: weakref.ref[asyncio.TimerHandle] | None = None
+
+    def add(self, future: asyncio.Future[Any], wait: float) -> None:
+        """Fail ``future`` with ``TimeoutError`` if it is not done in ``wait`` seconds."""
+        heap = self.heap
+        live = self.live = self.live + 1
+        if len(heap) > 2 * live + 100:
+            self._compact()
+        loop = future.get_loop()
+        when = loop.time() + wait
+        heappush(heap, (when, id(future), weakref.ref(future)))
+        if when < self.when:
+            self._arm(loop, when)
+
+    def ended(self) -> None:
+        """A call :meth:`add` got ended (answered, failed, timed out or cancelled)."""
+        self.live -= 1
+
+    def _compact(self) -> None:
+        self.heap = heap = [entry for entry in self.heap if _waiting(entry[2]())]
+        heapify(heap)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        timer = None if self.timer is None else self.timer()
+        if timer is not None:
+            timer.cancel()
+        self.when = when
+        self.timer = weakref.ref(loop.call_at(when, self._fire, loop))
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer, self.when = None, math.inf
+        heap = self.heap
+        end = loop.time() + _RESOLUTION
+        while heap and heap[0][0] < end:
+            future = heappop(heap)[2]()
+            if _waiting(future):
+                future.set_exception(TimeoutError())  # type: ignore[union-attr]
+        if heap:
+            self._arm(loop, heap[0][0])
+
+
+#: Deadlines this close are due, as for the loop's own timers.
+_RESOLUTION = get_clock_info("monotonic").resolution
+
+
+def _waiting(future: asyncio.Future[Any] | None) -> bool:
+    return future is not None and not future.done()
+
+
 _settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Settler] = (
     weakref.WeakKeyDictionary())
+#: The last loop's settler: a loop's calls find theirs without a weak-dict lookup.
+_last: _Settler | None = None
 
 
 def _settler(loop: asyncio.AbstractEventLoop) -> _Settler:
+    global _last
+    settler = _last
+    if settler is not None and settler.loop() is loop:
+        return settler
     settler = _settlers.get(loop)
     if settler is None:
         settler = _settlers[loop] = _Settler(loop)
+    _last = settler
     return settler
 
 
@@ -137,12 +224,6 @@ def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) 
         future.set_exception(exc)
     else:
         future.set_result(value)
-
-
-def _expire(future: asyncio.Future[Any]) -> None:
-    """An awaited call's timeout ran out: its caller gets ``TimeoutError``."""
-    if not future.done():
-        future.set_exception(TimeoutError())
 
 
 class AsyncSandbox:
@@ -197,9 +278,11 @@ class AsyncSandbox:
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self.sync, "call", exc) from None
             handed = False  # deadline_passed took the call over (watched or acted on)
-            # A bare timer handle, not asyncio.timeout (its context manager costs as
-            # much again) nor wait_for (a task per call): it fails the future.
-            timer = None if wait is None else loop.call_later(wait, _expire, future)
+            # The loop's one timer, not asyncio.timeout (its context manager costs as
+            # much again), wait_for (a task per call) or a call_later each: it fails
+            # the future.
+            if wait is not None:
+                settler.deadlines.add(future, wait)
             try:
                 value = await future
             except TimeoutError:
@@ -216,8 +299,8 @@ class AsyncSandbox:
                 await self._thread(self.sync._check_owner)  # SandboxNotFound if destroyed
                 raise
             finally:
-                if timer is not None:
-                    timer.cancel()
+                if wait is not None:
+                    settler.deadlines.ended()
                 if not handed and (not future.done() or future.cancelled()):  # cancelled
                     if watch is None:
                         proc.forget(ref)
