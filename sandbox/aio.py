@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from asyncio import _get_running_loop
 import functools
 import os
 import math
 import weakref
 from collections.abc import Callable
 from heapq import heapify, heappop, heappush
-from threading import get_ident
 from time import get_clock_info, monotonic, perf_counter, time
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
@@ -45,15 +45,15 @@ T = TypeVar("T")
 
 
 class _Settler:
-    """The awaited calls of one event loop: their answers, settled in batches, and
-    their timeouts (:class:`_Deadlines`).
+    """The awaited calls of one event loop: the answers other threads read, settled
+    in batches, and the calls' timeouts (:class:`_Deadlines`).
 
     The reader threads queue answers, and one ``call_soon_threadsafe`` (a write to
     the loop's wake-up pipe) settles all that arrived before the loop got to them,
-    not one wake-up per answer. What the loop reads itself (:meth:`reading`) is
-    settled where it is read, with no queue."""
+    not one wake-up per answer. What the loop reads itself is settled where it is
+    read (:class:`_FutureSink`), with no queue."""
 
-    __slots__ = ("loop", "answers", "scheduled", "deadlines", "_reader", "__weakref__")
+    __slots__ = ("loop", "answers", "scheduled", "deadlines", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Weakly: a module global reaches this object (the registry, the cache),
@@ -63,12 +63,8 @@ class _Settler:
         self.answers = collections.deque()
         self.scheduled = False
         self.deadlines = _Deadlines()
-        self._reader: int | None = None  # the loop's thread while it reads, else None
 
     def put(self, future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-        if self._reader == get_ident():  # the loop reading: settle right here
-            _settle(future, value, exc)
-            return
         self.answers.append((future, value, exc))  # first: a drain running now may take it
         if not self.scheduled:
             self.scheduled = True
@@ -80,15 +76,6 @@ class _Settler:
             except RuntimeError:  # the loop is closed: nobody awaits these answers now
                 self.answers.clear()  # (a call the monitor still watched ended after it)
                 self.scheduled = False  # and a later one is dropped the same way
-
-    def reading(self, read: Callable[[], bool]) -> bool:
-        """Run ``read`` (the loop reading answers itself, in its own thread); what it
-        routes here is settled at once, with no wake-up of the loop."""
-        self._reader = get_ident()
-        try:
-            return read()
-        finally:
-            self._reader = None
 
     def drain(self) -> None:
         self.scheduled = False  # first: an answer queued from now on schedules a drain
@@ -182,7 +169,9 @@ def _settler(loop: asyncio.AbstractEventLoop) -> _Settler:
 
 
 class _FutureSink:
-    """A ReplySink resolving an asyncio future from whichever thread reads the answer."""
+    """A ReplySink resolving an asyncio future from whichever thread reads the answer:
+    at once in the loop's own thread while it runs (the loop reads the answers of
+    its calls itself), else through the loop's :class:`_Settler`."""
 
     __slots__ = ("_settler", "_future")
 
@@ -191,10 +180,17 @@ class _FutureSink:
         self._future = future
 
     def set_result(self, value: Any) -> None:
-        self._settler.put(self._future, value, None)
+        self._answer(value, None)
 
     def set_exception(self, exc: BaseException) -> None:
-        self._settler.put(self._future, None, exc)
+        self._answer(None, exc)
+
+    def _answer(self, value: Any, exc: BaseException | None) -> None:
+        future = self._future
+        if _get_running_loop() is future.get_loop():
+            _settle(future, value, exc)
+        else:
+            self._settler.put(future, value, exc)
 
 
 class _WatchedSink(_FutureSink):
@@ -240,12 +236,15 @@ class AsyncSandbox:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
-    async def _process(self, timeout: float | None) -> Any:
+    def _current(self) -> Any:
+        """The live process, if this handle has one now (the usual case)."""
         slot = self.sync._slot
-        if slot is not None:
-            proc = slot.current()
-            if proc is not None:
-                return proc  # the usual case: no thread, no wait
+        return None if slot is None else slot.current()
+
+    async def _process(self, timeout: float | None) -> Any:
+        proc = self._current()
+        if proc is not None:
+            return proc  # no thread, no wait
         # First call on this handle, or the process is restarting: wait in a thread.
         return await self._thread(self.sync._process, timeout)
 
@@ -263,7 +262,9 @@ class AsyncSandbox:
         loop = asyncio.get_running_loop()
         t0, ok = perf_counter(), False
         try:
-            proc = await self._process(timeout)
+            proc = self._current()  # as _process, without a coroutine in the usual case
+            if proc is None:
+                proc = await self._process(timeout)
             limit = self.sync._slot.deadline  # the handler deadline (limits.call_seconds)
             future: asyncio.Future[Any] = loop.create_future()
             settler = _settler(loop)
@@ -274,7 +275,7 @@ class AsyncSandbox:
                 wait, started = deadline_wait(limit, timeout), monotonic()
                 sink = watch = _WatchedSink(settler, future)
             try:
-                ref = proc.call_awaited(actor, request, sink, loop, settler.reading)
+                ref = proc.call_awaited(actor, request, sink, loop)
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self.sync, "call", exc) from None
             handed = False  # deadline_passed took the call over (watched or acted on)

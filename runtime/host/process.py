@@ -520,8 +520,7 @@ class _Connection:
             if kick:
                 self.kick()
 
-    def watch_from(self, loop: asyncio.AbstractEventLoop,
-                   around: Callable[[Callable[[], bool]], bool]) -> bool:
+    def watch_from(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Have ``loop`` read this socket (:class:`_LoopWatch`); False if it cannot
         now: another thread is reading, the child is gone, or no fd is left."""
         token = self._token
@@ -530,7 +529,7 @@ class _Connection:
         try:  # under the token: the reader thread closes _poll_fd holding it
             if self._poll_fd < 0:
                 return False
-            self.loop_watch = _LoopWatch(self, loop, around)
+            self.loop_watch = _LoopWatch(self, loop)
             return True
         except OSError:
             return False
@@ -907,12 +906,10 @@ class _LoopWatch:
 
     __slots__ = ("conn", "loop", "fd", "read", "_lock")
 
-    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop,
-                 around: Callable[[Callable[[], bool]], bool]) -> None:
+    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
         self.loop = loop
-        read = conn.read_here
-        self.read = lambda: around(read)  # e.g. settle the answers read in one batch
+        self.read = conn.read_here
         self._lock = threading.Lock()  # stop() may run in the reader thread too
         self.fd = os.dup(conn._poll_fd)
         try:
@@ -1103,11 +1100,11 @@ class ProcessRef(ActorRef):
         return ref
 
     def call_awaited(self, target: str, request: Any, sink: ReplySink,
-                     loop: asyncio.AbstractEventLoop,
-                     around: Callable[[Callable[[], bool]], bool]) -> int:
+                     loop: asyncio.AbstractEventLoop) -> int:
         """:meth:`call_into` for a caller awaiting in ``loop`` (run in its thread):
-        the loop reads the answer itself (:class:`_LoopWatch`, each read wrapped
-        in ``around``) instead of the reader thread. Returns the call's ref.
+        the loop reads the answer itself (:class:`_LoopWatch`: ``sink`` is then
+        answered in the loop's thread) instead of the reader thread. Returns the
+        call's ref.
         """
         conn = self._conn
         ref = conn.submit(CALL, target, request, sink)
@@ -1118,7 +1115,7 @@ class ProcessRef(ActorRef):
                 return ref
             watch.stop()
             watch = None
-        if watch is None and not conn.watch_from(loop, around):
+        if watch is None and not conn.watch_from(loop):
             conn.kick()  # the reader thread answers this one
         return ref
 
