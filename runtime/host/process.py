@@ -508,8 +508,8 @@ class _Connection:
         try:
             if self._poll_fd < 0 or self._problem is not None:
                 return False
-            if self._lead_poll.poll(0):  # else a leading caller took it meanwhile
-                self._route(self.channel.recv_some())  # type: ignore[union-attr]
+            # Without waiting: a leading caller may have taken it meanwhile.
+            self._route(self.channel.recv_some(socket.MSG_DONTWAIT))  # type: ignore[union-attr]
             return True
         except (ChannelClosed, ProtocolError) as exc:
             self._read_broke(exc)
