@@ -103,15 +103,15 @@ class _Deadlines:
         self.when = math.inf  # when the timer fires (inf: not armed)
         self.timer: weakref.ref[asyncio.TimerHandle] | None = None
 
-    def add(self, future: asyncio.Future[Any], wait: float) -> None:
-        """Fail ``future`` with ``TimeoutError`` if it is not done in ``wait`` seconds."""
-        heap = self.heap
-        live = self.live = self.live + 1
-        if len(heap) > 2 * live + 100:
+    def add(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+            wait: float) -> None:
+        """Fail ``future`` (of ``loop``) with ``TimeoutError`` if it is not done in
+        ``wait`` seconds."""
+        self.live += 1
+        if len(self.heap) > 2 * self.live + 100:
             self._compact()
-        loop = future.get_loop()
         when = loop.time() + wait
-        heappush(heap, (when, id(future), weakref.ref(future)))
+        heappush(self.heap, (when, id(future), _ref(future)))
         if when < self.when:
             self._arm(loop, when)
 
@@ -120,7 +120,7 @@ class _Deadlines:
         self.live -= 1
 
     def _compact(self) -> None:
-        self.heap = heap = [entry for entry in self.heap if _waiting(entry[2]())]
+        self.heap = heap = [e for e in self.heap if (f := e[2]()) is not None and not f.done()]
         heapify(heap)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
@@ -136,18 +136,15 @@ class _Deadlines:
         end = loop.time() + _RESOLUTION
         while heap and heap[0][0] < end:
             future = heappop(heap)[2]()
-            if _waiting(future):
-                future.set_exception(TimeoutError())  # type: ignore[union-attr]
+            if future is not None and not future.done():
+                future.set_exception(TimeoutError())
         if heap:
             self._arm(loop, heap[0][0])
 
 
 #: Deadlines this close are due, as for the loop's own timers.
 _RESOLUTION = get_clock_info("monotonic").resolution
-
-
-def _waiting(future: asyncio.Future[Any] | None) -> bool:
-    return future is not None and not future.done()
+_ref = weakref.ref
 
 
 _settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Settler] = (
@@ -278,16 +275,14 @@ class AsyncSandbox:
                 ref = proc.call_awaited(actor, request, sink, loop)
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self.sync, "call", exc) from None
-            handed = False  # deadline_passed took the call over (watched or acted on)
             # The loop's one timer, not asyncio.timeout (its context manager costs as
             # much again), wait_for (a task per call) or a call_later each: it fails
             # the future.
             if wait is not None:
-                settler.deadlines.add(future, wait)
+                settler.deadlines.add(loop, future, wait)
             try:
                 value = await future
             except TimeoutError:
-                handed = True  # the answer is not wanted, or the monitor takes it
                 if watch is None:
                     proc.forget(ref)
                     raise CallTimeout(f"{proc.id}/{actor}", timeout) from None
@@ -299,14 +294,16 @@ class AsyncSandbox:
                                        time() - (monotonic() - started))
                 await self._thread(self.sync._check_owner)  # SandboxNotFound if destroyed
                 raise
-            finally:
-                if wait is not None:
-                    settler.deadlines.ended()
-                if not handed and (not future.done() or future.cancelled()):  # cancelled
+            except BaseException:  # the await was cancelled (its future too, or not yet done)
+                if not future.done() or future.cancelled():
                     if watch is None:
                         proc.forget(ref)
                     else:  # the deadline still holds for the handler
                         watch_call(self.sync, proc, watch.reply, started)
+                raise
+            finally:
+                if wait is not None:
+                    settler.deadlines.ended()
             ok = True
             return value
         finally:

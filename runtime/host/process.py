@@ -184,6 +184,7 @@ def describe_exit(exitcode: int | None, note: str | None = None) -> ExitReason:
 #: The kinds of frame that answer a call.
 _ANSWERS = frozenset({REPLY, ERROR})
 _monotonic = time.monotonic
+_DONTWAIT = socket.MSG_DONTWAIT
 
 _live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
@@ -327,7 +328,10 @@ class _Connection:
     def submit(self, kind: str, target: str | None, payload: Any, sink: ReplySink) -> int:
         """Register ``sink`` for a new ref and send the frame; returns the ref."""
         ref = next(self.refs)
-        data = self.frame(kind, ref, target, payload)  # TypeError/ProtocolError: nothing sent
+        # Nothing sent on TypeError/ProtocolError. Kinds here are this module's and refs
+        # its count: a str target leaves nothing for frame() to check.
+        pack = self.write_codec.pack_frame if type(target) is str else self.frame
+        data = pack(kind, ref, target, payload)
         pending = self.pending
         pending[ref] = sink
         # down is set before pending is swapped out, so a sink registered in the old
@@ -509,7 +513,7 @@ class _Connection:
             if self._poll_fd < 0 or self._problem is not None:
                 return False
             # Without waiting: a leading caller may have taken it meanwhile.
-            self._route(self.channel.recv_some(socket.MSG_DONTWAIT))  # type: ignore[union-attr]
+            self._route(self.channel.recv_some(_DONTWAIT))  # type: ignore[union-attr]
             return True
         except (ChannelClosed, ProtocolError) as exc:
             self._read_broke(exc)
