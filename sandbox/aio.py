@@ -177,17 +177,18 @@ class _FutureSink:
         self._future = future
 
     def set_result(self, value: Any) -> None:
-        self._answer(value, None)
+        future = self._future
+        if _get_running_loop() is not future.get_loop():
+            self._settler.put(future, value, None)
+        elif not future.done():  # else cancelled or timed out: the answer is dropped
+            future.set_result(value)
 
     def set_exception(self, exc: BaseException) -> None:
-        self._answer(None, exc)
-
-    def _answer(self, value: Any, exc: BaseException | None) -> None:
         future = self._future
-        if _get_running_loop() is future.get_loop():
-            _settle(future, value, exc)
-        else:
-            self._settler.put(future, value, exc)
+        if _get_running_loop() is not future.get_loop():
+            self._settler.put(future, None, exc)
+        elif not future.done():
+            future.set_exception(exc)
 
 
 class _WatchedSink(_FutureSink):

@@ -496,33 +496,34 @@ class _Connection:
             return timeout  # done (the caller's wait returns at once) or no deadline
         return max(deadline - _monotonic(), 0.0)
 
-    def read_here(self) -> bool:
+    def read_here(self, watch: _LoopWatch) -> None:
         """Read and route what the socket holds now, in the calling thread, without
-        blocking (an event loop whose awaited calls are pending, :class:`_LoopWatch`).
+        blocking: ``watch``'s loop has seen it readable (:class:`_LoopWatch`).
 
         Counts as a leading caller's activity, so the parked reader thread stays
-        parked. False if another thread holds the read token (it routes what is
-        there) or the stream ended (the reader thread, kicked, answers the calls).
+        parked. Ends the watch if another thread holds the read token (it routes what
+        is there) or the stream ended (the reader thread, kicked, answers the calls).
         """
         token = self._token
         if not token.acquire(False):
-            return False
+            watch.stop()
+            return
         self._activity += 1
-        kick = False
+        ended = broke = False
         try:
             if self._poll_fd < 0 or self._problem is not None:
-                return False
-            # Without waiting: a leading caller may have taken it meanwhile.
-            self._route(self.channel.recv_some(_DONTWAIT))  # type: ignore[union-attr]
-            return True
+                ended = True
+            else:  # without waiting: a leading caller may have taken it meanwhile
+                self._route(self.channel.recv_some(_DONTWAIT))  # type: ignore[union-attr]
         except (ChannelClosed, ProtocolError) as exc:
             self._read_broke(exc)
-            kick = True
-            return False
+            ended = broke = True
         finally:
             token.release()
-            if kick:
-                self.kick()
+        if ended:
+            if broke:
+                self.kick()  # the reader thread answers the pending calls
+            watch.stop()
 
     def watch_from(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Have ``loop`` read this socket (:class:`_LoopWatch`); False if it cannot
@@ -908,23 +909,19 @@ class _LoopWatch:
     loop calls once this one is closed.
     """
 
-    __slots__ = ("conn", "loop", "fd", "read", "_lock")
+    __slots__ = ("conn", "loop", "fd", "_lock")
 
     def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
         self.loop = loop
-        self.read = conn.read_here
         self._lock = threading.Lock()  # stop() may run in the reader thread too
         self.fd = os.dup(conn._poll_fd)
         try:
-            loop.add_reader(self.fd, self.readable)
+            # The connection's read itself: no frame between the loop and the read.
+            loop.add_reader(self.fd, conn.read_here, self)
         except BaseException:
             os.close(self.fd)
             raise
-
-    def readable(self) -> None:
-        if not self.read():
-            self.stop()
 
     def stop(self) -> None:
         """End the watch: in the loop's thread, or in any once the loop is closed."""
