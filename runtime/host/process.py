@@ -116,12 +116,6 @@ _REAP_TIMEOUT = 5.0
 #: While callers read their own replies, how often the parked reader thread looks
 #: whether they went quiet (so it takes over reading).
 _PARK = 0.05
-#: The same while a running event loop reads the socket (:class:`_LoopWatch`): the
-#: loop itself sees the stream end and every notice, so the reader only takes over
-#: from a loop that stopped serving without closing (blocked by its own code), within
-#: this bound. Waking every _PARK, 100 parked readers cost an awaited call at 100 x 4
-#: 4-14 us of host CPU and the loop's GIL.
-_PARK_WATCHED = 0.5
 #: The receive timeout (SO_RCVTIMEO) of the host's socket: a leading caller blocks
 #: in the read itself (one system call per reply, as a bare client does, instead of
 #: a poll and then a read) and looks at its deadline at least this often; the last
@@ -579,16 +573,10 @@ class _Connection:
         with self._cv:
             while not self._kicked:
                 seen = self._activity
-                self._cv.wait(self._park_time())
+                self._cv.wait(_PARK)
                 if self._activity == seen and not self._token.locked():
                     break
             self._kicked = False
-
-    def _park_time(self) -> float:
-        """How long the parked reader waits before it looks again (a function: the
-        wait must not hold the watch, and so its loop, alive)."""
-        watch = self.loop_watch  # a running loop reads it all (_LoopWatch)
-        return _PARK if watch is None or not watch.loop.is_running() else _PARK_WATCHED
 
     def _route(self, envelopes: Iterable[Any]) -> None:
         for env in envelopes:
