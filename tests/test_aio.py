@@ -263,3 +263,28 @@ def test_a_loop_that_called_a_sandbox_can_go():
         assert asyncio.run(main()) == 2  # its watch of the socket ends the first loop's
         gc.collect()
         assert loops[0]() is None
+
+
+def test_a_crash_is_seen_while_the_loop_that_reads_is_blocked():
+    """While a running loop reads a sandbox's socket its reader thread stays parked,
+    but a loop blocked by its own code still leaves the reading to it: the child's
+    end is seen (and its pending calls answered) with the loop stuck."""
+    import os
+    import signal
+
+    from sandbox.testing import wait_for
+
+    with sandbox.start() as rt:
+        sb = rt.create_sandbox("aio-stuck", COUNTER)
+        asb = AsyncSandbox(sb)
+
+        async def main() -> None:
+            assert await asb.call("counter", "incr", timeout=30) == 1
+            conn = sb._slot.current()._conn
+            assert conn.loop_watch is not None  # this loop reads the socket
+            os.kill(sb.pid, signal.SIGKILL)
+            # The loop is blocked here: only the reader thread can see the end.
+            wait_for(lambda: conn.down is not None, timeout=10,
+                     message="the child's end was not seen while the loop was blocked")
+
+        asyncio.run(main())
