@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from asyncio import _get_running_loop
 import functools
-import os
 import math
+import os
 import weakref
+from asyncio import _get_running_loop
 from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 from time import get_clock_info, monotonic, perf_counter, time
