@@ -185,6 +185,7 @@ def describe_exit(exitcode: int | None, note: str | None = None) -> ExitReason:
 #: The kinds of frame that answer a call.
 _ANSWERS = frozenset({REPLY, ERROR})
 _monotonic = time.monotonic
+_DONTWAIT = socket.MSG_DONTWAIT
 
 _live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
@@ -323,7 +324,10 @@ class _Connection:
     def submit(self, kind: str, target: str | None, payload: Any, sink: ReplySink) -> int:
         """Register ``sink`` for a new ref and send the frame; returns the ref."""
         ref = next(self.refs)
-        data = self.frame(kind, ref, target, payload)  # TypeError/ProtocolError: nothing sent
+        # Nothing sent on TypeError/ProtocolError. Kinds here are this module's and refs
+        # its count: a str target leaves nothing for frame() to check.
+        pack = self.write_codec.pack_frame if type(target) is str else self.frame
+        data = pack(kind, ref, target, payload)
         pending = self.pending
         pending[ref] = sink
         # down is set before pending is swapped out, so a sink registered in the old
@@ -488,36 +492,36 @@ class _Connection:
             return timeout  # done (the caller's wait returns at once) or no deadline
         return max(deadline - _monotonic(), 0.0)
 
-    def read_here(self) -> bool:
+    def read_here(self, watch: _LoopWatch) -> None:
         """Read and route what the socket holds now, in the calling thread, without
-        blocking (an event loop whose awaited calls are pending, :class:`_LoopWatch`).
+        blocking: ``watch``'s loop has seen it readable (:class:`_LoopWatch`).
 
         Counts as a leading caller's activity, so the parked reader thread stays
-        parked. False if another thread holds the read token (it routes what is
-        there) or the stream ended (the reader thread, kicked, answers the calls).
+        parked. Ends the watch if another thread holds the read token (it routes what
+        is there) or the stream ended (the reader thread, kicked, answers the calls).
         """
         token = self._token
         if not token.acquire(False):
-            return False
+            watch.stop()
+            return
         self._activity += 1
-        kick = False
+        ended = broke = False
         try:
             if self._poll_fd < 0 or self._problem is not None:
-                return False
-            if self._lead_poll.poll(0):  # else a leading caller took it meanwhile
-                self._route(self.channel.recv_some())  # type: ignore[union-attr]
-            return True
+                ended = True
+            else:  # without waiting: a leading caller may have taken it meanwhile
+                self._route(self.channel.recv_some(_DONTWAIT))  # type: ignore[union-attr]
         except (ChannelClosed, ProtocolError) as exc:
             self._read_broke(exc)
-            kick = True
-            return False
+            ended = broke = True
         finally:
             token.release()
-            if kick:
-                self.kick()
+        if ended:
+            if broke:
+                self.kick()  # the reader thread answers the pending calls
+            watch.stop()
 
-    def watch_from(self, loop: asyncio.AbstractEventLoop,
-                   around: Callable[[Callable[[], bool]], bool]) -> bool:
+    def watch_from(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Have ``loop`` read this socket (:class:`_LoopWatch`); False if it cannot
         now: another thread is reading, the child is gone, or no fd is left."""
         token = self._token
@@ -526,7 +530,7 @@ class _Connection:
         try:  # under the token: the reader thread closes _poll_fd holding it
             if self._poll_fd < 0:
                 return False
-            self.loop_watch = _LoopWatch(self, loop, around)
+            self.loop_watch = _LoopWatch(self, loop)
             return True
         except OSError:
             return False
@@ -901,25 +905,19 @@ class _LoopWatch:
     loop calls once this one is closed.
     """
 
-    __slots__ = ("conn", "loop", "fd", "read", "_lock")
+    __slots__ = ("conn", "loop", "fd", "_lock")
 
-    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop,
-                 around: Callable[[Callable[[], bool]], bool]) -> None:
+    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
         self.loop = loop
-        read = conn.read_here
-        self.read = lambda: around(read)  # e.g. settle the answers read in one batch
         self._lock = threading.Lock()  # stop() may run in the reader thread too
         self.fd = os.dup(conn._poll_fd)
         try:
-            loop.add_reader(self.fd, self.readable)
+            # The connection's read itself: no frame between the loop and the read.
+            loop.add_reader(self.fd, conn.read_here, self)
         except BaseException:
             os.close(self.fd)
             raise
-
-    def readable(self) -> None:
-        if not self.read():
-            self.stop()
 
     def stop(self) -> None:
         """End the watch: in the loop's thread, or in any once the loop is closed."""
@@ -1149,11 +1147,11 @@ class ProcessRef(ActorRef):
         return ref
 
     def call_awaited(self, target: str, request: Any, sink: ReplySink,
-                     loop: asyncio.AbstractEventLoop,
-                     around: Callable[[Callable[[], bool]], bool]) -> int:
+                     loop: asyncio.AbstractEventLoop) -> int:
         """:meth:`call_into` for a caller awaiting in ``loop`` (run in its thread):
-        the loop reads the answer itself (:class:`_LoopWatch`, each read wrapped
-        in ``around``) instead of the reader thread. Returns the call's ref.
+        the loop reads the answer itself (:class:`_LoopWatch`: ``sink`` is then
+        answered in the loop's thread) instead of the reader thread. Returns the
+        call's ref.
         """
         conn = self._conn
         ref = conn.submit(CALL, target, request, sink)
@@ -1164,7 +1162,7 @@ class ProcessRef(ActorRef):
                 return ref
             watch.stop()
             watch = None
-        if watch is None and not conn.watch_from(loop, around):
+        if watch is None and not conn.watch_from(loop):
             conn.kick()  # the reader thread answers this one
         return ref
 
