@@ -26,7 +26,8 @@ the manager (its records and its ``component`` lookup) and one sandbox record:
   stop it for good (:class:`Terminate`, handled by :func:`handle_info`).
 - :func:`forget` (destroy, or a failed create): kill whatever is left in the
   sandbox's cgroups or runs under its UID, remove the cgroups (:func:`release`),
-  unregister (:func:`unregister`).
+  unregister (:func:`unregister`). A destroy kills what runs under the UID
+  outside the cgroups while the process stops (:func:`kill_strays`).
 - :func:`info_extra`: ``isolation``, ``quarantined``, ``usage`` and the
   effective limits, for ``get_sandbox_info``.
 """
@@ -59,6 +60,7 @@ __all__ = [
     "forget",
     "handle_info",
     "info_extra",
+    "kill_strays",
     "prepare",
     "process_options",
     "release",
@@ -342,22 +344,39 @@ def forget(manager: Any, record: Any) -> None:
     unregister(manager, record.config.id)
 
 
-def release(manager: Any, record: Any) -> None:
-    """Kill whatever the sandbox left in its cgroups or under its UID, remove its
-    cgroups (once its process has exited)."""
-    sid = record.config.id
+def kill_strays(manager: Any, record: Any) -> bool:
+    """While a destroyed sandbox's process stops: kill what runs under its UID
+    outside its cgroups (:func:`runtime.child.isolation.kill_strays`); True if
+    that stands for :func:`release`'s pass over the UID (pass ``strays_killed``)."""
+    prot: Protection | None = getattr(record.slot, "security", None)
+    proc = record.slot.current()
+    if prot is None or proc is None:
+        return False
+    left = isolation.kill_strays(prot.state, proc.pid)
+    if left:
+        _report_leftovers(manager, record.config.id, left)
+    return left is not None
+
+
+def release(manager: Any, record: Any, *, strays_killed: bool = False) -> None:
+    """Kill whatever the sandbox left in its cgroups or under its UID (only in its
+    cgroups with ``strays_killed``, see :func:`kill_strays`), remove its cgroups
+    (once its process has exited)."""
     prot: Protection | None = getattr(record.slot, "security", None)
     if prot is not None:
-        left = isolation.release(prot.state)
+        left = isolation.release(prot.state, strays_killed=strays_killed)
         if left:
-            log.warning("sandbox %s left processes behind; killed: %s", sid, left)
-            try:
-                manager._component("security").tell(
-                    LogEvent(sid, "sandbox.leftovers", f"killed pids {left}", "terminate",
-                             "terminate")
-                )
-            except SandboxError:
-                pass
+            _report_leftovers(manager, record.config.id, left)
+
+
+def _report_leftovers(manager: Any, sid: str, left: list[int]) -> None:
+    log.warning("sandbox %s left processes behind; killed: %s", sid, left)
+    try:
+        manager._component("security").tell(
+            LogEvent(sid, "sandbox.leftovers", f"killed pids {left}", "terminate", "terminate")
+        )
+    except SandboxError:
+        pass
 
 
 def unregister(manager: Any, sandbox_id: str) -> None:

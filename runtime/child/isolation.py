@@ -78,6 +78,7 @@ from runtime.child import mounts as _mounts
 from runtime.child import netns as _netns
 from runtime.child.mounts import PRIVATE_TMP, TMPFS_OPTIONS
 from runtime.child import seccomp as _seccomp
+from runtime.child import uidscan as _uidscan
 from runtime.child import userns as _userns
 from runtime.errors import SandboxError
 
@@ -714,12 +715,12 @@ def sandbox_pids(state: dict[str, Any] | None) -> list[int] | None:
         return None
 
 
-def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> list[int]:
-    """SIGKILL every process in the sandbox's cgroups (and, with ``by_uid``, every
-    process running under its UID); returns the pids signalled."""
-    import signal
+#: The ``/proc`` passes that find processes by UID, shared by destroys side by side.
+_uid_scans = _uidscan.UidScans()
 
-    state = state or {}
+
+def _cgroup_members(state: dict[str, Any]) -> set[int]:
+    """The pids in any of the sandbox's cgroups."""
     pids: set[int] = set()
     for d in (state.get("cgroups") or {}).values():
         try:
@@ -727,16 +728,12 @@ def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> lis
                 pids.update(int(x) for x in fh.read().split())
         except (OSError, ValueError):
             pass
-    uid = state.get("uid")
-    if by_uid and uid is not None:
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                if os.stat(f"/proc/{name}").st_uid == uid:
-                    pids.add(int(name))
-            except OSError:
-                pass
+    return pids
+
+
+def _kill_all(pids: set[int]) -> list[int]:
+    import signal
+
     pids.discard(os.getpid())
     for pid in pids:
         try:
@@ -746,15 +743,55 @@ def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> lis
     return sorted(pids)
 
 
-def release(state: dict[str, Any] | None, *, timeout: float = 5.0) -> list[int]:
+def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> list[int]:
+    """SIGKILL every process in the sandbox's cgroups (and, with ``by_uid``, every
+    process running under its UID); returns the pids signalled."""
+    state = state or {}
+    pids = _cgroup_members(state)
+    uid = state.get("uid")
+    if by_uid and uid is not None:
+        pids.update(_uid_scans.pids(uid))  # a pass shared with destroys beside this one
+    return _kill_all(pids)
+
+
+def kill_strays(state: dict[str, Any] | None, member: int | None) -> list[int] | None:
+    """While the sandbox's process ``member`` stops (destroy, host side): SIGKILL
+    every process under the sandbox's UID outside its cgroups; returns their pids,
+    or None when this cannot stand for :func:`release`'s pass over the UID.
+
+    It stands for it when ``member`` is in the sandbox's cgroups: everything that
+    process starts is born there and cannot leave (the cgroup files are root's), so
+    a process under the UID found outside them was left by an earlier process of
+    the sandbox, and the stopping one cannot add another (a stray forking between
+    the pass and the kill escapes either pass alike). The pass over ``/proc`` thus
+    runs while the process exits, not after it. None (no UID, no cgroup, ``member`` not or
+    no longer in one): ``release(state)`` makes the pass after the exit.
+    """
+    state = state or {}
+    uid = state.get("uid")
+    if uid is None or member is None or not state.get("cgroups"):
+        return None
+    under_uid = _uid_scans.pids(uid)
+    # Read after the pass: a process it saw inside a cgroup is still listed there
+    # (or gone), so what is not listed here was outside when the pass saw it.
+    inside = _cgroup_members(state)
+    if member not in inside:
+        return None
+    return _kill_all(set(under_uid) - inside)
+
+
+def release(state: dict[str, Any] | None, *, timeout: float = 5.0,
+            strays_killed: bool = False) -> list[int]:
     """At destroy (host side): kill what is left of the sandbox, remove its cgroups.
 
+    ``strays_killed``: :func:`kill_strays` vouched for the processes under the
+    UID outside the cgroups, so only the cgroups' members are looked for here.
     Returns the pids that were still there.
     """
     import time
 
     state = state or {}
-    killed = kill_leftovers(state, by_uid=True)
+    killed = kill_leftovers(state, by_uid=not strays_killed)
     deadline = time.monotonic() + timeout
     for d in (state.get("cgroups") or {}).values():
         while True:
