@@ -27,7 +27,8 @@ the manager (its records and its ``component`` lookup) and one sandbox record:
 - :func:`forget` (destroy, or a failed create): kill whatever is left in the
   sandbox's cgroups or runs under its UID, remove the cgroups (:func:`release`),
   unregister (:func:`unregister`). A destroy kills what runs under the UID
-  outside the cgroups while the process stops (:func:`kill_strays`).
+  outside the cgroups while the process stops (:func:`joined_cgroups`,
+  :func:`kill_strays`).
 - :func:`info_extra`: ``isolation``, ``quarantined``, ``usage`` and the
   effective limits, for ``get_sandbox_info``.
 """
@@ -60,6 +61,7 @@ __all__ = [
     "forget",
     "handle_info",
     "info_extra",
+    "joined_cgroups",
     "kill_strays",
     "prepare",
     "process_options",
@@ -344,15 +346,26 @@ def forget(manager: Any, record: Any) -> None:
     unregister(manager, record.config.id)
 
 
-def kill_strays(manager: Any, record: Any) -> bool:
-    """While a destroyed sandbox's process stops: kill what runs under its UID
-    outside its cgroups (:func:`runtime.child.isolation.kill_strays`); True if
-    that stands for :func:`release`'s pass over the UID (pass ``strays_killed``)."""
+def joined_cgroups(record: Any) -> int | None:
+    """The pid of the sandbox's process if the host finds it in the sandbox's
+    cgroups (else None); asked before a destroy stops it, for :func:`kill_strays`."""
     prot: Protection | None = getattr(record.slot, "security", None)
     proc = record.slot.current()
-    if prot is None or proc is None:
+    pid = None if proc is None else proc.pid
+    if prot is None or pid is None or not isolation.in_cgroups(prot.state, pid):
+        return None
+    return pid
+
+
+def kill_strays(manager: Any, record: Any, member: int | None) -> bool:
+    """While a destroyed sandbox's process stops: kill what runs under its UID
+    outside its cgroups (:func:`runtime.child.isolation.kill_strays`; ``member``
+    from :func:`joined_cgroups`); True if that stands for :func:`release`'s pass
+    over the UID (pass ``strays_killed``)."""
+    prot: Protection | None = getattr(record.slot, "security", None)
+    if prot is None:
         return False
-    left = isolation.kill_strays(prot.state, proc.pid)
+    left = isolation.kill_strays(prot.state, member)
     if left:
         _report_leftovers(manager, record.config.id, left)
     return left is not None

@@ -619,6 +619,10 @@ class ManagerActor(Component):
         if self.store is not None:  # first: a host killed now does not bring it back
             self.store.delete_sandbox(sandbox_id)
         record.slot.close(ExitReason.shutdown("sandbox destroyed"))
+        # Asked before it stops: what its UID runs outside its cgroups can then be
+        # killed while it stops (containment.kill_strays).
+        job.extra["starts"] = record.slot.starts  # first: a restart after it counts
+        job.extra["member"] = containment.joined_cgroups(record)
         proc = record.slot.current()
         if proc is not None:  # its graceful stop starts now, the job's thread waits for it
             proc.stop_soon()
@@ -635,12 +639,11 @@ class ManagerActor(Component):
             # What runs under its UID outside its cgroups, then the other components'
             # books (4 round trips, none in the manager's turn): a reload the watcher
             # starts meanwhile is refused (the destroy is in flight).
-            strays_killed = containment.kill_strays(components, record)
+            strays_killed = containment.kill_strays(components, record, job.extra["member"])
             _unregister(record, self._component)
             return strays_killed
 
         try:
-            starts = record.slot.starts
             early = self.inflight.aside(while_it_stops)
             sup = record.supervisor
             if sup is not None:
@@ -649,7 +652,7 @@ class ManagerActor(Component):
             try:
                 # Only for the process it looked at: a restart meanwhile (before the
                 # stop reached the supervisor) started another.
-                strays_killed = early.result() and record.slot.starts == starts
+                strays_killed = early.result() and record.slot.starts == job.extra["starts"]
             except BaseException as exc:  # everything else goes first
                 job.result, strays_killed = exc, False
             _remove_remains(record, self._component, self.base_dir, self.inflight.aside,

@@ -86,7 +86,7 @@ def _under(uid: int) -> subprocess.Popen:
 
 def test_strays_are_the_uids_processes_outside_the_cgroups(tmp_path):
     """``kill_strays`` kills what runs under the UID outside the cgroups, spares
-    the cgroups' members, and vouches for nothing when the sandbox's process is
+    the cgroups' members, and vouches for nothing when the sandbox's process was
     not in its cgroups (a cgroup here is a directory with a ``cgroup.procs``)."""
     from runtime.child import isolation
 
@@ -98,9 +98,11 @@ def test_strays_are_the_uids_processes_outside_the_cgroups(tmp_path):
         procs = tmp_path / "cgroup.procs"
         state = {"uid": uid, "cgroups": {"pids": str(tmp_path)}}
         procs.write_text(f"{inside.pid}\n")
-        assert isolation.kill_strays(state, member.pid) is None  # member outside: no verdict
+        assert not isolation.in_cgroups(state, member.pid)
+        assert isolation.kill_strays(state, None) is None  # member outside: no verdict
         assert stray.poll() is None and inside.poll() is None
         procs.write_text(f"{member.pid}\n{inside.pid}\n")
+        assert isolation.in_cgroups(state, member.pid)
         assert isolation.kill_strays(state, member.pid) == [stray.pid]
         assert stray.wait(10) is not None
         assert member.poll() is None and inside.poll() is None

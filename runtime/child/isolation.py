@@ -754,18 +754,26 @@ def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> lis
     return _kill_all(pids)
 
 
+def in_cgroups(state: dict[str, Any] | None, pid: int) -> bool:
+    """Whether process ``pid`` is in one of the sandbox's cgroups (the host's own
+    reading of their member lists)."""
+    return pid in _cgroup_members(state or {})
+
+
 def kill_strays(state: dict[str, Any] | None, member: int | None) -> list[int] | None:
     """While the sandbox's process ``member`` stops (destroy, host side): SIGKILL
     every process under the sandbox's UID outside its cgroups; returns their pids,
     or None when this cannot stand for :func:`release`'s pass over the UID.
 
-    It stands for it when ``member`` is in the sandbox's cgroups: everything that
-    process starts is born there and cannot leave (the cgroup files are root's), so
-    a process under the UID found outside them was left by an earlier process of
-    the sandbox, and the stopping one cannot add another (a stray forking between
-    the pass and the kill escapes either pass alike). The pass over ``/proc`` thus
-    runs while the process exits, not after it. None (no UID, no cgroup, ``member`` not or
-    no longer in one): ``release(state)`` makes the pass after the exit.
+    ``member``: the sandbox's process, found in its cgroups (:func:`in_cgroups`)
+    before it was asked to stop; None if it was not. A process in the cgroups
+    joined them before anything else ran in it, so everything it starts is born
+    there and cannot leave (the cgroup files are root's): a process under the
+    UID outside them was left by an earlier process of the sandbox, and the
+    stopping one cannot add another (a stray forking between the pass and the
+    kill escapes either pass alike). The pass over ``/proc`` thus runs while the
+    process exits, not after it. None (no UID, no cgroup, ``member`` None):
+    ``release(state)`` makes the pass after the exit.
     """
     state = state or {}
     uid = state.get("uid")
@@ -773,11 +781,9 @@ def kill_strays(state: dict[str, Any] | None, member: int | None) -> list[int] |
         return None
     under_uid = _uid_scans.pids(uid)
     # Read after the pass: a process it saw inside a cgroup is still listed there
-    # (or gone), so what is not listed here was outside when the pass saw it.
+    # or gone (``member`` too, once it exited), so what is not listed was outside.
     inside = _cgroup_members(state)
-    if member not in inside:
-        return None
-    return _kill_all(set(under_uid) - inside)
+    return _kill_all(set(under_uid) - inside - {member})
 
 
 def release(state: dict[str, Any] | None, *, timeout: float = 5.0,
