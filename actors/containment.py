@@ -48,7 +48,7 @@ from actors.scan import WARN_HINT
 from actors.security import LogEvent, ObservedRefusal, ViolationReport
 from runtime import telemetry
 from runtime.actor import ExitReason
-from runtime.child import isolation
+from runtime.child import isolation, uidscan
 from runtime.child.seccomp import KILL_SIGNAL
 from runtime.errors import SandboxError, SecurityViolation
 
@@ -346,26 +346,27 @@ def forget(manager: Any, record: Any) -> None:
     unregister(manager, record.config.id)
 
 
-def joined_cgroups(record: Any) -> int | None:
-    """The pid of the sandbox's process if the host finds it in the sandbox's
-    cgroups (else None); asked before a destroy stops it, for :func:`kill_strays`."""
+def joined_cgroups(record: Any) -> tuple[int, int | None] | None:
+    """The pid and start time of the sandbox's process if the host finds it in the
+    sandbox's cgroups (else None); asked before a destroy stops it, for
+    :func:`kill_strays`."""
     prot: Protection | None = getattr(record.slot, "security", None)
     proc = record.slot.current()
     pid = None if proc is None else proc.pid
     if prot is None or pid is None or not isolation.in_cgroups(prot.state, pid):
         return None
-    return pid
+    return pid, uidscan.start_ticks(pid)
 
 
-def kill_strays(manager: Any, record: Any, member: int | None) -> bool:
+def kill_strays(manager: Any, record: Any, member: tuple[int, int | None] | None) -> bool:
     """While a destroyed sandbox's process stops: kill what runs under its UID
     outside its cgroups (:func:`runtime.child.isolation.kill_strays`; ``member``
     from :func:`joined_cgroups`); True if that stands for :func:`release`'s pass
     over the UID (pass ``strays_killed``)."""
     prot: Protection | None = getattr(record.slot, "security", None)
-    if prot is None:
+    if prot is None or member is None:
         return False
-    left = isolation.kill_strays(prot.state, member)
+    left = isolation.kill_strays(prot.state, *member)
     if left:
         _report_leftovers(manager, record.config.id, left)
     return left is not None

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from runtime.child.uidscan import UidScans, pids_of
+from runtime.child.uidscan import UidScans, now_ticks, pids_by_uid, start_ticks
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -19,27 +19,31 @@ def test_a_pass_finds_the_processes_of_each_uid():
     uid = 199_999
     proc = subprocess.Popen(["cat"], stdin=subprocess.PIPE, user=uid, group=uid)
     try:
-        found = pids_of({uid, os.getuid()})
+        found = pids_by_uid()
         assert found[uid] == [proc.pid]
-        assert os.getpid() in found[os.getuid()]
+        assert os.getpid() in found[os.geteuid()]
+        assert start_ticks(proc.pid) <= now_ticks()
     finally:
         proc.kill()
         proc.wait()
 
 
+def _counting_scan(passes: list[int], hold: threading.Event | None = None,
+                   running: threading.Event | None = None):
+    def scan() -> dict[int, list[int]]:
+        passes.append(len(passes) + 1)
+        n = len(passes)
+        if n == 1 and hold is not None:
+            running.set()
+            assert hold.wait(10)
+        return {uid: [uid * 10 + n] for uid in (1, 2, 3, 4)}  # which pass saw it
+    return scan
+
+
 def test_requests_made_while_a_pass_runs_share_the_next_one():
-    passes: list[set[int]] = []
+    passes: list[int] = []
     first_running, let_go = threading.Event(), threading.Event()
-
-    def scan(uids: set[int]) -> dict[int, list[int]]:
-        passes.append(set(uids))
-        if len(passes) == 1:
-            first_running.set()
-            assert let_go.wait(10)
-        n = len(passes)  # which pass saw it: the pids say
-        return {uid: [uid * 10 + n] for uid in uids}
-
-    scans = UidScans(scan)
+    scans = UidScans(_counting_scan(passes, let_go, first_running))
     got: dict[int, list[int]] = {}
 
     def ask(uid: int) -> None:
@@ -51,32 +55,44 @@ def test_requests_made_while_a_pass_runs_share_the_next_one():
     later = [threading.Thread(target=ask, args=(uid,)) for uid in (2, 3, 4)]
     for t in later:
         t.start()
-    # The three wait for the running pass: they all joined the one not started yet.
+    # The three wait for the running pass, having joined the one not started yet.
     from sandbox.testing import wait_for
 
-    wait_for(lambda: scans._open.uids == {2, 3, 4}, 10)
+    wait_for(lambda: sum(t.is_alive() for t in later) == 3 and scans._running.locked(), 10)
     let_go.set()
     for t in [first, *later]:
         t.join(10)
-    assert passes == [{1}, {2, 3, 4}]
-    # Each got the pass that started after it asked: 1 the first, the others the second.
+    assert len(passes) == 2
+    # Each got a pass that started after it asked: 1 the first, the others the second.
     assert got == {1: [11], 2: [22], 3: [32], 4: [42]}
+
+
+def test_a_pass_that_started_after_the_moment_asked_for_serves_it():
+    passes: list[int] = []
+    scans = UidScans(_counting_scan(passes))
+    before = now_ticks() - 1
+    assert scans.since(1, before) == [11]  # no pass yet: one is made
+    assert scans.since(2, before) == [21]  # the last pass started after `before`
+    assert len(passes) == 1
+    assert scans.since(3, now_ticks() + 1) == [32]  # not after this: a new pass
+    assert scans.pids(4) == [43]  # a fresh one always
+    assert len(passes) == 3
 
 
 def test_a_failed_pass_raises_in_each_request_and_the_next_pass_runs():
     calls = []
 
-    def scan(uids: set[int]) -> dict[int, list[int]]:
-        calls.append(set(uids))
+    def scan() -> dict[int, list[int]]:
+        calls.append(1)
         if len(calls) == 1:
             raise OSError("no /proc")
-        return {uid: [] for uid in uids}
+        return {}
 
     scans = UidScans(scan)
     with pytest.raises(OSError):
         scans.pids(5)
-    assert scans.pids(5) == []
-    assert calls == [{5}, {5}]
+    assert scans.since(5, 0) == []  # the failed pass serves nobody
+    assert len(calls) == 2
 
 
 def _under(uid: int) -> subprocess.Popen:
@@ -84,31 +100,54 @@ def _under(uid: int) -> subprocess.Popen:
                             user=uid, group=uid)
 
 
-def test_strays_are_the_uids_processes_outside_the_cgroups(tmp_path):
+def test_strays_are_the_uids_processes_outside_the_cgroups(tmp_path, monkeypatch):
     """``kill_strays`` kills what runs under the UID outside the cgroups, spares
     the cgroups' members, and vouches for nothing when the sandbox's process was
-    not in its cgroups (a cgroup here is a directory with a ``cgroup.procs``)."""
+    not in its cgroups (a cgroup here is a directory with a ``cgroup.procs``).
+    A pass that started after the member did and shows no stray is taken as is;
+    a stray it shows is killed from a fresh pass."""
     from runtime.child import isolation
 
     if os.geteuid() != 0:
         pytest.skip("starting a process under another UID needs root")
+    passes: list[int] = []
+
+    def counted() -> dict[int, list[int]]:
+        passes.append(1)
+        return pids_by_uid()
+
+    monkeypatch.setattr(isolation, "_uid_scans", UidScans(counted))
     uid = 199_998
-    member, inside, stray = _under(uid), _under(uid), _under(uid)
+    procs: list[subprocess.Popen] = []
     try:
-        procs = tmp_path / "cgroup.procs"
+        member, inside, stray = (_under(uid) for _ in range(3))
+        procs += [member, inside, stray]
+        cgroup = tmp_path / "cgroup.procs"
         state = {"uid": uid, "cgroups": {"pids": str(tmp_path)}}
-        procs.write_text(f"{inside.pid}\n")
+        cgroup.write_text(f"{inside.pid}\n")
         assert not isolation.in_cgroups(state, member.pid)
         assert isolation.kill_strays(state, None) is None  # member outside: no verdict
-        assert stray.poll() is None and inside.poll() is None
-        procs.write_text(f"{member.pid}\n{inside.pid}\n")
+        assert not passes and stray.poll() is None and inside.poll() is None
+        cgroup.write_text(f"{member.pid}\n{inside.pid}\n")
         assert isolation.in_cgroups(state, member.pid)
-        assert isolation.kill_strays(state, member.pid) == [stray.pid]
+        since = start_ticks(member.pid)
+        assert isolation.kill_strays(state, member.pid, since) == [stray.pid]
         assert stray.wait(10) is not None
         assert member.poll() is None and inside.poll() is None
+        isolation._uid_scans.pids(uid)  # a pass after the stray was reaped
+        made = len(passes)
+        # The last pass started after the member: it shows no stray, none is made.
+        assert isolation.kill_strays(state, member.pid, since) == []
+        assert len(passes) == made
+        # A stray the last pass shows is looked for again, and killed.
+        late = _under(uid)
+        procs.append(late)
+        isolation._uid_scans.pids(uid)  # the last pass now shows it
+        assert isolation.kill_strays(state, member.pid, since) == [late.pid]
+        assert late.wait(10) is not None
         assert isolation.kill_strays({**state, "cgroups": {}}, member.pid) is None
         assert isolation.kill_strays({**state, "uid": None}, member.pid) is None
     finally:
-        for p in (member, inside, stray):
+        for p in procs:
             p.kill()
             p.wait()

@@ -760,30 +760,49 @@ def in_cgroups(state: dict[str, Any] | None, pid: int) -> bool:
     return pid in _cgroup_members(state or {})
 
 
-def kill_strays(state: dict[str, Any] | None, member: int | None) -> list[int] | None:
+#: Passes :func:`kill_strays` makes at most for one sandbox (each kills what the
+#: last one found; strays forking as fast as they are killed outlast them).
+_STRAY_PASSES = 64
+
+
+def kill_strays(state: dict[str, Any] | None, member: int | None,
+                since: int | None = None) -> list[int] | None:
     """While the sandbox's process ``member`` stops (destroy, host side): SIGKILL
     every process under the sandbox's UID outside its cgroups; returns their pids,
     or None when this cannot stand for :func:`release`'s pass over the UID.
 
     ``member``: the sandbox's process, found in its cgroups (:func:`in_cgroups`)
-    before it was asked to stop; None if it was not. A process in the cgroups
-    joined them before anything else ran in it, so everything it starts is born
-    there and cannot leave (the cgroup files are root's): a process under the
-    UID outside them was left by an earlier process of the sandbox, and the
-    stopping one cannot add another (a stray forking between the pass and the
-    kill escapes either pass alike). The pass over ``/proc`` thus runs while the
-    process exits, not after it. None (no UID, no cgroup, ``member`` None):
+    before it was asked to stop; None if it was not. ``since``: when it started
+    (boot clock ticks, :func:`runtime.child.uidscan.start_ticks`). A process in
+    the cgroups joined them before anything else ran in it, so everything it
+    starts is born there and cannot leave (the cgroup files are root's): a process
+    under the UID outside them (a stray) was left by an earlier process of the
+    sandbox, and existed when ``member`` started. So a pass over ``/proc`` that
+    started after ``since`` and found no stray proves there is none (the last
+    pass, shared with other destroys, :class:`~runtime.child.uidscan.UidScans`);
+    a stray it shows is looked for again in a fresh pass, and pids are killed
+    only from fresh passes, which are repeated until one finds nothing new (what
+    a stray forked meanwhile). None (no UID, no cgroup, ``member`` None):
     ``release(state)`` makes the pass after the exit.
     """
     state = state or {}
     uid = state.get("uid")
     if uid is None or member is None or not state.get("cgroups"):
         return None
-    under_uid = _uid_scans.pids(uid)
-    # Read after the pass: a process it saw inside a cgroup is still listed there
-    # or gone (``member`` too, once it exited), so what is not listed was outside.
-    inside = _cgroup_members(state)
-    return _kill_all(set(under_uid) - inside - {member})
+    fresh = since is None
+    under = _uid_scans.pids(uid) if since is None else _uid_scans.since(uid, since)
+    killed: set[int] = set()
+    for _ in range(_STRAY_PASSES):
+        # Read after the pass: a process it saw inside a cgroup is still listed
+        # there or gone (``member`` too, once it exited); the rest was outside.
+        strays = set(under) - _cgroup_members(state) - killed - {member}
+        if not strays:
+            break
+        if fresh:  # kill only what a pass made now shows: a pid may be reused
+            killed.update(_kill_all(strays))
+        fresh = True
+        under = _uid_scans.pids(uid)
+    return sorted(killed)
 
 
 def release(state: dict[str, Any] | None, *, timeout: float = 5.0,
