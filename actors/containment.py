@@ -348,8 +348,8 @@ def forget(manager: Any, record: Any) -> None:
 
 def joined_cgroups(record: Any) -> tuple[int, int | None] | None:
     """The pid and start time of the sandbox's process if the host finds it in the
-    sandbox's cgroups (else None); asked before a destroy stops it, for
-    :func:`kill_strays`."""
+    sandbox's cgroups (else None, also once it has exited); asked while a destroy
+    stops it, for :func:`kill_strays`."""
     prot: Protection | None = getattr(record.slot, "security", None)
     proc = record.slot.current()
     pid = None if proc is None else proc.pid

@@ -619,10 +619,7 @@ class ManagerActor(Component):
         if self.store is not None:  # first: a host killed now does not bring it back
             self.store.delete_sandbox(sandbox_id)
         record.slot.close(ExitReason.shutdown("sandbox destroyed"))
-        # Asked before it stops: what its UID runs outside its cgroups can then be
-        # killed while it stops (containment.kill_strays).
-        job.extra["starts"] = record.slot.starts  # first: a restart after it counts
-        job.extra["member"] = containment.joined_cgroups(record)
+        job.extra["starts"] = record.slot.starts  # a restart after this is seen (_take_down)
         proc = record.slot.current()
         if proc is not None:  # its graceful stop starts now, the job's thread waits for it
             proc.stop_soon()
@@ -634,12 +631,15 @@ class ManagerActor(Component):
         process stops gracefully, then is killed) and remove every trace of it."""
         record = job.record
         components = _Components(self._component)
+        # First, while it stops (mostly still there): is it in its cgroups? Then what
+        # its UID runs outside them can be killed now (containment.kill_strays).
+        member = containment.joined_cgroups(record)
 
         def while_it_stops() -> bool:
             # What runs under its UID outside its cgroups, then the other components'
             # books (4 round trips, none in the manager's turn): a reload the watcher
             # starts meanwhile is refused (the destroy is in flight).
-            strays_killed = containment.kill_strays(components, record, job.extra["member"])
+            strays_killed = containment.kill_strays(components, record, member)
             _unregister(record, self._component)
             return strays_killed
 

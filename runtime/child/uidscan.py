@@ -39,8 +39,12 @@ def now_ticks() -> int:
 def start_ticks(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks since boot), None if it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return int(fh.read().rsplit(b")", 1)[1].split()[19])
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            data = os.read(fd, 4096)  # the whole line: a comm is at most 64 bytes
+        finally:
+            os.close(fd)
+        return int(data.rsplit(b")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
 
