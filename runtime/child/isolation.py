@@ -788,8 +788,9 @@ def kill_strays(state: dict[str, Any] | None, member: int | None,
     pass, shared with other destroys, :class:`~runtime.child.uidscan.UidScans`);
     a stray it shows is looked for again in a fresh pass, and pids are killed
     only from fresh passes, which are repeated until one finds nothing new (what
-    a stray forked meanwhile). None (no UID, no cgroup, ``member`` None):
-    ``release(state)`` makes the pass after the exit.
+    a stray forked meanwhile). None (no UID, no cgroup, ``member`` None, or
+    strays still new after :data:`_STRAY_PASSES` passes): ``release(state)``
+    makes the pass after the exit.
     """
     state = state or {}
     uid = state.get("uid")
@@ -808,6 +809,8 @@ def kill_strays(state: dict[str, Any] | None, member: int | None,
             killed.update(_kill_all(strays))
         fresh = True
         under = _uid_scans.pids(uid)
+    else:  # still new ones: no verdict, release makes its pass too
+        return None
     return sorted(killed)
 
 
