@@ -151,3 +151,44 @@ def test_strays_are_the_uids_processes_outside_the_cgroups(tmp_path, monkeypatch
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_the_workdir_outlives_the_pass_over_its_uid(tmp_path, monkeypatch):
+    """The sandbox's UID is its workdir's inode number: without a verdict from
+    ``kill_strays`` the pass over the UID's processes (``release``) runs while the
+    workdir still holds that inode, so no sandbox created meanwhile can have the
+    UID; with the verdict, the workdir goes beside the cgroups' removal."""
+    from types import SimpleNamespace
+
+    from actors import containment, manager
+
+    workdir = tmp_path / "wd"
+    seen: list[tuple[bool, bool]] = []
+
+    def release(_m, _record, *, strays_killed=False):
+        seen.append((strays_killed, workdir.exists()))
+
+    monkeypatch.setattr(containment, "release", release)
+    record = SimpleNamespace(workdir=str(workdir), config=SimpleNamespace(id="wd"),
+                             supervisor=None)
+    for strays_killed in (False, True):
+        workdir.mkdir()
+        ran_aside = threading.Event()
+
+        def aside(fn):
+            from concurrent.futures import Future
+
+            done: Future = Future()
+            if strays_killed:  # removed beside release: here, before it
+                fn()
+                ran_aside.set()
+            else:
+                raise AssertionError("the workdir went beside the pass over the UID")
+            done.set_result(None)
+            return done
+
+        manager._remove_remains(record, lambda name: None, str(tmp_path), aside,
+                                stopped=True, strays_killed=strays_killed)
+        assert not workdir.exists()
+        assert ran_aside.is_set() == strays_killed
+    assert seen == [(False, True), (True, False)]
