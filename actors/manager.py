@@ -631,11 +631,8 @@ class ManagerActor(Component):
         process stops gracefully, then is killed) and remove every trace of it."""
         record = job.record
         components = _Components(self._component)
-        # First, while it stops (mostly still there): is it in its cgroups? Then what
-        # its UID runs outside them can be killed now (containment.kill_strays).
-        member = containment.joined_cgroups(record)
 
-        def while_it_stops() -> bool:
+        def while_it_stops(member: tuple[int, int | None] | None) -> bool:
             # What runs under its UID outside its cgroups, then the other components'
             # books (4 round trips, none in the manager's turn): a reload the watcher
             # starts meanwhile is refused (the destroy is in flight).
@@ -644,7 +641,10 @@ class ManagerActor(Component):
             return strays_killed
 
         try:
-            early = self.inflight.aside(while_it_stops)
+            # First, while it stops (mostly still there): is it in its cgroups? Then
+            # what its UID runs outside them can be killed now (kill_strays).
+            member = containment.joined_cgroups(record)
+            early = self.inflight.aside(lambda: while_it_stops(member))
             sup = record.supervisor
             if sup is not None:
                 sup.stop(ExitReason.shutdown("sandbox destroyed"),
