@@ -55,7 +55,7 @@ from runtime.errors import (
     SandboxNotFound,
     SupervisorError,
 )
-from runtime.host.process import KILL_MARGIN, ProcessRef, start_process
+from runtime.host.process import KILL_MARGIN, ChildAhead, ProcessRef, start_process
 from runtime.recovery import annotate as annotate_error
 from runtime.supervisor import ChildStartFailed, Supervisor, SupervisorRef, gave_up
 
@@ -531,13 +531,17 @@ class ManagerActor(Component):
     def _prepare(self, job: Job) -> None:
         """A create's slow part, on its own thread: containment (profile, limits, UID,
         cgroups), compile (a cache hit for the 2nd..Nth sandbox of one app), and boot
-        the process until the app is ready."""
+        the process until the app is ready. The process is asked of the fork server
+        first, so its fork overlaps containment and the compile; it runs nothing
+        until its start hands it the plan (:func:`containment.fork_ahead`)."""
         record = job.record
+        ahead = containment.fork_ahead(record)
         try:
             self._contain_and_compile(record)
             process: ProcessRef | BaseException
             try:
-                process = job.extra["process"] = boot_process(record, runtime_id=self.runtime_id)
+                process = job.extra["process"] = boot_process(
+                    record, runtime_id=self.runtime_id, ahead=ahead)
             except Exception as exc:
                 # Raised by the sandbox supervisor's first start, so a boot failure takes
                 # the path (and emits the events) of any start failure.
@@ -546,6 +550,9 @@ class ManagerActor(Component):
             self._start_supervisor(record, process=process)
         except BaseException as exc:
             job.result = exc
+        finally:
+            if ahead is not None:
+                ahead.cancel()  # containment or the compile refused it: killed unused
 
     def _contain_and_compile(self, record: SandboxRecord) -> None:
         """Containment, and the compile: with a built-in profile the compiler's part
@@ -869,8 +876,10 @@ class ManagerActor(Component):
         _stop_sandbox_supervisor(record, self._component)
 
 
-def boot_process(record: SandboxRecord, *, runtime_id: str, states: Any = None) -> ProcessRef:
-    """Start the sandbox's process with its current code; returns once the app is ready."""
+def boot_process(record: SandboxRecord, *, runtime_id: str, states: Any = None,
+                 ahead: ChildAhead | None = None) -> ProcessRef:
+    """Start the sandbox's process with its current code; returns once the app is ready.
+    ``ahead``: its child, forked beforehand (:func:`containment.fork_ahead`)."""
     config = record.config
     return start_process(
         config.entry,
@@ -881,6 +890,7 @@ def boot_process(record: SandboxRecord, *, runtime_id: str, states: Any = None) 
         cwd=record.workdir,
         states=states,
         output=record.slot.output,
+        ahead=ahead,
     )
 
 

@@ -10,7 +10,8 @@ One per runtime, under the root supervisor. Its operations (``ref.invoke(op, ...
   :class:`~runtime.errors.SecurityViolation` (with ``findings``) when there is an
   error; ``scanner()`` -> a picklable hook for the compiler that knows the
   custom profiles;
-- ``register_sandbox(sandbox_id, profile)`` / ``forget_sandbox(sandbox_id)``;
+- ``register_sandbox(sandbox_id, profile)`` -> the profile, resolved (so a create
+  binds and resolves it in one round trip) / ``forget_sandbox(sandbox_id)``;
 - ``record_violation(sandbox_id, event, correlation_id=None, profile=None)`` ->
   the action to take: ``"logged"``, or ``"terminate"`` once the profile's
   threshold of refusals is reached (the sandbox is then quarantined);
@@ -38,7 +39,8 @@ types are kept, strings are truncated, and the sandbox's identity and profile
 come from the caller (the channel it arrived on), never from the event.
 
 >>> ref = SecurityControllerActor.start()
->>> ref.invoke("register_sandbox", "sb1", "high")
+>>> ref.invoke("register_sandbox", "sb1", "high").name
+'high'
 >>> [ref.invoke("record_violation", "sb1", {"event": "os.system", "detail": "ls"})
 ...  for _ in range(3)]
 ['logged', 'logged', 'terminate']
@@ -323,11 +325,13 @@ class SecurityControllerActor(Component):
         return findings
 
     # -- sandboxes and violations --------------------------------------------------------
-    def op_register_sandbox(self, sandbox_id: str, profile: str | Profile) -> None:
+    def op_register_sandbox(self, sandbox_id: str, profile: str | Profile) -> Profile:
+        """Bind the sandbox to ``profile`` (a name or a Profile); returns it resolved."""
         p = self._profile(profile)
         if p.name not in self.profiles:
             self.profiles[p.name] = p
         self.sandboxes[_check_id(sandbox_id)] = p.name
+        return p
 
     def op_forget_sandbox(self, sandbox_id: str) -> None:
         """The sandbox was destroyed: drop its profile binding (its quarantine stays)."""

@@ -21,10 +21,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import math
 import os
 import weakref
+from asyncio import _get_running_loop
 from collections.abc import Callable
-from time import monotonic, perf_counter, time
+from heapq import heapify, heappop, heappush
+from time import get_clock_info, monotonic, perf_counter, time
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from actors.monitor import deadline_passed, deadline_wait, raise_if_cpu_budget, watch_call
@@ -42,39 +45,37 @@ T = TypeVar("T")
 
 
 class _Settler:
-    """Answers for one event loop, settled in batches: the reader threads queue them,
-    and one ``call_soon_threadsafe`` (a write to the loop's wake-up pipe) settles all
-    that arrived before the loop got to them, not one wake-up per answer."""
+    """The awaited calls of one event loop: the answers other threads read, settled
+    in batches, and the calls' timeouts (:class:`_Deadlines`).
 
-    __slots__ = ("loop", "answers", "scheduled", "__weakref__")
+    The reader threads queue answers, and one ``call_soon_threadsafe`` (a write to
+    the loop's wake-up pipe) settles all that arrived before the loop got to them,
+    not one wake-up per answer. What the loop reads itself is settled where it is
+    read (:class:`_FutureSink`), with no queue."""
+
+    __slots__ = ("loop", "answers", "scheduled", "deadlines", "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        # Weakly: a module global reaches this object (the registry, the cache),
+        # and a loop nobody uses any more must go.
+        self.loop = weakref.ref(loop)
         self.answers: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]]
         self.answers = collections.deque()
         self.scheduled = False
+        self.deadlines = _Deadlines()
 
     def put(self, future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
         self.answers.append((future, value, exc))  # first: a drain running now may take it
         if not self.scheduled:
             self.scheduled = True
             try:
-                self.loop.call_soon_threadsafe(self.drain)
+                loop = self.loop()
+                if loop is None:
+                    raise RuntimeError("the loop is gone")
+                loop.call_soon_threadsafe(self.drain)
             except RuntimeError:  # the loop is closed: nobody awaits these answers now
                 self.answers.clear()  # (a call the monitor still watched ended after it)
                 self.scheduled = False  # and a later one is dropped the same way
-
-    def reading(self, read: Callable[[], bool]) -> bool:
-        """Run ``read`` (the loop reading answers itself, in its own thread) and
-        settle what it routed here right after it, with no wake-up of the loop."""
-        held = not self.scheduled  # else a drain is already scheduled: it settles them
-        if held:
-            self.scheduled = True  # put() queues without scheduling meanwhile
-        try:
-            return read()
-        finally:
-            if held:
-                self.drain()
 
     def drain(self) -> None:
         self.scheduled = False  # first: an answer queued from now on schedules a drain
@@ -83,19 +84,91 @@ class _Settler:
             _settle(*answers.popleft())
 
 
+class _Deadlines:
+    """The timeouts of one loop's awaited calls, on one timer handle: a
+    ``call_later`` per call costs a handle, a heap push and a cancel.
+
+    :meth:`add` puts a call's deadline in a heap; the one timer is armed for the
+    earliest. An entry stays in the heap after its call ended (the call says so with
+    :meth:`ended`) until it comes up or the ended entries are the larger part, when
+    the heap is rebuilt without them (as asyncio drops cancelled timer handles).
+    Entries hold their futures, and this object its timer, weakly (both hold the
+    loop, see :class:`_Settler`); a future nobody holds has nobody awaiting it."""
+
+    __slots__ = ("heap", "live", "when", "timer")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, weakref.ref[asyncio.Future[Any]]]] = []
+        self.live = 0  # calls added and not ended
+        self.when = math.inf  # when the timer fires (inf: not armed)
+        self.timer: weakref.ref[asyncio.TimerHandle] | None = None
+
+    def add(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+            wait: float) -> None:
+        """Fail ``future`` (of ``loop``) with ``TimeoutError`` if it is not done in
+        ``wait`` seconds."""
+        self.live += 1
+        if len(self.heap) > 2 * self.live + 100:
+            self._compact()
+        when = loop.time() + wait
+        heappush(self.heap, (when, id(future), _ref(future)))
+        if when < self.when:
+            self._arm(loop, when)
+
+    def ended(self) -> None:
+        """A call :meth:`add` got ended (answered, failed, timed out or cancelled)."""
+        self.live -= 1
+
+    def _compact(self) -> None:
+        self.heap = heap = [e for e in self.heap if (f := e[2]()) is not None and not f.done()]
+        heapify(heap)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        timer = None if self.timer is None else self.timer()
+        if timer is not None:
+            timer.cancel()
+        self.when = when
+        self.timer = weakref.ref(loop.call_at(when, self._fire, loop))
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer, self.when = None, math.inf
+        heap = self.heap
+        end = loop.time() + _RESOLUTION
+        while heap and heap[0][0] < end:
+            future = heappop(heap)[2]()
+            if future is not None and not future.done():
+                future.set_exception(TimeoutError())
+        if heap:
+            self._arm(loop, heap[0][0])
+
+
+#: Deadlines this close are due, as for the loop's own timers.
+_RESOLUTION = get_clock_info("monotonic").resolution
+_ref = weakref.ref
+
+
 _settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Settler] = (
     weakref.WeakKeyDictionary())
+#: The last loop's settler: a loop's calls find theirs without a weak-dict lookup.
+_last: _Settler | None = None
 
 
 def _settler(loop: asyncio.AbstractEventLoop) -> _Settler:
+    global _last
+    settler = _last
+    if settler is not None and settler.loop() is loop:
+        return settler
     settler = _settlers.get(loop)
     if settler is None:
         settler = _settlers[loop] = _Settler(loop)
+    _last = settler
     return settler
 
 
 class _FutureSink:
-    """A ReplySink resolving an asyncio future from whichever thread reads the answer."""
+    """A ReplySink resolving an asyncio future from whichever thread reads the answer:
+    at once in the loop's own thread while it runs (the loop reads the answers of
+    its calls itself), else through the loop's :class:`_Settler`."""
 
     __slots__ = ("_settler", "_future")
 
@@ -104,10 +177,18 @@ class _FutureSink:
         self._future = future
 
     def set_result(self, value: Any) -> None:
-        self._settler.put(self._future, value, None)
+        future = self._future
+        if _get_running_loop() is not future.get_loop():
+            self._settler.put(future, value, None)
+        elif not future.done():  # else cancelled or timed out: the answer is dropped
+            future.set_result(value)
 
     def set_exception(self, exc: BaseException) -> None:
-        self._settler.put(self._future, None, exc)
+        future = self._future
+        if _get_running_loop() is not future.get_loop():
+            self._settler.put(future, None, exc)
+        elif not future.done():
+            future.set_exception(exc)
 
 
 class _WatchedSink(_FutureSink):
@@ -139,12 +220,6 @@ def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) 
         future.set_result(value)
 
 
-def _expire(future: asyncio.Future[Any]) -> None:
-    """An awaited call's timeout ran out: its caller gets ``TimeoutError``."""
-    if not future.done():
-        future.set_exception(TimeoutError())
-
-
 class AsyncSandbox:
     """Awaitable handle on one sandbox; wraps a :class:`~sandbox.api.Sandbox`."""
 
@@ -159,12 +234,15 @@ class AsyncSandbox:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
-    async def _process(self, timeout: float | None) -> Any:
+    def _current(self) -> Any:
+        """The live process, if this handle has one now (the usual case)."""
         slot = self.sync._slot
-        if slot is not None:
-            proc = slot.current()
-            if proc is not None:
-                return proc  # the usual case: no thread, no wait
+        return None if slot is None else slot.current()
+
+    async def _process(self, timeout: float | None) -> Any:
+        proc = self._current()
+        if proc is not None:
+            return proc  # no thread, no wait
         # First call on this handle, or the process is restarting: wait in a thread.
         return await self._thread(self.sync._process, timeout)
 
@@ -182,7 +260,9 @@ class AsyncSandbox:
         loop = asyncio.get_running_loop()
         t0, ok = perf_counter(), False
         try:
-            proc = await self._process(timeout)
+            proc = self._current()  # as _process, without a coroutine in the usual case
+            if proc is None:
+                proc = await self._process(timeout)
             limit = self.sync._slot.deadline  # the handler deadline (limits.call_seconds)
             future: asyncio.Future[Any] = loop.create_future()
             settler = _settler(loop)
@@ -193,17 +273,17 @@ class AsyncSandbox:
                 wait, started = deadline_wait(limit, timeout), monotonic()
                 sink = watch = _WatchedSink(settler, future)
             try:
-                ref = proc.call_awaited(actor, request, sink, loop, settler.reading)
+                ref = proc.call_awaited(actor, request, sink, loop)
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self.sync, "call", exc) from None
-            handed = False  # deadline_passed took the call over (watched or acted on)
-            # A bare timer handle, not asyncio.timeout (its context manager costs as
-            # much again) nor wait_for (a task per call): it fails the future.
-            timer = None if wait is None else loop.call_later(wait, _expire, future)
+            # The loop's one timer, not asyncio.timeout (its context manager costs as
+            # much again), wait_for (a task per call) or a call_later each: it fails
+            # the future.
+            if wait is not None:
+                settler.deadlines.add(loop, future, wait)
             try:
                 value = await future
             except TimeoutError:
-                handed = True  # the answer is not wanted, or the monitor takes it
                 if watch is None:
                     proc.forget(ref)
                     raise CallTimeout(f"{proc.id}/{actor}", timeout) from None
@@ -215,14 +295,16 @@ class AsyncSandbox:
                                        time() - (monotonic() - started))
                 await self._thread(self.sync._check_owner)  # SandboxNotFound if destroyed
                 raise
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                if not handed and (not future.done() or future.cancelled()):  # cancelled
+            except BaseException:  # the await was cancelled (its future too, or not yet done)
+                if not future.done() or future.cancelled():
                     if watch is None:
                         proc.forget(ref)
                     else:  # the deadline still holds for the handler
                         watch_call(self.sync, proc, watch.reply, started)
+                raise
+            finally:
+                if wait is not None:
+                    settler.deadlines.ended()
             ok = True
             return value
         finally:

@@ -204,3 +204,87 @@ def test_a_crash_answers_an_awaited_call(tmp_path: Path):
                 await sb.call("gate", "crash", timeout=30)
 
     asyncio.run(main())
+
+
+def test_one_timer_serves_every_awaited_timeout():
+    """Awaited calls' timeouts share one loop timer: each future fails in the order of
+    its deadline, a call with an earlier deadline than the armed one re-arms it, and
+    the entries of calls that ended are dropped (the heap does not grow with calls)."""
+    from sandbox.aio import _Deadlines
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = _Deadlines()
+        late, soon, mid = (loop.create_future() for _ in range(3))
+        for future, wait in ((late, 0.3), (soon, 0.05), (mid, 0.15)):
+            deadlines.add(loop, future, wait)
+        timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        assert len(timers) == 1 and timers[0].when() == deadlines.when
+        order: list[str] = []
+        for name, future in (("late", late), ("soon", soon), ("mid", mid)):
+            future.add_done_callback(lambda f, name=name: order.append(name))
+        await asyncio.wait([late, soon, mid])
+        assert order == ["soon", "mid", "late"]
+        assert all(isinstance(f.exception(), TimeoutError) for f in (late, soon, mid))
+        for _ in range(3):
+            deadlines.ended()
+        # Answered calls: their entries go, and an answered future is never failed.
+        answered = []
+        for _ in range(1000):
+            future = loop.create_future()
+            deadlines.add(loop, future, 0.01 if not answered else 60.0)
+            future.set_result(None)
+            deadlines.ended()
+            answered.append(future)
+        assert len(deadlines.heap) <= 102
+        last = loop.create_future()
+        deadlines.add(loop, last, 0.02)
+        await asyncio.wait([last])
+        assert all(f.result() is None for f in answered)
+
+    asyncio.run(main())
+
+
+def test_a_loop_that_called_a_sandbox_can_go():
+    """The loops' registry holds each loop weakly: once another loop took over the
+    sandbox's socket, the first loop is garbage."""
+    import gc
+    import weakref
+
+    with sandbox.start() as rt:
+        asb = AsyncSandbox(rt.create_sandbox("aio-gone", COUNTER))
+        loops = []
+
+        async def main() -> int:
+            loops.append(weakref.ref(asyncio.get_running_loop()))
+            return await asb.call("counter", "incr", timeout=30)
+
+        assert asyncio.run(main()) == 1
+        assert asyncio.run(main()) == 2  # its watch of the socket ends the first loop's
+        gc.collect()
+        assert loops[0]() is None
+
+
+def test_a_crash_is_seen_while_the_loop_that_reads_is_blocked():
+    """While a running loop reads a sandbox's socket its reader thread stays parked,
+    but a loop blocked by its own code still leaves the reading to it: the child's
+    end is seen (and its pending calls answered) with the loop stuck."""
+    import os
+    import signal
+
+    from sandbox.testing import wait_for
+
+    with sandbox.start() as rt:
+        sb = rt.create_sandbox("aio-stuck", COUNTER)
+        asb = AsyncSandbox(sb)
+
+        async def main() -> None:
+            assert await asb.call("counter", "incr", timeout=30) == 1
+            conn = sb._slot.current()._conn
+            assert conn.loop_watch is not None  # this loop reads the socket
+            os.kill(sb.pid, signal.SIGKILL)
+            # The loop is blocked here: only the reader thread can see the end.
+            wait_for(lambda: conn.down is not None, timeout=10,
+                     message="the child's end was not seen while the loop was blocked")
+
+        asyncio.run(main())

@@ -245,8 +245,28 @@ def test_entry_for_another_python_is_refused(tmp_path: Path) -> None:
     forged = payload.replace(MAGIC.hex().encode(), b"0000" + MAGIC.hex().encode()[4:])
     assert forged != payload
     cache.path(key).write_bytes(FORMAT + hashlib.sha256(forged).digest() + forged)
-    assert cache.load(key, source=src, filename=fn) is None  # magic mismatch
-    assert not cache.path(key).exists() and cache.corrupt == 1
+    # read by a cache that has not validated it before (another process's, say): one
+    # that has may keep its own validated entry while the file keeps its identity
+    fresh = CompileCache(tmp_path)
+    assert fresh.load(key, source=src, filename=fn) is None  # magic mismatch
+    assert not cache.path(key).exists() and fresh.corrupt == 1
+
+
+def test_a_validated_entry_is_kept_in_memory_while_its_file_stays(tmp_path: Path) -> None:
+    cache = CompileCache(tmp_path)
+    src, fn = b"X = 1\n", "/app/m.py"
+    key = cache.key(source=src, filename=fn, profile="medium")
+    entry = CacheEntry("ok", [], [], marshal.dumps(compile(src, fn, "exec")))
+    cache.store(key, entry, source=src, filename=fn)
+    first = cache.load(key, source=src, filename=fn)
+    assert first is not None and cache.load(key, source=src, filename=fn) is first
+    cache.path(key).write_bytes(b"damaged")  # rewritten: read and validated again
+    assert cache.load(key, source=src, filename=fn) is None and cache.corrupt == 1
+    cache.store(key, entry, source=src, filename=fn)  # a new file: read again
+    second = cache.load(key, source=src, filename=fn)
+    assert second is not None and second is not first
+    cache.path(key).unlink()
+    assert cache.load(key, source=src, filename=fn) is None  # gone: gone from memory too
 
 
 def test_keyed_cache_rejects_entries_it_did_not_sign(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ that it left no sandbox process, thread, socket or pipe behind.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from fractions import Fraction
@@ -25,8 +26,10 @@ from runtime.errors import (
     NoSuchActor,
 )
 from runtime.host import forkserver
+from runtime.host.output import OutputLog
 from runtime.host.process import (
     KILL_MARGIN,
+    ChildAhead,
     ProcessRef,
     SandboxBootError,
     describe_exit,
@@ -427,6 +430,109 @@ def test_protocol_violations_close_that_child_only(action, message):
 
 
 # -- pieces ----------------------------------------------------------------------------
+
+
+def _asked_ahead() -> tuple[forkserver.Pending, int, socket.socket, list]:
+    """A child asked of the fork server (not started): its pending request, its pid
+    once it waits for its start, the host's end of its channel, what to close."""
+    host, theirs = socket.socketpair()
+    null = os.open(os.devnull, os.O_WRONLY)
+    server = psutil.Process(forkserver.ensure_running())
+    before = {p.pid for p in server.children()}
+    pending = forkserver.begin((theirs.fileno(), null, null))
+    new = wait_for(lambda: {p.pid for p in server.children()} - before, 10)
+    (pid,) = new
+    # blocked reading the pipe its start comes on
+    wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_SLEEPING, 10)
+    return pending, pid, host, [theirs, null]
+
+
+def test_a_child_asked_ahead_runs_nothing_until_its_start():
+    pending, pid, host, extra = _asked_ahead()
+    try:
+        host.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            host.recv(16)  # forked, waiting: it ran nothing, said nothing
+        host.setblocking(True)
+        host.settimeout(10)
+        child = pending.start(socket.socket.sendall, (b"started",))
+        assert child.pid == pid
+        assert host.recv(16) == b"started"
+        wait_for(lambda: child.exitcode is not None, 10)
+        assert child.exitcode == 0
+        child.close()
+    finally:
+        host.close()
+        extra[0].close()
+        os.close(extra[1])
+
+
+def test_a_child_given_up_before_its_start_is_killed_unused():
+    pending, pid, host, extra = _asked_ahead()
+    try:
+        pending.cancel()
+        wait_for(lambda: _gone(pid), 10, message="the child given up still runs")
+        extra[0].close()  # the last copy of the child's end
+        host.settimeout(10)
+        assert host.recv(16) == b""  # it never wrote a byte
+    finally:
+        host.close()
+        extra[0].close()
+        os.close(extra[1])
+
+
+@pytest.mark.parametrize("how", ["spawn", "begin"])
+def test_a_start_larger_than_the_servers_pipe_reaches_the_child(how):
+    big = os.urandom(300_000)  # the pipe the server hands it on holds 64 KiB
+    host, theirs = socket.socketpair()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        fds = (theirs.fileno(), null, null)
+        if how == "spawn":
+            child = forkserver.spawn(socket.socket.sendall, (big,), fds=fds)
+        else:
+            child = forkserver.begin(fds).start(socket.socket.sendall, (big,))
+        theirs.close()
+        host.settimeout(10)
+        got = b""
+        while len(got) < len(big):
+            chunk = host.recv(1 << 16)
+            assert chunk, "the child ended early"
+            got += chunk
+        assert got == big
+        wait_for(lambda: child.exitcode is not None, 10)
+        assert child.exitcode == 0
+        child.close()
+    finally:
+        host.close()
+        theirs.close()
+        os.close(null)
+
+
+def _ahead(output: OutputLog) -> tuple[ChildAhead, int]:
+    """A ChildAhead and its child's pid, once the fork server has forked it."""
+    server = psutil.Process(forkserver.ensure_running())
+    before = {p.pid for p in server.children()}
+    ahead = ChildAhead(output, userns=False, netns=False)
+    (pid,) = wait_for(lambda: {p.pid for p in server.children()} - before, 10)
+    return ahead, pid
+
+
+def test_start_process_starts_the_child_asked_ahead_or_gives_it_up():
+    ahead, pid = _ahead(OutputLog("ahead"))
+    ref = start(name="ahead", ahead=ahead)  # its output: the ahead's
+    try:
+        assert ref.pid == pid and ref.call("echo", 1) == 1
+    finally:
+        ref.stop()
+    # Another output than the one it was asked with: it is given up, another forked.
+    ahead, pid = _ahead(OutputLog("ahead"))
+    ref = start(name="not-ahead", ahead=ahead, output=OutputLog("other"))
+    try:
+        assert ref.pid != pid and ref.call("echo", 2) == 2
+        wait_for(lambda: _gone(pid), 10, message="the child given up still runs")
+    finally:
+        ref.stop()
 
 
 def test_process_spec_and_exit_descriptions():

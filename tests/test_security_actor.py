@@ -135,6 +135,8 @@ def test_profile_operations(sec: ComponentRef) -> None:
         sec.invoke("get_profile", "nope")
     p = sec.invoke("register_profile", custom_profile("netty", allow=["network_client"]).to_dict())
     assert sec.invoke("get_profile", "netty") == p
+    # registering a sandbox resolves its profile too (a create's one round trip)
+    assert sec.invoke("register_sandbox", "sb-netty", "netty") == p
     with pytest.raises(ConfigError, match="built-in"):
         sec.invoke("register_profile", Profile.derive("high", violation_threshold=9))
     pol = sec.invoke("guard_policy", "netty", "/tmp/wd", "/tmp/app")

@@ -23,6 +23,14 @@ For a host that is not root, a request may ask for a user and pid namespace: the
 server then forks through :func:`runtime.child.userns.spawn` (it becomes a child
 subreaper, so the sandbox and its namespace's init are its children).
 
+A child is forked before it is told what to run (:func:`begin`, then
+:meth:`Pending.start`): the host asks for the fork at the start of a create, and
+the fork and the child's first steps run while the host prepares its containment
+and compiles; the child then waits on a pipe of the server's for its target and
+arguments (the boot configuration, with the isolation plan), and nothing else runs
+in it before they arrive. :func:`spawn` asks for both in one message. A request given
+up before its start (:meth:`Pending.cancel`) is killed by the server, unused.
+
 A sandbox holds no descriptor of the server's, so it cannot send it a byte. If the
 server dies anyway, the next :func:`spawn` starts a new one; running sandboxes do
 not notice (their channels are direct). Their exit is then seen through a pidfd
@@ -64,6 +72,8 @@ __all__ = [
     "SERVER_ENV",
     "Child",
     "ForkServerError",
+    "Pending",
+    "begin",
     "ensure_running",
     "helper_fds",
     "helper_pids",
@@ -91,10 +101,17 @@ EXIT_UNKNOWN = 255
 #: How long :func:`spawn` waits for the server to report the new child's pid.
 SPAWN_TIMEOUT = 30.0
 
-# Host -> server: header (body length, request id, flags) carrying the fds, then the body.
+# Host -> server: header (body length, request id, flags), then the body. A fork
+# request carries the child's fds; its start (_START) carries the body (the pickled
+# target and arguments), which the server hands the child on a pipe. spawn() sends
+# both in one message (fds, _START and the body): forked and started at once.
 _REQUEST = struct.Struct(">IQB")
 _USERNS = 1  # flag: start the child in its own user and pid namespace (runtime.child.userns)
-_NETNS = 2  # flag: the child enters a fresh network namespace of the pool (runtime.child.netns)
+_NETNS = 2  # fork: take a namespace of the pool (runtime.child.netns); start: enter it
+_START = 4  # flag: the body of an earlier fork request (the child waits for it)
+_DROP = 8  # flag: the earlier fork request was given up: kill its child, unused
+# Server -> child, on its pipe: (body length, flags), then the body.
+_BODY = struct.Struct(">IB")
 # Server -> host: (kind, key, value).
 _RECORD = struct.Struct(">BQq")
 _STARTED, _FAILED, _EXITED = 1, 2, 3
@@ -192,34 +209,71 @@ class _Server:
         self._reader = threading.Thread(target=self._read, name="forkserver-reader", daemon=True)
         self._reader.start()
 
-    def spawn(self, fds: list[int], body: bytes, timeout: float, flags: int = 0) -> Child:
-        done = threading.Event()
+    def request(self, fds: list[int], flags: int, body: bytes = b"") -> tuple[int, list[Any]]:
+        """Ask for a fork (with ``_START`` in ``flags``, started with ``body`` at
+        once); returns the request id and its slot."""
         with self._state:
             if self.dead:
                 raise ForkServerError("the fork server is gone")
             self._ids += 1
             req = self._ids
-            slot: list[Any] = [done, None]
+            slot: list[Any] = [threading.Event(), None]
             self._waiting[req] = slot
         try:
-            with self._send_lock:
-                self.sock.sendmsg(
-                    [_REQUEST.pack(len(body), req, flags)],
-                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))],
-                )
-                self.sock.sendall(body)
-        except OSError as exc:
+            self._send(req, flags, body, fds)
+        except ForkServerError:
             with self._state:
                 self._waiting.pop(req, None)
-            raise ForkServerError(f"the fork server is gone: {exc}") from exc
-        if not done.wait(timeout):
-            with self._state:
-                self._waiting.pop(req, None)
+            raise
+        return req, slot
+
+    def start(self, req: int, slot: list[Any], body: bytes, flags: int, timeout: float) -> Child:
+        """Hand request ``req``'s child its body; returns the child once forked."""
+        try:
+            self._send(req, _START | flags, body)
+        except ForkServerError:
+            self.drop(req, slot)
+            raise
+        return self.forked(req, slot, timeout)
+
+    def forked(self, req: int, slot: list[Any], timeout: float) -> Child:
+        """The child of request ``req``, once the server reports it."""
+        if not slot[0].wait(timeout):
+            self.drop(req, slot)
             raise ForkServerError(f"the fork server did not start a child within {timeout}s")
         result = slot[1]
         if isinstance(result, Child):
             return result
         raise ForkServerError(str(result))
+
+    def drop(self, req: int, slot: list[Any]) -> None:
+        """Give request ``req`` up: its child (if forked) is killed by the server, and
+        its :class:`Child` (if the reader made one) closed."""
+        with self._state:
+            answered = self._waiting.pop(req, None) is None
+        try:
+            self._send(req, _DROP, b"")
+        except ForkServerError:
+            pass  # gone: it killed its children
+        if answered:  # the reader took the answer: it fills the slot at once
+            slot[0].wait(SPAWN_TIMEOUT)
+        child = slot[1]
+        if isinstance(child, Child):
+            child.close()
+
+    def _send(self, req: int, flags: int, body: bytes, fds: list[int] | None = None) -> None:
+        header = [_REQUEST.pack(len(body), req, flags)]
+        try:
+            with self._send_lock:
+                if fds:
+                    self.sock.sendmsg(header, [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                struct.pack(f"{len(fds)}i", *fds))])
+                else:
+                    self.sock.sendall(header[0])
+                if body:
+                    self.sock.sendall(body)
+        except OSError as exc:
+            raise ForkServerError(f"the fork server is gone: {exc}") from exc
 
     def _read(self) -> None:
         buf = b""
@@ -252,9 +306,7 @@ class _Server:
             if child is not None:
                 child._exited(value)
             return
-        if slot is None:  # the requester gave up: nobody will watch this child
-            if kind == _STARTED:
-                _kill_group(value)  # the server reaps it; no status pipe is left open
+        if slot is None:  # the requester gave up (Pending.cancel): the server kills it
             return
         slot[1] = child if kind == _STARTED else (
             f"fork failed: {os.strerror(value)}" if value > 0 else
@@ -336,6 +388,81 @@ def _forget(child: Child) -> None:
                 del server.children[child.pid]
 
 
+class Pending:
+    """A fork asked of the server whose child does not know yet what to run
+    (:func:`begin`): :meth:`start` tells it, :meth:`cancel` gives it up.
+
+    The caller keeps the descriptors it passed until :meth:`start` returns (a
+    server found dead is asked again, once, with them). A server that dies after
+    the fork and before the start leaves its child unstarted: it exits without
+    running anything, and its start is seen as a child that died while booting.
+    """
+
+    def __init__(self, fds: tuple[int, int, int], userns: bool, netns: bool,
+                 body: bytes | None = None) -> None:
+        self.fds = list(fds)
+        self.userns = userns
+        self.netns = netns and not userns
+        self._body = body  # sent with the fork request (spawn): started at once
+        self._ask()
+
+    def _ask(self) -> None:
+        flags = (_USERNS if self.userns else 0) | (_NETNS if self.netns else 0)
+        if self._body is not None:
+            flags |= _START
+        for attempt in (1, 2):
+            self._server = _current()
+            try:
+                self._req, self._slot = self._server.request(self.fds, flags, self._body or b"")
+                return
+            except ForkServerError:
+                if attempt == 2 or not self._server.dead:
+                    raise
+                self._server._reader.join(10.0)  # let it settle, then start a new one
+
+    def start(self, target: Callable[..., Any], args: tuple = (), *, netns: bool = False,
+              timeout: float = SPAWN_TIMEOUT) -> Child:
+        """Have the child run ``target(channel, *args)``; returns its :class:`Child`.
+
+        ``target`` and ``args`` are pickled (``target`` by reference: it must live
+        in an importable module). ``netns``: the child enters the namespace of the
+        pool it got at its fork, if it got one, before ``target`` runs (otherwise a
+        sandbox's isolation makes its own).
+        """
+        body = pickle.dumps((target, args), protocol=pickle.HIGHEST_PROTOCOL)
+        flags = _NETNS if netns and self.netns else 0
+        return self._started(lambda: self._server.start(
+            self._req, self._slot, body, flags, timeout))
+
+    def _started(self, start: Callable[[], Child]) -> Child:
+        for attempt in (1, 2):
+            try:
+                return start()
+            except ForkServerError:
+                if attempt == 2 or not self._server.dead:
+                    raise
+                self._server._reader.join(10.0)
+                self._ask()
+        raise AssertionError("unreachable")
+
+    def cancel(self) -> None:
+        """Give the fork up: its child is killed before it ran anything."""
+        self._server.drop(self._req, self._slot)
+
+
+def begin(fds: tuple[int, int, int], *, userns: bool = False, netns: bool = False) -> Pending:
+    """Ask for a child now; tell it what to run later (:meth:`Pending.start`).
+
+    ``fds`` are the channel socket, and the write ends of the child's stdout and
+    stderr pipes (the child gets copies). ``userns``: the child starts as pid 2
+    of its own user and pid namespace (a host that is not root;
+    :mod:`runtime.child.userns`). ``netns``: the child gets a fresh network
+    namespace the server made ahead (:mod:`runtime.child.netns`), if one is ready,
+    which it enters only if its start says so. A server found dead is restarted once.
+    """
+    return Pending(fds, userns, netns)
+
+
 def spawn(
     target: Callable[..., Any],
     args: tuple = (),
@@ -345,32 +472,17 @@ def spawn(
     userns: bool = False,
     netns: bool = False,
 ) -> Child:
-    """Fork a child that runs ``target(channel, *args)``; returns its :class:`Child`.
-
-    ``fds`` are the channel socket, and the write ends of the child's stdout and
-    stderr pipes (the caller keeps its own descriptors; the child gets copies).
-    ``target`` and ``args`` are pickled (``target`` by reference: it must live in
-    an importable module). A server found dead is restarted once. ``userns``: the
-    child starts as pid 2 of its own user and pid namespace (a host that is not
-    root; :mod:`runtime.child.userns`). ``netns``: the child enters a fresh network
-    namespace the server made ahead (:mod:`runtime.child.netns`), if one is ready,
-    before ``target`` runs (a sandbox's isolation then makes none of its own).
+    """Fork a child that runs ``target(channel, *args)``; returns its :class:`Child`:
+    :func:`begin` and :meth:`Pending.start` in one message to the server (the
+    caller keeps its own descriptors; the child gets copies).
 
     >>> import runtime.host.forkserver as fs
     >>> callable(fs.spawn)
     True
     """
     body = pickle.dumps((target, args), protocol=pickle.HIGHEST_PROTOCOL)
-    for attempt in (1, 2):
-        server = _current()
-        try:
-            flags = (_USERNS if userns else 0) | (_NETNS if netns and not userns else 0)
-            return server.spawn(list(fds), body, timeout, flags)
-        except ForkServerError:
-            if attempt == 2 or not server.dead:
-                raise
-            server._reader.join(10.0)  # let it settle, then start a new one
-    raise AssertionError("unreachable")
+    pending = Pending(fds, userns, netns, body)  # one message: forked and started
+    return pending._started(lambda: pending._server.forked(pending._req, pending._slot, timeout))
 
 
 def ensure_running() -> int:
@@ -475,6 +587,7 @@ def _serve(init: dict[str, Any]) -> None:
     # decides what happens to its sandboxes, not the terminal.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     children: set[int] = set()
+    waiting: dict[int, tuple[int, int]] = {}  # request -> (pid, write end of its body pipe)
     pool = _netns.Pool()
     try:
         while True:
@@ -491,28 +604,16 @@ def _serve(init: dict[str, Any]) -> None:
                         pass
                 except BlockingIOError:
                     pass
-                _reap(ctrl, children)
+                _reap(ctrl, children, waiting)
             if ctrl.fileno() in ready:
                 request = _read_request(ctrl)
                 if request is None:
                     break
                 req, fds, body, flags = request
-                net = pool.take() if flags & _NETNS else None
-                try:
-                    if flags & _USERNS:
-                        pid = _userns.spawn(lambda: _child(fds, body))
-                    else:
-                        pid = os.fork()
-                        if pid == 0:
-                            _child(fds, body, net)  # never returns
-                except OSError as exc:
-                    err = exc.errno or errno.EAGAIN
-                    _send(ctrl, _FAILED, req, -err if flags & _USERNS else err)
-                else:
-                    children.add(pid)
-                    _send(ctrl, _STARTED, req, pid)
-                for fd in fds if net is None else [*fds, net]:  # the child holds the only one
-                    os.close(fd)
+                if fds:  # a fork request (spawn's carries its start too)
+                    _fork(ctrl, req, fds, flags, body, pool, children, waiting)
+                elif flags & (_START | _DROP):
+                    _hand_over(waiting.pop(req, None), body, flags)
     finally:
         pool.close()
         # The host is gone: so must everything it started through us be.
@@ -532,7 +633,71 @@ def _prepare_children() -> None:
     _logs.fill_level_caches()
 
 
-def _reap(ctrl: socket.socket, children: set[int]) -> None:
+def _fork(ctrl: socket.socket, req: int, fds: list[int], flags: int, body: bytes,
+          pool: _netns.Pool, children: set[int], waiting: dict[int, tuple[int, int]]) -> None:
+    """Fork the child of request ``req``: it waits for its body on a pipe of ours.
+    A request that carries its start (``spawn``) has the body in the pipe before the
+    fork, as far as the pipe holds it, so its child does not wait for this loop."""
+    net = pool.take() if flags & _NETNS else None
+    body_r, body_w = os.pipe()
+    data = _BODY.pack(len(body), flags & _NETNS) + body if flags & _START else b""
+    sent = 0
+    if data:
+        os.set_blocking(body_w, False)
+        try:
+            sent = os.write(body_w, data)
+        except BlockingIOError:
+            pass
+        os.set_blocking(body_w, True)
+    try:
+        if flags & _USERNS:
+            pid = _userns.spawn(lambda: _child(fds, body_r))
+        else:
+            pid = os.fork()
+            if pid == 0:
+                _child(fds, body_r, net)  # never returns
+    except OSError as exc:
+        err = exc.errno or errno.EAGAIN
+        _send(ctrl, _FAILED, req, -err if flags & _USERNS else err)
+        os.close(body_w)
+    else:
+        children.add(pid)
+        _send(ctrl, _STARTED, req, pid)
+        if data:
+            _write_body(body_w, data[sent:])
+        else:
+            waiting[req] = (pid, body_w)
+    os.close(body_r)
+    for fd in fds if net is None else [*fds, net]:  # the child holds the only one
+        os.close(fd)
+
+
+def _hand_over(waiting: tuple[int, int] | None, body: bytes, flags: int) -> None:
+    """Give a forked child its body (a start), or kill it unused (a drop)."""
+    if waiting is None:
+        return  # its fork failed, or it died
+    pid, body_w = waiting
+    if flags & _START:
+        _write_body(body_w, _BODY.pack(len(body), flags & _NETNS) + body)
+    else:
+        _kill_group(pid)
+        os.close(body_w)
+
+
+def _write_body(body_w: int, data: bytes) -> None:
+    """Write the rest of a child's body and close the pipe. Blocks only while the
+    child reads a body larger than the pipe's buffer."""
+    view = memoryview(data)
+    try:
+        while view:  # a signal (SIGCHLD) may cut a long write short
+            view = view[os.write(body_w, view):]
+    except OSError:
+        pass  # it died: the reap reports it
+    finally:
+        os.close(body_w)
+
+
+def _reap(ctrl: socket.socket, children: set[int], waiting: dict[int, tuple[int, int]]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -541,6 +706,10 @@ def _reap(ctrl: socket.socket, children: set[int]) -> None:
         if pid == 0:
             return
         children.discard(pid)
+        for req, (child, body_w) in list(waiting.items()):
+            if child == pid:  # died before its start: nobody will hand it a body
+                del waiting[req]
+                os.close(body_w)
         _send(ctrl, _EXITED, pid, os.waitstatus_to_exitcode(status))
 
 
@@ -579,8 +748,24 @@ def _read_request(ctrl: socket.socket) -> tuple[int, list[int], bytes, int] | No
     return req, list(fds), body, flags
 
 
-def _child(fds: list[int], body: bytes, net: int | None = None) -> None:
-    """In the forked child: enter the network namespace ``net`` (the pool's), keep
+def _read_body(fd: int) -> tuple[bytes, int] | None:
+    """The child's body and flags from the server's pipe ``fd``; None if the pipe
+    closed first (the server is gone)."""
+    data = b""
+    size = None
+    while size is None or len(data) < _BODY.size + size:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return None
+        data += chunk
+        if size is None and len(data) >= _BODY.size:
+            size = _BODY.unpack_from(data)[0]
+    return data[_BODY.size:], data[_BODY.size - 1]
+
+
+def _child(fds: list[int], body_fd: int, net: int | None = None) -> None:
+    """In the forked child: wait for the body (what to run: nothing else runs before
+    it), enter the network namespace ``net`` (the pool's) if it says so, keep
     exactly stdin, the output pipes and the channel."""
     code = 73  # runtime.child.boot.EXIT_INTERNAL
     # This server's objects are long-lived in every child: keep the collector off
@@ -588,13 +773,17 @@ def _child(fds: list[int], body: bytes, net: int | None = None) -> None:
     gc.freeze()
     try:
         signal.set_wakeup_fd(-1)
-        if net is not None:
+        for sig in (signal.SIGCHLD, signal.SIGINT):
+            _signal.signal(sig, _signal.SIG_DFL)
+        got = _read_body(body_fd)
+        if got is None:
+            os._exit(0)  # never started: nothing of it ran
+        body, flags = got
+        if net is not None and flags & _NETNS:
             try:
                 _netns.enter(net)
             except OSError:
                 pass  # the sandbox makes its own (runtime.child.isolation.apply)
-        for sig in (signal.SIGCHLD, signal.SIGINT):
-            _signal.signal(sig, _signal.SIG_DFL)
         chan, out, err = fds
         os.dup2(out, 1)
         os.dup2(err, 2)

@@ -99,6 +99,7 @@ if TYPE_CHECKING:
     import asyncio
 
 __all__ = [
+    "ChildAhead",
     "ProcessActor",
     "ProcessRef",
     "SandboxBootError",
@@ -184,6 +185,7 @@ def describe_exit(exitcode: int | None, note: str | None = None) -> ExitReason:
 #: The kinds of frame that answer a call.
 _ANSWERS = frozenset({REPLY, ERROR})
 _monotonic = time.monotonic
+_DONTWAIT = socket.MSG_DONTWAIT
 
 _live: weakref.WeakSet[_Connection] = weakref.WeakSet()
 
@@ -253,23 +255,18 @@ class _Connection:
         raise ActorDead(self.actor_id, self.down)
 
     # -- start -------------------------------------------------------------------------
-    def start(self) -> None:
-        host_sock, child_sock = socket.socketpair()
-        capture = OutputCapture(self.output)
-        try:
-            proc = forkserver.spawn(
-                child_main, (self.boot,), fds=(child_sock.fileno(), *capture.child_fds()),
-                userns=bool((self.boot.isolation or {}).get("userns")),
-                netns=bool((self.boot.isolation or {}).get("netns_pool")),
-            )
-        except BaseException:
-            host_sock.close()
-            capture.close()
-            raise
-        finally:
-            child_sock.close()
-        capture.started()
-        self.capture = capture
+    def start(self, ahead: ChildAhead | None = None) -> None:
+        """Start the child: ``ahead``'s (forked before, if it fits this start's
+        plan: else it is given up) or one forked now; it gets its boot configuration."""
+        plan = self.boot.isolation or {}
+        userns, netns = bool(plan.get("userns")), bool(plan.get("netns_pool"))
+        if ahead is not None and (ahead.userns != userns or ahead.output is not self.output):
+            ahead.cancel()
+            ahead = None
+        if ahead is None:
+            ahead = ChildAhead(self.output, userns=userns, netns=netns)
+        proc = ahead.start(self.boot, netns=netns)
+        host_sock, self.capture = ahead.host_sock, ahead.capture
         self.process = proc
         self.pid = proc.pid
         self.channel = Channel(host_sock, self.read_codec)
@@ -327,7 +324,10 @@ class _Connection:
     def submit(self, kind: str, target: str | None, payload: Any, sink: ReplySink) -> int:
         """Register ``sink`` for a new ref and send the frame; returns the ref."""
         ref = next(self.refs)
-        data = self.frame(kind, ref, target, payload)  # TypeError/ProtocolError: nothing sent
+        # Nothing sent on TypeError/ProtocolError. Kinds here are this module's and refs
+        # its count: a str target leaves nothing for frame() to check.
+        pack = self.write_codec.pack_frame if type(target) is str else self.frame
+        data = pack(kind, ref, target, payload)
         pending = self.pending
         pending[ref] = sink
         # down is set before pending is swapped out, so a sink registered in the old
@@ -492,36 +492,36 @@ class _Connection:
             return timeout  # done (the caller's wait returns at once) or no deadline
         return max(deadline - _monotonic(), 0.0)
 
-    def read_here(self) -> bool:
+    def read_here(self, watch: _LoopWatch) -> None:
         """Read and route what the socket holds now, in the calling thread, without
-        blocking (an event loop whose awaited calls are pending, :class:`_LoopWatch`).
+        blocking: ``watch``'s loop has seen it readable (:class:`_LoopWatch`).
 
         Counts as a leading caller's activity, so the parked reader thread stays
-        parked. False if another thread holds the read token (it routes what is
-        there) or the stream ended (the reader thread, kicked, answers the calls).
+        parked. Ends the watch if another thread holds the read token (it routes what
+        is there) or the stream ended (the reader thread, kicked, answers the calls).
         """
         token = self._token
         if not token.acquire(False):
-            return False
+            watch.stop()
+            return
         self._activity += 1
-        kick = False
+        ended = broke = False
         try:
             if self._poll_fd < 0 or self._problem is not None:
-                return False
-            if self._lead_poll.poll(0):  # else a leading caller took it meanwhile
-                self._route(self.channel.recv_some())  # type: ignore[union-attr]
-            return True
+                ended = True
+            else:  # without waiting: a leading caller may have taken it meanwhile
+                self._route(self.channel.recv_some(_DONTWAIT))  # type: ignore[union-attr]
         except (ChannelClosed, ProtocolError) as exc:
             self._read_broke(exc)
-            kick = True
-            return False
+            ended = broke = True
         finally:
             token.release()
-            if kick:
-                self.kick()
+        if ended:
+            if broke:
+                self.kick()  # the reader thread answers the pending calls
+            watch.stop()
 
-    def watch_from(self, loop: asyncio.AbstractEventLoop,
-                   around: Callable[[Callable[[], bool]], bool]) -> bool:
+    def watch_from(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Have ``loop`` read this socket (:class:`_LoopWatch`); False if it cannot
         now: another thread is reading, the child is gone, or no fd is left."""
         token = self._token
@@ -530,7 +530,7 @@ class _Connection:
         try:  # under the token: the reader thread closes _poll_fd holding it
             if self._poll_fd < 0:
                 return False
-            self.loop_watch = _LoopWatch(self, loop, around)
+            self.loop_watch = _LoopWatch(self, loop)
             return True
         except OSError:
             return False
@@ -905,25 +905,19 @@ class _LoopWatch:
     loop calls once this one is closed.
     """
 
-    __slots__ = ("conn", "loop", "fd", "read", "_lock")
+    __slots__ = ("conn", "loop", "fd", "_lock")
 
-    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop,
-                 around: Callable[[Callable[[], bool]], bool]) -> None:
+    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
         self.loop = loop
-        read = conn.read_here
-        self.read = lambda: around(read)  # e.g. settle the answers read in one batch
         self._lock = threading.Lock()  # stop() may run in the reader thread too
         self.fd = os.dup(conn._poll_fd)
         try:
-            loop.add_reader(self.fd, self.readable)
+            # The connection's read itself: no frame between the loop and the read.
+            loop.add_reader(self.fd, conn.read_here, self)
         except BaseException:
             os.close(self.fd)
             raise
-
-    def readable(self) -> None:
-        if not self.read():
-            self.stop()
 
     def stop(self) -> None:
         """End the watch: in the loop's thread, or in any once the loop is closed."""
@@ -946,6 +940,56 @@ class _LoopWatch:
         except RuntimeError:  # closed meanwhile
             pass
         self.stop()
+
+
+class ChildAhead:
+    """A child asked of the fork server before its boot configuration is known
+    (:func:`runtime.host.forkserver.begin`): its fork and first steps overlap
+    whatever the host does before :func:`start_process` (a sandbox's containment
+    and compile). It runs nothing until :meth:`start` hands it its configuration;
+    :meth:`cancel` gives it up (it is killed unused). ``output``: where its
+    stdout/stderr go; ``userns``/``netns``: as the plan it will get should say
+    (a start whose plan differs gives it up and forks another).
+    """
+
+    def __init__(self, output: OutputLog, *, userns: bool, netns: bool) -> None:
+        self.output, self.userns = output, userns
+        self.host_sock, child_sock = socket.socketpair()
+        self.capture = OutputCapture(output)
+        self._child_sock: socket.socket | None = child_sock
+        try:
+            self._pending: forkserver.Pending | None = forkserver.begin(
+                (child_sock.fileno(), *self.capture.child_fds()), userns=userns, netns=netns)
+        except BaseException:
+            self.cancel()
+            raise
+
+    def start(self, boot: BootConfig, *, netns: bool) -> forkserver.Child:
+        """Hand the child ``boot`` (it runs :func:`child_main`); returns it. On
+        failure nothing of it is left."""
+        assert self._pending is not None and self._child_sock is not None
+        try:
+            proc = self._pending.start(child_main, (boot,), netns=netns)
+        except BaseException:
+            self.cancel()
+            raise
+        self._pending = None
+        self._child_sock.close()
+        self._child_sock = None
+        self.capture.started()
+        return proc
+
+    def cancel(self) -> None:
+        """Give the child up (killed before it ran anything); close what it holds.
+        Does nothing after :meth:`start` succeeded."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        if self._child_sock is not None:
+            self._child_sock.close()
+            self._child_sock = None
+            self.host_sock.close()
+            self.capture.close()
 
 
 def _close_all_at_exit() -> None:
@@ -1103,11 +1147,11 @@ class ProcessRef(ActorRef):
         return ref
 
     def call_awaited(self, target: str, request: Any, sink: ReplySink,
-                     loop: asyncio.AbstractEventLoop,
-                     around: Callable[[Callable[[], bool]], bool]) -> int:
+                     loop: asyncio.AbstractEventLoop) -> int:
         """:meth:`call_into` for a caller awaiting in ``loop`` (run in its thread):
-        the loop reads the answer itself (:class:`_LoopWatch`, each read wrapped
-        in ``around``) instead of the reader thread. Returns the call's ref.
+        the loop reads the answer itself (:class:`_LoopWatch`: ``sink`` is then
+        answered in the loop's thread) instead of the reader thread. Returns the
+        call's ref.
         """
         conn = self._conn
         ref = conn.submit(CALL, target, request, sink)
@@ -1118,7 +1162,7 @@ class ProcessRef(ActorRef):
                 return ref
             watch.stop()
             watch = None
-        if watch is None and not conn.watch_from(loop, around):
+        if watch is None and not conn.watch_from(loop):
             conn.kick()  # the reader thread answers this one
         return ref
 
@@ -1235,6 +1279,7 @@ def start_process(
     on_violation: Callable[[Any], None] | None = None,
     output: OutputLog | None = None,
     run_in_place: bool = True,
+    ahead: ChildAhead | None = None,
 ) -> ProcessRef:
     """Start a child process running the app ``entry`` and return its :class:`ProcessRef`.
 
@@ -1277,6 +1322,11 @@ def start_process(
       its tail); one per sandbox, shared by its successive processes. Default: a
       new one for this process. Nothing the child writes reaches the host's own
       stdout or stderr (:mod:`runtime.host.output`).
+    - ``ahead``: a child forked beforehand (:class:`ChildAhead`, with this
+      ``output``), which this start uses if it fits its isolation plan (else it is
+      given up and another forked). If a bad option makes this raise first, it is
+      still the caller's to :meth:`~ChildAhead.cancel` (which does nothing once
+      it started).
     - The child's environment: with an ``isolation`` plan, only ``env`` and the
       plan's ``env_allow`` variables (from the host's environment); without one,
       the host's environment plus ``env``.
@@ -1320,10 +1370,11 @@ def start_process(
         guard=guard,
         run_in_place=run_in_place,
     )
-    conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle, output=output)
+    conn = _Connection(boot, trusted=trusted, allow_pickle=allow_pickle,
+                       output=output if output is not None or ahead is None else ahead.output)
     conn.on_violation = on_violation
     t0 = time.perf_counter()
-    conn.start()
+    conn.start(ahead)
     # The process actor's thread starts while the child boots, rather than after its
     # ``ready``; it hears of the child's end only once the child is up (attach below).
     try:

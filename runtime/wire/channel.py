@@ -186,9 +186,10 @@ class Channel:
             self.close()
             raise
 
-    def recv_some(self) -> list[Envelope]:
+    def recv_some(self, flags: int = 0) -> list[Envelope]:
         """Read once (blocking only until some bytes arrive); return the envelopes
-        completed, possibly none.
+        completed, possibly none. ``flags`` go to the read (``socket.MSG_DONTWAIT``:
+        what is there now, without blocking, and no poll first).
 
         For a reader that polls the socket first and must not stay blocked on a
         peer that sent part of a frame and stalled: after a readable poll this
@@ -204,29 +205,32 @@ class Channel:
         []
         >>> left.send_raw(data[5:]); right.recv_some()[0].target
         'x'
+        >>> right.recv_some(socket.MSG_DONTWAIT)  # nothing there: no wait
+        []
         >>> left.close(); right.close()
         """
         lock = self._recv_lock
         try:
             lock.acquire()
             try:
-                return self._recv_locked(once=True)
+                return self._recv_locked(True, flags)
             finally:
                 lock.release()
         except ProtocolError:
             self.close()
             raise
 
-    def _recv_locked(self, once: bool = False) -> list[Envelope]:
+    def _recv_locked(self, once: bool = False, flags: int = 0) -> list[Envelope]:
         decoder = self._decoder
         decoder.check()  # a bad frame that followed good ones in the last read
         while True:
             if self._closed:
                 raise ChannelClosed("channel was closed locally", local=True)
             try:
-                n = self._sock.recv_into(self._rbuf)
+                n = self._sock.recv_into(self._rbuf, 0, flags)
             except BlockingIOError:
-                # A receive timeout on the socket (SO_RCVTIMEO) ran out: nothing came.
+                # A receive timeout on the socket (SO_RCVTIMEO) ran out, or nothing
+                # was there (MSG_DONTWAIT).
                 if once:
                     return []
                 continue
