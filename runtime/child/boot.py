@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal's functions without its enum lookups
 import gc
+import hashlib
 import importlib
 import logging
 import os
@@ -66,6 +67,7 @@ from runtime import registry
 from runtime.actor import NOREPLY, ActorRef, Down, monitor
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
+from runtime.child import libc as _libc
 from runtime.child import notices as _notices
 from runtime.child import snapshot as _snapshot
 from runtime.child import swap
@@ -412,6 +414,10 @@ _MAX_CODECS = 32
 _codecs: dict[tuple[bool, int, int | None], Codec] = {}
 for _allow in (False, True):
     shared_codec(_allow, DEFAULT_MAX_FRAME)
+# The app finder checks each module's code against its SHA-256 (runtime.child.swap):
+# OpenSSL's first digest of a kind fetches its implementation and caches it, done
+# here once, in the fork server, rather than in each sandbox.
+hashlib.sha256(b"").digest()
 
 
 def _send_log(record: dict[str, Any]) -> None:
@@ -788,6 +794,12 @@ def child_main(sock: Any, boot: BootConfig) -> None:
             applied, skipped = _isolation.apply(boot.isolation)
             _layers.extend(applied)
             _skipped.update(skipped)
+        if boot.guard is not None:
+            # The layers' C library handle, the fork server's: calls through it raise
+            # no audit event, so none may be left where code the guard judges could
+            # find it (without a guard, ctypes is the child's to import anyway, and
+            # freeing the handle would only write to the server's pages).
+            _libc.forget()
         # Everything inherited from the forkserver is long-lived: keep the collector
         # off those objects, so it never writes to (and un-shares) their pages.
         gc.freeze()

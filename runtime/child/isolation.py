@@ -74,6 +74,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.child import egress as _egress
+from runtime.child import libc as _libc
 from runtime.child import mounts as _mounts
 from runtime.child import netns as _netns
 from runtime.child.mounts import PRIVATE_TMP, TMPFS_OPTIONS
@@ -888,9 +889,7 @@ def apply(p: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
     def need_libc() -> Any:
         nonlocal libc
         if libc is None:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
+            libc = _libc.libc()  # the fork server's handle (runtime.child.libc)
         return libc
 
     def prctl(option: int, arg: int) -> None:
@@ -1007,8 +1006,11 @@ def _ctypes_modules() -> tuple[str, ...]:
 
 
 def note_preloaded() -> None:
-    """Called once by the fork server after its preload (see :data:`_preloaded_ctypes`)."""
+    """Called once by the fork server after its preload: makes the C library handle
+    every sandbox's layers use (:func:`runtime.child.libc.libc`), then notes the
+    ctypes modules (see :data:`_preloaded_ctypes`)."""
     global _preloaded_ctypes
+    _libc.prepare()
     _preloaded_ctypes = _ctypes_modules()
 
 
