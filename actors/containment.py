@@ -29,7 +29,9 @@ the manager (its records and its ``component`` lookup) and one sandbox record:
   stop it for good (:class:`Terminate`, handled by :func:`handle_info`).
 - :func:`forget` (destroy, or a failed create): kill whatever is left in the
   sandbox's cgroups or runs under its UID, remove the cgroups (:func:`release`),
-  unregister (:func:`unregister`).
+  unregister (:func:`unregister`). A destroy kills what runs under the UID
+  outside the cgroups while the process stops (:func:`joined_cgroups`,
+  :func:`kill_strays`).
 - :func:`info_extra`: ``isolation``, ``quarantined``, ``usage`` and the
   effective limits, for ``get_sandbox_info``.
 """
@@ -49,7 +51,7 @@ from actors.scan import WARN_HINT
 from actors.security import LogEvent, ObservedRefusal, ViolationReport
 from runtime import telemetry
 from runtime.actor import ExitReason
-from runtime.child import isolation
+from runtime.child import isolation, uidscan
 from runtime.child import userns as _userns
 from runtime.host.forkserver import ForkServerError
 from runtime.host.process import ChildAhead
@@ -66,6 +68,8 @@ __all__ = [
     "fork_ahead",
     "handle_info",
     "info_extra",
+    "joined_cgroups",
+    "kill_strays",
     "prepare",
     "process_options",
     "release",
@@ -365,22 +369,51 @@ def forget(manager: Any, record: Any) -> None:
     unregister(manager, record.config.id)
 
 
-def release(manager: Any, record: Any) -> None:
-    """Kill whatever the sandbox left in its cgroups or under its UID, remove its
-    cgroups (once its process has exited)."""
-    sid = record.config.id
+def joined_cgroups(record: Any) -> tuple[int, int | None] | None:
+    """The pid and start time of the sandbox's process if the host finds it in the
+    sandbox's cgroups (else None, also once it has exited); asked while a destroy
+    stops it, for :func:`kill_strays`."""
+    prot: Protection | None = getattr(record.slot, "security", None)
+    proc = record.slot.current()
+    pid = None if proc is None else proc.pid
+    if prot is None or pid is None or not isolation.in_cgroups(prot.state, pid):
+        return None
+    return pid, uidscan.start_ticks(pid)
+
+
+def kill_strays(manager: Any, record: Any, member: tuple[int, int | None] | None) -> bool:
+    """While a destroyed sandbox's process stops: kill what runs under its UID
+    outside its cgroups (:func:`runtime.child.isolation.kill_strays`; ``member``
+    from :func:`joined_cgroups`); True if that stands for :func:`release`'s pass
+    over the UID (pass ``strays_killed``)."""
+    prot: Protection | None = getattr(record.slot, "security", None)
+    if prot is None or member is None:
+        return False
+    left = isolation.kill_strays(prot.state, *member)
+    if left:
+        _report_leftovers(manager, record.config.id, left)
+    return left is not None
+
+
+def release(manager: Any, record: Any, *, strays_killed: bool = False) -> None:
+    """Kill whatever the sandbox left in its cgroups or under its UID (only in its
+    cgroups with ``strays_killed``, see :func:`kill_strays`), remove its cgroups
+    (once its process has exited)."""
     prot: Protection | None = getattr(record.slot, "security", None)
     if prot is not None:
-        left = isolation.release(prot.state)
+        left = isolation.release(prot.state, strays_killed=strays_killed)
         if left:
-            log.warning("sandbox %s left processes behind; killed: %s", sid, left)
-            try:
-                manager._component("security").tell(
-                    LogEvent(sid, "sandbox.leftovers", f"killed pids {left}", "terminate",
-                             "terminate")
-                )
-            except SandboxError:
-                pass
+            _report_leftovers(manager, record.config.id, left)
+
+
+def _report_leftovers(manager: Any, sid: str, left: list[int]) -> None:
+    log.warning("sandbox %s left processes behind; killed: %s", sid, left)
+    try:
+        manager._component("security").tell(
+            LogEvent(sid, "sandbox.leftovers", f"killed pids {left}", "terminate", "terminate")
+        )
+    except SandboxError:
+        pass
 
 
 def unregister(manager: Any, sandbox_id: str) -> None:

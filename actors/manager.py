@@ -626,6 +626,7 @@ class ManagerActor(Component):
         if self.store is not None:  # first: a host killed now does not bring it back
             self.store.delete_sandbox(sandbox_id)
         record.slot.close(ExitReason.shutdown("sandbox destroyed"))
+        job.extra["starts"] = record.slot.starts  # a restart after this is seen (_take_down)
         proc = record.slot.current()
         if proc is not None:  # its graceful stop starts now, the job's thread waits for it
             proc.stop_soon()
@@ -636,18 +637,33 @@ class ManagerActor(Component):
         """A destroy's slow part, on its own thread: stop the sandbox's supervisor (its
         process stops gracefully, then is killed) and remove every trace of it."""
         record = job.record
+        components = _Components(self._component)
+
+        def while_it_stops(member: tuple[int, int | None] | None) -> bool:
+            # What runs under its UID outside its cgroups, then the other components'
+            # books (4 round trips, none in the manager's turn): a reload the watcher
+            # starts meanwhile is refused (the destroy is in flight).
+            strays_killed = containment.kill_strays(components, record, member)
+            _unregister(record, self._component)
+            return strays_killed
+
         try:
-            # The other components' books (4 round trips, none in the manager's turn)
-            # while the process stops: a reload the watcher starts meanwhile is
-            # refused (the destroy is in flight).
-            books = self.inflight.aside(lambda: _unregister(record, self._component))
+            # First, while it stops (mostly still there): is it in its cgroups? Then
+            # what its UID runs outside them can be killed now (kill_strays).
+            member = containment.joined_cgroups(record)
+            early = self.inflight.aside(lambda: while_it_stops(member))
             sup = record.supervisor
             if sup is not None:
                 sup.stop(ExitReason.shutdown("sandbox destroyed"),
                          timeout=record.config.shutdown + KILL_MARGIN + 5.0)
+            try:
+                # Only for the process it looked at: a restart meanwhile (before the
+                # stop reached the supervisor) started another.
+                strays_killed = early.result() and record.slot.starts == job.extra["starts"]
+            except BaseException as exc:  # everything else goes first
+                job.result, strays_killed = exc, False
             _remove_remains(record, self._component, self.base_dir, self.inflight.aside,
-                            stopped=sup is not None)
-            books.result()
+                            stopped=sup is not None, strays_killed=strays_killed)
         except BaseException as exc:  # a bug: the finishing turn fails the manager with it
             job.result = exc
 
@@ -974,14 +990,20 @@ def _remove_remains(
     aside: Callable[[Callable[[], Any]], Future[Any]] | None = None,
     *,
     stopped: bool = False,
+    strays_killed: bool = False,
 ) -> None:
     """Its supervisor (and so its process), then what the process leaves: the
-    cgroups and the UID's processes, its directories (on another thread with
-    ``aside``, :meth:`~actors.inflight.InFlight.aside`: both are system calls).
+    cgroups and the UID's processes, its directories (beside the cgroups'
+    removal on another thread with ``aside``,
+    :meth:`~actors.inflight.InFlight.aside`, when ``strays_killed``).
 
     ``stopped``: its supervisor was stopped already. It is a temporary child of
     ``sandboxes``, whose entry goes with it (the Down reached ``sandboxes`` before
     the stop returned), so no round trip to ``sandboxes`` is needed for it.
+    ``strays_killed``: :func:`actors.containment.kill_strays` vouched for the
+    UID's processes outside the cgroups. Otherwise the workdir goes after the
+    pass over the UID's processes: the UID is the workdir's inode number, which
+    a sandbox created meanwhile could get once the directory is gone.
     """
     if stopped:
         record.supervisor = None
@@ -992,9 +1014,9 @@ def _remove_remains(
         shutil.rmtree(record.workdir, ignore_errors=True)
         shutil.rmtree(_cache_dir(base_dir, record.config.id), ignore_errors=True)
 
-    removed = aside(directories) if aside is not None else None
+    removed = aside(directories) if aside is not None and strays_killed else None
     try:
-        containment.release(_Components(component), record)
+        containment.release(_Components(component), record, strays_killed=strays_killed)
     finally:
         if removed is not None:
             removed.result()

@@ -79,6 +79,7 @@ from runtime.child import mounts as _mounts
 from runtime.child import netns as _netns
 from runtime.child.mounts import PRIVATE_TMP, TMPFS_OPTIONS
 from runtime.child import seccomp as _seccomp
+from runtime.child import uidscan as _uidscan
 from runtime.child import userns as _userns
 from runtime.errors import SandboxError
 
@@ -715,29 +716,31 @@ def sandbox_pids(state: dict[str, Any] | None) -> list[int] | None:
         return None
 
 
-def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> list[int]:
-    """SIGKILL every process in the sandbox's cgroups (and, with ``by_uid``, every
-    process running under its UID); returns the pids signalled."""
-    import signal
+#: The ``/proc`` passes that find processes by UID, shared by destroys side by side.
+_uid_scans = _uidscan.UidScans()
 
-    state = state or {}
+
+def _cgroup_members(state: dict[str, Any]) -> set[int]:
+    """The pids in any of the sandbox's cgroups."""
     pids: set[int] = set()
     for d in (state.get("cgroups") or {}).values():
-        try:
-            with open(os.path.join(d, "cgroup.procs"), encoding="ascii") as fh:
-                pids.update(int(x) for x in fh.read().split())
+        try:  # a system call each, no file object: a destroy reads these 2-3 times
+            fd = os.open(os.path.join(d, "cgroup.procs"), os.O_RDONLY)
+            try:
+                data = b""
+                while chunk := os.read(fd, 65536):
+                    data += chunk
+            finally:
+                os.close(fd)
+            pids.update(int(x) for x in data.split())
         except (OSError, ValueError):
             pass
-    uid = state.get("uid")
-    if by_uid and uid is not None:
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            try:
-                if os.stat(f"/proc/{name}").st_uid == uid:
-                    pids.add(int(name))
-            except OSError:
-                pass
+    return pids
+
+
+def _kill_all(pids: set[int]) -> list[int]:
+    import signal
+
     pids.discard(os.getpid())
     for pid in pids:
         try:
@@ -747,15 +750,83 @@ def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> lis
     return sorted(pids)
 
 
-def release(state: dict[str, Any] | None, *, timeout: float = 5.0) -> list[int]:
+def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> list[int]:
+    """SIGKILL every process in the sandbox's cgroups (and, with ``by_uid``, every
+    process running under its UID); returns the pids signalled."""
+    state = state or {}
+    pids = _cgroup_members(state)
+    uid = state.get("uid")
+    if by_uid and uid is not None:
+        pids.update(_uid_scans.pids(uid))  # a pass shared with destroys beside this one
+    return _kill_all(pids)
+
+
+def in_cgroups(state: dict[str, Any] | None, pid: int) -> bool:
+    """Whether process ``pid`` is in one of the sandbox's cgroups (the host's own
+    reading of their member lists)."""
+    return pid in _cgroup_members(state or {})
+
+
+#: Passes :func:`kill_strays` makes at most for one sandbox (each kills what the
+#: last one found; strays forking as fast as they are killed outlast them).
+_STRAY_PASSES = 64
+
+
+def kill_strays(state: dict[str, Any] | None, member: int | None,
+                since: int | None = None) -> list[int] | None:
+    """While the sandbox's process ``member`` stops (destroy, host side): SIGKILL
+    every process under the sandbox's UID outside its cgroups; returns their pids,
+    or None when this cannot stand for :func:`release`'s pass over the UID.
+
+    ``member``: the sandbox's process, found in its cgroups (:func:`in_cgroups`)
+    while it ran; None if it was not (or had exited). ``since``: when it started
+    (boot clock ticks, :func:`runtime.child.uidscan.start_ticks`). A process in
+    the cgroups joined them before anything else ran in it, so everything it
+    starts is born there and cannot leave (the cgroup files are root's): a process
+    under the UID outside them (a stray) was left by an earlier process of the
+    sandbox, and existed when ``member`` started. So a pass over ``/proc`` that
+    started after ``since`` and found no stray proves there is none (the last
+    pass, shared with other destroys, :class:`~runtime.child.uidscan.UidScans`);
+    a stray it shows is looked for again in a fresh pass, and pids are killed
+    only from fresh passes, which are repeated until one finds nothing new (what
+    a stray forked meanwhile). None (no UID, no cgroup, ``member`` None, or
+    strays still new after :data:`_STRAY_PASSES` passes): ``release(state)``
+    makes the pass after the exit.
+    """
+    state = state or {}
+    uid = state.get("uid")
+    if uid is None or member is None or not state.get("cgroups"):
+        return None
+    fresh = since is None
+    under = _uid_scans.pids(uid) if since is None else _uid_scans.since(uid, since)
+    killed: set[int] = set()
+    for _ in range(_STRAY_PASSES):
+        # Read after the pass: a process it saw inside a cgroup is still listed
+        # there or gone (``member`` too, once it exited); the rest was outside.
+        strays = set(under) - _cgroup_members(state) - killed - {member}
+        if not strays:
+            break
+        if fresh:  # kill only what a pass made now shows: a pid may be reused
+            killed.update(_kill_all(strays))
+        fresh = True
+        under = _uid_scans.pids(uid)
+    else:  # still new ones: no verdict, release makes its pass too
+        return None
+    return sorted(killed)
+
+
+def release(state: dict[str, Any] | None, *, timeout: float = 5.0,
+            strays_killed: bool = False) -> list[int]:
     """At destroy (host side): kill what is left of the sandbox, remove its cgroups.
 
+    ``strays_killed``: :func:`kill_strays` vouched for the processes under the
+    UID outside the cgroups, so only the cgroups' members are looked for here.
     Returns the pids that were still there.
     """
     import time
 
     state = state or {}
-    killed = kill_leftovers(state, by_uid=True)
+    killed = kill_leftovers(state, by_uid=not strays_killed)
     deadline = time.monotonic() + timeout
     for d in (state.get("cgroups") or {}).values():
         while True:

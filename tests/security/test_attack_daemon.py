@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import psutil
 import pytest
 from conftest import attempt, wait_for
@@ -76,3 +78,50 @@ def test_low_daemon_that_left_the_process_group_dies_with_the_sandbox(world):
     gone, alive = psutil.wait_procs(escaped, timeout=5)
     assert not alive, f"daemon outlived destroy: {alive}"
     assert world.events("lowd", "sandbox.leftovers"), world.events("lowd")
+
+
+def _outsider(uid: int) -> subprocess.Popen:
+    """A process under the sandbox's UID in neither its cgroups nor its process
+    group (what an incarnation whose cgroup join failed could leave): only the
+    destroy's pass over the UID's processes can find it."""
+    return subprocess.Popen(["tail", "-f", "/dev/null"], stdin=subprocess.DEVNULL,
+                            user=uid, group=uid, start_new_session=True)
+
+
+def _survivors(procs: list[subprocess.Popen]) -> list[int]:
+    """The pids of ``procs`` still running 5 s after a destroy; reaps them all."""
+    alive = []
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            alive.append(p.pid)
+            p.kill()
+            p.wait()
+    return alive
+
+
+def test_a_process_left_under_the_uid_outside_the_cgroup_dies_with_the_sandbox(world):
+    info = world.sandbox(id="uidleft").info()
+    if info.get("uid") is None:
+        pytest.skip("sandboxes have no UID of their own here")
+    outsider = _outsider(info["uid"])
+    world.rt.destroy_sandbox("uidleft")
+    alive = _survivors([outsider])
+    assert not alive, f"a process under the sandbox's UID outlived destroy: {alive}"
+    assert world.events("uidleft", "sandbox.leftovers"), world.events("uidleft")
+
+
+def test_destroys_side_by_side_each_kill_what_their_uid_left(world):
+    """A batch's destroys share their passes over /proc: each still finds its own."""
+    ids = [f"uidb{i}" for i in range(6)]
+    infos = [world.sandbox(id=sid).info() for sid in ids]
+    if infos[0].get("uid") is None:
+        pytest.skip("sandboxes have no UID of their own here")
+    outsiders = [_outsider(info["uid"]) for info in infos]
+    results = world.rt.batch_destroy(ids, workers=6)
+    assert all(r.ok for r in results), results
+    alive = _survivors(outsiders)
+    assert not alive, f"processes under the sandboxes' UIDs outlived destroy: {alive}"
+    for sid in ids:
+        assert world.events(sid, "sandbox.leftovers"), (sid, world.events(sid))
