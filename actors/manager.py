@@ -643,9 +643,10 @@ class ManagerActor(Component):
             # What runs under its UID outside its cgroups, then the other components'
             # books (4 round trips, none in the manager's turn): a reload the watcher
             # starts meanwhile is refused (the destroy is in flight).
-            strays_killed = containment.kill_strays(components, record, member)
-            _unregister(record, self._component)
-            return strays_killed
+            try:
+                return containment.kill_strays(components, record, member)
+            finally:  # a failed pass (release makes its own) leaves no registration behind
+                _unregister(record, self._component)
 
         try:
             # First, while it stops (mostly still there): is it in its cgroups? Then

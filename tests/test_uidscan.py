@@ -95,6 +95,23 @@ def test_a_failed_pass_raises_in_each_request_and_the_next_pass_runs():
     assert len(calls) == 2
 
 
+def test_a_failed_pass_gives_no_verdict_so_release_makes_its_own(monkeypatch, tmp_path):
+    """A pass over /proc that fails while the process stops must not fail the
+    destroy: ``kill_strays`` then vouches for nothing (``release`` makes the pass
+    after the exit). /proc that cannot be read is a fault a test cannot cause for
+    root: the scan is replaced by one that raises."""
+    from runtime.child import isolation
+
+    def unreadable() -> dict[int, list[int]]:
+        raise OSError(13, "simulated: /proc cannot be read")
+
+    monkeypatch.setattr(isolation, "_uid_scans", UidScans(unreadable))
+    (tmp_path / "cgroup.procs").write_text(f"{os.getpid()}\n")
+    state = {"uid": 199_997, "cgroups": {"pids": str(tmp_path)}}
+    assert isolation.kill_strays(state, os.getpid()) is None
+    assert isolation.kill_strays(state, os.getpid(), since=0) is None
+
+
 def _under(uid: int) -> subprocess.Popen:
     return subprocess.Popen(["tail", "-f", "/dev/null"], stdin=subprocess.DEVNULL,
                             user=uid, group=uid)

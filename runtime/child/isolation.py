@@ -789,30 +789,31 @@ def kill_strays(state: dict[str, Any] | None, member: int | None,
     pass, shared with other destroys, :class:`~runtime.child.uidscan.UidScans`);
     a stray it shows is looked for again in a fresh pass, and pids are killed
     only from fresh passes, which are repeated until one finds nothing new (what
-    a stray forked meanwhile). None (no UID, no cgroup, ``member`` None, or
-    strays still new after :data:`_STRAY_PASSES` passes): ``release(state)``
-    makes the pass after the exit.
+    a stray forked meanwhile). None (no UID, no cgroup, ``member`` None, a pass
+    that failed, or strays still new after :data:`_STRAY_PASSES` passes):
+    ``release(state)`` makes the pass after the exit.
     """
     state = state or {}
     uid = state.get("uid")
     if uid is None or member is None or not state.get("cgroups"):
         return None
     fresh = since is None
-    under = _uid_scans.pids(uid) if since is None else _uid_scans.since(uid, since)
     killed: set[int] = set()
-    for _ in range(_STRAY_PASSES):
-        # Read after the pass: a process it saw inside a cgroup is still listed
-        # there or gone (``member`` too, once it exited); the rest was outside.
-        strays = set(under) - _cgroup_members(state) - killed - {member}
-        if not strays:
-            break
-        if fresh:  # kill only what a pass made now shows: a pid may be reused
-            killed.update(_kill_all(strays))
-        fresh = True
-        under = _uid_scans.pids(uid)
-    else:  # still new ones: no verdict, release makes its pass too
+    try:
+        under = _uid_scans.pids(uid) if since is None else _uid_scans.since(uid, since)
+        for _ in range(_STRAY_PASSES):
+            # Read after the pass: a process it saw inside a cgroup is still listed
+            # there or gone (``member`` too, once it exited); the rest was outside.
+            strays = set(under) - _cgroup_members(state) - killed - {member}
+            if not strays:
+                return sorted(killed)
+            if fresh:  # kill only what a pass made now shows: a pid may be reused
+                killed.update(_kill_all(strays))
+            fresh = True
+            under = _uid_scans.pids(uid)
+    except OSError:  # /proc could not be read: release's own pass says why
         return None
-    return sorted(killed)
+    return None  # still new ones: no verdict, release makes its pass too
 
 
 def release(state: dict[str, Any] | None, *, timeout: float = 5.0,
