@@ -688,13 +688,10 @@ class FrameDecoder:
                         obj = None
                 except Exception:
                     pass
-                # _envelope(obj), inline: every frame of both sides passes here
-                if type(obj) is list and len(obj) == 4:
-                    kind, ref, target, _ = obj
-                    if (type(kind) is str and kind in KINDS and (ref is None or type(ref) is int)
-                            and (target is None or type(target) is str)):
-                        self._count += 1
-                        return [_new_tuple(Envelope, obj)]
+                env = _envelope(obj)
+                if env is not None:
+                    self._count += 1
+                    return [env]
                 self._un = None  # out of step: the general path below reports it
         if buf:
             buf += data
