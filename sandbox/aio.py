@@ -295,7 +295,8 @@ class AsyncSandbox:
                                        time() - (monotonic() - started))
                 await self._thread(self.sync._check_owner)  # SandboxNotFound if destroyed
                 raise
-            except BaseException:  # the await was cancelled (its future too, or not yet done)
+            except BaseException:  # the call failed, or its await was cancelled: only
+                # a cancelled await (its future too, or not yet done) has a call to end
                 if not future.done() or future.cancelled():
                     if watch is None:
                         proc.forget(ref)
