@@ -32,6 +32,7 @@ import math
 import os
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -56,6 +57,7 @@ __all__ = [
     "demonitor",
     "link",
     "monitor",
+    "stop_here",
     "unlink",
 ]
 
@@ -264,6 +266,17 @@ NOREPLY: Any = _NoReply()
 def _wait_arg(timeout: float | None) -> float | None:
     """``timeout`` for threading waits: ``math.inf`` means no limit (it would overflow)."""
     return None if timeout is None or timeout == math.inf else timeout
+
+
+class _Here(threading.local):
+    """Set while this thread runs :func:`stop_here`: the stop's deadline
+    (``time.monotonic()``; None: no limit)."""
+
+    active = False
+    deadline: float | None = None
+
+
+_here = _Here()
 
 
 def _uuid4_urn() -> str:
@@ -628,6 +641,43 @@ class Actor(pykka.ThreadingActor):
         # ends instead of lingering forever.
         self.actor_inbox.put(Envelope(_Wake()))
 
+    def _exits_quietly(self) -> bool:
+        """Whether ending runs none of the app's code (no ``on_exit`` of its own), so
+        no overrun of its ``shutdown`` can need its thread abandoned (see _end_here)."""
+        return type(self).on_exit is Actor.on_exit
+
+    def _end_here(self, reason: ExitReason) -> bool:
+        """End the actor on the calling thread, as its own thread would on a stop, if
+        it is idle (nothing queued or running, no stop asked) and its ending runs
+        none of the app's code; False (nothing done) otherwise.
+
+        Used by :func:`stop_here`: no wake-up of its thread, no wait for it. An
+        ending with app code (``on_exit``, ``terminate``) stays on the actor's own
+        thread, the only one a stop can abandon when that code overruns. Holding
+        ``_exec`` keeps any message from running meanwhile, as ``_run_here`` does.
+        """
+        if not self._up or not self._exits_quietly():
+            return False
+        with self._mb:
+            if (self._backlog or self._stop_request is not None or self._exiting
+                    or not self._exec.acquire(False)):
+                return False
+            self._backlog = 1
+        try:
+            self._inline_thread = threading.get_ident()  # a stop of itself from here asks only
+            try:
+                self._terminate(reason)
+            finally:
+                self._inline_thread = None
+        finally:
+            self._exec.release()
+            with self._mb:
+                self._backlog -= 1
+        # Its thread is parked on the inbox and _post() refuses messages now: wake it
+        # directly, so it sees actor_stopped and ends (as _kill does).
+        self.actor_inbox.put(Envelope(_Wake()))
+        return True
+
     def _post(self, message: Any) -> bool:
         if self.actor_stopped.is_set():
             return False
@@ -783,13 +833,21 @@ class ActorRef:
         message.
         """
         actor = self._actor
-        actor._request_stop(reason or ExitReason.shutdown())
+        reason = reason or ExitReason.shutdown()
+        wait = _wait_arg(timeout)
+        if _here.active:
+            if ended_here(self, reason):
+                return actor._exit_reason or reason
+            if _here.deadline is not None:  # no wait beyond the whole stop's deadline
+                left = max(0.0, _here.deadline - time.monotonic())
+                wait = left if wait is None else min(wait, left)
+        actor._request_stop(reason)
         me = threading.current_thread()
         if me is actor._thread or me.ident == actor._inline_thread:
-            return reason or ExitReason.shutdown()
-        if not actor._exited.wait(_wait_arg(timeout)):
-            log.warning("%s did not stop within %ss; abandoning its thread", self.id, timeout)
-            actor._kill(ExitReason.killed(f"did not stop within {timeout}s"))
+            return reason
+        if not actor._exited.wait(wait):
+            log.warning("%s did not stop within %ss; abandoning its thread", self.id, wait)
+            actor._kill(ExitReason.killed(f"did not stop within {wait}s"))
         return actor._exit_reason or ExitReason.shutdown()
 
     def kill(self, reason: ExitReason | None = None) -> None:
@@ -803,6 +861,41 @@ class ActorRef:
 
 
 Actor.ref_class = ActorRef
+
+
+def ended_here(ref: ActorRef, reason: ExitReason) -> bool:
+    """Within :func:`stop_here`: end ``ref`` on this thread if it is idle and its
+    ending runs none of the app's code (for a stop that asks first and waits later)."""
+    return _here.active and ref._actor._end_here(reason)
+
+
+def stop_here(ref: ActorRef, reason: ExitReason | None = None, *,
+              timeout: float | None = DEFAULT_SHUTDOWN) -> ExitReason:
+    """Stop ``ref`` as :meth:`ActorRef.stop` does, ending on the calling thread each
+    actor of its tree that is idle and whose ending runs none of the app's code.
+
+    The same ending as the actors' own threads would run (a supervisor stops its
+    children in reverse order, monitors get ``Down``, links their exit signal),
+    without a thread wake-up and a wait per actor. An actor that is busy, or has an
+    ``on_exit`` (a GenServer a ``terminate``) of its own, is stopped by its own
+    thread within its ``shutdown`` and abandoned if it overruns, as before; no
+    wait goes beyond ``timeout`` from now, the time the whole stop may take (after
+    it, what is still stopping is abandoned, as ``ref`` itself would have been).
+
+    >>> class Idle(Actor): pass
+    >>> stop_here(Idle.start()).kind
+    'shutdown'
+    """
+    if _here.active:
+        return ref.stop(reason, timeout=timeout)
+    limit = _wait_arg(timeout)
+    _here.active = True
+    _here.deadline = None if limit is None else time.monotonic() + limit
+    try:
+        return ref.stop(reason, timeout=timeout)
+    finally:
+        _here.active = False
+        _here.deadline = None
 
 _mrefs = itertools.count(1)
 

@@ -35,7 +35,7 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from runtime.actor import Actor, ActorRef, Down, ExitReason
+from runtime.actor import Actor, ActorRef, Down, ExitReason, ended_here
 from runtime.childspec import (
     BRUTAL_KILL,
     IGNORE,
@@ -285,6 +285,8 @@ class DynamicSupervisor(Supervisor):
             if child.spec.shutdown == BRUTAL_KILL:
                 ref.kill(ExitReason.killed(BRUTAL_KILL))
                 self._stopped(child, ExitReason.killed(BRUTAL_KILL))
+            elif ended_here(ref, ExitReason.shutdown()):  # idle, within stop_here
+                self._stopped(child, ref.exit_reason or ExitReason.shutdown())
             else:
                 # Ask all first (the request is out of band, like an exit signal), then
                 # wait for each against one deadline.

@@ -566,3 +566,6 @@ class ServerActor(Actor):
         SERVERS.discard(self)
         if self.impl is not None:
             self.impl.terminate(reason, self.state)
+
+    def _exits_quietly(self) -> bool:
+        return self.impl is None or type(self.impl).terminate is GenServer.terminate

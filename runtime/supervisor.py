@@ -539,6 +539,10 @@ class Supervisor(Actor):
     def on_exit(self, reason: ExitReason) -> None:
         self._stop_all_children()
 
+    def _exits_quietly(self) -> bool:
+        # Stopping the children runs no app code here: theirs runs on their threads.
+        return type(self).on_exit is Supervisor.on_exit
+
     # Child bookkeeping; DynamicSupervisor keeps its children in dicts instead.
     def _holds(self, child: _Child) -> bool:
         return child in self._children

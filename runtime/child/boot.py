@@ -64,7 +64,7 @@ from typing import Any
 
 from runtime import logs as _logs
 from runtime import registry
-from runtime.actor import NOREPLY, ActorRef, Down, monitor
+from runtime.actor import NOREPLY, ActorRef, Down, monitor, stop_here
 from runtime.child import guard as _guard
 from runtime.child import isolation as _isolation
 from runtime.child import libc as _libc
@@ -569,7 +569,9 @@ class ChildServer:
             self._stopping = True
         root = self.root
         if root is not None and root.is_alive():
-            root.stop(timeout=self.boot.shutdown)
+            # On this thread, for every idle actor whose ending runs no app code: no
+            # wake-up of the supervisors' and actors' threads and wait for each.
+            stop_here(root, timeout=self.boot.shutdown)
 
     def request_exit(self, code: int) -> None:
         """Leave the serve loop (after the current frame's reply) with ``code``."""
