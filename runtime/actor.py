@@ -274,6 +274,7 @@ class _Here(threading.local):
 
     active = False
     deadline: float | None = None
+    wake = True
 
 
 _here = _Here()
@@ -673,9 +674,10 @@ class Actor(pykka.ThreadingActor):
             self._exec.release()
             with self._mb:
                 self._backlog -= 1
-        # Its thread is parked on the inbox and _post() refuses messages now: wake it
-        # directly, so it sees actor_stopped and ends (as _kill does).
-        self.actor_inbox.put(Envelope(_Wake()))
+        if _here.wake:
+            # Its thread is parked on the inbox and _post() refuses messages now: wake
+            # it directly, so it sees actor_stopped and ends (as _kill does).
+            self.actor_inbox.put(Envelope(_Wake()))
         return True
 
     def _post(self, message: Any) -> bool:
@@ -870,7 +872,7 @@ def ended_here(ref: ActorRef, reason: ExitReason) -> bool:
 
 
 def stop_here(ref: ActorRef, reason: ExitReason | None = None, *,
-              timeout: float | None = DEFAULT_SHUTDOWN) -> ExitReason:
+              timeout: float | None = DEFAULT_SHUTDOWN, wake: bool = True) -> ExitReason:
     """Stop ``ref`` as :meth:`ActorRef.stop` does, ending on the calling thread each
     actor of its tree that is idle and whose ending runs none of the app's code.
 
@@ -881,6 +883,9 @@ def stop_here(ref: ActorRef, reason: ExitReason | None = None, *,
     thread within its ``shutdown`` and abandoned if it overruns, as before; no
     wait goes beyond ``timeout`` from now, the time the whole stop may take (after
     it, what is still stopping is abandoned, as ``ref`` itself would have been).
+    ``wake=False`` leaves the threads of the actors ended here parked: for a caller
+    that ends the process next (they end with it; waking them would only take CPU
+    and the GIL from the exit).
 
     >>> class Idle(Actor): pass
     >>> stop_here(Idle.start()).kind
@@ -889,12 +894,12 @@ def stop_here(ref: ActorRef, reason: ExitReason | None = None, *,
     if _here.active:
         return ref.stop(reason, timeout=timeout)
     limit = _wait_arg(timeout)
-    _here.active = True
+    _here.active, _here.wake = True, wake
     _here.deadline = None if limit is None else time.monotonic() + limit
     try:
         return ref.stop(reason, timeout=timeout)
     finally:
-        _here.active = False
+        _here.active, _here.wake = False, True
         _here.deadline = None
 
 _mrefs = itertools.count(1)
@@ -904,8 +909,8 @@ def monitor(watched: ActorRef, watcher: ActorRef | Watcher) -> str:
     """Watch ``watched``: when it ends, ``watcher`` gets a :class:`Down` notice.
 
     ``watcher`` is an actor (the notice arrives as a message to its ``on_info``) or
-    a callable (called with the notice from the ending actor's thread; keep it
-    short). Monitoring an actor that has already ended delivers the notice at once.
+    a callable (called with the notice from the thread that ends the actor: its
+    own, or one running :func:`stop_here`; keep it short). Monitoring an actor that has already ended delivers the notice at once.
     Returns the monitor reference for :func:`demonitor`.
 
     >>> class Idle(Actor): pass

@@ -152,3 +152,25 @@ def test_a_down_watcher_stopping_the_ending_actor_does_not_wait() -> None:
     monitor(ref, lambda d: (ref.stop(timeout=None), got.append(d)))
     assert stop_here(ref, timeout=None).kind == "shutdown"
     assert [d.reason.kind for d in got] == ["shutdown"]
+
+
+def test_wake_false_leaves_the_ended_actors_threads_parked() -> None:
+    """For a caller that ends the process next: the threads end with it."""
+    from pykka._envelope import Envelope
+
+    from runtime.actor import _Wake
+
+    sup = Supervisor.start([ChildSpec("a", start=Idle.start)])
+    a = sup.child_ref("a")
+    actors = [sup._actor, a._actor]
+    assert stop_here(sup, wake=False).kind == "shutdown"
+    assert not a.is_alive() and not sup.is_alive()
+    try:
+        assert all(x._thread is not None and x._thread.is_alive() for x in actors)
+    finally:  # this process goes on: let them end (the leak check joins them)
+        for x in actors:
+            x.actor_inbox.put(Envelope(_Wake()))
+    for x in actors:
+        assert x._thread is not None
+        x._thread.join(5)
+        assert not x._thread.is_alive()

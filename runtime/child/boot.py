@@ -570,8 +570,9 @@ class ChildServer:
         root = self.root
         if root is not None and root.is_alive():
             # On this thread, for every idle actor whose ending runs no app code: no
-            # wake-up of the supervisors' and actors' threads and wait for each.
-            stop_here(root, timeout=self.boot.shutdown)
+            # wake-up of the supervisors' and actors' threads and wait for each. The
+            # process exits next (every caller's path), so their threads stay parked.
+            stop_here(root, timeout=self.boot.shutdown, wake=False)
 
     def request_exit(self, code: int) -> None:
         """Leave the serve loop (after the current frame's reply) with ``code``."""
