@@ -290,6 +290,23 @@ def test_stop_soon_stops_gracefully_and_nothing_restarts_the_child(tmp_path):
     sup.stop()
 
 
+def test_stop_soon_has_a_parked_reader_read_the_eof_while_the_child_exits(
+        tmp_path, monkeypatch):
+    """A reader parked behind leading callers reads the child's EOF at once after
+    stop_soon (not when stop() kicks it, after the exit), so the exit is read
+    while the child exits."""
+    import runtime.host.process as process
+
+    monkeypatch.setattr(process, "_PARK", 3600.0)  # parked: only a kick wakes it
+    ref = start(args=(str(tmp_path / "terminated"),), name="parked")
+    conn = ref._conn
+    assert ref.call("marker", "hi") == "ok"  # a leading caller: the reader parks
+    wait_for(lambda: bool(conn._cv._waiters), message="the reader parks")
+    ref.stop_soon()
+    wait_for(lambda: conn.down is not None, timeout=10, message="the reader read the EOF")
+    assert ref.stop().kind == "shutdown" and ref.exitcode == 0
+
+
 def test_host_eof_makes_the_child_stop_and_exit(tmp_path):
     marker = tmp_path / "terminated"
     ref = start(args=(str(marker),), name="eof")

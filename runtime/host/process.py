@@ -851,6 +851,7 @@ class _Connection:
                     self.channel.send(SYSTEM, None, "stop", None)
                 except (ChannelClosed, ValueError, TypeError):
                     pass
+                self.kick()  # a parked reader reads the EOF while the child exits
                 code = self._wait_exit(timeout)
             if code is None and graceful:
                 log.warning("sandbox %s (pid %s) did not stop within %ss; killing it",
@@ -1218,6 +1219,9 @@ class ProcessRef(ActorRef):
             conn.channel.send(SYSTEM, None, "stop", None)
         except (ChannelClosed, ValueError, TypeError):
             pass  # gone already: stop() reads its exit
+        # A reader parked behind leading callers would see the EOF only when stop()
+        # kicks it, after the exit: so it reads now, and is done by then.
+        conn.kick()
 
     def kill(self, reason: ExitReason | None = None) -> None:
         """SIGKILL the child's process group now; the actor ends with ``reason`` (killed)."""
