@@ -891,13 +891,14 @@ def stop_here(ref: ActorRef, reason: ExitReason | None = None, *,
     >>> stop_here(Idle.start()).kind
     'shutdown'
     """
+    # ActorRef.stop itself, not ref.stop: SupervisorRef.stop is this function.
     if _here.active:
-        return ref.stop(reason, timeout=timeout)
+        return ActorRef.stop(ref, reason, timeout=timeout)
     limit = _wait_arg(timeout)
     _here.active, _here.wake = True, wake
     _here.deadline = None if limit is None else time.monotonic() + limit
     try:
-        return ref.stop(reason, timeout=timeout)
+        return ActorRef.stop(ref, reason, timeout=timeout)
     finally:
         _here.active, _here.wake = False, True
         _here.deadline = None

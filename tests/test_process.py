@@ -300,11 +300,29 @@ def test_stop_soon_has_a_parked_reader_read_the_eof_while_the_child_exits(
     monkeypatch.setattr(process, "_PARK", 3600.0)  # parked: only a kick wakes it
     ref = start(args=(str(tmp_path / "terminated"),), name="parked")
     conn = ref._conn
-    assert ref.call("marker", "hi") == "ok"  # a leading caller: the reader parks
-    wait_for(lambda: bool(conn._cv._waiters), message="the reader parks")
+    # A caller reading its own reply leads; the reader thread, woken by that reply,
+    # parks behind it (a call or two: it may have been elsewhere the first time).
+    wait_for(lambda: ref.call("marker", "hi") == "ok" and bool(conn._cv._waiters),
+             message="the reader parks")
     ref.stop_soon()
     wait_for(lambda: conn.down is not None, timeout=10, message="the reader read the EOF")
     assert ref.stop().kind == "shutdown" and ref.exitcode == 0
+
+
+def test_a_supervisor_stops_its_idle_process_on_the_calling_thread(tmp_path):
+    """The process actor's ending is the runtime's (a graceful close, bounded by its
+    own timeouts): a supervisor's stop runs it in place, and the child still stops
+    gracefully."""
+    marker = tmp_path / "terminated"
+    sup = Supervisor.start(
+        [process_spec("p", ECHO, app_path=str(TESTS), args=(str(marker),))])
+    ref = sup.child_ref("p")
+    pid = ref.pid
+    threads: list[int] = []
+    monitor(ref, lambda d: threads.append(threading.get_ident()))
+    assert sup.stop().kind == "shutdown"
+    assert threads == [threading.get_ident()]
+    assert marker.read_text() == "terminated: shutdown" and ref.exitcode == 0 and _gone(pid)
 
 
 def test_host_eof_makes_the_child_stop_and_exit(tmp_path):

@@ -174,3 +174,12 @@ def test_wake_false_leaves_the_ended_actors_threads_parked() -> None:
         assert x._thread is not None
         x._thread.join(5)
         assert not x._thread.is_alive()
+
+
+def test_a_supervisors_stop_is_a_stop_here() -> None:
+    sup = Supervisor.start([ChildSpec("a", start=Idle.start)])
+    a = sup.child_ref("a")
+    seen = _downs(a, sup)
+    assert sup.stop().kind == "shutdown"
+    me = threading.get_ident()
+    assert seen == [(a.id, me, "shutdown"), (sup.id, me, "shutdown")]

@@ -1032,6 +1032,11 @@ class ProcessActor(Actor):
     def on_exit(self, reason: ExitReason) -> None:
         self.conn.close(graceful=True, timeout=self.shutdown)
 
+    def _exits_quietly(self) -> bool:
+        # Its ending is the runtime's (close the connection, bounded by the process's
+        # own shutdown and kill), so a stop_here may run it on the stopping thread.
+        return type(self).on_exit is ProcessActor.on_exit
+
 
 class ProcessRef(ActorRef):
     """Handle on a :class:`ProcessActor`: talk to the actors inside its child process.
