@@ -209,3 +209,33 @@ def test_the_workdir_outlives_the_pass_over_its_uid(tmp_path, monkeypatch):
         assert not workdir.exists()
         assert ran_aside.is_set() == strays_killed
     assert seen == [(False, True), (True, False)]
+
+
+def test_release_reads_no_member_list_of_an_empty_cgroup_and_kills_what_one_holds(
+        tmp_path, monkeypatch):
+    """After ``kill_strays`` vouched (``strays_killed``), ``release`` removes an empty
+    cgroup without reading its member list; one whose removal fails (it has a
+    member) has its members killed and reported (a cgroup here is a directory)."""
+    from runtime.child import isolation
+
+    reads: list[str] = []
+    members = isolation._cgroup_members
+    monkeypatch.setattr(isolation, "_cgroup_members",
+                        lambda state: reads.append("read") or members(state))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert isolation.release({"cgroups": {"pids": str(empty)}}, strays_killed=True) == []
+    assert not empty.exists() and reads == []
+    held = tmp_path / "held"
+    held.mkdir()
+    proc = subprocess.Popen(["tail", "-f", "/dev/null"], stdin=subprocess.DEVNULL)
+    try:
+        (held / "cgroup.procs").write_text(f"{proc.pid}\n")  # the rmdir fails: not empty
+        left = isolation.release({"cgroups": {"pids": str(held)}}, timeout=0.05,
+                                 strays_killed=True)
+        assert left == [proc.pid] and reads
+        assert proc.wait(10) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -821,13 +821,15 @@ def release(state: dict[str, Any] | None, *, timeout: float = 5.0,
     """At destroy (host side): kill what is left of the sandbox, remove its cgroups.
 
     ``strays_killed``: :func:`kill_strays` vouched for the processes under the
-    UID outside the cgroups, so only the cgroups' members are looked for here.
+    UID outside the cgroups, so only the cgroups' members are looked for here,
+    and only in a cgroup that is not empty: its removal fails while it has a
+    member (no read of an empty cgroup's member list on a destroy's path).
     Returns the pids that were still there.
     """
     import time
 
     state = state or {}
-    killed = kill_leftovers(state, by_uid=not strays_killed)
+    killed = set() if strays_killed else set(kill_leftovers(state, by_uid=True))
     deadline = time.monotonic() + timeout
     for d in (state.get("cgroups") or {}).values():
         while True:
@@ -837,12 +839,13 @@ def release(state: dict[str, Any] | None, *, timeout: float = 5.0,
             except FileNotFoundError:
                 break
             except OSError:
-                # Members are still exiting: kill again (a fork may have raced us).
+                # Members left, or still exiting: kill them (again: a fork may have
+                # raced us), then try again.
                 if time.monotonic() > deadline:
                     break
-                kill_leftovers({"cgroups": {"x": d}})
+                killed.update(kill_leftovers({"cgroups": {"x": d}}))
                 _pause(0.01)
-    return killed
+    return sorted(killed)
 
 
 def release_group(group: str) -> None:
