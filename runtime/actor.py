@@ -903,6 +903,7 @@ def stop_here(ref: ActorRef, reason: ExitReason | None = None, *,
         _here.active, _here.wake = False, True
         _here.deadline = None
 
+
 _mrefs = itertools.count(1)
 
 
@@ -911,8 +912,9 @@ def monitor(watched: ActorRef, watcher: ActorRef | Watcher) -> str:
 
     ``watcher`` is an actor (the notice arrives as a message to its ``on_info``) or
     a callable (called with the notice from the thread that ends the actor: its
-    own, or one running :func:`stop_here`; keep it short). Monitoring an actor that has already ended delivers the notice at once.
-    Returns the monitor reference for :func:`demonitor`.
+    own, or one running :func:`stop_here`; keep it short). Monitoring an actor
+    that has already ended delivers the notice at once. Returns the monitor
+    reference for :func:`demonitor`.
 
     >>> class Idle(Actor): pass
     >>> downs = []
