@@ -1,8 +1,8 @@
 """Creates and destroys under way outside the manager's turns, kept beyond a manager's life.
 
-A create compiles and boots its sandbox on a thread of its own, and a destroy stops
-its sandbox on one (independent sandboxes start and stop side by side, as children
-of a dynamic supervisor do). Each is a :class:`Job`; its caller waits on the job's
+A create compiles and boots its sandbox on a thread of its own, and a destroy (or
+a batch of destroys) stops its sandboxes on one (independent sandboxes start and
+stop side by side, as children of a dynamic supervisor do). Each is a :class:`Job`; its caller waits on the job's
 :class:`Ticket`, not on the manager's reply. The runtime keeps one :class:`InFlight`
 table for all its managers, so a manager killed while jobs run does not lose them:
 its successor finds them at start, keeps their ids reserved and finishes each job
@@ -21,7 +21,7 @@ nothing of those sandboxes is left.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,10 +174,12 @@ class InFlight:
             self._manager = manager
             return list(self._jobs.values())
 
-    def done(self, job: Job) -> tuple[Any, bool]:
-        """A job's thread finished its part: returns (the manager to tell, closed)."""
+    def done(self, jobs: Iterable[Job]) -> tuple[Any, bool]:
+        """A thread finished its part of ``jobs`` (a create, or a batch of destroys):
+        returns (the manager to tell, closed)."""
         with self._lock:
-            job.ready = True
+            for job in jobs:
+                job.ready = True
             return self._manager, self._closed
 
     def close(self) -> list[Job]:

@@ -261,8 +261,13 @@ class ResourceMonitorActor(Component):
             self.watches[sandbox_id] = w
 
     def op_unregister(self, sandbox_id: str) -> None:
+        self.op_unregister_many([sandbox_id])
+
+    def op_unregister_many(self, sandbox_ids: list[str]) -> None:
+        """Stop watching these sandboxes (a batch destroy: one turn for all)."""
         with self._lock:
-            self.watches.pop(sandbox_id, None)
+            for sandbox_id in sandbox_ids:
+                self.watches.pop(sandbox_id, None)
 
     def op_usage(self, sandbox_id: str) -> dict[str, Any] | None:
         with self._lock:
