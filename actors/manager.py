@@ -636,6 +636,13 @@ class ManagerActor(Component):
             self.store.delete_sandboxes([job.record.config.id for job in jobs])
         for job in jobs:
             record = job.record
+            # Before its stop (a process that has exited is in no cgroup): is it in its
+            # cgroups? Then what its UID runs outside them can be killed while it
+            # stops (kill_strays), with no pass over /proc of its own after the exit.
+            try:
+                job.extra["member"] = containment.joined_cgroups(record)
+            except Exception as exc:  # a bug: that destroy fails, after release's full pass
+                job.result, job.extra["member"] = exc, None
             record.slot.close(ExitReason.shutdown("sandbox destroyed"))
             job.extra["starts"] = record.slot.starts  # a restart after this is seen (_take_down)
             proc = record.slot.current()
@@ -653,17 +660,9 @@ class ManagerActor(Component):
         go off the other components' books (one round trip to each for all of
         them). A failure of one destroy is that job's (``job.result``)."""
         records = [job.record for job in jobs]
+        members = [job.extra["member"] for job in jobs]  # found in its cgroups (op_destroy)
         components = _Components(self._component)
         reason = ExitReason.shutdown("sandbox destroyed")
-        # First, while they stop (mostly still there): is each in its cgroups? Then
-        # what its UID runs outside them can be killed now (kill_strays).
-        members: list[tuple[int, int | None] | None] = []
-        for job in jobs:
-            try:
-                members.append(containment.joined_cgroups(job.record))
-            except BaseException as exc:  # a bug: release makes the full pass
-                job.result = exc
-                members.append(None)
         sups = [record.supervisor for record in records]
         for sup in sups:
             if sup is not None:  # asked now (out of band, as an exit signal), waited for below
