@@ -147,6 +147,35 @@ class InFlight:
             done.set_exception(exc)
         return done
 
+    def each(self, fn: Callable[[int], None], items: range, threads: int) -> None:
+        """``fn(i)`` for each ``i`` of ``items`` (``fn`` raises nothing), on up to
+        ``threads`` threads at once: the caller's, and threads of the table's (none
+        for a lone item, or once the runtime is stopping); returns when all are done.
+
+        For parts of a batch that mostly wait in the kernel, where overlapping the
+        waits pays for the hand-offs (unlike :meth:`aside`'s CPU-bound parts).
+        """
+        left = iter(items)
+        lock = threading.Lock()
+
+        def work() -> None:
+            while True:
+                with lock:
+                    i = next(left, None)
+                if i is None:
+                    return
+                fn(i)
+
+        helpers: list[Future[Any]] = []
+        for _ in range(min(threads, len(items)) - 1):
+            try:
+                helpers.append(self._threads.submit(work))
+            except RuntimeError:  # shut down by close() meanwhile: the caller does the rest
+                break
+        work()
+        for helper in helpers:
+            helper.result()
+
     def add(self, job: Job) -> Job | None:
         """Reserve the job's sandbox id: None, or the job that holds it already (a
         manager killed in the middle of its turn may still be adding one while its
