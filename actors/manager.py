@@ -637,20 +637,22 @@ class ManagerActor(Component):
         if self.store is not None:  # first: a host killed now does not bring them back
             self.store.delete_sandboxes([job.record.config.id for job in jobs])
         for job in jobs:
+            # Before any stop (an exited process is in no cgroup; a batch's thread came
+            # too late, and so did a read right after the process's own stop request
+            # when this thread waited for the GIL meanwhile): is it in its cgroups?
+            # Then what its UID runs outside them is killed while it stops
+            # (kill_strays), with no pass over /proc of its own after the exit.
+            try:
+                job.extra["member"] = containment.joined_cgroups(job.record)
+            except Exception as exc:  # a bug: that destroy fails, after release's full pass
+                job.result, job.extra["member"] = exc, None
+        for job in jobs:  # all asked at once: their graceful stops overlap
             record = job.record
             record.slot.close(ExitReason.shutdown("sandbox destroyed"))
             job.extra["starts"] = record.slot.starts  # a restart after this is seen (_take_down)
             proc = record.slot.current()
             if proc is not None:  # its graceful stop starts now, the job's thread waits for it
                 proc.stop_soon()
-            # Right after (its stop takes ~1 ms; an exited process is in no cgroup, and
-            # a batch's thread would come too late): is it in its cgroups? Then what its
-            # UID runs outside them is killed while it stops (kill_strays), with no
-            # pass over /proc of its own after the exit.
-            try:
-                job.extra["member"] = containment.joined_cgroups(record)
-            except Exception as exc:  # a bug: that destroy fails, after release's full pass
-                job.result, job.extra["member"] = exc, None
         self._run_jobs(jobs, self._take_down)
         return answers
 
