@@ -657,13 +657,14 @@ class ManagerActor(Component):
         return answers
 
     def _take_down(self, jobs: list[Job]) -> None:
-        """The slow part of destroys (one, or a batch), on one thread: stop the
+        """The slow part of destroys (one, or a batch), on one job thread: stop the
         sandboxes' supervisors (each process stops gracefully, then is killed) and
-        remove every trace of them. The supervisors are all asked to stop at once,
-        then waited for one by one; meanwhile what runs under each UID outside its
-        cgroups is killed (one pass over /proc serves them all) and the sandboxes
-        go off the other components' books (one round trip to each for all of
-        them). A failure of one destroy is that job's (``job.result``)."""
+        remove every trace of them. The supervisors are all asked to stop at once;
+        meanwhile what runs under each UID outside its cgroups is killed (passes
+        over /proc are shared by the batch) and the sandboxes go off the other
+        components' books (one round trip to each for all of them); then each stop
+        is waited for and its remains removed, on up to :data:`REMAINS_THREADS`
+        threads. A failure of one destroy is that job's (``job.result``)."""
         records = [job.record for job in jobs]
         members = [job.extra["member"] for job in jobs]  # found in its cgroups (op_destroy)
         components = _Components(self._component)
