@@ -31,7 +31,8 @@ SIGXCPU / SIGXFSZ; the monitor records those exits as limits reached too, and
 resource errors a sandbox reports in its replies (MemoryError, EMFILE, ...) as
 ``limit.reported`` (the sandbox's word).
 
-Operations: ``register(sandbox_id, slot)``, ``unregister(sandbox_id)``,
+Operations: ``register(sandbox_id, slot)``, ``unregister(sandbox_id)`` (``unregister_many(ids)``:
+a batch destroy's, in one turn),
 ``usage(sandbox_id)`` (latest figures, trends, limit events), ``usage_all()``,
 ``sample_now()`` (one tick, synchronously), ``stats()`` (the sampler's own cost),
 ``run_overrun(sandbox_id, seconds)`` (a ``run`` went past ``run_seconds``).

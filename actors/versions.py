@@ -215,7 +215,8 @@ class VersionManagerActor(Component):
     - ``plan_reload(sandbox_id, compiled, *, modules=None) -> ReloadProposal`` (the
       four above a reload needs, in one round trip)
     - ``unload(sandbox_id, module) -> [kept version]`` (no current version; history kept)
-    - ``forget(sandbox_id) -> bool``
+    - ``forget(sandbox_id) -> bool``; ``forget_many(ids) -> [bool]`` (a batch destroy's,
+      one store transaction)
     - ``sandboxes() -> [sandbox_id]``
     """
 

@@ -246,7 +246,8 @@ class WatcherActor(Component):
 
     - ``watch(sandbox_id, path, *, options=None, exclude=())`` -> status dict;
       raises :class:`WatchError` (too many files, missing directory).
-    - ``unwatch(sandbox_id)`` -> whether it was watched.
+    - ``unwatch(sandbox_id)`` -> whether it was watched; ``unwatch_many(ids)`` -> the same
+      for each (a batch destroy's, in one turn).
     - ``status(sandbox_id=None)`` -> the watch of one sandbox (None if not
       watched), or of the watcher as a whole.
     - ``watched()`` -> the ids of the watched sandboxes.
