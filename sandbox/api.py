@@ -1152,8 +1152,16 @@ class Runtime:
         all in one turn and one thread stops them all (``workers`` is not used: it
         stays for callers that pass it)."""
         ids = list(sandbox_ids)
-        return [BatchResult(sid, error is None, error=error)
-                for sid, error in zip(ids, self._destroy(ids))]
+        cids, t0 = [], perf_counter()
+        for sid in ids:  # each its own operation in the ops log, as destroy_sandbox's
+            with logs.correlation(sandbox=sid, runtime=self.name) as cid:
+                logs.operation_started("destroy", sid)
+            cids.append(cid)
+        errors = self._destroy(ids)
+        for sid, cid, error in zip(ids, cids, errors):
+            with logs.correlation(cid, sandbox=sid, runtime=self.name):
+                logs.operation_ended("destroy", sid, t0, error)
+        return [BatchResult(sid, error is None, error=error) for sid, error in zip(ids, errors)]
 
     def batch_hot_reload(
         self,
