@@ -26,6 +26,7 @@ one on the other end of a socket.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -34,7 +35,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, NoReturn, Protocol
 
@@ -891,14 +892,25 @@ def stop_here(ref: ActorRef, reason: ExitReason | None = None, *,
     >>> stop_here(Idle.start()).kind
     'shutdown'
     """
-    # ActorRef.stop itself, not ref.stop: SupervisorRef.stop is this function.
-    if _here.active:
+    with ending_here(timeout, wake=wake):
+        # ActorRef.stop itself, not ref.stop: SupervisorRef.stop is this function.
         return ActorRef.stop(ref, reason, timeout=timeout)
+
+
+@contextlib.contextmanager
+def ending_here(timeout: float | None = None, *, wake: bool = True) -> Iterator[None]:
+    """Within it, each stop this thread makes (:meth:`ActorRef.stop`) ends an idle
+    actor whose ending runs none of the app's code on this thread, as
+    :func:`stop_here` does (``timeout``, ``wake``: as there). Inside another, the
+    outer one's deadline and ``wake`` hold."""
+    if _here.active:
+        yield
+        return
     limit = _wait_arg(timeout)
     _here.active, _here.wake = True, wake
     _here.deadline = None if limit is None else time.monotonic() + limit
     try:
-        return ActorRef.stop(ref, reason, timeout=timeout)
+        yield
     finally:
         _here.active, _here.wake = False, True
         _here.deadline = None

@@ -47,7 +47,8 @@ from typing import Any, ClassVar, Literal
 
 from runtime import telemetry
 from runtime.actor import (
-    Actor, ActorRef, Down, Exit, ExitReason, Reply, demonitor, link, monitor, stop_here, unlink,
+    Actor, ActorRef, Down, Exit, ExitReason, Reply, demonitor, ending_here, link, monitor,
+    stop_here, unlink,
 )
 from runtime.childspec import (
     BRUTAL_KILL,
@@ -540,7 +541,10 @@ class Supervisor(Actor):
             return _Err(exc)
 
     def on_exit(self, reason: ExitReason) -> None:
-        self._stop_all_children()
+        # An idle child whose ending runs no app code (a process's, for one) ends on
+        # this thread: no wake-up of its thread and wait for it.
+        with ending_here():
+            self._stop_all_children()
 
     def _exits_quietly(self) -> bool:
         # Stopping the children runs no app code here: theirs runs on their threads.

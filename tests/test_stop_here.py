@@ -183,3 +183,22 @@ def test_a_supervisors_stop_is_a_stop_here() -> None:
     assert sup.stop().kind == "shutdown"
     me = threading.get_ident()
     assert seen == [(a.id, me, "shutdown"), (sup.id, me, "shutdown")]
+
+
+def test_a_supervisor_stopping_on_its_own_thread_ends_its_idle_children_there() -> None:
+    """Asked to stop (out of band), the supervisor's thread runs the stop: its idle
+    children end on that thread, no hand-off to theirs; a child with a terminate
+    of the app's still stops on its own thread."""
+    journal: list[tuple[str, int]] = []
+
+    class Tidy(GenServer):
+        def terminate(self, reason: ExitReason, state: Any) -> None:
+            journal.append(("tidy", threading.get_ident()))
+
+    sup = Supervisor.start([ChildSpec("tidy", start=lambda: Tidy.start()),
+                            ChildSpec("a", start=Idle.start)])
+    tidy, a = sup.child_ref("tidy"), sup.child_ref("a")
+    monitor(a, lambda d: journal.append(("a", threading.get_ident())))
+    sup._actor._request_stop(ExitReason.shutdown())
+    assert sup.join(10) is not None
+    assert journal == [("a", sup._actor._thread.ident), ("tidy", tidy._actor._thread.ident)]
