@@ -866,6 +866,13 @@ class ActorRef:
 Actor.ref_class = ActorRef
 
 
+def time_left_here() -> float | None:
+    """Within :func:`stop_here`: the seconds its timeout leaves (None: no limit). An
+    ending that waits (``_exits_quietly``) may run in place only if it fits."""
+    deadline = _here.deadline
+    return None if deadline is None else deadline - time.monotonic()
+
+
 def ended_here(ref: ActorRef, reason: ExitReason) -> bool:
     """Within :func:`stop_here`: end ``ref`` on this thread if it is idle and its
     ending runs none of the app's code (for a stop that asks first and waits later)."""

@@ -325,6 +325,21 @@ def test_a_supervisor_stops_its_idle_process_on_the_calling_thread(tmp_path):
     assert marker.read_text() == "terminated: shutdown" and ref.exitcode == 0 and _gone(pid)
 
 
+def test_a_stop_with_less_time_than_the_processs_close_leaves_it_to_its_thread(tmp_path):
+    """In place, nothing could abandon a close that overran the stop's timeout:
+    with less time left than the process's shutdown and kill, its own thread
+    closes it, as before."""
+    marker = tmp_path / "terminated"
+    sup = Supervisor.start(
+        [process_spec("p", ECHO, app_path=str(TESTS), args=(str(marker),))])
+    ref = sup.child_ref("p")
+    threads: list[int] = []
+    monitor(ref, lambda d: threads.append(threading.get_ident()))
+    sup.stop(timeout=ref._actor.shutdown)  # less than shutdown + KILL_MARGIN
+    assert threads == [ref._actor._thread.ident]
+    assert marker.read_text() == "terminated: shutdown" and ref.exitcode == 0
+
+
 def test_host_eof_makes_the_child_stop_and_exit(tmp_path):
     marker = tmp_path / "terminated"
     ref = start(args=(str(marker),), name="eof")

@@ -70,7 +70,9 @@ from multiprocessing.connection import wait as _wait_fds
 from typing import TYPE_CHECKING, Any
 
 from runtime import logs, telemetry
-from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink
+from runtime.actor import (
+    DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink, time_left_here,
+)
 from runtime.child.boot import EXIT_CODES, BootConfig, child_main, shared_codec
 from runtime.childspec import ChildSpec, Restart
 from runtime.errors import (
@@ -1033,9 +1035,12 @@ class ProcessActor(Actor):
         self.conn.close(graceful=True, timeout=self.shutdown)
 
     def _exits_quietly(self) -> bool:
-        # Its ending is the runtime's (close the connection, bounded by the process's
-        # own shutdown and kill), so a stop_here may run it on the stopping thread.
-        return type(self).on_exit is ProcessActor.on_exit
+        # Its ending is the runtime's (close the connection within the process's own
+        # shutdown and kill), so a stop_here may run it on the stopping thread: if
+        # that fits in the time the stop has left (else its thread is abandoned then).
+        left = time_left_here()
+        return (type(self).on_exit is ProcessActor.on_exit
+                and (left is None or left >= self.shutdown + KILL_MARGIN))
 
 
 class ProcessRef(ActorRef):
