@@ -93,7 +93,9 @@ class _Watch:
     sandbox_id: str
     slot: Any
     pid: int | None = None
-    procs: dict[int, psutil.Process] = field(default_factory=dict)
+    #: The tree's processes; a psutil handle only where /proc cannot be read directly
+    #: (not _FAST): making one reads the process's stat (~40 us per new process).
+    procs: dict[int, psutil.Process | None] = field(default_factory=dict)
     cpu_prev: dict[int, float] = field(default_factory=dict)
     last_t: float = 0.0
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=300))
@@ -435,7 +437,7 @@ class ResourceMonitorActor(Component):
                 break
         return out
 
-    def _read_uss(self, w: _Watch, procs: dict[int, psutil.Process], rss: int) -> None:
+    def _read_uss(self, w: _Watch, procs: dict[int, psutil.Process | None], rss: int) -> None:
         """USS of the tree, on its turn: smaps_rollup walks every mapping, the dearest
         read of a tick, so it is skipped while the tree's RSS has not moved since the
         last read (an idle sandbox), up to :data:`USS_TURNS_KEPT` turns in a row
@@ -446,7 +448,11 @@ class ResourceMonitorActor(Component):
         total = 0
         for p_id, p in procs.items():
             try:
-                total += _uss(p_id, p) if _FAST else p.memory_full_info().uss
+                if _FAST:
+                    total += _uss(p_id)
+                else:
+                    assert p is not None
+                    total += p.memory_full_info().uss
             except (psutil.Error, OSError):
                 pass  # gone since its stat was read
         w.uss, w.uss_rss, w.uss_kept = total, rss, 0
@@ -471,19 +477,19 @@ class ResourceMonitorActor(Component):
         rss = threads = fds = 0
         fds_max = 0
         cpu_delta = 0.0
-        seen: dict[int, psutil.Process] = {}
+        seen: dict[int, psutil.Process | None] = {}
         cpu_now: dict[int, float] = {}
         for p_id in pids:
             p = w.procs.get(p_id)
-            if p is None:
-                try:
-                    p = psutil.Process(p_id)
-                except psutil.Error:
-                    continue
             try:
                 fast = _parse_stat(self._files.read(p_id, "stat")) if _FAST else None
             except OSError:
                 fast = None
+            if fast is None and p is None:
+                try:
+                    p = psutil.Process(p_id)
+                except psutil.Error:
+                    continue
             try:
                 if fast is not None:  # one read of /proc/<pid>/stat, one listing of fd/
                     total, rss_b, nth = fast
@@ -496,6 +502,7 @@ class ResourceMonitorActor(Component):
                         last = w.fds[p_id] = len(os.listdir(f"/proc/{p_id}/fd"))
                     nfd = last
                 else:
+                    assert p is not None
                     with p.oneshot():
                         ct = p.cpu_times()
                         rss_b = p.memory_info().rss
@@ -709,14 +716,14 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
-def _uss(pid: int, proc: psutil.Process) -> int:
+def _uss(pid: int) -> int:
     """USS in bytes: the Private_* lines of /proc/<pid>/smaps_rollup (what psutil's
     ``memory_full_info().uss`` adds up, without its second read of statm); psutil
     where smaps_rollup cannot be read."""
     try:
         data = _read(f"/proc/{pid}/smaps_rollup")
     except OSError:
-        return int(proc.memory_full_info().uss)
+        return int(psutil.Process(pid).memory_full_info().uss)
     return sum(int(line.split()[1]) for line in data.splitlines()
                if line.startswith(b"Private_")) * 1024
 
