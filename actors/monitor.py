@@ -33,7 +33,8 @@ SIGXCPU / SIGXFSZ; the monitor records those exits as limits reached too, and
 resource errors a sandbox reports in its replies (MemoryError, EMFILE, ...) as
 ``limit.reported`` (the sandbox's word).
 
-Operations: ``register(sandbox_id, slot)``, ``unregister(sandbox_id)``,
+Operations: ``register(sandbox_id, slot)``, ``unregister(sandbox_id)`` (``unregister_many(ids)``:
+a batch destroy's, in one turn),
 ``usage(sandbox_id)`` (latest figures, trends, limit events), ``usage_all()``,
 ``sample_now()`` (one tick, synchronously), ``stats()`` (the sampler's own cost),
 ``run_overrun(sandbox_id, seconds)`` (a ``run`` went past ``run_seconds``).
@@ -265,8 +266,13 @@ class ResourceMonitorActor(Component):
             self.watches[sandbox_id] = w
 
     def op_unregister(self, sandbox_id: str) -> None:
+        self.op_unregister_many([sandbox_id])
+
+    def op_unregister_many(self, sandbox_ids: list[str]) -> None:
+        """Stop watching these sandboxes (a batch destroy: one turn for all)."""
         with self._lock:
-            self.watches.pop(sandbox_id, None)
+            for sandbox_id in sandbox_ids:
+                self.watches.pop(sandbox_id, None)
 
     def op_usage(self, sandbox_id: str) -> dict[str, Any] | None:
         with self._lock:
