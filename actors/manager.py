@@ -238,8 +238,18 @@ class ManagerActor(Component):
             self.ref.tell(_JobReady(ready))
         me = self.ref
 
+        records = self.records
+
         def forward(event: str, _m: Any, md: Any) -> None:
             if md.get("runtime") == self.runtime_id:
+                if event == "sandbox.process.up":
+                    # A create's own start (its thread, before the finishing turn) sets
+                    # no status: the finishing turn says ``running``. Dropped here, it
+                    # costs the manager no turn (read from the emitting thread: a
+                    # record's ``creating`` only turns False in a later turn).
+                    record = records.get(md.get("sandbox"))
+                    if record is not None and record.creating:
+                        return
                 try:
                     me.tell(_ProcessEvent(event, md["sandbox"], dict(md)))
                 except SandboxError:
