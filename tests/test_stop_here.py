@@ -54,8 +54,9 @@ def test_an_idle_tree_ends_on_the_calling_thread_children_in_reverse() -> None:
         assert not thread.is_alive()
 
 
-def test_a_terminate_of_the_apps_runs_on_the_actors_own_thread_in_order() -> None:
-    journal: list[tuple[str, int]] = []
+def _tidy_then_idle(journal: list[tuple[str, int]]) -> tuple[Any, Any, Any]:
+    """A supervisor over a GenServer with a terminate of the app's ("tidy"), then an
+    idle actor ("idle"); each ending journals the thread it ran on."""
 
     class Tidy(GenServer):
         def terminate(self, reason: ExitReason, state: Any) -> None:
@@ -65,6 +66,12 @@ def test_a_terminate_of_the_apps_runs_on_the_actors_own_thread_in_order() -> Non
                             ChildSpec("idle", start=Idle.start)])
     tidy, idle = sup.child_ref("tidy"), sup.child_ref("idle")
     monitor(idle, lambda d: journal.append(("idle", threading.get_ident())))
+    return sup, tidy, idle
+
+
+def test_a_terminate_of_the_apps_runs_on_the_actors_own_thread_in_order() -> None:
+    journal: list[tuple[str, int]] = []
+    sup, tidy, _ = _tidy_then_idle(journal)
     stop_here(sup)
     assert journal == [("idle", threading.get_ident()), ("tidy", tidy._actor._thread.ident)]
 
@@ -190,15 +197,7 @@ def test_a_supervisor_stopping_on_its_own_thread_ends_its_idle_children_there() 
     children end on that thread, no hand-off to theirs; a child with a terminate
     of the app's still stops on its own thread."""
     journal: list[tuple[str, int]] = []
-
-    class Tidy(GenServer):
-        def terminate(self, reason: ExitReason, state: Any) -> None:
-            journal.append(("tidy", threading.get_ident()))
-
-    sup = Supervisor.start([ChildSpec("tidy", start=lambda: Tidy.start()),
-                            ChildSpec("a", start=Idle.start)])
-    tidy, a = sup.child_ref("tidy"), sup.child_ref("a")
-    monitor(a, lambda d: journal.append(("a", threading.get_ident())))
+    sup, tidy, _ = _tidy_then_idle(journal)
     sup._actor._request_stop(ExitReason.shutdown())
     assert sup.join(10) is not None
-    assert journal == [("a", sup._actor._thread.ident), ("tidy", tidy._actor._thread.ident)]
+    assert journal == [("idle", sup._actor._thread.ident), ("tidy", tidy._actor._thread.ident)]
