@@ -38,17 +38,15 @@ class CodeBarrier:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.readers = 0
-        # Readers that came in without the lock (try_read): one item each. A list's
-        # append and pop are single C calls, atomic under the GIL, so the count
-        # needs no lock; a writer waits for it to empty as for ``readers``.
-        self._quick: list[None] = []
         self.writer = False
         self._writers_waiting = 0
         # How deep each thread holding the read side is, by thread ident (a thread
         # holding none has no entry). A dict, not a threading.local: each access to a
         # thread-local attribute costs several dict lookups, and every message takes
         # and leaves the read side. Each thread only writes its own key, one atomic
-        # dict operation under the GIL.
+        # dict operation under the GIL. It is also how a writer sees the readers that
+        # came in without the lock (try_read): it waits for the dict to empty, as for
+        # ``readers``, so a quick reader costs no count of its own.
         self._depth: dict[int, int] = {}
         #: How many times the write side was taken (one per reload, whatever the
         #: number of actors suspended).
@@ -99,20 +97,17 @@ class CodeBarrier:
         depths = self._depth
         if me in depths:
             return False  # re-entered: acquire_read counts the depth
-        quick = self._quick
-        quick.append(None)
+        depths[me] = 1  # announced: a writer now waits for this entry to go
         if self.writer or self._writers_waiting:
-            quick.pop()
+            del depths[me]
             with self._lock:  # the writer may be waiting for this reader to leave
                 self._cond.notify_all()
             return False
-        depths[me] = 1
         return True
 
     def release_quick(self) -> None:
         """Leave the read side taken by :meth:`try_read`."""
         del self._depth[_get_ident()]
-        self._quick.pop()
         if self._writers_waiting:
             with self._lock:
                 self._cond.notify_all()
@@ -136,7 +131,7 @@ class CodeBarrier:
         with self._cond:
             self._writers_waiting += 1
             try:
-                ok = self._cond.wait_for(lambda: not (self.writer or self.readers or self._quick), timeout)
+                ok = self._cond.wait_for(lambda: not (self.writer or self.readers or self._depth), timeout)
                 if ok:
                     self.writer = True
                     self._writer_thread = threading.get_ident()

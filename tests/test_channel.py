@@ -264,3 +264,25 @@ def test_recv_some_returns_nothing_when_the_sockets_receive_timeout_runs_out(
     assert not right.closed
     left.send(CAST, None, "x", 1)
     assert [e.payload for e in right.recv_some()] == [1]
+
+
+def test_recv_held_reads_under_the_callers_lock_and_stops_on_a_protocol_error(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """The relay's read: the caller holds recv_lock; a bad frame stops the channel
+    (closed, the peer cut off) without the lock, and close() then releases it."""
+    left, right = pair
+    left.send(CAST, None, "a", 1)
+    with right.recv_lock:
+        assert [e.payload for e in right.recv_held()] == [1]
+        body = b"\xc1\xc1"
+        left.send_raw(struct.pack(">I", len(body)) + body)
+        with pytest.raises(ProtocolError, match="undecodable body"):
+            right.recv_held()  # would deadlock if it closed the socket under the lock
+        assert right.closed
+    with pytest.raises(ChannelClosed):  # the peer is cut off
+        left.recv()
+    assert right.fileno() != -1  # the socket waits for close()
+    right.close()
+    assert right.fileno() == -1
+    right.close()  # idempotent

@@ -70,3 +70,49 @@ def test_back_to_back_calls_arm_the_timer_once_and_idle_ticks_disarm_it(
                  message="the timer stayed armed with no calls")
     finally:
         relay.close()
+
+
+def test_the_channels_receive_lock_as_the_token_hands_the_reading_over_and_back(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """As ChildServer.serve builds it: ``recv_held`` under the channel's receive lock,
+    which is the relay's token. A call running long in place hands the reading to
+    the helper (which reads holding that lock), and the main thread gets it back."""
+    left, right = pair
+    release = threading.Event()
+    seen: list[tuple[Any, bool]] = []
+
+    def dispatch(unit: list[Any], here: bool) -> None:
+        seen.append((unit[0].payload, here))
+        if unit[0].payload == "long" and here:
+            assert release.wait(10)
+
+    relay = Relay(right.recv_held, dispatch, slice_seconds=0.01, token=right.recv_lock)
+    try:
+        left.send(CALL, 1, "x", "long")
+        left.send(CALL, 2, "x", "other")
+
+        def other_arrives() -> bool:
+            return ("other", False) in seen  # read and posted by the helper meanwhile
+
+        def on_main() -> None:
+            relay.step()  # runs "long" in place until released
+
+        helper_saw = threading.Event()
+
+        def watch() -> None:
+            wait_for(other_arrives, timeout=10, message="the helper never took the reading")
+            helper_saw.set()
+            release.set()
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        on_main()
+        assert helper_saw.is_set()
+        left.send(CALL, 3, "x", "after")
+        relay.step()  # the reading is back on the main thread, in place
+        assert seen == [("long", True), ("other", False), ("after", True)]
+        assert not right.recv_lock.locked()
+    finally:
+        release.set()
+        relay.close()

@@ -448,6 +448,34 @@ def test_the_barrier_counts_write_acquisitions():
     assert b.writes == 2
 
 
+def test_a_writer_waits_for_a_reader_that_came_in_without_the_lock():
+    """try_read's reader holds the write side off until release_quick, and a
+    reader arriving while a writer waits backs off (the writer has priority)."""
+    b = CodeBarrier()
+    assert b.try_read()
+    assert not b.acquire_write(timeout=0.05), "the writer got in past a quick reader"
+    got = threading.Event()
+    release = threading.Event()
+
+    def writer() -> None:
+        with b.writing(timeout=10):
+            got.set()
+            release.wait(10)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    wait_for(lambda: b._writers_waiting == 1, timeout=10)
+    assert not got.is_set()
+    b.release_quick()
+    assert got.wait(10), "the writer never saw the quick reader leave"
+    assert not b.try_read() and not b.held(), "a reader got in while the writer held it"
+    release.set()
+    t.join(10)
+    assert b.try_read() and b.held()
+    b.release_quick()
+    assert not b.held()
+
+
 STARTS_AT_IMPORT = SERVER_V1 + """
 HELPER = Box.start(99)  # an actor started by the module body, during the swap
 """

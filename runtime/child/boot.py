@@ -610,11 +610,12 @@ class ChildServer:
 
     def serve(self) -> int:
         relay = Relay(
-            self.channel.recv,
+            self.channel.recv_held,  # under the relay's token, which is the channel's lock
             self._dispatch,
             done=lambda: self._exit_code is not None,
             in_place=self.boot.run_in_place,
             call_here=self.call_here,
+            token=self.channel.recv_lock,
         )
         step = relay.step
         try:

@@ -90,6 +90,10 @@ class Relay:
     the short way and says whether it did (else ``dispatch`` gets it).
     ``done()`` true makes the helper give the reading back (the server is exiting).
     ``in_place=False``: nothing runs in place (every call goes to a mailbox).
+    ``token``: the lock held by the thread reading and dispatching (a new one if
+    None); a channel's :attr:`~runtime.wire.channel.Channel.recv_lock`, with its
+    :meth:`~runtime.wire.channel.Channel.recv_held` as ``recv``, makes a read take
+    one lock instead of two.
     :meth:`step` is called in a loop by the main thread; it raises what ``recv``
     raised (``ChannelClosed``, ``ProtocolError``), also when the helper hit it.
     """
@@ -103,6 +107,7 @@ class Relay:
         in_place: bool = True,
         slice_seconds: float = SLICE,
         call_here: Callable[[Any], bool] = lambda env: False,
+        token: threading.Lock | None = None,
     ) -> None:
         self._recv = recv
         self._done = done
@@ -110,7 +115,8 @@ class Relay:
         self._call_here = call_here
         self._slice = slice_seconds
         self._queue: collections.deque[Any] = collections.deque()
-        self._token = threading.Lock()  # held by the thread reading (and dispatching)
+        # Held by the thread reading (and dispatching).
+        self._token = token if token is not None else threading.Lock()
         self._turn = threading.Condition(self._token)  # the helper's turn ended
         self._go = threading.Lock()  # released to give the helper a turn
         self._go.acquire()
