@@ -906,7 +906,8 @@ class _LoopWatch:
 
     The reader thread would otherwise wake on each answer, wait for the GIL the
     loop holds and hand the answer over (two wake-ups per call); the loop reads
-    under the read token, so the reader thread stays parked. The loop watches a
+    under the read token, so the reader thread stays parked. The loop (or the
+    readers its caller gave, see :meth:`ProcessRef.call_awaited`) watches a
     private dup of the socket's fd: the reader thread closes its own when the
     child goes, and a number freed under the loop's selector could be reused.
     The watch outlives the calls (adding and removing it per call costs four
