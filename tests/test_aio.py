@@ -341,7 +341,10 @@ def test_a_cancelled_await_wakes_through_the_loop_and_leaves_no_entry():
             assert await asb.call("counter", "incr", timeout=30) == 1
             conn = asb.sync._slot.current()._conn
             task = asyncio.ensure_future(asb.call("counter", "incr", timeout=30))
-            await asyncio.sleep(0)  # sent: the task awaits the answer
+            turn = asyncio.get_running_loop().create_future()  # one turn of the loop:
+            asyncio.get_running_loop().call_soon(turn.set_result, None)
+            await turn  # the task ran first (scheduled before): it sent, and awaits
+            assert conn.pending
             task.cancel("stop")
             with pytest.raises(asyncio.CancelledError) as info:
                 await task
