@@ -66,7 +66,8 @@ class _Settler:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Weakly: the registry reaches this object, and a loop nobody uses any more
-        # must go (the loop holds this: its reader callback, its live calls).
+        # must go (what holds this: the loop's reader callback while it watches a
+        # socket, the timer of its deadlines, its live calls).
         self.loop = weakref.ref(loop)
         self.answers: collections.deque[tuple[_Call, Any, BaseException | None]]
         self.answers = collections.deque()
@@ -120,10 +121,13 @@ class _Settler:
         """The loop's callback: read each readable socket it watches (the
         connection's non-blocking read settles the answers in place), then wake the
         callers, outside the read tokens (a woken caller may call the same sandbox)."""
+        poll = self.poll
+        if poll is None:  # its last watch ended in this pass of the loop
+            return
         self.reading = get_ident()
         readers = self.readers
         try:
-            for fd, _ in self.poll.poll(0):  # type: ignore[union-attr]
+            for fd, _ in poll.poll(0):
                 entry = readers.get(fd)
                 if entry is not None:  # (a read before this one ended its watch)
                     entry[0](*entry[1])
@@ -140,7 +144,9 @@ class _Settler:
         while ready:
             call = ready.popleft()
             fn, context = call.waker, call.context
-            if fn is None:
+            if fn is None:  # (no task awaits it)
+                if call.others:
+                    call.run_others()
                 continue
             call.waker = None
             try:

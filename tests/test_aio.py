@@ -398,3 +398,42 @@ def test_a_crash_is_seen_while_the_loop_that_reads_is_blocked():
                      message="the child's end was not seen while the loop was blocked")
 
         asyncio.run(main())
+
+
+def test_an_awaited_call_behaves_as_a_future_for_its_callbacks():
+    """What a task and asyncio's helpers use of a future: every callback runs (the
+    first, the task's, at once when the loop settles it; any more on the loop's next
+    turn), one removed does not, a settled call runs a late one, and a cancel
+    carries its message."""
+    from sandbox.aio import _Call, _settler
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        settler = _settler(loop)
+        seen: list[str] = []
+        call = _Call(settler, loop)
+        call.add_done_callback(lambda c: seen.append("first"))
+        call.add_done_callback(lambda c: seen.append("second"))
+        dropped = lambda c: seen.append("removed")  # noqa: E731
+        call.add_done_callback(dropped)
+        assert call.remove_done_callback(dropped) == 1
+        assert call.settle(7, None) and not call.settle(8, None)
+        settler.ready.append(call)
+        settler.wake()
+        assert seen == ["first"]  # the others on the next turn
+        done = loop.create_future()
+        call.add_done_callback(lambda c: done.set_result(c.result()))
+        assert await done == 7 and seen == ["first", "second"]
+        assert call.done() and not call.cancelled() and await call == 7
+
+        cancelled = _Call(settler, loop)
+        assert cancelled.cancel("why") and not cancelled.cancel()
+        assert cancelled.cancelled()
+        with pytest.raises(asyncio.CancelledError) as info:
+            cancelled.result()
+        assert info.value.args == ("why",)
+        pending = _Call(settler, loop)
+        with pytest.raises(asyncio.InvalidStateError):
+            pending.result()
+
+    asyncio.run(main())
