@@ -25,7 +25,6 @@ import contextvars
 import functools
 import math
 import os
-import select
 import weakref
 from threading import get_ident
 from collections.abc import Callable
@@ -47,27 +46,24 @@ T = TypeVar("T")
 
 
 class _Settler:
-    """The awaited calls of one event loop: where their answers are read and
-    settled and their callers woken, and their timeouts (:class:`_Deadlines`).
+    """The awaited calls of one event loop: where their answers are settled and
+    their callers woken, and their timeouts (:class:`_Deadlines`).
 
-    The loop reads the answers of its calls itself: the sockets it watches are in
-    one epoll set of this object's (:meth:`add_reader`, given to
-    ``ProcessRef.call_awaited`` as the loop's readers), and the loop watches that
-    one descriptor: a pass of the loop that finds several sockets readable runs
-    one callback (:meth:`read`), which reads them in turn, instead of a handle
-    each. Each answer settles its :class:`_Call` in place, and once the reads are
-    done (the connections' read tokens given back) the callers are woken there and
-    then, not through one more turn of the loop. Other threads queue the answers
-    they read, and one ``call_soon_threadsafe`` (a write to the loop's wake-up
-    pipe) settles all that arrived before the loop got to them."""
+    The loop reads the answers of its calls itself (:meth:`read`, the reader
+    callback of each socket it watches): each answer settles its :class:`_Call`
+    in place, and once the read is done (the connection's read token given back)
+    the callers are woken there and then, not through one more turn of the loop.
+    Other threads queue the answers they read, and one ``call_soon_threadsafe`` (a
+    write to the loop's wake-up pipe) settles all that arrived before the loop got
+    to them, not one wake-up per answer."""
 
     __slots__ = ("loop", "answers", "scheduled", "deadlines", "reading", "ready",
-                 "poll", "readers", "__weakref__")
+                 "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         # Weakly: the registry reaches this object, and a loop nobody uses any more
-        # must go (what holds this: the loop's reader callback while it watches a
-        # socket, the timer of its deadlines, its live calls).
+        # must go (what holds this: the loop, through the reader callbacks of the
+        # sockets it watches and its deadlines' timer, and its live calls).
         self.loop = weakref.ref(loop)
         self.answers: collections.deque[tuple[_Call, Any, BaseException | None]]
         self.answers = collections.deque()
@@ -75,62 +71,15 @@ class _Settler:
         self.deadlines = _Deadlines(self)
         self.reading = 0  # the thread of the loop while in read(): answers settle in place
         self.ready: collections.deque[_Call] = collections.deque()  # settled, to wake
-        self.poll: select.epoll | None = None  # the watched sockets, made on first use
-        self.readers: dict[int, tuple[Callable[..., Any], tuple[Any, ...]]] = {}
 
-    # -- the loop's readers (as loop.add_reader/remove_reader), in the loop's thread
-    def add_reader(self, fd: int, callback: Callable[..., Any], *args: Any) -> None:
-        poll = self.poll
-        if poll is None:
-            loop = self.loop()
-            if loop is None:
-                raise RuntimeError("the loop is gone")
-            poll = self.poll = select.epoll()
-            try:
-                loop.add_reader(poll.fileno(), self.read)
-            except BaseException:
-                self.poll = None
-                poll.close()
-                raise
-        poll.register(fd, select.EPOLLIN)
-        self.readers[fd] = (callback, args)
-
-    def remove_reader(self, fd: int) -> bool:
-        """Stop watching ``fd``: in the loop's thread, or in any once the loop is
-        closed. The last one closes the epoll set (made again by the next watch): it
-        lives while a socket is watched, not as long as the loop."""
-        if self.readers.pop(fd, None) is None:
-            return False
-        poll = self.poll
-        if poll is None:
-            return True
-        if self.readers:
-            try:
-                poll.unregister(fd)
-            except (OSError, ValueError):  # closed by another thread's last (loop closed)
-                pass
-            return True
-        self.poll = None
-        loop = self.loop()
-        if loop is not None and not loop.is_closed():
-            loop.remove_reader(poll.fileno())
-        poll.close()  # (another thread's last may close it too: a second close is none)
-        return True
-
-    def read(self) -> None:
-        """The loop's callback: read each readable socket it watches (the
-        connection's non-blocking read settles the answers in place), then wake the
-        callers, outside the read tokens (a woken caller may call the same sandbox)."""
-        poll = self.poll
-        if poll is None:  # its last watch ended in this pass of the loop
-            return
+    def read(self, read: Callable[[Any], None], watch: Any) -> None:
+        """The loop's reader callback of a socket it watches: ``read(watch)`` (the
+        connection's non-blocking read, see ``ProcessRef.call_awaited``) settles the
+        answers in place; their callers are woken after it, outside the read token
+        (a woken caller may call the same sandbox)."""
         self.reading = get_ident()
-        readers = self.readers
         try:
-            for fd, _ in poll.poll(0):
-                entry = readers.get(fd)
-                if entry is not None:  # (a read before this one ended its watch)
-                    entry[0](*entry[1])
+            read(watch)
         finally:
             self.reading = 0
             if self.ready:
@@ -453,7 +402,7 @@ class AsyncSandbox:
                 wait, started = deadline_wait(limit, timeout), monotonic()
                 call = watch = _WatchedCall(settler, loop)
             try:
-                ref = proc.call_awaited(actor, request, call, loop, settler)
+                ref = proc.call_awaited(actor, request, call, loop, settler.read)
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self.sync, "call", exc) from None
             # The loop's one timer, not asyncio.timeout (its context manager costs as

@@ -281,37 +281,6 @@ def test_an_answer_wakes_its_caller_in_the_same_turn_of_the_loop():
         assert taken <= 200 + 20, taken  # a few spare: other handles (the timer)
 
 
-def test_the_loop_watches_one_descriptor_for_every_sandbox_it_reads():
-    """The sockets a loop reads are in one epoll set of its own: the loop's selector
-    gets one descriptor however many sandboxes are awaited, and a watch that ends
-    leaves it (no descriptor left behind)."""
-    with sandbox.start() as rt:
-        sbs = [AsyncSandbox(rt.create_sandbox(f"aio-set-{i}", COUNTER)) for i in range(3)]
-
-        async def main() -> None:
-            from sandbox.aio import _settler
-
-            loop = asyncio.get_running_loop()
-            before = len(loop._selector.get_map())  # type: ignore[attr-defined]
-            for _ in range(3):
-                assert len(await asyncio.gather(
-                    *(sb.call("counter", "incr", timeout=30) for sb in sbs))) == 3
-            assert len(loop._selector.get_map()) == before + 1  # type: ignore[attr-defined]
-            settler = _settler(loop)
-            assert len(settler.readers) == 3
-            watch = sbs[0].sync._slot.current()._conn.loop_watch
-            watch.stop()
-            assert len(settler.readers) == 2 and watch.fd == -1
-            for sb in sbs[1:]:  # the last watch to end closes the set
-                sb.sync._slot.current()._conn.loop_watch.stop()
-            assert settler.poll is None and not settler.readers
-            assert len(loop._selector.get_map()) == before  # type: ignore[attr-defined]
-            assert await sbs[0].call("counter", "incr", timeout=30) == 4  # watched again
-            assert len(settler.readers) == 1
-
-        asyncio.run(main())
-
-
 def test_a_woken_caller_may_call_the_same_sandbox_blocking():
     """The caller is woken after the loop's read is done (the read token given back):
     a blocking call from the loop's thread right after an await is answered."""

@@ -67,7 +67,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.connection import wait as _wait_fds
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from runtime import logs, telemetry
 from runtime.actor import DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink
@@ -521,8 +521,9 @@ class _Connection:
                 self.kick()  # the reader thread answers the pending calls
             watch.stop()
 
-    def watch_from(self, loop: asyncio.AbstractEventLoop, readers: Readers | None = None) -> bool:
-        """Have ``loop`` read this socket (:class:`_LoopWatch`, ``readers`` as in
+    def watch_from(self, loop: asyncio.AbstractEventLoop,
+                   reads: Callable[[Callable[[Any], None], Any], None] | None = None) -> bool:
+        """Have ``loop`` read this socket (:class:`_LoopWatch`, ``reads`` as in
         :meth:`ProcessRef.call_awaited`); False if it cannot now: another thread is
         reading, the child is gone, or no fd is left."""
         token = self._token
@@ -531,7 +532,7 @@ class _Connection:
         try:  # under the token: the reader thread closes _poll_fd holding it
             if self._poll_fd < 0:
                 return False
-            self.loop_watch = _LoopWatch(self, loop, readers)
+            self.loop_watch = _LoopWatch(self, loop, reads)
             return True
         except OSError:
             return False
@@ -891,23 +892,13 @@ class _Connection:
         return was_down or ExitReason.shutdown()
 
 
-class Readers(Protocol):
-    """What watches a socket for an event loop: the loop itself (``add_reader``,
-    ``remove_reader``), or an object of the loop's caller doing the same."""
-
-    def add_reader(self, fd: int, callback: Callable[..., Any], *args: Any) -> Any: ...
-
-    def remove_reader(self, fd: int) -> bool: ...
-
-
 class _LoopWatch:
     """An event loop reading one connection's answers itself for its awaited
     calls (:meth:`ProcessRef.call_awaited`), as a blocking caller reads its own.
 
     The reader thread would otherwise wake on each answer, wait for the GIL the
     loop holds and hand the answer over (two wake-ups per call); the loop reads
-    under the read token, so the reader thread stays parked. The loop (or the
-    readers its caller gave, see :meth:`ProcessRef.call_awaited`) watches a
+    under the read token, so the reader thread stays parked. The loop watches a
     private dup of the socket's fd: the reader thread closes its own when the
     child goes, and a number freed under the loop's selector could be reused.
     The watch outlives the calls (adding and removing it per call costs four
@@ -916,18 +907,20 @@ class _LoopWatch:
     loop calls once this one is closed.
     """
 
-    __slots__ = ("conn", "loop", "readers", "fd", "_lock")
+    __slots__ = ("conn", "loop", "fd", "_lock")
 
     def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop,
-                 readers: Readers | None = None) -> None:
+                 reads: Callable[[Callable[[Any], None], Any], None] | None = None) -> None:
         self.conn = conn
         self.loop = loop
-        self.readers: Readers = loop if readers is None else readers
         self._lock = threading.Lock()  # stop() may run in the reader thread too
         self.fd = os.dup(conn._poll_fd)
         try:
-            # The connection's read itself: no frame between the readers and the read.
-            self.readers.add_reader(self.fd, conn.read_here, self)
+            # The connection's read itself, or the caller's callback around it.
+            if reads is None:
+                loop.add_reader(self.fd, conn.read_here, self)
+            else:
+                loop.add_reader(self.fd, reads, conn.read_here, self)
         except BaseException:
             os.close(self.fd)
             raise
@@ -939,8 +932,8 @@ class _LoopWatch:
         with self._lock:
             fd, self.fd = self.fd, -1
             if fd >= 0:
-                if self.readers is not self.loop or not self.loop.is_closed():
-                    self.readers.remove_reader(fd)  # (readers of its own: closed or not)
+                if not self.loop.is_closed():
+                    self.loop.remove_reader(fd)
                 os.close(fd)
 
     def stop_soon(self) -> None:
@@ -1160,14 +1153,16 @@ class ProcessRef(ActorRef):
         return ref
 
     def call_awaited(self, target: str, request: Any, sink: ReplySink,
-                     loop: asyncio.AbstractEventLoop, readers: Readers | None = None) -> int:
+                     loop: asyncio.AbstractEventLoop,
+                     reads: Callable[[Callable[[Any], None], Any], None] | None = None) -> int:
         """:meth:`call_into` for a caller awaiting in ``loop`` (run in its thread):
         the loop reads the answer itself (:class:`_LoopWatch`: ``sink`` is then
         answered in the loop's thread) instead of the reader thread. Returns the
         call's ref.
 
-        ``readers``, if given, watches the socket for the loop instead of the loop's
-        own ``add_reader`` (e.g. to read several sockets in one callback); only the
+        ``reads``, if given, is the loop's reader callback for the socket instead of
+        the connection's read: called as ``reads(read, watch)``, it must call
+        ``read(watch)`` (e.g. to act on the answers once the read is done); only the
         first call's counts while the loop watches the socket.
         """
         conn = self._conn
@@ -1179,7 +1174,7 @@ class ProcessRef(ActorRef):
                 return ref
             watch.stop()
             watch = None
-        if watch is None and not conn.watch_from(loop, readers):
+        if watch is None and not conn.watch_from(loop, reads):
             conn.kick()  # the reader thread answers this one
         return ref
 
