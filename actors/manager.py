@@ -65,6 +65,8 @@ log = logging.getLogger("runtime.manager")
 
 #: A cold compile of a large app (worker start, scan, 100s of modules) fits in this.
 COMPILE_TIMEOUT = 120.0
+#: Threads that wait for a batch's stops and remove its remains (see _take_down).
+REMAINS_THREADS = 4
 #: How long a create's or destroy's thread waits for a manager to finish its job
 #: (a manager killed meanwhile is replaced within seconds).
 JOB_TIMEOUT = COMPILE_TIMEOUT + 60.0
@@ -174,10 +176,10 @@ class _Recover:
 
 @dataclass(frozen=True)
 class _JobReady:
-    """Told by a create's or destroy's thread (or to itself by a manager starting): the
-    thread's part of ``job`` is done; the manager finishes it."""
+    """Told by a create's thread, or a batch of destroys' (or to itself by a manager
+    starting): the thread's part of ``jobs`` is done; the manager finishes each."""
 
-    job: Job
+    jobs: tuple[Job, ...]
 
 
 @dataclass(frozen=True)
@@ -231,12 +233,23 @@ class ManagerActor(Component):
         self._rebuild(skip={job.record.config.id for job in jobs})
         for job in jobs:
             self.records[job.record.config.id] = job.record
-            if job.ready:
-                self.ref.tell(_JobReady(job))
+        ready = tuple(job for job in jobs if job.ready)
+        if ready:
+            self.ref.tell(_JobReady(ready))
         me = self.ref
+
+        records = self.records
 
         def forward(event: str, _m: Any, md: Any) -> None:
             if md.get("runtime") == self.runtime_id:
+                if event == "sandbox.process.up":
+                    # A create's own start (its thread, before the finishing turn) sets
+                    # no status: the finishing turn says ``running``. Dropped here, it
+                    # costs the manager no turn (read from the emitting thread: a
+                    # record's ``creating`` only turns False in a later turn).
+                    record = records.get(md.get("sandbox"))
+                    if record is not None and record.creating:
+                        return
                 try:
                     me.tell(_ProcessEvent(event, md["sandbox"], dict(md)))
                 except SandboxError:
@@ -379,14 +392,14 @@ class ManagerActor(Component):
             self._readopt(message.sandboxes)
             return
         if isinstance(message, _JobReady):
-            job = message.job
-            if job.finished.is_set():
-                self._finished_before(job)
-            elif self.inflight.get(job.record.config.id) is job:
-                # One a killed manager's turn started after this one attached is
-                # not in the records yet.
-                self.records.setdefault(job.record.config.id, job.record)
-                (self._finish_create if job.kind == "create" else self._finish_destroy)(job)
+            for job in message.jobs:
+                if job.finished.is_set():
+                    self._finished_before(job)
+                elif self.inflight.get(job.record.config.id) is job:
+                    # One a killed manager's turn started after this one attached is
+                    # not in the records yet.
+                    self.records.setdefault(job.record.config.id, job.record)
+                    (self._finish_create if job.kind == "create" else self._finish_destroy)(job)
             return
         if containment.handle_info(self, message):  # security/limit terminations
             return
@@ -484,49 +497,44 @@ class ManagerActor(Component):
         return job.ticket
 
     def _run_job(self, job: Job, part: Callable[[Job], None]) -> None:
-        """Run ``part(job)`` on a job thread (under the caller's correlation id),
-        hand the job to the manager of the moment, and settle the ticket once a
-        manager has finished it. The job's telemetry span (``sandbox.create`` or
-        ``sandbox.destroy``) covers all of it and ends before the caller hears."""
+        """:meth:`_run_jobs` of one job (a create)."""
+        self._run_jobs([job], lambda jobs: part(jobs[0]))
+
+    def _run_jobs(self, jobs: list[Job], part: Callable[[list[Job]], None]) -> None:
+        """Run ``part(jobs)`` on one job thread (under the caller's correlation id),
+        hand the jobs to the manager of the moment, and settle each ticket once a
+        manager has finished its job. Each job's telemetry span (``sandbox.create`` or
+        ``sandbox.destroy``) covers all of it and ends before its caller hears."""
         context = contextvars.copy_context()
-        sandbox_id = job.record.config.id
 
         def run() -> None:
+            spans = [_JobSpan(job, self.runtime_id) for job in jobs]
             try:
-                with telemetry.span(f"sandbox.{job.kind}",
-                                    {"sandbox": sandbox_id, "runtime": self.runtime_id}):
-                    try:
-                        part(job)
-                    finally:
-                        self._hand_over(job)
-                    job.finished.wait(JOB_TIMEOUT)
-                    value, error = job.outcome
-                    if error is not None:
-                        raise error
-            except BaseException:
-                pass  # its caller hears it from the ticket
+                part(jobs)
+            except BaseException as exc:  # a bug: the finishing turn fails the manager with it
+                for job in jobs:
+                    job.result = job.result or exc
             finally:
-                value, error = job.outcome
-                if not job.finished.is_set():
-                    error = SandboxError(
-                        f"the {job.kind} of sandbox {sandbox_id!r} was not finished within "
-                        f"{JOB_TIMEOUT}s: no manager took it over")
-                job.ticket.settle(value, error)
+                self._hand_over(jobs)
+            deadline = time.monotonic() + JOB_TIMEOUT
+            for span in spans:
+                span.end(deadline)
 
         self.inflight.run(lambda: context.run(run))
 
-    def _hand_over(self, job: Job) -> None:
-        """A job's thread is done: tell whichever manager runs now (a manager killed
-        meanwhile is replaced by one that finds the job ready when it starts)."""
-        manager, closed = self.inflight.done(job)
-        if closed:  # the runtime is stopping: nobody adopts it
-            _drop(job, self._component, self.base_dir)
+    def _hand_over(self, jobs: list[Job]) -> None:
+        """A job thread is done: tell whichever manager runs now (a manager killed
+        meanwhile is replaced by one that finds the jobs ready when it starts)."""
+        manager, closed = self.inflight.done(jobs)
+        if closed:  # the runtime is stopping: nobody adopts them
+            for job in jobs:
+                _drop(job, self._component, self.base_dir)
             return
         if manager is not None:
             try:
-                manager.tell(_JobReady(job))
+                manager.tell(_JobReady(tuple(jobs)))
             except SandboxError:
-                pass  # it ended: its successor finds the job at its start
+                pass  # it ended: its successor finds the jobs at its start
 
     def _prepare(self, job: Job) -> None:
         """A create's slow part, on its own thread: containment (profile, limits, UID,
@@ -605,68 +613,118 @@ class ManagerActor(Component):
             del self.records[record.config.id]
         _remove_traces(record, self._component, self.base_dir)
 
-    def op_destroy(self, sandbox_id: str) -> Ticket:
-        """Start destroying a sandbox; returns the ticket its caller waits on (settled
-        once its process has stopped and nothing is left).
+    def op_destroy(self, sandbox_ids: list[str]) -> list[Ticket | SandboxError]:
+        """Start destroying sandboxes (one, or a batch); returns, for each id in order,
+        the ticket its caller waits on (settled once its process has stopped and
+        nothing of it is left), or the error that refused it (unknown, or its create
+        or another destroy under way): one refused id leaves the others going.
 
-        Destroys overlap like creates: this turn takes the sandbox out of the store,
-        closes its slot and asks its process to stop (gracefully: it starts while the
-        job's thread gets going), a thread stops the sandbox's own supervisor (which
-        waits for that process to end), and a later turn (this manager's or its
-        successor's) removes what remains and settles the ticket.
+        Destroys overlap like creates: this turn takes the sandboxes out of the store
+        (one transaction), closes their slots and asks their processes to stop
+        (gracefully: they start while the job's thread gets going), one thread stops
+        the sandboxes' own supervisors (which wait for those processes to end), and
+        a later turn (this manager's or its successor's) settles the tickets.
         """
-        record = self._settled(sandbox_id)
-        job = Job("destroy", record, Ticket(f"destroy of sandbox {sandbox_id!r}"))
-        held = self.inflight.add(job)  # first: until it holds the id, it changes nothing
-        if held is not None:
-            raise _busy(sandbox_id, held)
-        record.destroying = True
-        record.slot.watch = None  # a restarting watcher leaves it; the job unwatches it
-        self._set_status(record, "stopping")
-        if self.store is not None:  # first: a host killed now does not bring it back
-            self.store.delete_sandbox(sandbox_id)
-        record.slot.close(ExitReason.shutdown("sandbox destroyed"))
-        job.extra["starts"] = record.slot.starts  # a restart after this is seen (_take_down)
-        proc = record.slot.current()
-        if proc is not None:  # its graceful stop starts now, the job's thread waits for it
-            proc.stop_soon()
-        self._run_job(job, self._take_down)
-        return job.ticket
+        answers: list[Ticket | SandboxError] = []
+        jobs: list[Job] = []
+        for sandbox_id in sandbox_ids:
+            try:
+                record = self._settled(sandbox_id)
+                job = Job("destroy", record, Ticket(f"destroy of sandbox {sandbox_id!r}"))
+                held = self.inflight.add(job)  # first: until it holds the id, it changes nothing
+                if held is not None:
+                    raise _busy(sandbox_id, held)
+            except SandboxError as exc:
+                answers.append(exc)
+                continue
+            record.destroying = True
+            record.slot.watch = None  # a restarting watcher leaves it; the job unwatches it
+            self._set_status(record, "stopping")
+            jobs.append(job)
+            answers.append(job.ticket)
+        if not jobs:
+            return answers
+        if self.store is not None:  # first: a host killed now does not bring them back
+            self.store.delete_sandboxes([job.record.config.id for job in jobs])
+        for job in jobs:
+            # Before any stop (an exited process is in no cgroup; a batch's thread came
+            # too late, and so did a read right after the process's own stop request
+            # when this thread waited for the GIL meanwhile): is it in its cgroups?
+            # Then what its UID runs outside them is killed while it stops
+            # (kill_strays), with no pass over /proc of its own after the exit.
+            try:
+                job.extra["member"] = containment.joined_cgroups(job.record)
+            except Exception as exc:  # a bug: that destroy fails, after release's full pass
+                job.result, job.extra["member"] = exc, None
+        for job in jobs:  # all asked at once: their graceful stops overlap
+            record = job.record
+            record.slot.close(ExitReason.shutdown("sandbox destroyed"))
+            job.extra["starts"] = record.slot.starts  # a restart after this is seen (_take_down)
+            proc = record.slot.current()
+            if proc is not None:  # its graceful stop starts now, the job's thread waits for it
+                proc.stop_soon()
+        self._run_jobs(jobs, self._take_down)
+        return answers
 
-    def _take_down(self, job: Job) -> None:
-        """A destroy's slow part, on its own thread: stop the sandbox's supervisor (its
-        process stops gracefully, then is killed) and remove every trace of it."""
-        record = job.record
+    def _take_down(self, jobs: list[Job]) -> None:
+        """The slow part of destroys (one, or a batch), on one job thread: stop the
+        sandboxes' supervisors (each process stops gracefully, then is killed) and
+        remove every trace of them. The supervisors are all asked to stop at once;
+        meanwhile what runs under each UID outside its cgroups is killed (passes
+        over /proc are shared by the batch) and the sandboxes go off the other
+        components' books (one round trip to each for all of them); then each stop
+        is waited for and its remains removed, on up to :data:`REMAINS_THREADS`
+        threads. A failure of one destroy is that job's (``job.result``)."""
+        records = [job.record for job in jobs]
+        members = [job.extra["member"] for job in jobs]  # found in its cgroups (op_destroy)
         components = _Components(self._component)
+        reason = ExitReason.shutdown("sandbox destroyed")
+        sups = [record.supervisor for record in records]
+        for sup in sups:
+            if sup is not None:  # asked now (out of band, as an exit signal), waited for below
+                sup._actor._request_stop(reason)
 
-        def while_it_stops(member: tuple[int, int | None] | None) -> bool:
-            # What runs under its UID outside its cgroups, then the other components'
-            # books (4 round trips, none in the manager's turn): a reload the watcher
-            # starts meanwhile is refused (the destroy is in flight).
+        def while_they_stop() -> list[bool | BaseException]:
+            # The other components' books: 4 round trips for the batch, none in the
+            # manager's turn; a reload the watcher starts meanwhile is refused (the
+            # destroy is in flight).
+            verdicts: list[bool | BaseException] = []
             try:
-                return containment.kill_strays(components, record, member)
+                for record, member in zip(records, members):
+                    try:
+                        verdicts.append(containment.kill_strays(components, record, member))
+                    except BaseException as exc:  # that job's: everything else goes first
+                        verdicts.append(exc)
             finally:  # a failed pass (release makes its own) leaves no registration behind
-                _unregister(record, self._component)
+                _unregister(records, self._component)
+            return verdicts
 
-        try:
-            # First, while it stops (mostly still there): is it in its cgroups? Then
-            # what its UID runs outside them can be killed now (kill_strays).
-            member = containment.joined_cgroups(record)
-            early = self.inflight.aside(lambda: while_it_stops(member))
-            sup = record.supervisor
-            if sup is not None:
-                sup.stop(ExitReason.shutdown("sandbox destroyed"),
-                         timeout=record.config.shutdown + KILL_MARGIN + 5.0)
+        early = self.inflight.aside(while_they_stop)  # beside the stop when alone
+
+        def stopped_then_removed(i: int) -> None:
+            job, sup, record = jobs[i], sups[i], records[i]
             try:
-                # Only for the process it looked at: a restart meanwhile (before the
-                # stop reached the supervisor) started another.
-                strays_killed = early.result() and record.slot.starts == job.extra["starts"]
-            except BaseException as exc:  # everything else goes first
-                job.result, strays_killed = exc, False
-            _remove_remains(record, self._component, self.base_dir, self.inflight.aside,
-                            stopped=sup is not None, strays_killed=strays_killed)
-        except BaseException as exc:  # a bug: the finishing turn fails the manager with it
-            job.result = exc
+                if sup is not None:
+                    sup.stop(reason, timeout=record.config.shutdown + KILL_MARGIN + 5.0)
+                try:
+                    verdict = early.result()[i]
+                except BaseException as exc:
+                    verdict = exc
+                if isinstance(verdict, BaseException):
+                    job.result, strays_killed = job.result or verdict, False
+                else:
+                    # Only for the process it looked at: a restart meanwhile (before
+                    # the stop reached the supervisor) started another.
+                    strays_killed = verdict and record.slot.starts == job.extra["starts"]
+                _remove_remains(record, self._component, self.base_dir, self.inflight.aside,
+                                stopped=sup is not None, strays_killed=strays_killed)
+            except BaseException as exc:  # a bug: the finishing turn fails the manager with it
+                job.result = exc
+
+        # Each stop waited for, then its remains removed, on a few threads: removing a
+        # workdir the stopped process had mounted waits in the kernel (0.3-4 ms per
+        # rmdir, mostly idle), and those waits overlap across threads.
+        self.inflight.each(stopped_then_removed, range(len(jobs)), REMAINS_THREADS)
 
     def _finish_destroy(self, job: Job) -> None:
         record = self.records.get(job.record.config.id, job.record)
@@ -971,17 +1029,18 @@ def _remove_traces(record: SandboxRecord, component: Callable[[str], Any], base_
     """Everything of a sandbox but the manager's entry: its supervisor (and so its
     process), watch, cgroups and UID's processes, registrations, directories and
     versions. Needs no manager: a job's thread runs it when the runtime stops."""
-    _unregister(record, component)
+    _unregister([record], component)
     _remove_remains(record, component, base_dir)
 
 
-def _unregister(record: SandboxRecord, component: Callable[[str], Any]) -> None:
-    """The sandbox off the other components' books: watch, resource monitor,
-    security controller, versions. Needs no stopped process."""
-    sandbox_id = record.config.id
-    _quietly(component, "watcher", "unwatch", sandbox_id)
-    containment.unregister(_Components(component), sandbox_id)
-    _quietly(component, "versions", "forget", sandbox_id)
+def _unregister(records: list[SandboxRecord], component: Callable[[str], Any]) -> None:
+    """The sandboxes off the other components' books: watch, resource monitor,
+    security controller, versions; one round trip to each for all of them. Needs
+    no stopped process."""
+    sandbox_ids = [record.config.id for record in records]
+    _quietly(component, "watcher", "unwatch_many", sandbox_ids)
+    containment.unregister(_Components(component), sandbox_ids)
+    _quietly(component, "versions", "forget_many", sandbox_ids)
 
 
 def _remove_remains(
@@ -1047,6 +1106,38 @@ def _stop_sandbox_supervisor(record: SandboxRecord, component: Callable[[str], A
             op(sup_id)
         except (SupervisorError, ActorDead):
             pass  # not there, or the supervisor is going away (and its children with it)
+
+
+class _JobSpan:
+    """A job's telemetry span (``sandbox.create`` or ``sandbox.destroy``): begun as its
+    thread starts, ended once a manager has finished the job, then its ticket is
+    settled (the span ends before the caller hears). Each span runs in a context of
+    its own, so the jobs of one thread keep their own correlation ids."""
+
+    def __init__(self, job: Job, runtime_id: str) -> None:
+        self.job = job
+        self._span = telemetry.span(f"sandbox.{job.kind}",
+                                    {"sandbox": job.record.config.id, "runtime": runtime_id})
+        self._context = contextvars.copy_context()
+        self._context.run(self._span.__enter__)
+
+    def end(self, deadline: float) -> None:
+        """Wait (until ``deadline``, monotonic) for the job's outcome; end the span
+        with it and settle the ticket."""
+        job = self.job
+        job.finished.wait(max(0.0, deadline - time.monotonic()))
+        value, error = job.outcome
+        if not job.finished.is_set():
+            error = SandboxError(
+                f"the {job.kind} of sandbox {job.record.config.id!r} was not finished within "
+                f"{JOB_TIMEOUT}s: no manager took it over")
+        try:
+            if error is None:
+                self._context.run(self._span.__exit__, None, None, None)
+            else:
+                self._context.run(self._span.__exit__, type(error), error, error.__traceback__)
+        finally:
+            job.ticket.settle(value, error)
 
 
 @dataclass(frozen=True)

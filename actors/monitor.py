@@ -9,8 +9,10 @@ with psutil under ``oneshot()``: CPU times, RSS, threads, open fds (on Linux the
 same figures come from one read of ``/proc/<pid>/stat``, the file ``oneshot()``
 reads, plus a listing of ``fd/``). USS (psutil's ``memory_full_info``, which reads
 every mapping) is read once every ``uss_every`` ticks (default 30) per sandbox,
-the sandboxes' turns spread over the ticks; on its turn it is read again only if the
-tree's RSS moved since the last read, or at the latest every 10th turn (an idle
+the sandboxes' turns spread over the ticks (a new sandbox's first read too: its
+``uss`` is None until then, unless ``sample_now`` reads it); on its turn it is
+read again only if the tree's RSS moved since the last read, or at the latest
+every 10th turn (an idle
 sandbox's USS only drifts, as pages it shared become its own). The ``/proc`` files
 read every tick stay open and are re-read in place (:mod:`actors.procfiles`).
 
@@ -31,7 +33,8 @@ SIGXCPU / SIGXFSZ; the monitor records those exits as limits reached too, and
 resource errors a sandbox reports in its replies (MemoryError, EMFILE, ...) as
 ``limit.reported`` (the sandbox's word).
 
-Operations: ``register(sandbox_id, slot)``, ``unregister(sandbox_id)``,
+Operations: ``register(sandbox_id, slot)``, ``unregister(sandbox_id)`` (``unregister_many(ids)``:
+a batch destroy's, in one turn),
 ``usage(sandbox_id)`` (latest figures, trends, limit events), ``usage_all()``,
 ``sample_now()`` (one tick, synchronously), ``stats()`` (the sampler's own cost),
 ``run_overrun(sandbox_id, seconds)`` (a ``run`` went past ``run_seconds``).
@@ -91,7 +94,9 @@ class _Watch:
     sandbox_id: str
     slot: Any
     pid: int | None = None
-    procs: dict[int, psutil.Process] = field(default_factory=dict)
+    #: The tree's processes; a psutil handle only where /proc cannot be read directly
+    #: (not _FAST): making one reads the process's stat (~40 us per new process).
+    procs: dict[int, psutil.Process | None] = field(default_factory=dict)
     cpu_prev: dict[int, float] = field(default_factory=dict)
     last_t: float = 0.0
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=300))
@@ -261,8 +266,13 @@ class ResourceMonitorActor(Component):
             self.watches[sandbox_id] = w
 
     def op_unregister(self, sandbox_id: str) -> None:
+        self.op_unregister_many([sandbox_id])
+
+    def op_unregister_many(self, sandbox_ids: list[str]) -> None:
+        """Stop watching these sandboxes (a batch destroy: one turn for all)."""
         with self._lock:
-            self.watches.pop(sandbox_id, None)
+            for sandbox_id in sandbox_ids:
+                self.watches.pop(sandbox_id, None)
 
     def op_usage(self, sandbox_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -285,8 +295,9 @@ class ResourceMonitorActor(Component):
         return {sid: self.op_usage(sid) for sid in list(self.watches)}
 
     def op_sample_now(self) -> int:
-        """Take one sample of every sandbox now (in the monitor's thread)."""
-        return self._tick()
+        """Take one sample of every sandbox now (in the monitor's thread); a sandbox
+        whose USS was never read gets it read now, whatever its turn."""
+        return self._tick(first_uss=True)
 
     def op_stats(self) -> dict[str, Any]:
         cpu, wall = list(self._tick_cpu), list(self._tick_wall)
@@ -367,11 +378,11 @@ class ResourceMonitorActor(Component):
             except Exception:  # the sampler must outlive any one bad read
                 log.exception("resource sampling failed")
 
-    def _tick(self) -> int:
+    def _tick(self, first_uss: bool = False) -> int:
         with self._tick_lock:
-            return self._tick_locked()
+            return self._tick_locked(first_uss)
 
-    def _tick_locked(self) -> int:
+    def _tick_locked(self, first_uss: bool) -> int:
         t_cpu, t_wall = time.thread_time(), time.perf_counter()
         with self._lock:
             watches = list(self.watches.values())
@@ -382,8 +393,13 @@ class ResourceMonitorActor(Component):
                 if w.calls:
                     self._overdue(w)
                 # USS reads every mapping: each sandbox's turn comes every uss_every
-                # ticks, the turns spread so every tick costs about the same.
-                with_uss = w.uss is None or (self._ticks + w.phase) % self.uss_every == 0
+                # ticks, the turns spread so every tick costs about the same. A new
+                # process waits for its turn too (unless asked by sample_now): its
+                # first read is the dearest (~0.4 ms of kernel time, against ~40 us
+                # for the rest of a sample), and a burst of creates would pay them
+                # all in one tick.
+                with_uss = ((first_uss and w.uss is None)
+                            or (self._ticks + w.phase) % self.uss_every == 0)
                 try:
                     sample = self._sample(w, with_uss)
                 except Exception:
@@ -427,7 +443,7 @@ class ResourceMonitorActor(Component):
                 break
         return out
 
-    def _read_uss(self, w: _Watch, procs: dict[int, psutil.Process], rss: int) -> None:
+    def _read_uss(self, w: _Watch, procs: dict[int, psutil.Process | None], rss: int) -> None:
         """USS of the tree, on its turn: smaps_rollup walks every mapping, the dearest
         read of a tick, so it is skipped while the tree's RSS has not moved since the
         last read (an idle sandbox), up to :data:`USS_TURNS_KEPT` turns in a row
@@ -438,7 +454,11 @@ class ResourceMonitorActor(Component):
         total = 0
         for p_id, p in procs.items():
             try:
-                total += _uss(p_id, p) if _FAST else p.memory_full_info().uss
+                if _FAST:
+                    total += _uss(p_id)
+                else:
+                    assert p is not None
+                    total += p.memory_full_info().uss
             except (psutil.Error, OSError):
                 pass  # gone since its stat was read
         w.uss, w.uss_rss, w.uss_kept = total, rss, 0
@@ -463,19 +483,19 @@ class ResourceMonitorActor(Component):
         rss = threads = fds = 0
         fds_max = 0
         cpu_delta = 0.0
-        seen: dict[int, psutil.Process] = {}
+        seen: dict[int, psutil.Process | None] = {}
         cpu_now: dict[int, float] = {}
         for p_id in pids:
             p = w.procs.get(p_id)
-            if p is None:
-                try:
-                    p = psutil.Process(p_id)
-                except psutil.Error:
-                    continue
             try:
                 fast = _parse_stat(self._files.read(p_id, "stat")) if _FAST else None
             except OSError:
                 fast = None
+            if fast is None and p is None:
+                try:
+                    p = psutil.Process(p_id)
+                except psutil.Error:
+                    continue
             try:
                 if fast is not None:  # one read of /proc/<pid>/stat, one listing of fd/
                     total, rss_b, nth = fast
@@ -488,6 +508,7 @@ class ResourceMonitorActor(Component):
                         last = w.fds[p_id] = len(os.listdir(f"/proc/{p_id}/fd"))
                     nfd = last
                 else:
+                    assert p is not None
                     with p.oneshot():
                         ct = p.cpu_times()
                         rss_b = p.memory_info().rss
@@ -701,14 +722,14 @@ def _read(path: str) -> bytes:
         os.close(fd)
 
 
-def _uss(pid: int, proc: psutil.Process) -> int:
+def _uss(pid: int) -> int:
     """USS in bytes: the Private_* lines of /proc/<pid>/smaps_rollup (what psutil's
     ``memory_full_info().uss`` adds up, without its second read of statm); psutil
     where smaps_rollup cannot be read."""
     try:
         data = _read(f"/proc/{pid}/smaps_rollup")
     except OSError:
-        return int(proc.memory_full_info().uss)
+        return int(psutil.Process(pid).memory_full_info().uss)
     return sum(int(line.split()[1]) for line in data.splitlines()
                if line.startswith(b"Private_")) * 1024
 

@@ -11,7 +11,8 @@ One per runtime, under the root supervisor. Its operations (``ref.invoke(op, ...
   error; ``scanner()`` -> a picklable hook for the compiler that knows the
   custom profiles;
 - ``register_sandbox(sandbox_id, profile)`` -> the profile, resolved (so a create
-  binds and resolves it in one round trip) / ``forget_sandbox(sandbox_id)``;
+  binds and resolves it in one round trip) / ``forget_sandbox(sandbox_id)``
+  (``forget_sandboxes(ids)``: a batch's, in one turn);
 - ``record_violation(sandbox_id, event, correlation_id=None, profile=None)`` ->
   the action to take: ``"logged"``, or ``"terminate"`` once the profile's
   threshold of refusals is reached (the sandbox is then quarantined);
@@ -335,7 +336,12 @@ class SecurityControllerActor(Component):
 
     def op_forget_sandbox(self, sandbox_id: str) -> None:
         """The sandbox was destroyed: drop its profile binding (its quarantine stays)."""
-        self.sandboxes.pop(sandbox_id, None)
+        self.op_forget_sandboxes([sandbox_id])
+
+    def op_forget_sandboxes(self, sandbox_ids: list[str]) -> None:
+        """:meth:`op_forget_sandbox` of each (a batch destroy: one turn for all)."""
+        for sandbox_id in sandbox_ids:
+            self.sandboxes.pop(sandbox_id, None)
 
     def _sandbox_profile(self, sandbox_id: str, profile: str | Profile | None) -> Profile:
         if profile is not None:

@@ -248,10 +248,16 @@ class Store:
 
     def delete_sandbox(self, sandbox_id: str) -> None:
         """Forget a sandbox: desired state, versions, log and journal, in one transaction."""
+        self.delete_sandboxes([sandbox_id])
+
+    def delete_sandboxes(self, sandbox_ids: Iterable[str]) -> None:
+        """Forget sandboxes (a batch destroy): each one's desired state, versions, log
+        and journal, all in one transaction (one commit, one sync, for the batch)."""
+        rows = [(sid,) for sid in sandbox_ids]
         with self.transaction() as db:
             for table in ("modules", "versions", "version_log", "journal"):
-                db.execute(f"DELETE FROM {table} WHERE sandbox = ?", (sandbox_id,))
-            db.execute("DELETE FROM sandboxes WHERE id = ?", (sandbox_id,))
+                db.executemany(f"DELETE FROM {table} WHERE sandbox = ?", rows)
+            db.executemany("DELETE FROM sandboxes WHERE id = ?", rows)
 
     def sandboxes(self) -> list[StoredSandbox]:
         """Every sandbox's desired state, oldest first."""

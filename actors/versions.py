@@ -215,7 +215,8 @@ class VersionManagerActor(Component):
     - ``plan_reload(sandbox_id, compiled, *, modules=None) -> ReloadProposal`` (the
       four above a reload needs, in one round trip)
     - ``unload(sandbox_id, module) -> [kept version]`` (no current version; history kept)
-    - ``forget(sandbox_id) -> bool``
+    - ``forget(sandbox_id) -> bool``; ``forget_many(ids) -> [bool]`` (a batch destroy's,
+      one store transaction)
     - ``sandboxes() -> [sandbox_id]``
     """
 
@@ -513,9 +514,14 @@ class VersionManagerActor(Component):
 
     def op_forget(self, sandbox_id: str) -> bool:
         """Drop everything about a sandbox (destroyed); returns whether it was known."""
+        return self.op_forget_many([sandbox_id])[0]
+
+    def op_forget_many(self, sandbox_ids: list[str]) -> list[bool]:
+        """:meth:`op_forget` of each sandbox (a batch destroy), one store transaction
+        for all; returns whether each was known."""
         if self.store is not None:
-            self.store.delete_sandbox(sandbox_id)
-        return self._sandboxes.pop(sandbox_id, None) is not None
+            self.store.delete_sandboxes(sandbox_ids)
+        return [self._sandboxes.pop(sid, None) is not None for sid in sandbox_ids]
 
     def op_sandboxes(self) -> list[str]:
         """Ids of the sandboxes with recorded versions."""

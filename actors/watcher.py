@@ -246,7 +246,8 @@ class WatcherActor(Component):
 
     - ``watch(sandbox_id, path, *, options=None, exclude=())`` -> status dict;
       raises :class:`WatchError` (too many files, missing directory).
-    - ``unwatch(sandbox_id)`` -> whether it was watched.
+    - ``unwatch(sandbox_id)`` -> whether it was watched; ``unwatch_many(ids)`` -> the same
+      for each (a batch destroy's, in one turn).
     - ``status(sandbox_id=None)`` -> the watch of one sandbox (None if not
       watched), or of the watcher as a whole.
     - ``watched()`` -> the ids of the watched sandboxes.
@@ -439,6 +440,10 @@ class WatcherActor(Component):
         log.info("watching %s for sandbox %r (%d files, %s)", root, sandbox_id, len(hashes),
                  watch.backend)
         return self._status(watch)
+
+    def op_unwatch_many(self, sandbox_ids: list[str]) -> list[bool]:
+        """:meth:`op_unwatch` of each sandbox (a batch destroy: one turn for all)."""
+        return [self.op_unwatch(sid) for sid in sandbox_ids]
 
     def op_unwatch(self, sandbox_id: str) -> bool:
         watch = self._watches.pop(sandbox_id, None)

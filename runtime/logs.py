@@ -51,6 +51,8 @@ __all__ = [
     "configure",
     "unconfigure",
     "correlation",
+    "operation_started",
+    "operation_ended",
     "current_id",
     "context",
     "new_id",
@@ -155,6 +157,39 @@ def correlation(cid: str | None = None, **fields: Any) -> Iterator[str]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def operation_started(name: str, sandbox_id: Any) -> None:
+    """Log that operation ``name`` on ``sandbox_id`` started (logger ``runtime.ops``,
+    under the running correlation). :func:`operation` logs it for one sandbox; a
+    batch (``Runtime.batch_destroy``) logs it per sandbox of the batch.
+
+    >>> operation_started("destroy", "s1")
+    """
+    log.info("%s %s: started", name, sandbox_id, extra={"operation": name})
+
+
+def operation_ended(name: str, sandbox_id: Any, t0: float,
+                    error: BaseException | None = None) -> None:
+    """Log how operation ``name`` on ``sandbox_id``, started at ``t0``
+    (``time.perf_counter()``), ended: done, or failed with ``error``'s category
+    and remedy (:mod:`runtime.recovery`).
+
+    >>> operation_ended("destroy", "s1", time.perf_counter())
+    """
+    took = time.perf_counter() - t0
+    if error is None:
+        log.info("%s %s: done in %.3fs", name, sandbox_id, took, extra={"operation": name})
+        return
+    from runtime.recovery import classify, remedy
+
+    log.warning(
+        "%s %s: failed after %.3fs: %s: %s [category %s; %s]",
+        name, sandbox_id, took, type(error).__name__,
+        str(error).split("\n", 1)[0], classify(error), remedy(error),
+        extra={"operation": name,
+               "traceback": "".join(traceback.format_exception(error))},
+    )
+
+
 def operation(name: str) -> Callable[[F], F]:
     """Decorate a :class:`~sandbox.api.Runtime` method taking the sandbox id first:
     it runs under a correlation id (joined if one is running) with ``sandbox`` and
@@ -166,22 +201,13 @@ def operation(name: str) -> Callable[[F], F]:
         def wrapper(self: Any, sandbox_id: Any, *args: Any, **kwargs: Any) -> Any:
             with correlation(sandbox=str(sandbox_id), runtime=getattr(self, "name", None)):
                 t0 = time.perf_counter()
-                log.info("%s %s: started", name, sandbox_id, extra={"operation": name})
+                operation_started(name, sandbox_id)
                 try:
                     result = fn(self, sandbox_id, *args, **kwargs)
                 except BaseException as exc:
-                    from runtime.recovery import classify, remedy
-
-                    log.warning(
-                        "%s %s: failed after %.3fs: %s: %s [category %s; %s]",
-                        name, sandbox_id, time.perf_counter() - t0, type(exc).__name__,
-                        str(exc).split("\n", 1)[0], classify(exc), remedy(exc),
-                        extra={"operation": name,
-                               "traceback": "".join(traceback.format_exception(exc))},
-                    )
+                    operation_ended(name, sandbox_id, t0, exc)
                     raise
-                log.info("%s %s: done in %.3fs", name, sandbox_id, time.perf_counter() - t0,
-                         extra={"operation": name})
+                operation_ended(name, sandbox_id, t0)
                 return result
 
         return wrapper  # type: ignore[return-value]

@@ -858,8 +858,75 @@ class Runtime:
     @logs.operation("destroy")
     def destroy_sandbox(self, sandbox_id: str) -> None:
         """Stop a sandbox (gracefully, then SIGKILL) and remove all trace of it."""
-        self._job("destroy", sandbox_id, sandbox_id, lambda job: job.kind == "destroy").wait(
-            CREATE_TIMEOUT)
+        (outcome,) = self._destroy([sandbox_id])
+        if outcome is not None:
+            raise outcome
+
+    def _destroy(self, sandbox_ids: list[str]) -> list[BaseException | None]:
+        """Destroy the sandboxes (one, or a batch) on one path: one manager turn
+        starts them all, one thread stops them (actors/manager.py ``op_destroy``);
+        returns, per id in order, None (destroyed) or the error of that id alone."""
+        deadline = perf_counter() + CREATE_TIMEOUT
+        try:
+            answers = self._destroy_tickets(sandbox_ids)
+        except Exception as exc:  # the manager failed in that turn: every id hears it
+            return [exc for _ in sandbox_ids]
+        outcomes: list[BaseException | None] = []
+        for answer in answers:
+            try:
+                if isinstance(answer, BaseException):
+                    raise answer
+                answer.wait(max(0.0, deadline - perf_counter()))
+                outcomes.append(None)
+            except Exception as exc:  # that sandbox's alone; the others go on
+                outcomes.append(exc)
+        return outcomes
+
+    def _destroy_tickets(self, sandbox_ids: list[str]) -> list[Ticket | BaseException]:
+        """The tickets of the destroys of ``sandbox_ids`` (or each one's refusal), from
+        one manager turn. As :meth:`_job`: a manager killed during that turn may or
+        may not have started them (its thread finishes the turn; the caller hears
+        ActorDead at once): each is then found in the runtime's in-flight table, or
+        its successor is asked again, within DEFAULT_TIMEOUT, so the caller never
+        sees the manager's crash."""
+        deadline = perf_counter() + DEFAULT_TIMEOUT
+        out: dict[int, Ticket | BaseException] = {}
+        todo = list(range(len(sandbox_ids)))
+        unsure = False
+
+        def held(i: int) -> Ticket | None:
+            job = self._inflight.get(sandbox_ids[i]) if self._inflight else None
+            return job.ticket if job is not None and job.kind == "destroy" else None
+
+        while todo:
+            try:
+                answers = self._manager("destroy", [sandbox_ids[i] for i in todo])
+            except ActorDead:
+                unsure = True
+                for i in todo:  # the killed manager's turn started these after all
+                    ticket = held(i)
+                    if ticket is not None:
+                        out[i] = ticket
+                todo = [i for i in todo if i not in out]
+                if todo and perf_counter() > deadline:
+                    for i in todo:
+                        out[i] = SandboxError(
+                            f"the manager kept failing while asked to destroy sandbox "
+                            f"{sandbox_ids[i]!r}; check the runtime's health, then try again")
+                    todo = []
+                continue
+            for i, answer in zip(todo, answers):
+                if unsure and isinstance(answer, SandboxError):
+                    ticket = held(i)  # the killed manager's turn started it after all
+                    if ticket is not None:
+                        answer = ticket
+                    elif isinstance(answer, SandboxNotFound):
+                        # ... and it finished before the successor was asked: gone, as asked
+                        answer = Ticket(f"destroy of sandbox {sandbox_ids[i]!r}")
+                        answer.settle()
+                out[i] = answer
+            todo = []
+        return [out[i] for i in range(len(sandbox_ids))]
 
     @logs.operation("restart")
     def restart_sandbox(self, sandbox_id: str, *, preserve_state: bool = False) -> dict[str, Any]:
@@ -1080,10 +1147,21 @@ class Runtime:
         return self._batch(((str(s.get("id")), creator(s)) for s in specs), workers)
 
     def batch_destroy(self, sandbox_ids: Iterable[str], *, workers: int = 8) -> list[BatchResult]:
-        """Destroy many sandboxes in parallel, one result each."""
-        return self._batch(
-            ((sid, functools.partial(self.destroy_sandbox, sid)) for sid in sandbox_ids), workers
-        )
+        """Destroy many sandboxes at once, one result each (in the ids' order; an id
+        refused, unknown say, fails alone). They are one batch: the manager starts
+        all in one turn and one thread stops them all (``workers`` is not used: it
+        stays for callers that pass it)."""
+        ids = list(sandbox_ids)
+        cids, t0 = [], perf_counter()
+        for sid in ids:  # each its own operation in the ops log, as destroy_sandbox's
+            with logs.correlation(sandbox=sid, runtime=self.name) as cid:
+                logs.operation_started("destroy", sid)
+            cids.append(cid)
+        errors = self._destroy(ids)
+        for sid, cid, error in zip(ids, cids, errors):
+            with logs.correlation(cid, sandbox=sid, runtime=self.name):
+                logs.operation_ended("destroy", sid, t0, error)
+        return [BatchResult(sid, error is None, error=error) for sid, error in zip(ids, errors)]
 
     def batch_hot_reload(
         self,

@@ -112,6 +112,23 @@ def test_operations_log_start_end_and_failure_with_category(sandbox_runtime, tmp
     assert reload[0]["correlation_id"] == failed["correlation_id"] != create[0]["correlation_id"]
 
 
+def test_a_batch_destroy_logs_each_sandbox_as_its_own_operation(
+        sandbox_runtime, tmp_path, json_lines):
+    sandbox_runtime.create_sandbox("lgb", copy_counter(tmp_path))
+    results = sandbox_runtime.batch_destroy(["lgb", "lg-missing"])
+    assert [r.ok for r in results] == [True, False]
+    lines = [ln for ln in json_lines()
+             if ln["logger"] == "runtime.ops" and ln.get("operation") == "destroy"]
+    by_id = {sid: [ln for ln in lines if ln["sandbox"] == sid] for sid in ("lgb", "lg-missing")}
+    assert [ln["message"].split(": ")[1].split(" ")[0] for ln in by_id["lgb"]] == [
+        "started", "done"]
+    missing = by_id["lg-missing"]
+    assert [ln["level"] for ln in missing] == ["INFO", "WARNING"]
+    assert "SandboxNotFound" in missing[1]["message"]
+    cids = [{ln["correlation_id"] for ln in group} for group in by_id.values()]
+    assert all(len(c) == 1 for c in cids) and cids[0] != cids[1]
+
+
 def test_the_correlation_id_reaches_the_compiler_thread(sandbox_runtime, tmp_path, json_lines):
     # A handler of compile.start runs in the compiler actor's thread: what it logs
     # carries the id of the reload that asked for the compile.

@@ -117,3 +117,19 @@ def test_the_monitor_rereads_uss_when_rss_moves_and_closes_files_it_no_longer_ne
         assert monitor._files.open_count() == 0
     finally:
         ref.stop()
+
+
+def test_a_new_sandbox_waits_for_its_uss_turn_unless_sample_now_asks(grower):
+    """The sampler reads a new process's USS (its dearest read) on the sandbox's turn,
+    not at its first tick: a burst of creates spreads those reads over the ticks."""
+    ref = ResourceMonitorActor.start(interval=0.01, uss_every=1000, runtime_id="procfiles-turn")
+    try:
+        ref.invoke("register", "grower", _Slot(grower.pid))
+        wait_for(lambda: ref.invoke("stats")["ticks"] >= 3
+                 and (ref.invoke("usage", "grower") or {}).get("sampled"), 10)
+        usage = ref.invoke("usage", "grower")
+        assert usage["rss"] > 0 and usage["uss"] is None  # its turn is tick 999
+        ref.invoke("sample_now")  # asked for: a USS never read is read now
+        assert ref.invoke("usage", "grower")["uss"] > 0
+    finally:
+        ref.stop()

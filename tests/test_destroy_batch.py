@@ -1,0 +1,219 @@
+"""A batch destroy is one path: one manager turn for all its ids, one round trip per
+component, one store transaction; a lone destroy is a batch of one.
+
+Real runtimes and real child processes; the components' batch forms are counted by
+wrapping them (the components run in this process).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import sandbox
+import sandbox.testing
+from actors import containment
+from actors.inflight import InFlight, Ticket
+from actors.monitor import ResourceMonitorActor
+from actors.security import SecurityControllerActor
+from actors.store import Store, StoredSandbox
+from actors.versions import VersionManagerActor
+from actors.watcher import WatcherActor
+from runtime.errors import SandboxError, SandboxNotFound
+from test_create_concurrent import gated_app, ids, in_thread, open_gate
+
+COUNTER = Path(__file__).resolve().parent.parent / "examples" / "counter"
+
+
+def gone(pid: int) -> bool:
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.timeout(120)
+def test_the_manager_takes_a_batch_in_one_turn_and_a_refused_id_fails_alone(tmp_path: Path) -> None:
+    with sandbox.start(name="db-turn") as rt:
+        pids = [rt.create_sandbox(sid, COUNTER).pid for sid in ("a", "b")]
+        answers = rt.component("manager").invoke("destroy", ["a", "never", "b", "a"])
+        assert [type(a) for a in answers[:3]] == [Ticket, SandboxNotFound, Ticket]
+        assert isinstance(answers[3], SandboxError) and "being destroyed" in str(answers[3])
+        for ticket in (answers[0], answers[2]):
+            ticket.wait(60)
+        assert ids(rt) == [] and all(gone(p) for p in pids if p is not None)
+        assert [c.id for c in rt.component("sandboxes").which_children()] == []
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_refuses_a_sandbox_being_created_and_destroys_the_others(tmp_path: Path) -> None:
+    app, gate = gated_app(tmp_path)
+    with sandbox.start(name="db-creating") as rt:
+        for sid in ("a", "b"):
+            rt.create_sandbox(sid, COUNTER)
+        slow, out = in_thread(lambda: rt.create_sandbox("slow", app, profile="low"))
+        try:
+            sandbox.testing.wait_for(lambda: "slow" in ids(rt), timeout=30)
+            results = rt.batch_destroy(["a", "slow", "b"])
+        finally:
+            open_gate(gate, slow)
+            slow.join(60)
+        assert [r.ok for r in results] == [True, False, True]
+        assert "still being created" in str(results[1].error)
+        assert "error" not in out, out.get("error")
+        assert ids(rt) == ["slow"]
+        rt.destroy_sandbox("slow")
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_makes_one_round_trip_per_component_and_one_store_transaction_per_owner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: dict[str, list[list[str]]] = {}
+
+    def counted(cls: Any, op: str) -> None:
+        original = getattr(cls, op)
+
+        def wrapper(self: Any, sandbox_ids: list[str]) -> Any:
+            calls.setdefault(op, []).append(list(sandbox_ids))
+            return original(self, sandbox_ids)
+
+        monkeypatch.setattr(cls, op, wrapper)
+
+    counted(WatcherActor, "op_unwatch_many")
+    counted(ResourceMonitorActor, "op_unregister_many")
+    counted(SecurityControllerActor, "op_forget_sandboxes")
+    counted(VersionManagerActor, "op_forget_many")
+    counted(Store, "delete_sandboxes")
+    wanted = [f"r{i}" for i in range(4)]
+    with sandbox.start(name="db-trips", state_dir=tmp_path / "state") as rt:
+        for sid in wanted:
+            rt.create_sandbox(sid, COUNTER)
+        assert all(r.ok for r in rt.batch_destroy(wanted))
+        assert ids(rt) == []
+    for op in ("op_unwatch_many", "op_unregister_many", "op_forget_sandboxes", "op_forget_many"):
+        assert calls[op] == [wanted], (op, calls[op])
+    assert calls["delete_sandboxes"] == [wanted, wanted]  # the manager's and the versions'
+
+
+@pytest.mark.timeout(120)
+def test_every_destroy_of_a_batch_kills_its_uids_strays_while_its_process_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each sandbox is found in its cgroups before its process exits, even when the
+    batch's thread starts only after the exits (a busy host), so the shared pass over
+    /proc stands for release's: no full pass per sandbox after the exits."""
+    vouched: dict[str, bool] = {}
+    release = containment.release
+
+    def recorded(manager: Any, record: Any, *, strays_killed: bool = False) -> None:
+        vouched[record.config.id] = strays_killed
+        release(manager, record, strays_killed=strays_killed)
+
+    pids: list[int] = []
+    late = threading.Event()
+    run = InFlight.run
+
+    def run_late(self: InFlight, fn: Callable[[], None]) -> None:
+        def after_the_exits() -> None:
+            sandbox.testing.wait_for(lambda: all(gone(p) for p in pids), timeout=30)
+            fn()
+
+        run(self, after_the_exits if late.is_set() else fn)
+
+    monkeypatch.setattr(containment, "release", recorded)
+    monkeypatch.setattr(InFlight, "run", run_late)
+    wanted = [f"v{i}" for i in range(6)]
+    with sandbox.start(name="db-vouch") as rt:
+        pids.extend(p for p in (rt.create_sandbox(sid, COUNTER).pid for sid in wanted) if p)
+        info = rt.get_sandbox_info(wanted[0])
+        if info.get("uid") is None or not info.get("cgroups"):
+            pytest.skip("sandboxes have no UID and cgroups of their own here")
+        late.set()
+        assert all(r.ok for r in rt.batch_destroy(wanted))
+    assert vouched == {sid: True for sid in wanted}
+
+
+def test_store_deletes_sandboxes_in_one_transaction(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "state.db")
+    try:
+        for sid in ("a", "b", "c"):
+            store.put_sandbox(StoredSandbox(sid, {"path": "/x"}, "/w", 1.0))
+        store.delete_sandboxes(["a", "c", "never"])
+        assert [s.id for s in store.sandboxes()] == ["b"]
+    finally:
+        store.close()
+
+
+def test_batch_forms_of_the_components_forget_each_id() -> None:
+    with sandbox.start(name="db-forms") as rt:
+        rt.create_sandbox("f", COUNTER)
+        versions = rt.component("versions")
+        assert versions.invoke("forget_many", ["f", "never"]) == [True, False]
+        assert versions.invoke("sandboxes") == []
+        rt.component("security").invoke("forget_sandboxes", ["f", "never"])
+        rt.component("monitor").invoke("unregister_many", ["f", "never"])
+        assert rt.component("monitor").invoke("usage", "f") is None
+        assert rt.component("watcher").invoke("unwatch_many", ["f", "never"]) == [False, False]
+        rt.destroy_sandbox("f")
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((str(getattr(record, "sandbox", "")), record.getMessage()))
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_stops_each_sandbox_gracefully_before_its_destroy_returns(tmp_path: Path) -> None:
+    """The terminate callbacks of every sandbox of a batch run (graceful stop), and each
+    process is gone, its workdir removed and its id free when the batch returns."""
+    app = tmp_path / "marks"
+    app.mkdir()
+    (app / "app.py").write_text(TERMINATE_APP)
+    wanted = [f"g{i}" for i in range(3)]
+    lines = _Lines()
+    logger = logging.getLogger("runtime.output")
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)  # each line a sandbox writes is an INFO record
+    try:
+        with sandbox.start(name="db-graceful") as rt:
+            made = [rt.create_sandbox(sid, app) for sid in wanted]
+            pids = [sb.pid for sb in made]
+            workdirs = [Path(rt.get_sandbox_info(sid)["workdir"]) for sid in wanted]
+            assert all(r.ok for r in rt.batch_destroy(wanted))
+            assert all(gone(p) for p in pids if p is not None)
+            assert not any(w.exists() for w in workdirs)
+            assert ids(rt) == [] and [c.id for c in rt.component("sandboxes").which_children()] == []
+            sandbox.testing.wait_for(
+                lambda: sorted(s for s, text in lines.lines if "terminated shutdown" in text)
+                == wanted, timeout=30)
+            assert rt.create_sandbox("g0", COUNTER).call("counter", "get") == 0
+            rt.destroy_sandbox("g0")
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+
+
+TERMINATE_APP = """
+from runtime.genserver import GenServer
+
+
+class Marker(GenServer):
+    def handle_call(self, request, state):
+        return state, state
+
+    def terminate(self, reason, state):
+        print("terminated", reason.kind, flush=True)
+
+
+def children():
+    return [Marker.child_spec(name="marker")]
+"""
