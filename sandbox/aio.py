@@ -2,7 +2,8 @@
 
 Calls do not take a thread each: a call is sent from the event loop, which
 reads the sandbox's socket itself while its calls are pending
-(``ProcessRef.call_awaited``), and the reply resolves an :class:`asyncio.Future`. Cancelling the await (or its timeout)
+(``ProcessRef.call_awaited``), and the reply settles what the caller awaits
+(:class:`_Call`) and wakes it. Cancelling the await (or its timeout)
 forgets the pending reply, so nothing is left behind. Operations that are rare
 and long (create, destroy, restart, hot reload) run in the loop's default
 executor.
@@ -20,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import math
 import os
 import weakref
-from asyncio import _get_running_loop
+from threading import get_ident
 from collections.abc import Callable
-from heapq import heapify, heappop, heappush
 from time import get_clock_info, monotonic, perf_counter, time
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
@@ -45,27 +46,73 @@ T = TypeVar("T")
 
 
 class _Settler:
-    """The awaited calls of one event loop: the answers other threads read, settled
-    in batches, and the calls' timeouts (:class:`_Deadlines`).
+    """The awaited calls of one event loop: where their answers are settled and
+    their callers woken, and their timeouts (:class:`_Deadlines`).
 
-    The reader threads queue answers, and one ``call_soon_threadsafe`` (a write to
-    the loop's wake-up pipe) settles all that arrived before the loop got to them,
-    not one wake-up per answer. What the loop reads itself is settled where it is
-    read (:class:`_FutureSink`), with no queue."""
+    The loop reads the answers of its calls itself (:meth:`read`, the reader
+    callback of each socket it watches): each answer settles its :class:`_Call`
+    in place, and once the read is done (the connection's read token given back)
+    the callers are woken there and then, not through one more turn of the loop.
+    Other threads queue the answers they read, and one ``call_soon_threadsafe`` (a
+    write to the loop's wake-up pipe) settles all that arrived before the loop got
+    to them, not one wake-up per answer."""
 
-    __slots__ = ("loop", "answers", "scheduled", "deadlines", "__weakref__")
+    __slots__ = ("loop", "answers", "scheduled", "deadlines", "reading", "ready",
+                 "__weakref__")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Weakly: a module global reaches this object (the registry, the cache),
-        # and a loop nobody uses any more must go.
+        # Weakly: the registry reaches this object, and a loop nobody uses any more
+        # must go (what holds this: the loop, through the reader callbacks of the
+        # sockets it watches and its deadlines' timer, and its live calls).
         self.loop = weakref.ref(loop)
-        self.answers: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]]
+        self.answers: collections.deque[tuple[_Call, Any, BaseException | None]]
         self.answers = collections.deque()
         self.scheduled = False
-        self.deadlines = _Deadlines()
+        self.deadlines = _Deadlines(self)
+        self.reading = 0  # the thread of the loop while in read(): answers settle in place
+        self.ready: collections.deque[_Call] = collections.deque()  # settled, to wake
 
-    def put(self, future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-        self.answers.append((future, value, exc))  # first: a drain running now may take it
+    def read(self, read: Callable[[Any], None], watch: Any) -> None:
+        """The loop's reader callback of a socket it watches: ``read(watch)`` (the
+        connection's non-blocking read, see ``ProcessRef.call_awaited``) settles the
+        answers in place; their callers are woken after it, outside the read token
+        (a woken caller may call the same sandbox)."""
+        self.reading = get_ident()
+        try:
+            read(watch)
+        finally:
+            self.reading = 0
+            if self.ready:
+                self.wake()
+
+    def wake(self) -> None:
+        """Run the callbacks (the awaiting tasks' wake-ups) of the settled calls, in
+        the loop's thread outside any task: as the loop would run them, one turn
+        sooner. A hot path: the common case (one callback, the task's) inlined."""
+        ready = self.ready
+        while ready:
+            call = ready.popleft()
+            fn, context = call.waker, call.context
+            if fn is None:  # (no task awaits it)
+                if call.others:
+                    call.run_others()
+                continue
+            call.waker = None
+            try:
+                context.run(fn, call)
+                if call.others:
+                    call.run_others()
+            except (SystemExit, KeyboardInterrupt):  # the rest are woken next turn
+                loop = self.loop()
+                if ready and loop is not None and not loop.is_closed():
+                    loop.call_soon(self.wake)
+                raise
+            except BaseException as exc:  # as the loop reports its handles' errors
+                call.loop.call_exception_handler({
+                    "message": f"Exception in callback {fn!r}", "exception": exc})
+
+    def put(self, call: _Call, value: Any, exc: BaseException | None) -> None:
+        self.answers.append((call, value, exc))  # first: a drain running now may take it
         if not self.scheduled:
             self.scheduled = True
             try:
@@ -79,127 +126,146 @@ class _Settler:
 
     def drain(self) -> None:
         self.scheduled = False  # first: an answer queued from now on schedules a drain
-        answers = self.answers
+        answers, ready = self.answers, self.ready
         while answers:
-            _settle(*answers.popleft())
+            call, value, exc = answers.popleft()
+            if call.settle(value, exc):
+                ready.append(call)
+        self.wake()
 
 
-class _Deadlines:
-    """The timeouts of one loop's awaited calls, on one timer handle: a
-    ``call_later`` per call costs a handle, a heap push and a cancel.
-
-    :meth:`add` puts a call's deadline in a heap; the one timer is armed for the
-    earliest. An entry stays in the heap after its call ended (the call says so with
-    :meth:`ended`) until it comes up or the ended entries are the larger part, when
-    the heap is rebuilt without them (as asyncio drops cancelled timer handles).
-    Entries hold their futures, and this object its timer, weakly (both hold the
-    loop, see :class:`_Settler`); a future nobody holds has nobody awaiting it."""
-
-    __slots__ = ("heap", "live", "when", "timer")
-
-    def __init__(self) -> None:
-        self.heap: list[tuple[float, int, weakref.ref[asyncio.Future[Any]]]] = []
-        self.live = 0  # calls added and not ended
-        self.when = math.inf  # when the timer fires (inf: not armed)
-        self.timer: weakref.ref[asyncio.TimerHandle] | None = None
-
-    def add(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
-            wait: float) -> None:
-        """Fail ``future`` (of ``loop``) with ``TimeoutError`` if it is not done in
-        ``wait`` seconds."""
-        self.live += 1
-        if len(self.heap) > 2 * self.live + 100:
-            self._compact()
-        when = loop.time() + wait
-        heappush(self.heap, (when, id(future), _ref(future)))
-        if when < self.when:
-            self._arm(loop, when)
-
-    def ended(self) -> None:
-        """A call :meth:`add` got ended (answered, failed, timed out or cancelled)."""
-        self.live -= 1
-
-    def _compact(self) -> None:
-        self.heap = heap = [e for e in self.heap if (f := e[2]()) is not None and not f.done()]
-        heapify(heap)
-
-    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
-        timer = None if self.timer is None else self.timer()
-        if timer is not None:
-            timer.cancel()
-        self.when = when
-        self.timer = weakref.ref(loop.call_at(when, self._fire, loop))
-
-    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.timer, self.when = None, math.inf
-        heap = self.heap
-        end = loop.time() + _RESOLUTION
-        while heap and heap[0][0] < end:
-            future = heappop(heap)[2]()
-            if future is not None and not future.done():
-                future.set_exception(TimeoutError())
-        if heap:
-            self._arm(loop, heap[0][0])
+_PENDING, _RESULT, _FAILED, _CANCELLED = range(4)
 
 
-#: Deadlines this close are due, as for the loop's own timers.
-_RESOLUTION = get_clock_info("monotonic").resolution
-_ref = weakref.ref
+class _Call:
+    """One awaited call: the ReplySink its answer goes to, and what its caller
+    awaits (an asyncio future in all an asyncio task needs of one), in one object.
 
+    An answer read in the loop's own read (:meth:`_Settler.read`) settles it in
+    place and its task is woken right after the read, where an
+    :class:`asyncio.Future` would schedule the wake-up for the loop's next turn
+    (``call_soon``: a handle, a pass of the loop); an answer read by another thread
+    is queued to the loop (:meth:`_Settler.put`). A cancel (the task's) wakes the
+    task through ``call_soon``, as a future does: it comes from inside a task."""
 
-_settlers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Settler] = (
-    weakref.WeakKeyDictionary())
-#: The last loop's settler: a loop's calls find theirs without a weak-dict lookup.
-_last: _Settler | None = None
+    __slots__ = ("settler", "loop", "state", "value", "waker", "context", "others",
+                 "_asyncio_future_blocking")
 
+    def __init__(self, settler: _Settler, loop: asyncio.AbstractEventLoop) -> None:
+        self.settler = settler
+        self.loop = loop
+        self.state = _PENDING
+        self.value: Any = None
+        self.waker: Callable[[Any], Any] | None = None  # the first callback: the task's
+        self.context: Any = None
+        self.others: list[tuple[Callable[[Any], Any], Any]] | None = None  # any more
 
-def _settler(loop: asyncio.AbstractEventLoop) -> _Settler:
-    global _last
-    settler = _last
-    if settler is not None and settler.loop() is loop:
-        return settler
-    settler = _settlers.get(loop)
-    if settler is None:
-        settler = _settlers[loop] = _Settler(loop)
-    _last = settler
-    return settler
-
-
-class _FutureSink:
-    """A ReplySink resolving an asyncio future from whichever thread reads the answer:
-    at once in the loop's own thread while it runs (the loop reads the answers of
-    its calls itself), else through the loop's :class:`_Settler`."""
-
-    __slots__ = ("_settler", "_future")
-
-    def __init__(self, settler: _Settler, future: asyncio.Future[Any]) -> None:
-        self._settler = settler
-        self._future = future
-
+    # -- ReplySink: from whichever thread read the answer
     def set_result(self, value: Any) -> None:
-        future = self._future
-        if _get_running_loop() is not future.get_loop():
-            self._settler.put(future, value, None)
-        elif not future.done():  # else cancelled or timed out: the answer is dropped
-            future.set_result(value)
+        settler = self.settler
+        if settler.reading == get_ident():  # the loop's own read (_Settler.read)
+            if not self.state:  # else cancelled or timed out: the answer is dropped
+                self.state, self.value = _RESULT, value
+                settler.ready.append(self)
+        else:
+            settler.put(self, value, None)
 
     def set_exception(self, exc: BaseException) -> None:
-        future = self._future
-        if _get_running_loop() is not future.get_loop():
-            self._settler.put(future, None, exc)
-        elif not future.done():
-            future.set_exception(exc)
+        settler = self.settler
+        if settler.reading == get_ident():
+            if not self.state:
+                self.state, self.value = _FAILED, exc
+                settler.ready.append(self)
+        else:
+            settler.put(self, None, exc)
+
+    def settle(self, value: Any, exc: BaseException | None) -> bool:
+        """Settle in the loop's thread (the caller wakes it): False if it was not
+        pending any more (cancelled or timed out: the answer is dropped)."""
+        if self.state:
+            return False
+        if exc is None:
+            self.state, self.value = _RESULT, value
+        else:
+            self.state, self.value = _FAILED, exc
+        return True
+
+    def run_others(self) -> None:
+        """The callbacks after the first (none, when a task awaits the call)."""
+        others, self.others = self.others or [], None
+        for fn, context in others:
+            self.loop.call_soon(fn, self, context=context)
+
+    def __await__(self) -> Any:
+        if not self.state:
+            self._asyncio_future_blocking = True
+            yield self  # the task adds its wake-up (add_done_callback)
+        if self.state == _RESULT:
+            return self.value
+        return self.result()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop
+
+    def add_done_callback(self, fn: Callable[[Any], Any], *, context: Any = None) -> None:
+        if self.waker is None and not self.state and context is not None:
+            self.waker, self.context = fn, context  # the task's: the usual case
+            return
+        if context is None:
+            context = contextvars.copy_context()
+        if self.state:
+            self.loop.call_soon(fn, self, context=context)
+        elif self.waker is None:
+            self.waker, self.context = fn, context
+        else:
+            self.others = [*(self.others or ()), (fn, context)]
+
+    def remove_done_callback(self, fn: Callable[[Any], Any]) -> int:
+        removed = 0
+        if self.waker is not None and self.waker == fn:
+            self.waker = self.context = None
+            removed = 1
+        if self.others:
+            kept = [(f, c) for f, c in self.others if f != fn]
+            removed, self.others = removed + len(self.others) - len(kept), kept
+        return removed
+
+    def done(self) -> bool:
+        return self.state != _PENDING
+
+    def cancelled(self) -> bool:
+        return self.state == _CANCELLED
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self.state:
+            return False
+        self.state, self.value = _CANCELLED, msg
+        if self.waker is not None:  # from inside a task: on the loop's next turn
+            self.loop.call_soon(self.waker, self, context=self.context)
+            self.waker = None
+        self.run_others()
+        return True
+
+    def result(self) -> Any:
+        state = self.state
+        if state == _RESULT:
+            return self.value
+        if state == _FAILED:
+            raise self.value
+        if state == _CANCELLED:
+            raise asyncio.CancelledError(*(() if self.value is None else (self.value,)))
+        raise asyncio.InvalidStateError("the call is not answered yet")
 
 
-class _WatchedSink(_FutureSink):
-    """A :class:`_FutureSink` that also fills a :class:`~runtime.actor.Reply`: for a
-    call under a handler deadline, which the monitor keeps watching (is the answer
-    in?) after its awaiting caller gave up (:func:`actors.monitor.deadline_passed`)."""
+class _WatchedCall(_Call):
+    """A :class:`_Call` that also fills a :class:`~runtime.actor.Reply`: for a call
+    under a handler deadline, which the monitor keeps watching (is the answer in?)
+    after its awaiting caller gave up (:func:`actors.monitor.deadline_passed`)."""
 
     __slots__ = ("reply",)
 
-    def __init__(self, settler: _Settler, future: asyncio.Future[Any]) -> None:
-        super().__init__(settler, future)
+    def __init__(self, settler: _Settler, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(settler, loop)
         self.reply = Reply()
 
     def set_result(self, value: Any) -> None:
@@ -211,13 +277,77 @@ class _WatchedSink(_FutureSink):
         super().set_exception(exc)
 
 
-def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-    if future.done():  # cancelled or timed out meanwhile: the answer is dropped
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(value)
+class _Deadlines:
+    """The timeouts of one loop's awaited calls, on one timer handle: a
+    ``call_later`` per call costs a handle, a heap push and a cancel.
+
+    :meth:`add` enters a call with its deadline, :meth:`ended` takes it out (a
+    dict's insert and delete: only live calls are in it); the one timer is armed
+    for the earliest deadline added since it last fired. When it fires it fails
+    the calls that are due and is armed again for the earliest left (a pass over
+    the calls in flight, once per firing)."""
+
+    __slots__ = ("settler", "calls", "when", "timer")
+
+    def __init__(self, settler: _Settler) -> None:
+        self.settler = settler
+        self.calls: dict[_Call, float] = {}
+        self.when = math.inf  # when the timer fires (inf: not armed)
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, loop: asyncio.AbstractEventLoop, call: _Call, wait: float) -> None:
+        """Fail ``call`` (of ``loop``) with ``TimeoutError`` if it is not done in
+        ``wait`` seconds."""
+        self.calls[call] = when = loop.time() + wait
+        if when < self.when:
+            self._arm(loop, when)
+
+    def ended(self, call: _Call) -> None:
+        """``call`` ended (answered, failed, timed out or cancelled)."""
+        self.calls.pop(call, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.when = when
+        self.timer = loop.call_at(when, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer, self.when = None, math.inf
+        calls = self.calls
+        end = loop.time() + _RESOLUTION
+        due = [call for call, when in calls.items() if when < end]
+        for call in due:
+            del calls[call]
+        if calls:
+            self._arm(loop, min(calls.values()))
+        ready = self.settler.ready  # woken last: a woken task may add calls
+        for call in due:
+            if call.settle(None, TimeoutError()):
+                ready.append(call)
+        self.settler.wake()
+
+
+#: Deadlines this close are due, as for the loop's own timers.
+_RESOLUTION = get_clock_info("monotonic").resolution
+
+
+#: Each loop's settler, held weakly both ways (see _Settler): by id(loop), checked.
+_settlers: weakref.WeakValueDictionary[int, _Settler] = weakref.WeakValueDictionary()
+#: The last loop's settler: a loop's calls find theirs without a dict lookup.
+_last: weakref.ref[_Settler] | None = None
+
+
+def _settler(loop: asyncio.AbstractEventLoop) -> _Settler:
+    global _last
+    settler = None if _last is None else _last()
+    if settler is not None and settler.loop() is loop:
+        return settler
+    settler = _settlers.get(id(loop))
+    if settler is None or settler.loop() is not loop:
+        settler = _settlers[id(loop)] = _Settler(loop)
+    _last = weakref.ref(settler)
+    return settler
 
 
 class AsyncSandbox:
@@ -264,25 +394,24 @@ class AsyncSandbox:
             if proc is None:
                 proc = await self._process(timeout)
             limit = self.sync._slot.deadline  # the handler deadline (limits.call_seconds)
-            future: asyncio.Future[Any] = loop.create_future()
             settler = _settler(loop)
             if limit is None:
                 wait, started, watch = timeout, 0.0, None
-                sink = _FutureSink(settler, future)
+                call = _Call(settler, loop)
             else:
                 wait, started = deadline_wait(limit, timeout), monotonic()
-                sink = watch = _WatchedSink(settler, future)
+                call = watch = _WatchedCall(settler, loop)
             try:
-                ref = proc.call_awaited(actor, request, sink, loop)
+                ref = proc.call_awaited(actor, request, call, loop, settler.read)
             except (TypeError, ProtocolError) as exc:  # the request could not be encoded
                 raise unsendable(self.sync, "call", exc) from None
             # The loop's one timer, not asyncio.timeout (its context manager costs as
             # much again), wait_for (a task per call) or a call_later each: it fails
-            # the future.
+            # the call.
             if wait is not None:
-                settler.deadlines.add(loop, future, wait)
+                settler.deadlines.add(loop, call, wait)
             try:
-                value = await future
+                value = await call
             except TimeoutError:
                 if watch is None:
                     proc.forget(ref)
@@ -296,8 +425,8 @@ class AsyncSandbox:
                 await self._thread(self.sync._check_owner)  # SandboxNotFound if destroyed
                 raise
             except BaseException:  # the call failed, or its await was cancelled: only
-                # a cancelled await (its future too, or not yet done) has a call to end
-                if not future.done() or future.cancelled():
+                # a cancelled await (its call too, or not yet done) has a call to end
+                if not call.state or call.state == _CANCELLED:
                     if watch is None:
                         proc.forget(ref)
                     else:  # the deadline still holds for the handler
@@ -305,7 +434,7 @@ class AsyncSandbox:
                 raise
             finally:
                 if wait is not None:
-                    settler.deadlines.ended()
+                    settler.deadlines.ended(call)
             ok = True
             return value
         finally:

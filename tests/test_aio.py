@@ -207,42 +207,121 @@ def test_a_crash_answers_an_awaited_call(tmp_path: Path):
 
 
 def test_one_timer_serves_every_awaited_timeout():
-    """Awaited calls' timeouts share one loop timer: each future fails in the order of
+    """Awaited calls' timeouts share one loop timer: each call fails in the order of
     its deadline, a call with an earlier deadline than the armed one re-arms it, and
-    the entries of calls that ended are dropped (the heap does not grow with calls)."""
-    from sandbox.aio import _Deadlines
+    the entries of calls that ended are dropped (the table does not grow with calls)."""
+    from sandbox.aio import _Call, _settler
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        deadlines = _Deadlines()
-        late, soon, mid = (loop.create_future() for _ in range(3))
-        for future, wait in ((late, 0.3), (soon, 0.05), (mid, 0.15)):
-            deadlines.add(loop, future, wait)
+        settler = _settler(loop)
+        deadlines = settler.deadlines
+        late, soon, mid = (_Call(settler, loop) for _ in range(3))
+        for call, wait in ((late, 0.3), (soon, 0.05), (mid, 0.15)):
+            deadlines.add(loop, call, wait)
         timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
         assert len(timers) == 1 and timers[0].when() == deadlines.when
         order: list[str] = []
-        for name, future in (("late", late), ("soon", soon), ("mid", mid)):
-            future.add_done_callback(lambda f, name=name: order.append(name))
-        await asyncio.wait([late, soon, mid])
+
+        async def wait(name: str, call: _Call) -> None:
+            with pytest.raises(TimeoutError):
+                await call
+            order.append(name)
+
+        await asyncio.gather(*(wait(n, c) for n, c in (("late", late), ("soon", soon),
+                                                         ("mid", mid))))
         assert order == ["soon", "mid", "late"]
-        assert all(isinstance(f.exception(), TimeoutError) for f in (late, soon, mid))
-        for _ in range(3):
-            deadlines.ended()
-        # Answered calls: their entries go, and an answered future is never failed.
+        assert not deadlines.calls  # a call that timed out is out of the table
+        # Answered calls: their entries go, and an answered call is never failed.
         answered = []
         for _ in range(1000):
-            future = loop.create_future()
-            deadlines.add(loop, future, 0.01 if not answered else 60.0)
-            future.set_result(None)
-            deadlines.ended()
-            answered.append(future)
-        assert len(deadlines.heap) <= 102
-        last = loop.create_future()
+            call = _Call(settler, loop)
+            deadlines.add(loop, call, 0.01 if not answered else 60.0)
+            assert call.settle(None, None)
+            deadlines.ended(call)
+            answered.append(call)
+        assert not deadlines.calls
+        last = _Call(settler, loop)
         deadlines.add(loop, last, 0.02)
-        await asyncio.wait([last])
-        assert all(f.result() is None for f in answered)
+        with pytest.raises(TimeoutError):
+            await last
+        assert all(c.result() is None for c in answered)
 
     asyncio.run(main())
+
+
+def test_an_answer_wakes_its_caller_in_the_same_turn_of_the_loop():
+    """The loop reads an answer and wakes the awaiting task there and then: one pass
+    of the loop per call made one after the other, where waking it through the
+    loop's ready queue (an asyncio future's call_soon) takes a second pass."""
+    import asyncio.base_events as base_events
+
+    with sandbox.start() as rt:
+        asb = AsyncSandbox(rt.create_sandbox("aio-turns", COUNTER))
+        passes = [0]
+
+        class Loop(asyncio.SelectorEventLoop):
+            def _run_once(self) -> None:
+                passes[0] += 1
+                base_events.BaseEventLoop._run_once(self)  # type: ignore[attr-defined]
+
+        async def main() -> int:
+            for _ in range(20):  # the loop now reads the socket itself
+                await asb.call("counter", "incr", timeout=30)
+            before = passes[0]
+            for _ in range(200):
+                await asb.call("counter", "incr", timeout=30)
+            return passes[0] - before
+
+        loop = Loop()
+        try:
+            taken = loop.run_until_complete(main())
+        finally:
+            loop.close()
+        assert taken <= 200 + 20, taken  # a few spare: other handles (the timer)
+
+
+def test_a_woken_caller_may_call_the_same_sandbox_blocking():
+    """The caller is woken after the loop's read is done (the read token given back):
+    a blocking call from the loop's thread right after an await is answered."""
+    with sandbox.start() as rt:
+        sb = rt.create_sandbox("aio-reenter", COUNTER)
+        asb = AsyncSandbox(sb)
+
+        async def main() -> list[int]:
+            got = []
+            for _ in range(5):
+                got.append(await asb.call("counter", "incr", timeout=30))
+                got.append(sb.call("counter", "incr", timeout=10))
+            return got
+
+        assert asyncio.run(main()) == list(range(1, 11))
+
+
+def test_a_cancelled_await_wakes_through_the_loop_and_leaves_no_entry():
+    """Cancelling the awaiting task ends the call (no pending entry, no deadline left)
+    and the task sees CancelledError with the cancel's message."""
+    with sandbox.start() as rt:
+        asb = AsyncSandbox(rt.create_sandbox("aio-cancel-msg", COUNTER))
+
+        async def main() -> None:
+            from sandbox.aio import _settler
+
+            assert await asb.call("counter", "incr", timeout=30) == 1
+            conn = asb.sync._slot.current()._conn
+            task = asyncio.ensure_future(asb.call("counter", "incr", timeout=30))
+            turn = asyncio.get_running_loop().create_future()  # one turn of the loop:
+            asyncio.get_running_loop().call_soon(turn.set_result, None)
+            await turn  # the task ran first (scheduled before): it sent, and awaits
+            assert conn.pending
+            task.cancel("stop")
+            with pytest.raises(asyncio.CancelledError) as info:
+                await task
+            assert info.value.args == ("stop",)
+            assert not conn.pending
+            assert not _settler(asyncio.get_running_loop()).deadlines.calls
+
+        asyncio.run(main())
 
 
 def test_a_loop_that_called_a_sandbox_can_go():
@@ -288,3 +367,42 @@ def test_a_crash_is_seen_while_the_loop_that_reads_is_blocked():
                      message="the child's end was not seen while the loop was blocked")
 
         asyncio.run(main())
+
+
+def test_an_awaited_call_behaves_as_a_future_for_its_callbacks():
+    """What a task and asyncio's helpers use of a future: every callback runs (the
+    first, the task's, at once when the loop settles it; any more on the loop's next
+    turn), one removed does not, a settled call runs a late one, and a cancel
+    carries its message."""
+    from sandbox.aio import _Call, _settler
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        settler = _settler(loop)
+        seen: list[str] = []
+        call = _Call(settler, loop)
+        call.add_done_callback(lambda c: seen.append("first"))
+        call.add_done_callback(lambda c: seen.append("second"))
+        dropped = lambda c: seen.append("removed")  # noqa: E731
+        call.add_done_callback(dropped)
+        assert call.remove_done_callback(dropped) == 1
+        assert call.settle(7, None) and not call.settle(8, None)
+        settler.ready.append(call)
+        settler.wake()
+        assert seen == ["first"]  # the others on the next turn
+        done = loop.create_future()
+        call.add_done_callback(lambda c: done.set_result(c.result()))
+        assert await done == 7 and seen == ["first", "second"]
+        assert call.done() and not call.cancelled() and await call == 7
+
+        cancelled = _Call(settler, loop)
+        assert cancelled.cancel("why") and not cancelled.cancel()
+        assert cancelled.cancelled()
+        with pytest.raises(asyncio.CancelledError) as info:
+            cancelled.result()
+        assert info.value.args == ("why",)
+        pending = _Call(settler, loop)
+        with pytest.raises(asyncio.InvalidStateError):
+            pending.result()
+
+    asyncio.run(main())

@@ -523,16 +523,18 @@ class _Connection:
                 self.kick()  # the reader thread answers the pending calls
             watch.stop()
 
-    def watch_from(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Have ``loop`` read this socket (:class:`_LoopWatch`); False if it cannot
-        now: another thread is reading, the child is gone, or no fd is left."""
+    def watch_from(self, loop: asyncio.AbstractEventLoop,
+                   reads: Callable[[Callable[[Any], None], Any], None] | None = None) -> bool:
+        """Have ``loop`` read this socket (:class:`_LoopWatch`, ``reads`` as in
+        :meth:`ProcessRef.call_awaited`); False if it cannot now: another thread is
+        reading, the child is gone, or no fd is left."""
         token = self._token
         if not token.acquire(False):
             return False
         try:  # under the token: the reader thread closes _poll_fd holding it
             if self._poll_fd < 0:
                 return False
-            self.loop_watch = _LoopWatch(self, loop)
+            self.loop_watch = _LoopWatch(self, loop, reads)
             return True
         except OSError:
             return False
@@ -910,14 +912,18 @@ class _LoopWatch:
 
     __slots__ = ("conn", "loop", "fd", "_lock")
 
-    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, conn: _Connection, loop: asyncio.AbstractEventLoop,
+                 reads: Callable[[Callable[[Any], None], Any], None] | None = None) -> None:
         self.conn = conn
         self.loop = loop
         self._lock = threading.Lock()  # stop() may run in the reader thread too
         self.fd = os.dup(conn._poll_fd)
         try:
-            # The connection's read itself: no frame between the loop and the read.
-            loop.add_reader(self.fd, conn.read_here, self)
+            # The connection's read itself, or the caller's callback around it.
+            if reads is None:
+                loop.add_reader(self.fd, conn.read_here, self)
+            else:
+                loop.add_reader(self.fd, reads, conn.read_here, self)
         except BaseException:
             os.close(self.fd)
             raise
@@ -1158,11 +1164,17 @@ class ProcessRef(ActorRef):
         return ref
 
     def call_awaited(self, target: str, request: Any, sink: ReplySink,
-                     loop: asyncio.AbstractEventLoop) -> int:
+                     loop: asyncio.AbstractEventLoop,
+                     reads: Callable[[Callable[[Any], None], Any], None] | None = None) -> int:
         """:meth:`call_into` for a caller awaiting in ``loop`` (run in its thread):
         the loop reads the answer itself (:class:`_LoopWatch`: ``sink`` is then
         answered in the loop's thread) instead of the reader thread. Returns the
         call's ref.
+
+        ``reads``, if given, is the loop's reader callback for the socket instead of
+        the connection's read: called as ``reads(read, watch)``, it must call
+        ``read(watch)`` (e.g. to act on the answers once the read is done); only the
+        first call's counts while the loop watches the socket.
         """
         conn = self._conn
         ref = conn.submit(CALL, target, request, sink)
@@ -1173,7 +1185,7 @@ class ProcessRef(ActorRef):
                 return ref
             watch.stop()
             watch = None
-        if watch is None and not conn.watch_from(loop):
+        if watch is None and not conn.watch_from(loop, reads):
             conn.kick()  # the reader thread answers this one
         return ref
 
