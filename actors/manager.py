@@ -682,7 +682,7 @@ class ManagerActor(Component):
         sups = [record.supervisor for record in records]
         for sup in sups:
             if sup is not None:  # asked now (out of band, as an exit signal), waited for below
-                sup._actor._request_stop(reason)
+                sup.stop_soon(reason)
 
         def while_they_stop() -> list[bool | BaseException]:
             # The other components' books: 4 round trips for the batch, none in the

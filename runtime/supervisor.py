@@ -346,6 +346,18 @@ class SupervisorRef(ActorRef):
         """
         return stop_here(self, reason, timeout=timeout)
 
+    def stop_soon(self, reason: ExitReason | None = None) -> None:
+        """Ask the supervisor to stop without waiting: its own thread stops its
+        children in reverse order, then ends (out of band, as an exit signal). A
+        later :meth:`stop` (or :meth:`join`) waits for it; several supervisors asked
+        first stop side by side.
+
+        >>> sup = Supervisor.start(children=[])
+        >>> sup.stop_soon(); sup.stop().kind
+        'shutdown'
+        """
+        self._actor._request_stop(reason or ExitReason.shutdown())
+
 
 class Supervisor(Actor):
     """An OTP supervisor. Start one with :meth:`Supervisor.start`.

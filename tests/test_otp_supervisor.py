@@ -141,6 +141,21 @@ def test_shutdown_values(shutdown: Any, terminate_runs: bool, kind: str, how: st
     assert ("terminated w" in log) is terminate_runs
 
 
+def test_stop_soon_asks_without_waiting_and_a_later_stop_waits(log: list[str]) -> None:
+    # Two supervisors asked first stop side by side: neither ask waits for a child's
+    # terminate (both are blocked in it until released).
+    release = threading.Event()
+    sups = [Supervisor.start([ChildSpec("w", start=lambda t=t: Worker.start(log, t, release))])
+            for t in ("a", "b")]
+    for sup in sups:
+        sup.stop_soon(ExitReason.shutdown("asked early"))
+    wait_for(lambda: "terminating a" in log and "terminating b" in log)
+    assert all(sup.is_alive() for sup in sups) and "terminated a" not in log
+    release.set()
+    assert [sup.stop().message for sup in sups] == ["asked early", "asked early"]
+    assert {"terminated a", "terminated b"} <= set(log)
+
+
 @pytest.mark.parametrize("shutdown", ["infinity", math.inf, None])
 def test_infinity_waits_for_a_nested_supervisor_to_stop_its_children(shutdown: Any, log: list[str]) -> None:
     """OTP: a supervisor child gets infinity; terminate_child returns only once the
