@@ -749,7 +749,8 @@ class Runtime:
                     raise
 
     def _job(self, op: str, arg: Any, sandbox_id: str, ours: Callable[[Any], bool]) -> Any:
-        """The ticket of a create or destroy (``op``) of ``sandbox_id``.
+        """The ticket of a create (``op``) of ``sandbox_id`` (destroys, one or many,
+        have :meth:`_destroy_tickets`, the same rules per id).
 
         A manager killed during the turn that starts the job may or may not have
         started it (its thread finishes the turn; the caller hears ActorDead at once):
@@ -770,11 +771,6 @@ class Runtime:
                 held = self._inflight.get(sandbox_id) if self._inflight else None
                 if held is not None and ours(held):
                     return held.ticket  # the killed manager's turn started it after all
-                if op == "destroy" and isinstance(exc, SandboxNotFound):
-                    # ... and it finished before the successor was asked: gone, as asked
-                    gone = Ticket(f"destroy of sandbox {sandbox_id!r}")
-                    gone.settle()
-                    return gone
                 raise
             held = self._inflight.get(sandbox_id) if self._inflight else None
             if held is not None and ours(held):
