@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.errors import CallTimeout, SandboxError
+from runtime.workshare import share_out
 
 __all__ = ["InFlight", "JOB_THREADS", "Job", "Ticket"]
 
@@ -155,26 +156,7 @@ class InFlight:
         For parts of a batch that mostly wait in the kernel, where overlapping the
         waits pays for the hand-offs (unlike :meth:`aside`'s CPU-bound parts).
         """
-        left = iter(items)
-        lock = threading.Lock()
-
-        def work() -> None:
-            while True:
-                with lock:
-                    i = next(left, None)
-                if i is None:
-                    return
-                fn(i)
-
-        helpers: list[Future[Any]] = []
-        for _ in range(min(threads, len(items)) - 1):
-            try:
-                helpers.append(self._threads.submit(work))
-            except RuntimeError:  # shut down by close() meanwhile: the caller does the rest
-                break
-        work()
-        for helper in helpers:
-            helper.result()
+        share_out(lambda i: fn(items[i]), len(items), threads, self._threads.submit)
 
     def add(self, job: Job) -> Job | None:
         """Reserve the job's sandbox id: None, or the job that holds it already (a

@@ -43,6 +43,7 @@ from runtime.errors import (
 from runtime.host.output import OutputLine
 from runtime.wire.mailbox import DEFAULT_MAX_FRAME
 from runtime.supervisor import Supervisor, SupervisorRef
+from runtime.workshare import share_out
 from sandbox.capacity import CapacityReport, measure
 from sandbox.health import Observability
 from sandbox.options import StartOptions
@@ -1102,30 +1103,20 @@ class Runtime:
         a worker thread costs its start and two hand-offs, 0.1-0.5 ms each on a
         shared VM. The caller's share runs in an empty context, as the pool's does.
         """
-        todo = list(enumerate(items))
+        todo = list(items)
         results: list[BatchResult | None] = [None] * len(todo)
-        lock = threading.Lock()
-        left = iter(todo)
 
-        def work() -> None:
-            while True:
-                with lock:
-                    nxt = next(left, None)
-                if nxt is None:
-                    return
-                i, (key, fn) = nxt
-                try:
-                    results[i] = BatchResult(key, True, fn())
-                except Exception as exc:  # reported per item; one failure never stops the rest
-                    results[i] = BatchResult(key, False, error=exc)
+        def run(i: int) -> None:
+            key, fn = todo[i]
+            try:
+                results[i] = BatchResult(key, True, fn())
+            except Exception as exc:  # reported per item; one failure never stops the rest
+                results[i] = BatchResult(key, False, error=exc)
 
-        helpers = max(1, min(workers, len(todo))) - 1
         # The pool starts a thread per submit only: with no helper it starts none.
-        with ThreadPoolExecutor(max_workers=max(helpers, 1)) as pool:
-            started = [pool.submit(work) for _ in range(helpers)]
-            contextvars.Context().run(work)
-            for f in started:
-                f.result()
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo)) - 1)) as pool:
+            share_out(run, len(todo), max(1, workers), pool.submit,
+                      here=contextvars.Context().run)
         return cast("list[BatchResult]", results)
 
     def batch_create(
