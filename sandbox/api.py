@@ -749,38 +749,6 @@ class Runtime:
                 if perf_counter() > deadline:
                     raise
 
-    def _job(self, op: str, arg: Any, sandbox_id: str, ours: Callable[[Any], bool]) -> Any:
-        """The ticket of a create (``op``) of ``sandbox_id`` (destroys, one or many,
-        have :meth:`_destroy_tickets`, the same rules per id).
-
-        A manager killed during the turn that starts the job may or may not have
-        started it (its thread finishes the turn; the caller hears ActorDead at once):
-        the job is then found in the runtime's in-flight table (``ours(job)``), or
-        its successor is asked again, within DEFAULT_TIMEOUT, so the caller never
-        sees the manager's crash.
-        """
-        deadline = perf_counter() + DEFAULT_TIMEOUT
-        unsure = False
-        while True:
-            try:
-                return self._manager(op, arg)
-            except ActorDead:
-                unsure = True
-            except SandboxError as exc:
-                if not unsure:
-                    raise
-                held = self._inflight.get(sandbox_id) if self._inflight else None
-                if held is not None and ours(held):
-                    return held.ticket  # the killed manager's turn started it after all
-                raise
-            held = self._inflight.get(sandbox_id) if self._inflight else None
-            if held is not None and ours(held):
-                return held.ticket
-            if perf_counter() > deadline:
-                raise SandboxError(
-                    f"the manager kept failing while asked to {op} sandbox {sandbox_id!r}; "
-                    "check the runtime's health, then try again")
-
     def _slot(self, sandbox_id: str) -> Any:
         return self._read("slot", sandbox_id)
 
@@ -834,7 +802,18 @@ class Runtime:
             net_allow=list(net_allow))
         # The manager answers at once with a ticket; the create runs outside its turns
         # and outlives a crash of it (actors/inflight.py).
-        ticket = self._job("create", config, sandbox_id, lambda job: job.record.config is config)
+        def ask(_todo: list[int]) -> list[Any]:
+            try:
+                return [self._manager("create", config)]
+            except ActorDead:
+                raise
+            except SandboxError as exc:  # refused (it exists, say): this id's answer
+                return [exc]
+
+        (ticket,) = self._tickets("create", ask, [sandbox_id],
+                                  lambda job: job.record.config is config)
+        if isinstance(ticket, BaseException):
+            raise ticket
         created = ticket.wait(CREATE_TIMEOUT)
         # once it exists (not on SandboxExists, which must keep the existing one's)
         self._obs.alerts.configure(sandbox_id, config.alerts)
@@ -865,7 +844,9 @@ class Runtime:
         returns, per id in order, None (destroyed) or the error of that id alone."""
         deadline = perf_counter() + CREATE_TIMEOUT
         try:
-            answers = self._destroy_tickets(sandbox_ids)
+            answers = self._tickets(
+                "destroy", lambda todo: self._manager("destroy", [sandbox_ids[i] for i in todo]),
+                sandbox_ids, lambda job: job.kind == "destroy")
         except Exception as exc:  # the manager failed in that turn: every id hears it
             return [exc for _ in sandbox_ids]
         outcomes: list[BaseException | None] = []
@@ -879,13 +860,19 @@ class Runtime:
                 outcomes.append(exc)
         return outcomes
 
-    def _destroy_tickets(self, sandbox_ids: list[str]) -> list[Ticket | BaseException]:
-        """The tickets of the destroys of ``sandbox_ids`` (or each one's refusal), from
-        one manager turn. As :meth:`_job`: a manager killed during that turn may or
-        may not have started them (its thread finishes the turn; the caller hears
-        ActorDead at once): each is then found in the runtime's in-flight table, or
-        its successor is asked again, within DEFAULT_TIMEOUT, so the caller never
-        sees the manager's crash."""
+    def _tickets(self, op: str, ask: Callable[[list[int]], list[Any]], sandbox_ids: list[str],
+                 ours: Callable[[Any], bool]) -> list[Ticket | BaseException]:
+        """The tickets of the jobs (``op``: creates or destroys) one manager turn starts
+        for ``sandbox_ids``, or each one's refusal: ``ask(indexes)`` asks the manager
+        for those ids and returns a ticket or a SandboxError for each.
+
+        A manager killed during that turn may or may not have started them (its
+        thread finishes the turn; the caller hears ActorDead at once): each is then
+        found in the runtime's in-flight table (``ours(job)``), or its successor is
+        asked again, within DEFAULT_TIMEOUT, so the caller never sees the manager's
+        crash. A destroy whose sandbox the successor no longer knows finished before
+        it was asked: done, as asked.
+        """
         deadline = perf_counter() + DEFAULT_TIMEOUT
         out: dict[int, Ticket | BaseException] = {}
         todo = list(range(len(sandbox_ids)))
@@ -893,11 +880,11 @@ class Runtime:
 
         def held(i: int) -> Ticket | None:
             job = self._inflight.get(sandbox_ids[i]) if self._inflight else None
-            return job.ticket if job is not None and job.kind == "destroy" else None
+            return job.ticket if job is not None and ours(job) else None
 
         while todo:
             try:
-                answers = self._manager("destroy", [sandbox_ids[i] for i in todo])
+                answers = ask(todo)
             except ActorDead:
                 unsure = True
                 for i in todo:  # the killed manager's turn started these after all
@@ -908,7 +895,7 @@ class Runtime:
                 if todo and perf_counter() > deadline:
                     for i in todo:
                         out[i] = SandboxError(
-                            f"the manager kept failing while asked to destroy sandbox "
+                            f"the manager kept failing while asked to {op} sandbox "
                             f"{sandbox_ids[i]!r}; check the runtime's health, then try again")
                     todo = []
                 continue
@@ -917,7 +904,7 @@ class Runtime:
                     ticket = held(i)  # the killed manager's turn started it after all
                     if ticket is not None:
                         answer = ticket
-                    elif isinstance(answer, SandboxNotFound):
+                    elif op == "destroy" and isinstance(answer, SandboxNotFound):
                         # ... and it finished before the successor was asked: gone, as asked
                         answer = Ticket(f"destroy of sandbox {sandbox_ids[i]!r}")
                         answer.settle()
