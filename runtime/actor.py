@@ -26,6 +26,7 @@ one on the other end of a socket.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # pthread_sigmask without signal's enum wrapping
 import contextlib
 import contextvars
 import itertools
@@ -260,6 +261,9 @@ class _NoReply:
         return "NOREPLY"
 
 
+#: Where threads have signal masks (POSIX): read and set without signal's enum wrapping.
+_sigmask = getattr(_signal, "pthread_sigmask", None)
+
 #: Returned by a call handler that answers later (OTP's ``noreply``): the caller
 #: keeps waiting until the reply sink (``Actor._caller`` at the time) is answered,
 #: or gets :class:`~runtime.errors.ActorDead` if the actor ends first.
@@ -416,6 +420,10 @@ class Actor(pykka.ThreadingActor):
         """``on_init`` on this thread, in a context of its own (as a new thread's is
         empty); the actor's thread starts with its first message (runtime.ondemand).
         Only messages put after ``on_init`` are handled, all on that thread."""
+        # The signal mask its thread gets: the one it would have been born with now
+        # (a sandbox's threads keep SIGALRM blocked for the relay, runtime.child.relay,
+        # though the main thread that may post the first message has it unblocked).
+        self._birth_mask = _sigmask(_signal.SIG_BLOCK, ()) if _sigmask else None
         contextvars.Context().run(self._actor_loop_setup)  # pykka: on_start, on_init
         self._thread = None  # on_init's own stops were from "its" thread; no longer
         if not self.actor_stopped.is_set():
@@ -428,10 +436,15 @@ class Actor(pykka.ThreadingActor):
         thread = threading.Thread(target=self._loop_after_init,
                                   name=f"{type(self).__name__}-{self.actor_id}", daemon=True)
         self._thread = thread  # before it runs: a stop from it must not wait for itself
+        birth, setmask = self._birth_mask, _sigmask
+        mine = setmask(_signal.SIG_SETMASK, birth) if birth is not None and setmask else None
         try:
             thread.start()
         except RuntimeError as exc:  # no thread to be had (pids limit, interpreter exit):
             self._terminate(ExitReason.from_exception(exc))  # it fails, as a crash would
+        finally:
+            if mine is not None and setmask:  # the new thread inherited birth; ours back
+                setmask(_signal.SIG_SETMASK, mine)
 
     def _loop_after_init(self) -> None:
         self._actor_loop_running()

@@ -129,3 +129,34 @@ def test_the_inbox_starts_once_and_only_after_arm() -> None:
     assert started == [1]  # armed, nothing put: no start
     quiet.put("x")
     assert started == [1, 2]
+
+
+def _blocked_signals(tid: int) -> int:
+    with open(f"/proc/self/task/{tid}/status") as fh:
+        for line in fh:
+            if line.startswith("SigBlk:"):
+                return int(line.split()[1], 16)
+    raise AssertionError("no SigBlk")
+
+
+def test_its_thread_gets_the_signal_mask_of_its_start_not_of_its_first_sender() -> None:
+    """In a sandbox every thread keeps SIGALRM blocked (runtime.child.relay) though
+    the main thread, which may post the first message, unblocks it later: the thread
+    started on demand has the mask it would have had if started at once."""
+    import signal
+
+    sig = signal.SIGUSR2
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
+    try:
+        sup = Supervisor.start([ChildSpec("a", start=Idle.start)])
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    try:
+        assert sig not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the sender's
+        sup.child_ref("a")  # its first message, from this thread: its thread starts
+        thread = sup._actor._thread
+        assert thread is not None and thread.native_id is not None
+        assert _blocked_signals(thread.native_id) & (1 << (sig - 1))
+        assert sig not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # ours restored
+    finally:
+        sup.stop()
