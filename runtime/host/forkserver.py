@@ -627,39 +627,10 @@ def _prepare_children() -> None:
     seccomp programs are built (0.2-0.4 ms of each start before, measured as the
     layer's step), so a child only loads one; the ctypes modules a sandbox unloads
     are noted (a pass over ``sys.modules`` in each wrote 0.3 MiB of its pages); the
-    loggers' level answers are memoised (see :func:`runtime.logs.fill_level_caches`);
-    one thread is started and ended (:func:`_first_thread`)."""
+    loggers' level answers are memoised (see :func:`runtime.logs.fill_level_caches`)."""
     _seccomp.prepare()
     _isolation.note_preloaded()
     _logs.fill_level_caches()
-    _first_thread()
-
-
-def _first_thread() -> None:
-    """Start and end one thread here, so that no child's first thread is the first
-    of its line. A process's first thread pays one-time set-up (the C library's,
-    its own malloc arena, the interpreter's) that a later one does not: in forks
-    of a preloaded process, starting a child's first thread cost its starter ~0.3
-    ms and the thread ~0.13 ms; after one thread here, ~0.17 and ~0.06 ms. A
-    sandbox starts threads at boot (its app's actors); a bare child, none."""
-    global _FIRST_THREAD_ENDED
-    t = threading.Thread(target=lambda: None, name="forkserver-first-thread")
-    t.start()
-    t.join()
-    # join() returns just before the thread leaves the kernel; a user namespace is
-    # made by a single-threaded process only (runtime.child.userns): wait for it.
-    for _ in range(100_000):
-        try:
-            if len(os.listdir("/proc/self/task")) <= 1:
-                break
-        except OSError:
-            break
-        os.sched_yield()
-    _FIRST_THREAD_ENDED = True
-
-
-#: Set by :func:`_first_thread` in the fork server (its children inherit it).
-_FIRST_THREAD_ENDED = False
 
 
 def _fork(ctrl: socket.socket, req: int, fds: list[int], flags: int, body: bytes,
