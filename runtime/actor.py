@@ -424,8 +424,14 @@ class Actor(pykka.ThreadingActor):
         # (a sandbox's threads keep SIGALRM blocked for the relay, runtime.child.relay,
         # though the main thread that may post the first message has it unblocked).
         self._birth_mask = _sigmask(_signal.SIG_BLOCK, ()) if _sigmask else None
+        self._interrupted: BaseException | None = None
         contextvars.Context().run(self._actor_loop_setup)  # pykka: on_start, on_init
         self._thread = None  # on_init's own stops were from "its" thread; no longer
+        if self._interrupted is not None:
+            # A Ctrl-C (or exit) during on_init, here on the starter's thread: the
+            # actor has ended (as any failed init); the starter gets it as it would
+            # have while waiting for an init on the actor's thread, not ActorFailed.
+            raise self._interrupted
         if not self.actor_stopped.is_set():
             inbox = self.actor_inbox
             assert isinstance(inbox, OnDemandInbox)  # thread_on_demand's (__init__)
@@ -456,6 +462,8 @@ class Actor(pykka.ThreadingActor):
             self.on_init()
         except BaseException as exc:
             self._terminate(ExitReason.from_exception(exc), run_on_exit=False)
+            if not isinstance(exc, Exception) and self.thread_on_demand:
+                self._interrupted = exc  # _init_here raises it to the starter
         finally:
             self._up = True
             self._started.set()

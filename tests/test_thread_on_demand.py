@@ -160,3 +160,22 @@ def test_its_thread_gets_the_signal_mask_of_its_start_not_of_its_first_sender() 
         assert sig not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # ours restored
     finally:
         sup.stop()
+
+
+def test_a_ctrl_c_during_its_init_reaches_the_starter_and_ends_it() -> None:
+    """on_init runs on the starter's thread: a KeyboardInterrupt there ends the
+    supervisor (and the children it started, linked to it) and reaches the starter
+    as a KeyboardInterrupt, as it would have while waiting for a thread's init."""
+    started: list[ActorRef] = []
+
+    def interrupted() -> ActorRef:
+        raise KeyboardInterrupt
+
+    def first() -> ActorRef:
+        ref = Idle.start()
+        started.append(ref)
+        return ref
+
+    with pytest.raises(KeyboardInterrupt):
+        Supervisor.start([ChildSpec("a", start=first), ChildSpec("b", start=interrupted)])
+    wait_for(lambda: not started[0].is_alive(), message="the started child outlived it")
