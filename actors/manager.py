@@ -43,7 +43,7 @@ from actors.profiles import BUILTIN_PROFILES
 from actors.slot import ProcessSlot
 from actors.store import Store, StoredSandbox
 from runtime import telemetry
-from runtime.actor import Down, ExitReason, monitor
+from runtime.actor import Down, ExitReason, demonitor, monitor
 from runtime.child.swap import ModuleCode
 from runtime.childspec import ChildSpec, Restart
 from runtime.component import Component
@@ -81,6 +81,8 @@ STATUSES = (
     "stopped",
     "error",
 )
+#: Statuses in which a process event changes nothing (the sandbox is going, or gone).
+_DONE = ("stopping", "stopped", "error")
 
 
 @dataclass
@@ -221,6 +223,8 @@ class ManagerActor(Component):
         self._component = component
         self._sandboxes = lambda: component("sandboxes")
         self.records: dict[str, SandboxRecord] = {}
+        #: This manager's monitor of each sandbox supervisor, by its actor id.
+        self._sup_monitors: dict[str, str] = {}
         self._handler_id = f"{runtime_id}:manager"
 
     # -- lifecycle -------------------------------------------------------------------
@@ -249,6 +253,14 @@ class ManagerActor(Component):
                     # record's ``creating`` only turns False in a later turn).
                     record = records.get(md.get("sandbox"))
                     if record is not None and record.creating:
+                        return
+                elif event == "sandbox.process.down":
+                    # A destroyed sandbox's process going down: its turn would ignore
+                    # it (status ``stopping``, set in the turn that sent the stop, so
+                    # before any down the stop causes). Dropped here, it wakes no
+                    # manager while the destroy's thread finishes.
+                    record = records.get(md.get("sandbox"))
+                    if record is not None and record.destroying and record.status in _DONE:
                         return
                 try:
                     me.tell(_ProcessEvent(event, md["sandbox"], dict(md)))
@@ -286,7 +298,7 @@ class ManagerActor(Component):
             )
             self.records[record.config.id] = record
             if child.ref is not None and child.ref.is_alive():
-                monitor(child.ref, self.ref)
+                self._monitor_supervisor(child.ref)
                 self._recovered(record, "adopted")
                 self._set_status(record, "running" if record.slot.current() else "starting")
             else:
@@ -405,7 +417,7 @@ class ManagerActor(Component):
             return
         if isinstance(message, _ProcessEvent):
             record = self.records.get(message.sandbox)
-            if record is None or record.status in ("stopping", "stopped", "error"):
+            if record is None or record.status in _DONE:
                 return
             if message.event == "sandbox.process.up":
                 if not record.creating:  # else its create's finishing turn says so
@@ -427,6 +439,7 @@ class ManagerActor(Component):
                     record.slot.close(ExitReason(kind or "exit", "not restarted (restart type)"))
                     self._set_status(record, "stopped" if kind in ("normal", "shutdown") else "error")
         elif isinstance(message, Down):
+            self._sup_monitors.pop(message.actor_id, None)
             for record in list(self.records.values()):
                 if record.supervisor is not None and record.supervisor.id == message.actor_id:
                     record.supervisor = None
@@ -446,6 +459,11 @@ class ManagerActor(Component):
                         # ``sandboxes``; if that is the dying one, Readopt does it.
                         self._restart_lost(record)
 
+    def _monitor_supervisor(self, sup: SupervisorRef) -> None:
+        """Watch a sandbox's own supervisor (its Down: a crash, or restarts given up);
+        the monitor is kept so that a destroy drops it (see :meth:`op_destroy`)."""
+        self._sup_monitors[sup.id] = monitor(sup, self.ref)
+
     def _finished_before(self, job: Job) -> None:
         """A job finished by a killed predecessor's thread after this manager took over
         its record: keep the sandbox as a rebuild would, or drop the record."""
@@ -454,7 +472,7 @@ class ManagerActor(Component):
             return
         _value, error = job.outcome
         if job.kind == "create" and error is None and record.supervisor is not None:
-            monitor(record.supervisor, self.ref)
+            self._monitor_supervisor(record.supervisor)
         else:
             del self.records[record.config.id]
 
@@ -587,7 +605,7 @@ class ManagerActor(Component):
             if job.result is not None:
                 raise job.result  # containment, compile, scan or the start refused it
             assert record.supervisor is not None
-            monitor(record.supervisor, self.ref)
+            self._monitor_supervisor(record.supervisor)
             self._set_status(record, "running")
             if record.slot.watch is not None:
                 self._watch(record)
@@ -640,6 +658,9 @@ class ManagerActor(Component):
             record.destroying = True
             record.slot.watch = None  # a restarting watcher leaves it; the job unwatches it
             self._set_status(record, "stopping")
+            sup = record.supervisor  # its Down would change nothing: no turn for it
+            if sup is not None and (mref := self._sup_monitors.pop(sup.id, None)) is not None:
+                demonitor(sup, mref)
             jobs.append(job)
             answers.append(job.ticket)
         if not jobs:
@@ -888,7 +909,7 @@ class ManagerActor(Component):
         ``process``: one already booted (:func:`boot_process`), adopted by the first start.
         """
         sup = self._start_supervisor(record, states, sandboxes, quiet=quiet, process=process)
-        monitor(sup, self.ref)
+        self._monitor_supervisor(sup)
         self._set_status(record, "running")
 
     def _start_supervisor(

@@ -217,3 +217,34 @@ class Marker(GenServer):
 def children():
     return [Marker.child_spec(name="marker")]
 """
+
+
+@pytest.mark.timeout(120)
+def test_a_destroy_costs_the_manager_no_turn_for_its_own_downs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The destroyed process's ``sandbox.process.down`` event and its supervisor's
+    Down change nothing in the manager (the record is ``stopping``), so neither wakes
+    it while the destroy's thread finishes; a crash still reaches it."""
+    from actors import manager as manager_mod
+    from runtime.actor import Down
+
+    seen: list[Any] = []
+    on_info = manager_mod.ManagerActor.on_info
+
+    def recorded(self: Any, message: Any) -> None:
+        if isinstance(message, (Down, manager_mod._ProcessEvent)):
+            seen.append(message)
+        on_info(self, message)
+
+    monkeypatch.setattr(manager_mod.ManagerActor, "on_info", recorded)
+    with sandbox.start(name="db-quiet") as rt:
+        for sid in ("a", "b"):
+            rt.create_sandbox(sid, COUNTER, restart="temporary")
+        seen.clear()
+        rt.destroy_sandbox("a")  # the finishing turn comes after anything they posted
+        assert seen == []
+        pid = rt.get_sandbox_info("b")["pid"]
+        psutil.Process(pid).kill()  # not a destroy: the manager hears it
+        sandbox.testing.wait_for(lambda: rt.get_sandbox_info("b")["status"] == "error",
+                                 timeout=30)
+        assert any(isinstance(m, manager_mod._ProcessEvent) and m.sandbox == "b"
+                   and m.event == "sandbox.process.down" for m in seen)
