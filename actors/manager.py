@@ -682,8 +682,10 @@ class ManagerActor(Component):
             record.slot.close(ExitReason.shutdown("sandbox destroyed"))
             job.extra["starts"] = record.slot.starts  # a restart after this is seen (_take_down)
             proc = record.slot.current()
-            if proc is not None:  # its graceful stop starts now, the job's thread waits for it
-                proc.stop_soon()
+            # Its graceful stop starts now, the job's thread waits for it. A process
+            # whose end is now this stop's is not restarted: its remains may go once
+            # it is reaped (_take_down).
+            job.extra["ours"] = proc if proc is not None and proc.stop_soon() else None
         self._run_jobs(jobs, self._take_down)
         return answers
 
@@ -695,7 +697,9 @@ class ManagerActor(Component):
         over /proc are shared by the batch) and the sandboxes go off the other
         components' books (one round trip to each for all of them); then each stop
         is waited for and its remains removed, on up to :data:`REMAINS_THREADS`
-        threads. A failure of one destroy is that job's (``job.result``)."""
+        threads: once its process is reaped, if it will not be restarted (else once
+        its supervisor has stopped), and its supervisor's stop is waited for before
+        the job is done. A failure of one destroy is that job's (``job.result``)."""
         records = [job.record for job in jobs]
         members = [job.extra["member"] for job in jobs]  # found in its cgroups (op_destroy)
         components = _Components(self._component)
@@ -724,9 +728,17 @@ class ManagerActor(Component):
 
         def stopped_then_removed(i: int) -> None:
             job, sup, record = jobs[i], sups[i], records[i]
+            wait = record.config.shutdown + KILL_MARGIN + 5.0
             try:
-                if sup is not None:
-                    sup.stop(reason, timeout=record.config.shutdown + KILL_MARGIN + 5.0)
+                # A process that will not be restarted (op_destroy): once the fork
+                # server has reaped it, its remains go while its supervisor winds
+                # down (the supervisor's stop is waited for after), so the
+                # directories' removal (0.3-0.5 ms, waiting in the kernel) overlaps
+                # the wind-down instead of following it.
+                ours = job.extra.get("ours")
+                reaped = sup is not None and ours is not None and ours.wait_reaped(wait)
+                if sup is not None and not reaped:
+                    sup.stop(reason, timeout=wait)
                 try:
                     verdict = early.result()[i]
                 except BaseException as exc:
@@ -737,8 +749,12 @@ class ManagerActor(Component):
                     # Only for the process it looked at: a restart meanwhile (before
                     # the stop reached the supervisor) started another.
                     strays_killed = verdict and record.slot.starts == job.extra["starts"]
-                _remove_remains(record, self._component, self.base_dir, self.inflight.aside,
-                                stopped=sup is not None, strays_killed=strays_killed)
+                try:
+                    _remove_remains(record, self._component, self.base_dir, self.inflight.aside,
+                                    stopped=sup is not None, strays_killed=strays_killed)
+                finally:
+                    if reaped and sup is not None:
+                        sup.stop(reason, timeout=wait)
             except BaseException as exc:  # a bug: the finishing turn fails the manager with it
                 job.result = exc
 
@@ -1078,9 +1094,10 @@ def _remove_remains(
     removal on another thread with ``aside``,
     :meth:`~actors.inflight.InFlight.aside`, when ``strays_killed``).
 
-    ``stopped``: its supervisor was stopped already. It is a temporary child of
-    ``sandboxes``, whose entry goes with it (the Down reached ``sandboxes`` before
-    the stop returned), so no round trip to ``sandboxes`` is needed for it.
+    ``stopped``: its supervisor was stopped already, or was asked to stop and the
+    caller waits for it after. It is a temporary child of ``sandboxes``, whose
+    entry goes with it (the Down reaches ``sandboxes`` before that stop returns),
+    so no round trip to ``sandboxes`` is needed for it.
     ``strays_killed``: :func:`actors.containment.kill_strays` vouched for the
     UID's processes outside the cgroups. Otherwise the workdir goes after the
     pass over the UID's processes: the UID is the workdir's inode number, which

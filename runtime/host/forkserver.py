@@ -150,6 +150,9 @@ class Child:
         except (OSError, AttributeError):
             self._pidfd = None
         self._lock = threading.Lock()
+        #: Set once the exit code is known (the child is reaped): what a thread
+        #: that holds no descriptor of it waits on.
+        self.exited = threading.Event()
 
     def _exited(self, code: int) -> None:
         with self._lock:
@@ -157,6 +160,7 @@ class Child:
                 return
             self.exitcode = code
             os.write(self._w, b"x")
+        self.exited.set()
 
     def close(self) -> None:
         """Release the descriptors (after the child has exited)."""
