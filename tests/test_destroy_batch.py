@@ -248,3 +248,39 @@ def test_a_destroy_costs_the_manager_no_turn_for_its_own_downs(monkeypatch: pyte
                                  timeout=30)
         assert any(isinstance(m, manager_mod._ProcessEvent) and m.sandbox == "b"
                    and m.event == "sandbox.process.down" for m in seen)
+
+
+@pytest.mark.timeout(120)
+def test_a_destroy_removes_the_remains_once_its_process_is_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process the destroy stopped is not restarted: its cgroups and workdir go
+    once the fork server has reaped it, while its supervisor still winds down, and
+    the destroy returns only after that supervisor has stopped."""
+    from runtime.host.process import ProcessActor
+
+    closed, held = threading.Event(), threading.Event()
+    on_exit = ProcessActor.on_exit
+
+    def winding_down(self: Any, reason: Any) -> None:
+        on_exit(self, reason)  # the process is gone (reaped)
+        closed.set()
+        held.wait(90)  # the rest of the supervisor's wind-down waits here
+
+    monkeypatch.setattr(ProcessActor, "on_exit", winding_down)
+    with sandbox.start(name="db-reaped") as rt:
+        # A long shutdown: the destroy would wait that long for the held supervisor
+        # before it removed anything, were it to wait for it first.
+        rt.create_sandbox("a", COUNTER, shutdown=60.0)
+        info = rt.get_sandbox_info("a")
+        workdir = Path(info["workdir"])
+        cgroups = [Path(d) for d in (info.get("cgroups") or {}).values()]
+        t, out = in_thread(lambda: rt.destroy_sandbox("a"))
+        try:
+            sandbox.testing.wait_for(closed.is_set, timeout=30)
+            sandbox.testing.wait_for(lambda: not workdir.exists(), timeout=30)
+            assert not any(d.exists() for d in cgroups)
+            assert t.is_alive()  # it waits for the supervisor's stop
+        finally:
+            held.set()
+        t.join(60)
+        assert "error" not in out
+        assert ids(rt) == [] and [c.id for c in rt.component("sandboxes").which_children()] == []
