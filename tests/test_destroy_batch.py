@@ -284,3 +284,29 @@ def test_a_destroy_removes_the_remains_once_its_process_is_reaped(monkeypatch: p
         t.join(60)
         assert "error" not in out
         assert ids(rt) == [] and [c.id for c in rt.component("sandboxes").which_children()] == []
+
+
+@pytest.mark.timeout(120)
+def test_a_destroys_turn_runs_on_the_callers_thread_when_the_manager_is_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The turn that sends the stops runs where the destroy was asked (no hand-off to
+    the manager's thread before the stop leaves), one turn at a time as always."""
+    from actors import manager as manager_mod
+
+    threads: list[threading.Thread] = []
+    op_destroy = manager_mod.ManagerActor.op_destroy
+
+    def recorded(self: Any, sandbox_ids: list[str]) -> Any:
+        threads.append(threading.current_thread())
+        return op_destroy(self, sandbox_ids)
+
+    monkeypatch.setattr(manager_mod.ManagerActor, "op_destroy", recorded)
+    with sandbox.start(name="db-here") as rt:
+        for sid in ("a", "b", "c"):
+            rt.create_sandbox(sid, COUNTER)
+        for sid in ("a", "b", "c"):
+            rt.destroy_sandbox(sid)
+        # Each turn on this thread unless something else kept the manager busy then.
+        assert len(threads) == 3 and threading.current_thread() in threads
+        assert ids(rt) == []
