@@ -404,14 +404,7 @@ class ManagerActor(Component):
             self._readopt(message.sandboxes)
             return
         if isinstance(message, _JobReady):
-            for job in message.jobs:
-                if job.finished.is_set():
-                    self._finished_before(job)
-                elif self.inflight.get(job.record.config.id) is job:
-                    # One a killed manager's turn started after this one attached is
-                    # not in the records yet.
-                    self.records.setdefault(job.record.config.id, job.record)
-                    (self._finish_create if job.kind == "create" else self._finish_destroy)(job)
+            self._finish_jobs(message.jobs)
             return
         if containment.handle_info(self, message):  # security/limit terminations
             return
@@ -463,6 +456,23 @@ class ManagerActor(Component):
         """Watch a sandbox's own supervisor (its Down: a crash, or restarts given up);
         the monitor is kept so that a destroy drops it (see :meth:`op_destroy`)."""
         self._sup_monitors[sup.id] = monitor(sup, self.ref)
+
+    def _finish_jobs(self, jobs: tuple[Job, ...]) -> None:
+        """The turn that finishes jobs whose thread is done (:class:`_JobReady`)."""
+        for job in jobs:
+            if job.finished.is_set():
+                self._finished_before(job)
+            elif self.inflight.get(job.record.config.id) is job:
+                # One a killed manager's turn started after this one attached is
+                # not in the records yet.
+                self.records.setdefault(job.record.config.id, job.record)
+                (self._finish_create if job.kind == "create" else self._finish_destroy)(job)
+
+    def op_finish_destroys(self, jobs: tuple[Job, ...]) -> None:
+        """:class:`_JobReady` for a batch of destroys, asked by its thread, which runs
+        this turn itself when the manager is idle: it then settles the tickets with
+        no hand-off to the manager's thread and back (a destroy's last two)."""
+        self._finish_jobs(jobs)
 
     def _finished_before(self, job: Job) -> None:
         """A job finished by a killed predecessor's thread after this manager took over
@@ -533,16 +543,17 @@ class ManagerActor(Component):
                 for job in jobs:
                     job.result = job.result or exc
             finally:
-                self._hand_over(jobs)
-            deadline = time.monotonic() + JOB_TIMEOUT
+                deadline = time.monotonic() + JOB_TIMEOUT
+                self._hand_over(jobs, deadline)
             for span in spans:
                 span.end(deadline)
 
         self.inflight.run(lambda: context.run(run))
 
-    def _hand_over(self, jobs: list[Job]) -> None:
+    def _hand_over(self, jobs: list[Job], deadline: float) -> None:
         """A job thread is done: tell whichever manager runs now (a manager killed
-        meanwhile is replaced by one that finds the jobs ready when it starts)."""
+        meanwhile is replaced by one that finds the jobs ready when it starts); a
+        batch of destroys waits for that turn until ``deadline`` (monotonic)."""
         manager, closed = self.inflight.done(jobs)
         if closed:  # the runtime is stopping: nobody adopts them
             for job in jobs:
@@ -550,9 +561,15 @@ class ManagerActor(Component):
             return
         if manager is not None:
             try:
-                manager.tell(_JobReady(tuple(jobs)))
+                if all(job.kind == "destroy" for job in jobs):
+                    manager.invoke_here("finish_destroys", tuple(jobs),
+                                        timeout=max(0.0, deadline - time.monotonic()))
+                else:
+                    manager.tell(_JobReady(tuple(jobs)))
             except SandboxError:
-                pass  # it ended: its successor finds the jobs at its start
+                # It ended (its successor finds the jobs at its start), failed in that
+                # turn (the jobs' outcomes are set), or did not answer in time.
+                pass
 
     def _prepare(self, job: Job) -> None:
         """A create's slow part, on its own thread: containment (profile, limits, UID,

@@ -310,3 +310,30 @@ def test_a_destroys_turn_runs_on_the_callers_thread_when_the_manager_is_idle(
         # Each turn on this thread unless something else kept the manager busy then.
         assert len(threads) == 3 and threading.current_thread() in threads
         assert ids(rt) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_destroys_finishing_turn_runs_on_its_thread_when_the_manager_is_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job's thread runs the turn that finishes its destroys itself when the
+    manager is idle, then settles the tickets: no hand-off to the manager's thread
+    and back before the caller hears."""
+    from actors import manager as manager_mod
+
+    where: list[str] = []
+    finish = manager_mod.ManagerActor._finish_destroy
+
+    def recorded(self: Any, job: Any) -> None:
+        where.append(threading.current_thread().name)
+        finish(self, job)
+
+    monkeypatch.setattr(manager_mod.ManagerActor, "_finish_destroy", recorded)
+    with sandbox.start(name="db-finish") as rt:
+        for sid in ("a", "b", "c"):
+            rt.create_sandbox(sid, COUNTER)
+        rt.destroy_sandbox("a")
+        assert rt.batch_destroy(["b", "c"]) and ids(rt) == []
+        # On the job's thread unless something else kept the manager busy then.
+        assert len(where) == 3 and any(name.startswith("sandbox-job") for name in where)
+        assert rt.create_sandbox("a", COUNTER).call("counter", "get") == 0  # the id is free
