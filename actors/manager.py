@@ -701,7 +701,7 @@ class ManagerActor(Component):
             proc = record.slot.current()
             # Its graceful stop starts now, the job's thread waits for it. A process
             # whose end is now this stop's is not restarted: its remains may go once
-            # it is reaped (_take_down).
+            # it has exited (_take_down).
             job.extra["ours"] = proc if proc is not None and proc.stop_soon() else None
         self._run_jobs(jobs, self._take_down)
         return answers
@@ -714,7 +714,7 @@ class ManagerActor(Component):
         over /proc are shared by the batch) and the sandboxes go off the other
         components' books (one round trip to each for all of them); then each stop
         is waited for and its remains removed, on up to :data:`REMAINS_THREADS`
-        threads: once its process is reaped, if it will not be restarted (else once
+        threads: once its process has exited, if it will not be restarted (else once
         its supervisor has stopped), and its supervisor's stop is waited for before
         the job is done. A failure of one destroy is that job's (``job.result``)."""
         records = [job.record for job in jobs]
@@ -747,14 +747,14 @@ class ManagerActor(Component):
             job, sup, record = jobs[i], sups[i], records[i]
             wait = record.config.shutdown + KILL_MARGIN + 5.0
             try:
-                # A process that will not be restarted (op_destroy): once the fork
-                # server has reaped it, its remains go while its supervisor winds
-                # down (the supervisor's stop is waited for after), so the
-                # directories' removal (0.3-0.5 ms, waiting in the kernel) overlaps
-                # the wind-down instead of following it.
+                # A process that will not be restarted (op_destroy): once it has
+                # exited (out of its cgroups, running nothing), its remains go while
+                # its server reaps it and its supervisor winds down (whose stop, which
+                # waits for the reap, is waited for after), so the directories'
+                # removal (0.3-0.5 ms, waiting in the kernel) overlaps those.
                 ours = job.extra.get("ours")
-                reaped = sup is not None and ours is not None and ours.wait_reaped(wait)
-                if sup is not None and not reaped:
+                exited = sup is not None and ours is not None and ours.wait_exited(wait)
+                if sup is not None and not exited:
                     sup.stop(reason, timeout=wait)
                 try:
                     verdict = early.result()[i]
@@ -770,7 +770,7 @@ class ManagerActor(Component):
                     _remove_remains(record, self._component, self.base_dir, self.inflight.aside,
                                     stopped=sup is not None, strays_killed=strays_killed)
                 finally:
-                    if reaped and sup is not None:
+                    if exited and sup is not None:
                         sup.stop(reason, timeout=wait)
             except BaseException as exc:  # a bug: the finishing turn fails the manager with it
                 job.result = exc

@@ -251,17 +251,19 @@ def test_a_destroy_costs_the_manager_no_turn_for_its_own_downs(monkeypatch: pyte
 
 
 @pytest.mark.timeout(120)
-def test_a_destroy_removes_the_remains_once_its_process_is_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_destroy_removes_the_remains_once_its_process_has_exited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A process the destroy stopped is not restarted: its cgroups and workdir go
-    once the fork server has reaped it, while its supervisor still winds down, and
-    the destroy returns only after that supervisor has stopped."""
+    once it has exited, while its supervisor still winds down, and the destroy
+    returns only after that supervisor has stopped."""
     from runtime.host.process import ProcessActor
 
     closed, held = threading.Event(), threading.Event()
     on_exit = ProcessActor.on_exit
 
     def winding_down(self: Any, reason: Any) -> None:
-        on_exit(self, reason)  # the process is gone (reaped)
+        on_exit(self, reason)  # the process is gone (exited and reaped)
         closed.set()
         held.wait(90)  # the rest of the supervisor's wind-down waits here
 

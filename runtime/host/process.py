@@ -797,12 +797,12 @@ class _Connection:
         for sink in pending.values():
             sink.set_exception(ActorDead(self.actor_id, reason))
 
-    def wait_reaped(self, timeout: float | None) -> bool:
-        """Whether the fork server has reaped the child (its pid is gone), waiting up
-        to ``timeout``; False for a child not started. Needs no descriptor: safe while
-        another thread closes the connection."""
+    def wait_exited(self, timeout: float | None) -> bool:
+        """Whether the child has exited (see :meth:`forkserver.Child.wait_exited`),
+        waiting up to ``timeout``; False for a child not started. Safe while another
+        thread closes the connection."""
         proc = self.process
-        return proc is not None and proc.exited.wait(timeout)
+        return proc is not None and proc.wait_exited(timeout)
 
     def _wait_exit(self, timeout: float | None) -> int | None:
         """The child's exit code once it has exited (within ``timeout``), else None."""
@@ -1243,7 +1243,7 @@ class ProcessRef(ActorRef):
 
         Returns whether the child's end is the host's from here (asked now or
         before, and not read as unexpected earlier): then no supervisor restarts
-        it, and once it is reaped (:meth:`wait_reaped`) its sandbox runs no process
+        it, and once it has exited (:meth:`wait_exited`) its sandbox runs no process
         of this start any more. False for a child not started.
         """
         conn = self._conn
@@ -1262,9 +1262,10 @@ class ProcessRef(ActorRef):
         conn.kick()
         return True
 
-    def wait_reaped(self, timeout: float | None) -> bool:
-        """Whether the child has exited and been reaped (within ``timeout``)."""
-        return self._conn.wait_reaped(timeout)
+    def wait_exited(self, timeout: float | None) -> bool:
+        """Whether the child has exited (within ``timeout``): it runs nothing any more
+        and has left its cgroups; its server may not have reaped it yet."""
+        return self._conn.wait_exited(timeout)
 
     def kill(self, reason: ExitReason | None = None) -> None:
         """SIGKILL the child's process group now; the actor ends with ``reason`` (killed)."""
