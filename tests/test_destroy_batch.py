@@ -339,3 +339,47 @@ def test_a_destroys_finishing_turn_runs_on_its_thread_when_the_manager_is_idle(
         # On the job's thread unless something else kept the manager busy then.
         assert len(where) == 3 and any(name.startswith("sandbox-job") for name in where)
         assert rt.create_sandbox("a", COUNTER).call("counter", "get") == 0  # the id is free
+
+
+def test_cgroups_empty_reads_every_member_list(tmp_path: Path) -> None:
+    from runtime.child import isolation
+
+    dirs = {name: tmp_path / name for name in ("pids", "memory")}
+    for d in dirs.values():
+        d.mkdir()
+        (d / "cgroup.procs").write_text("")
+    state = {"cgroups": {k: str(v) for k, v in dirs.items()}}
+    assert isolation.cgroups_empty(state) and isolation.cgroups_empty(None)
+    (dirs["memory"] / "cgroup.procs").write_text("4242\n")
+    assert not isolation.cgroups_empty(state)
+
+
+@pytest.mark.timeout(120)
+def test_a_member_left_in_the_cgroups_is_killed_before_the_workdir_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The UID is the workdir's inode: while a process may still run in the sandbox's
+    cgroups, the workdir stays until release has killed it (no removal beside)."""
+    from actors import manager as manager_mod
+
+    removing = threading.Event()
+    seen: list[bool] = []
+    release, rmtree = containment.release, manager_mod.shutil.rmtree
+
+    def slow_release(manager: Any, record: Any, *, strays_killed: bool = False) -> None:
+        seen.append(removing.wait(1.0))  # a removal beside would start meanwhile
+        release(manager, record, strays_killed=strays_killed)
+
+    def noted_rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        removing.set()
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(containment, "cgroups_empty", lambda record: False, raising=False)
+    monkeypatch.setattr(containment, "release", slow_release)
+    monkeypatch.setattr(manager_mod.shutil, "rmtree", noted_rmtree)
+    with sandbox.start(name="db-member") as rt:
+        rt.create_sandbox("a", COUNTER)
+        workdir = Path(rt.get_sandbox_info("a")["workdir"])
+        removing.clear()
+        rt.destroy_sandbox("a")
+        assert seen == [False] and not workdir.exists()
