@@ -395,13 +395,6 @@ def kill_strays(manager: Any, record: Any, member: tuple[int, int | None] | None
     return left is not None
 
 
-def cgroups_empty(record: Any) -> bool:
-    """Whether the sandbox's cgroups have no member (or it has none); read after its
-    process has exited, a True stays true."""
-    prot: Protection | None = getattr(record.slot, "security", None)
-    return prot is None or isolation.cgroups_empty(prot.state)
-
-
 def release(manager: Any, record: Any, *, strays_killed: bool = False) -> None:
     """Kill whatever the sandbox left in its cgroups or under its UID (only in its
     cgroups with ``strays_killed``, see :func:`kill_strays`), remove its cgroups

@@ -341,25 +341,13 @@ def test_a_destroys_finishing_turn_runs_on_its_thread_when_the_manager_is_idle(
         assert rt.create_sandbox("a", COUNTER).call("counter", "get") == 0  # the id is free
 
 
-def test_cgroups_empty_reads_every_member_list(tmp_path: Path) -> None:
-    from runtime.child import isolation
-
-    dirs = {name: tmp_path / name for name in ("pids", "memory")}
-    for d in dirs.values():
-        d.mkdir()
-        (d / "cgroup.procs").write_text("")
-    state = {"cgroups": {k: str(v) for k, v in dirs.items()}}
-    assert isolation.cgroups_empty(state) and isolation.cgroups_empty(None)
-    (dirs["memory"] / "cgroup.procs").write_text("4242\n")
-    assert not isolation.cgroups_empty(state)
-
-
 @pytest.mark.timeout(120)
 def test_a_member_left_in_the_cgroups_is_killed_before_the_workdir_goes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The UID is the workdir's inode: while a process may still run in the sandbox's
-    cgroups, the workdir stays until release has killed it (no removal beside)."""
+    cgroups, the workdir stays, until release has removed them (or killed what is in
+    them): the workdir's removal never runs beside release."""
     from actors import manager as manager_mod
 
     removing = threading.Event()
@@ -374,7 +362,6 @@ def test_a_member_left_in_the_cgroups_is_killed_before_the_workdir_goes(
         removing.set()
         rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr(containment, "cgroups_empty", lambda record: False, raising=False)
     monkeypatch.setattr(containment, "release", slow_release)
     monkeypatch.setattr(manager_mod.shutil, "rmtree", noted_rmtree)
     with sandbox.start(name="db-member") as rt:

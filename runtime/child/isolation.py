@@ -761,12 +761,6 @@ def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> lis
     return _kill_all(pids)
 
 
-def cgroups_empty(state: dict[str, Any] | None) -> bool:
-    """Whether no process is in any of the sandbox's cgroups (the host's reading of
-    their member lists). Once its process has exited, none can join them again."""
-    return not _cgroup_members(state or {})
-
-
 def in_cgroups(state: dict[str, Any] | None, pid: int) -> bool:
     """Whether process ``pid`` is in one of the sandbox's cgroups (the host's own
     reading of their member lists)."""
