@@ -44,6 +44,7 @@ from actors.slot import ProcessSlot
 from actors.store import Store, StoredSandbox
 from runtime import telemetry
 from runtime.actor import Down, ExitReason, demonitor, monitor
+from runtime.child import isolation
 from runtime.child.swap import ModuleCode
 from runtime.childspec import ChildSpec, Restart
 from runtime.component import Component
@@ -1127,7 +1128,7 @@ def _remove_remains(
     try:
         containment.release(_Components(component), record, strays_killed=strays_killed)
     finally:
-        shutil.rmtree(record.workdir, ignore_errors=True)
+        isolation.remove_workdir(record.workdir)
         shutil.rmtree(_cache_dir(base_dir, record.config.id), ignore_errors=True)
 
 

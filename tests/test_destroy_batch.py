@@ -370,3 +370,28 @@ def test_a_member_left_in_the_cgroups_is_killed_before_the_workdir_goes(
         removing.clear()
         rt.destroy_sandbox("a")
         assert seen == [False] and not workdir.exists()
+
+
+def test_remove_workdir_takes_the_usual_shape_and_any_other(tmp_path: Path) -> None:
+    from runtime.child import isolation
+
+    usual = tmp_path / "usual"
+    (usual / "tmp").mkdir(parents=True)
+    isolation.remove_workdir(str(usual))
+    assert not usual.exists()
+    written = tmp_path / "written"
+    (written / "tmp" / "deep").mkdir(parents=True)
+    (written / "tmp" / "deep" / "f").write_text("x")
+    (written / "state.json").write_text("{}")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    (written / "link").symlink_to(outside)  # a link is removed, not followed
+    isolation.remove_workdir(str(written))
+    assert not written.exists() and (outside / "keep").exists()
+    only_link = tmp_path / "only_link"
+    only_link.mkdir()
+    (only_link / "tmp").symlink_to(outside)  # rmdir does not follow it either
+    isolation.remove_workdir(str(only_link))
+    assert not only_link.exists() and (outside / "keep").exists()
+    isolation.remove_workdir(str(tmp_path / "never"))  # gone already: nothing to do
