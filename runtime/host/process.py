@@ -230,6 +230,7 @@ class _Connection:
         self._boot_error: dict[str, Any] | None = None
         self._exit_note: str | None = None
         self._closing = False  # the host is stopping the child: its exit is expected
+        self._gone_unasked = False  # its end was read as unexpected (its actor fails)
         self._closed = False
         self._released = False  # process.close() done: its sentinel fd is gone
         self._on_down: Callable[[ExitReason], None] | None = None
@@ -752,6 +753,7 @@ class _Connection:
         """The reader stopped: the child exited, broke the protocol, or we closed it."""
         with self._lock:
             expected = self._closing
+            self._gone_unasked = not expected
         if expected:
             self._mark_down(ExitReason.shutdown())
             return  # close() waits for the exit and reports it
@@ -794,6 +796,13 @@ class _Connection:
             pending, self.pending = self.pending, {}
         for sink in pending.values():
             sink.set_exception(ActorDead(self.actor_id, reason))
+
+    def wait_exited(self, timeout: float | None) -> bool:
+        """Whether the child has exited (see :meth:`forkserver.Child.wait_exited`),
+        waiting up to ``timeout``; False for a child not started. Safe while another
+        thread closes the connection."""
+        proc = self.process
+        return proc is not None and proc.wait_exited(timeout)
 
     def _wait_exit(self, timeout: float | None) -> int | None:
         """The child's exit code once it has exited (within ``timeout``), else None."""
@@ -1224,18 +1233,25 @@ class ProcessRef(ActorRef):
             timeout = self._actor.shutdown + KILL_MARGIN  # type: ignore[attr-defined]
         return super().stop(reason, timeout=timeout)
 
-    def stop_soon(self) -> None:
+    def stop_soon(self) -> bool:
         """Ask the child to stop gracefully now, without waiting.
 
         From here its exit is expected: it neither fails the actor nor makes a
         supervisor restart it; the actor runs until stopped, and :meth:`stop` then
         waits for the exit (and kills the child if it is late). A destroy asks
         first, so the child's shutdown overlaps the hand-offs that lead to the stop.
+
+        Returns whether the child's end is the host's from here (asked now or
+        before, and not read as unexpected earlier): then no supervisor restarts
+        it, and once it has exited (:meth:`wait_exited`) its sandbox runs no process
+        of this start any more. False for a child not started.
         """
         conn = self._conn
         with conn._lock:
-            if conn._closing or conn.channel is None:
-                return
+            if conn.channel is None:
+                return False
+            if conn._closing:
+                return not conn._gone_unasked
             conn._closing = True
         try:
             conn.channel.send(SYSTEM, None, "stop", None)
@@ -1244,6 +1260,12 @@ class ProcessRef(ActorRef):
         # A reader parked behind leading callers would see the EOF only when stop()
         # kicks it, after the exit: so it reads now, and is done by then.
         conn.kick()
+        return True
+
+    def wait_exited(self, timeout: float | None) -> bool:
+        """Whether the child has exited (within ``timeout``): it runs nothing any more
+        and has left its cgroups; its server may not have reaped it yet."""
+        return self._conn.wait_exited(timeout)
 
     def kill(self, reason: ExitReason | None = None) -> None:
         """SIGKILL the child's process group now; the actor ends with ``reason`` (killed)."""
