@@ -216,9 +216,15 @@ def test_one_timer_serves_every_awaited_timeout():
         loop = asyncio.get_running_loop()
         settler = _settler(loop)
         deadlines = settler.deadlines
+
+        def add(call: _Call, wait: float) -> None:  # as AsyncSandbox.call enters a call
+            deadlines.calls[call] = when = loop.time() + wait
+            if when < deadlines.when:
+                deadlines.arm(loop, when)
+
         late, soon, mid = (_Call(settler, loop) for _ in range(3))
         for call, wait in ((late, 0.3), (soon, 0.05), (mid, 0.15)):
-            deadlines.add(loop, call, wait)
+            add(call, wait)
         timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
         assert len(timers) == 1 and timers[0].when() == deadlines.when
         order: list[str] = []
@@ -236,13 +242,13 @@ def test_one_timer_serves_every_awaited_timeout():
         answered = []
         for _ in range(1000):
             call = _Call(settler, loop)
-            deadlines.add(loop, call, 0.01 if not answered else 60.0)
+            add(call, 0.01 if not answered else 60.0)
             assert call.settle(None, None)
-            deadlines.ended(call)
+            deadlines.calls.pop(call, None)
             answered.append(call)
         assert not deadlines.calls
         last = _Call(settler, loop)
-        deadlines.add(loop, last, 0.02)
+        add(last, 0.02)
         with pytest.raises(TimeoutError):
             await last
         assert all(c.result() is None for c in answered)
