@@ -412,3 +412,24 @@ def test_an_awaited_call_behaves_as_a_future_for_its_callbacks():
             pending.result()
 
     asyncio.run(main())
+
+
+def test_an_awaited_call_gives_its_loop_as_an_attribute():
+    """A task waiting on an awaited call reads the call's loop from its ``_loop``
+    attribute, as asyncio's ``futures._get_loop`` does, when the call has no
+    ``get_loop()`` method: no Python call per await for it (what `_Call` promises)."""
+    from asyncio import futures
+
+    from sandbox.aio import _Call, _settler
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        call = _Call(_settler(loop), loop)
+        assert not hasattr(call, "get_loop")
+        assert call._loop is loop and futures._get_loop(call) is loop
+        loop.call_soon(call.settle, 5, None)  # settled, not woken: the task must be
+        loop.call_soon(lambda: (call.settler.ready.append(call), call.settler.wake()))
+        await call  # the task checks the call's loop against its own, then waits
+        assert call.result() == 5
+
+    asyncio.run(main())
