@@ -332,9 +332,9 @@ def test_stop_soon_has_a_parked_reader_read_the_eof_while_the_child_exits(
     """A reader parked behind leading callers reads the child's EOF at once after
     stop_soon (not when stop() kicks it, after the exit), so the exit is read
     while the child exits."""
-    import runtime.host.process as process
+    from runtime.host import parking
 
-    monkeypatch.setattr(process, "_PARK", 3600.0)  # parked: only a kick wakes it
+    monkeypatch.setattr(parking, "PERIOD", 3600.0)  # parked: only a kick wakes it
     ref = start(args=(str(tmp_path / "terminated"),), name="parked")
     conn = ref._conn
     # A caller reading its own reply leads; the reader thread, woken by that reply,

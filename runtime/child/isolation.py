@@ -12,7 +12,7 @@ Two halves:
   child applies, and :func:`release` kills whatever is left in the sandbox's
   cgroups or runs under its UID, then removes the cgroups.
 - **Child side**: :func:`apply` runs first thing in the sandbox process (after
-  ``setsid()``, before the guard and any user code) and returns the layers it
+  ``own_group()``, before the guard and any user code) and returns the layers it
   applied and, for each one it could not, the reason; :func:`check_required`
   (called by the boot before any user code) fails the boot when a layer the plan
   requires is not among them.

@@ -84,7 +84,7 @@ from runtime.errors import (
     ProtocolError,
     SandboxError,
 )
-from runtime.host import forkserver, observed, untrusted
+from runtime.host import forkserver, observed, parking, untrusted
 from runtime.host.output import OutputCapture, OutputLine, OutputLog
 from runtime.wire.channel import Channel, ChannelClosed
 from runtime.wire.mailbox import (
@@ -116,9 +116,6 @@ log = logging.getLogger("runtime.host.process")
 KILL_MARGIN = 3.0
 #: How long to wait for a killed (or EOF'd) child to be reaped.
 _REAP_TIMEOUT = 5.0
-#: While callers read their own replies, how often the parked reader thread looks
-#: whether they went quiet (so it takes over reading).
-_PARK = 0.05
 #: The receive timeout (SO_RCVTIMEO) of the host's socket: a leading caller blocks
 #: in the read itself (one system call per reply, as a bare client does, instead of
 #: a poll and then a read) and looks at its deadline at least this often; the last
@@ -373,8 +370,8 @@ class _Connection:
     # reply. The reader thread reads whenever no caller leads: it notices EOF,
     # protocol errors and system notices while no call is in flight, and serves
     # call_into sinks. While callers are leading it parks (it would only wake on
-    # their replies and fight them for the GIL), checking every _PARK seconds
-    # whether they went quiet; a leader that leaves work behind (other callers'
+    # their replies and fight them for the GIL) until runtime.host.parking sees
+    # them quiet; a leader that leaves work behind (other callers'
     # replies, an EOF, a protocol error) kicks it awake. An event loop awaiting
     # calls reads the same way, when its selector sees the socket readable
     # (_LoopWatch, read_here), without blocking.
@@ -570,14 +567,27 @@ class _Connection:
             self._cv.notify()
 
     def _park(self) -> None:
-        """Wait while callers lead; return once they are quiet or someone kicks."""
+        """Wait while callers lead; return once someone kicks: a caller leaving work
+        behind, the stop, or :mod:`runtime.host.parking` once the callers are quiet
+        (one thread looks at every parked reader, so a reader does not wake up
+        every period to look for itself)."""
         with self._cv:
-            while not self._kicked:
-                seen = self._activity
-                self._cv.wait(_PARK)
-                if self._activity == seen and not self._token.locked():
-                    break
+            parking.park(self)
+            try:
+                while not self._kicked:
+                    self._cv.wait()
+            finally:
+                parking.unpark(self)
             self._kicked = False
+
+    @property
+    def activity(self) -> int:
+        """How many times callers have read for themselves (:mod:`runtime.host.parking`)."""
+        return self._activity
+
+    def quiet_since(self, seen: int) -> bool:
+        """No caller read since :attr:`activity` was ``seen``, and none reads now."""
+        return self._activity == seen and not self._token.locked()
 
     def _route(self, envelopes: Iterable[Any]) -> None:
         for env in envelopes:
