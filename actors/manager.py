@@ -990,6 +990,15 @@ class ManagerActor(Component):
         _stop_sandbox_supervisor(record, self._component)
 
 
+class SandboxSupervisor(Supervisor):
+    """A sandbox's own supervisor (over its process): a :class:`Supervisor` that
+    has its thread from the start. Every destroy stops it through that thread
+    (``stop_soon``, several side by side), so a thread started on demand would only
+    move its start from the create to the destroy (runtime.ondemand)."""
+
+    thread_on_demand = False
+
+
 def boot_process(record: SandboxRecord, *, runtime_id: str, states: Any = None,
                  ahead: ChildAhead | None = None) -> ProcessRef:
     """Start the sandbox's process with its current code; returns once the app is ready.
@@ -1043,7 +1052,7 @@ def sandbox_spec(
     )
 
     def start_sandbox_supervisor() -> SupervisorRef:
-        return Supervisor.start(
+        return SandboxSupervisor.start(
             [process_spec],
             strategy="one_for_one",
             max_restarts=config.max_restarts,

@@ -26,7 +26,9 @@ one on the other end of a socket.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # pthread_sigmask without signal's enum wrapping
 import contextlib
+import contextvars
 import itertools
 import logging
 import math
@@ -45,6 +47,7 @@ from pykka._envelope import Envelope
 from runtime import logs, telemetry
 from runtime.barrier import BARRIER
 from runtime.errors import ActorDead, ActorFailed, CallTimeout, SandboxError
+from runtime.ondemand import OnDemandInbox
 
 __all__ = [
     "Actor",
@@ -258,6 +261,9 @@ class _NoReply:
         return "NOREPLY"
 
 
+#: Where threads have signal masks (POSIX): read and set without signal's enum wrapping.
+_sigmask = getattr(_signal, "pthread_sigmask", None)
+
 #: Returned by a call handler that answers later (OTP's ``noreply``): the caller
 #: keeps waiting until the reply sink (``Actor._caller`` at the time) is answered,
 #: or gets :class:`~runtime.errors.ActorDead` if the actor ends first.
@@ -318,6 +324,10 @@ class Actor(pykka.ThreadingActor):
     #: instead of stopping this actor.
     trap_exit: ClassVar[bool] = False
     use_daemon_thread = True  # a killed (abandoned) actor must not hold up interpreter exit
+    #: True: ``on_init`` runs on the starter's thread and the actor's own thread starts
+    #: with its first message (:mod:`runtime.ondemand`); for actors whose ``on_init``
+    #: is the runtime's (supervisors), which often get no message at all.
+    thread_on_demand: ClassVar[bool] = False
 
     @staticmethod
     def _create_actor_inbox() -> Any:  # pykka hook
@@ -331,7 +341,7 @@ class Actor(pykka.ThreadingActor):
         # uuid.uuid4(): the uuid module's code wrote ~70 KiB of the fork server's
         # pages in every sandbox (tests/test_actor.py checks the fields still match).
         self.actor_urn = _uuid4_urn()
-        self.actor_inbox = self._create_actor_inbox()
+        self.actor_inbox = OnDemandInbox() if self.thread_on_demand else self._create_actor_inbox()
         self.actor_stopped = threading.Event()
         self._actor_ref = pykka.ActorRef(self)
         self.actor_id = f"{name or type(self).__name__}#{next(_ids)}"
@@ -381,14 +391,19 @@ class Actor(pykka.ThreadingActor):
     # -- start -----------------------------------------------------------------------
     @classmethod
     def start(cls, *args: Any, **kwargs: Any) -> ActorRef:  # type: ignore[override]
-        """Start the actor in its own thread and wait for ``on_init`` to finish.
+        """Start the actor in its own thread and wait for ``on_init`` to finish
+        (with :attr:`thread_on_demand`, ``on_init`` runs here and the thread starts
+        with the first message).
 
         Raises :class:`~runtime.errors.ActorFailed` if ``on_init`` raised.
         """
         obj = cls(*args, **kwargs)
         pykka.ActorRegistry.register(obj.actor_ref)
-        obj._start_actor_loop()
-        obj._started.wait()
+        if cls.thread_on_demand:
+            obj._init_here()
+        else:
+            obj._start_actor_loop()
+            obj._started.wait()
         ref = obj.ref
         if obj._exit_reason is not None and obj._exit_reason.abnormal:
             r = obj._exit_reason
@@ -401,12 +416,54 @@ class Actor(pykka.ThreadingActor):
     def ref(self) -> ActorRef:
         return self.ref_class(self)
 
+    def _init_here(self) -> None:
+        """``on_init`` on this thread, in a context of its own (as a new thread's is
+        empty); the actor's thread starts with its first message (runtime.ondemand).
+        Only messages put after ``on_init`` are handled, all on that thread."""
+        # The signal mask its thread gets: the one it would have been born with now
+        # (a sandbox's threads keep SIGALRM blocked for the relay, runtime.child.relay,
+        # though the main thread that may post the first message has it unblocked).
+        self._birth_mask = _sigmask(_signal.SIG_BLOCK, ()) if _sigmask else None
+        self._interrupted: BaseException | None = None
+        contextvars.Context().run(self._actor_loop_setup)  # pykka: on_start, on_init
+        self._thread = None  # on_init's own stops were from "its" thread; no longer
+        if self._interrupted is not None:
+            # A Ctrl-C (or exit) during on_init, here on the starter's thread: the
+            # actor has ended (as any failed init); the starter gets it as it would
+            # have while waiting for an init on the actor's thread, not ActorFailed.
+            raise self._interrupted
+        if not self.actor_stopped.is_set():
+            inbox = self.actor_inbox
+            assert isinstance(inbox, OnDemandInbox)  # thread_on_demand's (__init__)
+            inbox.arm(self._start_own_thread)
+
+    def _start_own_thread(self) -> None:
+        """The first message came (runtime.ondemand): the loop gets its thread now."""
+        thread = threading.Thread(target=self._loop_after_init,
+                                  name=f"{type(self).__name__}-{self.actor_id}", daemon=True)
+        self._thread = thread  # before it runs: a stop from it must not wait for itself
+        birth, setmask = self._birth_mask, _sigmask
+        mine = setmask(_signal.SIG_SETMASK, birth) if birth is not None and setmask else None
+        try:
+            thread.start()
+        except RuntimeError as exc:  # no thread to be had (pids limit, interpreter exit):
+            self._terminate(ExitReason.from_exception(exc))  # it fails, as a crash would
+        finally:
+            if mine is not None and setmask:  # the new thread inherited birth; ours back
+                setmask(_signal.SIG_SETMASK, mine)
+
+    def _loop_after_init(self) -> None:
+        self._actor_loop_running()
+        self._actor_loop_teardown()
+
     def on_start(self) -> None:  # pykka hook; runs in the actor thread
         self._thread = threading.current_thread()
         try:
             self.on_init()
         except BaseException as exc:
             self._terminate(ExitReason.from_exception(exc), run_on_exit=False)
+            if not isinstance(exc, Exception) and self.thread_on_demand:
+                self._interrupted = exc  # _init_here raises it to the starter
         finally:
             self._up = True
             self._started.set()

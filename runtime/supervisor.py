@@ -362,7 +362,9 @@ class SupervisorRef(ActorRef):
 class Supervisor(Actor):
     """An OTP supervisor. Start one with :meth:`Supervisor.start`.
 
-    Children are started in order from the supervisor's thread; if one fails to
+    Children are started in order by the supervisor's ``on_init``, which runs on
+    the thread that starts it (the supervisor's own thread starts with its first
+    message: a Down, a call, a stop; :mod:`runtime.ondemand`); if one fails to
     start, those already started are stopped in reverse order and :meth:`start`
     raises :class:`ChildStartFailed`.
 
@@ -385,6 +387,9 @@ class Supervisor(Actor):
 
     trap_exit: ClassVar[bool] = True
     ref_class: ClassVar[type[ActorRef]] = SupervisorRef
+    # Its on_init is the runtime's (start the children in order): it runs on the
+    # starter's thread, and most supervisors get their first message late or never.
+    thread_on_demand: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -347,7 +347,11 @@ def _safe(name: str) -> str:
 
 def _traversable(path: str) -> str | None:
     """None if every ancestor of ``path`` can be searched by other users, else why not."""
-    p = os.path.dirname(os.path.realpath(path))
+    return _searchable(os.path.dirname(os.path.realpath(path)))
+
+
+def _searchable(p: str) -> str | None:
+    """:func:`_traversable` of a path whose parent is ``p`` (resolved)."""
     while True:
         try:
             mode = os.stat(p).st_mode
@@ -535,7 +539,7 @@ def prepare(
                 os.chmod(parent, (mode & 0o7777) | 0o011)  # searchable, not listable
         except OSError:
             pass
-        why = _traversable(wd)
+        why = _searchable(parent)  # wd is resolved: its parent too
         if why is None:
             uid = UID_BASE + os.stat(wd).st_ino
             if uid > _UID_MAX:
@@ -561,7 +565,12 @@ def prepare(
             continue
         d = os.path.join(base, _safe(group), _safe(key)) if group else os.path.join(base, _safe(key))
         try:
-            os.makedirs(d, exist_ok=True)
+            try:
+                os.mkdir(d)  # its group's directory is there but for the first sandbox
+            except FileNotFoundError:
+                os.makedirs(d, exist_ok=True)
+            except FileExistsError:
+                pass
             state["cgroups"][ctl] = d
         except OSError as exc:
             state["skipped"][layer] = f"cannot create {d}: {exc.strerror or exc}"
@@ -581,9 +590,14 @@ def set_cgroup_limits(state: dict[str, Any], *, tasks: int | None, memory: int |
             else:
                 files = [("memory.limit_in_bytes", "-1" if value is None else str(value))]
         for name, setting in files:
+            # os.open/os.write, as in _join_cgroup: no file object and text codec
+            # for one short write (two per create, on its path).
             try:
-                with open(os.path.join(d, name), "w") as fh:
-                    fh.write(setting)
+                fd = os.open(os.path.join(d, name), os.O_WRONLY)
+                try:
+                    os.write(fd, setting.encode())
+                finally:
+                    os.close(fd)
             except OSError:
                 pass
 
