@@ -754,7 +754,7 @@ class _Stager:
                 self._last = old_cls
             if entry is None:
                 return False
-            new_cls, old_vsn, new_vsn, migrating, declared, copies, traps = entry
+            new_cls, old_vsn, new_vsn, migrating, declared, copies, new_trap = entry
             step = "restore"
             if flat:  # a state nothing will change is its own copy
                 state = dict(snap) if copies else snap
@@ -787,7 +787,7 @@ class _Stager:
             server.impl_cls = new_cls
             server.impl = impl
             server.state = state
-            if server.trap_exit is not traps:
+            if server.trap_exit is not new_trap:
                 self.traps.append(server)
             return True
         except BaseException:
