@@ -250,7 +250,8 @@ def hot_reload(
     check_arguments(sandbox_id, source=source, modules=modules)
     t0 = time.perf_counter()
     # One round trip to each component a reload needs (manager, compiler, versions
-    # before the swap; versions and manager after): each is a thread hand-off.
+    # before the swap; versions and manager after): each is a thread hand-off, but
+    # the version manager's, run on this thread when it is idle (invoke_here).
     ctx = rt._read("reload_context", sandbox_id)
     if owner is not None:
         owner(ctx.created_at)
