@@ -296,41 +296,6 @@ def test_a_code_change_mutating_its_state_in_place_leaves_the_old_state_on_failu
         assert [r.call("x") for r in refs] == [("v1", {"n": i}) for i in range(3)]
 
 
-RECORDING_RELEASE = """
-from runtime.barrier import BARRIER
-
-RELEASED = []  # for each instance released: whether the actors were held then
-""" + SERVER_V1 + """
-    def __del__(self):
-        RELEASED.append(BARRIER.writer)
-"""
-
-
-def test_what_a_swap_replaced_is_released_with_the_reload_ops_report(app: App):
-    """The actors' previous instances and states are not released while the actors
-    are held, nor before the op's report is sent: they go with the report (which
-    the op drops once sent); by default, when apply_reload returns."""
-    app.install(app.code("box", RECORDING_RELEASE))
-    with running_boxes(app, 3) as refs:
-        v1 = sys.modules[app.name("box")]
-        try:
-            report = swap.reload_from_wire({
-                "units": [[app.code("box", RECORDING_RELEASE.replace("vsn = 1", "vsn = 2"),
-                                    2).to_wire()]],
-                "changed": [app.name("box")], "reload_id": f"r-{app.prefix}", "timeout": 10.0,
-            })
-        finally:
-            swap._LAST_SWAP.pop("modules", None)  # the op's upgrade_children takes it
-        assert report["ok"] and report["actors"] == 3, report
-        assert v1.RELEASED == []  # held by the report until the op has sent it
-        del report
-        assert v1.RELEASED == [False, False, False]
-        v2 = sys.modules[app.name("box")]
-        swap.apply_reload([[app.code("box", SERVER_V2, 3)]])
-        assert v2.RELEASED == [False, False, False]  # when it returned, not in the commit
-        assert [r.call("x") for r in refs] == [("v2", {"n": i, "from": 2}) for i in range(3)]
-
-
 def test_a_state_nothing_changes_is_kept_as_it_is(app: App):
     """No code_change of its own (nor a migrate function): a flat state is not copied."""
     app.install(app.code("box", SERVER_V1))

@@ -29,8 +29,7 @@ A hot reload (:func:`apply_reload`) is one transaction:
    actor is held, so none runs with it before the commit), and what it had is kept:
    a failure anywhere puts every switched actor back as it was;
 5. commit: the verdict (see below); past it the switches stand and the barrier is
-   released. What the actors had is released after that (by the ``reload`` op, once
-   its report has been sent: :func:`reload_from_wire`).
+   released.
 
 Any failure in 2 to 4 puts the previous modules back in ``sys.modules`` and leaves
 every actor's code and state untouched, then raises
@@ -835,7 +834,6 @@ def apply_reload(
     removed: Iterable[str] = (),
     reload_id: str | None = None,
     deadline: float | None = None,
-    retired: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Swap the modules of ``units`` (in order) and migrate the affected actors' state.
 
@@ -843,12 +841,9 @@ def apply_reload(
     ``code_change``); the others in ``units`` are dependents re-staged so they bind
     the new names. ``migrate`` is a function ``(old_state, old_vsn, new_vsn)`` or its
     cloudpickle bytes. ``removed``: modules deleted from the app, unloaded. ``reload_id``
-    and ``deadline`` (``time.monotonic()`` value): see :func:`cancel_reload`.
-    ``retired``: given a list, a committed swap adds to it what it replaced (each
-    switched actor's previous class, instance and state), for the caller to release
-    when it suits it (by default they are released when this returns, never while
-    the actors are held). Returns a report; raises ReloadFailed (naming the step, the
-    module and, for per-actor steps, the actor) and changes nothing on failure.
+    and ``deadline`` (``time.monotonic()`` value): see :func:`cancel_reload`. Returns a
+    report; raises ReloadFailed (naming the step, the module and, for per-actor steps,
+    the actor) and changes nothing on failure.
 
     Steps: ``suspend`` (the barrier), ``stage`` (importing a new module), ``resolve``
     (an actor's class is gone from its new module), ``restore`` (a state does not
@@ -1011,8 +1006,6 @@ def apply_reload(
             ) from exc
         assert stager is not None  # set before anything that can reach the commit
         switched = stager.switched  # switched as they were staged (see _Stager)
-        if retired is not None:
-            retired += switched
         warnings: list[str] = list(stager.shape_notes)
         for server, state in rebound:
             server.state = state
@@ -1085,27 +1078,12 @@ def failure_report(fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return report
 
 
-class _Report(dict[str, Any]):
-    """A report that holds what the swap replaced (``retired``, never sent): released
-    with the report, after the op has sent it."""
-
-    __slots__ = ("retired",)
-    retired: list[Any]
-
-
 def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``reload`` system op: a report dict, ``ok`` False with step/module on failure.
-
-    What the swap replaced (1,000 actors' previous instances and states) goes with
-    the report and is released with it, once the op has sent it: freeing it
-    (0.3-0.5 ms on a loaded 2-vCPU VM) overlaps the host's recording of the reload
-    instead of delaying the host's answer.
-    """
+    """The ``reload`` system op: a report dict, ``ok`` False with step/module on failure."""
     units = [[ModuleCode.from_wire(d) for d in unit] for unit in payload["units"]]
     # The deadline counts from receipt: the host waits longer than this for the verdict.
     timeout = payload.get("timeout")
-    retired: list[Any] = []
-    report = _Report(failure_report(lambda: apply_reload(
+    report = failure_report(lambda: apply_reload(
         units,
         changed=payload.get("changed"),
         migrate=payload.get("migrate"),
@@ -1114,9 +1092,7 @@ def reload_from_wire(payload: Mapping[str, Any]) -> dict[str, Any]:
         removed=payload.get("removed") or (),
         reload_id=payload.get("reload_id"),
         deadline=None if timeout is None else time.monotonic() + float(timeout),
-        retired=retired,
-    )))
-    report.retired = retired
+    ))
     if report["ok"]:
         _LAST_SWAP["modules"] = frozenset(report["modules"])
         # What the host checks against what it shipped (sandbox/reload_ack.py): looked
