@@ -296,6 +296,28 @@ def test_a_code_change_mutating_its_state_in_place_leaves_the_old_state_on_failu
         assert [r.call("x") for r in refs] == [("v1", {"n": i}) for i in range(3)]
 
 
+RECORDING_RELEASE = """
+from runtime.barrier import BARRIER
+
+RELEASED = []  # for each instance released: whether the actors were held then
+""" + SERVER_V1 + """
+    def __del__(self):
+        RELEASED.append(BARRIER.writer)
+"""
+
+
+def test_what_a_swap_replaced_is_released_after_the_actors_are_let_go(app: App):
+    """Each actor's previous instance and state are released once the barrier is
+    released, not while the actors are held."""
+    app.install(app.code("box", RECORDING_RELEASE))
+    with running_boxes(app, 3) as refs:
+        v1 = sys.modules[app.name("box")]
+        report = swap.apply_reload([[app.code("box", SERVER_V2, 2)]])
+        assert report["actors"] == 3
+        assert v1.RELEASED == [False, False, False]
+        assert [r.call("x") for r in refs] == [("v2", {"n": i, "from": 1}) for i in range(3)]
+
+
 def test_a_state_nothing_changes_is_kept_as_it_is(app: App):
     """No code_change of its own (nor a migrate function): a flat state is not copied."""
     app.install(app.code("box", SERVER_V1))
