@@ -9,7 +9,7 @@ host's ``sandbox-reader`` threads' CPU and voluntary context switches per call
 [min..max] over the windows (``docs/benchmarks.md``, "call6").
 
 ``PARKS``, e.g. ``0.05,1.0``: the windows take these values of the parked
-readers' period (``runtime.host.process._PARK``) in turn, one row of figures per
+readers' period (``runtime.host.parking.PERIOD``) in turn, one row of figures per
 value, so the same sandboxes under the same load compare them.
 
 A figure for reading, not a benchmark with a target: ``bench_sandboxes`` measures
@@ -51,9 +51,9 @@ def _readers() -> tuple[int, int]:
 def main(n: int = 100, runs: int = 3, parks: tuple[float, ...] = ()) -> None:
     import sandbox
     from benchmarks.bench_sandboxes import _create, _throughput
-    from runtime.host import process
+    from runtime.host import parking
 
-    parks = parks or (process._PARK,)
+    parks = parks or (parking.PERIOD,)
 
     with sandbox.start() as rt:
         _create(rt, n, "t")
@@ -61,7 +61,7 @@ def main(n: int = 100, runs: int = 3, parks: tuple[float, ...] = ()) -> None:
         pids = [sb.pid for sb in sbs]
         rows = []
         for r in range(runs):
-            process._PARK = parks[r % len(parks)]
+            parking.PERIOD = parks[r % len(parks)]
             cpu, switches = _readers()
             rate, host, child = _throughput(sbs, 4, WINDOW, pids)
             cpu2, switches2 = _readers()

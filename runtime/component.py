@@ -38,25 +38,6 @@ class ComponentRef(ActorRef):
         """
         return self.send(op, *args, **kwargs).result(timeout)
 
-    def invoke_here(
-        self, op: str, *args: Any, timeout: float | None = DEFAULT_CALL_TIMEOUT, **kwargs: Any
-    ) -> Any:
-        """:meth:`invoke`, run on the calling thread if the component is idle (nothing
-        in its mailbox, no operation running), saving a call's two thread hand-offs
-        (about 40 us each on a loaded 2-vCPU VM); otherwise as :meth:`invoke`. The
-        component's semantics hold: one operation at a time, in order per sender, a
-        failure fails the component. Run here, the operation is not cut short by
-        ``timeout``: for operations that end on their own, quickly.
-
-        >>> class Echo(Component):
-        ...     def op_echo(self, v): return v
-        >>> ref = Echo.start()
-        >>> ref.invoke_here("echo", 7)
-        7
-        >>> _ = ref.stop()
-        """
-        return self._send(op, args, kwargs, True).result(timeout)
-
     def send(self, op: str, *args: Any, **kwargs: Any) -> Pending:
         """Send operation ``op`` and return at once; :meth:`Pending.result` waits for
         its result (as :meth:`invoke` would return or raise it). Operations sent by
@@ -74,8 +55,25 @@ class ComponentRef(ActorRef):
         """
         return self._send(op, args, kwargs, False)
 
-    def _send(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any],
-              run_here: bool) -> Pending:
+    def invoke_here(self, op: str, *args: Any, timeout: float | None = DEFAULT_CALL_TIMEOUT,
+                    **kwargs: Any) -> Any:
+        """As :meth:`invoke`, run on the calling thread if the component is idle (see
+        :meth:`~runtime.actor.ActorRef.call_into`'s ``run_here``): no hand-off to its
+        thread and back. For a short operation whose caller only waits meanwhile.
+
+        >>> import threading
+        >>> class Where(Component):
+        ...     def op_thread(self): return threading.current_thread()
+        >>> ref = Where.start()
+        >>> ref.invoke_here("thread") is threading.current_thread()
+        True
+        >>> ref.invoke("thread") is threading.current_thread()
+        False
+        >>> _ = ref.stop()
+        """
+        return self._send(op, args, kwargs, True).result(timeout)
+
+    def _send(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any], run_here: bool) -> Pending:
         ctx = _log_context.get()  # the caller's correlation id follows the operation
         reply = Reply()
         self.call_into((op, args, kwargs) if ctx is None else (op, args, kwargs, ctx), reply,

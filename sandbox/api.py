@@ -735,8 +735,12 @@ class Runtime:
             )
         return self._components[name]
 
-    def _manager(self, op: str, *args: Any, timeout: float | None = 60.0) -> Any:
-        return self.component("manager").invoke(op, *args, timeout=timeout)
+    def _manager(self, op: str, *args: Any, timeout: float | None = 60.0, here: bool = False) -> Any:
+        """Operation ``op`` of the manager (``here``: on this thread if it is idle)."""
+        manager = self.component("manager")
+        if here:
+            return manager.invoke_here(op, *args, timeout=timeout)
+        return manager.invoke(op, *args, timeout=timeout)
 
     def _read(self, op: str, *args: Any) -> Any:
         # A read changes nothing: if the manager dies under it, ask its successor
@@ -844,8 +848,12 @@ class Runtime:
         returns, per id in order, None (destroyed) or the error of that id alone."""
         deadline = perf_counter() + CREATE_TIMEOUT
         try:
+            # The turn runs on this thread when the manager is idle: it sends the
+            # stops, so they leave without a hand-off to the manager's thread (it
+            # only reads and sends; the jobs' thread waits).
             answers = self._tickets(
-                "destroy", lambda todo: self._manager("destroy", [sandbox_ids[i] for i in todo]),
+                "destroy", lambda todo: self._manager("destroy", [sandbox_ids[i] for i in todo],
+                                                      here=True),
                 sandbox_ids, lambda job: job.kind == "destroy")
         except Exception as exc:  # the manager failed in that turn: every id hears it
             return [exc for _ in sandbox_ids]

@@ -455,3 +455,42 @@ def test_actor_sets_every_field_pykkas_init_sets() -> None:
     for urn in urns:
         parsed = uuid.UUID(urn)
         assert parsed.urn == urn and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_component_docstring_examples():
+    import doctest
+
+    import runtime.component as component
+
+    failed, attempted = doctest.testmod(component)
+    assert failed == 0 and attempted > 0
+
+
+def test_invoke_here_runs_on_the_calling_thread_only_when_the_component_is_idle():
+    from runtime.component import Component
+
+    gate, entered = threading.Event(), threading.Event()
+
+    class Where(Component):
+        def op_thread(self) -> threading.Thread:
+            return threading.current_thread()
+
+        def op_hold(self) -> None:
+            entered.set()
+            gate.wait(30)
+
+    ref = Where.start()
+    try:
+        assert ref.invoke_here("thread") is threading.current_thread()
+        held = ref.send("hold")  # busy: the next one waits its turn on the component's thread
+        assert entered.wait(30)
+        later = threading.Thread(target=lambda: out.append(ref.invoke_here("thread")))
+        out: list[threading.Thread] = []
+        later.start()
+        gate.set()
+        later.join(30)
+        held.result(30)
+        assert out and out[0] is not later and out[0] is not threading.current_thread()
+    finally:
+        gate.set()
+        ref.stop()

@@ -216,9 +216,15 @@ def test_one_timer_serves_every_awaited_timeout():
         loop = asyncio.get_running_loop()
         settler = _settler(loop)
         deadlines = settler.deadlines
+
+        def add(call: _Call, wait: float) -> None:  # as AsyncSandbox.call enters a call
+            deadlines.calls[call] = when = loop.time() + wait
+            if when < deadlines.when:
+                deadlines.arm(loop, when)
+
         late, soon, mid = (_Call(settler, loop) for _ in range(3))
         for call, wait in ((late, 0.3), (soon, 0.05), (mid, 0.15)):
-            deadlines.add(loop, call, wait)
+            add(call, wait)
         timers = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
         assert len(timers) == 1 and timers[0].when() == deadlines.when
         order: list[str] = []
@@ -236,13 +242,13 @@ def test_one_timer_serves_every_awaited_timeout():
         answered = []
         for _ in range(1000):
             call = _Call(settler, loop)
-            deadlines.add(loop, call, 0.01 if not answered else 60.0)
+            add(call, 0.01 if not answered else 60.0)
             assert call.settle(None, None)
-            deadlines.ended(call)
+            deadlines.calls.pop(call, None)
             answered.append(call)
         assert not deadlines.calls
         last = _Call(settler, loop)
-        deadlines.add(loop, last, 0.02)
+        add(last, 0.02)
         with pytest.raises(TimeoutError):
             await last
         assert all(c.result() is None for c in answered)
@@ -404,5 +410,26 @@ def test_an_awaited_call_behaves_as_a_future_for_its_callbacks():
         pending = _Call(settler, loop)
         with pytest.raises(asyncio.InvalidStateError):
             pending.result()
+
+    asyncio.run(main())
+
+
+def test_an_awaited_call_gives_its_loop_as_an_attribute():
+    """A task waiting on an awaited call reads the call's loop from its ``_loop``
+    attribute, as asyncio's ``futures._get_loop`` does, when the call has no
+    ``get_loop()`` method: no Python call per await for it (what `_Call` promises)."""
+    from asyncio import futures
+
+    from sandbox.aio import _Call, _settler
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        call = _Call(_settler(loop), loop)
+        assert not hasattr(call, "get_loop")
+        assert call._loop is loop and futures._get_loop(call) is loop
+        loop.call_soon(call.settle, 5, None)  # settled, not woken: the task must be
+        loop.call_soon(lambda: (call.settler.ready.append(call), call.settler.wake()))
+        await call  # the task checks the call's loop against its own, then waits
+        assert call.result() == 5
 
     asyncio.run(main())

@@ -217,3 +217,181 @@ class Marker(GenServer):
 def children():
     return [Marker.child_spec(name="marker")]
 """
+
+
+@pytest.mark.timeout(120)
+def test_a_destroy_costs_the_manager_no_turn_for_its_own_downs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The destroyed process's ``sandbox.process.down`` event and its supervisor's
+    Down change nothing in the manager (the record is ``stopping``), so neither wakes
+    it while the destroy's thread finishes; a crash still reaches it."""
+    from actors import manager as manager_mod
+    from runtime.actor import Down
+
+    seen: list[Any] = []
+    on_info = manager_mod.ManagerActor.on_info
+
+    def recorded(self: Any, message: Any) -> None:
+        if isinstance(message, (Down, manager_mod._ProcessEvent)):
+            seen.append(message)
+        on_info(self, message)
+
+    monkeypatch.setattr(manager_mod.ManagerActor, "on_info", recorded)
+    with sandbox.start(name="db-quiet") as rt:
+        for sid in ("a", "b"):
+            rt.create_sandbox(sid, COUNTER, restart="temporary")
+        seen.clear()
+        rt.destroy_sandbox("a")  # the finishing turn comes after anything they posted
+        assert seen == []
+        pid = rt.get_sandbox_info("b")["pid"]
+        psutil.Process(pid).kill()  # not a destroy: the manager hears it
+        sandbox.testing.wait_for(lambda: rt.get_sandbox_info("b")["status"] == "error",
+                                 timeout=30)
+        assert any(isinstance(m, manager_mod._ProcessEvent) and m.sandbox == "b"
+                   and m.event == "sandbox.process.down" for m in seen)
+
+
+@pytest.mark.timeout(120)
+def test_a_destroy_removes_the_remains_once_its_process_has_exited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process the destroy stopped is not restarted: its cgroups and workdir go
+    once it has exited, while its supervisor still winds down, and the destroy
+    returns only after that supervisor has stopped."""
+    from runtime.host.process import ProcessActor
+
+    closed, held = threading.Event(), threading.Event()
+    on_exit = ProcessActor.on_exit
+
+    def winding_down(self: Any, reason: Any) -> None:
+        on_exit(self, reason)  # the process is gone (exited and reaped)
+        closed.set()
+        held.wait(90)  # the rest of the supervisor's wind-down waits here
+
+    monkeypatch.setattr(ProcessActor, "on_exit", winding_down)
+    with sandbox.start(name="db-reaped") as rt:
+        # A long shutdown: the destroy would wait that long for the held supervisor
+        # before it removed anything, were it to wait for it first.
+        rt.create_sandbox("a", COUNTER, shutdown=60.0)
+        info = rt.get_sandbox_info("a")
+        workdir = Path(info["workdir"])
+        cgroups = [Path(d) for d in (info.get("cgroups") or {}).values()]
+        t, out = in_thread(lambda: rt.destroy_sandbox("a"))
+        try:
+            sandbox.testing.wait_for(closed.is_set, timeout=30)
+            sandbox.testing.wait_for(lambda: not workdir.exists(), timeout=30)
+            assert not any(d.exists() for d in cgroups)
+            assert t.is_alive()  # it waits for the supervisor's stop
+        finally:
+            held.set()
+        t.join(60)
+        assert "error" not in out
+        assert ids(rt) == [] and [c.id for c in rt.component("sandboxes").which_children()] == []
+
+
+@pytest.mark.timeout(120)
+def test_a_destroys_turn_runs_on_the_callers_thread_when_the_manager_is_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The turn that sends the stops runs where the destroy was asked (no hand-off to
+    the manager's thread before the stop leaves), one turn at a time as always."""
+    from actors import manager as manager_mod
+
+    threads: list[threading.Thread] = []
+    op_destroy = manager_mod.ManagerActor.op_destroy
+
+    def recorded(self: Any, sandbox_ids: list[str]) -> Any:
+        threads.append(threading.current_thread())
+        return op_destroy(self, sandbox_ids)
+
+    monkeypatch.setattr(manager_mod.ManagerActor, "op_destroy", recorded)
+    with sandbox.start(name="db-here") as rt:
+        for sid in ("a", "b", "c"):
+            rt.create_sandbox(sid, COUNTER)
+        for sid in ("a", "b", "c"):
+            rt.destroy_sandbox(sid)
+        # Each turn on this thread unless something else kept the manager busy then.
+        assert len(threads) == 3 and threading.current_thread() in threads
+        assert ids(rt) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_destroys_finishing_turn_runs_on_its_thread_when_the_manager_is_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job's thread runs the turn that finishes its destroys itself when the
+    manager is idle, then settles the tickets: no hand-off to the manager's thread
+    and back before the caller hears."""
+    from actors import manager as manager_mod
+
+    where: list[str] = []
+    finish = manager_mod.ManagerActor._finish_destroy
+
+    def recorded(self: Any, job: Any) -> None:
+        where.append(threading.current_thread().name)
+        finish(self, job)
+
+    monkeypatch.setattr(manager_mod.ManagerActor, "_finish_destroy", recorded)
+    with sandbox.start(name="db-finish") as rt:
+        for sid in ("a", "b", "c"):
+            rt.create_sandbox(sid, COUNTER)
+        rt.destroy_sandbox("a")
+        assert rt.batch_destroy(["b", "c"]) and ids(rt) == []
+        # On the job's thread unless something else kept the manager busy then.
+        assert len(where) == 3 and any(name.startswith("sandbox-job") for name in where)
+        assert rt.create_sandbox("a", COUNTER).call("counter", "get") == 0  # the id is free
+
+
+@pytest.mark.timeout(120)
+def test_a_member_left_in_the_cgroups_is_killed_before_the_workdir_goes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The UID is the workdir's inode: while a process may still run in the sandbox's
+    cgroups, the workdir stays, until release has removed them (or killed what is in
+    them): the workdir's removal never runs beside release."""
+    from actors import manager as manager_mod
+
+    removing = threading.Event()
+    seen: list[bool] = []
+    release, rmtree = containment.release, manager_mod.shutil.rmtree
+
+    def slow_release(manager: Any, record: Any, *, strays_killed: bool = False) -> None:
+        seen.append(removing.wait(1.0))  # a removal beside would start meanwhile
+        release(manager, record, strays_killed=strays_killed)
+
+    def noted_rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        removing.set()
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(containment, "release", slow_release)
+    monkeypatch.setattr(manager_mod.shutil, "rmtree", noted_rmtree)
+    with sandbox.start(name="db-member") as rt:
+        rt.create_sandbox("a", COUNTER)
+        workdir = Path(rt.get_sandbox_info("a")["workdir"])
+        removing.clear()
+        rt.destroy_sandbox("a")
+        assert seen == [False] and not workdir.exists()
+
+
+def test_remove_workdir_takes_the_usual_shape_and_any_other(tmp_path: Path) -> None:
+    from runtime.child import isolation
+
+    usual = tmp_path / "usual"
+    (usual / "tmp").mkdir(parents=True)
+    isolation.remove_workdir(str(usual))
+    assert not usual.exists()
+    written = tmp_path / "written"
+    (written / "tmp" / "deep").mkdir(parents=True)
+    (written / "tmp" / "deep" / "f").write_text("x")
+    (written / "state.json").write_text("{}")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    (written / "link").symlink_to(outside)  # a link is removed, not followed
+    isolation.remove_workdir(str(written))
+    assert not written.exists() and (outside / "keep").exists()
+    only_link = tmp_path / "only_link"
+    only_link.mkdir()
+    (only_link / "tmp").symlink_to(outside)  # rmdir does not follow it either
+    isolation.remove_workdir(str(only_link))
+    assert not only_link.exists() and (outside / "keep").exists()
+    isolation.remove_workdir(str(tmp_path / "never"))  # gone already: nothing to do

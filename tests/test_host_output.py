@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from runtime.host import untrusted
 from runtime.host.output import OutputCapture, OutputLimits, OutputLog, neutralise
@@ -115,6 +116,20 @@ def test_lines_are_cut_attributed_and_logged(caplog):
     assert {r.stream for r in records} == {"stdout", "stderr"}  # type: ignore[attr-defined]
     assert all(r.sandbox == "cap" and r.runtime == "rt" for r in records)  # type: ignore[attr-defined]
     assert all("\x1b" not in r.getMessage() for r in records)
+
+
+def test_pipes_at_their_end_are_released_before_close():
+    # The process's exit closes both pipes: the pump releases them then, so close()
+    # (on a destroy's path, right after the exit) waits for no turn of the pump.
+    out, cap, w_out, w_err = _capture(OutputLimits(line_max=100))
+    os.write(w_out, b"last words\nno newline")
+    os.close(w_out)
+    os.close(w_err)
+    wait_for(cap._closed.is_set, message="released at the pipes' end")
+    assert all(stream.fd < 0 for stream in cap._streams)  # the read ends are closed
+    assert [l.text for l in out.tail(None)] == ["last words", "no newline"]
+    cap.close()  # idempotent with the pump's release: nothing read twice
+    assert [l.text for l in out.tail(None)] == ["last words", "no newline"]
 
 
 def test_the_tail_keeps_the_last_lines():

@@ -281,13 +281,50 @@ def test_stop_soon_stops_gracefully_and_nothing_restarts_the_child(tmp_path):
     ref = sup.child_ref("p")
     assert isinstance(ref, ProcessRef)
     pid = ref.pid
-    ref.stop_soon()
-    wait_for(lambda: _gone(pid), timeout=10, message="the child exits")
+    assert not ref.wait_exited(0)
+    assert ref.stop_soon() is True  # its end is the host's: nothing restarts it
+    assert ref.wait_exited(10)  # it runs nothing any more (reaped, or a zombie)
+    assert _gone(pid)
     wait_for(lambda: ref._conn.down is not None, timeout=10, message="the host read its end")
     assert marker.read_text() == "terminated: shutdown"  # it stopped gracefully
     assert ref.is_alive() and sup.child_ref("p") is ref  # not failed, not restarted
+    assert ref.stop_soon() is True  # asked again: still the host's
     assert ref.stop().kind == "shutdown" and ref.exitcode == 0
     sup.stop()
+
+
+def test_a_child_counts_as_exited_from_its_exit_not_its_reap():
+    """``Child.wait_exited`` answers from the child's pidfd: an exited child that
+    its parent has not reaped yet (a zombie) runs nothing any more."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: waits for its cue, then exits
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    child = forkserver.Child(pid)
+    try:
+        assert not child.wait_exited(0)
+        os.write(w, b"x")
+        assert child.wait_exited(10)
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # not reaped yet
+        assert not child.exited.is_set()
+    finally:
+        os.close(w)
+        os.waitpid(pid, 0)
+        child.close()
+
+
+def test_stop_soon_of_a_child_whose_end_was_read_as_unexpected_says_so():
+    """A child that died before the host asked it to stop fails its actor (its
+    supervisor may restart it): ``stop_soon`` then does not claim its end, so a
+    destroy does not remove its sandbox's remains at its reap."""
+    ref = start(name="died-first")
+    down = Reply()
+    monitor(ref, down.set_result)
+    os.kill(ref.pid, 9)
+    assert down.wait(10) and down.result().reason.abnormal
+    assert ref.stop_soon() is False
 
 
 def test_stop_soon_has_a_parked_reader_read_the_eof_while_the_child_exits(
@@ -295,9 +332,9 @@ def test_stop_soon_has_a_parked_reader_read_the_eof_while_the_child_exits(
     """A reader parked behind leading callers reads the child's EOF at once after
     stop_soon (not when stop() kicks it, after the exit), so the exit is read
     while the child exits."""
-    import runtime.host.process as process
+    from runtime.host import parking
 
-    monkeypatch.setattr(process, "_PARK", 3600.0)  # parked: only a kick wakes it
+    monkeypatch.setattr(parking, "PERIOD", 3600.0)  # parked: only a kick wakes it
     ref = start(args=(str(tmp_path / "terminated"),), name="parked")
     conn = ref._conn
     # A caller reading its own reply leads; the reader thread, woken by that reply,

@@ -171,10 +171,10 @@ def test_strays_are_the_uids_processes_outside_the_cgroups(tmp_path, monkeypatch
 
 
 def test_the_workdir_outlives_the_pass_over_its_uid(tmp_path, monkeypatch):
-    """The sandbox's UID is its workdir's inode number: without a verdict from
-    ``kill_strays`` the pass over the UID's processes (``release``) runs while the
-    workdir still holds that inode, so no sandbox created meanwhile can have the
-    UID; with the verdict, the workdir goes beside the cgroups' removal."""
+    """The sandbox's UID is its workdir's inode number: the workdir goes after
+    ``release`` (its pass over the UID's processes without a verdict from
+    ``kill_strays``, the cgroups' removal with one), so no sandbox created meanwhile
+    can have the UID while a process of this one may still run."""
     from types import SimpleNamespace
 
     from actors import containment, manager
@@ -190,25 +190,10 @@ def test_the_workdir_outlives_the_pass_over_its_uid(tmp_path, monkeypatch):
                              supervisor=None)
     for strays_killed in (False, True):
         workdir.mkdir()
-        ran_aside = threading.Event()
-
-        def aside(fn):
-            from concurrent.futures import Future
-
-            done: Future = Future()
-            if strays_killed:  # removed beside release: here, before it
-                fn()
-                ran_aside.set()
-            else:
-                raise AssertionError("the workdir went beside the pass over the UID")
-            done.set_result(None)
-            return done
-
-        manager._remove_remains(record, lambda name: None, str(tmp_path), aside,
+        manager._remove_remains(record, lambda name: None, str(tmp_path),
                                 stopped=True, strays_killed=strays_killed)
         assert not workdir.exists()
-        assert ran_aside.is_set() == strays_killed
-    assert seen == [(False, True), (True, False)]
+    assert seen == [(False, True), (True, True)]
 
 
 def test_release_reads_no_member_list_of_an_empty_cgroup_and_kills_what_one_holds(

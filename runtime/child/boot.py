@@ -4,9 +4,10 @@ The host (:mod:`runtime.host.process`) starts a child process from the forkserve
 ``child_main(sock, boot)``: ``sock`` is the child's end of a socketpair, ``boot`` a
 :class:`BootConfig`. The child then:
 
-1. becomes the leader of its own process group (``os.setsid()``), so the host can
-   kill it and everything it started with one ``killpg``, and a terminal's Ctrl-C
-   does not reach it; and pins itself to ``boot.cpu_affinity`` if given;
+1. becomes the leader of its own process group without a controlling terminal
+   (:func:`own_group`), so the host can kill it and everything it started with one
+   ``killpg``, and a terminal's Ctrl-C does not reach it; and pins itself to
+   ``boot.cpu_affinity`` if given;
 2. applies the working directory, environment overrides and ``sys.path``;
 3. imports the entry ``"module:function"`` and calls it with ``boot.args``, then
    runs the boot hooks (:func:`register_boot_hook`); the entry returns a list of :class:`~runtime.childspec.ChildSpec` (run under a
@@ -49,6 +50,7 @@ level is shared by all children; keep that list short.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal's functions without its enum lookups
+import fcntl
 import gc
 import hashlib
 import importlib
@@ -56,6 +58,7 @@ import logging
 import os
 import signal
 import sys
+import termios
 import threading
 import traceback
 from collections.abc import Callable
@@ -453,7 +456,9 @@ class ChildServer:
         self.read_codec = shared_codec(boot.allow_pickle, boot.max_frame)
         self.write_codec = shared_codec(boot.send_pickle, boot.max_frame)
         # A modest read buffer: every page of it is private memory of this child.
-        self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE)
+        # Waiting in poll: the sandbox is idle between most calls, and a read blocked
+        # in recv would also wake each time the host reads a reply.
+        self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE, wait_in_poll=True)
         self.root: ActorRef | None = None
         self._lock = threading.Lock()
         self._stopping = False
@@ -780,15 +785,39 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
+def own_group() -> None:
+    """Make this process the leader of a process group of its own, with no
+    controlling terminal: the host kills the whole tree with one ``killpg``, and
+    no terminal's signals (Ctrl-C) or input reach it.
+
+    ``setpgid``, not ``setsid``: on Linux a new session is also a new scheduling
+    autogroup (``kernel.sched_autogroup_enabled``), and a group per sandbox made
+    the scheduler balance 100 sandboxes as 100 groups against the one of the
+    host's calling threads (and of a bare child), which cost calls per second
+    under load. The controlling terminal a new session would have shed is dropped
+    here instead (``TIOCNOTTY``); as a process that leads no session, the
+    sandbox can never acquire one again.
+    """
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass  # already a session (so group) leader: nothing to leave
+    try:
+        tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return  # no controlling terminal
+    try:
+        fcntl.ioctl(tty, termios.TIOCNOTTY)
+    finally:
+        os.close(tty)
+
+
 def child_main(sock: Any, boot: BootConfig) -> None:
     """Entry point of a sandbox process (the target of the forkserver Process)."""
     global _current
     code = EXIT_INTERNAL
     try:
-        try:
-            os.setsid()  # own process group: the host kills the whole tree with killpg
-        except OSError:
-            pass  # already a group leader
+        own_group()
         if boot.cpu_affinity:
             try:
                 os.sched_setaffinity(0, boot.cpu_affinity)

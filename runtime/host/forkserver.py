@@ -150,6 +150,26 @@ class Child:
         except (OSError, AttributeError):
             self._pidfd = None
         self._lock = threading.Lock()
+        #: Set once the exit code is known (the child is reaped): what a thread
+        #: that holds no descriptor of it waits on.
+        self.exited = threading.Event()
+
+    def wait_exited(self, timeout: float | None) -> bool:
+        """Whether the child has exited within ``timeout`` seconds: it runs nothing
+        any more, has left its cgroups and released its memory and descriptors (its
+        pidfd polls readable from the end of its exit, before the server reaps it;
+        without a pidfd, once it is reaped). Safe while another thread closes this
+        handle: the pidfd is polled through a copy of its own."""
+        with self._lock:
+            fd = os.dup(self._pidfd) if self._pidfd is not None else -1
+        if fd < 0:
+            return self.exited.wait(timeout)
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+        finally:
+            os.close(fd)
 
     def _exited(self, code: int) -> None:
         with self._lock:
@@ -157,6 +177,7 @@ class Child:
                 return
             self.exitcode = code
             os.write(self._w, b"x")
+        self.exited.set()
 
     def close(self) -> None:
         """Release the descriptors (after the child has exited)."""

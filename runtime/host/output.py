@@ -293,7 +293,8 @@ class OutputCapture:
         self._registered = True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Read what is left (bounded), release the pipes. Idempotent."""
+        """Read what is left (bounded), release the pipes. Idempotent. Returns at
+        once if the pump released them already (both pipes at their end)."""
         for fd in self._child_fds:
             os.close(fd)
         self._child_fds = []
@@ -305,7 +306,8 @@ class OutputCapture:
             self._release()
 
     def _release(self) -> None:
-        """Drain, flush partial lines and close the read ends (in the pump's thread)."""
+        """Drain, flush partial lines and close the read ends (in the pump's thread);
+        again (a pipe already at its end is skipped) once :meth:`close` asks."""
         for stream in self._streams:
             if stream.fd < 0:
                 continue
@@ -413,6 +415,14 @@ class _Pump:
             return
         sel.unregister(stream.fd)  # EOF: the process (and all it started) closed it
         stream.finish()
+        os.close(stream.fd)
+        stream.fd = -1
+        capture = stream.capture
+        if all(s.fd < 0 for s in capture._streams):
+            # Both pipes at their end (closed by the process and all it started:
+            # usually its exit): released now, so its close (right after the
+            # exit, on a destroy's path) waits for no turn of this thread.
+            capture._release()
 
 
 _pump = _Pump()

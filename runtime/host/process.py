@@ -84,7 +84,7 @@ from runtime.errors import (
     ProtocolError,
     SandboxError,
 )
-from runtime.host import forkserver, observed, untrusted
+from runtime.host import forkserver, observed, parking, untrusted
 from runtime.host.output import OutputCapture, OutputLine, OutputLog
 from runtime.wire.channel import Channel, ChannelClosed
 from runtime.wire.mailbox import (
@@ -116,9 +116,6 @@ log = logging.getLogger("runtime.host.process")
 KILL_MARGIN = 3.0
 #: How long to wait for a killed (or EOF'd) child to be reaped.
 _REAP_TIMEOUT = 5.0
-#: While callers read their own replies, how often the parked reader thread looks
-#: whether they went quiet (so it takes over reading).
-_PARK = 0.05
 #: The receive timeout (SO_RCVTIMEO) of the host's socket: a leading caller blocks
 #: in the read itself (one system call per reply, as a bare client does, instead of
 #: a poll and then a read) and looks at its deadline at least this often; the last
@@ -230,6 +227,7 @@ class _Connection:
         self._boot_error: dict[str, Any] | None = None
         self._exit_note: str | None = None
         self._closing = False  # the host is stopping the child: its exit is expected
+        self._gone_unasked = False  # its end was read as unexpected (its actor fails)
         self._closed = False
         self._released = False  # process.close() done: its sentinel fd is gone
         self._on_down: Callable[[ExitReason], None] | None = None
@@ -372,8 +370,8 @@ class _Connection:
     # reply. The reader thread reads whenever no caller leads: it notices EOF,
     # protocol errors and system notices while no call is in flight, and serves
     # call_into sinks. While callers are leading it parks (it would only wake on
-    # their replies and fight them for the GIL), checking every _PARK seconds
-    # whether they went quiet; a leader that leaves work behind (other callers'
+    # their replies and fight them for the GIL) until runtime.host.parking sees
+    # them quiet; a leader that leaves work behind (other callers'
     # replies, an EOF, a protocol error) kicks it awake. An event loop awaiting
     # calls reads the same way, when its selector sees the socket readable
     # (_LoopWatch, read_here), without blocking.
@@ -569,14 +567,27 @@ class _Connection:
             self._cv.notify()
 
     def _park(self) -> None:
-        """Wait while callers lead; return once they are quiet or someone kicks."""
+        """Wait while callers lead; return once someone kicks: a caller leaving work
+        behind, the stop, or :mod:`runtime.host.parking` once the callers are quiet
+        (one thread looks at every parked reader, so a reader does not wake up
+        every period to look for itself)."""
         with self._cv:
-            while not self._kicked:
-                seen = self._activity
-                self._cv.wait(_PARK)
-                if self._activity == seen and not self._token.locked():
-                    break
+            parking.park(self)
+            try:
+                while not self._kicked:
+                    self._cv.wait()
+            finally:
+                parking.unpark(self)
             self._kicked = False
+
+    @property
+    def activity(self) -> int:
+        """How many times callers have read for themselves (:mod:`runtime.host.parking`)."""
+        return self._activity
+
+    def quiet_since(self, seen: int) -> bool:
+        """No caller read since :attr:`activity` was ``seen``, and none reads now."""
+        return self._activity == seen and not self._token.locked()
 
     def _route(self, envelopes: Iterable[Any]) -> None:
         for env in envelopes:
@@ -752,6 +763,7 @@ class _Connection:
         """The reader stopped: the child exited, broke the protocol, or we closed it."""
         with self._lock:
             expected = self._closing
+            self._gone_unasked = not expected
         if expected:
             self._mark_down(ExitReason.shutdown())
             return  # close() waits for the exit and reports it
@@ -794,6 +806,13 @@ class _Connection:
             pending, self.pending = self.pending, {}
         for sink in pending.values():
             sink.set_exception(ActorDead(self.actor_id, reason))
+
+    def wait_exited(self, timeout: float | None) -> bool:
+        """Whether the child has exited (see :meth:`forkserver.Child.wait_exited`),
+        waiting up to ``timeout``; False for a child not started. Safe while another
+        thread closes the connection."""
+        proc = self.process
+        return proc is not None and proc.wait_exited(timeout)
 
     def _wait_exit(self, timeout: float | None) -> int | None:
         """The child's exit code once it has exited (within ``timeout``), else None."""
@@ -1224,18 +1243,25 @@ class ProcessRef(ActorRef):
             timeout = self._actor.shutdown + KILL_MARGIN  # type: ignore[attr-defined]
         return super().stop(reason, timeout=timeout)
 
-    def stop_soon(self) -> None:
+    def stop_soon(self) -> bool:
         """Ask the child to stop gracefully now, without waiting.
 
         From here its exit is expected: it neither fails the actor nor makes a
         supervisor restart it; the actor runs until stopped, and :meth:`stop` then
         waits for the exit (and kills the child if it is late). A destroy asks
         first, so the child's shutdown overlaps the hand-offs that lead to the stop.
+
+        Returns whether the child's end is the host's from here (asked now or
+        before, and not read as unexpected earlier): then no supervisor restarts
+        it, and once it has exited (:meth:`wait_exited`) its sandbox runs no process
+        of this start any more. False for a child not started.
         """
         conn = self._conn
         with conn._lock:
-            if conn._closing or conn.channel is None:
-                return
+            if conn.channel is None:
+                return False
+            if conn._closing:
+                return not conn._gone_unasked
             conn._closing = True
         try:
             conn.channel.send(SYSTEM, None, "stop", None)
@@ -1244,6 +1270,12 @@ class ProcessRef(ActorRef):
         # A reader parked behind leading callers would see the EOF only when stop()
         # kicks it, after the exit: so it reads now, and is done by then.
         conn.kick()
+        return True
+
+    def wait_exited(self, timeout: float | None) -> bool:
+        """Whether the child has exited (within ``timeout``): it runs nothing any more
+        and has left its cgroups; its server may not have reaped it yet."""
+        return self._conn.wait_exited(timeout)
 
     def kill(self, reason: ExitReason | None = None) -> None:
         """SIGKILL the child's process group now; the actor ends with ``reason`` (killed)."""
