@@ -250,7 +250,8 @@ def hot_reload(
     check_arguments(sandbox_id, source=source, modules=modules)
     t0 = time.perf_counter()
     # One round trip to each component a reload needs (manager, compiler, versions
-    # before the swap; versions and manager after): each is a thread hand-off.
+    # before the swap; versions and manager after): each is a thread hand-off, but
+    # the version manager's, run on this thread when it is idle (invoke_here).
     ctx = rt._read("reload_context", sandbox_id)
     if owner is not None:
         owner(ctx.created_at)
@@ -308,8 +309,10 @@ def hot_reload(
                         f"(modules: {', '.join(sorted(result.modules))})",
                         module=missing[0], step="plan",
                     )
-            proposal = versions.invoke("plan_reload", sandbox_id, result, modules=asked,
-                                       removed=removed)  # actors/versions.py
+            # In place when the version manager is idle: its work is in memory, and a
+            # reload's steps run one after another, so a hand-off is pure wait.
+            proposal = versions.invoke_here("plan_reload", sandbox_id, result, modules=asked,
+                                            removed=removed)  # actors/versions.py
             wanted, plan, new_versions = proposal.wanted, proposal.plan, proposal.versions
             if not wanted and not removed:
                 span_md.update(modules=[], changed=[])
@@ -462,7 +465,9 @@ def _record_committed(rt: Runtime, slot: Any, op: str, *args: Any, **kwargs: Any
     while True:
         try:
             versions = rt.component("versions", timeout=max(0.1, deadline - time.monotonic()))
-            return versions.invoke(op, *args, **kwargs)
+            # In place when it is idle: a store write (bounded by the store's own
+            # lock timeout), with no hand-off to and from the version manager's thread.
+            return versions.invoke_here(op, *args, **kwargs)
         except ActorError:
             pass  # it died during the call: its successor has read the store
         except SandboxError as exc:

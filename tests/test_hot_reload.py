@@ -160,33 +160,54 @@ def test_counter_gains_a_field_then_rolls_back(sandbox_factory):
 def test_a_reload_asks_each_component_once(sandbox_factory, monkeypatch):
     """Each round trip to a component actor is a thread hand-off (40 us and more on a
     VM): a reload waits for one per component before the swap and one after; the
-    status marks are sent along with them, not waited for on their own."""
+    status marks are sent along with them, not waited for on their own; the version
+    manager's two operations run on the reloading thread (in place: it is idle)."""
+    from actors.versions import VersionManagerActor
     from runtime.component import ComponentRef
 
     sb = counter_at_42(sandbox_factory)
     waited: list[str] = []
+    here: list[str] = []
     sent: list[str] = []
+    ran_on: dict[str, int] = {}
     me = threading.get_ident()
-    invoke, send = ComponentRef.invoke, ComponentRef.send
+    invoke, invoke_here, send = ComponentRef.invoke, ComponentRef.invoke_here, ComponentRef.send
 
     def counted_invoke(self, op, *args, **kwargs):
         if threading.get_ident() == me:  # not the components' own calls to each other
             waited.append(op)
         return invoke(self, op, *args, **kwargs)
 
+    def counted_invoke_here(self, op, *args, **kwargs):
+        if threading.get_ident() == me:
+            here.append(op)
+        return invoke_here(self, op, *args, **kwargs)
+
     def counted_send(self, op, *args, **kwargs):
         if threading.get_ident() == me:
             sent.append(op)
         return send(self, op, *args, **kwargs)
 
+    def where(name):
+        fn = getattr(VersionManagerActor, f"op_{name}")
+
+        def op(self, *args, **kwargs):
+            ran_on[name] = threading.get_ident()
+            return fn(self, *args, **kwargs)
+        return op
+
     write(sb, "counter.py", COUNTER_V2)
     monkeypatch.setattr(ComponentRef, "invoke", counted_invoke)
+    monkeypatch.setattr(ComponentRef, "invoke_here", counted_invoke_here)
     monkeypatch.setattr(ComponentRef, "send", counted_send)
+    for name in ("plan_reload", "record"):
+        monkeypatch.setattr(VersionManagerActor, f"op_{name}", where(name))
     report = sb.hot_reload(extra="migrated")
     assert report.ok and report.changed == ["counter"]
-    assert waited == ["reload_context", "compile_sandbox", "plan_reload", "record"]
-    assert sent == ["reload_context", "set_status", "compile_sandbox",
-                    "plan_reload", "record", "set_status"]
+    assert waited == ["reload_context", "compile_sandbox"]
+    assert here == ["plan_reload", "record"]
+    assert sent == ["reload_context", "set_status", "compile_sandbox", "set_status"]
+    assert ran_on == {"plan_reload": me, "record": me}
     assert sb.call("counter", "get") == {"count": 42, "label": "migrated"}
     assert sb.info()["status"] == "running"  # the mark sent back is seen by what is asked next
 

@@ -256,6 +256,29 @@ def test_a_failing_code_change_for_one_actor_changes_nothing(app: App):
             r.stop()
 
 
+def test_a_reload_that_does_not_commit_puts_every_switched_actor_back(app: App):
+    """Actors are switched to the new class as they are staged; a reload refused at
+    its commit (cancelled by the host) puts each one back: the same class, instance
+    and state objects, ``trap_exit`` untouched. A committed one sets ``trap_exit``."""
+    app.install(app.code("box", SERVER_V1))
+    trapping = SERVER_V2.replace("vsn = 2", "vsn = 2\n    trap_exit = True")
+    with running_boxes(app, 4) as refs:
+        servers = [r._actor for r in refs]
+        before = [(s.impl_cls, s.impl, s.state, s.trap_exit) for s in servers]
+        rid = f"cancelled-{app.prefix}"
+        assert swap.cancel_reload(rid) == "cancelled"
+        with pytest.raises(ReloadFailed) as err:
+            swap.apply_reload([[app.code("box", trapping, 2)]], reload_id=rid)
+        assert err.value.step == "commit"
+        after = [(s.impl_cls, s.impl, s.state, s.trap_exit) for s in servers]
+        assert all(a[0] is b[0] and a[1] is b[1] and a[2] is b[2] and a[3] is b[3] is False
+                   for a, b in zip(after, before, strict=True))
+        assert [r.call("x") for r in refs] == [("v1", {"n": i}) for i in range(4)]
+        report = swap.apply_reload([[app.code("box", trapping, 3)]])
+        assert report["actors"] == 4 and all(s.trap_exit is True for s in servers)
+        assert [r.call("x") for r in refs] == [("v2", {"n": i, "from": 1}) for i in range(4)]
+
+
 def test_a_code_change_mutating_its_state_in_place_leaves_the_old_state_on_failure(app: App):
     """The copy a flat state's code_change gets is made for it: a change in place
     never reaches the state the old code keeps serving when the reload fails."""
@@ -271,6 +294,28 @@ def test_a_code_change_mutating_its_state_in_place_leaves_the_old_state_on_failu
         with pytest.raises(ReloadFailed):
             swap.apply_reload([[app.code("box", mutating, 2)]], extra=2)
         assert [r.call("x") for r in refs] == [("v1", {"n": i}) for i in range(3)]
+
+
+RECORDING_RELEASE = """
+from runtime.barrier import BARRIER
+
+RELEASED = []  # for each instance released: whether the actors were held then
+""" + SERVER_V1 + """
+    def __del__(self):
+        RELEASED.append(BARRIER.writer)
+"""
+
+
+def test_what_a_swap_replaced_is_released_after_the_actors_are_let_go(app: App):
+    """Each actor's previous instance and state are released once the barrier is
+    released, not while the actors are held."""
+    app.install(app.code("box", RECORDING_RELEASE))
+    with running_boxes(app, 3) as refs:
+        v1 = sys.modules[app.name("box")]
+        report = swap.apply_reload([[app.code("box", SERVER_V2, 2)]])
+        assert report["actors"] == 3
+        assert v1.RELEASED == [False, False, False]
+        assert [r.call("x") for r in refs] == [("v2", {"n": i, "from": 1}) for i in range(3)]
 
 
 def test_a_state_nothing_changes_is_kept_as_it_is(app: App):

@@ -24,8 +24,13 @@ A hot reload (:func:`apply_reload`) is one transaction:
    A class that keeps the default ``code_change`` (the state as it is) is not called,
    and its actors' states are only checked against what it declares.
    Steps 3 and 4 run in one pass over the actors for the states a shallow copy
-   serves, and need no copy at all for a state nothing will change;
-5. commit: each actor gets its new class, instance and state; release the barrier.
+   serves, and need no copy at all for a state nothing will change. Each actor is
+   switched to its new class, instance and state as soon as it is staged (every
+   actor is held, so none runs with it before the commit), and what it had is kept:
+   a failure anywhere puts every switched actor back as it was;
+5. commit: the verdict (see below); past it the switches stand and the barrier is
+   released. What the actors had is released when the swap returns, after the
+   barrier: the held actors do not wait for 1,000 deallocations.
 
 Any failure in 2 to 4 puts the previous modules back in ``sys.modules`` and leaves
 every actor's code and state untouched, then raises
@@ -685,10 +690,13 @@ def _unload(removed: Iterable[str]) -> None:
 
 
 class _Stager:
-    """Stages each affected actor's new class, instance and migrated state for the
-    commit: :meth:`stage` runs once per actor while every actor is held, so it is
-    one call with the per-class work cached. ``step`` and ``current`` (the server)
-    say where a failure happened."""
+    """Stages each affected actor's new class, instance and migrated state and
+    switches the actor to them, keeping what it had for :meth:`undo`: :meth:`stage`
+    runs once per actor while every actor is held, so it is one call with the
+    per-class work cached. Switching at once saves a second pass over 1,000
+    actors for the commit (their objects, scattered over the heap, fetched from
+    memory again: 0.3-1 ms on a loaded 2-vCPU VM). ``step`` and ``current`` (the
+    server) say where a failure happened."""
 
     def __init__(self, changed: set[str], migrate_fn: Any, extra: Any) -> None:
         from runtime.genserver import GenServer
@@ -697,20 +705,27 @@ class _Stager:
         self.changed = changed
         self.migrate_fn = migrate_fn
         self.extra = extra
-        self.staged: list[tuple[Any, Any, Any, Any]] = []
+        #: (server, class, instance, state) each switched actor had, in switch order.
+        self.switched: list[tuple[Any, Any, Any, Any]] = []
+        #: Switched actors whose ``trap_exit`` the new class changes: set only once the
+        #: reload commits (exit signals read it on other threads, outside the barrier).
+        self.traps: list[Any] = []
         self.shape_notes: list[str] = []
         self.step = "restore"  # where a failure happened (set by stage)
         self.current: Any = None
-        self._resolved: dict[type, tuple[Any, Any, Any, bool, bool, bool] | None] = {}
+        self._resolved: dict[type, tuple[Any, Any, Any, bool, bool, bool, bool] | None] = {}
         self._last: Any = None  # actors of one class usually come in a row
         self._entry: Any = None
 
-    def _resolve(self, server: Any, old_cls: Any) -> tuple[Any, Any, Any, bool, bool, bool] | None:
+    def _resolve(
+        self, server: Any, old_cls: Any
+    ) -> tuple[Any, Any, Any, bool, bool, bool, bool] | None:
         """Per class, once: its new class, versions, whether it is migrated, whether it
-        declares its state's shape, and whether something will run that may change
+        declares its state's shape, whether something will run that may change
         the state (a ``migrate`` function or a ``code_change`` of its own; only then
-        does a flat state need its copy, and the result its shape checks). None: a
-        class this reload staged (an actor a module body started), nothing to migrate."""
+        does a flat state need its copy, and the result its shape checks), and the
+        new class's ``trap_exit``. None: a class this reload staged (an actor a
+        module body started), nothing to migrate."""
         if old_cls in self._resolved:
             return self._resolved[old_cls]
         new_cls = _new_class(old_cls, server.actor_id)
@@ -720,15 +735,15 @@ class _Stager:
             copies = migrating and (self.migrate_fn is not None
                                     or new_cls.code_change is not self._default_code_change)
             entry = (new_cls, old_cls.vsn, new_cls.vsn, migrating, declares_shape(new_cls),
-                     copies)
+                     copies, new_cls.trap_exit)
         self._resolved[old_cls] = entry
         return entry
 
     def stage(self, server: Any, snap: Any, flat: bool = False) -> bool:
         """Stage ``server`` with its state restored from ``snap`` (``flat``: ``snap`` is
-        the state itself, a dict of scalars, copied only if something may change it);
-        False if it runs a class this reload staged. On failure, ``step`` and
-        ``current`` say where."""
+        the state itself, a dict of scalars, copied only if something may change it)
+        and switch it over; False if it runs a class this reload staged. On failure,
+        ``step`` and ``current`` say where, and ``server`` is as it was."""
         step = "resolve"  # a local: the hot path writes no attribute but the result
         try:
             old_cls = server.impl_cls
@@ -739,7 +754,7 @@ class _Stager:
                 self._last = old_cls
             if entry is None:
                 return False
-            new_cls, old_vsn, new_vsn, migrating, declared, copies = entry
+            new_cls, old_vsn, new_vsn, migrating, declared, copies, new_trap = entry
             step = "restore"
             if flat:  # a state nothing will change is its own copy
                 state = dict(snap) if copies else snap
@@ -767,11 +782,26 @@ class _Stager:
                 # lost nothing, but must still be what the new class declares.
                 step = "check_state"
                 check_state(impl, state, server.actor_id)
-            self.staged.append((server, new_cls, impl, state))
+            old_impl, old_state = server.impl, server.state
+            self.switched.append((server, old_cls, old_impl, old_state))
+            server.impl_cls = new_cls
+            server.impl = impl
+            server.state = state
+            if server.trap_exit is not new_trap:
+                self.traps.append(server)
             return True
         except BaseException:
             self.step, self.current = step, server
             raise
+
+    def undo(self) -> None:
+        """Put every switched actor back as it was (a reload that does not commit)."""
+        for server, cls, impl, state in reversed(self.switched):
+            server.impl_cls = cls
+            server.impl = impl
+            server.state = state
+        self.switched.clear()
+        self.traps.clear()
 
 
 @contextmanager
@@ -935,6 +965,8 @@ def apply_reload(
             step, module, current = "commit", None, None
             _decide_commit(reload_id, deadline)
         except BaseException as exc:
+            if stager is not None:
+                stager.undo()
             if reload_id is not None:
                 with _VERDICT_LOCK:
                     _VERDICTS.setdefault(reload_id, "failed")
@@ -974,15 +1006,12 @@ def apply_reload(
                 step=step,
             ) from exc
         assert stager is not None  # set before anything that can reach the commit
-        staged = stager.staged
+        switched = stager.switched  # switched as they were staged (see _Stager)
         warnings: list[str] = list(stager.shape_notes)
         for server, state in rebound:
             server.state = state
-        for server, new_cls, impl, state in staged:
-            server.impl_cls = new_cls
-            server.impl = impl
-            server.state = state
-            server.trap_exit = new_cls.trap_exit
+        for server in stager.traps:
+            server.trap_exit = server.impl_cls.trap_exit
         # Old code can only survive in what was not copied (a state copied whole, or
         # flat, re-bound every function by name and held no generator: they do not
         # pickle), so only the states that went through the state pickler need a look.
@@ -1023,7 +1052,7 @@ def apply_reload(
         "modules": names,
         "removed": removed,
         "changed": sorted(changed_set & set(names)),
-        "actors": len(staged),
+        "actors": len(switched),
         "rebound": [s.actor_id for s, _ in rebound],
         "warnings": warnings,
         "suspend_seconds": t_suspended - t0,
