@@ -12,7 +12,6 @@ import pytest
 from runtime.errors import ProtocolError, SandboxError
 from runtime.wire.channel import Channel, ChannelClosed
 from runtime.wire.mailbox import CALL, CAST, REPLY, Codec, Envelope
-from helpers import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -287,64 +286,3 @@ def test_recv_held_reads_under_the_callers_lock_and_stops_on_a_protocol_error(
     right.close()
     assert right.fileno() == -1
     right.close()  # idempotent
-
-
-def _switches(tid: int) -> int:
-    with open(f"/proc/self/task/{tid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt_switches"))
-
-
-def _sleeping(tid: int) -> bool:
-    with open(f"/proc/self/task/{tid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "S"
-
-
-def test_a_reader_waiting_in_poll_is_not_woken_when_the_peer_reads_what_it_sent() -> None:
-    """wait_in_poll: a read blocked in recv would wake (and sleep again) each time
-    the peer reads what this end sent; one waiting in poll sleeps through it."""
-    a, b = socket.socketpair()
-    left, right = Channel(a, Codec()), Channel(b, Codec(), wait_in_poll=True)
-    got: list[Envelope] = []
-    reader = threading.Thread(target=lambda: got.extend(right.recv()))
-    try:
-        reader.start()
-        tid = wait_for(lambda: reader.native_id)
-        wait_for(lambda: _sleeping(tid), message="the reader never blocked")
-        before = _switches(tid)
-        rounds = 20
-        for i in range(rounds):  # the reader's end sends, the peer reads it
-            right.send(REPLY, i, "x", i)
-            assert recv_n(left, 1)[0].payload == i
-        woken = _switches(tid) - before
-        left.send(CAST, None, "x", "last")
-        reader.join(JOIN)
-        assert [e.payload for e in got] == ["last"]
-        assert woken <= 3, f"the waiting reader woke {woken} times in {rounds} rounds"
-    finally:
-        left.close()
-        right.close()
-
-
-def test_close_wakes_a_reader_waiting_in_poll() -> None:
-    a, b = socket.socketpair()
-    left, right = Channel(a, Codec()), Channel(b, Codec(), wait_in_poll=True)
-    outcome: list[BaseException] = []
-
-    def read() -> None:
-        try:
-            right.recv()
-        except BaseException as exc:
-            outcome.append(exc)
-
-    reader = threading.Thread(target=read)
-    try:
-        reader.start()
-        wait_for(lambda: reader.native_id and _sleeping(reader.native_id))
-        right.close()
-        reader.join(JOIN)
-        assert not reader.is_alive()
-        [exc] = outcome
-        assert isinstance(exc, ChannelClosed) and exc.local
-    finally:
-        left.close()
-        right.close()

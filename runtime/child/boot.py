@@ -456,9 +456,7 @@ class ChildServer:
         self.read_codec = shared_codec(boot.allow_pickle, boot.max_frame)
         self.write_codec = shared_codec(boot.send_pickle, boot.max_frame)
         # A modest read buffer: every page of it is private memory of this child.
-        # Waiting in poll: the sandbox is idle between most calls, and a read blocked
-        # in recv would also wake each time the host reads a reply.
-        self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE, wait_in_poll=True)
+        self.channel = Channel(sock, self.read_codec, read_size=_READ_SIZE)
         self.root: ActorRef | None = None
         self._lock = threading.Lock()
         self._stopping = False

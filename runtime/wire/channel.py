@@ -25,10 +25,8 @@ How a channel ends, as seen by ``recv``:
 
 from __future__ import annotations
 
-import select
 import socket
 import threading
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -59,9 +57,6 @@ class Channel:
 
     The channel owns ``sock``: it puts it in blocking mode and closes it in
     :meth:`close`. ``read_size`` is how much one ``recv`` syscall may read.
-    ``wait_in_poll``: a blocking read waits for input in ``poll`` and then reads
-    (two system calls instead of one, but no wake-up each time the peer reads what
-    this end sent); for a reader that waits between most messages.
 
     >>> import socket
     >>> from runtime.wire.mailbox import Codec, CALL
@@ -79,22 +74,11 @@ class Channel:
     >>> right.close()
     """
 
-    def __init__(self, sock: socket.socket, codec: Codec, *, read_size: int = 256 * 1024,
-                 wait_in_poll: bool = False) -> None:
+    def __init__(self, sock: socket.socket, codec: Codec, *, read_size: int = 256 * 1024) -> None:
         if read_size < 1:
             raise ValueError(f"invalid read_size={read_size!r}: expected a positive int")
         sock.setblocking(True)
         self._sock = sock
-        # A reader blocked in recv on a Unix stream socket is woken every time the
-        # peer reads what this end sent (the kernel's write-space wake-up, on the
-        # same wait queue): a wake-up and a switch for nothing, per round trip. A
-        # poll for input is not woken by it, so a reader that is mostly idle between
-        # messages (the sandbox's) waits there and then reads.
-        self._wait: Callable[[], Any] | None = None
-        if wait_in_poll:
-            poller = select.poll()
-            poller.register(sock.fileno(), select.POLLIN)
-            self._wait = poller.poll
         self._codec = codec
         self._decoder = FrameDecoder(codec)
         # recv_into a reused buffer: sock.recv(n) allocates n bytes every call,
@@ -273,8 +257,6 @@ class Channel:
                 if self._closed:
                     raise ChannelClosed("channel was closed locally", local=True)
                 try:
-                    if not flags and self._wait is not None:
-                        self._wait()
                     n = self._sock.recv_into(self._rbuf, 0, flags)
                 except BlockingIOError:
                     # A receive timeout on the socket (SO_RCVTIMEO) ran out, or nothing
