@@ -26,13 +26,14 @@ pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The child: becomes its own process group (as a sandbox does), imports what the
-# sandbox process has loaded before user code, installs the guard, then runs the
-# attacks named on its command line and prints one JSON line of outcomes.
+# The child: becomes its own process group in its parent's session (as a sandbox
+# does, runtime.child.boot.own_group), imports what the sandbox process has loaded
+# before user code, installs the guard, then runs the attacks named on its command
+# line and prints one JSON line of outcomes.
 CHILD = r"""
 import json, os, sys
 cfg = json.loads(open(sys.argv[1]).read())
-os.setsid()
+os.setpgid(0, 0)  # own_group's part that matters here (importing boot loads more)
 for name in ["socket", "gc", "inspect", "traceback", "pickle", "threading"] + cfg["preload"]:
     __import__(name)
 from runtime.child.guard import install_guard
@@ -185,6 +186,12 @@ def a_kill_all():
 def a_kill_self():
     os.kill(os.getpid(), 0)
 
+def a_join_group_then_signal_it():
+    # No seccomp filter here (the kernel layer refuses the move in a sandbox): the
+    # guard must still judge by the group the child was given, not the one it is in.
+    os.setpgid(0, P["victim_pgid"])
+    os.kill(0, 0)
+
 def a_gc_objects():
     import gc
     return len(gc.get_objects())
@@ -299,6 +306,7 @@ class World:
             outside_dir=str(self.outside),
             secret=str(self.secret),
             victim=self.victim.pid,
+            victim_pgid=os.getpgid(self.victim.pid),
             app_py=str(self.script),
             app_data=str(self.app / "data.txt"),
         )
@@ -555,6 +563,17 @@ def test_low_allows_the_same_ordinary_operations(world: World) -> None:
     assert world.victim.poll() is None
     assert r["addaudithook"]["value"] == "0"
     assert out["dont_write_bytecode"] is False
+
+
+@pytest.mark.parametrize("profile", ["high", "low"])
+def test_a_child_that_joined_another_group_cannot_signal_it(world: World, profile: str) -> None:
+    """The sandbox shares its host's session, so a process in it could move into
+    another group of that session (the host's); ``kill(0)`` then names that group,
+    which the guard refuses as outside the sandbox's own."""
+    out = world.run(policy_for(profile, world), ["join_group_then_signal_it"])
+    r = out["results"]["join_group_then_signal_it"]
+    assert r["outcome"] == "refused" and "outside the sandbox's process group" in r["message"], r
+    assert world.victim.poll() is None
 
 
 def test_net_allow_lets_one_address_through(world: World) -> None:

@@ -431,7 +431,7 @@ def _make() -> Callable[
     # -- the policy, frozen: filled in once, by configure() below ---------------------
     # Placeholders until then (the hook is only handed out by configure()).
     configured = False
-    profile, sealed_wd, own_pid = "", "", 0
+    profile, sealed_wd, own_pid, own_pgid = "", "", 0, 0
     allow: frozenset[str] = frozenset()
     write_any = read_any = report_allowed = cache_ok = False
     none: tuple[str, ...] = ("\0",)  # a prefix no path starts with
@@ -809,9 +809,18 @@ def _make() -> Callable[
             return
         refuse(event, "subprocess", f"starting processes: {detail}")
 
+    # The group the sandbox was given (runtime.child.boot.own_group), not the one
+    # it is in now: it shares its host's session, where a process could move to
+    # another group (the kernel filter refuses that too, runtime.child.seccomp).
     def own_group(pid: int) -> bool:
         try:
-            return pid == own_pid or _getpgid(pid) == _getpgid(0)
+            return pid == own_pid or _getpgid(pid) == own_pgid
+        except _OSError:
+            return False
+
+    def in_own_group() -> bool:
+        try:
+            return _getpgid(0) == own_pgid
         except _OSError:
             return False
 
@@ -820,13 +829,13 @@ def _make() -> Callable[
         if "signal_any" in allow or _type(pid) is not _int:
             return
         if event == "os.killpg":
-            ok = pid == 0 or pid == _getpgid(0)
+            ok = in_own_group() if pid == 0 else pid == own_pgid
         elif pid == 0:
-            ok = True
+            ok = in_own_group()
         elif pid == -1:
             ok = False
         elif pid < 0:
-            ok = -pid == _getpgid(0)
+            ok = -pid == own_pgid
         else:
             ok = own_group(pid)
         if not ok:
@@ -1104,7 +1113,7 @@ def _make() -> Callable[
         nonlocal profile, allow, write_any, read_any, write_exact, write_pfx, read_exact
         nonlocal read_pfx, code_exact, code_pfx, trusted_pfx, untrusted_pfx, sealed_wd
         nonlocal code_suffixes, list_dirs, dev_files, dev_ok_f, blocked, protected
-        nonlocal protected_exact, net_allow, net_hosts, report_allowed, warned, own_pid
+        nonlocal protected_exact, net_allow, net_hosts, report_allowed, warned, own_pid, own_pgid
         nonlocal blocked_dirs, blocked_rels, cache_ok, on_violation, get, configured
         if configured:
             raise RuntimeError("this guard is already configured")
@@ -1182,6 +1191,7 @@ def _make() -> Callable[
         report_allowed = _bool(policy.get("report_allowed"))
         warned = frozenset(policy.get("warn") or ())  # allowed, but always reported
         own_pid = _getpid()
+        own_pgid = _getpgid(0)
 
         # Files whose execution means a blocked module is being imported (catches
         # importlib.import_module, which raises no "import" event for source modules).

@@ -21,7 +21,8 @@ What it denies (``clone3`` gets ``ENOSYS`` so the C library falls back to
   reading or writing their memory, namespaces and mounts, kernel keyrings,
   modules, BPF, perf events, userfaultfd, io_uring, personality changes, ...),
   ``clone`` with any ``CLONE_NEW*`` flag, ``ioctl(TIOCSTI)`` (typing into a
-  terminal), and unix sockets that could reach the host's: ``socket(AF_UNIX)``
+  terminal), ``setpgid`` into an existing process group (the sandbox shares its
+  host's session, so that could be the host's), and unix sockets that could reach the host's: ``socket(AF_UNIX)``
   and datagram ``socketpair`` (a datagram socket can ``sendto`` any path).
   These fail with ``EPERM`` in every profile, never kill: a read-only mount
   does not stop ``connect`` to a socket file (``/run/dbus``, ``/dev/log``, a
@@ -134,7 +135,7 @@ _SCMP_ACT_ERRNO = 0x00050000
 _PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_SET_MODE_FILTER, _SECCOMP_FILTER_FLAG_TSYNC = 1, 1
 _BPF_INSN_SIZE = 8  # struct sock_filter
-_SCMP_CMP_EQ, _SCMP_CMP_MASKED_EQ = 4, 7
+_SCMP_CMP_NE, _SCMP_CMP_EQ, _SCMP_CMP_MASKED_EQ = 1, 4, 7
 _CLONE_NEW = {
     "CLONE_NEWNS": 0x00020000,
     "CLONE_NEWCGROUP": 0x02000000,
@@ -333,6 +334,10 @@ def _build(*, deny_exec: bool, fatal: bool) -> tuple[bytes, tuple[str, ...]]:
             rule("clone", deny, _ArgCmp(0, _SCMP_CMP_MASKED_EQ, flag, flag))
         rule("ioctl", deny, _ArgCmp(1, _SCMP_CMP_EQ, _TIOCSTI, 0))
         refuse = _SCMP_ACT_ERRNO | errno.EPERM
+        # A group of its own (pgid 0) only: the sandbox shares its host's session
+        # (runtime.child.boot.own_group), where joining an existing group, the
+        # host's, would put the host in reach of a kill(0) or killpg.
+        rule("setpgid", refuse, _ArgCmp(1, _SCMP_CMP_NE, 0, 0))
         rule("socket", refuse, _ArgCmp(0, _SCMP_CMP_EQ, _AF_UNIX, 0))
         for kind in _SOCK_DGRAM_LIKE:
             rule("socketpair", refuse, _ArgCmp(0, _SCMP_CMP_EQ, _AF_UNIX, 0),

@@ -125,3 +125,29 @@ def test_destroys_side_by_side_each_kill_what_their_uid_left(world):
     assert not alive, f"processes under the sandboxes' UIDs outlived destroy: {alive}"
     for sid in ids:
         assert world.events(sid, "sandbox.leftovers"), (sid, world.events(sid))
+
+
+def _join_group(pgid: int) -> str:
+    import os
+
+    try:
+        os.setpgid(0, pgid)
+    except OSError as exc:
+        return f"refused: {exc.strerror}"
+    return "joined"
+
+
+def test_low_cannot_join_the_hosts_process_group(world):
+    """A sandbox shares its host's session (a group of its own, not a session:
+    runtime.child.boot.own_group), so the kernel would let it join the host's
+    process group, and a kill(0) would then reach the host: the seccomp filter
+    refuses every setpgid but to a group of its own, in every profile."""
+    import os
+
+    sb = world.sandbox(profile="low", id="lowpg")
+    if "seccomp" not in (sb.info().get("isolation") or ()):
+        pytest.skip(f"the seccomp layer is not applied here: {sb.info()['isolation_skipped']}")
+    host_group = os.getpgid(0)
+    assert attempt(sb, _join_group, host_group) == "refused: Operation not permitted"
+    assert os.getpgid(sb.pid) == sb.pid  # seen from the host: still its own group
+    assert attempt(sb, _join_group, 0) == "joined"  # a group of its own stays allowed
