@@ -299,7 +299,8 @@ def _uuid4_urn() -> str:
 class Actor(pykka.ThreadingActor):
     """Base class of every actor: a thread with a mailbox, links, monitors and exit reasons.
 
-    Override the hooks; each runs in the actor's own thread, one message at a time:
+    Override the hooks; each runs in the actor's own thread, one message at a time
+    (``on_init`` of a :attr:`thread_on_demand` actor on the thread that starts it):
 
     - ``on_init()``: set up; raising here makes :meth:`start` raise.
     - ``on_call(request) -> reply``, ``on_cast(request)``, ``on_info(message)``
@@ -374,7 +375,8 @@ class Actor(pykka.ThreadingActor):
 
     # -- hooks -----------------------------------------------------------------------
     def on_init(self) -> None:
-        """Set up the actor (runs in its thread before any message)."""
+        """Set up the actor (runs in its thread before any message; with
+        :attr:`thread_on_demand`, on the starter's thread)."""
 
     def on_call(self, request: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not handle calls (got {request!r})")

@@ -812,15 +812,10 @@ def _make() -> Callable[
     # The group the sandbox was given (runtime.child.boot.own_group), not the one
     # it is in now: it shares its host's session, where a process could move to
     # another group (the kernel filter refuses that too, runtime.child.seccomp).
+    # own_group(0): whether the sandbox is still in it (a kill(0) names its group).
     def own_group(pid: int) -> bool:
         try:
             return pid == own_pid or _getpgid(pid) == own_pgid
-        except _OSError:
-            return False
-
-    def in_own_group() -> bool:
-        try:
-            return _getpgid(0) == own_pgid
         except _OSError:
             return False
 
@@ -829,9 +824,9 @@ def _make() -> Callable[
         if "signal_any" in allow or _type(pid) is not _int:
             return
         if event == "os.killpg":
-            ok = in_own_group() if pid == 0 else pid == own_pgid
+            ok = own_group(0) if pid == 0 else pid == own_pgid
         elif pid == 0:
-            ok = in_own_group()
+            ok = own_group(0)
         elif pid == -1:
             ok = False
         elif pid < 0:
