@@ -93,9 +93,12 @@ def _ctypes_exec(marker: str) -> str:
     import os
 
     libc = ctypes.CDLL(None, use_errno=True)
-    pid = libc.fork()
+    argv = (ctypes.c_char_p * 4)(b"/bin/sh", b"-c", f"echo ran > {marker}".encode(), None)
+    # fork through PyDLL, which keeps the GIL across the call: a CDLL call lets
+    # it go, and if another of the sandbox's threads took it in that moment the
+    # child (where that thread does not exist) would wait for it forever.
+    pid = ctypes.PyDLL(None).fork()
     if pid == 0:  # only async-signal-safe calls from here on
-        argv = (ctypes.c_char_p * 4)(b"/bin/sh", b"-c", f"echo ran > {marker}".encode(), None)
         libc.execv(b"/bin/sh", argv)
         libc._exit(ctypes.get_errno())
     status = ctypes.c_int()
