@@ -66,18 +66,25 @@ def _watched(sock: Channel) -> bool:
     return bool(fcntl.fcntl(sock.fileno(), fcntl.F_GETFL) & os.O_ASYNC)
 
 
-def _main_thread_sleeps() -> bool:
-    with open(f"/proc/self/task/{threading.main_thread().native_id}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "S"
+_RECVFROM = {"x86_64": 45, "aarch64": 207}.get(os.uname().machine)
+
+
+def _main_thread_reads() -> bool:
+    """The main thread is blocked in its read (``recv_into``: the ``recvfrom`` system
+    call), not merely asleep (waiting for the GIL is a sleep too)."""
+    with open(f"/proc/self/task/{threading.main_thread().native_id}/syscall") as f:
+        return f.read().split()[0] == str(_RECVFROM)
 
 
 def _send_to_a_reader(left: Channel, payloads: list[Any], done: Callable[[int], bool]) -> threading.Thread:
-    """Send each payload once the one before is ``done`` and the main thread sleeps
-    (in its read, the only place it blocks here): as a host calls an idle sandbox."""
+    """Send each payload once the one before is ``done`` and the main thread is
+    blocked in its read: as a host calls an idle sandbox."""
+    if _RECVFROM is None:
+        pytest.skip("the recvfrom system call's number is not known here")
 
     def run() -> None:
         for i, payload in enumerate(payloads):
-            wait_for(lambda: done(i) and _main_thread_sleeps(), timeout=10,
+            wait_for(lambda: done(i) and _main_thread_reads(), timeout=10,
                      message="the relay never went back to its read")
             left.send(CALL, i, "x", payload)
 
@@ -203,6 +210,14 @@ def test_an_app_with_its_own_sigalrm_handler_gets_no_input_signals(
         left.send(CALL, 2, "x", 2)  # arrives while nobody reads
         relay.step()
         assert seen[-1] == (2, False) and got == []
+        # The app puts the relay's handler back: calls run in place again, and with
+        # the socket not watched yet each arms the timer, until idle ticks watch it.
+        signal.signal(signal.SIGALRM, relay._on_alarm)
+        left.send(CALL, 3, "x", 3)
+        relay.step()
+        assert seen[-1] == (3, True) and not _timer_off()
+        wait_for(lambda: _timer_off() and _watched(right), timeout=10,
+                 message="the socket was never watched again")
     finally:
         relay.close()
 

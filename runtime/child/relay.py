@@ -29,8 +29,10 @@ a call run in place while frames already read wait in the queue. Ticks that find
 call since the tick before, twice in a row, disarm it and return the socket to
 signal-driven mode. A call to an idle sandbox thus pays no timer system call at
 all, however sparse or dense the calls; a burst of overlapping traffic pays one
-signal, two ``setitimer`` and three ``fcntl``/``ioctl`` calls. (Without a socket
-to watch, ``fd=None``, every call run in place arms the timer as it cannot be told.)
+signal, two ``setitimer``, four ``fcntl`` and one ``ioctl`` (``FIONREAD``: input
+that came while the socket was not watched raised nothing, so the timer stays on
+while some waits). Without a socket to watch (``fd=None``) every call run in place
+arms the timer, as nothing could tell the relay of input waiting behind it.
 
 Frames already read but not dispatched wait in a queue the helper drains first, so
 the order of dispatch is the order of arrival whichever thread dispatches.
@@ -103,6 +105,9 @@ class Relay:
     None); a channel's :attr:`~runtime.wire.channel.Channel.recv_lock`, with its
     :meth:`~runtime.wire.channel.Channel.recv_held` as ``recv``, makes a read take
     one lock instead of two.
+    ``fd``: the socket ``recv`` reads, watched for input that arrives while nobody
+    reads it (see the module's docstring; None: the timer runs with every call in
+    place).
     :meth:`step` is called in a loop by the main thread; it raises what ``recv``
     raised (``ChannelClosed``, ``ProtocolError``), also when the helper hit it.
     """
@@ -192,8 +197,8 @@ class Relay:
             return
         self._running = True  # first: a tick now must not disarm the timer
         self._runs += 1
-        if not self._armed and (self._queue or self._fd is None):
-            self._arm()  # frames wait behind this call (or none could be told of)
+        if not self._armed and (self._queue or not self._watching):
+            self._arm()  # frames wait behind this call (or none would be told of)
         try:
             if not self._call_here(first):
                 self._dispatch([first], True)
