@@ -22,7 +22,7 @@ from helpers import wait_for
 from runtime.child import relay as relay_module
 from runtime.child.relay import Relay
 from runtime.wire.channel import Channel
-from runtime.wire.mailbox import CALL, Codec
+from runtime.wire.mailbox import CALL, CAST, Codec
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -265,4 +265,19 @@ def test_the_channels_receive_lock_as_the_token_hands_the_reading_over_and_back(
         assert not right.recv_lock.locked()
     finally:
         release.set()
+        relay.close()
+
+
+def test_a_cast_is_enough_for_the_relay_to_see_the_apps_handler(
+    pair: tuple[Channel, Channel],
+) -> None:
+    left, right = pair
+    relay = Relay(right.recv_held, lambda unit, here: None, slice_seconds=SLICE,
+                  token=right.recv_lock, fd=right.fileno())
+    try:
+        signal.signal(signal.SIGALRM, lambda signum, frame: None)
+        left.send(CAST, None, "x", 1)
+        relay.step()
+        assert not _watched(right)
+    finally:
         relay.close()

@@ -38,8 +38,9 @@ Frames already read but not dispatched wait in a queue the helper drains first, 
 the order of dispatch is the order of arrival whichever thread dispatches.
 
 If the app installs its own ``SIGALRM`` handler, nothing runs in place any more
-(every call goes through the mailbox, as before): a long handler must never stop
-the reading for good.
+(every call goes through the mailbox, as before) and, from the relay's next
+message on, the socket is no longer watched (the app's handler gets no input
+signals): a long handler must never stop the reading for good.
 
 >>> import socket
 >>> from runtime.wire.channel import Channel
@@ -191,7 +192,7 @@ class Relay:
             token.release()
         # Only calls run in place: casts and system ops never do, so they need no tick.
         if kind != CALL or not self._timer or _getsignal(_SIGALRM) is not self._on_alarm:
-            if self._watching and kind == CALL and self._timer:
+            if self._watching and _getsignal(_SIGALRM) is not self._on_alarm:
                 self._watch(False)  # the app's SIGALRM now: it gets no input signals
             self._dispatch(unit if kind == CAST else [first], False)
             return
