@@ -500,10 +500,25 @@ class ManagerActor(Component):
         """
         if config.id in self.records or self.inflight.get(config.id) is not None:
             raise SandboxExists(config.id)
+        slot = ProcessSlot(config.id, runtime_id=self.runtime_id)
+        # First thing: the child's fork and first steps overlap the rest of this
+        # turn, the job thread's start, containment and the compile.
+        ahead = containment.fork_ahead(config, slot)
+        try:
+            ticket = self._create(config, slot, ahead)
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()  # no job took it: killed unused
+            raise
+        return ticket
+
+    def _create(self, config: SandboxConfig, slot: ProcessSlot, ahead: ChildAhead | None) -> Ticket:
+        """:meth:`op_create` once the child is asked for: the record, the id held,
+        the job (which owns ``ahead`` from its start) started."""
         workdir = tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir)
         record = SandboxRecord(
             config=config,
-            slot=ProcessSlot(config.id, runtime_id=self.runtime_id),
+            slot=slot,
             workdir=workdir,
             created_at=time.time(),
             creating=True,
@@ -522,7 +537,7 @@ class ManagerActor(Component):
         record.slot.watch = config.watch if config.auto_reload else None
         self._set_status(record, "initializing")
         self._set_status(record, "compiling")
-        self._run_job(job, self._prepare)
+        self._run_job(job, lambda job: self._prepare(job, ahead))
         return job.ticket
 
     def _run_job(self, job: Job, part: Callable[[Job], None]) -> None:
@@ -572,15 +587,15 @@ class ManagerActor(Component):
                 # turn (the jobs' outcomes are set), or did not answer in time.
                 pass
 
-    def _prepare(self, job: Job) -> None:
+    def _prepare(self, job: Job, ahead: ChildAhead | None) -> None:
         """A create's slow part, on its own thread: containment (profile, limits, UID,
         cgroups), compile (a cache hit for the 2nd..Nth sandbox of one app), and boot
-        the process until the app is ready. The process is asked of the fork server
-        first, so its fork overlaps containment and the compile; it runs nothing
-        until containment hands it the plan (:func:`containment.fork_ahead`), and
-        its OS layers overlap the compile; the app reaches it at its start."""
+        the process until the app is ready. Its child, ``ahead``, was asked of the
+        fork server first thing in the create's turn, so its fork overlaps
+        containment and the compile; it runs nothing until containment hands it
+        the plan (:func:`containment.fork_ahead`), and its OS layers overlap the
+        compile; the app reaches it at its start."""
         record = job.record
-        ahead = containment.fork_ahead(record)
         try:
             plan = self._contain_and_compile(record, ahead)
             process: ProcessRef | BaseException
