@@ -1447,9 +1447,11 @@ def start_process(
       stdout or stderr (:mod:`runtime.host.output`).
     - ``ahead``: a child forked beforehand (:class:`ChildAhead`, with this
       ``output``), which this start uses if it fits its isolation plan (else it is
-      given up and another forked). If a bad option makes this raise first, it is
-      still the caller's to :meth:`~ChildAhead.cancel` (which does nothing once
-      it started).
+      given up and another forked). Given this ``isolation`` plan (and CPU
+      affinity) before (:meth:`ChildAhead.isolate`), it has applied its layers:
+      this start sends it the rest; given another, it is killed and another
+      forked. If a bad option makes this raise first, it is still the caller's
+      to :meth:`~ChildAhead.cancel` (which does nothing once it started).
     - The child's environment: with an ``isolation`` plan, only ``env`` and the
       plan's ``env_allow`` variables (from the host's environment); without one,
       the host's environment plus ``env``.
