@@ -1075,10 +1075,11 @@ def _kill_unused(proc: forkserver.Child) -> None:
     """Kill a child that never got the rest of its configuration (it ran nothing
     of the app, started nothing) and wait until it is gone, so a failed create's
     clean-up finds its cgroups empty."""
-    try:
-        os.kill(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    if not proc.wait_exited(0):  # one that exited may be reaped, its pid reused
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     if not proc.wait_exited(_REAP_TIMEOUT):
         log.error("an unused child (pid %s) did not exit", proc.pid)
     if proc.exited.wait(_REAP_TIMEOUT):
