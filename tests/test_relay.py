@@ -281,3 +281,24 @@ def test_a_cast_is_enough_for_the_relay_to_see_the_apps_handler(
         assert not _watched(right)
     finally:
         relay.close()
+
+
+def test_a_socket_closed_under_the_relay_is_let_go_without_an_error_in_the_handler(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """The ticks' handler watches the socket again: if it was closed meanwhile, that
+    must not raise inside whatever code the main thread runs; the relay lets the
+    socket go and arms the timer with every call in place from then on."""
+    left, right = pair
+    a, b = socket.socketpair()
+    relay = Relay(right.recv_held, lambda unit, here: None, slice_seconds=SLICE,
+                  token=right.recv_lock, fd=b.fileno())
+    try:
+        assert relay._watching
+        relay._arm()
+        b.close()
+        relay._disarm()  # what idle ticks do: no exception
+        assert not relay._watching and relay._fd is None
+    finally:
+        relay.close()
+        a.close()

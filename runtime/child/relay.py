@@ -108,7 +108,7 @@ class Relay:
     one lock instead of two.
     ``fd``: the socket ``recv`` reads, watched for input that arrives while nobody
     reads it (see the module's docstring; None: the timer runs with every call in
-    place).
+    place); the caller keeps it open while the relay runs.
     :meth:`step` is called in a loop by the main thread; it raises what ``recv``
     raised (``ChannelClosed``, ``ProtocolError``), also when the helper hit it.
     """
@@ -144,6 +144,7 @@ class Relay:
         self._seen = -1  # self._runs at the last tick
         self._idle = 0  # ticks in a row that found no call since the tick before
         self._armed = False
+        self._switching = False  # _arm or _disarm runs (see there)
         self._fd = fd  # the socket recv reads, watched while the timer is off
         self._watching = False  # it is in signal-driven mode (O_ASYNC)
         self._closed = False
@@ -161,9 +162,10 @@ class Relay:
             try:
                 fcntl.fcntl(fd, _F_SETOWN_EX, struct.pack("ii", _F_OWNER_TID, threading.get_native_id()))
                 fcntl.fcntl(fd, _F_SETSIG, _SIGALRM)
-                self._watch(True)
             except OSError:  # not watchable: every call in place arms the timer
                 self._fd = None
+            else:
+                self._watch(True)
 
     # -- main thread -------------------------------------------------------------------
     def step(self) -> None:
@@ -222,34 +224,63 @@ class Relay:
 
     def _watch(self, on: bool) -> None:
         """Put the socket in signal-driven mode (input that finds no reader raises
-        ``SIGALRM`` here) or take it out."""
+        ``SIGALRM`` here) or take it out. Called from the tick's handler too, so it
+        never raises: a socket that cannot be watched any more (closed under the
+        relay) is let go, and every call in place arms the timer from then on."""
         fd = self._fd
         assert fd is not None
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_ASYNC if on else flags & ~os.O_ASYNC)
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_ASYNC if on else flags & ~os.O_ASYNC)
+        except OSError:
+            self._fd = None
+            self._watching = False
+            return
         self._watching = on
 
+    def _input_waiting(self) -> bool:
+        """Bytes wait in the socket (``FIONREAD``); True when that cannot be told."""
+        try:
+            return bool(struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0"))[0])  # type: ignore[arg-type]
+        except OSError:
+            return True
+
+    # _arm and _disarm run in the main thread between its bytecodes, and so can the
+    # signal's handler (a tick, or input): _switching makes the handler leave them
+    # alone half-way (else a tick inside _disarm could re-arm the timer that _disarm
+    # then stops, leaving it marked armed and no tick to come).
     def _arm(self) -> None:
-        self._armed = True
-        self._idle = 0
-        self._seen = self._runs  # a handler running now gets a slice before a hand-off
-        signal.setitimer(signal.ITIMER_REAL, self._slice, self._slice)
-        if self._watching:
-            self._watch(False)  # the ticks look after waiting input from here on
+        self._switching = True
+        try:
+            self._armed = True
+            self._idle = 0
+            self._seen = self._runs  # a handler running now gets a slice before a hand-off
+            signal.setitimer(signal.ITIMER_REAL, self._slice, self._slice)
+            if self._watching:
+                self._watch(False)  # the ticks look after waiting input from here on
+        finally:
+            self._switching = False
 
     def _disarm(self) -> None:
-        self._armed = False
-        self._idle = 0
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        if self._fd is not None and not self._closed and _getsignal(_SIGALRM) is self._on_alarm:
-            self._watch(True)
-            # Input that came while the socket was not watched raised nothing: if some
-            # waits now, keep the timer on (the main thread may be about to run a
-            # handler in place before it reads again).
-            if struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0"))[0]:
-                self._arm()
+        self._switching = True
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            self._armed = False
+            self._idle = 0
+            if self._fd is not None and not self._closed and _getsignal(_SIGALRM) is self._on_alarm:
+                self._watch(True)
+        finally:
+            self._switching = False
+        # From here on input that finds no reader raises the signal (which arms). Input
+        # that came while the socket was not watched raised nothing: if some waits now,
+        # keep the timer on (the main thread may be about to run a handler in place
+        # before it reads again).
+        if self._watching and not self._armed and self._input_waiting():
+            self._arm()
 
     def _alarm(self, signum: int, frame: Any) -> None:
+        if self._switching:
+            return  # see _arm: the timer is being set as this runs
         if not self._armed:  # input while nobody reads: from now on the ticks look after it
             if not self._closed:
                 self._arm()
@@ -302,10 +333,7 @@ class Relay:
             except ValueError:
                 pass
         if self._watching:
-            try:
-                self._watch(False)  # the host's end of the stream raises nothing after this
-            except OSError:
-                pass
+            self._watch(False)  # the host's end of the stream raises nothing after this
         helper = self._helper
         if helper is not None and not self._handed:
             self._handed = True
