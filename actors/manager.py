@@ -685,16 +685,6 @@ class ManagerActor(Component):
             return answers
         if self.store is not None:  # first: a host killed now does not bring them back
             self.store.delete_sandboxes([job.record.config.id for job in jobs])
-        for job in jobs:
-            # Before any stop (an exited process is in no cgroup; a batch's thread came
-            # too late, and so did a read right after the process's own stop request
-            # when this thread waited for the GIL meanwhile): is it in its cgroups?
-            # Then what its UID runs outside them is killed while it stops
-            # (kill_strays), with no pass over /proc of its own after the exit.
-            try:
-                job.extra["member"] = containment.joined_cgroups(job.record)
-            except Exception as exc:  # a bug: that destroy fails, after release's full pass
-                job.result, job.extra["member"] = exc, None
         for job in jobs:  # all asked at once: their graceful stops overlap
             record = job.record
             record.slot.close(ExitReason.shutdown("sandbox destroyed"))
@@ -704,6 +694,18 @@ class ManagerActor(Component):
             # whose end is now this stop's is not restarted: its remains may go once
             # it has exited (_take_down).
             job.extra["ours"] = proc if proc is not None and proc.stop_soon() else None
+            # Is it in its cgroups? Then what its UID runs outside them is killed while
+            # it stops (kill_strays), with no pass over /proc of its own after the exit.
+            # Read on this thread right after its stop went (~0.2 ms, first reads of
+            # its /proc entries): the process leaves its cgroups at the very end of its
+            # exit (its app's stop, then the kernel's teardown of its memory, >= 1 ms),
+            # so the stop need not wait for the read. A read that comes too late (an
+            # exited process is in no cgroup; a batch's thread, or this one waiting for
+            # the GIL for long) finds none: release then makes the pass after the exit.
+            try:
+                job.extra["member"] = containment.joined_cgroups(job.record)
+            except Exception as exc:  # a bug: that destroy fails, after release's full pass
+                job.result, job.extra["member"] = exc, None
         self._run_jobs(jobs, self._take_down)
         return answers
 
