@@ -66,7 +66,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from multiprocessing.connection import wait as _wait_fds
 from typing import TYPE_CHECKING, Any
 
 from runtime import logs, telemetry
@@ -825,7 +824,7 @@ class _Connection:
         # written its status; reading the status then does not block. Waiting needs
         # no lock; reading does (two readers would split the status bytes).
         try:
-            if not _wait_fds([proc.sentinel], timeout):
+            if not forkserver.readable(proc.sentinel, timeout):
                 return None
         except (OSError, ValueError):  # released concurrently by close()
             return self.exitcode
