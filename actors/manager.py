@@ -675,7 +675,6 @@ class ManagerActor(Component):
                 continue
             record.destroying = True
             record.slot.watch = None  # a restarting watcher leaves it; the job unwatches it
-            self._set_status(record, "stopping")
             sup = record.supervisor  # its Down would change nothing: no turn for it
             if sup is not None and (mref := self._sup_monitors.pop(sup.id, None)) is not None:
                 demonitor(sup, mref)
@@ -706,6 +705,7 @@ class ManagerActor(Component):
                 job.extra["member"] = containment.joined_cgroups(job.record)
             except Exception as exc:  # a bug: that destroy fails, after release's full pass
                 job.result, job.extra["member"] = exc, None
+            self._set_status(record, "stopping")  # after the stop: it waits for no event
         self._run_jobs(jobs, self._take_down)
         return answers
 

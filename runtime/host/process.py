@@ -226,6 +226,7 @@ class _Connection:
         self._boot_error: dict[str, Any] | None = None
         self._exit_note: str | None = None
         self._closing = False  # the host is stopping the child: its exit is expected
+        self._stop_sent = False  # the graceful stop went (stop_soon): close() sends none
         self._gone_unasked = False  # its end was read as unexpected (its actor fails)
         self._closed = False
         self._released = False  # process.close() done: its sentinel fd is gone
@@ -869,11 +870,12 @@ class _Connection:
         code = self._wait_exit(0)
         if code is None and self.process is not None:
             if graceful and self.channel is not None:
-                try:
-                    self.channel.send(SYSTEM, None, "stop", None)
-                except (ChannelClosed, ValueError, TypeError):
-                    pass
-                self.kick()  # a parked reader reads the EOF while the child exits
+                if not self._stop_sent:  # else stop_soon sent it, and kicked the reader
+                    try:
+                        self.channel.send(SYSTEM, None, "stop", None)
+                    except (ChannelClosed, ValueError, TypeError):
+                        pass
+                    self.kick()  # a parked reader reads the EOF while the child exits
                 code = self._wait_exit(timeout)
             if code is None and graceful:
                 log.warning("sandbox %s (pid %s) did not stop within %ss; killing it",
@@ -1261,7 +1263,7 @@ class ProcessRef(ActorRef):
                 return False
             if conn._closing:
                 return not conn._gone_unasked
-            conn._closing = True
+            conn._closing = conn._stop_sent = True
         try:
             conn.channel.send(SYSTEM, None, "stop", None)
         except (ChannelClosed, ValueError, TypeError):
