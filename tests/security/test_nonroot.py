@@ -154,6 +154,8 @@ def run() -> Iterator[dict[str, Any]]:
         report["fd_table"] = _fd_table(pid)
         report["uid_seen"] = psutil.Process(pid).uids().real
         report["own_userns"] = os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
+        report["group"] = {"leads": os.getpgid(pid) == pid, "sid": os.getsid(pid),
+                           "host_sid": os.getsid(report["pids"]["host"])}
         report["outside"] = {k: os.path.exists(p) for k, p in outside.items()}
         report["planted"] = os.path.exists(os.path.join(report["workdirs"]["victim"], "planted.txt"))
         report["loopback_accepted"] = _accepted(listener)
@@ -191,6 +193,15 @@ def test_the_host_runs_its_sandboxes_in_their_own_user_and_pid_namespaces(run):
         assert layer in run["isolation"], run["isolation"]
     # uid 0 of its namespace, without a capability (no mount, no unshare: seccomp)
     assert run["got"]["uid"] == [0, 0]
+
+
+def test_the_sandbox_leads_its_group_in_the_hosts_session(run):
+    """In its own pid namespace too: the sandbox is forked beside the namespace's
+    init (runtime.child.userns.spawn), not by it, so the init's session is not
+    its own; a session per sandbox would be a scheduling autogroup per sandbox
+    (test_child_group.py)."""
+    assert run["group"]["leads"], run["group"]
+    assert run["group"]["sid"] == run["group"]["host_sid"], run["group"]
 
 
 def test_nothing_is_written_outside_the_workdir(run):
