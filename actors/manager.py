@@ -500,10 +500,25 @@ class ManagerActor(Component):
         """
         if config.id in self.records or self.inflight.get(config.id) is not None:
             raise SandboxExists(config.id)
+        slot = ProcessSlot(config.id, runtime_id=self.runtime_id)
+        # First thing: the child's fork and first steps overlap the rest of this
+        # turn, the job thread's start, containment and the compile.
+        ahead = containment.fork_ahead(config, slot)
+        try:
+            ticket = self._create(config, slot, ahead)
+        except BaseException:
+            if ahead is not None:
+                ahead.cancel()  # no job took it: killed unused
+            raise
+        return ticket
+
+    def _create(self, config: SandboxConfig, slot: ProcessSlot, ahead: ChildAhead | None) -> Ticket:
+        """:meth:`op_create` once the child is asked for: the record, the id held,
+        the job (which owns ``ahead`` from its start) started."""
         workdir = tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir)
         record = SandboxRecord(
             config=config,
-            slot=ProcessSlot(config.id, runtime_id=self.runtime_id),
+            slot=slot,
             workdir=workdir,
             created_at=time.time(),
             creating=True,
@@ -522,7 +537,7 @@ class ManagerActor(Component):
         record.slot.watch = config.watch if config.auto_reload else None
         self._set_status(record, "initializing")
         self._set_status(record, "compiling")
-        self._run_job(job, self._prepare)
+        self._run_job(job, lambda job: self._prepare(job, ahead))
         return job.ticket
 
     def _run_job(self, job: Job, part: Callable[[Job], None]) -> None:
@@ -572,20 +587,21 @@ class ManagerActor(Component):
                 # turn (the jobs' outcomes are set), or did not answer in time.
                 pass
 
-    def _prepare(self, job: Job) -> None:
+    def _prepare(self, job: Job, ahead: ChildAhead | None) -> None:
         """A create's slow part, on its own thread: containment (profile, limits, UID,
         cgroups), compile (a cache hit for the 2nd..Nth sandbox of one app), and boot
-        the process until the app is ready. The process is asked of the fork server
-        first, so its fork overlaps containment and the compile; it runs nothing
-        until its start hands it the plan (:func:`containment.fork_ahead`)."""
+        the process until the app is ready. Its child, ``ahead``, was asked of the
+        fork server first thing in the create's turn, so its fork overlaps
+        containment and the compile; it runs nothing until containment hands it
+        the plan (:func:`containment.fork_ahead`), and its OS layers overlap the
+        compile; the app reaches it at its start."""
         record = job.record
-        ahead = containment.fork_ahead(record)
         try:
-            self._contain_and_compile(record)
+            plan = self._contain_and_compile(record, ahead)
             process: ProcessRef | BaseException
             try:
                 process = job.extra["process"] = boot_process(
-                    record, runtime_id=self.runtime_id, ahead=ahead)
+                    record, runtime_id=self.runtime_id, ahead=ahead, plan=plan)
             except Exception as exc:
                 # Raised by the sandbox supervisor's first start, so a boot failure takes
                 # the path (and emits the events) of any start failure.
@@ -598,23 +614,28 @@ class ManagerActor(Component):
             if ahead is not None:
                 ahead.cancel()  # containment or the compile refused it: killed unused
 
-    def _contain_and_compile(self, record: SandboxRecord) -> None:
+    def _contain_and_compile(self, record: SandboxRecord,
+                             ahead: ChildAhead | None) -> dict[str, Any] | None:
         """Containment, and the compile: with a built-in profile the compiler's part
         (a cache hit for the 2nd..Nth sandbox of one app) runs beside containment
         on another job thread; what the scan found is judged (and audited under the
         sandbox's registered profile) after it. A custom profile is resolved by
-        containment first, then compiled with."""
+        containment first, then compiled with. The child forked ``ahead`` gets its
+        isolation plan once containment is done; returns that plan."""
         if record.config.profile not in BUILTIN_PROFILES:
             containment.prepare(self, record)
+            plan = containment.isolate_ahead(record, ahead)
             self._compile(record)
-            return
+            return plan
         context = contextvars.copy_context()  # the caller's correlation id, as the job's
         compiled = self.inflight.aside(lambda: context.run(self._compiled, record))
         try:
             containment.prepare(self, record)
+            plan = containment.isolate_ahead(record, ahead)
         finally:
             wait([compiled])  # no compile outlives a failed create
         self._compile(record, compiled.result())
+        return plan
 
     def _finish_create(self, job: Job) -> None:
         record, config = job.record, job.record.config
@@ -1002,16 +1023,18 @@ class SandboxSupervisor(Supervisor):
 
 
 def boot_process(record: SandboxRecord, *, runtime_id: str, states: Any = None,
-                 ahead: ChildAhead | None = None) -> ProcessRef:
+                 ahead: ChildAhead | None = None,
+                 plan: dict[str, Any] | None = None) -> ProcessRef:
     """Start the sandbox's process with its current code; returns once the app is ready.
-    ``ahead``: its child, forked beforehand (:func:`containment.fork_ahead`)."""
+    ``ahead``: its child, forked beforehand (:func:`containment.fork_ahead`), and
+    ``plan`` the isolation plan it was given (:func:`containment.isolate_ahead`)."""
     config = record.config
     return start_process(
         config.entry,
         modules=list(record.slot.modules.values()),
         name=f"{runtime_id}/{config.id}",
         shutdown=config.shutdown,
-        **containment.process_options(record, runtime_id),  # isolation, guard, env
+        **containment.process_options(record, runtime_id, plan),  # isolation, guard, env
         cwd=record.workdir,
         states=states,
         output=record.slot.output,

@@ -642,6 +642,61 @@ def test_start_process_starts_the_child_asked_ahead_or_gives_it_up():
         ref.stop()
 
 
+def _layers_on(pid: int) -> bool:
+    """Whether process ``pid`` runs under its seccomp filter with no_new_privs."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            status = fh.read()
+    except OSError:
+        return False
+    return "Seccomp:\t2" in status and "NoNewPrivs:\t1" in status
+
+
+def _plan() -> dict:
+    from runtime.child import isolation, seccomp
+
+    if seccomp.unavailable():
+        pytest.skip(seccomp.unavailable())
+    # No state (workdir, UID, cgroups): the mount view is skipped, so not required.
+    return {**isolation.plan(allow=set(), limits={}), "require": []}
+
+
+def test_a_child_given_its_plan_ahead_has_its_layers_on_before_the_rest_of_its_start():
+    """The isolation plan first (ChildAhead.isolate): the child applies its OS
+    layers at once, then waits for the rest (the app) on its channel."""
+    plan = _plan()
+    output = OutputLog("plan-first")
+    ahead, pid = _ahead(output)
+    ahead.isolate(plan)
+    # Its layers are on while the host still holds the app: nothing of it was sent.
+    wait_for(lambda: _layers_on(pid), 10, message="no layers before the start")
+    ref = start(name="plan-first", ahead=ahead, isolation=plan, env={"X": "1"})
+    try:
+        assert ref.pid == pid and ref.call("echo", 3) == 3
+        assert "seccomp" in ref.isolation
+    finally:
+        ref.stop()
+
+
+def test_a_child_given_a_plan_then_another_or_given_up_is_killed_and_gone():
+    plan = _plan()
+    output = OutputLog("replanned")
+    ahead, pid = _ahead(output)
+    ahead.isolate(plan)
+    other = {**plan, "rlimits": {**plan["rlimits"], "nofile": 77}}
+    ref = start(name="replanned", ahead=ahead, isolation=other)  # not the plan it got
+    try:
+        assert ref.pid != pid and ref.call("echo", 4) == 4
+        assert _gone(pid)  # killed and waited for before the start went on
+    finally:
+        ref.stop()
+    ahead, pid = _ahead(output)
+    ahead.isolate(plan)
+    wait_for(lambda: _layers_on(pid), 10)
+    ahead.cancel()  # a create refused after its containment: nothing of it left
+    assert _gone(pid)
+
+
 def test_process_spec_and_exit_descriptions():
     spec = process_spec("worker", ECHO, restart="transient", shutdown=2.0, app_path="/x")
     assert (spec.id, spec.restart, spec.shutdown) == ("worker", "transient", 2.0 + KILL_MARGIN)

@@ -6,8 +6,10 @@ The host (:mod:`runtime.host.process`) starts a child process from the forkserve
 
 1. becomes the leader of its own process group without a controlling terminal
    (:func:`own_group`), so the host can kill it and everything it started with one
-   ``killpg``, and a terminal's Ctrl-C does not reach it; and pins itself to
-   ``boot.cpu_affinity`` if given;
+   ``killpg``, and a terminal's Ctrl-C does not reach it; pins itself to
+   ``boot.cpu_affinity`` if given, and applies the OS isolation plan
+   (``boot.isolation``); a configuration sent in two parts (``rest_follows``)
+   then reads its rest from the channel (:func:`read_rest`);
 2. applies the working directory, environment overrides and ``sys.path``;
 3. imports the entry ``"module:function"`` and calls it with ``boot.args``, then
    runs the boot hooks (:func:`register_boot_hook`); the entry returns a list of :class:`~runtime.childspec.ChildSpec` (run under a
@@ -56,13 +58,15 @@ import hashlib
 import importlib
 import logging
 import os
+import pickle
 import signal
+import struct
 import sys
 import termios
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from runtime import logs as _logs
@@ -98,8 +102,10 @@ __all__ = [
     "current_channel",
     "current_server",
     "error_payload",
+    "read_rest",
     "register_boot_hook",
     "register_system_op",
+    "send_rest",
     "shared_codec",
     "system_ops",
 ]
@@ -171,6 +177,11 @@ class BootConfig:
     #: Calls to idle actors run on the reading thread (:mod:`runtime.child.relay`);
     #: False sends every call through the actor's mailbox (one thread hand-off).
     run_in_place: bool = True
+    #: This part holds only what comes before the app (the isolation plan, the CPU
+    #: affinity): the child applies it while the host finishes the start (compile,
+    #: versions), then reads the rest of its configuration from its channel
+    #: (:func:`read_rest`) before anything else runs.
+    rest_follows: bool = False
 
 
 # -- system ops ------------------------------------------------------------------------
@@ -810,8 +821,52 @@ def own_group() -> None:
         os.close(tty)
 
 
+#: The length of the configuration's rest on the channel (:func:`send_rest`).
+_REST = struct.Struct(">I")
+
+
+def send_rest(sock: Any, boot: BootConfig) -> None:
+    """Send a child started with ``rest_follows`` the rest of its configuration,
+    ``boot`` (the host side of :func:`read_rest`), on its channel before any frame.
+    The plan it already applied is not sent again: the child keeps its own."""
+    body = pickle.dumps(replace(boot, isolation=None, rest_follows=False),
+                        protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_REST.pack(len(body)) + body)
+
+
+def read_rest(sock: Any, first: BootConfig) -> BootConfig | None:
+    """The rest of the configuration whose first part, ``first``, this child applied
+    (:func:`send_rest`); the plan and CPU affinity stay ``first``'s, so the layers
+    the boot checks are those applied. None if the host closed the channel first
+    (it gave the start up)."""
+    head = _recv_exact(sock, _REST.size)
+    body = None if head is None else _recv_exact(sock, _REST.unpack(head)[0])
+    if body is None:
+        return None
+    rest: BootConfig = pickle.loads(body)
+    rest.isolation, rest.cpu_affinity = first.isolation, first.cpu_affinity
+    return rest
+
+
+def _recv_exact(sock: Any, n: int) -> bytes | None:
+    """``n`` bytes from ``sock`` (no more: what follows is the channel's); None at EOF."""
+    chunks, got = [], 0
+    while got < n:
+        data = sock.recv(n - got)
+        if not data:
+            return None
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
+
+
 def child_main(sock: Any, boot: BootConfig) -> None:
-    """Entry point of a sandbox process (the target of the forkserver Process)."""
+    """Entry point of a sandbox process (the target of the forkserver Process).
+
+    The OS layers first; a configuration sent in two parts (``rest_follows``) has
+    its rest read after them, so the layers overlap the host's work on the rest
+    and every layer is on before anything of the app (its modules, its entry)
+    reaches this process."""
     global _current
     code = EXIT_INTERNAL
     try:
@@ -825,6 +880,12 @@ def child_main(sock: Any, boot: BootConfig) -> None:
             applied, skipped = _isolation.apply(boot.isolation)
             _layers.extend(applied)
             _skipped.update(skipped)
+        if boot.rest_follows:
+            rest = read_rest(sock, boot)
+            if rest is None:
+                code = EXIT_OK  # given up before its start: nothing of the app ran
+                return
+            boot = rest
         if boot.guard is not None:
             # The layers' C library handle, the fork server's: calls through it raise
             # no audit event, so none may be left where code the guard judges could

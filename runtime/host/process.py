@@ -72,7 +72,7 @@ from runtime import logs, telemetry
 from runtime.actor import (
     DEFAULT_CALL_TIMEOUT, Actor, ActorRef, ExitReason, Reply, ReplySink, time_left_here,
 )
-from runtime.child.boot import EXIT_CODES, BootConfig, child_main, shared_codec
+from runtime.child.boot import EXIT_CODES, BootConfig, child_main, send_rest, shared_codec
 from runtime.childspec import ChildSpec, Restart
 from runtime.errors import (
     ActorDead,
@@ -256,11 +256,12 @@ class _Connection:
 
     # -- start -------------------------------------------------------------------------
     def start(self, ahead: ChildAhead | None = None) -> None:
-        """Start the child: ``ahead``'s (forked before, if it fits this start's
-        plan: else it is given up) or one forked now; it gets its boot configuration."""
+        """Start the child: ``ahead``'s (forked before, and maybe given its plan
+        before, if it fits this start: else it is given up) or one forked now; it
+        gets its boot configuration (the rest of it, if it has its plan)."""
         plan = self.boot.isolation or {}
         userns, netns = bool(plan.get("userns")), bool(plan.get("netns_pool"))
-        if ahead is not None and (ahead.userns != userns or ahead.output is not self.output):
+        if ahead is not None and not ahead.fits(self.boot, userns, self.output):
             ahead.cancel()
             ahead = None
         if ahead is None:
@@ -975,14 +976,20 @@ class ChildAhead:
     """A child asked of the fork server before its boot configuration is known
     (:func:`runtime.host.forkserver.begin`): its fork and first steps overlap
     whatever the host does before :func:`start_process` (a sandbox's containment
-    and compile). It runs nothing until :meth:`start` hands it its configuration;
-    :meth:`cancel` gives it up (it is killed unused). ``output``: where its
+    and compile). It runs nothing until :meth:`start` hands it its configuration,
+    or :meth:`isolate` its isolation plan (its OS layers then overlap the rest of
+    the host's work, and :meth:`start` sends the rest); :meth:`cancel` gives it up
+    (it is killed unused). ``output``: where its
     stdout/stderr go; ``userns``/``netns``: as the plan it will get should say
     (a start whose plan differs gives it up and forks another).
     """
 
     def __init__(self, output: OutputLog, *, userns: bool, netns: bool) -> None:
         self.output, self.userns = output, userns
+        #: The first part of its configuration, once :meth:`isolate` sent it.
+        self.first: BootConfig | None = None
+        #: The child, once forked and given (part of) its configuration.
+        self.proc: forkserver.Child | None = None
         self.host_sock, child_sock = socket.socketpair()
         self.capture = OutputCapture(output)
         self._child_sock: socket.socket | None = child_sock
@@ -993,12 +1000,50 @@ class ChildAhead:
             self.cancel()
             raise
 
+    def isolate(self, isolation: dict[str, Any] | None, *, cpu_affinity: list[int] | None = None) -> None:
+        """Hand the child its isolation plan (and CPU affinity) now, before the rest
+        of its configuration is known: it applies its OS layers while the host
+        compiles and records versions, then waits on its channel for the rest,
+        which :meth:`start` sends (:func:`runtime.child.boot.read_rest`). Nothing
+        of the app reaches it before its layers are on. On failure nothing of it
+        is left."""
+        plan = isolation or {}
+        if bool(plan.get("userns")) != self.userns or self._pending is None:
+            return  # not forked as this plan needs (or given up): its start forks another
+        first = BootConfig(entry="", isolation=isolation, cpu_affinity=cpu_affinity,
+                           rest_follows=True)
+        self._launch(first, netns=bool(plan.get("netns_pool")))
+        self.first = first
+
+    def fits(self, boot: BootConfig, userns: bool, output: OutputLog) -> bool:
+        """Whether this child may run the start of ``boot``: forked as its plan
+        needs, for its output, and (if given its plan already) given this plan."""
+        if self.userns != userns or self.output is not output:
+            return False
+        if self._pending is None and self.proc is None:
+            return False  # given up (or its fork server died)
+        first = self.first
+        return first is None or (first.isolation == boot.isolation
+                                 and first.cpu_affinity == boot.cpu_affinity)
+
     def start(self, boot: BootConfig, *, netns: bool) -> forkserver.Child:
-        """Hand the child ``boot`` (it runs :func:`child_main`); returns it. On
-        failure nothing of it is left."""
+        """Hand the child ``boot`` (it runs :func:`child_main`), or the rest of it
+        after :meth:`isolate`; returns it. On failure nothing of it is left."""
+        if self.first is None:
+            self._launch(boot, netns=netns)
+        else:
+            try:
+                send_rest(self.host_sock, boot)
+            except OSError:
+                pass  # it died: the start sees it as a child that died while booting
+        proc, self.proc = self.proc, None
+        assert proc is not None
+        return proc
+
+    def _launch(self, boot: BootConfig, *, netns: bool) -> None:
         assert self._pending is not None and self._child_sock is not None
         try:
-            proc = self._pending.start(child_main, (boot,), netns=netns)
+            self.proc = self._pending.start(child_main, (boot,), netns=netns)
         except BaseException:
             self.cancel()
             raise
@@ -1006,11 +1051,17 @@ class ChildAhead:
         self._child_sock.close()
         self._child_sock = None
         self.capture.started()
-        return proc
 
     def cancel(self) -> None:
-        """Give the child up (killed before it ran anything); close what it holds.
-        Does nothing after :meth:`start` succeeded."""
+        """Give the child up: killed before it ran anything (or, given its plan
+        only, killed and waited for: nothing of it is left). Does nothing after
+        :meth:`start` succeeded."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            _kill_unused(proc)
+            self.host_sock.close()
+            self.capture.close()
+            return
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -1019,6 +1070,21 @@ class ChildAhead:
             self._child_sock = None
             self.host_sock.close()
             self.capture.close()
+
+
+def _kill_unused(proc: forkserver.Child) -> None:
+    """Kill a child that never got the rest of its configuration (it ran nothing
+    of the app, started nothing) and wait until it is gone, so a failed create's
+    clean-up finds its cgroups empty."""
+    if not proc.wait_exited(0):  # one that exited may be reaped, its pid reused
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if not proc.wait_exited(_REAP_TIMEOUT):
+        log.error("an unused child (pid %s) did not exit", proc.pid)
+    if proc.exited.wait(_REAP_TIMEOUT):
+        proc.close()
 
 
 def _close_all_at_exit() -> None:
@@ -1383,9 +1449,11 @@ def start_process(
       stdout or stderr (:mod:`runtime.host.output`).
     - ``ahead``: a child forked beforehand (:class:`ChildAhead`, with this
       ``output``), which this start uses if it fits its isolation plan (else it is
-      given up and another forked). If a bad option makes this raise first, it is
-      still the caller's to :meth:`~ChildAhead.cancel` (which does nothing once
-      it started).
+      given up and another forked). Given this ``isolation`` plan (and CPU
+      affinity) before (:meth:`ChildAhead.isolate`), it has applied its layers:
+      this start sends it the rest; given another, it is killed and another
+      forked. If a bad option makes this raise first, it is still the caller's
+      to :meth:`~ChildAhead.cancel` (which does nothing once it started).
     - The child's environment: with an ``isolation`` plan, only ``env`` and the
       plan's ``env_allow`` variables (from the host's environment); without one,
       the host's environment plus ``env``.
