@@ -455,11 +455,11 @@ def _report_leftovers(manager: Any, sid: str, left: list[int]) -> None:
 
 def unregister(manager: Any, sandbox_ids: list[str]) -> None:
     """Take the sandboxes off the resource monitor's and the security controller's
-    books, one round trip to each for all of them (needs no stopped process: a
-    destroy does it while the processes stop)."""
+    books, one operation of each for all of them, on this thread when the component
+    is idle (needs no stopped process: a destroy does it while the processes stop)."""
     for name, op in (("monitor", "unregister_many"), ("security", "forget_sandboxes")):
         try:
-            manager._component(name).invoke(op, sandbox_ids)
+            manager._component(name).invoke_here(op, sandbox_ids)
         except SandboxError:
             pass
 

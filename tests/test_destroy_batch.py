@@ -137,6 +137,39 @@ def test_every_destroy_of_a_batch_kills_its_uids_strays_while_its_process_stops(
     assert vouched == {sid: True for sid in wanted}
 
 
+@pytest.mark.timeout(120)
+def test_each_stop_goes_before_its_cgroup_membership_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A destroy's stop request leaves first; the read of whether the process is in
+    its cgroups (for kill_strays) comes right after it, while the process stops
+    (it leaves its cgroups at the very end of its exit), and still finds it there."""
+    asked_first: dict[str, bool] = {}
+    joined = containment.joined_cgroups
+
+    def recorded(record: Any) -> Any:
+        proc = record.slot.current()
+        asked_first[record.config.id] = proc is not None and proc._conn._closing
+        return joined(record)
+
+    vouched: dict[str, bool] = {}
+    release = containment.release
+
+    def released(manager: Any, record: Any, *, strays_killed: bool = False) -> None:
+        vouched[record.config.id] = strays_killed
+        release(manager, record, strays_killed=strays_killed)
+
+    monkeypatch.setattr(containment, "joined_cgroups", recorded)
+    monkeypatch.setattr(containment, "release", released)
+    with sandbox.start(name="db-order") as rt:
+        for sid in ("o1", "o2", "o3"):
+            rt.create_sandbox(sid, COUNTER)
+        info = rt.get_sandbox_info("o1")
+        rt.destroy_sandbox("o1")
+        assert all(r.ok for r in rt.batch_destroy(["o2", "o3"]))
+    assert asked_first == {"o1": True, "o2": True, "o3": True}
+    if info.get("uid") is not None and info.get("cgroups"):
+        assert vouched == {"o1": True, "o2": True, "o3": True}
+
+
 def test_store_deletes_sandboxes_in_one_transaction(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "state.db")
     try:

@@ -293,6 +293,26 @@ def test_stop_soon_stops_gracefully_and_nothing_restarts_the_child(tmp_path):
     sup.stop()
 
 
+def test_a_stop_after_stop_soon_sends_the_child_no_second_stop(tmp_path, monkeypatch):
+    """``stop()`` after ``stop_soon()`` (a destroy's order) waits for the exit the
+    first request started: the child is asked to stop once, not once more while it
+    exits (a frame, a system call and a kick of the reader for nothing)."""
+    ref = start(args=(str(tmp_path / "terminated"),), name="asked-once")
+    channel = ref._conn.channel
+    sent: list[str] = []
+    send = channel.send
+
+    def counted(kind, ref_, op, payload):
+        sent.append(op)
+        return send(kind, ref_, op, payload)
+
+    monkeypatch.setattr(channel, "send", counted)
+    assert ref.stop_soon() is True
+    assert ref.stop().kind == "shutdown" and ref.exitcode == 0
+    assert sent.count("stop") == 1
+    assert (tmp_path / "terminated").read_text() == "terminated: shutdown"
+
+
 def test_a_child_counts_as_exited_from_its_exit_not_its_reap():
     """``Child.wait_exited`` answers from the child's pidfd: an exited child that
     its parent has not reaped yet (a zombie) runs nothing any more."""

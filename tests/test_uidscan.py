@@ -224,3 +224,28 @@ def test_release_reads_no_member_list_of_an_empty_cgroup_and_kills_what_one_hold
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_membership_reads_stop_where_the_answer_is_known(tmp_path, monkeypatch):
+    """``kill_strays`` reads no cgroup member list when its pass saw nothing under
+    the UID but the sandbox's own process (no stray can be outside the cgroups),
+    and ``in_cgroups`` stops at the first cgroup that lists the process (a cgroup
+    here is a directory with a ``cgroup.procs``)."""
+    from runtime.child import isolation
+
+    reads: list[str] = []
+    members = isolation._members
+    monkeypatch.setattr(isolation, "_members",
+                        lambda cgroup: reads.append(os.path.basename(cgroup)) or members(cgroup))
+    uid, member = 199_997, 4_000_001
+    monkeypatch.setattr(isolation, "_uid_scans", UidScans(lambda: {uid: [member]}))
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d in (first, second):
+        d.mkdir()
+        (d / "cgroup.procs").write_text(f"{member}\n")
+    state = {"uid": uid, "cgroups": {"memory": str(first), "pids": str(second)}}
+    assert isolation.kill_strays(state, member) == []
+    assert reads == []
+    assert isolation.in_cgroups(state, member) and reads == ["first"]
+    reads.clear()
+    assert not isolation.in_cgroups(state, member + 1) and reads == ["first", "second"]

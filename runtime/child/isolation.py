@@ -742,18 +742,23 @@ def _cgroup_members(state: dict[str, Any]) -> set[int]:
     """The pids in any of the sandbox's cgroups."""
     pids: set[int] = set()
     for d in (state.get("cgroups") or {}).values():
-        try:  # a system call each, no file object: a destroy reads these 2-3 times
-            fd = os.open(os.path.join(d, "cgroup.procs"), os.O_RDONLY)
-            try:
-                data = b""
-                while chunk := os.read(fd, 65536):
-                    data += chunk
-            finally:
-                os.close(fd)
-            pids.update(int(x) for x in data.split())
-        except (OSError, ValueError):
-            pass
+        pids.update(_members(d))
     return pids
+
+
+def _members(cgroup: str) -> list[int]:
+    """The pids in one cgroup (none if it cannot be read)."""
+    try:  # a system call each, no file object: a destroy reads these 1-3 times
+        fd = os.open(os.path.join(cgroup, "cgroup.procs"), os.O_RDONLY)
+        try:
+            data = b""
+            while chunk := os.read(fd, 65536):
+                data += chunk
+        finally:
+            os.close(fd)
+        return [int(x) for x in data.split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _kill_all(pids: set[int]) -> list[int]:
@@ -781,8 +786,8 @@ def kill_leftovers(state: dict[str, Any] | None, *, by_uid: bool = False) -> lis
 
 def in_cgroups(state: dict[str, Any] | None, pid: int) -> bool:
     """Whether process ``pid`` is in one of the sandbox's cgroups (the host's own
-    reading of their member lists)."""
-    return pid in _cgroup_members(state or {})
+    reading of their member lists, up to the first that lists it)."""
+    return any(pid in _members(d) for d in ((state or {}).get("cgroups") or {}).values())
 
 
 #: Passes :func:`kill_strays` makes at most for one sandbox (each kills what the
@@ -822,7 +827,10 @@ def kill_strays(state: dict[str, Any] | None, member: int | None,
         for _ in range(_STRAY_PASSES):
             # Read after the pass: a process it saw inside a cgroup is still listed
             # there or gone (``member`` too, once it exited); the rest was outside.
-            strays = set(under) - _cgroup_members(state) - killed - {member}
+            # A pass that saw nothing under the UID but ``member`` needs no reading.
+            strays = set(under) - killed - {member}
+            if strays:
+                strays -= _cgroup_members(state)
             if not strays:
                 return sorted(killed)
             if fresh:  # kill only what a pass made now shows: a pid may be reused

@@ -66,7 +66,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from multiprocessing.connection import wait as _wait_fds
 from typing import TYPE_CHECKING, Any
 
 from runtime import logs, telemetry
@@ -227,6 +226,7 @@ class _Connection:
         self._boot_error: dict[str, Any] | None = None
         self._exit_note: str | None = None
         self._closing = False  # the host is stopping the child: its exit is expected
+        self._stop_sent = False  # the graceful stop went (stop_soon): close() sends none
         self._gone_unasked = False  # its end was read as unexpected (its actor fails)
         self._closed = False
         self._released = False  # process.close() done: its sentinel fd is gone
@@ -826,7 +826,7 @@ class _Connection:
         # written its status; reading the status then does not block. Waiting needs
         # no lock; reading does (two readers would split the status bytes).
         try:
-            if not _wait_fds([proc.sentinel], timeout):
+            if not forkserver.readable(proc.sentinel, timeout):
                 return None
         except (OSError, ValueError):  # released concurrently by close()
             return self.exitcode
@@ -871,11 +871,12 @@ class _Connection:
         code = self._wait_exit(0)
         if code is None and self.process is not None:
             if graceful and self.channel is not None:
-                try:
-                    self.channel.send(SYSTEM, None, "stop", None)
-                except (ChannelClosed, ValueError, TypeError):
-                    pass
-                self.kick()  # a parked reader reads the EOF while the child exits
+                if not self._stop_sent:  # else stop_soon sent it, and kicked the reader
+                    try:
+                        self.channel.send(SYSTEM, None, "stop", None)
+                    except (ChannelClosed, ValueError, TypeError):
+                        pass
+                    self.kick()  # a parked reader reads the EOF while the child exits
                 code = self._wait_exit(timeout)
             if code is None and graceful:
                 log.warning("sandbox %s (pid %s) did not stop within %ss; killing it",
@@ -1328,7 +1329,7 @@ class ProcessRef(ActorRef):
                 return False
             if conn._closing:
                 return not conn._gone_unasked
-            conn._closing = True
+            conn._closing = conn._stop_sent = True
         try:
             conn.channel.send(SYSTEM, None, "stop", None)
         except (ChannelClosed, ValueError, TypeError):
