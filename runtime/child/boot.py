@@ -630,6 +630,7 @@ class ChildServer:
             in_place=self.boot.run_in_place,
             call_here=self.call_here,
             token=self.channel.recv_lock,
+            fd=self.channel.fileno(),  # input arriving while a handler runs raises SIGALRM
         )
         step = relay.step
         try:
