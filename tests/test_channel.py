@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from runtime.errors import ProtocolError, SandboxError
-from runtime.wire.channel import Channel, ChannelClosed
+from runtime.wire.channel import Channel, ChannelClosed, recv_exact
 from runtime.wire.mailbox import CALL, CAST, REPLY, Codec, Envelope
 
 pytestmark = pytest.mark.timeout(30)
@@ -286,3 +286,20 @@ def test_recv_held_reads_under_the_callers_lock_and_stops_on_a_protocol_error(
     right.close()
     assert right.fileno() == -1
     right.close()  # idempotent
+
+
+def test_recv_exact_reads_across_sends_and_leaves_what_follows():
+    a, b = socket.socketpair()
+    try:
+        a.sendall(b"ab")
+        t = threading.Thread(target=lambda: a.sendall(b"cdEF"))
+        t.start()
+        assert recv_exact(b, 5, b"x") == b"xabcd"  # head counts toward n
+        t.join()
+        assert b.recv(16) == b"EF"  # not read: the next reader's
+        a.sendall(b"12")
+        a.close()
+        assert recv_exact(b, 4) is None  # the peer closed before n bytes
+    finally:
+        a.close()
+        b.close()

@@ -85,7 +85,7 @@ from runtime.errors import ActorDead, ActorFailed, NoSuchActor, ProtocolError
 from runtime.genserver import NOT_HERE, ServerActor
 from runtime.registry import _names, registered, whereis
 from runtime.supervisor import Supervisor, SupervisorSpec, gave_up
-from runtime.wire.channel import Channel, ChannelClosed
+from runtime.wire.channel import Channel, ChannelClosed, recv_exact
 from runtime.wire.mailbox import CALL, CAST, DEFAULT_MAX_FRAME, ERROR, REPLY, SYSTEM, Codec, Envelope
 
 __all__ = [
@@ -840,25 +840,13 @@ def read_rest(sock: Any, first: BootConfig) -> BootConfig | None:
     (:func:`send_rest`); the plan and CPU affinity stay ``first``'s, so the layers
     the boot checks are those applied. None if the host closed the channel first
     (it gave the start up)."""
-    head = _recv_exact(sock, _REST.size)
-    body = None if head is None else _recv_exact(sock, _REST.unpack(head)[0])
+    head = recv_exact(sock, _REST.size)
+    body = None if head is None else recv_exact(sock, _REST.unpack(head)[0])
     if body is None:
         return None
     rest: BootConfig = pickle.loads(body)
     rest.isolation, rest.cpu_affinity = first.isolation, first.cpu_affinity
     return rest
-
-
-def _recv_exact(sock: Any, n: int) -> bytes | None:
-    """``n`` bytes from ``sock`` (no more: what follows is the channel's); None at EOF."""
-    chunks, got = [], 0
-    while got < n:
-        data = sock.recv(n - got)
-        if not data:
-            return None
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks)
 
 
 def child_main(sock: Any, boot: BootConfig) -> None:

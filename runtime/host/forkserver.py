@@ -66,6 +66,7 @@ from runtime.child import netns as _netns
 from runtime.child import seccomp as _seccomp
 from runtime.child import userns as _userns
 from runtime.errors import SandboxError
+from runtime.wire.channel import recv_exact
 
 __all__ = [
     "EXIT_UNKNOWN",
@@ -750,29 +751,17 @@ def _send(ctrl: socket.socket, kind: int, key: int, value: int) -> None:
         pass  # the host is gone; the loop sees EOF next
 
 
-def _read_exact(ctrl: socket.socket, n: int, head: bytes = b"") -> bytes | None:
-    chunks = [head]
-    got = len(head)
-    while got < n:
-        data = ctrl.recv(min(n - got, 1 << 20))
-        if not data:
-            return None
-        chunks.append(data)
-        got += len(data)
-    return b"".join(chunks)
-
-
 def _read_request(ctrl: socket.socket) -> tuple[int, list[int], bytes, int] | None:
     msg, fds, _flags, _addr = socket.recv_fds(ctrl, _REQUEST.size, 8)
     if not msg:
         for fd in fds:
             os.close(fd)
         return None
-    header = _read_exact(ctrl, _REQUEST.size, msg)
+    header = recv_exact(ctrl, _REQUEST.size, msg)
     if header is None:
         return None
     size, req, flags = _REQUEST.unpack(header)
-    body = _read_exact(ctrl, size)
+    body = recv_exact(ctrl, size)
     if body is None:
         return None
     return req, list(fds), body, flags

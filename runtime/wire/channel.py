@@ -33,7 +33,29 @@ from typing import Any
 from runtime.errors import ProtocolError, SandboxError
 from runtime.wire.mailbox import Codec, Envelope, FrameDecoder
 
-__all__ = ["Channel", "ChannelClosed"]
+__all__ = ["Channel", "ChannelClosed", "recv_exact"]
+
+
+def recv_exact(sock: socket.socket, n: int, head: bytes = b"") -> bytes | None:
+    """``n`` bytes from ``sock``, ``head`` (what was read of them already) first, and
+    no more (what follows is the next reader's); None if the peer closed first.
+
+    >>> a, b = socket.socketpair()
+    >>> a.sendall(b"abcdef")
+    >>> recv_exact(b, 4, b"x")
+    b'xabc'
+    >>> a.close(); recv_exact(b, 4) is None
+    True
+    >>> b.close()
+    """
+    chunks, got = [head], len(head)
+    while got < n:
+        data = sock.recv(min(n - got, 1 << 20))
+        if not data:
+            return None
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
 
 
 class ChannelClosed(SandboxError, EOFError):
