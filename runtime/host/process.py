@@ -979,9 +979,9 @@ class ChildAhead:
     and compile). It runs nothing until :meth:`start` hands it its configuration,
     or :meth:`isolate` its isolation plan (its OS layers then overlap the rest of
     the host's work, and :meth:`start` sends the rest); :meth:`cancel` gives it up
-    (it is killed unused). ``output``: where its
-    stdout/stderr go; ``userns``/``netns``: as the plan it will get should say
-    (a start whose plan differs gives it up and forks another).
+    (it is killed unused). ``output``: where its stdout/stderr go;
+    ``userns``/``netns``: as the plan it will get should say (a start whose plan
+    differs gives it up and forks another).
     """
 
     def __init__(self, output: OutputLog, *, userns: bool, netns: bool) -> None:
