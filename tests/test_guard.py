@@ -684,35 +684,3 @@ def test_fresh_path_finders_empties_the_cache_without_freeing_the_old_one() -> N
         assert sys.path_importer_cache  # the directories it looked at
     finally:
         sys.path_importer_cache = old
-
-
-def test_paths_resolved_ahead_are_taken_by_the_next_install_only(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A sandbox resolves ``sys.path``'s entries and its workdir while it waits for the
-    rest of its configuration (runtime.child.boot): the install that follows uses those
-    resolutions instead of resolving again, resolves a relative path itself (it depends
-    on the working directory the boot sets later), and a later install starts afresh."""
-    from runtime.child import guard
-
-    real = tmp_path / "real"
-    real.mkdir()
-    link = tmp_path / "link"
-    link.symlink_to(real)
-    asked: list[str] = []
-    plain = os.path.realpath
-
-    def counting(path: Any, *args: Any, **kwargs: Any) -> str:
-        asked.append(path)
-        return plain(path, *args, **kwargs)
-
-    monkeypatch.setattr(guard, "_AHEAD", {})
-    monkeypatch.setattr(os.path, "realpath", counting)
-    guard.resolve_ahead([str(link), "relative/dir", ""])
-    assert asked == [str(link)]  # the relative entry (and '') left to the install
-    asked.clear()
-    resolve = guard._resolver()
-    assert resolve(str(link)) == str(real) and asked == []  # taken, not resolved again
-    assert resolve("relative/dir") == plain("relative/dir") and asked == ["relative/dir"]
-    asked.clear()
-    assert guard._resolver()(str(link)) == str(real) and asked == [str(link)]  # afresh
