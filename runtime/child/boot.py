@@ -870,10 +870,6 @@ def child_main(sock: Any, boot: BootConfig) -> None:
             _layers.extend(applied)
             _skipped.update(skipped)
         if boot.rest_follows:
-            # While the host finishes the start: paths the guard's install resolves
-            # in every sandbox, resolved now, off the start's critical path.
-            mounts = (boot.isolation or {}).get("mounts") or {}
-            _guard.resolve_ahead([*sys.path, mounts.get("workdir") or ""])
             rest = read_rest(sock, boot)
             if rest is None:
                 code = EXIT_OK  # given up before its start: nothing of the app ran

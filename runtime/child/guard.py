@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -204,36 +204,11 @@ def seal_imports(roots: list[str]) -> None:
     _seal_imports(roots, os.path.realpath)
 
 
-#: Absolute paths resolved before the install (:func:`resolve_ahead`), taken by it.
-_AHEAD: dict[str, str] = {}
-
-
-def resolve_ahead(paths: Iterable[str]) -> None:
-    """Resolve the absolute ones of ``paths`` now, for the install that follows in
-    this process to find them resolved (it would resolve them itself otherwise).
-
-    For a sandbox that waits, its OS layers on, for the rest of its configuration
-    (:func:`runtime.child.boot.read_rest`): ``sys.path``'s entries and the workdir
-    are resolved in every install, and known before the rest is; resolved in that
-    wait they are off the start's critical path. Resolved in the sandbox's own view
-    of the file system (after its mounts), and no sandbox code runs before the
-    install, as for a path the install resolves itself. Relative paths are left to
-    the install: they depend on the working directory, which the boot sets later.
-    """
-    real = os.path.realpath
-    for path in paths:
-        if isinstance(path, str) and path.startswith("/") and path not in _AHEAD:
-            _AHEAD[path] = real(path)
-
-
 def _resolver() -> Callable[[str], str]:
     """``os.path.realpath`` that resolves each path once: for one installation, in
-    which nothing else runs (the roots, ``sys.path``'s entries, several times each).
-    It starts from the paths resolved ahead (:func:`resolve_ahead`), and takes them:
-    a later installation (in a test's process) resolves afresh."""
-    global _AHEAD
+    which nothing else runs (the roots, ``sys.path``'s entries, several times each)."""
     real = os.path.realpath
-    seen, _AHEAD = _AHEAD, {}
+    seen: dict[str, str] = {}
 
     def resolve(path: str) -> str:
         got = seen.get(path)
