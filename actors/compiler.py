@@ -510,8 +510,12 @@ class CompilerActor(Component):
         """Write a cache entry once the caller has the compile's result: the write
         (a temporary file and a rename) is off a hot reload's critical path. The
         next message this actor handles writes it (or stop does), so an operation
-        asked after this one finds it, ``status`` included."""
-        if not self._unwritten:
+        asked after this one finds it, ``status`` included. An operation run on its
+        caller's thread (``invoke_here``, a hot reload's compile) sends no message
+        for it: waking this actor's thread then would write while the reload swaps
+        and the first calls to the new code run (a 2-vCPU machine has no core to
+        spare); the next operation writes it first."""
+        if not self._unwritten and self._inline_thread is None:
             self.ref.tell(_WRITE_CACHE)
         self._unwritten.append(write)
 
