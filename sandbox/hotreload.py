@@ -331,6 +331,10 @@ def hot_reload(
             shipped = None if migrate is None else ship(migrate, set(slot.modules) | set(result.modules))
             marked()
             with _journal(rt, report, new_versions) as rid:
+                if result.recompiled:
+                    # The compile ran here, and left its cache entries unwritten: the
+                    # compiler's thread writes them while this one waits for the swap.
+                    compiler.send("write_cache")
                 swap, proc = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra,
                                    timeout, removed=removed, reload_id=rid)
                 report.versions = _record_committed(

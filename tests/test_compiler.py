@@ -273,8 +273,9 @@ def test_a_compile_run_in_place_leaves_its_cache_writes_to_the_next_operation(
     compiler: ComponentRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A hot reload compiles on its own thread (invoke_here): waking the compiler's
-    thread to write the cache entries would compete with the swap that follows, so
-    no message is sent for them; the next operation writes them first."""
+    thread to write the cache entries would compete with what the reload does next,
+    so no message is sent for them; ``write_cache`` (or the next operation) writes
+    them."""
     handled: list[Any] = []
     on_info = CompilerActor.on_info
 
@@ -289,6 +290,10 @@ def test_a_compile_run_in_place_leaves_its_cache_writes_to_the_next_operation(
     compiler.invoke("status")  # queued behind a write message, were there one
     assert handled == []
     assert len(list((tmp_path / "cache").glob("*.sbxc"))) == 1  # written by status
+    (app / "m.py").write_text("VALUE = 2\n")
+    assert compiler.invoke_here("compile_sandbox", app, timeout=50).recompiled == ["m"]
+    compiler.invoke("write_cache")
+    assert len(list((tmp_path / "cache").glob("*.sbxc"))) == 2
     compile_app(compiler, app)  # through the mailbox: written after, on its message
     assert compiler.invoke_here("compile_sandbox", app, timeout=50).cached == ["m"]
 

@@ -161,8 +161,8 @@ def test_a_reload_asks_each_component_once(sandbox_factory, monkeypatch):
     """Each round trip to a component actor is a thread hand-off (40 us and more on a
     VM): a reload asks each component what it needs on the reloading thread (in
     place: the components are idle), the manager's context, the compile, the
-    version manager's plan and record; the status marks are sent, not waited for on
-    their own."""
+    version manager's plan and record; the status marks (and the compiler's cache
+    writes) are sent, not waited for on their own."""
     from actors.compiler import CompilerActor
     from actors.manager import ManagerActor
     from actors.versions import VersionManagerActor
@@ -211,7 +211,8 @@ def test_a_reload_asks_each_component_once(sandbox_factory, monkeypatch):
     assert report.ok and report.changed == ["counter"]
     assert waited == []
     assert here == ["reload_context", "compile_sandbox", "plan_reload", "record"]
-    assert sent == ["set_status", "set_status"]
+    # the compile's cache entries are written while the sandbox swaps
+    assert sent == ["set_status", "write_cache", "set_status"]
     assert ran_on == {"reload_context": me, "compile_sandbox": me, "plan_reload": me,
                       "record": me}
     assert sb.call("counter", "get") == {"count": 42, "label": "migrated"}
