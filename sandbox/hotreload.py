@@ -36,6 +36,7 @@ Reloads of one sandbox never overlap: each holds the sandbox's reload lock.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import marshal
 import os
@@ -54,7 +55,7 @@ from actors.containment import audit_warned
 from runtime import logs, telemetry
 from runtime.actor import ExitReason
 from runtime.child.swap import ModuleCode
-from runtime.errors import ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
+from runtime.errors import ActorDead, ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
 from runtime.wire.shipping import ship
 from sandbox.reload_ack import shipped_digests, still_serving, verify_swap
 
@@ -334,7 +335,8 @@ def hot_reload(
                 if result.recompiled:
                     # The compile ran here, and left its cache entries unwritten: the
                     # compiler's thread writes them while this one waits for the swap.
-                    compiler.send("write_cache")
+                    with contextlib.suppress(ActorDead):  # ended since: it writes them as it ends
+                        compiler.send("write_cache")
                 swap, proc = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra,
                                    timeout, removed=removed, reload_id=rid)
                 report.versions = _record_committed(

@@ -157,6 +157,28 @@ def test_counter_gains_a_field_then_rolls_back(sandbox_factory):
     assert status["kind"] == "rollback" and status["ok"] and status["versions"] == {"counter": 1}
 
 
+def test_a_compiler_gone_before_its_cache_writes_does_not_fail_the_reload(
+    sandbox_factory, monkeypatch
+):
+    """The cache writes are asked for after the compile, unwaited: a compiler that
+    ended meanwhile (it writes them as it ends) leaves the reload to go on."""
+    from runtime.component import ComponentRef
+    from runtime.errors import ActorDead
+
+    sb = counter_at_42(sandbox_factory)
+    send = ComponentRef.send
+
+    def gone(self, op, *args, **kwargs):
+        if op == "write_cache":
+            raise ActorDead("compiler#1", None)
+        return send(self, op, *args, **kwargs)
+
+    write(sb, "counter.py", COUNTER_V2)
+    monkeypatch.setattr(ComponentRef, "send", gone)
+    report = sb.hot_reload(extra="migrated")
+    assert report.ok and report.changed == ["counter"]
+
+
 def test_a_reload_asks_each_component_once(sandbox_factory, monkeypatch):
     """Each round trip to a component actor is a thread hand-off (40 us and more on a
     VM): a reload asks each component what it needs on the reloading thread (in
