@@ -231,7 +231,7 @@ class _Connection:
         self._closed = False
         self._released = False  # process.close() done: its sentinel fd is gone
         self._on_down: Callable[[ExitReason], None] | None = None
-        self._token = threading.Lock()  # held by the one thread reading the socket (see start)
+        self._token = threading.Lock()  # held by the one thread reading the socket
         self._poll_fd = -1
         self._lead_poll = select.poll()
         self._problem: ProtocolError | None = None  # seen by a leading caller
@@ -271,9 +271,6 @@ class _Connection:
         self.process = proc
         self.pid = proc.pid
         self.channel = Channel(host_sock, self.read_codec)
-        # The read token is the channel's receive lock: whoever holds it reads with
-        # recv_held, one lock and one Python call per read fewer (nobody reads yet).
-        self._token = self.channel.recv_lock
         usec = int(_LEAD_WAIT * 1_000_000)
         host_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 0, usec))
         self.send_raw = self.channel.send_raw
@@ -410,14 +407,14 @@ class _Connection:
             except ChannelClosed:
                 raise ActorDead(self.actor_id, self.down or ExitReason("exit", "channel closed")) from None
             deadline = None if timeout is None else _monotonic() + timeout
-            recv = channel.recv_held  # under the token, the channel's receive lock
+            recv = channel.recv_some
             while True:
                 if (deadline is not None and deadline - _monotonic() < _LEAD_WAIT
                         and not self._readable_by(deadline)):
                     raise CallTimeout(f"{self.actor_id}/{target}", timeout)
                 mine = None
                 try:
-                    for env in recv(True):
+                    for env in recv():
                         if env.ref == ref and mine is None and env.kind in _ANSWERS:
                             mine = env
                         else:
@@ -476,14 +473,14 @@ class _Connection:
         try:
             if self._poll_fd < 0 or self._problem is not None:
                 return timeout
-            recv = self.channel.recv_held  # type: ignore[union-attr]  # under the token
+            recv = self.channel.recv_some  # type: ignore[union-attr]
             route = self._route
             pending = waiter._done.locked  # true until the reply is in (Reply.done)
             while pending():
                 if deadline is not None and not self._readable_by(deadline):
                     return 0.0
                 try:
-                    route(recv(True))
+                    route(recv())
                 except (ChannelClosed, ProtocolError) as exc:
                     self._read_broke(exc)
                     kick = True
@@ -514,7 +511,7 @@ class _Connection:
             if self._poll_fd < 0 or self._problem is not None:
                 ended = True
             else:  # without waiting: a leading caller may have taken it meanwhile
-                self._route(self.channel.recv_held(True, _DONTWAIT))  # type: ignore[union-attr]
+                self._route(self.channel.recv_some(_DONTWAIT))  # type: ignore[union-attr]
         except (ChannelClosed, ProtocolError) as exc:
             self._read_broke(exc)
             ended = broke = True
@@ -559,12 +556,10 @@ class _Connection:
 
     def _read_broke(self, exc: BaseException) -> None:
         """A leading caller's read ended the stream: EOF (the reader thread sees it
-        too and handles it) or a protocol error (kept for the reader to report).
-        Called holding the read token: the channel is only stopped here (no more
-        reads or sends); the reader thread, kicked, closes it."""
+        too and handles it) or a protocol error (kept for the reader to report)."""
         if isinstance(exc, ProtocolError):
             self._problem = exc
-            self.channel.stop()  # type: ignore[union-attr]
+            self.channel.close()  # type: ignore[union-attr]
 
     def kick(self) -> None:
         """Make the reader thread read now (it may be parked)."""
@@ -631,7 +626,7 @@ class _Connection:
     def _read_loop(self) -> None:
         channel = self.channel
         assert channel is not None
-        recv = channel.recv_held  # under the token, the channel's receive lock
+        recv = channel.recv_some
         poller = select.poll()
         poller.register(self._poll_fd, select.POLLIN)
         poll = poller.poll
@@ -652,7 +647,7 @@ class _Connection:
                     if self._problem is not None:
                         raise self._problem
                     if poll(0):
-                        self._route(recv(True))
+                        self._route(recv())
         except ProtocolError as exc:
             problem = exc
         except ChannelClosed:

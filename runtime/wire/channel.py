@@ -256,13 +256,12 @@ class Channel:
     def recv_held(self, once: bool = False, flags: int = 0) -> list[Envelope]:
         """:meth:`recv` (``once``: :meth:`recv_some`) for a caller that already holds
         :attr:`recv_lock`: the one owner of the reading that uses that lock as its own
-        token (the sandbox's relay, the host's connection to a sandbox), so a read
-        takes one lock and one Python call fewer. Also what :meth:`recv` and
-        :meth:`recv_some` run under the lock.
+        token (the sandbox's relay), so a read takes one lock and one Python call
+        fewer. Also what :meth:`recv` and :meth:`recv_some` run under the lock.
 
         Ends as :meth:`recv` does, except that after a protocol error the channel is
-        only stopped (:meth:`stop`); its socket is released by :meth:`close`, which
-        needs the lock the caller holds.
+        only stopped (closed for reads and sends, the peer hung up on); its socket
+        is released by :meth:`close`, which needs the lock the caller holds.
 
         >>> import socket; from runtime.wire.mailbox import CAST
         >>> a, b = socket.socketpair(); left, right = Channel(a, Codec()), Channel(b, Codec())
@@ -302,7 +301,7 @@ class Channel:
                 if envelopes or once:
                     return envelopes
         except ProtocolError:
-            self.stop()  # the peer is no longer trusted: no more reads or sends
+            self._stop()  # the peer is no longer trusted: no more reads or sends
             raise
 
     def close(self) -> None:
@@ -311,7 +310,7 @@ class Channel:
         >>> import socket; a, b = socket.socketpair(); ch = Channel(a, Codec())
         >>> ch.close(); ch.close(); b.close()
         """
-        self.stop()
+        self._stop()
         with self._state_lock:
             if self._released:
                 return
@@ -321,17 +320,10 @@ class Channel:
         with self._send_lock, self._recv_lock:
             self._sock.close()
 
-    def stop(self) -> None:
+    def _stop(self) -> None:
         """Mark the channel closed and hang up on the peer (once), waking any thread
         blocked on the socket. Takes neither the send nor the receive lock, so a
-        reader holding one may call it; :meth:`close` then releases the socket.
-
-        >>> import socket; a, b = socket.socketpair(); ch = Channel(a, Codec())
-        >>> with ch.recv_lock:
-        ...     ch.stop()
-        >>> ch.closed, b.recv(1), ch.close(), b.close()
-        (True, b'', None, None)
-        """
+        reader holding one may call it; :meth:`close` then releases the socket."""
         with self._state_lock:
             if self._closed:
                 return
