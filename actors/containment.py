@@ -182,15 +182,10 @@ def prepare(manager: Any, record: Any) -> Protection:
     slot.security = prot
     try:
         warn_at = config.alerts.warn_at if config.alerts is not None else None
-        sampled = component("monitor").send("register", sid, slot, warn_at)
+        # On this thread when the monitor is idle (its own short bookkeeping, which
+        # this thread only waits for): no hand-off to its thread and back.
+        component("monitor").invoke_here("register", sid, slot, warn_at)
     except SandboxError:
-        sampled = None
-    try:
-        if sampled is not None:
-            sampled.result()
-    except SandboxError:
-        sampled = None
-    if sampled is None:
         log.warning("resource monitor not running: sandbox %s is not sampled", sid)
     return prot
 

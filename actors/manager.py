@@ -953,7 +953,9 @@ class ManagerActor(Component):
             result = self._compiled(record)
         containment.check_compiled(self, record, result)  # SecurityViolation
         result.raise_for_errors()
-        versions = self._component("versions").invoke("record", record.config.id, result)
+        # On this thread when the version manager is idle (this thread only waits
+        # for its record): no hand-off to its thread and back.
+        versions = self._component("versions").invoke_here("record", record.config.id, result)
         record.slot.modules = {
             name: ModuleCode.from_compiled(m, versions.get(name, 0))
             for name, m in result.modules.items()
