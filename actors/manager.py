@@ -680,12 +680,14 @@ class ManagerActor(Component):
     ) -> dict[str, Any] | None:
         """Containment, and the compile: with a built-in profile the compiler's part
         (a cache hit for the 2nd..Nth sandbox of one app) runs beside containment
-        on another job thread; what the scan found is judged (and audited under the
-        sandbox's registered profile) after it. A custom profile is resolved by
-        containment first, then compiled with. The child forked ``ahead`` gets its
-        isolation plan once containment is done; returns that plan."""
+        on another job thread when the create is alone (:meth:`InFlight.aside`); what
+        the scan found is judged (and audited under the sandbox's registered profile)
+        after it. ``compiled`` (a create of a batch): the batch's compile of the app,
+        and containment makes no round trip it would overlap. A custom profile is
+        resolved by containment first, then compiled with. The child forked ``ahead``
+        gets its isolation plan once containment is done; returns that plan."""
         if record.config.profile not in BUILTIN_PROFILES:
-            containment.prepare(self, record)
+            containment.prepare(self, record, overlap=compiled is None)
             plan = containment.isolate_ahead(record, ahead)
             self._compile(record)
             return plan
@@ -693,7 +695,7 @@ class ManagerActor(Component):
         compile = compiled or self._compiled
         result = self.inflight.aside(lambda: context.run(compile, record))
         try:
-            containment.prepare(self, record)
+            containment.prepare(self, record, overlap=compiled is None)
             plan = containment.isolate_ahead(record, ahead)
         finally:
             wait([result])  # no compile outlives a failed create
