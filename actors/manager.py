@@ -473,10 +473,11 @@ class ManagerActor(Component):
                 self.records.setdefault(job.record.config.id, job.record)
                 (self._finish_create if job.kind == "create" else self._finish_destroy)(job)
 
-    def op_finish_destroys(self, jobs: tuple[Job, ...]) -> None:
-        """:class:`_JobReady` for a batch of destroys, asked by its thread, which runs
-        this turn itself when the manager is idle: it then settles the tickets with
-        no hand-off to the manager's thread and back (a destroy's last two)."""
+    def op_finish_jobs(self, jobs: tuple[Job, ...]) -> None:
+        """:class:`_JobReady` for a job thread's creates or destroys, asked by that
+        thread, which runs this turn itself when the manager is idle: it then settles
+        the tickets with no hand-off to the manager's thread and back (a create's or
+        destroy's last two)."""
         self._finish_jobs(jobs)
 
     def _finished_before(self, job: Job) -> None:
@@ -626,8 +627,8 @@ class ManagerActor(Component):
 
     def _hand_over(self, jobs: list[Job], deadline: float) -> None:
         """A job thread is done: tell whichever manager runs now (a manager killed
-        meanwhile is replaced by one that finds the jobs ready when it starts); a
-        batch of destroys waits for that turn until ``deadline`` (monotonic)."""
+        meanwhile is replaced by one that finds the jobs ready when it starts), and
+        wait for that turn until ``deadline`` (monotonic)."""
         manager, closed = self.inflight.done(jobs)
         if closed:  # the runtime is stopping: nobody adopts them
             for job in jobs:
@@ -635,11 +636,8 @@ class ManagerActor(Component):
             return
         if manager is not None:
             try:
-                if all(job.kind == "destroy" for job in jobs):
-                    manager.invoke_here("finish_destroys", tuple(jobs),
-                                        timeout=max(0.0, deadline - time.monotonic()))
-                else:
-                    manager.tell(_JobReady(tuple(jobs)))
+                manager.invoke_here("finish_jobs", tuple(jobs),
+                                    timeout=max(0.0, deadline - time.monotonic()))
             except SandboxError:
                 # It ended (its successor finds the jobs at its start), failed in that
                 # turn (the jobs' outcomes are set), or did not answer in time.
