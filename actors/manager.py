@@ -645,10 +645,11 @@ class ManagerActor(Component):
 
     def _prepare(self, job: Job, ahead: ChildAhead | None,
                  compiled: Callable[[SandboxRecord], Any] | None = None) -> None:
-        """A create's slow part, on its own thread: containment (profile, limits, UID,
+        """A create's slow part, on a job thread: containment (profile, limits, UID,
         cgroups), compile (a cache hit for the 2nd..Nth sandbox of one app), and boot
         the process until the app is ready. Its child, ``ahead``, was asked of the
-        fork server first thing in the create's turn, so its fork overlaps
+        fork server first thing in the create's turn (or by this thread, for a
+        create of a batch past its first ``workers``), so its fork overlaps
         containment and the compile; it runs nothing until containment hands it
         the plan (:func:`containment.fork_ahead`), and its OS layers overlap the
         compile; the app reaches it at its start. ``compiled``: the batch's compile
