@@ -354,6 +354,12 @@ class CompilerActor(Component):
         result.removed = sorted(set(removed))
         return result
 
+    def op_write_cache(self) -> None:
+        """Write the cache entries a compile run in place (``invoke_here``) left
+        unwritten: asked by its caller once it has time to spare (a hot reload: while
+        the sandbox swaps). Any other operation writes them first too."""
+        self._write_cache()
+
     def op_status(self) -> dict[str, Any]:
         """Worker and cache state, for operators and tests (entries of the operations
         before it are written)."""
@@ -510,8 +516,12 @@ class CompilerActor(Component):
         """Write a cache entry once the caller has the compile's result: the write
         (a temporary file and a rename) is off a hot reload's critical path. The
         next message this actor handles writes it (or stop does), so an operation
-        asked after this one finds it, ``status`` included."""
-        if not self._unwritten:
+        asked after this one finds it, ``status`` included. An operation run on its
+        caller's thread (``invoke_here``, a hot reload's compile) sends no message
+        for it: the caller knows when this actor's thread may write without holding
+        it up, and asks for it then (``write_cache``; a hot reload: while it waits
+        for the sandbox's swap); else the next operation writes it first."""
+        if not self._unwritten and self._inline_thread is None:
             self.ref.tell(_WRITE_CACHE)
         self._unwritten.append(write)
 

@@ -287,13 +287,15 @@ class Profile:
         names |= set(self.blocked_modules)
         return frozenset(names - set(self.unblocked_modules))
 
-    def is_blocked(self, module: str) -> bool:
-        """Whether importing ``module`` (dotted) is blocked.
+    def is_blocked(self, module: str, blocked: frozenset[str] | None = None) -> bool:
+        """Whether importing ``module`` (dotted) is blocked. ``blocked``: this profile's
+        :meth:`blocked`, kept by a caller that asks often (it is built on each call).
 
         >>> p = get_builtin("high"); p.is_blocked("os"), p.is_blocked("urllib.request")
         (False, True)
         """
-        blocked = self.blocked()
+        if blocked is None:
+            blocked = self.blocked()
         parts = module.split(".")
         return any(".".join(parts[:i]) in blocked for i in range(1, len(parts) + 1))
 

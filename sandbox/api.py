@@ -742,13 +742,13 @@ class Runtime:
             return manager.invoke_here(op, *args, timeout=timeout)
         return manager.invoke(op, *args, timeout=timeout)
 
-    def _read(self, op: str, *args: Any) -> Any:
+    def _read(self, op: str, *args: Any, here: bool = False) -> Any:
         # A read changes nothing: if the manager dies under it, ask its successor
         # (within the timeout) instead of failing a caller for the manager's crash.
         deadline = perf_counter() + DEFAULT_TIMEOUT
         while True:
             try:
-                return self._manager(op, *args)
+                return self._manager(op, *args, here=here)
             except ActorDead:
                 if perf_counter() > deadline:
                     raise

@@ -36,6 +36,7 @@ Reloads of one sandbox never overlap: each holds the sandbox's reload lock.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import marshal
 import os
@@ -54,7 +55,7 @@ from actors.containment import audit_warned
 from runtime import logs, telemetry
 from runtime.actor import ExitReason
 from runtime.child.swap import ModuleCode
-from runtime.errors import ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
+from runtime.errors import ActorDead, ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
 from runtime.wire.shipping import ship
 from sandbox.reload_ack import shipped_digests, still_serving, verify_swap
 
@@ -250,9 +251,11 @@ def hot_reload(
     check_arguments(sandbox_id, source=source, modules=modules)
     t0 = time.perf_counter()
     # One round trip to each component a reload needs (manager, compiler, versions
-    # before the swap; versions and manager after): each is a thread hand-off, but
-    # the version manager's, run on this thread when it is idle (invoke_here).
-    ctx = rt._read("reload_context", sandbox_id)
+    # before the swap; versions and manager after). The reads and the compile run
+    # on this thread when their component is idle (invoke_here): a reload's steps
+    # run one after another, so a hand-off to a component's thread is pure wait (a
+    # scheduler wake-up each way). The status marks go to the manager unwaited.
+    ctx = rt._read("reload_context", sandbox_id, here=True)
     if owner is not None:
         owner(ctx.created_at)
     if migrate is not None and ctx.profile == "high":
@@ -270,6 +273,10 @@ def hot_reload(
         removed: list[str] = []
         try:
             cache = ctx.cache_dir
+            # In place when the compiler is idle: each module's compile is bounded by
+            # its own limits (its time and CPU in the worker), as on the compiler's
+            # thread; the timeout caps the wait for a compiler busy with another.
+            compile_ = compiler.invoke_here
             opts: dict[str, Any] = {
                 "profile": ctx.profile, "cache_dir": cache, "timeout": COMPILE_TIMEOUT,
                 # the sandbox's compile options, unless this call overrides them
@@ -281,19 +288,19 @@ def hot_reload(
                 # Only the modules given are compiled (the rest of the copy is there
                 # so their imports resolve), then made to look compiled in the app.
                 overlay, written = _overlay(ctx.path, ctx.workdir, source)
-                result = compiler.invoke("incremental_compile", overlay, list(written), **opts)
+                result = compile_("incremental_compile", overlay, list(written), **opts)
                 _relocate(result, overlay, ctx.path, written)
             elif changed_files is not None:
-                result = compiler.invoke(
+                result = compile_(
                     "incremental_compile", ctx.path, list(changed_files), **opts
                 )
             elif modules is not None:
-                result = compiler.invoke("compile_sandbox", ctx.path, **opts)
+                result = compile_("compile_sandbox", ctx.path, **opts)
             else:
                 # Compile only the files whose bytes differ from the code the sandbox
                 # runs (compared, never judged by mtime): no cache lookups for the rest.
                 running = {n: (mc.file, mc.source) for n, mc in slot.modules.items()}
-                result = compiler.invoke("compile_sandbox", ctx.path, running=running, **opts)
+                result = compile_("compile_sandbox", ctx.path, running=running, **opts)
             report.diagnostics = [str(d) for d in result.diagnostics]
             audit_warned(rt.component("security"), sandbox_id, result)  # profile's warn groups
             result.raise_for_errors()
@@ -325,6 +332,11 @@ def hot_reload(
             shipped = None if migrate is None else ship(migrate, set(slot.modules) | set(result.modules))
             marked()
             with _journal(rt, report, new_versions) as rid:
+                if result.recompiled:
+                    # The compile ran here, and left its cache entries unwritten: the
+                    # compiler's thread writes them while this one waits for the swap.
+                    with contextlib.suppress(ActorDead):  # ended since: it writes them as it ends
+                        compiler.send("write_cache")
                 swap, proc = _swap(rt, slot, sandbox_id, units, wanted, shipped, extra,
                                    timeout, removed=removed, reload_id=rid)
                 report.versions = _record_committed(

@@ -269,6 +269,35 @@ def test_a_validated_entry_is_kept_in_memory_while_its_file_stays(tmp_path: Path
     assert cache.load(key, source=src, filename=fn) is None  # gone: gone from memory too
 
 
+def test_a_compile_run_in_place_leaves_its_cache_writes_to_the_next_operation(
+    compiler: ComponentRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hot reload compiles on its own thread (invoke_here): waking the compiler's
+    thread to write the cache entries would compete with what the reload does next,
+    so no message is sent for them; ``write_cache`` (or the next operation) writes
+    them."""
+    handled: list[Any] = []
+    on_info = CompilerActor.on_info
+
+    def counted(self: CompilerActor, message: Any) -> None:
+        handled.append(message)
+        on_info(self, message)
+
+    monkeypatch.setattr(CompilerActor, "on_info", counted)
+    app = write(tmp_path / "app", {"m.py": "VALUE = 1\n"})
+    result = compiler.invoke_here("compile_sandbox", app, timeout=50)
+    assert result.recompiled == ["m"]
+    compiler.invoke("status")  # queued behind a write message, were there one
+    assert handled == []
+    assert len(list((tmp_path / "cache").glob("*.sbxc"))) == 1  # written by status
+    (app / "m.py").write_text("VALUE = 2\n")
+    assert compiler.invoke_here("compile_sandbox", app, timeout=50).recompiled == ["m"]
+    compiler.invoke("write_cache")
+    assert len(list((tmp_path / "cache").glob("*.sbxc"))) == 2
+    compile_app(compiler, app)  # through the mailbox: written after, on its message
+    assert compiler.invoke_here("compile_sandbox", app, timeout=50).cached == ["m"]
+
+
 def test_keyed_cache_rejects_entries_it_did_not_sign(tmp_path: Path) -> None:
     src, fn = b"X = 1\n", "/app/m.py"
     plain, signed = CompileCache(tmp_path), CompileCache(tmp_path, secret=b"k" * 32)

@@ -157,11 +157,36 @@ def test_counter_gains_a_field_then_rolls_back(sandbox_factory):
     assert status["kind"] == "rollback" and status["ok"] and status["versions"] == {"counter": 1}
 
 
+def test_a_compiler_gone_before_its_cache_writes_does_not_fail_the_reload(
+    sandbox_factory, monkeypatch
+):
+    """The cache writes are asked for after the compile, unwaited: a compiler that
+    ended meanwhile (it writes them as it ends) leaves the reload to go on."""
+    from runtime.component import ComponentRef
+    from runtime.errors import ActorDead
+
+    sb = counter_at_42(sandbox_factory)
+    send = ComponentRef.send
+
+    def gone(self, op, *args, **kwargs):
+        if op == "write_cache":
+            raise ActorDead("compiler#1", None)
+        return send(self, op, *args, **kwargs)
+
+    write(sb, "counter.py", COUNTER_V2)
+    monkeypatch.setattr(ComponentRef, "send", gone)
+    report = sb.hot_reload(extra="migrated")
+    assert report.ok and report.changed == ["counter"]
+
+
 def test_a_reload_asks_each_component_once(sandbox_factory, monkeypatch):
     """Each round trip to a component actor is a thread hand-off (40 us and more on a
-    VM): a reload waits for one per component before the swap and one after; the
-    status marks are sent along with them, not waited for on their own; the version
-    manager's two operations run on the reloading thread (in place: it is idle)."""
+    VM): a reload asks each component what it needs on the reloading thread (in
+    place: the components are idle), the manager's context, the compile, the
+    version manager's plan and record; the status marks (and the compiler's cache
+    writes) are sent, not waited for on their own."""
+    from actors.compiler import CompilerActor
+    from actors.manager import ManagerActor
     from actors.versions import VersionManagerActor
     from runtime.component import ComponentRef
 
@@ -188,8 +213,8 @@ def test_a_reload_asks_each_component_once(sandbox_factory, monkeypatch):
             sent.append(op)
         return send(self, op, *args, **kwargs)
 
-    def where(name):
-        fn = getattr(VersionManagerActor, f"op_{name}")
+    def where(name, cls=VersionManagerActor):
+        fn = getattr(cls, f"op_{name}")
 
         def op(self, *args, **kwargs):
             ran_on[name] = threading.get_ident()
@@ -202,12 +227,16 @@ def test_a_reload_asks_each_component_once(sandbox_factory, monkeypatch):
     monkeypatch.setattr(ComponentRef, "send", counted_send)
     for name in ("plan_reload", "record"):
         monkeypatch.setattr(VersionManagerActor, f"op_{name}", where(name))
+    monkeypatch.setattr(ManagerActor, "op_reload_context", where("reload_context", ManagerActor))
+    monkeypatch.setattr(CompilerActor, "op_compile_sandbox", where("compile_sandbox", CompilerActor))
     report = sb.hot_reload(extra="migrated")
     assert report.ok and report.changed == ["counter"]
-    assert waited == ["reload_context", "compile_sandbox"]
-    assert here == ["plan_reload", "record"]
-    assert sent == ["reload_context", "set_status", "compile_sandbox", "set_status"]
-    assert ran_on == {"plan_reload": me, "record": me}
+    assert waited == []
+    assert here == ["reload_context", "compile_sandbox", "plan_reload", "record"]
+    # the compile's cache entries are written while the sandbox swaps
+    assert sent == ["set_status", "write_cache", "set_status"]
+    assert ran_on == {"reload_context": me, "compile_sandbox": me, "plan_reload": me,
+                      "record": me}
     assert sb.call("counter", "get") == {"count": 42, "label": "migrated"}
     assert sb.info()["status"] == "running"  # the mark sent back is seen by what is asked next
 
