@@ -144,23 +144,26 @@ def fork_ahead(config: Any, slot: Any) -> ChildAhead | None:
         return None
 
 
-def prepare(manager: Any, record: Any) -> Protection:
+def prepare(manager: Any, record: Any, *, overlap: bool = True) -> Protection:
     """Resolve the profile and limits, set up UID and cgroups, register the sandbox.
 
-    Each round trip overlaps other work (a create waits for this): the sandbox is
-    registered with the security controller, which answers with its profile, while
-    the UID and cgroups are made (one round trip for both: a failed create
-    unregisters it, as it unregisters the rest); then the resource monitor is told.
+    With ``overlap`` (a lone create) the sandbox is registered with the security
+    controller, which answers with its profile, while the UID and cgroups are made
+    (one round trip for both: a failed create unregisters it, as it unregisters the
+    rest). Without (a create of a batch: the CPUs are busy with the others, and the
+    hand-off is pure overhead) it is registered after them, on this thread when the
+    controller is idle. Then the resource monitor is told.
     """
     component = manager._component
     config = record.config
     sid = config.id
     security = component("security")
-    asked = security.send("register_sandbox", sid, config.profile)
+    asked = security.send("register_sandbox", sid, config.profile) if overlap else None
     # cgroups are grouped per runtime instance: the base dir is unique, the name is not
     state = isolation.prepare(record.workdir, sid, group=os.path.basename(manager.base_dir))
     try:
-        profile = asked.result()
+        profile = (asked.result() if asked is not None
+                   else security.invoke_here("register_sandbox", sid, config.profile))
         limits = effective_limits(profile.limits, config.limits)
         # Every profile needs the OS layers: no sandbox runs on the host's network or
         # filesystem because a layer happens to be missing here.
@@ -182,15 +185,10 @@ def prepare(manager: Any, record: Any) -> Protection:
     slot.security = prot
     try:
         warn_at = config.alerts.warn_at if config.alerts is not None else None
-        sampled = component("monitor").send("register", sid, slot, warn_at)
+        # On this thread when the monitor is idle (its own short bookkeeping, which
+        # this thread only waits for): no hand-off to its thread and back.
+        component("monitor").invoke_here("register", sid, slot, warn_at)
     except SandboxError:
-        sampled = None
-    try:
-        if sampled is not None:
-            sampled.result()
-    except SandboxError:
-        sampled = None
-    if sampled is None:
         log.warning("resource monitor not running: sandbox %s is not sampled", sid)
     return prot
 

@@ -29,9 +29,10 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import wait
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -84,6 +85,9 @@ STATUSES = (
 )
 #: Statuses in which a process event changes nothing (the sandbox is going, or gone).
 _DONE = ("stopping", "stopped", "error")
+#: A create of a batch whose child is asked for by the thread that takes it up
+#: (:meth:`ManagerActor._create`).
+_LATER = "later"
 
 
 @dataclass
@@ -469,10 +473,11 @@ class ManagerActor(Component):
                 self.records.setdefault(job.record.config.id, job.record)
                 (self._finish_create if job.kind == "create" else self._finish_destroy)(job)
 
-    def op_finish_destroys(self, jobs: tuple[Job, ...]) -> None:
-        """:class:`_JobReady` for a batch of destroys, asked by its thread, which runs
-        this turn itself when the manager is idle: it then settles the tickets with
-        no hand-off to the manager's thread and back (a destroy's last two)."""
+    def op_finish_jobs(self, jobs: tuple[Job, ...]) -> None:
+        """:class:`_JobReady` for a job thread's creates or destroys, asked by that
+        thread, which runs this turn itself when the manager is idle: it then settles
+        the tickets with no hand-off to the manager's thread and back (a create's or
+        destroy's last two)."""
         self._finish_jobs(jobs)
 
     def _finished_before(self, job: Job) -> None:
@@ -488,61 +493,115 @@ class ManagerActor(Component):
             del self.records[record.config.id]
 
     # -- operations ------------------------------------------------------------------
-    def op_create(self, config: SandboxConfig) -> Ticket:
-        """Start creating a sandbox; returns the :class:`~actors.inflight.Ticket` its
-        caller waits on (a :class:`Created` once its app answers).
+    def op_create(self, configs: list[SandboxConfig],
+                  workers: int = 1) -> list[Ticket | BaseException]:
+        """Start creating sandboxes (one, or a batch); returns, for each config in
+        order, the :class:`~actors.inflight.Ticket` its caller waits on (a
+        :class:`Created` once its app answers), or the error that refused it (its id
+        taken, say): one refused config leaves the others going.
 
         Creates of independent sandboxes overlap, as children of a dynamic supervisor
-        do: this turn reserves the id, a thread of the create prepares containment,
-        compiles and boots the process, and a later turn (of this manager, or of its
-        successor if this one is killed meanwhile) adopts it, writes the store and
-        settles the ticket.
+        do: this turn reserves the ids, one job thread runs the creates on up to
+        ``workers`` threads (each prepares containment, compiles and boots the
+        process; the app of a batch is compiled once, :meth:`_prepare_all`), and a
+        later turn (of this manager, or of its successor if this one is killed
+        meanwhile) adopts them all, writes the store and settles the tickets. A
+        batch costs one turn here and one there, not one each per create.
         """
+        answers: list[Ticket | BaseException] = []
+        jobs: list[Job] = []
+        try:
+            for config in configs:
+                try:
+                    job = self._create(config, ahead_now=len(jobs) < workers)
+                except Exception as exc:  # that config's alone (SandboxExists, a full disk)
+                    answers.append(exc)
+                    continue
+                jobs.append(job)
+                answers.append(job.ticket)
+        finally:  # a job that holds its id is run, whatever happened after it
+            if jobs:
+                self._run_jobs(jobs, lambda jobs: self._prepare_all(jobs, workers))
+        return answers
+
+    def _create(self, config: SandboxConfig, *, ahead_now: bool) -> Job:
+        """One create of :meth:`op_create`: its child asked for (``ahead_now``: in this
+        turn, else by the thread that takes it up), the record, the id held; returns
+        the job (which owns the child from then on)."""
         if config.id in self.records or self.inflight.get(config.id) is not None:
             raise SandboxExists(config.id)
         slot = ProcessSlot(config.id, runtime_id=self.runtime_id)
         # First thing: the child's fork and first steps overlap the rest of this
-        # turn, the job thread's start, containment and the compile.
-        ahead = containment.fork_ahead(config, slot)
+        # turn, the job thread's start, containment and the compile. Only the first
+        # ``workers`` of a batch: a child forked ahead waits for its plan, and a
+        # batch's later creates would hold one waiting child each for nothing.
+        ahead: ChildAhead | None | str = containment.fork_ahead(config, slot) if ahead_now else _LATER
         try:
-            ticket = self._create(config, slot, ahead)
+            workdir = tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir)
+            record = SandboxRecord(
+                config=config,
+                slot=slot,
+                workdir=workdir,
+                created_at=time.time(),
+                creating=True,
+            )
+            job = Job("create", record, Ticket(f"create of sandbox {config.id!r}"))
+            try:
+                held = self.inflight.add(job)  # first: until it holds the id, it owns nothing
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            if held is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise SandboxExists(config.id)
         except BaseException:
-            if ahead is not None:
+            if isinstance(ahead, ChildAhead):
                 ahead.cancel()  # no job took it: killed unused
             raise
-        return ticket
-
-    def _create(self, config: SandboxConfig, slot: ProcessSlot, ahead: ChildAhead | None) -> Ticket:
-        """:meth:`op_create` once the child is asked for: the record, the id held,
-        the job (which owns ``ahead`` from its start) started."""
-        workdir = tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir)
-        record = SandboxRecord(
-            config=config,
-            slot=slot,
-            workdir=workdir,
-            created_at=time.time(),
-            creating=True,
-        )
-        job = Job("create", record, Ticket(f"create of sandbox {config.id!r}"))
-        try:
-            held = self.inflight.add(job)  # first: until it holds the id, it owns nothing
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        if held is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise SandboxExists(config.id)
+        job.extra["ahead"] = ahead
         self.records[config.id] = record
         # Set before the start, so a watcher restarting meanwhile finds it (watcher.py).
         record.slot.watch = config.watch if config.auto_reload else None
         self._set_status(record, "initializing")
         self._set_status(record, "compiling")
-        self._run_job(job, lambda job: self._prepare(job, ahead))
-        return job.ticket
+        return job
 
-    def _run_job(self, job: Job, part: Callable[[Job], None]) -> None:
-        """:meth:`_run_jobs` of one job (a create)."""
-        self._run_jobs([job], lambda jobs: part(jobs[0]))
+    def _prepare_all(self, jobs: list[Job], workers: int) -> None:
+        """The job thread of :meth:`op_create`: each create's :meth:`_prepare` on up
+        to ``workers`` threads (this one first: a lone create starts no other). The
+        compiler is asked once per distinct app of the batch (path, profile and
+        compile options): the others of that app wait for its answer (each still
+        judges its scan under its own registered profile and records its versions)."""
+        context = contextvars.copy_context()
+        compiles: dict[tuple[Any, ...], Future[Any]] = {}
+        lock = threading.Lock()
+
+        def compiled(record: SandboxRecord) -> Any:
+            config = record.config
+            key = (config.path, config.profile, *config.compile_settings().values())
+            with lock:
+                answer, first = compiles.get(key), key not in compiles
+                if answer is None:
+                    answer = compiles[key] = Future()
+            if first:
+                try:
+                    answer.set_result(self._compiled(record))
+                except BaseException as exc:
+                    answer.set_exception(exc)
+            return answer.result()
+
+        def one(i: int) -> None:
+            job = jobs[i]
+            try:
+                ahead = job.extra.pop("ahead")
+                if ahead is _LATER:
+                    ahead = containment.fork_ahead(job.record.config, job.record.slot)
+                context.copy().run(self._prepare, job, ahead,
+                                   compiled if len(jobs) > 1 else None)
+            except BaseException as exc:  # a bug: that job's (the finishing turn raises it)
+                job.result = job.result or exc
+
+        self.inflight.each(one, range(len(jobs)), workers)
 
     def _run_jobs(self, jobs: list[Job], part: Callable[[list[Job]], None]) -> None:
         """Run ``part(jobs)`` on one job thread (under the caller's correlation id),
@@ -568,8 +627,8 @@ class ManagerActor(Component):
 
     def _hand_over(self, jobs: list[Job], deadline: float) -> None:
         """A job thread is done: tell whichever manager runs now (a manager killed
-        meanwhile is replaced by one that finds the jobs ready when it starts); a
-        batch of destroys waits for that turn until ``deadline`` (monotonic)."""
+        meanwhile is replaced by one that finds the jobs ready when it starts), and
+        wait for that turn until ``deadline`` (monotonic)."""
         manager, closed = self.inflight.done(jobs)
         if closed:  # the runtime is stopping: nobody adopts them
             for job in jobs:
@@ -577,27 +636,27 @@ class ManagerActor(Component):
             return
         if manager is not None:
             try:
-                if all(job.kind == "destroy" for job in jobs):
-                    manager.invoke_here("finish_destroys", tuple(jobs),
-                                        timeout=max(0.0, deadline - time.monotonic()))
-                else:
-                    manager.tell(_JobReady(tuple(jobs)))
+                manager.invoke_here("finish_jobs", tuple(jobs),
+                                    timeout=max(0.0, deadline - time.monotonic()))
             except SandboxError:
                 # It ended (its successor finds the jobs at its start), failed in that
                 # turn (the jobs' outcomes are set), or did not answer in time.
                 pass
 
-    def _prepare(self, job: Job, ahead: ChildAhead | None) -> None:
-        """A create's slow part, on its own thread: containment (profile, limits, UID,
+    def _prepare(self, job: Job, ahead: ChildAhead | None,
+                 compiled: Callable[[SandboxRecord], Any] | None = None) -> None:
+        """A create's slow part, on a job thread: containment (profile, limits, UID,
         cgroups), compile (a cache hit for the 2nd..Nth sandbox of one app), and boot
         the process until the app is ready. Its child, ``ahead``, was asked of the
-        fork server first thing in the create's turn, so its fork overlaps
+        fork server first thing in the create's turn (or by this thread, for a
+        create of a batch past its first ``workers``), so its fork overlaps
         containment and the compile; it runs nothing until containment hands it
         the plan (:func:`containment.fork_ahead`), and its OS layers overlap the
-        compile; the app reaches it at its start."""
+        compile; the app reaches it at its start. ``compiled``: the batch's compile
+        of the record's app (:meth:`_prepare_all`), else the compiler is asked."""
         record = job.record
         try:
-            plan = self._contain_and_compile(record, ahead)
+            plan = self._contain_and_compile(record, ahead, compiled)
             process: ProcessRef | BaseException
             try:
                 process = job.extra["process"] = boot_process(
@@ -614,27 +673,32 @@ class ManagerActor(Component):
             if ahead is not None:
                 ahead.cancel()  # containment or the compile refused it: killed unused
 
-    def _contain_and_compile(self, record: SandboxRecord,
-                             ahead: ChildAhead | None) -> dict[str, Any] | None:
+    def _contain_and_compile(
+        self, record: SandboxRecord, ahead: ChildAhead | None,
+        compiled: Callable[[SandboxRecord], Any] | None = None,
+    ) -> dict[str, Any] | None:
         """Containment, and the compile: with a built-in profile the compiler's part
         (a cache hit for the 2nd..Nth sandbox of one app) runs beside containment
-        on another job thread; what the scan found is judged (and audited under the
-        sandbox's registered profile) after it. A custom profile is resolved by
-        containment first, then compiled with. The child forked ``ahead`` gets its
-        isolation plan once containment is done; returns that plan."""
+        on another job thread when the create is alone (:meth:`InFlight.aside`); what
+        the scan found is judged (and audited under the sandbox's registered profile)
+        after it. ``compiled`` (a create of a batch): the batch's compile of the app,
+        and containment makes no round trip it would overlap. A custom profile is
+        resolved by containment first, then compiled with. The child forked ``ahead``
+        gets its isolation plan once containment is done; returns that plan."""
         if record.config.profile not in BUILTIN_PROFILES:
-            containment.prepare(self, record)
+            containment.prepare(self, record, overlap=compiled is None)
             plan = containment.isolate_ahead(record, ahead)
             self._compile(record)
             return plan
         context = contextvars.copy_context()  # the caller's correlation id, as the job's
-        compiled = self.inflight.aside(lambda: context.run(self._compiled, record))
+        compile = compiled or self._compiled
+        result = self.inflight.aside(lambda: context.run(compile, record))
         try:
-            containment.prepare(self, record)
+            containment.prepare(self, record, overlap=compiled is None)
             plan = containment.isolate_ahead(record, ahead)
         finally:
-            wait([compiled])  # no compile outlives a failed create
-        self._compile(record, compiled.result())
+            wait([result])  # no compile outlives a failed create
+        self._compile(record, result.result())
         return plan
 
     def _finish_create(self, job: Job) -> None:
@@ -890,7 +954,9 @@ class ManagerActor(Component):
             result = self._compiled(record)
         containment.check_compiled(self, record, result)  # SecurityViolation
         result.raise_for_errors()
-        versions = self._component("versions").invoke("record", record.config.id, result)
+        # On this thread when the version manager is idle (this thread only waits
+        # for its record): no hand-off to its thread and back.
+        versions = self._component("versions").invoke_here("record", record.config.id, result)
         record.slot.modules = {
             name: ModuleCode.from_compiled(m, versions.get(name, 0))
             for name, m in result.modules.items()

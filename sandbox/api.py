@@ -794,40 +794,61 @@ class Runtime:
         Raises :class:`~runtime.errors.ConfigError` naming any bad option, and leaves
         nothing behind when creation fails.
         """
-        config = SandboxConfig.build(
-            sandbox_id, os.fspath(path) if isinstance(path, os.PathLike) else path,
-            entry=entry, profile=profile, limits=limits, restart=restart,
+        (outcome,) = self._create([self._config(
+            sandbox_id, path, entry=entry, profile=profile, limits=limits, restart=restart,
             max_restarts=max_restarts, max_seconds=max_seconds, env=env,
             auto_reload=auto_reload, shutdown=shutdown, watch=watch,
             compile_timeout=compile_timeout, compile_memory_mb=compile_memory_mb,
-            compile_cpu_seconds=compile_cpu_seconds,
+            compile_cpu_seconds=compile_cpu_seconds, alerts=alerts, net_allow=net_allow)])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _config(self, sandbox_id: Any, path: Any, *, alerts: Any = None,
+                net_allow: Iterable[str] = (), **options: Any) -> SandboxConfig:
+        """The config of a create (:meth:`create_sandbox`'s options), or ConfigError."""
+        return SandboxConfig.build(
+            sandbox_id, os.fspath(path) if isinstance(path, os.PathLike) else path,
             alerts=None if alerts is None
             else AlertThresholds.build(_plain(alerts), base=self._obs.alerts.thresholds),
-            net_allow=list(net_allow))
-        # The manager answers at once with a ticket; the create runs outside its turns
-        # and outlives a crash of it (actors/inflight.py).
-        def ask(_todo: list[int]) -> list[Any]:
-            try:
-                return [self._manager("create", config)]
-            except ActorDead:
-                raise
-            except SandboxError as exc:  # refused (it exists, say): this id's answer
-                return [exc]
+            net_allow=list(net_allow), **options)
 
-        (ticket,) = self._tickets("create", ask, [sandbox_id],
-                                  lambda job: job.record.config is config)
-        if isinstance(ticket, BaseException):
-            raise ticket
-        created = ticket.wait(CREATE_TIMEOUT)
-        # once it exists (not on SandboxExists, which must keep the existing one's)
-        self._obs.alerts.configure(sandbox_id, config.alerts)
-        handle = Sandbox(self, sandbox_id)
-        handle._created = created.created_at  # binds the handle to this sandbox
-        # Its slot too: the first call asks the manager nothing (two round trips and
-        # a read of /proc less); a destroy meanwhile closes the slot, which the call
-        # then reports as SandboxNotFound, as it would have.
-        handle._slot = created.slot
-        return handle
+    def _create(self, configs: list[SandboxConfig],
+                workers: int = 1) -> list[Sandbox | BaseException]:
+        """Create the sandboxes (one, or a batch) on one path: one manager turn starts
+        them all, one job thread runs them on up to ``workers`` threads (actors/manager.py
+        ``op_create``); returns, per config in order, its handle or the error of that
+        config alone (nothing of a failed create is left)."""
+        # The manager answers at once with tickets; the creates run outside its turns
+        # and outlive a crash of it (actors/inflight.py).
+        mine = {id(config) for config in configs}
+        try:
+            answers = self._tickets(
+                "create", lambda todo: self._manager("create", [configs[i] for i in todo], workers),
+                [config.id for config in configs], lambda job: id(job.record.config) in mine)
+        except Exception as exc:  # the manager failed in that turn: every config hears it
+            return [exc for _ in configs]
+        # Each create has CREATE_TIMEOUT, and a batch runs ``workers`` at a time.
+        deadline = perf_counter() + CREATE_TIMEOUT * -(-len(configs) // max(1, workers))
+        outcomes: list[Sandbox | BaseException] = []
+        for config, answer in zip(configs, answers):
+            try:
+                if isinstance(answer, BaseException):
+                    raise answer
+                created = answer.wait(max(0.0, deadline - perf_counter()))
+            except Exception as exc:  # that config's alone; the others go on
+                outcomes.append(exc)
+                continue
+            # once it exists (not on SandboxExists, which must keep the existing one's)
+            self._obs.alerts.configure(config.id, config.alerts)
+            handle = Sandbox(self, config.id)
+            handle._created = created.created_at  # binds the handle to this sandbox
+            # Its slot too: the first call asks the manager nothing (two round trips and
+            # a read of /proc less); a destroy meanwhile closes the slot, which the call
+            # then reports as SandboxNotFound, as it would have.
+            handle._slot = created.slot
+            outcomes.append(handle)
+        return outcomes
 
     def sandbox(self, sandbox_id: str) -> Sandbox:
         """A handle on an existing sandbox (raises SandboxNotFound if there is none)."""
@@ -1119,14 +1140,35 @@ class Runtime:
     ) -> list[BatchResult]:
         """Create many sandboxes in parallel; each spec is a dict of ``id``, ``path`` and options.
 
-        Returns one :class:`BatchResult` per spec (value: the :class:`Sandbox`).
+        Returns one :class:`BatchResult` per spec (value: the :class:`Sandbox`), in the
+        specs' order; a spec refused (a bad option, its id taken, a compile error, a
+        scan refusal, a child that dies) fails alone and leaves nothing behind. They
+        are one batch: the manager starts all in one turn, up to ``workers`` at a time
+        run on its job threads, each app is compiled once for the batch, and one turn
+        adopts them all; each create is its own operation in the ops log.
         """
-
-        def creator(spec: Mapping[str, Any]) -> Callable[[], Sandbox]:
-            opts = dict(spec)
-            return lambda: self.create_sandbox(opts.pop("id"), opts.pop("path"), **opts)
-
-        return self._batch(((str(s.get("id")), creator(s)) for s in specs), workers)
+        todo = [dict(spec) for spec in specs]
+        ids = [str(spec.get("id")) for spec in todo]
+        outcomes: list[Sandbox | BaseException | None] = [None] * len(todo)
+        configs, where, cids, t0 = [], [], [], perf_counter()
+        for i, (sid, opts) in enumerate(zip(ids, todo)):
+            with logs.correlation(sandbox=sid, runtime=self.name) as cid:
+                logs.operation_started("create", sid)
+                try:  # a bad spec fails alone, as create_sandbox would have
+                    configs.append(self._config(opts.pop("id"), opts.pop("path"), **opts))
+                    where.append(i)
+                except Exception as exc:
+                    outcomes[i] = exc
+            cids.append(cid)
+        for i, made in zip(where, self._create(configs, workers)):
+            outcomes[i] = made
+        results = []
+        for sid, cid, outcome in zip(ids, cids, outcomes):
+            error = outcome if isinstance(outcome, BaseException) else None
+            with logs.correlation(cid, sandbox=sid, runtime=self.name):
+                logs.operation_ended("create", sid, t0, error)
+            results.append(BatchResult(sid, error is None, None if error else outcome, error=error))
+        return results
 
     def batch_destroy(self, sandbox_ids: Iterable[str], *, workers: int = 8) -> list[BatchResult]:
         """Destroy many sandboxes at once, one result each (in the ids' order; an id

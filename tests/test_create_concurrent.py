@@ -155,9 +155,10 @@ def test_batch_create_of_one_app_compiles_once_and_a_failed_create_leaves_nothin
         assert all(results[f"b{i}"].ok for i in range(6)), results
         assert not results["bad"].ok
         after = compiler.invoke("status")
-        # counter has 2 modules: compiled once, then loaded from the shared cache
+        # counter has 2 modules: compiled once, and the batch asks the compiler once
+        # per app (no cache lookup for the other five)
         assert after["compiled"] - before["compiled"] <= 2 + 1  # + the broken app's module
-        assert after["cached"] - before["cached"] >= 2 * 5
+        assert after["cached"] - before["cached"] == 0
         assert sorted(ids(rt)) == [f"b{i}" for i in range(6)]
         with pytest.raises(SandboxNotFound):
             rt.get_sandbox_info("bad")

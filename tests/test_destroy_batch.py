@@ -32,7 +32,10 @@ COUNTER = Path(__file__).resolve().parent.parent / "examples" / "counter"
 
 
 def gone(pid: int) -> bool:
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # reaped (also between a look-up and the next)
+        return True
 
 
 @pytest.mark.timeout(120)
