@@ -656,9 +656,14 @@ class Actor(pykka.ThreadingActor):
         self.actor_stopped.set()
         if failed_call is not None:
             failed_call[0].set_exception(failed_call[1])
-        # A copy (one C call, atomic under the GIL): a call run in place takes its
-        # answered sink out of the set without _life (ServerActor.call_here).
-        for reply in tuple(pending):
+        # Each sink taken out with one pop (atomic under the GIL), not the set
+        # iterated: a call run in place puts its sink in and takes it out without
+        # _life (ServerActor.call_here), and whichever of the two takes it answers it.
+        while True:
+            try:
+                reply = pending.pop()
+            except KeyError:
+                break
             reply.set_exception(ActorDead(self.actor_id, reason))
         for mref, watcher in watchers.items():
             _deliver_down(watcher, Down(self.actor_id, mref, reason))

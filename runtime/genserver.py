@@ -471,18 +471,22 @@ class ServerActor(Actor):
         if not claim.acquire(False):  # positional: a keyword costs its parsing
             return NOT_HERE
         try:
-            # _life taken by acquire/release, not ``with``: half the cost (~75 ns a
-            # block, twice per call).
-            life = self._life
-            life.acquire()
-            try:
-                if self._exiting or self._failing or self._exit_reason is not None:
-                    return NOT_HERE
-                # Pending while it runs: a handler may keep its caller (NOREPLY),
-                # or the server may end meanwhile; either way the sink is answered.
-                self._pending.add(sink)
-            finally:
-                life.release()
+            # Pending while it runs: a handler may keep its caller (NOREPLY), or the
+            # server may end meanwhile; either way the sink is answered. Put in
+            # without _life, then the ending checked (the lock was two C calls and a
+            # try block per call): _finish sets the reason and swaps the set under
+            # _life, so a check that finds the server not ending was made before the
+            # swap and the sink is in the set _finish fails. One that finds it ending
+            # takes the sink back out; _finish pops the sinks it fails one by one, so
+            # exactly one of the two has it (KeyError: _finish answers the caller).
+            pending = self._pending
+            pending.add(sink)
+            if self._exiting or self._failing or self._exit_reason is not None:
+                try:
+                    pending.remove(sink)
+                except KeyError:
+                    return NOREPLY
+                return NOT_HERE
             if not BARRIER.try_read():
                 BARRIER.acquire_read()  # nested, or a reload waits or runs: after it
                 quick = False
@@ -512,9 +516,8 @@ class ServerActor(Actor):
                         self._caller = None
                         if answer is not NOREPLY:  # NOREPLY: answered later, stays pending
                             # Without _life: a set's discard is atomic under the GIL, and
-                            # _finish fails a copy of the set it swapped out, so this
-                            # never changes a set while it is iterated.
-                            self._pending.discard(sink)
+                            # _finish pops the set it swapped out instead of iterating it.
+                            pending.discard(sink)
                 if self._continue is not _NONE:  # after the reply went out, as in OTP
                     if answer is not NOREPLY:
                         sink.set_result(answer)

@@ -221,7 +221,7 @@ class Sandbox:
         t0, ok = perf_counter(), False  # call count and latency: rt.metrics_text()
         try:
             proc = self._process(timeout)
-            deadline = self._slot.deadline if self._slot is not None else None
+            deadline = self._slot.deadline  # _process set the slot
             try:
                 if deadline is not None:  # the handler deadline (limits.call_seconds)
                     value = call_with_deadline(self, proc, deadline, actor, request, timeout)

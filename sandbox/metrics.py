@@ -283,7 +283,9 @@ class CallMetrics(Histogram):
 
     def observe_call(self, sandbox: str, seconds: float, ok: bool) -> None:
         i = bisect_left(self.bounds, seconds)
-        with self._lock:
+        lock = self._lock  # acquire/release, not ``with``: every call passes here
+        lock.acquire()
+        try:
             s = self.series.get((sandbox,))
             if s is None:
                 s = self.series[(sandbox,)] = _Series(len(self.bounds))
@@ -292,6 +294,8 @@ class CallMetrics(Histogram):
             s.count += 1
             if not ok:
                 self.errors[sandbox] = self.errors.get(sandbox, 0) + 1
+        finally:
+            lock.release()
 
     def drop(self, label: str, value: str) -> None:
         super().drop(label, value)

@@ -365,26 +365,35 @@ def error_payload(exc: BaseException, actor: str | None = None) -> dict[str, Any
     }
 
 
-class SocketReply:
+class SocketReply(tuple[Any, ...]):
     """A :class:`~runtime.actor.ReplySink` that answers the host over the socket.
 
     ``set_result`` sends a REPLY frame with the call's ref, ``set_exception`` an
     ERROR frame. A reply value that cannot be encoded (or is over ``max_frame``)
     becomes an ERROR frame saying so, never a broken stream.
+
+    Made as ``SocketReply((server, ref, actor))``: a tuple, so tuple's C constructor
+    makes it without a Python ``__init__`` (one per call, on every call's path). A
+    sink is compared by identity, as any object: the pending set and ``From`` hold
+    sinks, and two calls with the same ref are two callers.
+
+    >>> a, b = SocketReply((None, 1, "x")), SocketReply((None, 1, "x"))
+    >>> a == b, a == a, len({a, b})
+    (False, True, 2)
     """
 
-    __slots__ = ("_server", "_ref", "_actor")
-
-    def __init__(self, server: ChildServer, ref: int | None, actor: str | None) -> None:
-        self._server = server
-        self._ref = ref
-        self._actor = actor
+    __slots__ = ()
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
 
     def set_result(self, value: Any) -> None:
-        self._server.reply(self._ref, value, self._actor)
+        server, ref, actor = self
+        server.reply(ref, value, actor)
 
     def set_exception(self, exc: BaseException) -> None:
-        self._server.reply_error(self._ref, exc, self._actor)
+        server, ref, actor = self
+        server.reply_error(ref, exc, actor)
 
 
 # -- the server ------------------------------------------------------------------------
@@ -677,7 +686,7 @@ class ChildServer:
         actor = ref._actor
         if type(actor) is not ServerActor:
             return False
-        sink = SocketReply(self, env.ref, actor.actor_id)
+        sink = SocketReply((self, env.ref, actor.actor_id))
         value = actor.call_here(env.payload, sink)
         if value is NOT_HERE:
             return False
@@ -707,7 +716,7 @@ class ChildServer:
             self.reply_error(ref, NoSuchActor(str(target), registered()), target)
             return
         try:
-            actor.call_into(request, SocketReply(self, ref, actor.id), run_here=here)
+            actor.call_into(request, SocketReply((self, ref, actor.id)), run_here=here)
         except ActorDead as exc:
             if target is not None and target in registry._known:  # ending right now
                 threading.Thread(
@@ -726,7 +735,7 @@ class ChildServer:
             self.reply_error(ref, NoSuchActor(target, registered()), target)
             return
         try:
-            actor.call_into(request, SocketReply(self, ref, actor.id))
+            actor.call_into(request, SocketReply((self, ref, actor.id)))
         except ActorDead as exc:
             self.reply_error(ref, exc, actor.id)
 
