@@ -1145,7 +1145,16 @@ class Runtime:
         scan refusal, a child that dies) fails alone and leaves nothing behind. They
         are one batch: the manager starts all in one turn, up to ``workers`` at a time
         run on its job threads, each app is compiled once for the batch, and one turn
-        adopts them all; each create is its own operation in the ops log.
+        adopts them all; each create is its own operation in the ops log. Their
+        results come together when the batch is done (until then a sandbox that
+        finished early is listed as ``starting``).
+
+        >>> import sandbox
+        >>> with sandbox.start() as rt:
+        ...     results = rt.batch_create([{"id": "doc-bc", "path": "examples/counter"},
+        ...                                {"id": "doc-bc", "path": "examples/counter"}])
+        ...     [(r.id, r.ok) for r in results], results[0].value.call("counter", "incr")
+        ([('doc-bc', True), ('doc-bc', False)], 1)
         """
         todo = [dict(spec) for spec in specs]
         ids = [str(spec.get("id")) for spec in todo]
