@@ -8,6 +8,8 @@ wrapping them (the components run in this process).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +38,42 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:  # reaped (also between a look-up and the next)
         return True
+
+
+def hold_until_read(monkeypatch: pytest.MonkeyPatch, pids: dict[str, int]) -> Callable[[], None]:
+    """Hold the sandboxes' processes (``pids``: by id) stopped (SIGSTOP, real
+    signals on the real processes) until their destroy has read their cgroup
+    membership, then let each go on (SIGCONT). The read comes right after the
+    stop request, and a process needs its stop and its exit (>= 1 ms) to leave its
+    cgroups; but a loaded host can keep the destroy's thread from the read for
+    longer, and the product then makes release's full pass instead (correct, and
+    what these tests would read as a failure). Returns what lets them all go (for
+    the test's end, whatever happened)."""
+    joined = containment.joined_cgroups
+
+    def read_then_go_on(record: Any) -> Any:
+        try:
+            return joined(record)
+        finally:
+            pid = pids.get(record.config.id)
+            if pid is not None:
+                _signal(pid, signal.SIGCONT)
+
+    def let_all_go() -> None:
+        for pid in pids.values():
+            _signal(pid, signal.SIGCONT)
+
+    monkeypatch.setattr(containment, "joined_cgroups", read_then_go_on)
+    for pid in pids.values():
+        _signal(pid, signal.SIGSTOP)
+    return let_all_go
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:  # exited (and reaped) already
+        pass
 
 
 @pytest.mark.timeout(120)
@@ -131,12 +169,17 @@ def test_every_destroy_of_a_batch_kills_its_uids_strays_while_its_process_stops(
     monkeypatch.setattr(InFlight, "run", run_late)
     wanted = [f"v{i}" for i in range(6)]
     with sandbox.start(name="db-vouch") as rt:
-        pids.extend(p for p in (rt.create_sandbox(sid, COUNTER).pid for sid in wanted) if p)
+        by_id = {sid: rt.create_sandbox(sid, COUNTER).pid for sid in wanted}
+        pids.extend(p for p in by_id.values() if p)
         info = rt.get_sandbox_info(wanted[0])
         if info.get("uid") is None or not info.get("cgroups"):
             pytest.skip("sandboxes have no UID and cgroups of their own here")
         late.set()
-        assert all(r.ok for r in rt.batch_destroy(wanted))
+        let_all_go = hold_until_read(monkeypatch, {s: p for s, p in by_id.items() if p})
+        try:
+            assert all(r.ok for r in rt.batch_destroy(wanted))
+        finally:
+            let_all_go()
     assert vouched == {sid: True for sid in wanted}
 
 
@@ -146,12 +189,11 @@ def test_each_stop_goes_before_its_cgroup_membership_is_read(monkeypatch: pytest
     its cgroups (for kill_strays) comes right after it, while the process stops
     (it leaves its cgroups at the very end of its exit), and still finds it there."""
     asked_first: dict[str, bool] = {}
-    joined = containment.joined_cgroups
 
     def recorded(record: Any) -> Any:
         proc = record.slot.current()
         asked_first[record.config.id] = proc is not None and proc._conn._closing
-        return joined(record)
+        return read(record)
 
     vouched: dict[str, bool] = {}
     release = containment.release
@@ -160,14 +202,18 @@ def test_each_stop_goes_before_its_cgroup_membership_is_read(monkeypatch: pytest
         vouched[record.config.id] = strays_killed
         release(manager, record, strays_killed=strays_killed)
 
-    monkeypatch.setattr(containment, "joined_cgroups", recorded)
     monkeypatch.setattr(containment, "release", released)
     with sandbox.start(name="db-order") as rt:
-        for sid in ("o1", "o2", "o3"):
-            rt.create_sandbox(sid, COUNTER)
+        by_id = {sid: rt.create_sandbox(sid, COUNTER).pid for sid in ("o1", "o2", "o3")}
         info = rt.get_sandbox_info("o1")
-        rt.destroy_sandbox("o1")
-        assert all(r.ok for r in rt.batch_destroy(["o2", "o3"]))
+        let_all_go = hold_until_read(monkeypatch, {s: p for s, p in by_id.items() if p})
+        read = containment.joined_cgroups  # the read that lets its process go on
+        monkeypatch.setattr(containment, "joined_cgroups", recorded)
+        try:
+            rt.destroy_sandbox("o1")
+            assert all(r.ok for r in rt.batch_destroy(["o2", "o3"]))
+        finally:
+            let_all_go()
     assert asked_first == {"o1": True, "o2": True, "o3": True}
     if info.get("uid") is not None and info.get("cgroups"):
         assert vouched == {"o1": True, "o2": True, "o3": True}
