@@ -279,23 +279,28 @@ class Profile:
     def blocked(self) -> frozenset[str]:
         """Every module this profile blocks (a name also blocks its submodules).
 
+        Built on first use and kept (the profile is frozen): a scan asks once per
+        import and dotted name it checks.
+
         >>> sorted(get_builtin("high").blocked())[:3]
         ['_cffi_backend', '_ctypes', '_frozen_importlib']
         """
-        names = {m for g, mods in GROUP_MODULES.items()
-                 if g not in self.allow and g not in self.warn for m in mods}
-        names |= set(self.blocked_modules)
-        return frozenset(names - set(self.unblocked_modules))
+        kept: frozenset[str] | None = self.__dict__.get("_blocked")
+        if kept is None:
+            names = {m for g, mods in GROUP_MODULES.items()
+                     if g not in self.allow and g not in self.warn for m in mods}
+            names |= set(self.blocked_modules)
+            kept = frozenset(names - set(self.unblocked_modules))
+            object.__setattr__(self, "_blocked", kept)  # not a field: eq, hash, dict as before
+        return kept
 
-    def is_blocked(self, module: str, blocked: frozenset[str] | None = None) -> bool:
-        """Whether importing ``module`` (dotted) is blocked. ``blocked``: this profile's
-        :meth:`blocked`, kept by a caller that asks often (it is built on each call).
+    def is_blocked(self, module: str) -> bool:
+        """Whether importing ``module`` (dotted) is blocked.
 
         >>> p = get_builtin("high"); p.is_blocked("os"), p.is_blocked("urllib.request")
         (False, True)
         """
-        if blocked is None:
-            blocked = self.blocked()
+        blocked = self.blocked()
         parts = module.split(".")
         return any(".".join(parts[:i]) in blocked for i in range(1, len(parts) + 1))
 

@@ -662,22 +662,6 @@ def _walk(node: ast.AST) -> list[ast.AST]:
     return out
 
 
-#: Each profile's blocked modules, by profile object: ``Profile.blocked`` builds the
-#: set anew (~80 us for a built-in profile), and a scan asks once per import and
-#: dotted name. Keyed by identity (a profile is frozen); the profile is kept with
-#: its set so that its id is not reused meanwhile; cleared past a few profiles.
-_BLOCKED: dict[int, tuple[Profile, frozenset[str]]] = {}
-
-
-def _blocked(profile: Profile) -> frozenset[str]:
-    hit = _BLOCKED.get(id(profile))
-    if hit is None or hit[0] is not profile:
-        if len(_BLOCKED) >= 32:
-            _BLOCKED.clear()
-        hit = _BLOCKED[id(profile)] = (profile, profile.blocked())
-    return hit[1]
-
-
 #: The node classes the scan's first pass records something of (a parsed tree's
 #: nodes are of these exact classes): the rest are skipped with one lookup.
 _FIRST_PASS = frozenset({
@@ -720,7 +704,6 @@ class _Visitor(ast.NodeVisitor):
         text: str = "",
     ) -> None:
         self.p = profile
-        self.blocked = _blocked(profile)
         self.text = text
         #: The warned group the last :meth:`severity` answered "warning" for; the
         #: :meth:`add` right after it (the same branch) says so in the hint.
@@ -1042,7 +1025,7 @@ class _Visitor(ast.NodeVisitor):
     def check_module(self, name: str, node: ast.AST, rule: str, how: str) -> bool:
         if name.split(".")[0] in self.local_modules:
             return False
-        if self.p.is_blocked(name, self.blocked):
+        if self.p.is_blocked(name):
             self.add(
                 rule,
                 node,
@@ -1173,8 +1156,7 @@ class _Visitor(ast.NodeVisitor):
             # An attribute of a blocked module reached through an allowed parent
             # (``import urllib; urllib.request``).
             if "." in d and isinstance(node.ctx, ast.Load) and d.split(".")[0] in self.aliases:
-                if self.p.is_blocked(d, self.blocked) and \
-                        not self.p.is_blocked(d.rsplit(".", 1)[0], self.blocked):
+                if self.p.is_blocked(d) and not self.p.is_blocked(d.rsplit(".", 1)[0]):
                     self.add(
                         "SBX101",
                         node,
