@@ -535,7 +535,8 @@ class ManagerActor(Component):
         # turn, the job thread's start, containment and the compile. Only the first
         # ``workers`` of a batch: a child forked ahead waits for its plan, and a
         # batch's later creates would hold one waiting child each for nothing.
-        ahead: ChildAhead | None | str = containment.fork_ahead(config, slot) if ahead_now else _LATER
+        ahead: ChildAhead | None | str = (
+            containment.fork_ahead(config, slot) if ahead_now else _LATER)
         try:
             workdir = tempfile.mkdtemp(prefix=f"{config.id}-", dir=self.base_dir)
             record = SandboxRecord(

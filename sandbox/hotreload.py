@@ -55,7 +55,9 @@ from actors.containment import audit_warned
 from runtime import logs, telemetry
 from runtime.actor import ExitReason
 from runtime.child.swap import ModuleCode
-from runtime.errors import ActorDead, ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation
+from runtime.errors import (
+    ActorDead, ActorError, CallTimeout, ReloadFailed, SandboxError, SecurityViolation,
+)
 from runtime.wire.shipping import ship
 from sandbox.reload_ack import shipped_digests, still_serving, verify_swap
 

@@ -128,10 +128,11 @@ def _mkdirs(path: str, mode: int = 0o755) -> None:
     """``os.makedirs(path, mode, exist_ok=True)``, for an absolute ``path`` (a relative
     one goes to ``os.makedirs``) with one ``mkdir`` per component, from the top, an
     existing one passed over (``EEXIST`` comes before a read-only mount's ``EROFS``);
-    parents get the default mode, the last component ``mode``. Where a mount point is made inside a fresh tmpfs,
-    ``os.makedirs`` looked at each missing parent first (a ``stat`` and a Python
-    call each): a sandbox's whole mount view took 0.64 ms of CPU with it, 0.57 ms
-    this way (medians of 124 ``high`` sandboxes, alternated)."""
+    parents get the default mode, the last component ``mode``. Where a mount point
+    is made inside a fresh tmpfs, ``os.makedirs`` looked at each missing parent
+    first (a ``stat`` and a Python call each): a sandbox's whole mount view took
+    0.64 ms of CPU with it, 0.57 ms this way (medians of 124 ``high`` sandboxes,
+    alternated)."""
     if not path.startswith("/"):
         os.makedirs(path, mode=mode, exist_ok=True)
         return

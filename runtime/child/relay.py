@@ -160,7 +160,8 @@ class Relay:
                 pass
         if self._timer and fd is not None:
             try:
-                fcntl.fcntl(fd, _F_SETOWN_EX, struct.pack("ii", _F_OWNER_TID, threading.get_native_id()))
+                owner = struct.pack("ii", _F_OWNER_TID, threading.get_native_id())
+                fcntl.fcntl(fd, _F_SETOWN_EX, owner)
                 fcntl.fcntl(fd, _F_SETSIG, _SIGALRM)
             except OSError:  # not watchable: every call in place arms the timer
                 self._fd = None
@@ -241,7 +242,8 @@ class Relay:
     def _input_waiting(self) -> bool:
         """Bytes wait in the socket (``FIONREAD``); True when that cannot be told."""
         try:
-            return bool(struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0"))[0])  # type: ignore[arg-type]
+            got = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")  # type: ignore[arg-type]
+            return bool(struct.unpack("i", got)[0])
         except OSError:
             return True
 
